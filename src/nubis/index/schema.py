@@ -1,0 +1,139 @@
+"""Relational schema of the metadata index (SQLite and PostgreSQL share it).
+
+The index is the source of truth for what the archive holds: a blob exists for a client only once
+its instance row is committed here. Patient-level attributes are folded into ``studies`` because
+every QIDO-RS and C-FIND query reaches patients through a study; ``*_folded`` columns hold the
+upper-cased Person Name used for case-insensitive PN matching (PS3.4 C.2.2.2.1).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# A DICOM UI value is at most 64 characters (PS3.5 Table 6.2-1).
+UID = String(64)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("partition", String(64), nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("patient_id", String(64)),
+    Column("patient_name", String(324)),
+    Column("patient_name_folded", String(324)),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("study_date", String(8)),
+    Column("study_time", String(16)),
+    Column("accession_number", String(16)),
+    Column("referring_physician_name", String(324)),
+    Column("referring_physician_name_folded", String(324)),
+    Column("study_description", String(64)),
+    Column("study_id", String(16)),
+    Column("timezone_offset", String(5)),
+    # Backslash-joined, sorted Modality values of the study's series (ModalitiesInStudy).
+    Column("modalities", String(256), nullable=False, default=""),
+    Column("num_series", Integer, nullable=False, default=0),
+    Column("num_instances", Integer, nullable=False, default=0),
+    # DICOM JSON (PS3.18 F.2) of the patient and study level attributes, for includefield.
+    Column("attrs", Text, nullable=False, default="{}"),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("partition", "study_uid", name="uq_studies_partition_uid"),
+)
+Index("ix_studies_patient_id", studies.c.partition, studies.c.patient_id)
+Index("ix_studies_patient_name", studies.c.partition, studies.c.patient_name_folded)
+Index("ix_studies_study_date", studies.c.partition, studies.c.study_date)
+Index("ix_studies_accession", studies.c.partition, studies.c.accession_number)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_pk", Integer, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
+    Column("series_uid", UID, nullable=False),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("series_description", String(64)),
+    Column("performed_date", String(8)),
+    Column("performed_time", String(16)),
+    Column("timezone_offset", String(5)),
+    Column("num_instances", Integer, nullable=False, default=0),
+    # DICOM JSON of the series level attributes (RequestAttributesSequence included).
+    Column("attrs", Text, nullable=False, default="{}"),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("study_pk", "series_uid", name="uq_series_study_uid"),
+)
+Index("ix_series_uid", series.c.series_uid)
+Index("ix_series_modality", series.c.modality)
+
+# RequestAttributesSequence items, one row each, so a QIDO match on a nested key is a join.
+series_requests = Table(
+    "series_requests",
+    metadata,
+    Column("series_pk", Integer, ForeignKey("series.id", ondelete="CASCADE"), nullable=False),
+    Column("scheduled_procedure_step_id", String(16)),
+    Column("requested_procedure_id", String(16)),
+)
+Index("ix_series_requests_series", series_requests.c.series_pk)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_pk", Integer, ForeignKey("series.id", ondelete="CASCADE"), nullable=False),
+    Column("partition", String(64), nullable=False),
+    Column("sop_instance_uid", UID, nullable=False),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("instance_number", Integer),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("bits_allocated", Integer),
+    Column("number_of_frames", Integer),
+    # The blob: opaque key owned by the index, with its size and SHA-256 (hex).
+    Column("blob_key", String(128), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    # DICOM JSON metadata with BulkDataURIs, serialized once at ingest (WADO-RS metadata).
+    Column("metadata_json", Text, nullable=False),
+    # JSON: per frame a list of [offset, length] fragments in the blob; NULL when not indexable.
+    Column("frame_index", Text),
+    # JSON: bulk data element path -> [offset, length] in the blob.
+    Column("bulk_index", Text),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("partition", "sop_instance_uid", name="uq_instances_partition_uid"),
+)
+Index("ix_instances_series", instances.c.series_pk)
+Index("ix_instances_blob_key", instances.c.blob_key)
+
+# Blobs whose index rows were deleted; the reaper deletes them and then the row here.
+doomed_blobs = Table(
+    "doomed_blobs",
+    metadata,
+    Column("blob_key", String(128), primary_key=True),
+    Column("queued_at", BigInteger, nullable=False),
+)
+
+__all__ = [
+    "doomed_blobs",
+    "instances",
+    "metadata",
+    "series",
+    "series_requests",
+    "studies",
+]
