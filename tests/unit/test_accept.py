@@ -195,6 +195,18 @@ def test_not_acceptable_reason_names_request_and_offers() -> None:
     )
 
 
+def test_instance_default_is_explicit_vr_little_endian_whatever_the_order() -> None:
+    offers = instance_offers(
+        sorted({"1.2.840.10008.1.2", JPEG_BASELINE, EXPLICIT_VR_LITTLE_ENDIAN})
+    )
+    assert offers[0].default_transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
+    assert offers[0].transfer_syntaxes[-1] == "*"
+    assert choose(None, offers).transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
+    assert instance_offers([JPEG_BASELINE], as_stored=False)[0].transfer_syntaxes == (
+        JPEG_BASELINE,
+    )
+
+
 def test_star_without_as_stored_gets_default() -> None:
     offers = instance_offers(as_stored=False)
     choice = choose('multipart/related; type="application/dicom"; transfer-syntax=*', offers)

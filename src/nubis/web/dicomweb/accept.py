@@ -257,9 +257,6 @@ class MediaRange:
         return text
 
 
-ANY = MediaRange("*", "*", {}, 1.0)
-
-
 def parse_accept(header: str | None) -> list[MediaRange]:
     """Parse an ``Accept`` field value (RFC 9110 12.5.1; PS3.18 8.7.5).
 
@@ -282,7 +279,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         three decimals).
     """
     if header is None or not header.strip(_OWS):
-        return [ANY]
+        return [MediaRange("*", "*", {}, 1.0)]
     ranges: list[tuple[float, int, int, MediaRange]] = []
     for index, item in enumerate(split_header_list(header)):
         type_, subtype, params = parse_media_type(item)
@@ -297,7 +294,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         media_range = MediaRange(type_, subtype, params, q)
         ranges.append((-q, -media_range.specificity, index, media_range))
     if not ranges:
-        return [ANY]
+        return [MediaRange("*", "*", {}, 1.0)]
     ranges.sort(key=lambda entry: entry[:3])
     return [entry[3] for entry in ranges]
 
@@ -548,16 +545,21 @@ def instance_offers(
     Parameters
     ----------
     transfer_syntaxes : Iterable[str]
-        UIDs the archive can transcode to, default first (PS3.18 8.7.3.5.2: Explicit VR Little
-        Endian).
+        UIDs the archive can transcode to, in any order: Explicit VR Little Endian, when listed,
+        is moved first because PS3.18 8.7.3.5.2 makes it the default; otherwise the first UID is
+        the default.
     as_stored : bool
         Whether ``transfer-syntax=*`` may return each instance as stored.
     """
+    uids = [uid for uid in transfer_syntaxes if uid != ANY_TRANSFER_SYNTAX]
+    if EXPLICIT_VR_LITTLE_ENDIAN in uids:
+        uids.remove(EXPLICIT_VR_LITTLE_ENDIAN)
+        uids.insert(0, EXPLICIT_VR_LITTLE_ENDIAN)
     return (
         Offer(
             "multipart/related",
             part_type="application/dicom",
-            transfer_syntaxes=_with_any(transfer_syntaxes, as_stored),
+            transfer_syntaxes=_with_any(uids, as_stored),
         ),
     )
 

@@ -1,10 +1,11 @@
 """multipart/related bodies: a streaming reader for STOW-RS, a lazy writer for WADO-RS.
 
 The reader (:func:`iter_parts`) parses RFC 2046 5.1.1 / RFC 2387 bodies of any size with bounded
-memory: it holds at most one network chunk plus ``len(boundary) + 3`` bytes of carry-over, and
-hands out part data as soon as it cannot be the start of a delimiter. In the steady state each
-chunk received from the server is passed on unchanged (no copy), which keeps it at memory speed on
-the STOW-RS hot path (PS3.18 10.5, 8.6.1.2).
+memory: it holds at most one network chunk plus ``len(boundary) + 3`` bytes of carry-over (or one
+part's header block, at most :data:`MAX_HEADER_BYTES`), and hands out part data as soon as it
+cannot be the start of a delimiter. In the steady state each chunk received from the server is
+passed on unchanged (no copy), which keeps it at memory speed on the STOW-RS hot path (PS3.18 10.5,
+8.6.1.2).
 
 The writer (:func:`iter_multipart`) is a plain generator because WADO-RS streams blobs from a
 thread pool.
