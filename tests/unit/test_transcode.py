@@ -1,0 +1,377 @@
+"""Transfer syntax conversion (PS3.18 8.7.3.5) on pydicom's bundled test files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels import get_decoder, get_encoder, pixel_array
+from pydicom.uid import (
+    JPEG2000,
+    MPEG2MPML,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+import nubis.dicom.transcode as transcode
+from nubis.dicom.transcode import (
+    SUPPORTED_TARGETS,
+    can_transcode,
+    decode_frame,
+    encode_frame,
+    transcode_file,
+)
+from nubis.errors import BadRequest, NotAcceptable
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
+# Elements the conversion is allowed to change (PS3.5 8.2: they describe the encoded pixels).
+PIXEL_DESCRIPTION = {0x00280004, 0x00280006, 0x00280008, 0x7FE00010, 0x7FE00001, 0x7FE00002}
+
+
+def data(name: str) -> Path:
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not available offline")
+    return Path(path)
+
+
+def read(payload: bytes) -> FileDataset:
+    return pydicom.dcmread(io.BytesIO(payload))
+
+
+def values(ds: Dataset) -> dict[int, Any]:
+    """Element values by tag, recursively, excluding the pixel description."""
+    out: dict[int, Any] = {}
+    for elem in ds:
+        if elem.tag in PIXEL_DESCRIPTION:
+            continue
+        if elem.VR == "SQ":
+            out[elem.tag] = [values(item) for item in elem.value]
+        else:
+            out[elem.tag] = elem.value
+    return out
+
+
+# -- negotiation ---------------------------------------------------------------------------------
+
+
+def test_supported_targets() -> None:
+    assert set(UNCOMPRESSED) | {RLELossless, JPEG2000Lossless} <= SUPPORTED_TARGETS
+    assert (JPEGLSLossless in SUPPORTED_TARGETS) == get_encoder(JPEGLSLossless).is_available
+    assert JPEG2000 not in SUPPORTED_TARGETS  # lossy encoders are never offered
+    assert JPEGBaseline8Bit not in SUPPORTED_TARGETS
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "expected"),
+    [
+        (JPEGBaseline8Bit, JPEGBaseline8Bit, True),
+        (ExplicitVRLittleEndian, RLELossless, True),
+        (ExplicitVRBigEndian, ExplicitVRLittleEndian, True),
+        (JPEGBaseline8Bit, ExplicitVRLittleEndian, True),
+        (JPEG2000, JPEG2000Lossless, True),
+        (RLELossless, DeflatedExplicitVRLittleEndian, True),
+        (ExplicitVRLittleEndian, JPEGBaseline8Bit, False),
+        (JPEG2000Lossless, JPEG2000, False),
+        (ExplicitVRLittleEndian, ExplicitVRBigEndian, False),
+        (MPEG2MPML, ExplicitVRLittleEndian, False),
+        ("1.2.3.4", ExplicitVRLittleEndian, False),
+        (ExplicitVRLittleEndian, "1.2.3.4", False),
+    ],
+)
+def test_can_transcode(source: str, target: str, expected: bool) -> None:
+    assert can_transcode(source, target) is expected
+
+
+# -- whole files ---------------------------------------------------------------------------------
+
+
+def test_same_syntax_returns_stored_bytes() -> None:
+    for name in ("JPGExtended.dcm", "MR_small_RLE.dcm", "rtplan.dcm"):
+        path = data(name)
+        ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert transcode_file(path, ts) == path.read_bytes()
+
+
+LOSSLESS_CASES = [
+    ("CT_small.dcm", RLELossless),
+    ("CT_small.dcm", JPEG2000Lossless),
+    ("CT_small.dcm", ImplicitVRLittleEndian),
+    ("CT_small.dcm", DeflatedExplicitVRLittleEndian),
+    ("MR_small_implicit.dcm", ExplicitVRLittleEndian),
+    ("MR_small_bigendian.dcm", ExplicitVRLittleEndian),
+    ("MR_small_bigendian.dcm", RLELossless),
+    ("MR_small_RLE.dcm", ExplicitVRLittleEndian),
+    ("MR_small_RLE.dcm", JPEG2000Lossless),
+    ("MR_small_jp2klossless.dcm", RLELossless),
+    ("MR_small_jpeg_ls_lossless.dcm", ImplicitVRLittleEndian),
+    ("rtdose_rle.dcm", ExplicitVRLittleEndian),
+    ("rtdose_expb.dcm", DeflatedExplicitVRLittleEndian),
+    ("SC_rgb_rle_2frame.dcm", JPEG2000Lossless),
+    ("SC_rgb_small_odd_big_endian.dcm", ExplicitVRLittleEndian),
+    ("examples_jpeg2k.dcm", RLELossless),
+    ("examples_palette.dcm", RLELossless),
+    ("image_dfl.dcm", JPEG2000Lossless),
+    ("liver_expb_1frame.dcm", ImplicitVRLittleEndian),
+    ("SC_ybr_full_422_uncompressed.dcm", ImplicitVRLittleEndian),
+]
+
+
+@pytest.mark.parametrize(("name", "target"), LOSSLESS_CASES)
+def test_lossless_round_trip(name: str, target: str) -> None:
+    path = data(name)
+    source = pydicom.dcmread(path)
+    payload = transcode_file(path, target)
+
+    assert payload[128:132] == b"DICM"
+    result = read(payload)
+    assert result.file_meta.TransferSyntaxUID == target
+    assert result.file_meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
+    assert values(result) == values(source)
+    decoded, expected = result.pixel_array, source.pixel_array
+    assert (decoded.dtype.kind, decoded.dtype.itemsize) == (
+        expected.dtype.kind,
+        expected.dtype.itemsize,
+    )
+    assert np.array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize("target", [ImplicitVRLittleEndian, RLELossless, JPEG2000Lossless])
+def test_private_elements_keep_their_bytes(target: str) -> None:
+    path = data("CT_small.dcm")
+    # Fresh reads, and only keys() before get_item(), so both sides stay undecoded raw bytes.
+    source = pydicom.dcmread(path)
+    result = read(transcode_file(path, target))
+    private = [tag for tag in source.keys() if tag.is_private]  # noqa: SIM118
+    assert len(private) > 10
+    for tag in private:
+        # pydicom decodes empty values eagerly; "" and b"" are the same zero-length value.
+        expected = source.get_item(tag).value or b""
+        assert (result.get_item(tag).value or b"") == expected, tag
+
+
+def test_private_sequence_survives_vr_change() -> None:
+    path = data("priv_SQ.dcm")
+    source = pydicom.dcmread(path)
+    result = read(transcode_file(path, ExplicitVRLittleEndian))
+    assert values(result) == values(source)
+
+
+def test_lossy_source_decoded_keeps_lossy_flag() -> None:
+    path = data("SC_rgb_jpeg_dcmtk.dcm")  # YBR_FULL baseline JPEG, Lossy Image Compression 01
+    result = read(transcode_file(path, ExplicitVRLittleEndian))
+    assert result.PhotometricInterpretation == "RGB"
+    assert result.LossyImageCompression == "01"
+    assert np.array_equal(result.pixel_array, pixel_array(path))
+
+
+def test_lossy_flag_added_when_missing(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(data("SC_rgb_jpeg_dcmtk.dcm"))
+    del ds.LossyImageCompression
+    path = tmp_path / "unflagged.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    result = read(transcode_file(path, RLELossless))
+    assert result.LossyImageCompression == "01"
+    assert result.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(result.LossyImageCompressionRatio) > 1
+
+
+def test_multiframe_lossy_to_lossless() -> None:
+    path = data("examples_ybr_color.dcm")  # 30-frame YBR_FULL_422 baseline JPEG
+    result = read(transcode_file(path, ExplicitVRLittleEndian))
+    assert (result.NumberOfFrames, result.PhotometricInterpretation) == (30, "RGB")
+    assert np.array_equal(result.pixel_array[29], pixel_array(path, index=29))
+
+
+@pytest.mark.parametrize("target", UNCOMPRESSED)
+def test_no_pixel_data_between_uncompressed(target: str) -> None:
+    path = data("rtplan.dcm")
+    result = read(transcode_file(path, target))
+    assert result.file_meta.TransferSyntaxUID == target
+    assert values(result) == values(pydicom.dcmread(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("rtplan.dcm", RLELossless),  # no pixel data
+        ("rtplan.dcm", JPEG2000Lossless),
+        ("CT_small.dcm", JPEGBaseline8Bit),  # never lossy
+        ("MR_small_RLE.dcm", JPEG2000),
+        ("CT_small.dcm", ExplicitVRBigEndian),  # retired, not produced
+        ("CT_small.dcm", "1.2.3.4"),
+        ("rtdose.dcm", JPEG2000Lossless),  # 32-bit is beyond the codec
+        ("liver_1frame.dcm", RLELossless),  # 1-bit is beyond the codec
+    ],
+)
+def test_refusals_name_both_syntaxes(name: str, target: str) -> None:
+    path = data(name)
+    source_ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    with pytest.raises(NotAcceptable) as info:
+        transcode_file(path, target)
+    assert str(source_ts) in info.value.reason
+    assert target in info.value.reason
+
+
+def test_undecodable_source_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = data("MR_small_jp2klossless.dcm")
+    monkeypatch.setattr(transcode, "_decodable", lambda uid: False)
+    with pytest.raises(NotAcceptable, match="cannot be decoded"):
+        transcode_file(path, ExplicitVRLittleEndian)
+
+
+def test_float_pixel_data_uncompressed_only(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(data("MR_small.dcm"))
+    del ds.PixelData, ds.PixelRepresentation, ds.BitsStored
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = np.arange(64 * 64, dtype=np.float32).tobytes()
+    path = tmp_path / "float.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    result = read(transcode_file(path, ImplicitVRLittleEndian))
+    assert result.FloatPixelData == ds.FloatPixelData
+    with pytest.raises(NotAcceptable, match="float"):
+        transcode_file(path, RLELossless)
+
+
+def test_not_a_dicom_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk.dcm"
+    path.write_bytes(b"\x01\x02" * 200)
+    with pytest.raises(NotAcceptable):
+        transcode_file(path, ExplicitVRLittleEndian)
+
+
+# -- single frames -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("compressed", "native"),
+    [("rtdose_rle.dcm", "rtdose.dcm"), ("MR_small_RLE.dcm", "MR_small.dcm")],
+)
+def test_decoded_frames_equal_native_twin(compressed: str, native: str) -> None:
+    twin = pydicom.dcmread(data(native))
+    frames = int(twin.get("NumberOfFrames", 1))
+    length = len(twin.PixelData) // frames
+    for number in range(1, frames + 1):
+        expected = twin.PixelData[(number - 1) * length : number * length]
+        assert decode_frame(data(compressed), number) == expected
+        assert decode_frame(data(native), number) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SC_rgb_rle_2frame.dcm",
+        "examples_jpeg2k.dcm",
+        "SC_ybr_full_422_uncompressed.dcm",  # native 4:2:2 stays subsampled
+        "liver_1frame.dcm",  # 1-bit stays packed
+        "SC_rgb_small_odd_big_endian.dcm",
+        "image_dfl.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ],
+)
+def test_decoded_frames_match_uncompressed_file(name: str) -> None:
+    path = data(name)
+    native = read(transcode_file(path, ExplicitVRLittleEndian))
+    frames = b"".join(
+        decode_frame(path, number) for number in range(1, int(native.get("NumberOfFrames", 1)) + 1)
+    )
+    # Pixel Data is padded to an even length (PS3.5 7.1.1).
+    assert native.PixelData[: len(frames)] == frames
+    assert len(native.PixelData) - len(frames) in (0, 1)
+
+
+def test_decode_frame_decodes_only_that_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    indexes: list[int | None] = []
+
+    def spy(*args: Any, **kwargs: Any) -> np.ndarray:
+        indexes.append(kwargs.get("index"))
+        return pixel_array(*args, **kwargs)
+
+    monkeypatch.setattr(transcode, "pixel_array", spy)
+    decode_frame(data("SC_rgb_rle_2frame.dcm"), 2)
+    assert indexes == [1]
+
+
+@pytest.mark.parametrize("frame", [0, 16])
+def test_decode_frame_out_of_range(frame: int) -> None:
+    with pytest.raises(BadRequest, match="out of range"):
+        decode_frame(data("rtdose_rle.dcm"), frame)
+
+
+def test_decode_frame_without_pixel_data() -> None:
+    with pytest.raises(NotAcceptable, match="no pixel data"):
+        decode_frame(data("rtplan.dcm"), 1)
+
+
+def test_encode_frame_rle() -> None:
+    path = data("SC_rgb_rle_2frame.dcm")
+    stored = list(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=2))
+    assert encode_frame(path, 2, RLELossless) == stored[1]
+
+    mr = data("MR_small.dcm")
+    segment = encode_frame(mr, 1, RLELossless)
+    decoded = get_decoder(RLELossless).as_array(
+        encapsulate([segment]),
+        rows=64,
+        columns=64,
+        samples_per_pixel=1,
+        bits_allocated=16,
+        bits_stored=16,
+        pixel_representation=1,
+        photometric_interpretation="MONOCHROME2",
+        number_of_frames=1,
+    )[0]
+    assert np.array_equal(decoded, pixel_array(mr))
+
+
+def test_encode_frame_jpeg2000_from_lossy_color() -> None:
+    path = data("examples_ybr_color.dcm")
+    codestream = encode_frame(path, 5, JPEG2000Lossless)
+    assert codestream[:4] == b"\xff\x4f\xff\x51"  # SOC, SIZ
+    decoded = get_decoder(JPEG2000Lossless).as_array(
+        encapsulate([codestream]),
+        rows=240,
+        columns=320,
+        samples_per_pixel=3,
+        bits_allocated=8,
+        bits_stored=8,
+        pixel_representation=0,
+        photometric_interpretation="RGB",
+        planar_configuration=0,
+        number_of_frames=1,
+    )[0]
+    assert np.array_equal(decoded, pixel_array(path, index=4))
+
+
+def test_encode_frame_uncompressed_and_refusals() -> None:
+    path = data("MR_small_RLE.dcm")
+    assert encode_frame(path, 1, ExplicitVRLittleEndian) == decode_frame(path, 1)
+    with pytest.raises(NotAcceptable, match=str(RLELossless)):
+        encode_frame(path, 1, JPEG2000)
+    with pytest.raises(NotAcceptable, match="not encodable"):
+        encode_frame(data("rtdose.dcm"), 1, JPEG2000Lossless)
+    with pytest.raises(BadRequest):
+        encode_frame(path, 2, RLELossless)
+
+
+def test_uid_type_accepted() -> None:
+    path = data("MR_small.dcm")
+    assert read(transcode_file(path, UID(str(RLELossless)))).file_meta.TransferSyntaxUID == (
+        RLELossless
+    )
