@@ -1,0 +1,3 @@
+from nubis.cli.main import main
+
+main()

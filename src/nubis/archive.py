@@ -1,0 +1,62 @@
+"""The composition root: builds the index, blob store and services from the settings."""
+
+from __future__ import annotations
+
+import logging
+
+from nubis.blobs.registry import open_blob_store
+from nubis.config import Settings
+from nubis.index.database import Index
+from nubis.services.maintenance import Maintenance
+from nubis.services.retrieve import RetrieveService
+from nubis.services.spool import Spool
+from nubis.services.store import StoreService
+
+log = logging.getLogger(__name__)
+
+
+class Archive:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.index = Index(settings.index_url, durable=settings.durable)
+        self.blobs = open_blob_store(settings.blobs_url, durable=settings.durable)
+        self.spool = Spool(settings.spool_dir)
+        self.store = StoreService(
+            self.index,
+            self.blobs,
+            overwrite=settings.on_conflict == "overwrite",
+            bulk_threshold=settings.bulk_threshold,
+        )
+        self.retrieve = RetrieveService(self.index, self.blobs)
+        self.maintenance = Maintenance(
+            self.index, self.blobs, orphan_grace_seconds=settings.orphan_grace_seconds
+        )
+        self.ready = False
+
+    def start(self) -> None:
+        self.index.open()
+        leftovers = self.spool.clear()
+        if leftovers:
+            log.info("removed %d spool file(s) left by an interrupted run", leftovers)
+        report = self.maintenance.reap()
+        if report.orphans_deleted or report.doomed_deleted:
+            log.info(
+                "reaped %d orphan and %d deleted blob(s)",
+                report.orphans_deleted,
+                report.doomed_deleted,
+            )
+        self.maintenance.start_background()
+        self.ready = True
+
+    def stop(self) -> None:
+        self.ready = False
+        self.maintenance.stop_background()
+        self.index.close()
+
+    def __enter__(self) -> Archive:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

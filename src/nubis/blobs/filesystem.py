@@ -1,0 +1,131 @@
+"""Blobs as files in a local folder, fanned out by key prefix (``ab/cd/abcd...``).
+
+Durability follows the classic recipe: the spooled file is fsynced, renamed into place with
+``os.link`` (which fails if the key exists, giving create-only semantics atomically), and the
+parent folder is fsynced so the new directory entry survives a power loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from nubis.ports.blobs import BlobCapabilities, BlobExists, BlobInfo, BlobNotFound
+
+
+class FileBlobStore:
+    capabilities = BlobCapabilities(adopts_local_files=True, range_reads=True)
+
+    def __init__(self, root: Path, *, durable: bool = True) -> None:
+        self.root = root
+        self.durable = durable
+        root.mkdir(parents=True, exist_ok=True)
+
+    def new_key(self) -> str:
+        return secrets.token_hex(16)
+
+    def _path(self, key: str) -> Path:
+        # Keys come from new_key() or the index; refuse anything else so no key escapes the root.
+        if len(key) != 32 or not all(c in "0123456789abcdef" for c in key):
+            raise BlobNotFound(key)
+        return self.root / key[:2] / key[2:4] / key
+
+    def put_file(self, key: str, source: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.durable:
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            raise BlobExists(key) from None
+        except OSError:
+            # Spool on another filesystem: copy through a temp file, then link into place.
+            self._copy_in(source, target)
+        os.unlink(source)
+        if self.durable:
+            _fsync_dir(target.parent)
+
+    def _copy_in(self, source: Path, target: Path) -> None:
+        temp = target.with_name(target.name + ".tmp-" + secrets.token_hex(4))
+        with open(source, "rb") as src, open(temp, "xb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+            dst.flush()
+            if self.durable:
+                os.fsync(dst.fileno())
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            raise BlobExists(target.name) from None
+        finally:
+            os.unlink(temp)
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                if length is None:
+                    f.seek(start)
+                    return f.read()
+                return os.pread(f.fileno(), length, start)
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+
+    def iter_chunks(
+        self, key: str, start: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        try:
+            f = open(self._path(key), "rb")  # noqa: SIM115 - closed by the generator below
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+        return _chunks(f, start, length, chunk_size)
+
+    def local_path(self, key: str) -> Path | None:
+        path = self._path(key)
+        if not path.exists():
+            raise BlobNotFound(key)
+        return path
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError, BlobNotFound):
+            os.unlink(self._path(key))
+
+    def list(self) -> Iterator[BlobInfo]:
+        for first in sorted(self.root.iterdir()):
+            if not first.is_dir() or len(first.name) != 2:
+                continue
+            for second in sorted(first.iterdir()):
+                for entry in os.scandir(second):
+                    if len(entry.name) != 32:
+                        continue  # a .tmp- file of a copy in progress
+                    st = entry.stat()
+                    yield BlobInfo(entry.name, st.st_size, st.st_mtime)
+
+
+def _chunks(f, start: int, length: int | None, chunk_size: int) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+    with f:
+        f.seek(start)
+        remaining = length
+        while remaining is None or remaining > 0:
+            want = chunk_size if remaining is None else min(chunk_size, remaining)
+            chunk = f.read(want)
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,202 @@
+"""The ``nubis`` command: serve, import, settings, reap.
+
+Options that set a setting take their help text from nubis.config, where each setting is
+declared once; ``--set NAME=VALUE`` reaches every other setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nubis import __version__
+from nubis.config import SETTINGS, SETTINGS_BY_NAME, Settings, SettingsError, load_settings
+
+console = Console(stderr=True)
+
+
+def _settings_epilog() -> str:
+    lines = ["Settings (TOML file keys; environment NUBIS_<NAME>; --set NAME=VALUE):\n\n"]
+    for s in SETTINGS:
+        lines.append(f"{s.name} [{s.env_var}, default {s.default!s}]: {s.help}\n\n")
+    return "".join(lines)
+
+
+app = typer.Typer(
+    name="nubis",
+    help=f"nubis {__version__}: a cloud-native archive for medical images (DICOMweb).",
+    epilog=_settings_epilog(),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _help(name: str) -> str:
+    return SETTINGS_BY_NAME[name].help
+
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file (also NUBIS_CONFIG).")
+]
+DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help=_help("data_dir"))]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Any setting as NAME=VALUE (repeatable); see nubis settings."),
+]
+
+
+def _load(config: Path | None, overrides: dict[str, object], extra: list[str] | None) -> Settings:
+    for item in extra or []:
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in SETTINGS_BY_NAME:
+            console.print(f"[red]--set {item!r}: expected NAME=VALUE with a known setting name")
+            raise typer.Exit(2)
+        overrides.setdefault(name.strip(), value)
+    try:
+        return load_settings(config_file=config, overrides=overrides)
+    except SettingsError as exc:
+        console.print(f"[red]configuration error: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def serve(
+    data_dir: DataDirOption = None,
+    host: Annotated[str | None, typer.Option(help=_help("host"))] = None,
+    http_port: Annotated[int | None, typer.Option(help=_help("http_port"))] = None,
+    index: Annotated[str | None, typer.Option(help=_help("index"))] = None,
+    blobs: Annotated[str | None, typer.Option(help=_help("blobs"))] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Start the archive: DICOMweb at http://HOST:PORT/dicom-web, WADO-URI at /wado."""
+    import uvicorn
+
+    from nubis.archive import Archive
+    from nubis.web.app import create_app
+
+    settings = _load(
+        config,
+        {
+            "data_dir": data_dir,
+            "host": host,
+            "http_port": http_port,
+            "index": index,
+            "blobs": blobs,
+        },
+        set_,
+    )
+    _logging(settings)
+    archive = Archive(settings)
+    console.print(
+        f"nubis {__version__}: DICOMweb at http://{settings.host}:{settings.http_port}/dicom-web "
+        f"(data in {settings.data_dir.resolve()})"
+    )
+    uvicorn.run(
+        create_app(archive),
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command("import")
+def import_files(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (recursive).")],
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Store local DICOM files into the archive (the server may be stopped or running)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from nubis.archive import Archive
+    from nubis.web.dicomweb.common import DEFAULT_PARTITION
+
+    settings = _load(config, {"data_dir": data_dir}, set_)
+    _logging(settings)
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
+    files = [f for f in files if f.is_file()]
+    stored = failed = 0
+    with (
+        Archive(settings) as archive,
+        Progress(
+            "{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress,
+    ):
+        task = progress.add_task("importing", total=len(files))
+        for path in files:
+            outcome = archive.store.store(
+                archive.spool.from_file(path), partition=DEFAULT_PARTITION
+            )
+            if outcome.error is None:
+                stored += 1
+            else:
+                failed += 1
+                progress.console.print(f"{path}: {outcome.error.reason}")
+            progress.advance(task)
+    console.print(f"{stored} stored, {failed} refused")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reap(
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    grace_seconds: Annotated[
+        int | None, typer.Option(help="Override orphan_grace_seconds for this run.")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Delete blobs of deleted instances and orphan blobs (no index row)."""
+    from nubis.archive import Archive
+
+    settings = _load(config, {"data_dir": data_dir}, set_)
+    _logging(settings)
+    archive = Archive(settings)
+    archive.index.open()
+    try:
+        report = archive.maintenance.reap(grace_seconds)
+    finally:
+        archive.index.close()
+    console.print(
+        f"{report.doomed_deleted} deleted and {report.orphans_deleted} orphan blob(s) removed"
+    )
+
+
+@app.command("settings")
+def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Show every setting, its value, where the value came from, and its help."""
+    settings = _load(config, {}, set_)
+    table = Table("setting", "value", "from", "environment", "help")
+    for s in SETTINGS:
+        table.add_row(
+            s.name, str(getattr(settings, s.name)), settings.sources[s.name], s.env_var, s.help
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,182 @@
+"""Settings: each declared once, with its type, default and help text.
+
+A value comes, from lowest to highest precedence, from the declared default, the TOML file
+(``--config`` or ``NUBIS_CONFIG``), the ``NUBIS_<NAME>`` environment variable, and the command
+line. ``nubis --help`` and ``nubis settings`` print the table below, so the documentation of a
+setting cannot drift from its declaration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def env_var(self) -> str:
+        return "NUBIS_" + self.name.upper()
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return parse
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {"Path": Path, "str": str, "int": int, "bool": _bool}
+
+
+def _setting(default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The archive's configuration; the only place a setting is declared."""
+
+    data_dir: Path = _setting(Path("nubis-data"), "Folder for the embedded index, blobs and spool.")
+    host: str = _setting("127.0.0.1", "Address the HTTP server binds to.")
+    http_port: int = _setting(8042, "HTTP port; DICOMweb is served under /dicom-web.")
+    index: str = _setting(
+        "", "Index database URL (sqlite:///PATH). Empty: the SQLite file index.sqlite in data_dir."
+    )
+    blobs: str = _setting(
+        "", "Blob store URL (file:///PATH). Empty: the folder blobs/ in data_dir."
+    )
+    on_conflict: str = _setting(
+        "reject",
+        "A different object arriving under a stored SOP Instance UID: 'reject' keeps the stored "
+        "one and answers 0x0111 (HTTP 409); 'overwrite' replaces it.",
+        _choice("reject", "overwrite"),
+    )
+    qido_default_limit: int = _setting(
+        1000, "QIDO-RS results per page when the request gives no limit (page on with offset)."
+    )
+    qido_max_limit: int = _setting(
+        10000, "Largest QIDO-RS page; a larger limit is lowered to this with a Warning header."
+    )
+    bulk_threshold: int = _setting(
+        1024, "Binary values longer than this many bytes are sent as BulkDataURI in metadata."
+    )
+    orphan_grace_seconds: int = _setting(
+        900,
+        "A blob with no index row is reaped once it is older than this (an in-flight store "
+        "writes its blob before its row).",
+    )
+    durable: bool = _setting(
+        True, "fsync blobs and the index before acknowledging a store. Off only for throwaway data."
+    )
+    log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def index_url(self) -> str:
+        return self.index or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def blobs_url(self) -> str:
+        return self.blobs or (self.data_dir / "blobs").resolve().as_uri()
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, f.metadata["parse"] or _PARSERS[str(f.type)], f.default, f.metadata["help"])
+    for f in fields(Settings)
+    if f.name != "sources"
+)
+SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting and its source."""
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Resolve every setting from default, TOML file, environment and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    sources = {s.name: "default" for s in SETTINGS}
+
+    if config_file is None and environ.get("NUBIS_CONFIG"):
+        config_file = Path(environ["NUBIS_CONFIG"])
+    if config_file is not None:
+        try:
+            table = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {config_file}: {exc}") from None
+        for key, raw in table.items():
+            setting = SETTINGS_BY_NAME.get(key)
+            if setting is None:
+                raise SettingsError(f"{config_file}: unknown setting {key!r}")
+            values[key] = _coerce(setting, raw, f"{config_file}")
+            sources[key] = str(config_file)
+
+    for setting in SETTINGS:
+        if setting.env_var in environ:
+            values[setting.name] = _coerce(setting, environ[setting.env_var], setting.env_var)
+            sources[setting.name] = setting.env_var
+
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        setting = SETTINGS_BY_NAME[key]
+        values[key] = _coerce(setting, raw, "command line")
+        sources[key] = "command line"
+
+    settings = Settings(**values, sources=sources)
+    _validate(settings)
+    return settings
+
+
+def _coerce(setting: Setting, raw: Any, source: str) -> Any:
+    if isinstance(raw, str) or setting.parse is Path:
+        try:
+            return setting.parse(str(raw))
+        except ValueError as exc:
+            raise SettingsError(f"{setting.name} (from {source}): {exc}") from None
+    expected = type(setting.default)
+    if not isinstance(raw, expected):
+        raise SettingsError(
+            f"{setting.name} (from {source}): expected {expected.__name__}, got {raw!r}"
+        )
+    return raw
+
+
+def _validate(settings: Settings) -> None:
+    if not 0 < settings.http_port < 65536:
+        raise SettingsError(f"http_port must be 1-65535, got {settings.http_port}")
+    if settings.qido_default_limit < 1 or settings.qido_max_limit < settings.qido_default_limit:
+        raise SettingsError("qido_default_limit must be >= 1 and <= qido_max_limit")
+    if settings.bulk_threshold < 0:
+        raise SettingsError("bulk_threshold must be >= 0")

@@ -1,0 +1,84 @@
+"""One error tree for the whole archive.
+
+Every error a client may see derives from :class:`NubisError` and carries the HTTP status and the
+DICOM status (PS3.7 Annex C, PS3.4 B.2.3, PS3.18 10.5.3) that each front door answers with, so
+DICOMweb and DIMSE report the same failure the same way. ``reason`` is safe to show a client: it
+names what is wrong and never carries a stack trace or internal paths.
+"""
+
+from __future__ import annotations
+
+
+class NubisError(Exception):
+    """Base of every error that is reported to a client."""
+
+    http_status: int = 500
+    dimse_status: int = 0x0110  # Processing failure
+
+    def __init__(self, reason: str, *, dimse_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if dimse_status is not None:
+            self.dimse_status = dimse_status
+
+
+class BadRequest(NubisError):
+    """The request itself is malformed (bad query key, range, UID, header)."""
+
+    http_status = 400
+    dimse_status = 0xC000  # Cannot understand
+
+
+class NotFound(NubisError):
+    """The resource does not exist, or the caller may not know that it exists."""
+
+    http_status = 404
+    dimse_status = 0xC000
+
+
+class NotAcceptable(NubisError):
+    """No representation the client accepts can be produced (PS3.18 8.7.5)."""
+
+    http_status = 406
+    dimse_status = 0xC000
+
+
+class UnsupportedMediaType(NubisError):
+    """The request body is not of a media type the resource accepts."""
+
+    http_status = 415
+    dimse_status = 0xC000
+
+
+class PayloadTooLarge(NubisError):
+    http_status = 413
+    dimse_status = 0xA700
+
+
+class InvalidInstance(NubisError):
+    """A stored object was refused; ``dimse_status`` is its PS3.18 10.5.3 failure reason.
+
+    Typical reasons: 0xC000 (not a DICOM PS3.10 file, truncated), 0xA900 (data set does not match
+    SOP class: missing or invalid UIDs), 0xC122 (transfer syntax not supported).
+    """
+
+    http_status = 409
+    dimse_status = 0xC000
+
+
+class DuplicateInstance(NubisError):
+    """A different object already exists under this SOP Instance UID (PS3.7 C.4.2: 0x0111)."""
+
+    http_status = 409
+    dimse_status = 0x0111
+
+
+class StorageUnavailable(NubisError):
+    """The blob store or index cannot take the write now; nothing was acknowledged."""
+
+    http_status = 503
+    dimse_status = 0xA700  # Out of resources
+
+
+class NotReady(StorageUnavailable):
+    """The archive is starting or stopping."""

@@ -1,0 +1,512 @@
+"""The metadata index on SQLAlchemy Core (SQLite embedded; PostgreSQL in #5).
+
+Writes go through one writer thread that commits whatever stores are waiting in a single
+transaction (group commit), each in its own SAVEPOINT: with synchronous=FULL every commit costs
+an fsync, and many concurrent STOW-RS / C-STORE requests share one instead of queueing behind
+each other. Reads use a pool of connections; SQLite's WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.pool import QueuePool, StaticPool
+
+from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
+from nubis.index.query_sql import Page, search_page
+from nubis.index.schema import doomed_blobs, instances, series, series_requests, studies
+from nubis.model.query import Query
+from nubis.model.records import NewInstance, StoredInstance, StoreResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_STORED_COLUMNS = (
+    instances.c.id,
+    instances.c.partition,
+    studies.c.study_uid,
+    series.c.series_uid,
+    instances.c.sop_instance_uid,
+    instances.c.sop_class_uid,
+    instances.c.transfer_syntax_uid,
+    instances.c.blob_key,
+    instances.c.size,
+    instances.c.sha256,
+    instances.c.number_of_frames,
+    instances.c.frame_index,
+    instances.c.bulk_index,
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _sqlite_engine(url: str, *, durable: bool, writer: bool) -> Engine:
+    engine = create_engine(
+        url,
+        poolclass=StaticPool if writer else QueuePool,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        **({} if writer else {"pool_size": 8, "max_overflow": 8}),
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide where transactions begin (needed for SAVEPOINT).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute("PRAGMA mmap_size=268435456")
+        cursor.execute("PRAGMA temp_store=MEMORY")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    return engine
+
+
+class _GroupCommitWriter(threading.Thread):
+    """Runs write jobs on one connection, many jobs per transaction."""
+
+    max_batch = 128
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(name="nubis-index-writer", daemon=True)
+        self.engine = engine
+        self.jobs: queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+
+    def submit(self, job: Callable[[Connection], T]) -> T:
+        future: Future[T] = Future()
+        self.jobs.put((job, future))
+        return future.result()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.join(timeout=30)
+
+    def run(self) -> None:
+        while True:
+            first = self.jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.jobs.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)  # type: ignore[arg-type]
+
+    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                for job, _ in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        result = job(conn)
+                    except BaseException as exc:
+                        savepoint.rollback()
+                        outcomes.append((False, exc))
+                    else:
+                        savepoint.commit()
+                        outcomes.append((True, result))
+        except Exception as exc:
+            log.exception("index commit failed for %d write(s)", len(batch))
+            failure = StorageUnavailable("the index could not commit the write")
+            failure.__cause__ = exc
+            for _, future in batch:
+                future.set_exception(failure)
+            return
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+class Index:
+    """Index operations used by the services; each write is one atomic unit."""
+
+    def __init__(self, url: str, *, durable: bool = True) -> None:
+        if not url.startswith("sqlite:"):
+            raise StorageUnavailable(f"unsupported index URL {url!r} (supported: sqlite:///PATH)")
+        self.url = url
+        self.read_engine = _sqlite_engine(url, durable=durable, writer=False)
+        self.write_engine = _sqlite_engine(url, durable=durable, writer=True)
+        self._writer = _GroupCommitWriter(self.write_engine)
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        self.migrate()
+        self._writer.start()
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self._writer.stop()
+        self.read_engine.dispose()
+        self.write_engine.dispose()
+
+    def _alembic_config(self, conn: Connection) -> AlembicConfig:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(resources.files("nubis.index") / "migrations"))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` (numbered migrations, PS: see index/migrations)."""
+        with self.write_engine.connect() as conn:
+            command.upgrade(self._alembic_config(conn), revision)
+            conn.commit()
+
+    def schema_version(self) -> str | None:
+        with self.read_engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_version(self) -> str | None:
+        with self.read_engine.connect() as conn:
+            return ScriptDirectory.from_config(self._alembic_config(conn)).get_current_head()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.read_engine.connect() as conn, conn.begin():
+            yield conn
+
+    def write(self, job: Callable[[Connection], T]) -> T:
+        return self._writer.submit(job)
+
+    # ------------------------------------------------------------------ store
+    def find_instance(self, partition: str, sop_instance_uid: str) -> StoredInstance | None:
+        with self.reading() as conn:
+            return _stored_where(
+                conn,
+                instances.c.partition == partition,
+                instances.c.sop_instance_uid == sop_instance_uid,
+            )
+
+    def store(self, new: NewInstance, *, overwrite: bool) -> tuple[StoreResult, str | None]:
+        """Commit ``new``; returns the outcome and the blob key that is no longer needed.
+
+        Raises DuplicateInstance (0x0111) when a different object holds the SOP Instance UID
+        and ``overwrite`` is false; the stored object is left untouched.
+        """
+        return self.write(lambda conn: _store(conn, new, overwrite))
+
+    # ------------------------------------------------------------------ read
+    def instances_of(
+        self,
+        partition: str,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredInstance]:
+        """Instances of a study / series / single instance in stable order; NotFound if none."""
+        with self.reading() as conn:
+            rows = conn.execute(_scoped(partition, study_uid, series_uid, sop_instance_uid)).all()
+        if not rows:
+            raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
+        return [StoredInstance(*row) for row in rows]
+
+    def metadata_of(
+        self,
+        partition: str,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[tuple[str, str, str]]:
+        """(series UID, SOP Instance UID, metadata JSON) rows in stable order: one query."""
+        stmt = _scoped(partition, study_uid, series_uid, sop_instance_uid).with_only_columns(
+            series.c.series_uid, instances.c.sop_instance_uid, instances.c.metadata_json
+        )
+        with self.reading() as conn:
+            rows = conn.execute(stmt).all()
+        if not rows:
+            raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # ------------------------------------------------------------------ delete and reap
+    def delete(
+        self,
+        partition: str,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> int:
+        """Remove the rows; their blobs are queued in doomed_blobs for the reaper."""
+
+        def job(conn: Connection) -> int:
+            pks = (
+                conn.execute(
+                    _scoped(partition, study_uid, series_uid, sop_instance_uid).with_only_columns(
+                        instances.c.id
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not pks:
+                raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
+            for pk in pks:
+                _remove_instance(conn, pk)
+            return len(pks)
+
+        return self.write(job)
+
+    def doomed_blob_keys(self, limit: int = 1000) -> list[str]:
+        with self.reading() as conn:
+            return list(conn.execute(select(doomed_blobs.c.blob_key).limit(limit)).scalars())
+
+    def forget_doomed(self, keys: Sequence[str]) -> None:
+        self.write(
+            lambda conn: conn.execute(delete(doomed_blobs).where(doomed_blobs.c.blob_key.in_(keys)))
+        )
+
+    def referenced_blob_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` an instance row or the doomed queue still references."""
+        with self.reading() as conn:
+            live = conn.execute(
+                select(instances.c.blob_key).where(instances.c.blob_key.in_(keys))
+            ).scalars()
+            doomed = conn.execute(
+                select(doomed_blobs.c.blob_key).where(doomed_blobs.c.blob_key.in_(keys))
+            ).scalars()
+            return set(live) | set(doomed)
+
+    def search(self, query: Query) -> Page:
+        """QIDO-RS / C-FIND matching (PS3.4 C.2.2.2) over the index; see query_sql."""
+        with self.reading() as conn:
+            return search_page(conn, query)
+
+    def counts(self) -> dict[str, int]:
+        with self.reading() as conn:
+            return {
+                name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+                for name, table in (
+                    ("studies", studies),
+                    ("series", series),
+                    ("instances", instances),
+                )
+            }
+
+
+def _not_found_reason(study: str, series_uid: str | None, sop: str | None) -> str:
+    if sop is not None:
+        return f"no instance {sop} in series {series_uid} of study {study}"
+    if series_uid is not None:
+        return f"no series {series_uid} in study {study}"
+    return f"no study {study}"
+
+
+def _scoped(partition: str, study_uid: str, series_uid: str | None, sop: str | None) -> Any:
+    stmt = (
+        select(*_STORED_COLUMNS)
+        .select_from(
+            instances.join(series, instances.c.series_pk == series.c.id).join(
+                studies, series.c.study_pk == studies.c.id
+            )
+        )
+        .where(studies.c.partition == partition, studies.c.study_uid == study_uid)
+        .order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
+    )
+    if series_uid is not None:
+        stmt = stmt.where(series.c.series_uid == series_uid)
+    if sop is not None:
+        stmt = stmt.where(instances.c.sop_instance_uid == sop)
+    return stmt
+
+
+def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
+    row = conn.execute(
+        select(*_STORED_COLUMNS)
+        .select_from(
+            instances.join(series, instances.c.series_pk == series.c.id).join(
+                studies, series.c.study_pk == studies.c.id
+            )
+        )
+        .where(*criteria)
+    ).first()
+    return StoredInstance(*row) if row else None
+
+
+def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreResult, str | None]:
+    existing = _stored_where(
+        conn,
+        instances.c.partition == new.partition,
+        instances.c.sop_instance_uid == new.sop_instance_uid,
+    )
+    replaced_key: str | None = None
+    result = StoreResult.STORED
+    if existing is not None:
+        if existing.sha256 == new.sha256 and existing.size == new.size:
+            return StoreResult.ALREADY_STORED, new.blob_key
+        if not overwrite:
+            raise DuplicateInstance(
+                f"a different object is already stored under SOP Instance UID "
+                f"{new.sop_instance_uid}; the stored one is kept"
+            )
+        _remove_instance(conn, existing.pk, doom_blob=False)
+        replaced_key, result = existing.blob_key, StoreResult.REPLACED
+
+    now = _now_ms()
+    study_pk = conn.execute(
+        select(studies.c.id).where(
+            studies.c.partition == new.partition, studies.c.study_uid == new.study_uid
+        )
+    ).scalar()
+    if study_pk is None:
+        study_pk = conn.execute(
+            insert(studies).values(
+                partition=new.partition,
+                study_uid=new.study_uid,
+                attrs=new.study_attrs_json,
+                created_at=now,
+                updated_at=now,
+                **new.study_columns,
+            )
+        ).inserted_primary_key[0]
+    series_row = conn.execute(
+        select(series.c.id).where(
+            series.c.study_pk == study_pk, series.c.series_uid == new.series_uid
+        )
+    ).first()
+    if series_row is None:
+        series_pk = conn.execute(
+            insert(series).values(
+                study_pk=study_pk,
+                series_uid=new.series_uid,
+                attrs=new.series_attrs_json,
+                created_at=now,
+                **new.series_columns,
+            )
+        ).inserted_primary_key[0]
+        if new.requests:
+            conn.execute(
+                insert(series_requests),
+                [
+                    {
+                        "series_pk": series_pk,
+                        "scheduled_procedure_step_id": step,
+                        "requested_procedure_id": proc,
+                    }
+                    for step, proc in new.requests
+                ],
+            )
+    else:
+        series_pk = series_row[0]
+    conn.execute(
+        insert(instances).values(
+            series_pk=series_pk,
+            partition=new.partition,
+            sop_instance_uid=new.sop_instance_uid,
+            sop_class_uid=new.sop_class_uid,
+            transfer_syntax_uid=new.transfer_syntax_uid,
+            blob_key=new.blob_key,
+            size=new.size,
+            sha256=new.sha256,
+            metadata_json=new.metadata_json,
+            frame_index=new.frame_index_json,
+            bulk_index=new.bulk_index_json,
+            created_at=now,
+            **new.instance_columns,
+        )
+    )
+    conn.execute(
+        update(series)
+        .where(series.c.id == series_pk)
+        .values(num_instances=series.c.num_instances + 1)
+    )
+    _refresh_study(conn, study_pk, now)
+    return result, replaced_key
+
+
+def _refresh_study(conn: Connection, study_pk: int, now: int) -> None:
+    """Recompute the study's computed attributes (PS3.18 10.6.3: Modalities, counts)."""
+    stats = conn.execute(
+        select(func.count(series.c.id), func.coalesce(func.sum(series.c.num_instances), 0)).where(
+            series.c.study_pk == study_pk
+        )
+    ).one()
+    modalities = sorted(
+        {
+            m
+            for m in conn.execute(
+                select(series.c.modality).where(series.c.study_pk == study_pk).distinct()
+            ).scalars()
+            if m
+        }
+    )
+    conn.execute(
+        update(studies)
+        .where(studies.c.id == study_pk)
+        .values(
+            num_series=stats[0],
+            num_instances=stats[1],
+            modalities="\\".join(modalities),
+            updated_at=now,
+        )
+    )
+
+
+def _remove_instance(conn: Connection, pk: int, *, doom_blob: bool = True) -> None:
+    row = conn.execute(
+        select(instances.c.series_pk, instances.c.blob_key, series.c.study_pk)
+        .select_from(instances.join(series, instances.c.series_pk == series.c.id))
+        .where(instances.c.id == pk)
+    ).one()
+    series_pk, blob_key, study_pk = row
+    if doom_blob:
+        conn.execute(insert(doomed_blobs).values(blob_key=blob_key, queued_at=_now_ms()))
+    conn.execute(delete(instances).where(instances.c.id == pk))
+    remaining = conn.execute(
+        update(series)
+        .where(series.c.id == series_pk)
+        .values(num_instances=series.c.num_instances - 1)
+        .returning(series.c.num_instances)
+    ).scalar_one()
+    if remaining <= 0:
+        conn.execute(delete(series_requests).where(series_requests.c.series_pk == series_pk))
+        conn.execute(delete(series).where(series.c.id == series_pk))
+    if (
+        conn.execute(
+            select(func.count()).select_from(series).where(series.c.study_pk == study_pk)
+        ).scalar_one()
+        == 0
+    ):
+        conn.execute(delete(studies).where(studies.c.id == study_pk))
+    else:
+        _refresh_study(conn, study_pk, _now_ms())

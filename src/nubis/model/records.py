@@ -1,0 +1,72 @@
+"""Records that cross the boundary between services and the index."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """Everything the index keeps about an object about to be committed."""
+
+    partition: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    # Column values for the studies / series / instances tables, taken from the data set.
+    study_columns: dict[str, Any]
+    series_columns: dict[str, Any]
+    instance_columns: dict[str, Any]
+    # (ScheduledProcedureStepID, RequestedProcedureID) per RequestAttributesSequence item.
+    requests: list[tuple[str | None, str | None]]
+    study_attrs_json: str
+    series_attrs_json: str
+    metadata_json: str
+    frame_index_json: str | None
+    bulk_index_json: str | None
+
+
+class StoreResult(enum.Enum):
+    STORED = "stored"
+    ALREADY_STORED = "already stored"  # identical bytes re-sent: success, nothing written
+    REPLACED = "replaced"  # on_conflict = overwrite
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance as the index knows it: where its bytes are and how to cut them."""
+
+    pk: int
+    partition: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    number_of_frames: int | None
+    frame_index_json: str | None = field(repr=False)
+    bulk_index_json: str | None = field(repr=False)
+
+    @cached_property
+    def frames(self) -> list[list[tuple[int, int]]] | None:
+        if self.frame_index_json is None:
+            return None
+        return [[(int(o), int(n)) for o, n in frags] for frags in json.loads(self.frame_index_json)]
+
+    @cached_property
+    def bulk(self) -> dict[str, tuple[int, int]]:
+        if not self.bulk_index_json:
+            return {}
+        return {k: (int(v[0]), int(v[1])) for k, v in json.loads(self.bulk_index_json).items()}

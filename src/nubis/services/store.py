@@ -1,0 +1,231 @@
+"""Store an object: validate, write its blob durably, then commit its index row.
+
+The order is what makes an acknowledgement safe: the blob is fsynced and renamed into place
+before the index row is committed, and only a committed row makes an object visible. A crash
+between the two leaves a blob without a row, which the reaper removes; never a row without a
+blob. Used by STOW-RS and, in #3, C-STORE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from nubis.dicom.inspect import InspectedInstance, inspect_file
+from nubis.dicom.levels import series_level, study_level
+from nubis.errors import InvalidInstance, NubisError, StorageUnavailable
+from nubis.index.database import Index
+from nubis.index.schema import series, studies
+from nubis.model.query import fold_person_name
+from nubis.model.records import NewInstance, StoreResult
+from nubis.ports.blobs import BlobStore
+from nubis.services.spool import SpooledFile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """One object's result: ``error`` is None on success."""
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    study_uid: str | None
+    series_uid: str | None
+    result: StoreResult | None = None
+    error: NubisError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class StoreService:
+    def __init__(
+        self, index: Index, blobs: BlobStore, *, overwrite: bool, bulk_threshold: int
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.overwrite = overwrite
+        self.bulk_threshold = bulk_threshold
+
+    def store(
+        self, spooled: SpooledFile, *, partition: str, expected_study_uid: str | None = None
+    ) -> StoreOutcome:
+        """Store one spooled PS3.10 file; the spool file is consumed whatever happens.
+
+        Failures are returned, not raised, so one bad object never fails its neighbours in a
+        STOW-RS request or a C-STORE association (PS3.18 10.5.3, PS3.4 B.2.3).
+        """
+        inspected: InspectedInstance | None = None
+        try:
+            inspected = inspect_file(spooled.path, bulk_threshold=self.bulk_threshold)
+            if (
+                expected_study_uid is not None
+                and inspected.study_instance_uid != expected_study_uid
+            ):
+                raise InvalidInstance(
+                    f"Study Instance UID {inspected.study_instance_uid} does not match the "
+                    f"study {expected_study_uid} of the request URL",
+                    dimse_status=0xA900,
+                )
+            result = self._commit(spooled, inspected, partition)
+        except NubisError as exc:
+            spooled.discard()
+            return _outcome(inspected, error=exc)
+        except Exception:
+            spooled.discard()
+            log.exception("store failed")
+            return _outcome(inspected, error=StorageUnavailable("the object could not be stored"))
+        return _outcome(inspected, result=result)
+
+    def _commit(
+        self, spooled: SpooledFile, inspected: InspectedInstance, partition: str
+    ) -> StoreResult:
+        existing = self.index.find_instance(partition, inspected.sop_instance_uid)
+        if existing is not None and existing.sha256 == spooled.sha256:
+            spooled.discard()
+            return StoreResult.ALREADY_STORED
+        key = self.blobs.new_key()
+        try:
+            self.blobs.put_file(key, spooled.path)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"the blob store could not take the object: {exc.strerror}"
+            ) from None
+        try:
+            result, unneeded_key = self.index.store(
+                _new_instance(inspected, spooled, key, partition), overwrite=self.overwrite
+            )
+        except BaseException:
+            # Not acknowledged: remove the blob now rather than leave it to the reaper.
+            self.blobs.delete(key)
+            raise
+        if unneeded_key is not None:
+            self.blobs.delete(unneeded_key)
+        return result
+
+
+def _outcome(
+    inspected: InspectedInstance | None,
+    *,
+    result: StoreResult | None = None,
+    error: NubisError | None = None,
+) -> StoreOutcome:
+    if inspected is None:
+        return StoreOutcome(None, None, None, None, result, error)
+    return StoreOutcome(
+        inspected.sop_class_uid,
+        inspected.sop_instance_uid,
+        inspected.study_instance_uid,
+        inspected.series_instance_uid,
+        result,
+        error,
+    )
+
+
+def _text(ds: Dataset, keyword: str, column: Any = None) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue):
+        text = "\\".join(str(v) for v in value)
+    elif isinstance(value, PersonName):
+        text = str(value)
+    else:
+        text = str(value)
+    length = getattr(getattr(column, "type", None), "length", None)
+    # The full value stays in the JSON metadata; a column holds at most its declared length.
+    return text[:length] if length else text
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value[0] if isinstance(value, MultiValue) else value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _folded(text: str | None) -> str | None:
+    return fold_person_name(text) if text is not None else None
+
+
+def _new_instance(
+    inspected: InspectedInstance, spooled: SpooledFile, key: str, partition: str
+) -> NewInstance:
+    ds = inspected.header
+    s, se = studies.c, series.c
+    patient_name = _text(ds, "PatientName", s.patient_name)
+    referring = _text(ds, "ReferringPhysicianName", s.referring_physician_name)
+    metadata = json.loads(inspected.metadata_json)
+    study_attrs = {t: v for t, v in metadata.items() if study_level(int(t, 16))}
+    series_attrs = {t: v for t, v in metadata.items() if series_level(int(t, 16))}
+    requests = [
+        (
+            _text(item, "ScheduledProcedureStepID"),
+            _text(item, "RequestedProcedureID"),
+        )
+        for item in ds.get("RequestAttributesSequence", [])
+    ]
+    return NewInstance(
+        partition=partition,
+        study_uid=inspected.study_instance_uid,
+        series_uid=inspected.series_instance_uid,
+        sop_instance_uid=inspected.sop_instance_uid,
+        sop_class_uid=inspected.sop_class_uid,
+        transfer_syntax_uid=inspected.transfer_syntax_uid,
+        blob_key=key,
+        size=spooled.size,
+        sha256=spooled.sha256,
+        study_columns={
+            "patient_id": _text(ds, "PatientID", s.patient_id),
+            "patient_name": patient_name,
+            "patient_name_folded": _folded(patient_name),
+            "patient_birth_date": _text(ds, "PatientBirthDate", s.patient_birth_date),
+            "patient_sex": _text(ds, "PatientSex", s.patient_sex),
+            "study_date": _text(ds, "StudyDate", s.study_date),
+            "study_time": _text(ds, "StudyTime", s.study_time),
+            "accession_number": _text(ds, "AccessionNumber", s.accession_number),
+            "referring_physician_name": referring,
+            "referring_physician_name_folded": _folded(referring),
+            "study_description": _text(ds, "StudyDescription", s.study_description),
+            "study_id": _text(ds, "StudyID", s.study_id),
+            "timezone_offset": _text(ds, "TimezoneOffsetFromUTC", s.timezone_offset),
+        },
+        series_columns={
+            "modality": _text(ds, "Modality", se.modality),
+            "series_number": _int(ds, "SeriesNumber"),
+            "series_description": _text(ds, "SeriesDescription", se.series_description),
+            "performed_date": _text(ds, "PerformedProcedureStepStartDate", se.performed_date),
+            "performed_time": _text(ds, "PerformedProcedureStepStartTime", se.performed_time),
+            "timezone_offset": _text(ds, "TimezoneOffsetFromUTC", se.timezone_offset),
+        },
+        instance_columns={
+            "instance_number": _int(ds, "InstanceNumber"),
+            "rows": _int(ds, "Rows"),
+            "columns": _int(ds, "Columns"),
+            "bits_allocated": _int(ds, "BitsAllocated"),
+            "number_of_frames": _int(ds, "NumberOfFrames"),
+        },
+        requests=requests,
+        study_attrs_json=_compact(study_attrs),
+        series_attrs_json=_compact(series_attrs),
+        metadata_json=inspected.metadata_json,
+        frame_index_json=(
+            None if inspected.frame_index is None else _compact(inspected.frame_index)
+        ),
+        bulk_index_json=_compact(inspected.bulk_index) if inspected.bulk_index else None,
+    )
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,101 @@
+"""The HTTP front door: DICOMweb under /dicom-web, WADO-URI at /wado, health at /-/.
+
+create_app() only wires routes to handlers; the Archive (composition root) is started and
+stopped with the application's lifespan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from nubis import __version__
+from nubis.archive import Archive
+from nubis.errors import NubisError
+from nubis.model.query import Level
+from nubis.web import errors
+from nubis.web.dicomweb import qido, stow, wado, wado_uri
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+
+
+def dicomweb_routes() -> list[Route]:
+    """Every DICOMweb resource (PS3.18 Table 10.1-1 and its per-service tables)."""
+    routes = [
+        Route("/studies", stow.store_instances, methods=["POST"]),
+        Route(_STUDY, stow.store_instances, methods=["POST"]),
+        Route("/studies", qido.search(Level.STUDY), methods=["GET"]),
+        Route("/series", qido.search(Level.SERIES), methods=["GET"]),
+        Route("/instances", qido.search(Level.INSTANCE), methods=["GET"]),
+        Route(_STUDY + "/series", qido.search(Level.SERIES), methods=["GET"]),
+        Route(_STUDY + "/instances", qido.search(Level.INSTANCE), methods=["GET"]),
+        Route(_SERIES + "/instances", qido.search(Level.INSTANCE), methods=["GET"]),
+    ]
+    for resource in (_STUDY, _SERIES, _INSTANCE):
+        routes += [
+            Route(resource, wado.retrieve_instances, methods=["GET"]),
+            Route(resource, wado.delete_resource, methods=["DELETE"]),
+            Route(resource + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+            Route(resource + "/thumbnail", wado.retrieve_thumbnail, methods=["GET"]),
+        ]
+    routes += [
+        Route(_INSTANCE + "/rendered", wado.retrieve_rendered, methods=["GET"]),
+        Route(_INSTANCE + "/frames/{frames}", wado.retrieve_frames, methods=["GET"]),
+        Route(_INSTANCE + "/frames/{frames}/rendered", wado.retrieve_rendered, methods=["GET"]),
+        Route(_INSTANCE + "/frames/{frames}/thumbnail", wado.retrieve_thumbnail, methods=["GET"]),
+        Route(_INSTANCE + "/bulk/{path:path}", wado.retrieve_bulkdata, methods=["GET"]),
+    ]
+    return routes
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def ready(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    if not archive.ready:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    try:
+        await run_in_threadpool(archive.index.schema_version)
+    except Exception:
+        return JSONResponse({"status": "index unavailable"}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(archive: Archive, *, manage_lifespan: bool = True) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_lifespan:
+            await run_in_threadpool(archive.start)
+        try:
+            yield
+        finally:
+            if manage_lifespan:
+                await run_in_threadpool(archive.stop)
+
+    app = Starlette(
+        routes=[
+            Mount("/dicom-web", routes=dicomweb_routes()),
+            Route("/wado", wado_uri.wado_uri, methods=["GET"]),
+            Route("/-/health", health, methods=["GET"]),
+            Route("/-/ready", ready, methods=["GET"]),
+        ],
+        exception_handlers={
+            NubisError: errors.nubis_error,
+            HTTPException: errors.http_error,
+            Exception: errors.unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.archive = archive
+    return app

@@ -1,0 +1,59 @@
+"""Shared pieces of the DICOMweb routes: UIDs from the path, base URLs, partitions."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+
+from nubis.archive import Archive
+from nubis.errors import BadRequest
+from nubis.web.dicomweb.accept import MediaRange, accept_from_request
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+DEFAULT_PARTITION = "default"
+
+
+def archive_of(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+def check_uid(value: str, what: str) -> str:
+    """``value`` if it is a valid UI value (PS3.5 9.1), else a 400 naming ``what``."""
+    if len(value) > 64 or not _UID.fullmatch(value):
+        raise BadRequest(f"{what} {value[:80]!r} is not a valid UID")
+    return value
+
+
+_LABELS = {
+    "study": "Study Instance UID",
+    "series": "Series Instance UID",
+    "instance": "SOP Instance UID",
+}
+
+
+def path_uid(request: Request, name: str) -> str:
+    """A UID from the URL path, refused with 400 unless valid."""
+    return check_uid(str(request.path_params[name]), _LABELS[name])
+
+
+def optional_path_uid(request: Request, name: str) -> str | None:
+    return path_uid(request, name) if name in request.path_params else None
+
+
+def accept_ranges(request: Request) -> list[MediaRange]:
+    """The Accept media ranges; the ``accept`` query parameter wins (PS3.18 8.3.3.1)."""
+    query_accept = ",".join(request.query_params.getlist("accept")) or None
+    header = ",".join(request.headers.getlist("accept")) or None
+    return accept_from_request(header, query_accept)
+
+
+def dicomweb_base(request: Request) -> str:
+    root = request.scope.get("root_path", "")
+    return f"{request.url.scheme}://{request.url.netloc}{root}/dicom-web"
+
+
+def partition_of(request: Request) -> str:
+    # Tenants (#4) map the caller to a partition; until then everything lives in one.
+    return DEFAULT_PARTITION

@@ -1,0 +1,250 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames, bulk data, rendered, thumbnails; DELETE.
+
+Routes only translate HTTP to service calls: negotiation of the representation (PS3.18 8.7),
+streaming of multipart/related bodies (PS3.18 8.6.1.3), and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from nubis.dicom import render, transcode
+from nubis.errors import BadRequest, NotAcceptable
+from nubis.model.records import StoredInstance
+from nubis.web.dicomweb.accept import (
+    ANY_TRANSFER_SYNTAX,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    FRAME_MEDIA_TYPES,
+    Offer,
+    frame_offers,
+    instance_offers,
+    metadata_offers,
+    negotiate,
+    rendered_offers,
+)
+from nubis.web.dicomweb.common import (
+    accept_ranges,
+    archive_of,
+    dicomweb_base,
+    optional_path_uid,
+    partition_of,
+    path_uid,
+)
+from nubis.web.dicomweb.multipart import (
+    iter_multipart,
+    multipart_related_content_type,
+    new_boundary,
+)
+
+NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+_MEDIA_TYPE_OF_SYNTAX = {uid: mt for mt, uids in FRAME_MEDIA_TYPES.items() for uid in uids}
+_FRAME_LIST = re.compile(r"[0-9]+(,[0-9]+)*")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+
+
+def _scope(request: Request) -> tuple[str, str | None, str | None]:
+    return (
+        path_uid(request, "study"),
+        optional_path_uid(request, "series"),
+        optional_path_uid(request, "instance"),
+    )
+
+
+# ---------------------------------------------------------------------- instances
+async def retrieve_instances(request: Request) -> Response:
+    """Study, series or instance as multipart/related application/dicom (PS3.18 10.4.1.1.1)."""
+    archive = archive_of(request)
+    study, series, sop = _scope(request)
+    choice = negotiate(accept_ranges(request), instance_offers(sorted(transcode.SUPPORTED_TARGETS)))
+    target = choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
+    found = await run_in_threadpool(
+        archive.retrieve.instances, partition_of(request), study, series, sop
+    )
+    if target != ANY_TRANSFER_SYNTAX:
+        for inst in found:
+            if inst.transfer_syntax_uid != target and not transcode.can_transcode(
+                inst.transfer_syntax_uid, target
+            ):
+                raise NotAcceptable(
+                    f"instance {inst.sop_instance_uid} is stored in {inst.transfer_syntax_uid} "
+                    f"and cannot be sent in {target}; ask for transfer-syntax=* to get it as stored"
+                )
+
+    def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+        for inst in found:
+            syntax = inst.transfer_syntax_uid if target == ANY_TRANSFER_SYNTAX else target
+            yield (
+                {"Content-Type": f"application/dicom; transfer-syntax={syntax}"},
+                archive.retrieve.instance_chunks(inst, target),
+            )
+
+    boundary = new_boundary()
+    content_type = multipart_related_content_type(
+        boundary, "application/dicom", None if target == ANY_TRANSFER_SYNTAX else target
+    )
+    return StreamingResponse(iter_multipart(parts(), boundary), media_type=content_type)
+
+
+# ---------------------------------------------------------------------- metadata
+async def retrieve_metadata(request: Request) -> Response:
+    """Metadata as application/dicom+json, bulk values as BulkDataURI (PS3.18 10.4.1.1.2)."""
+    archive = archive_of(request)
+    study, series, sop = _scope(request)
+    choice = negotiate(accept_ranges(request), metadata_offers())
+    body = await run_in_threadpool(
+        archive.retrieve.metadata, partition_of(request), dicomweb_base(request), study, series, sop
+    )
+    return Response(body, media_type=choice.media_type)
+
+
+# ---------------------------------------------------------------------- frames
+def _frame_numbers(text: str) -> list[int]:
+    if not _FRAME_LIST.fullmatch(text) or len(text) > 20000:
+        raise BadRequest(f"frame list {text[:40]!r} is not a comma-separated list of numbers")
+    return [int(n) for n in text.split(",")]
+
+
+async def _instance(request: Request) -> StoredInstance:
+    archive = archive_of(request)
+    study, series, sop = _scope(request)
+    found = await run_in_threadpool(
+        archive.retrieve.instances, partition_of(request), study, series, sop
+    )
+    return found[0]
+
+
+async def retrieve_frames(request: Request) -> Response:
+    """Frames of one instance (PS3.18 10.4.1.1.4): native as application/octet-stream, or each
+    compressed frame as its bitstream media type when the client accepts it."""
+    archive = archive_of(request)
+    numbers = _frame_numbers(request.path_params["frames"])
+    inst = await _instance(request)
+    stored = inst.transfer_syntax_uid
+    compressed = [] if stored in NATIVE_SYNTAXES else [stored]
+    choice = negotiate(accept_ranges(request), frame_offers(compressed))
+    as_stored = choice.transfer_syntax in (ANY_TRANSFER_SYNTAX, stored) or stored in NATIVE_SYNTAXES
+    if choice.part_type == "application/octet-stream" and not as_stored:
+        frames = await run_in_threadpool(archive.retrieve.decoded_frames, inst, numbers)
+        part_type, syntax = "application/octet-stream", EXPLICIT_VR_LITTLE_ENDIAN
+    else:
+        frames = await run_in_threadpool(archive.retrieve.frames, inst, numbers)
+        syntax = stored
+        part_type = (
+            "application/octet-stream"
+            if stored in NATIVE_SYNTAXES
+            else _MEDIA_TYPE_OF_SYNTAX.get(stored, "application/octet-stream")
+        )
+    return _multipart_response(frames, part_type, syntax)
+
+
+def _multipart_response(
+    bodies: Sequence[bytes], part_type: str, syntax: str | None, status: int = 200
+) -> Response:
+    boundary = new_boundary()
+    part_ct = f"{part_type}; transfer-syntax={syntax}" if syntax else part_type
+    body = b"".join(iter_multipart((({"Content-Type": part_ct}, [b]) for b in bodies), boundary))
+    return Response(
+        body,
+        status_code=status,
+        media_type=multipart_related_content_type(boundary, part_type, syntax),
+    )
+
+
+# ---------------------------------------------------------------------- bulk data
+async def retrieve_bulkdata(request: Request) -> Response:
+    """A bulk data value, whole or one byte range (PS3.18 10.4.1.1.5, 8.3.? Range)."""
+    archive = archive_of(request)
+    inst = await _instance(request)
+    offset, length = archive.retrieve.bulk(inst, request.path_params["path"])
+    offers = (
+        Offer(
+            "multipart/related",
+            part_type="application/octet-stream",
+            transfer_syntaxes=(EXPLICIT_VR_LITTLE_ENDIAN, ANY_TRANSFER_SYNTAX),
+        ),
+        Offer("application/octet-stream"),
+    )
+    choice = negotiate(accept_ranges(request), offers)
+    status = 200
+    byte_range = request.headers.get("range")
+    if byte_range:
+        start, end = _parse_range(byte_range, length)
+        offset, length, status = offset + start, end - start + 1, 206
+    data = await run_in_threadpool(archive.blobs.read, inst.blob_key, offset, length)
+    if choice.media_type == "application/octet-stream":
+        return Response(data, status_code=status, media_type="application/octet-stream")
+    return _multipart_response([data], "application/octet-stream", None, status)
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    match = _RANGE.fullmatch(header.strip())
+    if not match or match.group(1) == match.group(2) == "":
+        raise BadRequest(f"Range {header[:60]!r} is not a single byte range (bytes=first-last)")
+    first, last = match.group(1), match.group(2)
+    if first == "":  # suffix range: the last N bytes
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    if start > end or start >= size:
+        raise BadRequest(f"Range {header[:60]!r} is outside the value's {size} bytes")
+    return start, end
+
+
+# ---------------------------------------------------------------------- rendered
+async def retrieve_rendered(request: Request) -> Response:
+    """Rendered instance or frame as JPEG/PNG/GIF (PS3.18 10.4.1.1.3, 8.3.5.1)."""
+    archive = archive_of(request)
+    inst = await _instance(request)
+    options = _render_options(request)
+    frame = request.path_params.get("frames")
+    number = None
+    if frame is not None:
+        numbers = _frame_numbers(frame)
+        if len(numbers) != 1:
+            raise BadRequest("a rendered frame request names exactly one frame")
+        number = numbers[0]
+    body = await run_in_threadpool(archive.retrieve.rendered, inst, number, options)
+    return Response(body, media_type=options.media_type)
+
+
+async def retrieve_thumbnail(request: Request) -> Response:
+    """Thumbnail of a study, series, instance or frame (PS3.18 10.4.1.1.? thumbnail)."""
+    archive = archive_of(request)
+    study, series, sop = _scope(request)
+    found = await run_in_threadpool(
+        archive.retrieve.instances, partition_of(request), study, series, sop
+    )
+    # A study or series is represented by its middle instance, as viewers' study browsers do.
+    inst = found[len(found) // 2]
+    options = _render_options(request, thumbnail=True)
+    frame = request.path_params.get("frames")
+    if frame is not None:
+        numbers = _frame_numbers(frame)
+        body = await run_in_threadpool(archive.retrieve.rendered, inst, numbers[0], options)
+    else:
+        body = await run_in_threadpool(archive.retrieve.thumbnail, inst, options)
+    return Response(body, media_type=options.media_type)
+
+
+def _render_options(request: Request, *, thumbnail: bool = False) -> render.RenderOptions:
+    params = {k: v for k, v in request.query_params.items() if k != "accept"}
+    options = render.parse_render_query(params)
+    choice = negotiate(accept_ranges(request), rendered_offers())
+    viewport = options.viewport or ((128, 128) if thumbnail else None)
+    return replace(options, media_type=choice.media_type, viewport=viewport)
+
+
+# ---------------------------------------------------------------------- delete
+async def delete_resource(request: Request) -> Response:
+    """Delete a study, series or instance; 204 once its index rows are gone."""
+    archive = archive_of(request)
+    study, series, sop = _scope(request)
+    await run_in_threadpool(archive.maintenance.delete, partition_of(request), study, series, sop)
+    return Response(status_code=204)

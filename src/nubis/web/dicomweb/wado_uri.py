@@ -1,0 +1,65 @@
+"""WADO-URI (PS3.18 9): ``/wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..``.
+
+Old viewers and many EHR links still use it. ``contentType`` selects the object itself
+(application/dicom, as stored or in ``transferSyntax``) or a rendered image (image/jpeg, the
+default for images, or image/png, image/gif) with the rendering parameters of PS3.18 9.1.2.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from nubis.dicom import render
+from nubis.errors import BadRequest, NotAcceptable
+from nubis.web.dicomweb.common import archive_of, check_uid, partition_of
+
+_RENDERED = ("image/jpeg", "image/png", "image/gif")
+
+
+async def wado_uri(request: Request) -> Response:
+    params = request.query_params
+    if params.get("requestType") != "WADO":
+        raise BadRequest("requestType must be WADO (PS3.18 9.1.2.1)")
+    uids = []
+    for name in ("studyUID", "seriesUID", "objectUID"):
+        if not params.get(name):
+            raise BadRequest(f"{name} is required (PS3.18 9.1.2.1)")
+        uids.append(check_uid(params[name], name))
+    archive = archive_of(request)
+    found = await run_in_threadpool(archive.retrieve.instances, partition_of(request), *uids)
+    inst = found[0]
+    content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
+    for content_type in content_types:
+        if content_type == "application/dicom":
+            syntax = params.get("transferSyntax") or "*"
+            return StreamingResponse(
+                archive.retrieve.instance_chunks(inst, syntax),
+                media_type="application/dicom",
+            )
+        if content_type in _RENDERED:
+            options = _options(params, content_type)
+            number = int(params["frameNumber"]) if params.get("frameNumber", "").isdigit() else None
+            body = await run_in_threadpool(archive.retrieve.rendered, inst, number, options)
+            return Response(body, media_type=content_type)
+    raise NotAcceptable(
+        f"contentType {params.get('contentType')!r} is not offered; use application/dicom, "
+        "image/jpeg, image/png or image/gif"
+    )
+
+
+def _options(params: object, media_type: str) -> render.RenderOptions:
+    get = params.get  # type: ignore[attr-defined]
+    query: dict[str, str] = {}
+    if get("windowCenter") or get("windowWidth"):
+        if not (get("windowCenter") and get("windowWidth")):
+            raise BadRequest("windowCenter and windowWidth go together (PS3.18 9.1.2.1)")
+        query["window"] = f"{get('windowCenter')},{get('windowWidth')},LINEAR"
+    if get("rows") or get("columns"):
+        query["viewport"] = f"{get('columns') or get('rows')},{get('rows') or get('columns')}"
+    if get("imageQuality"):
+        query["quality"] = get("imageQuality")
+    return replace(render.parse_render_query(query), media_type=media_type)

@@ -1,0 +1,45 @@
+"""Every failure becomes a clear HTTP answer; internals never reach the client.
+
+NubisError carries its own status and reason. Anything else is a bug: it is logged with a
+request id, and the client gets a 500 that names only that id, so an operator can find the log
+entry while nothing about the server's internals leaks (PS3.18 8.5: error payloads).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from nubis.errors import NubisError
+
+log = logging.getLogger("nubis.web")
+
+
+def error_response(status: int, reason: str, dicom_status: int | None = None) -> JSONResponse:
+    body: dict[str, object] = {"status": status, "reason": reason}
+    if dicom_status is not None:
+        body["dicomStatus"] = f"0x{dicom_status:04X}"
+    return JSONResponse(body, status_code=status)
+
+
+async def nubis_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NubisError)
+    if exc.http_status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc.reason)
+    return error_response(exc.http_status, exc.reason)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    reason = exc.detail if exc.status_code != 404 else f"no resource at {request.url.path}"
+    return error_response(exc.status_code, reason)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    request_id = secrets.token_hex(6)
+    log.exception("request %s (%s %s) failed", request_id, request.method, request.url.path)
+    return error_response(500, f"internal error; the server log has request id {request_id}")
