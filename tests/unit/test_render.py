@@ -18,7 +18,13 @@ from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.sequence import Sequence
 
 import nubis.dicom.transcode as transcode
-from nubis.dicom.render import RenderOptions, parse_render_query, render_frame, render_thumbnail
+from nubis.dicom.render import (
+    RenderOptions,
+    parse_render_query,
+    parse_wado_uri_query,
+    render_frame,
+    render_thumbnail,
+)
 from nubis.errors import BadRequest, NotAcceptable
 
 PNG = RenderOptions(media_type="image/png")
@@ -389,3 +395,49 @@ def test_undecodable_pixel_data(tmp_path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(NotAcceptable, match="cannot be decoded"):
         render_frame(path, 1, PNG)
+
+
+# -- WADO-URI ------------------------------------------------------------------------------------
+
+
+def test_wado_uri_parameters() -> None:
+    options = parse_wado_uri_query(
+        {
+            "rows": "64",
+            "columns": "32",
+            "windowCenter": "40",
+            "windowWidth": "400",
+            "imageQuality": "80",
+        }
+    )
+    assert options == RenderOptions(window=(40.0, 400.0, "LINEAR"), viewport=(32, 64), quality=80)
+    assert parse_wado_uri_query({"requestType": "WADO"}) == RenderOptions()
+
+
+@pytest.mark.parametrize(
+    ("params", "size"),
+    [({"rows": "64"}, (16, 64)), ({"columns": "64"}, (64, 256)), ({}, (256, 1024))],
+)
+def test_wado_uri_single_dimension_keeps_aspect(
+    params: dict[str, str], size: tuple[int, int]
+) -> None:
+    options = parse_wado_uri_query(params)
+    assert decode(render_frame(data("JPGExtended.dcm"), 1, options)).size == size
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"rows": "x"}, "rows"),
+        ({"columns": "0"}, "columns"),
+        ({"windowCenter": "40"}, "windowCenter"),
+        ({"windowCenter": "a", "windowWidth": "400"}, "windowCenter"),
+        ({"windowCenter": "40", "windowWidth": "0.5"}, "windowWidth"),
+        ({"imageQuality": "0"}, "imageQuality"),
+        ({"region": "0.1,0.1,0.5,0.5"}, "region"),
+    ],
+)
+def test_wado_uri_rejects_malformed(params: dict[str, str], named: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_wado_uri_query(params)
+    assert info.value.reason.startswith(named)

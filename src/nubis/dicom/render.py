@@ -27,6 +27,7 @@ __all__ = [
     "RENDERED_MEDIA_TYPES",
     "RenderOptions",
     "parse_render_query",
+    "parse_wado_uri_query",
     "render_frame",
     "render_thumbnail",
 ]
@@ -162,6 +163,58 @@ def parse_render_query(params: Mapping[str, str]) -> RenderOptions:
     window = _parse_window(params["window"]) if params.get("window") else None
     viewport = _parse_viewport(params["viewport"]) if params.get("viewport") else None
     quality = _int("quality", params["quality"].strip(), 1, 100) if params.get("quality") else None
+    return RenderOptions(window=window, viewport=viewport, quality=quality)
+
+
+def parse_wado_uri_query(params: Mapping[str, str]) -> RenderOptions:
+    """Parse the image presentation parameters of a WADO-URI request (PS3.18 9.4.1).
+
+    Parameters
+    ----------
+    params : Mapping[str, str]
+        Query parameters. ``rows`` and ``columns`` are maxima kept in the image's aspect ratio
+        (9.4.1.2.4-5, either may be absent), ``windowCenter`` and ``windowWidth`` come together
+        as a LINEAR window (9.4.1.2.8), ``imageQuality`` is 1..100 (9.4.1.2.7). ``contentType``,
+        ``frameNumber`` and the identifying UIDs are left to the caller.
+
+    Returns
+    -------
+    RenderOptions
+        Options with the default media type.
+
+    Raises
+    ------
+    BadRequest
+        If a parameter is malformed or ``region`` (9.4.1.2.6) is requested; the reason names
+        the parameter.
+    """
+    if params.get("region"):
+        raise BadRequest("region is not supported")
+    rows = _int("rows", params["rows"].strip(), 1, _MAX_VIEWPORT) if params.get("rows") else None
+    columns = (
+        _int("columns", params["columns"].strip(), 1, _MAX_VIEWPORT)
+        if params.get("columns")
+        else None
+    )
+    viewport = None
+    if rows is not None or columns is not None:
+        # A missing dimension is unconstrained: fitting into the cap derives it from the other.
+        viewport = (columns or _MAX_VIEWPORT, rows or _MAX_VIEWPORT)
+    center, width = params.get("windowCenter"), params.get("windowWidth")
+    window = None
+    if center or width:
+        if not (center and width):
+            raise BadRequest("windowCenter and windowWidth must be given together")
+        window_width = _float("windowWidth", width.strip())
+        if window_width < 1:
+            # PS3.3 C.11.2.1.2.1: a LINEAR window needs a width of at least 1.
+            raise BadRequest(f"windowWidth value {width!r} is below 1")
+        window = (_float("windowCenter", center.strip()), window_width, "LINEAR")
+    quality = (
+        _int("imageQuality", params["imageQuality"].strip(), 1, 100)
+        if params.get("imageQuality")
+        else None
+    )
     return RenderOptions(window=window, viewport=viewport, quality=quality)
 
 
