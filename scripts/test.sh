@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian machine (as root) and run it.
+# Used by the README and by .ci/run. Idempotent: a second run only runs the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real clients and validators written by others: dcmtk (storescu, findscu...), dicom3tools (dciodvfy).
+need=""
+for pkg in dcmtk dicom3tools; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"
+done
+if [ -n "$need" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c 'import nubis, dicomweb_client' 
+
+.venv/bin/ruff check src tests bench
+exec .venv/bin/pytest -q "$@"

@@ -1,0 +1,58 @@
+"""Settings: declared once, documented, resolved default < file < environment < command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nubis.cli.main import app
+from nubis.config import SETTINGS, SettingsError, load_settings
+
+
+def test_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "nubis.toml"
+    config.write_text('http_port = 9000\nhost = "127.0.0.2"\n')
+    settings = load_settings(
+        config_file=config, environ={"NUBIS_HTTP_PORT": "9001"}, overrides={"host": None}
+    )
+    assert settings.http_port == 9001
+    assert settings.sources["http_port"] == "NUBIS_HTTP_PORT"
+    assert settings.host == "127.0.0.2"
+    assert load_settings(environ={}, overrides={"http_port": 9100}).http_port == 9100
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"NUBIS_HTTP_PORT": "eighty"}, "http_port"),
+        ({"NUBIS_HTTP_PORT": "70000"}, "http_port"),
+        ({"NUBIS_DURABLE": "maybe"}, "durable"),
+        ({"NUBIS_ON_CONFLICT": "ignore"}, "on_conflict"),
+    ],
+)
+def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ=environ)
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    config = tmp_path / "nubis.toml"
+    config.write_text("htp_port = 1\n")
+    with pytest.raises(SettingsError, match="unknown setting 'htp_port'"):
+        load_settings(config_file=config, environ={})
+
+
+def test_every_setting_is_documented_in_help() -> None:
+    result = CliRunner().invoke(app, ["--help"], terminal_width=400)
+    assert result.exit_code == 0
+    for setting in SETTINGS:
+        assert setting.help, setting.name
+        assert setting.env_var in result.output, setting.name
+
+
+def test_serve_options_documented() -> None:
+    result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
+    for option in ("--data-dir", "--host", "--http-port", "--config", "--set"):
+        assert option in result.output
