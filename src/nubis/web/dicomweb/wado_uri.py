@@ -41,7 +41,7 @@ async def wado_uri(request: Request) -> Response:
                 media_type="application/dicom",
             )
         if content_type in _RENDERED:
-            options = _options(params, content_type)
+            options = replace(render.parse_wado_uri_query(params), media_type=content_type)
             number = int(params["frameNumber"]) if params.get("frameNumber", "").isdigit() else None
             body = await run_in_threadpool(archive.retrieve.rendered, inst, number, options)
             return Response(body, media_type=content_type)
@@ -49,17 +49,3 @@ async def wado_uri(request: Request) -> Response:
         f"contentType {params.get('contentType')!r} is not offered; use application/dicom, "
         "image/jpeg, image/png or image/gif"
     )
-
-
-def _options(params: object, media_type: str) -> render.RenderOptions:
-    get = params.get  # type: ignore[attr-defined]
-    query: dict[str, str] = {}
-    if get("windowCenter") or get("windowWidth"):
-        if not (get("windowCenter") and get("windowWidth")):
-            raise BadRequest("windowCenter and windowWidth go together (PS3.18 9.1.2.1)")
-        query["window"] = f"{get('windowCenter')},{get('windowWidth')},LINEAR"
-    if get("rows") or get("columns"):
-        query["viewport"] = f"{get('columns') or get('rows')},{get('rows') or get('columns')}"
-    if get("imageQuality"):
-        query["quality"] = get("imageQuality")
-    return replace(render.parse_render_query(query), media_type=media_type)
