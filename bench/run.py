@@ -241,11 +241,45 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- phases
 
 
-def bench_stow(base: str, plan: Plan, paths: Sequence[Path]) -> dict[str, Any]:
-    """8 concurrent clients POSTing multipart/related batches of 50 CT instances."""
+def stow_bodies(plan: Plan, paths: Sequence[Path]) -> list[tuple[bytes, str, int]]:
+    """multipart/related bodies of ``plan.stow_batch`` instances: (body, content type, n)."""
     batches = [paths[i : i + plan.stow_batch] for i in range(0, len(paths), plan.stow_batch)]
-    # Bodies are built before the clock starts so the figure is the server's ingest rate.
-    bodies = [(*multipart_body([p.read_bytes() for p in batch]), len(batch)) for batch in batches]
+    return [(*multipart_body([p.read_bytes() for p in batch]), len(batch)) for batch in batches]
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User+system CPU seconds of ``pid`` and its live descendants (e.g. worker processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces; fields after the closing ')' are fixed.
+        fields = raw[raw.rindex(")") + 2 :].split()
+        ppid = int(fields[1])
+        cpu = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
+        stats[int(entry.name)] = (ppid, cpu)
+    tree = {pid}
+    changed = True
+    while changed:
+        changed = False
+        for p, (ppid, _) in stats.items():
+            if ppid in tree and p not in tree:
+                tree.add(p)
+                changed = True
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
+def bench_stow(base: str, plan: Plan, bodies: Sequence[tuple[bytes, str, int]]) -> dict[str, Any]:
+    """8 concurrent clients POSTing multipart/related batches of 50 CT instances.
+
+    Bodies are built before the clock starts so the figure is the server's ingest rate.
+    """
+    n_instances = sum(item[2] for item in bodies)
     total_bytes = sum(len(b[0]) for b in bodies)
     work: queue.Queue[tuple[bytes, str, int]] = queue.Queue()
     for item in bodies:
@@ -289,12 +323,12 @@ def bench_stow(base: str, plan: Plan, paths: Sequence[Path]) -> dict[str, Any]:
     if errors:
         raise RuntimeError(f"{len(errors)} STOW requests failed, first: {errors[0]}")
     return {
-        "instances": len(paths),
+        "instances": n_instances,
         "requests": len(bodies),
         "stored_reported": stored,
         "failed_reported": failed,
         "seconds": elapsed,
-        "instances_per_s": len(paths) / elapsed,
+        "instances_per_s": n_instances / elapsed,
         "mb_per_s": total_bytes / elapsed / 1e6,
         "request_latency": percentiles(latencies),
     }
@@ -544,8 +578,27 @@ def run_target(
         base = server.dicomweb_url
         log(f"[{name}] ready at {base}")
 
-        result.figures["stow"] = bench_stow(base, plan, corpus.stow_paths)
-        log(f"[{name}] STOW {result.figures['stow']['instances_per_s']:.0f} inst/s")
+        pid = server.proc.pid
+
+        def phase(key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            # CPU used by the server and by this client during the phase: on a 2-core box
+            # shared with the client, it tells whether a figure is server- or client-bound.
+            load = os.getloadavg()[0]
+            s0, c0, w0 = process_tree_cpu(pid), time.process_time(), time.perf_counter()
+            out = fn()
+            out["resources"] = {
+                "wall_s": time.perf_counter() - w0,
+                "server_cpu_s": process_tree_cpu(pid) - s0,
+                "client_cpu_s": time.process_time() - c0,
+                "loadavg_1m_before": load,
+            }
+            result.figures[key] = out
+            return out
+
+        bodies = stow_bodies(plan, corpus.stow_paths)
+        stow_fig = phase("stow", lambda: bench_stow(base, plan, bodies))
+        bodies.clear()  # ~1 GB in --full; not needed past this phase
+        log(f"[{name}] STOW {stow_fig['instances_per_s']:.0f} inst/s")
 
         t = time.perf_counter()
         load_untimed(base, [corpus.multiframe], batch=1, clients=1)
@@ -555,23 +608,20 @@ def run_target(
 
         study = corpus.stow_studies[0]
         first = pydicom.dcmread(study[0], stop_before_pixels=True)
-        result.figures["retrieval"] = bench_retrieval(
-            base, plan, first.StudyInstanceUID, len(study)
-        )
-        log(f"[{name}] retrieval {result.figures['retrieval']['mb_per_s']:.0f} MB/s")
+        st_uid, se_uid = first.StudyInstanceUID, first.SeriesInstanceUID
+        fig = phase("retrieval", lambda: bench_retrieval(base, plan, st_uid, len(study)))
+        log(f"[{name}] retrieval {fig['mb_per_s']:.0f} MB/s")
 
-        result.figures["metadata"] = bench_metadata(
-            base, plan, first.StudyInstanceUID, first.SeriesInstanceUID, len(study)
-        )
-        log(f"[{name}] study metadata p50 "
-            f"{result.figures['metadata']['study']['p50_ms']:.1f} ms")  # fmt: skip
+        fig = phase("metadata", lambda: bench_metadata(base, plan, st_uid, se_uid, len(study)))
+        log(f"[{name}] series/study metadata p50 "
+            f"{fig['series']['p50_ms']:.1f}/{fig['study']['p50_ms']:.1f} ms")  # fmt: skip
 
         mf = pydicom.dcmread(corpus.multiframe, stop_before_pixels=True)
-        result.figures["frame"] = bench_frames(base, plan, mf)
-        log(f"[{name}] frame p50 {result.figures['frame']['p50_ms']:.1f} ms")
+        fig = phase("frame", lambda: bench_frames(base, plan, mf))
+        log(f"[{name}] frame p50 {fig['p50_ms']:.1f} ms")
 
-        result.figures["qido"] = bench_qido(base, plan, corpus.qido_patient_ids)
-        log(f"[{name}] QIDO p50 {result.figures['qido']['p50_ms']:.1f} ms")
+        fig = phase("qido", lambda: bench_qido(base, plan, corpus.qido_patient_ids))
+        log(f"[{name}] QIDO p50 {fig['p50_ms']:.1f} ms")
     except Exception as exc:  # a target that fails still lets the others report
         result.error = f"{type(exc).__name__}: {exc}"
         log(f"[{name}] ERROR {result.error}")
@@ -654,6 +704,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "httpx": httpx.__version__,
+        # Other work on the machine skews figures; recorded so runs can be compared.
+        "loadavg_at_start": os.getloadavg(),
     }
 
 
@@ -718,7 +770,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"mode={plan.mode}  stow={plan.stow_instances} inst  machine: {os.cpu_count()} CPUs")
     print(table)
+    print("\nwall / server CPU / client CPU seconds per phase (2 cores shared by both):")
     for r in results.values():
+        for key, fig in r.figures.items():
+            res = fig.get("resources", {})
+            if res:
+                print(
+                    f"  {r.name:8} {key:10} {res['wall_s']:7.1f} {res['server_cpu_s']:7.1f} "
+                    f"{res['client_cpu_s']:7.1f}   (load {res['loadavg_1m_before']:.1f} before)"
+                )
         if r.error:
             print(f"{r.name}: ERROR {r.error}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
