@@ -168,6 +168,14 @@ def test_dataset_bytes_round_trip(tmp_path: Path) -> None:
     assert data == path.read_bytes()
 
 
+def test_series_datasets_match_written_files(tmp_path: Path) -> None:
+    paths = synth.make_mr_series(tmp_path, n_instances=2, rows=16, columns=16, seed=4)
+    in_memory = list(synth.series_datasets("MR", n_instances=2, rows=16, columns=16, seed=4))
+    assert [synth.dataset_bytes(ds) for ds in in_memory] == [p.read_bytes() for p in paths]
+    with pytest.raises(TypeError):
+        synth.series_datasets("CT", n_instances=1, colour=True)
+
+
 def test_cli_corpus(tmp_path: Path) -> None:
     assert synth.main(["corpus", str(tmp_path), "--studies", "3"]) == 0
     assert len(list(tmp_path.rglob("*.dcm"))) == 3

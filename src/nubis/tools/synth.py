@@ -49,6 +49,7 @@ __all__ = [
     "make_large_instance",
     "make_mr_series",
     "make_multiframe",
+    "series_datasets",
     "synth_uid",
 ]
 
@@ -418,6 +419,33 @@ def _iter_series(
         ds.InstanceCreationTime = study_time
         ds.PixelData = phantom.slice(i, n_instances).tobytes()
         yield ds
+
+
+def series_datasets(modality: str, *, n_instances: int, **kwargs: object) -> Iterator[Dataset]:
+    """The datasets make_ct_series / make_mr_series would write, in memory (for STOW tests).
+
+    ``modality`` is "CT" or "MR"; keyword arguments are those of make_ct_series.
+    Serialise with dataset_bytes().
+    """
+    if modality not in ("CT", "MR"):
+        raise ValueError(f"unsupported modality {modality!r}")
+    defaults: dict[str, object] = {
+        "rows": 512 if modality == "CT" else 256,
+        "columns": 512 if modality == "CT" else 256,
+        "patient": None,
+        "study_uid": None,
+        "study_date": "20240115",
+        "study_time": "093000" if modality == "CT" else "101500",
+        "accession": "ACC0001",
+        "seed": 0,
+        "series_number": 1,
+        "series_description": None,
+        "body_part": None,
+    }
+    unknown = set(kwargs) - set(defaults)
+    if unknown:
+        raise TypeError(f"unexpected arguments: {sorted(unknown)}")
+    return _iter_series(modality=modality, n_instances=n_instances, **{**defaults, **kwargs})  # type: ignore[arg-type]
 
 
 def make_ct_series(
