@@ -13,9 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom import Dataset
-from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
+from pydicom.datadict import tag_for_keyword
 
 from nubis.dicom.inspect import InspectedInstance, inspect_file
 from nubis.dicom.levels import series_level, study_level
@@ -88,10 +86,6 @@ class StoreService:
     def _commit(
         self, spooled: SpooledFile, inspected: InspectedInstance, partition: str
     ) -> StoreResult:
-        existing = self.index.find_instance(partition, inspected.sop_instance_uid)
-        if existing is not None and existing.sha256 == spooled.sha256:
-            spooled.discard()
-            return StoreResult.ALREADY_STORED
         key = self.blobs.new_key()
         try:
             self.blobs.put_file(key, spooled.path)
@@ -130,52 +124,89 @@ def _outcome(
     )
 
 
-def _text(ds: Dataset, keyword: str, column: Any = None) -> str | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
+def _json_text(metadata: dict[str, Any], keyword: str, column: Any = None) -> str | None:
+    """A value as DICOM text, from the JSON metadata (already decoded once by inspect)."""
+    element = metadata.get(_TAG_HEX[keyword])
+    values = element.get("Value") if element else None
+    if not values:
         return None
-    if isinstance(value, MultiValue):
-        text = "\\".join(str(v) for v in value)
-    elif isinstance(value, PersonName):
-        text = str(value)
-    else:
-        text = str(value)
+    parts = [
+        _person_name(v) if isinstance(v, dict) else ("" if v is None else str(v)) for v in values
+    ]
+    text = "\\".join(parts)
     length = getattr(getattr(column, "type", None), "length", None)
     # The full value stays in the JSON metadata; a column holds at most its declared length.
     return text[:length] if length else text
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value[0] if isinstance(value, MultiValue) else value)
-    except (TypeError, ValueError):
-        return None
+def _person_name(value: dict[str, str]) -> str:
+    groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups)
 
 
 def _folded(text: str | None) -> str | None:
     return fold_person_name(text) if text is not None else None
 
 
+def _json_int(metadata: dict[str, Any], keyword: str) -> int | None:
+    text = _json_text(metadata, keyword)
+    try:
+        return int(float(text.split("\\")[0])) if text else None
+    except ValueError:
+        return None
+
+
+def _request_ids(metadata: dict[str, Any]) -> list[tuple[str | None, str | None]]:
+    element = metadata.get(_TAG_HEX["RequestAttributesSequence"])
+    return [
+        (_json_text(item, "ScheduledProcedureStepID"), _json_text(item, "RequestedProcedureID"))
+        for item in (element.get("Value") or [] if element else [])
+    ]
+
+
+_TAG_HEX = {
+    keyword: f"{tag_for_keyword(keyword):08X}"
+    for keyword in (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyDescription",
+        "StudyID",
+        "TimezoneOffsetFromUTC",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
+        "InstanceNumber",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "NumberOfFrames",
+        "RequestAttributesSequence",
+        "ScheduledProcedureStepID",
+        "RequestedProcedureID",
+    )
+}
+
+
 def _new_instance(
     inspected: InspectedInstance, spooled: SpooledFile, key: str, partition: str
 ) -> NewInstance:
-    ds = inspected.header
+    metadata: dict[str, Any] = json.loads(inspected.metadata_json)
     s, se = studies.c, series.c
-    patient_name = _text(ds, "PatientName", s.patient_name)
-    referring = _text(ds, "ReferringPhysicianName", s.referring_physician_name)
-    metadata = json.loads(inspected.metadata_json)
+    patient_name = _json_text(metadata, "PatientName", s.patient_name)
+    referring = _json_text(metadata, "ReferringPhysicianName", s.referring_physician_name)
     study_attrs = {t: v for t, v in metadata.items() if study_level(int(t, 16))}
     series_attrs = {t: v for t, v in metadata.items() if series_level(int(t, 16))}
-    requests = [
-        (
-            _text(item, "ScheduledProcedureStepID"),
-            _text(item, "RequestedProcedureID"),
-        )
-        for item in ds.get("RequestAttributesSequence", [])
-    ]
+    requests = _request_ids(metadata)
     return NewInstance(
         partition=partition,
         study_uid=inspected.study_instance_uid,
@@ -187,34 +218,38 @@ def _new_instance(
         size=spooled.size,
         sha256=spooled.sha256,
         study_columns={
-            "patient_id": _text(ds, "PatientID", s.patient_id),
+            "patient_id": _json_text(metadata, "PatientID", s.patient_id),
             "patient_name": patient_name,
             "patient_name_folded": _folded(patient_name),
-            "patient_birth_date": _text(ds, "PatientBirthDate", s.patient_birth_date),
-            "patient_sex": _text(ds, "PatientSex", s.patient_sex),
-            "study_date": _text(ds, "StudyDate", s.study_date),
-            "study_time": _text(ds, "StudyTime", s.study_time),
-            "accession_number": _text(ds, "AccessionNumber", s.accession_number),
+            "patient_birth_date": _json_text(metadata, "PatientBirthDate", s.patient_birth_date),
+            "patient_sex": _json_text(metadata, "PatientSex", s.patient_sex),
+            "study_date": _json_text(metadata, "StudyDate", s.study_date),
+            "study_time": _json_text(metadata, "StudyTime", s.study_time),
+            "accession_number": _json_text(metadata, "AccessionNumber", s.accession_number),
             "referring_physician_name": referring,
             "referring_physician_name_folded": _folded(referring),
-            "study_description": _text(ds, "StudyDescription", s.study_description),
-            "study_id": _text(ds, "StudyID", s.study_id),
-            "timezone_offset": _text(ds, "TimezoneOffsetFromUTC", s.timezone_offset),
+            "study_description": _json_text(metadata, "StudyDescription", s.study_description),
+            "study_id": _json_text(metadata, "StudyID", s.study_id),
+            "timezone_offset": _json_text(metadata, "TimezoneOffsetFromUTC", s.timezone_offset),
         },
         series_columns={
-            "modality": _text(ds, "Modality", se.modality),
-            "series_number": _int(ds, "SeriesNumber"),
-            "series_description": _text(ds, "SeriesDescription", se.series_description),
-            "performed_date": _text(ds, "PerformedProcedureStepStartDate", se.performed_date),
-            "performed_time": _text(ds, "PerformedProcedureStepStartTime", se.performed_time),
-            "timezone_offset": _text(ds, "TimezoneOffsetFromUTC", se.timezone_offset),
+            "modality": _json_text(metadata, "Modality", se.modality),
+            "series_number": _json_int(metadata, "SeriesNumber"),
+            "series_description": _json_text(metadata, "SeriesDescription", se.series_description),
+            "performed_date": _json_text(
+                metadata, "PerformedProcedureStepStartDate", se.performed_date
+            ),
+            "performed_time": _json_text(
+                metadata, "PerformedProcedureStepStartTime", se.performed_time
+            ),
+            "timezone_offset": _json_text(metadata, "TimezoneOffsetFromUTC", se.timezone_offset),
         },
         instance_columns={
-            "instance_number": _int(ds, "InstanceNumber"),
-            "rows": _int(ds, "Rows"),
-            "columns": _int(ds, "Columns"),
-            "bits_allocated": _int(ds, "BitsAllocated"),
-            "number_of_frames": _int(ds, "NumberOfFrames"),
+            "instance_number": _json_int(metadata, "InstanceNumber"),
+            "rows": _json_int(metadata, "Rows"),
+            "columns": _json_int(metadata, "Columns"),
+            "bits_allocated": _json_int(metadata, "BitsAllocated"),
+            "number_of_frames": _json_int(metadata, "NumberOfFrames"),
         },
         requests=requests,
         study_attrs_json=_compact(study_attrs),
