@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
@@ -364,31 +365,41 @@ def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
 
 
 def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreResult, str | None]:
+    # The common path is five statements: this runs in the single writer thread, and every
+    # statement releases and re-takes the GIL, so each one saved is felt by every store.
+    try:
+        with conn.begin_nested():
+            _insert(conn, new)
+        return StoreResult.STORED, None
+    except IntegrityError:
+        pass  # the SOP Instance UID is taken: decide below
     existing = _stored_where(
         conn,
         instances.c.partition == new.partition,
         instances.c.sop_instance_uid == new.sop_instance_uid,
     )
-    replaced_key: str | None = None
-    result = StoreResult.STORED
-    if existing is not None:
-        if existing.sha256 == new.sha256 and existing.size == new.size:
-            return StoreResult.ALREADY_STORED, new.blob_key
-        if not overwrite:
-            raise DuplicateInstance(
-                f"a different object is already stored under SOP Instance UID "
-                f"{new.sop_instance_uid}; the stored one is kept"
-            )
-        _remove_instance(conn, existing.pk, doom_blob=False)
-        replaced_key, result = existing.blob_key, StoreResult.REPLACED
+    if existing is None:
+        raise StorageUnavailable("the index refused the instance row")
+    if existing.sha256 == new.sha256 and existing.size == new.size:
+        return StoreResult.ALREADY_STORED, new.blob_key
+    if not overwrite:
+        raise DuplicateInstance(
+            f"a different object is already stored under SOP Instance UID "
+            f"{new.sop_instance_uid}; the stored one is kept"
+        )
+    _remove_instance(conn, existing.pk, doom_blob=False)
+    _insert(conn, new)
+    return StoreResult.REPLACED, existing.blob_key
 
+
+def _insert(conn: Connection, new: NewInstance) -> None:
     now = _now_ms()
-    study_pk = conn.execute(
-        select(studies.c.id).where(
+    study = conn.execute(
+        select(studies.c.id, studies.c.modalities).where(
             studies.c.partition == new.partition, studies.c.study_uid == new.study_uid
         )
-    ).scalar()
-    if study_pk is None:
+    ).first()
+    if study is None:
         study_pk = conn.execute(
             insert(studies).values(
                 partition=new.partition,
@@ -399,18 +410,23 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
                 **new.study_columns,
             )
         ).inserted_primary_key[0]
-    series_row = conn.execute(
+        modalities = ""
+    else:
+        study_pk, modalities = study
+    series_pk = conn.execute(
         select(series.c.id).where(
             series.c.study_pk == study_pk, series.c.series_uid == new.series_uid
         )
-    ).first()
-    if series_row is None:
+    ).scalar()
+    new_series = series_pk is None
+    if new_series:
         series_pk = conn.execute(
             insert(series).values(
                 study_pk=study_pk,
                 series_uid=new.series_uid,
                 attrs=new.series_attrs_json,
                 created_at=now,
+                num_instances=0,
                 **new.series_columns,
             )
         ).inserted_primary_key[0]
@@ -426,8 +442,6 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
                     for step, proc in new.requests
                 ],
             )
-    else:
-        series_pk = series_row[0]
     conn.execute(
         insert(instances).values(
             series_pk=series_pk,
@@ -450,8 +464,18 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
         .where(series.c.id == series_pk)
         .values(num_instances=series.c.num_instances + 1)
     )
-    _refresh_study(conn, study_pk, now)
-    return result, replaced_key
+    study_changes: dict[str, Any] = {
+        "num_instances": studies.c.num_instances + 1,
+        "updated_at": now,
+    }
+    if new_series:
+        study_changes["num_series"] = studies.c.num_series + 1
+        modality = new.series_columns.get("modality")
+        if modality:
+            study_changes["modalities"] = "\\".join(
+                sorted(set(filter(None, modalities.split("\\"))) | {modality})
+            )
+    conn.execute(update(studies).where(studies.c.id == study_pk).values(**study_changes))
 
 
 def _refresh_study(conn: Connection, study_pk: int, now: int) -> None:
