@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 import pydicom
-from server import (
+
+from integration.server import (
     ACCEPT_AS_STORED,
     Server,
     blob_files,
@@ -35,7 +36,6 @@ from server import (
     spool_files,
     start_server,
 )
-
 from nubis.tools.synth import make_ct_series, make_large_instance
 from nubis.web.dicomweb.multipart import iter_multipart, new_boundary
 

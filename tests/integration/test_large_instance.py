@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from server import ACCEPT_AS_STORED, multipart_content_type, start_server
 
+from integration.server import ACCEPT_AS_STORED, multipart_content_type, start_server
 from nubis.tools.synth import make_large_instance
 from nubis.web.dicomweb.multipart import iter_multipart, new_boundary
 
