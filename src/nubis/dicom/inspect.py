@@ -162,22 +162,38 @@ def inspect_file(path: Path, *, bulk_threshold: int = 1024) -> InspectedInstance
     with open(path, "rb") as fp:
         reader = _CutShortReader(fp)
         ds = _read(reader, path, bulk_threshold)
-        transfer_syntax = _transfer_syntax(ds)
-        deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
-        if reader.cut_short or (not deflated and reader.tell() > size):
-            raise _truncated()
-        if not deflated and reader.tell() != size:
+        try:
+            result = _inspect(ds, fp, reader, size, bulk_threshold)
+        except InvalidInstance:
+            raise
+        except Exception as exc:
+            # pydicom converts most values lazily, so corrupt ones only surface here.
             raise InvalidInstance(
-                f"the data set cannot be parsed past byte {reader.tell()} of {size}",
+                f"the data set cannot be parsed ({type(exc).__name__})",
                 dimse_status=_CANNOT_UNDERSTAND,
-            )
-        walker = _Walker(fp, size, bulk_threshold, positional=not deflated)
-        tree = walker.dataset(ds, "", 0, top_level=True)
-        # The JSON values are already decoded: reading them avoids converting elements twice.
-        uids = [_valid_uid(tree, name, tag) for name, tag in _REQUIRED_UIDS]
-        _check_meta_instance_uid(ds, uids[1])
-        frame_index = None if deflated else walker.frame_index(tree)
+            ) from exc
     ds.buffer = None  # drop the closed spool file, or the inflated copy of a deflated data set
+    return result
+
+
+def _inspect(
+    ds: FileDataset, fp: BinaryIO, reader: _CutShortReader, size: int, bulk_threshold: int
+) -> InspectedInstance:
+    transfer_syntax = _transfer_syntax(ds)
+    deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
+    if reader.cut_short or (not deflated and reader.tell() > size):
+        raise _truncated()
+    if not deflated and reader.tell() != size:
+        raise InvalidInstance(
+            f"the data set cannot be parsed past byte {reader.tell()} of {size}",
+            dimse_status=_CANNOT_UNDERSTAND,
+        )
+    walker = _Walker(fp, size, bulk_threshold, positional=not deflated)
+    tree = walker.dataset(ds, "", 0, top_level=True)
+    # The JSON values are already decoded: reading them avoids converting elements twice.
+    uids = [_valid_uid(tree, name, tag) for name, tag in _REQUIRED_UIDS]
+    _check_meta_instance_uid(ds, uids[1])
+    frame_index = None if deflated else walker.frame_index(tree)
 
     metadata_json = json.dumps(tree, separators=(",", ":"))
     if metadata_json.count(BULK_URI_MARKER) != walker.bulk_count:
@@ -336,38 +352,46 @@ class _Walker:
         encodings = ds.original_character_set or [default_encoding]
         if isinstance(encodings, str):
             encodings = [encodings]
-        for tag in list(ds.keys()):
-            tag = int(tag)  # BaseTag compares in Python; int comparisons are much cheaper
+        threshold = self.threshold
+        limit = self.size - base if self.positional else None
+        # Dataset.values() hands out the elements as read, without converting or loading them.
+        for elem in list(ds.values()):
+            tag = int(elem.tag)  # BaseTag compares in Python; int comparisons are much cheaper
             if top_level and tag < 0x00030000:
                 continue  # command or file meta group elements are not part of the data set
             key = f"{tag:08X}"
-            elem = ds.get_item(tag, keep_deferred=True)
             if isinstance(elem, DataElement):
                 # Only undefined-length sequences arrive already converted.
                 if elem.VR == "SQ":
                     out[key] = self.sequence(ds[tag], prefix + key, base)
                 else:
-                    out[key] = _pydicom_json(elem)
+                    out[key] = _pydicom_json(ds, tag)
                 continue
-            vr = self.vr(elem, ds, encodings)
+            vr = elem.VR
+            if vr is None or vr == "UN" or vr in AMBIGUOUS_VR:
+                vr = self.vr(elem, ds, encodings)
             length = elem.length
-            if length and (tag in _PIXEL_TAGS or (vr in _BULK_VRS and length > self.threshold)):
+            if length and (tag in _PIXEL_TAGS or (vr in _BULK_VRS and length > threshold)):
                 path = prefix + key
                 out[key] = {"vr": vr, "BulkDataURI": BULK_URI_MARKER + path}
                 self.bulk_count += 1
                 self.record_bulk(path, tag, elem, base, top_level=top_level)
                 bulk_tags.append(tag)
                 continue
+            value = elem.value
             if length != _UNDEFINED_LENGTH:
-                self.check_extent(elem, base)
-            if elem.value is None and length:
-                elem = read_deferred_data_element(
-                    ds.fileobj_type,  # type: ignore[attr-defined]
-                    ds.buffer,  # type: ignore[attr-defined]
-                    None,
-                    elem,
-                )
-                ds[tag] = elem
+                if (value is not None and len(value) < length) or (
+                    limit is not None and elem.value_tell + length > limit
+                ):
+                    raise _truncated()
+                if value is None and length:
+                    elem = read_deferred_data_element(
+                        ds.fileobj_type,  # type: ignore[attr-defined]
+                        ds.buffer,  # type: ignore[attr-defined]
+                        None,
+                        elem,
+                    )
+                    ds[tag] = elem
             if top_level and tag in (_EXTENDED_OFFSET_TABLE, _EXTENDED_OFFSET_TABLE_LENGTHS):
                 self.offset_tables[tag] = elem.value or b""
             if vr == "SQ":
@@ -377,7 +401,7 @@ class _Walker:
             try:
                 out[key] = _element_json(vr, elem, encodings)
             except (ValueError, struct.error, UnicodeError, LookupError):
-                out[key] = _pydicom_json(ds[tag])
+                out[key] = _pydicom_json(ds, tag)
         for tag in bulk_tags:
             del ds[tag]
         return out
@@ -560,13 +584,14 @@ def _first_value(tree: dict[str, Any], key: str) -> Any:
     return values[0] if values else None
 
 
-def _pydicom_json(elem: DataElement) -> dict[str, Any]:
+def _pydicom_json(ds: Dataset, tag: int) -> dict[str, Any]:
     """Let pydicom encode an element the fast path does not handle (PS3.18 F.2)."""
     try:
-        return elem.to_json_dict(None, 0)
+        return ds[tag].to_json_dict(None, 0)
     except Exception:
-        # A value pydicom cannot decode is still kept, as the opaque bytes it is.
-        value = elem.value if isinstance(elem.value, bytes) else b""
+        # A value pydicom cannot decode either is still kept, as the opaque bytes it is.
+        raw = ds.get_item(tag, keep_deferred=True)
+        value = raw.value if isinstance(raw.value, bytes) else b""
         return {"vr": "UN", "InlineBinary": base64.b64encode(value).decode("ascii")}
 
 

@@ -1,0 +1,434 @@
+"""Tests for ``nubis.dicom.inspect`` on pydicom's bundled real-world files."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import struct
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+from pydicom.multival import MultiValue
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import PersonName
+
+from nubis.dicom.inspect import BULK_URI_MARKER, InspectedInstance, inspect_file
+from nubis.errors import InvalidInstance
+
+# Building the invalid fixtures makes pydicom warn about the very values under test.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The value length .* exceeds:UserWarning"),
+]
+
+
+def _testdata(name: str) -> Path:
+    found = get_testdata_file(name, download=False)
+    if found is None:
+        pytest.skip(f"{name} is not bundled with this pydicom")
+    return Path(str(found))
+
+
+def _fixed_copy(name: str, tmp_path: Path) -> Path:
+    """Copy a test file whose file meta SOP Instance UID disagrees with its data set."""
+    ds = pydicom.dcmread(_testdata(name))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    target = tmp_path / name
+    ds.save_as(target)
+    return target
+
+
+# Files pydicom ships that are valid PS3.10 objects, covering every pixel data layout.
+VALID_FILES = [
+    "CT_small.dcm",  # explicit VR LE, private OB bulk value
+    "MR_small.dcm",
+    "MR_small_implicit.dcm",  # implicit VR: VRs from the dictionary, "OB or OW" resolved
+    "MR_small_bigendian.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "JPEG2000.dcm",
+    "JPEG-lossy.dcm",
+    "SC_rgb_rle_2frame.dcm",  # multi-frame RLE with a Basic Offset Table
+    "SC_rgb_rle_32bit_2frame.dcm",
+    "SC_rgb_small_odd.dcm",
+    "SC_ybr_full_422_uncompressed.dcm",  # native YBR_FULL_422: subsampled frame size
+    "examples_ybr_color.dcm",  # 30-frame JPEG baseline
+    "examples_jpeg2k.dcm",  # one frame in three fragments, empty offset table
+    "examples_overlay.dcm",  # overlay data and an icon image nested in a sequence
+    "rtdose_rle.dcm",  # 15-frame RLE without Basic Offset Table
+    "liver_1frame.dcm",  # 1-bit native: no frame index
+    "test-SR.dcm",  # no pixel data, deeply nested sequences
+    "waveform_ecg.dcm",  # bulk data inside sequence items
+    "image_dfl.dcm",  # deflated data set
+]
+
+
+def _element_at(ds: Dataset, path: str) -> pydicom.DataElement:
+    parts = path.split("/")
+    for seq_tag, index in zip(parts[:-1:2], parts[1::2], strict=True):
+        ds = ds[int(seq_tag, 16)].value[int(index)]
+    return ds[int(parts[-1], 16)]
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as fp:
+        fp.seek(offset)
+        return fp.read(length)
+
+
+def _normalised(elem: pydicom.DataElement) -> list[Any]:
+    value = elem.value
+    if isinstance(value, bytes):
+        return [value]
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, PersonName):
+            item = str(item).rstrip("=")
+        if isinstance(item, str):
+            item = item.strip() or None
+        elif isinstance(item, float | int) and elem.VR == "DS":
+            item = float(item)
+        out.append(item)
+    return [] if out in ([None], [""]) else out
+
+
+def _assert_same_elements(
+    restored: Dataset, original: Dataset, bulk: set[str], prefix: str
+) -> None:
+    for elem in original:
+        path = f"{prefix}{elem.tag:08X}"
+        if path in bulk:
+            assert restored[elem.tag].VR == elem.VR
+            continue
+        assert elem.tag in restored, path
+        twin = restored[elem.tag]
+        if elem.VR == "SQ":
+            assert len(twin.value) == len(elem.value), path
+            for i, (a, b) in enumerate(zip(twin.value, elem.value, strict=True)):
+                _assert_same_elements(a, b, bulk, f"{path}/{i}/")
+        else:
+            assert _normalised(twin) == _normalised(elem), path
+
+
+@pytest.mark.parametrize("name", VALID_FILES)
+def test_real_files(name: str, tmp_path: Path) -> None:
+    path = _testdata(name)
+    result = inspect_file(path)
+    full = pydicom.dcmread(path)
+
+    assert result.transfer_syntax_uid == full.file_meta.TransferSyntaxUID
+    assert result.sop_instance_uid == full.SOPInstanceUID
+    assert result.sop_class_uid == full.SOPClassUID
+    assert result.study_instance_uid == full.StudyInstanceUID
+    assert result.series_instance_uid == full.SeriesInstanceUID
+
+    # Compact, and the marker only where the serving layer will look for it.
+    text = result.metadata_json
+    assert text == json.dumps(json.loads(text), separators=(",", ":"))
+    assert text.count(BULK_URI_MARKER) == text.count(f'"BulkDataURI":"{BULK_URI_MARKER}')
+    tree = json.loads(text)
+    assert "00020010" not in tree
+
+    bulk_paths = set(_bulk_paths(tree, ""))
+    assert "7FE00010" in bulk_paths or "PixelData" not in full
+    for bulk_path in bulk_paths:
+        assert bulk_path not in result.bulk_index or result.bulk_index[bulk_path][1] > 0
+    deflated = full.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    if deflated:
+        assert result.bulk_index == {}
+    else:
+        assert set(result.bulk_index) == bulk_paths
+    for bulk_path, (offset, length) in result.bulk_index.items():
+        assert _read_range(path, offset, length) == _element_at(full, bulk_path).value, bulk_path
+
+    # Every non-bulk element survives the trip through DICOM JSON.
+    restored = Dataset.from_json(text, bulk_data_uri_handler=lambda tag, vr, uri: b"")
+    _assert_same_elements(restored, full, bulk_paths, "")
+
+    # The header keeps everything except bulk values, and no longer needs the file.
+    for bulk_path in bulk_paths:
+        parts = bulk_path.split("/")
+        if len(parts) == 1:
+            assert int(parts[0], 16) not in result.header
+    assert result.header.get("SOPInstanceUID") == full.SOPInstanceUID
+
+    _assert_frames(result, full, path)
+
+
+def _bulk_paths(tree: dict[str, Any], prefix: str) -> Iterator[str]:
+    for key, attribute in tree.items():
+        if "BulkDataURI" in attribute:
+            uri = attribute["BulkDataURI"]
+            assert uri == BULK_URI_MARKER + prefix + key
+            yield prefix + key
+        elif attribute["vr"] == "SQ":
+            for i, item in enumerate(attribute.get("Value", [])):
+                yield from _bulk_paths(item, f"{prefix}{key}/{i}/")
+
+
+def _assert_frames(result: InspectedInstance, full: Dataset, path: Path) -> None:
+    ts = full.file_meta.TransferSyntaxUID
+    if "PixelData" not in full or full.BitsAllocated == 1 or ts.is_deflated:
+        assert result.frame_index is None
+        return
+    assert result.frame_index is not None
+    frames = [
+        b"".join(_read_range(path, offset, length) for offset, length in fragments)
+        for fragments in result.frame_index
+    ]
+    nr_frames = int(full.get("NumberOfFrames") or 1)
+    assert len(frames) == nr_frames
+    if ts.is_encapsulated:
+        expected = list(generate_frames(full.PixelData, number_of_frames=nr_frames))
+    else:
+        size = len(frames[0])
+        expected = [full.PixelData[i * size : (i + 1) * size] for i in range(nr_frames)]
+        assert size * nr_frames <= len(full.PixelData) <= size * nr_frames + 1
+    assert frames == expected
+
+
+def test_native_multiframe(tmp_path: Path) -> None:
+    path = _fixed_copy("rtdose.dcm", tmp_path)
+    result = inspect_file(path)
+    full = pydicom.dcmread(path)
+    assert result.frame_index is not None and len(result.frame_index) == 15
+    _assert_frames(result, full, path)
+    arr = full.pixel_array
+    first = _read_range(path, *result.frame_index[7][0])
+    assert first == arr[7].astype(arr.dtype.newbyteorder("<")).tobytes()
+
+
+def _jpeg_frames() -> list[bytes]:
+    ds = pydicom.dcmread(_testdata("examples_ybr_color.dcm"))
+    return list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+
+
+def _encapsulated_file(
+    tmp_path: Path, frames: list[bytes], pixel_data: bytes, **extra: Any
+) -> Path:
+    ds = pydicom.dcmread(_testdata("examples_ybr_color.dcm"), stop_before_pixels=True)
+    ds.NumberOfFrames = len(frames)
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = pixel_data
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    path = tmp_path / "encapsulated.dcm"
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("has_bot", [True, False])
+def test_encapsulated_two_fragments_per_frame(tmp_path: Path, has_bot: bool) -> None:
+    frames = _jpeg_frames()[:6]
+    path = _encapsulated_file(
+        tmp_path, frames, encapsulate(frames, fragments_per_frame=2, has_bot=has_bot)
+    )
+    result = inspect_file(path)
+    assert result.frame_index is not None
+    assert [len(fragments) for fragments in result.frame_index] == [2] * 6
+    got = [b"".join(_read_range(path, *f) for f in fragments) for fragments in result.frame_index]
+    assert got == frames
+    assert result.encapsulated_paths == {"7FE00010"}
+
+
+def test_extended_offset_table(tmp_path: Path) -> None:
+    frames = _jpeg_frames()[:200]  # enough frames for the table to be a bulk value itself
+    frames = (frames * 7)[:200]
+    pixel_data, offsets, lengths = encapsulate_extended(frames)
+    path = _encapsulated_file(
+        tmp_path,
+        frames,
+        pixel_data,
+        ExtendedOffsetTable=offsets,
+        ExtendedOffsetTableLengths=lengths,
+    )
+    result = inspect_file(path)
+    assert "7FE00001" in result.bulk_index
+    assert result.frame_index is not None
+    got = [b"".join(_read_range(path, *f) for f in fragments) for fragments in result.frame_index]
+    assert got == frames
+
+
+def test_bulk_threshold(tmp_path: Path) -> None:
+    path = _testdata("CT_small.dcm")
+    assert set(inspect_file(path, bulk_threshold=1 << 20).bulk_index) == {"7FE00010"}
+    small = inspect_file(path, bulk_threshold=8)
+    assert {"7FE00010", "00431029", "00431028"} <= set(small.bulk_index)
+    tree = json.loads(inspect_file(path).metadata_json)
+    assert "InlineBinary" in tree["00431028"]  # 2 bytes of OB stay inline
+
+
+def test_stray_marker_is_escaped(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(_testdata("CT_small.dcm"))
+    ds.StudyDescription = f'see {BULK_URI_MARKER}7FE00010 "BulkDataURI":"{BULK_URI_MARKER}x'
+    path = tmp_path / "marker.dcm"
+    ds.save_as(path)
+    result = inspect_file(path)
+    assert result.metadata_json.count(BULK_URI_MARKER) == len(result.bulk_index)
+    assert json.loads(result.metadata_json)["00081030"]["Value"] == [ds.StudyDescription]
+
+
+def test_large_native_file_memory(tmp_path: Path) -> None:
+    rows = columns = 512
+    nr_frames = 600
+    frame_size = rows * columns * 2
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    ds.SOPClassUID = pydicom.uid.CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, nr_frames
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelRepresentation = 0
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("ab") as fp:
+        fp.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, frame_size * nr_frames))
+        for i in range(nr_frames):
+            fp.write(i.to_bytes(4, "little") * (frame_size // 4))
+    try:
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        tracemalloc.start()
+        result = inspect_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rss_growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+        assert peak < 8 * 2**20
+        assert rss_growth_kib < 64 * 2**10
+        assert result.frame_index is not None and len(result.frame_index) == nr_frames
+        for i in (0, 1, 299, nr_frames - 1):
+            ((offset, length),) = result.frame_index[i]
+            assert length == frame_size
+            data = _read_range(path, offset, length)
+            assert data[:4] == data[-4:] == i.to_bytes(4, "little")
+        assert result.bulk_index["7FE00010"][1] == frame_size * nr_frames
+    finally:
+        path.unlink()
+
+
+# Failures
+
+
+def _refused(path: Path) -> InvalidInstance:
+    with pytest.raises(InvalidInstance) as caught:
+        inspect_file(path)
+    return caught.value
+
+
+def test_not_dicom(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("Just some text, certainly not a DICOM file.\n" * 10)
+    assert _refused(text).dimse_status == 0xC000
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    assert _refused(empty).dimse_status == 0xC000
+    no_meta = tmp_path / "no_meta.dcm"
+    shutil.copy(_testdata("no_meta.dcm"), no_meta)
+    assert "PS3.10" in _refused(no_meta).reason
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "JPEG2000.dcm", "test-SR.dcm"])
+def test_truncated(tmp_path: Path, name: str) -> None:
+    data = _testdata(name).read_bytes()
+    header_end = data.index(b"\xe0\x7f\x10\x00") if b"\xe0\x7f\x10\x00" in data else len(data)
+    cuts = {
+        100,  # inside the preamble
+        200,  # inside the file meta information
+        # Inside the header; a cut exactly at an element boundary leaves a valid data set.
+        header_end // 2 + 1,
+        header_end // 2 + 5,
+        header_end + 3,  # inside the pixel data element header
+        header_end + 20,
+        len(data) - 1,
+        len(data) - 7,
+    }
+    for cut in sorted(c for c in cuts if c < len(data)):
+        path = tmp_path / f"cut{cut}.dcm"
+        path.write_bytes(data[:cut])
+        refusal = _refused(path)
+        assert refusal.dimse_status == 0xC000, (cut, refusal.reason)
+
+
+def test_pydicom_truncated_samples() -> None:
+    for name in ("MR_truncated.dcm", "rtplan_truncated.dcm"):
+        assert _refused(_testdata(name)).dimse_status == 0xC000
+
+
+def _variant(tmp_path: Path, **changes: Any) -> Path:
+    ds = pydicom.dcmread(_testdata("MR_small.dcm"))
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    path = tmp_path / "variant.dcm"
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "keyword", ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+)
+def test_missing_uid(tmp_path: Path, keyword: str) -> None:
+    refusal = _refused(_variant(tmp_path, **{keyword: None}))
+    assert refusal.dimse_status == 0xA900
+    assert "missing" in refusal.reason
+    words = {"SOPClassUID": "SOP Class", "SOPInstanceUID": "SOP Instance"}
+    assert words.get(keyword, keyword.removesuffix("InstanceUID")) in refusal.reason
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../etc/passwd", "1." + "2" * 63, "1.2.abc", "1.2..3", "1.2.3.", ".1.2"],
+)
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"])
+def test_invalid_uid(tmp_path: Path, bad: str, keyword: str) -> None:
+    refusal = _refused(_variant(tmp_path, **{keyword: bad}))
+    assert refusal.dimse_status == 0xA900
+    assert "not a valid UID" in refusal.reason
+    assert keyword.removesuffix("UID")[:5] in refusal.reason.replace(" ", "")
+
+
+def test_64_character_uid_is_fine(tmp_path: Path) -> None:
+    uid = "1." + "2" * 62
+    assert inspect_file(_variant(tmp_path, StudyInstanceUID=uid)).study_instance_uid == uid
+
+
+def test_multi_valued_uid(tmp_path: Path) -> None:
+    path = _variant(tmp_path, SeriesInstanceUID=["1.2.3", "1.2.4"])
+    assert _refused(path).dimse_status == 0xA900
+
+
+def test_meta_instance_uid_mismatch() -> None:
+    refusal = _refused(_testdata("rtplan.dcm"))
+    assert refusal.dimse_status == 0xA900
+    assert "(0002,0003)" in refusal.reason
+
+
+def test_unknown_transfer_syntax(tmp_path: Path) -> None:
+    data = _testdata("MR_small.dcm").read_bytes()
+    known = ExplicitVRLittleEndian.encode() + b"\x00"
+    assert data.count(known) == 1
+    path = tmp_path / "unknown_ts.dcm"
+    path.write_bytes(data.replace(known, b"1.2.999.10008.1.2.1\x00"))
+    refusal = _refused(path)
+    assert refusal.dimse_status == 0xC122
+    assert "1.2.999.10008.1.2.1" in refusal.reason
+
+
+def test_missing_transfer_syntax() -> None:
+    assert _refused(_testdata("meta_missing_tsyntax.dcm")).dimse_status == 0xC000
