@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from nubis.errors import BadRequest, InvalidInstance, NubisError, UnsupportedMediaType
@@ -48,6 +48,7 @@ async def store_instances(request: Request) -> Response:
     slots = asyncio.Semaphore(_IN_FLIGHT_PER_REQUEST)
     tasks: list[asyncio.Task[StoreOutcome]] = []
     body_error: NubisError | None = None
+    client_gone = False
 
     async def store(spooled: Any) -> StoreOutcome:
         try:
@@ -76,9 +77,17 @@ async def store_instances(request: Request) -> Response:
             tasks.append(asyncio.create_task(store(spooled)))
     except BadRequest as exc:
         body_error = exc
+    except ClientDisconnect:
+        # A client that gives up mid-upload is not a server fault: no error log, and no one is
+        # left to read an answer. Parts received whole before that may still have been stored.
+        client_gone = True
     finally:
         outcomes = list(await asyncio.gather(*tasks)) if tasks else []
 
+    if client_gone:
+        stored = sum(o.ok for o in outcomes)
+        log.info("STOW-RS: client disconnected mid-request; %d part(s) stored", stored)
+        return Response(status_code=400)
     if not outcomes:
         raise body_error or BadRequest("the request holds no application/dicom part")
     if body_error is not None:
