@@ -25,6 +25,7 @@ Matching follows PS3.4 C.2.2.2:
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -395,7 +396,8 @@ def _json_columns(level: Level) -> list[Any]:
 @dataclass(frozen=True)
 class _Plan:
     statement: Any
-    sources: tuple[_Source, ...]  # column-backed attributes, in select order after the key
+    # Column-backed attributes in tag order, as (JSON key, converter), selected after the key.
+    fields: tuple[tuple[str, Callable[[Any], dict[str, Any]]], ...]
     json_count: int  # stored JSON columns selected after them
     wanted: frozenset[int] | None  # attributes taken from JSON; None: all of them
     missing: frozenset[int]  # requested, neither column nor JSON: returned empty
@@ -430,9 +432,13 @@ def _plan(q: Query, dialect_name: str, limit: int) -> _Plan:
         .offset(q.offset)
         .correlate(None)
     )
-    columns = [pk] + [s.column for s in sources if s.column is not None] + json_cols
+    # A constant attribute selects a NULL placeholder, so that row positions follow tag order.
+    placeholders = (sa.null().label(f"const_{i}") for i in itertools.count())
+    columns = [pk, *(s.column if s.column is not None else next(placeholders) for s in sources)]
+    columns += json_cols
     stmt = sa.select(*columns).select_from(from_).where(pk.in_(page)).order_by(pk)
-    return _Plan(stmt, sources, len(json_cols), wanted, frozenset(wanted or ()))
+    fields = tuple((tag_hex(src.tag), _converter(src)) for src in sources)
+    return _Plan(stmt, fields, len(json_cols), wanted, frozenset(wanted or ()))
 
 
 # --- DICOM JSON ---------------------------------------------------------------------------------
@@ -444,30 +450,42 @@ def _pn_value(text: str) -> dict[str, str]:
     return {name: g for name, g in zip(names, groups, strict=False) if g}
 
 
-def _element(source: _Source, value: Any) -> dict[str, Any]:
+def _requests_items(text: str) -> list[dict[str, Any]]:
+    items = []
+    for raw in text.split(_ITEM_SEP):
+        sps, _, rp = raw.partition(_FIELD_SEP)
+        items.append(
+            {
+                tag_hex(_SPS_ID): {"vr": "SH", "Value": [sps]} if sps else {"vr": "SH"},
+                tag_hex(_RP_ID): {"vr": "SH", "Value": [rp]} if rp else {"vr": "SH"},
+            }
+        )
+    return items
+
+
+def _converter(source: _Source) -> Callable[[Any], dict[str, Any]]:
+    """A function turning the column value of ``source`` into its DICOM JSON element."""
     vr = source.vr
     if source.kind == "const":
-        return {"vr": vr, "Value": [source.const]}
-    if value is None or value == "":
-        return {"vr": vr}
+        const = source.const
+        return lambda _value: {"vr": vr, "Value": [const]}
     if source.kind == "int":
-        return {"vr": vr, "Value": [int(value)]}
-    if source.kind == "pn":
-        return {"vr": vr, "Value": [_pn_value(v) for v in str(value).split("\\")]}
-    if source.kind == "requests":
-        items = []
-        for raw in str(value).split(_ITEM_SEP):
-            sps, _, rp = raw.partition(_FIELD_SEP)
-            items.append(
-                {
-                    tag_hex(_SPS_ID): {"vr": "SH", "Value": [sps]} if sps else {"vr": "SH"},
-                    tag_hex(_RP_ID): {"vr": "SH", "Value": [rp]} if rp else {"vr": "SH"},
-                }
-            )
-        return {"vr": vr, "Value": items}
-    text = str(value)
-    values = [text] if vr in _TEXT_VRS else [v for v in text.split("\\")]
-    return {"vr": vr, "Value": values}
+        convert: Callable[[Any], list[Any]] = lambda v: [int(v)]  # noqa: E731
+    elif source.kind == "pn":
+        convert = lambda v: [_pn_value(n) for n in str(v).split("\\")]  # noqa: E731
+    elif source.kind == "requests":
+        convert = lambda v: _requests_items(str(v))  # noqa: E731
+    elif vr in _TEXT_VRS:
+        convert = lambda v: [str(v)]  # noqa: E731
+    else:
+        convert = lambda v: str(v).split("\\")  # noqa: E731
+
+    def element(value: Any) -> dict[str, Any]:
+        if value is None or value == "":
+            return {"vr": vr}
+        return {"vr": vr, "Value": convert(value)}
+
+    return element
 
 
 def _without_bulk(element: dict[str, Any]) -> dict[str, Any] | None:
@@ -497,15 +515,17 @@ def _merge_json(result: dict[str, Any], text: str | None, wanted: frozenset[int]
 
 
 def _to_json(plan: _Plan, row: Any) -> dict[str, Any]:
+    values = row[1:]
+    if not plan.json_count and not plan.missing:
+        # The common case: columns only, already in tag order.
+        return {k: convert(v) for (k, convert), v in zip(plan.fields, values, strict=True)}
     result: dict[str, Any] = {}
-    values = iter(row[1:])
-    column_values = [next(values) if s.column is not None else None for s in plan.sources]
-    for text in list(values)[: plan.json_count]:
+    for text in values[len(plan.fields) :]:
         _merge_json(result, text, plan.wanted)
     # Columns win over the stored JSON: they are what matching compares, and the computed
     # attributes (counts, Modalities in Study) are only right there.
-    for source, value in zip(plan.sources, column_values, strict=True):
-        result[tag_hex(source.tag)] = _element(source, value)
+    for (key, convert), value in zip(plan.fields, values, strict=False):
+        result[key] = convert(value)
     # A requested attribute the entity lacks is returned empty, as C-FIND does with return keys.
     for tag in plan.missing:
         key = tag_hex(tag)
