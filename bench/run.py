@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -78,7 +79,7 @@ PLANS = {
     "quick": Plan(
         mode="quick",
         stow_instances=400,
-        retrieval_repeats=3,
+        retrieval_repeats=5,
         metadata_requests=15,
         frame_requests=30,
         qido_requests=100,
@@ -110,8 +111,10 @@ class Corpus:
         return [p for study in self.stow_studies for p in study]
 
 
+@functools.cache
 def _synth_fingerprint() -> str:
-    # A change to the generator invalidates cached corpora.
+    # A change to the generator invalidates cached corpora. Computed once per run so an
+    # edit made while a run is generating cannot label old output with the new hash.
     return hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:16]
 
 
@@ -775,9 +778,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, fig in r.figures.items():
             res = fig.get("resources", {})
             if res:
+                busy = res["loadavg_1m_before"] > (os.cpu_count() or 1)
                 print(
                     f"  {r.name:8} {key:10} {res['wall_s']:7.1f} {res['server_cpu_s']:7.1f} "
                     f"{res['client_cpu_s']:7.1f}   (load {res['loadavg_1m_before']:.1f} before)"
+                    + ("  <- machine busy: figure unreliable, re-run" if busy else "")
                 )
         if r.error:
             print(f"{r.name}: ERROR {r.error}")
