@@ -50,8 +50,9 @@ def accept_ranges(request: Request) -> list[MediaRange]:
 
 
 def dicomweb_base(request: Request) -> str:
-    root = request.scope.get("root_path", "")
-    return f"{request.url.scheme}://{request.url.netloc}{root}/dicom-web"
+    # Inside the /dicom-web Mount, root_path already ends in /dicom-web; base_url is built from
+    # the application's own root path (a proxy prefix), which is what the URL must start with.
+    return f"{str(request.base_url).rstrip('/')}/dicom-web"
 
 
 def partition_of(request: Request) -> str:
