@@ -1,0 +1,147 @@
+"""Shared fixtures: a live ``nubis serve`` process for end-to-end tests.
+
+The server runs as a real subprocess (``python -m nubis serve``) so the tests see exactly what a
+client sees: the CLI, settings, uvicorn, the lifespan and the HTTP stack, not an in-process app.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import pytest
+
+_READY_TIMEOUT = 30.0
+_STOP_TIMEOUT = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A running ``nubis serve``; ``url`` is the HTTP root (DICOMweb is under /dicom-web)."""
+
+    url: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM (uvicorn shuts down gracefully), then SIGKILL if it does not exit in time."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=_STOP_TIMEOUT)
+
+
+class ServerFactory(Protocol):
+    def __call__(self, name: str = ..., *extra_args: str) -> LiveServer: ...
+
+
+def start_server(data_dir: Path, *extra_args: str) -> LiveServer:
+    """Start ``nubis serve`` on a free 127.0.0.1 port and wait until /-/ready answers 200."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}-server.log"
+    # A port picked now may be taken before the server binds it; retry with another one.
+    for _ in range(3):
+        port = _free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Test data is throwaway: skipping fsync keeps the suite fast on slow disks.
+        args = [
+            sys.executable, "-m", "nubis", "serve",
+            "--data-dir", str(data_dir),
+            "--host", "127.0.0.1",
+            "--http-port", str(port),
+            "--set", "durable=false",
+            "--set", "log_level=warning",
+            *extra_args,
+        ]  # fmt: skip
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        server = LiveServer(f"http://127.0.0.1:{port}", data_dir, log_path, process)
+        if _wait_ready(server):
+            return server
+        server.stop()
+        if "address already in use" not in server.log().lower():
+            break
+    raise RuntimeError(f"nubis serve did not become ready; its log:\n{server.log()}")
+
+
+def _wait_ready(server: LiveServer) -> bool:
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
+    """Start more servers (e.g. one per test module); all are stopped at the end of the session."""
+    started: list[LiveServer] = []
+
+    def factory(name: str = "archive", *extra_args: str) -> LiveServer:
+        server = start_server(tmp_path_factory.mktemp(name) / "data", *extra_args)
+        started.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One archive for the whole session; tests must use their own UIDs / patient IDs."""
+    server = start_server(tmp_path_factory.mktemp("live") / "data")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(live_server: LiveServer) -> str:
+    return live_server.url
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """An empty archive of its own, for tests that count or delete everything."""
+    server = start_server(tmp_path / "data")
+    try:
+        yield server
+    finally:
+        server.stop()

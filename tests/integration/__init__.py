@@ -1,0 +1,74 @@
+"""End-to-end tests against a live ``nubis serve``; shared helpers for the test modules.
+
+Fixtures are in conftest.py; what tests import (the test file model and encoders) lives here,
+because importing from a conftest module depends on how pytest happened to import it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from nubis.tools import synth
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def encode(ds: Dataset) -> bytes:
+    """The bytes dicomweb-client sends for ``ds`` (it calls pydicom.dcmwrite with defaults)."""
+    with io.BytesIO() as buffer:
+        pydicom.dcmwrite(buffer, ds)
+        return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class DicomFile:
+    """One test object on disk, with the identifiers tests keep asking for."""
+
+    path: Path
+
+    @cached_property
+    def data(self) -> bytes:
+        return self.path.read_bytes()
+
+    @cached_property
+    def header(self) -> Dataset:
+        return pydicom.dcmread(self.path, stop_before_pixels=True)
+
+    def dataset(self) -> Dataset:
+        """A fresh, fully read data set (callers may modify it)."""
+        return pydicom.dcmread(self.path)
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.header.StudyInstanceUID)
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.header.SeriesInstanceUID)
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.header.SOPInstanceUID)
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.header.SOPClassUID)
+
+    @property
+    def transfer_syntax(self) -> str:
+        return str(self.header.file_meta.TransferSyntaxUID)
+
+    @property
+    def uids(self) -> tuple[str, str, str]:
+        return self.study_uid, self.series_uid, self.sop_uid
+
+
+CT_PATIENT = synth.PatientSpec("NUBIS-CT-01", "Müller^Hans", "19650412", "M")
+MR_PATIENT = synth.PatientSpec("NUBIS-MR-01", "Tanaka^Yuki", "19881105", "F")
+MF_PATIENT = synth.PatientSpec("NUBIS-MF-01", "Okafor^Chidi", "19790228", "M")
