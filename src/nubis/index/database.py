@@ -175,6 +175,9 @@ class Index:
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
         self.migrate()
+        with self.write_engine.connect() as conn:
+            # Fresh statistics let SQLite pick the selective index for QIDO range queries.
+            conn.exec_driver_sql("PRAGMA optimize=0x10002")
         self._writer.start()
 
     def close(self) -> None:
