@@ -7,6 +7,7 @@ because importing from a conftest module depends on how pytest happened to impor
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -72,3 +73,31 @@ class DicomFile:
 CT_PATIENT = synth.PatientSpec("NUBIS-CT-01", "Müller^Hans", "19650412", "M")
 MR_PATIENT = synth.PatientSpec("NUBIS-MR-01", "Tanaka^Yuki", "19881105", "F")
 MF_PATIENT = synth.PatientSpec("NUBIS-MF-01", "Okafor^Chidi", "19790228", "M")
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart/related body (RFC 2046), headers lower-cased.
+
+    Written out here rather than taken from the server or a client library, so a test reads
+    the bytes the way any independent client would.
+    """
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    assert match, f"no boundary in {content_type!r}"
+    delimiter = b"--" + match.group(1).encode()
+    chunks = body.split(b"\r\n" + delimiter)
+    # The first chunk is the preamble (plus the first delimiter); the last starts with "--".
+    first = chunks[0]
+    assert first.startswith(delimiter) or delimiter in first, "body does not open with a boundary"
+    chunks[0] = first[first.index(delimiter) + len(delimiter) :]
+    assert chunks[-1].startswith(b"--"), "body has no closing boundary"
+    parts = []
+    for chunk in chunks[:-1]:
+        head, sep, data = chunk.partition(b"\r\n\r\n")
+        assert sep, "part without a blank line after its headers"
+        headers = {}
+        for line in head.split(b"\r\n"):
+            if b":" in line:
+                name, _, text = line.partition(b":")
+                headers[name.decode().strip().lower()] = text.decode().strip()
+        parts.append((headers, data))
+    return parts

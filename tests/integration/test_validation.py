@@ -1,0 +1,154 @@
+"""What the archive sends back is what it was given, and is as valid as what it was given.
+
+Objects are stored with STOW-RS and read back with WADO-RS over plain HTTP (the raw multipart
+body, no client library that might normalise bytes). As stored (``transfer-syntax=*``) every
+object must be byte-identical to the file sent; and dciodvfy (dicom3tools) must report exactly
+the errors it reports for the original, i.e. the archive adds none. Decompressed copies
+(Explicit VR Little Endian on request) are checked with dciodvfy as well: a transcoder that
+forgets to fix up the Pixel Data attributes is caught here.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pydicom
+import pytest
+import requests
+from pydicom.uid import ExplicitVRLittleEndian
+
+from integration import DicomFile, multipart_parts
+
+if TYPE_CHECKING:
+    from conftest import LiveServer
+
+DCIODVFY = shutil.which("dciodvfy")
+needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dicom3tools (dciodvfy) not installed")
+
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+EXPLICIT_LE = (
+    f'multipart/related; type="application/dicom"; transfer-syntax={ExplicitVRLittleEndian}'
+)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's Error (and Abort) lines for ``path``; warnings are not our business here."""
+    assert DCIODVFY is not None
+    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return sorted(line for line in lines if line.startswith(("Error", "Abort")))
+
+
+def _post(server: LiveServer, files: list[DicomFile]) -> None:
+    boundary = "nubis-validation-boundary"
+    body = b"".join(
+        b"--"
+        + boundary.encode()
+        + b"\r\nContent-Type: application/dicom\r\n\r\n"
+        + f.data
+        + b"\r\n"
+        for f in files
+    )
+    body += b"--" + boundary.encode() + b"--\r\n"
+    response = requests.post(
+        f"{server.dicomweb}/studies",
+        data=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def _retrieve(server: LiveServer, f: DicomFile, accept: str) -> bytes:
+    url = f"{server.dicomweb}/studies/{f.study_uid}/series/{f.series_uid}/instances/{f.sop_uid}"
+    response = requests.get(url, headers={"Accept": accept}, timeout=60)
+    assert response.status_code == 200, response.text
+    [(headers, data)] = multipart_parts(response.headers["content-type"], response.content)
+    assert headers["content-type"].startswith("application/dicom")
+    return data
+
+
+@pytest.fixture(scope="module")
+def stored(
+    live_server: LiveServer,
+    ct_series: list[DicomFile],
+    mr_series: list[DicomFile],
+    multiframe: DicomFile,
+    multiframe_j2k: DicomFile,
+    multiframe_rle: DicomFile,
+) -> dict[str, DicomFile]:
+    """One object of each synthetic kind, stored on the session's server."""
+    picked = {
+        "ct": ct_series[7],
+        "mr": mr_series[2],
+        "multiframe": multiframe,
+        "multiframe_j2k": multiframe_j2k,
+        "multiframe_rle": multiframe_rle,
+    }
+    _post(live_server, list(picked.values()))
+    return picked
+
+
+KINDS = ["ct", "mr", "multiframe", "multiframe_j2k", "multiframe_rle"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_retrieved_as_stored_is_byte_identical(
+    live_server: LiveServer, stored: dict[str, DicomFile], kind: str
+) -> None:
+    f = stored[kind]
+    assert _retrieve(live_server, f, AS_STORED) == f.data
+
+
+@needs_dciodvfy
+@pytest.mark.parametrize("kind", KINDS)
+def test_retrieved_as_stored_adds_no_dciodvfy_errors(
+    live_server: LiveServer, stored: dict[str, DicomFile], kind: str, tmp_path: Path
+) -> None:
+    f = stored[kind]
+    retrieved = tmp_path / "retrieved.dcm"
+    retrieved.write_bytes(_retrieve(live_server, f, AS_STORED))
+    assert dciodvfy_errors(retrieved) == dciodvfy_errors(f.path)
+
+
+@needs_dciodvfy
+@pytest.mark.parametrize("kind", ["multiframe_j2k", "multiframe_rle"])
+def test_decompressed_copy_adds_no_dciodvfy_errors(
+    live_server: LiveServer, stored: dict[str, DicomFile], kind: str, tmp_path: Path
+) -> None:
+    f = stored[kind]
+    retrieved = tmp_path / "decompressed.dcm"
+    retrieved.write_bytes(_retrieve(live_server, f, EXPLICIT_LE))
+    ds = pydicom.dcmread(retrieved)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (ds.pixel_array == f.dataset().pixel_array).all()
+    # Compressed and native differ legitimately in nothing dciodvfy checks as an error, except
+    # lines naming the (encapsulated) Pixel Data itself.
+    original = [e for e in dciodvfy_errors(f.path) if not re.search(r"Pixel ?Data", e)]
+    assert dciodvfy_errors(retrieved) == original
+
+
+@pytest.mark.parametrize("kind", ["ct", "multiframe_j2k"])
+def test_wado_uri_as_stored_is_byte_identical(
+    live_server: LiveServer, stored: dict[str, DicomFile], kind: str
+) -> None:
+    f = stored[kind]
+    response = requests.get(
+        f"{live_server.url}/wado",
+        params={
+            "requestType": "WADO",
+            "studyUID": f.study_uid,
+            "seriesUID": f.series_uid,
+            "objectUID": f.sop_uid,
+            "contentType": "application/dicom",
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert response.content == f.data
