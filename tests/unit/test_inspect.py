@@ -27,6 +27,7 @@ from nubis.errors import InvalidInstance
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
     pytest.mark.filterwarnings("ignore:The value length .* exceeds:UserWarning"),
+    pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning"),
 ]
 
 
@@ -242,9 +243,10 @@ def test_encapsulated_two_fragments_per_frame(tmp_path: Path, has_bot: bool) -> 
 
 
 def test_extended_offset_table(tmp_path: Path) -> None:
-    frames = _jpeg_frames()[:200]  # enough frames for the table to be a bulk value itself
-    frames = (frames * 7)[:200]
-    pixel_data, offsets, lengths = encapsulate_extended(frames)
+    frames = [bytes([n % 256]) * (101 + 2 * n) for n in range(200)]
+    pixel_data, offsets, _ = encapsulate_extended(frames)
+    # Unpadded lengths, unlike the fragments: shows the table, not the items, was followed.
+    lengths = struct.pack(f"<{len(frames)}Q", *(len(frame) for frame in frames))
     path = _encapsulated_file(
         tmp_path,
         frames,
@@ -253,10 +255,11 @@ def test_extended_offset_table(tmp_path: Path) -> None:
         ExtendedOffsetTableLengths=lengths,
     )
     result = inspect_file(path)
-    assert "7FE00001" in result.bulk_index
+    assert {"7FE00001", "7FE00002"} <= set(result.bulk_index)  # 1600 bytes each
     assert result.frame_index is not None
     got = [b"".join(_read_range(path, *f) for f in fragments) for fragments in result.frame_index]
     assert got == frames
+    assert got == list(generate_frames(pixel_data, extended_offsets=(offsets, lengths)))
 
 
 def test_bulk_threshold(tmp_path: Path) -> None:
@@ -432,3 +435,67 @@ def test_unknown_transfer_syntax(tmp_path: Path) -> None:
 
 def test_missing_transfer_syntax() -> None:
     assert _refused(_testdata("meta_missing_tsyntax.dcm")).dimse_status == 0xC000
+
+
+def test_large_text_and_numbers_stay_inline(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(_testdata("MR_small.dcm"))
+    ds.ImageComments = "long comment " * 400  # LT, deferred by the reader, not bulk
+    ds.add_new(0x00189087, "FD", float("nan"))  # Diffusion b-value
+    ds.add_new(0x00189089, "FD", [float(i) / 3 for i in range(3)])
+    ds.ReferencedFrameNumber = list(range(1, 400))  # IS, more than 1024 bytes
+    path = tmp_path / "large_values.dcm"
+    ds.save_as(path)
+    result = inspect_file(path)
+
+    def refuse_constant(name: str) -> None:
+        raise AssertionError(f"invalid JSON constant {name}")
+
+    tree = json.loads(result.metadata_json, parse_constant=refuse_constant)
+    assert tree["00204000"]["Value"] == [ds.ImageComments.rstrip()]
+    assert tree["00189087"]["Value"] == ["nan"]
+    assert tree["00189089"]["Value"] == [0.0, 1 / 3, 2 / 3]
+    assert tree["00081160"]["Value"] == list(range(1, 400))
+    assert set(result.bulk_index) == {"7FE00010"}
+
+
+def test_header_is_detached_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "detached.dcm"
+    shutil.copy(_testdata("CT_small.dcm"), path)
+    result = inspect_file(path, bulk_threshold=16)
+    path.unlink()
+    values = [elem.value for elem in result.header.iterall()]
+    assert len(values) > 100
+    assert "PixelData" not in result.header
+    assert result.header.file_meta.TransferSyntaxUID == result.transfer_syntax_uid
+
+
+@pytest.mark.parametrize("outer_undefined", [False, True])
+@pytest.mark.parametrize("inner_undefined", [False, True])
+def test_nested_bulk_offsets(tmp_path: Path, outer_undefined: bool, inner_undefined: bool) -> None:
+    ds = pydicom.dcmread(_testdata("MR_small.dcm"))
+    payloads = [bytes([n]) * (1500 + 2 * n) for n in range(4)]
+    inner_items = []
+    for payload in payloads[1:]:
+        item = Dataset()
+        item.add_new(0x00420011, "OB", payload)  # Encapsulated Document
+        inner_items.append(item)
+    outer = Dataset()
+    outer.add_new(0x00420011, "OB", payloads[0])
+    outer.ContentSequence = inner_items
+    outer["ContentSequence"].is_undefined_length = inner_undefined
+    ds.ReferencedImageSequence = [Dataset(), outer]
+    ds["ReferencedImageSequence"].is_undefined_length = outer_undefined
+    path = tmp_path / "nested.dcm"
+    ds.save_as(path)
+
+    result = inspect_file(path)
+    expected = {
+        "00081140/1/00420011": payloads[0],
+        "00081140/1/0040A730/0/00420011": payloads[1],
+        "00081140/1/0040A730/1/00420011": payloads[2],
+        "00081140/1/0040A730/2/00420011": payloads[3],
+    }
+    for bulk_path, payload in expected.items():
+        assert _read_range(path, *result.bulk_index[bulk_path]) == payload, bulk_path
+    assert set(result.bulk_index) == {*expected, "7FE00010"}
+    assert "00420011" not in result.header.ReferencedImageSequence[1]

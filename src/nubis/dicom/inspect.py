@@ -82,8 +82,8 @@ _NUMBER_FORMATS = {
     "FL": ("f", 4),
     "FD": ("d", 8),
 }
-# PS3.5 Table 6.2-1: these are never affected by (0008,0005) Specific Character Set, and leading
-# and trailing spaces are not significant.
+# PS3.5 Table 6.2-1: these never depend on (0008,0005) Specific Character Set, and the spaces or
+# nulls around their values are padding.
 _PLAIN_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
 _TEXT_VRS = frozenset({"SH", "LO", "UC"})
 _SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
@@ -455,6 +455,10 @@ class _Walker:
         self.bulk_index[path] = (offset, raw.length)
         if top_level and tag in _PIXEL_TAGS:
             self.pixel = (offset, raw.length)
+        elif top_level and tag in (_EXTENDED_OFFSET_TABLE, _EXTENDED_OFFSET_TABLE_LENGTHS):
+            # 8 bytes per frame: small enough to read even when it counts as bulk data.
+            self.fp.seek(offset)
+            self.offset_tables[tag] = raw.value or self.fp.read(raw.length)
 
     def walk_fragments(self, offset: int) -> tuple[list[int], int, list[tuple[int, int]]]:
         """Return the Basic Offset Table, first fragment item offset and fragment extents.
