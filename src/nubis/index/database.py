@@ -25,6 +25,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -395,47 +396,78 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
     return StoreResult.REPLACED, existing.blob_key
 
 
+# The store path's statements are built once: building a Core statement and its cache key costs
+# more than running it on SQLite, and all of it happens in the one writer thread.
+_FIND_STUDY = select(studies.c.id, studies.c.modalities).where(
+    studies.c.partition == bindparam("p"), studies.c.study_uid == bindparam("uid")
+)
+_FIND_SERIES = select(series.c.id).where(
+    series.c.study_pk == bindparam("study_pk"), series.c.series_uid == bindparam("uid")
+)
+_INSERT_STUDY = insert(studies)
+_INSERT_SERIES = insert(series)
+_INSERT_REQUESTS = insert(series_requests)
+_INSERT_INSTANCE = insert(instances)
+_COUNT_SERIES_INSTANCE = (
+    update(series)
+    .where(series.c.id == bindparam("pk"))
+    .values(num_instances=series.c.num_instances + 1)
+)
+_COUNT_STUDY_INSTANCE = (
+    update(studies)
+    .where(studies.c.id == bindparam("pk"))
+    .values(num_instances=studies.c.num_instances + 1, updated_at=bindparam("now"))
+)
+_COUNT_STUDY_SERIES = (
+    update(studies)
+    .where(studies.c.id == bindparam("pk"))
+    .values(
+        num_instances=studies.c.num_instances + 1,
+        num_series=studies.c.num_series + 1,
+        modalities=bindparam("modalities"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
 def _insert(conn: Connection, new: NewInstance) -> None:
     now = _now_ms()
-    study = conn.execute(
-        select(studies.c.id, studies.c.modalities).where(
-            studies.c.partition == new.partition, studies.c.study_uid == new.study_uid
-        )
-    ).first()
+    study = conn.execute(_FIND_STUDY, {"p": new.partition, "uid": new.study_uid}).first()
     if study is None:
         study_pk = conn.execute(
-            insert(studies).values(
-                partition=new.partition,
-                study_uid=new.study_uid,
-                attrs=new.study_attrs_json,
-                created_at=now,
-                updated_at=now,
+            _INSERT_STUDY,
+            {
+                "partition": new.partition,
+                "study_uid": new.study_uid,
+                "attrs": new.study_attrs_json,
+                "created_at": now,
+                "updated_at": now,
+                "modalities": "",
+                "num_series": 0,
+                "num_instances": 0,
                 **new.study_columns,
-            )
+            },
         ).inserted_primary_key[0]
         modalities = ""
     else:
         study_pk, modalities = study
-    series_pk = conn.execute(
-        select(series.c.id).where(
-            series.c.study_pk == study_pk, series.c.series_uid == new.series_uid
-        )
-    ).scalar()
+    series_pk = conn.execute(_FIND_SERIES, {"study_pk": study_pk, "uid": new.series_uid}).scalar()
     new_series = series_pk is None
     if new_series:
         series_pk = conn.execute(
-            insert(series).values(
-                study_pk=study_pk,
-                series_uid=new.series_uid,
-                attrs=new.series_attrs_json,
-                created_at=now,
-                num_instances=0,
+            _INSERT_SERIES,
+            {
+                "study_pk": study_pk,
+                "series_uid": new.series_uid,
+                "attrs": new.series_attrs_json,
+                "created_at": now,
+                "num_instances": 0,
                 **new.series_columns,
-            )
+            },
         ).inserted_primary_key[0]
         if new.requests:
             conn.execute(
-                insert(series_requests),
+                _INSERT_REQUESTS,
                 [
                     {
                         "series_pk": series_pk,
@@ -446,39 +478,37 @@ def _insert(conn: Connection, new: NewInstance) -> None:
                 ],
             )
     conn.execute(
-        insert(instances).values(
-            series_pk=series_pk,
-            partition=new.partition,
-            sop_instance_uid=new.sop_instance_uid,
-            sop_class_uid=new.sop_class_uid,
-            transfer_syntax_uid=new.transfer_syntax_uid,
-            blob_key=new.blob_key,
-            size=new.size,
-            sha256=new.sha256,
-            metadata_json=new.metadata_json,
-            frame_index=new.frame_index_json,
-            bulk_index=new.bulk_index_json,
-            created_at=now,
+        _INSERT_INSTANCE,
+        {
+            "series_pk": series_pk,
+            "partition": new.partition,
+            "sop_instance_uid": new.sop_instance_uid,
+            "sop_class_uid": new.sop_class_uid,
+            "transfer_syntax_uid": new.transfer_syntax_uid,
+            "blob_key": new.blob_key,
+            "size": new.size,
+            "sha256": new.sha256,
+            "metadata_json": new.metadata_json,
+            "frame_index": new.frame_index_json,
+            "bulk_index": new.bulk_index_json,
+            "created_at": now,
             **new.instance_columns,
-        )
+        },
     )
-    conn.execute(
-        update(series)
-        .where(series.c.id == series_pk)
-        .values(num_instances=series.c.num_instances + 1)
-    )
-    study_changes: dict[str, Any] = {
-        "num_instances": studies.c.num_instances + 1,
-        "updated_at": now,
-    }
+    conn.execute(_COUNT_SERIES_INSTANCE, {"pk": series_pk})
     if new_series:
-        study_changes["num_series"] = studies.c.num_series + 1
         modality = new.series_columns.get("modality")
-        if modality:
-            study_changes["modalities"] = "\\".join(
-                sorted(set(filter(None, modalities.split("\\"))) | {modality})
-            )
-    conn.execute(update(studies).where(studies.c.id == study_pk).values(**study_changes))
+        known = set(filter(None, modalities.split("\\")))
+        conn.execute(
+            _COUNT_STUDY_SERIES,
+            {
+                "pk": study_pk,
+                "now": now,
+                "modalities": "\\".join(sorted(known | {modality} if modality else known)),
+            },
+        )
+    else:
+        conn.execute(_COUNT_STUDY_INSTANCE, {"pk": study_pk, "now": now})
 
 
 def _refresh_study(conn: Connection, study_pk: int, now: int) -> None:
