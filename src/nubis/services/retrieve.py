@@ -13,6 +13,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from pydicom import dcmread
+
 from nubis.dicom import render, transcode
 from nubis.dicom.inspect import BULK_URI_MARKER
 from nubis.errors import NotAcceptable, NotFound, NubisError
@@ -129,6 +131,26 @@ class RetrieveService:
             raise NotFound(
                 f"instance {inst.sop_instance_uid} has no bulk data at {path!r}"
             ) from None
+
+    def inflated_bulk(self, inst: StoredInstance, path: str) -> bytes:
+        """A bulk data value of a deflated object, whose values have no position in the blob.
+
+        ``path`` is the bulk path of the metadata (``TAG`` or ``TAG/item/TAG...``).
+        """
+        ds = dcmread(self._path(inst))
+        parts = path.split("/")
+        try:
+            node = ds
+            for tag, item in zip(parts[:-1:2], parts[1::2], strict=True):
+                node = node[int(tag, 16)].value[int(item)]
+            value = node[int(parts[-1], 16)].value
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise NotFound(
+                f"instance {inst.sop_instance_uid} has no bulk data at {path!r}"
+            ) from None
+        if not isinstance(value, bytes):
+            raise NotFound(f"instance {inst.sop_instance_uid} has no bulk data at {path!r}")
+        return value
 
     def read_range(self, inst: StoredInstance, offset: int, length: int) -> Iterator[bytes]:
         return self.blobs.iter_chunks(inst.blob_key, offset, length)

@@ -42,6 +42,7 @@ from nubis.web.dicomweb.multipart import (
     new_boundary,
 )
 
+DEFLATED = "1.2.840.10008.1.2.1.99"
 NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 _MEDIA_TYPE_OF_SYNTAX = {uid: mt for mt, uids in FRAME_MEDIA_TYPES.items() for uid in uids}
 _FRAME_LIST = re.compile(r"[0-9]+(,[0-9]+)*")
@@ -161,7 +162,14 @@ async def retrieve_bulkdata(request: Request) -> Response:
     """A bulk data value, whole or one byte range (PS3.18 10.4.1.1.5, 8.3.? Range)."""
     archive = archive_of(request)
     inst = await _instance(request)
-    offset, length = archive.retrieve.bulk(inst, request.path_params["path"])
+    path = request.path_params["path"]
+    inflated = None
+    if inst.transfer_syntax_uid == DEFLATED and path not in inst.bulk:
+        # A deflated object's values have no byte position in the stored file.
+        inflated = await run_in_threadpool(archive.retrieve.inflated_bulk, inst, path)
+        offset, length = 0, len(inflated)
+    else:
+        offset, length = archive.retrieve.bulk(inst, path)
     offers = (
         Offer(
             "multipart/related",
@@ -176,7 +184,10 @@ async def retrieve_bulkdata(request: Request) -> Response:
     if byte_range:
         start, end = _parse_range(byte_range, length)
         offset, length, status = offset + start, end - start + 1, 206
-    data = await run_in_threadpool(archive.blobs.read, inst.blob_key, offset, length)
+    if inflated is not None:
+        data = inflated[offset : offset + length]
+    else:
+        data = await run_in_threadpool(archive.blobs.read, inst.blob_key, offset, length)
     if choice.media_type == "application/octet-stream":
         return Response(data, status_code=status, media_type="application/octet-stream")
     return _multipart_response([data], "application/octet-stream", None, status)
