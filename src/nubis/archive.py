@@ -34,7 +34,13 @@ class Archive:
         )
         self.ready = False
 
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """One-time work before any process serves: schema migration, spool and blob cleanup.
+
+        Runs in the parent before HTTP worker processes start, so no worker can clear a spool
+        file another worker is still writing.
+        """
+        self.index.migrate()
         self.index.open()
         leftovers = self.spool.clear()
         if leftovers:
@@ -46,6 +52,11 @@ class Archive:
                 report.orphans_deleted,
                 report.doomed_deleted,
             )
+        self.index.close()
+
+    def start(self) -> None:
+        """Open for traffic (in each worker process)."""
+        self.index.open()
         self.maintenance.start_background()
         self.ready = True
 
@@ -55,6 +66,7 @@ class Archive:
         self.index.close()
 
     def __enter__(self) -> Archive:
+        self.prepare()
         self.start()
         return self
 

@@ -60,6 +60,11 @@ class Settings:
     data_dir: Path = _setting(Path("nubis-data"), "Folder for the embedded index, blobs and spool.")
     host: str = _setting("127.0.0.1", "Address the HTTP server binds to.")
     http_port: int = _setting(8042, "HTTP port; DICOMweb is served under /dicom-web.")
+    workers: int = _setting(
+        0,
+        "HTTP worker processes sharing the port and the index; 0 = one per CPU core. Python "
+        "runs one core per process, so more workers store and serve more at once.",
+    )
     index: str = _setting(
         "", "Index database URL (sqlite:///PATH). Empty: the SQLite file index.sqlite in data_dir."
     )
@@ -99,6 +104,10 @@ class Settings:
     @property
     def blobs_url(self) -> str:
         return self.blobs or (self.data_dir / "blobs").resolve().as_uri()
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or min(os.cpu_count() or 1, 8)
 
     @property
     def spool_dir(self) -> Path:
@@ -173,10 +182,17 @@ def _coerce(setting: Setting, raw: Any, source: str) -> Any:
     return raw
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as NUBIS_* variables, so a child process resolves exactly the same ones."""
+    return {s.env_var: str(getattr(settings, s.name)) for s in SETTINGS}
+
+
 def _validate(settings: Settings) -> None:
     if not 0 < settings.http_port < 65536:
         raise SettingsError(f"http_port must be 1-65535, got {settings.http_port}")
     if settings.qido_default_limit < 1 or settings.qido_max_limit < settings.qido_default_limit:
         raise SettingsError("qido_default_limit must be >= 1 and <= qido_max_limit")
+    if settings.workers < 0:
+        raise SettingsError(f"workers must be >= 0, got {settings.workers}")
     if settings.bulk_threshold < 0:
         raise SettingsError("bulk_threshold must be >= 0")

@@ -22,6 +22,7 @@ from nubis.services.store import StoreService
 @pytest.fixture
 def index(tmp_path: Path):  # type: ignore[no-untyped-def]
     idx = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    idx.migrate()
     idx.open()
     yield idx
     idx.close()

@@ -7,6 +7,7 @@ declared once; ``--set NAME=VALUE`` reaches every other setting.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from nubis import __version__
-from nubis.config import SETTINGS, SETTINGS_BY_NAME, Settings, SettingsError, load_settings
+from nubis.config import (
+    SETTINGS,
+    SETTINGS_BY_NAME,
+    Settings,
+    SettingsError,
+    load_settings,
+    settings_environment,
+)
 
 console = Console(stderr=True)
 
@@ -81,6 +89,7 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help=_help("http_port"))] = None,
     index: Annotated[str | None, typer.Option(help=_help("index"))] = None,
     blobs: Annotated[str | None, typer.Option(help=_help("blobs"))] = None,
+    workers: Annotated[int | None, typer.Option(help=_help("workers"))] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -88,7 +97,6 @@ def serve(
     import uvicorn
 
     from nubis.archive import Archive
-    from nubis.web.app import create_app
 
     settings = _load(
         config,
@@ -98,19 +106,25 @@ def serve(
             "http_port": http_port,
             "index": index,
             "blobs": blobs,
+            "workers": workers,
         },
         set_,
     )
     _logging(settings)
-    archive = Archive(settings)
+    # Workers re-read their settings from the environment: hand them what was resolved here.
+    os.environ.update(settings_environment(settings))
+    os.environ.pop("NUBIS_CONFIG", None)
+    Archive(settings).prepare()
     console.print(
         f"nubis {__version__}: DICOMweb at http://{settings.host}:{settings.http_port}/dicom-web "
-        f"(data in {settings.data_dir.resolve()})"
+        f"({settings.worker_count} worker(s), data in {settings.data_dir.resolve()})"
     )
     uvicorn.run(
-        create_app(archive),
+        "nubis.web.app:app_from_environment",
+        factory=True,
         host=settings.host,
         port=settings.http_port,
+        workers=settings.worker_count,
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=10,
@@ -176,6 +190,7 @@ def reap(
     settings = _load(config, {"data_dir": data_dir}, set_)
     _logging(settings)
     archive = Archive(settings)
+    archive.index.migrate()
     archive.index.open()
     try:
         report = archive.maintenance.reap(grace_seconds)

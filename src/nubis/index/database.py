@@ -171,19 +171,26 @@ class Index:
         self.url = url
         self.read_engine = _sqlite_engine(url, durable=durable, writer=False)
         self.write_engine = _sqlite_engine(url, durable=durable, writer=True)
-        self._writer = _GroupCommitWriter(self.write_engine)
+        self._writer: _GroupCommitWriter | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        self.migrate()
+        """Start the writer; the schema must be current (see migrate)."""
+        current, head = self.schema_version(), self.head_version()
+        if current != head:
+            raise StorageUnavailable(
+                f"index schema is at {current}, this version needs {head}: run migrations first"
+            )
         with self.write_engine.connect() as conn:
             # Fresh statistics let SQLite pick the selective index for QIDO range queries.
             conn.exec_driver_sql("PRAGMA optimize=0x10002")
+        self._writer = _GroupCommitWriter(self.write_engine)
         self._writer.start()
 
     def close(self) -> None:
-        if self._writer.is_alive():
+        if self._writer is not None:
             self._writer.stop()
+            self._writer = None
         self.read_engine.dispose()
         self.write_engine.dispose()
 
@@ -213,6 +220,8 @@ class Index:
             yield conn
 
     def write(self, job: Callable[[Connection], T]) -> T:
+        if self._writer is None:
+            raise StorageUnavailable("the index is not open for writing")
         return self._writer.submit(job)
 
     # ------------------------------------------------------------------ store

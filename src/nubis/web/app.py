@@ -72,10 +72,25 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def create_app(archive: Archive, *, manage_lifespan: bool = True) -> Starlette:
+def app_from_environment() -> Starlette:
+    """Application factory for uvicorn worker processes: settings come from NUBIS_* variables,
+    which ``nubis serve`` sets from everything it resolved."""
+    from nubis.config import load_settings
+
+    return create_app(Archive(load_settings()), prepare=False)
+
+
+def create_app(
+    archive: Archive, *, manage_lifespan: bool = True, prepare: bool = True
+) -> Starlette:
+    """The ASGI application; ``prepare`` runs the archive's one-time start-up work first (off
+    in worker processes, whose parent did it)."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if manage_lifespan:
+            if prepare:
+                await run_in_threadpool(archive.prepare)
             await run_in_threadpool(archive.start)
         try:
             yield
