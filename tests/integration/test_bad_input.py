@@ -715,3 +715,60 @@ def test_dataset_unchanged_after_everything(server: LiveServer, baseline: list[D
     assert_baseline_untouched(server, baseline)
     got = pydicom.dcmread(io.BytesIO(retrieve_as_stored(server, baseline[1])))
     assert got == Dataset(pydicom.dcmread(baseline[1].path))
+
+
+# ------------------------------------------------------------------ images of non-images
+@pytest.fixture(scope="module")
+def non_images(server: LiveServer, pydicom_files: dict[str, DicomFile]) -> list[DicomFile]:
+    files = [pydicom_files[k] for k in ("rtplan", "sr", "rtstruct")]
+    response = stow(server, stow_body(*(f.data for f in files)))
+    assert response.status_code == 200, response.text
+    return files
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    ["/rendered", "/thumbnail", "/frames/1", "/frames/1/rendered", "/bulk/7FE00010"],
+)
+def test_pixel_resources_of_non_images_are_4xx(
+    server: LiveServer, non_images: list[DicomFile], suffix: str
+) -> None:
+    """PS3.18 10.4.1.1.3/10.4.1.1.4: frames and rendered images exist only for objects with
+    pixel data; for an RT Plan or an SR document the answer is a 4xx with a reason, not a 500."""
+    for f in non_images:
+        study, series, sop = f.uids
+        url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}{suffix}"
+        assert_error(server, requests.get(url, timeout=30), 400, 404, 406)
+
+
+def test_wado_uri_of_a_non_image_as_jpeg_is_4xx(
+    server: LiveServer, non_images: list[DicomFile]
+) -> None:
+    """PS3.18 9.1.2.1: image/jpeg of an object without pixel data cannot be produced."""
+    study, series, sop = non_images[0].uids
+    response = requests.get(
+        f"{server.url}/wado",
+        params={
+            "requestType": "WADO",
+            "studyUID": study,
+            "seriesUID": series,
+            "objectUID": sop,
+            "contentType": "image/jpeg",
+        },
+        timeout=30,
+    )
+    assert_error(server, response, 400, 404, 406)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"frameNumber": "999"}, {"frameNumber": "0"}, {"windowCenter": "40"}, {"rows": "-3"}],
+)
+def test_bad_wado_uri_rendering_parameters_are_4xx(
+    server: LiveServer, frames_object: DicomFile, extra: dict[str, str]
+) -> None:
+    """PS3.18 9.1.2.1: frameNumber within the object, windowCenter with windowWidth, rows > 0."""
+    study, series, sop = frames_object.uids
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    response = requests.get(f"{server.url}/wado", params={**params, **extra}, timeout=30)
+    assert_error(server, response, 400, 404)
