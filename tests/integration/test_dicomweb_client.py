@@ -818,3 +818,36 @@ def test_rendered_of_every_transfer_syntax(archive: Archive, key: str) -> None:
     f = archive.pyd[key]
     png = archive.client.retrieve_instance_rendered(*f.uids, media_types=("image/png",))
     assert _image(png, "PNG").size == (f.header.Columns, f.header.Rows)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "1.2.840.10008.1.2",  # Implicit VR Little Endian
+        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+        "1.2.840.10008.1.2.5",  # RLE Lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    ],
+)
+@pytest.mark.parametrize("which", ["ct", "mr", "multiframe_rle", "big_endian"])
+def test_transcoding_to_every_offered_syntax_is_lossless(
+    archive: Archive, target: str, which: str
+) -> None:
+    f = {
+        "ct": archive.ct[9],
+        "mr": archive.mr[3],
+        "multiframe_rle": archive.multiframe_rle,
+        "big_endian": archive.pyd["big_endian"],
+    }[which]
+    if target in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"):
+        got = archive.client.retrieve_instance(
+            *f.uids, media_types=(("application/dicom", target),)
+        )
+    else:
+        # dicomweb-client refuses to ask for Implicit VR or Deflate in Accept, so the request
+        # names the syntax in the accept query parameter, which wins (PS3.18 8.3.3.1).
+        accept = f'multipart/related; type="application/dicom"; transfer-syntax={target}'
+        got = archive.client.retrieve_instance(*f.uids, additional_params={"accept": accept})
+    assert got.file_meta.TransferSyntaxUID == target
+    assert np.array_equal(got.pixel_array, f.dataset().pixel_array)
+    assert got.SOPInstanceUID == f.sop_uid
