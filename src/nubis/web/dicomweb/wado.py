@@ -32,6 +32,7 @@ from nubis.web.dicomweb.common import (
     accept_ranges,
     archive_of,
     dicomweb_base,
+    in_batches,
     optional_path_uid,
     partition_of,
     path_uid,
@@ -89,7 +90,7 @@ async def retrieve_instances(request: Request) -> Response:
     content_type = multipart_related_content_type(
         boundary, "application/dicom", None if target == ANY_TRANSFER_SYNTAX else target
     )
-    return StreamingResponse(iter_multipart(parts(), boundary), media_type=content_type)
+    return StreamingResponse(in_batches(iter_multipart(parts(), boundary)), media_type=content_type)
 
 
 # ---------------------------------------------------------------------- metadata

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from nubis.dicom import render
 from nubis.errors import BadRequest, NotAcceptable
-from nubis.web.dicomweb.common import archive_of, check_uid, partition_of
+from nubis.web.dicomweb.common import archive_of, check_uid, in_batches, partition_of
 
 _RENDERED = ("image/jpeg", "image/png", "image/gif")
 
@@ -37,7 +37,7 @@ async def wado_uri(request: Request) -> Response:
         if content_type == "application/dicom":
             syntax = params.get("transferSyntax") or "*"
             return StreamingResponse(
-                archive.retrieve.instance_chunks(inst, syntax),
+                in_batches(archive.retrieve.instance_chunks(inst, syntax)),
                 media_type="application/dicom",
             )
         if content_type in _RENDERED:
