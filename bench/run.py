@@ -355,8 +355,13 @@ def load_untimed(base: str, paths: Sequence[Path], batch: int = 100, clients: in
         body, ctype = multipart_body([p.read_bytes() for p in chunk])
         stow(local.client, body, ctype)
 
-    with ThreadPoolExecutor(clients) as pool:
+    pool = ThreadPoolExecutor(clients)
+    try:
         list(pool.map(send, batches))
+    finally:
+        # On an error or SIGTERM, drop the queued uploads instead of sending them all
+        # before the server can be stopped.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _count_parts(stream: Iterator[bytes], boundary: bytes) -> tuple[int, int]:
