@@ -8,6 +8,7 @@ parent folder is fsynced so the new directory entry survives a power loss.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -35,7 +36,6 @@ class FileBlobStore:
 
     def put_file(self, key: str, source: Path) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         if self.durable:
             fd = os.open(source, os.O_RDONLY)
             try:
@@ -43,17 +43,30 @@ class FileBlobStore:
             finally:
                 os.close(fd)
         try:
-            os.link(source, target)
+            self._link(source, target)
         except FileExistsError:
             raise BlobExists(key) from None
-        except OSError:
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
             # Spool on another filesystem: copy through a temp file, then link into place.
             self._copy_in(source, target)
         os.unlink(source)
         if self.durable:
             _fsync_dir(target.parent)
 
+    @staticmethod
+    def _link(source: Path, target: Path) -> None:
+        # Fan-out folders exist after the first few hundred stores: try first, create on demand
+        # (a mkdir per store costs more than the link itself).
+        try:
+            os.link(source, target)
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, target)
+
     def _copy_in(self, source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(target.name + ".tmp-" + secrets.token_hex(4))
         with open(source, "rb") as src, open(temp, "xb") as dst:
             while chunk := src.read(1 << 20):
@@ -62,7 +75,7 @@ class FileBlobStore:
             if self.durable:
                 os.fsync(dst.fileno())
         try:
-            os.link(temp, target)
+            self._link(temp, target)
         except FileExistsError:
             raise BlobExists(target.name) from None
         finally:
