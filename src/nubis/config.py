@@ -94,6 +94,40 @@ class Settings:
     durable: bool = _setting(
         True, "fsync blobs and the index before acknowledging a store. Off only for throwaway data."
     )
+    dimse_port: int = _setting(
+        11112, "DICOM (DIMSE) port of nubis serve, PS3.8; 0 turns the DIMSE front door off."
+    )
+    ae_title: str = _setting("NUBIS", "The archive's own AE title for DIMSE (PS3.8 7.1.1.2).")
+    dimse_host: str = _setting("", "Address the DIMSE ports bind to. Empty: the same as host.")
+    dimse_tls_port: int = _setting(
+        2762,
+        "DICOM TLS port (PS3.15 B.12, TLS 1.2/1.3 only); listened on only when "
+        "dimse_tls_cert is set.",
+    )
+    dimse_tls_cert: str = _setting(
+        "", "PEM certificate chain of the DICOM TLS port. Empty: no TLS port."
+    )
+    dimse_tls_key: str = _setting(
+        "", "PEM private key of dimse_tls_cert. Empty: the key is in the certificate file."
+    )
+    dimse_tls_ca: str = _setting(
+        "",
+        "PEM CA bundle; when set, DICOM TLS callers must present a certificate it signed.",
+    )
+    dimse_peers: str = _setting(
+        "",
+        "TOML file of remote AEs (AE title, host, port, what each may do), edited with "
+        "nubis dimse peers. Empty: dimse-peers.toml in data_dir.",
+    )
+    dimse_unknown_callers: str = _setting(
+        "loopback",
+        "Callers not in the peer table: 'loopback' lets them in only from 127.0.0.1/::1, "
+        "'refuse' rejects them, 'allow' lets anyone in (for closed networks only).",
+        _choice("loopback", "refuse", "allow"),
+    )
+    dimse_max_associations: int = _setting(
+        32, "Concurrent DIMSE associations; more are rejected as transient (local limit)."
+    )
     log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -108,6 +142,10 @@ class Settings:
     @property
     def worker_count(self) -> int:
         return self.workers or min(os.cpu_count() or 1, 8)
+
+    @property
+    def dimse_peers_path(self) -> Path:
+        return Path(self.dimse_peers) if self.dimse_peers else self.data_dir / "dimse-peers.toml"
 
     @property
     def spool_dir(self) -> Path:
@@ -194,5 +232,14 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("qido_default_limit must be >= 1 and <= qido_max_limit")
     if settings.workers < 0:
         raise SettingsError(f"workers must be >= 0, got {settings.workers}")
+    for name in ("dimse_port", "dimse_tls_port"):
+        if not 0 <= getattr(settings, name) < 65536:
+            raise SettingsError(f"{name} must be 0-65535, got {getattr(settings, name)}")
+    if not 0 < len(settings.ae_title.strip()) <= 16 or "\\" in settings.ae_title:
+        raise SettingsError(
+            f"ae_title must be 1-16 characters without a backslash, got {settings.ae_title!r}"
+        )
+    if settings.dimse_max_associations < 1:
+        raise SettingsError("dimse_max_associations must be >= 1")
     if settings.bulk_threshold < 0:
         raise SettingsError("bulk_threshold must be >= 0")

@@ -90,13 +90,17 @@ def serve(
     index: Annotated[str | None, typer.Option(help=_help("index"))] = None,
     blobs: Annotated[str | None, typer.Option(help=_help("blobs"))] = None,
     workers: Annotated[int | None, typer.Option(help=_help("workers"))] = None,
+    dimse_port: Annotated[int | None, typer.Option(help=_help("dimse_port"))] = None,
+    ae_title: Annotated[str | None, typer.Option(help=_help("ae_title"))] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Start the archive: DICOMweb at http://HOST:PORT/dicom-web, WADO-URI at /wado."""
+    """Start the archive: DICOMweb at http://HOST:PORT/dicom-web, WADO-URI at /wado, DIMSE
+    (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, storage commitment) on the DICOM port."""
     import uvicorn
 
     from nubis.archive import Archive
+    from nubis.dimse.server import serving
 
     settings = _load(
         config,
@@ -107,6 +111,8 @@ def serve(
             "index": index,
             "blobs": blobs,
             "workers": workers,
+            "dimse_port": dimse_port,
+            "ae_title": ae_title,
         },
         set_,
     )
@@ -119,16 +125,20 @@ def serve(
         f"nubis {__version__}: DICOMweb at http://{settings.host}:{settings.http_port}/dicom-web "
         f"({settings.worker_count} worker(s), data in {settings.data_dir.resolve()})"
     )
-    uvicorn.run(
-        "nubis.web.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.http_port,
-        workers=settings.worker_count,
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=10,
-    )
+    # DIMSE listens in this process, beside the HTTP workers, before HTTP reports ready.
+    with serving(settings) as dimse:
+        for address in dimse.addresses if dimse else []:
+            console.print(f"nubis {__version__}: DIMSE at {address}")
+        uvicorn.run(
+            "nubis.web.app:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.http_port,
+            workers=settings.worker_count,
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+            timeout_graceful_shutdown=10,
+        )
 
 
 @app.command("import")
@@ -211,6 +221,16 @@ def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
             s.name, str(getattr(settings, s.name)), settings.sources[s.name], s.env_var, s.help
         )
     Console().print(table)
+
+
+
+def _add_subcommands() -> None:
+    from nubis.cli.dimse import app as dimse_app
+
+    app.add_typer(dimse_app, name="dimse")
+
+
+_add_subcommands()
 
 
 def main() -> None:

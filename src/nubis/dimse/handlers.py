@@ -1,0 +1,626 @@
+"""DIMSE event handlers: translate each DIMSE request into a call of the archive's services.
+
+pynetdicom calls these in the association's own thread. They are thin on purpose: C-STORE
+spools the received bytes and calls ``StoreService.store`` (the STOW-RS path), C-FIND builds a
+:class:`~nubis.model.query.Query` with :func:`~nubis.model.query.parse_cfind` and calls
+``Index.search`` (the QIDO-RS path), C-MOVE and C-GET read objects through
+``RetrieveService`` with their SHA-256 checked. Every failure is answered with the status the
+service's error carries (:mod:`nubis.errors`), never by aborting the association.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, build_role, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+from nubis.dicom import transcode
+from nubis.dimse.peers import AccessPolicy, Permissions
+from nubis.errors import BadRequest, NotFound, NubisError
+from nubis.model.query import CFIND_LEVELS, parse_cfind
+from nubis.model.records import StoredInstance
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.events import Event
+
+    from nubis.archive import Archive
+
+log = logging.getLogger("nubis.dimse")
+
+PARTITION = "default"  # one partition until tenants (#4) map callers to theirs
+PAGE = 1000  # C-FIND walks the index a page at a time, so memory stays bounded
+
+# Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4; PS3.7 C.4.2 general statuses).
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+NOT_AUTHORIZED = 0x0124  # PS3.7 Annex C: Refused: Not authorized
+IDENTIFIER_MISMATCH = 0xA900  # Identifier does not match SOP Class
+CANNOT_PROCESS = 0xC000
+UNKNOWN_DESTINATION = 0xA801
+NO_SUCH_INSTANCE = 0x0112  # PS3.4 J.3.2.1.2 (Failure Reason): no such object instance
+PROCESSING_FAILURE = 0x0110
+CLASS_INSTANCE_CONFLICT = 0x0119
+
+_PATIENT_ROOT = {
+    "1.2.840.10008.5.1.4.1.2.1.1",  # FIND
+    "1.2.840.10008.5.1.4.1.2.1.2",  # MOVE
+    "1.2.840.10008.5.1.4.1.2.1.3",  # GET
+}
+_COUNTS = {
+    "NumberOfPatientRelatedStudies": 0x00201200,
+    "NumberOfPatientRelatedSeries": 0x00201202,
+    "NumberOfPatientRelatedInstances": 0x00201204,
+}
+_UNIQUE_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+_MAX_CONTEXTS = 128  # PS3.8 9.3.2: at most 128 presentation contexts (odd IDs 1-255)
+
+
+class BlobCorrupted(NubisError):
+    """A stored object's bytes no longer match the SHA-256 recorded at ingest."""
+
+
+def _peer(assoc: Association) -> str:
+    r = assoc.requestor
+    return f"{r.ae_title.strip()}@{r.address}:{r.port}"
+
+
+def _status_ds(status: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    # Error Comment is LO: at most 64 characters (PS3.7 C.4.2.1.2).
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+class Handlers:
+    """The handlers of one DIMSE server, bound to an Archive and an access policy."""
+
+    def __init__(self, archive: Archive, policy: AccessPolicy, ae_title: str) -> None:
+        self.archive = archive
+        self.policy = policy
+        self.ae_title = ae_title
+        self._perms: weakref.WeakKeyDictionary[Association, Permissions] = (
+            weakref.WeakKeyDictionary()
+        )
+        # N-EVENT-REPORTs to send once the N-ACTION response has gone out (PS3.4 J.3.3).
+        self._commitments: weakref.WeakKeyDictionary[Association, list[Dataset]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def bindings(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_RELEASED, self.on_closed),
+            (evt.EVT_ABORTED, self.on_closed),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_N_ACTION, self.on_n_action),
+            (evt.EVT_DIMSE_SENT, self.on_dimse_sent),
+        ]
+
+    # ------------------------------------------------------------------ association
+    def on_requested(self, event: Event) -> None:
+        """Admit or reject the caller (PS3.8 7.1.1.9: A-ASSOCIATE-RJ, calling AE not known)."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title if primitive else "").strip()
+        address = assoc.requestor.address
+        decision = self.policy.admit(calling, address)
+        if decision.permissions is None:
+            log.warning("association from %s@%s rejected: %s", calling, address, decision.reason)
+            # Rejected permanent, by the service user, calling AE title not recognized.
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.kill()
+            return
+        self._perms[assoc] = decision.permissions
+        log.info("association request from %s@%s: %s", calling, address, decision.reason)
+
+    def on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        log.info(
+            "association with %s accepted (%d presentation context(s))",
+            _peer(assoc),
+            len(assoc.accepted_contexts),
+        )
+
+    def on_closed(self, event: Event) -> None:
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        log.info("association with %s %s", _peer(event.assoc), how)
+
+    def _allowed(self, event: Event, what: str) -> bool:
+        perms = self._perms.get(event.assoc)
+        allowed = perms is not None and bool(getattr(perms, what))
+        if not allowed:
+            log.warning(
+                "%s refused for %s: not allowed to %s", event.event.name, _peer(event.assoc), what
+            )
+        return allowed
+
+    # ------------------------------------------------------------------ C-ECHO
+    def on_echo(self, event: Event) -> int:
+        """C-ECHO (PS3.4 A.4, PS3.7 9.1.5): always success for an admitted caller."""
+        log.info("C-ECHO from %s", _peer(event.assoc))
+        return SUCCESS
+
+    # ------------------------------------------------------------------ C-STORE
+    def on_store(self, event: Event) -> Dataset | int:
+        """C-STORE (PS3.4 B.2.3): store the object byte-exact through StoreService.
+
+        Returns 0x0000 on success (also for an identical object stored again); otherwise the
+        status the service reports: 0xA700 out of resources (storage unavailable), 0xA900 data
+        set does not match SOP class, 0xC000 cannot understand, 0x0111 a different object
+        under the same SOP Instance UID, 0x0124 the caller may not store. The association
+        carries on whatever one object's outcome.
+        """
+        if not self._allowed(event, "store"):
+            return _status_ds(NOT_AUTHORIZED, "this AE may not store here")
+        # The PS3.10 file as received: a preamble and file meta (from the request and the
+        # negotiated transfer syntax) followed by the data set bytes exactly as they came.
+        data = event.encoded_dataset(include_meta=True)
+        writer = self.archive.spool.writer()
+        try:
+            writer.write(data)
+            spooled = writer.finish()
+        except OSError as exc:
+            writer.abort()
+            log.error("C-STORE from %s: spool write failed: %s", _peer(event.assoc), exc)
+            return _status_ds(0xA700, "out of resources: cannot spool the object")
+        del data
+        outcome = self.archive.store.store(spooled, partition=PARTITION)
+        sop = outcome.sop_instance_uid or event.request.AffectedSOPInstanceUID
+        if outcome.error is None:
+            log.info(
+                "C-STORE %s from %s: %s",
+                sop,
+                _peer(event.assoc),
+                outcome.result.value if outcome.result else "stored",
+            )
+            return SUCCESS
+        status = outcome.error.dimse_status
+        log.warning(
+            "C-STORE %s from %s refused 0x%04X: %s",
+            sop,
+            _peer(event.assoc),
+            status,
+            outcome.error.reason,
+        )
+        return _status_ds(status, outcome.error.reason)
+
+    # ------------------------------------------------------------------ C-FIND
+    def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        """C-FIND (PS3.4 C.4.1) in the Patient Root and Study Root models, every level.
+
+        Yields 0xFF00 Pending with one response identifier per match (C.4.1.1.3.2: the keys
+        of the request, filled), then the final status: 0x0000, 0xFE00 after a C-CANCEL,
+        0xA900 / 0xC000 for an identifier that cannot be understood, 0x0124 not authorized.
+        """
+        if not self._allowed(event, "query"):
+            yield _status_ds(NOT_AUTHORIZED, "this AE may not query here"), None
+            return
+        model = "patient" if str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT else "study"
+        identifier = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        try:
+            query = parse_cfind(level, identifier, model=model, partition=PARTITION, max_limit=PAGE)
+        except BadRequest as exc:
+            log.warning("C-FIND from %s: %s", _peer(event.assoc), exc.reason)
+            yield _status_ds(IDENTIFIER_MISMATCH, exc.reason), None
+            return
+        found = 0
+        items = self._patients(query) if level == "PATIENT" else self._pages(query)
+        for item in items:
+            if event.is_cancelled:
+                log.info("C-FIND from %s cancelled after %d match(es)", _peer(event.assoc), found)
+                yield CANCEL, None
+                return
+            found += 1
+            yield PENDING, self._response(item, identifier, level)
+        log.info("C-FIND %s level from %s: %d match(es)", level, _peer(event.assoc), found)
+        yield SUCCESS, None
+
+    def _pages(self, query: Any) -> Iterator[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = self.archive.index.search(replace(query, offset=offset))
+            yield from page.items
+            if not page.more:
+                return
+            offset += len(page.items)
+
+    def _patients(self, query: Any) -> Iterator[dict[str, Any]]:
+        """Distinct patients of the matching studies, with their computed counts (C.6.1.1.2)."""
+        patients: dict[str, dict[str, Any]] = {}
+        counts: dict[str, list[int]] = {}
+        for item in self._pages(query):
+            pid_values = item.get("00100020", {}).get("Value") or [""]
+            pid = str(pid_values[0])
+            if pid not in patients:
+                patients[pid] = item
+                counts[pid] = [0, 0, 0]
+            c = counts[pid]
+            c[0] += 1
+            c[1] += int((item.get("00201206", {}).get("Value") or [0])[0])
+            c[2] += int((item.get("00201208", {}).get("Value") or [0])[0])
+        for pid, item in patients.items():
+            out = {k: v for k, v in item.items() if k not in ("00201206", "00201208")}
+            for tag, value in zip(_COUNTS.values(), counts[pid], strict=True):
+                out[f"{tag:08X}"] = {"vr": "IS", "Value": [value]}
+            yield out
+
+    def _response(self, item: dict[str, Any], identifier: Dataset, level: str) -> Dataset:
+        found = Dataset.from_json(item)
+        rsp = Dataset()
+        for element in identifier:
+            tag = element.tag
+            if tag == 0x00080052 or tag == 0x00080005 or tag.group in (0x0000, 0x0002):
+                continue
+            if tag == 0x00080054:  # Retrieve AE Title: where the match can be retrieved from
+                rsp.RetrieveAETitle = self.ae_title
+            elif tag in found:
+                rsp[tag] = found[tag]
+            else:
+                rsp.add_new(tag, element.VR, None)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            if keyword in found and keyword not in rsp:
+                setattr(rsp, keyword, found[keyword].value)
+        rsp.QueryRetrieveLevel = level
+        if any(not str(v).isascii() for v in _strings(item)):
+            # The index keeps text as Unicode (DICOM JSON); UTF-8 carries all of it.
+            rsp.SpecificCharacterSet = "ISO_IR 192"
+        return rsp
+
+    # ------------------------------------------------------------------ C-MOVE / C-GET
+    def _select(self, identifier: Dataset, model: str) -> list[StoredInstance]:
+        """The stored instances a C-MOVE / C-GET identifier names (PS3.4 C.4.2.1.4.1)."""
+        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        if level not in CFIND_LEVELS:
+            raise BadRequest(f"QueryRetrieveLevel {level!r} is not PATIENT, STUDY, SERIES or IMAGE")
+        keys = Dataset()
+        for name in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            if name in identifier and str(identifier[name].value or "").strip():
+                keys[name] = identifier[name]
+        unique = _UNIQUE_KEYS[level]
+        if unique not in keys:
+            raise BadRequest(f"a {level} level retrieve needs {unique} (PS3.4 C.4.2.2.1)")
+        for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            if name not in keys:
+                keys.add_new(name, "UI", None)  # return keys: which entities matched
+        query = parse_cfind(level, keys, model=model, partition=PARTITION, max_limit=PAGE)
+        wanted: dict[str, tuple[set[str], set[str]]] = {}
+        for item in self._pages(query):
+            study = item["0020000D"]["Value"][0]
+            series_uids, sops = wanted.setdefault(study, (set(), set()))
+            if level in ("SERIES", "IMAGE"):
+                series_uids.add(item["0020000E"]["Value"][0])
+            if level == "IMAGE":
+                sops.add(item["00080018"]["Value"][0])
+        selected: list[StoredInstance] = []
+        for study, (series_uids, sops) in wanted.items():
+            try:
+                stored = self.archive.retrieve.instances(PARTITION, study)
+            except NotFound:
+                continue  # deleted since the search
+            selected += [
+                inst
+                for inst in stored
+                if (not series_uids or inst.series_uid in series_uids)
+                and (not sops or inst.sop_instance_uid in sops)
+            ]
+        return selected
+
+    def _dataset(self, inst: StoredInstance, accepted: dict[str, set[str]]) -> Dataset:
+        """The object to send, checked against its SHA-256; converted only if the peer must
+        have another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted)."""
+        data = self.archive.blobs.read(inst.blob_key)
+        if len(data) != inst.size or hashlib.sha256(data).hexdigest() != inst.sha256:
+            log.error(
+                "blob %s of %s fails its SHA-256; not sent", inst.blob_key, inst.sop_instance_uid
+            )
+            raise BlobCorrupted("stored object failed its integrity check")
+        syntaxes = accepted.get(inst.sop_class_uid)
+        if syntaxes is None or inst.transfer_syntax_uid in syntaxes:
+            return dcmread(io.BytesIO(data))
+        for target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *sorted(syntaxes)):
+            if target in syntaxes and transcode.can_transcode(inst.transfer_syntax_uid, target):
+                path = self.archive.blobs.local_path(inst.blob_key)
+                if path is not None:
+                    return dcmread(io.BytesIO(transcode.transcode_file(path, target)))
+        raise NubisError(
+            f"the peer accepts no transfer syntax {inst.sop_instance_uid} can be sent in"
+        )
+
+    def _sub_operations(
+        self, event: Event, instances: list[StoredInstance], accepted: dict[str, set[str]]
+    ) -> Iterator[tuple[int, Dataset]]:
+        for sent, inst in enumerate(instances):
+            if event.is_cancelled:
+                log.info(
+                    "%s from %s cancelled after %d sub-operation(s)",
+                    event.event.name,
+                    _peer(event.assoc),
+                    sent,
+                )
+                yield CANCEL, None  # type: ignore[misc]
+                return
+            try:
+                ds = self._dataset(inst, accepted)
+            except (NubisError, OSError) as exc:
+                log.warning("%s: %s not sent: %s", event.event.name, inst.sop_instance_uid, exc)
+                # A stub without a SOP Class cannot be sent: pynetdicom counts the sub-operation
+                # as failed and lists its UID in Failed SOP Instance UID List (C.4.2.1.5).
+                ds = Dataset()
+                ds.SOPInstanceUID = inst.sop_instance_uid
+            yield PENDING, ds
+
+    def on_move(self, event: Event) -> Iterator[Any]:
+        """C-MOVE (PS3.4 C.4.2): send the matching objects to a destination of the peer table.
+
+        Yields the destination (0xA801 when unknown), the number of sub-operations, then one
+        Pending per object; pynetdicom sends the Pending responses with the remaining,
+        completed, failed and warning counts, and the final 0x0000, 0xB000 (some failed),
+        0xA702 (all failed) or 0xFE00 (C-CANCEL).
+        """
+        destination = (event.move_destination or "").strip()
+        peer = self.archive_peers().get(destination)
+        if not self._allowed(event, "retrieve"):
+            yield None, None
+            return
+        if peer is None or not peer.host or not peer.port:
+            log.warning("C-MOVE from %s: unknown destination %r", _peer(event.assoc), destination)
+            yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
+            return
+        model = "patient" if str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT else "study"
+        try:
+            instances = self._select(event.identifier, model)
+        except BadRequest as exc:
+            instances, failure = [], exc
+        else:
+            failure = None
+        accepted: dict[str, set[str]] = {}
+
+        def on_destination_accepted(ev: Event) -> None:
+            for cx in ev.assoc.accepted_contexts:
+                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+
+        kwargs = {
+            "contexts": _contexts_for(instances),
+            "evt_handlers": [(evt.EVT_ACCEPTED, on_destination_accepted)],
+        }
+        log.info(
+            "C-MOVE from %s to %s (%s:%d): %d object(s)",
+            _peer(event.assoc),
+            destination,
+            peer.host,
+            peer.port,
+            len(instances),
+        )
+        yield peer.host, peer.port, kwargs
+        if failure is not None:
+            yield 1
+            yield _status_ds(IDENTIFIER_MISMATCH, failure.reason), None
+            return
+        yield len(instances)
+        yield from self._sub_operations(event, instances, accepted)
+
+    def archive_peers(self) -> Any:
+        return self.policy.peers
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        """C-GET (PS3.4 C.4.3): send the matching objects back on the same association.
+
+        Yields the number of sub-operations and one Pending per object; final statuses as for
+        C-MOVE. Objects go in their stored transfer syntax when the peer accepted it for the
+        SCP role, otherwise converted to one it accepted.
+        """
+        if not self._allowed(event, "retrieve"):
+            yield 1
+            yield _status_ds(NOT_AUTHORIZED, "this AE may not retrieve here"), None
+            return
+        model = "patient" if str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT else "study"
+        try:
+            instances = self._select(event.identifier, model)
+        except BadRequest as exc:
+            yield 1
+            yield _status_ds(IDENTIFIER_MISMATCH, exc.reason), None
+            return
+        accepted: dict[str, set[str]] = {}
+        for cx in event.assoc.accepted_contexts:
+            if cx.as_scu:  # we send C-STORE requests: the peer is the storage SCP
+                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        log.info("C-GET from %s: %d object(s)", _peer(event.assoc), len(instances))
+        yield len(instances)
+        yield from self._sub_operations(event, instances, accepted)
+
+    # ------------------------------------------------------------------ storage commitment
+    def on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
+        """Storage Commitment Push Model request (PS3.4 J.3.2, N-ACTION type 1).
+
+        Answers 0x0000 at once; the N-EVENT-REPORT (J.3.3) follows once the response is out:
+        each referenced instance is committed only if it is stored and its blob still matches
+        the SHA-256 recorded at ingest; others are listed with Failure Reason 0x0112 (no such
+        object instance), 0x0119 (SOP class differs) or 0x0110 (processing failure).
+        """
+        if str(event.request.RequestedSOPClassUID) != StorageCommitmentPushModel:
+            return 0x0122, None  # SOP class not supported
+        if not self._allowed(event, "store"):
+            return NOT_AUTHORIZED, None
+        if event.action_type != 1:
+            return 0x0123, None  # No such action
+        request = event.action_information
+        if "TransactionUID" not in request:
+            return 0x0120, None  # Missing attribute
+        self._commitments.setdefault(event.assoc, []).append(request)
+        log.info(
+            "storage commitment %s from %s: %d object(s)",
+            request.TransactionUID,
+            _peer(event.assoc),
+            len(request.get("ReferencedSOPSequence", [])),
+        )
+        return SUCCESS, None
+
+    def on_dimse_sent(self, event: Event) -> None:
+        if type(event.message).__name__ != "N_ACTION_RSP":
+            return
+        pending = self._commitments.pop(event.assoc, None)
+        for request in pending or []:
+            threading.Thread(
+                target=self._report,
+                args=(event.assoc, request),
+                name="nubis-commitment",
+                daemon=True,
+            ).start()
+
+    def commitment_result(self, request: Dataset) -> tuple[int, Dataset]:
+        """The N-EVENT-REPORT event type and information for a commitment request."""
+        report = Dataset()
+        report.TransactionUID = request.TransactionUID
+        done, failed = [], []
+        for ref in request.get("ReferencedSOPSequence", []):
+            item = Dataset()
+            item.ReferencedSOPClassUID = ref.get("ReferencedSOPClassUID", "")
+            item.ReferencedSOPInstanceUID = ref.get("ReferencedSOPInstanceUID", "")
+            reason = self._verify(
+                str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID)
+            )
+            if reason is None:
+                done.append(item)
+            else:
+                item.FailureReason = reason
+                failed.append(item)
+        if done:
+            report.ReferencedSOPSequence = done
+        if failed:
+            report.FailedSOPSequence = failed
+        report.RetrieveAETitle = self.ae_title
+        return (2 if failed else 1), report
+
+    def _verify(self, sop_class: str, sop_uid: str) -> int | None:
+        try:
+            inst = self.archive.index.find_instance(PARTITION, sop_uid)
+        except NubisError:
+            return PROCESSING_FAILURE
+        if inst is None:
+            return NO_SUCH_INSTANCE
+        if sop_class and inst.sop_class_uid != sop_class:
+            return CLASS_INSTANCE_CONFLICT
+        digest, size = hashlib.sha256(), 0
+        try:
+            for chunk in self.archive.blobs.iter_chunks(inst.blob_key):
+                digest.update(chunk)
+                size += len(chunk)
+        except (OSError, KeyError):
+            return PROCESSING_FAILURE
+        if size != inst.size or digest.hexdigest() != inst.sha256:
+            log.error("storage commitment: blob of %s fails its SHA-256", sop_uid)
+            return PROCESSING_FAILURE
+        return None
+
+    def _report(self, assoc: Association, request: Dataset) -> None:
+        event_type, info = self.commitment_result(request)
+        instance = "1.2.840.10008.1.20.1.1"  # the well-known Storage Commitment SOP Instance
+        if assoc.is_established:
+            try:
+                status, _ = assoc.send_n_event_report(
+                    info, event_type, StorageCommitmentPushModel, instance
+                )
+                if status is not None and "Status" in status:
+                    log.info(
+                        "storage commitment %s reported to %s (event type %d): 0x%04X",
+                        info.TransactionUID,
+                        _peer(assoc),
+                        event_type,
+                        status.Status,
+                    )
+                    return
+            except (RuntimeError, ValueError) as exc:
+                log.info("storage commitment report on the same association failed: %s", exc)
+        self._report_on_new_association(
+            assoc.requestor.ae_title.strip(), info, event_type, instance
+        )
+
+    def _report_on_new_association(
+        self, ae_title: str, info: Dataset, event_type: int, instance: str
+    ) -> None:
+        """PS3.4 J.3.3: the SCP opens an association, proposing the SCP role for itself."""
+        from pynetdicom import AE
+
+        peer = self.policy.peers.get(ae_title)
+        if peer is None or not peer.host or not peer.port:
+            log.warning(
+                "storage commitment %s: %s is not reachable (not in the peer table)",
+                info.TransactionUID,
+                ae_title,
+            )
+            return
+        ae = AE(ae_title=self.ae_title)
+        assoc = ae.associate(
+            peer.host,
+            peer.port,
+            contexts=[build_context(StorageCommitmentPushModel)],
+            ae_title=peer.ae_title,
+            ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
+        )
+        if not assoc.is_established:
+            log.warning(
+                "storage commitment %s: cannot associate with %s", info.TransactionUID, ae_title
+            )
+            return
+        try:
+            rsp, _ = assoc.send_n_event_report(
+                info, event_type, StorageCommitmentPushModel, instance
+            )
+            log.info(
+                "storage commitment %s reported to %s on a new association: 0x%04X",
+                info.TransactionUID,
+                ae_title,
+                int(rsp.get("Status", 0xFFFF)) if rsp is not None else 0xFFFF,
+            )
+        finally:
+            assoc.release()
+
+
+def _contexts_for(instances: list[StoredInstance]) -> list[Any]:
+    """Presentation contexts for sending ``instances``: each (SOP class, stored syntax) alone,
+    so the peer cannot pick another syntax of the same class; then an uncompressed fallback
+    per class, used after conversion. At most 128 (PS3.8 9.3.2)."""
+    pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
+    contexts = [build_context(sop, ts) for sop, ts in pairs][:_MAX_CONTEXTS]
+    for sop in dict.fromkeys(sop for sop, _ in pairs):
+        if len(contexts) >= _MAX_CONTEXTS:
+            break
+        contexts.append(build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    return contexts
+
+
+def _strings(item: Any) -> Iterator[Any]:
+    """Every leaf value of a DICOM JSON object (for the character set decision)."""
+    if isinstance(item, dict):
+        for value in item.values():
+            yield from _strings(value)
+    elif isinstance(item, list):
+        for value in item:
+            yield from _strings(value)
+    elif isinstance(item, str):
+        yield item

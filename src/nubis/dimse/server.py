@@ -1,0 +1,175 @@
+"""The DIMSE front door: a pynetdicom AE serving the archive on the DICOM port (and TLS port).
+
+Services offered as SCP (PS3.4): Verification (A), Storage for every storage SOP class
+pynetdicom knows (B) in every transfer syntax pydicom knows, so objects are stored as they
+were sent; Query/Retrieve FIND, MOVE and GET in the Patient Root and Study Root models (C);
+Storage Commitment Push Model (J). The storage contexts also accept the SCU role, which C-GET
+needs to send objects back on the caller's association (PS3.4 C.4.3, PS3.7 D.3.3.4).
+
+``nubis serve`` runs one DimseServer in its main process next to the HTTP workers; both reach
+the same index and blob store through the same services.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    _STORAGE_CLASSES,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from nubis.dimse.handlers import Handlers
+from nubis.dimse.peers import AccessPolicy, PeerTable
+
+if TYPE_CHECKING:
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    from nubis.archive import Archive
+    from nubis.config import Settings
+
+log = logging.getLogger("nubis.dimse")
+
+# Largest P-DATA PDU we receive. Big PDUs mean fewer Python-level PDU decodes per object; the
+# sender still caps them at its own limit (PS3.8 D.1).
+MAX_PDU = 1 << 20
+QUERY_RETRIEVE = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+# Uncompressed first: an acceptor picks, per context, the first of the caller's proposals it
+# supports, so the caller's order decides; this order only matters for callers proposing many.
+STORAGE_SYNTAXES = tuple(str(ts) for ts in AllTransferSyntaxes)
+COMMAND_SYNTAXES = (
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old devices)
+)
+
+
+def tls_context(cert: str, key: str = "", ca: str = "") -> ssl.SSLContext:
+    """Server context for the Basic TLS Secure Transport profile (PS3.15 B.12).
+
+    TLS 1.2 and 1.3 only (BCP 195 as PS3.15 B.12 requires); with ``ca`` the caller must present
+    a certificate signed by it.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key or None)
+    if ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(ca)
+    return ctx
+
+
+def build_ae(ae_title: str, *, max_associations: int) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = max_associations
+    ae.maximum_pdu_size = MAX_PDU
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.network_timeout = 300
+    # Callers often send a wrong Called AE Title (a copy of the modality's own); accept it, as
+    # most archives do, and identify callers by their Calling AE Title and host instead.
+    ae.require_called_aet = False
+    ae.add_supported_context(Verification, COMMAND_SYNTAXES)
+    for uid in _STORAGE_CLASSES.values():
+        ae.add_supported_context(uid, STORAGE_SYNTAXES, scu_role=True, scp_role=True)
+    for uid in QUERY_RETRIEVE:
+        ae.add_supported_context(uid, COMMAND_SYNTAXES)
+    ae.add_supported_context(StorageCommitmentPushModel, COMMAND_SYNTAXES)
+    return ae
+
+
+class DimseServer:
+    """Start and stop the DIMSE listeners of an Archive (plain, and TLS when configured)."""
+
+    def __init__(self, archive: Archive) -> None:
+        s = archive.settings
+        self.archive = archive
+        self.settings = s
+        self.peers = PeerTable(s.dimse_peers_path)
+        self.policy = AccessPolicy(self.peers, s.dimse_unknown_callers)
+        self.handlers = Handlers(archive, self.policy, s.ae_title)
+        self.ae = build_ae(s.ae_title, max_associations=s.dimse_max_associations)
+        self._servers: list[ThreadedAssociationServer] = []
+        self.addresses: list[str] = []
+
+    def start(self) -> None:
+        s = self.settings
+        if s.log_level != "debug":
+            # pynetdicom logs every PDU at info; our own log says what happened per operation.
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        # pynetdicom's own per-message log handlers decode every identifier; ours log less.
+        _config.LOG_HANDLER_LEVEL = "none"
+        host = s.dimse_host or s.host
+        handlers: list[Any] = self.handlers.bindings()
+        try:
+            if s.dimse_port:
+                self._servers.append(
+                    self.ae.start_server((host, s.dimse_port), block=False, evt_handlers=handlers)
+                )
+                self.addresses.append(f"dicom://{s.ae_title}@{host}:{s.dimse_port}")
+            if s.dimse_tls_cert:
+                ctx = tls_context(s.dimse_tls_cert, s.dimse_tls_key, s.dimse_tls_ca)
+                self._servers.append(
+                    self.ae.start_server(
+                        (host, s.dimse_tls_port),
+                        block=False,
+                        evt_handlers=handlers,
+                        ssl_context=ctx,
+                    )
+                )
+                self.addresses.append(f"dicom+tls://{s.ae_title}@{host}:{s.dimse_tls_port}")
+        except BaseException:
+            self.stop()
+            raise
+        for address in self.addresses:
+            log.info("DIMSE listening at %s", address)
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+        self._servers.clear()
+        self.ae.shutdown()
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[DimseServer | None]:
+    """The DIMSE listeners for ``nubis serve``, with an Archive of their own in this process.
+
+    Yields None when both the DICOM port and TLS are off. The HTTP workers are other processes
+    with their own Archive; the index and blob store keep them consistent, as between workers.
+    """
+    if not settings.dimse_port and not settings.dimse_tls_cert:
+        yield None
+        return
+    from nubis.archive import Archive
+
+    archive = Archive(settings)
+    archive.start()
+    server = DimseServer(archive)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        archive.stop()
