@@ -20,6 +20,11 @@ from typing import Protocol
 import httpx
 import pytest
 
+# Every test server would otherwise listen for DIMSE on the default port 11112, and the second
+# one to start would fail to bind it. Servers inherit this environment; the DIMSE tests pass
+# --dimse-port with a free port of their own.
+os.environ.setdefault("NUBIS_DIMSE_PORT", "0")
+
 _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
 
