@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Connection,
     Engine,
-    bindparam,
     create_engine,
     delete,
     event,
@@ -34,12 +34,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.query_sql import Page, search_page
 from nubis.index.schema import doomed_blobs, instances, series, series_requests, studies
+from nubis.index.store_sql import insert_instance
 from nubis.model.query import Query
 from nubis.model.records import NewInstance, StoredInstance, StoreResult
 
@@ -138,15 +138,18 @@ class _GroupCommitWriter(threading.Thread):
         outcomes: list[tuple[bool, Any]] = []
         try:
             with self.engine.connect() as conn, conn.begin():
+                # Savepoints on the driver's cursor: SQLAlchemy's cost as much as a store.
+                cursor = _cursor(conn)
                 for job, _ in batch:
-                    savepoint = conn.begin_nested()
+                    cursor.execute("SAVEPOINT job")
                     try:
                         result = job(conn)
                     except BaseException as exc:
-                        savepoint.rollback()
+                        cursor.execute("ROLLBACK TO job")
+                        cursor.execute("RELEASE job")
                         outcomes.append((False, exc))
                     else:
-                        savepoint.commit()
+                        cursor.execute("RELEASE job")
                         outcomes.append((True, result))
         except Exception as exc:
             log.exception("index commit failed for %d write(s)", len(batch))
@@ -364,6 +367,10 @@ def _scoped(partition: str, study_uid: str, series_uid: str | None, sop: str | N
     return stmt
 
 
+def _cursor(conn: Connection) -> Any:
+    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+
 def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
     row = conn.execute(
         select(*_STORED_COLUMNS)
@@ -380,12 +387,16 @@ def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
 def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreResult, str | None]:
     # The common path is five statements: this runs in the single writer thread, and every
     # statement releases and re-takes the GIL, so each one saved is felt by every store.
+    cursor = _cursor(conn)
+    cursor.execute("SAVEPOINT store")
     try:
-        with conn.begin_nested():
-            _insert(conn, new)
+        insert_instance(cursor, new, _now_ms())
+    except sqlite3.IntegrityError:
+        cursor.execute("ROLLBACK TO store")  # the SOP Instance UID is taken: decide below
+        cursor.execute("RELEASE store")
+    else:
+        cursor.execute("RELEASE store")
         return StoreResult.STORED, None
-    except IntegrityError:
-        pass  # the SOP Instance UID is taken: decide below
     existing = _stored_where(
         conn,
         instances.c.partition == new.partition,
@@ -401,123 +412,8 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
             f"{new.sop_instance_uid}; the stored one is kept"
         )
     _remove_instance(conn, existing.pk, doom_blob=False)
-    _insert(conn, new)
+    insert_instance(_cursor(conn), new, _now_ms())
     return StoreResult.REPLACED, existing.blob_key
-
-
-# The store path's statements are built once: building a Core statement and its cache key costs
-# more than running it on SQLite, and all of it happens in the one writer thread.
-_FIND_STUDY = select(studies.c.id, studies.c.modalities).where(
-    studies.c.partition == bindparam("p"), studies.c.study_uid == bindparam("uid")
-)
-_FIND_SERIES = select(series.c.id).where(
-    series.c.study_pk == bindparam("study_pk"), series.c.series_uid == bindparam("uid")
-)
-_INSERT_STUDY = insert(studies)
-_INSERT_SERIES = insert(series)
-_INSERT_REQUESTS = insert(series_requests)
-_INSERT_INSTANCE = insert(instances)
-_COUNT_SERIES_INSTANCE = (
-    update(series)
-    .where(series.c.id == bindparam("pk"))
-    .values(num_instances=series.c.num_instances + 1)
-)
-_COUNT_STUDY_INSTANCE = (
-    update(studies)
-    .where(studies.c.id == bindparam("pk"))
-    .values(num_instances=studies.c.num_instances + 1, updated_at=bindparam("now"))
-)
-_COUNT_STUDY_SERIES = (
-    update(studies)
-    .where(studies.c.id == bindparam("pk"))
-    .values(
-        num_instances=studies.c.num_instances + 1,
-        num_series=studies.c.num_series + 1,
-        modalities=bindparam("modalities"),
-        updated_at=bindparam("now"),
-    )
-)
-
-
-def _insert(conn: Connection, new: NewInstance) -> None:
-    now = _now_ms()
-    study = conn.execute(_FIND_STUDY, {"p": new.partition, "uid": new.study_uid}).first()
-    if study is None:
-        study_pk = conn.execute(
-            _INSERT_STUDY,
-            {
-                "partition": new.partition,
-                "study_uid": new.study_uid,
-                "attrs": new.study_attrs_json,
-                "created_at": now,
-                "updated_at": now,
-                "modalities": "",
-                "num_series": 0,
-                "num_instances": 0,
-                **new.study_columns,
-            },
-        ).inserted_primary_key[0]
-        modalities = ""
-    else:
-        study_pk, modalities = study
-    series_pk = conn.execute(_FIND_SERIES, {"study_pk": study_pk, "uid": new.series_uid}).scalar()
-    new_series = series_pk is None
-    if new_series:
-        series_pk = conn.execute(
-            _INSERT_SERIES,
-            {
-                "study_pk": study_pk,
-                "series_uid": new.series_uid,
-                "attrs": new.series_attrs_json,
-                "created_at": now,
-                "num_instances": 0,
-                **new.series_columns,
-            },
-        ).inserted_primary_key[0]
-        if new.requests:
-            conn.execute(
-                _INSERT_REQUESTS,
-                [
-                    {
-                        "series_pk": series_pk,
-                        "scheduled_procedure_step_id": step,
-                        "requested_procedure_id": proc,
-                    }
-                    for step, proc in new.requests
-                ],
-            )
-    conn.execute(
-        _INSERT_INSTANCE,
-        {
-            "series_pk": series_pk,
-            "partition": new.partition,
-            "sop_instance_uid": new.sop_instance_uid,
-            "sop_class_uid": new.sop_class_uid,
-            "transfer_syntax_uid": new.transfer_syntax_uid,
-            "blob_key": new.blob_key,
-            "size": new.size,
-            "sha256": new.sha256,
-            "metadata_json": new.metadata_json,
-            "frame_index": new.frame_index_json,
-            "bulk_index": new.bulk_index_json,
-            "created_at": now,
-            **new.instance_columns,
-        },
-    )
-    conn.execute(_COUNT_SERIES_INSTANCE, {"pk": series_pk})
-    if new_series:
-        modality = new.series_columns.get("modality")
-        known = set(filter(None, modalities.split("\\")))
-        conn.execute(
-            _COUNT_STUDY_SERIES,
-            {
-                "pk": study_pk,
-                "now": now,
-                "modalities": "\\".join(sorted(known | {modality} if modality else known)),
-            },
-        )
-    else:
-        conn.execute(_COUNT_STUDY_INSTANCE, {"pk": study_pk, "now": now})
 
 
 def _refresh_study(conn: Connection, study_pk: int, now: int) -> None:

@@ -1,0 +1,125 @@
+"""The store path's SQL, run on the raw DB-API cursor of the index writer.
+
+Every store runs five to eight statements in the single writer thread. Through SQLAlchemy each
+costs about as much Python as the rest of a store's bookkeeping together; on the driver's own
+cursor it costs a few microseconds. Statements are plain SQL with named parameters, built once
+per column set and cached; the schema they touch is index/schema.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from nubis.model.records import NewInstance
+
+
+@functools.cache
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    values = ", ".join(f":{c}" for c in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({values})"
+
+
+def _insert(cursor: Any, table: str, row: dict[str, Any]) -> int:
+    cursor.execute(_insert_sql(table, tuple(row)), row)
+    return int(cursor.lastrowid)
+
+
+def insert_instance(cursor: Any, new: NewInstance, now: int) -> None:
+    """Insert the instance and its study and series rows when new; keep the counts current.
+
+    Raises the driver's IntegrityError when the SOP Instance UID is already stored in the
+    partition (the caller decides between duplicate, conflict and overwrite).
+    """
+    cursor.execute(
+        "SELECT id, modalities FROM studies WHERE partition = :p AND study_uid = :uid",
+        {"p": new.partition, "uid": new.study_uid},
+    )
+    study = cursor.fetchone()
+    if study is None:
+        study_pk = _insert(
+            cursor,
+            "studies",
+            {
+                "partition": new.partition,
+                "study_uid": new.study_uid,
+                "attrs": new.study_attrs_json,
+                "created_at": now,
+                "updated_at": now,
+                "modalities": "",
+                "num_series": 0,
+                "num_instances": 0,
+                **new.study_columns,
+            },
+        )
+        modalities = ""
+    else:
+        study_pk, modalities = study
+    cursor.execute(
+        "SELECT id FROM series WHERE study_pk = :s AND series_uid = :uid",
+        {"s": study_pk, "uid": new.series_uid},
+    )
+    found = cursor.fetchone()
+    new_series = found is None
+    if new_series:
+        series_pk = _insert(
+            cursor,
+            "series",
+            {
+                "study_pk": study_pk,
+                "series_uid": new.series_uid,
+                "attrs": new.series_attrs_json,
+                "created_at": now,
+                "num_instances": 0,
+                **new.series_columns,
+            },
+        )
+        if new.requests:
+            cursor.executemany(
+                "INSERT INTO series_requests (series_pk, scheduled_procedure_step_id, "
+                "requested_procedure_id) VALUES (?, ?, ?)",
+                [(series_pk, step, proc) for step, proc in new.requests],
+            )
+    else:
+        series_pk = found[0]
+    _insert(
+        cursor,
+        "instances",
+        {
+            "series_pk": series_pk,
+            "partition": new.partition,
+            "sop_instance_uid": new.sop_instance_uid,
+            "sop_class_uid": new.sop_class_uid,
+            "transfer_syntax_uid": new.transfer_syntax_uid,
+            "blob_key": new.blob_key,
+            "size": new.size,
+            "sha256": new.sha256,
+            "metadata_json": new.metadata_json,
+            "frame_index": new.frame_index_json,
+            "bulk_index": new.bulk_index_json,
+            "created_at": now,
+            **new.instance_columns,
+        },
+    )
+    cursor.execute(
+        "UPDATE series SET num_instances = num_instances + 1 WHERE id = :pk", {"pk": series_pk}
+    )
+    if new_series:
+        modality = new.series_columns.get("modality")
+        known = set(filter(None, modalities.split("\\")))
+        cursor.execute(
+            "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + 1, "
+            "modalities = :m, updated_at = :now WHERE id = :pk",
+            {
+                "pk": study_pk,
+                "now": now,
+                "m": "\\".join(sorted(known | {modality} if modality else known)),
+            },
+        )
+    else:
+        cursor.execute(
+            "UPDATE studies SET num_instances = num_instances + 1, updated_at = :now "
+            "WHERE id = :pk",
+            {"pk": study_pk, "now": now},
+        )
