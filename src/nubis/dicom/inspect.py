@@ -24,7 +24,7 @@ import re
 import struct
 import zlib
 from collections.abc import MutableSequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -132,6 +132,8 @@ class InspectedInstance:
     frame_index: list[tuple[tuple[int, int], ...]] | None
     bulk_index: dict[str, tuple[int, int]]
     encapsulated_paths: frozenset[str] = frozenset()
+    # The decoded form of metadata_json, so the store path need not parse it back.
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def inspect_file(path: Path, *, bulk_threshold: int = 1024) -> InspectedInstance:
@@ -209,6 +211,7 @@ def _inspect(
         frame_index=frame_index,
         bulk_index=walker.bulk_index,
         encapsulated_paths=frozenset(walker.encapsulated),
+        metadata=tree,
     )
 
 

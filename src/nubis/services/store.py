@@ -200,7 +200,7 @@ _TAG_HEX = {
 def _new_instance(
     inspected: InspectedInstance, spooled: SpooledFile, key: str, partition: str
 ) -> NewInstance:
-    metadata: dict[str, Any] = json.loads(inspected.metadata_json)
+    metadata = inspected.metadata
     s, se = studies.c, series.c
     patient_name = _json_text(metadata, "PatientName", s.patient_name)
     referring = _json_text(metadata, "ReferringPhysicianName", s.referring_physician_name)
