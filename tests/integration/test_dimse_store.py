@@ -1,0 +1,197 @@
+"""DIMSE Verification and Storage SCP against dcmtk's echoscu, storescu and dcmsend.
+
+PS3.4 A (Verification), B (Storage: B.2.3 statuses), PS3.7 9.1.1 (C-STORE) and 9.1.5
+(C-ECHO). What arrives by C-STORE is stored byte-exact and found by QIDO-RS.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import HTJ2KLossless, JPEG2000Lossless
+from pynetdicom import AE, build_context
+
+from integration import DicomFile
+from integration.dimse_helpers import AE as NUBIS_AE
+from integration.dimse_helpers import (
+    Dimse,
+    dataset_bytes,
+    free_port,
+    need_dcmtk,
+    run,
+    sent_by_dcmtk,
+)
+from integration.server import blob_path, index_rows
+from nubis.tools import synth
+
+PYDICOM_TS_FLAG = {
+    # storescu proposes only uncompressed syntaxes unless told which compressed one to offer.
+    "jpeg_baseline": "-xy",
+    "jpeg_ls": "-xt",
+    "j2k": "-xw",
+    "rle": "-xr",
+    "rle_2frame": "-xr",
+    "deflate": "-xd",
+}
+
+
+@pytest.fixture(scope="module")
+def dimse(server_factory) -> Iterator[Dimse]:  # type: ignore[no-untyped-def]
+    need_dcmtk("echoscu", "storescu", "dcmsend")
+    port = free_port()
+    server = server_factory("dimse-store", "--dimse-port", str(port))
+    yield Dimse(server, port)
+
+
+def stored_bytes(dimse: Dimse, sop_uid: str) -> bytes:
+    rows = {r.sop_instance_uid: r for r in index_rows(dimse.data_dir)}
+    return blob_path(dimse.data_dir, rows[sop_uid].blob_key).read_bytes()
+
+
+def test_echo(dimse: Dimse) -> None:
+    """C-ECHO (PS3.7 9.1.5) answers success."""
+    run(["echoscu", "-aet", "ECHOER", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port)])
+
+
+def test_storescu_uncompressed_and_compressed(
+    dimse: Dimse, pydicom_files: dict[str, DicomFile]
+) -> None:
+    """storescu C-STORE (PS3.4 B.2) in each file's own transfer syntax: stored byte-exact
+    (the data set as sent; the file meta is rebuilt from the request, PS3.10 7.1)."""
+    for key in ("explicit_le", "implicit", "jpeg_baseline", "jpeg_ls", "j2k", "rle", "deflate"):
+        f = pydicom_files[key]
+        flags = [PYDICOM_TS_FLAG[key]] if key in PYDICOM_TS_FLAG else []
+        if key == "implicit":
+            flags = ["-xi"]
+        run(["storescu", *flags, "-aet", "MODALITY", "-aec", NUBIS_AE, "127.0.0.1",
+             str(dimse.port), str(f.path)])  # fmt: skip
+        stored = stored_bytes(dimse, f.sop_uid)
+        stored_ds = pydicom.dcmread(io.BytesIO(stored))
+        assert str(stored_ds.file_meta.TransferSyntaxUID) == f.transfer_syntax, key
+        if dataset_bytes(stored) != sent_by_dcmtk(f.data):
+            # dcmtk itself rewrites some files (e.g. encapsulated Pixel Data as OB, not OW);
+            # then every value must still be what the file holds.
+            original = pydicom.dcmread(f.path)
+            for element in original:
+                if element.tag != 0xFFFCFFFC:
+                    assert stored_ds[element.tag].value == element.value, (key, element.tag)
+
+
+def test_dcmsend_many_syntaxes(dimse: Dimse, pydicom_files: dict[str, DicomFile]) -> None:
+    """dcmsend negotiates each file's syntax itself; all are stored and found by QIDO-RS
+    (PS3.18 10.6) with the same UIDs, so both front doors see one archive."""
+    keys = ["rle_2frame", "big_endian", "rtplan", "rtstruct", "sr", "priv_sq", "j2k_lossless"]
+    files = [pydicom_files[k] for k in keys]
+    run(["dcmsend", "-aet", "MODALITY", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port),
+         *[str(f.path) for f in files]], check=False)  # fmt: skip
+    stored = {r.sop_instance_uid for r in index_rows(dimse.data_dir)}
+    for key, f in zip(keys, files, strict=True):
+        if key == "j2k_lossless":
+            continue  # dcmtk refuses this file's odd-length pixel data before sending
+        assert f.sop_uid in stored, key
+        found = httpx.get(
+            f"{dimse.http}/instances", params={"SOPInstanceUID": f.sop_uid}, timeout=30
+        ).json()
+        assert found and found[0]["00080018"]["Value"] == [f.sop_uid]
+
+
+def test_htj2k_and_j2k_byte_exact(dimse: Dimse, tmp_path: Path) -> None:
+    """HTJ2K and JPEG 2000 objects (PS3.5 A.4.4, A.4.11) sent by a pynetdicom SCU in their own
+    syntax are stored as sent."""
+    j2k = synth.make_multiframe(
+        tmp_path / "j2k.dcm", frames=3, rows=64, columns=64, seed=31,
+        patient=synth.PatientSpec("DIMSE-HT-1", "Ht^One", "19700101", "F"),
+        transfer_syntax=JPEG2000Lossless,
+    )  # fmt: skip
+    ds = pydicom.dcmread(j2k)
+    ht = copy.deepcopy(ds)
+    # An HTJ2K Lossless codestream may hold Part 1 code blocks (ITU-T T.814), so the same
+    # frames are a valid HTJ2K object under a UID of its own.
+    ht.file_meta.TransferSyntaxUID = HTJ2KLossless
+    ht.SOPInstanceUID = ht.file_meta.MediaStorageSOPInstanceUID = synth.synth_uid(31, "ht")
+    ae = AE(ae_title="PYNET")
+    assoc = ae.associate(
+        "127.0.0.1",
+        dimse.port,
+        ae_title=NUBIS_AE,
+        contexts=[build_context(ds.SOPClassUID, JPEG2000Lossless),
+                  build_context(ds.SOPClassUID, HTJ2KLossless)],
+    )  # fmt: skip
+    assert assoc.is_established
+    try:
+        for item in (ds, ht):
+            assert assoc.send_c_store(item).Status == 0x0000
+    finally:
+        assoc.release()
+    for item in (ds, ht):
+        stored = pydicom.dcmread(io.BytesIO(stored_bytes(dimse, item.SOPInstanceUID)))
+        assert stored.file_meta.TransferSyntaxUID == item.file_meta.TransferSyntaxUID
+        assert stored.PixelData == item.PixelData
+    # pynetdicom sends the data set as pydicom encodes it, which for this file is its bytes.
+    assert dataset_bytes(stored_bytes(dimse, ds.SOPInstanceUID)) == dataset_bytes(j2k.read_bytes())
+
+
+def test_failures_get_a_status_and_the_association_carries_on(dimse: Dimse) -> None:
+    """PS3.4 B.2.3: a data set without its UIDs is 0xA900 (does not match the SOP class), a
+    different object under a stored SOP Instance UID is 0x0111 (PS3.7 C.4.2), and neither
+    aborts the association: the next object on it is stored."""
+    good = next(synth.series_datasets("CT", n_instances=1, seed=41, patient=synth.PatientSpec(
+        "DIMSE-FAIL-1", "Fail^One", "19800101", "M")))  # fmt: skip
+    broken = copy.deepcopy(good)
+    del broken.StudyInstanceUID
+    broken.SOPInstanceUID = synth.synth_uid(41, "broken")
+    clash = copy.deepcopy(good)
+    clash.SeriesDescription = "not the same object"
+    ae = AE(ae_title="PYNET")
+    ae.add_requested_context(good.SOPClassUID, good.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=NUBIS_AE)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(good).Status == 0x0000
+        status = assoc.send_c_store(broken)
+        assert status.Status == 0xA900, status
+        assert "ErrorComment" in status
+        assert assoc.send_c_store(clash).Status == 0x0111
+        assert assoc.send_c_store(good).Status == 0x0000  # identical again: success
+        assert assoc.is_established
+    finally:
+        assoc.release()
+
+
+def test_concurrent_associations_lose_nothing(dimse: Dimse, tmp_path: Path) -> None:
+    """Four storescu processes, each its own association, store 40 objects at once; every one
+    is stored byte-exact (PS3.4 B.2: each success means stored)."""
+    folders = []
+    for n in range(4):
+        folder = tmp_path / f"batch{n}"
+        synth.make_ct_series(
+            folder, n_instances=10, seed=500 + n, rows=128, columns=128,
+            patient=synth.PatientSpec(f"DIMSE-CONC-{n}", f"Conc^{n}", "19900101", "O"),
+        )  # fmt: skip
+        folders.append(folder)
+    errors: list[BaseException] = []
+
+    def send(folder: Path) -> None:
+        try:
+            run(["storescu", "+sd", "-aet", f"CONC{folders.index(folder)}", "-aec", NUBIS_AE,
+                 "127.0.0.1", str(dimse.port), str(folder)])  # fmt: skip
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(f,)) for f in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    sent = {pydicom.dcmread(p).SOPInstanceUID: p for f in folders for p in f.glob("*.dcm")}
+    assert len(sent) == 40
+    for uid, path in sent.items():
+        assert dataset_bytes(stored_bytes(dimse, uid)) == sent_by_dcmtk(path.read_bytes())
