@@ -28,7 +28,7 @@ class Archive:
             overwrite=settings.on_conflict == "overwrite",
             bulk_threshold=settings.bulk_threshold,
         )
-        self.retrieve = RetrieveService(self.index, self.blobs)
+        self.retrieve = RetrieveService(self.index, self.blobs, verify_reads=settings.verify_reads)
         self.maintenance = Maintenance(
             self.index, self.blobs, orphan_grace_seconds=settings.orphan_grace_seconds
         )

@@ -91,6 +91,11 @@ class Settings:
         "A blob with no index row is reaped once it is older than this (an in-flight store "
         "writes its blob before its row).",
     )
+    verify_reads: bool = _setting(
+        True,
+        "Check each object's SHA-256 while it is served whole; a mismatch aborts the response "
+        "instead of sending bad bytes. Costs about 0.6 ms of CPU per MB served.",
+    )
     durable: bool = _setting(
         True, "fsync blobs and the index before acknowledging a store. Off only for throwaway data."
     )
