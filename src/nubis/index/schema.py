@@ -129,7 +129,54 @@ doomed_blobs = Table(
     Column("queued_at", BigInteger, nullable=False),
 )
 
+# The audit trail (PS3.15 A.5): append-only, hash-chained records. ``record`` is the canonical
+# JSON that was hashed, kept byte for byte so verification never depends on re-serializing;
+# the other columns are copies for listing and filtering, checked against it by verify().
+# Migration 0002 adds triggers that refuse UPDATE and DELETE on both audit tables.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", String(32), nullable=False),
+    Column("event_code", String(16), nullable=False),
+    Column("outcome", Integer, nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("patient_id", String(64)),
+    Column("record", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_log_at", audit_log.c.at)
+Index("ix_audit_log_user", audit_log.c.user_id)
+Index("ix_audit_log_patient", audit_log.c.patient_id)
+
+# Signed heads of the chain (like an RFC 6962 signed tree head): record count, head hash, time,
+# Ed25519 signature. A removed tail shows as a checkpoint beyond the end of the log.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("signed_at", BigInteger, nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+# Export cursors (e.g. the syslog forwarder): the last record delivered, so a collector outage
+# delays records and never loses them.
+audit_cursors = Table(
+    "audit_cursors",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
 __all__ = [
+    "audit_checkpoints",
+    "audit_cursors",
+    "audit_log",
     "doomed_blobs",
     "instances",
     "metadata",
