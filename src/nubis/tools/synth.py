@@ -448,79 +448,24 @@ def series_datasets(modality: str, *, n_instances: int, **kwargs: object) -> Ite
     return _iter_series(modality=modality, n_instances=n_instances, **{**defaults, **kwargs})  # type: ignore[arg-type]
 
 
-def make_ct_series(
-    out_dir: Path,
-    *,
-    n_instances: int,
-    rows: int = 512,
-    columns: int = 512,
-    patient: PatientSpec | None = None,
-    study_uid: str | None = None,
-    study_date: str = "20240115",
-    study_time: str = "093000",
-    accession: str = "ACC0001",
-    seed: int = 0,
-    series_number: int = 1,
-    series_description: str | None = None,
-    body_part: str | None = None,
-) -> list[Path]:
-    """Write an axial CT Image series (one file per slice) and return the paths in order."""
+def make_ct_series(out_dir: Path, *, n_instances: int, **options: object) -> list[Path]:
+    """Write an axial CT Image series (one file per slice) and return the paths in order.
+
+    ``options``: rows, columns (512), patient (PatientSpec), study_uid, study_date, study_time,
+    accession, seed, series_number, series_description, body_part.
+    """
     return _write_series(
-        out_dir,
-        _iter_series(
-            modality="CT",
-            n_instances=n_instances,
-            rows=rows,
-            columns=columns,
-            patient=patient,
-            study_uid=study_uid,
-            study_date=study_date,
-            study_time=study_time,
-            accession=accession,
-            seed=seed,
-            series_number=series_number,
-            series_description=series_description,
-            body_part=body_part,
-        ),
-        prefix="CT",
+        out_dir, series_datasets("CT", n_instances=n_instances, **options), prefix="CT"
     )
 
 
-def make_mr_series(
-    out_dir: Path,
-    *,
-    n_instances: int,
-    rows: int = 256,
-    columns: int = 256,
-    patient: PatientSpec | None = None,
-    study_uid: str | None = None,
-    study_date: str = "20240115",
-    study_time: str = "101500",
-    accession: str = "ACC0001",
-    seed: int = 0,
-    series_number: int = 1,
-    series_description: str | None = None,
-    body_part: str | None = None,
-) -> list[Path]:
-    """Write an axial spin-echo MR Image series and return the paths in order."""
+def make_mr_series(out_dir: Path, *, n_instances: int, **options: object) -> list[Path]:
+    """Write an axial spin-echo MR Image series and return the paths in order.
+
+    ``options`` as make_ct_series (rows and columns default to 256).
+    """
     return _write_series(
-        out_dir,
-        _iter_series(
-            modality="MR",
-            n_instances=n_instances,
-            rows=rows,
-            columns=columns,
-            patient=patient,
-            study_uid=study_uid,
-            study_date=study_date,
-            study_time=study_time,
-            accession=accession,
-            seed=seed,
-            series_number=series_number,
-            series_description=series_description,
-            body_part=body_part,
-        ),
-        prefix="MR",
+        out_dir, series_datasets("MR", n_instances=n_instances, **options), prefix="MR"
     )
 
 
