@@ -1,0 +1,218 @@
+"""Query/Retrieve SCP (PS3.4 C), storage commitment (PS3.4 J) and access control per AE, with
+dcmtk's findscu, movescu (to a storescp), getscu and a pynetdicom SCU."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+from integration import CT_PATIENT, MR_PATIENT, DicomFile
+from integration.dimse_helpers import AE as NUBIS_AE
+from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run
+from integration.server import blob_path, index_rows
+
+
+def nubis(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return run([sys.executable, "-m", "nubis", *args])
+
+
+@pytest.fixture(scope="module")
+def dimse(server_factory, ct_series, mr_series) -> Iterator[Dimse]:  # type: ignore[no-untyped-def]
+    need_dcmtk("findscu", "movescu", "getscu", "storescp", "storescu")
+    port = free_port()
+    server = server_factory("dimse-qr", "--dimse-port", str(port))
+    d = Dimse(server, port)
+    files = [str(f.path) for f in [*ct_series, *mr_series]]
+    run(["storescu", "-aet", "LOADER", "-aec", NUBIS_AE, "127.0.0.1", str(port), *files])
+    yield d
+
+
+def qido(d: Dimse, path: str, params: dict[str, str]) -> list[dict]:  # type: ignore[type-arg]
+    r = httpx.get(f"{d.http}{path}", params=params, timeout=30)
+    return r.json() if r.status_code == 200 else []
+
+
+@pytest.mark.parametrize(
+    ("level", "keys", "path", "params", "uid"),
+    [
+        ("STUDY", [f"PatientID={CT_PATIENT.patient_id}"], "/studies",
+         {"PatientID": CT_PATIENT.patient_id}, "StudyInstanceUID"),
+        ("STUDY", ["PatientName=tanaka*"], "/studies", {"PatientName": "tanaka*"},
+         "StudyInstanceUID"),
+        ("STUDY", ["StudyDate=20240101-20241231", "ModalitiesInStudy=MR"], "/studies",
+         {"StudyDate": "20240101-20241231", "ModalitiesInStudy": "MR"}, "StudyInstanceUID"),
+        ("SERIES", ["Modality=CT"], "/series", {"Modality": "CT"}, "SeriesInstanceUID"),
+        ("IMAGE", ["InstanceNumber=3"], "/instances", {"InstanceNumber": "3"},
+         "SOPInstanceUID"),
+    ],
+)  # fmt: skip
+def test_findscu_matches_qido(
+    dimse: Dimse, tmp_path: Path, level: str, keys: list[str], path: str, params, uid: str
+) -> None:
+    """findscu at each level (PS3.4 C.4.1, C.2.2.2 matching) finds exactly what QIDO-RS finds
+    for the same query, with the same values for the keys asked."""
+    named = {k.split("=")[0] for k in keys}
+    # A key given twice to findscu keeps the last value: add return keys only once.
+    asked = [*keys, *(k for k in dict.fromkeys((uid, "PatientID", "StudyInstanceUID"))
+                      if k not in named)]  # fmt: skip
+    found = findscu(dimse.port, level, asked, tmp_path)
+    expected = qido(dimse, path, params)
+    assert found, "no match"
+    assert sorted(str(ds[uid].value) for ds in found) == sorted(
+        e[f"{pydicom.datadict.tag_for_keyword(uid):08X}"]["Value"][0] for e in expected
+    )
+    for ds in found:
+        assert ds.QueryRetrieveLevel == level
+        assert str(ds.PatientID) in (CT_PATIENT.patient_id, MR_PATIENT.patient_id)
+
+
+def test_patient_level_patient_root(dimse: Dimse, tmp_path: Path) -> None:
+    """Patient Root PATIENT level (PS3.4 C.6.1.1.2): one response per patient, with Number of
+    Patient Related Studies/Instances computed."""
+    found = findscu(
+        dimse.port, "PATIENT",
+        [f"PatientID={MR_PATIENT.patient_id}", "PatientName", "NumberOfPatientRelatedStudies",
+         "NumberOfPatientRelatedInstances"],
+        tmp_path, model="-P",
+    )  # fmt: skip
+    assert len(found) == 1
+    assert str(found[0].PatientName) == MR_PATIENT.patient_name
+    assert int(found[0].NumberOfPatientRelatedStudies) == 1
+    assert int(found[0].NumberOfPatientRelatedInstances) == 8
+
+
+def test_movescu_to_storescp(dimse: Dimse, tmp_path: Path, mr_series: list[DicomFile]) -> None:
+    """C-MOVE (PS3.4 C.4.2) to a destination of the peer table: movescu asks, storescp receives
+    every object of the study; an unknown destination is 0xA801."""
+    port = free_port()
+    nubis("dimse", "peers", "add", "RECEIVER", "127.0.0.1", str(port),
+          "--data-dir", str(dimse.data_dir))  # fmt: skip
+    out = tmp_path / "received"
+    out.mkdir()
+    receiver = subprocess.Popen(
+        ["storescp", "-aet", "RECEIVER", "+xa", "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        study = mr_series[0].study_uid
+        run(["movescu", "-S", "-aet", "MOVER", "-aec", NUBIS_AE, "-aem", "RECEIVER",
+             "127.0.0.1", str(dimse.port), "-k", "QueryRetrieveLevel=STUDY",
+             "-k", f"StudyInstanceUID={study}"])  # fmt: skip
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=10)
+    got = {str(pydicom.dcmread(p).SOPInstanceUID) for p in out.iterdir()}
+    assert got == {f.sop_uid for f in mr_series}
+
+    from nubis.dimse import scu
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study
+    result = scu.move(scu.Remote("127.0.0.1", dimse.port, NUBIS_AE, "MOVER"), ds, "NOWHERE")
+    assert result.status == 0xA801
+
+
+def test_getscu(dimse: Dimse, tmp_path: Path, ct_series: list[DicomFile]) -> None:
+    """C-GET (PS3.4 C.4.3) at SERIES level: the objects come back on the same association,
+    with Pending responses counting the sub-operations."""
+    run(["getscu", "-S", "-aet", "GETTER", "-aec", NUBIS_AE, "-od", str(tmp_path),
+         "127.0.0.1", str(dimse.port), "-k", "QueryRetrieveLevel=SERIES",
+         "-k", f"StudyInstanceUID={ct_series[0].study_uid}",
+         "-k", f"SeriesInstanceUID={ct_series[0].series_uid}"])  # fmt: skip
+    got = {str(pydicom.dcmread(p).SOPInstanceUID) for p in tmp_path.iterdir()}
+    assert got == {f.sop_uid for f in ct_series}
+
+
+def test_storage_commitment(dimse: Dimse, ct_series: list[DicomFile]) -> None:
+    """Storage Commitment Push Model (PS3.4 J.3): N-ACTION answered, then an N-EVENT-REPORT
+    committing only objects that are stored and whose SHA-256 verifies; an unknown object is
+    0x0112 and a corrupted one 0x0110 (event type 2, J.3.3.1)."""
+    good, corrupt = ct_series[0], ct_series[1]
+    row = {r.sop_instance_uid: r for r in index_rows(dimse.data_dir)}[corrupt.sop_uid]
+    path = blob_path(dimse.data_dir, row.blob_key)
+    original = path.read_bytes()
+    reports: list[Dataset] = []
+    done = threading.Event()
+
+    def on_report(event) -> int:  # type: ignore[no-untyped-def]
+        reports.append(event.event_information)
+        done.set()
+        return 0x0000
+
+    ae = AE(ae_title="COMMITTER")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate(
+        "127.0.0.1", dimse.port, ae_title=NUBIS_AE,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+    )  # fmt: skip
+    assert assoc.is_established
+    request = Dataset()
+    request.TransactionUID = "1.2.826.0.1.3680043.10.1.42"
+    refs = []
+    for cls, uid in ((good.sop_class_uid, good.sop_uid), (corrupt.sop_class_uid, corrupt.sop_uid),
+                     (good.sop_class_uid, "1.2.826.0.1.3680043.10.1.404")):  # fmt: skip
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = cls, uid
+        refs.append(item)
+    request.ReferencedSOPSequence = refs
+    try:
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+        status, _ = assoc.send_n_action(
+            request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+        )
+        assert status.Status == 0x0000
+        assert done.wait(30), "no N-EVENT-REPORT"
+        # The handler has returned by now, but its N-EVENT-REPORT-RSP may still be on its way;
+        # releasing before it leaves would stall the SCP waiting for it.
+        time.sleep(0.5)
+    finally:
+        path.write_bytes(original)
+        assoc.release()
+    report = reports[0]
+    assert report.TransactionUID == request.TransactionUID
+    assert [i.ReferencedSOPInstanceUID for i in report.ReferencedSOPSequence] == [good.sop_uid]
+    failed = {i.ReferencedSOPInstanceUID: i.FailureReason for i in report.FailedSOPSequence}
+    assert failed == {corrupt.sop_uid: 0x0110, "1.2.826.0.1.3680043.10.1.404": 0x0112}
+
+
+def test_access_control(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Access per AE: with unknown callers refused, echoscu gets an A-ASSOCIATE-RJ (calling AE
+    title not recognized, PS3.8 9.3.4); a peer added with the CLI is admitted without a
+    restart; a peer bound to another host is refused; a peer without query rights gets 0x0124
+    (PS3.7 C.4.2, not authorized) for C-FIND."""
+    port = free_port()
+    server = server_factory(
+        "dimse-acl", "--dimse-port", str(port), "--set", "dimse_unknown_callers=refuse"
+    )
+    echo = ["echoscu", "-aet", "CALLER", "-aec", NUBIS_AE, "127.0.0.1", str(port)]
+    refused = run(echo, check=False)
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+    data_dir = str(server.data_dir)
+    nubis("dimse", "peers", "add", "CALLER", "127.0.0.1", "--no-query", "--data-dir", data_dir)
+    run(echo)
+    nubis("dimse", "peers", "add", "ELSEWHERE", "127.0.0.2", "--data-dir", data_dir)
+    elsewhere = run([*echo[:2], "ELSEWHERE", *echo[3:]], check=False)
+    assert elsewhere.returncode != 0
+
+    from nubis.dimse import scu
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = ""
+    with pytest.raises(scu.DimseError, match="0x0124"):
+        list(scu.find(scu.Remote("127.0.0.1", port, NUBIS_AE, "CALLER"), ds))
