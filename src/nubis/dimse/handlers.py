@@ -10,9 +10,11 @@ service's error carries (:mod:`nubis.errors`), never by aborting the association
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
+import socket
 import threading
 import weakref
 from collections.abc import Iterator
@@ -107,6 +109,7 @@ class Handlers:
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
+            (evt.EVT_CONN_OPEN, self.on_connection),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_RELEASED, self.on_closed),
@@ -121,6 +124,14 @@ class Handlers:
         ]
 
     # ------------------------------------------------------------------ association
+    def on_connection(self, event: Event) -> None:
+        """Turn Nagle off: a DIMSE message is a command PDU then a data set PDU, and the second
+        would wait for the peer's delayed ACK of the first (about 40 ms per message)."""
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def on_requested(self, event: Event) -> None:
         """Admit or reject the caller (PS3.8 7.1.1.9: A-ASSOCIATE-RJ, calling AE not known)."""
         assoc = event.assoc
