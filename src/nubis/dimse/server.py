@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     _STORAGE_CLASSES,
@@ -42,6 +42,12 @@ if TYPE_CHECKING:
     from nubis.config import Settings
 
 log = logging.getLogger("nubis.dimse")
+
+# pynetdicom deep-copies the AE's presentation contexts for every association; with every
+# storage SOP class and transfer syntax that is ~2,000 UIDs, each re-validated by a regex in
+# UID.__new__ (40 ms per association, most of a findscu call). A UID is an immutable str, so
+# its deep copy may be itself.
+UID.__deepcopy__ = lambda self, memo: self  # type: ignore[method-assign,assignment]
 
 # Largest P-DATA PDU we receive. Big PDUs mean fewer Python-level PDU decodes per object; the
 # sender still caps them at its own limit (PS3.8 D.1).
