@@ -89,9 +89,7 @@ class EventType:
     AUDIT_RECORDING_STARTED = Code("110134", "DCM", "Audit Recording Started")
     OBJECT_SECURITY_ATTRIBUTES_CHANGED = Code("110135", "DCM", "Object Security Attributes Changed")
     SECURITY_ROLES_CHANGED = Code("110136", "DCM", "Security Roles Changed")
-    USER_SECURITY_ATTRIBUTES_CHANGED = Code(
-        "110137", "DCM", "User security Attributes Changed"
-    )
+    USER_SECURITY_ATTRIBUTES_CHANGED = Code("110137", "DCM", "User security Attributes Changed")
     EMERGENCY_OVERRIDE_STOPPED = Code("110138", "DCM", "Emergency Override Stopped")
 
 
