@@ -133,6 +133,39 @@ class Settings:
     dimse_max_associations: int = _setting(
         32, "Concurrent DIMSE associations; more are rejected as transient (local limit)."
     )
+    audit_source_id: str = _setting(
+        "",
+        "AuditSourceID put on every audit record (PS3.15 A.5.1). Empty: the ae_title.",
+    )
+    audit_key: str = _setting(
+        "",
+        "Ed25519 key that signs audit checkpoints (created 0600 when missing; its public half "
+        "beside it as .pub). Empty: audit-signing.key in data_dir.",
+    )
+    audit_checkpoint_records: int = _setting(
+        1000, "Sign the head of the audit chain every this many records (0: by time only)."
+    )
+    audit_checkpoint_seconds: int = _setting(
+        60,
+        "Sign the head of the audit chain when records have waited this many seconds "
+        "unsigned (0: by count only). Records removed from the end since the last signed head "
+        "cannot be detected.",
+    )
+    audit_syslog: str = _setting(
+        "",
+        "Syslog collector for audit messages (DICOM PS3.15 A.5 XML, RFC 5424 over TLS with RFC "
+        "5425 framing): tls://HOST:PORT, or tcp://HOST:PORT on closed networks. Records wait "
+        "behind a persistent cursor while it is down. Empty: no forwarding.",
+    )
+    audit_syslog_ca: str = _setting(
+        "", "PEM CA bundle that signed the syslog collector's certificate. Empty: system CAs."
+    )
+    audit_syslog_cert: str = _setting(
+        "", "PEM client certificate presented to the syslog collector (mutual TLS). Empty: none."
+    )
+    audit_syslog_key: str = _setting(
+        "", "PEM private key of audit_syslog_cert. Empty: the key is in the certificate file."
+    )
     log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -151,6 +184,14 @@ class Settings:
     @property
     def dimse_peers_path(self) -> Path:
         return Path(self.dimse_peers) if self.dimse_peers else self.data_dir / "dimse-peers.toml"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return Path(self.audit_key) if self.audit_key else self.data_dir / "audit-signing.key"
+
+    @property
+    def audit_source(self) -> str:
+        return self.audit_source_id or self.ae_title.strip()
 
     @property
     def spool_dir(self) -> Path:
@@ -246,5 +287,12 @@ def _validate(settings: Settings) -> None:
         )
     if settings.dimse_max_associations < 1:
         raise SettingsError("dimse_max_associations must be >= 1")
+    if settings.audit_checkpoint_records < 0 or settings.audit_checkpoint_seconds < 0:
+        raise SettingsError("audit_checkpoint_records and audit_checkpoint_seconds must be >= 0")
+    if settings.audit_syslog and not settings.audit_syslog.startswith(("tls://", "tcp://")):
+        raise SettingsError(
+            "audit_syslog must be tls://HOST:PORT or tcp://HOST:PORT, "
+            f"got {settings.audit_syslog!r}"
+        )
     if settings.bulk_threshold < 0:
         raise SettingsError("bulk_threshold must be >= 0")
