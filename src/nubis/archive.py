@@ -7,6 +7,8 @@ import logging
 from nubis.blobs.registry import open_blob_store
 from nubis.config import Settings
 from nubis.index.database import Index
+from nubis.security.audit import AuditTrail
+from nubis.security.audit_export import SyslogForwarder
 from nubis.services.maintenance import Maintenance
 from nubis.services.retrieve import RetrieveService
 from nubis.services.spool import Spool
@@ -31,6 +33,27 @@ class Archive:
         self.retrieve = RetrieveService(self.index, self.blobs, verify_reads=settings.verify_reads)
         self.maintenance = Maintenance(
             self.index, self.blobs, orphan_grace_seconds=settings.orphan_grace_seconds
+        )
+        # Services record every access here (fail closed: see nubis.security.audit).
+        self.audit = AuditTrail(
+            self.index,
+            key_path=settings.audit_key_path,
+            source_id=settings.audit_source,
+            checkpoint_every=settings.audit_checkpoint_records,
+            checkpoint_seconds=settings.audit_checkpoint_seconds,
+        )
+        self.audit_forwarder = (
+            SyslogForwarder(
+                self.audit,
+                settings.audit_syslog,
+                ca_file=settings.audit_syslog_ca,
+                cert_file=settings.audit_syslog_cert,
+                key_file=settings.audit_syslog_key,
+                # Every worker process starts one; the lock lets exactly one of them forward.
+                lock_path=settings.data_dir / "audit-syslog.lock",
+            )
+            if settings.audit_syslog
+            else None
         )
         self.ready = False
 
@@ -57,12 +80,18 @@ class Archive:
     def start(self) -> None:
         """Open for traffic (in each worker process)."""
         self.index.open()
+        self.audit.open()
+        if self.audit_forwarder is not None:
+            self.audit_forwarder.start()
         self.maintenance.start_background()
         self.ready = True
 
     def stop(self) -> None:
         self.ready = False
         self.maintenance.stop_background()
+        if self.audit_forwarder is not None:
+            self.audit_forwarder.stop()
+        self.audit.close()  # signs the unsigned tail while the index can still write
         self.index.close()
 
     def __enter__(self) -> Archive:
