@@ -225,9 +225,11 @@ def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
 
 
 def _add_subcommands() -> None:
+    from nubis.cli.audit import app as audit_app
     from nubis.cli.dimse import app as dimse_app
 
     app.add_typer(dimse_app, name="dimse")
+    app.add_typer(audit_app, name="audit")
 
 
 _add_subcommands()

@@ -1,0 +1,253 @@
+"""``nubis audit``: verify, list and export the tamper-evident audit trail.
+
+``verify`` checks the hash chain and the signed checkpoints and names the first bad record
+(exit status 1 when the trail was tampered with); ``list`` shows records; ``export`` writes
+FHIR AuditEvent (NDJSON) or DICOM audit messages (XML, one per line), or forwards to the syslog
+collector of ``audit_syslog``; ``key`` prints the public key to keep away from this machine;
+``checkpoint`` signs the current head now. Every command but ``key`` reads the log, and is
+itself recorded as Audit Log Used (PS3.15 A.5.3.1) under the operating-system user.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from nubis.model.audit import ActiveParticipant
+    from nubis.security.audit import AuditTrail
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    help="The tamper-evident audit trail: verify, list, export (FHIR, DICOM, syslog).",
+    no_args_is_help=True,
+)
+
+Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
+Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
+After = Annotated[int, typer.Option("--after", help="Only records after this sequence number.")]
+
+
+def _operator() -> ActiveParticipant:
+    from nubis.model.audit import ActiveParticipant
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return ActiveParticipant(user_id=user, network_access_point=socket.gethostname())
+
+
+@contextmanager
+def _trail(
+    data_dir: Path | None, config: Path | None, set_: list[str] | None
+) -> Iterator[AuditTrail]:
+    from nubis.archive import Archive
+    from nubis.cli.main import _load
+
+    settings = _load(config, {"data_dir": data_dir}, set_)
+    archive = Archive(settings)
+    archive.index.migrate()
+    archive.index.open()
+    archive.audit.open()
+    try:
+        yield archive.audit
+    finally:
+        archive.audit.close()
+        archive.index.close()
+
+
+@app.command()
+def verify(
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="Trust only this public key (a copy of `nubis audit key` kept elsewhere), "
+            "not the key in the data folder.",
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Check every record and signed checkpoint; name the first bad record (exit 1 if any)."""
+    from nubis.security.audit import load_public_keys
+
+    keys = load_public_keys(public_key) if public_key else None
+    with _trail(data_dir, config, set_) as trail:
+        report = trail.verify(public_keys=keys, used_by=_operator(), front_door="cli")
+    if report.ok:
+        out.print(
+            f"audit trail intact: {report.records} record(s), {report.checkpoints} signed "
+            f"checkpoint(s), signed up to record {report.last_signed_seq}"
+            + (
+                f"; {report.unsigned} newer record(s) chained, not yet signed"
+                if report.unsigned
+                else ""
+            )
+        )
+        return
+    out.print(
+        f"[red]AUDIT TRAIL TAMPERED: first bad record {report.first_bad_seq}: {report.problem}"
+    )
+    raise typer.Exit(1)
+
+
+@app.command("list")
+def list_records(
+    after: After = 0,
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 100,
+    user: Annotated[str | None, typer.Option(help="Only records of this user id.")] = None,
+    patient: Annotated[str | None, typer.Option(help="Only records about this patient ID.")] = None,
+    event: Annotated[
+        str | None, typer.Option(help="Only this EventID code, e.g. 110103 (Instances Accessed).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this UTC time (YYYY-MM-DDTHH:MM:SS).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Before this UTC time.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Show audit records (the listing is itself recorded as Audit Log Used)."""
+    with _trail(data_dir, config, set_) as trail:
+        records = trail.read(
+            _operator(),
+            front_door="cli",
+            after_seq=after,
+            limit=limit,
+            user_id=user,
+            patient_id=patient,
+            event_code=event,
+            since=since,
+            until=until,
+        )
+    if as_json:
+        for r in records:
+            sys.stdout.write(json.dumps({"seq": r.seq, "hash": r.hash, **r.event_dict}) + "\n")
+        return
+    table = Table(
+        "seq", "time (UTC)", "event", "action", "outcome", "user", "from", "via", "objects"
+    )
+    for r in records:
+        e = r.event
+        who = e.requestor
+        table.add_row(
+            str(r.seq),
+            e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.event_id.display,
+            e.action.value,
+            str(int(e.outcome)),
+            who.user_id,
+            who.network_access_point or "",
+            e.front_door,
+            ", ".join(o.object_id for o in e.objects),
+        )
+    out.print(table)
+
+
+@app.command()
+def export(
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="fhir (AuditEvent NDJSON), dicom (XML per line), syslog."),
+    ] = "fhir",
+    output: Annotated[
+        Path | None, typer.Option("--out", help="Write here instead of standard output.")
+    ] = None,
+    after: After = 0,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Export the log as FHIR AuditEvent R4 or DICOM audit messages, or forward it to syslog.
+
+    ``--format syslog`` sends everything the collector of ``audit_syslog`` has not yet had
+    (from the persistent cursor) and exits; the server does the same continuously.
+    """
+    from nubis.security import audit_events
+    from nubis.security.audit_export import SyslogForwarder, dicom_xml, fhir_audit_event
+
+    if fmt not in {"fhir", "dicom", "syslog"}:
+        console.print(f"[red]--format must be fhir, dicom or syslog, got {fmt!r}")
+        raise typer.Exit(2)
+    with _trail(data_dir, config, set_) as trail:
+        if fmt == "syslog":
+            from nubis.cli.main import _load
+
+            settings = _load(config, {"data_dir": data_dir}, set_)
+            if not settings.audit_syslog:
+                console.print("[red]set audit_syslog (tls://HOST:PORT) to forward to a collector")
+                raise typer.Exit(2)
+            forwarder = SyslogForwarder(
+                trail,
+                settings.audit_syslog,
+                ca_file=settings.audit_syslog_ca,
+                cert_file=settings.audit_syslog_cert,
+                key_file=settings.audit_syslog_key,
+            )
+            try:
+                sent = forwarder.drain()
+            except OSError as exc:
+                console.print(f"[red]collector unreachable: {exc}; records wait for the next try")
+                raise typer.Exit(1) from None
+            finally:
+                forwarder.close_connection()
+            console.print(f"{sent} record(s) forwarded to {settings.audit_syslog}")
+            return
+        trail.record(
+            audit_events.audit_log_used(_operator(), what=f"export {fmt}", front_door="cli")
+        )
+        stream = output.open("w", encoding="utf-8") if output else sys.stdout
+        try:
+            count = 0
+            while records := trail.scan(after, 1000):
+                for r in records:
+                    if fmt == "fhir":
+                        stream.write(json.dumps(fhir_audit_event(r), ensure_ascii=False) + "\n")
+                    else:
+                        stream.write(dicom_xml(r).decode() + "\n")
+                count += len(records)
+                after = records[-1].seq
+        finally:
+            if output:
+                stream.close()
+    console.print(f"{count} record(s) exported as {fmt}")
+
+
+@app.command()
+def key(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> None:
+    """Print the public key that verifies the checkpoints: keep a copy away from this machine."""
+    from nubis.cli.main import _load
+    from nubis.security.audit import SigningKey, public_key_text
+
+    settings = _load(config, {"data_dir": data_dir}, set_)
+    sys.stdout.write(public_key_text(SigningKey.load_or_create(settings.audit_key_path).public))
+
+
+@app.command()
+def checkpoint(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> None:
+    """Sign the current head of the chain now (e.g. before a backup)."""
+    with _trail(data_dir, config, set_) as trail:
+        cp = trail.checkpoint()
+        seq, head = trail.head()
+    if cp is None:
+        out.print(f"head already signed: {seq} record(s), head {head}")
+    else:
+        out.print(f"signed checkpoint {cp.id}: {cp.seq} record(s), head {cp.head_hash}")
