@@ -57,6 +57,10 @@ class Archive:
         )
         self.ready = False
 
+    @property
+    def dimse_enabled(self) -> bool:
+        return bool(self.settings.dimse_port or self.settings.dimse_tls_cert)
+
     def prepare(self) -> None:
         """One-time work before any process serves: schema migration, spool and blob cleanup.
 

@@ -100,7 +100,6 @@ def serve(
     import uvicorn
 
     from nubis.archive import Archive
-    from nubis.dimse.server import serving
 
     settings = _load(
         config,
@@ -120,25 +119,33 @@ def serve(
     # Workers re-read their settings from the environment: hand them what was resolved here.
     os.environ.update(settings_environment(settings))
     os.environ.pop("NUBIS_CONFIG", None)
-    Archive(settings).prepare()
+    archive = Archive(settings)
+    archive.prepare()
     console.print(
         f"nubis {__version__}: DICOMweb at http://{settings.host}:{settings.http_port}/dicom-web "
         f"({settings.worker_count} worker(s), data in {settings.data_dir.resolve()})"
     )
-    # DIMSE listens in this process, beside the HTTP workers, before HTTP reports ready.
-    with serving(settings) as dimse:
-        for address in dimse.addresses if dimse else []:
-            console.print(f"nubis {__version__}: DIMSE at {address}")
-        uvicorn.run(
-            "nubis.web.app:app_from_environment",
-            factory=True,
-            host=settings.host,
-            port=settings.http_port,
-            workers=settings.worker_count,
-            log_level=settings.log_level,
-            access_log=settings.log_level == "debug",
-            timeout_graceful_shutdown=10,
-        )
+    if archive.dimse_enabled:
+        # Each worker serves the DICOM port(s) too (SO_REUSEPORT), before it reports ready.
+        dimse_host = settings.dimse_host or settings.host
+        if settings.dimse_port:
+            console.print(
+                f"DIMSE at dicom://{settings.ae_title}@{dimse_host}:{settings.dimse_port}"
+            )
+        if settings.dimse_tls_cert:
+            console.print(
+                f"DIMSE TLS at dicom+tls://{settings.ae_title}@{dimse_host}:{settings.dimse_tls_port}"
+            )
+    uvicorn.run(
+        "nubis.web.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.http_port,
+        workers=settings.worker_count,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=10,
+    )
 
 
 @app.command("import")
@@ -221,7 +228,6 @@ def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
             s.name, str(getattr(settings, s.name)), settings.sources[s.name], s.env_var, s.help
         )
     Console().print(table)
-
 
 
 def _add_subcommands() -> None:

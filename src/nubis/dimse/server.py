@@ -13,9 +13,9 @@ the same index and blob store through the same services.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
 from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import UID, AllTransferSyntaxes
@@ -31,15 +31,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
+from pynetdicom.transport import ThreadedAssociationServer
 
 from nubis.dimse.handlers import Handlers
 from nubis.dimse.peers import AccessPolicy, PeerTable
 
 if TYPE_CHECKING:
-    from pynetdicom.transport import ThreadedAssociationServer
-
     from nubis.archive import Archive
-    from nubis.config import Settings
 
 log = logging.getLogger("nubis.dimse")
 
@@ -130,26 +128,32 @@ class DimseServer:
         handlers: list[Any] = self.handlers.bindings()
         try:
             if s.dimse_port:
-                self._servers.append(
-                    self.ae.start_server((host, s.dimse_port), block=False, evt_handlers=handlers)
-                )
+                self._listen((host, s.dimse_port), handlers, None)
                 self.addresses.append(f"dicom://{s.ae_title}@{host}:{s.dimse_port}")
             if s.dimse_tls_cert:
                 ctx = tls_context(s.dimse_tls_cert, s.dimse_tls_key, s.dimse_tls_ca)
-                self._servers.append(
-                    self.ae.start_server(
-                        (host, s.dimse_tls_port),
-                        block=False,
-                        evt_handlers=handlers,
-                        ssl_context=ctx,
-                    )
-                )
+                self._listen((host, s.dimse_tls_port), handlers, ctx)
                 self.addresses.append(f"dicom+tls://{s.ae_title}@{host}:{s.dimse_tls_port}")
         except BaseException:
             self.stop()
             raise
         for address in self.addresses:
             log.info("DIMSE listening at %s", address)
+
+    def _listen(
+        self, address: tuple[str, int], handlers: list[Any], ssl_context: ssl.SSLContext | None
+    ) -> None:
+        server = self.ae.make_server(
+            address,
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+            server_class=_SharedPortServer,
+        )
+        thread = threading.Thread(
+            target=server.serve_forever, name=f"nubis-dimse-{address[1]}", daemon=True
+        )
+        thread.start()
+        self._servers.append(server)
 
     def stop(self) -> None:
         for server in self._servers:
@@ -158,24 +162,10 @@ class DimseServer:
         self.ae.shutdown()
 
 
-@contextmanager
-def serving(settings: Settings) -> Iterator[DimseServer | None]:
-    """The DIMSE listeners for ``nubis serve``, with an Archive of their own in this process.
+class _SharedPortServer(ThreadedAssociationServer):
+    """Every worker process listens on the DICOM port (SO_REUSEPORT): the kernel spreads
+    associations over the workers as it spreads HTTP connections, so DIMSE uses every core."""
 
-    Yields None when both the DICOM port and TLS are off. The HTTP workers are other processes
-    with their own Archive; the index and blob store keep them consistent, as between workers.
-    """
-    if not settings.dimse_port and not settings.dimse_tls_cert:
-        yield None
-        return
-    from nubis.archive import Archive
-
-    archive = Archive(settings)
-    archive.start()
-    server = DimseServer(archive)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        archive.stop()
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()

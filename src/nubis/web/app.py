@@ -77,14 +77,18 @@ def app_from_environment() -> Starlette:
     which ``nubis serve`` sets from everything it resolved."""
     from nubis.config import load_settings
 
-    return create_app(Archive(load_settings()), prepare=False)
+    return create_app(Archive(load_settings()), prepare=False, dimse=True)
 
 
 def create_app(
-    archive: Archive, *, manage_lifespan: bool = True, prepare: bool = True
+    archive: Archive, *, manage_lifespan: bool = True, prepare: bool = True, dimse: bool = False
 ) -> Starlette:
     """The ASGI application; ``prepare`` runs the archive's one-time start-up work first (off
-    in worker processes, whose parent did it)."""
+    in worker processes, whose parent did it); ``dimse`` also serves the DICOM port(s) from
+    this process (every worker shares them)."""
+    from nubis.dimse.server import DimseServer
+
+    dimse_server = DimseServer(archive) if dimse and archive.dimse_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -92,9 +96,13 @@ def create_app(
             if prepare:
                 await run_in_threadpool(archive.prepare)
             await run_in_threadpool(archive.start)
+        if dimse_server is not None:
+            await run_in_threadpool(dimse_server.start)
         try:
             yield
         finally:
+            if dimse_server is not None:
+                await run_in_threadpool(dimse_server.stop)
             if manage_lifespan:
                 await run_in_threadpool(archive.stop)
 
