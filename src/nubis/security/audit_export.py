@@ -470,11 +470,22 @@ class SyslogForwarder:
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
-    """True when the collector closed (or reset) the connection: it never sends us data."""
+    """True when the collector closed (or reset) the connection: it never sends us data.
+
+    A readable socket may only hold TLS records such as TLS 1.3 session tickets, so the probe
+    reads without blocking: "want read" means the connection is alive and idle.
+    """
     try:
         readable, _, _ = select.select([sock], [], [], 0)
         if not readable:
             return False
-        return sock.recv(1) == b""
+        previous = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            return sock.recv(1) == b""
+        finally:
+            sock.settimeout(previous)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return False
     except (OSError, ValueError, ssl.SSLError):
         return True
