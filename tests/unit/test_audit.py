@@ -7,6 +7,7 @@ import json
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,3 +354,27 @@ def test_principal_like_objects(trail: AuditTrail) -> None:
     stored = trail.scan()[0].event
     assert stored.requestor == p and stored.objects == event.objects
     assert stored.source_id == "NUBIS" and stored.break_glass_reason == "stroke code"
+
+
+def test_checkpoint_timer_and_close_sign_the_tail(tmp_path: Path) -> None:
+    idx = _index(tmp_path / "timer.sqlite")
+    timed = AuditTrail(
+        idx,
+        key_path=tmp_path / "k",
+        source_id="NUBIS",
+        checkpoint_every=0,
+        checkpoint_seconds=0.1,
+    )
+    timed.open()
+    try:
+        _fill(timed, 3)
+        deadline = time.monotonic() + 5
+        while not timed.checkpoints() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [c.seq for c in timed.checkpoints()] == [3]
+        _fill(timed, 1)
+        timed.close()  # a clean stop signs what is unsigned
+        assert timed.checkpoints()[-1].seq == 4
+        assert timed.verify().unsigned == 0
+    finally:
+        idx.close()
