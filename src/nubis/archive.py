@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.registry import open_blob_store
 from nubis.config import Settings
+from nubis.crypto.registry import keyring_exists, open_key_provider
 from nubis.index.database import Index
+from nubis.ports.blobs import BlobStore
+from nubis.ports.keys import KeyProvider
 from nubis.security.audit import AuditTrail
 from nubis.security.audit_export import SyslogForwarder
 from nubis.services.maintenance import Maintenance
@@ -17,13 +21,24 @@ from nubis.services.store import StoreService
 log = logging.getLogger(__name__)
 
 
+def _blob_store(settings: Settings) -> tuple[KeyProvider | None, BlobStore]:
+    """The blob store, wrapped for encryption at rest unless it is off and never was on."""
+    store = open_blob_store(settings.blobs_url, durable=settings.durable)
+    if not settings.encrypt_at_rest and not keyring_exists(settings.keyring_url):
+        return None, store
+    keys = open_key_provider(settings.keyring_url, durable=settings.durable)
+    # Off after being on: new objects are plaintext, encrypted ones stay readable.
+    return keys, EncryptedBlobStore(store, keys, accept_plaintext=not settings.encrypt_at_rest)
+
+
 class Archive:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(settings.index_url, durable=settings.durable)
-        self.blobs = open_blob_store(settings.blobs_url, durable=settings.durable)
-        self.spool = Spool(settings.spool_dir)
+        self.keys, self.blobs = _blob_store(settings)
+        # A sealed spool is encrypted as it arrives: plaintext never reaches the disk.
+        self.spool = Spool(settings.spool_dir, sealed=settings.encrypt_at_rest)
         self.store = StoreService(
             self.index,
             self.blobs,

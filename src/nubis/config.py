@@ -99,6 +99,18 @@ class Settings:
     durable: bool = _setting(
         True, "fsync blobs and the index before acknowledging a store. Off only for throwaway data."
     )
+    encrypt_at_rest: bool = _setting(
+        True,
+        "Encrypt every stored object and spool file (AES-256-GCM, a fresh data key per object "
+        "wrapped by a keyring KEK and a per-patient key). Off: new objects are stored in "
+        "plaintext; encrypted ones stay readable while the keyring exists.",
+    )
+    keyring: str = _setting(
+        "",
+        "Key provider for encryption at rest: file:///PATH of a local keyring (created mode "
+        "0600 on first use). Empty: keyring.jsonl in data_dir. Back it up apart from the data: "
+        "losing it loses every object; a data backup without it is unreadable.",
+    )
     dimse_port: int = _setting(
         11112, "DICOM (DIMSE) port of nubis serve, PS3.8; 0 turns the DIMSE front door off."
     )
@@ -196,6 +208,10 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    @property
+    def keyring_url(self) -> str:
+        return self.keyring or (self.data_dir / "keyring.jsonl").resolve().as_uri()
 
 
 SETTINGS: tuple[Setting, ...] = tuple(

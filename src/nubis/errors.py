@@ -82,3 +82,31 @@ class StorageUnavailable(NubisError):
 
 class NotReady(StorageUnavailable):
     """The archive is starting or stopping."""
+
+
+class BlobUnreadable(NubisError):
+    """Stored bytes fail authentication: tampered, truncated, or not the blob of this object.
+
+    Raised by the encrypted blob store when an AES-GCM tag, the wrapped data key or the header
+    does not verify, including when a blob was moved under another object's UIDs. Never
+    answered with the bytes: a 500 with this reason, or a broken stream if the response had
+    already started.
+    """
+
+    http_status = 500
+    dimse_status = 0x0110  # Processing failure
+
+
+class KeyUnavailable(NubisError):
+    """A key needed to read or write a blob cannot be had (keyring unreadable, KMS down,
+    unknown key id). HTTP 424 Failed Dependency, C-STORE 0xA700 (design guide rule 15)."""
+
+    http_status = 424
+    dimse_status = 0xA700
+
+
+class KeyErased(KeyUnavailable):
+    """The object's patient key was crypto-shredded: its bytes can never be read again."""
+
+    http_status = 410
+    dimse_status = 0x0110

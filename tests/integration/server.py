@@ -22,6 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from nubis.blobs.encrypted import EncryptedBlobStore
+from nubis.blobs.filesystem import FileBlobStore
+from nubis.crypto.envelope import MAGIC
+from nubis.crypto.local_keys import LocalKeyring
+from nubis.ports.blobs import BlobContext
+
 _READY_TIMEOUT = 60.0
 _STOP_TIMEOUT = 15.0
 _BLOB_NAME = re.compile(r"[0-9a-f]{32}")
@@ -142,14 +148,38 @@ class IndexRow:
     blob_key: str
     size: int
     sha256: str
+    partition: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+
+    @property
+    def context(self) -> BlobContext:
+        return BlobContext(
+            self.partition, self.study_uid, self.series_uid, self.sop_instance_uid, self.sha256
+        )
 
 
 def index_rows(data_dir: Path) -> list[IndexRow]:
     """Every instance row, read through a read-only connection (the server may be running)."""
     uri = f"file:{(data_dir / 'index.sqlite').resolve()}?mode=ro"
     with closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
-        query = "SELECT sop_instance_uid, blob_key, size, sha256 FROM instances"
+        query = (
+            "SELECT i.sop_instance_uid, i.blob_key, i.size, i.sha256, i.partition, "
+            "st.study_uid, se.series_uid FROM instances i "
+            "JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = se.study_pk"
+        )
         return [IndexRow(*row) for row in conn.execute(query)]
+
+
+def read_blob(data_dir: Path, row: IndexRow) -> bytes:
+    """The object a blob holds: its plaintext, decrypted with the archive's keyring if the
+    archive encrypts (the default), else the file's bytes."""
+    path = blob_path(data_dir, row.blob_key)
+    if path.read_bytes()[:8] != MAGIC:
+        return path.read_bytes()
+    keys = LocalKeyring(data_dir / "keyring.jsonl", create=False)
+    store = EncryptedBlobStore(FileBlobStore(data_dir / "blobs"), keys)
+    return store.read(row.blob_key, context=row.context)
 
 
 def doomed_keys(data_dir: Path) -> set[str]:

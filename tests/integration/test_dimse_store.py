@@ -28,7 +28,7 @@ from integration.dimse_helpers import (
     run,
     sent_by_dcmtk,
 )
-from integration.server import blob_path, index_rows
+from integration.server import index_rows, read_blob
 from nubis.tools import synth
 
 PYDICOM_TS_FLAG = {
@@ -52,7 +52,7 @@ def dimse(server_factory) -> Iterator[Dimse]:  # type: ignore[no-untyped-def]
 
 def stored_bytes(dimse: Dimse, sop_uid: str) -> bytes:
     rows = {r.sop_instance_uid: r for r in index_rows(dimse.data_dir)}
-    return blob_path(dimse.data_dir, rows[sop_uid].blob_key).read_bytes()
+    return read_blob(dimse.data_dir, rows[sop_uid])
 
 
 def test_echo(dimse: Dimse) -> None:

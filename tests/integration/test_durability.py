@@ -33,6 +33,7 @@ from integration.server import (
     is_blob_name,
     multipart_content_type,
     parse_multipart,
+    read_blob,
     spool_files,
     start_server,
 )
@@ -187,7 +188,7 @@ def _check_archive(server: Server, ledger: Ledger) -> dict[str, int]:
     for row in rows:
         path = blob_path(data_dir, row.blob_key)
         assert path.is_file(), f"index row {row.sop_instance_uid} has no blob {row.blob_key}"
-        data = path.read_bytes()
+        data = read_blob(data_dir, row)
         assert len(data) == row.size, f"blob {row.blob_key}: {len(data)} bytes, row {row.size}"
         assert hashlib.sha256(data).hexdigest() == row.sha256, f"blob {row.blob_key} digest"
         sent = ledger.sent.get(row.sop_instance_uid)

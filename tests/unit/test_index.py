@@ -15,6 +15,7 @@ from nubis.errors import DuplicateInstance, NotFound
 from nubis.index.database import Index
 from nubis.index.schema import metadata
 from nubis.model.records import StoreResult
+from nubis.services.retrieve import blob_context
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
 
@@ -65,7 +66,7 @@ def test_store_duplicate_and_conflict(index: Index, tmp_path: Path) -> None:
     assert isinstance(conflict.error, DuplicateInstance)
     assert conflict.error.dimse_status == 0x0111
     [stored] = index.instances_of("p", first.study_uid or "")
-    assert service.blobs.read(stored.blob_key) == ct.read_bytes()
+    assert service.blobs.read(stored.blob_key, context=blob_context(stored)) == ct.read_bytes()
     assert index.counts() == {"studies": 1, "series": 1, "instances": 1}
     assert list(spool.folder.iterdir()) == []
 
@@ -81,7 +82,7 @@ def test_overwrite_policy_replaces(index: Index, tmp_path: Path) -> None:
     outcome = service.store(spool.from_file(changed), partition="p")
     assert outcome.result is StoreResult.REPLACED
     [stored] = index.instances_of("p", outcome.study_uid or "")
-    assert service.blobs.read(stored.blob_key) == bytes(data)
+    assert service.blobs.read(stored.blob_key, context=blob_context(stored)) == bytes(data)
     assert len(list(service.blobs.list())) == 1
 
 

@@ -13,8 +13,16 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from nubis.ports.blobs import BlobCapabilities, BlobExists, BlobInfo, BlobNotFound
+from nubis.ports.blobs import (
+    BlobCapabilities,
+    BlobContext,
+    BlobExists,
+    BlobInfo,
+    BlobNotFound,
+    LocalFile,
+)
 
 
 class FileBlobStore:
@@ -34,7 +42,15 @@ class FileBlobStore:
             raise BlobNotFound(key)
         return self.root / key[:2] / key[2:4] / key
 
-    def put_file(self, key: str, source: Path) -> None:
+    def put_file(self, key: str, source: LocalFile, *, context: BlobContext) -> None:
+        if source.seal is not None:
+            # A sealed spool file is ciphertext under a key only the encrypted store holds;
+            # storing it here would keep bytes nobody can read (a wiring error, never data).
+            raise ValueError("a sealed spool file needs the encrypted blob store")
+        self._adopt(key, source.path)
+
+    def _adopt(self, key: str, source: Path) -> None:
+        """Store the local file ``source`` as is under ``key`` (create only), consuming it."""
         target = self._path(key)
         if self.durable:
             fd = os.open(source, os.O_RDONLY)
@@ -81,7 +97,9 @@ class FileBlobStore:
         finally:
             os.unlink(temp)
 
-    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+    def read(
+        self, key: str, start: int = 0, length: int | None = None, *, context: BlobContext
+    ) -> bytes:
         try:
             with open(self._path(key), "rb") as f:
                 if length is None:
@@ -92,7 +110,13 @@ class FileBlobStore:
             raise BlobNotFound(key) from None
 
     def iter_chunks(
-        self, key: str, start: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+        self,
+        key: str,
+        start: int = 0,
+        length: int | None = None,
+        chunk_size: int = 1 << 20,
+        *,
+        context: BlobContext,
     ) -> Iterator[bytes]:
         try:
             f = open(self._path(key), "rb")  # noqa: SIM115 - closed by the generator below
@@ -100,11 +124,11 @@ class FileBlobStore:
             raise BlobNotFound(key) from None
         return _chunks(f, start, length, chunk_size)
 
-    def local_path(self, key: str) -> Path | None:
-        path = self._path(key)
-        if not path.exists():
-            raise BlobNotFound(key)
-        return path
+    def open(self, key: str, *, context: BlobContext) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError, BlobNotFound):

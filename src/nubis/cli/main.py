@@ -233,8 +233,10 @@ def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
 def _add_subcommands() -> None:
     from nubis.cli.audit import app as audit_app
     from nubis.cli.dimse import app as dimse_app
+    from nubis.cli.keys import app as keys_app
 
     app.add_typer(dimse_app, name="dimse")
+    app.add_typer(keys_app, name="keys")
     app.add_typer(audit_app, name="audit")
 
 

@@ -34,7 +34,12 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import generate_fragmented_frames, parse_basic_offsets, parse_fragments
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import dcmread, read_deferred_data_element, read_file_meta_info
+from pydicom.filereader import (
+    _read_file_meta_info,
+    dcmread,
+    read_deferred_data_element,
+    read_preamble,
+)
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.hooks import hooks
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -136,13 +141,15 @@ class InspectedInstance:
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def inspect_file(path: Path, *, bulk_threshold: int = 1024) -> InspectedInstance:
+def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> InspectedInstance:
     """Validate a PS3.10 file and index its metadata, bulk data and frames in one pass.
 
     Parameters
     ----------
-    path : Path
-        A DICOM file in the PS3.10 Section 7 format (preamble, ``DICM``, file meta information).
+    path : Path or binary file
+        A DICOM file in the PS3.10 Section 7 format (preamble, ``DICM``, file meta information),
+        or a seekable file object over one (an encrypted spool file's plaintext); a file object
+        is read from its start and closed.
     bulk_threshold : int, optional
         Values of VR OB, OD, OF, OL, OV, OW or UN longer than this many bytes are bulk data;
         Pixel Data, Float Pixel Data and Double Float Pixel Data always are.
@@ -160,10 +167,12 @@ def inspect_file(path: Path, *, bulk_threshold: int = 1024) -> InspectedInstance
         is missing or invalid (PS3.5 Section 9.1) or the file meta SOP Instance UID differs from
         the data set's.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as fp:
+    opened = open(path, "rb") if isinstance(path, Path) else path  # noqa: SIM115 - closed below
+    with opened as fp:
+        size = fp.seek(0, 2)
+        fp.seek(0)
         reader = _CutShortReader(fp)
-        ds = _read(reader, path, bulk_threshold)
+        ds = _read(reader, fp, bulk_threshold)
         try:
             result = _inspect(ds, fp, reader, size, bulk_threshold)
         except InvalidInstance:
@@ -238,7 +247,7 @@ class _CutShortReader:
         return data
 
 
-def _read(reader: _CutShortReader, path: Path, bulk_threshold: int) -> FileDataset:
+def _read(reader: _CutShortReader, fp: BinaryIO, bulk_threshold: int) -> FileDataset:
     try:
         return dcmread(reader, defer_size=bulk_threshold)  # type: ignore[arg-type]
     except InvalidDicomError:
@@ -251,7 +260,9 @@ def _read(reader: _CutShortReader, path: Path, bulk_threshold: int) -> FileDatas
     except Exception as exc:
         # Whatever pydicom trips over, an unknown transfer syntax is the likelier cause to report.
         try:
-            _transfer_syntax(read_file_meta_info(path))
+            fp.seek(0)
+            read_preamble(fp, False)
+            _transfer_syntax(_read_file_meta_info(fp))
         except InvalidInstance as meta_problem:
             raise meta_problem from exc
         except Exception:

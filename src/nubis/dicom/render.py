@@ -13,14 +13,19 @@ import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing
 
-from nubis.dicom.transcode import frame_array, frame_index, number_of_frames, read_header
+from nubis.dicom.transcode import (
+    Source,
+    frame_array,
+    frame_index,
+    number_of_frames,
+    read_header,
+)
 from nubis.errors import BadRequest, NotAcceptable
 
 __all__ = [
@@ -375,7 +380,7 @@ def _encode(image: Image.Image, pillow_format: str, quality: int | None) -> byte
     return buffer.getvalue()
 
 
-def _render(path: Path, frame_number: int | None, options: RenderOptions) -> bytes:
+def _render(path: Source, frame_number: int | None, options: RenderOptions) -> bytes:
     pillow_format = _pillow_format(options.media_type)
     header = read_header(path)
     if "Rows" not in header or "Columns" not in header:
@@ -390,7 +395,7 @@ def _render(path: Path, frame_number: int | None, options: RenderOptions) -> byt
     return _encode(image, pillow_format, options.quality)
 
 
-def render_frame(path: Path, frame_number: int, options: RenderOptions) -> bytes:
+def render_frame(path: Source, frame_number: int, options: RenderOptions) -> bytes:
     """Render one frame as a consumer image (PS3.18 8.3.5 rendered resources, 9 WADO-URI).
 
     Only the requested frame is decoded. Grayscale frames go through the Modality LUT (or
@@ -401,8 +406,8 @@ def render_frame(path: Path, frame_number: int, options: RenderOptions) -> bytes
 
     Parameters
     ----------
-    path : Path
-        A DICOM PS3.10 file.
+    path : Path or binary file
+        A DICOM PS3.10 file, or a seekable file object over one.
     frame_number : int
         1-based frame number.
     options : RenderOptions
@@ -424,13 +429,13 @@ def render_frame(path: Path, frame_number: int, options: RenderOptions) -> bytes
     return _render(path, frame_number, options)
 
 
-def render_thumbnail(path: Path, options: RenderOptions) -> bytes:
+def render_thumbnail(path: Source, options: RenderOptions) -> bytes:
     """Render the middle frame as a thumbnail (PS3.18 10.4.1.1.3 ``/thumbnail`` resources).
 
     Parameters
     ----------
-    path : Path
-        A DICOM PS3.10 file.
+    path : Path or binary file
+        A DICOM PS3.10 file, or a seekable file object over one.
     options : RenderOptions
         As for :func:`render_frame`; the viewport defaults to 128x128.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
@@ -43,6 +43,7 @@ from nubis.errors import BadRequest, NotAcceptable
 __all__ = [
     "SUPPORTED_TARGETS",
     "UNCOMPRESSED_SYNTAXES",
+    "Source",
     "can_transcode",
     "decode_frame",
     "encode_frame",
@@ -52,6 +53,25 @@ __all__ = [
     "read_header",
     "transcode_file",
 ]
+
+Source = Path | BinaryIO
+"""A stored instance: a local file, or a seekable binary file object over one (the blob
+store's :meth:`~nubis.ports.blobs.BlobStore.open`, which decrypts encrypted blobs on the fly);
+file objects are rewound before each parse and left open for the caller to close."""
+
+
+def _rewound(source: Source) -> Source:
+    if not isinstance(source, Path):
+        source.seek(0)
+    return source
+
+
+def _read_all(source: Source) -> bytes:
+    if isinstance(source, Path):
+        return source.read_bytes()
+    source.seek(0)
+    return source.read()
+
 
 #: Transfer syntaxes whose Pixel Data is native (not encapsulated) and which we can write.
 UNCOMPRESSED_SYNTAXES: frozenset[str] = frozenset(
@@ -130,13 +150,13 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return target_ts in SUPPORTED_TARGETS and _decodable(source_ts)
 
 
-def read_header(path: Path) -> FileDataset:
+def read_header(path: Source) -> FileDataset:
     """Read every element before the pixel data of the PS3.10 file at `path`.
 
     Parameters
     ----------
-    path : Path
-        A DICOM PS3.10 file.
+    path : Path or binary file
+        A DICOM PS3.10 file, or a seekable file object over one (see :data:`Source`).
 
     Returns
     -------
@@ -150,7 +170,7 @@ def read_header(path: Path) -> FileDataset:
         If the file is not a readable DICOM file.
     """
     try:
-        return dcmread(path, stop_before_pixels=True)
+        return dcmread(_rewound(path), stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
         raise NotAcceptable("stored instance is not a readable DICOM file") from exc
 
@@ -218,13 +238,13 @@ def _has_image(header: Dataset) -> bool:
     return "Rows" in header and "Columns" in header
 
 
-def frame_array(path: Path, header: Dataset, index: int, *, raw: bool = False) -> np.ndarray:
+def frame_array(path: Source, header: Dataset, index: int, *, raw: bool = False) -> np.ndarray:
     """Decode one frame of the instance at `path`, leaving all other frames untouched.
 
     Parameters
     ----------
-    path : Path
-        A DICOM PS3.10 file.
+    path : Path or binary file
+        A DICOM PS3.10 file, or a seekable file object over one (see :data:`Source`).
     header : pydicom.dataset.Dataset
         Its data set as returned by :func:`read_header`.
     index : int
@@ -248,8 +268,8 @@ def frame_array(path: Path, header: Dataset, index: int, *, raw: bool = False) -
     try:
         if source_ts == DeflatedExplicitVRLittleEndian:
             # Deflate has no random access: the whole data set is inflated anyway.
-            return pixel_array(dcmread(path), index=index, raw=raw)
-        return pixel_array(path, index=index, raw=raw)
+            return pixel_array(dcmread(_rewound(path)), index=index, raw=raw)
+        return pixel_array(_rewound(path), index=index, raw=raw)
     except AttributeError as exc:
         raise NotAcceptable("instance has no pixel data") from exc
     except (NotImplementedError, RuntimeError, ValueError) as exc:
@@ -280,7 +300,7 @@ def _native_frame_bytes(arr: np.ndarray, header: Dataset) -> bytes:
     return _little_endian_bytes(arr)
 
 
-def decode_frame(path: Path, frame_number: int) -> bytes:
+def decode_frame(path: Source, frame_number: int) -> bytes:
     """Return one frame as uncompressed little endian bytes (PS3.18 8.7.3.3.2 octet-stream).
 
     The bytes are those the frame has in :func:`transcode_file` ``(path, "1.2.840.10008.1.2.1")``:
@@ -290,8 +310,8 @@ def decode_frame(path: Path, frame_number: int) -> bytes:
 
     Parameters
     ----------
-    path : Path
-        A DICOM PS3.10 file.
+    path : Path or binary file
+        A DICOM PS3.10 file, or a seekable file object over one (see :data:`Source`).
     frame_number : int
         1-based frame number.
 
@@ -334,13 +354,13 @@ def _pixel_options(header: Dataset, arr: np.ndarray) -> dict[str, Any]:
     }
 
 
-def encode_frame(path: Path, frame_number: int, target_ts: str) -> bytes:
+def encode_frame(path: Source, frame_number: int, target_ts: str) -> bytes:
     """Return one frame in `target_ts` (PS3.18 8.7.3.5, frame retrieval with image media types).
 
     Parameters
     ----------
-    path : Path
-        A DICOM PS3.10 file.
+    path : Path or binary file
+        A DICOM PS3.10 file, or a seekable file object over one (see :data:`Source`).
     frame_number : int
         1-based frame number.
     target_ts : str
@@ -377,8 +397,8 @@ def encode_frame(path: Path, frame_number: int, target_ts: str) -> bytes:
         raise _refusal(source_ts, target_ts, "pixel data not encodable") from exc
 
 
-def _stored_codestream(path: Path, header: Dataset, index: int) -> bytes:
-    ds = dcmread(path)
+def _stored_codestream(path: Source, header: Dataset, index: int) -> bytes:
+    ds = dcmread(_rewound(path))
     if "PixelData" not in ds:
         raise NotAcceptable("instance has no pixel data")
     frames: Iterator[bytes] = generate_frames(
@@ -445,13 +465,13 @@ def _record_lossy_source(ds: Dataset, source_ts: str, compressed_length: int) ->
         ds.LossyImageCompressionRatio = f"{ratio:.4g}"[:16]
 
 
-def transcode_file(path: Path, target_ts: str) -> bytes:
+def transcode_file(path: Source, target_ts: str) -> bytes:
     """Return the instance at `path` as a PS3.10 file in `target_ts` (PS3.18 8.7.3.5).
 
     Parameters
     ----------
-    path : Path
-        A DICOM PS3.10 file.
+    path : Path or binary file
+        A DICOM PS3.10 file, or a seekable file object over one (see :data:`Source`).
     target_ts : str
         Transfer Syntax UID to produce, one of :data:`SUPPORTED_TARGETS`.
 
@@ -475,12 +495,12 @@ def transcode_file(path: Path, target_ts: str) -> bytes:
     header = read_header(path)
     source_ts = _transfer_syntax(header)
     if source_ts == target_ts:
-        return path.read_bytes()
+        return _read_all(path)
     if target_ts not in SUPPORTED_TARGETS:
         raise _refusal(source_ts, target_ts, "target transfer syntax not supported")
 
     try:
-        ds = dcmread(path)
+        ds = dcmread(_rewound(path))
     except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
         raise NotAcceptable("stored instance is not a readable DICOM file") from exc
 

@@ -344,7 +344,7 @@ class Handlers:
     def _dataset(self, inst: StoredInstance, accepted: dict[str, set[str]]) -> Dataset:
         """The object to send, checked against its SHA-256; converted only if the peer must
         have another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted)."""
-        data = self.archive.blobs.read(inst.blob_key)
+        data = self.archive.retrieve.read(inst)
         if len(data) != inst.size or hashlib.sha256(data).hexdigest() != inst.sha256:
             log.error(
                 "blob %s of %s fails its SHA-256; not sent", inst.blob_key, inst.sop_instance_uid
@@ -355,9 +355,8 @@ class Handlers:
             return dcmread(io.BytesIO(data))
         for target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *sorted(syntaxes)):
             if target in syntaxes and transcode.can_transcode(inst.transfer_syntax_uid, target):
-                path = self.archive.blobs.local_path(inst.blob_key)
-                if path is not None:
-                    return dcmread(io.BytesIO(transcode.transcode_file(path, target)))
+                converted = transcode.transcode_file(io.BytesIO(data), target)
+                return dcmread(io.BytesIO(converted))
         raise NubisError(
             f"the peer accepts no transfer syntax {inst.sop_instance_uid} can be sent in"
         )
@@ -538,10 +537,10 @@ class Handlers:
             return CLASS_INSTANCE_CONFLICT
         digest, size = hashlib.sha256(), 0
         try:
-            for chunk in self.archive.blobs.iter_chunks(inst.blob_key):
+            for chunk in self.archive.retrieve.read_range(inst, 0, None):
                 digest.update(chunk)
                 size += len(chunk)
-        except (OSError, KeyError):
+        except (OSError, KeyError, NubisError):  # NubisError: unreadable blob or key erased
             return PROCESSING_FAILURE
         if size != inst.size or digest.hexdigest() != inst.sha256:
             log.error("storage commitment: blob of %s fails its SHA-256", sop_uid)

@@ -4,14 +4,20 @@ A blob store is not a filesystem: it offers create-once puts, ranged reads, dele
 nothing else. Keys are opaque and chosen by the caller (the index owns them); a backend must
 never derive meaning from a key. Implementations are synchronous: the services run in worker
 threads (see docs/architecture.md).
+
+Every put and read names the object the blob belongs to (:class:`BlobContext`). A plain store
+ignores it; the encrypted store (nubis.blobs.encrypted) binds it to the ciphertext, so a blob
+read as any other object than the one it was written for fails instead of returning its bytes.
+The services pass it and otherwise do not know whether blobs are encrypted.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,65 @@ class BlobInfo:
     modified_at: float
 
 
+@dataclass(frozen=True)
+class BlobContext:
+    """The object a blob holds, as the index knows it.
+
+    ``patient_id`` chooses the patient key on a put (crypto-shredding, nubis.ports.keys) and is
+    not needed to read: the blob's header names its key. Everything else is authenticated
+    (:meth:`associated_data`) on put and checked on every read.
+    """
+
+    partition: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sha256: str
+    patient_id: str | None = None
+
+    def associated_data(self) -> bytes:
+        # Length-prefixed, so no two different contexts encode alike.
+        fields = (self.partition, self.study_uid, self.series_uid, self.sop_instance_uid)
+        out = bytearray(b"nubis object v1")
+        for text in (*fields, self.sha256):
+            raw = text.encode()
+            out += struct.pack(">H", len(raw)) + raw
+        return bytes(out)
+
+
+class LocalFile(Protocol):
+    """A local file handed to :meth:`BlobStore.put_file` (a spooled object).
+
+    ``seal`` is None for plaintext bytes. A spool may encrypt as the bytes arrive
+    (nubis.services.spool): then ``seal`` holds what only the encrypted store understands, and
+    :meth:`open` returns the decrypted plaintext.
+    """
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def seal(self) -> object | None: ...
+
+    def open(self) -> BinaryIO:
+        """The plaintext, seekable."""
+
+
+@dataclass(frozen=True)
+class PlainFile:
+    """A plaintext local file (:class:`LocalFile` without a seal)."""
+
+    path: Path
+    size: int
+    seal: None = None
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+
 class BlobNotFound(KeyError):
     """No blob under that key."""
 
@@ -42,20 +107,30 @@ class BlobStore(Protocol):
     def new_key(self) -> str:
         """A fresh, opaque, collision-free key."""
 
-    def put_file(self, key: str, source: Path) -> None:
-        """Durably store the local file ``source`` under ``key`` (create only); ``source`` is
+    def put_file(self, key: str, source: LocalFile, *, context: BlobContext) -> None:
+        """Durably store the local file ``source`` under ``key`` (create only); the file is
         consumed (moved or deleted). Returns only once the bytes would survive a crash."""
 
-    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+    def read(
+        self, key: str, start: int = 0, length: int | None = None, *, context: BlobContext
+    ) -> bytes:
         """Bytes ``[start, start + length)`` of the blob (to its end when ``length`` is None)."""
 
     def iter_chunks(
-        self, key: str, start: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+        self,
+        key: str,
+        start: int = 0,
+        length: int | None = None,
+        chunk_size: int = 1 << 20,
+        *,
+        context: BlobContext,
     ) -> Iterator[bytes]:
-        """Stream a byte range of the blob in chunks."""
+        """Stream a byte range of the blob in chunks. A missing blob or a key failure raises
+        here, before the first chunk; a damaged one may raise while streaming."""
 
-    def local_path(self, key: str) -> Path | None:
-        """A local file holding the blob, for decoders that need a path; None if remote."""
+    def open(self, key: str, *, context: BlobContext) -> BinaryIO:
+        """A seekable binary file object over the blob's bytes, for decoders (pydicom) that
+        read where they like; the caller closes it."""
 
     def delete(self, key: str) -> None:
         """Remove the blob; deleting a missing key is not an error."""

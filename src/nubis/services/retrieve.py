@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 
@@ -20,7 +20,7 @@ from nubis.dicom.inspect import BULK_URI_MARKER
 from nubis.errors import NotAcceptable, NotFound, NubisError
 from nubis.index.database import Index
 from nubis.model.records import StoredInstance
-from nubis.ports.blobs import BlobStore
+from nubis.ports.blobs import BlobContext, BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +53,25 @@ class RetrieveService:
         """The PS3.10 file, as stored (``*`` or the stored syntax) or transcoded."""
         if transfer_syntax in (AS_STORED, inst.transfer_syntax_uid):
             if not self.verify_reads:
-                return self.blobs.iter_chunks(inst.blob_key)
+                return self.blobs.iter_chunks(inst.blob_key, context=blob_context(inst))
             return self._verified_chunks(inst)
         if not transcode.can_transcode(inst.transfer_syntax_uid, transfer_syntax):
             raise NotAcceptable(
                 f"instance {inst.sop_instance_uid} is stored in {inst.transfer_syntax_uid} and "
                 f"cannot be converted to {transfer_syntax}"
             )
-        return iter((transcode.transcode_file(self._path(inst), transfer_syntax),))
+        with self.open(inst) as source:
+            return iter((transcode.transcode_file(source, transfer_syntax),))
 
     def _verified_chunks(self, inst: StoredInstance) -> Iterator[bytes]:
+        # Opened here, not in the generator, so a missing blob or key fails before streaming.
+        chunks = self.blobs.iter_chunks(inst.blob_key, context=blob_context(inst))
+        return self._verify(inst, chunks)
+
+    def _verify(self, inst: StoredInstance, chunks: Iterator[bytes]) -> Iterator[bytes]:
         digest = hashlib.sha256()
         size = 0
-        for chunk in self.blobs.iter_chunks(inst.blob_key):
+        for chunk in chunks:
             digest.update(chunk)
             size += len(chunk)
             if size == inst.size and digest.hexdigest() != inst.sha256:
@@ -77,11 +83,14 @@ class RetrieveService:
             log.error("blob %s has %d bytes, index says %d", inst.blob_key, size, inst.size)
             raise BlobCorrupted("stored object failed its integrity check")
 
-    def _path(self, inst: StoredInstance) -> Path:
-        path = self.blobs.local_path(inst.blob_key)
-        if path is None:
-            raise NotAcceptable("conversion needs a local copy, which this store cannot give")
-        return path
+    def open(self, inst: StoredInstance) -> BinaryIO:
+        """The stored PS3.10 file as a seekable file object (plaintext; the caller closes it),
+        for decoders that read where they like."""
+        return self.blobs.open(inst.blob_key, context=blob_context(inst))
+
+    def read(self, inst: StoredInstance, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``[offset, offset + length)`` of the stored object (frames, bulk data)."""
+        return self.blobs.read(inst.blob_key, offset, length, context=blob_context(inst))
 
     # ------------------------------------------------------------------ metadata
     def metadata(
@@ -113,9 +122,11 @@ class RetrieveService:
         index = inst.frames
         if index is None:
             return self.decoded_frames(inst, numbers)
+        context = blob_context(inst)
         return [
             b"".join(
-                self.blobs.read(inst.blob_key, offset, length) for offset, length in index[n - 1]
+                self.blobs.read(inst.blob_key, offset, length, context=context)
+                for offset, length in index[n - 1]
             )
             for n in numbers
         ]
@@ -123,8 +134,8 @@ class RetrieveService:
     def decoded_frames(self, inst: StoredInstance, numbers: list[int]) -> list[bytes]:
         """Frames decoded to native little-endian pixels (for application/octet-stream)."""
         _check_frame_numbers(inst, numbers)
-        path = self._path(inst)
-        return [transcode.decode_frame(path, n) for n in numbers]
+        with self.open(inst) as source:
+            return [transcode.decode_frame(source, n) for n in numbers]
 
     def bulk(self, inst: StoredInstance, path: str) -> tuple[int, int]:
         """(offset, length) of a bulk data value in the blob."""
@@ -140,7 +151,8 @@ class RetrieveService:
 
         ``path`` is the bulk path of the metadata (``TAG`` or ``TAG/item/TAG...``).
         """
-        ds = dcmread(self._path(inst))
+        with self.open(inst) as source:
+            ds = dcmread(source)
         parts = path.split("/")
         try:
             node = ds
@@ -155,21 +167,28 @@ class RetrieveService:
             raise NotFound(f"instance {inst.sop_instance_uid} has no bulk data at {path!r}")
         return value
 
-    def read_range(self, inst: StoredInstance, offset: int, length: int) -> Iterator[bytes]:
-        return self.blobs.iter_chunks(inst.blob_key, offset, length)
+    def read_range(self, inst: StoredInstance, offset: int, length: int | None) -> Iterator[bytes]:
+        return self.blobs.iter_chunks(inst.blob_key, offset, length, context=blob_context(inst))
 
     # ------------------------------------------------------------------ rendered
     def rendered(
         self, inst: StoredInstance, frame_number: int | None, options: render.RenderOptions
     ) -> bytes:
-        path = self._path(inst)
-        if frame_number is None:
-            return render.render_frame(path, 1, options)
-        _check_frame_numbers(inst, [frame_number])
-        return render.render_frame(path, frame_number, options)
+        if frame_number is not None:
+            _check_frame_numbers(inst, [frame_number])
+        with self.open(inst) as source:
+            return render.render_frame(source, frame_number or 1, options)
 
     def thumbnail(self, inst: StoredInstance, options: render.RenderOptions) -> bytes:
-        return render.render_thumbnail(self._path(inst), options)
+        with self.open(inst) as source:
+            return render.render_thumbnail(source, options)
+
+
+def blob_context(inst: StoredInstance) -> BlobContext:
+    """The identity an instance's blob is bound to (checked by an encrypted store)."""
+    return BlobContext(
+        inst.partition, inst.study_uid, inst.series_uid, inst.sop_instance_uid, inst.sha256
+    )
 
 
 def _check_frame_numbers(inst: StoredInstance, numbers: list[int]) -> None:

@@ -22,7 +22,7 @@ from nubis.index.database import Index
 from nubis.index.schema import series, studies
 from nubis.model.query import fold_person_name
 from nubis.model.records import NewInstance, StoreResult
-from nubis.ports.blobs import BlobStore
+from nubis.ports.blobs import BlobContext, BlobStore
 from nubis.services.spool import SpooledFile
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class StoreService:
         """
         inspected: InspectedInstance | None = None
         try:
-            inspected = inspect_file(spooled.path, bulk_threshold=self.bulk_threshold)
+            inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
             if (
                 expected_study_uid is not None
                 and inspected.study_instance_uid != expected_study_uid
@@ -87,8 +87,16 @@ class StoreService:
         self, spooled: SpooledFile, inspected: InspectedInstance, partition: str
     ) -> StoreResult:
         key = self.blobs.new_key()
+        context = BlobContext(
+            partition,
+            inspected.study_instance_uid,
+            inspected.series_instance_uid,
+            inspected.sop_instance_uid,
+            spooled.sha256,
+            patient_id=_json_text(inspected.metadata, "PatientID") or "",
+        )
         try:
-            self.blobs.put_file(key, spooled.path)
+            self.blobs.put_file(key, spooled, context=context)
         except OSError as exc:
             raise StorageUnavailable(
                 f"the blob store could not take the object: {exc.strerror}"

@@ -188,7 +188,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     if inflated is not None:
         data = inflated[offset : offset + length]
     else:
-        data = await run_in_threadpool(archive.blobs.read, inst.blob_key, offset, length)
+        data = await run_in_threadpool(archive.retrieve.read, inst, offset, length)
     if choice.media_type == "application/octet-stream":
         return Response(data, status_code=status, media_type="application/octet-stream")
     return _multipart_response([data], "application/octet-stream", None, status)
