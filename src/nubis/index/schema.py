@@ -173,14 +173,61 @@ audit_cursors = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+# Identity (nubis.security): local users, API keys and per-patient / per-study grants. A user
+# belongs to one tenant (= the ``partition`` of the studies it may see); ``roles`` is a
+# comma-separated list of built-in role names (nubis.security.policy). Passwords are argon2id
+# hashes; an API key is stored only as the SHA-256 of the key, which is a high-entropy secret,
+# so a stolen index does not give working keys.
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("roles", String(256), nullable=False),
+    Column("password_hash", String(256)),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("user_name", String(128), nullable=False),
+    Column("label", String(256), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger),
+    Column("revoked_at", BigInteger),
+)
+Index("ix_api_keys_user", api_keys.c.user_name)
+
+# A grant lets ``subject`` (a user name, or ``oidc:<sub>``) see one patient's studies or one
+# study in ``tenant``; exactly one of patient_id / study_uid is set. Scope-limited roles
+# (referrer) see only what is granted; QIDO-RS joins this table, so paging stays exact.
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject", String(256), nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("patient_id", String(64)),
+    Column("study_uid", UID),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("subject", "tenant", "patient_id", "study_uid", name="uq_grants"),
+)
+Index("ix_grants_subject", grants.c.subject, grants.c.tenant)
+
 __all__ = [
+    "api_keys",
     "audit_checkpoints",
     "audit_cursors",
     "audit_log",
     "doomed_blobs",
+    "grants",
     "instances",
     "metadata",
     "series",
     "series_requests",
     "studies",
+    "users",
 ]
