@@ -78,12 +78,16 @@ async def retrieve_instances(request: Request) -> Response:
                     f"and cannot be sent in {target}; ask for transfer-syntax=* to get it as stored"
                 )
 
+    # Open the first object before answering: an unreadable blob or an erased key is then an
+    # error response (500, 410, 424), not a 200 whose stream is cut short.
+    first = await run_in_threadpool(archive.retrieve.instance_chunks, found[0], target)
+
     def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-        for inst in found:
+        for position, inst in enumerate(found):
             syntax = inst.transfer_syntax_uid if target == ANY_TRANSFER_SYNTAX else target
             yield (
                 {"Content-Type": f"application/dicom; transfer-syntax={syntax}"},
-                archive.retrieve.instance_chunks(inst, target),
+                first if position == 0 else archive.retrieve.instance_chunks(inst, target),
             )
 
     boundary = new_boundary()
