@@ -44,16 +44,16 @@ def _encrypt(key: SegmentKey, data: bytes, piece: int = 7919) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.parametrize("piece", [7919, S, 3 * S + 1])
 @pytest.mark.parametrize("size", SIZES)
-def test_segments_round_trip_around_boundaries(size: int) -> None:
+def test_segments_round_trip_around_boundaries(size: int, piece: int) -> None:
     key = SegmentKey.new()
     data = os.urandom(size)
-    body = _encrypt(key, data)
+    body = _encrypt(key, data, piece)
     assert len(body) == ciphertext_size(size)
-    assert (
-        b"".join(decrypt_stream(key, size, [body[i : i + 1000] for i in range(0, len(body), 1000)]))
-        == data
-    )
+    for step in (1000, S + TAG_SIZE, 2 * (S + TAG_SIZE) + 7):
+        pieces = [body[i : i + step] for i in range(0, len(body), step)]
+        assert b"".join(decrypt_stream(key, size, pieces)) == data
     reader = SegmentReader(io.BytesIO(body), key, body_offset=0, size=size)
     assert reader.read_range(0) == data
     for start, length in [(0, 1), (S - 3, 7), (S, S), (size // 2, S + 10), (size, 4)]:

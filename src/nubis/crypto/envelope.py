@@ -258,20 +258,24 @@ class SegmentWriter:
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
-        self._buffer += data
         self.size += len(data)
         seg = self._key.segment_size
-        if len(self._buffer) <= seg:
-            return
-        # Encrypt every full segment but keep at least one byte back (see the class docstring).
-        full = (len(self._buffer) - 1) // seg
-        view = memoryview(self._buffer)
-        try:
-            for i in range(full):
-                self._emit(view[i * seg : (i + 1) * seg], final=False)
-        finally:
-            view.release()
-        del self._buffer[: full * seg]
+        view = memoryview(data)
+        if self._buffer:
+            # Top the held-back bytes up to one segment; emit it only if more bytes follow.
+            take = min(len(view), seg - len(self._buffer)) if len(self._buffer) < seg else 0
+            self._buffer += view[:take]
+            view = view[take:]
+            if not view:
+                return
+            self._emit(self._buffer, final=False)
+            self._buffer = bytearray()
+        # Encrypt straight from the caller's buffer, keeping back at least one byte (see the
+        # class docstring): no copy of the plaintext but the held-back tail.
+        full = (len(view) - 1) // seg if view else 0
+        for i in range(full):
+            self._emit(view[i * seg : (i + 1) * seg], final=False)
+        self._buffer = bytearray(view[full * seg :])
 
     def finish(self) -> int:
         """Write the final segment; returns the plaintext size."""
@@ -279,11 +283,11 @@ class SegmentWriter:
         self._buffer = bytearray()
         return self.size
 
-    def _emit(self, plaintext: bytes | memoryview, *, final: bool) -> None:
+    def _emit(self, plaintext: bytes | bytearray | memoryview, *, final: bool) -> None:
         if self._index >= _MAX_SEGMENTS:
             raise ValueError("object too large for one encrypted blob")
         nonce = self._key.nonce(self._index, final)
-        self._sink(self._cipher.encrypt(nonce, bytes(plaintext), SEGMENT_AAD))
+        self._sink(self._cipher.encrypt(nonce, plaintext, SEGMENT_AAD))
         self._index += 1
 
 
@@ -441,14 +445,27 @@ def open_plain(reader: SegmentReader, buffer_size: int = SEGMENT_SIZE) -> io.Buf
     return io.BufferedReader(reader, buffer_size=buffer_size)
 
 
-def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Regroup a byte stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
+def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes | memoryview]:
+    """Regroup a byte stream into pieces of exactly ``size`` bytes (the last may be shorter).
+
+    Pieces are views into the incoming chunks where they align (a file store reading whole
+    batches of segments), so the common case copies nothing.
+    """
     pending = bytearray()
     for chunk in chunks:
-        pending += chunk
-        while len(pending) >= size:
-            yield bytes(pending[:size])
-            del pending[:size]
+        view = memoryview(chunk)
+        if pending:
+            take = min(len(view), size - len(pending))
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) < size:
+                continue
+            yield bytes(pending)
+            pending = bytearray()
+        whole = len(view) // size
+        for i in range(whole):
+            yield view[i * size : (i + 1) * size]
+        pending += view[whole * size :]
     if pending:
         yield bytes(pending)
 
