@@ -24,6 +24,9 @@ import pytest
 # one to start would fail to bind it. Servers inherit this environment; the DIMSE tests pass
 # --dimse-port with a free port of their own.
 os.environ.setdefault("NUBIS_DIMSE_PORT", "0")
+# Authentication is on by default, also on loopback: test servers get a bootstrap admin key
+# (the same value as integration.ADMIN_TOKEN, which clients send) instead of printing one.
+os.environ.setdefault("NUBIS_ADMIN_TOKEN", "nubis-test-admin-token-0123456789abcdef")
 
 _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0

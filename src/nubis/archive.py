@@ -13,7 +13,12 @@ from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.security.audit import AuditTrail
 from nubis.security.audit_export import SyslogForwarder
+from nubis.security.authn import Authenticator, OidcVerifier
+from nubis.security.policy import AuthPolicy, parse_roles
+from nubis.security.users import UserStore
+from nubis.services.guard import Guard
 from nubis.services.maintenance import Maintenance
+from nubis.services.query import QueryService
 from nubis.services.retrieve import RetrieveService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
@@ -39,16 +44,6 @@ class Archive:
         self.keys, self.blobs = _blob_store(settings)
         # A sealed spool is encrypted as it arrives: plaintext never reaches the disk.
         self.spool = Spool(settings.spool_dir, sealed=settings.encrypt_at_rest)
-        self.store = StoreService(
-            self.index,
-            self.blobs,
-            overwrite=settings.on_conflict == "overwrite",
-            bulk_threshold=settings.bulk_threshold,
-        )
-        self.retrieve = RetrieveService(self.index, self.blobs, verify_reads=settings.verify_reads)
-        self.maintenance = Maintenance(
-            self.index, self.blobs, orphan_grace_seconds=settings.orphan_grace_seconds
-        )
         # Services record every access here (fail closed: see nubis.security.audit).
         self.audit = AuditTrail(
             self.index,
@@ -56,6 +51,29 @@ class Archive:
             source_id=settings.audit_source,
             checkpoint_every=settings.audit_checkpoint_records,
             checkpoint_seconds=settings.audit_checkpoint_seconds,
+        )
+        # Every service decides with the same policy and records through the same trail, so
+        # DICOMweb, DIMSE and the CLI obey one rule (nubis.services.guard).
+        self.policy = AuthPolicy(break_glass_roles=parse_roles(settings.break_glass_roles))
+        self.guard = Guard(self.policy, self.audit)
+        self.users = UserStore(self.index)
+        self.authn = Authenticator(self.users, OidcVerifier.from_settings(settings))
+        self.store = StoreService(
+            self.index,
+            self.blobs,
+            guard=self.guard,
+            overwrite=settings.on_conflict == "overwrite",
+            bulk_threshold=settings.bulk_threshold,
+        )
+        self.retrieve = RetrieveService(
+            self.index, self.blobs, guard=self.guard, verify_reads=settings.verify_reads
+        )
+        self.query = QueryService(self.index, self.guard)
+        self.maintenance = Maintenance(
+            self.index,
+            self.blobs,
+            guard=self.guard,
+            orphan_grace_seconds=settings.orphan_grace_seconds,
         )
         self.audit_forwarder = (
             SyslogForwarder(
@@ -70,6 +88,7 @@ class Archive:
             if settings.audit_syslog
             else None
         )
+        self.first_login_key: str | None = None
         self.ready = False
 
     @property
@@ -84,6 +103,7 @@ class Archive:
         """
         self.index.migrate()
         self.index.open()
+        self.first_login_key = self._bootstrap_identity()
         leftovers = self.spool.clear()
         if leftovers:
             log.info("removed %d spool file(s) left by an interrupted run", leftovers)
@@ -95,6 +115,14 @@ class Archive:
                 report.doomed_deleted,
             )
         self.index.close()
+
+    def _bootstrap_identity(self) -> str | None:
+        """Apply admin_token, and on a fresh archive make the first admin key (returned once,
+        for ``nubis serve`` to print; only its hash is kept)."""
+        self.users.ensure_admin_token(self.settings.admin_token)
+        if not self.settings.auth:
+            return None
+        return self.users.bootstrap()
 
     def start(self) -> None:
         """Open for traffic (in each worker process)."""

@@ -178,6 +178,79 @@ class Settings:
     audit_syslog_key: str = _setting(
         "", "PEM private key of audit_syslog_cert. Empty: the key is in the certificate file."
     )
+    auth: bool = _setting(
+        True,
+        "Require authentication on HTTP (HTTP Basic, API keys, OIDC bearer tokens). Off only "
+        "on a loopback host, for development: every caller is then an admin.",
+    )
+    admin_token: str = _setting(
+        "",
+        "Bootstrap admin API key for automation (at least 32 characters): user 'admin' may "
+        "authenticate with 'Authorization: Bearer <token>'. Only its SHA-256 is stored; "
+        "removing the setting revokes it. Empty: none.",
+    )
+    api_key_days: int = _setting(
+        90, "Lifetime of API keys made by POST /-/login and nubis apikeys create (0: no expiry)."
+    )
+    tls_cert: str = _setting(
+        "",
+        "PEM certificate chain for HTTPS (TLS 1.2 and 1.3 only). Empty: plain HTTP, allowed "
+        "only on a loopback host.",
+    )
+    tls_key: str = _setting(
+        "", "PEM private key of tls_cert. Empty: the key is in the certificate file."
+    )
+    oidc_issuer: str = _setting(
+        "",
+        "OpenID Connect issuer whose bearer tokens (JWT) are accepted, e.g. "
+        "https://login.example.org/realms/x; must equal the tokens' iss. Empty: no OIDC.",
+    )
+    oidc_audience: str = _setting(
+        "", "Audience the OIDC tokens must name in aud (this archive's client id)."
+    )
+    oidc_jwks_url: str = _setting(
+        "",
+        "URL of the issuer's JSON Web Key Set. Empty: jwks_uri from the issuer's "
+        "/.well-known/openid-configuration.",
+    )
+    oidc_algorithms: str = _setting(
+        "RS256,ES256",
+        "Signature algorithms accepted for OIDC tokens (comma-separated; 'none' and HMAC "
+        "algorithms are refused).",
+    )
+    oidc_roles_claim: str = _setting(
+        "roles",
+        "Claim holding the caller's roles or groups (dotted path, e.g. realm_access.roles); "
+        "a list or a space/comma-separated string.",
+    )
+    oidc_role_map: str = _setting(
+        "",
+        "Map claim values to nubis roles: 'group=role,group2=role2'. Empty: claim values that "
+        "are nubis role names are used as they are.",
+    )
+    oidc_tenant_claim: str = _setting(
+        "",
+        "Claim naming the caller's tenant (dotted path). Empty: every OIDC caller is in "
+        "oidc_tenant.",
+    )
+    oidc_tenant: str = _setting("default", "Tenant of OIDC callers whose token names none.")
+    oidc_leeway_seconds: int = _setting(
+        60, "Clock skew allowed when checking the exp, nbf and iat of OIDC tokens."
+    )
+    break_glass_roles: str = _setting(
+        "radiologist,referrer",
+        "Roles that may ask for emergency read access to their whole tenant with the header "
+        "'X-Nubis-Break-Glass: <reason>' (logged at WARNING and audited). Empty: nobody.",
+    )
+    dimse_tenant: str = _setting(
+        "default", "Tenant (partition) of DIMSE callers that dimse_principals does not map."
+    )
+    dimse_principals: str = _setting(
+        "",
+        "DIMSE callers as principals: 'AE=tenant:role,AE2@host=tenant:role'. Unlisted callers "
+        "are in dimse_tenant with role radiologist if the peer table lets them query or "
+        "retrieve, else modality (store only).",
+    )
     log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -312,3 +385,33 @@ def _validate(settings: Settings) -> None:
         )
     if settings.bulk_threshold < 0:
         raise SettingsError("bulk_threshold must be >= 0")
+    _validate_security(settings)
+
+
+def _validate_security(settings: Settings) -> None:
+    # Imported here: the policy module needs nothing from config, but keep config importable
+    # without the security package's dependencies resolved first.
+    from nubis.security.policy import parse_roles
+
+    if settings.admin_token and len(settings.admin_token) < 32:
+        raise SettingsError(
+            "admin_token must be at least 32 characters (e.g. from `openssl rand -hex 32`); "
+            "a short token can be guessed"
+        )
+    if settings.api_key_days < 0:
+        raise SettingsError("api_key_days must be >= 0")
+    if settings.tls_key and not settings.tls_cert:
+        raise SettingsError("tls_key is set but tls_cert is not")
+    if settings.oidc_issuer and not settings.oidc_audience:
+        raise SettingsError("oidc_issuer needs oidc_audience (the audience tokens must name)")
+    algorithms = [a.strip() for a in settings.oidc_algorithms.split(",") if a.strip()]
+    weak = [a for a in algorithms if a.lower() == "none" or a.upper().startswith("HS")]
+    if weak or not algorithms:
+        raise SettingsError(
+            f"oidc_algorithms: refused {', '.join(weak) or 'an empty list'}; use asymmetric "
+            "algorithms such as RS256, PS256, ES256, EdDSA"
+        )
+    try:
+        parse_roles(settings.break_glass_roles)
+    except ValueError as exc:
+        raise SettingsError(f"break_glass_roles: {exc}") from None

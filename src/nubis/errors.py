@@ -36,6 +36,22 @@ class NotFound(NubisError):
     dimse_status = 0xC000
 
 
+class Unauthorized(NubisError):
+    """No credentials, or credentials that do not authenticate (unknown, expired, revoked,
+    bad signature). HTTP 401 with a WWW-Authenticate challenge."""
+
+    http_status = 401
+    dimse_status = 0x0124  # Refused: not authorized (PS3.7 Annex C)
+
+
+class Forbidden(NubisError):
+    """Authenticated, but no role of the caller allows the action (whatever the resource, so
+    the refusal says nothing about what exists; out-of-scope studies are NotFound)."""
+
+    http_status = 403
+    dimse_status = 0x0124  # Refused: not authorized (PS3.7 Annex C)
+
+
 class NotAcceptable(NubisError):
     """No representation the client accepts can be produced (PS3.18 8.7.5)."""
 

@@ -19,6 +19,11 @@ from nubis.tools import synth
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
+# Test servers start with this bootstrap admin key (NUBIS_ADMIN_TOKEN, set in tests/conftest.py):
+# authentication is on by default, also on loopback, so every client sends it.
+ADMIN_TOKEN = "nubis-test-admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 def encode(ds: Dataset) -> bytes:
     """The bytes dicomweb-client sends for ``ds`` (it calls pydicom.dcmwrite with defaults)."""

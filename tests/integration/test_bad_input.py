@@ -19,7 +19,7 @@ import requests
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 
-from integration import DicomFile, encode, multipart_parts
+from integration import AUTH, DicomFile, encode, multipart_parts
 from nubis.tools import synth
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def stow(
     server: LiveServer, body: bytes, *, study: str | None = None, content_type: str = STOW_CT
 ) -> requests.Response:
     url = f"{server.dicomweb}/studies" + (f"/{study}" if study else "")
-    return requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=60)
+    return requests.post(url, data=body, headers={**AUTH, "Content-Type": content_type}, timeout=60)
 
 
 def stow_result(server: LiveServer, response: requests.Response) -> tuple[list[str], list[int]]:
@@ -92,14 +92,16 @@ def stow_result(server: LiveServer, response: requests.Response) -> tuple[list[s
 
 def retrieve_as_stored(server: LiveServer, f: DicomFile) -> bytes:
     url = f"{server.dicomweb}/studies/{f.study_uid}/series/{f.series_uid}/instances/{f.sop_uid}"
-    response = requests.get(url, headers={"Accept": AS_STORED}, timeout=60)
+    response = requests.get(url, headers={**AUTH, "Accept": AS_STORED}, timeout=60)
     assert response.status_code == 200, response.text
     [(_, data)] = multipart_parts(response.headers["content-type"], response.content)
     return data
 
 
 def count_instances(server: LiveServer, **filters: str) -> int:
-    response = requests.get(f"{server.dicomweb}/instances", params=filters, timeout=30)
+    response = requests.get(
+        f"{server.dicomweb}/instances", params=filters, timeout=30, headers=AUTH
+    )
     assert response.status_code == 200, response.text
     return len(response.json())
 
@@ -321,7 +323,9 @@ def test_wrong_content_type_is_415(
 
 def test_missing_content_type_is_415(server: LiveServer, spare: list[DicomFile]) -> None:
     """PS3.18 10.5.1: without a Content-Type the body cannot be understood."""
-    response = requests.post(f"{server.dicomweb}/studies", data=spare[0].data, timeout=30)
+    response = requests.post(
+        f"{server.dicomweb}/studies", data=spare[0].data, timeout=30, headers=AUTH
+    )
     assert_error(server, response, 415)
 
 
@@ -406,7 +410,7 @@ def test_hostile_uid_in_url_is_400_or_404(
     names no resource; the answer is 400 (or 404), never 500, never a file of the server."""
     for url in _resource_urls(server, baseline[0], uid):
         for method in ("GET", "DELETE"):
-            response = requests.request(method, url, timeout=30)
+            response = requests.request(method, url, timeout=30, headers=AUTH)
             assert response.status_code in (400, 404, 405), (method, url, response.status_code)
             if response.status_code != 405:
                 assert_error(server, response, 400, 404)
@@ -428,7 +432,7 @@ def test_hostile_uid_in_wado_uri_is_400(
         {"studyUID": study, "seriesUID": series, "objectUID": uid},
     ):
         response = requests.get(
-            f"{server.url}/wado", params={"requestType": "WADO", **params}, timeout=30
+            f"{server.url}/wado", params={"requestType": "WADO", **params}, timeout=30, headers=AUTH
         )
         assert_error(server, response, 400)
 
@@ -444,7 +448,7 @@ def test_hostile_uid_in_wado_uri_is_400(
 )
 def test_incomplete_wado_uri_is_400(server: LiveServer, params: dict[str, str]) -> None:
     """PS3.18 9.1.2.1: requestType=WADO and the three UIDs are required."""
-    response = requests.get(f"{server.url}/wado", params=params, timeout=30)
+    response = requests.get(f"{server.url}/wado", params=params, timeout=30, headers=AUTH)
     assert_error(server, response, 400)
 
 
@@ -456,7 +460,7 @@ def test_unknown_but_valid_uids_are_404(server: LiveServer, baseline: list[Dicom
         f"{server.dicomweb}/studies/{study}/series/1.2.3.4",
         f"{server.dicomweb}/studies/{study}/series/{series}/instances/1.2.3/metadata",
     ):
-        assert_error(server, requests.get(url, timeout=30), 404)
+        assert_error(server, requests.get(url, timeout=30, headers=AUTH), 404)
 
 
 # ------------------------------------------------------------------ QIDO-RS
@@ -486,7 +490,7 @@ def test_unknown_but_valid_uids_are_404(server: LiveServer, baseline: list[Dicom
 def test_bad_qido_parameter_is_400(server: LiveServer, params: dict[str, str]) -> None:
     """PS3.18 8.3.4 / 10.6.1.2: an unknown or unsupported key, a malformed value, date range
     or paging parameter is 400 Bad Request, with a reason naming it."""
-    response = requests.get(f"{server.dicomweb}/studies", params=params, timeout=30)
+    response = requests.get(f"{server.dicomweb}/studies", params=params, timeout=30, headers=AUTH)
     reason = assert_error(server, response, 400)
     key = next(iter(params))
     assert key in reason or next(iter(params.values())) in reason, reason
@@ -495,7 +499,9 @@ def test_bad_qido_parameter_is_400(server: LiveServer, params: dict[str, str]) -
 @pytest.mark.parametrize("level", ["series", "instances"])
 def test_bad_qido_parameter_at_lower_levels_is_400(server: LiveServer, level: str) -> None:
     """PS3.18 10.6.1.2: the same checks apply to every search resource."""
-    response = requests.get(f"{server.dicomweb}/{level}", params={"NoSuchKeyword": "1"}, timeout=30)
+    response = requests.get(
+        f"{server.dicomweb}/{level}", params={"NoSuchKeyword": "1"}, timeout=30, headers=AUTH
+    )
     assert_error(server, response, 400)
 
 
@@ -506,6 +512,7 @@ def test_huge_limit_is_capped_with_a_warning(server: LiveServer, baseline: list[
         f"{server.dicomweb}/instances",
         params={"limit": "10000000", "PatientID": PATIENT.patient_id},
         timeout=30,
+        headers=AUTH,
     )
     assert response.status_code == 200, response.text
     assert "299" in response.headers.get("warning", ""), response.headers
@@ -514,7 +521,9 @@ def test_huge_limit_is_capped_with_a_warning(server: LiveServer, baseline: list[
 
 def test_repeated_match_key_is_400(server: LiveServer) -> None:
     """PS3.18 8.3.4.1: a matching key appears once (lists are comma-separated values)."""
-    response = requests.get(f"{server.dicomweb}/studies?PatientID=a&PatientID=b", timeout=30)
+    response = requests.get(
+        f"{server.dicomweb}/studies?PatientID=a&PatientID=b", timeout=30, headers=AUTH
+    )
     assert_error(server, response, 400)
 
 
@@ -539,13 +548,13 @@ def test_unsupported_accept_is_406(
     """PS3.18 8.7: when no representation the client accepts can be made, 406 Not Acceptable."""
     study, series, sop = baseline[0].uids
     url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}{suffix}"
-    assert_error(server, requests.get(url, headers={"Accept": accept}, timeout=30), 406)
+    assert_error(server, requests.get(url, headers={**AUTH, "Accept": accept}, timeout=30), 406)
 
 
 def test_unsupported_accept_on_qido_is_406(server: LiveServer) -> None:
     """PS3.18 8.7 / 10.6.2: QIDO-RS answers in DICOM JSON; text/csv is not offered here."""
     response = requests.get(
-        f"{server.dicomweb}/studies", headers={"Accept": "text/csv"}, timeout=30
+        f"{server.dicomweb}/studies", headers={**AUTH, "Accept": "text/csv"}, timeout=30
     )
     assert_error(server, response, 406)
 
@@ -565,6 +574,7 @@ def test_unsupported_wado_uri_content_type_is_406(
             "contentType": "application/x-nonsense",
         },
         timeout=30,
+        headers=AUTH,
     )
     assert_error(server, response, 406)
 
@@ -598,14 +608,14 @@ def test_bad_frame_numbers_are_400_or_404(
     study, series, sop = frames_object.uids
     base = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/{frames}"
     for url in (base, base + "/rendered"):
-        assert_error(server, requests.get(url, timeout=30), 400, 404)
+        assert_error(server, requests.get(url, timeout=30, headers=AUTH), 400, 404)
 
 
 def test_frames_in_range_work(server: LiveServer, frames_object: DicomFile) -> None:
     """The refusals above are about the numbers, not the resource."""
     study, series, sop = frames_object.uids
     url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/1,5"
-    response = requests.get(url, timeout=30)
+    response = requests.get(url, timeout=30, headers=AUTH)
     assert response.status_code == 200
     parts = multipart_parts(response.headers["content-type"], response.content)
     pixels = frames_object.dataset().pixel_array
@@ -615,7 +625,9 @@ def test_frames_in_range_work(server: LiveServer, frames_object: DicomFile) -> N
 def _bulk_url(server: LiveServer, f: DicomFile) -> tuple[str, int]:
     study, series, sop = f.uids
     meta = requests.get(
-        f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata", timeout=30
+        f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata",
+        timeout=30,
+        headers=AUTH,
     ).json()
     uri = meta[0]["7FE00010"]["BulkDataURI"]
     path = uri[uri.index("/dicom-web/") + len("/dicom-web") :]
@@ -643,7 +655,7 @@ def test_bad_bulk_range_is_400(
     url, size = _bulk_url(server, frames_object)
     assert size == 5 * 32 * 32 * 2
     response = requests.get(
-        url, headers={"Range": byte_range, "Accept": "application/octet-stream"}, timeout=30
+        url, headers={**AUTH, "Range": byte_range, "Accept": "application/octet-stream"}, timeout=30
     )
     assert_error(server, response, 400, 416)
 
@@ -659,7 +671,7 @@ def test_good_bulk_ranges(server: LiveServer, frames_object: DicomFile) -> None:
         (f"bytes={size - 4}-{size + 100}", pixels[-4:]),
     ):
         response = requests.get(
-            url, headers={"Range": header, "Accept": "application/octet-stream"}, timeout=30
+            url, headers={**AUTH, "Range": header, "Accept": "application/octet-stream"}, timeout=30
         )
         assert response.status_code == 206, (header, response.text)
         assert response.content == expected, header
@@ -670,7 +682,7 @@ def test_unknown_bulk_path_is_404(server: LiveServer, frames_object: DicomFile) 
     study, series, sop = frames_object.uids
     base = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/bulk"
     for path in ("00100010", "7FE00010.1", "..%2F..%2Findex.sqlite", "%2Fetc%2Fpasswd"):
-        assert_error(server, requests.get(f"{base}/{path}", timeout=30), 400, 404)
+        assert_error(server, requests.get(f"{base}/{path}", timeout=30, headers=AUTH), 400, 404)
 
 
 # ------------------------------------------------------------------ everything else
@@ -688,7 +700,7 @@ def test_unknown_bulk_path_is_404(server: LiveServer, frames_object: DicomFile) 
 )
 def test_unknown_routes_and_methods_answer_json(server: LiveServer, method: str, path: str) -> None:
     """Even a request for nothing gets a JSON reason, not an HTML page or a stack trace."""
-    response = requests.request(method, server.url + path, timeout=30)
+    response = requests.request(method, server.url + path, timeout=30, headers=AUTH)
     assert_error(server, response, 404, 405)
 
 
@@ -706,7 +718,9 @@ def test_rendering_parameters_out_of_range_are_400(
         {"window": "40,0,LINEAR"},
         {"quality": "500"},
     ):
-        response = requests.get(url, params=params, headers={"Accept": "image/jpeg"}, timeout=30)
+        response = requests.get(
+            url, params=params, headers={**AUTH, "Accept": "image/jpeg"}, timeout=30
+        )
         assert_error(server, response, 400)
 
 
@@ -738,7 +752,7 @@ def test_pixel_resources_of_non_images_are_4xx(
     for f in non_images:
         study, series, sop = f.uids
         url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}{suffix}"
-        assert_error(server, requests.get(url, timeout=30), 400, 404, 406)
+        assert_error(server, requests.get(url, timeout=30, headers=AUTH), 400, 404, 406)
 
 
 def test_wado_uri_of_a_non_image_as_jpeg_is_4xx(
@@ -756,6 +770,7 @@ def test_wado_uri_of_a_non_image_as_jpeg_is_4xx(
             "contentType": "image/jpeg",
         },
         timeout=30,
+        headers=AUTH,
     )
     assert_error(server, response, 400, 404, 406)
 
@@ -770,5 +785,7 @@ def test_bad_wado_uri_rendering_parameters_are_4xx(
     """PS3.18 9.1.2.1: frameNumber within the object, windowCenter with windowWidth, rows > 0."""
     study, series, sop = frames_object.uids
     params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
-    response = requests.get(f"{server.url}/wado", params={**params, **extra}, timeout=30)
+    response = requests.get(
+        f"{server.url}/wado", params={**params, **extra}, timeout=30, headers=AUTH
+    )
     assert_error(server, response, 400, 404)

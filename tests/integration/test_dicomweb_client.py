@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from integration import CT_PATIENT, MR_PATIENT, DicomFile, encode
+from integration import AUTH, CT_PATIENT, MR_PATIENT, DicomFile, encode
 
 if TYPE_CHECKING:
     from conftest import LiveServer, ServerFactory
@@ -100,7 +100,7 @@ def archive(
 ) -> Iterator[Archive]:
     server = server_factory("client-archive")
     try:
-        client = DICOMwebClient(url=server.dicomweb)
+        client = DICOMwebClient(url=server.dicomweb, headers=AUTH)
         ct_study = ct_series[0].study_uid
         responses = {
             # One instance per request, to /studies.
@@ -159,7 +159,9 @@ def test_store_one_instance_per_request(archive: Archive) -> None:
         f"{study_path}/series/{ct0.series_uid}/instances/{ct0.sop_uid}"
     )
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-    got = requests.get(on_server(archive, item.RetrieveURL), headers={"Accept": accept}, timeout=30)
+    got = requests.get(
+        on_server(archive, item.RetrieveURL), headers={**AUTH, "Accept": accept}, timeout=30
+    )
     assert got.status_code == 200
     assert got.content.count(ct0.data) == 1
 
@@ -640,7 +642,9 @@ def test_thumbnails(archive: Archive, level: str) -> None:
         "instance": f"/studies/{ct0.study_uid}/series/{ct0.series_uid}/instances/{ct0.sop_uid}",
     }[level]
     response = requests.get(
-        f"{archive.server.dicomweb}{path}/thumbnail", headers={"Accept": "image/jpeg"}, timeout=30
+        f"{archive.server.dicomweb}{path}/thumbnail",
+        headers={**AUTH, "Accept": "image/jpeg"},
+        timeout=30,
     )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("image/jpeg")
@@ -656,7 +660,7 @@ def _wado_uri(archive: Archive, f: DicomFile, **params: str) -> requests.Respons
         "objectUID": f.sop_uid,
         **params,
     }
-    return requests.get(f"{archive.server.url}/wado", params=query, timeout=30)
+    return requests.get(f"{archive.server.url}/wado", params=query, timeout=30, headers=AUTH)
 
 
 def test_wado_uri_application_dicom(archive: Archive) -> None:
@@ -696,7 +700,7 @@ def test_delete_instance_series_and_study(
     fresh_server: LiveServer, mr_series: list[DicomFile], multiframe: DicomFile,
     multiframe_j2k: DicomFile,
 ) -> None:  # fmt: skip
-    client = DICOMwebClient(url=fresh_server.dicomweb)
+    client = DICOMwebClient(url=fresh_server.dicomweb, headers=AUTH)
     _store_and_check(client, [*mr_series, multiframe, multiframe_j2k])
 
     victim = mr_series[0]
@@ -728,7 +732,7 @@ def test_delete_instance_series_and_study(
 
 
 def test_delete_of_unknown_resource_is_404(fresh_server: LiveServer) -> None:
-    client = DICOMwebClient(url=fresh_server.dicomweb)
+    client = DICOMwebClient(url=fresh_server.dicomweb, headers=AUTH)
     with pytest.raises(requests.HTTPError) as caught:
         client.delete_study("1.2.3.4.5")
     assert http_status(caught.value) == 404

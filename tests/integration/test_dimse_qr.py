@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from integration import CT_PATIENT, MR_PATIENT, DicomFile
+from integration import AUTH, CT_PATIENT, MR_PATIENT, DicomFile
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run
 from integration.server import blob_path, index_rows
@@ -40,7 +40,7 @@ def dimse(server_factory, ct_series, mr_series) -> Iterator[Dimse]:  # type: ign
 
 
 def qido(d: Dimse, path: str, params: dict[str, str]) -> list[dict]:  # type: ignore[type-arg]
-    r = httpx.get(f"{d.http}{path}", params=params, timeout=30)
+    r = httpx.get(f"{d.http}{path}", params=params, timeout=30, headers=AUTH)
     return r.json() if r.status_code == 200 else []
 
 

@@ -18,7 +18,7 @@ import pytest
 from pydicom.uid import HTJ2KLossless, JPEG2000Lossless
 from pynetdicom import AE, build_context
 
-from integration import DicomFile
+from integration import AUTH, DicomFile
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import (
     Dimse,
@@ -97,7 +97,10 @@ def test_dcmsend_many_syntaxes(dimse: Dimse, pydicom_files: dict[str, DicomFile]
             continue  # dcmtk refuses this file's odd-length pixel data before sending
         assert f.sop_uid in stored, key
         found = httpx.get(
-            f"{dimse.http}/instances", params={"SOPInstanceUID": f.sop_uid}, timeout=30
+            f"{dimse.http}/instances",
+            params={"SOPInstanceUID": f.sop_uid},
+            timeout=30,
+            headers=AUTH,
         ).json()
         assert found and found[0]["00080018"]["Value"] == [f.sop_uid]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pydicom
 
+from integration import AUTH
 from integration.server import (
     ACCEPT_AS_STORED,
     Server,
@@ -132,7 +133,7 @@ def _client(
     stop: threading.Event,
 ) -> None:
     """POST batches until the server dies under us (or ``stop`` is set)."""
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=AUTH) as client:
         while not stop.is_set():
             batch = [Sent(t, uids.like(t.sop_uid)) for t in templates]
             with ledger.lock:
@@ -178,7 +179,7 @@ def _check_archive(server: Server, ledger: Ledger) -> dict[str, int]:
 
     # (a) Every acknowledged instance is retrievable and byte-identical to what was sent.
     acknowledged = list(ledger.acknowledged.values())
-    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(4) as pool:
+    with httpx.Client(timeout=30, headers=AUTH) as client, ThreadPoolExecutor(4) as pool:
         fetched = list(pool.map(lambda s: _fetch(client, s.url(server)), acknowledged))
     for sent, got in zip(acknowledged, fetched, strict=True):
         assert got == sent.data(), f"acknowledged {sent.sop_uid} came back different"
@@ -281,6 +282,7 @@ def _half_sent_request(server: Server, tmp_path: Path) -> tuple[socket.socket, P
         f"Host: 127.0.0.1:{server.port}\r\n"
         f"Content-Type: {multipart_content_type(boundary)}\r\n"
         f"Accept: application/dicom+json\r\n"
+        f"Authorization: {AUTH['Authorization']}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
@@ -304,7 +306,9 @@ def _assert_nothing_stored(server: Server, sop_uid: str) -> None:
     assert index_rows(server.data_dir) == []
     assert list(blob_files(server.data_dir)) == []
     assert spool_files(server.data_dir) == []
-    found = httpx.get(f"{server.dicomweb}/instances", params={"SOPInstanceUID": sop_uid})
+    found = httpx.get(
+        f"{server.dicomweb}/instances", params={"SOPInstanceUID": sop_uid}, headers=AUTH
+    )
     assert found.status_code in (200, 204)
     assert found.status_code == 204 or json.loads(found.content or b"[]") == []
 
@@ -338,7 +342,7 @@ def test_client_vanishing_mid_body_leaves_nothing(tmp_path: Path) -> None:
         while spool_files(server.data_dir) and time.monotonic() < deadline:
             time.sleep(0.05)
         _assert_nothing_stored(server, sop_uid)
-        assert httpx.get(f"{server.url}/-/ready").status_code == 200
+        assert httpx.get(f"{server.url}/-/ready", headers=AUTH).status_code == 200
         # A client giving up is routine, not an internal error for an operator to chase.
         assert "Traceback" not in server.log()
     finally:

@@ -21,7 +21,7 @@ import httpx
 import pydicom
 import pytest
 
-from integration import DicomFile
+from integration import AUTH, DicomFile
 from integration.server import (
     ACCEPT_AS_STORED,
     Server,
@@ -57,7 +57,7 @@ def _stow(server: Server, objects: list[bytes]) -> None:
     response = httpx.post(
         f"{server.dicomweb}/studies",
         content=body,
-        headers={"Content-Type": multipart_content_type(boundary), "Accept": DICOM_JSON},
+        headers={**AUTH, "Content-Type": multipart_content_type(boundary), "Accept": DICOM_JSON},
         timeout=60,
     )
     assert response.status_code == 200, response.text[:500]
@@ -71,7 +71,9 @@ def _instance_url(server: Server, ds: pydicom.Dataset) -> str:
 
 
 def _get_instance(server: Server, ds: pydicom.Dataset) -> httpx.Response:
-    return httpx.get(_instance_url(server, ds), headers={"Accept": ACCEPT_AS_STORED}, timeout=60)
+    return httpx.get(
+        _instance_url(server, ds), headers={**AUTH, "Accept": ACCEPT_AS_STORED}, timeout=60
+    )
 
 
 def _needles(ds: pydicom.Dataset, data: bytes) -> dict[str, bytes]:
@@ -152,7 +154,11 @@ def test_no_plaintext_in_the_data_folder_spool_included(
         response = httpx.post(
             f"{server.dicomweb}/studies",
             content=body(),
-            headers={"Content-Type": multipart_content_type(boundary), "Accept": DICOM_JSON},
+            headers={
+                **AUTH,
+                "Content-Type": multipart_content_type(boundary),
+                "Accept": DICOM_JSON,
+            },
             timeout=60,
         )
         result["status"] = response.status_code
@@ -191,7 +197,7 @@ def test_frames_rendered_and_transcoded_from_encrypted_blobs(
     ds = pydicom.dcmread(multiframe.path)
     _stow(server, [data])
     url = _instance_url(server, ds)
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=AUTH) as client:
         frame = client.get(
             f"{url}/frames/3",
             headers={"Accept": 'multipart/related; type="application/octet-stream"'},
@@ -226,7 +232,7 @@ def test_a_blob_moved_under_another_instance_is_an_error_never_its_bytes(
         ("/frames/1", 'multipart/related; type="application/octet-stream"'),
         ("/rendered", "image/jpeg"),
     ]:
-        response = httpx.get(_instance_url(server, a) + suffix, headers={"Accept": accept})
+        response = httpx.get(_instance_url(server, a) + suffix, headers={**AUTH, "Accept": accept})
         assert response.status_code == 500, suffix
         assert b"\x00" * 16 not in response.content
     assert _get_instance(server, b).status_code == 200
@@ -278,7 +284,7 @@ def test_rotation_and_shredding_through_the_cli_reach_the_running_server(
         assert "crypto-shredded" in response.json()["reason"]
         frame = httpx.get(
             _instance_url(server, ds) + "/frames/1",
-            headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+            headers={**AUTH, "Accept": 'multipart/related; type="application/octet-stream"'},
         )
         assert frame.status_code == 410
     assert _get_instance(server, other[0]).status_code == 200
@@ -319,7 +325,7 @@ def test_200_mb_object_streams_through_encryption_with_bounded_memory(
                 yield chunk
 
     boundary = new_boundary()
-    with httpx.Client(timeout=httpx.Timeout(300, connect=10)) as client:
+    with httpx.Client(timeout=httpx.Timeout(300, connect=10), headers=AUTH) as client:
         response = client.post(
             f"{server.dicomweb}/studies",
             content=iter_multipart([({"Content-Type": "application/dicom"}, chunks())], boundary),

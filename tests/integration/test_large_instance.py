@@ -18,6 +18,7 @@ import httpx
 import pydicom
 import pytest
 
+from integration import AUTH
 from integration.server import ACCEPT_AS_STORED, multipart_content_type, start_server
 from nubis.tools.synth import make_large_instance
 from nubis.web.dicomweb.multipart import iter_multipart, new_boundary
@@ -100,7 +101,7 @@ def test_two_gigabyte_instance_round_trip_with_bounded_memory(tmp_path: Path) ->
             f"{server.dicomweb}/studies/{header.StudyInstanceUID}/series/"
             f"{header.SeriesInstanceUID}/instances/{header.SOPInstanceUID}"
         )
-        with httpx.Client(timeout=httpx.Timeout(600, connect=10)) as client:
+        with httpx.Client(timeout=httpx.Timeout(600, connect=10), headers=AUTH) as client:
             # STOW-RS: a generator body, sent chunked, one MB at a time.
             boundary = new_boundary()
             body = iter_multipart(

@@ -21,7 +21,7 @@ import pytest
 import requests
 from pydicom.uid import ExplicitVRLittleEndian
 
-from integration import DicomFile, multipart_parts
+from integration import AUTH, DicomFile, multipart_parts
 
 if TYPE_CHECKING:
     from conftest import LiveServer
@@ -58,7 +58,8 @@ def _post(server: LiveServer, files: list[DicomFile]) -> None:
         f"{server.dicomweb}/studies",
         data=body,
         headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+            **AUTH,
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
         },
         timeout=60,
     )
@@ -67,7 +68,7 @@ def _post(server: LiveServer, files: list[DicomFile]) -> None:
 
 def _retrieve(server: LiveServer, f: DicomFile, accept: str) -> bytes:
     url = f"{server.dicomweb}/studies/{f.study_uid}/series/{f.series_uid}/instances/{f.sop_uid}"
-    response = requests.get(url, headers={"Accept": accept}, timeout=60)
+    response = requests.get(url, headers={**AUTH, "Accept": accept}, timeout=60)
     assert response.status_code == 200, response.text
     [(headers, data)] = multipart_parts(response.headers["content-type"], response.content)
     assert headers["content-type"].startswith("application/dicom")
@@ -149,6 +150,7 @@ def test_wado_uri_as_stored_is_byte_identical(
             "contentType": "application/dicom",
         },
         timeout=60,
+        headers=AUTH,
     )
     assert response.status_code == 200
     assert response.content == f.data

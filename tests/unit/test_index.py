@@ -15,6 +15,8 @@ from nubis.errors import DuplicateInstance, NotFound
 from nubis.index.database import Index
 from nubis.index.schema import metadata
 from nubis.model.records import StoreResult
+from nubis.security.policy import AuthPolicy, system_principal
+from nubis.services.guard import Guard
 from nubis.services.retrieve import blob_context
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
@@ -45,24 +47,24 @@ def _service(
     index: Index, tmp_path: Path, *, overwrite: bool = False
 ) -> tuple[StoreService, Spool]:
     blobs = FileBlobStore(tmp_path / "blobs")
-    return StoreService(index, blobs, overwrite=overwrite, bulk_threshold=1024), Spool(
-        tmp_path / "spool"
-    )
+    guard = Guard(AuthPolicy(), audit=None)
+    service = StoreService(index, blobs, guard=guard, overwrite=overwrite, bulk_threshold=1024)
+    return service, Spool(tmp_path / "spool")
 
 
 def test_store_duplicate_and_conflict(index: Index, tmp_path: Path) -> None:
     service, spool = _service(index, tmp_path)
     ct = Path(get_testdata_file("CT_small.dcm"))
-    first = service.store(spool.from_file(ct), partition="p")
+    first = service.store(spool.from_file(ct), principal=system_principal(tenant="p"))
     assert first.ok and first.result is StoreResult.STORED
-    again = service.store(spool.from_file(ct), partition="p")
+    again = service.store(spool.from_file(ct), principal=system_principal(tenant="p"))
     assert again.ok and again.result is StoreResult.ALREADY_STORED
 
     changed = tmp_path / "changed.dcm"
     data = bytearray(ct.read_bytes())
     data[-1] ^= 0xFF  # same UIDs, different pixel byte
     changed.write_bytes(bytes(data))
-    conflict = service.store(spool.from_file(changed), partition="p")
+    conflict = service.store(spool.from_file(changed), principal=system_principal(tenant="p"))
     assert isinstance(conflict.error, DuplicateInstance)
     assert conflict.error.dimse_status == 0x0111
     [stored] = index.instances_of("p", first.study_uid or "")
@@ -74,12 +76,12 @@ def test_store_duplicate_and_conflict(index: Index, tmp_path: Path) -> None:
 def test_overwrite_policy_replaces(index: Index, tmp_path: Path) -> None:
     service, spool = _service(index, tmp_path, overwrite=True)
     ct = Path(get_testdata_file("CT_small.dcm"))
-    service.store(spool.from_file(ct), partition="p")
+    service.store(spool.from_file(ct), principal=system_principal(tenant="p"))
     changed = tmp_path / "changed.dcm"
     data = bytearray(ct.read_bytes())
     data[-1] ^= 0xFF
     changed.write_bytes(bytes(data))
-    outcome = service.store(spool.from_file(changed), partition="p")
+    outcome = service.store(spool.from_file(changed), principal=system_principal(tenant="p"))
     assert outcome.result is StoreResult.REPLACED
     [stored] = index.instances_of("p", outcome.study_uid or "")
     assert service.blobs.read(stored.blob_key, context=blob_context(stored)) == bytes(data)
@@ -89,7 +91,7 @@ def test_overwrite_policy_replaces(index: Index, tmp_path: Path) -> None:
 def test_partitions_are_separate(index: Index, tmp_path: Path) -> None:
     service, spool = _service(index, tmp_path)
     ct = Path(get_testdata_file("CT_small.dcm"))
-    outcome = service.store(spool.from_file(ct), partition="a")
+    outcome = service.store(spool.from_file(ct), principal=system_principal(tenant="a"))
     with pytest.raises(NotFound):
         index.instances_of("b", outcome.study_uid or "")
 
@@ -97,7 +99,9 @@ def test_partitions_are_separate(index: Index, tmp_path: Path) -> None:
 def test_delete_updates_counts_and_queues_blobs(index: Index, tmp_path: Path) -> None:
     service, spool = _service(index, tmp_path)
     outcomes = [
-        service.store(spool.from_file(Path(get_testdata_file(name))), partition="p")
+        service.store(
+            spool.from_file(Path(get_testdata_file(name))), principal=system_principal(tenant="p")
+        )
         for name in ("CT_small.dcm", "MR_small.dcm")
     ]
     assert index.counts()["instances"] == 2
@@ -119,7 +123,9 @@ def test_group_commit_under_concurrency(index: Index, tmp_path: Path) -> None:
 
     def worker(chunk: list[Path]) -> None:
         for path in chunk:
-            results.append(service.store(spool.from_file(path), partition="p").ok)
+            results.append(
+                service.store(spool.from_file(path), principal=system_principal(tenant="p")).ok
+            )
 
     threads = [threading.Thread(target=worker, args=(files[i::8],)) for i in range(8)]
     for t in threads:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nubis import __version__
+from nubis.cli.transport import TransportError, check_transport, print_first_login
 from nubis.config import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -116,15 +117,25 @@ def serve(
         set_,
     )
     _logging(settings)
+    try:
+        transport = check_transport(settings)
+    except TransportError as exc:
+        console.print(f"[red]refusing to start: {exc}")
+        raise typer.Exit(2) from None
     # Workers re-read their settings from the environment: hand them what was resolved here.
     os.environ.update(settings_environment(settings))
     os.environ.pop("NUBIS_CONFIG", None)
     archive = Archive(settings)
     archive.prepare()
+    url = f"{transport.scheme}://{settings.host}:{settings.http_port}"
     console.print(
-        f"nubis {__version__}: DICOMweb at http://{settings.host}:{settings.http_port}/dicom-web "
+        f"nubis {__version__}: DICOMweb at {url}/dicom-web "
         f"({settings.worker_count} worker(s), data in {settings.data_dir.resolve()})"
     )
+    for warning in transport.warnings:
+        console.print(f"[yellow]{warning}")
+    if archive.first_login_key:
+        print_first_login(console, url, archive.first_login_key)
     if archive.dimse_enabled:
         # Each worker serves the DICOM port(s) too (SO_REUSEPORT), before it reports ready.
         dimse_host = settings.dimse_host or settings.host
@@ -145,6 +156,7 @@ def serve(
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=10,
+        **transport.uvicorn_options,
     )
 
 
@@ -159,13 +171,14 @@ def import_files(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from nubis.archive import Archive
-    from nubis.web.dicomweb.common import DEFAULT_PARTITION
+    from nubis.security.authn import cli_principal
 
     settings = _load(config, {"data_dir": data_dir}, set_)
     _logging(settings)
     files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
     files = [f for f in files if f.is_file()]
     stored = failed = 0
+    operator = cli_principal()
     with (
         Archive(settings) as archive,
         Progress(
@@ -178,9 +191,7 @@ def import_files(
     ):
         task = progress.add_task("importing", total=len(files))
         for path in files:
-            outcome = archive.store.store(
-                archive.spool.from_file(path), partition=DEFAULT_PARTITION
-            )
+            outcome = archive.store.store(archive.spool.from_file(path), principal=operator)
             if outcome.error is None:
                 stored += 1
             else:
@@ -234,10 +245,13 @@ def _add_subcommands() -> None:
     from nubis.cli.audit import app as audit_app
     from nubis.cli.dimse import app as dimse_app
     from nubis.cli.keys import app as keys_app
+    from nubis.cli.users import apikeys_app, users_app
 
     app.add_typer(dimse_app, name="dimse")
     app.add_typer(keys_app, name="keys")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(users_app, name="users")
+    app.add_typer(apikeys_app, name="apikeys")
 
 
 _add_subcommands()

@@ -18,7 +18,6 @@ import socket
 import threading
 import weakref
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
@@ -29,9 +28,12 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from nubis.dicom import transcode
 from nubis.dimse.peers import AccessPolicy, Permissions
-from nubis.errors import BadRequest, NotFound, NubisError
+from nubis.errors import BadRequest, Forbidden, NotFound, NubisError
 from nubis.model.query import CFIND_LEVELS, parse_cfind
 from nubis.model.records import StoredInstance
+from nubis.security.authn import dimse_principal
+from nubis.security.policy import Principal
+from nubis.services.query import ScopedQuery
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -41,7 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nubis.dimse")
 
-PARTITION = "default"  # one partition until tenants (#4) map callers to theirs
+# The partition C-FIND identifiers are parsed into; the services replace it with the caller's
+# tenant (nubis.services.query), so it never decides what a caller sees.
+PARTITION = "default"
 PAGE = 1000  # C-FIND walks the index a page at a time, so memory stays bounded
 
 # Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4; PS3.7 C.4.2 general statuses).
@@ -102,6 +106,10 @@ class Handlers:
         self._perms: weakref.WeakKeyDictionary[Association, Permissions] = (
             weakref.WeakKeyDictionary()
         )
+        # Who each association is, for the services (tenant, role; see dimse_principal).
+        self._principals: weakref.WeakKeyDictionary[Association, Principal] = (
+            weakref.WeakKeyDictionary()
+        )
         # N-EVENT-REPORTs to send once the N-ACTION response has gone out (PS3.4 J.3.3).
         self._commitments: weakref.WeakKeyDictionary[Association, list[Dataset]] = (
             weakref.WeakKeyDictionary()
@@ -146,6 +154,10 @@ class Handlers:
             assoc.kill()
             return
         self._perms[assoc] = decision.permissions
+        perms = decision.permissions
+        self._principals[assoc] = dimse_principal(
+            self.archive.settings, calling, address, may_read=perms.query or perms.retrieve
+        )
         log.info("association request from %s@%s: %s", calling, address, decision.reason)
 
     def on_accepted(self, event: Event) -> None:
@@ -159,6 +171,14 @@ class Handlers:
     def on_closed(self, event: Event) -> None:
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         log.info("association with %s %s", _peer(event.assoc), how)
+
+    def principal(self, assoc: Association) -> Principal:
+        """The association's principal; an association admitted without one gets none of
+        the services (an empty tenant is refused by the policy)."""
+        found = self._principals.get(assoc)
+        if found is None:
+            return Principal("dimse:unknown", "", frozenset(), via="dimse")
+        return found
 
     def _allowed(self, event: Event, what: str) -> bool:
         perms = self._perms.get(event.assoc)
@@ -199,7 +219,7 @@ class Handlers:
             log.error("C-STORE from %s: spool write failed: %s", _peer(event.assoc), exc)
             return _status_ds(0xA700, "out of resources: cannot spool the object")
         del data
-        outcome = self.archive.store.store(spooled, partition=PARTITION)
+        outcome = self.archive.store.store(spooled, principal=self.principal(event.assoc))
         sop = outcome.sop_instance_uid or event.request.AffectedSOPInstanceUID
         if outcome.error is None:
             log.info(
@@ -239,8 +259,15 @@ class Handlers:
             log.warning("C-FIND from %s: %s", _peer(event.assoc), exc.reason)
             yield _status_ds(IDENTIFIER_MISMATCH, exc.reason), None
             return
+        try:
+            scoped = self.archive.query.scoped(
+                self.principal(event.assoc), query, text=_identifier_text(identifier)
+            )
+        except NubisError as exc:  # Forbidden (0x0124), audit trail unavailable (0xA700)
+            yield _status_ds(exc.dimse_status, exc.reason), None
+            return
         found = 0
-        items = self._patients(query) if level == "PATIENT" else self._pages(query)
+        items = self._patients(scoped) if level == "PATIENT" else self._pages(scoped)
         for item in items:
             if event.is_cancelled:
                 log.info("C-FIND from %s cancelled after %d match(es)", _peer(event.assoc), found)
@@ -251,16 +278,16 @@ class Handlers:
         log.info("C-FIND %s level from %s: %d match(es)", level, _peer(event.assoc), found)
         yield SUCCESS, None
 
-    def _pages(self, query: Any) -> Iterator[dict[str, Any]]:
+    def _pages(self, query: ScopedQuery) -> Iterator[dict[str, Any]]:
         offset = 0
         while True:
-            page = self.archive.index.search(replace(query, offset=offset))
+            page = self.archive.query.page(query.at(offset))
             yield from page.items
             if not page.more:
                 return
             offset += len(page.items)
 
-    def _patients(self, query: Any) -> Iterator[dict[str, Any]]:
+    def _patients(self, query: ScopedQuery) -> Iterator[dict[str, Any]]:
         """Distinct patients of the matching studies, with their computed counts (C.6.1.1.2)."""
         patients: dict[str, dict[str, Any]] = {}
         counts: dict[str, list[int]] = {}
@@ -303,7 +330,7 @@ class Handlers:
         return rsp
 
     # ------------------------------------------------------------------ C-MOVE / C-GET
-    def _select(self, identifier: Dataset, model: str) -> list[StoredInstance]:
+    def _select(self, assoc: Association, identifier: Dataset, model: str) -> list[StoredInstance]:
         """The stored instances a C-MOVE / C-GET identifier names (PS3.4 C.4.2.1.4.1)."""
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in CFIND_LEVELS:
@@ -319,8 +346,10 @@ class Handlers:
             if name not in keys:
                 keys.add_new(name, "UI", None)  # return keys: which entities matched
         query = parse_cfind(level, keys, model=model, partition=PARTITION, max_limit=PAGE)
+        who = self.principal(assoc)
+        scoped = self.archive.query.scoped(who, query, text=_identifier_text(identifier))
         wanted: dict[str, tuple[set[str], set[str]]] = {}
-        for item in self._pages(query):
+        for item in self._pages(scoped):
             study = item["0020000D"]["Value"][0]
             series_uids, sops = wanted.setdefault(study, (set(), set()))
             if level in ("SERIES", "IMAGE"):
@@ -330,7 +359,7 @@ class Handlers:
         selected: list[StoredInstance] = []
         for study, (series_uids, sops) in wanted.items():
             try:
-                stored = self.archive.retrieve.instances(PARTITION, study)
+                stored = self.archive.retrieve.instances(who, study)
             except NotFound:
                 continue  # deleted since the search
             selected += [
@@ -403,8 +432,8 @@ class Handlers:
             return
         model = "patient" if str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT else "study"
         try:
-            instances = self._select(event.identifier, model)
-        except BadRequest as exc:
+            instances = self._select(event.assoc, event.identifier, model)
+        except (BadRequest, Forbidden) as exc:
             instances, failure = [], exc
         else:
             failure = None
@@ -429,7 +458,8 @@ class Handlers:
         yield peer.host, peer.port, kwargs
         if failure is not None:
             yield 1
-            yield _status_ds(IDENTIFIER_MISMATCH, failure.reason), None
+            status = NOT_AUTHORIZED if isinstance(failure, Forbidden) else IDENTIFIER_MISMATCH
+            yield _status_ds(status, failure.reason), None
             return
         yield len(instances)
         yield from self._sub_operations(event, instances, accepted)
@@ -450,10 +480,16 @@ class Handlers:
             return
         model = "patient" if str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT else "study"
         try:
-            instances = self._select(event.identifier, model)
-        except BadRequest as exc:
+            instances = self._select(event.assoc, event.identifier, model)
+        except (BadRequest, Forbidden) as exc:
             yield 1
-            yield _status_ds(IDENTIFIER_MISMATCH, exc.reason), None
+            yield (
+                _status_ds(
+                    exc.dimse_status if isinstance(exc, Forbidden) else IDENTIFIER_MISMATCH,
+                    exc.reason,
+                ),
+                None,
+            )
             return
         accepted: dict[str, set[str]] = {}
         for cx in event.assoc.accepted_contexts:
@@ -502,7 +538,9 @@ class Handlers:
                 daemon=True,
             ).start()
 
-    def commitment_result(self, request: Dataset) -> tuple[int, Dataset]:
+    def commitment_result(
+        self, request: Dataset, partition: str = PARTITION
+    ) -> tuple[int, Dataset]:
         """The N-EVENT-REPORT event type and information for a commitment request."""
         report = Dataset()
         report.TransactionUID = request.TransactionUID
@@ -512,7 +550,7 @@ class Handlers:
             item.ReferencedSOPClassUID = ref.get("ReferencedSOPClassUID", "")
             item.ReferencedSOPInstanceUID = ref.get("ReferencedSOPInstanceUID", "")
             reason = self._verify(
-                str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID)
+                str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID), partition
             )
             if reason is None:
                 done.append(item)
@@ -526,9 +564,10 @@ class Handlers:
         report.RetrieveAETitle = self.ae_title
         return (2 if failed else 1), report
 
-    def _verify(self, sop_class: str, sop_uid: str) -> int | None:
+    def _verify(self, sop_class: str, sop_uid: str, partition: str) -> int | None:
+        # Only the caller's own tenant: a peer cannot learn what another tenant stored.
         try:
-            inst = self.archive.index.find_instance(PARTITION, sop_uid)
+            inst = self.archive.index.find_instance(partition, sop_uid)
         except NubisError:
             return PROCESSING_FAILURE
         if inst is None:
@@ -548,7 +587,7 @@ class Handlers:
         return None
 
     def _report(self, assoc: Association, request: Dataset) -> None:
-        event_type, info = self.commitment_result(request)
+        event_type, info = self.commitment_result(request, self.principal(assoc).tenant)
         instance = "1.2.840.10008.1.20.1.1"  # the well-known Storage Commitment SOP Instance
         if assoc.is_established:
             try:
@@ -622,6 +661,11 @@ def _contexts_for(instances: list[StoredInstance]) -> list[Any]:
             break
         contexts.append(build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
     return contexts
+
+
+def _identifier_text(identifier: Dataset) -> str:
+    """The C-FIND / retrieve identifier as text, for the Query audit record."""
+    return "\n".join(f"{e.keyword or e.tag}={e.value}" for e in identifier if e.tag.group != 2)
 
 
 def _strings(item: Any) -> Iterator[Any]:

@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
-from nubis.index.query_sql import Page, search_page
+from nubis.index.query_sql import Page, granted_to, search_page
 from nubis.index.schema import doomed_blobs, instances, series, series_requests, studies
 from nubis.index.store_sql import insert_instance
 from nubis.model.query import Query
@@ -60,6 +60,7 @@ _STORED_COLUMNS = (
     instances.c.number_of_frames,
     instances.c.frame_index,
     instances.c.bulk_index,
+    studies.c.patient_id,
 )
 
 
@@ -251,10 +252,17 @@ class Index:
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        *,
+        grantee: str | None = None,
     ) -> list[StoredInstance]:
-        """Instances of a study / series / single instance in stable order; NotFound if none."""
+        """Instances of a study / series / single instance in stable order; NotFound if none.
+
+        With ``grantee``, only studies granted to it are found (see ``Query.grantee``); one
+        that is not granted is not found, by the same statement as one that does not exist.
+        """
+        stmt = _scoped(partition, study_uid, series_uid, sop_instance_uid, grantee)
         with self.reading() as conn:
-            rows = conn.execute(_scoped(partition, study_uid, series_uid, sop_instance_uid)).all()
+            rows = conn.execute(stmt).all()
         if not rows:
             raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
         return [StoredInstance(*row) for row in rows]
@@ -265,9 +273,12 @@ class Index:
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        *,
+        grantee: str | None = None,
     ) -> list[tuple[str, str, str]]:
         """(series UID, SOP Instance UID, metadata JSON) rows in stable order: one query."""
-        stmt = _scoped(partition, study_uid, series_uid, sop_instance_uid).with_only_columns(
+        stmt = _scoped(partition, study_uid, series_uid, sop_instance_uid, grantee)
+        stmt = stmt.with_only_columns(
             series.c.series_uid, instances.c.sop_instance_uid, instances.c.metadata_json
         )
         with self.reading() as conn:
@@ -349,7 +360,13 @@ def _not_found_reason(study: str, series_uid: str | None, sop: str | None) -> st
     return f"no study {study}"
 
 
-def _scoped(partition: str, study_uid: str, series_uid: str | None, sop: str | None) -> Any:
+def _scoped(
+    partition: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop: str | None,
+    grantee: str | None = None,
+) -> Any:
     stmt = (
         select(*_STORED_COLUMNS)
         .select_from(
@@ -364,6 +381,8 @@ def _scoped(partition: str, study_uid: str, series_uid: str | None, sop: str | N
         stmt = stmt.where(series.c.series_uid == series_uid)
     if sop is not None:
         stmt = stmt.where(instances.c.sop_instance_uid == sop)
+    if grantee is not None:
+        stmt = stmt.where(granted_to(grantee))
     return stmt
 
 

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from sqlalchemy.sql.elements import ColumnElement
 
-from nubis.index.schema import instances, series, series_requests, studies
+from nubis.index.schema import grants, instances, series, series_requests, studies
 from nubis.model.query import (
     Level,
     Match,
@@ -46,7 +46,7 @@ from nubis.model.query import (
     tag_hex,
 )
 
-__all__ = ["Page", "search", "search_page"]
+__all__ = ["Page", "granted_to", "search", "search_page"]
 
 
 def _t(keyword: str) -> int:
@@ -337,9 +337,27 @@ def _partition_is(col: Any, partition: str, *, unindexed: bool) -> ColumnElement
     return col == partition
 
 
+def granted_to(grantee: str) -> ColumnElement[bool]:
+    """Studies granted to ``grantee``, per study or per patient, in the study's own partition.
+
+    A correlated EXISTS rather than a join: a study granted twice (by patient and by study) is
+    still one row, and paging by primary key stays exact.
+    """
+    return sa.exists().where(
+        grants.c.subject == grantee,
+        grants.c.tenant == studies.c.partition,
+        sa.or_(
+            grants.c.study_uid == studies.c.study_uid,
+            grants.c.patient_id == studies.c.patient_id,
+        ),
+    )
+
+
 def _base(q: Query, *, unindexed_partition: bool) -> tuple[Any, Any, list[ColumnElement[bool]]]:
     """FROM clause, primary key and the partition/scope filters of the query level."""
     where = [_partition_is(studies.c.partition, q.partition, unindexed=unindexed_partition)]
+    if q.grantee is not None:
+        where.append(granted_to(q.grantee))
     if q.study_uid is not None:
         where.append(studies.c.study_uid == q.study_uid)
     if q.series_uid is not None:

@@ -241,6 +241,10 @@ class Query:
         The scope from the resource path (``/studies/{study}/series``).
     partition : str
         Only entities of this partition are seen.
+    grantee : str or None
+        When set, only studies granted to this principal (per patient or per study, table
+        ``grants``) are seen; set by the services from the caller's scope
+        (:mod:`nubis.security.policy`), never by a front door.
     warnings : tuple of str
         Human-readable notes for the client, e.g. that the limit was lowered; the HTTP layer
         sends each as ``Warning: 299 {service}: "<text>"`` (PS3.18 8.3.4.4).
@@ -257,6 +261,7 @@ class Query:
     study_uid: str | None = None
     series_uid: str | None = None
     partition: str = "default"
+    grantee: str | None = None
     warnings: tuple[str, ...] = field(default=())
 
 

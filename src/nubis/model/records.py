@@ -58,6 +58,8 @@ class StoredInstance:
     number_of_frames: int | None
     frame_index_json: str | None = field(repr=False)
     bulk_index_json: str | None = field(repr=False)
+    # For audit records (PS3.15 A.5.2.3: the patient participant object); never for access.
+    patient_id: str | None = None
 
     @cached_property
     def frames(self) -> list[list[tuple[int, int]]] | None:

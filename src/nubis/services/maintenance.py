@@ -14,8 +14,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+from nubis.errors import NotFound
 from nubis.index.database import Index
+from nubis.model.audit import EventOutcome
 from nubis.ports.blobs import BlobStore
+from nubis.security import audit_events
+from nubis.security.policy import Action, Principal
+from nubis.services.guard import Guard
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +32,53 @@ class ReapReport:
 
 
 class Maintenance:
-    def __init__(self, index: Index, blobs: BlobStore, *, orphan_grace_seconds: int) -> None:
+    def __init__(
+        self, index: Index, blobs: BlobStore, *, guard: Guard, orphan_grace_seconds: int
+    ) -> None:
         self.index = index
         self.blobs = blobs
+        self.guard = guard
         self.orphan_grace_seconds = orphan_grace_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def delete(
         self,
-        partition: str,
+        who: Principal,
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> int:
-        """Delete a study, series or instance; NotFound if nothing matches."""
-        count = self.index.delete(partition, study_uid, series_uid, sop_instance_uid)
+        """Delete a study, series or instance of ``who``'s tenant; NotFound if nothing matches.
+
+        Forbidden (403 / 0x0124) unless a role of ``who`` may delete; recorded as DICOM Study
+        Deleted (PS3.15 A.5.3.5), also when nothing was found.
+        """
+        target = sop_instance_uid or series_uid or study_uid
+        decision = self.guard.authorize(
+            who, Action.DELETE, f"delete {target}", study_uids=(study_uid,)
+        )
+        assert decision.scope is not None
+        outcome, description = EventOutcome.MAJOR_FAILURE, "the index failed"
+        try:
+            count = self.index.delete(
+                decision.scope.partition, study_uid, series_uid, sop_instance_uid
+            )
+        except NotFound as exc:
+            outcome, description = EventOutcome.MINOR_FAILURE, exc.reason
+            raise
+        else:
+            outcome, description = EventOutcome.SUCCESS, f"{count} instance(s) of {target}"
+        finally:
+            self.guard.record(
+                audit_events.study_deleted(
+                    who,
+                    study_uids=[study_uid],
+                    outcome=outcome,
+                    request_id=who.request_id,
+                    description=description,
+                )
+            )
         self.reap_doomed()
         return count
 

@@ -9,6 +9,7 @@ checked on the way out, so a corrupted blob is never served as if it were good.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -19,8 +20,12 @@ from nubis.dicom import render, transcode
 from nubis.dicom.inspect import BULK_URI_MARKER
 from nubis.errors import NotAcceptable, NotFound, NubisError
 from nubis.index.database import Index
+from nubis.model.audit import EventOutcome
 from nubis.model.records import StoredInstance
 from nubis.ports.blobs import BlobContext, BlobStore
+from nubis.security import audit_events
+from nubis.security.policy import Action, Decision, Principal
+from nubis.services.guard import Guard
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +39,70 @@ class BlobCorrupted(NubisError):
 
 
 class RetrieveService:
-    def __init__(self, index: Index, blobs: BlobStore, *, verify_reads: bool = True) -> None:
+    def __init__(
+        self, index: Index, blobs: BlobStore, *, guard: Guard, verify_reads: bool = True
+    ) -> None:
         self.index = index
         self.blobs = blobs
+        self.guard = guard
         self.verify_reads = verify_reads
 
     def instances(
         self,
-        partition: str,
+        who: Principal,
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        *,
+        transfer: bool = True,
     ) -> list[StoredInstance]:
-        return self.index.instances_of(partition, study_uid, series_uid, sop_instance_uid)
+        """The instances of a study, series or instance that ``who`` may read.
+
+        Every other method reads only instances returned here, so this is where a retrieval is
+        authorized and recorded: Forbidden (403 / 0x0124) for roles that may not read;
+        NotFound (404) both for what does not exist and for what lies outside the caller's
+        tenant or grants (one statement decides both, see ``Index.instances_of``). Recorded as
+        DICOM Instances Transferred (``transfer``: whole objects leave) or Accessed (frames,
+        rendered images, bulk data), also when nothing was found.
+        """
+        what = _describe("retrieve", study_uid, series_uid, sop_instance_uid)
+        decision = self.guard.authorize(who, Action.READ, what, study_uids=(study_uid,))
+        assert decision.scope is not None
+        try:
+            found = self.index.instances_of(
+                decision.scope.partition,
+                study_uid,
+                series_uid,
+                sop_instance_uid,
+                grantee=decision.scope.grantee,
+            )
+        except NotFound as exc:
+            self._record(who, decision, None, study_uid, transfer, exc.reason)
+            raise
+        self._record(who, decision, found[0].patient_id, study_uid, transfer, None)
+        return found
+
+    def _record(
+        self,
+        who: Principal,
+        decision: Decision,
+        patient_id: str | None,
+        study_uid: str,
+        transfer: bool,
+        failure: str | None,
+    ) -> None:
+        build = audit_events.instances_transferred if transfer else audit_events.instances_accessed
+        self.guard.record(
+            build(
+                who,
+                patient_id=patient_id,
+                study_uids=[study_uid],
+                outcome=EventOutcome.SUCCESS if failure is None else EventOutcome.MINOR_FAILURE,
+                request_id=who.request_id,
+                break_glass_reason=decision.break_glass,
+                description=failure,
+            )
+        )
 
     # ------------------------------------------------------------------ whole objects
     def instance_chunks(self, inst: StoredInstance, transfer_syntax: str) -> Iterator[bytes]:
@@ -95,14 +151,31 @@ class RetrieveService:
     # ------------------------------------------------------------------ metadata
     def metadata(
         self,
-        partition: str,
+        who: Principal,
         base_url: str,
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> bytes:
-        """application/dicom+json array of the instances' metadata (PS3.18 10.4.1.1.2)."""
-        rows = self.index.metadata_of(partition, study_uid, series_uid, sop_instance_uid)
+        """application/dicom+json array of the instances' metadata (PS3.18 10.4.1.1.2).
+
+        Authorized, scoped and recorded (DICOM Instances Accessed) as :meth:`instances`.
+        """
+        what = _describe("read metadata of", study_uid, series_uid, sop_instance_uid)
+        decision = self.guard.authorize(who, Action.READ, what, study_uids=(study_uid,))
+        assert decision.scope is not None
+        try:
+            rows = self.index.metadata_of(
+                decision.scope.partition,
+                study_uid,
+                series_uid,
+                sop_instance_uid,
+                grantee=decision.scope.grantee,
+            )
+        except NotFound as exc:
+            self._record(who, decision, None, study_uid, False, exc.reason)
+            raise
+        self._record(who, decision, _patient_of(rows[0][2]), study_uid, False, None)
         marker = f'"BulkDataURI":"{BULK_URI_MARKER}'
         parts = []
         for row_series, row_sop, text in rows:
@@ -182,6 +255,23 @@ class RetrieveService:
     def thumbnail(self, inst: StoredInstance, options: render.RenderOptions) -> bytes:
         with self.open(inst) as source:
             return render.render_thumbnail(source, options)
+
+
+def _describe(verb: str, study: str, series: str | None, sop: str | None) -> str:
+    if sop is not None:
+        return f"{verb} instance {sop}"
+    if series is not None:
+        return f"{verb} series {series}"
+    return f"{verb} study {study}"
+
+
+def _patient_of(metadata_json: str) -> str | None:
+    """The Patient ID of stored metadata JSON, for the audit record."""
+    try:
+        values = json.loads(metadata_json).get("00100020", {}).get("Value") or []
+    except (ValueError, AttributeError):
+        return None
+    return str(values[0]) if values else None
 
 
 def blob_context(inst: StoredInstance) -> BlobContext:

@@ -20,9 +20,13 @@ from nubis.dicom.levels import series_level, study_level
 from nubis.errors import InvalidInstance, NubisError, StorageUnavailable
 from nubis.index.database import Index
 from nubis.index.schema import series, studies
+from nubis.model.audit import EventOutcome
 from nubis.model.query import fold_person_name
 from nubis.model.records import NewInstance, StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
+from nubis.security import audit_events
+from nubis.security.policy import Action, Decision, Principal
+from nubis.services.guard import Guard
 from nubis.services.spool import SpooledFile
 
 log = logging.getLogger(__name__)
@@ -46,23 +50,48 @@ class StoreOutcome:
 
 class StoreService:
     def __init__(
-        self, index: Index, blobs: BlobStore, *, overwrite: bool, bulk_threshold: int
+        self,
+        index: Index,
+        blobs: BlobStore,
+        *,
+        guard: Guard,
+        overwrite: bool,
+        bulk_threshold: int,
     ) -> None:
         self.index = index
         self.blobs = blobs
+        self.guard = guard
         self.overwrite = overwrite
         self.bulk_threshold = bulk_threshold
 
+    def authorize(self, who: Principal) -> Decision:
+        """Whether ``who`` may store (in its own tenant); Forbidden (403 / 0x0124) otherwise.
+
+        Front doors call this once before receiving a request's objects, so a caller who may
+        not store is refused before sending megabytes; :meth:`store` decides again anyway.
+        """
+        return self.guard.authorize(who, Action.WRITE, "store")
+
     def store(
-        self, spooled: SpooledFile, *, partition: str, expected_study_uid: str | None = None
+        self,
+        spooled: SpooledFile,
+        *,
+        principal: Principal,
+        expected_study_uid: str | None = None,
     ) -> StoreOutcome:
-        """Store one spooled PS3.10 file; the spool file is consumed whatever happens.
+        """Store one spooled PS3.10 file into ``principal``'s tenant; the spool file is
+        consumed whatever happens.
 
         Failures are returned, not raised, so one bad object never fails its neighbours in a
-        STOW-RS request or a C-STORE association (PS3.18 10.5.3, PS3.4 B.2.3).
+        STOW-RS request or a C-STORE association (PS3.18 10.5.3, PS3.4 B.2.3); a caller who
+        may not store gets Forbidden (0x0124) for each object. Every stored object is recorded
+        (DICOM Instances Transferred, action Create) before it is acknowledged.
         """
         inspected: InspectedInstance | None = None
         try:
+            decision = self.authorize(principal)
+            assert decision.scope is not None
+            partition = decision.scope.partition
             inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
             if (
                 expected_study_uid is not None
@@ -74,14 +103,44 @@ class StoreService:
                     dimse_status=0xA900,
                 )
             result = self._commit(spooled, inspected, partition)
+            self._record(principal, inspected, EventOutcome.SUCCESS)
         except NubisError as exc:
             spooled.discard()
+            if inspected is not None:
+                self._record_failure(principal, inspected, exc)
             return _outcome(inspected, error=exc)
         except Exception:
             spooled.discard()
             log.exception("store failed")
             return _outcome(inspected, error=StorageUnavailable("the object could not be stored"))
         return _outcome(inspected, result=result)
+
+    def _record(
+        self,
+        who: Principal,
+        inspected: InspectedInstance,
+        outcome: EventOutcome,
+        description: str | None = None,
+    ) -> None:
+        self.guard.record(
+            audit_events.instances_transferred(
+                who,
+                patient_id=_json_text(inspected.metadata, "PatientID"),
+                study_uids=[inspected.study_instance_uid],
+                outcome=outcome,
+                stored=True,
+                request_id=who.request_id,
+                description=description,
+            )
+        )
+
+    def _record_failure(
+        self, who: Principal, inspected: InspectedInstance, exc: NubisError
+    ) -> None:
+        try:
+            self._record(who, inspected, EventOutcome.MINOR_FAILURE, exc.reason)
+        except NubisError:
+            log.error("a refused store could not be recorded in the audit trail")
 
     def _commit(
         self, spooled: SpooledFile, inspected: InspectedInstance, partition: str

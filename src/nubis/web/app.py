@@ -1,4 +1,7 @@
-"""The HTTP front door: DICOMweb under /dicom-web, WADO-URI at /wado, health at /-/.
+"""The HTTP front door: DICOMweb under /dicom-web, WADO-URI at /wado, health, login at /-/.
+
+Every route but the health probes requires authentication (web/auth.py); routes pass the
+caller to the services, which authorize (nubis.services.guard).
 
 create_app() only wires routes to handlers; the Archive (composition root) is started and
 stopped with the application's lifespan.
@@ -12,6 +15,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -20,7 +24,7 @@ from nubis import __version__
 from nubis.archive import Archive
 from nubis.errors import NubisError
 from nubis.model.query import Level
-from nubis.web import errors
+from nubis.web import auth, errors
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
 
 _STUDY = "/studies/{study}"
@@ -112,7 +116,11 @@ def create_app(
             Route("/wado", wado_uri.wado_uri, methods=["GET"]),
             Route("/-/health", health, methods=["GET"]),
             Route("/-/ready", ready, methods=["GET"]),
+            Route("/-/login", auth.login, methods=["POST"]),
+            Route("/-/whoami", auth.whoami, methods=["GET"]),
         ],
+        # Outermost: nothing below runs for a caller who has not authenticated.
+        middleware=[Middleware(auth.AuthMiddleware, archive=archive)],
         exception_handlers={
             NubisError: errors.nubis_error,
             HTTPException: errors.http_error,

@@ -1,4 +1,4 @@
-"""Shared pieces of the DICOMweb routes: UIDs from the path, base URLs, partitions."""
+"""Shared pieces of the DICOMweb routes: UIDs from the path, base URLs, the caller."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from nubis.archive import Archive
-from nubis.errors import BadRequest
+from nubis.errors import BadRequest, Unauthorized
+from nubis.security.policy import Principal
 from nubis.web.dicomweb.accept import MediaRange, accept_from_request
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-DEFAULT_PARTITION = "default"
 
 
 def archive_of(request: Request) -> Archive:
@@ -57,9 +57,16 @@ def dicomweb_base(request: Request) -> str:
     return f"{str(request.base_url).rstrip('/')}/dicom-web"
 
 
-def partition_of(request: Request) -> str:
-    # Tenants (#4) map the caller to a partition; until then everything lives in one.
-    return DEFAULT_PARTITION
+def principal_of(request: Request) -> Principal:
+    """The authenticated caller (set by :class:`nubis.web.auth.AuthMiddleware`).
+
+    Services take it and decide tenant, scope and permission from it; a route that finds none
+    is wired without the middleware, which is refused rather than served openly.
+    """
+    principal = request.scope.get("nubis.principal")
+    if not isinstance(principal, Principal):
+        raise Unauthorized("authentication required")
+    return principal
 
 
 _BATCH_BYTES = 4 << 20

@@ -8,6 +8,7 @@ PS3.18 8.3.4.4 when the server capped the page.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +22,7 @@ from nubis.web.dicomweb.common import (
     archive_of,
     dicomweb_base,
     optional_path_uid,
-    partition_of,
+    principal_of,
 )
 
 _OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
@@ -59,11 +60,14 @@ def search(level: Level):  # type: ignore[no-untyped-def]
             list(request.query_params.multi_items()),
             study_uid=optional_path_uid(request, "study"),
             series_uid=optional_path_uid(request, "series"),
-            partition=partition_of(request),
             max_limit=settings.qido_max_limit,
             default_limit=settings.qido_default_limit,
         )
-        page = await run_in_threadpool(archive.index.search, query)
+        page = await run_in_threadpool(
+            partial(archive.query.search, text=request.url.query),
+            principal_of(request),
+            query,
+        )
         base = dicomweb_base(request)
         for item in page.items:
             url = _retrieve_url(level, item, base)

@@ -25,7 +25,7 @@ from nubis.web.dicomweb.common import (
     archive_of,
     dicomweb_base,
     optional_path_uid,
-    partition_of,
+    principal_of,
 )
 from nubis.web.dicomweb.multipart import iter_parts, parse_multipart_content_type
 
@@ -44,7 +44,9 @@ async def store_instances(request: Request) -> Response:
         raise UnsupportedMediaType(
             f'STOW-RS accepts multipart/related; type="application/dicom", not type="{part_type}"'
         )
-    partition = partition_of(request)
+    principal = principal_of(request)
+    # Refused (403) before the body is read, rather than once per part after it was.
+    await run_in_threadpool(archive.store.authorize, principal)
     slots = asyncio.Semaphore(_IN_FLIGHT_PER_REQUEST)
     tasks: list[asyncio.Task[StoreOutcome]] = []
     body_error: NubisError | None = None
@@ -53,7 +55,7 @@ async def store_instances(request: Request) -> Response:
     async def store(spooled: Any) -> StoreOutcome:
         try:
             return await run_in_threadpool(
-                archive.store.store, spooled, partition=partition, expected_study_uid=study_uid
+                archive.store.store, spooled, principal=principal, expected_study_uid=study_uid
             )
         finally:
             slots.release()

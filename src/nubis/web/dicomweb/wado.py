@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,8 +35,8 @@ from nubis.web.dicomweb.common import (
     dicomweb_base,
     in_batches,
     optional_path_uid,
-    partition_of,
     path_uid,
+    principal_of,
 )
 from nubis.web.dicomweb.multipart import (
     iter_multipart,
@@ -66,7 +67,7 @@ async def retrieve_instances(request: Request) -> Response:
     choice = negotiate(accept_ranges(request), instance_offers(sorted(transcode.SUPPORTED_TARGETS)))
     target = choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
     found = await run_in_threadpool(
-        archive.retrieve.instances, partition_of(request), study, series, sop
+        archive.retrieve.instances, principal_of(request), study, series, sop
     )
     if target != ANY_TRANSFER_SYNTAX:
         for inst in found:
@@ -104,7 +105,12 @@ async def retrieve_metadata(request: Request) -> Response:
     study, series, sop = _scope(request)
     choice = negotiate(accept_ranges(request), metadata_offers())
     body = await run_in_threadpool(
-        archive.retrieve.metadata, partition_of(request), dicomweb_base(request), study, series, sop
+        archive.retrieve.metadata,
+        principal_of(request),
+        dicomweb_base(request),
+        study,
+        series,
+        sop,
     )
     return Response(body, media_type=choice.media_type)
 
@@ -120,7 +126,11 @@ async def _instance(request: Request) -> StoredInstance:
     archive = archive_of(request)
     study, series, sop = _scope(request)
     found = await run_in_threadpool(
-        archive.retrieve.instances, partition_of(request), study, series, sop
+        partial(archive.retrieve.instances, transfer=False),
+        principal_of(request),
+        study,
+        series,
+        sop,
     )
     return found[0]
 
@@ -235,7 +245,11 @@ async def retrieve_thumbnail(request: Request) -> Response:
     archive = archive_of(request)
     study, series, sop = _scope(request)
     found = await run_in_threadpool(
-        archive.retrieve.instances, partition_of(request), study, series, sop
+        partial(archive.retrieve.instances, transfer=False),
+        principal_of(request),
+        study,
+        series,
+        sop,
     )
     # A study or series is represented by its middle instance, as viewers' study browsers do.
     inst = found[len(found) // 2]
@@ -262,5 +276,5 @@ async def delete_resource(request: Request) -> Response:
     """Delete a study, series or instance; 204 once its index rows are gone."""
     archive = archive_of(request)
     study, series, sop = _scope(request)
-    await run_in_threadpool(archive.maintenance.delete, partition_of(request), study, series, sop)
+    await run_in_threadpool(archive.maintenance.delete, principal_of(request), study, series, sop)
     return Response(status_code=204)

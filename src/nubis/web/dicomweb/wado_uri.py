@@ -8,6 +8,7 @@ default for images, or image/png, image/gif) with the rendering parameters of PS
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 
 from nubis.dicom import render
 from nubis.errors import BadRequest, NotAcceptable
-from nubis.web.dicomweb.common import archive_of, check_uid, in_batches, partition_of
+from nubis.web.dicomweb.common import archive_of, check_uid, in_batches, principal_of
 
 _RENDERED = ("image/jpeg", "image/png", "image/gif")
 
@@ -30,9 +31,13 @@ async def wado_uri(request: Request) -> Response:
             raise BadRequest(f"{name} is required (PS3.18 9.1.2.1)")
         uids.append(check_uid(params[name], name))
     archive = archive_of(request)
-    found = await run_in_threadpool(archive.retrieve.instances, partition_of(request), *uids)
-    inst = found[0]
     content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
+    found = await run_in_threadpool(
+        partial(archive.retrieve.instances, transfer="application/dicom" in content_types),
+        principal_of(request),
+        *uids,
+    )
+    inst = found[0]
     for content_type in content_types:
         if content_type == "application/dicom":
             syntax = params.get("transferSyntax") or "*"

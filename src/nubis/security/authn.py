@@ -1,0 +1,320 @@
+"""Authentication: who is calling, for every front door.
+
+HTTP callers present one of:
+
+* ``Authorization: Basic`` with a local user's name and password (argon2id, see
+  :mod:`nubis.security.users`), or with any name and an API key as the password (for clients
+  that only do Basic);
+* ``Authorization: Bearer <API key>`` or ``X-API-Key: <API key>`` (``nbk_...`` keys, and the
+  ``admin_token`` setting);
+* ``Authorization: Bearer <JWT>`` from the configured OpenID Connect issuer, checked with PyJWT
+  against the issuer's JWKS: signature with an allowed asymmetric algorithm, ``iss``, ``aud``,
+  ``exp`` (with ``oidc_leeway_seconds`` of clock skew), roles from ``oidc_roles_claim`` mapped
+  by ``oidc_role_map``, tenant from ``oidc_tenant_claim``.
+
+Anything else is :class:`~nubis.errors.Unauthorized` (HTTP 401). DIMSE callers are identified
+by calling AE title and address (and, on the TLS port, by the certificate the CA checked), and
+mapped to a tenant and role by :func:`dimse_principal`. The CLI acts as a local administrator
+(:func:`cli_principal`): whoever runs it can read the data folder anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import hashlib
+import json
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from nubis.config import Settings
+from nubis.errors import Unauthorized
+from nubis.security.policy import (
+    DEFAULT_TENANT,
+    ROLES,
+    Principal,
+    parse_roles,
+    system_principal,
+)
+from nubis.security.users import UserStore
+
+log = logging.getLogger("nubis.security")
+
+BREAK_GLASS_HEADER = "x-nubis-break-glass"
+_BASIC_CACHE_SECONDS = 60.0
+_BASIC_CACHE_MAX = 1024
+
+
+class OidcVerifier:
+    """Validates OIDC bearer tokens (JWT) of one issuer with its JWKS (PyJWT)."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        *,
+        algorithms: list[str],
+        jwks_url: str = "",
+        roles_claim: str = "roles",
+        role_map: Mapping[str, str] | None = None,
+        tenant_claim: str = "",
+        default_tenant: str = DEFAULT_TENANT,
+        leeway_seconds: int = 60,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.algorithms = algorithms
+        self.roles_claim = roles_claim
+        self.role_map = dict(role_map or {})
+        self.tenant_claim = tenant_claim
+        self.default_tenant = default_tenant
+        self.leeway = leeway_seconds
+        self._jwks_url = jwks_url
+        self._client: jwt.PyJWKClient | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OidcVerifier | None:
+        if not settings.oidc_issuer:
+            return None
+        role_map = {}
+        for pair in settings.oidc_role_map.split(","):
+            claim_value, sep, role = pair.partition("=")
+            if sep:
+                role_map[claim_value.strip()] = role.strip().lower()
+        parse_roles(role_map.values())  # a typo in the map fails at start, not per request
+        return cls(
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            algorithms=[a.strip() for a in settings.oidc_algorithms.split(",") if a.strip()],
+            jwks_url=settings.oidc_jwks_url,
+            roles_claim=settings.oidc_roles_claim,
+            role_map=role_map,
+            tenant_claim=settings.oidc_tenant_claim,
+            default_tenant=settings.oidc_tenant,
+            leeway_seconds=settings.oidc_leeway_seconds,
+        )
+
+    def _jwks(self) -> jwt.PyJWKClient:
+        # Discovery is lazy: the archive may start before its identity provider does.
+        with self._lock:
+            if self._client is None:
+                url = self._jwks_url or _discover_jwks_url(self.issuer)
+                self._client = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=10)
+            return self._client
+
+    def verify(self, token: str) -> Principal:
+        """The principal a valid token stands for; Unauthorized naming why otherwise."""
+        try:
+            key = self._jwks().get_signing_key_from_jwt(token)
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the bearer token has expired") from None
+        except jwt.PyJWKClientConnectionError as exc:
+            log.error("OIDC key set of %s unavailable: %s", self.issuer, exc)
+            raise Unauthorized("the identity provider's keys cannot be fetched") from None
+        except (jwt.PyJWTError, OSError, ValueError) as exc:
+            raise Unauthorized(f"the bearer token is not valid: {exc}") from None
+        roles = self._roles(claims)
+        tenant = str(_claim(claims, self.tenant_claim) or "") if self.tenant_claim else ""
+        return Principal(
+            f"oidc:{claims['sub']}",
+            tenant or self.default_tenant,
+            roles,
+            auth_method="oidc",
+        )
+
+    def _roles(self, claims: dict[str, Any]) -> frozenset[str]:
+        raw = _claim(claims, self.roles_claim)
+        if isinstance(raw, str):
+            values = raw.replace(",", " ").split()
+        elif isinstance(raw, list | tuple):
+            values = [str(v) for v in raw]
+        else:
+            values = []
+        if self.role_map:
+            return frozenset(self.role_map[v] for v in values if v in self.role_map)
+        return frozenset(v.lower() for v in values if v.lower() in ROLES)
+
+
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    node: Any = claims
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _discover_jwks_url(issuer: str) -> str:
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        document = json.loads(response.read())
+    jwks_uri = document.get("jwks_uri")
+    if not isinstance(jwks_uri, str):
+        raise OSError(f"{url} names no jwks_uri")
+    return jwks_uri
+
+
+@dataclass
+class _Cached:
+    principal: Principal
+    until: float
+
+
+class Authenticator:
+    """Turns HTTP credentials into a :class:`Principal` (see the module docs)."""
+
+    def __init__(self, users: UserStore, oidc: OidcVerifier | None = None) -> None:
+        self.users = users
+        self.oidc = oidc
+        # argon2 costs tens of milliseconds by design; a client sending Basic credentials on
+        # every request pays it once a minute, not per request. Keyed by a hash of the
+        # credentials, never the password itself.
+        self._basic: dict[str, _Cached] = {}
+        self._basic_lock = threading.Lock()
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        """The caller of a request with these (lower-case) headers; Unauthorized otherwise."""
+        authorization = headers.get("authorization", "")
+        scheme, _, credentials = authorization.partition(" ")
+        scheme, credentials = scheme.lower(), credentials.strip()
+        if scheme == "basic":
+            principal = self._basic_auth(credentials)
+        elif scheme == "bearer" and credentials:
+            principal = self._bearer(credentials)
+        elif headers.get("x-api-key"):
+            principal = self._api_key(headers["x-api-key"].strip())
+        elif authorization:
+            raise Unauthorized(f"unsupported authorization scheme {scheme[:20]!r}")
+        else:
+            raise Unauthorized("authentication required")
+        reason = headers.get(BREAK_GLASS_HEADER, "").strip()
+        if reason:
+            # Printable, bounded: the reason goes into logs and audit records verbatim.
+            clean = "".join(c if c.isprintable() else " " for c in reason)[:256]
+            principal = Principal(
+                principal.id,
+                principal.tenant,
+                principal.roles,
+                via=principal.via,
+                auth_method=principal.auth_method,
+                break_glass=clean,
+            )
+        return principal
+
+    def _bearer(self, token: str) -> Principal:
+        if self.oidc is not None and token.count(".") == 2 and not token.startswith("nbk_"):
+            return self.oidc.verify(token)
+        return self._api_key(token)
+
+    def _api_key(self, key: str) -> Principal:
+        found = self.users.lookup_api_key(key)
+        if found is None:
+            raise Unauthorized("the API key is unknown, expired or revoked")
+        return found[1].principal(auth_method="apikey")
+
+    def _basic_auth(self, credentials: str) -> Principal:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("malformed Basic credentials") from None
+        name, sep, password = decoded.partition(":")
+        if not sep:
+            raise Unauthorized("malformed Basic credentials")
+        if password.startswith("nbk_"):
+            return self._api_key(password)
+        return self.login(name, password)
+
+    def login(self, name: str, password: str) -> Principal:
+        """Check a user's password; Unauthorized (same reason whatever failed) otherwise."""
+        cache_key = hashlib.sha256(f"{name}\0{password}".encode()).hexdigest()
+        now = time.monotonic()
+        with self._basic_lock:
+            hit = self._basic.get(cache_key)
+            if hit is not None and hit.until > now:
+                return hit.principal
+        user = self.users.verify_password(name, password)
+        if user is None:
+            raise Unauthorized("wrong user name or password")
+        principal = user.principal(auth_method="basic")
+        with self._basic_lock:
+            if len(self._basic) >= _BASIC_CACHE_MAX:
+                self._basic.clear()
+            self._basic[cache_key] = _Cached(principal, now + _BASIC_CACHE_SECONDS)
+        return principal
+
+
+def anonymous_admin() -> Principal:
+    """Everyone, when ``auth`` is off (loopback development only)."""
+    return Principal("anonymous", DEFAULT_TENANT, frozenset({"admin"}), auth_method="none")
+
+
+def cli_principal(tenant: str = DEFAULT_TENANT) -> Principal:
+    """The operator of a CLI command: an administrator of ``tenant`` named by the OS user."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    return system_principal(name, tenant=tenant, via="cli")
+
+
+def dimse_principal(
+    settings: Settings,
+    calling_ae: str,
+    address: str,
+    *,
+    may_read: bool,
+    certificate_subject: str | None = None,
+) -> Principal:
+    """The principal of a DIMSE association.
+
+    ``dimse_principals`` maps ``AE`` or ``AE@host`` to ``tenant:role``; otherwise the caller is
+    in ``dimse_tenant`` as a radiologist when the peer table lets it query or retrieve
+    (``may_read``), else as a modality (store only). The peer table still decides per
+    operation; this decides the tenant and what the services allow.
+    """
+    ae = calling_ae.strip()
+    tenant, roles = settings.dimse_tenant, frozenset({"radiologist" if may_read else "modality"})
+    for entry in settings.dimse_principals.split(","):
+        who, sep, target = entry.strip().partition("=")
+        if not sep:
+            continue
+        entry_ae, _, entry_host = who.strip().partition("@")
+        if entry_ae.strip() != ae or (entry_host and entry_host.strip() != address):
+            continue
+        entry_tenant, _, role = target.strip().partition(":")
+        tenant = entry_tenant.strip() or tenant
+        if role.strip():
+            roles = parse_roles(role)
+        break
+    subject = f"dimse:{ae}" + (f" ({certificate_subject})" if certificate_subject else "")
+    return Principal(
+        subject, tenant, roles, via="dimse", peer=address, ae_title=ae, auth_method="dimse"
+    )
+
+
+__all__ = [
+    "BREAK_GLASS_HEADER",
+    "Authenticator",
+    "OidcVerifier",
+    "anonymous_admin",
+    "cli_principal",
+    "dimse_principal",
+]

@@ -1,0 +1,216 @@
+"""Who may do what: principals, built-in roles, scopes and the default-deny decision.
+
+Every front door (DICOMweb, DIMSE, CLI) turns its caller into a :class:`Principal` and hands it
+to the services, which ask :class:`AuthPolicy` before touching data. A decision has two steps,
+in this order:
+
+1. **Action.** May any of the principal's roles do this at all (read, write, delete, ...)? If
+   not: :class:`~nubis.errors.Forbidden` (HTTP 403, DIMSE 0x0124), whatever the resource, so the
+   answer says nothing about what exists.
+2. **Scope.** Which studies? Always the principal's tenant (the index's ``partition``) and,
+   for roles limited to grants (referrer), only the patients and studies granted to it. The
+   scope is not checked against a resource after it was found: it becomes part of the index
+   query (:class:`Scope`), so a study outside it is found exactly as often as one that does not
+   exist (404, empty QIDO-RS), by the same statement.
+
+Roles (``ROLES``): admin (everything in its tenant, user management), radiologist (read and
+write the tenant), referrer (read granted studies), uploader and modality (store only),
+researcher (de-identified reads only: refused until de-identification exists), auditor (the
+audit log only). Nothing is allowed that a role does not list.
+
+Break-glass: a principal whose roles are in ``break_glass_roles`` may ask for emergency read
+access to its whole tenant with a reason (``X-Nubis-Break-Glass: <reason>``); the services log it
+at WARNING and record a Security Alert (Emergency Override Started) before the access.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from nubis.errors import Forbidden
+
+DEFAULT_TENANT = "default"
+
+
+class Action(enum.Flag):
+    """What a request does (the design guide's ``Action``), plus AUDIT: read the audit log."""
+
+    NONE = 0
+    READ = enum.auto()  # query, metadata, pixels, rendered images
+    WRITE = enum.auto()  # store
+    DELETE = enum.auto()
+    EXPORT = enum.auto()
+    DEIDENTIFY = enum.auto()  # de-identified reads (no identified data)
+    ADMIN = enum.auto()  # users, keys, grants
+    AUDIT = enum.auto()  # the audit log
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """A built-in role: the actions it allows and whether its reads need a grant."""
+
+    actions: Action
+    granted_only: bool = False
+    summary: str = ""
+
+
+ROLES: dict[str, RoleSpec] = {
+    "admin": RoleSpec(
+        Action.READ | Action.WRITE | Action.DELETE | Action.EXPORT | Action.ADMIN | Action.AUDIT,
+        summary="everything in its tenant, users and keys included",
+    ),
+    "radiologist": RoleSpec(Action.READ | Action.WRITE, summary="read and store in its tenant"),
+    "referrer": RoleSpec(Action.READ, granted_only=True, summary="read the studies granted"),
+    "uploader": RoleSpec(Action.WRITE, summary="store only"),
+    "modality": RoleSpec(Action.WRITE, summary="store only (an imaging device)"),
+    "researcher": RoleSpec(
+        Action.DEIDENTIFY, summary="de-identified reads only (refused until they exist)"
+    ),
+    "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
+}
+
+# The refusal a researcher gets: say why, so nobody mistakes it for a missing grant.
+DEIDENTIFY_UNAVAILABLE = (
+    "the researcher role reads de-identified data only, and de-identification is not "
+    "available yet: identified metadata, pixels and query results are refused"
+)
+
+
+def parse_roles(text: str | Iterable[str]) -> frozenset[str]:
+    """Role names from ``"a,b"`` or an iterable; ValueError names an unknown one."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    roles = frozenset(n.strip().lower() for n in names if n.strip())
+    unknown = sorted(roles - ROLES.keys())
+    if unknown:
+        raise ValueError(
+            f"unknown role(s) {', '.join(unknown)}; built-in roles: {', '.join(ROLES)}"
+        )
+    return roles
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller, whatever the front door.
+
+    ``id`` is what grants and audit records name (a user name, ``oidc:<sub>``, ``dimse:<AE>``,
+    ``cli:<os user>``); ``via`` is the front door (``dicomweb``, ``dimse``, ``cli``);
+    ``peer`` the remote address; ``break_glass`` the reason of an emergency override the
+    caller asked for (honoured only for roles allowed to use it).
+    """
+
+    id: str
+    tenant: str
+    roles: frozenset[str]
+    via: str = "dicomweb"
+    peer: str | None = None
+    ae_title: str | None = None
+    auth_method: str = ""  # basic, apikey, oidc, dimse, cli
+    break_glass: str | None = None
+    request_id: str | None = None
+
+    @property
+    def user_id(self) -> str:
+        return self.id
+
+    def with_request(self, *, peer: str | None, request_id: str | None) -> Principal:
+        return replace(self, peer=peer, request_id=request_id)
+
+
+def system_principal(
+    name: str = "system", *, tenant: str = DEFAULT_TENANT, via: str = "cli"
+) -> Principal:
+    """An all-powerful principal of one tenant, for local maintenance (the CLI, whose user
+    can read the data folder anyway) and tests."""
+    return Principal(f"{via}:{name}", tenant, frozenset({"admin"}), via=via, auth_method=via)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which studies an authorized request may see: the tenant's partition and, when
+    ``grantee`` is set, only those granted to it (per patient or per study)."""
+
+    partition: str
+    grantee: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :meth:`AuthPolicy.decide`."""
+
+    allowed: bool
+    reason: str
+    scope: Scope | None = None
+    break_glass: str | None = None  # the reason, when the access is an emergency override
+
+
+@dataclass
+class AuthPolicy:
+    """RBAC over the built-in roles; default deny."""
+
+    break_glass_roles: frozenset[str] = field(
+        default_factory=lambda: frozenset({"radiologist", "referrer"})
+    )
+
+    def actions(self, who: Principal) -> Action:
+        allowed = Action.NONE
+        for role in who.roles:
+            spec = ROLES.get(role)
+            if spec is not None:
+                allowed |= spec.actions
+        return allowed
+
+    def decide(self, who: Principal, action: Action) -> Decision:
+        """Whether ``who`` may do ``action``, and on which studies (see the module docs)."""
+        if not who.tenant:
+            return Decision(False, f"{who.id} belongs to no tenant")
+        allowed = self.actions(who)
+        if not action or action & allowed != action:
+            if action & Action.READ and allowed & Action.DEIDENTIFY:
+                return Decision(False, DEIDENTIFY_UNAVAILABLE)
+            roles = ", ".join(sorted(who.roles)) or "no role"
+            return Decision(False, f"{who.id} ({roles}) may not {_verb(action)}")
+        if action & ~Action.READ:
+            # Write, delete, export, admin: tenant-wide roles only (none of them is limited).
+            return Decision(True, "allowed", Scope(who.tenant))
+        tenant_wide = any(
+            action & ROLES[r].actions and not ROLES[r].granted_only for r in who.roles if r in ROLES
+        )
+        if tenant_wide:
+            return Decision(True, "allowed", Scope(who.tenant))
+        if who.break_glass:
+            if who.roles & self.break_glass_roles:
+                return Decision(True, "break-glass", Scope(who.tenant), break_glass=who.break_glass)
+            return Decision(False, f"{who.id} may not use break-glass access")
+        return Decision(True, "granted studies", Scope(who.tenant, grantee=who.id))
+
+    def require(self, who: Principal, action: Action) -> Decision:
+        """:meth:`decide`, raising Forbidden (403 / 0x0124) when refused."""
+        decision = self.decide(who, action)
+        if not decision.allowed:
+            raise Forbidden(decision.reason)
+        return decision
+
+
+def _verb(action: Action) -> str:
+    names = [a.name.lower() for a in Action if a and a in action and a.name]
+    return " and ".join(names) or "do this"
+
+
+def break_glass_roles(text: str) -> frozenset[str]:
+    return parse_roles(text)
+
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "ROLES",
+    "Action",
+    "AuthPolicy",
+    "Decision",
+    "Principal",
+    "RoleSpec",
+    "Scope",
+    "parse_roles",
+    "system_principal",
+]

@@ -1,0 +1,85 @@
+"""Authorization and audit for the services: every service call passes through a Guard.
+
+The services (store, retrieve, query, maintenance) call :meth:`Guard.authorize` before they touch
+data and :meth:`Guard.record` after; front doors only turn their caller into a
+:class:`~nubis.security.policy.Principal`. So DICOMweb, DIMSE and the CLI obey one decision and
+leave one kind of record (design guide rule 3).
+
+A refused authorization is recorded (Security Alert, Use of Restricted Function) before
+Forbidden is raised; an emergency override (break-glass) is logged at WARNING and recorded
+(Security Alert, Emergency Override Started) before the access it allows. Recording fails
+closed: when the audit trail cannot commit, ``AuditUnavailable`` (503 / 0xA700) propagates and
+the access does not happen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nubis.errors import Forbidden
+from nubis.model.audit import AuditEvent
+from nubis.ports.audit import AuditRecorder
+from nubis.security import audit_events
+from nubis.security.policy import Action, AuthPolicy, Decision, Principal
+
+log = logging.getLogger("nubis.security")
+
+
+class Guard:
+    """The policy and the audit trail, as the services use them."""
+
+    def __init__(self, policy: AuthPolicy, audit: AuditRecorder | None) -> None:
+        self.policy = policy
+        # None only where no trail exists (unit tests of a single service).
+        self.audit = audit
+
+    def authorize(
+        self,
+        who: Principal,
+        action: Action,
+        what: str,
+        *,
+        patient_id: str | None = None,
+        study_uids: tuple[str, ...] = (),
+    ) -> Decision:
+        """The decision for ``who`` doing ``action``; Forbidden (recorded) when refused.
+
+        ``what`` describes the attempt for the audit record (``"retrieve study 1.2.3"``).
+        """
+        decision = self.policy.decide(who, action)
+        if not decision.allowed:
+            log.warning("refused %s to %s via %s: %s", what, who.id, who.via, decision.reason)
+            self.record(
+                audit_events.access_refused(
+                    who, f"{what}: {decision.reason}", request_id=who.request_id
+                )
+            )
+            raise Forbidden(decision.reason)
+        if decision.break_glass:
+            log.warning(
+                "BREAK-GLASS: %s (%s) via %s from %s: %s; reason: %r",
+                who.id,
+                ", ".join(sorted(who.roles)),
+                who.via,
+                who.peer or "?",
+                what,
+                decision.break_glass,
+            )
+            self.record(
+                audit_events.break_glass(
+                    who,
+                    decision.break_glass,
+                    patient_id=patient_id,
+                    study_uids=study_uids,
+                    request_id=who.request_id,
+                )
+            )
+        return decision
+
+    def record(self, event: AuditEvent) -> None:
+        """The one hook through which services record (fail closed, see the module docs)."""
+        if self.audit is not None:
+            self.audit.record(event)
+
+
+__all__ = ["Guard"]

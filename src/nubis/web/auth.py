@@ -1,0 +1,166 @@
+"""Authentication at the HTTP door, and the login and whoami endpoints.
+
+:class:`AuthMiddleware` authenticates every request except the health probes
+(:data:`PUBLIC_PATHS`) and puts the :class:`~nubis.security.policy.Principal` in the ASGI scope,
+where routes pick it up with ``principal_of`` and hand it to the services, which authorize.
+The middleware decides nothing else: who may do what is the services' business, so DIMSE and
+the CLI obey the same rules.
+
+A request without credentials is answered 401 with a challenge for Basic and Bearer. Failed
+attempts with credentials are recorded (User Authentication, minor failure); requests with no
+credentials at all are not, or every browser probe would write to the audit trail.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from dataclasses import replace
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from nubis.archive import Archive
+from nubis.errors import Forbidden, NubisError, Unauthorized
+from nubis.model.audit import EventOutcome
+from nubis.security import audit_events
+from nubis.security.authn import anonymous_admin
+from nubis.security.policy import Principal
+from nubis.web.errors import error_response
+
+PUBLIC_PATHS = frozenset({"/-/health", "/-/ready"})
+CHALLENGE = 'Basic realm="nubis", charset="UTF-8", Bearer realm="nubis"'
+
+
+class AuthMiddleware:
+    """Authenticate each HTTP request (see the module docs)."""
+
+    def __init__(self, app: ASGIApp, archive: Archive) -> None:
+        self.app = app
+        self.archive = archive
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
+        request_id = secrets.token_hex(8)
+        try:
+            principal = await run_in_threadpool(self._authenticate, headers, peer, request_id)
+        except Unauthorized as exc:
+            response = error_response(401, exc.reason)
+            response.headers["www-authenticate"] = CHALLENGE
+            await response(scope, receive, send)
+            return
+        except NubisError as exc:
+            await error_response(exc.http_status, exc.reason)(scope, receive, send)
+            return
+        scope["nubis.principal"] = replace(
+            principal, via="dicomweb", peer=peer, request_id=request_id
+        )
+        await self.app(scope, receive, send)
+
+    def _authenticate(
+        self, headers: dict[str, str], peer: str | None, request_id: str
+    ) -> Principal:
+        archive = self.archive
+        if not archive.settings.auth:
+            return anonymous_admin()
+        try:
+            return archive.authn.authenticate(headers)
+        except Unauthorized as exc:
+            if headers.get("authorization") or headers.get("x-api-key"):
+                claimed = _claimed_user(headers.get("authorization", ""))
+                archive.guard.record(
+                    audit_events.user_authentication(
+                        _Caller(claimed, peer),
+                        outcome=EventOutcome.MINOR_FAILURE,
+                        front_door="dicomweb",
+                        request_id=request_id,
+                        description=exc.reason,
+                    )
+                )
+            raise
+
+
+class _Caller:
+    """An unauthenticated caller, as the audit builders read principals."""
+
+    def __init__(self, user_id: str, peer: str | None) -> None:
+        self.user_id = user_id
+        self.peer = peer
+
+
+def _claimed_user(authorization: str) -> str:
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return "unknown (token)"
+    try:
+        name = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return "unknown"
+    return name[:128] or "unknown"
+
+
+def _principal(request: Request) -> Principal:
+    principal = request.scope.get("nubis.principal")
+    if not isinstance(principal, Principal):
+        raise Unauthorized("authentication required")
+    return principal
+
+
+async def login(request: Request) -> Response:
+    """``POST /-/login`` with HTTP Basic (user name and password): a new API key, shown once.
+
+    The key lasts ``api_key_days``. Only a password login issues keys, so a leaked key cannot
+    renew itself. 403 for credentials that are not a local user's password.
+    """
+    archive: Archive = request.app.state.archive
+    principal = _principal(request)
+    if principal.auth_method != "basic":
+        raise Forbidden("POST /-/login takes a user name and password (HTTP Basic)")
+    days = archive.settings.api_key_days or None
+
+    def issue() -> dict[str, Any]:
+        key, secret = archive.users.create_api_key(
+            principal.id, label=f"login from {principal.peer or '?'}", expires_in_days=days
+        )
+        archive.guard.record(
+            audit_events.user_authentication(
+                principal, front_door="dicomweb", request_id=principal.request_id
+            )
+        )
+        return {
+            "api_key": secret,
+            "key_id": key.id,
+            "user": principal.id,
+            "tenant": principal.tenant,
+            "roles": sorted(principal.roles),
+            "expires_at": key.expires_at,
+        }
+
+    return JSONResponse(await run_in_threadpool(issue), headers={"cache-control": "no-store"})
+
+
+async def whoami(request: Request) -> Response:
+    """``GET /-/whoami``: the caller as the archive sees it (for clients and operators)."""
+    principal = _principal(request)
+    return JSONResponse(
+        {
+            "id": principal.id,
+            "tenant": principal.tenant,
+            "roles": sorted(principal.roles),
+            "auth_method": principal.auth_method,
+        }
+    )
+
+
+__all__ = ["CHALLENGE", "PUBLIC_PATHS", "AuthMiddleware", "login", "whoami"]
