@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ SURNAMES = [
     "COHEN",
 ]
 GIVEN = ["ANNA", "JOHN", "MARIA", "LI", "OMAR", "SARA", "PETER", "YUKI", "JOSE", "EMMA"]
+TOKEN = "nubis-bench-admin-token-0123456789abcdef"
 MODALITIES = ["CT", "MR", "CR", "US", "MG", "PT", "DX", "NM"]
 
 
@@ -138,7 +140,8 @@ def fill(data_dir: Path, n_studies: int, seed: int = 7) -> list[str]:
 
 def measure(base: str, urls: list[str]) -> dict[str, float]:
     samples = []
-    with httpx.Client(base_url=base, headers={"Accept": "application/dicom+json"}) as client:
+    headers = {"Accept": "application/dicom+json", "Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=base, headers=headers) as client:
         for url in urls[:20]:
             client.get(url)  # warm the page cache and the connection
         for url in urls:
@@ -180,6 +183,7 @@ def main() -> int:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "NUBIS_ADMIN_TOKEN": TOKEN},
         )
         base = f"http://127.0.0.1:{port}/dicom-web"
         try:

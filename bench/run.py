@@ -186,13 +186,17 @@ def prepare_corpus(plan: Plan, log: Callable[[str], None]) -> Corpus:
 # --------------------------------------------------------------------------- client
 
 
+# nubis requires authentication by default; Orthanc (auth off) ignores the header.
+BENCH_TOKEN = "nubis-bench-admin-token-0123456789abcdef"
+
+
 def new_client(base_url: str) -> httpx.Client:
     # One keep-alive connection per thread. Accept-Encoding identity: the figures measure
     # the archive, not gzip; both targets are asked the same.
     return httpx.Client(
         base_url=base_url,
         timeout=httpx.Timeout(600.0, connect=10.0),
-        headers={"Accept-Encoding": "identity"},
+        headers={"Accept-Encoding": "identity", "Authorization": f"Bearer {BENCH_TOKEN}"},
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
     )
 
@@ -540,7 +544,12 @@ class NubisServer:
             self.command, "serve", "--data-dir", str(self.workdir / "data"),
             "--http-port", str(self.http_port), *self.extra_args,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NUBIS_ADMIN_TOKEN": BENCH_TOKEN},
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -549,7 +558,9 @@ class NubisServer:
                 )
             with contextlib.suppress(httpx.HTTPError):
                 r = httpx.get(
-                    f"{self.dicomweb_url}/studies", headers={"Accept": ACCEPT_JSON}, timeout=2.0
+                    f"{self.dicomweb_url}/studies",
+                    headers={"Accept": ACCEPT_JSON, "Authorization": f"Bearer {BENCH_TOKEN}"},
+                    timeout=2.0,
                 )
                 if r.status_code in (200, 204):
                     return
