@@ -154,3 +154,26 @@ def test_keys_cli_list_rotate_and_shred(tmp_path: Path) -> None:
         archive.store.read(key, context=_ctx("1.1", "CLI-PATIENT"))
     result = runner.invoke(app, ["keys", "shred-patient", "CLI-PATIENT", "--yes", *args])
     assert result.exit_code == 1
+
+
+def test_a_rewrite_that_reuses_the_inode_is_still_seen(tmp_path: Path) -> None:
+    """A worker that read the keyring before a shred must not keep the shredded key, even if
+    the rewritten file came back under the inode number it remembers."""
+    archive = Archive(tmp_path)
+    key = archive.put(b"x", _ctx("1.1", "DOOMED"))
+    path = tmp_path / "keyring.jsonl"
+    shredder = LocalKeyring(path)
+    for _ in range(3):
+        shredder.rotate()  # the stale worker has not read these appends yet ...
+    shredder.shred_patient("default", "DOOMED")  # ... nor this rewrite (new inode)
+    rewritten = path.read_bytes()
+    # The rewritten content under the identity the worker remembers, longer than it read.
+    path.unlink()
+    path.write_bytes(rewritten)
+    path.chmod(0o600)
+    assert len(rewritten) > archive.keys._offset  # so a stale reader would take a "tail"
+    archive.keys._identity = (path.stat().st_dev, path.stat().st_ino)  # as if it came back
+    with pytest.raises(KeyErased):
+        archive.store.read(key, context=_ctx("1.1", "DOOMED"))
+    # It re-read the whole file rather than a "tail" of another file's bytes.
+    assert archive.keys._lines == LocalKeyring(path)._lines

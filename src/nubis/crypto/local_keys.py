@@ -161,6 +161,7 @@ class LocalKeyring:
                 if not (line.get("t") == "patient" and line.get("id") in doomed)
             ]
             kept += [{"t": "shredded", "id": s, **_at()} for s in sorted(doomed)]
+            kept[0] = {**kept[0], "gen": secrets.token_hex(8)}
             self._rewrite(kept)
         # The subject id is random and names no one; the Patient ID is never logged.
         log.warning("keyring: shredded %d patient key(s) %s", len(doomed), ", ".join(doomed))
@@ -225,6 +226,7 @@ class LocalKeyring:
         self._shredded: set[str] = set()
         self._ciphers: dict[tuple[str, str], AESGCM] = {}
         self._offset = 0
+        self._head = b""  # the first line as read: its generation tells rewrites apart
 
     def _check_mode(self) -> None:
         mode = self.path.stat().st_mode
@@ -243,14 +245,19 @@ class LocalKeyring:
         identity = (st.st_dev, st.st_ino)
         if identity == self._identity and st.st_size == self._offset:
             return
-        if identity != self._identity or st.st_size < self._offset:
-            self._reset()
-            self._identity = identity
         with open(self.path, "rb") as f:
+            # A rewrite (shred) gives a new inode, but the number of a freed one may come back:
+            # each rewrite also stamps a new generation into the first line, checked here.
+            same = identity == self._identity and st.st_size > self._offset
+            if not same or f.read(len(self._head)) != self._head:
+                self._reset()
+                self._identity = identity
             f.seek(self._offset)
             tail = f.read()
         # A line being appended by another process may be incomplete: take whole lines only.
         complete = tail[: tail.rfind(b"\n") + 1]
+        if self._offset == 0:
+            self._head = complete[: complete.find(b"\n") + 1]
         for raw in complete.splitlines():
             if raw.strip():
                 self._apply(json.loads(raw))
@@ -316,7 +323,13 @@ class LocalKeyring:
     def _create(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = [
-            {"t": "keyring", "v": _FORMAT, "salt": _b64(os.urandom(_KEY_SIZE)), **_at()},
+            {
+                "t": "keyring",
+                "v": _FORMAT,
+                "salt": _b64(os.urandom(_KEY_SIZE)),
+                "gen": secrets.token_hex(8),
+                **_at(),
+            },
             {"t": "kek", "id": "k1", "key": _b64(os.urandom(_KEY_SIZE)), **_at()},
         ]
         temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
