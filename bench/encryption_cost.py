@@ -91,7 +91,7 @@ def _median(rounds: list[dict[str, Any]], *path: str) -> float:
 
 FIGURES = [
     ("STOW-RS inst/s", ("stow", "instances_per_s"), True),
-    ("STOW-RS server CPU s / 400 inst", ("stow", "server_cpu_s"), False),
+    ("STOW-RS server CPU s", ("stow", "server_cpu_s"), False),
     ("WADO-RS retrieval MB/s", ("retrieval", "mb_per_s"), True),
     ("WADO-RS server CPU s", ("retrieval", "server_cpu_s"), False),
     ("frame p50 ms", ("frame", "p50_ms"), False),
