@@ -89,7 +89,9 @@ class EncryptedBlobStore:
         self.segment_size = segment_size
         self.accept_plaintext = accept_plaintext
         self.capabilities = BlobCapabilities(
-            adopts_local_files=inner.capabilities.adopts_local_files, range_reads=True
+            adopts_local_files=inner.capabilities.adopts_local_files,
+            range_reads=True,
+            authenticated_reads=True,
         )
 
     def new_key(self) -> str:

@@ -25,6 +25,9 @@ class BlobCapabilities:
     # The store can take ownership of a spooled local file without copying it (same filesystem).
     adopts_local_files: bool
     range_reads: bool
+    # Every read is authenticated against what was written (AEAD tags over the plaintext whose
+    # SHA-256 the index keeps): re-hashing on read would prove nothing more.
+    authenticated_reads: bool = False
 
 
 @dataclass(frozen=True)

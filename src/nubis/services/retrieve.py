@@ -108,7 +108,7 @@ class RetrieveService:
     def instance_chunks(self, inst: StoredInstance, transfer_syntax: str) -> Iterator[bytes]:
         """The PS3.10 file, as stored (``*`` or the stored syntax) or transcoded."""
         if transfer_syntax in (AS_STORED, inst.transfer_syntax_uid):
-            if not self.verify_reads:
+            if not self.verify_reads or self.blobs.capabilities.authenticated_reads:
                 return self.blobs.iter_chunks(inst.blob_key, context=blob_context(inst))
             return self._verified_chunks(inst)
         if not transcode.can_transcode(inst.transfer_syntax_uid, transfer_syntax):
