@@ -1,4 +1,10 @@
-"""Blob store URL scheme -> backend. Optional backends import lazily."""
+"""Blob store URL scheme -> backend. Optional backends import lazily.
+
+- ``file:///PATH``: a local folder (nubis.blobs.filesystem).
+- ``s3://BUCKET[/PREFIX]?endpoint=https://...&region=...&ca_bundle=/path``: an S3-compatible
+  object store (nubis.blobs.s3, extra ``[s3]``); every parameter is listed in
+  :func:`nubis.blobs.s3.from_url`. Credentials come from the usual AWS variables and files.
+"""
 
 from __future__ import annotations
 
@@ -19,4 +25,25 @@ def open_blob_store(url: str, *, durable: bool = True) -> BlobStore:
         from nubis.blobs.filesystem import FileBlobStore
 
         return FileBlobStore(Path(unquote(parsed.path)), durable=durable)
-    raise UnknownBackend(f"unsupported blob store URL {url!r} (supported: file:///PATH)")
+    if parsed.scheme == "s3":
+        # A PUT that answered 200 is durable in the store: ``durable`` has nothing to add.
+        try:
+            from nubis.blobs.s3 import from_url
+        except ImportError as exc:
+            raise UnknownBackend(f"{exc} (blob store URL {_redacted(url)})") from None
+        try:
+            return from_url(url)
+        except ValueError as exc:
+            raise UnknownBackend(str(exc)) from None
+    raise UnknownBackend(
+        f"unsupported blob store URL {_redacted(url)} "
+        "(supported: file:///PATH, s3://BUCKET/PREFIX?endpoint=...)"
+    )
+
+
+def _redacted(url: str) -> str:
+    # Credentials do not belong in the URL, but if someone put them there, do not echo them.
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return repr(url)
+    return repr(parsed._replace(netloc=f"{parsed.username}:***@{parsed.hostname}").geturl())
