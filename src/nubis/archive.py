@@ -8,6 +8,7 @@ from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.registry import open_blob_store
 from nubis.config import Settings
 from nubis.crypto.registry import keyring_exists, open_key_provider
+from nubis.errors import StorageUnavailable
 from nubis.index.database import Index
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
@@ -107,7 +108,14 @@ class Archive:
         leftovers = self.spool.clear()
         if leftovers:
             log.info("removed %d spool file(s) left by an interrupted run", leftovers)
-        report = self.maintenance.reap()
+        try:
+            report = self.maintenance.reap()
+        except StorageUnavailable as exc:
+            # A remote blob store that is down now must not keep the node from starting: stores
+            # answer 503 until it is back, and the background reaper tries again.
+            log.warning("blob store unavailable, reaping skipped: %s", exc.reason)
+            self.index.close()
+            return
         if report.orphans_deleted or report.doomed_deleted:
             log.info(
                 "reaped %d orphan and %d deleted blob(s)",

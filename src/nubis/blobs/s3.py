@@ -212,8 +212,12 @@ class S3BlobStore:
             # Ciphertext under a key only the encrypted store holds (a wiring error).
             raise ValueError("a sealed spool file needs the encrypted blob store")
         name = self._object(key)
-        size = source.size
         with source.open() as f:
+            # The bytes on disk, not ``source.size``: a wrapping store may hand over a file
+            # that is larger than the object it describes (the encrypted store's header and
+            # tags); a Content-Length short of the file would be refused (BadDigest) at best.
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
             if size > self.multipart_threshold:
                 self._put_multipart(key, name, f, size)
             else:
