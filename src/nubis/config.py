@@ -69,7 +69,9 @@ class Settings:
         "", "Index database URL (sqlite:///PATH). Empty: the SQLite file index.sqlite in data_dir."
     )
     blobs: str = _setting(
-        "", "Blob store URL (file:///PATH). Empty: the folder blobs/ in data_dir."
+        "",
+        "Blob store URL: file:///PATH, or s3://BUCKET/PREFIX?endpoint=URL&region=R&ca_bundle=PEM "
+        "(credentials from the AWS variables or files). Empty: the folder blobs/ in data_dir.",
     )
     on_conflict: str = _setting(
         "reject",
