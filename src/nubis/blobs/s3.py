@@ -78,8 +78,8 @@ _MIN_PART = 5 * MiB
 _MAX_COPY = 5 << 30
 _KEY = re.compile(r"[0-9a-f]{32}\Z")
 _MULTIPART_ETAG = re.compile(r"[0-9a-f]{32}-\d+\Z")
-# Errors that the next attempt may not repeat, when botocore has not retried them (a body that
-# broke after the response headers arrived).
+# Tries of a GET whose body breaks mid-way: botocore retries a request only until its response
+# headers arrive, so resuming a broken body (a ranged GET from where it broke) is ours.
 _STREAM_ATTEMPTS = 3
 
 
