@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import random
@@ -56,6 +55,7 @@ from nubis.ports.blobs import (
     BlobNotFound,
     LocalFile,
 )
+from nubis.ports.reader import PositionedReader
 
 try:
     import boto3
@@ -573,7 +573,7 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
             close()
 
 
-class _ObjectFile(io.RawIOBase):
+class _ObjectFile(PositionedReader):
     """Seekable read-only view of one object: a window of ``read_ahead`` bytes, refilled by
     ranged GETs; reads larger than the window fetch exactly what they ask for."""
 
@@ -608,29 +608,6 @@ class _ObjectFile(io.RawIOBase):
         if "/" in content_range:
             return int(content_range.rsplit("/", 1)[1])
         return int(answer["ContentLength"])  # the whole object fitted
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_SET:
-            pos = offset
-        elif whence == os.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == os.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = pos
-        return pos
 
     def read(self, size: int | None = -1) -> bytes:
         self._checkClosed()

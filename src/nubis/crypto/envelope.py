@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from nubis.errors import BlobUnreadable
 from nubis.ports.keys import WrappedKey
+from nubis.ports.reader import PositionedReader
 
 if TYPE_CHECKING:
     from nubis.ports.blobs import BlobContext
@@ -300,7 +301,7 @@ def encrypt_stream(
     return writer.finish()
 
 
-class SegmentReader(io.RawIOBase):
+class SegmentReader(PositionedReader):
     """A seekable, read-only view of the plaintext of an encrypted body.
 
     ``source`` is a seekable binary file positioned anywhere; segments are read and decrypted
@@ -334,29 +335,6 @@ class SegmentReader(io.RawIOBase):
     @property
     def size(self) -> int:
         return self._size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if pos < 0:
-            raise OSError("negative seek position")
-        self._pos = pos
-        return pos
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         if self._pos >= self._size:
