@@ -80,8 +80,8 @@ def test_two_gigabyte_instance_round_trip_with_bounded_memory(tmp_path: Path) ->
     free = shutil.disk_usage(tmp_path).free
     if free < MIN_FREE_DISK:
         pytest.skip(
-            f"needs {MIN_FREE_DISK >> 30} GB free in {tmp_path} for a 2 GB file, its spool copy "
-            f"and blob; only {free / (1 << 30):.1f} GB free"
+            reason=f"needs {MIN_FREE_DISK >> 30} GB free in {tmp_path} for a 2 GB file, its "
+            f"spool copy and blob; only {free / (1 << 30):.1f} GB free"
         )
     timings: dict[str, float] = {}
 

@@ -34,7 +34,7 @@ pytestmark = [
 def _testdata(name: str) -> Path:
     found = get_testdata_file(name, download=False)
     if found is None:
-        pytest.skip(f"{name} is not bundled with this pydicom")
+        pytest.skip(reason=f"{name} is not bundled with this pydicom")
     return Path(str(found))
 
 

@@ -33,7 +33,7 @@ PNG = RenderOptions(media_type="image/png")
 def data(name: str) -> Path:
     path = get_testdata_file(name)
     if path is None:
-        pytest.skip(f"pydicom test file {name} not available offline")
+        pytest.skip(reason=f"pydicom test file {name} not available offline")
     return Path(path)
 
 

@@ -45,7 +45,7 @@ PIXEL_DESCRIPTION = {0x00280004, 0x00280006, 0x00280008, 0x7FE00010, 0x7FE00001,
 def data(name: str) -> Path:
     path = get_testdata_file(name)
     if path is None:
-        pytest.skip(f"pydicom test file {name} not available offline")
+        pytest.skip(reason=f"pydicom test file {name} not available offline")
     return Path(path)
 
 
