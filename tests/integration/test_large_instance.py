@@ -79,10 +79,11 @@ def _single_part_sha256(response: httpx.Response) -> tuple[str, int]:
 def test_two_gigabyte_instance_round_trip_with_bounded_memory(tmp_path: Path) -> None:
     free = shutil.disk_usage(tmp_path).free
     if free < MIN_FREE_DISK:
-        pytest.skip(
-            reason=f"needs {MIN_FREE_DISK >> 30} GB free in {tmp_path} for a 2 GB file, its "
+        why = (
+            f"needs {MIN_FREE_DISK >> 30} GB free in {tmp_path} for a 2 GB file, its "
             f"spool copy and blob; only {free / (1 << 30):.1f} GB free"
         )
+        pytest.skip(reason=why)
     timings: dict[str, float] = {}
 
     started = time.monotonic()
