@@ -153,3 +153,63 @@ def fresh_server(tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+_PG_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "postgres"
+# The first start on a clean machine installs Debian's postgresql package.
+_PG_START_TIMEOUT = 1200
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL server started for the session (scripts/postgres/pg-start.sh)."""
+
+    url: str
+    dir: Path
+
+    def database(self, name: str) -> str:
+        """A new, empty database; its ``index`` URL. Tests keep apart by database."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL server (Debian's package) for the whole session, stopped at its end.
+
+    A start that fails is a test failure carrying the script's output, never a skip: a
+    PostgreSQL index that was not tested must not look like one that passed.
+    """
+    import tempfile
+
+    # Not under pytest's tmp folder: the server runs as the postgres user, who cannot enter it.
+    pg_dir = Path(tempfile.mkdtemp(prefix="nubis-pg-"))
+    env = {**os.environ, "PG_DIR": str(pg_dir)}
+    output = ""
+    for _ in range(3):
+        env["PG_PORT"] = str(_free_port())
+        result = subprocess.run(
+            ["bash", str(_PG_SCRIPTS / "pg-start.sh")],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_PG_START_TIMEOUT,
+            check=False,
+        )
+        output += result.stdout + result.stderr
+        if result.returncode == 0 or "already in use" not in output:
+            break
+    try:
+        if result.returncode != 0:
+            pytest.fail(f"PostgreSQL did not start:\n{output}")
+        settings = dict(line.split("=", 1) for line in (pg_dir / "pg.env").read_text().splitlines())
+        yield Postgres(url=settings["PG_URL"], dir=pg_dir)
+    finally:
+        # Stops the server and removes its folder.
+        subprocess.run(["bash", str(_PG_SCRIPTS / "pg-stop.sh")], env=env, timeout=120, check=False)

@@ -1,16 +1,20 @@
-"""The metadata index on SQLAlchemy Core (SQLite embedded; PostgreSQL in #5).
+"""The metadata index on SQLAlchemy Core: SQLite embedded, PostgreSQL at scale.
 
-Writes go through one writer thread that commits whatever stores are waiting in a single
-transaction (group commit), each in its own SAVEPOINT: with synchronous=FULL every commit costs
-an fsync, and many concurrent STOW-RS / C-STORE requests share one instead of queueing behind
-each other. Reads use a pool of connections; SQLite's WAL lets them run beside the writer.
+On SQLite, writes go through one writer thread that commits whatever stores are waiting in a
+single transaction (group commit), each in its own SAVEPOINT: with synchronous=FULL every commit
+costs an fsync, and many concurrent STOW-RS / C-STORE requests share one instead of queueing
+behind each other. Reads use a pool of connections; SQLite's WAL lets them run beside the writer.
+
+On PostgreSQL, many nodes write at once: each write runs in its own READ COMMITTED transaction
+on a pooled connection in the caller's thread (the server does group commit itself), takes the
+row locks it needs (see store_sql), and is retried on serialization failures and deadlocks.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,12 +38,14 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
+from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.query_sql import Page, granted_to, search_page
 from nubis.index.schema import doomed_blobs, instances, series, series_requests, studies
-from nubis.index.store_sql import insert_instance
+from nubis.index.store_sql import insert_instance, lock_study
 from nubis.model.query import Query
 from nubis.model.records import NewInstance, StoredInstance, StoreResult
 
@@ -62,6 +68,20 @@ _STORED_COLUMNS = (
     instances.c.bulk_index,
     studies.c.patient_id,
 )
+
+
+# Advisory lock keys (PostgreSQL): arbitrary constants, unique within nubis.
+_MIGRATION_LOCK = 0x6E75_6201
+AUDIT_LOCK = 0x6E75_6202
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for error messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def _now_ms() -> int:
@@ -95,6 +115,74 @@ def _sqlite_engine(url: str, *, durable: bool, writer: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+def _postgresql_engine(url: str, *, durable: bool) -> Engine:
+    engine = create_engine(
+        url,
+        pool_size=16,
+        max_overflow=16,
+        # A node outlives a database restart or fail-over: stale pooled connections are
+        # replaced on checkout instead of failing the request that drew them.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+    if not durable:
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Like SQLite's synchronous=OFF: a crash may lose the last commits, never corrupt.
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET synchronous_commit = off")
+            dbapi_connection.commit()
+
+    return engine
+
+
+def _driver_url(url: str) -> str:
+    """postgresql:// (what operators write) runs on psycopg 3, not SQLAlchemy's psycopg2."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+# SQLSTATEs after which the same transaction, run again, may well succeed.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+def _retryable(exc: BaseException) -> bool:
+    sqlstate = getattr(getattr(exc, "orig", exc), "sqlstate", None)
+    return sqlstate in _RETRYABLE_SQLSTATES
+
+
+class _ConcurrentWriter:
+    """Runs each write job in its own transaction in the caller's thread, with retries."""
+
+    attempts = 8
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def submit(self, job: Callable[[Connection], T]) -> T:
+        unreachable = (OperationalError, self.engine.dialect.loaded_dbapi.OperationalError)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                with self.engine.connect() as conn, conn.begin():
+                    return job(conn)
+            except Exception as exc:
+                if not (_retryable(exc) or isinstance(exc, unreachable)):
+                    raise  # the job's own outcome (NotFound, DuplicateInstance...)
+                if _retryable(exc) and attempt < self.attempts:
+                    # Jittered backoff so the transactions that collided do not collide again.
+                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                    continue
+                log.error("index write failed: %s", exc)
+                raise StorageUnavailable("the index could not commit the write") from exc
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """Nothing runs in the background."""
 
 
 class _GroupCommitWriter(threading.Thread):
@@ -140,7 +228,7 @@ class _GroupCommitWriter(threading.Thread):
         try:
             with self.engine.connect() as conn, conn.begin():
                 # Savepoints on the driver's cursor: SQLAlchemy's cost as much as a store.
-                cursor = _cursor(conn)
+                cursor = driver_cursor(conn)
                 for job, _ in batch:
                     cursor.execute("SAVEPOINT job")
                     try:
@@ -170,12 +258,22 @@ class Index:
     """Index operations used by the services; each write is one atomic unit."""
 
     def __init__(self, url: str, *, durable: bool = True) -> None:
-        if not url.startswith("sqlite:"):
-            raise StorageUnavailable(f"unsupported index URL {url!r} (supported: sqlite:///PATH)")
         self.url = url
-        self.read_engine = _sqlite_engine(url, durable=durable, writer=False)
-        self.write_engine = _sqlite_engine(url, durable=durable, writer=True)
-        self._writer: _GroupCommitWriter | None = None
+        if url.startswith("sqlite:"):
+            self.dialect = "sqlite"
+            self.read_engine = _sqlite_engine(url, durable=durable, writer=False)
+            self.write_engine = _sqlite_engine(url, durable=durable, writer=True)
+        elif url.startswith(("postgresql:", "postgresql+psycopg:", "postgres:")):
+            self.dialect = "postgresql"
+            self.read_engine = self.write_engine = _postgresql_engine(
+                _driver_url(url), durable=durable
+            )
+        else:
+            raise StorageUnavailable(
+                f"unsupported index URL {_redacted(url)!r} "
+                "(supported: sqlite:///PATH, postgresql://USER@HOST:PORT/DATABASE)"
+            )
+        self._writer: _GroupCommitWriter | _ConcurrentWriter | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -185,11 +283,15 @@ class Index:
             raise StorageUnavailable(
                 f"index schema is at {current}, this version needs {head}: run migrations first"
             )
+        if self.dialect == "postgresql":
+            self._writer = _ConcurrentWriter(self.write_engine)
+            return
         with self.write_engine.connect() as conn:
             # Fresh statistics let SQLite pick the selective index for QIDO range queries.
             conn.exec_driver_sql("PRAGMA optimize=0x10002")
-        self._writer = _GroupCommitWriter(self.write_engine)
-        self._writer.start()
+        writer = _GroupCommitWriter(self.write_engine)
+        writer.start()
+        self._writer = writer
 
     def close(self) -> None:
         if self._writer is not None:
@@ -205,10 +307,23 @@ class Index:
         return cfg
 
     def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to ``revision`` (numbered migrations, PS: see index/migrations)."""
+        """Bring the schema to ``revision`` (numbered migrations, see index/migrations).
+
+        Safe to run from every node at once: on PostgreSQL the nodes take turns on an advisory
+        lock, and the ones after the first find nothing left to do.
+        """
         with self.write_engine.connect() as conn:
-            command.upgrade(self._alembic_config(conn), revision)
-            conn.commit()
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+                conn.commit()
+            try:
+                command.upgrade(self._alembic_config(conn), revision)
+                conn.commit()
+            finally:
+                if self.dialect == "postgresql":
+                    conn.rollback()
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+                    conn.commit()
 
     def schema_version(self) -> str | None:
         with self.read_engine.connect() as conn:
@@ -224,9 +339,20 @@ class Index:
             yield conn
 
     def write(self, job: Callable[[Connection], T]) -> T:
+        """Run ``job`` in a write transaction; it may run more than once (PostgreSQL retries)."""
         if self._writer is None:
             raise StorageUnavailable("the index is not open for writing")
         return self._writer.submit(job)
+
+    @staticmethod
+    def serialize(conn: Connection, lock: int) -> None:
+        """Make write jobs holding ``lock`` take turns until commit, across every node.
+
+        SQLite's single writer already runs one job at a time; on PostgreSQL this is a
+        transaction-scoped advisory lock.
+        """
+        if is_postgresql(conn):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(lock)})")
 
     # ------------------------------------------------------------------ store
     def find_instance(self, partition: str, sop_instance_uid: str) -> StoredInstance | None:
@@ -298,6 +424,8 @@ class Index:
         """Remove the rows; their blobs are queued in doomed_blobs for the reaper."""
 
         def job(conn: Connection) -> int:
+            # Stores into this study wait until the delete commits (and vice versa).
+            lock_study(driver_cursor(conn), partition, study_uid, lock_rows=is_postgresql(conn))
             pks = (
                 conn.execute(
                     _scoped(partition, study_uid, series_uid, sop_instance_uid).with_only_columns(
@@ -386,10 +514,6 @@ def _scoped(
     return stmt
 
 
-def _cursor(conn: Connection) -> Any:
-    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-
-
 def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
     row = conn.execute(
         select(*_STORED_COLUMNS)
@@ -406,11 +530,12 @@ def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
 def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreResult, str | None]:
     # The common path is five statements: this runs in the single writer thread, and every
     # statement releases and re-takes the GIL, so each one saved is felt by every store.
-    cursor = _cursor(conn)
+    cursor = driver_cursor(conn)
+    lock_rows = is_postgresql(conn)
     cursor.execute("SAVEPOINT store")
     try:
-        insert_instance(cursor, new, _now_ms())
-    except sqlite3.IntegrityError:
+        insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
+    except conn.dialect.loaded_dbapi.IntegrityError:
         cursor.execute("ROLLBACK TO store")  # the SOP Instance UID is taken: decide below
         cursor.execute("RELEASE store")
     else:
@@ -431,7 +556,7 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
             f"{new.sop_instance_uid}; the stored one is kept"
         )
     _remove_instance(conn, existing.pk, doom_blob=False)
-    insert_instance(_cursor(conn), new, _now_ms())
+    insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
     return StoreResult.REPLACED, existing.blob_key
 
 

@@ -11,32 +11,41 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from nubis.index.driver import DriverCursor
 from nubis.model.records import NewInstance
+
+_STUDY_SQL = "SELECT id, modalities FROM studies WHERE partition = :p AND study_uid = :uid"
 
 
 @functools.cache
-def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+def _insert_sql(table: str, columns: tuple[str, ...], unless: str) -> str:
     names = ", ".join(columns)
     values = ", ".join(f":{c}" for c in columns)
-    return f"INSERT INTO {table} ({names}) VALUES ({values})"
+    conflict = f" ON CONFLICT ({unless}) DO NOTHING" if unless else ""
+    return f"INSERT INTO {table} ({names}) VALUES ({values}){conflict} RETURNING id"
 
 
-def _insert(cursor: Any, table: str, row: dict[str, Any]) -> int:
-    cursor.execute(_insert_sql(table, tuple(row)), row)
-    return int(cursor.lastrowid)
+def _insert(cursor: DriverCursor, table: str, row: dict[str, Any], unless: str = "") -> int | None:
+    """Insert ``row``; its id, or None when ``unless`` names a unique key that is taken."""
+    found = cursor.execute(_insert_sql(table, tuple(row), unless), row).fetchone()
+    return None if found is None else int(found[0])
 
 
-def insert_instance(cursor: Any, new: NewInstance, now: int) -> None:
+def lock_study(cursor: DriverCursor, partition: str, study_uid: str, *, lock_rows: bool) -> Any:
+    """The study's (id, modalities) row, locked until commit when ``lock_rows``; None if absent."""
+    sql = _STUDY_SQL + " FOR UPDATE" if lock_rows else _STUDY_SQL
+    return cursor.execute(sql, {"p": partition, "uid": study_uid}).fetchone()
+
+
+def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_rows: bool) -> None:
     """Insert the instance and its study and series rows when new; keep the counts current.
 
     Raises the driver's IntegrityError when the SOP Instance UID is already stored in the
-    partition (the caller decides between duplicate, conflict and overwrite).
+    partition (the caller decides between duplicate, conflict and overwrite). ``lock_rows``:
+    the database runs writers concurrently (PostgreSQL), so lock the study row first.
     """
-    cursor.execute(
-        "SELECT id, modalities FROM studies WHERE partition = :p AND study_uid = :uid",
-        {"p": new.partition, "uid": new.study_uid},
-    )
-    study = cursor.fetchone()
+    study = lock_study(cursor, new.partition, new.study_uid, lock_rows=lock_rows)
+    study_pk: int | None = None
     if study is None:
         study_pk = _insert(
             cursor,
@@ -52,9 +61,12 @@ def insert_instance(cursor: Any, new: NewInstance, now: int) -> None:
                 "num_instances": 0,
                 **new.study_columns,
             },
+            unless="partition, study_uid" if lock_rows else "",
         )
+        if study_pk is None:  # another node created it since: wait for and lock its row
+            study = lock_study(cursor, new.partition, new.study_uid, lock_rows=lock_rows)
         modalities = ""
-    else:
+    if study is not None:
         study_pk, modalities = study
     cursor.execute(
         "SELECT id FROM series WHERE study_pk = :s AND series_uid = :uid",
@@ -62,6 +74,7 @@ def insert_instance(cursor: Any, new: NewInstance, now: int) -> None:
     )
     found = cursor.fetchone()
     new_series = found is None
+    series_pk: int | None
     if new_series:
         series_pk = _insert(
             cursor,

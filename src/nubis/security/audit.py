@@ -47,7 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from sqlalchemy import Connection, select
 
 from nubis.errors import StorageUnavailable
-from nubis.index.database import Index
+from nubis.index.database import AUDIT_LOCK, Index
+from nubis.index.driver import driver_cursor
 from nubis.index.schema import audit_checkpoints, audit_cursors, audit_log
 from nubis.model.audit import ActiveParticipant, AuditEvent, Code, EventOutcome, event_from_dict
 from nubis.ports.audit import AuditReceipt
@@ -355,7 +356,7 @@ class AuditTrail:
         every = self.checkpoint_every
 
         def job(conn: Connection) -> list[AuditReceipt]:
-            cursor = _driver_cursor(conn)
+            cursor = _chain_cursor(conn)
             head = cursor.execute(_HEAD_SQL).fetchone()
             seq, prev = (head[0], head[1]) if head else (0, GENESIS)
             first = seq + 1
@@ -379,7 +380,7 @@ class AuditTrail:
         key = self.key
 
         def job(conn: Connection) -> Checkpoint | None:
-            cursor = _driver_cursor(conn)
+            cursor = _chain_cursor(conn)
             head = cursor.execute(_HEAD_SQL).fetchone()
             if head is None:
                 return None
@@ -475,7 +476,7 @@ class AuditTrail:
     def set_cursor(self, name: str, seq: int) -> None:
         now = time.time_ns() // 1_000_000
         self.index.write(
-            lambda conn: _driver_cursor(conn).execute(
+            lambda conn: driver_cursor(conn).execute(
                 "INSERT INTO audit_cursors (name, seq, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET seq = excluded.seq, "
                 "updated_at = excluded.updated_at",
@@ -671,10 +672,15 @@ def _sign(cursor: Any, key: SigningKey, seq: int, head_hash: str) -> Checkpoint:
     return Checkpoint(cursor.lastrowid, seq, head_hash, signed_at, key.key_id, signature)
 
 
-def _driver_cursor(conn: Connection) -> Any:
-    # The writer's own hot path uses the DB-API cursor too: SQLAlchemy's statement building
-    # costs as much as the insert itself in the single writer thread.
-    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+def _chain_cursor(conn: Connection) -> Any:
+    """The driver's cursor (the append is a hot path), with the chain's head held until commit.
+
+    On PostgreSQL several nodes append at once: without the lock two of them would read the
+    same head and one would fail on its sequence number. The chain is one sequence by design,
+    so appends take turns; each holds the lock for one short transaction.
+    """
+    Index.serialize(conn, AUDIT_LOCK)
+    return driver_cursor(conn)
 
 
 def system_participant(source_id: str) -> ActiveParticipant:

@@ -1,0 +1,297 @@
+"""The index contract: every index backend (SQLite, PostgreSQL) passes the same tests.
+
+Migrations, two-phase store, duplicates, delete bookkeeping, concurrent writers; on the
+backends that run several nodes on one database (PostgreSQL), two Index objects stand for two
+nodes writing the same study, the same instance, and deleting while storing (issue 5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from pydicom.data import get_testdata_file
+from sqlalchemy import func, select
+
+from nubis.blobs.filesystem import FileBlobStore
+from nubis.errors import DuplicateInstance, NotFound
+from nubis.index.database import Index
+from nubis.index.schema import instances, metadata, series, studies
+from nubis.model.records import StoreResult
+from nubis.security.policy import AuthPolicy, system_principal
+from nubis.services.guard import Guard
+from nubis.services.retrieve import blob_context
+from nubis.services.spool import Spool
+from nubis.services.store import StoreService
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    postgres = request.getfixturevalue("postgres")
+    return str(postgres.database(f"contract_{abs(hash(request.node.nodeid)):x}"))
+
+
+@pytest.fixture
+def index(index_url: str) -> Iterator[Index]:
+    idx = Index(index_url)
+    idx.migrate()
+    idx.open()
+    yield idx
+    idx.close()
+
+
+def test_migrated_schema_matches_schema_module(index: Index) -> None:
+    assert index.schema_version() == index.head_version()
+    with index.read_engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_migrate_is_idempotent(index: Index) -> None:
+    index.migrate()
+    assert index.schema_version() == index.head_version()
+
+
+def _service(
+    index: Index, tmp_path: Path, *, overwrite: bool = False
+) -> tuple[StoreService, Spool]:
+    blobs = FileBlobStore(tmp_path / "blobs")
+    guard = Guard(AuthPolicy(), audit=None)
+    service = StoreService(index, blobs, guard=guard, overwrite=overwrite, bulk_threshold=1024)
+    return service, Spool(tmp_path / "spool")
+
+
+def test_store_duplicate_and_conflict(index: Index, tmp_path: Path) -> None:
+    service, spool = _service(index, tmp_path)
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    first = service.store(spool.from_file(ct), principal=system_principal(tenant="p"))
+    assert first.ok and first.result is StoreResult.STORED
+    again = service.store(spool.from_file(ct), principal=system_principal(tenant="p"))
+    assert again.ok and again.result is StoreResult.ALREADY_STORED
+
+    changed = tmp_path / "changed.dcm"
+    data = bytearray(ct.read_bytes())
+    data[-1] ^= 0xFF  # same UIDs, different pixel byte
+    changed.write_bytes(bytes(data))
+    conflict = service.store(spool.from_file(changed), principal=system_principal(tenant="p"))
+    assert isinstance(conflict.error, DuplicateInstance)
+    assert conflict.error.dimse_status == 0x0111
+    [stored] = index.instances_of("p", first.study_uid or "")
+    assert service.blobs.read(stored.blob_key, context=blob_context(stored)) == ct.read_bytes()
+    assert index.counts() == {"studies": 1, "series": 1, "instances": 1}
+    assert list(spool.folder.iterdir()) == []
+
+
+def test_overwrite_policy_replaces(index: Index, tmp_path: Path) -> None:
+    service, spool = _service(index, tmp_path, overwrite=True)
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    service.store(spool.from_file(ct), principal=system_principal(tenant="p"))
+    changed = tmp_path / "changed.dcm"
+    data = bytearray(ct.read_bytes())
+    data[-1] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    outcome = service.store(spool.from_file(changed), principal=system_principal(tenant="p"))
+    assert outcome.result is StoreResult.REPLACED
+    [stored] = index.instances_of("p", outcome.study_uid or "")
+    assert service.blobs.read(stored.blob_key, context=blob_context(stored)) == bytes(data)
+    assert len(list(service.blobs.list())) == 1
+
+
+def test_partitions_are_separate(index: Index, tmp_path: Path) -> None:
+    service, spool = _service(index, tmp_path)
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    outcome = service.store(spool.from_file(ct), principal=system_principal(tenant="a"))
+    with pytest.raises(NotFound):
+        index.instances_of("b", outcome.study_uid or "")
+
+
+def test_delete_updates_counts_and_queues_blobs(index: Index, tmp_path: Path) -> None:
+    service, spool = _service(index, tmp_path)
+    outcomes = [
+        service.store(
+            spool.from_file(Path(get_testdata_file(name))), principal=system_principal(tenant="p")
+        )
+        for name in ("CT_small.dcm", "MR_small.dcm")
+    ]
+    assert index.counts()["instances"] == 2
+    ct = outcomes[0]
+    assert index.delete("p", ct.study_uid or "", ct.series_uid, ct.sop_instance_uid) == 1
+    assert index.counts() == {"studies": 1, "series": 1, "instances": 1}
+    assert len(index.doomed_blob_keys()) == 1
+    with pytest.raises(NotFound):
+        index.delete("p", ct.study_uid or "")
+
+
+def test_group_commit_under_concurrency(index: Index, tmp_path: Path) -> None:
+    """Many threads storing at once: every store commits exactly once."""
+    from nubis.tools.synth import make_ct_series
+
+    files = make_ct_series(tmp_path / "ct", n_instances=40, rows=64, columns=64)
+    service, spool = _service(index, tmp_path)
+    results: list[bool] = []
+
+    def worker(chunk: list[Path]) -> None:
+        for path in chunk:
+            results.append(
+                service.store(spool.from_file(path), principal=system_principal(tenant="p")).ok
+            )
+
+    threads = [threading.Thread(target=worker, args=(files[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 40
+    assert index.counts() == {"studies": 1, "series": 1, "instances": 40}
+
+
+# --------------------------------------------------------------------------- two nodes, one index
+@pytest.fixture
+def two_nodes(index_url: str, tmp_path: Path) -> Iterator[tuple[StoreService, StoreService]]:
+    """Two Index objects on one database and one blob store: two nodes, as issue 5 runs them."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    nodes = []
+    for _node in range(2):
+        idx = Index(index_url)
+        idx.migrate()  # every node migrates at start; the second finds nothing to do
+        idx.open()
+        guard = Guard(AuthPolicy(), audit=None)
+        nodes.append(StoreService(idx, blobs, guard=guard, overwrite=False, bulk_threshold=1024))
+    yield nodes[0], nodes[1]
+    for node in nodes:
+        node.index.close()
+
+
+def _run_threads(*targets: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # surfaced below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+
+
+def _consistent(index: Index, partition: str) -> None:
+    """Every study's and series' counts and ModalitiesInStudy agree with the rows beneath."""
+    with index.reading() as conn:
+        for study_pk, n_series, n_instances, modalities in conn.execute(
+            select(
+                studies.c.id, studies.c.num_series, studies.c.num_instances, studies.c.modalities
+            ).where(studies.c.partition == partition)
+        ):
+            rows = conn.execute(
+                select(series.c.id, series.c.num_instances, series.c.modality).where(
+                    series.c.study_pk == study_pk
+                )
+            ).all()
+            assert n_series == len(rows) > 0
+            assert modalities == "\\".join(sorted({r.modality for r in rows if r.modality}))
+            total = 0
+            for row in rows:
+                count = conn.execute(
+                    select(func.count()).where(instances.c.series_pk == row.id)
+                ).scalar_one()
+                assert row.num_instances == count > 0
+                total += count
+            assert n_instances == total
+
+
+def test_two_nodes_store_one_new_study_at_once(
+    two_nodes: tuple[StoreService, StoreService], tmp_path: Path
+) -> None:
+    """Both nodes create the study and its series at the same moment: one study row, exact
+    counts, both modalities in ModalitiesInStudy (PS3.18 10.6.3)."""
+    from nubis.tools.synth import make_ct_series, make_mr_series
+
+    study = "1.2.826.0.1.3680043.10.1078.77.1"
+    ct = make_ct_series(tmp_path / "ct", n_instances=24, rows=32, columns=32, study_uid=study)
+    mr = make_mr_series(tmp_path / "mr", n_instances=24, rows=32, columns=32, study_uid=study)
+    spool = Spool(tmp_path / "spool")
+    who = system_principal(tenant="p")
+
+    def store(node: StoreService, files: list[Path]) -> Callable[[], None]:
+        def run() -> None:
+            for path in files:
+                outcome = node.store(spool.from_file(path), principal=who)
+                assert outcome.ok, outcome.error
+
+        return run
+
+    a, b = two_nodes
+    files = ct + mr
+    _run_threads(*(store(node, files[i::6]) for i, node in enumerate([a, b] * 3)))
+    assert a.index.counts() == {"studies": 1, "series": 2, "instances": 48}
+    _consistent(b.index, "p")
+
+
+def test_two_nodes_store_the_same_instance_at_once(
+    two_nodes: tuple[StoreService, StoreService], tmp_path: Path
+) -> None:
+    """The same object from both nodes at once: one row, the other answer says already stored
+    (PS3.4 B.2.3 allows success for a duplicate of the same object); no blob is left behind."""
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    spool = Spool(tmp_path / "spool")
+    who = system_principal(tenant="p")
+    results: list[StoreResult | None] = []
+
+    def store(node: StoreService) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(5):
+                results.append(node.store(spool.from_file(ct), principal=who).result)
+
+        return run
+
+    a, b = two_nodes
+    _run_threads(store(a), store(b), store(a), store(b))
+    assert results.count(StoreResult.STORED) == 1
+    assert results.count(StoreResult.ALREADY_STORED) == 19
+    assert a.index.counts() == {"studies": 1, "series": 1, "instances": 1}
+    assert len(list(a.blobs.list())) == 1
+
+
+def test_delete_on_one_node_while_the_other_stores(
+    two_nodes: tuple[StoreService, StoreService], tmp_path: Path
+) -> None:
+    """Deletes of a study race with stores into it: whatever interleaving, the index stays
+    consistent and every blob is either referenced or queued for the reaper."""
+    from nubis.tools.synth import make_ct_series
+
+    study = "1.2.826.0.1.3680043.10.1078.77.2"
+    files = make_ct_series(tmp_path / "ct", n_instances=40, rows=32, columns=32, study_uid=study)
+    spool = Spool(tmp_path / "spool")
+    who = system_principal(tenant="p")
+    a, b = two_nodes
+    done = threading.Event()
+
+    def store() -> None:
+        try:
+            for path in files:
+                assert a.store(spool.from_file(path), principal=who).ok
+        finally:
+            done.set()
+
+    def delete() -> None:
+        while not done.is_set():
+            with contextlib.suppress(NotFound):
+                b.index.delete("p", study)
+
+    _run_threads(store, delete)
+    if a.index.counts()["instances"]:
+        _consistent(a.index, "p")
+    stored_keys = {info.key for info in a.blobs.list()}
+    assert a.index.referenced_blob_keys(list(stored_keys)) == stored_keys
