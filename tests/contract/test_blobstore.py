@@ -3,7 +3,10 @@
 :class:`BlobStoreContract` holds the tests; each backend subclasses it with a ``store`` fixture
 giving a fresh, empty store whose multipart threshold (where it has one) is 8 MiB, so the
 large-object test crosses it with 20 MiB. Run against the folder store and against S3 on a
-real Ceph RGW, over HTTP and over HTTPS (tests/contract/conftest.py starts it).
+real Ceph RGW, over HTTP and over HTTPS (tests/contract/conftest.py starts it), and against the
+encrypted store (encryption at rest, HIPAA 164.312(a)(2)(iv)) over each kind: fed plaintext
+files (encrypted by a copy) and sealed spool files (encrypted as they arrived, as in the
+archive).
 """
 
 from __future__ import annotations
@@ -22,13 +25,25 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from contract import Ceph
+from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.filesystem import FileBlobStore
 from nubis.blobs.registry import open_blob_store
 from nubis.blobs.s3 import S3BlobStore
+from nubis.crypto.envelope import HEADER_RESERVE, ciphertext_size
+from nubis.crypto.local_keys import LocalKeyring
 from nubis.errors import StorageUnavailable
-from nubis.ports.blobs import BlobContext, BlobExists, BlobNotFound, BlobStore, PlainFile
+from nubis.ports.blobs import (
+    BlobContext,
+    BlobExists,
+    BlobNotFound,
+    BlobStore,
+    LocalFile,
+    PlainFile,
+)
+from nubis.services.spool import Spool as SealedSpool
 
-CTX = BlobContext("default", "1.2.3", "1.2.3.4", "1.2.3.4.5", "0" * 64)
+# The encrypted store needs the Patient ID on a put, to choose the patient key.
+CTX = BlobContext("default", "1.2.3", "1.2.3.4", "1.2.3.4.5", "0" * 64, patient_id="PAT-1")
 MiB = 1 << 20
 PART = 8 * MiB
 # More than two list pages of the S3 stores here (page_size=50), so paging is exercised.
@@ -43,10 +58,26 @@ class Spool:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    def file(self, data: bytes) -> PlainFile:
+    def file(self, data: bytes) -> LocalFile:
         path = self.folder / uuid.uuid4().hex
         path.write_bytes(data)
         return PlainFile(path, len(data))
+
+
+class Sealing(Spool):
+    """Writes test bytes through the archive's sealed spool: encrypted as they arrive, handed
+    over with their in-memory key (nubis.services.spool), the way every object reaches the
+    encrypted store in the archive."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.sealed = SealedSpool(folder, sealed=True)
+
+    def file(self, data: bytes) -> LocalFile:
+        with self.sealed.writer() as writer:
+            for at in range(0, len(data), 100_000):
+                writer.write(data[at : at + 100_000])
+            return writer.finish()
 
 
 def put(store: BlobStore, spool: Spool, data: bytes) -> str:
@@ -88,6 +119,11 @@ class BlobStoreContract:
     @pytest.fixture
     def spool(self, tmp_path: Path) -> Spool:
         return Spool(tmp_path / "spool")
+
+    def stored_size(self, size: int) -> int:
+        """What list() reports for a blob of ``size`` bytes: the bytes it occupies in the
+        store (nubis.ports.blobs.BlobInfo)."""
+        return size
 
     # ------------------------------------------------------------------ put and read
     @pytest.mark.parametrize("size", [0, 1, 1000, 3 * MiB + 7])
@@ -169,7 +205,7 @@ class BlobStoreContract:
         assert store.read(key, PART - 10, 20, context=CTX) == data[PART - 10 : PART + 10]
         assert store.read(key, 2 * PART + 1, None, context=CTX) == data[2 * PART + 1 :]
         [info] = [i for i in store.list() if i.key == key]
-        assert info.size == len(data)
+        assert info.size == self.stored_size(len(data))
 
     # ------------------------------------------------------------------ create only
     def test_put_is_create_only(self, store: BlobStore, spool: Spool) -> None:
@@ -198,7 +234,7 @@ class BlobStoreContract:
         sources = [spool.file(d) for d in datas]
         barrier = threading.Barrier(len(sources))
 
-        def attempt(source: PlainFile) -> bool:
+        def attempt(source: LocalFile) -> bool:
             barrier.wait()
             try:
                 store.put_file(key, source, context=CTX)
@@ -249,7 +285,7 @@ class BlobStoreContract:
         listed = list(store.list())
         assert sorted(i.key for i in listed) == sorted(blobs)
         for info in listed:
-            assert info.size == len(blobs[info.key])
+            assert info.size == self.stored_size(len(blobs[info.key]))
             # Clocks of a store may differ a little from ours; an hour would be a bug.
             assert abs(info.modified_at - before) < 3600
 
@@ -287,6 +323,49 @@ class TestS3BlobStoreOnCephOverHttps(BlobStoreContract):
         # Over TLS boto3 >= 1.36 would send aws-chunked bodies, which Ceph 16 refuses (411):
         # this class is what proves the checksum settings of S3BlobStore.
         return s3_store(ceph, tls=True)
+
+
+class EncryptedContract(BlobStoreContract):
+    """The encrypted store over a plain one (``inner`` fixture), fed plaintext files."""
+
+    @pytest.fixture
+    def inner(self) -> BlobStore:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self, inner: BlobStore, tmp_path: Path) -> BlobStore:
+        return EncryptedBlobStore(inner, LocalKeyring(tmp_path / "keyring.jsonl", durable=False))
+
+    def stored_size(self, size: int) -> int:
+        # Header reserve, then the plaintext with a 16-byte tag per 64 KiB segment.
+        return HEADER_RESERVE + ciphertext_size(size)
+
+
+class SealedContract(EncryptedContract):
+    """The encrypted store fed sealed spool files, as the archive feeds it."""
+
+    @pytest.fixture
+    def spool(self, tmp_path: Path) -> Spool:
+        return Sealing(tmp_path / "spool")
+
+
+class TestEncryptedOverFileBlobStore(EncryptedContract):
+    @pytest.fixture
+    def inner(self, tmp_path: Path) -> BlobStore:
+        return FileBlobStore(tmp_path / "blobs", durable=False)
+
+
+class TestEncryptedOverFileBlobStoreSealed(SealedContract):
+    @pytest.fixture
+    def inner(self, tmp_path: Path) -> BlobStore:
+        return FileBlobStore(tmp_path / "blobs", durable=False)
+
+
+class TestEncryptedOverS3OnCephSealed(SealedContract):
+    # Over HTTP only: HTTPS changes nothing above the S3 store, whose own class covers it.
+    @pytest.fixture
+    def inner(self, ceph: Ceph) -> BlobStore:
+        return s3_store(ceph, tls=False)
 
 
 # ---------------------------------------------------------------------- S3 only

@@ -32,6 +32,10 @@ class BlobCapabilities:
 
 @dataclass(frozen=True)
 class BlobInfo:
+    """A listed blob. ``size`` is the bytes it occupies in the store, which is the object's
+    size for a plain store and more for the encrypted one (header, tags): the object's size
+    is the index's to know, and capacity and cost are counted in stored bytes."""
+
     key: str
     size: int
     modified_at: float
