@@ -295,3 +295,56 @@ def test_delete_on_one_node_while_the_other_stores(
         _consistent(a.index, "p")
     stored_keys = {info.key for info in a.blobs.list()}
     assert a.index.referenced_blob_keys(list(stored_keys)) == stored_keys
+
+
+# --------------------------------------------------------------------------- the audit chain
+def test_two_nodes_append_to_one_audit_chain(index_url: str, tmp_path: Path) -> None:
+    """Nodes append concurrently, yet the chain stays one unbroken sequence that verifies
+    (PS3.15 A.5; issue 4's tamper-evidence holds with many writers)."""
+    from nubis.security import audit_events
+    from nubis.security.audit import AuditTrail
+
+    trails = []
+    for _node in range(2):
+        idx = Index(index_url, durable=False)
+        idx.migrate()
+        idx.open()
+        trail = AuditTrail(
+            idx,
+            key_path=tmp_path / "audit-signing.key",
+            source_id="NUBIS",
+            checkpoint_every=7,
+            checkpoint_seconds=0,
+        )
+        trail.open()
+        trails.append(trail)
+
+    def append(trail: AuditTrail, who: str) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(30):
+                trail.record(audit_events.study_deleted(who, study_uids=[f"1.2.{i}"]))
+
+        return run
+
+    try:
+        _run_threads(*(append(trails[n % 2], f"user{n}") for n in range(6)))
+        report = trails[1].verify()
+        assert report.ok, report
+        assert report.records == 180 and report.checkpoints == 180 // 7
+    finally:
+        for trail in trails:
+            trail.index.close()
+
+
+def test_audit_tables_refuse_update_and_delete(index: Index) -> None:
+    """Append-only at the database too, on every backend (defence in depth, PS3.15 A.5)."""
+    from nubis.security import audit_events
+    from nubis.security.audit import AuditTrail
+
+    trail = AuditTrail(index, key_path=Path("unused.key"), source_id="NUBIS", checkpoint_every=0)
+    trail._key = None  # no checkpoint is signed: checkpoint_every=0 and no timer
+    trail.record(audit_events.study_deleted("alice", study_uids=["1.2.3"]))
+    for sql in ("UPDATE audit_log SET user_id = 'mallory'", "DELETE FROM audit_log"):
+        with pytest.raises(Exception, match="append-only"), index.write_engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    assert trail.head()[0] == 1

@@ -70,7 +70,7 @@ _INSERT_SQL = (
 _LAST_CHECKPOINT_SQL = "SELECT seq FROM audit_checkpoints ORDER BY id DESC LIMIT 1"
 _INSERT_CHECKPOINT_SQL = (
     "INSERT INTO audit_checkpoints (seq, head_hash, signed_at, key_id, signature) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?) RETURNING id"
 )
 
 
@@ -668,8 +668,10 @@ def _sign(cursor: Any, key: SigningKey, seq: int, head_hash: str) -> Checkpoint:
     signature = base64.b64encode(
         key.private.sign(checkpoint_message(seq, head_hash, signed_at))
     ).decode()
-    cursor.execute(_INSERT_CHECKPOINT_SQL, (seq, head_hash, signed_at, key.key_id, signature))
-    return Checkpoint(cursor.lastrowid, seq, head_hash, signed_at, key.key_id, signature)
+    row = cursor.execute(
+        _INSERT_CHECKPOINT_SQL, (seq, head_hash, signed_at, key.key_id, signature)
+    ).fetchone()
+    return Checkpoint(row[0], seq, head_hash, signed_at, key.key_id, signature)
 
 
 def _chain_cursor(conn: Connection) -> Any:
