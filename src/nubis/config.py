@@ -66,7 +66,10 @@ class Settings:
         "runs one core per process, so more workers store and serve more at once.",
     )
     index: str = _setting(
-        "", "Index database URL (sqlite:///PATH). Empty: the SQLite file index.sqlite in data_dir."
+        "",
+        "Index database URL: sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+        "(psycopg 3; libpq's PG* variables and ~/.pgpass apply). Empty: the SQLite file "
+        "index.sqlite in data_dir.",
     )
     blobs: str = _setting(
         "",
