@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -421,3 +422,28 @@ def _validate_security(settings: Settings) -> None:
         parse_roles(settings.break_glass_roles)
     except ValueError as exc:
         raise SettingsError(f"break_glass_roles: {exc}") from None
+
+
+# Settings whose values are secrets: shown as set or not, never echoed.
+SECRET_SETTINGS = frozenset({"admin_token"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``, for messages, logs and listings.
+
+    Credentials belong in the environment or in files (AWS variables, ~/.pgpass), but an
+    operator may still write one into a URL; it must not be echoed back.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+def displayed_value(name: str, value: object) -> str:
+    """How ``nubis settings`` shows a setting's value."""
+    if name in SECRET_SETTINGS:
+        return "(set)" if value else ""
+    text = str(value)
+    return redact_url(text) if "://" in text else text

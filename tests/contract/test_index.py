@@ -336,13 +336,14 @@ def test_two_nodes_append_to_one_audit_chain(index_url: str, tmp_path: Path) -> 
             trail.index.close()
 
 
-def test_audit_tables_refuse_update_and_delete(index: Index) -> None:
+def test_audit_tables_refuse_update_and_delete(index: Index, tmp_path: Path) -> None:
     """Append-only at the database too, on every backend (defence in depth, PS3.15 A.5)."""
     from nubis.security import audit_events
     from nubis.security.audit import AuditTrail
 
-    trail = AuditTrail(index, key_path=Path("unused.key"), source_id="NUBIS", checkpoint_every=0)
-    trail._key = None  # no checkpoint is signed: checkpoint_every=0 and no timer
+    trail = AuditTrail(
+        index, key_path=tmp_path / "audit.key", source_id="NUBIS", checkpoint_every=0
+    )
     trail.record(audit_events.study_deleted("alice", study_uids=["1.2.3"]))
     for sql in ("UPDATE audit_log SET user_id = 'mallory'", "DELETE FROM audit_log"):
         with pytest.raises(Exception, match="append-only"), index.write_engine.begin() as conn:

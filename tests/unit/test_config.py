@@ -56,3 +56,16 @@ def test_serve_options_documented() -> None:
     result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
     for option in ("--data-dir", "--host", "--http-port", "--config", "--set"):
         assert option in result.output
+
+
+def test_secrets_are_not_echoed() -> None:
+    """`nubis settings`, logs and errors never show a password or the admin token."""
+    from nubis.config import displayed_value, redact_url
+
+    assert (
+        redact_url("postgresql://nubis:s3cret@db:5432/pacs")
+        == "postgresql://nubis:***@db:5432/pacs"
+    )
+    assert redact_url("postgresql://nubis@db/pacs") == "postgresql://nubis@db/pacs"
+    assert displayed_value("admin_token", "x" * 40) == "(set)"
+    assert displayed_value("index", "postgresql://a:b@h/d") == "postgresql://a:***@h/d"

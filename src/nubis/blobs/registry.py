@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from nubis.config import redact_url
 from nubis.errors import NubisError
 from nubis.ports.blobs import BlobStore
 
@@ -30,20 +31,12 @@ def open_blob_store(url: str, *, durable: bool = True) -> BlobStore:
         try:
             from nubis.blobs.s3 import from_url
         except ImportError as exc:
-            raise UnknownBackend(f"{exc} (blob store URL {_redacted(url)})") from None
+            raise UnknownBackend(f"{exc} (blob store URL {redact_url(url)!r})") from None
         try:
             return from_url(url)
         except ValueError as exc:
             raise UnknownBackend(str(exc)) from None
     raise UnknownBackend(
-        f"unsupported blob store URL {_redacted(url)} "
+        f"unsupported blob store URL {redact_url(url)!r} "
         "(supported: file:///PATH, s3://BUCKET/PREFIX?endpoint=...)"
     )
-
-
-def _redacted(url: str) -> str:
-    # Credentials do not belong in the URL, but if someone put them there, do not echo them.
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return repr(url)
-    return repr(parsed._replace(netloc=f"{parsed.username}:***@{parsed.hostname}").geturl())

@@ -23,6 +23,7 @@ from nubis.config import (
     SETTINGS_BY_NAME,
     Settings,
     SettingsError,
+    displayed_value,
     load_settings,
     settings_environment,
 )
@@ -236,7 +237,11 @@ def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
     table = Table("setting", "value", "from", "environment", "help")
     for s in SETTINGS:
         table.add_row(
-            s.name, str(getattr(settings, s.name)), settings.sources[s.name], s.env_var, s.help
+            s.name,
+            displayed_value(s.name, getattr(settings, s.name)),
+            settings.sources[s.name],
+            s.env_var,
+            s.help,
         )
     Console().print(table)
 

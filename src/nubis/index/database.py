@@ -41,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
+from nubis.config import redact_url
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.query_sql import Page, granted_to, search_page
@@ -73,15 +74,6 @@ _STORED_COLUMNS = (
 # Advisory lock keys (PostgreSQL): arbitrary constants, unique within nubis.
 _MIGRATION_LOCK = 0x6E75_6201
 AUDIT_LOCK = 0x6E75_6202
-
-
-def _redacted(url: str) -> str:
-    """``url`` without its password, for error messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def _now_ms() -> int:
@@ -270,7 +262,7 @@ class Index:
             )
         else:
             raise StorageUnavailable(
-                f"unsupported index URL {_redacted(url)!r} "
+                f"unsupported index URL {redact_url(url)!r} "
                 "(supported: sqlite:///PATH, postgresql://USER@HOST:PORT/DATABASE)"
             )
         self._writer: _GroupCommitWriter | _ConcurrentWriter | None = None
