@@ -10,7 +10,6 @@ itself recorded as Audit Log Used (PS3.15 A.5.3.1) under the operating-system us
 
 from __future__ import annotations
 
-import getpass
 import json
 import socket
 import sys
@@ -43,12 +42,11 @@ After = Annotated[int, typer.Option("--after", help="Only records after this seq
 
 def _operator() -> ActiveParticipant:
     from nubis.model.audit import ActiveParticipant
+    from nubis.security.authn import cli_login, os_account
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return ActiveParticipant(user_id=user, network_access_point=socket.gethostname())
+    return ActiveParticipant(
+        user_id=os_account(), user_name=cli_login(), network_access_point=socket.gethostname()
+    )
 
 
 @contextmanager

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import getpass
 import hashlib
 import json
 import logging
+import os
+import pwd
 import threading
 import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -267,12 +269,42 @@ def anonymous_admin() -> Principal:
 
 
 def cli_principal(tenant: str = DEFAULT_TENANT) -> Principal:
-    """The operator of a CLI command: an administrator of ``tenant`` named by the OS user."""
+    """The operator of a CLI command: an administrator of ``tenant`` named by the OS account
+    the process runs as (:func:`os_account`)."""
+    return system_principal(os_account(), tenant=tenant, via="cli")
+
+
+def os_account() -> str:
+    """The account of the effective user id. Not ``getpass.getuser()``: that trusts $LOGNAME
+    and $USER, which the caller sets as it likes, and an audit record must not."""
+    uid = os.geteuid()
     try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = "unknown"
-    return system_principal(name, tenant=tenant, via="cli")
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        return f"uid {uid}"
+
+
+def cli_login() -> str | None:
+    """Who is behind the CLI's account, as far as the host tells: the login user (the kernel's
+    audit login uid, kept across su and sudo; a service account run by ``sudo -u`` names its
+    human this way) and sudo's ``SUDO_USER``, a claim from the environment, labelled as one.
+    None when neither differs from the account itself."""
+    account, seen = os_account(), []
+    try:
+        login_uid = int(Path("/proc/self/loginuid").read_text())
+    except (OSError, ValueError):
+        login_uid = -1
+    if 0 <= login_uid < 0xFFFFFFFF:  # 4294967295: no login session (daemons, containers)
+        try:
+            login = pwd.getpwuid(login_uid).pw_name
+        except KeyError:
+            login = f"uid {login_uid}"
+        if login != account:
+            seen.append(f"login {login}")
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and sudo_user != account:
+        seen.append(f"SUDO_USER={sudo_user}")
+    return ", ".join(seen) or None
 
 
 def dimse_principal(
@@ -315,6 +347,8 @@ __all__ = [
     "Authenticator",
     "OidcVerifier",
     "anonymous_admin",
+    "cli_login",
     "cli_principal",
     "dimse_principal",
+    "os_account",
 ]
