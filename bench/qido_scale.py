@@ -2,10 +2,14 @@
 
 Loading 100,000 studies through STOW-RS would take the benchmark's whole budget, so the index
 is filled directly through nubis's own index schema (metadata-only rows: a study, a series and
-one instance each, with realistic patient IDs, names, dates and modalities), then `nubis serve`
-is started on that data folder and searched over HTTP exactly as bench/run.py does.
+``--instances`` instances each, with realistic patient IDs, names, dates and modalities), then
+`nubis serve` is started on that index and searched over HTTP exactly as bench/run.py does.
 
-    .venv/bin/python bench/qido_scale.py [--studies 100000] [--requests 400]
+    .venv/bin/python bench/qido_scale.py [--studies 100000] [--instances 1] [--requests 400]
+    .venv/bin/python bench/qido_scale.py --index postgresql --instances 10   # 1,000,000 instances
+
+``--index postgresql`` starts a throw-away PostgreSQL (scripts/postgres/pg-start.sh, fsync on);
+``--index postgresql://...`` uses an existing, empty database.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -31,6 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from nubis.index.database import Index  # noqa: E402
 from nubis.index.schema import instances, series, studies  # noqa: E402
 from orthanc import free_port  # noqa: E402
+from postgres import throwaway_postgres  # noqa: E402
 
 SURNAMES = [
     "SMITH",
@@ -55,10 +61,10 @@ TOKEN = "nubis-bench-admin-token-0123456789abcdef"
 MODALITIES = ["CT", "MR", "CR", "US", "MG", "PT", "DX", "NM"]
 
 
-def fill(data_dir: Path, n_studies: int, seed: int = 7) -> list[str]:
+def fill(index_url: str, n_studies: int, per_study: int, seed: int = 7) -> list[str]:
     """Write ``n_studies`` metadata-only studies; returns the patient ID of each study."""
     rng = random.Random(seed)
-    index = Index(f"sqlite:///{data_dir / 'index.sqlite'}", durable=False)
+    index = Index(index_url, durable=False)
     index.migrate()
     n_patients = max(1, n_studies * 2 // 3)
     patient_ids: list[str] = []
@@ -95,7 +101,7 @@ def fill(data_dir: Path, n_studies: int, seed: int = 7) -> list[str]:
                         "study_id": str(pk),
                         "modalities": modality,
                         "num_series": 1,
-                        "num_instances": 1,
+                        "num_instances": per_study,
                         "attrs": "{}",
                         "created_at": now,
                         "updated_at": now,
@@ -108,32 +114,42 @@ def fill(data_dir: Path, n_studies: int, seed: int = 7) -> list[str]:
                         "series_uid": uid + ".1",
                         "modality": modality,
                         "series_number": 1,
-                        "num_instances": 1,
+                        "num_instances": per_study,
                         "attrs": "{}",
                         "created_at": now,
                     }
                 )
-                instance_rows.append(
+                instance_rows.extend(
                     {
-                        "id": pk,
+                        "id": (pk - 1) * per_study + n,
                         "series_pk": pk,
                         "partition": "default",
-                        "sop_instance_uid": uid + ".1.1",
+                        "sop_instance_uid": f"{uid}.1.{n}",
                         "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
-                        "instance_number": 1,
+                        "instance_number": n,
                         "transfer_syntax_uid": "1.2.840.10008.1.2.1",
-                        "blob_key": f"{pk:032x}",
+                        "blob_key": f"{(pk - 1) * per_study + n:032x}",
                         "size": 0,
                         "sha256": "0" * 64,
                         "metadata_json": "{}",
                         "created_at": now,
                     }
+                    for n in range(1, per_study + 1)
                 )
             with conn.begin():
                 conn.execute(insert(studies), study_rows)
                 conn.execute(insert(series), series_rows)
                 conn.execute(insert(instances), instance_rows)
+        if index.dialect == "postgresql":
+            # Rows were inserted with explicit ids: move the sequences past them.
+            for table in ("studies", "series", "instances"):
+                conn.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT max(id) FROM {table}))"
+                )
+            conn.commit()
         conn.exec_driver_sql("ANALYZE")
+        conn.commit()
     index.close()
     return patient_ids
 
@@ -160,13 +176,27 @@ def measure(base: str, urls: list[str]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=100_000)
+    parser.add_argument("--instances", type=int, default=1, help="instances per study")
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument(
+        "--index", default="sqlite", help="sqlite, postgresql (started here), or an index URL"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-qido-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-qido-") as tmp, ExitStack() as stack:
         data_dir = Path(tmp)
+        if args.index == "sqlite":
+            index_url = f"sqlite:///{data_dir / 'index.sqlite'}"
+        elif args.index == "postgresql":
+            index_url = stack.enter_context(throwaway_postgres())
+        else:
+            index_url = args.index
         t0 = time.perf_counter()
-        patient_ids = fill(data_dir, args.studies)
-        print(f"filled {args.studies} studies in {time.perf_counter() - t0:.1f}s", flush=True)
+        patient_ids = fill(index_url, args.studies, args.instances)
+        print(
+            f"filled {args.studies} studies, {args.studies * args.instances} instances "
+            f"in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
         port = free_port()
         proc = subprocess.Popen(
             [
@@ -183,7 +213,7 @@ def main() -> int:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "NUBIS_ADMIN_TOKEN": TOKEN},
+            env={**os.environ, "NUBIS_ADMIN_TOKEN": TOKEN, "NUBIS_INDEX": index_url},
         )
         base = f"http://127.0.0.1:{port}/dicom-web"
         try:
@@ -210,7 +240,9 @@ def main() -> int:
                 for _ in range(args.requests // 4)
             ]
             results = {
+                "index": args.index if "://" not in args.index else "external",
                 "studies": args.studies,
+                "instances": args.studies * args.instances,
                 "PatientID": measure(base, by_patient),
                 "StudyDate week range, limit 100": measure(base, by_date),
                 "PatientName wildcard, limit 100": measure(base, by_name),
