@@ -16,7 +16,9 @@ in this order:
 Roles (``ROLES``): admin (everything in its tenant, user management), radiologist (read and
 write the tenant), referrer (read granted studies), uploader and modality (store only),
 researcher (de-identified reads only: refused until de-identification exists), auditor (the
-audit log only). Nothing is allowed that a role does not list.
+audit log only). Nothing is allowed that a role does not list. The audit log is the archive's,
+not a tenant's (its records name every tenant's patients and users), so only principals of the
+home tenant ``default`` may read it, whatever their role.
 
 Break-glass: a principal whose roles are in ``break_glass_roles`` may ask for emergency read
 access to its whole tenant with a reason (``X-Nubis-Break-Glass: <reason>``); the services log it
@@ -75,6 +77,12 @@ ROLES: dict[str, RoleSpec] = {
 DEIDENTIFY_UNAVAILABLE = (
     "the researcher role reads de-identified data only, and de-identification is not "
     "available yet: identified metadata, pixels and query results are refused"
+)
+
+
+AUDIT_HOME_TENANT_ONLY = (
+    f"the audit log spans every tenant: only auditors and admins of tenant {DEFAULT_TENANT!r} "
+    "may read it"
 )
 
 
@@ -171,6 +179,10 @@ class AuthPolicy:
                 return Decision(False, DEIDENTIFY_UNAVAILABLE)
             roles = ", ".join(sorted(who.roles)) or "no role"
             return Decision(False, f"{who.id} ({roles}) may not {_verb(action)}")
+        if action & Action.AUDIT and who.tenant != DEFAULT_TENANT:
+            # Records carry no tenant and name patients and users of every tenant: reading
+            # them is an archive-wide act, left to the home tenant.
+            return Decision(False, AUDIT_HOME_TENANT_ONLY)
         if action & ~Action.READ:
             # Write, delete, export, admin: tenant-wide roles only (none of them is limited).
             return Decision(True, "allowed", Scope(who.tenant))
@@ -203,6 +215,7 @@ def break_glass_roles(text: str) -> frozenset[str]:
 
 
 __all__ = [
+    "AUDIT_HOME_TENANT_ONLY",
     "DEFAULT_TENANT",
     "ROLES",
     "Action",

@@ -1,4 +1,5 @@
-"""The HTTP front door: DICOMweb under /dicom-web, WADO-URI at /wado, health, login at /-/.
+"""The HTTP front door: DICOMweb under /dicom-web, WADO-URI at /wado, health, login at /-/,
+the audit trail for auditors at /audit/.
 
 Every route but the health probes requires authentication (web/auth.py); routes pass the
 caller to the services, which authorize (nubis.services.guard).
@@ -25,6 +26,7 @@ from nubis.archive import Archive
 from nubis.errors import NubisError
 from nubis.model.query import Level
 from nubis.web import auth, errors
+from nubis.web.audit_routes import audit_routes
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
 
 _STUDY = "/studies/{study}"
@@ -118,6 +120,7 @@ def create_app(
             Route("/-/ready", ready, methods=["GET"]),
             Route("/-/login", auth.login, methods=["POST"]),
             Route("/-/whoami", auth.whoami, methods=["GET"]),
+            *audit_routes(),
         ],
         # Outermost: nothing below runs for a caller who has not authenticated.
         middleware=[Middleware(auth.AuthMiddleware, archive=archive)],
