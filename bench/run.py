@@ -524,8 +524,15 @@ def bench_qido(base: str, plan: Plan, patient_ids: Sequence[str]) -> dict[str, A
 class NubisServer:
     """nubis started as a subprocess: `<venv>/bin/nubis serve --data-dir D --http-port P`."""
 
-    def __init__(self, command: str, extra_args: Sequence[str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        command: str,
+        extra_args: Sequence[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.command = command
+        self.env = dict(env or {})
         self.extra_args = list(extra_args)
         self.http_port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-nubis-"))
@@ -548,7 +555,7 @@ class NubisServer:
             argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "NUBIS_ADMIN_TOKEN": BENCH_TOKEN},
+            env={**os.environ, "NUBIS_ADMIN_TOKEN": BENCH_TOKEN, **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
