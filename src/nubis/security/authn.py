@@ -176,7 +176,7 @@ def _discover_jwks_url(issuer: str) -> str:
 
 @dataclass
 class _Cached:
-    principal: Principal
+    stamp: str  # UserStore.credential_stamp of the password hash that was verified
     until: float
 
 
@@ -188,7 +188,10 @@ class Authenticator:
         self.oidc = oidc
         # argon2 costs tens of milliseconds by design; a client sending Basic credentials on
         # every request pays it once a minute, not per request. Keyed by a hash of the
-        # credentials, never the password itself.
+        # credentials, never the password itself. What is cached is only that the password
+        # matched a given hash: every request still reads the user's row (one indexed lookup,
+        # as for an API key), so a removed user, a new password or new roles count at once,
+        # in every worker process, whoever made the change (the CLI included).
         self._basic: dict[str, _Cached] = {}
         self._basic_lock = threading.Lock()
 
@@ -250,17 +253,22 @@ class Authenticator:
         now = time.monotonic()
         with self._basic_lock:
             hit = self._basic.get(cache_key)
-            if hit is not None and hit.until > now:
-                return hit.principal
-        user = self.users.verify_password(name, password)
-        if user is None:
+        if hit is not None and hit.until > now:
+            current = self.users.credential_stamp(name)
+            if current is not None and current[1] == hit.stamp:
+                return current[0].principal(auth_method="basic")
+            # Removed, or a new password: forget it, and check the password from scratch.
+            with self._basic_lock:
+                self._basic.pop(cache_key, None)
+        checked = self.users.check_password(name, password)
+        if checked is None:
             raise Unauthorized("wrong user name or password")
-        principal = user.principal(auth_method="basic")
+        user, stamp = checked
         with self._basic_lock:
             if len(self._basic) >= _BASIC_CACHE_MAX:
                 self._basic.clear()
-            self._basic[cache_key] = _Cached(principal, now + _BASIC_CACHE_SECONDS)
-        return principal
+            self._basic[cache_key] = _Cached(stamp, now + _BASIC_CACHE_SECONDS)
+        return user.principal(auth_method="basic")
 
 
 def anonymous_admin() -> Principal:

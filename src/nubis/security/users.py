@@ -93,6 +93,11 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
+def _stamp(password_hash: str) -> str:
+    # A digest, so a cache holding stamps holds nothing to attack a password with.
+    return hashlib.sha256(password_hash.encode()).hexdigest()
+
+
 def _user(row: object) -> User:
     name, tenant, roles, password_hash, created_at = row  # type: ignore[misc]
     return User(name, tenant, parse_roles(roles), password_hash is not None, created_at)
@@ -197,6 +202,12 @@ class UserStore:
     def verify_password(self, name: str, password: str) -> User | None:
         """The user if ``password`` is theirs; None otherwise, in about the same time whether
         or not the user exists."""
+        found = self.check_password(name, password)
+        return found[0] if found is not None else None
+
+    def check_password(self, name: str, password: str) -> tuple[User, str] | None:
+        """:meth:`verify_password`, with the :meth:`credential_stamp` of the hash that matched
+        (not of one read afterwards, which a concurrent change could have replaced)."""
         with self.index.reading() as conn:
             row = conn.execute(select(*_USER_COLUMNS).where(users.c.name == name)).first()
         stored = row[3] if row is not None and row[3] else _DUMMY_HASH
@@ -207,8 +218,20 @@ class UserStore:
         if row is None or not row[3]:
             return None
         if _hasher.check_needs_rehash(stored):
-            self._update_user(name, password_hash=_hasher.hash(password))
-        return _user(row)
+            stored = _hasher.hash(password)
+            self._update_user(name, password_hash=stored)
+        return _user(row), _stamp(stored)
+
+    def credential_stamp(self, name: str) -> tuple[User, str] | None:
+        """The user as it is now and a stamp of its password hash, in one indexed read; None
+        for a missing user or one without a password. A password checked earlier is still
+        this user's while the stamp is the same: a new password (a fresh salt) or a removed
+        and re-added user changes it."""
+        with self.index.reading() as conn:
+            row = conn.execute(select(*_USER_COLUMNS).where(users.c.name == name)).first()
+        if row is None or not row[3]:
+            return None
+        return _user(row), _stamp(row[3])
 
     # ------------------------------------------------------------------ API keys
     def create_api_key(
