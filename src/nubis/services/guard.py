@@ -10,11 +10,19 @@ Forbidden is raised; an emergency override (break-glass) is logged at WARNING an
 (Security Alert, Emergency Override Started) before the access it allows. Recording fails
 closed: when the audit trail cannot commit, ``AuditUnavailable`` (503 / 0xA700) propagates and
 the access does not happen.
+
+Where the record does not depend on the outcome (a query: what was asked, not what was found),
+:meth:`Guard.recording` commits it while the service does its work and returns only once it is
+committed: the client waits for the longer of the two instead of their sum, and still nothing
+reaches it unless the record is durable.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from nubis.errors import Forbidden
 from nubis.model.audit import AuditEvent
@@ -32,6 +40,7 @@ class Guard:
         self.policy = policy
         # None only where no trail exists (unit tests of a single service).
         self.audit = audit
+        self._recorders = ThreadPoolExecutor(max_workers=8, thread_name_prefix="nubis-audit")
 
     def authorize(
         self,
@@ -80,6 +89,23 @@ class Guard:
         """The one hook through which services record (fail closed, see the module docs)."""
         if self.audit is not None:
             self.audit.record(event)
+
+    @contextmanager
+    def recording(self, event: AuditEvent) -> Iterator[None]:
+        """Record ``event`` while the block runs; leave only once it is committed.
+
+        Raises ``AuditUnavailable`` on leaving when the record could not be committed, so the
+        block's result is never handed to the caller: use it only around work that gives
+        nothing out before the block ends.
+        """
+        if self.audit is None:
+            yield
+            return
+        pending = self._recorders.submit(self.audit.record, event)
+        try:
+            yield
+        finally:
+            pending.result()
 
 
 __all__ = ["Guard"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from nubis.index.database import Index
 from nubis.index.query_sql import Page
+from nubis.model.audit import AuditEvent
 from nubis.model.query import Query
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
@@ -41,23 +42,33 @@ class QueryService:
         the client sent it (QIDO-RS query string or encoded C-FIND identifier), for the record.
         Front doors that walk pages (C-FIND) call this once, then :meth:`page` per page.
         """
-        decision = self.guard.authorize(who, Action.READ, f"query {query.level.name.lower()}s")
-        assert decision.scope is not None
-        self.guard.record(
-            audit_events.query(
-                who,
-                text or f"{query.level.name} query",
-                request_id=who.request_id,
-                break_glass_reason=decision.break_glass,
-            )
-        )
-        scope = decision.scope
-        return ScopedQuery(replace(query, partition=scope.partition, grantee=scope.grantee))
+        scoped, event = self._authorized(who, query, text)
+        self.guard.record(event)
+        return scoped
 
     def page(self, scoped: ScopedQuery) -> Page:
         """One page of a query that :meth:`scoped` returned (``scoped.at(offset)`` for more)."""
         return self.index.search(scoped.query)
 
     def search(self, who: Principal, query: Query, *, text: str | bytes = "") -> Page:
-        """Authorize, record and run ``query`` for ``who`` (one page)."""
-        return self.page(self.scoped(who, query, text=text))
+        """Authorize, record and run ``query`` for ``who`` (one page).
+
+        The query runs while its record commits; the page is returned only once it has.
+        """
+        scoped, event = self._authorized(who, query, text)
+        with self.guard.recording(event):
+            return self.page(scoped)
+
+    def _authorized(
+        self, who: Principal, query: Query, text: str | bytes
+    ) -> tuple[ScopedQuery, AuditEvent]:
+        decision = self.guard.authorize(who, Action.READ, f"query {query.level.name.lower()}s")
+        assert decision.scope is not None
+        event = audit_events.query(
+            who,
+            text or f"{query.level.name} query",
+            request_id=who.request_id,
+            break_glass_reason=decision.break_glass,
+        )
+        scope = decision.scope
+        return ScopedQuery(replace(query, partition=scope.partition, grantee=scope.grantee)), event
