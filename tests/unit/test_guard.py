@@ -1,5 +1,7 @@
-"""The guard's fail-closed recording: a query's record commits while the query runs, and no
-result reaches the caller unless the record committed (PS3.15 A.5.3.10, HIPAA 164.312(b))."""
+"""The guard's fail-closed recording (PS3.15 A.5, HIPAA 164.312(b)): a query's record commits
+while the query runs, and no result reaches the caller unless the record committed; a store's
+record commits in the same transaction as its index row, so an object is stored only if its
+record is."""
 
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ class _Recorder:
 
     def record_many(self, events: list[AuditEvent]) -> list[AuditReceipt]:
         return [self.record(e) for e in events]
+
+    def append_job(self, events: list[AuditEvent]):  # type: ignore[no-untyped-def]
+        def job(_conn: object) -> list[AuditReceipt]:
+            return self.record_many(events)
+
+        return job
 
 
 @pytest.fixture
@@ -76,3 +84,24 @@ def test_the_page_waits_for_its_record(index: Index) -> None:
     assert returned.wait(10)
     thread.join()
     assert len(recorder.events) == 1
+
+
+def test_a_store_whose_record_fails_is_not_stored(index: Index, tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from nubis.blobs.filesystem import FileBlobStore
+    from nubis.services.spool import Spool
+    from nubis.services.store import StoreService
+
+    recorder = _Recorder(fail=True)
+    recorder.release.set()
+    blobs = FileBlobStore(tmp_path / "blobs")
+    service = StoreService(
+        index, blobs, guard=Guard(AuthPolicy(), recorder), overwrite=False, bulk_threshold=1024
+    )
+    spooled = Spool(tmp_path / "spool").from_file(Path(get_testdata_file("CT_small.dcm")))
+    outcome = service.store(spooled, principal=system_principal(tenant="t"))
+    assert isinstance(outcome.error, AuditUnavailable)
+    assert outcome.error.dimse_status == 0xA700  # Out of Resources: the caller may retry
+    assert index.counts() == {"studies": 0, "series": 0, "instances": 0}
+    assert list(blobs.list()) == []

@@ -355,13 +355,28 @@ class Index:
                 instances.c.sop_instance_uid == sop_instance_uid,
             )
 
-    def store(self, new: NewInstance, *, overwrite: bool) -> tuple[StoreResult, str | None]:
+    def store(
+        self,
+        new: NewInstance,
+        *,
+        overwrite: bool,
+        also: Callable[[Connection], object] | None = None,
+    ) -> tuple[StoreResult, str | None]:
         """Commit ``new``; returns the outcome and the blob key that is no longer needed.
 
         Raises DuplicateInstance (0x0111) when a different object holds the SOP Instance UID
-        and ``overwrite`` is false; the stored object is left untouched.
+        and ``overwrite`` is false; the stored object is left untouched. ``also`` runs in the
+        same transaction after the row is written (the store's audit record): both commit or
+        neither does.
         """
-        return self.write(lambda conn: _store(conn, new, overwrite))
+
+        def job(conn: Connection) -> tuple[StoreResult, str | None]:
+            outcome = _store(conn, new, overwrite)
+            if also is not None:
+                also(conn)
+            return outcome
+
+        return self.write(job)
 
     # ------------------------------------------------------------------ read
     def instances_of(

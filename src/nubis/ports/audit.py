@@ -10,8 +10,9 @@ concurrent writes (see nubis.security.audit).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from nubis.model.audit import AuditEvent
 
@@ -31,3 +32,7 @@ class AuditRecorder(Protocol):
 
     def record_many(self, events: list[AuditEvent]) -> list[AuditReceipt]:
         """Append several events in one commit, in order; all or none."""
+
+    def append_job(self, events: Sequence[AuditEvent]) -> Callable[[Any], list[AuditReceipt]]:
+        """An index write job that appends ``events``, to run inside another write job's
+        transaction: the records commit together with that write, or neither does."""

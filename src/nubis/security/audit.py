@@ -337,21 +337,23 @@ class AuditTrail:
         """Append ``events`` in order in one commit: all of them, or none and an exception."""
         if not events:
             return []
-        # Serialize in the caller's thread: only hashing and the insert run in the writer.
-        dicts = [
-            (e if e.source_id else replace(e, source_id=self.source_id)).to_dict() for e in events
-        ]
         try:
-            return self.index.write(self._append_job(dicts))
+            return self.index.write(self.append_job(events))
         except Exception as exc:
             log.error("audit record could not be written: %s", exc)
             raise AuditUnavailable(
                 "the access could not be recorded in the audit trail, so it was refused"
             ) from exc
 
-    def _append_job(
-        self, events: list[dict[str, Any]]
+    def append_job(
+        self, events: Sequence[AuditEvent]
     ) -> Callable[[Connection], list[AuditReceipt]]:
+        """A write job appending ``events`` in order, for :meth:`Index.write` or to run inside
+        another job's transaction (a store commits its record with its row)."""
+        # Serialize in the caller's thread: only hashing and the insert run in the writer.
+        dicts = [
+            (e if e.source_id else replace(e, source_id=self.source_id)).to_dict() for e in events
+        ]
         key = self.key
         every = self.checkpoint_every
 
@@ -361,7 +363,7 @@ class AuditTrail:
             seq, prev = (head[0], head[1]) if head else (0, GENESIS)
             first = seq + 1
             rows, receipts = [], []
-            for event in events:
+            for event in dicts:
                 seq += 1
                 text = canonical_record(seq, prev, event)
                 digest = record_hash(text)

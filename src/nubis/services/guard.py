@@ -20,9 +20,10 @@ reaches it unless the record is durable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 from nubis.errors import Forbidden
 from nubis.model.audit import AuditEvent
@@ -89,6 +90,12 @@ class Guard:
         """The one hook through which services record (fail closed, see the module docs)."""
         if self.audit is not None:
             self.audit.record(event)
+
+    def record_job(self, event: AuditEvent) -> Callable[[Any], object] | None:
+        """An index write job recording ``event``, to commit inside the write it accounts for
+        (``Index.store(..., also=...)``): the write and its record commit together or not at
+        all. None when there is no trail."""
+        return None if self.audit is None else self.audit.append_job([event])
 
     @contextmanager
     def recording(self, event: AuditEvent) -> Iterator[None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from nubis.dicom.levels import series_level, study_level
 from nubis.errors import InvalidInstance, NubisError, StorageUnavailable
 from nubis.index.database import Index
 from nubis.index.schema import series, studies
-from nubis.model.audit import EventOutcome
+from nubis.model.audit import AuditEvent, EventOutcome
 from nubis.model.query import fold_person_name
 from nubis.model.records import NewInstance, StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
@@ -85,7 +86,8 @@ class StoreService:
         Failures are returned, not raised, so one bad object never fails its neighbours in a
         STOW-RS request or a C-STORE association (PS3.18 10.5.3, PS3.4 B.2.3); a caller who
         may not store gets Forbidden (0x0124) for each object. Every stored object is recorded
-        (DICOM Instances Transferred, action Create) before it is acknowledged.
+        (DICOM Instances Transferred, action Create) in the same index transaction as its row:
+        an object is stored and acknowledged only if its record committed with it.
         """
         inspected: InspectedInstance | None = None
         try:
@@ -102,8 +104,10 @@ class StoreService:
                     f"study {expected_study_uid} of the request URL",
                     dimse_status=0xA900,
                 )
-            result = self._commit(spooled, inspected, partition)
-            self._record(principal, inspected, EventOutcome.SUCCESS)
+            record = self.guard.record_job(
+                self._event(principal, inspected, EventOutcome.SUCCESS)
+            )
+            result = self._commit(spooled, inspected, partition, record)
         except NubisError as exc:
             spooled.discard()
             if inspected is not None:
@@ -115,35 +119,39 @@ class StoreService:
             return _outcome(inspected, error=StorageUnavailable("the object could not be stored"))
         return _outcome(inspected, result=result)
 
-    def _record(
-        self,
+    @staticmethod
+    def _event(
         who: Principal,
         inspected: InspectedInstance,
         outcome: EventOutcome,
         description: str | None = None,
-    ) -> None:
-        self.guard.record(
-            audit_events.instances_transferred(
-                who,
-                patient_id=_json_text(inspected.metadata, "PatientID"),
-                study_uids=[inspected.study_instance_uid],
-                outcome=outcome,
-                stored=True,
-                request_id=who.request_id,
-                description=description,
-            )
+    ) -> AuditEvent:
+        return audit_events.instances_transferred(
+            who,
+            patient_id=_json_text(inspected.metadata, "PatientID"),
+            study_uids=[inspected.study_instance_uid],
+            outcome=outcome,
+            stored=True,
+            request_id=who.request_id,
+            description=description,
         )
 
     def _record_failure(
         self, who: Principal, inspected: InspectedInstance, exc: NubisError
     ) -> None:
         try:
-            self._record(who, inspected, EventOutcome.MINOR_FAILURE, exc.reason)
+            self.guard.record(
+                self._event(who, inspected, EventOutcome.MINOR_FAILURE, exc.reason)
+            )
         except NubisError:
             log.error("a refused store could not be recorded in the audit trail")
 
     def _commit(
-        self, spooled: SpooledFile, inspected: InspectedInstance, partition: str
+        self,
+        spooled: SpooledFile,
+        inspected: InspectedInstance,
+        partition: str,
+        record: Callable[[Any], object] | None,
     ) -> StoreResult:
         key = self.blobs.new_key()
         context = BlobContext(
@@ -162,7 +170,9 @@ class StoreService:
             ) from None
         try:
             result, unneeded_key = self.index.store(
-                _new_instance(inspected, spooled, key, partition), overwrite=self.overwrite
+                _new_instance(inspected, spooled, key, partition),
+                overwrite=self.overwrite,
+                also=record,
             )
         except BaseException:
             # Not acknowledged: remove the blob now rather than leave it to the reaper.
