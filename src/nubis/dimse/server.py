@@ -6,8 +6,9 @@ were sent; Query/Retrieve FIND, MOVE and GET in the Patient Root and Study Root 
 Storage Commitment Push Model (J). The storage contexts also accept the SCU role, which C-GET
 needs to send objects back on the caller's association (PS3.4 C.4.3, PS3.7 D.3.3.4).
 
-``nubis serve`` runs one DimseServer in its main process next to the HTTP workers; both reach
-the same index and blob store through the same services.
+``nubis serve`` runs a DimseServer in every HTTP worker process, on a shared port; DICOMweb and
+DIMSE reach the same index and blob store through the same services. Associations run on
+:mod:`nubis.dimse.reactor` (pynetdicom's, without its polling loops).
 """
 
 from __future__ import annotations
@@ -35,15 +36,16 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from nubis.dimse.handlers import Handlers
 from nubis.dimse.peers import AccessPolicy, PeerTable
+from nubis.dimse.reactor import EventDrivenRequestHandler
 
 if TYPE_CHECKING:
     from nubis.archive import Archive
 
 log = logging.getLogger("nubis.dimse")
 
-# pynetdicom deep-copies the AE's presentation contexts for every association; with every
-# storage SOP class and transfer syntax that is ~2,000 UIDs, each re-validated by a regex in
-# UID.__new__ (40 ms per association, most of a findscu call). A UID is an immutable str, so
+# pynetdicom deep-copies presentation contexts (the acceptor's ~6,600 UIDs per association, which
+# nubis.dimse.reactor no longer does; the requested ones of every association nubis opens), and
+# UID.__new__ re-validates each with a regex (40 ms per acceptor). A UID is an immutable str, so
 # its deep copy may be itself.
 UID.__deepcopy__ = lambda self, memo: self  # type: ignore[method-assign,assignment]
 
@@ -148,6 +150,8 @@ class DimseServer:
             evt_handlers=handlers,
             ssl_context=ssl_context,
             server_class=_SharedPortServer,
+            # Associations that block until there is work instead of polling (see reactor.py).
+            request_handler=EventDrivenRequestHandler,
         )
         thread = threading.Thread(
             target=server.serve_forever, name=f"nubis-dimse-{address[1]}", daemon=True

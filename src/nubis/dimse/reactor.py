@@ -1,0 +1,362 @@
+"""Event-driven association threads for the DIMSE server (pynetdicom acceptors without polling).
+
+pynetdicom runs each association as two threads that poll: the DUL thread sleeps 1 ms whenever
+its socket and queues are empty, and the association thread sleeps 1 ms before every look at
+its message queue. Every request therefore waits up to a millisecond to be read, another to
+reach its handler, and a third for its response to be sent; association set-up and release
+pay the same toll at each step, and each idle association wakes 2,000 times a second. Here
+both threads block instead until there is something to do:
+
+- the DUL thread waits in ``select`` on the peer's socket and a wake-up pipe; anything put on
+  its queues (a primitive to send, an event for the state machine) or a kill writes to the pipe;
+- the association thread waits on an Event set by whatever it reacts to: a decoded DIMSE message,
+  an A-RELEASE / A-ABORT primitive from the DUL, the DUL ending, a kill, or a pause request from
+  a thread that wants to use the association itself (storage commitment reports).
+
+Both waits are bounded (:data:`TICK`) so the timers pynetdicom checks by polling (ARTIM, the
+network idle timeout) still fire, within a tenth of a second instead of a millisecond.
+
+The request handler also stops deep-copying the AE's ~180 presentation contexts (~6,600 UIDs,
+5 ms) for every association: negotiation only reads them, and makes new context objects for its
+result.
+
+Everything else (state machine, PDU and DIMSE coding, services, events) is pynetdicom's own; the
+overridden loops keep its order of checks. Written against pynetdicom 3.0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import socket
+import ssl
+import threading
+import weakref
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import LOGGER as ASSOC_LOGGER
+from pynetdicom.association import Association
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
+from pynetdicom.dul import LOGGER, DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from nubis.dimse.commands import fast_message, p_data
+
+if TYPE_CHECKING:
+    from pynetdicom.ae import ApplicationEntity
+
+# Longest wait without a wake-up: how late a timer pynetdicom polls for (ARTIM, network idle
+# timeout, both tens of seconds) may be noticed. Not a latency on any request.
+TICK = 0.1
+# Socket reads: large enough for a whole 128 KiB P-DATA PDU in a few calls (pynetdicom reads
+# 4 KiB per call: 32 calls, each a poll and a recv, per PDU).
+_RECV_CHUNK = 1 << 20
+
+
+class _Wakeup:
+    """A pipe the DUL thread can ``select`` on together with its socket."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def signal(self) -> None:
+        # Under the lock: once close() has run, the descriptor number may belong to another
+        # file (a blob being written), and a stray byte must never reach it.
+        with self._lock:
+            if self._write_fd >= 0:
+                # A full pipe is already readable: the waiter will wake anyway.
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._write_fd, b"\0")
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._write_fd >= 0:
+                os.close(self._write_fd)
+                os.close(self.read_fd)
+                self._write_fd = self.read_fd = -1
+
+
+class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A Queue that calls ``signal`` after each put (under the queue's own lock)."""
+
+    def __init__(self, signal: Callable[[], None]) -> None:
+        super().__init__()
+        self._signal = signal
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self._signal()
+
+
+class _SignallingEvent(threading.Event):
+    """The association's reactor checkpoint: clearing it (a thread wants the association to
+    itself) must wake the reactor so it reaches the checkpoint and reports itself paused."""
+
+    def __init__(self, signal: Callable[[], None]) -> None:
+        super().__init__()
+        self._signal = signal
+
+    def set(self) -> None:
+        super().set()
+        self._signal()
+
+    def clear(self) -> None:
+        super().clear()
+        self._signal()
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """pynetdicom's DUL provider, blocking in ``select`` instead of sleeping between looks."""
+
+    def __init__(self, assoc: Association, on_user_primitive: Callable[[], None]) -> None:
+        self._wakeup = _Wakeup()
+        # The reactor closes the pipe when it ends; this covers a DUL that never started.
+        weakref.finalize(self, self._wakeup.close)
+        self._killed = False
+        super().__init__(assoc)
+        # Outgoing primitives and state machine events come from other threads too.
+        self.to_provider_queue = _SignallingQueue(self._wakeup.signal)
+        self.event_queue = _SignallingQueue(self._wakeup.signal)
+        # A-ASSOCIATE / A-RELEASE / A-ABORT for the association thread.
+        self.to_user_queue = _SignallingQueue(on_user_primitive)
+
+    # pynetdicom stops the reactor by setting this flag (kill_dul, stop_dul, its own abort path).
+    @property  # type: ignore[override]
+    def _kill_thread(self) -> bool:
+        return self._killed
+
+    @_kill_thread.setter
+    def _kill_thread(self, value: bool) -> None:
+        self._killed = value
+        if value:
+            self._wakeup.signal()
+
+    def _wait(self) -> None:
+        """Block until the socket is readable, a queue or flag changed, or TICK passed."""
+        sock = self.socket.socket if self.socket is not None else None
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return  # decrypted bytes already buffered: select would not see them
+        fds: list[Any] = [self._wakeup.read_fd]
+        if sock is not None and sock.fileno() >= 0:
+            fds.append(sock)
+        # A socket closed under us fails select; the reactor's own check then reports Evt17.
+        with contextlib.suppress(OSError, ValueError):
+            select.select(fds, [], [], TICK)
+        self._wakeup.drain()
+
+    def run_reactor(self) -> None:
+        """pynetdicom's reactor loop (dul.py, 3.0) with its idle sleep replaced by ``_wait``."""
+        try:
+            self._reactor()
+        finally:
+            self._wakeup.close()
+            # The association thread checks ``dul.is_alive()``: let it look now.
+            self.assoc._nubis_wake.set()  # type: ignore[attr-defined]
+
+    def _reactor(self) -> None:
+        self._idle_timer.start()
+        self.socket = cast(AssociationSocket, self.socket)
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if idle:
+                self._wait()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                # One primitive to encode or one PDU to decode per turn, as pynetdicom does.
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                # As pynetdicom: bypass the state machine, send an A-ABORT, stop both threads.
+                LOGGER.error("Exception in DUL.run(), aborting association")
+                LOGGER.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
+
+
+class FastSocket(AssociationSocket):
+    """Reads a PDU with as few ``recv`` calls as the kernel allows (pynetdicom: 4 KiB each)."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(socket.socket, self.socket)
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        got = 0
+        try:
+            while got < nr_bytes:
+                n = sock.recv_into(view[got:], min(nr_bytes - got, _RECV_CHUNK))
+                if not n:
+                    break  # connection closed: return the short read, the DUL reports it
+                got += n
+        finally:
+            view.release()
+        if got < nr_bytes:
+            del buffer[got:]
+        return buffer
+
+
+class FastDIMSE(DIMSEServiceProvider):
+    """Sends messages with their command sets encoded by :mod:`nubis.dimse.commands`."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        if primitive.MessageIDBeingRespondedTo is None:
+            message_class = _RQ_TO_MESSAGE[type(primitive)]
+        else:
+            message_class = _RSP_TO_MESSAGE[type(primitive)]
+        fast = fast_message(message_class, primitive, context_id)
+        if fast is None:
+            super().send_msg(primitive, context_id)
+            return
+        msg, command, data_set = fast
+        evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": msg})
+        for pdata in p_data(context_id, command, data_set, self.maximum_pdu_size):
+            self.dul.send_pdu(pdata)
+
+
+class EventDrivenAssociation(Association):
+    """An acceptor association whose thread waits on an Event instead of polling every 1 ms."""
+
+    def __init__(self, ae: ApplicationEntity, mode: str) -> None:
+        self._nubis_wake = threading.Event()
+        self._killed = False
+        super().__init__(ae, mode)
+        self.dul = EventDrivenDUL(self, self._nubis_wake.set)
+        # The timeout setters push their values into the DUL's timers: apply them to the new one.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+        self.dimse = FastDIMSE(self)
+        self.dimse.msg_queue = _SignallingQueue(self._nubis_wake.set)
+        self._reactor_checkpoint = _SignallingEvent(self._nubis_wake.set)
+        self._reactor_checkpoint.set()
+
+    @property  # type: ignore[override]
+    def _kill(self) -> bool:
+        return self._killed
+
+    @_kill.setter
+    def _kill(self, value: bool) -> None:
+        self._killed = value
+        if value:
+            self._nubis_wake.set()
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's acceptor loop (association.py, 3.0) with its 1 ms sleep replaced by a
+        wait for the next thing to react to."""
+        self._is_paused = False
+        wake = self._nubis_wake
+        while not self._kill:
+            wake.wait(TICK)
+            wake.clear()
+            # Another thread may want the association to itself (send_* pause the reactor).
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+                wake.set()  # more may have arrived while serving: look again at once
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                ASSOC_LOGGER.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                ASSOC_LOGGER.info(
+                    "Association Aborted"
+                    + (" (A-P-ABORT)" if self.acse.is_aborted("a-p-abort") else "")
+                )
+                self.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires, as pynetdicom does
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                ASSOC_LOGGER.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class EventDrivenRequestHandler(RequestHandler):
+    """Makes an :class:`EventDrivenAssociation` for each connection (pynetdicom 3.0's
+    ``RequestHandler._create_association``, without the deep copy of the contexts)."""
+
+    def _create_association(self) -> Association:
+        assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        # After the association: the socket announces itself on the DUL's event queue.
+        assoc.set_socket(FastSocket(assoc, client_socket=self.request))
+
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        # Negotiation reads these and builds new contexts for its result; a copy of the list
+        # (not of every context and UID in it) keeps later changes to the server's list out.
+        assoc.acceptor.supported_contexts = list(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+
+        for event in self.server._handlers:
+            if event.is_intervention and self.server._handlers[event]:
+                assoc.bind(event, *self.server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in self.server._handlers[event]:
+                    assoc.bind(event, handler[0], handler[1])
+        return assoc
