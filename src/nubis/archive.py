@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 
 from nubis.blobs.encrypted import EncryptedBlobStore
+from nubis.blobs.folder_tiers import with_folder_tiers
 from nubis.blobs.registry import open_blob_store
 from nubis.config import Settings
 from nubis.crypto.registry import keyring_exists, open_key_provider
 from nubis.errors import StorageUnavailable
 from nubis.index.database import Index
+from nubis.jobs import JobRunner, JobStore
+from nubis.jobs.kinds import handlers, parse_schedule
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.security.audit import AuditTrail
@@ -23,13 +26,18 @@ from nubis.services.query import QueryService
 from nubis.services.retrieve import RetrieveService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
+from nubis.tiers.lifecycle import Lifecycle
+from nubis.tiers.movers import find_mover
+from nubis.tiers.reads import ReadTracker
+from nubis.tiers.rules import Tiers, parse_rules, parse_tiers
 
 log = logging.getLogger(__name__)
 
 
-def _blob_store(settings: Settings) -> tuple[KeyProvider | None, BlobStore]:
+def _blob_store(settings: Settings, tiers: Tiers) -> tuple[KeyProvider | None, BlobStore]:
     """The blob store, wrapped for encryption at rest unless it is off and never was on."""
-    store = open_blob_store(settings.blobs_url, durable=settings.durable)
+    # Tier folders under the encryption, which does not care where its ciphertext lives.
+    store = with_folder_tiers(open_blob_store(settings.blobs_url, durable=settings.durable), tiers)
     if not settings.encrypt_at_rest and not keyring_exists(settings.keyring_url):
         return None, store
     keys = open_key_provider(settings.keyring_url, durable=settings.durable)
@@ -42,7 +50,8 @@ class Archive:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(settings.index_url, durable=settings.durable)
-        self.keys, self.blobs = _blob_store(settings)
+        self.tiers = parse_tiers(settings.tiers)
+        self.keys, self.blobs = _blob_store(settings, self.tiers)
         # A sealed spool is encrypted as it arrives: plaintext never reaches the disk.
         self.spool = Spool(settings.spool_dir, sealed=settings.encrypt_at_rest)
         # Services record every access here (fail closed: see nubis.security.audit).
@@ -66,8 +75,14 @@ class Archive:
             overwrite=settings.on_conflict == "overwrite",
             bulk_threshold=settings.bulk_threshold,
         )
+        # Last reads feed the lifecycle rules (unread>30d -> cold).
+        self.reads = ReadTracker(self.index, every_seconds=settings.read_record_seconds)
         self.retrieve = RetrieveService(
-            self.index, self.blobs, guard=self.guard, verify_reads=settings.verify_reads
+            self.index,
+            self.blobs,
+            guard=self.guard,
+            verify_reads=settings.verify_reads,
+            on_read=self.reads.touch,
         )
         self.query = QueryService(self.index, self.guard)
         self.maintenance = Maintenance(
@@ -75,6 +90,30 @@ class Archive:
             self.blobs,
             guard=self.guard,
             orphan_grace_seconds=settings.orphan_grace_seconds,
+        )
+        self.lifecycle = Lifecycle(
+            self.index,
+            self.tiers,
+            parse_rules(settings.lifecycle, self.tiers),
+            find_mover(self.blobs),
+        )
+        self.jobs = JobStore(self.index)
+        self.job_runner = (
+            JobRunner(
+                self.jobs,
+                handlers(
+                    index=self.index,
+                    blobs=self.blobs,
+                    maintenance=self.maintenance,
+                    lifecycle=self.lifecycle,
+                    tiers=self.tiers,
+                ),
+                lease_seconds=settings.jobs_lease_seconds,
+                poll_seconds=settings.jobs_poll_seconds,
+                schedule=parse_schedule(settings.jobs_schedule),
+            )
+            if settings.jobs
+            else None
         )
         self.audit_forwarder = (
             SyslogForwarder(
@@ -138,12 +177,19 @@ class Archive:
         self.audit.open()
         if self.audit_forwarder is not None:
             self.audit_forwarder.start()
-        self.maintenance.start_background()
+        self.reads.start()
+        if self.job_runner is not None:
+            self.job_runner.start()  # the reap job replaces the in-process reaper
+        else:
+            self.maintenance.start_background()
         self.ready = True
 
     def stop(self) -> None:
         self.ready = False
+        if self.job_runner is not None:
+            self.job_runner.stop()  # a running job goes back to the queue for another node
         self.maintenance.stop_background()
+        self.reads.stop()
         if self.audit_forwarder is not None:
             self.audit_forwarder.stop()
         self.audit.close()  # signs the unsigned tail while the index can still write

@@ -258,6 +258,48 @@ class Settings:
         "are in dimse_tenant with role radiologist if the peer table lets them query or "
         "retrieve, else modality (store only).",
     )
+    jobs: bool = _setting(
+        True,
+        "Run background jobs (reap, verify, tier) in every nubis serve worker process. Jobs "
+        "live in the index, so whichever node is free takes the next one. Off: this node runs "
+        "none, and reaps in-process every 10 minutes instead.",
+    )
+    jobs_schedule: str = _setting(
+        "reap=1h,tier=1d",
+        "Periodic jobs as KIND=EVERY (units s m h d w), queued once per period across all "
+        "nodes; add verify=7d to re-read every blob weekly. Empty: none.",
+    )
+    jobs_lease_seconds: int = _setting(
+        60,
+        "A running job's claim lasts this long unless renewed (every third of it); a job whose "
+        "node died is taken over by another node after this.",
+    )
+    jobs_poll_seconds: int = _setting(
+        10, "Longest wait of an idle job runner before it looks for queued jobs again."
+    )
+    tiers: str = _setting(
+        "hot=STANDARD,cold=STANDARD_IA,archive=GLACIER",
+        "Storage tiers as NAME=TARGET, the first being where new objects go. TARGET is an S3 "
+        "storage class; for the folder store a folder (an absolute path, or a folder of that "
+        "name under blobs/tiers/).",
+    )
+    lifecycle: str = _setting(
+        "",
+        "Rules the tier job applies, first match wins, e.g. 'modality=MG age<730d -> hot; "
+        "unread>365d -> archive; unread>30d -> cold' (conditions modality=, partition=, "
+        "unread>/<, age>/<; units h d w y). Empty: studies stay in the first tier unless pinned.",
+    )
+    storage_prices: str = _setting(
+        "",
+        "Price per GB-month of tiers for nubis storage report, as TIER=PRICE,... Tiers not "
+        "given take the AWS S3 us-east-1 list price of their storage class (STANDARD 0.023, "
+        "STANDARD_IA 0.0125, GLACIER 0.0036 USD).",
+    )
+    read_record_seconds: int = _setting(
+        3600,
+        "A study's last read (for unread> rules) is written at most once per this many seconds "
+        "per process, so reads do not each cost a write.",
+    )
     log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -393,6 +435,7 @@ def _validate(settings: Settings) -> None:
     if settings.bulk_threshold < 0:
         raise SettingsError("bulk_threshold must be >= 0")
     _validate_security(settings)
+    _validate_storage(settings)
 
 
 def _validate_security(settings: Settings) -> None:
@@ -422,6 +465,29 @@ def _validate_security(settings: Settings) -> None:
         parse_roles(settings.break_glass_roles)
     except ValueError as exc:
         raise SettingsError(f"break_glass_roles: {exc}") from None
+
+
+def _validate_storage(settings: Settings) -> None:
+    from nubis.jobs.kinds import parse_schedule
+    from nubis.tiers.rules import parse_prices, parse_rules, parse_tiers
+
+    try:
+        tiers = parse_tiers(settings.tiers)
+    except ValueError as exc:
+        raise SettingsError(f"tiers: {exc}") from None
+    for name, check in (
+        ("lifecycle", lambda: parse_rules(settings.lifecycle, tiers)),
+        ("storage_prices", lambda: parse_prices(settings.storage_prices, tiers)),
+        ("jobs_schedule", lambda: parse_schedule(settings.jobs_schedule)),
+    ):
+        try:
+            check()
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+    if settings.jobs_lease_seconds < 3 or settings.jobs_poll_seconds < 1:
+        raise SettingsError("jobs_lease_seconds must be >= 3 and jobs_poll_seconds >= 1")
+    if settings.read_record_seconds < 0:
+        raise SettingsError("read_record_seconds must be >= 0")
 
 
 # Settings whose values are secrets: shown as set or not, never echoed.

@@ -100,6 +100,12 @@ class NotReady(StorageUnavailable):
     """The archive is starting or stopping."""
 
 
+class RestoreRequired(StorageUnavailable):
+    """The object is in an archive storage class (S3 Glacier, Deep Archive) and must be
+    restored before it can be read; the reason says whether a restore was requested now or is
+    under way. HTTP 503 / DIMSE 0xA700: retry later, nothing is wrong with the object."""
+
+
 class BlobUnreadable(NubisError):
     """Stored bytes fail authentication: tampered, truncated, or not the blob of this object.
 

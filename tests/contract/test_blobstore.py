@@ -27,6 +27,7 @@ from pydicom.data import get_testdata_file
 from contract import Ceph
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.filesystem import FileBlobStore
+from nubis.blobs.folder_tiers import FolderTierStore
 from nubis.blobs.registry import open_blob_store
 from nubis.blobs.s3 import S3BlobStore
 from nubis.crypto.envelope import HEADER_RESERVE, ciphertext_size
@@ -295,6 +296,24 @@ class TestFileBlobStore(BlobStoreContract):
     @pytest.fixture
     def store(self, tmp_path: Path) -> BlobStore:
         return FileBlobStore(tmp_path / "blobs", durable=False)
+
+
+class _MovedAfterPut(FolderTierStore):
+    """Tier folders with every blob moved out of the first folder as soon as it is put."""
+
+    def put_file(self, key: str, source: LocalFile, *, context: BlobContext) -> None:
+        super().put_file(key, source, context=context)
+        self.move(key, "cold")
+
+
+class TestFolderTierStore(BlobStoreContract):
+    """Storage tiers of the folder store (nubis.blobs.folder_tiers): blobs read, listed and
+    deleted from a tier folder other than the first."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> BlobStore:
+        hot = FileBlobStore(tmp_path / "blobs", durable=False)
+        return _MovedAfterPut(hot, [("hot", hot.root), ("cold", tmp_path / "cold")])
 
 
 def s3_store(ceph: Ceph, *, tls: bool, **options: object) -> S3BlobStore:

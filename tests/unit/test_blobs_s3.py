@@ -18,7 +18,7 @@ import pytest
 
 from nubis.blobs.registry import UnknownBackend, open_blob_store
 from nubis.blobs.s3 import S3BlobStore, from_url
-from nubis.errors import StorageUnavailable
+from nubis.errors import RestoreRequired, StorageUnavailable
 from nubis.ports.blobs import BlobContext, BlobExists, PlainFile
 
 CTX = BlobContext("default", "1.2.3", "1.2.3.4", "1.2.3.4.5", "0" * 64)
@@ -33,6 +33,8 @@ class Stub:
     fail_next: int = 0  # answer this many requests with 503
     lose_next_put_answer: bool = False  # store the next PUT, then answer it with 500
     break_next_get: bool = False  # send half the body of the next GET, then hang up
+    archived: set[str] = field(default_factory=set)  # GET answers 403 InvalidObjectState
+    restores: list[str] = field(default_factory=list)  # bodies of RestoreObject requests
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -106,6 +108,9 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 self._error(404, "NoSuchKey")
                 return
+            if self.path in stub.archived:  # what AWS answers for GLACIER, DEEP_ARCHIVE
+                self._error(403, "InvalidObjectState")
+                return
             start, end = 0, len(data)
             rng = self.headers.get("Range")
             status = 200
@@ -125,6 +130,20 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             self.wfile.write(body)
+
+        def do_POST(self) -> None:  # RestoreObject: POST /bucket/key?restore
+            if not self._begin():
+                return
+            body = self._drain().decode()
+            path, _, query = self.path.partition("?")
+            if query != "restore" or path not in stub.objects:
+                self._error(404, "NoSuchKey")
+                return
+            stub.restores.append(body)
+            if len(stub.restores) > 1:
+                self._error(409, "RestoreAlreadyInProgress")
+                return
+            self._reply(202)
 
     return Handler
 
@@ -207,11 +226,38 @@ def test_broken_body_resumes_from_where_it_broke(stub: tuple[Stub, S3BlobStore])
     assert 1000 < resumed_at < len(data)
 
 
+def test_reading_an_archived_object_requests_a_restore(
+    stub: tuple[Stub, S3BlobStore], tmp_path: Path
+) -> None:
+    """GLACIER / DEEP_ARCHIVE objects answer 403 InvalidObjectState on AWS: the read asks for
+    a restore and fails with RestoreRequired (HTTP 503, DIMSE 0xA700), never with bytes."""
+    state, store = stub
+    store.put_file(KEY, _file(tmp_path, b"archived bytes"), context=CTX)
+    state.archived.add(f"/bucket/{KEY}")
+    reasons = []
+    for read in (
+        lambda: store.read(KEY, context=CTX),
+        lambda: store.iter_chunks(KEY, context=CTX),
+        lambda: store.open(KEY, context=CTX),
+        lambda: store.read(KEY, 10, 4, context=CTX),
+    ):
+        with pytest.raises(RestoreRequired) as caught:
+            read()
+        assert caught.value.http_status == 503 and caught.value.dimse_status == 0xA700
+        reasons.append(caught.value.reason)
+    assert "a restore was requested" in reasons[0]
+    assert all("a restore was already requested" in r for r in reasons[1:])
+    assert "<Days>7</Days>" in state.restores[0] and "<Tier>Standard</Tier>" in state.restores[0]
+    assert store.restore(KEY) is False  # one is on its way
+    state.archived.clear()  # the restore completed
+    assert store.read(KEY, context=CTX) == b"archived bytes"
+
+
 def test_url_parameters() -> None:
     store = from_url(
         "s3://bucket/some/prefix/?endpoint=https://s3.example:7443&region=eu-west-3"
         "&tier=STANDARD_IA&multipart_threshold=128M&part_size=32MiB&max_attempts=2"
-        "&page_size=100&connect_timeout=2&read_timeout=30"
+        "&page_size=100&connect_timeout=2&read_timeout=30&restore_days=2&restore_tier=Bulk"
     )
     assert (store.bucket, store.prefix) == ("bucket", "some/prefix/")
     assert store.endpoint_url == "https://s3.example:7443"
@@ -219,6 +265,7 @@ def test_url_parameters() -> None:
     assert store.storage_class == "STANDARD_IA"
     assert (store.multipart_threshold, store.part_size) == (128 << 20, 32 << 20)
     assert store.page_size == 100
+    assert (store.restore_days, store.restore_tier) == (2, "Bulk")
     assert from_url("s3://bucket").prefix == ""
 
 

@@ -22,6 +22,9 @@ What makes an acknowledgement safe here:
   :class:`~nubis.errors.StorageUnavailable` (HTTP 503, C-STORE 0xA700), never a silent success.
   A response body that breaks while streaming is resumed with a ranged GET from where it broke,
   which botocore does not do by itself.
+- A read of an object in an archive class (GLACIER, DEEP_ARCHIVE: 403 InvalidObjectState)
+  asks the store to restore it (RestoreObject, ``restore_days``) and raises
+  :class:`~nubis.errors.RestoreRequired` (HTTP 503, DIMSE 0xA700): never bytes, never a 500.
 
 Our own SHA-256 of every object stays in the index and is checked on read by the services;
 the store's checksums (``x-amz-checksum-*``) are not relied upon: Ceph neither stores nor checks
@@ -46,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qs, unquote, urlparse
 
-from nubis.errors import StorageUnavailable
+from nubis.errors import RestoreRequired, StorageUnavailable
 from nubis.ports.blobs import (
     BlobCapabilities,
     BlobContext,
@@ -119,6 +122,10 @@ class S3BlobStore:
         Bytes fetched per ranged GET by the file objects of :meth:`open`.
     max_connections : int
         Connection pool size, shared by every thread of the process.
+    restore_days : int
+        Days a restored copy of an archived object stays readable.
+    restore_tier : str
+        Retrieval tier of restores: Expedited, Standard or Bulk (AWS prices and delays).
     """
 
     capabilities = BlobCapabilities(adopts_local_files=False, range_reads=True)
@@ -140,6 +147,8 @@ class S3BlobStore:
         page_size: int = 1000,
         read_ahead: int = MiB,
         max_connections: int = 64,
+        restore_days: int = 7,
+        restore_tier: str = "Standard",
     ) -> None:
         if part_size < _MIN_PART:
             raise ValueError(f"part_size must be at least {_MIN_PART} bytes (the S3 minimum)")
@@ -153,6 +162,8 @@ class S3BlobStore:
         self.page_size = page_size
         self.read_ahead = read_ahead
         self.endpoint_url = endpoint_url
+        self.restore_days = restore_days
+        self.restore_tier = restore_tier
         config = Config(
             s3={"addressing_style": "path"},
             retries={"mode": "standard", "total_max_attempts": max_attempts},
@@ -470,6 +481,25 @@ class S3BlobStore:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
             raise
 
+    def restore(self, key: str) -> bool:
+        """Ask for a readable copy of an archived object; False when one is already coming
+        (or the object is not archived). The copy lasts ``restore_days``."""
+        request = {"Days": self.restore_days, "GlacierJobParameters": {"Tier": self.restore_tier}}
+        try:
+            self.client.restore_object(
+                Bucket=self.bucket, Key=self._object(key), RestoreRequest=request
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in {"RestoreAlreadyInProgress", "ObjectAlreadyInActiveTierError"}:
+                return False
+            raise self._translate(exc, "restore", key) from None
+        except BotoCoreError as exc:
+            log.error("S3 restore %s failed: %s", key, exc)
+            raise StorageUnavailable("the blob store cannot be reached") from None
+        log.info("restore of archived object %s requested (%d days)", key, self.restore_days)
+        return True
+
     # ------------------------------------------------------------------ the rest
     def delete(self, key: str) -> None:
         """Remove the blob; S3 answers a delete of a missing key with success too."""
@@ -506,7 +536,17 @@ class S3BlobStore:
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            raise self._translate(exc, what, key) from None
+            error = self._translate(exc, what, key)
+            if isinstance(error, RestoreRequired) and what == "get":
+                # Whoever reads an archived object wants it back: ask now, so a retry in a
+                # few hours succeeds, rather than leave the caller to find an operator.
+                requested = self.restore(key)
+                error = RestoreRequired(
+                    "the object is in archive storage; a restore was "
+                    + ("requested" if requested else "already requested")
+                    + ": retry in a few hours"
+                )
+            raise error from None
         except BotoCoreError as exc:
             # Connection refused or reset, timeouts, after botocore's retries.
             log.error("S3 %s %s at %s failed: %s", what, key, self.endpoint_url or "aws", exc)
@@ -528,6 +568,8 @@ class S3BlobStore:
             return exists
         if status == 416 or code == "InvalidRange":
             return _RangeNotSatisfiable(key)
+        if code == "InvalidObjectState":
+            return RestoreRequired("the object is in archive storage and must be restored first")
         log.error("S3 %s %s failed: HTTP %s %s %s", what, key, status, code, error.get("Message"))
         return StorageUnavailable(f"the blob store refused the request (HTTP {status} {code})")
 
@@ -644,7 +686,8 @@ def from_url(url: str) -> S3BlobStore:
     Parameters (all optional): ``endpoint`` (``https://host:port`` of an S3-compatible store),
     ``region``, ``ca_bundle`` (PEM CA file for HTTPS), ``tier`` (StorageClass of new objects),
     ``multipart_threshold`` and ``part_size`` (bytes; suffixes K, M, G allowed),
-    ``max_attempts``, ``connect_timeout``, ``read_timeout`` (seconds), ``page_size``.
+    ``max_attempts``, ``connect_timeout``, ``read_timeout`` (seconds), ``page_size``,
+    ``restore_days`` and ``restore_tier`` (restores of archived objects read).
     An unknown parameter is an error, so a typo never passes silently.
     """
     parsed = urlparse(url)
@@ -668,6 +711,8 @@ def from_url(url: str) -> S3BlobStore:
         "connect_timeout": ("connect_timeout", float),
         "read_timeout": ("read_timeout", float),
         "page_size": ("page_size", int),
+        "restore_days": ("restore_days", int),
+        "restore_tier": ("restore_tier", str),
     }
     for name, value in query.items():
         if name not in parsers:

@@ -249,10 +249,14 @@ def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
 def _add_subcommands() -> None:
     from nubis.cli.audit import app as audit_app
     from nubis.cli.dimse import app as dimse_app
+    from nubis.cli.jobs import app as jobs_app
     from nubis.cli.keys import app as keys_app
+    from nubis.cli.storage import app as storage_app
     from nubis.cli.users import apikeys_app, users_app
 
     app.add_typer(dimse_app, name="dimse")
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(storage_app, name="storage")
     app.add_typer(keys_app, name="keys")
     app.add_typer(audit_app, name="audit")
     app.add_typer(users_app, name="users")

@@ -217,6 +217,73 @@ grants = Table(
 )
 Index("ix_grants_subject", grants.c.subject, grants.c.tenant)
 
+# Background jobs (nubis.jobs): reap, verify, tier... A runner claims a queued job (SKIP LOCKED
+# on PostgreSQL), holds it under a lease it renews while it runs, and a job whose lease ran out
+# (its node died) is claimed again by another runner, resuming from ``cursor_json``.
+# ``unique_key`` keeps periodic jobs from being scheduled twice (one row per kind and period).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("unique_key", String(128)),
+    Column("progress_done", BigInteger, nullable=False),
+    Column("progress_total", BigInteger),
+    Column("cursor_json", Text),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", BigInteger),
+    Column("cancel_requested", Integer, nullable=False),
+    Column("not_before", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_by", String(256)),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+    Column("last_error", Text),
+    Column("result", Text),
+    UniqueConstraint("unique_key", name="uq_jobs_unique_key"),
+)
+Index("ix_jobs_state", jobs.c.state, jobs.c.not_before)
+
+# Storage tiers (nubis.tiers). Tables of their own rather than columns of studies/instances:
+# migration 0001 builds those from this module, so a column added to them here would exist
+# before the migration that adds it. A study without a study_lifecycle row was never read
+# since it was stored (its created_at counts) and is not pinned; an instance without an
+# instance_tiers row is in the first tier (where new objects are written).
+study_lifecycle = Table(
+    "study_lifecycle",
+    metadata,
+    Column(
+        "study_pk",
+        Integer,
+        ForeignKey("studies.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    # Milliseconds since the epoch; recorded at most once per read_record_seconds per process.
+    Column("last_read_at", BigInteger),
+    # A tier chosen by an operator (nubis storage tier), kept over the rules until tier_pin_until.
+    Column("tier_pin", String(32)),
+    Column("tier_pin_until", BigInteger),
+)
+
+instance_tiers = Table(
+    "instance_tiers",
+    metadata,
+    Column(
+        "instance_pk",
+        Integer,
+        ForeignKey("instances.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("tier", String(32), nullable=False),
+    Column("moved_at", BigInteger, nullable=False),
+)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
@@ -224,10 +291,13 @@ __all__ = [
     "audit_log",
     "doomed_blobs",
     "grants",
+    "instance_tiers",
     "instances",
+    "jobs",
     "metadata",
     "series",
     "series_requests",
     "studies",
+    "study_lifecycle",
     "users",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nubis.errors import NotFound
@@ -91,7 +92,11 @@ class Maintenance:
             deleted += len(keys)
         return deleted
 
-    def reap_orphans(self, grace_seconds: int | None = None) -> int:
+    def reap_orphans(
+        self, grace_seconds: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Delete blobs without an index row older than the grace period; ``progress`` is
+        called with the number of blobs listed so far (the ``reap`` job shows it)."""
         grace = self.orphan_grace_seconds if grace_seconds is None else grace_seconds
         cutoff = time.time() - grace
         deleted = 0
@@ -106,7 +111,9 @@ class Maintenance:
             batch.clear()
             return len(orphans)
 
-        for info in self.blobs.list():
+        for listed, info in enumerate(self.blobs.list(), start=1):
+            if progress is not None and listed % 500 == 0:
+                progress(listed)
             if info.modified_at <= cutoff:
                 batch.append(info.key)
                 if len(batch) >= 500:

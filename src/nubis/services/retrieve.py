@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from pydicom import dcmread
@@ -40,12 +40,21 @@ class BlobCorrupted(NubisError):
 
 class RetrieveService:
     def __init__(
-        self, index: Index, blobs: BlobStore, *, guard: Guard, verify_reads: bool = True
+        self,
+        index: Index,
+        blobs: BlobStore,
+        *,
+        guard: Guard,
+        verify_reads: bool = True,
+        on_read: Callable[[str, str], None] | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.guard = guard
         self.verify_reads = verify_reads
+        # Told (partition, study UID) of every study whose objects are read, for the storage
+        # tier rules (nubis.tiers.reads); must not block.
+        self.on_read = on_read
 
     def instances(
         self,
@@ -80,6 +89,8 @@ class RetrieveService:
             self._record(who, decision, None, study_uid, transfer, exc.reason)
             raise
         self._record(who, decision, found[0].patient_id, study_uid, transfer, None)
+        if self.on_read is not None:
+            self.on_read(decision.scope.partition, study_uid)
         return found
 
     def _record(

@@ -1,0 +1,322 @@
+"""``nubis jobs``: background jobs (list with progress, run, show, cancel, work).
+
+Jobs live in the index, so these commands work the same whether the servers are running or
+not, from any machine that reaches the index: ``run`` only queues a job, and whichever
+``nubis serve`` worker (or ``nubis jobs work`` process) is free takes it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from nubis.config import Settings
+    from nubis.index.database import Index
+    from nubis.jobs.store import Job
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    help="Background jobs: list (with progress), run, show, cancel, work.", no_args_is_help=True
+)
+
+Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
+Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
+AsJson = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
+
+
+@contextmanager
+def open_index(
+    data_dir: Path | None, config: Path | None, set_: list[str] | None
+) -> Iterator[tuple[Settings, Index]]:
+    """The settings and the migrated, open index (no blob store, no runner)."""
+    from nubis.cli.main import _load
+    from nubis.errors import NubisError
+    from nubis.index.database import Index
+
+    settings = _load(config, {"data_dir": data_dir}, set_)
+    index = Index(settings.index_url, durable=settings.durable)
+    try:
+        index.migrate()
+        index.open()
+        yield settings, index
+    except NubisError as exc:
+        console.print(f"[red]{exc.reason}")
+        raise typer.Exit(1) from None
+    finally:
+        index.close()
+
+
+def _when(ms: int | None) -> str:
+    return "" if ms is None else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _progress_cell(job: Job) -> Any:
+    fraction = job.fraction
+    if fraction is None:
+        return f"{job.progress_done:,}" if job.progress_done else ""
+    bar = ProgressBar(total=100, completed=fraction * 100, width=16)
+    table = Table.grid(padding=(0, 1))
+    table.add_row(bar, f"{fraction:6.1%}")
+    return table
+
+
+def _job_json(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state.value,
+        "params": job.params,
+        "progress": {"done": job.progress_done, "total": job.progress_total,
+                     "fraction": job.fraction},
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "node": job.lease_owner,
+        "lease_expires_at": job.lease_expires_at,
+        "cancel_requested": job.cancel_requested,
+        "created_at": job.created_at,
+        "created_by": job.created_by,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "last_error": job.last_error,
+        "result": job.result,
+    }  # fmt: skip
+
+
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            console.print(f"[red]--param {item!r}: expected NAME=VALUE")
+            raise typer.Exit(2)
+        value: Any = text
+        if text.lower() in {"true", "false"}:
+            value = text.lower() == "true"
+        else:
+            for convert in (int, float):
+                try:
+                    value = convert(text)
+                    break
+                except ValueError:
+                    continue
+        params[name.strip()] = value
+    return params
+
+
+@app.command("list")
+def list_jobs(
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+    state: Annotated[
+        list[str] | None, typer.Option("--state", help="Only jobs in this state (repeatable).")
+    ] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="Only jobs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(help="Newest jobs shown.")] = 30,
+    as_json: AsJson = False,
+) -> None:
+    """Jobs, newest first, with their progress."""
+    from nubis.jobs.store import JobState, JobStore
+
+    try:
+        states = [JobState(s) for s in state or []]
+    except ValueError:
+        console.print(f"[red]--state: one of {', '.join(s.value for s in JobState)}")
+        raise typer.Exit(2) from None
+    with open_index(data_dir, config, set_) as (_, index):
+        found = JobStore(index).list(limit=limit, states=states, kind=kind)
+    if as_json:
+        out.print_json(json.dumps([_job_json(j) for j in found]))
+        return
+    table = Table("id", "kind", "state", "progress", "tries", "node", "started", "finished", "note")
+    colours = {"done": "green", "failed": "red", "running": "cyan", "cancelled": "yellow"}
+    for job in found:
+        note = job.last_error or ""
+        if job.cancel_requested and not job.state.finished:
+            note = "cancel requested"
+        table.add_row(
+            str(job.id),
+            job.kind,
+            f"[{colours.get(job.state.value, 'white')}]{job.state.value}",
+            _progress_cell(job),
+            f"{job.attempts}/{job.max_attempts}",
+            job.lease_owner or "",
+            _when(job.started_at),
+            _when(job.finished_at),
+            note[:60],
+        )
+    out.print(table)
+
+
+@app.command()
+def run(
+    kind: Annotated[str, typer.Argument(help="reap, verify or tier.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="Job parameter NAME=VALUE (repeatable), e.g. study=1.2.3, max_mb_per_s=50, "
+            "grace_seconds=0.",
+        ),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job's progress until it ends.")] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Queue a job; a running server (or nubis jobs work) takes it."""
+    from nubis.jobs.kinds import KINDS
+    from nubis.jobs.store import JobState, JobStore
+
+    if kind not in KINDS:
+        console.print(f"[red]unknown job kind {kind!r} (kinds: {', '.join(KINDS)})")
+        raise typer.Exit(2)
+    params = _parse_params(param)
+    from nubis.security.authn import os_account
+
+    with open_index(data_dir, config, set_) as (_, index):
+        store = JobStore(index)
+        job_id = store.enqueue(kind, params, created_by=f"cli:{os_account()}")
+        assert job_id is not None
+        out.print(f"job {job_id} ({kind}) queued")
+        if not wait:
+            return
+        job = _follow(store, job_id)
+    if job.state is not JobState.DONE:
+        console.print(f"[red]job {job_id} {job.state.value}: {job.last_error or ''}")
+        raise typer.Exit(1)
+    out.print_json(json.dumps(job.result))
+
+
+def _follow(store: Any, job_id: int) -> Job:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:,.0f}/{task.fields[total_text]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"job {job_id}", total=None, total_text="?")
+        while True:
+            job = store.get(job_id)
+            total = job.progress_total
+            progress.update(
+                task,
+                description=f"job {job_id} {job.kind} {job.state.value}",
+                completed=job.progress_done,
+                total=total,
+                total_text=f"{total:,}" if total else "?",
+            )
+            if job.state.finished:
+                return job  # type: ignore[no-any-return]
+            time.sleep(0.5)
+
+
+@app.command()
+def show(
+    job_id: Annotated[int, typer.Argument(help="The job's id (nubis jobs list).")],
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Everything about one job, its result included (JSON)."""
+    from nubis.jobs.store import JobStore
+
+    with open_index(data_dir, config, set_) as (_, index):
+        job = JobStore(index).get(job_id)
+    if job is None:
+        console.print(f"[red]no job {job_id}")
+        raise typer.Exit(1)
+    out.print_json(json.dumps(_job_json(job)))
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[int, typer.Argument(help="The job's id (nubis jobs list).")],
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Cancel a job: a queued one at once, a running one at its next progress report."""
+    from nubis.jobs.store import JobState, JobStore
+
+    with open_index(data_dir, config, set_) as (_, index):
+        state = JobStore(index).cancel(job_id)
+    if state is None:
+        console.print(f"[red]no job {job_id}")
+        raise typer.Exit(1)
+    if state is JobState.CANCELLED:
+        out.print(f"job {job_id} cancelled")
+    elif state is JobState.RUNNING:
+        out.print(f"job {job_id} is running: asked to stop")
+    else:
+        out.print(f"job {job_id} had already ended ({state.value})")
+
+
+@app.command()
+def work(
+    once: Annotated[
+        bool, typer.Option(help="Run the queued jobs that are due, then exit.")
+    ] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Run jobs in the foreground, as a serve worker does (a node that only runs jobs)."""
+    from nubis.archive import Archive
+    from nubis.cli.main import _load, _logging
+    from nubis.jobs.kinds import handlers, parse_schedule
+    from nubis.jobs.runner import JobRunner
+
+    settings = _load(config, {"data_dir": data_dir}, set_)
+    _logging(settings)
+    archive = Archive(settings)
+    archive.index.migrate()
+    archive.index.open()
+    runner = JobRunner(
+        archive.jobs,
+        handlers(
+            index=archive.index,
+            blobs=archive.blobs,
+            maintenance=archive.maintenance,
+            lifecycle=archive.lifecycle,
+            tiers=archive.tiers,
+        ),
+        lease_seconds=settings.jobs_lease_seconds,
+        poll_seconds=settings.jobs_poll_seconds,
+        schedule={} if once else parse_schedule(settings.jobs_schedule),
+    )
+    try:
+        if once:
+            ran = 0
+            while runner.run_once():
+                ran += 1
+            out.print(f"{ran} job(s) run")
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        runner.start()
+        console.print(f"running jobs as {runner.owner}; Ctrl-C stops (a running job is put back)")
+        stop.wait()
+        runner.stop()
+    finally:
+        archive.index.close()

@@ -1,0 +1,158 @@
+"""``nubis storage``: what is stored in which tier and what it costs; move a study.
+
+``report`` counts objects and bytes per tier from the index and prices them with the
+``storage_prices`` table (AWS list prices by default), with a projection by growth rate.
+``tier STUDY [TIER]`` shows where a study is, or pins it to a tier (``hot`` brings an archived
+study back) and queues a ``tier`` job that moves it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nubis.cli.jobs import AsJson, Config, DataDir, Set, open_index
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study).",
+    no_args_is_help=True,
+)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+@app.command()
+def report(
+    growth: Annotated[
+        str, typer.Option(help="Monthly growth of the stored bytes, e.g. 5%/month or 0.05.")
+    ] = "0%",
+    months: Annotated[int, typer.Option(help="Months to project.")] = 12,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Per tier: objects, bytes, price and monthly cost, with a projection by growth rate."""
+    from nubis.tiers.report import build_report, parse_growth, usage_by_tier
+    from nubis.tiers.rules import parse_prices, parse_tiers
+
+    try:
+        rate = parse_growth(growth)
+    except ValueError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+    if months < 0:
+        console.print("[red]--months must be >= 0")
+        raise typer.Exit(2)
+    with open_index(data_dir, config, set_) as (settings, index):
+        tiers = parse_tiers(settings.tiers)
+        result = build_report(
+            usage_by_tier(index, tiers),
+            tiers,
+            parse_prices(settings.storage_prices, tiers),
+            growth=rate,
+            months=months,
+        )
+    if as_json:
+        out.print_json(json.dumps(result.as_json()))
+        return
+    ahead = f"in {months} mo" if months else "projected"
+    table = Table(
+        "tier", "target", "objects", "bytes", "per GB-month", "per month", ahead,
+        title="Storage by tier", caption=(
+            f"growth {rate:.1%}/month compounded; storage only (requests, retrievals and "
+            "transfer are extra); GB = 2^30 bytes"
+        ),
+    )  # fmt: skip
+    factor = (1 + rate) ** months
+    for row in result.tiers:
+        table.add_row(
+            row.tier,
+            row.target,
+            f"{row.objects:,}",
+            _size(row.bytes),
+            "-" if row.price_per_gb_month is None else f"{row.price_per_gb_month:g}",
+            _money(row.monthly_cost),
+            _money(None if row.monthly_cost is None else row.monthly_cost * factor),
+        )
+    table.add_section()
+    table.add_row(
+        "total", "", f"{result.objects:,}", _size(result.bytes), "",
+        _money(result.monthly_cost), _money(result.projected_monthly_cost),
+    )  # fmt: skip
+    out.print(table)
+    if months:
+        out.print(
+            f"In {months} months: {_size(result.projection[-1][1])} stored, "
+            f"{_money(result.projected_monthly_cost)} per month; the {months} months together "
+            f"cost {_money(result.cost_over_months)}."
+        )
+    if result.unpriced_tiers:
+        out.print(
+            f"[yellow]no price for tier(s) {', '.join(result.unpriced_tiers)}: set "
+            "storage_prices (their cost is left out of the totals)"
+        )
+
+
+@app.command("tier")
+def tier_study(
+    study: Annotated[str, typer.Argument(help="Study Instance UID.")],
+    tier: Annotated[
+        str | None,
+        typer.Argument(help="Pin the study to this tier and move it (hot brings it back)."),
+    ] = None,
+    partition: Annotated[str, typer.Option(help="The study's tenant.")] = "default",
+    days: Annotated[
+        int | None, typer.Option(help="Keep the pin this many days (default: until --unpin).")
+    ] = None,
+    unpin: Annotated[bool, typer.Option(help="Let the lifecycle rules decide again.")] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Show where a study's objects are; with TIER, pin it there and queue the move."""
+    from nubis.jobs.store import JobStore
+    from nubis.security.authn import os_account
+    from nubis.tiers.lifecycle import Lifecycle
+    from nubis.tiers.rules import parse_tiers
+
+    with open_index(data_dir, config, set_) as (settings, index):
+        tiers = parse_tiers(settings.tiers)
+        lifecycle = Lifecycle(index, tiers, (), mover=None)
+        if tier is not None or unpin:
+            if tier is not None and tier not in tiers:
+                console.print(f"[red]no tier {tier!r} (tiers: {', '.join(tiers.names)})")
+                raise typer.Exit(2)
+            until = None if days is None else time.time_ns() // 1_000_000 + days * 86_400_000
+            if not lifecycle.pin(partition, study, None if unpin else tier, until):
+                console.print(f"[red]no study {study} in partition {partition}")
+                raise typer.Exit(1)
+            job_id = JobStore(index).enqueue(
+                "tier", {"partition": partition, "study": study}, created_by=f"cli:{os_account()}"
+            )
+            what = "unpinned" if unpin else f"pinned to {tier}"
+            out.print(f"study {study} {what}; job {job_id} moves its objects (nubis jobs list)")
+            return
+        facts = lifecycle.study_tiers(partition, study)
+    if facts is None:
+        console.print(f"[red]no study {study} in partition {partition}")
+        raise typer.Exit(1)
+    out.print_json(json.dumps(facts))

@@ -1,0 +1,65 @@
+"""The kinds of job nubis runs, and the schedule setting.
+
+- ``reap``: delete blobs of deleted instances and orphan blobs (nubis.services.maintenance);
+  parameter ``grace_seconds``.
+- ``verify``: re-read blobs and check their SHA-256 (nubis.jobs.verify).
+- ``tier``: apply the lifecycle rules (nubis.tiers.lifecycle); parameters ``partition`` and
+  ``study`` to move one study (``nubis storage tier``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from nubis.index.database import Index
+from nubis.jobs.runner import Handler, JobContext
+from nubis.jobs.verify import verify
+from nubis.ports.blobs import BlobStore
+from nubis.services.maintenance import Maintenance
+from nubis.tiers.lifecycle import Lifecycle
+from nubis.tiers.rules import Tiers
+
+__all__ = ["KINDS", "handlers", "parse_schedule"]
+
+KINDS = ("reap", "verify", "tier")
+_EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_schedule(text: str) -> dict[str, int]:
+    """``reap=1h,tier=1d`` -> {kind: seconds}; ValueError names what is wrong."""
+    schedule: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, every = (p.strip() for p in item.partition("="))
+        if kind not in KINDS:
+            raise ValueError(
+                f"jobs_schedule: unknown job kind {kind!r} (kinds: {', '.join(KINDS)})"
+            )
+        m = _EVERY.match(every)
+        if not sep or not m or int(m[1]) == 0:
+            raise ValueError(f"jobs_schedule: {item!r}: expected KIND=EVERY such as reap=1h")
+        schedule[kind] = int(m[1]) * _SECONDS[m[2]]
+    return schedule
+
+
+def handlers(
+    *, index: Index, blobs: BlobStore, maintenance: Maintenance, lifecycle: Lifecycle, tiers: Tiers
+) -> dict[str, Handler]:
+    def reap(ctx: JobContext) -> dict[str, Any]:
+        grace = ctx.params.get("grace_seconds")
+        doomed = maintenance.reap_doomed()
+        orphans = maintenance.reap_orphans(
+            None if grace is None else int(grace), progress=lambda listed: ctx.progress(listed)
+        )
+        return {"doomed_deleted": doomed, "orphans_deleted": orphans}
+
+    def check(ctx: JobContext) -> dict[str, Any]:
+        return verify(ctx, index, blobs, tiers)
+
+    def tier(ctx: JobContext) -> dict[str, Any]:
+        return lifecycle.run(
+            ctx, partition=ctx.params.get("partition"), study_uid=ctx.params.get("study")
+        )
+
+    return {"reap": reap, "verify": check, "tier": tier}

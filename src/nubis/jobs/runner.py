@@ -1,0 +1,288 @@
+"""The job runner: a daemon thread in each ``nubis serve`` worker (or ``nubis jobs work``).
+
+It claims one job at a time, runs its handler in its own thread and keeps a second thread
+renewing the lease and saving progress about once a second, so ``nubis jobs list`` shows
+progress while the handler runs and a handler that blocks in one long blob operation does not
+lose its lease. When idle it polls with a backoff (0.5 s doubling up to ``poll_seconds``) and
+is woken at once by a job queued in the same process. It also queues the periodic jobs of the
+schedule (at most one per kind and period across every node, see JobStore.schedule) and
+removes jobs that finished long ago.
+
+Handlers are plain functions of a :class:`JobContext`. They report progress (with a cursor to
+resume from) through it, and its ``check()`` raises when the job should stop: cancelled by an
+operator, its lease taken over by another runner, or this runner stopping (the job goes back
+to the queue with its cursor, not counted as an attempt, and another node resumes it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from nubis.jobs.store import Job, JobState, JobStore, LeaseLost, now_ms
+
+__all__ = ["Handler", "JobCancelled", "JobContext", "JobRunner", "JobStopped"]
+
+log = logging.getLogger(__name__)
+
+# Finished jobs are kept this long for `nubis jobs list` and then removed.
+KEEP_FINISHED_MS = 30 * 24 * 3600 * 1000
+# Progress becomes visible at most this long after a handler reports it.
+_PROGRESS_SECONDS = 1.0
+
+
+class JobStopped(Exception):
+    """Raised by JobContext.check() when the runner is stopping: the job is put back."""
+
+
+class JobCancelled(Exception):
+    """Raised by JobContext.check() when an operator cancelled the job."""
+
+
+class JobContext:
+    """What a handler sees of its job: parameters, saved progress, and how to report."""
+
+    def __init__(self, job: Job, stopping: threading.Event) -> None:
+        self.job = job
+        self.params: dict[str, Any] = job.params
+        # A job taken over from a runner that died resumes where its last progress left it.
+        self.cursor: Any = job.cursor
+        self.done = job.progress_done if job.cursor is not None else 0
+        self.total: int | None = job.progress_total
+        self._stopping = stopping
+        self._lock = threading.Lock()
+        self._version = 0
+        self.cancel_requested = job.cancel_requested
+        self.lease_lost = False
+
+    def progress(self, done: int, total: int | None = None, cursor: Any = None) -> None:
+        """Record progress; ``cursor`` (JSON-able) is where a resumed run should start.
+
+        Cheap (no I/O): the runner saves it within about a second. Also checks whether the
+        job should stop (see :meth:`check`).
+        """
+        with self._lock:
+            self.done = done
+            if total is not None:
+                self.total = total
+            if cursor is not None:
+                self.cursor = cursor
+            self._version += 1
+        self.check()
+
+    def check(self) -> None:
+        """Raise JobCancelled, LeaseLost or JobStopped if the job should stop now."""
+        if self.cancel_requested:
+            raise JobCancelled(f"job {self.job.id} was cancelled")
+        if self.lease_lost:
+            raise LeaseLost(f"job {self.job.id} was taken over by another runner")
+        if self._stopping.is_set():
+            raise JobStopped(f"job {self.job.id} interrupted: the runner is stopping")
+
+    def snapshot(self) -> tuple[int, tuple[int, int | None, Any]]:
+        with self._lock:
+            return self._version, (self.done, self.total, self.cursor)
+
+
+Handler = Callable[[JobContext], dict[str, Any] | None]
+
+
+def _owner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class JobRunner:
+    """Runs jobs of the kinds in ``handlers`` from ``store``, one at a time.
+
+    Parameters
+    ----------
+    store : JobStore
+    handlers : mapping of kind -> handler
+        Only these kinds are claimed, so a node never takes a job it cannot run.
+    lease_seconds : float
+        How long a claim lasts without renewal: after a runner dies, its job waits this long
+        before another runner takes it over. Renewed every third of it while the job runs.
+    poll_seconds : float
+        Longest wait between looks for work when idle.
+    schedule : mapping of kind -> seconds
+        Periodic jobs (e.g. reap every 3600 s); queued once per period across every node.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        handlers: Mapping[str, Handler],
+        *,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 10.0,
+        schedule: Mapping[str, int] | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.handlers = dict(handlers)
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.schedule = dict(schedule or {})
+        self.owner = owner or _owner_name()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_housekeeping = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="nubis-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop after the running job has been put back (or finished); waits ``timeout``."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+            if self._thread.is_alive():
+                log.warning("job runner %s did not stop in %.0f s", self.owner, timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Look for work now (a job was just queued in this process)."""
+        self._wake.set()
+
+    def enqueue(
+        self, kind: str, params: dict[str, Any] | None = None, **options: Any
+    ) -> int | None:
+        job_id = self.store.enqueue(kind, params, **options)
+        self.wake()
+        return job_id
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        idle = 0.5
+        while not self._stopping.is_set():
+            try:
+                self._housekeeping()
+                ran = self.run_once()
+            except Exception:
+                # The index may be down for a while (fail-over): keep trying, slowly.
+                log.exception("job runner %s: looking for work failed", self.owner)
+                ran = False
+            if ran:
+                idle = 0.5
+                continue
+            # Jitter keeps the runners of many workers from polling in lockstep.
+            self._wake.wait(idle * random.uniform(0.8, 1.2))
+            self._wake.clear()
+            idle = min(idle * 2, self.poll_seconds)
+
+    def _housekeeping(self) -> None:
+        if time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + 60
+        for kind, every in self.schedule.items():
+            if kind in self.handlers and self.store.schedule(kind, every) is not None:
+                log.info("scheduled a %s job (every %d s)", kind, every)
+        self.store.prune(now_ms() - KEEP_FINISHED_MS)
+
+    def run_once(self) -> bool:
+        """Claim one job and run it to its end here; False when there was nothing to do."""
+        if self._stopping.is_set():
+            return False
+        job = self.store.claim(self.owner, self.lease_seconds, self.handlers)
+        if job is None:
+            return False
+        self._run(job)
+        return True
+
+    def _run(self, job: Job) -> None:
+        ctx = JobContext(job, self._stopping)
+        log.info(
+            "job %d (%s) started on %s, attempt %d", job.id, job.kind, self.owner, job.attempts
+        )
+        finished = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat,
+            args=(job, ctx, finished),
+            name=f"nubis-job-{job.id}",
+            daemon=True,
+        )
+        beat.start()
+        try:
+            outcome = self._call(job, ctx)
+        finally:
+            finished.set()
+            beat.join()
+        outcome()
+
+    def _call(self, job: Job, ctx: JobContext) -> Callable[[], object]:
+        """Run the handler; what to record afterwards (once the heartbeat has stopped)."""
+        store, owner = self.store, self.owner
+        try:
+            result = self.handlers[job.kind](ctx) or {}
+        except JobCancelled:
+            log.info("job %d (%s) cancelled", job.id, job.kind)
+            return lambda: store.finish(
+                job.id, owner, JobState.CANCELLED, progress=ctx.snapshot()[1]
+            )
+        except JobStopped:
+            log.info("job %d (%s) put back: this runner is stopping", job.id, job.kind)
+            return lambda: store.release(
+                job.id, owner, progress=ctx.snapshot()[1], count_attempt=False
+            )
+        except LeaseLost:
+            log.warning("job %d (%s): lease lost to another runner; stopped here", job.id, job.kind)
+            return lambda: None
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+            progress = ctx.snapshot()[1]
+            if job.attempts < job.max_attempts:
+                delay = min(3600.0, 30.0 * 2 ** (job.attempts - 1))
+                log.warning(
+                    "job %d (%s) failed (attempt %d of %d), retrying in %.0f s: %s",
+                    job.id, job.kind, job.attempts, job.max_attempts, delay, reason,
+                )  # fmt: skip
+                return lambda: store.release(
+                    job.id, owner, retry_in=delay, error=reason, progress=progress
+                )
+            log.error("job %d (%s) failed for good: %s", job.id, job.kind, reason, exc_info=exc)
+            return lambda: store.finish(
+                job.id, owner, JobState.FAILED, error=reason, progress=progress
+            )
+        log.info("job %d (%s) done: %s", job.id, job.kind, result)
+        return lambda: store.finish(
+            job.id, owner, JobState.DONE, result=result, progress=ctx.snapshot()[1]
+        )
+
+    def _heartbeat(self, job: Job, ctx: JobContext, finished: threading.Event) -> None:
+        renew_every = self.lease_seconds / 3
+        tick = min(_PROGRESS_SECONDS, renew_every)
+        saved_version, last_renewal = 0, time.monotonic()
+        while not finished.wait(tick):
+            version, progress = ctx.snapshot()
+            due = time.monotonic() - last_renewal >= renew_every
+            if version == saved_version and not due:
+                continue
+            try:
+                cancel = self.store.heartbeat(
+                    job.id,
+                    self.owner,
+                    self.lease_seconds,
+                    progress if version != saved_version else None,
+                )
+            except LeaseLost:
+                ctx.lease_lost = True
+                return
+            except Exception:
+                # An index hiccup: the lease has two more renewals of slack before it expires.
+                log.exception("job %d: renewing the lease failed", job.id)
+                continue
+            saved_version, last_renewal = version, time.monotonic()
+            if cancel:
+                ctx.cancel_requested = True

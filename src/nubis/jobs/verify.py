@@ -1,0 +1,153 @@
+"""The ``verify`` job: read every blob back and check it against the SHA-256 the index kept.
+
+Reads go through the archive's blob store, so an encrypted blob is decrypted (its AES-GCM tags
+checked) and the plaintext hashed: what is compared is what a client would be served. Objects
+in an archive tier (S3 GLACIER, DEEP_ARCHIVE) are skipped unless ``include_archived`` is set:
+reading them would request a restore of each, which costs money and hours.
+
+Parameters (all optional): ``partition`` and ``study`` (verify one study), ``tier`` (only that
+tier), ``max_mb_per_s`` (throttle, so a verification does not starve clients of I/O),
+``include_archived``.
+
+Every problem is logged at ERROR and listed in the job's result (the first 200; all are
+counted): ``missing`` (no blob), ``mismatch`` (other bytes than were stored), ``unreadable``
+(fails its integrity check: tampered, truncated, moved under another object). Objects whose
+patient keys were crypto-shredded are counted as ``erased``, which is what a shred is for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import func, select
+
+from nubis.errors import BlobUnreadable, KeyErased, RestoreRequired
+from nubis.index.database import Index
+from nubis.index.schema import instance_tiers, instances, series, studies
+from nubis.jobs.runner import JobContext
+from nubis.ports.blobs import BlobContext, BlobNotFound, BlobStore
+from nubis.tiers.rules import Tiers
+
+__all__ = ["verify"]
+
+log = logging.getLogger(__name__)
+
+_BATCH = 200
+_LISTED_PROBLEMS = 200
+
+
+def verify(ctx: JobContext, index: Index, blobs: BlobStore, tiers: Tiers) -> dict[str, Any]:
+    params = ctx.params
+    tier = func.coalesce(instance_tiers.c.tier, tiers.default.name)
+    criteria = []
+    if params.get("partition"):
+        criteria.append(studies.c.partition == params["partition"])
+    if params.get("study"):
+        criteria.append(studies.c.study_uid == params["study"])
+    if params.get("tier"):
+        criteria.append(tier == params["tier"])
+    skip = set() if params.get("include_archived") else {t.name for t in tiers.all if t.archived}
+    rate = float(params.get("max_mb_per_s") or 0) * 1e6
+    joined = (
+        instances.join(series, instances.c.series_pk == series.c.id)
+        .join(studies, series.c.study_pk == studies.c.id)
+        .outerjoin(instance_tiers, instance_tiers.c.instance_pk == instances.c.id)
+    )
+    with index.reading() as conn:
+        total = conn.execute(select(func.count()).select_from(joined).where(*criteria)).scalar_one()
+
+    saved = ctx.cursor or {}
+    after = int(saved.get("after", 0))
+    counts: Counter[str] = Counter(saved.get("counts", {}))
+    problems: list[dict[str, str]] = list(saved.get("problems", []))
+    done = int(saved.get("done", 0))
+    started = time.monotonic()
+    read_here = 0
+    while True:
+        with index.reading() as conn:
+            rows = conn.execute(
+                select(
+                    instances.c.id,
+                    studies.c.partition,
+                    studies.c.study_uid,
+                    series.c.series_uid,
+                    instances.c.sop_instance_uid,
+                    instances.c.blob_key,
+                    instances.c.size,
+                    instances.c.sha256,
+                    tier,
+                )
+                .select_from(joined)
+                .where(instances.c.id > after, *criteria)
+                .order_by(instances.c.id)
+                .limit(_BATCH)
+            ).all()
+        if not rows:
+            break
+        for pk, partition, study, series_uid, sop, key, size, sha256, where in rows:
+            ctx.check()
+            after = pk
+            done += 1
+            if where in skip:
+                counts["skipped_archived"] += 1
+                continue
+            context = BlobContext(partition, study, series_uid, sop, sha256)
+            problem = _check(blobs, key, size, sha256, context, counts)
+            read_here += size
+            if problem is not None:
+                counts[problem] += 1
+                log.error(
+                    "verify: instance %s of study %s (partition %s, blob %s): %s",
+                    sop, study, partition, key, problem,
+                )  # fmt: skip
+                if len(problems) < _LISTED_PROBLEMS:
+                    problems.append(
+                        {"partition": partition, "study": study, "instance": sop, "blob": key,
+                         "problem": problem}
+                    )  # fmt: skip
+            if rate:
+                # Sleep off any lead over the allowed rate.
+                ahead = read_here / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            ctx.progress(done, total)
+        cursor = {"after": after, "done": done, "counts": dict(counts), "problems": problems}
+        ctx.progress(done, total, cursor)
+    elapsed = time.monotonic() - started
+    return {
+        "checked": counts["ok"] + sum(counts[p] for p in ("missing", "mismatch", "unreadable")),
+        **dict(sorted(counts.items())),
+        "mb_per_s": round(read_here / 1e6 / elapsed, 1) if elapsed > 0 else None,
+        "problems": problems,
+    }
+
+
+def _check(
+    blobs: BlobStore, key: str, size: int, sha256: str, context: BlobContext, counts: Counter[str]
+) -> str | None:
+    """None when the blob is intact; else what is wrong with it."""
+    digest = hashlib.sha256()
+    length = 0
+    try:
+        for chunk in blobs.iter_chunks(key, context=context):
+            digest.update(chunk)
+            length += len(chunk)
+    except BlobNotFound:
+        return "missing"
+    except KeyErased:
+        counts["erased"] += 1
+        return None
+    except RestoreRequired:
+        counts["skipped_archived"] += 1
+        return None
+    except BlobUnreadable:
+        return "unreadable"
+    if length != size or digest.hexdigest() != sha256:
+        return "mismatch"
+    counts["ok"] += 1
+    counts["bytes"] += size
+    return None

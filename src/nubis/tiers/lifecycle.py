@@ -1,0 +1,273 @@
+"""The lifecycle pass (the ``tier`` job) and pins.
+
+The pass walks studies in primary-key order, a batch at a time, decides the tier each belongs
+in (nubis.tiers.rules.target_tier: pin, rules, first tier) and moves the blobs of its instances
+that are elsewhere, recording each move in ``instance_tiers``. Its cursor is the last study of
+the last finished batch, so a run taken over by another node resumes there. Moves are
+idempotent: a blob already where it should be costs a copy (S3) or nothing (folders), so a run
+cut short between a move and its record only redoes that move.
+
+Reads are never affected: a blob is readable in every tier (archive classes after a restore),
+and the index row that names the blob does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from nubis.errors import RestoreRequired
+from nubis.index.database import Index
+from nubis.index.schema import instance_tiers, instances, series, studies, study_lifecycle
+from nubis.ports.blobs import BlobNotFound
+from nubis.tiers.movers import TierMover
+from nubis.tiers.rules import Rule, StudyFacts, Tiers, target_tier
+
+if TYPE_CHECKING:
+    from nubis.jobs.runner import JobContext
+
+__all__ = ["Lifecycle", "study_pk", "upsert"]
+
+log = logging.getLogger(__name__)
+
+_BATCH = 100
+_RECORD_EVERY = 100
+
+
+def upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE: both SQLite and PostgreSQL speak it."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(values)
+    update = {name: stmt.excluded[name] for name in values if name != key}
+    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=update))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Lifecycle:
+    """Applies the tier rules to the index and the blob store."""
+
+    def __init__(
+        self, index: Index, tiers: Tiers, rules: Sequence[Rule], mover: TierMover | None
+    ) -> None:
+        self.index = index
+        self.tiers = tiers
+        self.rules = tuple(rules)
+        self.mover = mover
+
+    # ------------------------------------------------------------------ the pass
+    def run(
+        self,
+        ctx: JobContext | None = None,
+        *,
+        partition: str | None = None,
+        study_uid: str | None = None,
+        now: int | None = None,
+    ) -> dict[str, Any]:
+        """Move every blob that is not in its study's tier; a summary of what happened."""
+        moment = _now_ms() if now is None else now
+        criteria = []
+        if partition is not None:
+            criteria.append(studies.c.partition == partition)
+        if study_uid is not None:
+            criteria.append(studies.c.study_uid == study_uid)
+        with self.index.reading() as conn:
+            total = conn.execute(
+                select(func.count()).select_from(studies).where(*criteria)
+            ).scalar_one()
+        after = int(ctx.cursor["after"]) if ctx and ctx.cursor else 0
+        counts: Counter[str] = Counter(ctx.cursor.get("counts", {}) if ctx and ctx.cursor else {})
+        done = ctx.done if ctx else 0
+        while True:
+            with self.index.reading() as conn:
+                rows = conn.execute(
+                    select(
+                        studies.c.id,
+                        studies.c.partition,
+                        studies.c.modalities,
+                        studies.c.created_at,
+                        study_lifecycle.c.last_read_at,
+                        study_lifecycle.c.tier_pin,
+                        study_lifecycle.c.tier_pin_until,
+                    )
+                    .select_from(
+                        studies.outerjoin(
+                            study_lifecycle, study_lifecycle.c.study_pk == studies.c.id
+                        )
+                    )
+                    .where(studies.c.id > after, *criteria)
+                    .order_by(studies.c.id)
+                    .limit(_BATCH)
+                ).all()
+            if not rows:
+                break
+            wanted: dict[str, list[int]] = defaultdict(list)
+            for pk, part, modalities, created, last_read, pin, pin_until in rows:
+                facts = StudyFacts(
+                    part,
+                    frozenset(filter(None, (modalities or "").split("\\"))),
+                    created,
+                    last_read,
+                    pin,
+                    pin_until,
+                )
+                wanted[target_tier(facts, self.rules, self.tiers, moment)].append(pk)
+            for tier, pks in wanted.items():
+                self._move_studies(tier, pks, counts, ctx)
+            after = rows[-1][0]
+            done += len(rows)
+            if ctx is not None:
+                ctx.progress(done, total, {"after": after, "counts": dict(counts)})
+        summary: dict[str, Any] = {"studies": done, **dict(sorted(counts.items()))}
+        return summary
+
+    def _move_studies(
+        self, tier: str, study_pks: list[int], counts: Counter[str], ctx: JobContext | None
+    ) -> None:
+        default = self.tiers.default.name
+        current = func.coalesce(instance_tiers.c.tier, default)
+        with self.index.reading() as conn:
+            pending = conn.execute(
+                select(instances.c.id, instances.c.blob_key, instances.c.size, current)
+                .select_from(
+                    instances.join(series, instances.c.series_pk == series.c.id).outerjoin(
+                        instance_tiers, instance_tiers.c.instance_pk == instances.c.id
+                    )
+                )
+                .where(series.c.study_pk.in_(study_pks), current != tier)
+                .order_by(instances.c.id)
+            ).all()
+        if not pending:
+            return
+        if self.mover is None:
+            raise RuntimeError(
+                f"{len(pending)} object(s) belong in tier {tier!r}, but this blob store has no "
+                "tiers (S3 storage classes or tier folders)"
+            )
+        target = self.tiers.get(tier)
+        moved: list[tuple[int, str]] = []
+        for pk, key, size, source in pending:
+            if ctx is not None:
+                ctx.check()
+            try:
+                self.mover.move(key, target)
+            except BlobNotFound:
+                # Deleted since the query (the reaper took it), or lost: verify reports losses.
+                counts["missing"] += 1
+                continue
+            except RestoreRequired:
+                if self.mover.restore(key):
+                    counts["restores_requested"] += 1
+                counts["waiting_for_restore"] += 1
+                continue
+            moved.append((pk, key))
+            counts[f"moved_to_{tier}"] += 1
+            counts["bytes_moved"] += size
+            log.debug("blob %s moved from %s to %s", key, source, tier)
+            if len(moved) >= _RECORD_EVERY:
+                self._record(moved, tier)
+                moved = []
+        if moved:
+            self._record(moved, tier)
+
+    def _record(self, moved: list[tuple[int, str]], tier: str) -> None:
+        now = _now_ms()
+
+        def job(conn: Connection) -> None:
+            for pk, key in moved:
+                # Locked (PostgreSQL) so a delete of the instance waits for this commit and
+                # then takes our row with it, instead of failing our foreign key.
+                alive = conn.execute(
+                    select(instances.c.id)
+                    .where(instances.c.id == pk, instances.c.blob_key == key)
+                    .with_for_update()
+                ).first()
+                if alive:
+                    upsert(
+                        conn,
+                        instance_tiers,
+                        "instance_pk",
+                        {"instance_pk": pk, "tier": tier, "moved_at": now},
+                    )
+
+        self.index.write(job)
+
+    # ------------------------------------------------------------------ pins and facts
+    def pin(
+        self, partition: str, study_uid: str, tier: str | None, until: int | None = None
+    ) -> bool:
+        """Keep a study in ``tier`` whatever the rules say (until ``until``, ms since the
+        epoch); ``tier=None`` removes the pin. False when there is no such study."""
+        if tier is not None:
+            self.tiers.get(tier)  # KeyError names the tiers there are
+
+        def job(conn: Connection) -> bool:
+            pk = study_pk(conn, partition, study_uid)
+            if pk is None:
+                return False
+            upsert(
+                conn,
+                study_lifecycle,
+                "study_pk",
+                {"study_pk": pk, "tier_pin": tier, "tier_pin_until": until if tier else None},
+            )
+            return True
+
+        return self.index.write(job)
+
+    def study_tiers(self, partition: str, study_uid: str) -> dict[str, Any] | None:
+        """Where a study's objects are and what decides it: None when there is no study."""
+        default = self.tiers.default.name
+        with self.index.reading() as conn:
+            row = conn.execute(
+                select(
+                    studies.c.id,
+                    studies.c.created_at,
+                    study_lifecycle.c.last_read_at,
+                    study_lifecycle.c.tier_pin,
+                    study_lifecycle.c.tier_pin_until,
+                )
+                .select_from(
+                    studies.outerjoin(study_lifecycle, study_lifecycle.c.study_pk == studies.c.id)
+                )
+                .where(studies.c.partition == partition, studies.c.study_uid == study_uid)
+            ).first()
+            if row is None:
+                return None
+            tier = func.coalesce(instance_tiers.c.tier, default)
+            where = conn.execute(
+                select(tier, func.count(), func.coalesce(func.sum(instances.c.size), 0))
+                .select_from(
+                    instances.join(series, instances.c.series_pk == series.c.id).outerjoin(
+                        instance_tiers, instance_tiers.c.instance_pk == instances.c.id
+                    )
+                )
+                .where(series.c.study_pk == row[0])
+                .group_by(tier)
+            ).all()
+        return {
+            "created_at": row[1],
+            "last_read_at": row[2],
+            "pin": row[3],
+            "pin_until": row[4],
+            "tiers": {name: {"objects": n, "bytes": int(b)} for name, n, b in where},
+        }
+
+
+def study_pk(conn: Connection, partition: str, study_uid: str) -> int | None:
+    """The study's primary key, locked (PostgreSQL: FOR KEY SHARE) until commit, so a delete
+    of the study waits and then cascades to the row we write instead of breaking its key."""
+    found = conn.execute(
+        select(studies.c.id)
+        .where(studies.c.partition == partition, studies.c.study_uid == study_uid)
+        .with_for_update(key_share=True)
+    ).first()
+    return None if found is None else int(found[0])
