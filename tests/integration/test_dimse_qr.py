@@ -3,6 +3,7 @@ dcmtk's findscu, movescu (to a storescp), getscu and a pynetdicom SCU."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -216,3 +217,80 @@ def test_access_control(server_factory, tmp_path: Path) -> None:  # type: ignore
     ds.PatientID = ""
     with pytest.raises(scu.DimseError, match="0x0124"):
         list(scu.find(scu.Remote("127.0.0.1", port, NUBIS_AE, "CALLER"), ds))
+
+
+def _final_status(out: str, final: str) -> tuple[int, str]:
+    """The DIMSE status of the last response a dcmtk SCU dumped (-d) after ``final``, and
+    that response."""
+    response = out[out.rindex(final) :]
+    match = re.search(r"DIMSE Status\s*:\s*0x([0-9a-f]{4})", response, re.IGNORECASE)
+    assert match, response[:2000]
+    return int(match.group(1), 16), response
+
+
+def test_refusals(server_factory, tmp_path: Path, ct_series: list[DicomFile]) -> None:  # type: ignore[no-untyped-def]
+    """Refused requests answer the standard statuses, checked with movescu, getscu, findscu:
+
+    - C-MOVE / C-GET by an AE the peer table does not let retrieve, and by an AE whose role
+      may not read (``dimse_principals`` = modality): 0x0124 Refused: Not authorized, the
+      general status of PS3.7 Annex C (C.5) that PS3.4 C.4.2.1.5 / C.4.3.1.4 allow besides
+      Tables C.4-2 / C.4-3; no sub-operation counted (C.4.2.1.7-9) and no association made
+      with the destination.
+    - C-MOVE to a destination not in the peer table: 0xA801 Refused: Move Destination
+      unknown (Table C.4-2), kept for unknown destinations only.
+    - C-FIND by an AE that may not query: 0x0124 likewise (PS3.4 C.4.1.1.4 with PS3.7 C.5).
+    """
+    need_dcmtk("movescu", "getscu", "findscu")
+    port = free_port()
+    server = server_factory(
+        "dimse-refusals", "--dimse-port", str(port),
+        "--set", "dimse_principals=MODALITY1=default:modality",
+    )  # fmt: skip
+    data_dir = str(server.data_dir)
+    run(["storescu", "-aet", "LOADER", "-aec", NUBIS_AE, "127.0.0.1", str(port),
+         str(ct_series[0].path)])  # fmt: skip
+    receiver_port = free_port()
+    nubis("dimse", "peers", "add", "RECEIVER", "127.0.0.1", str(receiver_port),
+          "--data-dir", data_dir)  # fmt: skip
+    nubis("dimse", "peers", "add", "NOMOVE", "127.0.0.1", "--no-retrieve", "--no-query",
+          "--data-dir", data_dir)  # fmt: skip
+    connections: list[str] = []
+    receiver = AE(ae_title="RECEIVER")
+    receiver.add_supported_context(ct_series[0].sop_class_uid)
+    listener = receiver.start_server(
+        ("127.0.0.1", receiver_port), block=False,
+        evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connections.append("open"))],
+    )  # fmt: skip
+    study = ["-k", f"StudyInstanceUID={ct_series[0].study_uid}"]
+    try:
+        for caller in ("NOMOVE", "MODALITY1"):
+            move = run(["movescu", "-S", "-d", "-aet", caller, "-aec", NUBIS_AE, "-aem",
+                        "RECEIVER", "127.0.0.1", str(port), "-k", "QueryRetrieveLevel=STUDY",
+                        *study], check=False)  # fmt: skip
+            status, response = _final_status(move.stdout + move.stderr, "Final Move Response")
+            assert status == 0x0124, (caller, response[:2000])
+            assert re.search(r"Completed Suboperations\s*:\s*0\b", response), response[:2000]
+            assert re.search(r"Failed Suboperations\s*:\s*0\b", response), response[:2000]
+            get = run(["getscu", "-S", "-d", "-aet", caller, "-aec", NUBIS_AE,
+                       "-od", str(tmp_path), "127.0.0.1", str(port),
+                       "-k", "QueryRetrieveLevel=STUDY", *study], check=False)  # fmt: skip
+            # getscu knows no 0x0124 ("Unknown Status") but shows it, and leaves the response's
+            # Failed SOP Instance UID List unread (its release then complains): dcmtk 3.6.7.
+            status, response = _final_status(get.stdout + get.stderr, "Received C-GET Response")
+            assert status == 0x0124, (caller, response[:2000])
+            assert re.search(r"Failed Suboperations\s*:\s*0\b", response), response[:2000]
+        assert connections == [], "a refused C-MOVE made an association with the destination"
+        assert not list(tmp_path.iterdir())
+
+        unknown = run(["movescu", "-S", "-d", "-aet", "MOVER", "-aec", NUBIS_AE, "-aem",
+                       "NOWHERE", "127.0.0.1", str(port), "-k", "QueryRetrieveLevel=STUDY",
+                       *study], check=False)  # fmt: skip
+        status, _ = _final_status(unknown.stdout + unknown.stderr, "Final Move Response")
+        assert status == 0xA801
+
+        find = run(["findscu", "-S", "-d", "-aet", "NOMOVE", "-aec", NUBIS_AE, "127.0.0.1",
+                    str(port), "-k", "QueryRetrieveLevel=STUDY", *study], check=False)  # fmt: skip
+        status, _ = _final_status(find.stdout + find.stderr, "Received Final Find Response")
+        assert status == 0x0124
+    finally:
+        listener.shutdown()

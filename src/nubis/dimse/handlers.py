@@ -1,7 +1,8 @@
 """DIMSE event handlers: translate each DIMSE request into a call of the archive's services.
 
 pynetdicom calls these in the association's own thread. They are thin on purpose: C-STORE
-spools the received bytes and calls ``StoreService.store`` (the STOW-RS path), C-FIND builds a
+takes the spool file the received bytes were written into as they arrived (:class:`SpoolSink`)
+and calls ``StoreService.store`` (the STOW-RS path), C-FIND builds a
 :class:`~nubis.model.query.Query` with :func:`~nubis.model.query.parse_cfind` and calls
 ``Index.search`` (the QIDO-RS path), C-MOVE and C-GET read objects through
 ``RetrieveService`` with their SHA-256 checked. Every failure is answered with the status the
@@ -14,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import secrets
 import socket
 import threading
 import weakref
@@ -23,17 +25,19 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context, build_role, evt
+from pynetdicom import _config, build_context, build_role, dimse_messages, evt
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from nubis.dicom import transcode
 from nubis.dimse.peers import AccessPolicy, Permissions
-from nubis.errors import BadRequest, Forbidden, NotFound, NubisError
+from nubis.errors import BadRequest, NotFound, NubisError
 from nubis.model.query import CFIND_LEVELS, parse_cfind
 from nubis.model.records import StoredInstance
 from nubis.security.authn import dimse_principal
 from nubis.security.policy import Principal
 from nubis.services.query import ScopedQuery
+from nubis.services.spool import Spool, SpooledFile, SpoolWriter
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -96,6 +100,113 @@ def _status_ds(status: int, comment: str) -> Dataset:
     return ds
 
 
+class SpoolSink:
+    """What pynetdicom writes a received C-STORE data set into, in place of its temporary file.
+
+    With ``_config.STORE_RECV_CHUNKED_DATASET`` pynetdicom writes every P-DATA fragment of a
+    C-STORE to ``tempfile.NamedTemporaryFile()`` as it arrives, instead of keeping the whole
+    object in memory; but that file is plaintext in the system's temporary folder. This
+    object stands in for it: the bytes go straight into a spool file of the archive (sealed
+    when encryption at rest is on), so memory stays at one PDU whatever the object's size,
+    the object is adopted as the blob by a rename, and no plaintext reaches the disk.
+
+    pynetdicom only calls ``write``, ``file.flush``, reads ``name`` (to unlink it after the
+    handler, which fails harmlessly once the store has adopted the file) and ``close``. The
+    C-STORE handler calls :meth:`take`; a sink nobody took is removed by ``close``. A spool
+    write that fails (disk full) is remembered, not raised: raising in pynetdicom's reader
+    thread would abort the association, where PS3.4 B.2.3 wants one failed C-STORE (0xA700).
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._lock = threading.Lock()
+        self._writer: SpoolWriter | None = None
+        self._taken = False
+        self._closed = False
+        self.error: OSError | None = None
+        try:
+            self._writer = spool.writer()
+            self.name = str(self._writer.path)
+        except OSError as exc:
+            self.error = exc
+            # pynetdicom unlinks this name after the handler: it must name nothing else.
+            self.name = str(spool.folder / f"unwritten-{secrets.token_hex(12)}")
+
+    @property
+    def file(self) -> SpoolSink:
+        return self
+
+    def write(self, data: bytes) -> int:
+        with self._lock:
+            if self._writer is not None and self.error is None and not self._closed:
+                try:
+                    self._writer.write(data)
+                except OSError as exc:
+                    self.error = exc
+                    self._writer.abort()  # give the space back now, not after the last PDU
+        return len(data)
+
+    def flush(self) -> None:
+        """pynetdicom flushes after every fragment; full segments are already written, and
+        nothing reads the file before :meth:`take`."""
+
+    def take(self) -> SpooledFile:
+        """The complete spool file, now the caller's to store; OSError if it could not be
+        written or the association ended first."""
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            if self._writer is None or self._closed:
+                raise OSError("the association ended before the object was spooled")
+            self._taken = True
+            try:
+                return self._writer.finish()
+            except OSError:
+                self._writer.abort()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed and not self._taken and self._writer is not None:
+                self._writer.abort()
+            self._closed = True
+
+
+class _Intake:
+    """The spool and the unfinished sinks of one association."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.sinks: weakref.WeakSet[SpoolSink] = weakref.WeakSet()
+
+
+# Which spool each admitted association receives into. pynetdicom creates the file with no
+# reference to the association, but in the association's reader thread (DULServiceProvider,
+# whose ``assoc`` names it), so that thread finds the spool here.
+_INTAKES: weakref.WeakKeyDictionary[Association, _Intake] = weakref.WeakKeyDictionary()
+_pynetdicom_temporary_file = dimse_messages.NamedTemporaryFile
+
+
+def _received_dataset_file(*args: Any, **kwargs: Any) -> Any:
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    intake = _INTAKES.get(assoc) if assoc is not None else None
+    if intake is None:
+        # Not an association of this archive's DIMSE server (none is, outside `nubis serve`).
+        return _pynetdicom_temporary_file(*args, **kwargs)
+    sink = SpoolSink(intake.spool)
+    intake.sinks.add(sink)
+    return sink
+
+
+def _receive_into_spool() -> None:
+    """Have pynetdicom write received C-STORE data sets into the spool as they arrive.
+
+    Process-wide (pynetdicom has one configuration per process); associations of other AEs
+    in the process keep pynetdicom's own temporary file.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = _received_dataset_file  # type: ignore[assignment]
+
+
 class Handlers:
     """The handlers of one DIMSE server, bound to an Archive and an access policy."""
 
@@ -114,6 +225,7 @@ class Handlers:
         self._commitments: weakref.WeakKeyDictionary[Association, list[Dataset]] = (
             weakref.WeakKeyDictionary()
         )
+        _receive_into_spool()
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
@@ -154,6 +266,7 @@ class Handlers:
             assoc.kill()
             return
         self._perms[assoc] = decision.permissions
+        _INTAKES[assoc] = _Intake(self.archive.spool)
         perms = decision.permissions
         self._principals[assoc] = dimse_principal(
             self.archive.settings, calling, address, may_read=perms.query or perms.retrieve
@@ -171,6 +284,11 @@ class Handlers:
     def on_closed(self, event: Event) -> None:
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         log.info("association with %s %s", _peer(event.assoc), how)
+        intake = _INTAKES.pop(event.assoc, None)
+        # An object cut off mid-transfer (or received but never handled) leaves a spool
+        # file no handler will take: remove it now rather than at the next start.
+        for sink in list(intake.sinks) if intake is not None else []:
+            sink.close()
 
     def principal(self, assoc: Association) -> Principal:
         """The association's principal; an association admitted without one gets none of
@@ -209,16 +327,12 @@ class Handlers:
             return _status_ds(NOT_AUTHORIZED, "this AE may not store here")
         # The PS3.10 file as received: a preamble and file meta (from the request and the
         # negotiated transfer syntax) followed by the data set bytes exactly as they came.
-        data = event.encoded_dataset(include_meta=True)
-        writer = self.archive.spool.writer()
+        sink = getattr(event.request, "_dataset_file", None)
         try:
-            writer.write(data)
-            spooled = writer.finish()
+            spooled = sink.take() if isinstance(sink, SpoolSink) else self._spool_whole(event)
         except OSError as exc:
-            writer.abort()
             log.error("C-STORE from %s: spool write failed: %s", _peer(event.assoc), exc)
             return _status_ds(0xA700, "out of resources: cannot spool the object")
-        del data
         outcome = self.archive.store.store(spooled, principal=self.principal(event.assoc))
         sop = outcome.sop_instance_uid or event.request.AffectedSOPInstanceUID
         if outcome.error is None:
@@ -238,6 +352,18 @@ class Handlers:
             outcome.error.reason,
         )
         return _status_ds(status, outcome.error.reason)
+
+    def _spool_whole(self, event: Event) -> SpooledFile:
+        """Spool a data set pynetdicom kept in memory (an association not registered for
+        chunked receipt, e.g. a handler bound to another AE)."""
+        data = event.encoded_dataset(include_meta=True)
+        writer = self.archive.spool.writer()
+        try:
+            writer.write(data)
+            return writer.finish()
+        except OSError:
+            writer.abort()
+            raise
 
     # ------------------------------------------------------------------ C-FIND
     def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -416,27 +542,30 @@ class Handlers:
     def on_move(self, event: Event) -> Iterator[Any]:
         """C-MOVE (PS3.4 C.4.2): send the matching objects to a destination of the peer table.
 
-        Yields the destination (0xA801 when unknown), the number of sub-operations, then one
-        Pending per object; pynetdicom sends the Pending responses with the remaining,
-        completed, failed and warning counts, and the final 0x0000, 0xB000 (some failed),
-        0xA702 (all failed) or 0xFE00 (C-CANCEL).
+        Refusals come before any association with the destination: 0x0124 Refused: Not
+        authorized (PS3.7 C.5) for a caller that may not retrieve or whose role may not read,
+        0xA801 Refused: Move Destination unknown (Table C.4-2) for a destination not in the
+        peer table, 0xA900 for an identifier that cannot be understood. Otherwise yields the
+        destination, the number of sub-operations, then one Pending per object; pynetdicom
+        sends the Pending responses with the remaining, completed, failed and warning counts,
+        and the final 0x0000, 0xB000 (some failed), 0xA702 (all failed) or 0xFE00 (C-CANCEL).
         """
         destination = (event.move_destination or "").strip()
-        peer = self.archive_peers().get(destination)
         if not self._allowed(event, "retrieve"):
-            yield None, None
+            yield _refuse(event, NOT_AUTHORIZED, "this AE may not retrieve here")
             return
+        peer = self.archive_peers().get(destination)
         if peer is None or not peer.host or not peer.port:
             log.warning("C-MOVE from %s: unknown destination %r", _peer(event.assoc), destination)
-            yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
+            yield _refuse(event, UNKNOWN_DESTINATION, f"move destination {destination} unknown")
             return
         model = "patient" if str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT else "study"
         try:
             instances = self._select(event.assoc, event.identifier, model)
-        except (BadRequest, Forbidden) as exc:
-            instances, failure = [], exc
-        else:
-            failure = None
+        except NubisError as exc:
+            log.warning("C-MOVE from %s refused: %s", _peer(event.assoc), exc.reason)
+            yield _refuse(event, _selection_status(exc), exc.reason)
+            return
         accepted: dict[str, set[str]] = {}
 
         def on_destination_accepted(ev: Event) -> None:
@@ -456,11 +585,6 @@ class Handlers:
             len(instances),
         )
         yield peer.host, peer.port, kwargs
-        if failure is not None:
-            yield 1
-            status = NOT_AUTHORIZED if isinstance(failure, Forbidden) else IDENTIFIER_MISMATCH
-            yield _status_ds(status, failure.reason), None
-            return
         yield len(instances)
         yield from self._sub_operations(event, instances, accepted)
 
@@ -471,25 +595,21 @@ class Handlers:
         """C-GET (PS3.4 C.4.3): send the matching objects back on the same association.
 
         Yields the number of sub-operations and one Pending per object; final statuses as for
-        C-MOVE. Objects go in their stored transfer syntax when the peer accepted it for the
-        SCP role, otherwise converted to one it accepted.
+        C-MOVE, refusals (0x0124, 0xA900) with no sub-operation counted. Objects go in their
+        stored transfer syntax when the peer accepted it for the SCP role, otherwise
+        converted to one it accepted.
         """
         if not self._allowed(event, "retrieve"):
             yield 1
-            yield _status_ds(NOT_AUTHORIZED, "this AE may not retrieve here"), None
+            yield _refusal(event, NOT_AUTHORIZED, "this AE may not retrieve here"), None
             return
         model = "patient" if str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT else "study"
         try:
             instances = self._select(event.assoc, event.identifier, model)
-        except (BadRequest, Forbidden) as exc:
+        except NubisError as exc:
+            log.warning("C-GET from %s refused: %s", _peer(event.assoc), exc.reason)
             yield 1
-            yield (
-                _status_ds(
-                    exc.dimse_status if isinstance(exc, Forbidden) else IDENTIFIER_MISMATCH,
-                    exc.reason,
-                ),
-                None,
-            )
+            yield _refusal(event, _selection_status(exc), exc.reason), None
             return
         accepted: dict[str, set[str]] = {}
         for cx in event.assoc.accepted_contexts:
@@ -648,6 +768,66 @@ class Handlers:
             )
         finally:
             assoc.release()
+
+
+def _selection_status(exc: NubisError) -> int:
+    """The C-MOVE / C-GET status for a failure to select what to send."""
+    return IDENTIFIER_MISMATCH if isinstance(exc, BadRequest) else exc.dimse_status
+
+
+def _refuse(event: Event, status: int, comment: str) -> tuple[None, None]:
+    """What a C-MOVE handler yields as its destination to refuse the request with ``status``.
+
+    pynetdicom's C-MOVE SCP can only fail before it associates with the destination by
+    answering 0xA801 (Move Destination unknown) for a (None, None) destination; any other
+    failure status comes after it has opened an association to the destination, which a
+    refused caller must not make this archive do. So the handler yields (None, None) and
+    the 0xA801 response is corrected on its way out (:func:`_refusal`).
+    """
+    _refusal(event, status, comment)
+    return None, None
+
+
+def _refusal(event: Event, status: int, comment: str) -> Dataset:
+    """Make the final C-MOVE / C-GET response to this request a refusal: ``status`` with
+    the comment, no sub-operation counted (pynetdicom counts the one a C-GET handler must
+    announce before it may fail as failed) and an empty Failed SOP Instance UID List, which
+    a refusal carries (PS3.4 C.4.2.1.4.2, C.4.3.1.3.2). Returns the status for a C-GET
+    handler to yield.
+
+    The response primitive is corrected in this association's ``dimse.send_msg``, wrapped
+    for this one response only, so it holds whatever encodes the message afterwards.
+    """
+    dimse = event.assoc.dimse
+    msg_id = event.request.MessageID
+    send = dimse.send_msg
+    transfer_syntax = event.context.transfer_syntax
+    identifier = Dataset()
+    identifier.FailedSOPInstanceUIDList = []
+    encoded = encode(
+        identifier,
+        transfer_syntax.is_implicit_VR,
+        transfer_syntax.is_little_endian,
+        transfer_syntax.is_deflated,
+    )
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        final = getattr(primitive, "Status", None) not in (None, PENDING, 0xFF01)
+        if final and getattr(primitive, "MessageIDBeingRespondedTo", None) == msg_id:
+            with contextlib.suppress(AttributeError):
+                del dimse.send_msg  # back to the class's own
+            primitive.Status = status
+            primitive.ErrorComment = comment[:64]  # LO (PS3.7 C.4.2.1.2)
+            primitive.NumberOfRemainingSuboperations = None
+            primitive.NumberOfCompletedSuboperations = 0
+            primitive.NumberOfFailedSuboperations = 0
+            primitive.NumberOfWarningSuboperations = 0
+            if encoded:
+                primitive.Identifier = io.BytesIO(encoded)
+        send(primitive, context_id)
+
+    dimse.send_msg = send_msg
+    return _status_ds(status, comment)
 
 
 def _contexts_for(instances: list[StoredInstance]) -> list[Any]:
