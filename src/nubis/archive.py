@@ -171,16 +171,17 @@ class Archive:
             return None
         return self.users.bootstrap()
 
-    def start(self) -> None:
-        """Open for traffic (in each worker process)."""
+    def start(self, *, background: bool = True) -> None:
+        """Open for traffic (in each worker process); ``background`` also runs jobs (or the
+        reaper), which a short-lived CLI command such as ``nubis import`` leaves to servers."""
         self.index.open()
         self.audit.open()
         if self.audit_forwarder is not None:
             self.audit_forwarder.start()
         self.reads.start()
-        if self.job_runner is not None:
+        if background and self.job_runner is not None:
             self.job_runner.start()  # the reap job replaces the in-process reaper
-        else:
+        elif background:
             self.maintenance.start_background()
         self.ready = True
 
@@ -197,7 +198,7 @@ class Archive:
 
     def __enter__(self) -> Archive:
         self.prepare()
-        self.start()
+        self.start(background=False)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -206,6 +206,8 @@ def test_progress_is_visible_while_a_job_runs(nodes: tuple[JobStore, JobStore]) 
 def test_cancel_a_queued_and_a_running_job(nodes: tuple[JobStore, JobStore]) -> None:
     a, b = nodes
     queued = a.enqueue("other")
+    assert b.cancel(queued) is JobState.QUEUED  # type: ignore[arg-type]
+    assert b.get(queued).state is JobState.CANCELLED  # type: ignore[arg-type, union-attr]
     assert b.cancel(queued) is JobState.CANCELLED  # type: ignore[arg-type]
     assert b.cancel(10_000) is None
     started = threading.Event()

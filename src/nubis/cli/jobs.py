@@ -263,7 +263,7 @@ def cancel(
     if state is None:
         console.print(f"[red]no job {job_id}")
         raise typer.Exit(1)
-    if state is JobState.CANCELLED:
+    if state is JobState.QUEUED:
         out.print(f"job {job_id} cancelled")
     elif state is JobState.RUNNING:
         out.print(f"job {job_id} is running: asked to stop")

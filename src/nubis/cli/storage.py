@@ -36,7 +36,10 @@ def _size(n: float) -> str:
 
 
 def _money(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.2f}"
+    if value is None:
+        return "-"
+    # Cents hide a small archive's cost entirely; show it to a hundredth of a cent.
+    return f"{value:,.4f}" if 0 < value < 1 else f"{value:,.2f}"
 
 
 @app.command()
@@ -76,7 +79,7 @@ def report(
         return
     ahead = f"in {months} mo" if months else "projected"
     table = Table(
-        "tier", "target", "objects", "bytes", "per GB-month", "per month", ahead,
+        "tier", "target", "objects", "bytes", "GB-month", "monthly", ahead,
         title="Storage by tier", caption=(
             f"growth {rate:.1%}/month compounded; storage only (requests, retrievals and "
             "transfer are extra); GB = 2^30 bytes"

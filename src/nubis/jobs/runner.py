@@ -134,7 +134,8 @@ class JobRunner:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next_housekeeping = 0.0
+        self._next_schedule = 0.0
+        self._next_prune = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -183,13 +184,15 @@ class JobRunner:
             idle = min(idle * 2, self.poll_seconds)
 
     def _housekeeping(self) -> None:
-        if time.monotonic() < self._next_housekeeping:
-            return
-        self._next_housekeeping = time.monotonic() + 60
-        for kind, every in self.schedule.items():
-            if kind in self.handlers and self.store.schedule(kind, every) is not None:
-                log.info("scheduled a %s job (every %d s)", kind, every)
-        self.store.prune(now_ms() - KEEP_FINISHED_MS)
+        now = time.monotonic()
+        if now >= self._next_schedule:
+            self._next_schedule = now + 60
+            for kind, every in self.schedule.items():
+                if kind in self.handlers and self.store.schedule(kind, every) is not None:
+                    log.info("scheduled a %s job (every %d s)", kind, every)
+        if now >= self._next_prune:
+            self._next_prune = now + 3600
+            self.store.prune(now_ms() - KEEP_FINISHED_MS)
 
     def run_once(self) -> bool:
         """Claim one job and run it to its end here; False when there was nothing to do."""

@@ -187,25 +187,33 @@ class JobStore:
         """
         kinds = list(kinds)
 
+        def claimable(now: int) -> Any:
+            return (
+                select(jobs)
+                .where(
+                    jobs.c.kind.in_(kinds),
+                    or_(
+                        and_(jobs.c.state == JobState.QUEUED.value, jobs.c.not_before <= now),
+                        and_(
+                            jobs.c.state == JobState.RUNNING.value,
+                            jobs.c.lease_expires_at < now,
+                        ),
+                    ),
+                )
+                .order_by(jobs.c.id)
+                .limit(1)
+            )
+
+        # Idle runners poll: a read answers "nothing to do" without taking SQLite's write
+        # lock or a PostgreSQL write transaction.
+        with self.index.reading() as conn:
+            if conn.execute(claimable(now_ms())).first() is None:
+                return None
+
         def job(conn: Connection) -> Job | None:
             now = now_ms()
             for _ in range(16):
-                row = conn.execute(
-                    select(jobs)
-                    .where(
-                        jobs.c.kind.in_(kinds),
-                        or_(
-                            and_(jobs.c.state == JobState.QUEUED.value, jobs.c.not_before <= now),
-                            and_(
-                                jobs.c.state == JobState.RUNNING.value,
-                                jobs.c.lease_expires_at < now,
-                            ),
-                        ),
-                    )
-                    .order_by(jobs.c.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                ).first()
+                row = conn.execute(claimable(now).with_for_update(skip_locked=True)).first()
                 if row is None:
                     return None
                 found = Job.from_row(row)
@@ -347,7 +355,8 @@ class JobStore:
     # ------------------------------------------------------------------ operators
     def cancel(self, job_id: int) -> JobState | None:
         """Cancel a job: a queued one at once; a running one at its runner's next progress
-        (it is asked to stop). Its state afterwards; None when there is no such job."""
+        (it is asked to stop); a finished one stays as it is. The state it was found in;
+        None when there is no such job."""
 
         def job(conn: Connection) -> JobState | None:
             row = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
@@ -360,8 +369,7 @@ class JobStore:
                     .where(jobs.c.id == job_id)
                     .values(state=JobState.CANCELLED.value, finished_at=now_ms())
                 )
-                return JobState.CANCELLED
-            if state is JobState.RUNNING:
+            elif state is JobState.RUNNING:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=1))
             return state
 

@@ -1,0 +1,171 @@
+"""Tiers, lifecycle rules, prices, the schedule and the storage report's arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from nubis.config import SettingsError, load_settings
+from nubis.jobs.kinds import parse_schedule
+from nubis.tiers.report import GB, build_report, parse_growth
+from nubis.tiers.rules import (
+    DAY_MS,
+    LIST_PRICES,
+    StudyFacts,
+    parse_prices,
+    parse_rules,
+    parse_tiers,
+    target_tier,
+)
+
+TIERS = parse_tiers("hot=STANDARD, cold=STANDARD_IA, archive=GLACIER")
+RULES = parse_rules(
+    "modality=MG age<730d -> hot; unread>365d -> archive\nunread>30d -> cold", TIERS
+)
+NOW = 1_000 * 365 * DAY_MS
+
+
+def study(
+    *,
+    modalities: str = "CT",
+    stored_days_ago: int = 0,
+    read_days_ago: int | None = None,
+    partition: str = "default",
+    pin: str | None = None,
+    pin_until: int | None = None,
+) -> StudyFacts:
+    return StudyFacts(
+        partition,
+        frozenset(modalities.split("\\")),
+        NOW - stored_days_ago * DAY_MS,
+        None if read_days_ago is None else NOW - read_days_ago * DAY_MS,
+        pin,
+        pin_until,
+    )
+
+
+def test_tiers_parse() -> None:
+    assert TIERS.names == ("hot", "cold", "archive")
+    assert TIERS.default.name == "hot" and TIERS.get("archive").target == "GLACIER"
+    assert TIERS.get("archive").archived and not TIERS.get("cold").archived
+    assert parse_tiers("only=/srv/blobs").default.target == "/srv/blobs"
+    for bad, message in (
+        ("", "at least one"),
+        ("hot", "NAME=TARGET"),
+        ("Hot=STANDARD", "tier name"),
+        ("hot=STANDARD,hot=GLACIER", "twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_tiers(bad)
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (study(), "hot"),  # no rule matches: the first tier
+        (study(stored_days_ago=31), "cold"),  # never read: counted from when it was stored
+        (study(stored_days_ago=100, read_days_ago=2), "hot"),  # read recently
+        (study(stored_days_ago=400, read_days_ago=40), "cold"),
+        (study(stored_days_ago=400), "archive"),
+        (study(modalities="CT\\MG", stored_days_ago=400), "hot"),  # MG stays hot 2 years
+        (study(modalities="MG", stored_days_ago=800), "archive"),  # ... and not longer
+        (study(stored_days_ago=400, pin="hot"), "hot"),  # a pin wins
+        (study(stored_days_ago=400, pin="cold", pin_until=NOW - 1), "archive"),  # expired
+        (study(stored_days_ago=400, pin="gone"), "archive"),  # a tier no longer configured
+    ],
+)
+def test_target_tier(facts: StudyFacts, expected: str) -> None:
+    assert target_tier(facts, RULES, TIERS, NOW) == expected
+
+
+def test_rule_conditions() -> None:
+    [rule] = parse_rules("partition=clinic-b modality=us,mr unread<12h age>2w -> cold", TIERS)
+    assert rule.modalities == frozenset({"US", "MR"}) and rule.partition == "clinic-b"
+    assert rule.unread_under == DAY_MS // 2 and rule.age_over == 14 * DAY_MS
+    assert rule.matches(study(modalities="MR", stored_days_ago=20, read_days_ago=0,
+                              partition="clinic-b"), NOW)  # fmt: skip
+    assert not rule.matches(study(modalities="MR", stored_days_ago=20), NOW)
+    assert parse_rules("* -> archive", TIERS)[0].matches(study(), NOW)
+    assert parse_rules("", TIERS) == ()
+    for bad, message in (
+        ("unread>30d cold", "CONDITIONS -> TIER"),
+        ("unread>30d -> warm", "no tier 'warm'"),
+        ("-> cold", "no condition"),
+        ("unread>30 -> cold", "cannot read 'unread>30'"),
+        ("size>1G -> cold", "cannot read"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_rules(bad, TIERS)
+
+
+def test_prices() -> None:
+    assert parse_prices("", TIERS) == {"hot": 0.023, "cold": 0.0125, "archive": 0.0036}
+    assert parse_prices("cold=0.01", TIERS)["cold"] == 0.01
+    folders = parse_tiers("fast=/ssd,slow=/nas")
+    assert parse_prices("slow=0.002", folders) == {"fast": None, "slow": 0.002}
+    assert set(LIST_PRICES) >= {"STANDARD", "STANDARD_IA", "GLACIER", "DEEP_ARCHIVE"}
+    for bad in ("warm=1", "cold=cheap", "cold=-1", "cold"):
+        with pytest.raises(ValueError):
+            parse_prices(bad, TIERS)
+
+
+def test_schedule() -> None:
+    assert parse_schedule("reap=1h, tier=1d,verify=2w") == {
+        "reap": 3600,
+        "tier": 86400,
+        "verify": 14 * 86400,
+    }
+    assert parse_schedule("") == {}
+    for bad in ("reap", "reap=0h", "reap=1 fortnight", "backup=1d"):
+        with pytest.raises(ValueError):
+            parse_schedule(bad)
+
+
+def test_settings_are_validated() -> None:
+    for environ, message in (
+        ({"NUBIS_TIERS": "hot"}, "tiers"),
+        ({"NUBIS_LIFECYCLE": "unread>30d -> warm"}, "lifecycle"),
+        ({"NUBIS_STORAGE_PRICES": "warm=1"}, "storage_prices"),
+        ({"NUBIS_JOBS_SCHEDULE": "reap=often"}, "jobs_schedule"),
+        ({"NUBIS_JOBS_LEASE_SECONDS": "1"}, "jobs_lease_seconds"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            load_settings(environ=environ)
+    settings = load_settings(environ={"NUBIS_JOBS": "false", "NUBIS_LIFECYCLE": "* -> cold"})
+    assert settings.jobs is False and settings.lifecycle == "* -> cold"
+
+
+def test_growth() -> None:
+    assert parse_growth("5%/month") == pytest.approx(0.05)
+    assert parse_growth("5%") == pytest.approx(0.05)
+    assert parse_growth("0.05") == pytest.approx(0.05)
+    assert parse_growth("2.5 % / mo") == pytest.approx(0.025)
+    with pytest.raises(ValueError):
+        parse_growth("lots")
+
+
+def test_report_arithmetic() -> None:
+    usage = {"hot": (10, 100 * GB), "cold": (5, 400 * GB), "archive": (0, 0)}
+    report = build_report(usage, TIERS, parse_prices("", TIERS), growth=0.05, months=12)
+    rows = {r.tier: r for r in report.tiers}
+    assert rows["hot"].monthly_cost == pytest.approx(2.3)
+    assert rows["cold"].monthly_cost == pytest.approx(5.0)
+    assert report.monthly_cost == pytest.approx(7.3)
+    assert (report.objects, report.bytes) == (15, 500 * GB)
+    assert report.projection[0] == (0, 500 * GB, pytest.approx(7.3))
+    assert report.projected_monthly_cost == pytest.approx(7.3 * 1.05**12)
+    assert report.projection[12][1] == round(500 * GB * 1.05**12)
+    # The next 12 months: months 0..11.
+    assert report.cost_over_months == pytest.approx(sum(7.3 * 1.05**m for m in range(12)))
+    data = report.as_json()
+    assert data["monthly_cost"] == 7.3 and len(data["projection"]) == 13
+    flat = build_report(usage, TIERS, parse_prices("", TIERS), months=0)
+    assert flat.cost_over_months == 0 and flat.projected_monthly_cost == pytest.approx(7.3)
+
+
+def test_report_unpriced_and_unconfigured_tiers() -> None:
+    folders = parse_tiers("fast=/ssd,slow=/nas")
+    usage = {"fast": (1, GB), "slow": (0, 0), "legacy": (2, 2 * GB)}
+    report = build_report(usage, folders, parse_prices("slow=0.01", folders), months=1)
+    assert report.unpriced_tiers == ["fast", "legacy"]
+    assert report.monthly_cost == 0
+    assert {r.tier: r.target for r in report.tiers}["legacy"] == "(not configured)"
