@@ -6,11 +6,17 @@ PS3.4 A (Verification), B (Storage: B.2.3 statuses), PS3.7 9.1.1 (C-STORE) and 9
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import io
+import shutil
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -28,8 +34,9 @@ from integration.dimse_helpers import (
     run,
     sent_by_dcmtk,
 )
-from integration.server import index_rows, read_blob
+from integration.server import ACCEPT_AS_STORED, index_rows, read_blob, start_server
 from nubis.tools import synth
+from nubis.tools.synth import make_large_instance
 
 PYDICOM_TS_FLAG = {
     # storescu proposes only uncompressed syntaxes unless told which compressed one to offer.
@@ -198,3 +205,149 @@ def test_concurrent_associations_lose_nothing(dimse: Dimse, tmp_path: Path) -> N
     assert len(sent) == 40
     for uid, path in sent.items():
         assert dataset_bytes(stored_bytes(dimse, uid)) == sent_by_dcmtk(path.read_bytes())
+
+
+GIGABYTE = 1 << 30
+MAX_SERVER_RSS = 300 << 20  # far below the object: only a bounded receive fits
+CHUNK = 1 << 20
+
+
+def _process_tree_peak_rss(pid: int) -> int:
+    """The largest VmHWM among ``pid`` and its children (worker processes, if any)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    peak = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+    return peak
+
+
+def _data_set_offset(head: bytes) -> int:
+    """Where the data set starts in a PS3.10 file: after the preamble, "DICM" and the file
+    meta group, whose length is the value of its first element (PS3.10 7.1)."""
+    assert head[128:132] == b"DICM", head[:140]
+    return 144 + int.from_bytes(head[140:144], "little")
+
+
+def _file_data_set_sha256(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        f.seek(_data_set_offset(f.read(144)))
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _retrieved_data_set_sha256(response: httpx.Response) -> tuple[str, int]:
+    """SHA-256 and size of the data set in the single part of a streamed multipart/related
+    WADO-RS response; only part headers and a delimiter's worth of bytes are held back."""
+    boundary = response.headers["content-type"].split('boundary="', 1)[1].split('"', 1)[0]
+    closing = b"\r\n--" + boundary.encode() + b"--\r\n"
+    digest, size = hashlib.sha256(), 0
+    head, pending, skip = b"", b"", -1
+    for chunk in response.iter_bytes(CHUNK):
+        if skip < 0:
+            head += chunk
+            end = head.find(b"\r\n\r\n")
+            if end < 0 or len(head) < end + 4 + 144:
+                continue
+            body = head[end + 4 :]
+            skip = _data_set_offset(body[:144])
+            chunk = body
+        pending += chunk
+        if len(pending) > len(closing):
+            body, pending = pending[: -len(closing)], pending[-len(closing) :]
+            if skip:
+                cut = min(skip, len(body))
+                body, skip = body[cut:], skip - cut
+            digest.update(body)
+            size += len(body)
+    assert pending == closing, pending[-200:]
+    return digest.hexdigest(), size
+
+
+@pytest.mark.slow
+def test_one_gigabyte_c_store_with_bounded_memory(tmp_path: Path) -> None:
+    """storescu sends a 1 GB object (PS3.4 B.2.3, PS3.7 9.1.1): the server's resident memory
+    stays far below the object's size, because pynetdicom writes each P-DATA fragment into a
+    sealed spool file in the data folder as it arrives (never plaintext in the system's
+    temporary folder: TMPDIR stays empty, the spool file is ciphertext); the object is then
+    retrieved through WADO-RS with its data set byte-exact (PS3.10 7.1: the file meta is
+    rebuilt from the C-STORE request)."""
+    need_dcmtk("storescu")
+    free = shutil.disk_usage(tmp_path).free
+    if free < 4 * GIGABYTE:
+        pytest.skip(reason=f"needs 4 GB free in {tmp_path}; {free / GIGABYTE:.1f} GB free")
+    path = make_large_instance(tmp_path / "large.dcm", size_bytes=GIGABYTE, seed=3)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    expected = _file_data_set_sha256(path)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    port = free_port()
+    server = start_server(
+        tmp_path / "data",
+        # One process, so the process that receives is the one measured.
+        env={"NUBIS_DIMSE_PORT": str(port), "NUBIS_WORKERS": "1", "TMPDIR": str(temporary)},
+        log_level="warning",
+    )
+    spool = server.data_dir / "spool"
+    seen: dict[str, Any] = {"spool_sizes": [], "tmp": set(), "plaintext": False}
+    sending = threading.Event()
+    patient_id = str(header.PatientID).encode()
+
+    def watch() -> None:
+        while sending.is_set():
+            seen["tmp"] |= {p.name for p in temporary.iterdir()}
+            for p in spool.iterdir() if spool.exists() else []:
+                with contextlib.suppress(OSError), p.open("rb") as f:
+                    first = f.read(1 << 20)
+                    seen["spool_sizes"].append(p.stat().st_size)
+                    seen["plaintext"] |= first[128:132] == b"DICM" or patient_id in first
+            time.sleep(0.2)
+
+    try:
+        idle = _process_tree_peak_rss(server.pid)
+        sending.set()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["storescu", "-aet", "BIGMODALITY", "-aec", NUBIS_AE, "127.0.0.1", str(port),
+             str(path)],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        store_seconds = time.monotonic() - started
+        sending.clear()
+        watcher.join()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        after_store = _process_tree_peak_rss(server.pid)
+
+        url = (
+            f"{server.dicomweb}/studies/{header.StudyInstanceUID}/series/"
+            f"{header.SeriesInstanceUID}/instances/{header.SOPInstanceUID}"
+        )
+        with (
+            httpx.Client(timeout=httpx.Timeout(600, connect=10), headers=AUTH) as client,
+            client.stream("GET", url, headers={"Accept": ACCEPT_AS_STORED}) as response,
+        ):
+            assert response.status_code == 200
+            got = _retrieved_data_set_sha256(response)
+        after_retrieve = _process_tree_peak_rss(server.pid)
+    finally:
+        sending.clear()
+        server.stop()
+    print(
+        f"\n{path.stat().st_size / GIGABYTE:.2f} GB C-STORE in {store_seconds:.1f}s; server "
+        f"peak RSS: idle {idle >> 20} MB, after C-STORE {after_store >> 20} MB, after "
+        f"WADO-RS {after_retrieve >> 20} MB"
+    )
+    assert got == expected
+    assert after_store < MAX_SERVER_RSS, f"peak RSS {after_store >> 20} MB during C-STORE"
+    assert seen["spool_sizes"] and max(seen["spool_sizes"]) > 64 << 20, "never saw the spool"
+    assert not seen["tmp"], f"pynetdicom's temporary file was used: {seen['tmp']}"
+    assert not seen["plaintext"], "a spool file held plaintext"
