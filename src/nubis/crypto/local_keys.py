@@ -8,13 +8,11 @@ The file is JSON lines, appended under an exclusive ``flock`` and fsynced before
   "key": AES-GCM(KEK, patient key)}``: a patient key, wrapped by the KEK current when it was made;
 - ``{"t": "shredded", "id": ...}``: a tombstone, so reading a shredded patient's blob says so.
 
-A DEK is wrapped with AES-256-GCM under ``HKDF-SHA256(KEK || patient key)``, with the KEK id,
-the patient key id and the blob's associated data authenticated: both keys are needed to read
-a blob, so deleting a patient key (crypto-shredding) makes their blobs unreadable, and a new KEK
-version takes effect for new blobs at once while old ones keep naming theirs.
-
-The Patient ID itself is never written: only its keyed HMAC (the salt is in this file), so the
-keyring names no patient to whoever reads it without knowing whom to look for.
+How keys wrap each other is nubis.crypto.patient_keys, shared with the index keyring: both
+keys are needed to read a blob, so deleting a patient key (crypto-shredding) makes their blobs
+unreadable, and a new KEK version takes effect for new blobs at once while old ones keep naming
+theirs. The Patient ID itself is never written: only its keyed HMAC (the salt is in this file),
+so the keyring names no patient to whoever reads it without knowing whom to look for.
 
 Several processes (HTTP workers, the CLI) share the file: each re-reads it when its inode or
 size changed (one ``stat`` per wrap or unwrap), so a rotation or a shred made by
@@ -28,11 +26,8 @@ its protection is the file mode and the disk's; a KMS keeps them out of the host
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -43,32 +38,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from nubis.errors import BlobUnreadable, KeyErased, KeyUnavailable
-from nubis.ports.keys import WrappedKey
+from nubis.crypto.patient_keys import KEY_SIZE, PatientKey, PatientKeyring, b64, unb64
+from nubis.errors import BadRequest, KeyErased, KeyUnavailable
 
 __all__ = ["LocalKeyring"]
 
 log = logging.getLogger(__name__)
 
-_KEY_SIZE = 32
-_NONCE_SIZE = 12
 _FORMAT = 1
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
-
-
-class LocalKeyring:
+class LocalKeyring(PatientKeyring):
     """A :class:`nubis.ports.keys.KeyProvider` backed by a local file.
 
     Parameters
@@ -100,44 +80,12 @@ class LocalKeyring:
     # ------------------------------------------------------------------ KeyProvider
     @property
     def current_key_id(self) -> str:
-        with self._lock:
-            self._refresh()
-            return self._current
+        with self._view():
+            return self._current_id
 
     def key_ids(self) -> list[str]:
-        with self._lock:
-            self._refresh()
+        with self._view():
             return list(self._keks)
-
-    def wrap(self, dek: bytes, *, partition: str, patient_id: str, aad: bytes) -> WrappedKey:
-        with self._lock:
-            self._refresh()
-            ref = self._ref(partition, patient_id)
-            subject = self._patients.get(ref)
-            if subject is None:
-                subject = self._new_patient_key(ref)
-            kek_id = self._current
-            cipher = self._wrapping_cipher(kek_id, subject)
-        nonce = os.urandom(_NONCE_SIZE)
-        sealed = cipher.encrypt(nonce, dek, _dek_aad(kek_id, subject, aad))
-        return WrappedKey(kek_id, subject, nonce + sealed)
-
-    def unwrap(self, wrapped: WrappedKey, *, aad: bytes) -> bytes:
-        with self._lock:
-            self._refresh()
-            cipher = self._wrapping_cipher(wrapped.key_id, wrapped.subject)
-        data = wrapped.ciphertext
-        try:
-            return cipher.decrypt(
-                data[:_NONCE_SIZE],
-                data[_NONCE_SIZE:],
-                _dek_aad(wrapped.key_id, wrapped.subject, aad),
-            )
-        except (InvalidTag, ValueError):
-            raise BlobUnreadable(
-                "stored object failed its integrity check: its data key does not unwrap for "
-                "this object (altered header, or a blob moved under another object)"
-            ) from None
 
     def rotate(self) -> str:
         with self._locked_file():
@@ -145,13 +93,13 @@ class LocalKeyring:
             while f"k{number}" in self._keks:
                 number += 1
             kek_id = f"k{number}"
-            self._append({"t": "kek", "id": kek_id, "key": _b64(os.urandom(_KEY_SIZE)), **_at()})
+            self._append({"t": "kek", "id": kek_id, "key": b64(os.urandom(KEY_SIZE)), **_at()})
         log.info("keyring: added key-encryption key %s; new blobs use it", kek_id)
         return kek_id
 
     def shred_patient(self, partition: str, patient_id: str) -> int:
         with self._locked_file():
-            ref = self._ref(partition, patient_id)
+            ref = self.patient_ref(partition, patient_id)
             doomed = {s for s, record in self._records.items() if record["ref"] == ref}
             if not doomed:
                 return 0
@@ -161,70 +109,98 @@ class LocalKeyring:
                 if not (line.get("t") == "patient" and line.get("id") in doomed)
             ]
             kept += [{"t": "shredded", "id": s, **_at()} for s in sorted(doomed)]
-            kept[0] = {**kept[0], "gen": secrets.token_hex(8)}
             self._rewrite(kept)
         # The subject id is random and names no one; the Patient ID is never logged.
         log.warning("keyring: shredded %d patient key(s) %s", len(doomed), ", ".join(doomed))
         return len(doomed)
 
-    # ------------------------------------------------------------------ keys
-    def _ref(self, partition: str, patient_id: str) -> str:
-        message = partition.encode() + b"\x00" + patient_id.encode()
-        return hmac.new(self._salt, message, hashlib.sha256).hexdigest()
-
-    def _new_patient_key(self, ref: str) -> str:
+    def retire(self, kek_id: str) -> int:
         with self._locked_file():
-            subject = self._patients.get(ref)
-            if subject is not None:  # another process made it while we waited for the lock
-                return subject
-            subject = secrets.token_hex(16)
-            kek_id = self._current
-            nonce = os.urandom(_NONCE_SIZE)
-            wrapped = AESGCM(self._keks[kek_id]).encrypt(
-                nonce, os.urandom(_KEY_SIZE), _patient_aad(subject, kek_id)
-            )
-            record = {"t": "patient", "ref": ref, "id": subject, "kek": kek_id}
-            self._append({**record, "key": _b64(nonce + wrapped), **_at()})
-            return subject
+            self._check_retirable(kek_id)
+            count = 0
+            lines = []
+            for line in self._lines:
+                if line.get("t") == "patient" and line["kek"] == kek_id:
+                    record = self._rewrapped(_patient_key(line))
+                    line = {**line, "kek": record.kek_id, "key": b64(record.sealed), **_at()}
+                    count += 1
+                lines.append(line)
+            if count:
+                self._rewrite(lines)
+        log.info("keyring: %d patient key(s) re-wrapped from %s to the current KEK", count, kek_id)
+        return count
 
-    def _wrapping_cipher(self, kek_id: str, subject: str) -> AESGCM:
-        cached = self._ciphers.get((kek_id, subject))
-        if cached is not None:
-            return cached
+    def wrapped_by(self, kek_id: str) -> int:
+        with self._view():
+            return sum(1 for record in self._records.values() if record["kek"] == kek_id)
+
+    def remove_kek(self, kek_id: str) -> None:
+        """Delete a retired KEK from the file; refused while a patient key is wrapped by it.
+
+        Blobs whose headers name it need it too: the caller checks those (nubis keys retire).
+        """
+        with self._locked_file():
+            self._check_retirable(kek_id)
+            if self.wrapped_by(kek_id):
+                raise BadRequest(f"key-encryption key {kek_id} still wraps patient keys")
+            self._rewrite(
+                [x for x in self._lines if not (x.get("t") == "kek" and x["id"] == kek_id)]
+            )
+        log.warning("keyring: key-encryption key %s removed", kek_id)
+
+    # ------------------------------------------------------------------ PatientKeyring
+    @contextlib.contextmanager
+    def _view(self) -> Iterator[None]:
+        with self._lock:
+            self._refresh()
+            yield
+
+    def _kek(self, kek_id: str) -> bytes:
         kek = self._keks.get(kek_id)
         if kek is None:
             raise KeyUnavailable(f"key-encryption key {kek_id!r} is not in the keyring")
-        record = self._records.get(subject)
-        if record is None:
+        return kek
+
+    def _current(self) -> str:
+        return self._current_id
+
+    def _ref_key(self) -> bytes:
+        return self._salt
+
+    def _live_key(self, ref: str) -> PatientKey:
+        subject = self._patients.get(ref)
+        if subject is None:
+            with self._locked_file():
+                subject = self._patients.get(ref)
+                if subject is None:  # nor did another process make it while we waited
+                    record = self._new_patient_key()
+                    line = {"t": "patient", "ref": ref, "id": record.subject, "kek": record.kek_id}
+                    self._append({**line, "key": b64(record.sealed), **_at()})
+                    subject = record.subject
+        return self._key(subject)
+
+    def _key(self, subject: str) -> PatientKey:
+        line = self._records.get(subject)
+        if line is None:
             if subject in self._shredded:
                 raise KeyErased("the object's patient key was erased (crypto-shredded)")
             raise KeyUnavailable("the object's patient key is not in the keyring")
-        patient_kek = self._keks.get(record["kek"])
-        if patient_kek is None:
-            raise KeyUnavailable(f"key-encryption key {record['kek']!r} is not in the keyring")
-        blob = _unb64(record["key"])
-        try:
-            patient_key = AESGCM(patient_kek).decrypt(
-                blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], _patient_aad(subject, record["kek"])
-            )
-        except InvalidTag:
-            raise KeyUnavailable("a patient key in the keyring does not authenticate") from None
-        info = b"nubis dek wrapping v1\x00" + kek_id.encode() + b"\x00" + subject.encode()
-        key = HKDF(hashes.SHA256(), _KEY_SIZE, salt=None, info=info).derive(kek + patient_key)
-        cipher = AESGCM(key)
-        self._ciphers[(kek_id, subject)] = cipher
-        return cipher
+        return _patient_key(line)
+
+    def _check_retirable(self, kek_id: str) -> None:
+        self._kek(kek_id)
+        if kek_id == self._current_id:
+            raise BadRequest(f"{kek_id} is the current key-encryption key: rotate first")
 
     # ------------------------------------------------------------------ the file
     def _reset(self) -> None:
         self._lines: list[dict[str, Any]] = []
         self._salt = b""
         self._keks: dict[str, bytes] = {}
-        self._current = ""
+        self._current_id = ""
         self._patients: dict[str, str] = {}  # ref -> subject id of the live key
         self._records: dict[str, dict[str, Any]] = {}  # subject id -> patient record
         self._shredded: set[str] = set()
-        self._ciphers: dict[tuple[str, str], AESGCM] = {}
         self._offset = 0
         self._head = b""  # the first line as read: its generation tells rewrites apart
 
@@ -269,10 +245,10 @@ class LocalKeyring:
         if kind == "keyring":
             if line.get("v") != _FORMAT:
                 raise KeyUnavailable(f"keyring {self.path} is in an unknown format")
-            self._salt = _unb64(line["salt"])
+            self._salt = unb64(line["salt"])
         elif kind == "kek":
-            self._keks[line["id"]] = _unb64(line["key"])
-            self._current = line["id"]
+            self._keks[line["id"]] = unb64(line["key"])
+            self._current_id = line["id"]
         elif kind == "patient":
             self._records[line["id"]] = line
             self._patients[line["ref"]] = line["id"]
@@ -282,7 +258,6 @@ class LocalKeyring:
             record = self._records.pop(line["id"], None)
             if record is not None and self._patients.get(record["ref"]) == line["id"]:
                 del self._patients[record["ref"]]
-            self._ciphers = {k: v for k, v in self._ciphers.items() if k[1] != line["id"]}
 
     @contextlib.contextmanager
     def _locked_file(self) -> Iterator[None]:
@@ -307,6 +282,7 @@ class LocalKeyring:
         self._refresh()
 
     def _rewrite(self, lines: list[dict[str, Any]]) -> None:
+        lines = [{**lines[0], "gen": secrets.token_hex(8)}, *lines[1:]]
         temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -326,11 +302,11 @@ class LocalKeyring:
             {
                 "t": "keyring",
                 "v": _FORMAT,
-                "salt": _b64(os.urandom(_KEY_SIZE)),
+                "salt": b64(os.urandom(KEY_SIZE)),
                 "gen": secrets.token_hex(8),
                 **_at(),
             },
-            {"t": "kek", "id": "k1", "key": _b64(os.urandom(_KEY_SIZE)), **_at()},
+            {"t": "kek", "id": "k1", "key": b64(os.urandom(KEY_SIZE)), **_at()},
         ]
         temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -349,12 +325,8 @@ class LocalKeyring:
             os.unlink(temp)
 
 
-def _dek_aad(kek_id: str, subject: str, aad: bytes) -> bytes:
-    return b"nubis dek v1\x00" + kek_id.encode() + b"\x00" + subject.encode() + b"\x00" + aad
-
-
-def _patient_aad(subject: str, kek_id: str) -> bytes:
-    return b"nubis patient key v1\x00" + subject.encode() + b"\x00" + kek_id.encode()
+def _patient_key(line: dict[str, Any]) -> PatientKey:
+    return PatientKey(line["id"], line["kek"], unb64(line["key"]))
 
 
 def _at() -> dict[str, str]:

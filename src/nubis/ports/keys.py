@@ -10,9 +10,10 @@ wraps and unwraps DEKs. Two key levels sit behind it:
   the KEK and the patient key, so deleting a patient key (crypto-shredding) makes every blob of
   that patient unreadable, wherever copies of the blobs went.
 
-The provider keeps patient keys itself (never the index), so a copy of the blobs and the index
-without the provider's keys is ciphertext only. Patient IDs are PHI: a provider must not store,
-log or put them in key ids in the clear (the local keyring keeps an HMAC of them).
+The provider keeps the keys: the local keyring in a file; the index keyring keeps wrapped
+patient keys in the index and its KEKs in a secret outside it. Either way a copy of the blobs
+and the index without the provider's KEKs is ciphertext only. Patient IDs are PHI: a provider
+must not store, log or put them in key ids in the clear (both keyrings keep a keyed HMAC).
 
 Implementations are synchronous, like the other ports (docs/architecture.md), and thread-safe.
 """
@@ -67,3 +68,11 @@ class KeyProvider(Protocol):
 
     def key_ids(self) -> list[str]:
         """Every KEK version held, oldest first."""
+
+    def retire(self, kek_id: str) -> int:
+        """Re-wrap every patient key that ``kek_id`` wraps under the current KEK; returns how
+        many. Refused (``BadRequest``) for the current KEK. Blobs whose headers name
+        ``kek_id`` still need it afterwards: their DEKs are wrapped under it."""
+
+    def wrapped_by(self, kek_id: str) -> int:
+        """How many patient keys ``kek_id`` wraps."""
