@@ -34,13 +34,15 @@ from nubis.tiers.rules import Tiers, parse_rules, parse_tiers
 log = logging.getLogger(__name__)
 
 
-def _blob_store(settings: Settings, tiers: Tiers) -> tuple[KeyProvider | None, BlobStore]:
+def _blob_store(
+    settings: Settings, tiers: Tiers, index: Index
+) -> tuple[KeyProvider | None, BlobStore]:
     """The blob store, wrapped for encryption at rest unless it is off and never was on."""
     # Tier folders under the encryption, which does not care where its ciphertext lives.
     store = with_folder_tiers(open_blob_store(settings.blobs_url, durable=settings.durable), tiers)
     if not settings.encrypt_at_rest and not keyring_exists(settings.keyring_url):
         return None, store
-    keys = open_key_provider(settings.keyring_url, durable=settings.durable)
+    keys = open_key_provider(settings.keyring_url, durable=settings.durable, index=index)
     # Off after being on: new objects are plaintext, encrypted ones stay readable.
     return keys, EncryptedBlobStore(store, keys, accept_plaintext=not settings.encrypt_at_rest)
 
@@ -51,7 +53,7 @@ class Archive:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(settings.index_url, durable=settings.durable)
         self.tiers = parse_tiers(settings.tiers)
-        self.keys, self.blobs = _blob_store(settings, self.tiers)
+        self.keys, self.blobs = _blob_store(settings, self.tiers, self.index)
         # A sealed spool is encrypted as it arrives: plaintext never reaches the disk.
         self.spool = Spool(settings.spool_dir, sealed=settings.encrypt_at_rest)
         # Services record every access here (fail closed: see nubis.security.audit).

@@ -115,8 +115,10 @@ class Settings:
     keyring: str = _setting(
         "",
         "Key provider for encryption at rest: file:///PATH of a local keyring (created mode "
-        "0600 on first use). Empty: keyring.jsonl in data_dir. Back it up apart from the data: "
-        "losing it loses every object; a data backup without it is unreadable.",
+        "0600 on first use); or, for several nodes, index+file:///PATH or index+env:VARIABLE: "
+        "patient keys in the index, KEKs from a read-only secret given to every node (nubis "
+        "keys new-secret). Empty: keyring.jsonl in data_dir. Back keys up apart from the data: "
+        "losing them loses every object; a data backup without them is unreadable.",
     )
     dimse_port: int = _setting(
         11112, "DICOM (DIMSE) port of nubis serve, PS3.8; 0 turns the DIMSE front door off."

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -284,17 +285,53 @@ instance_tiers = Table(
     Column("moved_at", BigInteger, nullable=False),
 )
 
+# Encryption at rest with patient keys in the index (nubis.crypto.index_keys, keyring
+# index+file:// or index+env:). One random key per (partition, Patient ID), found by ``ref``, an
+# HMAC keyed by the KEK secret (never the Patient ID); ``wrapped`` is AES-GCM under KEK
+# ``kek_id``, which lives only in that secret, outside the database. A shred deletes the rows
+# and leaves their ids in erased_patient_keys, so a read says "erased" rather than "missing". A
+# retired KEK is listed in retired_keks, so a node still given an old secret that names it
+# current refuses to wrap under it.
+patient_keys = Table(
+    "patient_keys",
+    metadata,
+    Column("subject", String(64), primary_key=True),
+    Column("ref", String(64), nullable=False),
+    Column("kek_id", String(32), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("ref", name="uq_patient_keys_ref"),
+)
+Index("ix_patient_keys_kek", patient_keys.c.kek_id)
+
+erased_patient_keys = Table(
+    "erased_patient_keys",
+    metadata,
+    Column("subject", String(64), primary_key=True),
+    Column("erased_at", BigInteger, nullable=False),
+)
+
+retired_keks = Table(
+    "retired_keks",
+    metadata,
+    Column("kek_id", String(32), primary_key=True),
+    Column("retired_at", BigInteger, nullable=False),
+)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
     "audit_cursors",
     "audit_log",
     "doomed_blobs",
+    "erased_patient_keys",
     "grants",
     "instance_tiers",
     "instances",
     "jobs",
     "metadata",
+    "patient_keys",
+    "retired_keks",
     "series",
     "series_requests",
     "studies",
