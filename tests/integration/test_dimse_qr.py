@@ -190,6 +190,79 @@ def test_storage_commitment(dimse: Dimse, ct_series: list[DicomFile]) -> None:
     assert failed == {corrupt.sop_uid: 0x0110, "1.2.826.0.1.3680043.10.1.404": 0x0112}
 
 
+def test_storage_commitment_report_on_a_new_association(
+    dimse: Dimse, ct_series: list[DicomFile]
+) -> None:
+    """PS3.4 J.3.3: the SCU releases its association right after the N-ACTION response, so
+    the SCP reports on an association of its own: it calls the SCU's AE (from the peer table)
+    proposing the SCP role for itself (SCP/SCU Role Selection, PS3.7 D.3.3.4), and the
+    SCU's listening AE gets the N-EVENT-REPORT there: event type 2 (J.3.3.1) with the
+    committed objects in Referenced SOP Sequence and the object never stored in Failed SOP
+    Sequence with Failure Reason 0x0112 "no such object instance" (PS3.3 C.14.1.1)."""
+    port = free_port()
+    nubis("dimse", "peers", "add", "COMMITTER2", "127.0.0.1", str(port),
+          "--data-dir", str(dimse.data_dir))  # fmt: skip
+    reports: list[tuple[str, str, int, Dataset]] = []
+    on_first_association: list[Dataset] = []
+    arrived = threading.Event()
+
+    def on_report(event) -> int:  # type: ignore[no-untyped-def]
+        requestor = event.assoc.requestor
+        reports.append((requestor.ae_title.strip(), event.assoc.acceptor.ae_title.strip(),
+                        int(event.event_type), event.event_information))  # fmt: skip
+        arrived.set()
+        return 0x0000
+
+    def on_report_too_soon(event) -> int:  # type: ignore[no-untyped-def]
+        on_first_association.append(event.event_information)
+        return 0x0000
+
+    listening = AE(ae_title="COMMITTER2")
+    # Accept the caller's proposal to be the SCP of Storage Commitment on this association.
+    listening.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    listener = listening.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    missing = "1.2.826.0.1.3680043.10.1.405"
+    request = Dataset()
+    request.TransactionUID = "1.2.826.0.1.3680043.10.1.43"
+    refs = []
+    # Every object of the series: verifying them all takes far longer than the release.
+    for cls, uid in [*((f.sop_class_uid, f.sop_uid) for f in ct_series),
+                     (ct_series[0].sop_class_uid, missing)]:  # fmt: skip
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = cls, uid
+        refs.append(item)
+    request.ReferencedSOPSequence = refs
+    try:
+        ae = AE(ae_title="COMMITTER2")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(
+            "127.0.0.1", dimse.port, ae_title=NUBIS_AE,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report_too_soon)],
+        )  # fmt: skip
+        assert assoc.is_established
+        status, _ = assoc.send_n_action(
+            request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+        )
+        assoc.release()
+        assert status.Status == 0x0000
+        assert arrived.wait(60), "no N-EVENT-REPORT on a new association"
+    finally:
+        listener.shutdown()
+    assert on_first_association == []
+    ((calling, called, event_type, report),) = reports
+    assert (calling, called, event_type) == (NUBIS_AE, "COMMITTER2", 2)
+    assert report.TransactionUID == request.TransactionUID
+    assert sorted(i.ReferencedSOPInstanceUID for i in report.ReferencedSOPSequence) == sorted(
+        f.sop_uid for f in ct_series
+    )
+    failed = [(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID, i.FailureReason)
+              for i in report.FailedSOPSequence]  # fmt: skip
+    assert failed == [(ct_series[0].sop_class_uid, missing, 0x0112)]
+    assert report.RetrieveAETitle == NUBIS_AE
+
+
 def test_access_control(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Access per AE: with unknown callers refused, echoscu gets an A-ASSOCIATE-RJ (calling AE
     title not recognized, PS3.8 9.3.4); a peer added with the CLI is admitted without a
