@@ -64,14 +64,20 @@ def open_index(
 
 
 def _when(ms: int | None) -> str:
-    return "" if ms is None else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    if ms is None:
+        return ""
+    moment = datetime.fromtimestamp(ms / 1000)
+    # Today's times alone keep the table within a terminal's width.
+    return moment.strftime(
+        "%H:%M:%S" if moment.date() == datetime.now().date() else "%Y-%m-%d %H:%M"
+    )
 
 
 def _progress_cell(job: Job) -> Any:
     fraction = job.fraction
     if fraction is None:
         return f"{job.progress_done:,}" if job.progress_done else ""
-    bar = ProgressBar(total=100, completed=fraction * 100, width=16)
+    bar = ProgressBar(total=100, completed=fraction * 100, width=10)
     table = Table.grid(padding=(0, 1))
     table.add_row(bar, f"{fraction:6.1%}")
     return table

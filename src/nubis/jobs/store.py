@@ -235,7 +235,6 @@ class JobStore:
                         .values(
                             state=state.value,
                             finished_at=now,
-                            lease_owner=None,
                             lease_expires_at=None,
                             last_error=error,
                         )
@@ -300,7 +299,7 @@ class JobStore:
         values: dict[str, Any] = {
             "state": state.value,
             "finished_at": now_ms(),
-            "lease_owner": None,
+            # The owner stays, naming the node that ran the job last (nubis jobs list).
             "lease_expires_at": None,
             "result": None if result is None else json.dumps(result, sort_keys=True),
         }
