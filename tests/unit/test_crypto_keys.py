@@ -14,7 +14,7 @@ from nubis.blobs.filesystem import FileBlobStore
 from nubis.cli.main import app
 from nubis.crypto.envelope import HEADER_RESERVE, parse_header
 from nubis.crypto.local_keys import LocalKeyring
-from nubis.errors import BlobUnreadable, KeyErased, KeyUnavailable
+from nubis.errors import BadRequest, BlobUnreadable, KeyErased, KeyUnavailable
 from nubis.ports.blobs import BlobContext, PlainFile
 
 
@@ -177,3 +177,23 @@ def test_a_rewrite_that_reuses_the_inode_is_still_seen(tmp_path: Path) -> None:
         archive.store.read(key, context=_ctx("1.1", "DOOMED"))
     # It re-read the whole file rather than a "tail" of another file's bytes.
     assert archive.keys._lines == LocalKeyring(path)._lines
+
+
+def test_a_kek_is_removed_only_once_nothing_in_the_keyring_needs_it(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    key = archive.put(b"x", _ctx("1.1", "P1"))
+    path = tmp_path / "keyring.jsonl"
+    LocalKeyring(path).rotate()
+    with pytest.raises(BadRequest, match="still wraps"):
+        LocalKeyring(path).remove_kek("k1")  # P1's patient key
+    with pytest.raises(BadRequest, match="current"):
+        LocalKeyring(path).remove_kek("k2")
+    assert LocalKeyring(path).retire("k1") == 1
+    LocalKeyring(path).remove_kek("k1")
+    assert archive.keys.key_ids() == ["k2"]  # a running process sees the rewrite
+    assert b'"kek":"k1"' not in path.read_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(KeyUnavailable, match="'k1' is not in the keyring"):
+        archive.store.read(key, context=_ctx("1.1", "P1"))  # its header names k1
+    new = archive.put(b"y", _ctx("1.2", "P1"))
+    assert archive.store.read(new, context=_ctx("1.2", "P1")) == b"y"

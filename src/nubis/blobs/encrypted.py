@@ -49,7 +49,7 @@ from nubis.ports.blobs import (
     LocalFile,
     PlainFile,
 )
-from nubis.ports.keys import KeyProvider
+from nubis.ports.keys import KeyProvider, WrappedKey
 
 __all__ = ["EncryptedBlobStore"]
 
@@ -219,11 +219,26 @@ class EncryptedBlobStore:
             f, header.segment_key(dek), body_offset=header.body_offset, size=header.plaintext_size
         )
 
+    def wrapped_key(self, key: str, *, context: BlobContext) -> WrappedKey | None:
+        """The names of the keys the blob's header says wrap its DEK (KEK version, patient key),
+        read without unwrapping anything; None for a plaintext blob. For KEK retirement."""
+        prefix = self.inner.read(key, 0, HEADER_RESERVE, context=context)
+        if not is_encrypted(prefix):
+            return None
+        return self._parse_header(key, prefix, context).wrapped
+
     def _open_header(
         self, key: str | None, prefix: bytes, context: BlobContext, f: BinaryIO | None = None
     ) -> tuple[Header, bytes]:
+        header = self._parse_header(key, prefix, context, f)
+        dek = self.keys.unwrap(header.wrapped, aad=header.associated_data(context))
+        return header, dek
+
+    def _parse_header(
+        self, key: str | None, prefix: bytes, context: BlobContext, f: BinaryIO | None = None
+    ) -> Header:
         try:
-            header = parse_header(prefix)
+            return parse_header(prefix)
         except ValueError as exc:  # the header is longer than the first read
             body_offset = int(exc.args[0])
             if f is not None:
@@ -232,9 +247,7 @@ class EncryptedBlobStore:
             else:
                 assert key is not None
                 prefix = self.inner.read(key, 0, body_offset, context=context)
-            header = parse_header(prefix)
-        dek = self.keys.unwrap(header.wrapped, aad=header.associated_data(context))
-        return header, dek
+            return parse_header(prefix)
 
     def _plaintext_allowed(self, key: str) -> None:
         if not self.accept_plaintext:

@@ -1,12 +1,18 @@
-"""``nubis keys``: the keys of encryption at rest (list, rotate, shred a patient's keys).
+"""``nubis keys``: the keys of encryption at rest (list, rotate, retire, shred a patient's keys).
 
 ``rotate`` adds a key-encryption key version that new objects use at once; objects already
 stored keep naming the version they were written with, so nothing is rewritten. Running
-workers pick the change up on their next read of the keyring. ``shred-patient`` deletes every
-key of one patient (crypto-shredding): all their stored objects, and every copy or backup of
-them, become unreadable for good (HTTP 410). It does not remove their rows from the index:
-DICOMweb DELETE of the studies is the supported way to erase those (it removes the rows and
-their blobs, and is audited as Study Deleted); the shred is what reaches copies and backups.
+workers pick the change up on their next read of the keyring. With an index keyring
+(``keyring = index+file://...``) the KEKs are in a secret nubis only reads: ``new-secret`` and
+``rotate`` write secret content (to stdout or ``--out``) for the operator to give every node.
+``retire`` re-wraps what an old KEK wraps under the current one and removes the old one (from
+the local keyring; from the secret it writes) once nothing needs it.
+
+``shred-patient`` deletes every key of one patient (crypto-shredding): all their stored
+objects, and every copy or backup of them, become unreadable for good (HTTP 410). It does not
+remove their rows from the index: DICOMweb DELETE of the studies is the supported way to erase
+those (it removes the rows and their blobs, and is audited as Study Deleted); the shred is what
+reaches copies and backups.
 
 Shredding is the most destructive act in the archive, so it is confirmed by typing the Patient
 ID (or ``--yes``), authorized as key administration plus delete, and recorded before it
@@ -19,8 +25,10 @@ when they differ, and the host name.
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -39,12 +47,17 @@ console = Console(stderr=True)
 out = Console()
 
 app = typer.Typer(
-    help="Keys of encryption at rest: list, rotate, shred-patient.", no_args_is_help=True
+    help="Keys of encryption at rest: list, rotate, retire, shred-patient, new-secret.",
+    no_args_is_help=True,
 )
 
 Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
 Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
+Out = Annotated[
+    Path | None,
+    typer.Option("--out", help="Write the KEK secret to this new file (mode 0600), not stdout."),
+]
 
 
 def _provider(
@@ -53,10 +66,16 @@ def _provider(
     from nubis.cli.main import _load
     from nubis.crypto.registry import open_key_provider
     from nubis.errors import NubisError
+    from nubis.index.database import Index
 
     settings = _load(config, {"data_dir": data_dir}, set_)
     try:
-        return open_key_provider(settings.keyring_url, durable=settings.durable, create=create)
+        return open_key_provider(
+            settings.keyring_url,
+            durable=settings.durable,
+            create=create,
+            index=Index(settings.index_url, durable=settings.durable),  # opened only if used
+        )
     except NubisError as exc:
         console.print(f"[red]{exc.reason}")
         raise typer.Exit(2) from None
@@ -72,11 +91,166 @@ def list_keys(data_dir: DataDir = None, config: Config = None, set_: Set = None)
 
 
 @app.command()
-def rotate(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> None:
-    """Add a key-encryption key version; new objects use it, old ones stay readable."""
+def rotate(
+    out_file: Out = None, data_dir: DataDir = None, config: Config = None, set_: Set = None
+) -> None:
+    """Add a key-encryption key version; new objects use it, old ones stay readable.
+
+    Index keyring: writes the secret with one more KEK, to give every node (a node re-reads a
+    changed secret file by itself). Until a node has it, that node cannot read objects that
+    nodes which have it wrote since (HTTP 424): roll it out at once.
+    """
+    from nubis.crypto.index_keys import IndexKeyring
+
     keys = _provider(data_dir, config, set_, create=True)
+    if isinstance(keys, IndexKeyring):
+        secret = keys.secret.get().rotated()
+        _write_secret(secret.render(), out_file)
+        console.print(
+            f"secret with new key-encryption key {secret.current} written; new objects use it "
+            "on each node once that node has it"
+        )
+        return
     key_id = keys.rotate()
     out.print(f"new objects are now encrypted under key {key_id}")
+
+
+@app.command("new-secret")
+def new_secret(out_file: Out = None) -> None:
+    """A new KEK secret for an index keyring (ref key and KEK k1), for a new archive."""
+    from nubis.crypto.index_keys import KekSecret
+
+    _write_secret(KekSecret.new().render(), out_file)
+    console.print(
+        "give it to every node, read-only, e.g. keyring = index+file:///run/secrets/nubis-keks; "
+        "keep a copy apart from the index and its backups"
+    )
+
+
+@app.command()
+def retire(
+    kek_id: Annotated[str, typer.Argument(help="The KEK version to retire, e.g. k1.")],
+    out_file: Out = None,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Stop needing an old KEK: re-wrap the patient keys it wraps under the current KEK, then
+    remove it if no stored object names it.
+
+    A local keyring drops the KEK; for an index keyring the secret without it is written, to
+    give every node. Refused for the current KEK, and while any stored object's header still
+    names it (its data key is wrapped under it) or cannot be read. Recorded in the audit trail
+    before and after.
+    """
+    if out_file is not None and out_file.exists():
+        console.print(f"[red]{out_file} exists; nothing changed")
+        raise typer.Exit(2)
+    with _archive(data_dir, config, set_) as archive:
+        _retire(archive, kek_id, out_file)
+
+
+def _retire(archive: Archive, kek_id: str, out_file: Path | None) -> None:
+    """Authorize, record, re-wrap, check, remove, record the outcome (fail closed, as _shred)."""
+    from nubis.blobs.encrypted import EncryptedBlobStore
+    from nubis.crypto.index_keys import IndexKeyring
+    from nubis.crypto.local_keys import LocalKeyring
+    from nubis.errors import NubisError
+    from nubis.model.audit import EventOutcome, EventType
+    from nubis.security import audit_events
+    from nubis.security.authn import cli_login
+    from nubis.security.policy import Action
+    from nubis.services.kek_retirement import retire_kek
+
+    keys, blobs = archive.keys, archive.blobs
+    assert keys is not None and isinstance(blobs, EncryptedBlobStore)  # see _archive
+    if kek_id not in keys.key_ids() or kek_id == keys.current_key_id:
+        known = ", ".join(keys.key_ids())
+        console.print(f"[red]{kek_id} is not an older KEK (KEKs: {known}; the last is current)")
+        raise typer.Exit(2)
+    operator = _operator("default")
+    who = replace(audit_events.participant(operator), user_name=cli_login())
+    what = f"retire key-encryption key {kek_id}"
+
+    def record(outcome: EventOutcome, description: str) -> None:
+        archive.audit.record(
+            audit_events.security_alert(
+                who,
+                EventType.SECURITY_CONFIGURATION,
+                outcome=outcome,
+                description=description,
+                front_door="cli",
+            )
+        )
+
+    try:
+        archive.guard.authorize(operator, Action.ADMIN, what)
+        record(EventOutcome.SUCCESS, f"{what}: begins")
+    except NubisError as exc:
+        console.print(f"[red]{exc.reason}; nothing changed")
+        raise typer.Exit(1) from None
+    try:
+        check = retire_kek(archive.index, blobs, keys, kek_id)
+        if not check.needed:
+            if isinstance(keys, LocalKeyring):
+                keys.remove_kek(kek_id)
+            elif isinstance(keys, IndexKeyring):
+                _write_secret(keys.secret.get().without(kek_id).render(), out_file)
+    except NubisError as exc:
+        _quietly(record, EventOutcome.MAJOR_FAILURE, f"{what}: {exc.reason}")
+        console.print(f"[red]{exc.reason}")
+        raise typer.Exit(1) from None
+    done = f"{what}: {check.rewrapped} patient key(s) re-wrapped under the current KEK"
+    if check.needed:
+        still = (
+            f"still needed by {check.objects} stored object(s) whose header names it, "
+            f"{check.patient_keys} patient key(s), {check.unchecked} unreadable header(s); kept"
+        )
+        _quietly(record, EventOutcome.MINOR_FAILURE, f"{done}; {still}")
+        console.print(f"{check.rewrapped} patient key(s) re-wrapped under the current KEK")
+        console.print(f"[red]{kek_id} {still}")
+        raise typer.Exit(1)
+    where = (
+        "removed from the keyring"
+        if isinstance(keys, LocalKeyring)
+        else "left out of the new secret"
+    )
+    if not _quietly(record, EventOutcome.SUCCESS, f"{done}; nothing needs it; {where}"):
+        console.print(f"[red]{kek_id} {where}, but the outcome could not be recorded")
+        raise typer.Exit(1)
+    console.print(f"{check.rewrapped} patient key(s) re-wrapped; nothing needs {kek_id}: {where}")
+    if isinstance(keys, IndexKeyring):
+        console.print(f"give every node the new secret; then {kek_id} can be destroyed")
+
+
+def _quietly(
+    record: Callable[[EventOutcome, str], None], outcome: EventOutcome, description: str
+) -> bool:
+    """Record an outcome; False if the trail refused it (the act is done either way)."""
+    from nubis.errors import NubisError
+
+    try:
+        record(outcome, description)
+    except NubisError:
+        return False
+    return True
+
+
+def _write_secret(text: str, out_file: Path | None) -> None:
+    """``text`` to a new file of mode 0600, or to stdout (never through rich: no markup)."""
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    try:
+        fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        console.print(f"[red]{out_file} exists: a KEK secret is never overwritten")
+        raise typer.Exit(2) from None
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @app.command("shred-patient")
