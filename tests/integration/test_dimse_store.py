@@ -351,3 +351,32 @@ def test_one_gigabyte_c_store_with_bounded_memory(tmp_path: Path) -> None:
     assert seen["spool_sizes"] and max(seen["spool_sizes"]) > 64 << 20, "never saw the spool"
     assert not seen["tmp"], f"pynetdicom's temporary file was used: {seen['tmp']}"
     assert not seen["plaintext"], "a spool file held plaintext"
+
+
+def test_cut_off_c_store_leaves_no_spool_file(dimse: Dimse, tmp_path: Path) -> None:
+    """A storescu killed in the middle of a 256 MB C-STORE: the association is aborted (PS3.8
+    9.1.8) and the spool file its data set was streaming into is removed at once, not at the
+    next start; the server carries on (C-ECHO, PS3.7 9.1.5)."""
+    path = make_large_instance(tmp_path / "cut.dcm", size_bytes=256 << 20, seed=4)
+    spool = dimse.data_dir / "spool"
+    before = set(spool.iterdir())
+    sender = subprocess.Popen(
+        ["storescu", "-aet", "CUTOFF", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port),
+         str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        receiving: list[Path] = []
+        while time.monotonic() < deadline and not receiving:
+            receiving = [p for p in set(spool.iterdir()) - before if p.stat().st_size > 16 << 20]
+            time.sleep(0.01)
+        assert receiving, "the object never reached the spool"
+    finally:
+        sender.kill()
+        sender.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and set(spool.iterdir()) - before:
+        time.sleep(0.1)
+    assert not set(spool.iterdir()) - before
+    run(["echoscu", "-aet", "CUTOFF", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port)])

@@ -171,38 +171,37 @@ class SpoolSink:
             self._closed = True
 
 
-class _Intake:
-    """The spool and the unfinished sinks of one association."""
-
-    def __init__(self, spool: Spool) -> None:
-        self.spool = spool
-        self.sinks: weakref.WeakSet[SpoolSink] = weakref.WeakSet()
-
-
-# Which spool each admitted association receives into. pynetdicom creates the file with no
-# reference to the association, but in the association's reader thread (DULServiceProvider,
-# whose ``assoc`` names it), so that thread finds the spool here.
-_INTAKES: weakref.WeakKeyDictionary[Association, _Intake] = weakref.WeakKeyDictionary()
+# The spool a C-STORE data set is received into, and the sinks of each association still
+# open (so that a transfer cut off by an abort does not leave its file behind). pynetdicom
+# makes the file with no reference to the association, but in the association's reader
+# thread (a DULServiceProvider, whose ``assoc`` names it), which is how it is found here.
+_spool: Spool | None = None
+_open_sinks: weakref.WeakKeyDictionary[Association, weakref.WeakSet[SpoolSink]] = (
+    weakref.WeakKeyDictionary()
+)
 _pynetdicom_temporary_file = dimse_messages.NamedTemporaryFile
 
 
 def _received_dataset_file(*args: Any, **kwargs: Any) -> Any:
-    assoc = getattr(threading.current_thread(), "assoc", None)
-    intake = _INTAKES.get(assoc) if assoc is not None else None
-    if intake is None:
-        # Not an association of this archive's DIMSE server (none is, outside `nubis serve`).
+    if _spool is None:  # no DIMSE server in this process: pynetdicom's own behaviour
         return _pynetdicom_temporary_file(*args, **kwargs)
-    sink = SpoolSink(intake.spool)
-    intake.sinks.add(sink)
+    sink = SpoolSink(_spool)
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    if assoc is not None:
+        with contextlib.suppress(TypeError):  # not weakly referenceable: not an Association
+            _open_sinks.setdefault(assoc, weakref.WeakSet()).add(sink)
     return sink
 
 
-def _receive_into_spool() -> None:
-    """Have pynetdicom write received C-STORE data sets into the spool as they arrive.
+def _receive_into_spool(spool: Spool) -> None:
+    """Have pynetdicom write received C-STORE data sets into ``spool`` as they arrive.
 
-    Process-wide (pynetdicom has one configuration per process); associations of other AEs
-    in the process keep pynetdicom's own temporary file.
+    Process-wide, as pynetdicom's configuration is (a process serves one archive): whatever
+    AE of the process receives a C-STORE, its handler must take the data set from the
+    :class:`SpoolSink`; ``event.dataset`` would read the sealed file as ciphertext.
     """
+    global _spool
+    _spool = spool
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _received_dataset_file  # type: ignore[assignment]
 
@@ -225,7 +224,7 @@ class Handlers:
         self._commitments: weakref.WeakKeyDictionary[Association, list[Dataset]] = (
             weakref.WeakKeyDictionary()
         )
-        _receive_into_spool()
+        _receive_into_spool(archive.spool)
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
@@ -266,7 +265,6 @@ class Handlers:
             assoc.kill()
             return
         self._perms[assoc] = decision.permissions
-        _INTAKES[assoc] = _Intake(self.archive.spool)
         perms = decision.permissions
         self._principals[assoc] = dimse_principal(
             self.archive.settings, calling, address, may_read=perms.query or perms.retrieve
@@ -284,10 +282,9 @@ class Handlers:
     def on_closed(self, event: Event) -> None:
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         log.info("association with %s %s", _peer(event.assoc), how)
-        intake = _INTAKES.pop(event.assoc, None)
         # An object cut off mid-transfer (or received but never handled) leaves a spool
         # file no handler will take: remove it now rather than at the next start.
-        for sink in list(intake.sinks) if intake is not None else []:
+        for sink in list(_open_sinks.pop(event.assoc, ())):
             sink.close()
 
     def principal(self, assoc: Association) -> Principal:
@@ -795,8 +792,9 @@ def _refusal(event: Event, status: int, comment: str) -> Dataset:
     a refusal carries (PS3.4 C.4.2.1.4.2, C.4.3.1.3.2). Returns the status for a C-GET
     handler to yield.
 
-    The response primitive is corrected in this association's ``dimse.send_msg``, wrapped
-    for this one response only, so it holds whatever encodes the message afterwards.
+    The response primitive, not an encoded message, is corrected, in a wrapper of this
+    association's ``dimse.send_msg`` that lasts for this one response; so the correction
+    holds whichever DIMSE provider encodes the message (pynetdicom's or nubis's own).
     """
     dimse = event.assoc.dimse
     msg_id = event.request.MessageID
