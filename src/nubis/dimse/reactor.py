@@ -250,12 +250,49 @@ class FastDIMSE(DIMSEServiceProvider):
             self.dul.send_pdu(pdata)
 
 
-class EventDrivenAssociation(Association):
+class RaceFreePause:
+    """Mixin for pynetdicom's Association: a thread that pauses the reactor to use the
+    association itself (``send_*``: clear the checkpoint, wait for ``_is_paused``) is never
+    let through while the reactor is still on its way to look at the message queue.
+
+    pynetdicom 3.0's reactor sets ``_is_paused = True``, passes the checkpoint and sets it
+    False; a thread that clears the checkpoint between the last two steps sees the stale True,
+    sends its request, and when the answer comes back within the reactor's turn the reactor
+    takes it ("Received unexpected C-ECHO service message") while the sender waits for the
+    DIMSE timeout. A fast peer makes that likely: 2 in 300 C-FIND + C-ECHO pairs here. Here
+    leaving the paused state waits while a pause is requested, under a lock the readers of
+    ``_is_paused`` share, so the sender either sees False and waits, or the reactor stays put.
+    """
+
+    _reactor_checkpoint: threading.Event
+
+    def _init_pause(self) -> None:
+        self._pause_lock = threading.Lock()
+        self._paused = False
+
+    @property
+    def _is_paused(self) -> bool:
+        with self._pause_lock:
+            return self._paused
+
+    @_is_paused.setter
+    def _is_paused(self, value: bool) -> None:
+        checkpoint = getattr(self, "_reactor_checkpoint", None)
+        while True:
+            with self._pause_lock:
+                if value or checkpoint is None or checkpoint.is_set():
+                    self._paused = value
+                    return
+            checkpoint.wait()  # a pause was requested: stay paused until it is over
+
+
+class EventDrivenAssociation(RaceFreePause, Association):
     """An acceptor association whose thread waits on an Event instead of polling every 1 ms."""
 
     def __init__(self, ae: ApplicationEntity, mode: str) -> None:
         self._nubis_wake = threading.Event()
         self._killed = False
+        self._init_pause()
         super().__init__(ae, mode)
         self.dul = EventDrivenDUL(self, self._nubis_wake.set)
         # The timeout setters push their values into the DUL's timers: apply them to the new one.
