@@ -265,6 +265,7 @@ def test_retirement_rewraps_patient_keys_so_the_old_kek_can_go(keyring: Keyring)
     under_k1 = _wrap(node, "P1")  # P1's patient key and this blob's DEK: both under k1
     keyring.rotate()
     under_k2 = _wrap(node, "P1")  # the DEK under k2, the patient key still wrapped by k1
+    assert node.unwrap(under_k2, aad=AAD) == DEK  # a node that caches has it, wrapped by k1
     with pytest.raises(BadRequest):
         node.retire("k2")  # the current one
     with pytest.raises(KeyUnavailable):

@@ -3,13 +3,18 @@ RGW bucket, and nothing else a request needs. What one node stores, the other se
 deletes; a node SIGKILLed in the middle of ingest loses no acknowledged object, leaves no index
 row without its blob, and the orphans it leaves are reaped when it comes back.
 
-Both nodes read the same key material (the keyring and the audit signing key), as every node of
-a deployment is given the same secrets; each has its own data folder for its temporary spool.
+Both nodes are given the same read-only secrets, as every node of a deployment is: the KEK
+secret of the index keyring (patient keys live in the index, so no node writes a key file) and
+the audit signing key. Neither node writes to them, and each has its own data folder for its
+temporary spool.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,8 +34,11 @@ from integration.server import ACCEPT_AS_STORED, Server, parse_multipart, start_
 from integration.test_durability import Ledger, UidMaker, _client, _templates
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.registry import open_blob_store
-from nubis.crypto.local_keys import LocalKeyring
+from nubis.crypto.index_keys import KekSecret
+from nubis.crypto.registry import open_key_provider
+from nubis.index.database import Index
 from nubis.ports.blobs import BlobContext
+from nubis.security.audit import SigningKey
 from nubis.tools import synth
 
 
@@ -41,6 +49,10 @@ class Cluster:
     secrets: Path
     env: dict[str, str]
     nodes: list[Server]
+
+    def secrets_as_given(self) -> dict[str, tuple[int, bytes]]:
+        """Every file of the secrets folder: mode and content (to show no node wrote there)."""
+        return {p.name: (p.stat().st_mode, p.read_bytes()) for p in self.secrets.iterdir()}
 
     def start(self, tmp_path: Path, name: str, **extra: str) -> Server:
         node = start_server(tmp_path / name, env={**self.env, **extra}, log_level="warning")
@@ -58,6 +70,10 @@ class Cluster:
                 )
             )
 
+    def patient_refs(self) -> list[str]:
+        with psycopg.connect(self.index_url) as conn:
+            return [r[0] for r in conn.execute("SELECT ref FROM patient_keys")]
+
     def doomed(self) -> set[str]:
         with psycopg.connect(self.index_url) as conn:
             return {r[0] for r in conn.execute("SELECT blob_key FROM doomed_blobs")}
@@ -67,22 +83,32 @@ class Cluster:
 def cluster(postgres, ceph: Ceph, tmp_path: Path) -> Iterator[Cluster]:  # type: ignore[no-untyped-def]
     index_url = postgres.database(f"scale_out_{time.monotonic_ns()}")
     blobs_url = ceph.url(f"scale-out-{time.monotonic_ns()}")
+    # Made before any node starts, as a deployment provisions them (nubis keys new-secret,
+    # nubis audit key), and read-only from then on.
     secrets = tmp_path / "secrets"
     secrets.mkdir()
+    (secrets / "nubis-keks").write_text(KekSecret.new().render())
+    SigningKey.load_or_create(secrets / "audit-signing.key")
+    for path in secrets.iterdir():
+        path.chmod(0o400)
     env = {
         "NUBIS_INDEX": index_url,
         "NUBIS_BLOBS": blobs_url,
-        "NUBIS_KEYRING": (secrets / "keyring.jsonl").as_uri(),
+        "NUBIS_KEYRING": "index+" + (secrets / "nubis-keks").as_uri(),
         "NUBIS_AUDIT_KEY": str(secrets / "audit-signing.key"),
         "NUBIS_WORKERS": "1",
         "NUBIS_DURABLE": "false",
     }
     running = Cluster(index_url, blobs_url, secrets, env, [])
+    given = running.secrets_as_given()
     try:
         yield running
     finally:
         for node in running.nodes:
             node.kill()
+    assert running.secrets_as_given() == given
+    for node in running.nodes:
+        assert not list(node.data_dir.glob("keyring*")), "a node made a local keyring"
 
 
 def _get(client: httpx.Client, url: str, **headers: str) -> httpx.Response:
@@ -108,6 +134,24 @@ def test_store_on_one_node_read_query_delete_on_the_other(cluster: Cluster, tmp_
         assert whole.status_code == 200
         got = parse_multipart(whole.content, whole.headers["content-type"])
         assert sorted(got) == sorted(p.read_bytes() for p in files)
+
+        # The patient's key is in the index, so a shred run from an operator's machine (given
+        # the same secrets, sharing no disk with the nodes) reaches both at their next read.
+        assert len(cluster.patient_refs()) == 1
+        shred = subprocess.run(
+            [sys.executable, "-m", "nubis", "keys", "shred-patient", patient.patient_id,
+             "--yes", "--data-dir", str(tmp_path / "operator")],
+            env={**os.environ, **cluster.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert shred.returncode == 0, shred.stdout + shred.stderr
+        assert cluster.patient_refs() == []
+        for node in (a, b):
+            erased = _get(client, f"{node.dicomweb}/studies/{study}", Accept=ACCEPT_AS_STORED)
+            assert erased.status_code == 410, erased.text
 
         deleted = client.delete(f"{b.dicomweb}/studies/{study}", headers=AUTH)
         assert deleted.status_code in (200, 204), deleted.text
@@ -153,9 +197,11 @@ def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
         [data] = parse_multipart(response.content, response.headers["content-type"])
         assert data == sent.data()
 
-    # Every index row has its blob in the bucket, holding exactly what a client sent.
+    # Every index row has its blob in the bucket, holding exactly what a client sent, under
+    # keys that only the index and the KEK secret hold.
     store = open_blob_store(cluster.blobs_url)
-    keys = LocalKeyring(cluster.secrets / "keyring.jsonl", create=False)
+    index = Index(cluster.index_url)
+    keys = open_key_provider(cluster.env["NUBIS_KEYRING"], index=index)
     plain = EncryptedBlobStore(store, keys)
     rows = cluster.rows()
     assert set(ledger.acknowledged) <= {r[0] for r in rows}
@@ -163,6 +209,7 @@ def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
         data = plain.read(key, context=BlobContext(partition, study, series, sop, sha))
         assert len(data) == size and hashlib.sha256(data).hexdigest() == sha
         assert data == ledger.sent[sop].data()
+    index.close()
 
     # Node A comes back: whatever its crash left in the bucket without an index row is reaped.
     cluster.nodes.remove(a)
