@@ -174,6 +174,20 @@ class _SharedPortServer(ThreadedAssociationServer):
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection; its TLS handshake happens on the association's first read, in
+        the association's own thread. pynetdicom shakes hands here, in the accept loop, with no
+        time limit: one peer that connects and says nothing stops every TLS association of the
+        process. Reads are bounded by the network timeout, so a peer that stops mid-PDU
+        ends its association instead of holding its thread forever."""
+        client, address = self.socket.accept()
+        client.settimeout(self.ae.network_timeout)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Set the association up in the listening thread: the request handler only builds it
         and starts its thread, so socketserver's extra thread per connection (started and
