@@ -86,6 +86,9 @@ class KekSecret:
     ref_key: bytes
     keks: tuple[tuple[str, bytes], ...]
 
+    def __repr__(self) -> str:
+        return f"KekSecret(ids={self.ids})"  # never the keys (tracebacks, test reports)
+
     @classmethod
     def new(cls) -> KekSecret:
         return cls(os.urandom(KEY_SIZE), (("k1", os.urandom(KEY_SIZE)),))

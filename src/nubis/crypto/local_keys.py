@@ -17,11 +17,15 @@ so the keyring names no patient to whoever reads it without knowing whom to look
 Several processes (HTTP workers, the CLI) share the file: each re-reads it when its inode or
 size changed (one ``stat`` per wrap or unwrap), so a rotation or a shred made by
 ``nubis keys`` reaches running workers on their next read. Shredding rewrites the file without
-the patient's keys and renames it into place. Limits, stated plainly: the old file's blocks may
-survive on the disk until overwritten (SSD wear levelling, copy-on-write filesystems, snapshots),
-and so may any backup of the keyring; keep the keyring off the data backups, on encrypted
-storage, and expire its backups, or use a KMS provider. The KEKs sit in this file in the clear:
-its protection is the file mode and the disk's; a KMS keeps them out of the host.
+the patient's keys and renames it into place; retiring a KEK rewrites it with the patient keys
+that KEK wrapped re-wrapped under the current one, and removing the KEK rewrites it without
+that line (every rewrite stamps a new generation into the first line).
+
+Limits, stated plainly: the old file's blocks may survive on the disk until overwritten (SSD
+wear levelling, copy-on-write filesystems, snapshots), and so may any backup of the keyring;
+keep the keyring off the data backups, on encrypted storage, and expire its backups, or use a
+KMS provider. The KEKs sit in this file in the clear: its protection is the file mode and the
+disk's; a KMS keeps them out of the host.
 """
 
 from __future__ import annotations
