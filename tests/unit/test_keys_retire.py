@@ -7,6 +7,7 @@ Over the local keyring and the index keyring (with its KEK secret handled as an 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,39 +84,32 @@ class Data:
             staged.replace(self.secret)
         return result
 
-    def archive(self) -> Archive:
+    @contextmanager
+    def archive(self) -> Iterator[Archive]:
         archive = Archive(load_settings(environ={}, overrides=self.overrides))
         archive.index.open()
         archive.audit.open()
-        return archive
+        try:
+            yield archive
+        finally:
+            archive.audit.close()
+            archive.index.close()
 
     def readable(self, studies: list[str]) -> bool:
-        archive = self.archive()
-        try:
+        with self.archive() as archive:
             for study in studies:
                 for inst in archive.retrieve.instances(cli_principal(), study):
                     archive.retrieve.read(inst, 0, 132)
-        finally:
-            archive.audit.close()
-            archive.index.close()
         return True
 
     def delete(self, studies: list[str]) -> None:
-        archive = self.archive()
-        try:
+        with self.archive() as archive:
             for study in studies:
                 archive.maintenance.delete(cli_principal(), study)
-        finally:
-            archive.audit.close()
-            archive.index.close()
 
     def retire_records(self) -> list[tuple[EventOutcome, str]]:
-        archive = self.archive()
-        try:
+        with self.archive() as archive:
             events = [r.event for r in archive.audit.scan(0, 10_000)]
-        finally:
-            archive.audit.close()
-            archive.index.close()
         return [
             (e.outcome, e.outcome_description or "")
             for e in events
