@@ -424,6 +424,7 @@ def _archive(
     from nubis.archive import Archive
     from nubis.cli.main import _load
     from nubis.crypto.registry import keyring_exists
+    from nubis.errors import NubisError
 
     settings = _load(config, {"data_dir": data_dir}, set_)
     # Opening an archive would make a keyring (and an index) where none is: a mistyped
@@ -431,7 +432,11 @@ def _archive(
     if not keyring_exists(settings.keyring_url):
         console.print(f"[red]no keyring at {settings.keyring_url}: nothing was ever encrypted here")
         raise typer.Exit(2)
-    archive = Archive(settings)
+    try:
+        archive = Archive(settings)
+    except NubisError as exc:  # e.g. a keyring or KEK secret others may read
+        console.print(f"[red]{exc.reason}; nothing changed")
+        raise typer.Exit(2) from None
     archive.index.migrate()
     archive.index.open()
     archive.audit.open()
