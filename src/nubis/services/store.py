@@ -104,9 +104,7 @@ class StoreService:
                     f"study {expected_study_uid} of the request URL",
                     dimse_status=0xA900,
                 )
-            record = self.guard.record_job(
-                self._event(principal, inspected, EventOutcome.SUCCESS)
-            )
+            record = self.guard.record_job(self._event(principal, inspected, EventOutcome.SUCCESS))
             result = self._commit(spooled, inspected, partition, record)
         except NubisError as exc:
             spooled.discard()
@@ -140,9 +138,7 @@ class StoreService:
         self, who: Principal, inspected: InspectedInstance, exc: NubisError
     ) -> None:
         try:
-            self.guard.record(
-                self._event(who, inspected, EventOutcome.MINOR_FAILURE, exc.reason)
-            )
+            self.guard.record(self._event(who, inspected, EventOutcome.MINOR_FAILURE, exc.reason))
         except NubisError:
             log.error("a refused store could not be recorded in the audit trail")
 
