@@ -158,13 +158,20 @@ def run_config(name: str, plan: Plan, corpus: Any, log: Callable[[str], None]) -
         if name.startswith("pg-ceph"):
             n_nodes = int(name.rsplit("-", 1)[1])
             secrets = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-k-")))
+            nubis = str(Path(sys.executable).parent / "nubis")
+            keks = secrets / "keks"
+            subprocess.run([nubis, "keys", "new-secret", "--out", str(keks)], check=True)
             env = {
                 "NUBIS_INDEX": stack.enter_context(throwaway_postgres()),
                 "NUBIS_BLOBS": stack.enter_context(throwaway_ceph()),
-                # Every node is given the same secrets, as a deployment mounts them.
-                "NUBIS_KEYRING": (secrets / "keyring.jsonl").as_uri(),
+                # Every node is given the same read-only secrets, as a deployment mounts them;
+                # patient keys live in the index.
+                "NUBIS_KEYRING": f"index+{keks.as_uri()}",
                 "NUBIS_AUDIT_KEY": str(secrets / "audit-signing.key"),
             }
+            subprocess.run(
+                [nubis, "audit", "key"], env={**os.environ, **env}, check=True, capture_output=True
+            )
         nodes = []
         for i in range(n_nodes):
             node = NubisServer(
