@@ -1,9 +1,12 @@
-"""How associations are run (nubis.dimse.reactor, nubis.dimse.server): idle associations cost
-no CPU, and a TLS peer that never finishes its handshake holds up no one else."""
+"""How associations are run (nubis.dimse.reactor, .listener, .server): idle associations cost
+no CPU, the workers share the associations evenly, and a TLS peer that never finishes its
+handshake holds up no one else."""
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +61,40 @@ def test_idle_associations_cost_no_cpu(server_factory) -> None:  # type: ignore[
         for a in assocs:
             status = a.send_c_echo()
             assert status is not None and status.Status == 0
+    finally:
+        for a in assocs:
+            a.release()
+        ae.shutdown()
+
+
+def _owners(port: int) -> list[int]:
+    """PIDs owning the established server side of connections to ``port`` (ss, iproute2)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [int(pid) for pid in re.findall(r"pid=(\d+)", out)]
+
+
+def test_associations_spread_over_workers(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """The workers accept from one shared socket, and a busy one lets an idle one go first:
+    four associations on two workers go two and two (with a socket per worker, SO_REUSEPORT,
+    the kernel's hash put three on one worker in most runs)."""
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is needed to see which process holds a connection")
+    port = free_port()
+    server_factory("dimse-spread", "--dimse-port", str(port), "--workers", "2")
+    listening = subprocess.run(
+        ["ss", "-tlnH", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    assert len(listening.strip().splitlines()) == 1, listening
+    ae = ApplicationEntity(ae_title="SPREAD")
+    ae.add_requested_context(Verification)
+    assocs = [ae.associate("127.0.0.1", port, ae_title=AE) for _ in range(4)]
+    try:
+        assert all(a.is_established for a in assocs)
+        owners = _owners(port)
+        assert sorted(collections.Counter(owners).values()) == [2, 2], owners
     finally:
         for a in assocs:
             a.release()

@@ -17,6 +17,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import UID, AllTransferSyntaxes
@@ -35,6 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from nubis.dimse.handlers import Handlers
+from nubis.dimse.listener import SharedListener
 from nubis.dimse.peers import AccessPolicy, PeerTable
 from nubis.dimse.reactor import EventDrivenRequestHandler
 
@@ -48,6 +50,12 @@ log = logging.getLogger("nubis.dimse")
 # UID.__new__ re-validates each with a regex (40 ms per acceptor). A UID is an immutable str, so
 # its deep copy may be itself.
 UID.__deepcopy__ = lambda self, memo: self  # type: ignore[method-assign,assignment]
+
+# A worker with N associations (set up or in use) waits N x SPREAD_DELAY (at most SPREAD_DELAY_MAX)
+# before taking a new connection from the queue all workers share, so an idle worker takes it:
+# four simultaneous associations then go 2 + 2 over two workers, not 3 + 1 or 4 + 0.
+SPREAD_DELAY = 0.002
+SPREAD_DELAY_MAX = 0.010
 
 # Largest P-DATA PDU we receive. Big PDUs mean fewer Python-level PDU decodes per object; the
 # sender still caps them at its own limit (PS3.8 D.1).
@@ -117,6 +125,7 @@ class DimseServer:
         self.handlers = Handlers(archive, self.policy, s.ae_title)
         self.ae = build_ae(s.ae_title, max_associations=s.dimse_max_associations)
         self._servers: list[ThreadedAssociationServer] = []
+        self._listeners: list[SharedListener] = []
         self.addresses: list[str] = []
 
     def start(self) -> None:
@@ -145,6 +154,9 @@ class DimseServer:
     def _listen(
         self, address: tuple[str, int], handlers: list[Any], ssl_context: ssl.SSLContext | None
     ) -> None:
+        # One accept queue for all workers of this data folder (see listener.py).
+        shared = SharedListener(self.settings.data_dir, *address)
+        self._listeners.append(shared)
         server = self.ae.make_server(
             address,
             evt_handlers=handlers,
@@ -152,7 +164,11 @@ class DimseServer:
             server_class=_SharedPortServer,
             # Associations that block until there is work instead of polling (see reactor.py).
             request_handler=EventDrivenRequestHandler,
+            listener=shared.socket,
+            spread=self.settings.worker_count > 1,
         )
+        # As AE.start_server does: AssociationServer.shutdown() takes itself off this list.
+        self.ae._servers.append(server)
         thread = threading.Thread(
             target=server.serve_forever, name=f"nubis-dimse-{address[1]}", daemon=True
         )
@@ -163,16 +179,39 @@ class DimseServer:
         for server in self._servers:
             server.shutdown()
         self._servers.clear()
+        for shared in self._listeners:
+            shared.close()
+        self._listeners.clear()
         self.ae.shutdown()
 
 
 class _SharedPortServer(ThreadedAssociationServer):
-    """Every worker process listens on the DICOM port (SO_REUSEPORT): the kernel spreads
-    associations over the workers as it spreads HTTP connections, so DIMSE uses every core."""
+    """Every worker process serves the DICOM port, accepting from the listening socket the
+    workers share (nubis.dimse.listener), so associations spread over the cores."""
+
+    def __init__(
+        self, *args: Any, listener: socket.socket, spread: bool = False, **kwargs: Any
+    ) -> None:
+        self._listener = listener
+        # Several worker processes accept from this socket (see get_request).
+        self.spread = spread
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        # Bound and listening already; socketserver's own new socket is not needed.
+        self.socket.close()
+        self.socket = self._listener
+        # Workers race for each connection: the losers must find accept() empty, not wait in
+        # it (and miss a shutdown request) until the next connection arrives.
+        self.socket.settimeout(0.0)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Listening already (SharedListener)."""
+
+    def server_close(self) -> None:
+        """Close our descriptor only: pynetdicom shuts the socket down, which would stop the
+        listening socket for every worker that shares it. SharedListener closes it."""
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection; its TLS handshake happens on the association's first read, in
@@ -180,6 +219,16 @@ class _SharedPortServer(ThreadedAssociationServer):
         time limit: one peer that connects and says nothing stops every TLS association of the
         process. Reads are bounded by the network timeout, so a peer that stops mid-PDU
         ends its association instead of holding its thread forever."""
+        if self.spread:
+            # All workers were woken for this connection; one with associations of its own
+            # lets the others try first (it loses nothing: the connection stays queued).
+            busy = sum(
+                1
+                for a in self.ae.active_associations
+                if not (a.is_released or a.is_aborted or a.is_rejected)  # set up or in use
+            )
+            if busy:
+                time.sleep(min(SPREAD_DELAY * busy, SPREAD_DELAY_MAX))
         client, address = self.socket.accept()
         client.settimeout(self.ae.network_timeout)
         if self.ssl_context:
