@@ -212,20 +212,6 @@ MAX_SERVER_RSS = 300 << 20  # far below the object: only a bounded receive fits
 CHUNK = 1 << 20
 
 
-def _process_tree_peak_rss(pid: int) -> int:
-    """The largest VmHWM among ``pid`` and its children (worker processes, if any)."""
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    peak = 0
-    for p in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-    return peak
-
-
 def _data_set_offset(head: bytes) -> int:
     """Where the data set starts in a PS3.10 file: after the preamble, "DICM" and the file
     meta group, whose length is the value of its first element (PS3.10 7.1)."""
@@ -311,7 +297,7 @@ def test_one_gigabyte_c_store_with_bounded_memory(tmp_path: Path) -> None:
             time.sleep(0.2)
 
     try:
-        idle = _process_tree_peak_rss(server.pid)
+        idle = server.peak_rss_bytes()
         sending.set()
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -325,7 +311,7 @@ def test_one_gigabyte_c_store_with_bounded_memory(tmp_path: Path) -> None:
         sending.clear()
         watcher.join()
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        after_store = _process_tree_peak_rss(server.pid)
+        after_store = server.peak_rss_bytes()
 
         url = (
             f"{server.dicomweb}/studies/{header.StudyInstanceUID}/series/"
@@ -337,7 +323,7 @@ def test_one_gigabyte_c_store_with_bounded_memory(tmp_path: Path) -> None:
         ):
             assert response.status_code == 200
             got = _retrieved_data_set_sha256(response)
-        after_retrieve = _process_tree_peak_rss(server.pid)
+        after_retrieve = server.peak_rss_bytes()
     finally:
         sending.clear()
         server.stop()
