@@ -1,20 +1,26 @@
 """Side-by-side DIMSE benchmark: Orthanc (Debian package) vs nubis, same corpus, one run.
 
 Usage:  .venv/bin/python bench/dimse.py [--targets orthanc,nubis] [--find-requests 200]
+                                        [--rounds 4]
 
 Figures (issue #3):
 - C-STORE with dcmtk storescu, one association (200 x 0.5 MB CT) and four associations
-  (4 x 50), instances/s;
+  (4 x 50), instances/s: the median of ``--rounds`` rounds, each on new instances;
 - C-FIND at study level by PatientID over 2,000 studies, p50: one findscu process per query
   (what a script or a PACS integration pays) and a pynetdicom client on one association.
+
+Both servers run at once and take turns: round by round for C-STORE, query by query for
+C-FIND, who goes first alternating. The machine is shared (2 cores, other sessions' work
+and a virtual machine's neighbours); taking turns puts both targets under the same
+conditions, where one target after the other saw the client alone vary by half.
 
 With them, what the clients cost by themselves, so a reader can tell server time from client
 time: the findscu process alone (its port refused: start-up and data dictionary only), an
 echoscu process (association set-up, C-ECHO, release) and a C-ECHO on the pynetdicom
-association, interleaved with its C-FINDs. Every phase also records its wall time, the
+association, interleaved with its C-FINDs. Every phase also records its wall time, each
 server's CPU seconds (its process tree), the clients' CPU seconds and the rest of the
 machine's ("other": work of other sessions; above a quarter of a core the phase is flagged),
-and the load average: the machine has 2 cores shared with other work.
+and the load average.
 
 Both servers run on 127.0.0.1 with their shipped defaults (nubis: durable=true, fsync before
 each acknowledgement, authentication, audit and encryption at rest on), except that
@@ -37,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,28 +126,27 @@ def _client_cpu() -> float:
 
 
 @contextmanager
-def phase(name: str, server_pid: int, record: dict[str, Any]) -> Iterator[None]:
-    """Record wall time, server / client / other CPU seconds and the load average of a phase."""
+def phase(name: str, servers: dict[str, int], record: dict[str, Any]) -> Iterator[None]:
+    """Record wall time, each server's CPU seconds, the clients' and the rest of the
+    machine's ("other") CPU seconds, and the load average, of one phase."""
     load = os.getloadavg()[0]
-    wall, server, client, machine = (
-        time.perf_counter(),
-        process_tree_cpu(server_pid),
-        _client_cpu(),
-        machine_busy_cpu(),
-    )
+    wall, client, machine = time.perf_counter(), _client_cpu(), machine_busy_cpu()
+    server = {name: process_tree_cpu(pid) for name, pid in servers.items()}
     yield
     wall = time.perf_counter() - wall
-    server = process_tree_cpu(server_pid) - server
+    server = {name: process_tree_cpu(pid) - server[name] for name, pid in servers.items()}
     client = _client_cpu() - client
-    other = max(0.0, machine_busy_cpu() - machine - server - client)
-    record[name] = {
-        "wall_s": round(wall, 3),
-        "server_cpu_s": round(server, 3),
-        "client_cpu_s": round(client, 3),
-        "other_cpu_s": round(other, 3),
-        "loadavg_1m_before": round(load, 2),
-        "noisy": other / wall > OTHER_CPU_FLAG,
-    }
+    other = max(0.0, machine_busy_cpu() - machine - sum(server.values()) - client)
+    record.setdefault(name, []).append(
+        {
+            "wall_s": round(wall, 3),
+            "server_cpu_s": {k: round(v, 3) for k, v in server.items()},
+            "client_cpu_s": round(client, 3),
+            "other_cpu_s": round(other, 3),
+            "loadavg_1m_before": round(load, 2),
+            "noisy": other / wall > OTHER_CPU_FLAG,
+        }
+    )
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -162,22 +167,18 @@ def store_rate(port: int, aec: str, files: list[Path], associations: int) -> flo
     return len(files) / (time.perf_counter() - start)
 
 
-def process_p50(
-    make_args: Callable[[str], list[str]], patient_ids: list[str], refused: bool = False
-) -> float:
-    """p50 of one client process per patient ID; ``refused``: the connection must fail."""
-    times = []
-    for pid in patient_ids:
-        start = time.perf_counter()
-        proc = _run(make_args(pid))
-        times.append(time.perf_counter() - start)
-        if (proc.returncode != 0) != refused or (refused and "refused" not in proc.stderr):
-            raise RuntimeError(f"{make_args(pid)[0]} exited {proc.returncode}: {proc.stderr}")
-    return statistics.median(times) * 1000
+def timed_process(args: list[str], refused: bool = False) -> float:
+    """Seconds one client process took; ``refused``: its connection must fail."""
+    start = time.perf_counter()
+    proc = _run(args)
+    elapsed = time.perf_counter() - start
+    if (proc.returncode != 0) != refused or (refused and "refused" not in proc.stderr):
+        raise RuntimeError(f"{args[0]} exited {proc.returncode}: {proc.stderr}")
+    return elapsed
 
 
-def findscu_args(port: int, aec: str) -> Callable[[str], list[str]]:
-    return lambda pid: [
+def findscu_args(port: int, aec: str, pid: str) -> list[str]:
+    return [
         "findscu", "-S", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port),
         "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={pid}",
         "-k", "StudyInstanceUID", "-k", "PatientName", "-k", "StudyDate",
@@ -204,102 +205,146 @@ def _nodelay(event: Any) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def pynetdicom_p50(port: int, aec: str, patient_ids: list[str]) -> tuple[float, float, int]:
-    """C-FIND p50, C-ECHO p50 (interleaved, same association) and the number of matches."""
+def _associate(port: int, aec: str) -> Any:
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(Verification)
     assoc = ae.associate(
         "127.0.0.1", port, ae_title=aec, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
     )
-    assert assoc.is_established, "C-FIND association refused"
-    finds, echoes, matches = [], [], 0
-    try:
-        for pid in patient_ids:
-            ds = Dataset()
-            ds.QueryRetrieveLevel = "STUDY"
-            ds.PatientID = pid
-            ds.StudyInstanceUID = ""
-            ds.PatientName = ""
-            ds.StudyDate = ""
-            start = time.perf_counter()
-            for status, found in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
-                if found is not None and status.Status in (0xFF00, 0xFF01):
-                    matches += 1
-            finds.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            status = assoc.send_c_echo()
-            echoes.append(time.perf_counter() - start)
-            assert status is not None and status.Status == 0, "C-ECHO failed"
-    finally:
-        assoc.release()
-    return statistics.median(finds) * 1000, statistics.median(echoes) * 1000, matches
+    assert assoc.is_established, f"association with {aec} refused"
+    return assoc
 
 
-def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    stow = sorted((CORPUS / "stow-400").rglob("*.dcm"))
-    qido = sorted((CORPUS / "qido-2000").rglob("*.dcm"))
-    if len(stow) != 400 or len(qido) < 2000:
-        raise SystemExit("corpus missing: run bench/run.py --quick once to build it")
-    one, four = stow[:200], stow[200:]
+def find_and_echo(assoc: Any, pid: str) -> tuple[float, float, int]:
+    """Seconds of one C-FIND and of one C-ECHO on ``assoc``, and the C-FIND's matches."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = pid
+    ds.StudyInstanceUID = ""
+    ds.PatientName = ""
+    ds.StudyDate = ""
+    matches = 0
+    start = time.perf_counter()
+    for status, found in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
+        if found is not None and status.Status in (0xFF00, 0xFF01):
+            matches += 1
+    find = time.perf_counter() - start
+    start = time.perf_counter()
+    status = assoc.send_c_echo()
+    echo = time.perf_counter() - start
+    assert status is not None and status.Status == 0, "C-ECHO failed"
+    return find, echo, matches
+
+
+def _start(name: str) -> tuple[Any, int, str]:
     if name == "orthanc":
         server: Any = OrthancDimse(log_dir=RESULTS / "logs")
         server.start()
-        port, aec = server.dicom_port, "ORTHANC"
-    else:
-        server = NubisServer()
-        server.start()
-        port, aec = server.dicom_port, "NUBIS"
-    pid = server.proc.pid
-    phases: dict[str, Any] = {}
-    fig: dict[str, Any] = {"phases": phases}
+        return server, server.dicom_port, "ORTHANC"
+    server = NubisServer()
+    server.start()
+    return server, server.dicom_port, "NUBIS"
 
-    def say(key: str, label: str, unit: str) -> None:
-        p = phases[key]
-        print(
-            f"[{name}] {label}: {fig[key]:.1f} {unit}  (server CPU {p['server_cpu_s']:.2f} s,"
-            f" other CPU {p['other_cpu_s']:.2f} s, load {p['loadavg_1m_before']:.2f}"
-            f"{', NOISY' if p['noisy'] else ''})",
-            flush=True,
-        )
 
+def _turns(names: list[str], i: int) -> list[str]:
+    """The targets in the order of turn ``i``: who goes first alternates."""
+    return names if i % 2 == 0 else names[::-1]
+
+
+def run(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    stow = sorted((CORPUS / "stow-2000").rglob("*.dcm"))
+    qido = sorted((CORPUS / "qido-2000").rglob("*.dcm"))
+    if len(stow) < 400 * args.rounds or len(qido) < 2000:
+        raise SystemExit("corpus missing: run bench/run.py --full once to build it")
+    started: dict[str, tuple[Any, int, str]] = {}
     try:
-        with phase("store_1_assoc_per_s", pid, phases):
-            fig["store_1_assoc_per_s"] = store_rate(port, aec, one, 1)
-        say("store_1_assoc_per_s", "C-STORE 1 association", "inst/s")
-        with phase("store_4_assoc_per_s", pid, phases):
-            fig["store_4_assoc_per_s"] = store_rate(port, aec, four, 4)
-        say("store_4_assoc_per_s", "C-STORE 4 associations", "inst/s")
-        store_rate(port, aec, qido, 4)  # load, untimed
+        for name in names:
+            started[name] = _start(name)
+        pids = {name: s.proc.pid for name, (s, _, _) in started.items()}
+        phases: dict[str, Any] = {}
+        # "" holds what belongs to no target (the client alone).
+        samples: dict[str, dict[str, list[float]]] = {name: {} for name in ["", *names]}
+
+        def add(name: str, key: str, value: float) -> None:
+            samples[name].setdefault(key, []).append(value)
+
+        # C-STORE: rounds of 200 new instances on one association, then 200 on four, each
+        # round every target in turn (who goes first alternates); figures are the medians.
+        for r in range(args.rounds):
+            batch = stow[400 * r : 400 * (r + 1)]
+            for name in _turns(names, r):
+                _, port, aec = started[name]
+                with phase(f"{name}:store_1_assoc", pids, phases):
+                    add(name, "store_1_assoc_per_s", store_rate(port, aec, batch[:200], 1))
+                with phase(f"{name}:store_4_assoc", pids, phases):
+                    add(name, "store_4_assoc_per_s", store_rate(port, aec, batch[200:], 4))
+            print(
+                f"round {r + 1}: "
+                + ", ".join(
+                    f"{n} {samples[n]['store_1_assoc_per_s'][-1]:.0f} / "
+                    f"{samples[n]['store_4_assoc_per_s'][-1]:.0f} inst/s"
+                    for n in names
+                ),
+                flush=True,
+            )
+        for name in names:  # the C-FIND corpus, untimed
+            _, port, aec = started[name]
+            store_rate(port, aec, qido, 4)
+
         ids = synth.corpus_patient_ids(2000, seed=3)
         rng = random.Random(7)
         chosen = [rng.choice(ids) for _ in range(args.find_requests)]
         half = chosen[: args.find_requests // 2]
-        with phase("find_findscu_p50_ms", pid, phases):
-            fig["find_findscu_p50_ms"] = process_p50(findscu_args(port, aec), half)
-        say("find_findscu_p50_ms", "C-FIND findscu p50", "ms")
-        with phase("echoscu_p50_ms", pid, phases):
-            fig["echoscu_p50_ms"] = process_p50(
-                lambda _: ["echoscu", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port)],
-                half,
-            )
-        say("echoscu_p50_ms", "echoscu p50 (association, C-ECHO, release)", "ms")
         refused = free_port()  # nothing listens there: findscu's own start-up, no server
-        with phase("findscu_alone_p50_ms", pid, phases):
-            fig["findscu_alone_p50_ms"] = process_p50(
-                findscu_args(refused, aec), half, refused=True
-            )
-        say("findscu_alone_p50_ms", "findscu alone p50 (port refused)", "ms")
-        with phase("find_pynetdicom_p50_ms", pid, phases):
-            p50, echo_p50, matches = pynetdicom_p50(port, aec, chosen)
-        fig["find_pynetdicom_p50_ms"], fig["find_matches"] = p50, matches
-        fig["echo_pynetdicom_p50_ms"] = echo_p50
-        phases["echo_pynetdicom_p50_ms"] = phases["find_pynetdicom_p50_ms"]
-        say("find_pynetdicom_p50_ms", f"C-FIND pynetdicom p50 ({matches} matches)", "ms")
-        say("echo_pynetdicom_p50_ms", "C-ECHO pynetdicom p50 (same association)", "ms")
-        return fig
+        # One client process per query, the targets taking turns query by query.
+        with phase("findscu", pids, phases):
+            for i, pid in enumerate(half):
+                for name in _turns(names, i):
+                    _, port, aec = started[name]
+                    add(name, "find_findscu_ms", timed_process(findscu_args(port, aec, pid)))
+                add("", "findscu_alone_ms", timed_process(findscu_args(refused, "X", pid), True))
+        with phase("echoscu", pids, phases):
+            for i, _pid in enumerate(half):
+                for name in _turns(names, i):
+                    _, port, aec = started[name]
+                    echo = ["echoscu", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port)]
+                    add(name, "echoscu_ms", timed_process(echo))
+        # One pynetdicom association per target, the same queries in turn.
+        assocs = {name: _associate(*started[name][1:]) for name in names}
+        matches = dict.fromkeys(names, 0)
+        try:
+            with phase("pynetdicom", pids, phases):
+                for i, pid in enumerate(chosen):
+                    for name in _turns(names, i):
+                        find, echo, found = find_and_echo(assocs[name], pid)
+                        add(name, "find_pynetdicom_ms", find)
+                        add(name, "echo_pynetdicom_ms", echo)
+                        matches[name] += found
+        finally:
+            for assoc in assocs.values():
+                assoc.release()
     finally:
-        server.stop()
+        for server, _, _ in started.values():
+            server.stop()
+
+    alone = samples.pop("")["findscu_alone_ms"]
+    results: dict[str, Any] = {"phases": phases}
+    for name in names:
+        s = samples[name]
+        results[name] = {
+            "store_1_assoc_per_s": statistics.median(s["store_1_assoc_per_s"]),
+            "store_4_assoc_per_s": statistics.median(s["store_4_assoc_per_s"]),
+            "store_1_assoc_rounds": [round(v, 1) for v in s["store_1_assoc_per_s"]],
+            "store_4_assoc_rounds": [round(v, 1) for v in s["store_4_assoc_per_s"]],
+            "find_findscu_p50_ms": statistics.median(s["find_findscu_ms"]) * 1000,
+            "echoscu_p50_ms": statistics.median(s["echoscu_ms"]) * 1000,
+            "findscu_alone_p50_ms": statistics.median(alone) * 1000,
+            "find_pynetdicom_p50_ms": statistics.median(s["find_pynetdicom_ms"]) * 1000,
+            "echo_pynetdicom_p50_ms": statistics.median(s["echo_pynetdicom_ms"]) * 1000,
+            "find_matches": matches[name],
+        }
+    return results
 
 
 ROWS = [
@@ -317,10 +362,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--targets", default="orthanc,nubis")
     parser.add_argument("--find-requests", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=4, help="C-STORE rounds (at most 5)")
     args = parser.parse_args()
     # Inherited by Orthanc and the dcmtk tools: see the module docstring.
     os.environ["TCP_NODELAY"] = "1"
-    results = {name: run_target(name, args) for name in args.targets.split(",")}
+    names = args.targets.split(",")
+    results = run(names, args)
     print(f"\n{orthanc_version()}")
     print(f"{'figure':50} {'orthanc':>10} {'nubis':>10} {'ratio':>7}")
     for label, key, higher_better in ROWS:
@@ -328,14 +375,21 @@ def main() -> None:
         n = results.get("nubis", {}).get(key)
         ratio = (n / o if higher_better else o / n) if o and n else float("nan")
         print(f"{label:50} {o or float('nan'):10.1f} {n or float('nan'):10.1f} {ratio:6.2f}x")
-    noisy = [
-        f"{target}:{key}"
-        for target, fig in results.items()
-        for key, p in fig["phases"].items()
-        if p["noisy"]
-    ]
-    if noisy:
-        print(f"\nother work used over {OTHER_CPU_FLAG} core during: {', '.join(noisy)}")
+    for name in names:
+        r = results[name]
+        print(
+            f"{name}: C-STORE rounds {r['store_1_assoc_rounds']} / {r['store_4_assoc_rounds']},"
+            f" {r['find_matches']} C-FIND matches"
+        )
+    print("\nCPU seconds per phase (server by target, client, other) and load average:")
+    for key, runs in results["phases"].items():
+        for p in runs:
+            servers = ", ".join(f"{k} {v:.2f}" for k, v in p["server_cpu_s"].items())
+            print(
+                f"  {key:24} wall {p['wall_s']:6.2f}  server {servers}  client"
+                f" {p['client_cpu_s']:.2f}  other {p['other_cpu_s']:.2f}"
+                f"  load {p['loadavg_1m_before']:.2f}{'  NOISY' if p['noisy'] else ''}"
+            )
     out = RESULTS / f"dimse-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwritten {out}")
