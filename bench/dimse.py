@@ -1,7 +1,7 @@
 """Side-by-side DIMSE benchmark: Orthanc (Debian package) vs nubis, same corpus, one run.
 
 Usage:  .venv/bin/python bench/dimse.py [--targets orthanc,nubis] [--find-requests 200]
-                                        [--rounds 4]
+                                        [--rounds 4] [--baseline OTHER_TREE/src]
 
 Figures (issue #3):
 - C-STORE with dcmtk storescu, one association (200 x 0.5 MB CT) and four associations
@@ -85,11 +85,19 @@ class OrthancDimse(OrthancServer):
 
 
 class NubisServer:
-    def __init__(self) -> None:
+    """``nubis serve`` of this checkout, or of the source folder ``src`` (a baseline)."""
+
+    def __init__(self, src: Path | None = None) -> None:
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-nubis-dimse-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env = dict(os.environ)
+        if src is not None:
+            # Ahead of the editable install's path: that tree's nubis package is imported.
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                [str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
+            )
 
     def start(self) -> None:
         import httpx
@@ -99,7 +107,7 @@ class NubisServer:
             [str(ROOT / ".venv/bin/nubis"), "serve", "--data-dir", str(self.workdir / "data"),
              "--http-port", str(self.http_port), "--dimse-port", str(self.dicom_port),
              "--set", "log_level=warning"],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, env=self.env,
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -237,19 +245,20 @@ def find_and_echo(assoc: Any, pid: str) -> tuple[float, float, int]:
     return find, echo, matches
 
 
-def _start(name: str) -> tuple[Any, int, str]:
+def _start(name: str, baseline: Path | None) -> tuple[Any, int, str]:
     if name == "orthanc":
         server: Any = OrthancDimse(log_dir=RESULTS / "logs")
         server.start()
         return server, server.dicom_port, "ORTHANC"
-    server = NubisServer()
+    server = NubisServer(baseline if name == "baseline" else None)
     server.start()
     return server, server.dicom_port, "NUBIS"
 
 
 def _turns(names: list[str], i: int) -> list[str]:
-    """The targets in the order of turn ``i``: who goes first alternates."""
-    return names if i % 2 == 0 else names[::-1]
+    """The targets in the order of turn ``i``: who goes first rotates."""
+    k = i % len(names)
+    return names[k:] + names[:k]
 
 
 def run(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -260,7 +269,7 @@ def run(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
     started: dict[str, tuple[Any, int, str]] = {}
     try:
         for name in names:
-            started[name] = _start(name)
+            started[name] = _start(name, args.baseline)
         pids = {name: s.proc.pid for name, (s, _, _) in started.items()}
         phases: dict[str, Any] = {}
         # "" holds what belongs to no target (the client alone).
@@ -363,18 +372,27 @@ def main() -> None:
     parser.add_argument("--targets", default="orthanc,nubis")
     parser.add_argument("--find-requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=4, help="C-STORE rounds (at most 5)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="the src/ folder of another nubis tree (e.g. `git archive` of an older commit),"
+        " measured in the same run as target 'baseline'",
+    )
     args = parser.parse_args()
     # Inherited by Orthanc and the dcmtk tools: see the module docstring.
     os.environ["TCP_NODELAY"] = "1"
-    names = args.targets.split(",")
+    names = args.targets.split(",") + (["baseline"] if args.baseline else [])
     results = run(names, args)
+    nan = float("nan")
     print(f"\n{orthanc_version()}")
-    print(f"{'figure':50} {'orthanc':>10} {'nubis':>10} {'ratio':>7}")
+    base = "baseline" in results
+    print(f"{'figure':50} {'orthanc':>10}{' baseline' if base else ''} {'nubis':>10} {'ratio':>7}")
     for label, key, higher_better in ROWS:
         o = results.get("orthanc", {}).get(key)
         n = results.get("nubis", {}).get(key)
-        ratio = (n / o if higher_better else o / n) if o and n else float("nan")
-        print(f"{label:50} {o or float('nan'):10.1f} {n or float('nan'):10.1f} {ratio:6.2f}x")
+        b = f" {results['baseline'].get(key, nan):8.1f}" if base else ""
+        ratio = (n / o if higher_better else o / n) if o and n else nan
+        print(f"{label:50} {o or nan:10.1f}{b} {n or nan:10.1f} {ratio:6.2f}x")
     for name in names:
         r = results[name]
         print(
