@@ -84,10 +84,18 @@ def test_associations_spread_over_workers(server_factory) -> None:  # type: igno
         pytest.skip("ss (iproute2) is needed to see which process holds a connection")
     port = free_port()
     server_factory("dimse-spread", "--dimse-port", str(port), "--workers", "2")
-    listening = subprocess.run(
-        ["ss", "-tlnH", f"( sport = :{port} )"], capture_output=True, text=True, check=True
-    ).stdout
-    assert len(listening.strip().splitlines()) == 1, listening
+    # /-/ready answers once one worker is up; wait for the second to hold the socket too.
+    deadline = time.monotonic() + 20
+    while True:
+        listening = subprocess.run(
+            ["ss", "-tlnpH", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+        ).stdout
+        holders = set(re.findall(r"pid=(\d+)", listening))
+        if len(holders) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    # One listening socket, held by both workers.
+    assert len(listening.strip().splitlines()) == 1 and len(holders) == 2, listening
     ae = ApplicationEntity(ae_title="SPREAD")
     ae.add_requested_context(Verification)
     assocs = [ae.associate("127.0.0.1", port, ae_title=AE) for _ in range(4)]
