@@ -146,6 +146,7 @@ class Archive:
         self.index.migrate()
         self.index.open()
         self.first_login_key = self._bootstrap_identity()
+        self._import_dimse_peer_file()
         leftovers = self.spool.clear()
         if leftovers:
             log.info("removed %d spool file(s) left by an interrupted run", leftovers)
@@ -164,6 +165,17 @@ class Archive:
                 report.doomed_deleted,
             )
         self.index.close()
+
+    def _import_dimse_peer_file(self) -> None:
+        """Earlier versions kept the DIMSE peers in a file per node; bring its entries into the
+        index table once, so existing set-ups keep their peers (see dimse/peers.py)."""
+        from nubis.dimse.peers import PeerError, PeerTable, import_legacy_file
+
+        try:
+            import_legacy_file(PeerTable(self.index), self.settings.dimse_peers_path)
+        except PeerError as exc:
+            # The file stays where it is; the node serves with the table as it is.
+            log.error("%s (not imported; fix it or use nubis dimse peers import)", exc)
 
     def _bootstrap_identity(self) -> str | None:
         """Apply admin_token, and on a fresh archive make the first admin key (returned once,

@@ -142,8 +142,14 @@ class Settings:
     )
     dimse_peers: str = _setting(
         "",
-        "TOML file of remote AEs (AE title, host, port, what each may do), edited with "
-        "nubis dimse peers. Empty: dimse-peers.toml in data_dir.",
+        "Peer file of earlier versions (TOML), imported into the index's peer table once at "
+        "start and renamed *.imported; the table is edited with nubis dimse peers. "
+        "Empty: dimse-peers.toml in data_dir.",
+    )
+    dimse_peers_cache_seconds: int = _setting(
+        5,
+        "Each process keeps the DIMSE peer table this long before reading it again; a change "
+        "or removal reaches every node within it (an AE not in the table re-reads it at once).",
     )
     dimse_unknown_callers: str = _setting(
         "loopback",

@@ -1,20 +1,26 @@
 """``nubis dimse``: talk DIMSE to remote AEs, and manage the peer table of the server.
 
 ``echo|find|move|get|store`` are SCU commands against any AE (nubis or another archive);
-``peers list|add|remove`` edit the remote AE table that C-MOVE destinations and access control
-come from (setting ``dimse_peers``); the running server picks up changes without a restart.
+``peers list|add|remove|import`` edit the remote AE table that C-MOVE destinations and access
+control come from: a table of the index, so every node sees the same peers; running nodes pick
+up changes within ``dimse_peers_cache_seconds``, without a restart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from nubis.dimse.peers import PeerTable
 
 console = Console(stderr=True)
 out = Console()
@@ -207,12 +213,16 @@ def store(
         raise typer.Exit(1)
 
 
-def _table(data_dir: Path | None, config: Path | None, set_: list[str] | None):  # type: ignore[no-untyped-def]
-    from nubis.cli.main import _load
+@contextmanager
+def _table(
+    data_dir: Path | None, config: Path | None, set_: list[str] | None
+) -> Iterator[PeerTable]:
+    """The peer table of the archive's index (migrated if it is behind)."""
+    from nubis.cli.jobs import open_index
     from nubis.dimse.peers import PeerTable
 
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    return PeerTable(settings.dimse_peers_path)
+    with open_index(data_dir, config, set_) as (_settings, index):
+        yield PeerTable(index)
 
 
 Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
@@ -222,13 +232,17 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's 
 
 @peers_app.command("list")
 def peers_list(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> None:
-    """Show the remote AEs and what each may do."""
-    table = Table("AE title", "host", "port", "store", "query", "retrieve")
-    peers = _table(data_dir, config, set_)
-    for p in peers.all():
-        table.add_row(p.ae_title, p.host, str(p.port), str(p.store), str(p.query), str(p.retrieve))
+    """Show the remote AEs, what each may do and the TLS certificate bound to it."""
+    table = Table("AE title", "host", "port", "store", "query", "retrieve", "TLS certificate")
+    with _table(data_dir, config, set_) as peers:
+        for p in peers.all():
+            cert = " ".join(
+                x for x in (p.tls_subject, p.tls_fingerprint and f"sha256:{p.tls_fingerprint}") if x
+            )
+            table.add_row(
+                p.ae_title, p.host, str(p.port), str(p.store), str(p.query), str(p.retrieve), cert
+            )
     out.print(table)
-    console.print(f"(from {peers.path})")
 
 
 @peers_app.command("add")
@@ -239,18 +253,33 @@ def peers_add(
     store: Annotated[bool, typer.Option(help="May C-STORE and request commitment.")] = True,
     query: Annotated[bool, typer.Option(help="May C-FIND.")] = True,
     retrieve: Annotated[bool, typer.Option(help="May C-MOVE and C-GET.")] = True,
+    tls_subject: Annotated[
+        str,
+        typer.Option(
+            help="Callers with this AE title must come over DICOM TLS with a client "
+            "certificate of this subject (RFC 4514, e.g. 'CN=ct1,O=Hospital')."
+        ),
+    ] = "",
+    tls_fingerprint: Annotated[
+        str,
+        typer.Option(
+            help="... or with exactly this certificate (SHA-256 fingerprint, as printed by "
+            "openssl x509 -noout -fingerprint -sha256)."
+        ),
+    ] = "",
     data_dir: DataDir = None,
     config: Config = None,
     set_: Set = None,
 ) -> None:
-    """Add or replace a remote AE."""
+    """Add or replace a remote AE (in the index: every node sees it)."""
     from nubis.dimse.peers import Peer, PeerError
 
     try:
-        peer = Peer(ae_title, host, port, store, query, retrieve)
+        peer = Peer(ae_title, host, port, store, query, retrieve, tls_subject, tls_fingerprint)
     except PeerError as exc:
         raise _fail(exc) from None
-    _table(data_dir, config, set_).put(peer)
+    with _table(data_dir, config, set_) as peers:
+        peers.put(peer)
     out.print(f"{peer.ae_title} saved")
 
 
@@ -262,7 +291,28 @@ def peers_remove(
     set_: Set = None,
 ) -> None:
     """Remove a remote AE."""
-    if not _table(data_dir, config, set_).remove(ae_title):
+    with _table(data_dir, config, set_) as peers:
+        removed = peers.remove(ae_title)
+    if not removed:
         console.print(f"[red]{ae_title} is not in the peer table")
         raise typer.Exit(1)
     out.print(f"{ae_title} removed")
+
+
+@peers_app.command("import")
+def peers_import(
+    file: Annotated[Path, typer.Argument(help="A dimse-peers.toml of an earlier version.")],
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Put the entries of a peer file into the table (replacing entries of the same AE title);
+    the file is left as it is. nubis serve imports its own dimse_peers file at start."""
+    from nubis.dimse.peers import PeerError
+
+    with _table(data_dir, config, set_) as peers:
+        try:
+            imported = peers.import_file(file)
+        except PeerError as exc:
+            raise _fail(exc) from None
+    out.print(f"{len(imported)} peer(s) imported from {file}")

@@ -17,6 +17,7 @@ import io
 import logging
 import secrets
 import socket
+import ssl
 import threading
 import weakref
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from nubis.dicom import transcode
-from nubis.dimse.peers import AccessPolicy, Permissions
+from nubis.dimse.peers import AccessPolicy, PeerCertificate, Permissions
 from nubis.errors import BadRequest, NotFound, NubisError
 from nubis.model.query import CFIND_LEVELS, parse_cfind
 from nubis.model.records import StoredInstance
@@ -257,9 +258,12 @@ class Handlers:
         primitive = assoc.requestor.primitive
         calling = str(primitive.calling_ae_title if primitive else "").strip()
         address = assoc.requestor.address
-        decision = self.policy.admit(calling, address)
+        certificate = _client_certificate(assoc)
+        decision = self.policy.admit(calling, address, certificate)
         if decision.permissions is None:
             log.warning("association from %s@%s rejected: %s", calling, address, decision.reason)
+            if decision.alert:
+                self._alert(calling, address, decision.reason)
             # Rejected permanent, by the service user, calling AE title not recognized.
             assoc.acse.send_reject(0x01, 0x01, 0x03)
             assoc.kill()
@@ -267,9 +271,32 @@ class Handlers:
         self._perms[assoc] = decision.permissions
         perms = decision.permissions
         self._principals[assoc] = dimse_principal(
-            self.archive.settings, calling, address, may_read=perms.query or perms.retrieve
+            self.archive.settings,
+            calling,
+            address,
+            may_read=perms.query or perms.retrieve,
+            certificate_subject=certificate.subject if certificate else None,
         )
         log.info("association request from %s@%s: %s", calling, address, decision.reason)
+
+    def _alert(self, calling: str, address: str, reason: str) -> None:
+        """Security Alert, Node Authentication (PS3.15 A.5.3.9): an AE title claimed with the
+        wrong certificate is an impersonation attempt, not a misconfigured modality."""
+        from nubis.model.audit import EventType
+        from nubis.security.audit_events import security_alert
+
+        who = Principal(
+            f"dimse:{calling}", "", frozenset(), via="dimse", peer=address, ae_title=calling
+        )
+        try:
+            self.archive.audit.record(
+                security_alert(
+                    who, EventType.NODE_AUTHENTICATION, description=reason, front_door="dimse"
+                )
+            )
+        except NubisError as exc:
+            # The association is refused whether or not the record could be written.
+            log.error("audit record of a refused DIMSE caller failed: %s", exc.reason)
 
     def on_accepted(self, event: Event) -> None:
         assoc = event.assoc
@@ -765,6 +792,19 @@ class Handlers:
             )
         finally:
             assoc.release()
+
+
+def _client_certificate(assoc: Association) -> PeerCertificate | None:
+    """The verified client certificate of a DICOM TLS association (the handshake is over by
+    the time the A-ASSOCIATE-RQ was read); None on the plain port or without one."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        der = sock.getpeercert(binary_form=True)
+    except (ValueError, OSError):
+        return None
+    return PeerCertificate.from_der(der) if der else None
 
 
 def _selection_status(exc: NubisError) -> int:

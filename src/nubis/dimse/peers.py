@@ -1,45 +1,76 @@
 """Remote AEs and who may do what over DIMSE.
 
-The peer table is a TOML file (setting ``dimse_peers``, by default ``dimse-peers.toml`` in the
-data folder), edited with ``nubis dimse peers add|remove|list`` and re-read by the server
-whenever it changes, so no restart is needed. It names each remote AE (AE title, host, port)
-and what it may do: store (C-STORE, storage commitment), query (C-FIND) and retrieve
-(C-MOVE, C-GET). C-MOVE sends only to destinations in this table (PS3.4 C.4.2.1.4.1: an
-unknown destination is 0xA801).
+The peer table is the index table ``dimse_peers`` (migration 0007), so every node of an
+archive admits the same callers and knows the same C-MOVE destinations; ``nubis dimse peers
+add|remove|list|import`` edit it through the index, from any machine with the archive's
+settings, while the nodes run. It names each remote AE (AE title, host, port), what it may do:
+store (C-STORE, storage commitment), query (C-FIND) and retrieve (C-MOVE, C-GET), and
+optionally the TLS client certificate it must present (subject and/or SHA-256 fingerprint).
+C-MOVE sends only to destinations in this table (PS3.4 C.4.2.1.4.1: an unknown destination is
+0xA801).
 
-A caller is admitted when its calling AE title is in the table and, if the entry has a host,
-it connects from that host. Callers not in the table are governed by
-``dimse_unknown_callers``: by default they are let in from the loopback interface only, so a
-fresh install is usable on one machine and closed to the network.
+A caller is admitted when its calling AE title is in the table, it connects from the entry's
+host (if any) and, if the entry binds a certificate, it came over DICOM TLS with that
+certificate (PS3.15 B.12; the CA is checked by the handshake, the binding here). Callers not in
+the table are governed by ``dimse_unknown_callers``: by default they are let in from the
+loopback interface only, so a fresh install is usable on one machine and closed to the network.
 
-A file rather than an index table: #3 runs DIMSE in one process per node; when nodes share an
-index (#5) the table should move into it (see docs/architecture.md).
+Each process keeps the table in memory for :data:`CACHE_SECONDS` (``dimse_peers_cache_seconds``)
+so admitting an association costs no query: a change or removal reaches every node within that
+time. A title not in the cached table re-reads it (at most every :data:`MISS_RELOAD_SECONDS`),
+so a peer just added is admitted at once.
+
+The TOML file nodes used to keep (``dimse-peers.toml`` in data_dir, setting ``dimse_peers``) is
+read once: ``nubis serve`` imports its entries into the table at start and renames it
+``*.imported``; ``nubis dimse peers import FILE`` does the same for any file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
-import json
 import logging
 import os
 import socket
 import threading
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from nubis.index.schema import dimse_peers
+
+if TYPE_CHECKING:
+    from nubis.index.database import Index
 
 log = logging.getLogger(__name__)
 
 _AE_MAX = 16  # PS3.5 Table 6.2-1: AE is at most 16 characters
+CACHE_SECONDS = 5.0
+MISS_RELOAD_SECONDS = 0.25
 
 
 class PeerError(ValueError):
     """A peer entry or the peer file is malformed; the message says what and where."""
 
 
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 fingerprint as 64 lower-case hex digits (``openssl x509 -fingerprint
+    -sha256`` prints it upper-case with colons)."""
+    digits = text.strip().replace(":", "").lower()
+    if digits.startswith("sha256="):
+        digits = digits[len("sha256=") :]
+    if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        raise PeerError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits)")
+    return digits
+
+
 @dataclass(frozen=True)
 class Peer:
-    """A remote AE: where to reach it and what it may do here."""
+    """A remote AE: where to reach it, what it may do here, which certificate it must show."""
 
     ae_title: str
     host: str = ""
@@ -47,6 +78,8 @@ class Peer:
     store: bool = True
     query: bool = True
     retrieve: bool = True
+    tls_subject: str = ""  # RFC 4514, as `nubis dimse peers list` and rejections print it
+    tls_fingerprint: str = ""  # SHA-256 of the DER certificate
 
     def __post_init__(self) -> None:
         title = self.ae_title.strip()
@@ -55,6 +88,33 @@ class Peer:
         if not 0 <= self.port < 65536:
             raise PeerError(f"port {self.port} of {title} is not 0-65535")
         object.__setattr__(self, "ae_title", title)
+        object.__setattr__(self, "tls_subject", self.tls_subject.strip())
+        if self.tls_fingerprint:
+            object.__setattr__(self, "tls_fingerprint", normalize_fingerprint(self.tls_fingerprint))
+
+    @property
+    def binds_certificate(self) -> bool:
+        return bool(self.tls_subject or self.tls_fingerprint)
+
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    """The client certificate a DICOM TLS caller presented (verified against dimse_tls_ca)."""
+
+    subject: str
+    fingerprint: str
+
+    @classmethod
+    def from_der(cls, der: bytes) -> PeerCertificate:
+        from cryptography import x509
+
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        return cls(subject, hashlib.sha256(der).hexdigest())
+
+    def matches(self, peer: Peer) -> bool:
+        if peer.tls_fingerprint and peer.tls_fingerprint != self.fingerprint:
+            return False
+        return not peer.tls_subject or peer.tls_subject == self.subject
 
 
 @dataclass(frozen=True)
@@ -70,80 +130,131 @@ class Permissions:
 ALL = Permissions(store=True, query=True, retrieve=True, known=False)
 
 
+def read_toml(path: Path) -> list[Peer]:
+    """The entries of a peer file of earlier versions (``[[peer]]`` tables)."""
+    try:
+        data = tomllib.loads(path.read_text())
+        return [Peer(**entry) for entry in data.get("peer", [])]
+    except (OSError, tomllib.TOMLDecodeError, TypeError, PeerError) as exc:
+        raise PeerError(f"cannot read DIMSE peer file {path}: {exc}") from exc
+
+
+def _row(peer: Peer, now: int) -> dict[str, Any]:
+    return {
+        "ae_title": peer.ae_title,
+        "host": peer.host,
+        "port": peer.port,
+        "may_store": peer.store,
+        "may_query": peer.query,
+        "may_retrieve": peer.retrieve,
+        "tls_subject": peer.tls_subject,
+        "tls_fingerprint": peer.tls_fingerprint,
+        "updated_at": now,
+    }
+
+
+def _peer(row: Any) -> Peer:
+    return Peer(
+        row.ae_title,
+        row.host,
+        int(row.port),
+        bool(row.may_store),
+        bool(row.may_query),
+        bool(row.may_retrieve),
+        row.tls_subject,
+        row.tls_fingerprint,
+    )
+
+
 class PeerTable:
-    """The peer file, loaded lazily and reloaded when its modification time changes."""
+    """The ``dimse_peers`` index table, cached in this process for ``cache_seconds``."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, index: Index, cache_seconds: float = CACHE_SECONDS) -> None:
+        self.index = index
+        self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
         self._peers: dict[str, Peer] = {}
+        self._loaded_at: float | None = None
 
-    def _load(self) -> dict[str, Peer]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._stamp, self._peers = None, {}
+    def _read(self) -> dict[str, Peer]:
+        with self.index.reading() as conn:
+            rows = conn.execute(sa.select(dimse_peers)).all()
+        return {p.ae_title: p for p in map(_peer, rows)}
+
+    def _cached(self, *, missing: str | None = None) -> dict[str, Peer]:
+        with self._lock:
+            now = time.monotonic()
+            age = None if self._loaded_at is None else now - self._loaded_at
+            stale = age is None or age >= self.cache_seconds
+            if not stale and missing is not None and missing not in self._peers:
+                stale = age is not None and age >= MISS_RELOAD_SECONDS
+            if stale:
+                # Under the lock: a burst of associations costs one query, not one each.
+                self._peers, self._loaded_at = self._read(), now
             return self._peers
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
-            return self._peers
-        try:
-            data = tomllib.loads(self.path.read_text())
-            peers = {}
-            for entry in data.get("peer", []):
-                peer = Peer(**entry)
-                peers[peer.ae_title] = peer
-        except (OSError, tomllib.TOMLDecodeError, TypeError, PeerError) as exc:
-            # Keep serving with the last good table rather than open or close everyone.
-            log.error(
-                "cannot read DIMSE peer file %s: %s (keeping the previous table)", self.path, exc
-            )
-            return self._peers
-        self._stamp, self._peers = stamp, peers
-        return peers
 
     def all(self) -> list[Peer]:
-        with self._lock:
-            return sorted(self._load().values(), key=lambda p: p.ae_title)
+        """Every entry, read now (not from the cache)."""
+        return sorted(self._read().values(), key=lambda p: p.ae_title)
 
     def get(self, ae_title: str) -> Peer | None:
-        with self._lock:
-            return self._load().get(ae_title.strip())
+        title = ae_title.strip()
+        return self._cached(missing=title).get(title)
 
     def put(self, peer: Peer) -> None:
         """Add or replace the entry for ``peer.ae_title``."""
-        with self._lock:
-            peers = dict(self._load())
-            peers[peer.ae_title] = peer
-            self._write(peers)
+        self.put_many([peer])
+
+    def put_many(self, peers: list[Peer]) -> None:
+        now = int(time.time() * 1000)
+
+        def job(conn: Any) -> None:
+            titles = [p.ae_title for p in peers]
+            if titles:
+                conn.execute(sa.delete(dimse_peers).where(dimse_peers.c.ae_title.in_(titles)))
+                conn.execute(sa.insert(dimse_peers), [_row(p, now) for p in peers])
+
+        self.index.write(job)
+        self._forget()
 
     def remove(self, ae_title: str) -> bool:
-        with self._lock:
-            peers = dict(self._load())
-            if peers.pop(ae_title.strip(), None) is None:
-                return False
-            self._write(peers)
-            return True
+        title = ae_title.strip()
 
-    def _write(self, peers: dict[str, Peer]) -> None:
-        lines = ["# Remote DICOM AEs of nubis; edit with `nubis dimse peers`.\n"]
-        for peer in sorted(peers.values(), key=lambda p: p.ae_title):
-            # JSON strings are valid TOML basic strings (same escapes for what AE/host can hold).
-            lines += [
-                "\n[[peer]]\n",
-                f"ae_title = {json.dumps(peer.ae_title)}\n",
-                f"host = {json.dumps(peer.host)}\n",
-                f"port = {peer.port}\n",
-                f"store = {str(peer.store).lower()}\n",
-                f"query = {str(peer.query).lower()}\n",
-                f"retrieve = {str(peer.retrieve).lower()}\n",
-            ]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(lines))
-        os.replace(tmp, self.path)  # readers see the old or the new table, never half of one
-        self._stamp = None
+        def job(conn: Any) -> int:
+            result = conn.execute(sa.delete(dimse_peers).where(dimse_peers.c.ae_title == title))
+            return int(result.rowcount or 0)
+
+        removed = self.index.write(job) > 0
+        self._forget()
+        return removed
+
+    def import_file(self, path: Path) -> list[Peer]:
+        """Put every entry of a peer file of earlier versions into the table (an entry of the
+        file replaces one of the same AE title: the file was that node's truth)."""
+        peers = read_toml(path)
+        self.put_many(peers)
+        return peers
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._loaded_at = None
+
+
+def import_legacy_file(table: PeerTable, path: Path) -> int:
+    """At start: import a node's old peer file once, then rename it ``*.imported`` so a
+    peer removed later through the index does not come back at the next start."""
+    if not path.is_file():
+        return 0
+    peers = table.import_file(path)
+    done = path.with_name(path.name + ".imported")
+    os.replace(path, done)
+    log.warning(
+        "imported %d DIMSE peer(s) from %s into the index; the file is now %s and no longer read",
+        len(peers),
+        path,
+        done,
+    )
+    return len(peers)
 
 
 def is_loopback(host: str) -> bool:
@@ -164,6 +275,8 @@ def _addresses(host: str) -> set[str]:
 class Decision:
     permissions: Permissions | None  # None: reject the association
     reason: str
+    # A known AE title with the wrong certificate (or none): a security alert, not a typo.
+    alert: bool = False
 
 
 class AccessPolicy:
@@ -175,13 +288,30 @@ class AccessPolicy:
         self.peers = peers
         self.unknown_callers = unknown_callers
 
-    def admit(self, calling_ae: str, address: str) -> Decision:
+    def admit(
+        self, calling_ae: str, address: str, certificate: PeerCertificate | None = None
+    ) -> Decision:
         peer = self.peers.get(calling_ae)
         if peer is not None:
             if peer.host and address not in _addresses(peer.host) | {peer.host}:
                 return Decision(
                     None, f"calling AE {peer.ae_title} is known, but not from host {address}"
                 )
+            if peer.binds_certificate:
+                if certificate is None:
+                    return Decision(
+                        None,
+                        f"calling AE {peer.ae_title} must present its TLS client certificate",
+                        alert=True,
+                    )
+                if not certificate.matches(peer):
+                    return Decision(
+                        None,
+                        f"calling AE {peer.ae_title} presented the certificate of "
+                        f"{certificate.subject!r} (SHA-256 {certificate.fingerprint}), "
+                        "not the one of its peer entry",
+                        alert=True,
+                    )
             perms = Permissions(peer.store, peer.query, peer.retrieve, known=True)
             return Decision(perms, f"known peer {peer.ae_title}")
         if self.unknown_callers == "allow":

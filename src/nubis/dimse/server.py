@@ -120,7 +120,7 @@ class DimseServer:
         s = archive.settings
         self.archive = archive
         self.settings = s
-        self.peers = PeerTable(s.dimse_peers_path)
+        self.peers = PeerTable(archive.index, s.dimse_peers_cache_seconds)
         self.policy = AccessPolicy(self.peers, s.dimse_unknown_callers)
         self.handlers = Handlers(archive, self.policy, s.ae_title)
         self.ae = build_ae(s.ae_title, max_associations=s.dimse_max_associations)

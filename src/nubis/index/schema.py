@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -317,12 +318,29 @@ retired_keks = Table(
     Column("kek_id", String(32), primary_key=True),
     Column("retired_at", BigInteger, nullable=False),
 )
+# Remote DIMSE AEs (migration 0007): one table for every node, so admission and C-MOVE
+# destinations are the same whichever node a caller reaches. An empty tls_subject /
+# tls_fingerprint binds no certificate to the AE title.
+dimse_peers = Table(
+    "dimse_peers",
+    metadata,
+    Column("ae_title", String(16), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("may_store", Boolean, nullable=False),
+    Column("may_query", Boolean, nullable=False),
+    Column("may_retrieve", Boolean, nullable=False),
+    Column("tls_subject", String(1024), nullable=False),
+    Column("tls_fingerprint", String(64), nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
 
 __all__ = [
     "api_keys",
     "audit_checkpoints",
     "audit_cursors",
     "audit_log",
+    "dimse_peers",
     "doomed_blobs",
     "erased_patient_keys",
     "grants",
