@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from integration import AUTH
 from integration.dimse_helpers import AE, free_port, need_dcmtk, run
 
 
 def make_pki(folder: Path) -> None:
-    """A throwaway CA, and a server and a client certificate it signs (openssl)."""
+    """A throwaway CA, and a server and two client certificates it signs (openssl)."""
 
     def ssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
     ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
         "-days", "2", "-subj", "/CN=nubis test CA")  # fmt: skip
-    for name in ("server", "client"):
+    for name in ("server", "client", "intruder"):
         ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
             "-out", f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
         ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
@@ -52,3 +55,67 @@ def test_tls_echo(server_factory, tmp_path: Path) -> None:  # type: ignore[no-un
         input="", capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert "Cipher is (NONE)" in old.stdout
+
+
+def _fingerprint(cert: Path) -> str:
+    out = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-fingerprint", "-sha256"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.strip().partition("=")[2]
+
+
+def test_tls_client_certificate_identifies_the_peer(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A peer entry binds its AE title to a client certificate (PS3.15 B.12: TLS peers
+    authenticate with certificates; issue 4: peers are identified by AE title, host and
+    certificate). With dimse_tls_ca set the handshake requires a certificate that CA signed;
+    then the calling AE title must come with the certificate its entry names, by subject or
+    SHA-256 fingerprint. Anything else is A-ASSOCIATE-RJ permanent, calling AE title not
+    recognized (PS3.8 7.1.1.9 / 9.3.4), recorded as a Security Alert (Node Authentication,
+    PS3.15 A.5.3.9); an entry bound to a certificate is refused on the plain port too."""
+    need_dcmtk("echoscu")
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make the test certificates")
+    make_pki(tmp_path)
+    tls_port, plain_port = free_port(), free_port()
+    server = server_factory(
+        "dimse-tls-identity",
+        "--dimse-port", str(plain_port),
+        "--set", f"dimse_tls_port={tls_port}",
+        "--set", f"dimse_tls_cert={tmp_path / 'server.crt'}",
+        "--set", f"dimse_tls_key={tmp_path / 'server.key'}",
+        "--set", f"dimse_tls_ca={tmp_path / 'ca.crt'}",
+        "--set", "dimse_unknown_callers=refuse",
+    )  # fmt: skip
+    data_dir = ["--data-dir", str(server.data_dir)]
+    nubis = [sys.executable, "-m", "nubis", "dimse", "peers", "add"]
+    run([*nubis, "BYSUBJECT", "127.0.0.1", "--tls-subject", "CN=client", *data_dir])
+    fingerprint = _fingerprint(tmp_path / "client.crt")
+    run([*nubis, "BYPRINT", "127.0.0.1", "--tls-fingerprint", fingerprint, *data_dir])
+    run([*nubis, "ANYCERT", "127.0.0.1", *data_dir])
+
+    def echo(
+        calling: str, who: str | None, port: int = tls_port
+    ) -> subprocess.CompletedProcess[str]:
+        tls = ["+tls", str(tmp_path / f"{who}.key"), str(tmp_path / f"{who}.crt")] if who else []
+        if port == tls_port:
+            tls += ["+cf", str(tmp_path / "ca.crt")] if who else ["+tla", "-ic"]
+        args = ["echoscu", *tls, "-aet", calling, "-aec", AE, "127.0.0.1", str(port)]
+        return run(args, check=False)
+
+    for calling in ("BYSUBJECT", "BYPRINT", "ANYCERT"):
+        assert echo(calling, "client").returncode == 0, calling
+    assert echo("ANYCERT", "intruder").returncode == 0  # no binding: any certificate of the CA
+    for calling in ("BYSUBJECT", "BYPRINT"):
+        wrong = echo(calling, "intruder")
+        assert wrong.returncode != 0
+        assert "Calling AE Title Not Recognized" in wrong.stdout + wrong.stderr
+        # No certificate: the handshake itself fails (dimse_tls_ca set).
+        assert echo(calling, None).returncode != 0
+        plain = echo(calling, None, plain_port)
+        assert "Calling AE Title Not Recognized" in plain.stdout + plain.stderr
+    # Security Alert (EventID 110113), Node Authentication (EventTypeCode 110126).
+    query = {"event": "110113", "limit": 100}
+    alerts = httpx.get(f"{server.url}/audit/records", params=query, headers=AUTH, timeout=30)
+    text = str(alerts.json()["records"])
+    assert "110126" in text and "intruder" in text and "BYSUBJECT" in text and "BYPRINT" in text

@@ -83,7 +83,7 @@ def tls_context(cert: str, key: str = "", ca: str = "") -> ssl.SSLContext:
     """Server context for the Basic TLS Secure Transport profile (PS3.15 B.12).
 
     TLS 1.2 and 1.3 only (BCP 195 as PS3.15 B.12 requires); with ``ca`` the caller must present
-    a certificate signed by it.
+    a certificate signed by it, which the peer table may bind to an AE title (peers.py).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -142,6 +142,11 @@ class DimseServer:
                 self._listen((host, s.dimse_port), handlers, None)
                 self.addresses.append(f"dicom://{s.ae_title}@{host}:{s.dimse_port}")
             if s.dimse_tls_cert:
+                if not s.dimse_tls_ca and any(p.binds_certificate for p in self.peers.all()):
+                    log.warning(
+                        "DIMSE peers bind client certificates but dimse_tls_ca is not set: "
+                        "no certificate is asked for, so those peers are refused"
+                    )
                 ctx = tls_context(s.dimse_tls_cert, s.dimse_tls_key, s.dimse_tls_ca)
                 self._listen((host, s.dimse_tls_port), handlers, ctx)
                 self.addresses.append(f"dicom+tls://{s.ae_title}@{host}:{s.dimse_tls_port}")
