@@ -757,7 +757,7 @@ class Handlers:
         self, ae_title: str, info: Dataset, event_type: int, instance: str
     ) -> None:
         """PS3.4 J.3.3: the SCP opens an association, proposing the SCP role for itself."""
-        from pynetdicom import AE
+        from nubis.dimse.reactor import RaceFreeAE
 
         peer = self.policy.peers.get(ae_title)
         if peer is None or not peer.host or not peer.port:
@@ -767,7 +767,7 @@ class Handlers:
                 ae_title,
             )
             return
-        ae = AE(ae_title=self.ae_title)
+        ae = RaceFreeAE(ae_title=self.ae_title)
         assoc = ae.associate(
             peer.host,
             peer.port,

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
@@ -284,6 +284,36 @@ class RaceFreePause:
                     self._paused = value
                     return
             checkpoint.wait()  # a pause was requested: stay paused until it is over
+
+
+class RaceFreeRequestor(RaceFreePause, Association):
+    """pynetdicom's association with the race of its reactor pause closed (see RaceFreePause);
+    its loops are pynetdicom's own."""
+
+    def __init__(self, ae: ApplicationEntity, mode: str) -> None:
+        self._init_pause()
+        super().__init__(ae, mode)
+
+
+class RaceFreeAE(AE):
+    """An AE whose ``associate`` makes :class:`RaceFreeRequestor` associations: nubis's SCU
+    (scu.py), and in the server the C-MOVE sub-associations (pynetdicom's Move SCP calls the
+    server AE's ``associate``) and storage commitment reports. Each of them sends requests
+    from a user thread while the association's own reactor runs, which is where pynetdicom's
+    race takes a fast reply away from the sender (it then waits for the DIMSE timeout).
+
+    ``AE.associate`` makes a plain ``Association`` and hands it to ``_create_socket`` before
+    its thread starts; its class is changed there, as pynetdicom 3.0 offers no other way in
+    short of copying ``associate``.
+    """
+
+    def _create_socket(self, assoc: Association, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(assoc, RaceFreePause):
+            paused = bool(assoc.__dict__.pop("_is_paused", False))
+            assoc.__class__ = RaceFreeRequestor
+            cast(RaceFreeRequestor, assoc)._init_pause()
+            cast(RaceFreeRequestor, assoc)._paused = paused
+        return super()._create_socket(assoc, *args, **kwargs)  # type: ignore[misc]
 
 
 class EventDrivenAssociation(RaceFreePause, Association):

@@ -16,7 +16,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom import build_context, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     _STORAGE_CLASSES,
     PatientRootQueryRetrieveInformationModelFind,
@@ -27,6 +27,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
+
+from nubis.dimse.reactor import RaceFreeAE
 
 _MODELS = {
     "patient": (
@@ -83,7 +85,7 @@ def client_tls(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
     return ctx
 
 
-def _associate(ae: AE, remote: Remote, **kwargs: Any) -> Any:
+def _associate(ae: RaceFreeAE, remote: Remote, **kwargs: Any) -> Any:
     tls_args = (remote.tls, "") if remote.tls is not None else None
     assoc = ae.associate(
         remote.host, remote.port, ae_title=remote.ae_title, tls_args=tls_args, **kwargs
@@ -94,8 +96,10 @@ def _associate(ae: AE, remote: Remote, **kwargs: Any) -> Any:
     return assoc
 
 
-def _ae(remote: Remote) -> AE:
-    ae = AE(ae_title=remote.calling_ae_title)
+def _ae(remote: Remote) -> RaceFreeAE:
+    # Without the race-free pause a fast peer's reply is sometimes taken by the association's
+    # own reactor and the call waits out the DIMSE timeout (see reactor.RaceFreePause).
+    ae = RaceFreeAE(ae_title=remote.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     return ae
 

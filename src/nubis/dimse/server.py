@@ -38,7 +38,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from nubis.dimse.handlers import Handlers
 from nubis.dimse.listener import SharedListener
 from nubis.dimse.peers import AccessPolicy, PeerTable
-from nubis.dimse.reactor import EventDrivenRequestHandler
+from nubis.dimse.reactor import EventDrivenRequestHandler, RaceFreeAE
 
 if TYPE_CHECKING:
     from nubis.archive import Archive
@@ -95,7 +95,8 @@ def tls_context(cert: str, key: str = "", ca: str = "") -> ssl.SSLContext:
 
 
 def build_ae(ae_title: str, *, max_associations: int) -> AE:
-    ae = AE(ae_title=ae_title)
+    # RaceFreeAE: the C-MOVE sub-associations this AE opens send C-STORE after C-STORE.
+    ae = RaceFreeAE(ae_title=ae_title)
     ae.maximum_associations = max_associations
     ae.maximum_pdu_size = MAX_PDU
     ae.acse_timeout = 30
