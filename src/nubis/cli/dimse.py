@@ -257,7 +257,8 @@ def peers_add(
         str,
         typer.Option(
             help="Callers with this AE title must come over DICOM TLS with a client "
-            "certificate of this subject (RFC 4514, e.g. 'CN=ct1,O=Hospital')."
+            "certificate of this subject (RFC 4514, as openssl x509 -noout -subject -nameopt "
+            "RFC2253 prints it, e.g. 'CN=ct1,O=Hospital')."
         ),
     ] = "",
     tls_fingerprint: Annotated[
