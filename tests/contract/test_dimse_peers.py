@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from nubis.dimse.peers import (
     AccessPolicy,
@@ -87,3 +88,24 @@ def test_certificate_binding(index: Index) -> None:
     assert policy.admit("CT2", "10.0.0.1", ct1).permissions is None
     unbound = policy.admit("NOBODY", "10.0.0.1", ct1)
     assert unbound.permissions is None and not unbound.alert
+
+
+def test_an_index_down_for_a_moment_keeps_the_last_table(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission goes on with the table last read while the index cannot be read; with no
+    table read yet the error reaches the caller (the server then rejects, transient)."""
+    table = PeerTable(index, cache_seconds=0.0)
+    table.put(Peer("PACS"))
+    assert table.get("PACS") is not None
+
+    def down() -> None:
+        raise OperationalError("SELECT", {}, Exception("index down"))
+
+    monkeypatch.setattr(table, "_read", down)
+    assert table.get("PACS") == Peer("PACS")
+    assert table.get("OTHER") is None
+    fresh = PeerTable(index)
+    monkeypatch.setattr(fresh, "_read", down)
+    with pytest.raises(SQLAlchemyError):
+        fresh.get("PACS")

@@ -259,7 +259,14 @@ class Handlers:
         calling = str(primitive.calling_ae_title if primitive else "").strip()
         address = assoc.requestor.address
         certificate = _client_certificate(assoc)
-        decision = self.policy.admit(calling, address, certificate)
+        try:
+            decision = self.policy.admit(calling, address, certificate)
+        except Exception as exc:  # the index is unreachable and no table was ever read
+            log.error("association from %s@%s refused for now: %s", calling, address, exc)
+            # Rejected transient, by the service provider (presentation), temporary congestion.
+            assoc.acse.send_reject(0x02, 0x03, 0x01)
+            assoc.kill()
+            return
         if decision.permissions is None:
             log.warning("association from %s@%s rejected: %s", calling, address, decision.reason)
             if decision.alert:

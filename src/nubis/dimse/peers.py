@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from nubis.index.schema import dimse_peers
 
@@ -190,7 +191,15 @@ class PeerTable:
                 stale = age is not None and age >= MISS_RELOAD_SECONDS
             if stale:
                 # Under the lock: a burst of associations costs one query, not one each.
-                self._peers, self._loaded_at = self._read(), now
+                try:
+                    self._peers, self._loaded_at = self._read(), now
+                except SQLAlchemyError as exc:
+                    if self._loaded_at is None:
+                        raise  # nothing to decide with: the caller refuses, transiently
+                    # An index that is down for a moment keeps the last table rather than
+                    # closing the port; try again in a second.
+                    log.error("cannot read the DIMSE peer table (keeping the last one): %s", exc)
+                    self._loaded_at = now - self.cache_seconds + 1.0
             return self._peers
 
     def all(self) -> list[Peer]:
