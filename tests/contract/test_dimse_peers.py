@@ -109,3 +109,29 @@ def test_an_index_down_for_a_moment_keeps_the_last_table(
     monkeypatch.setattr(fresh, "_read", down)
     with pytest.raises(SQLAlchemyError):
         fresh.get("PACS")
+
+
+def test_cli_edits_the_table_of_the_index(index: Index, tmp_path: Path) -> None:
+    """`nubis dimse peers` on one machine, the table read by a node on another (same index)."""
+    from typer.testing import CliRunner
+
+    from nubis.cli.main import app
+
+    args = ["--data-dir", str(tmp_path / "cli"), "--set", f"index={index.url}"]
+
+    def run(*command: str, code: int = 0) -> str:
+        result = CliRunner().invoke(
+            app, ["dimse", "peers", *command, *args], env={"COLUMNS": "200"}
+        )
+        assert result.exit_code == code, result.output
+        return result.output
+
+    run("add", "MODALITY", "10.1.2.3", "--no-query", "--no-retrieve", "--tls-subject", "CN=m1")
+    assert PeerTable(index).get("MODALITY") == Peer(
+        "MODALITY", "10.1.2.3", 0, True, False, False, "CN=m1"
+    )
+    assert "CN=m1" in run("list")
+    assert "is not" in run("add", "X" * 17, code=1)
+    run("remove", "MODALITY")
+    assert "not in the peer table" in run("remove", "MODALITY", code=1)
+    assert PeerTable(index).all() == []
