@@ -277,14 +277,18 @@ class Handlers:
             return
         self._perms[assoc] = decision.permissions
         perms = decision.permissions
+        # The id stays dimse:<AE> whatever the certificate: grants and audit queries name it,
+        # and the entry already bound the certificate to that AE title.
         self._principals[assoc] = dimse_principal(
-            self.archive.settings,
+            self.archive.settings, calling, address, may_read=perms.query or perms.retrieve
+        )
+        log.info(
+            "association request from %s@%s%s: %s",
             calling,
             address,
-            may_read=perms.query or perms.retrieve,
-            certificate_subject=certificate.subject if certificate else None,
+            f" (TLS certificate {certificate.subject!r})" if certificate else "",
+            decision.reason,
         )
-        log.info("association request from %s@%s: %s", calling, address, decision.reason)
 
     def _alert(self, calling: str, address: str, reason: str) -> None:
         """Security Alert, Node Authentication (PS3.15 A.5.3.9): an AE title claimed with the
