@@ -256,7 +256,18 @@ def import_legacy_file(table: PeerTable, path: Path) -> int:
         return 0
     peers = table.import_file(path)
     done = path.with_name(path.name + ".imported")
-    os.replace(path, done)
+    try:
+        os.replace(path, done)
+    except OSError as exc:
+        # A read-only file (a config mount) is imported again at each start; say so.
+        log.warning(
+            "imported %d DIMSE peer(s) from %s into the index, but could not rename it (%s): "
+            "it will be imported again at the next start; remove it once imported",
+            len(peers),
+            path,
+            exc,
+        )
+        return len(peers)
     log.warning(
         "imported %d DIMSE peer(s) from %s into the index; the file is now %s and no longer read",
         len(peers),
