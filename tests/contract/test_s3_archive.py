@@ -90,7 +90,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stored]:
         transfer_syntax=JPEG2000Lossless,
     )
     ct = synth.make_ct_series(
-        folder / "ct", n_instances=3, patient=PATIENT, seed=33, rows=128, columns=128
+        folder / "ct",
+        n_instances=3,
+        patient=PATIENT,
+        seed=33,
+        rows=128,
+        columns=128,
+        study_uid=study,
     )
     out = {"multiframe": Stored(large), "j2k": Stored(j2k)}
     out.update({f"ct{i}": Stored(p) for i, p in enumerate(ct)})
@@ -137,6 +143,29 @@ def test_instances_are_retrieved_byte_exact(
         )
         assert response.status_code == 200, (name, response.text[:300])
         assert multipart_parts(response) == [stored.data], name
+
+
+def test_study_is_retrieved_whole_and_in_order(
+    archive: tuple[Server, str], files: dict[str, Stored]
+) -> None:
+    """A study from the object store: small objects are fetched ahead in parallel, the 21 MB one
+    streams; the response holds every object byte-exact in the archive's stable order (the
+    order of the study's metadata, PS3.18 10.4.1.1.1)."""
+    server, _ = archive
+    study = str(files["multiframe"].header.StudyInstanceUID)
+    by_uid = {str(f.header.SOPInstanceUID): f.data for f in files.values()}
+    metadata = httpx.get(
+        f"{server.dicomweb}/studies/{study}/metadata", headers=AUTH, timeout=60
+    ).json()
+    order = [item["00080018"]["Value"][0] for item in metadata]
+    assert sorted(order) == sorted(by_uid)
+    response = httpx.get(
+        f"{server.dicomweb}/studies/{study}",
+        headers={**AUTH, "Accept": ACCEPT_AS_STORED},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert multipart_parts(response) == [by_uid[uid] for uid in order]
 
 
 def test_native_frames_are_byte_ranges(

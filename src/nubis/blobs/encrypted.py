@@ -89,6 +89,7 @@ class EncryptedBlobStore:
             adopts_local_files=inner.capabilities.adopts_local_files,
             range_reads=True,
             authenticated_reads=True,
+            remote=inner.capabilities.remote,
         )
 
     def new_key(self) -> str:

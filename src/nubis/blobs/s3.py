@@ -128,7 +128,7 @@ class S3BlobStore:
         Retrieval tier of restores: Expedited, Standard or Bulk (AWS prices and delays).
     """
 
-    capabilities = BlobCapabilities(adopts_local_files=False, range_reads=True)
+    capabilities = BlobCapabilities(adopts_local_files=False, range_reads=True, remote=True)
 
     def __init__(
         self,

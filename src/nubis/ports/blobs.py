@@ -28,6 +28,8 @@ class BlobCapabilities:
     # Every read is authenticated against what was written (AEAD tags over the plaintext whose
     # SHA-256 the index keeps): re-hashing on read would prove nothing more.
     authenticated_reads: bool = False
+    # Each read is a network round trip (an object store): readers fetch ahead, in parallel.
+    remote: bool = False
 
 
 @dataclass(frozen=True)

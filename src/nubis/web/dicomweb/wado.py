@@ -81,15 +81,12 @@ async def retrieve_instances(request: Request) -> Response:
 
     # Open the first object before answering: an unreadable blob or an erased key is then an
     # error response (500, 410, 424), not a 200 whose stream is cut short.
-    first = await run_in_threadpool(archive.retrieve.instance_chunks, found[0], target)
+    bodies = await run_in_threadpool(archive.retrieve.all_instance_chunks, found, target)
 
     def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-        for position, inst in enumerate(found):
+        for inst, body in zip(found, bodies, strict=True):
             syntax = inst.transfer_syntax_uid if target == ANY_TRANSFER_SYNTAX else target
-            yield (
-                {"Content-Type": f"application/dicom; transfer-syntax={syntax}"},
-                first if position == 0 else archive.retrieve.instance_chunks(inst, target),
-            )
+            yield ({"Content-Type": f"application/dicom; transfer-syntax={syntax}"}, body)
 
     boundary = new_boundary()
     content_type = multipart_related_content_type(
