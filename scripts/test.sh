@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real clients and validators written by others: dcmtk (storescu, findscu...), dicom3tools (dciodvfy).
+# Real clients and validators written by others: dcmtk (storescu, findscu...), dicom3tools (dciodvfy);
+# iproute2 (ss) to see which process holds a connection.
 need=""
-for pkg in dcmtk dicom3tools; do
+for pkg in dcmtk dicom3tools iproute2; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"
 done
 if [ -n "$need" ]; then

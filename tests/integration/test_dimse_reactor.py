@@ -81,7 +81,7 @@ def test_associations_spread_over_workers(server_factory) -> None:  # type: igno
     four associations on two workers go two and two (with a socket per worker, SO_REUSEPORT,
     the kernel's hash put three on one worker in most runs)."""
     if shutil.which("ss") is None:
-        pytest.skip("ss (iproute2) is needed to see which process holds a connection")
+        pytest.skip(reason="ss (iproute2) is needed to see which process holds a connection")
     port = free_port()
     server_factory("dimse-spread", "--dimse-port", str(port), "--workers", "2")
     # /-/ready answers once one worker is up; wait for the second to hold the socket too.
