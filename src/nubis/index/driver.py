@@ -49,7 +49,7 @@ class _PyformatCursor:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Params = ()) -> Any:
-        self._cursor.execute(_to_pyformat(sql), params or None)
+        self._cursor.execute(_to_pyformat(sql), params)
         return self._cursor
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> Any:
