@@ -69,13 +69,3 @@ def test_secrets_are_not_echoed() -> None:
     assert redact_url("postgresql://nubis@db/pacs") == "postgresql://nubis@db/pacs"
     assert displayed_value("admin_token", "x" * 40) == "(set)"
     assert displayed_value("index", "postgresql://a:b@h/d") == "postgresql://a:***@h/d"
-
-
-def test_driver_parameters_become_psycopg_style() -> None:
-    """The hot statements are written once, in SQLite's styles, and rewritten for psycopg."""
-    from nubis.index.driver import _to_pyformat
-
-    assert _to_pyformat("SELECT a FROM t WHERE x = :x AND y = ?") == (
-        "SELECT a FROM t WHERE x = %(x)s AND y = %s"
-    )
-    assert _to_pyformat("SELECT '50%' WHERE a = :a") == "SELECT '50%%' WHERE a = %(a)s"
