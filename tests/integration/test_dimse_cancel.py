@@ -23,6 +23,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     MRImageStorage,
@@ -90,6 +92,32 @@ def _image_query(study: str) -> Dataset:
     return ds
 
 
+@contextlib.contextmanager
+def _cancel_once_sent(assoc: Association, msg_id: int) -> Iterator[None]:
+    """Queue a C-CANCEL the moment the request's last PDU is on the wire.
+
+    Cancelling after the first response races the SCP, which can send all MANY matches
+    before a loaded client gets round to it; sent right behind the request, the cancel is
+    there long before the SCP could finish (and PS3.7 9.3.2.3 allows it at any time)."""
+    cx = assoc._get_valid_context(StudyRootQueryRetrieveInformationModelFind, "", "scu")
+    sent = False
+
+    def on_pdu_sent(event: Any) -> None:
+        nonlocal sent
+        if sent or not isinstance(event.pdu, P_DATA_TF):
+            return
+        control = event.pdu.presentation_data_value_items[-1].presentation_data_value[0]
+        if control & 0x03 == 0x02:  # the last fragment of a data set (PS3.8 E.2)
+            sent = True
+            assoc.send_c_cancel(msg_id, cx.context_id)
+
+    assoc.bind(evt.EVT_PDU_SENT, on_pdu_sent)
+    try:
+        yield
+    finally:
+        assoc.unbind(evt.EVT_PDU_SENT, on_pdu_sent)
+
+
 def test_findscu_cancel(dimse: Dimse, many_study: str) -> None:
     """findscu --cancel 1 (PS3.4 C.4.1.2.3 / PS3.7 9.3.2.3): the SCP stops matching and the
     final response is 0xFE00 "matching terminated due to cancel", well before all matches."""
@@ -108,7 +136,9 @@ def test_findscu_cancel(dimse: Dimse, many_study: str) -> None:
 
 def test_find_cancel_status_and_nothing_after(dimse: Dimse, many_study: str) -> None:
     """The same with a pynetdicom SCU, which shows the status code: the final C-FIND-RSP is
-    exactly 0xFE00 with no identifier (PS3.4 C.4.1.1.4), and no response follows it."""
+    exactly 0xFE00 with no identifier (PS3.4 C.4.1.1.4), and no response follows it. The
+    cancel comes right behind the request, before the SCP has started matching: it still
+    counts (pynetdicom's own SCP drops such a cancel and runs to the end)."""
     ae = AE(ae_title="CANCELLER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", dimse.port, ae_title=NUBIS_AE)
@@ -116,16 +146,13 @@ def test_find_cancel_status_and_nothing_after(dimse: Dimse, many_study: str) -> 
     try:
         statuses: list[int] = []
         final_identifier: Dataset | None = None
-        responses = assoc.send_c_find(
-            _image_query(many_study), StudyRootQueryRetrieveInformationModelFind, msg_id=7
-        )
-        for status, identifier in responses:
-            statuses.append(int(status.Status))
-            if len(statuses) == 1:
-                cx = assoc._get_valid_context(StudyRootQueryRetrieveInformationModelFind, "", "scu")
-                assoc.send_c_cancel(7, cx.context_id)
-            if status.Status != PENDING:
-                final_identifier = identifier
+        with _cancel_once_sent(assoc, 7):
+            for status, identifier in assoc.send_c_find(
+                _image_query(many_study), StudyRootQueryRetrieveInformationModelFind, msg_id=7
+            ):
+                statuses.append(int(status.Status))
+                if status.Status != PENDING:
+                    final_identifier = identifier
         assert statuses[-1] == CANCEL, [hex(s) for s in statuses[-3:]]
         assert all(s == PENDING for s in statuses[:-1])
         assert len(statuses) - 1 < MANY
@@ -158,13 +185,10 @@ def test_late_cancels_are_ignored(
             assert done[-1] == 0x0000
             assoc.send_c_cancel(msg_id, cx.context_id)
         time.sleep(0.2)  # let the late cancels arrive before the next request
-        statuses = []
-        for status, _ in assoc.send_c_find(
-            _image_query(many_study), StudyRootQueryRetrieveInformationModelFind, msg_id=100
-        ):
-            statuses.append(int(status.Status))
-            if len(statuses) == 1:
-                assoc.send_c_cancel(100, cx.context_id)
+        with _cancel_once_sent(assoc, 100):
+            statuses = [int(s.Status) for s, _ in assoc.send_c_find(
+                _image_query(many_study), StudyRootQueryRetrieveInformationModelFind,
+                msg_id=100)]  # fmt: skip
         assert statuses[-1] == CANCEL, [hex(s) for s in statuses]
         assert assoc.is_established
     finally:

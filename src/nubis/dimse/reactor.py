@@ -43,6 +43,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
 from pynetdicom.dul import LOGGER, DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
@@ -58,6 +59,8 @@ TICK = 0.1
 # Socket reads: large enough for a whole 128 KiB P-DATA PDU in a few calls (pynetdicom reads
 # 4 KiB per call: 32 calls, each a poll and a recv, per PDU).
 _RECV_CHUNK = 1 << 20
+# The operations a C-CANCEL can stop (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3).
+_CANCELLABLE = (C_FIND, C_GET, C_MOVE)
 
 
 class _Wakeup:
@@ -174,6 +177,7 @@ class EventDrivenDUL(DULServiceProvider):
         self._idle_timer.start()
         self.socket = cast(AssociationSocket, self.socket)
         idle = False
+        read_first = False
         while True:
             if not self.assoc._dul_ready.is_set():
                 self.assoc._dul_ready.set()
@@ -184,11 +188,16 @@ class EventDrivenDUL(DULServiceProvider):
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
             try:
-                # One primitive to encode or one PDU to decode per turn, as pynetdicom does.
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
+                # One primitive to encode or one PDU to decode per turn, as pynetdicom does, but
+                # taking turns: pynetdicom reads only once nothing is left to send, so a C-CANCEL
+                # sat unread behind a long run of pending responses until they were all sent.
+                if read_first and self._is_transport_event():
                     self._idle_timer.restart()
+                elif self._process_recv_primitive():
+                    pass
+                elif not read_first and self._is_transport_event():
+                    self._idle_timer.restart()
+                read_first = not read_first
             except Exception as exc:
                 # As pynetdicom: bypass the state machine, send an A-ABORT, stop both threads.
                 LOGGER.error("Exception in DUL.run(), aborting association")
@@ -232,8 +241,44 @@ class FastSocket(AssociationSocket):
         return buffer
 
 
+class _RequestQueue(_SignallingQueue):
+    """The association's incoming DIMSE requests; a new request drops any C-CANCEL still
+    held under its Message ID, which can only be a late one for an earlier operation."""
+
+    def __init__(self, signal: Callable[[], None], cancels: dict[int, Any]) -> None:
+        super().__init__(signal)
+        self._cancels = cancels
+
+    def _put(self, item: Any) -> None:
+        self._cancels.pop(getattr(item[1], "MessageID", None), None)
+        super()._put(item)
+
+
 class FastDIMSE(DIMSEServiceProvider):
-    """Sends messages with their command sets encoded by :mod:`nubis.dimse.commands`."""
+    """Sends messages with their command sets encoded by :mod:`nubis.dimse.commands`, and
+    keeps a C-CANCEL that arrives right behind its request.
+
+    pynetdicom empties its C-CANCEL table before and after each operation, so a cancel that
+    the DUL thread decoded before the association thread started the operation was thrown
+    away and the operation ran to its end; PS3.7 9.3.2.3 lets the SCU cancel at any time.
+    Here the table keeps, across those resets, the cancel for the operation being served.
+    """
+
+    def __init__(self, assoc: Association) -> None:
+        self._cancels: dict[int, Any] = {}
+        self.serving: int | None = None
+        super().__init__(assoc)
+
+    @property  # type: ignore[override]
+    def cancel_req(self) -> dict[int, Any]:
+        return self._cancels
+
+    @cancel_req.setter
+    def cancel_req(self, _: dict[int, Any]) -> None:
+        # In place: the DUL thread may be adding a cancel for the served operation right now.
+        for msg_id in list(self._cancels):
+            if msg_id != self.serving:
+                self._cancels.pop(msg_id, None)
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if primitive.MessageIDBeingRespondedTo is None:
@@ -329,7 +374,7 @@ class EventDrivenAssociation(RaceFreePause, Association):
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
         self.dimse = FastDIMSE(self)
-        self.dimse.msg_queue = _SignallingQueue(self._nubis_wake.set)
+        self.dimse.msg_queue = _RequestQueue(self._nubis_wake.set, self.dimse.cancel_req)
         self._reactor_checkpoint = _SignallingEvent(self._nubis_wake.set)
         self._reactor_checkpoint.set()
 
@@ -342,6 +387,17 @@ class EventDrivenAssociation(RaceFreePause, Association):
         self._killed = value
         if value:
             self._nubis_wake.set()
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        cancellable = isinstance(msg, _CANCELLABLE)
+        if cancellable:
+            self.dimse.serving = msg.MessageID
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            if cancellable:
+                self.dimse.serving = None
+                self.dimse.cancel_req = {}  # whatever came for it is now late
 
     def _run_reactor(self) -> None:
         """pynetdicom's acceptor loop (association.py, 3.0) with its 1 ms sleep replaced by a
