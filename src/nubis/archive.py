@@ -63,11 +63,12 @@ class Archive:
             source_id=settings.audit_source,
             checkpoint_every=settings.audit_checkpoint_records,
             checkpoint_seconds=settings.audit_checkpoint_seconds,
+            enabled=settings.audit_trail,
         )
         # Every service decides with the same policy and records through the same trail, so
         # DICOMweb, DIMSE and the CLI obey one rule (nubis.services.guard).
         self.policy = AuthPolicy(break_glass_roles=parse_roles(settings.break_glass_roles))
-        self.guard = Guard(self.policy, self.audit)
+        self.guard = Guard(self.policy, self.audit if settings.audit_trail else None)
         self.users = UserStore(self.index)
         self.authn = Authenticator(self.users, OidcVerifier.from_settings(settings))
         self.store = StoreService(

@@ -110,7 +110,7 @@ class Settings:
         "Encrypt every stored object and spool file (AES-256-GCM, a fresh data key per object "
         "wrapped by a keyring KEK and a per-patient key). Off: new objects are stored in "
         "plaintext; encrypted ones stay readable while the keyring exists. Costs about 9% of "
-        "STOW-RS and 8% of WADO-RS throughput (bench/encryption_cost.py).",
+        "STOW-RS and 8% of WADO-RS throughput (bench/security_cost.py).",
     )
     keyring: str = _setting(
         "",
@@ -177,6 +177,12 @@ class Settings:
         "Sign the head of the audit chain when records have waited this many seconds "
         "unsigned (0: by count only). Records removed from the end since the last signed head "
         "cannot be detected.",
+    )
+    audit_trail: bool = _setting(
+        True,
+        "Record every access in the audit trail. Off only to measure what the trail costs "
+        "(bench/security_cost.py): nothing is recorded then, and nubis serve refuses to start "
+        "unless it listens on a loopback host.",
     )
     audit_syslog: str = _setting(
         "",

@@ -175,6 +175,22 @@ def test_refuses_non_loopback_with_tls_but_auth_off(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "index.sqlite").exists()
 
 
+def test_refuses_non_loopback_with_the_audit_trail_off(tmp_path: Path) -> None:
+    """HIPAA 164.312(b): the switch that measures the audit trail's cost never reaches a network."""
+    cert, key = _self_signed(tmp_path)
+    process = _serve(
+        tmp_path / "data",
+        "--host", "0.0.0.0",
+        "--set", f"tls_cert={cert}",
+        "--set", f"tls_key={key}",
+        "--set", "audit_trail=false",
+    )  # fmt: skip
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, out
+    assert "the audit trail is off (audit_trail=false)" in " ".join(out.split()), out
+    assert not (tmp_path / "data" / "index.sqlite").exists()
+
+
 def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "NUBIS_ADMIN_TOKEN"}

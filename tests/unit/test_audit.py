@@ -378,3 +378,22 @@ def test_checkpoint_timer_and_close_sign_the_tail(tmp_path: Path) -> None:
         assert timed.verify().unsigned == 0
     finally:
         idx.close()
+
+
+
+def test_a_disabled_trail_writes_nothing_and_makes_no_key(tmp_path: Path, db_path: Path) -> None:
+    """audit_trail=false (benchmarks on loopback only): nothing reaches the index, no key."""
+    idx = _index(db_path)
+    off = AuditTrail(
+        idx, key_path=tmp_path / "off.key", source_id="NUBIS", checkpoint_seconds=0, enabled=False
+    )
+    off.open()
+    _fill(off, 3)
+    event = audit_events.instances_accessed(
+        WHO, patient_id="P", study_uids=["1.2.3"], front_door="dicomweb", request_id="r"
+    )
+    assert idx.write(off.append_job([event])) == [off.record(event)]
+    off.close()
+    assert off.head() == (0, GENESIS)
+    assert not (tmp_path / "off.key").exists()
+    idx.close()

@@ -71,7 +71,15 @@ def check_transport(settings: Settings) -> Transport:
             "would cross the network unprotected. Configure them, or bind to 127.0.0.1 for "
             "local development."
         )
+    if not loopback and not settings.audit_trail:
+        raise TransportError(
+            f"host {settings.host} is not a loopback address, and the audit trail is off "
+            "(audit_trail=false): accesses to patient data would go unrecorded. Turn it on, or "
+            "bind to 127.0.0.1 to run a benchmark."
+        )
     warnings: list[str] = []
+    if not settings.audit_trail:
+        warnings.append("the audit trail is off (audit_trail=false): no access is recorded")
     if not settings.auth:
         warnings.append(
             "authentication is off (auth=false): every local caller is an administrator"

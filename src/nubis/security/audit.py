@@ -254,6 +254,10 @@ class VerifyReport:
 
 
 # --------------------------------------------------------------------------- the trail
+# The receipt of a record that was not written because the trail is off.
+_UNRECORDED = AuditReceipt(0, "")
+
+
 class AuditTrail:
     """Hash-chained, periodically signed audit records in the index database.
 
@@ -269,6 +273,9 @@ class AuditTrail:
         Sign the head every this many records (0: only by time and at close).
     checkpoint_seconds
         Sign the head when records have waited this long unsigned (0: no timer).
+    enabled
+        False records nothing (receipts have seq 0): only for measuring what the trail costs,
+        and only on loopback (nubis.cli.transport refuses otherwise).
     """
 
     def __init__(
@@ -279,8 +286,10 @@ class AuditTrail:
         source_id: str,
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 60.0,
+        enabled: bool = True,
     ) -> None:
         self.index = index
+        self.enabled = enabled
         self.key_path = key_path
         self.source_id = source_id
         self.checkpoint_every = checkpoint_every
@@ -298,6 +307,8 @@ class AuditTrail:
 
     def open(self) -> None:
         """Load (or create) the signing key and start the checkpoint timer; index open first."""
+        if not self.enabled:
+            return
         _ = self.key
         if self.checkpoint_seconds > 0 and self._timer is None:
             self._stop.clear()
@@ -308,6 +319,8 @@ class AuditTrail:
 
     def close(self) -> None:
         """Stop the timer and sign what is unsigned, so a clean stop leaves no unsigned tail."""
+        if not self.enabled:
+            return
         self._stop.set()
         if self._timer is not None:
             self._timer.join(timeout=10)
@@ -337,6 +350,8 @@ class AuditTrail:
         """Append ``events`` in order in one commit: all of them, or none and an exception."""
         if not events:
             return []
+        if not self.enabled:
+            return [_UNRECORDED] * len(events)
         try:
             return self.index.write(self.append_job(events))
         except Exception as exc:
@@ -350,6 +365,8 @@ class AuditTrail:
     ) -> Callable[[Connection], list[AuditReceipt]]:
         """A write job appending ``events`` in order, for :meth:`Index.write` or to run inside
         another job's transaction (a store commits its record with its row)."""
+        if not self.enabled:
+            return lambda conn: [_UNRECORDED] * len(events)
         # Serialize in the caller's thread: only hashing and the insert run in the writer.
         dicts = [
             (e if e.source_id else replace(e, source_id=self.source_id)).to_dict() for e in events
