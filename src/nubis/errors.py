@@ -14,6 +14,9 @@ class NubisError(Exception):
 
     http_status: int = 500
     dimse_status: int = 0x0110  # Processing failure
+    # Seconds after which a retry may succeed, sent as Retry-After (RFC 9110 10.2.3) with a
+    # 503; None for failures that a retry does not cure.
+    retry_after: int | None = None
 
     def __init__(self, reason: str, *, dimse_status: int | None = None) -> None:
         super().__init__(reason)
@@ -94,16 +97,23 @@ class StorageUnavailable(NubisError):
 
     http_status = 503
     dimse_status = 0xA700  # Out of resources
+    retry_after = 5  # the S3 client has already retried with backoff for about this long
 
 
 class NotReady(StorageUnavailable):
     """The archive is starting or stopping."""
+
+    retry_after = 2
 
 
 class RestoreRequired(StorageUnavailable):
     """The object is in an archive storage class (S3 Glacier, Deep Archive) and must be
     restored before it can be read; the reason says whether a restore was requested now or is
     under way. HTTP 503 / DIMSE 0xA700: retry later, nothing is wrong with the object."""
+
+    # An expedited Glacier restore takes 1-5 minutes, a standard one 3-5 hours: a client
+    # polling every 5 minutes neither waits long nor floods the archive.
+    retry_after = 300
 
 
 class BlobUnreadable(NubisError):

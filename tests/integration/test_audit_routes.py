@@ -224,4 +224,5 @@ def test_no_record_of_the_read_no_records(world: World, monkeypatch: pytest.Monk
     for path in ("/audit/records", "/audit/verify"):
         response = world.get("auditor", path)
         assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
         assert "records" not in response.json() and "ok" not in response.json()

@@ -66,6 +66,8 @@ def test_archived_objects_answer_503_with_the_restore_reason(
         response = http.get(url, headers={"Accept": accept})
         assert response.status_code == 503, (url, response.status_code, response.text[:200])
         assert response.json()["reason"] == REASON
+        # RFC 9110 10.2.3: how long to wait; a restore takes minutes to hours.
+        assert response.headers["retry-after"] == "300"
     # Metadata lives in the index: served whatever the tier.
     assert http.get(f"/dicom-web/studies/{study}/metadata").status_code == 200
     archive.reads.flush()

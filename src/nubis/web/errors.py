@@ -30,7 +30,10 @@ async def nubis_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NubisError)
     if exc.http_status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.reason)
-    return error_response(exc.http_status, exc.reason)
+    response = error_response(exc.http_status, exc.reason)
+    if exc.retry_after is not None and exc.http_status == 503:
+        response.headers["retry-after"] = str(exc.retry_after)
+    return response
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
