@@ -15,12 +15,13 @@ from nubis.jobs import JobRunner, JobStore
 from nubis.jobs.kinds import handlers, parse_schedule
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
-from nubis.security.audit import AuditTrail
+from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
 from nubis.security.authn import Authenticator, OidcVerifier
 from nubis.security.policy import AuthPolicy, parse_roles
 from nubis.security.users import UserStore
 from nubis.services.guard import Guard
+from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
 from nubis.services.query import QueryService
 from nubis.services.retrieve import RetrieveService
@@ -100,6 +101,22 @@ class Archive:
             parse_rules(settings.lifecycle, self.tiers),
             find_mover(self.blobs),
         )
+        # Re-wraps objects off an old KEK (nubis keys retire --rewrap): always through a sealed
+        # spool, even where new objects are no longer encrypted, so no plaintext lands on disk.
+        self.rewrap = (
+            KekRewrap(
+                self.index,
+                self.blobs,
+                Spool(settings.spool_dir, sealed=True),
+                guard=self.guard,
+                tiers=self.tiers,
+                mover=self.lifecycle.mover,
+                actor=system_participant(settings.audit_source),
+                orphan_grace_seconds=settings.orphan_grace_seconds,
+            )
+            if isinstance(self.blobs, EncryptedBlobStore)
+            else None
+        )
         self.jobs = JobStore(self.index)
         self.job_runner = (
             JobRunner(
@@ -110,6 +127,7 @@ class Archive:
                     maintenance=self.maintenance,
                     lifecycle=self.lifecycle,
                     tiers=self.tiers,
+                    rewrap=self.rewrap,
                 ),
                 lease_seconds=settings.jobs_lease_seconds,
                 poll_seconds=settings.jobs_poll_seconds,

@@ -6,6 +6,7 @@ Over the local keyring and the index keyring (with its KEK secret handled as an 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from nubis.archive import Archive
 from nubis.cli.main import app
 from nubis.config import load_settings
 from nubis.crypto.index_keys import KekSecret
-from nubis.model.audit import EventID, EventOutcome
+from nubis.model.audit import EventID, EventOutcome, EventType
 from nubis.security.authn import cli_principal
 from nubis.tools.synth import PatientSpec, dataset_bytes, series_datasets
 
@@ -74,11 +75,11 @@ class Data:
         assert result.exit_code == 0, result.output
         staged.replace(self.secret)  # what giving every node the new secret amounts to here
 
-    def retire(self, kek_id: str) -> Result:
+    def retire(self, kek_id: str, *options: str) -> Result:
         if self.kind == "local":
-            return self.keys("retire", kek_id)
+            return self.keys("retire", kek_id, *options)
         staged = self.secret.with_name("staged")
-        result = self.keys("retire", kek_id, "--out", str(staged))
+        result = self.keys("retire", kek_id, *options, "--out", str(staged))
         if staged.exists():
             assert result.exit_code == 0, result.output
             staged.replace(self.secret)
@@ -156,3 +157,37 @@ def test_a_kek_goes_only_once_no_stored_object_names_it(data: Data) -> None:
         EventOutcome.SUCCESS,  # removed
     ]
     assert "nothing needs it" in data.retire_records()[-1][1]
+
+
+def test_rewrap_re_encrypts_what_names_the_kek_so_that_it_goes(data: Data) -> None:
+    before = data.store(OLD, BOTH)  # four objects under k1
+    data.rotate()
+    after = data.store(NEW)  # two under k2
+
+    result = data.retire("k1")
+    assert result.exit_code == 1
+    assert "still needed by 4 stored object(s)" in result.output
+    assert "nubis keys retire k1 --rewrap" in result.output
+
+    result = data.retire("k1", "--rewrap")
+    assert result.exit_code == 0, result.output
+    assert "4 object(s) re-encrypted" in result.output
+    assert data.keys("list").output.split() == ["k2", "(current)"]
+    if data.kind == "index":
+        assert KekSecret.parse(data.secret.read_text(), "t").ids == ["k2"]
+    assert data.readable(before + after)  # without k1
+
+    # The job is one of the archive's jobs, with its progress and result.
+    listed = run(["jobs", "list", "--json", "--kind", "rewrap", *data.args])
+    (job,) = json.loads(listed.output)
+    assert job["state"] == "done" and job["params"] == {"kek_id": "k1"}
+    assert job["progress"]["done"] == job["progress"]["total"] == 6
+    assert job["result"]["rewrapped"] == 4 and job["result"]["not_named"] == 2
+
+    outcomes = [outcome for outcome, _ in data.retire_records()]
+    assert outcomes[-2:] == [EventOutcome.SUCCESS, EventOutcome.SUCCESS]  # begins, removed
+    with data.archive() as archive:
+        events = [r.event for r in archive.audit.scan(0, 10_000)]
+    changed = [e for e in events if EventType.OBJECT_SECURITY_ATTRIBUTES_CHANGED in e.event_types]
+    assert len(changed) == 4
+    assert all(e.participants[0].user_name == job["created_by"] for e in changed)

@@ -115,7 +115,8 @@ def test_schedule() -> None:
         "verify": 14 * 86400,
     }
     assert parse_schedule("") == {}
-    for bad in ("reap", "reap=0h", "reap=1 fortnight", "backup=1d"):
+    # A rewrap names its KEK: there is nothing a periodic one could work on.
+    for bad in ("reap", "reap=0h", "reap=1 fortnight", "backup=1d", "rewrap=1d"):
         with pytest.raises(ValueError):
             parse_schedule(bad)
 

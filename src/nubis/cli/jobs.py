@@ -173,13 +173,13 @@ def list_jobs(
 
 @app.command()
 def run(
-    kind: Annotated[str, typer.Argument(help="reap, verify or tier.")],
+    kind: Annotated[str, typer.Argument(help="reap, verify, tier or rewrap.")],
     param: Annotated[
         list[str] | None,
         typer.Option(
             "--param",
             help="Job parameter NAME=VALUE (repeatable), e.g. study=1.2.3, max_mb_per_s=50, "
-            "grace_seconds=0.",
+            "grace_seconds=0, kek_id=k1 (rewrap).",
         ),
     ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the job's progress until it ends.")] = False,
@@ -305,6 +305,7 @@ def work(
             maintenance=archive.maintenance,
             lifecycle=archive.lifecycle,
             tiers=archive.tiers,
+            rewrap=archive.rewrap,
         ),
         lease_seconds=settings.jobs_lease_seconds,
         poll_seconds=settings.jobs_poll_seconds,

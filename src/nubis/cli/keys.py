@@ -6,7 +6,10 @@ workers pick the change up on their next read of the keyring. With an index keyr
 (``keyring = index+file://...``) the KEKs are in a secret nubis only reads: ``new-secret`` and
 ``rotate`` write secret content (to stdout or ``--out``) for the operator to give every node.
 ``retire`` re-wraps what an old KEK wraps under the current one and removes the old one (from
-the local keyring; from the secret it writes) once nothing needs it.
+the local keyring; from the secret it writes) once nothing needs it. Stored objects whose
+header names it keep needing it until ``retire --rewrap`` re-encrypts them: a ``rewrap`` job
+(nubis.services.kek_rewrap) that writes each one anew under the current KEK and swaps it in,
+run by this command unless a running server takes it first, and shown in ``nubis jobs list``.
 
 ``shred-patient`` deletes every key of one patient (crypto-shredding): all their stored
 objects, and every copy or backup of them, become unreadable for good (HTTP 410). It does not
@@ -39,6 +42,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from nubis.archive import Archive
+    from nubis.jobs import Job
     from nubis.model.audit import ActiveParticipant, EventOutcome
     from nubis.ports.keys import KeyProvider
     from nubis.security.policy import Principal
@@ -47,7 +51,7 @@ console = Console(stderr=True)
 out = Console()
 
 app = typer.Typer(
-    help="Keys of encryption at rest: list, rotate, retire, shred-patient, new-secret.",
+    help="Keys of encryption at rest: list, rotate, retire (--rewrap), shred-patient, new-secret.",
     no_args_is_help=True,
 )
 
@@ -57,6 +61,14 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's 
 Out = Annotated[
     Path | None,
     typer.Option("--out", help="Write the KEK secret to this new file (mode 0600), not stdout."),
+]
+Rewrap = Annotated[
+    bool,
+    typer.Option(
+        "--rewrap",
+        help="First re-encrypt every stored object whose header names the KEK under the "
+        "current one (a rewrap job: run here unless a server takes it; resumable).",
+    ),
 ]
 
 
@@ -130,27 +142,31 @@ def new_secret(out_file: Out = None) -> None:
 @app.command()
 def retire(
     kek_id: Annotated[str, typer.Argument(help="The KEK version to retire, e.g. k1.")],
+    rewrap: Rewrap = False,
     out_file: Out = None,
     data_dir: DataDir = None,
     config: Config = None,
     set_: Set = None,
 ) -> None:
-    """Stop needing an old KEK: re-wrap the patient keys it wraps under the current KEK, then
-    remove it if no stored object names it.
+    """Stop needing an old KEK: with --rewrap, re-encrypt the stored objects it wraps the data
+    keys of under the current KEK; re-wrap the patient keys it wraps; then remove it if no
+    stored object names it.
 
-    A local keyring drops the KEK; for an index keyring the secret without it is written, to
-    give every node. Refused for the current KEK, and while any stored object's header still
-    names it (its data key is wrapped under it) or cannot be read. Recorded in the audit trail
-    before and after.
+    --rewrap writes each object anew (fresh data key, same bytes), swaps it in and deletes the
+    old blob; objects in an archive tier awaiting restore, or whose patient key was shredded,
+    cannot be and keep the KEK. A local keyring drops the KEK; for an index keyring the secret
+    without it is written, to give every node. Refused for the current KEK, and while any
+    stored object's header still names it (its data key is wrapped under it) or cannot be read.
+    Recorded in the audit trail before and after, and each re-encrypted object as well.
     """
     if out_file is not None and out_file.exists():
         console.print(f"[red]{out_file} exists; nothing changed")
         raise typer.Exit(2)
     with _archive(data_dir, config, set_) as archive:
-        _retire(archive, kek_id, out_file)
+        _retire(archive, kek_id, out_file, rewrap=rewrap)
 
 
-def _retire(archive: Archive, kek_id: str, out_file: Path | None) -> None:
+def _retire(archive: Archive, kek_id: str, out_file: Path | None, *, rewrap: bool) -> None:
     """Authorize, record, re-wrap, check, remove, record the outcome (fail closed, as _shred)."""
     from nubis.blobs.encrypted import EncryptedBlobStore
     from nubis.crypto.index_keys import IndexKeyring
@@ -189,6 +205,18 @@ def _retire(archive: Archive, kek_id: str, out_file: Path | None) -> None:
     except NubisError as exc:
         console.print(f"[red]{exc.reason}; nothing changed")
         raise typer.Exit(1) from None
+    if rewrap:
+        job = _rewrap_objects(archive, kek_id)
+        if job.state.value != "done":
+            reason = f"rewrap job {job.id} {job.state.value}: {job.last_error or ''}"
+            _quietly(record, EventOutcome.MAJOR_FAILURE, f"{what}: {reason}; kept")
+            console.print(f"[red]{reason}; {kek_id} kept")
+            raise typer.Exit(1)
+        result = job.result or {}
+        console.print(f"rewrap job {job.id}: {result.get('rewrapped', 0)} object(s) re-encrypted")
+        for problem, hint in _LEFT_BY_REWRAP.items():
+            if result.get(problem):
+                console.print(f"[yellow]{result[problem]} object(s) {hint}")
     try:
         check = retire_kek(archive.index, blobs, keys, kek_id)
         if not check.needed:
@@ -209,6 +237,10 @@ def _retire(archive: Archive, kek_id: str, out_file: Path | None) -> None:
         _quietly(record, EventOutcome.MINOR_FAILURE, f"{done}; {still}")
         console.print(f"{check.rewrapped} patient key(s) re-wrapped under the current KEK")
         console.print(f"[red]{kek_id} {still}")
+        if check.objects and not rewrap:
+            console.print(
+                f"--rewrap re-encrypts those objects: nubis keys retire {kek_id} --rewrap"
+            )
         raise typer.Exit(1)
     where = (
         "removed from the keyring"
@@ -221,6 +253,50 @@ def _retire(archive: Archive, kek_id: str, out_file: Path | None) -> None:
     console.print(f"{check.rewrapped} patient key(s) re-wrapped; nothing needs {kek_id}: {where}")
     if isinstance(keys, IndexKeyring):
         console.print(f"give every node the new secret; then {kek_id} can be destroyed")
+
+
+# What a rewrap job leaves naming the KEK, and what the operator can do about it.
+_LEFT_BY_REWRAP = {
+    "awaiting_restore": "in an archive tier await their restore (requested): retire again later",
+    "erased": "belong to shredded patients (unreadable for good): DELETE them to let the KEK go",
+    "abandoned": "took too long to swap in safely: retire --rewrap again",
+    "missing": "have no blob (see nubis jobs show, and the verify job)",
+    "unreadable": "fail their integrity check (see nubis jobs show, and the verify job)",
+    "key_mismatch": "would change patient key and were kept (see the log)",
+}
+
+
+def _rewrap_objects(archive: Archive, kek_id: str) -> Job:
+    """Run the rewrap job of ``kek_id`` to its end (one already queued or running, else a new
+    one): here, unless a server's runner takes it first; either way its progress is shown."""
+    from nubis.cli.jobs import _follow
+    from nubis.jobs import JobRunner, JobState
+    from nubis.security.authn import os_account
+
+    assert archive.rewrap is not None  # an encrypted archive: see _archive
+    pending = [
+        job
+        for job in archive.jobs.list(kind="rewrap", states=[JobState.QUEUED, JobState.RUNNING])
+        if job.params.get("kek_id") == kek_id
+    ]
+    job_id = (
+        pending[-1].id
+        if pending
+        else archive.jobs.enqueue("rewrap", {"kek_id": kek_id}, created_by=f"cli:{os_account()}")
+    )
+    assert job_id is not None
+    console.print(f"rewrap job {job_id}: re-encrypting the objects whose header names {kek_id}")
+    runner = JobRunner(
+        archive.jobs,
+        {"rewrap": archive.rewrap.run},
+        lease_seconds=archive.settings.jobs_lease_seconds,
+        poll_seconds=1.0,
+    )
+    runner.start()
+    try:
+        return _follow(archive.jobs, job_id)
+    finally:
+        runner.stop()  # an interrupted job goes back to the queue and resumes where it was
 
 
 def _quietly(

@@ -5,6 +5,9 @@
 - ``verify``: re-read blobs and check their SHA-256 (nubis.jobs.verify).
 - ``tier``: apply the lifecycle rules (nubis.tiers.lifecycle); parameters ``partition`` and
   ``study`` to move one study (``nubis storage tier``).
+- ``rewrap``: re-encrypt every stored object whose header names an old key-encryption key so
+  that it names the current one (nubis.services.kek_rewrap); parameter ``kek_id`` (``nubis keys
+  retire KEK --rewrap``). Only nodes of an encrypted archive run it, and it is never scheduled.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from nubis.index.database import Index
 from nubis.jobs.runner import Handler, JobContext
 from nubis.jobs.verify import verify
 from nubis.ports.blobs import BlobStore
+from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
 from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.rules import Tiers
 
 __all__ = ["KINDS", "handlers", "parse_schedule"]
 
-KINDS = ("reap", "verify", "tier")
+KINDS = ("reap", "verify", "tier", "rewrap")
+# A rewrap names its KEK: a periodic run would have nothing to work on.
+_SCHEDULED = ("reap", "verify", "tier")
 _EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -32,9 +38,9 @@ def parse_schedule(text: str) -> dict[str, int]:
     schedule: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         kind, sep, every = (p.strip() for p in item.partition("="))
-        if kind not in KINDS:
+        if kind not in _SCHEDULED:
             raise ValueError(
-                f"jobs_schedule: unknown job kind {kind!r} (kinds: {', '.join(KINDS)})"
+                f"jobs_schedule: unknown job kind {kind!r} (kinds: {', '.join(_SCHEDULED)})"
             )
         m = _EVERY.match(every)
         if not sep or not m or int(m[1]) == 0:
@@ -44,8 +50,16 @@ def parse_schedule(text: str) -> dict[str, int]:
 
 
 def handlers(
-    *, index: Index, blobs: BlobStore, maintenance: Maintenance, lifecycle: Lifecycle, tiers: Tiers
+    *,
+    index: Index,
+    blobs: BlobStore,
+    maintenance: Maintenance,
+    lifecycle: Lifecycle,
+    tiers: Tiers,
+    rewrap: KekRewrap | None = None,
 ) -> dict[str, Handler]:
+    """The handler of each kind this node can run (``rewrap`` only with encryption at rest)."""
+
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
         doomed = maintenance.reap_doomed()
@@ -62,4 +76,7 @@ def handlers(
             ctx, partition=ctx.params.get("partition"), study_uid=ctx.params.get("study")
         )
 
-    return {"reap": reap, "verify": check, "tier": tier}
+    kinds: dict[str, Handler] = {"reap": reap, "verify": check, "tier": tier}
+    if rewrap is not None:
+        kinds["rewrap"] = rewrap.run
+    return kinds

@@ -5,8 +5,10 @@ A blob's DEK is wrapped under HKDF(KEK || patient key) with the KEK its header n
 
 1. the patient keys it wraps: the key provider re-wraps them under the current KEK
    (``KeyProvider.retire``), after which they no longer need it;
-2. every stored object whose header names it: only a rewrite of that header would free it, and
-   that is not built (blob stores are write-once; a rewrite is a new blob and an index swap).
+2. every stored object whose header names it: the ``rewrap`` job (nubis.services.kek_rewrap,
+   ``nubis keys retire KEK --rewrap``) writes each one anew under a fresh DEK wrapped by the
+   current KEK and swaps it in (blob stores are write-once). It cannot do objects awaiting a
+   restore from an archive tier, nor objects whose patient key was shredded: those keep it.
 
 :func:`retire_kek` does the first and counts the second by reading each indexed object's header
 (one ranged read of 1 KiB per object, nothing decrypted), so ``nubis keys retire`` removes a KEK
