@@ -280,6 +280,78 @@ def test_a_delete_between_put_and_swap_wins(setup: Setup, monkeypatch: pytest.Mo
     assert archive.maintenance.reap(grace_seconds=0).orphans_deleted == 0
 
 
+def test_a_tier_move_between_put_and_swap_wins(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = setup.archive
+    anna = setup.studies[ANNA.patient_id]
+    moved: list[str] = []
+
+    def move_anna_to_hot(obj: Any) -> None:
+        if obj.context.study_uid == anna and not moved:
+            moved.append(obj.key)
+            assert archive.lifecycle.pin("default", anna, "hot")
+            assert archive.lifecycle.run()["moved_to_hot"] == 3
+
+    _swap_with(monkeypatch, move_anna_to_hot)
+    job = setup.run_job(workers=1)
+    assert job.state is JobState.DONE and job.result is not None
+    # Each of Anna's objects was copied into cold, where its page said it was: none swapped.
+    assert job.result["changed"] == 3 and job.result["rewrapped"] == 1
+    mover = archive.lifecycle.mover
+    assert mover is not None
+    hot = archive.tiers.get("hot").target if archive.settings.blobs.startswith("s3") else "hot"
+    assert {mover.where(i.blob_key) for i in archive.retrieve.instances(WHO, anna)} == {hot}
+    assert setup.blob_count() == 5
+    assert setup.all_byte_exact()
+
+    monkeypatch.undo()  # a later run does them, in the tier they are in now
+    job = setup.run_job()
+    assert job.result is not None and job.result["rewrapped"] == 3
+    assert {mover.where(i.blob_key) for i in archive.retrieve.instances(WHO, anna)} == {hot}
+    assert setup.kek_ids() == ["k2"] * 5
+    assert setup.blob_count() == 5
+
+
+def test_two_rewraps_of_one_object_swap_once(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs on the same KEK (an operator queued a second one): the later swap loses."""
+    swap = KekRewrap._swap
+    raced: list[str] = []
+
+    def first_another_job_does_it(self: KekRewrap, obj: Any, new_key: str, record: Any) -> bool:
+        if not raced:
+            raced.append(obj.key)
+            assert self._rewrap(obj, "k1", self.actor, 99, []) == "rewrapped"
+        return swap(self, obj, new_key, record)
+
+    monkeypatch.setattr(KekRewrap, "_swap", first_another_job_does_it)
+    job = setup.run_job(workers=1)
+    assert job.state is JobState.DONE, job.last_error
+    assert job.result is not None
+    assert job.result["changed"] == 1 and job.result["rewrapped"] == 3
+    assert setup.kek_ids() == ["k2"] * 5
+    assert setup.all_byte_exact()
+    # The loser's new blob was deleted; the winner's old blob waits in the reaper's queue.
+    assert setup.blob_count() == 5 and setup.doomed() == 1
+    report = setup.archive.maintenance.reap(grace_seconds=0)
+    assert (report.orphans_deleted, report.doomed_deleted) == (0, 1)
+
+
+def test_an_object_is_never_moved_to_another_patients_key(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Patient ID other than the stored one would wrap the new blob under another patient's
+    key, which a shred of the real patient would then miss: such an object is kept as it is."""
+    assert setup.archive.rewrap is not None
+    monkeypatch.setattr(setup.archive.rewrap, "_patient_id", lambda pk: "SOMEONE-ELSE")
+    job = setup.run_job()
+    assert job.state is JobState.DONE and job.result is not None
+    assert job.result["key_mismatch"] == 4 and "rewrapped" not in job.result
+    assert sorted(setup.kek_ids()) == ["k1", "k1", "k1", "k1", "k2"]
+    assert setup.blob_count() == 5  # each new blob deleted again
+    assert setup.all_byte_exact()
+
+
 def test_a_swap_too_late_for_the_reapers_grace_is_abandoned(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
