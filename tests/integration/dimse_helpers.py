@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import socket
@@ -77,6 +78,24 @@ def dataset_bytes(data: bytes) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     meta_end = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
     return data[meta_end:]
+
+
+def data_set_offset(head: bytes) -> int:
+    """Where the data set starts in a PS3.10 file: after the preamble, "DICM" and the file
+    meta group, whose length is the value of its first element (PS3.10 7.1)."""
+    assert head[128:132] == b"DICM", head[:140]
+    return 144 + int.from_bytes(head[140:144], "little")
+
+
+def file_data_set_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of the data set of the PS3.10 file at ``path``, read a MB at a time."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        f.seek(data_set_offset(f.read(144)))
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def sent_by_dcmtk(data: bytes) -> bytes:

@@ -81,13 +81,19 @@ class Server:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def peak_rss_bytes(self) -> int:
-        """The largest VmHWM of the server and its worker processes: the most resident memory
-        any of them has had since it started (requests run in the workers, when there are)."""
+    def _pids(self) -> list[int]:
+        """The server process and its worker processes (requests run in the workers, when
+        there are)."""
         pids = [self.pid]
         with contextlib.suppress(OSError):
             children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
             pids += [int(p) for p in children.split()]
+        return pids
+
+    def peak_rss_bytes(self) -> int:
+        """The largest VmHWM of the server and its worker processes: the most resident memory
+        any of them has had since it started, or since :meth:`reset_peak_rss`."""
+        pids = self._pids()
         peak = 0
         for pid in pids:
             with contextlib.suppress(OSError):
@@ -98,6 +104,13 @@ class Server:
                         peak = max(peak, int(value) * 1024)
         assert peak, f"no VmHWM for {pids}"
         return peak
+
+    def reset_peak_rss(self) -> None:
+        """Bring each process's VmHWM down to its present resident memory (Linux clear_refs
+        "5"), so that :meth:`peak_rss_bytes` measures what comes next on its own."""
+        for pid in self._pids():
+            with contextlib.suppress(FileNotFoundError):  # a worker that has just exited
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def start_server(

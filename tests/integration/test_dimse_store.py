@@ -28,7 +28,9 @@ from integration import AUTH, DicomFile
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import (
     Dimse,
+    data_set_offset,
     dataset_bytes,
+    file_data_set_sha256,
     free_port,
     need_dcmtk,
     run,
@@ -212,23 +214,6 @@ MAX_SERVER_RSS = 300 << 20  # far below the object: only a bounded receive fits
 CHUNK = 1 << 20
 
 
-def _data_set_offset(head: bytes) -> int:
-    """Where the data set starts in a PS3.10 file: after the preamble, "DICM" and the file
-    meta group, whose length is the value of its first element (PS3.10 7.1)."""
-    assert head[128:132] == b"DICM", head[:140]
-    return 144 + int.from_bytes(head[140:144], "little")
-
-
-def _file_data_set_sha256(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        f.seek(_data_set_offset(f.read(144)))
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def _retrieved_data_set_sha256(response: httpx.Response) -> tuple[str, int]:
     """SHA-256 and size of the data set in the single part of a streamed multipart/related
     WADO-RS response; only part headers and a delimiter's worth of bytes are held back."""
@@ -243,7 +228,7 @@ def _retrieved_data_set_sha256(response: httpx.Response) -> tuple[str, int]:
             if end < 0 or len(head) < end + 4 + 144:
                 continue
             body = head[end + 4 :]
-            skip = _data_set_offset(body[:144])
+            skip = data_set_offset(body[:144])
             chunk = body
         pending += chunk
         if len(pending) > len(closing):
@@ -271,7 +256,7 @@ def test_one_gigabyte_c_store_with_bounded_memory(tmp_path: Path) -> None:
         pytest.skip(reason=f"needs 4 GB free in {tmp_path}; {free / GIGABYTE:.1f} GB free")
     path = make_large_instance(tmp_path / "large.dcm", size_bytes=GIGABYTE, seed=3)
     header = pydicom.dcmread(path, stop_before_pixels=True)
-    expected = _file_data_set_sha256(path)
+    expected = file_data_set_sha256(path)
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     port = free_port()
