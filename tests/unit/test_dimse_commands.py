@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
@@ -23,7 +24,12 @@ from pynetdicom.dimse_primitives import (
     N_SET,
 )
 
-from nubis.dimse.commands import fast_message, p_data
+from nubis.dimse.commands import (
+    data_set_p_data,
+    fast_message,
+    p_data,
+    streamed_store_request,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SOP = "1.2.826.0.1.3680043.8.498.10199167201980975014564707662818696331"  # odd length
@@ -274,3 +280,58 @@ def test_text_it_cannot_encode_falls_back() -> None:
         ErrorComment="kein Speicherplatz für Müller",
     )
     assert fast_message(_RSP_TO_MESSAGE[C_STORE], primitive, 1) is None
+
+
+def _chunks(data: bytes, sizes: list[int]) -> list[bytes]:
+    """``data`` in chunks of the given sizes, cycled (a stream's reads do not line up with
+    fragments)."""
+    out, offset, turn = [], 0, 0
+    while offset < len(data):
+        size = sizes[turn % len(sizes)]
+        out.append(data[offset : offset + size])
+        offset, turn = offset + size, turn + 1
+    return out
+
+
+@pytest.mark.parametrize("max_pdu", [64, 16384, 131072])
+@pytest.mark.parametrize("sizes", [[1 << 20], [1, 57, 4096], [58], [200_000, 3]])
+def test_streamed_c_store_same_pdvs_as_pynetdicom(max_pdu: int, sizes: list[int]) -> None:
+    """A C-STORE whose data set comes as a stream goes out exactly as pynetdicom sends the same
+    data set from memory: same command set, same fragments, same control headers. (With no
+    maximum PDU length pynetdicom sends the data set as one fragment; a stream sends its
+    chunks as they come, which PS3.8 allows as well.)"""
+    data = bytes(range(256)) * 781 + b"\x01\x02"  # not a multiple of any fragment size
+    primitive = _primitive(
+        C_STORE,
+        MessageID=7,
+        AffectedSOPClassUID=CT,
+        AffectedSOPInstanceUID=SOP,
+        Priority=2,
+        MoveOriginatorApplicationEntityTitle="MOVER",
+        MoveOriginatorMessageID=3,
+    )
+    msg, command = streamed_store_request(primitive, 1)
+    got = [p.presentation_data_value_list for p in p_data(1, command, b"", max_pdu)]
+    got += [
+        p.presentation_data_value_list for p in data_set_p_data(1, _chunks(data, sizes), max_pdu)
+    ]
+    primitive.DataSet = BytesIO(data)
+    assert got == _pdvs(_RQ_TO_MESSAGE[C_STORE], primitive, max_pdu)
+    assert isinstance(msg, _RQ_TO_MESSAGE[C_STORE])
+    assert msg.command_set.CommandDataSetType == 0x0001
+
+
+def test_a_stream_that_fails_never_completes_the_data_set() -> None:
+    """A stream that stops with an error (a digest check withholding the last chunk) leaves
+    every fragment sent marked "more to come": the peer never sees the last one."""
+
+    def failing() -> Iterator[bytes]:
+        yield b"\x00" * 100
+        yield b"\x00" * 100
+        raise OSError("digest mismatch")
+
+    sent = []
+    with pytest.raises(OSError):
+        for pdata in data_set_p_data(1, failing(), 64):
+            sent.append(pdata.presentation_data_value_list[0][1][0])
+    assert sent and set(sent) == {0x00}

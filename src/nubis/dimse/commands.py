@@ -8,22 +8,28 @@ a handful of VRs, so it is written here with ``struct`` in a few microseconds; t
 byte-for-byte what pynetdicom sends (tests/unit/test_dimse_commands.py compares every message
 type). Anything this encoder does not write exactly as pydicom would (non-ASCII text, a
 value of an unexpected type) returns ``None`` and the caller uses pynetdicom's own path.
+
+A data set may also come as a stream of chunks (:func:`data_set_p_data`): a large stored
+object is cut into fragments as it is read, never held whole.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pynetdicom.dimse_messages import (
     _COMMAND_SET_KEYWORDS,
     _DATASET_KEYWORDS,
     _MESSAGE_TYPES,
+    C_STORE_RQ,
     DIMSEMessage,
 )
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 
 # keyword -> (element number in group 0000, VR)
@@ -142,19 +148,70 @@ def fast_message(
     return msg, command, data_set.getvalue() if data_set is not None else b""
 
 
+def streamed_store_request(primitive: C_STORE, context_id: int) -> tuple[C_STORE_RQ, bytes]:
+    """The C-STORE-RQ message (for EVT_DIMSE_SENT) and its encoded command set, for a request
+    whose data set follows from a stream (:func:`data_set_p_data`), not from ``DataSet``.
+
+    pynetdicom's own encoding: it costs a millisecond, once per object large enough to be
+    streamed."""
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(primitive)
+    msg.context_id = context_id
+    # pynetdicom says a data set follows only when the primitive holds one (or a file path).
+    msg.command_set.CommandDataSetType = 0x0001
+    return msg, cast(bytes, encode(msg.command_set, True, True))
+
+
 def p_data(context_id: int, command: bytes, data_set: bytes, max_pdu: int) -> Iterator[P_DATA]:
     """P-DATA primitives for one message, one PDV each, as pynetdicom's ``encode_msg``:
     the command fragments (control header 01, last 03), then the data set's (00, last 02)."""
-    for stream, more, last in ((command, 0x01, 0x03), (data_set, 0x00, 0x02)):
-        if not stream:
+    yield from _fragments(context_id, (command,), max_pdu, 0x01, 0x03)
+    yield from data_set_p_data(context_id, (data_set,), max_pdu)
+
+
+def data_set_p_data(context_id: int, chunks: Iterable[bytes], max_pdu: int) -> Iterator[P_DATA]:
+    """P-DATA primitives for a data set that comes as ``chunks``, cut into fragments of the
+    peer's maximum PDU length as the chunks arrive (control header 00, last 02).
+
+    A fragment is only made the last once the chunks have run out: if they stop with an
+    error (a stream that withholds its last chunk when the object fails its digest), the
+    message is never completed."""
+    return _fragments(context_id, chunks, max_pdu, 0x00, 0x02)
+
+
+def _fragments(
+    context_id: int, chunks: Iterable[bytes], max_pdu: int, more: int, last: int
+) -> Iterator[P_DATA]:
+    held: bytes | memoryview | None = None
+    # A PDV item is its 4-byte length, the context ID and the control header (PS3.8 9.3.5.1).
+    for fragment in _cut(chunks, max_pdu - 6 if max_pdu else 0):
+        if held is not None:
+            yield _pdv(context_id, more, held)
+        held = fragment
+    if held is not None:
+        yield _pdv(context_id, last, held)
+
+
+def _cut(chunks: Iterable[bytes], size: int) -> Iterator[bytes | memoryview]:
+    """``chunks`` cut into pieces of ``size`` bytes (the last may be shorter); a size of 0
+    (the peer set no limit, PS3.8 D.1) keeps the chunks as they come."""
+    carry = b""
+    for chunk in chunks:
+        if not size:
+            if chunk:
+                yield chunk
             continue
-        size = len(stream) if max_pdu == 0 else max_pdu - 6
-        view = memoryview(stream)
-        for offset in range(0, len(stream), size):
-            end = offset + size
-            pdata = P_DATA()
-            header = last if end >= len(stream) else more
-            pdata.presentation_data_value_list.append(
-                (context_id, bytes((header,)) + view[offset:end])
-            )
-            yield pdata
+        data = carry + chunk if carry else chunk
+        whole = len(data) - len(data) % size
+        view = memoryview(data)
+        for offset in range(0, whole, size):
+            yield view[offset : offset + size]
+        carry = bytes(view[whole:])
+    if carry:
+        yield carry
+
+
+def _pdv(context_id: int, header: int, fragment: bytes | memoryview) -> P_DATA:
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, bytes((header,)) + fragment))
+    return pdata

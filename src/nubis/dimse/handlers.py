@@ -5,8 +5,9 @@ takes the spool file the received bytes were written into as they arrived (:clas
 and calls ``StoreService.store`` (the STOW-RS path), C-FIND builds a
 :class:`~nubis.model.query.Query` with :func:`~nubis.model.query.parse_cfind` and calls
 ``Index.search`` (the QIDO-RS path), C-MOVE and C-GET read objects through
-``RetrieveService`` with their SHA-256 checked. Every failure is answered with the status the
-service's error carries (:mod:`nubis.errors`), never by aborting the association.
+``RetrieveService`` with their SHA-256 checked (large ones as streams, ``Handlers._streamed``).
+Every failure is answered with the status the service's error carries (:mod:`nubis.errors`),
+never by aborting the association.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, build_context, build_role, dimse_messages, evt
 from pynetdicom.dsutils import encode
@@ -32,12 +35,14 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from nubis.dicom import transcode
 from nubis.dimse.peers import AccessPolicy, PeerCertificate, Permissions
+from nubis.dimse.reactor import StreamedDataset
 from nubis.errors import BadRequest, NotFound, NubisError
 from nubis.model.query import CFIND_LEVELS, parse_cfind
 from nubis.model.records import StoredInstance
 from nubis.security.authn import dimse_principal
 from nubis.security.policy import Principal
 from nubis.services.query import ScopedQuery
+from nubis.services.retrieve import AS_STORED
 from nubis.services.spool import Spool, SpooledFile, SpoolWriter
 
 if TYPE_CHECKING:
@@ -82,6 +87,12 @@ _UNIQUE_KEYS = {
     "IMAGE": "SOPInstanceUID",
 }
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2: at most 128 presentation contexts (odd IDs 1-255)
+# C-MOVE / C-GET send objects larger than this as streams (read once to check, then again to
+# send), never whole in memory; smaller ones are read, checked and sent from memory.
+STREAM_LARGER_THAN = 64 << 20
+# How much of a streamed object's start is kept to find where its data set begins: far more
+# than any file meta group.
+_HEAD = 1 << 20
 
 
 class BlobCorrupted(NubisError):
@@ -533,16 +544,17 @@ class Handlers:
 
     def _dataset(self, inst: StoredInstance, accepted: dict[str, set[str]]) -> Dataset:
         """The object to send, checked against its SHA-256; converted only if the peer must
-        have another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted)."""
-        data = self.archive.retrieve.read(inst)
-        if len(data) != inst.size or hashlib.sha256(data).hexdigest() != inst.sha256:
-            log.error(
-                "blob %s of %s fails its SHA-256; not sent", inst.blob_key, inst.sop_instance_uid
-            )
-            raise BlobCorrupted("stored object failed its integrity check")
+        have another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted).
+
+        An object over :data:`STREAM_LARGER_THAN` sent in its stored transfer syntax goes as a
+        stream (:meth:`_streamed`); a conversion is made in memory, as it decodes the pixel
+        data anyway."""
         syntaxes = accepted.get(inst.sop_class_uid)
         if syntaxes is None or inst.transfer_syntax_uid in syntaxes:
-            return dcmread(io.BytesIO(data))
+            if inst.size > STREAM_LARGER_THAN:
+                return self._streamed(inst)
+            return dcmread(io.BytesIO(self._checked(inst)))
+        data = self._checked(inst)
         for target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *sorted(syntaxes)):
             if target in syntaxes and transcode.can_transcode(inst.transfer_syntax_uid, target):
                 converted = transcode.transcode_file(io.BytesIO(data), target)
@@ -551,10 +563,56 @@ class Handlers:
             f"the peer accepts no transfer syntax {inst.sop_instance_uid} can be sent in"
         )
 
+    def _checked(self, inst: StoredInstance) -> bytes:
+        """The whole stored object, read into memory, once its SHA-256 has been checked."""
+        data = self.archive.retrieve.read(inst)
+        if len(data) != inst.size or hashlib.sha256(data).hexdigest() != inst.sha256:
+            raise _corrupted(inst)
+        return data
+
+    def _streamed(self, inst: StoredInstance) -> StreamedDataset:
+        """A large object to send as a stream, read through once first to check its SHA-256.
+
+        A stream's digest is known only at its end, and a C-STORE request whose data set has
+        begun cannot be withdrawn: its fragments may not be followed by another message's
+        (PS3.8 9.3.1), so the only way to stop it is an A-ABORT (PS3.8 7.3), which for a C-GET
+        ends the requester's own association with no final response and for a C-MOVE fails
+        every sub-operation left. Reading the object once before sending lets a corrupted one
+        fail its own sub-operation, listed in the Failed SOP Instance UID List (PS3.4
+        C.4.2.1.4.2, C.4.3.1.3.2), as a small one does. Blobs are written once, so the second
+        read sees the same bytes; it is the WADO-RS read all the same (checked as it goes,
+        its last chunk withheld on a mismatch), and an association on which it fails is
+        aborted rather than a bad object completed (nubis.dimse.reactor.StreamingStore).
+        """
+        intact, head = self._read_through(inst, keep=_HEAD)
+        if not intact:
+            raise _corrupted(inst)
+        start, transfer_syntax = _data_set_start(head, inst)
+        retrieve = self.archive.retrieve
+        return StreamedDataset(
+            inst.sop_class_uid,
+            inst.sop_instance_uid,
+            transfer_syntax,
+            lambda: _skip(retrieve.instance_chunks(inst, AS_STORED), start),
+        )
+
+    def _read_through(self, inst: StoredInstance, keep: int = 0) -> tuple[bool, bytes]:
+        """Read the stored object as a stream: whether it still has the size and SHA-256
+        recorded at ingest, and its first ``keep`` bytes."""
+        digest, size, head = hashlib.sha256(), 0, b""
+        for chunk in self.archive.retrieve.read_range(inst, 0, None):
+            digest.update(chunk)
+            size += len(chunk)
+            if len(head) < keep:
+                head += chunk[: keep - len(head)]
+        return size == inst.size and digest.hexdigest() == inst.sha256, head
+
     def _sub_operations(
         self, event: Event, instances: list[StoredInstance], accepted: dict[str, set[str]]
     ) -> Iterator[tuple[int, Dataset]]:
         for sent, inst in enumerate(instances):
+            if not event.assoc.is_established:
+                return  # aborted, by the peer or by a streamed C-STORE that failed part-way
             if event.is_cancelled:
                 log.info(
                     "%s from %s cancelled after %d sub-operation(s)",
@@ -729,14 +787,11 @@ class Handlers:
             return NO_SUCH_INSTANCE
         if sop_class and inst.sop_class_uid != sop_class:
             return CLASS_INSTANCE_CONFLICT
-        digest, size = hashlib.sha256(), 0
         try:
-            for chunk in self.archive.retrieve.read_range(inst, 0, None):
-                digest.update(chunk)
-                size += len(chunk)
+            intact, _ = self._read_through(inst)
         except (OSError, KeyError, NubisError):  # NubisError: unreadable blob or key erased
             return PROCESSING_FAILURE
-        if size != inst.size or digest.hexdigest() != inst.sha256:
+        if not intact:
             log.error("storage commitment: blob of %s fails its SHA-256", sop_uid)
             return PROCESSING_FAILURE
         return None
@@ -816,6 +871,38 @@ def _client_certificate(assoc: Association) -> PeerCertificate | None:
     except (ValueError, OSError):
         return None
     return PeerCertificate.from_der(der) if der else None
+
+
+def _corrupted(inst: StoredInstance) -> BlobCorrupted:
+    log.error("blob %s of %s fails its SHA-256; not sent", inst.blob_key, inst.sop_instance_uid)
+    return BlobCorrupted("stored object failed its integrity check")
+
+
+def _data_set_start(head: bytes, inst: StoredInstance) -> tuple[int, str]:
+    """Where the data set begins in a stored PS3.10 file (after the preamble, "DICM" and the
+    group 0002 file meta, PS3.10 7.1) and the transfer syntax it is in, from the file's
+    first bytes."""
+    fp = io.BytesIO(head)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except (InvalidDicomError, EOFError, ValueError):
+        meta = None
+    start = fp.tell()
+    # A meta group that fills ``head`` may go on past it.
+    if meta is None or start >= len(head) or "TransferSyntaxUID" not in meta:
+        raise NubisError(f"the file meta of {inst.sop_instance_uid} cannot be read")
+    return start, str(meta.TransferSyntaxUID)
+
+
+def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
+    """``chunks`` less their first ``count`` bytes."""
+    for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0
 
 
 def _selection_status(exc: NubisError) -> int:

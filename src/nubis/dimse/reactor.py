@@ -20,6 +20,9 @@ The request handler also stops deep-copying the AE's ~180 presentation contexts 
 5 ms) for every association: negotiation only reads them, and makes new context objects for its
 result.
 
+Both kinds of association (and the C-MOVE sub-associations, see :class:`RaceFreeAE`) also send
+a :class:`StreamedDataset` by C-STORE as it is read, with bounded memory (:class:`StreamingStore`).
+
 Everything else (state machine, PDU and DIMSE coding, services, events) is pynetdicom's own; the
 overridden loops keep its order of checks. Written against pynetdicom 3.0.
 """
@@ -27,28 +30,32 @@ overridden loops keep its order of checks. Written against pynetdicom 3.0.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import select
 import socket
 import ssl
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
 
+from pydicom.dataset import Dataset, FileMetaDataset
 from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dul import LOGGER, DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from nubis.dimse.commands import fast_message, p_data
+from nubis.dimse.commands import data_set_p_data, fast_message, p_data, streamed_store_request
 
 if TYPE_CHECKING:
     from pynetdicom.ae import ApplicationEntity
@@ -61,6 +68,14 @@ TICK = 0.1
 _RECV_CHUNK = 1 << 20
 # The operations a C-CANCEL can stop (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3).
 _CANCELLABLE = (C_FIND, C_GET, C_MOVE)
+# How much of a streamed data set may wait in the DUL's queue to be sent: the reader stops
+# there until the network takes some, so an object read faster than the peer receives it is
+# never piled up in memory.
+_STREAM_QUEUED_BYTES = 4 << 20
+# The fragment size assumed for that budget when the peer sets no maximum PDU length.
+_UNLIMITED_PDU_FRAGMENT = 1 << 20
+
+log = logging.getLogger("nubis.dimse")
 
 
 class _Wakeup:
@@ -295,6 +310,122 @@ class FastDIMSE(DIMSEServiceProvider):
             self.dul.send_pdu(pdata)
 
 
+class StreamedDataset(Dataset):
+    """A stored object for :meth:`StreamingStore.send_c_store` to send as the data set bytes of
+    its file, read as a stream, neither decoded nor held whole.
+
+    A Dataset with only the SOP Class and Instance UIDs and, in its file meta, the transfer
+    syntax the bytes are in: pynetdicom's C-GET and C-MOVE SCPs pass on only what a handler
+    yields as a non-empty Dataset, and name a failed sub-operation by its SOPInstanceUID.
+    ``open_data_set`` opens the stream of the data set bytes (after the preamble and file meta).
+    """
+
+    def __init__(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        open_data_set: Callable[[], Iterator[bytes]],
+    ) -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = transfer_syntax_uid
+        self.open_data_set = open_data_set
+
+
+class StreamingStore(Association):
+    """pynetdicom's Association, whose ``send_c_store`` also takes a :class:`StreamedDataset`:
+    the command goes out, then the data set as P-DATA fragments cut from the stream as it is
+    read, with at most :data:`_STREAM_QUEUED_BYTES` of them waiting for the DUL thread. An
+    object of any size then costs a few MB. Anything else is pynetdicom's own send.
+
+    pynetdicom's chunked send (``_config.STORE_SEND_CHUNKED_DATASET`` with a file path) cannot
+    serve here: it reads a plaintext file, which an archive encrypted at rest must not write,
+    and queues every fragment at once, holding the object in memory whenever the disk is
+    faster than the network.
+    """
+
+    def send_c_store(
+        self,
+        dataset: Any,
+        msg_id: int = 1,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> Dataset:
+        if not isinstance(dataset, StreamedDataset):
+            return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
+        if not self.is_established:
+            raise RuntimeError(
+                "The association with a peer SCP must be established before sending a C-STORE "
+                "request"
+            )
+        # The bytes go as they are stored: only a context of their own transfer syntax fits.
+        context = self._get_valid_context(
+            dataset.SOPClassUID,
+            dataset.file_meta.TransferSyntaxUID,
+            "scu",
+            allow_conversion=False,
+        )
+        req = C_STORE()
+        req.MessageID = msg_id
+        req.Priority = priority
+        req.MoveOriginatorApplicationEntityTitle = originator_aet
+        req.MoveOriginatorMessageID = originator_id
+        req.AffectedSOPClassUID = dataset.SOPClassUID
+        req.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+        chunks = dataset.open_data_set()  # a missing blob or key fails here, with nothing sent
+        # As pynetdicom's send_*: pause the reactor so that the response is ours to take.
+        self._reactor_checkpoint.clear()
+        while not self._is_paused:
+            time.sleep(0.0001)
+        try:
+            self._send_streamed(req, cast(int, context.context_id), chunks)
+        except Exception as exc:
+            # The message cannot be withdrawn, nor another sent before its last fragment (PS3.8
+            # 9.3.1): only an abort keeps the peer from ever taking it as complete.
+            log.error(
+                "C-STORE of %s to %s stopped part-way (%s): aborting the association",
+                dataset.SOPInstanceUID,
+                self.acceptor.ae_title if self.is_requestor else self.requestor.ae_title,
+                exc,
+            )
+            self.abort()
+            raise
+        _, rsp = self.dimse.get_msg(block=True)
+        self._reactor_checkpoint.set()
+        if rsp is None:
+            self._handle_no_response()
+            return Dataset()
+        return self._check_received_status(rsp)
+
+    def _send_streamed(self, req: C_STORE, context_id: int, chunks: Iterator[bytes]) -> None:
+        max_pdu = self.dimse.maximum_pdu_size
+        msg, command = streamed_store_request(req, context_id)
+        evt.trigger(self, evt.EVT_DIMSE_SENT, {"message": msg})
+        waiting = self.dul.to_provider_queue
+        room = max(2, _STREAM_QUEUED_BYTES // (max_pdu or _UNLIMITED_PDU_FRAGMENT))
+        fragments = chain(
+            p_data(context_id, command, b"", max_pdu),
+            data_set_p_data(context_id, chunks, max_pdu),
+        )
+        for pdata in fragments:
+            # Every get() by the DUL thread notifies not_full, also on a queue with no maxsize.
+            with waiting.not_full:
+                while len(waiting.queue) >= room:
+                    if not self._can_send():
+                        raise ConnectionError("the association ended during the C-STORE")
+                    waiting.not_full.wait(TICK)
+            self.dul.send_pdu(pdata)
+
+    def _can_send(self) -> bool:
+        # An acceptor's own reactor is the thread sending (C-GET), so an A-ABORT or a closed
+        # connection is only seen on the DUL's queue to the user.
+        return self.is_established and self.dul.is_alive() and not self.acse.is_aborted()
+
+
 class RaceFreePause:
     """Mixin for pynetdicom's Association: a thread that pauses the reactor to use the
     association itself (``send_*``: clear the checkpoint, wait for ``_is_paused``) is never
@@ -331,9 +462,9 @@ class RaceFreePause:
             checkpoint.wait()  # a pause was requested: stay paused until it is over
 
 
-class RaceFreeRequestor(RaceFreePause, Association):
-    """pynetdicom's association with the race of its reactor pause closed (see RaceFreePause);
-    its loops are pynetdicom's own."""
+class RaceFreeRequestor(RaceFreePause, StreamingStore):
+    """pynetdicom's association with the race of its reactor pause closed (see RaceFreePause)
+    and streamed C-STORE requests (StreamingStore); its loops are pynetdicom's own."""
 
     def __init__(self, ae: ApplicationEntity, mode: str) -> None:
         self._init_pause()
@@ -345,7 +476,8 @@ class RaceFreeAE(AE):
     (scu.py), and in the server the C-MOVE sub-associations (pynetdicom's Move SCP calls the
     server AE's ``associate``) and storage commitment reports. Each of them sends requests
     from a user thread while the association's own reactor runs, which is where pynetdicom's
-    race takes a fast reply away from the sender (it then waits for the DIMSE timeout).
+    race takes a fast reply away from the sender (it then waits for the DIMSE timeout). The
+    C-MOVE sub-associations also send large objects as streams this way (StreamingStore).
 
     ``AE.associate`` makes a plain ``Association`` and hands it to ``_create_socket`` before
     its thread starts; its class is changed there, as pynetdicom 3.0 offers no other way in
@@ -361,8 +493,9 @@ class RaceFreeAE(AE):
         return super()._create_socket(assoc, *args, **kwargs)  # type: ignore[misc]
 
 
-class EventDrivenAssociation(RaceFreePause, Association):
-    """An acceptor association whose thread waits on an Event instead of polling every 1 ms."""
+class EventDrivenAssociation(RaceFreePause, StreamingStore):
+    """An acceptor association whose thread waits on an Event instead of polling every 1 ms
+    (and can stream the C-STORE requests of a C-GET, StreamingStore)."""
 
     def __init__(self, ae: ApplicationEntity, mode: str) -> None:
         self._nubis_wake = threading.Event()
