@@ -100,6 +100,8 @@ class Archive:
             self.tiers,
             parse_rules(settings.lifecycle, self.tiers),
             find_mover(self.blobs),
+            guard=self.guard,
+            actor=system_participant(settings.audit_source),
         )
         # Re-wraps objects off an old KEK (nubis keys retire --rewrap): always through a sealed
         # spool, even where new objects are no longer encrypted, so no plaintext lands on disk.
@@ -128,6 +130,8 @@ class Archive:
                     lifecycle=self.lifecycle,
                     tiers=self.tiers,
                     rewrap=self.rewrap,
+                    guard=self.guard,
+                    actor=system_participant(settings.audit_source),
                 ),
                 lease_seconds=settings.jobs_lease_seconds,
                 poll_seconds=settings.jobs_poll_seconds,

@@ -194,3 +194,16 @@ def test_tier_job_through_the_runner(archive: Archive) -> None:
     assert archive.job_runner.run_once()
     result = archive.jobs.get(verify).result  # type: ignore[arg-type, union-attr]
     assert result is not None and result["ok"] == 3 and result["problems"] == []
+    # Moving and re-reading patient data are accesses (PS3.15 A.5.3.3, DICOM Instances
+    # Accessed): one record per study, Update for the move and Read for the check.
+    system = [
+        e for e in (r.event_dict for r in archive.audit.scan()) if e.get("front_door") == "system"
+    ]
+    studies_named = [
+        [o["id"] for o in e["objects"] if o["id_type"]["code"] == "110180"] for e in system
+    ]
+    assert [(e["event_id"]["code"], e["action"], e["outcome_description"]) for e in system] == [
+        ("110103", "U", "3 object(s) moved to storage tier cold"),
+        ("110103", "R", "integrity check of 3 object(s): intact"),
+    ]
+    assert studies_named == [[ct.uid], [ct.uid]]

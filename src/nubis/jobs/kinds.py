@@ -18,7 +18,9 @@ from typing import Any
 from nubis.index.database import Index
 from nubis.jobs.runner import Handler, JobContext
 from nubis.jobs.verify import verify
+from nubis.model.audit import ActiveParticipant
 from nubis.ports.blobs import BlobStore
+from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
 from nubis.tiers.lifecycle import Lifecycle
@@ -57,8 +59,11 @@ def handlers(
     lifecycle: Lifecycle,
     tiers: Tiers,
     rewrap: KekRewrap | None = None,
+    guard: Guard | None = None,
+    actor: ActiveParticipant | None = None,
 ) -> dict[str, Handler]:
-    """The handler of each kind this node can run (``rewrap`` only with encryption at rest)."""
+    """The handler of each kind this node can run (``rewrap`` only with encryption at rest);
+    ``guard`` records what ``verify`` reads, as ``actor``."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -69,7 +74,7 @@ def handlers(
         return {"doomed_deleted": doomed, "orphans_deleted": orphans}
 
     def check(ctx: JobContext) -> dict[str, Any]:
-        return verify(ctx, index, blobs, tiers)
+        return verify(ctx, index, blobs, tiers, guard=guard, actor=actor)
 
     def tier(ctx: JobContext) -> dict[str, Any]:
         return lifecycle.run(

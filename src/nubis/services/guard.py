@@ -86,16 +86,21 @@ class Guard:
             )
         return decision
 
-    def record(self, event: AuditEvent) -> None:
-        """The one hook through which services record (fail closed, see the module docs)."""
-        if self.audit is not None:
-            self.audit.record(event)
+    def record(self, *events: AuditEvent) -> None:
+        """The one hook through which services record (fail closed, see the module docs);
+        several events commit together."""
+        if self.audit is None or not events:
+            return
+        if len(events) == 1:
+            self.audit.record(events[0])
+        else:
+            self.audit.record_many(list(events))
 
-    def record_job(self, event: AuditEvent) -> Callable[[Any], object] | None:
-        """An index write job recording ``event``, to commit inside the write it accounts for
-        (``Index.store(..., also=...)``): the write and its record commit together or not at
+    def record_job(self, *events: AuditEvent) -> Callable[[Any], object] | None:
+        """An index write job recording ``events``, to commit inside the write it accounts for
+        (``Index.store(..., also=...)``): the write and its records commit together or not at
         all. None when there is no trail."""
-        return None if self.audit is None else self.audit.append_job([event])
+        return None if self.audit is None else self.audit.append_job(list(events))
 
     @contextmanager
     def recording(self, event: AuditEvent) -> Iterator[None]:

@@ -9,6 +9,10 @@ cut short between a move and its record only redoes that move.
 
 Reads are never affected: a blob is readable in every tier (archive classes after a restore),
 and the index row that names the blob does not change.
+
+Each study whose objects moved is recorded (DICOM Instances Accessed, action Update, naming the
+patient, the study, how many objects and the tier) in the same commit as the moves' rows: a
+move the index knows of is a move the audit trail knows of.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,12 +30,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from nubis.errors import RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import instance_tiers, instances, series, studies, study_lifecycle
+from nubis.model.audit import ActiveParticipant, AuditEvent, EventAction
 from nubis.ports.blobs import BlobNotFound
+from nubis.security import audit_events
 from nubis.tiers.movers import TierMover
 from nubis.tiers.rules import Rule, StudyFacts, Tiers, target_tier
 
 if TYPE_CHECKING:
     from nubis.jobs.runner import JobContext
+    from nubis.services.guard import Guard
 
 __all__ = ["Lifecycle", "study_pk", "upsert"]
 
@@ -53,15 +61,28 @@ def _now_ms() -> int:
 
 
 class Lifecycle:
-    """Applies the tier rules to the index and the blob store."""
+    """Applies the tier rules to the index and the blob store.
+
+    ``guard`` records the moves, as ``actor`` (the archive; a job's creator is added as its
+    user name); without one (``nubis storage report``, which moves nothing) nothing is recorded.
+    """
 
     def __init__(
-        self, index: Index, tiers: Tiers, rules: Sequence[Rule], mover: TierMover | None
+        self,
+        index: Index,
+        tiers: Tiers,
+        rules: Sequence[Rule],
+        mover: TierMover | None,
+        *,
+        guard: Guard | None = None,
+        actor: ActiveParticipant | None = None,
     ) -> None:
         self.index = index
         self.tiers = tiers
         self.rules = tuple(rules)
         self.mover = mover
+        self.guard = guard
+        self.actor = actor
 
     # ------------------------------------------------------------------ the pass
     def run(
@@ -74,6 +95,9 @@ class Lifecycle:
     ) -> dict[str, Any]:
         """Move every blob that is not in its study's tier; a summary of what happened."""
         moment = _now_ms() if now is None else now
+        who = self.actor
+        if who is not None and ctx is not None:
+            who = replace(who, user_name=ctx.job.created_by)
         criteria = []
         if partition is not None:
             criteria.append(studies.c.partition == partition)
@@ -121,7 +145,7 @@ class Lifecycle:
                 )
                 wanted[target_tier(facts, self.rules, self.tiers, moment)].append(pk)
             for tier, pks in wanted.items():
-                self._move_studies(tier, pks, counts, ctx)
+                self._move_studies(tier, pks, counts, ctx, who)
             after = rows[-1][0]
             done += len(rows)
             if ctx is not None:
@@ -130,17 +154,29 @@ class Lifecycle:
         return summary
 
     def _move_studies(
-        self, tier: str, study_pks: list[int], counts: Counter[str], ctx: JobContext | None
+        self,
+        tier: str,
+        study_pks: list[int],
+        counts: Counter[str],
+        ctx: JobContext | None,
+        who: ActiveParticipant | None,
     ) -> None:
         default = self.tiers.default.name
         current = func.coalesce(instance_tiers.c.tier, default)
         with self.index.reading() as conn:
             pending = conn.execute(
-                select(instances.c.id, instances.c.blob_key, instances.c.size, current)
+                select(
+                    instances.c.id,
+                    instances.c.blob_key,
+                    instances.c.size,
+                    current,
+                    studies.c.study_uid,
+                    studies.c.patient_id,
+                )
                 .select_from(
-                    instances.join(series, instances.c.series_pk == series.c.id).outerjoin(
-                        instance_tiers, instance_tiers.c.instance_pk == instances.c.id
-                    )
+                    instances.join(series, instances.c.series_pk == series.c.id)
+                    .join(studies, series.c.study_pk == studies.c.id)
+                    .outerjoin(instance_tiers, instance_tiers.c.instance_pk == instances.c.id)
                 )
                 .where(series.c.study_pk.in_(study_pks), current != tier)
                 .order_by(instances.c.id)
@@ -153,8 +189,8 @@ class Lifecycle:
                 "tiers (S3 storage classes or tier folders)"
             )
         target = self.tiers.get(tier)
-        moved: list[tuple[int, str]] = []
-        for pk, key, size, source in pending:
+        moved: list[_Moved] = []
+        for pk, key, size, source, study_uid, patient_id in pending:
             if ctx is not None:
                 ctx.check()
             try:
@@ -168,21 +204,24 @@ class Lifecycle:
                     counts["restores_requested"] += 1
                 counts["waiting_for_restore"] += 1
                 continue
-            moved.append((pk, key))
+            moved.append(_Moved(pk, key, study_uid, patient_id))
             counts[f"moved_to_{tier}"] += 1
             counts["bytes_moved"] += size
             log.debug("blob %s moved from %s to %s", key, source, tier)
             if len(moved) >= _RECORD_EVERY:
-                self._record(moved, tier)
+                self._record(moved, tier, who)
                 moved = []
         if moved:
-            self._record(moved, tier)
+            self._record(moved, tier, who)
 
-    def _record(self, moved: list[tuple[int, str]], tier: str) -> None:
+    def _record(self, moved: list[_Moved], tier: str, who: ActiveParticipant | None) -> None:
         now = _now_ms()
+        audit = None
+        if self.guard is not None and who is not None:
+            audit = self.guard.record_job(*_move_events(who, moved, tier))
 
         def job(conn: Connection) -> None:
-            for pk, key in moved:
+            for pk, key, _, _ in moved:
                 # Locked (PostgreSQL) so a delete of the instance waits for this commit and
                 # then takes our row with it, instead of failing our foreign key.
                 alive = conn.execute(
@@ -197,6 +236,8 @@ class Lifecycle:
                         "instance_pk",
                         {"instance_pk": pk, "tier": tier, "moved_at": now},
                     )
+            if audit is not None:
+                audit(conn)
 
         self.index.write(job)
 
@@ -260,6 +301,29 @@ class Lifecycle:
             "pin_until": row[4],
             "tiers": {name: {"objects": n, "bytes": int(b)} for name, n, b in where},
         }
+
+
+class _Moved(NamedTuple):
+    pk: int
+    blob_key: str
+    study_uid: str
+    patient_id: str | None
+
+
+def _move_events(who: ActiveParticipant, moved: list[_Moved], tier: str) -> list[AuditEvent]:
+    """One record per study: its objects in this batch went to ``tier``."""
+    per_study = Counter((m.study_uid, m.patient_id) for m in moved)
+    return [
+        audit_events.instances_accessed(
+            who,
+            patient_id=patient_id,
+            study_uids=[study_uid],
+            action=EventAction.UPDATE,
+            front_door="system",
+            description=f"{count} object(s) moved to storage tier {tier}",
+        )
+        for (study_uid, patient_id), count in per_study.items()
+    ]
 
 
 def study_pk(conn: Connection, partition: str, study_uid: str) -> int | None:
