@@ -23,7 +23,7 @@ from typing import Any, cast
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -64,19 +64,15 @@ def _run(args: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
-    """The object is in Implicit VR Little Endian: getscu offers the uncompressed syntaxes in
-    one context per SOP class, and pynetdicom's acceptor takes the first of its own list the
-    caller offers, Implicit VR Little Endian; an object stored in another syntax would be
-    converted (in memory) rather than sent as stored."""
-    need_dcmtk("storescu", "movescu", "getscu", "storescp", "dcmconv")
+    """The object is in Explicit VR Little Endian, the syntax nubis prefers when a caller
+    offers several in one context (getscu offers the uncompressed ones): it goes back as
+    stored, streamed, not converted in memory."""
+    need_dcmtk("storescu", "movescu", "getscu", "storescp")
     folder = tmp_path_factory.mktemp("large-retrieve")
     free = shutil.disk_usage(folder).free
     if free < 7 * SIZE:
         pytest.skip(reason=f"needs {7 * SIZE >> 20} MB free in {folder}; {free >> 20} MB free")
-    explicit = make_large_instance(folder / "explicit.dcm", size_bytes=SIZE, seed=5)
-    path = folder / "large.dcm"
-    _run(["dcmconv", "+ti", str(explicit), str(path)])
-    explicit.unlink()
+    path = make_large_instance(folder / "large.dcm", size_bytes=SIZE, seed=5)
     header = pydicom.dcmread(path, stop_before_pixels=True)
     port = free_port()
     server = start_server(
@@ -174,7 +170,7 @@ def test_corrupted_large_object_fails_its_sub_operation_only(stored: Stored) -> 
     ae = AE(ae_title="GETTER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     sop_class = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
-    ae.add_requested_context(sop_class, ImplicitVRLittleEndian)
+    ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     assoc = ae.associate(
         "127.0.0.1", stored.port, ae_title=NUBIS_AE,
         ext_neg=[build_role(sop_class, scp_role=True)],

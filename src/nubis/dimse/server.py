@@ -68,9 +68,14 @@ QUERY_RETRIEVE = (
     StudyRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
 )
-# Uncompressed first: an acceptor picks, per context, the first of the caller's proposals it
-# supports, so the caller's order decides; this order only matters for callers proposing many.
-STORAGE_SYNTAXES = tuple(str(ts) for ts in AllTransferSyntaxes)
+# pynetdicom's acceptor takes, per context, the first syntax of THIS list that the caller
+# proposes (not the caller's first), so the order matters to callers that propose several in
+# one context. Explicit VR Little Endian first: the form most files are stored in, kept
+# byte-exact and streamed back by C-GET/C-MOVE without conversion; Implicit VR only after it.
+_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+STORAGE_SYNTAXES = (_EXPLICIT_VR_LE,) + tuple(
+    str(ts) for ts in AllTransferSyntaxes if str(ts) != _EXPLICIT_VR_LE
+)
 COMMAND_SYNTAXES = (
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
