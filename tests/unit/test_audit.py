@@ -380,9 +380,9 @@ def test_checkpoint_timer_and_close_sign_the_tail(tmp_path: Path) -> None:
         idx.close()
 
 
-
-def test_a_disabled_trail_writes_nothing_and_makes_no_key(tmp_path: Path, db_path: Path) -> None:
-    """audit_trail=false (benchmarks on loopback only): nothing reaches the index, no key."""
+def test_a_disabled_trail_records_only_that_it_is_off(tmp_path: Path, db_path: Path) -> None:
+    """audit_trail=false (benchmarks on loopback only): the chain gets Audit Recording Stopped
+    (PS3.15 A.5.3.11) when the trail opens, then nothing."""
     idx = _index(db_path)
     off = AuditTrail(
         idx, key_path=tmp_path / "off.key", source_id="NUBIS", checkpoint_seconds=0, enabled=False
@@ -394,6 +394,8 @@ def test_a_disabled_trail_writes_nothing_and_makes_no_key(tmp_path: Path, db_pat
     )
     assert idx.write(off.append_job([event])) == [off.record(event)]
     off.close()
-    assert off.head() == (0, GENESIS)
-    assert not (tmp_path / "off.key").exists()
+    records = off.scan()
+    assert len(records) == 1 and off.head()[0] == 1
+    assert records[0].event_dict["event_types"][0]["code"] == "110133"
+    assert off.verify().ok
     idx.close()

@@ -73,8 +73,9 @@ QUERY_RETRIEVE = (
 # one context. Explicit VR Little Endian first: the form most files are stored in, kept
 # byte-exact and streamed back by C-GET/C-MOVE without conversion; Implicit VR only after it.
 _EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-STORAGE_SYNTAXES = (_EXPLICIT_VR_LE,) + tuple(
-    str(ts) for ts in AllTransferSyntaxes if str(ts) != _EXPLICIT_VR_LE
+STORAGE_SYNTAXES = (
+    _EXPLICIT_VR_LE,
+    *(str(ts) for ts in AllTransferSyntaxes if str(ts) != _EXPLICIT_VR_LE),
 )
 COMMAND_SYNTAXES = (
     "1.2.840.10008.1.2",  # Implicit VR Little Endian

@@ -50,7 +50,14 @@ from nubis.errors import StorageUnavailable
 from nubis.index.database import AUDIT_LOCK, Index
 from nubis.index.driver import driver_cursor
 from nubis.index.schema import audit_checkpoints, audit_cursors, audit_log
-from nubis.model.audit import ActiveParticipant, AuditEvent, Code, EventOutcome, event_from_dict
+from nubis.model.audit import (
+    ActiveParticipant,
+    AuditEvent,
+    Code,
+    EventOutcome,
+    EventType,
+    event_from_dict,
+)
 from nubis.ports.audit import AuditReceipt
 from nubis.security import audit_events
 
@@ -306,8 +313,20 @@ class AuditTrail:
         return self._key
 
     def open(self) -> None:
-        """Load (or create) the signing key and start the checkpoint timer; index open first."""
+        """Load (or create) the signing key and start the checkpoint timer; index open first.
+
+        A trail that is off writes one record here, Audit Recording Stopped (PS3.15 A.5.3.11),
+        so the gap it leaves shows in the chain; then nothing until a process opens it on.
+        """
         if not self.enabled:
+            stopped = audit_events.security_alert(
+                system_participant(self.source_id),
+                EventType.AUDIT_RECORDING_STOPPED,
+                outcome=EventOutcome.SUCCESS,
+                description="audit_trail=false: this process records no access",
+                front_door="system",
+            )
+            self.index.write(self._chain_job([stopped]))
             return
         _ = self.key
         if self.checkpoint_seconds > 0 and self._timer is None:
@@ -367,6 +386,11 @@ class AuditTrail:
         another job's transaction (a store commits its record with its row)."""
         if not self.enabled:
             return lambda conn: [_UNRECORDED] * len(events)
+        return self._chain_job(events)
+
+    def _chain_job(
+        self, events: Sequence[AuditEvent]
+    ) -> Callable[[Connection], list[AuditReceipt]]:
         # Serialize in the caller's thread: only hashing and the insert run in the writer.
         dicts = [
             (e if e.source_id else replace(e, source_id=self.source_id)).to_dict() for e in events
