@@ -15,6 +15,7 @@ from nubis.jobs import JobRunner, JobStore
 from nubis.jobs.kinds import handlers, parse_schedule
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
+from nubis.security import audit_events
 from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
 from nubis.security.authn import Authenticator, OidcVerifier
@@ -188,6 +189,19 @@ class Archive:
                 report.doomed_deleted,
             )
         self.index.close()
+
+    def record_application(self, *, started: bool) -> None:
+        """Application Start or Stop (PS3.15 A.5.3.1) of ``nubis serve``, from its parent
+        process, once per server rather than per worker; fails closed like any record."""
+        self.index.open()
+        try:
+            self.guard.record(
+                audit_events.application_activity(
+                    system_participant(self.settings.audit_source), started=started
+                )
+            )
+        finally:
+            self.index.close()
 
     def _import_dimse_peer_file(self) -> None:
         """Earlier versions kept the DIMSE peers in a file per node; bring its entries into the

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from integration import AUTH
+from nubis.index.database import Index
+from nubis.security.audit import AuditTrail
 
 
 def _free_port() -> int:
@@ -189,6 +191,28 @@ def test_refuses_non_loopback_with_the_audit_trail_off(tmp_path: Path) -> None:
     assert process.returncode == 2, out
     assert "the audit trail is off (audit_trail=false)" in " ".join(out.split()), out
     assert not (tmp_path / "data" / "index.sqlite").exists()
+
+
+def test_serve_records_application_start_and_stop(tmp_path: Path) -> None:
+    """PS3.15 A.5.3.1 Application Activity: one Start and one Stop per server, not per worker."""
+    port = _free_port()
+    data = tmp_path / "data"
+    process = _serve(data, "--http-port", str(port), "--workers", "2", "--set", "durable=false")
+    _wait(f"http://127.0.0.1:{port}", process)
+    _stop(process)
+    index = Index(f"sqlite:///{data / 'index.sqlite'}")
+    index.open()
+    try:
+        trail = AuditTrail(index, key_path=data / "audit-signing.key", source_id="NUBIS")
+        kinds = [
+            [t["display"] for t in r.event_dict.get("event_types", [])]
+            for r in trail.scan()
+            if r.event_dict["event_id"]["code"] == "110100"
+        ]
+        assert kinds == [["Application Start"], ["Application Stop"]]
+        assert trail.verify().ok
+    finally:
+        index.close()
 
 
 def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:

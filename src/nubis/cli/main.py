@@ -102,6 +102,7 @@ def serve(
     import uvicorn
 
     from nubis.archive import Archive
+    from nubis.errors import NubisError
 
     settings = _load(
         config,
@@ -128,6 +129,11 @@ def serve(
     os.environ.pop("NUBIS_CONFIG", None)
     archive = Archive(settings)
     archive.prepare()
+    try:
+        archive.record_application(started=True)
+    except NubisError as exc:
+        console.print(f"[red]refusing to start: {exc.reason}")
+        raise typer.Exit(2) from None
     url = f"{transport.scheme}://{settings.host}:{settings.http_port}"
     console.print(
         f"nubis {__version__}: DICOMweb at {url}/dicom-web "
@@ -159,6 +165,10 @@ def serve(
         timeout_graceful_shutdown=10,
         **transport.uvicorn_options,
     )
+    try:
+        archive.record_application(started=False)
+    except NubisError as exc:
+        console.print(f"[red]the stop could not be recorded: {exc.reason}")
 
 
 @app.command("import")
