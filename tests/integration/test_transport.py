@@ -162,34 +162,28 @@ def test_refuses_non_loopback_without_tls_and_auth(
     assert missing in " ".join(out.split()), out
 
 
-def test_refuses_non_loopback_with_tls_but_auth_off(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("switched_off", "why"),
+    [
+        ("auth=false", "authentication (auth=true)"),
+        # HIPAA 164.312(b): the switch that measures the trail's cost never reaches a network.
+        ("audit_trail=false", "the audit trail is off (audit_trail=false)"),
+    ],
+)
+def test_refuses_non_loopback_with_tls_but_a_safeguard_off(
+    tmp_path: Path, switched_off: str, why: str
+) -> None:
     cert, key = _self_signed(tmp_path)
     process = _serve(
         tmp_path / "data",
         "--host", "0.0.0.0",
         "--set", f"tls_cert={cert}",
         "--set", f"tls_key={key}",
-        "--set", "auth=false",
+        "--set", switched_off,
     )  # fmt: skip
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 2, out
-    assert "authentication (auth=true)" in " ".join(out.split()), out
-    assert not (tmp_path / "data" / "index.sqlite").exists()
-
-
-def test_refuses_non_loopback_with_the_audit_trail_off(tmp_path: Path) -> None:
-    """HIPAA 164.312(b): the switch that measures the audit trail's cost never reaches a network."""
-    cert, key = _self_signed(tmp_path)
-    process = _serve(
-        tmp_path / "data",
-        "--host", "0.0.0.0",
-        "--set", f"tls_cert={cert}",
-        "--set", f"tls_key={key}",
-        "--set", "audit_trail=false",
-    )  # fmt: skip
-    out, _ = process.communicate(timeout=60)
-    assert process.returncode == 2, out
-    assert "the audit trail is off (audit_trail=false)" in " ".join(out.split()), out
+    assert why in " ".join(out.split()), out
     assert not (tmp_path / "data" / "index.sqlite").exists()
 
 
