@@ -27,7 +27,7 @@ from nubis.archive import Archive
 from nubis.config import load_settings
 from nubis.index.database import Index
 from nubis.index.schema import jobs
-from nubis.jobs import JobContext, JobRunner, JobState, JobStore
+from nubis.jobs import JobContext, JobFailed, JobRunner, JobState, JobStore
 from nubis.security.policy import system_principal
 
 
@@ -251,6 +251,52 @@ def test_failures_are_retried_then_fail(nodes: tuple[JobStore, JobStore]) -> Non
     job = a.get(job_id)  # type: ignore[arg-type]
     assert job is not None and job.state is JobState.FAILED and job.attempts == 2
     assert job.last_error == "ValueError: broken on attempt 2"
+
+
+def test_a_handler_chooses_when_to_retry_or_to_stop(nodes: tuple[JobStore, JobStore]) -> None:
+    """JobFailed: the handler's own delay instead of the runner's backoff, its reason as the
+    error shown; without a delay the job fails at once, attempts left or not."""
+    a, _ = nodes
+    delays = [2.0, None]
+
+    def run(ctx: JobContext) -> dict[str, Any]:
+        raise JobFailed(f"peer down (attempt {ctx.job.attempts})", retry_in=delays.pop(0))
+
+    runner = JobRunner(a, {"work": run})
+    job_id = a.enqueue("work", max_attempts=10)
+    before = time.time() * 1000
+    assert runner.run_once()
+    job = a.get(job_id)  # type: ignore[arg-type]
+    assert job is not None and job.state is JobState.QUEUED
+    assert job.last_error == "peer down (attempt 1)"
+    assert before + 2000 <= job.not_before <= time.time() * 1000 + 2000
+    assert not runner.run_once()  # not due yet
+    a.index.write(lambda c: c.execute(update(jobs).values(not_before=0)))
+    assert runner.run_once()
+    job = a.get(job_id)  # type: ignore[arg-type]
+    assert job is not None and job.state is JobState.FAILED and job.attempts == 2
+    assert job.last_error == "peer down (attempt 2)"
+
+
+def test_run_job_runs_that_job_here_with_the_handler_given(
+    nodes: tuple[JobStore, JobStore],
+) -> None:
+    """run_job claims one job by id and runs it with a handler of the caller's (one bound to
+    what only its process has); a job another runner holds, or of a kind the runner does not
+    know, is left alone."""
+    a, b = nodes
+    runner = JobRunner(a, {"work": lambda ctx: {"by": "kind"}})
+    first, second, third = a.enqueue("work"), a.enqueue("work"), a.enqueue("other")
+    assert first is not None and second is not None and third is not None
+    assert runner.run_job(second, lambda ctx: {"by": "given"})
+    job = a.get(second)
+    assert job is not None and job.state is JobState.DONE and job.result == {"by": "given"}
+    assert a.get(first).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert b.claim("node-b", 30, ["work"], job_id=first) is not None
+    assert not runner.run_job(first, lambda ctx: {"by": "given"})
+    assert not runner.run_job(third, lambda ctx: {"by": "given"})
+    assert a.get(first).lease_owner == "node-b"  # type: ignore[union-attr]
+    assert a.get(third).state is JobState.QUEUED  # type: ignore[union-attr]
 
 
 def test_a_stopping_runner_puts_its_job_back(nodes: tuple[JobStore, JobStore]) -> None:

@@ -5,7 +5,7 @@
 - :mod:`nubis.jobs.kinds`: ``reap``, ``verify``, ``tier``, and the schedule setting.
 """
 
-from nubis.jobs.runner import JobContext, JobRunner
+from nubis.jobs.runner import JobContext, JobFailed, JobRunner
 from nubis.jobs.store import Job, JobState, JobStore
 
-__all__ = ["Job", "JobContext", "JobRunner", "JobState", "JobStore"]
+__all__ = ["Job", "JobContext", "JobFailed", "JobRunner", "JobState", "JobStore"]

@@ -11,7 +11,10 @@ removes jobs that finished long ago.
 Handlers are plain functions of a :class:`JobContext`. They report progress (with a cursor to
 resume from) through it, and its ``check()`` raises when the job should stop: cancelled by an
 operator, its lease taken over by another runner, or this runner stopping (the job goes back
-to the queue with its cursor, not counted as an attempt, and another node resumes it).
+to the queue with its cursor, not counted as an attempt, and another node resumes it). A
+failed attempt is retried on the runner's backoff (30 s doubling, at most an hour) until
+``max_attempts``; a handler that knows better raises :class:`JobFailed` with its own delay,
+or with none to fail the job at once.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from nubis.jobs.store import Job, JobState, JobStore, LeaseLost, now_ms
 
-__all__ = ["Handler", "JobCancelled", "JobContext", "JobRunner", "JobStopped"]
+__all__ = ["Handler", "JobCancelled", "JobContext", "JobFailed", "JobRunner", "JobStopped"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,17 @@ class JobStopped(Exception):
 
 class JobCancelled(Exception):
     """Raised by JobContext.check() when an operator cancelled the job."""
+
+
+class JobFailed(Exception):
+    """Raised by a handler that decides what follows its failed attempt: another attempt in
+    ``retry_in`` seconds (while ``max_attempts`` allows one), or none (``retry_in`` None): the
+    job fails now. ``reason`` is what ``nubis jobs list`` shows."""
+
+    def __init__(self, reason: str, *, retry_in: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_in = retry_in
 
 
 class JobContext:
@@ -204,7 +218,18 @@ class JobRunner:
         self._run(job)
         return True
 
-    def _run(self, job: Job) -> None:
+    def run_job(self, job_id: int, handler: Handler) -> bool:
+        """Claim the job ``job_id`` (of a kind this runner knows) and run it to its end in the
+        calling thread with ``handler`` in its kind's place, e.g. one bound to something only
+        this process has; False when it is not claimable (due later, or another runner has
+        it). Its outcome is recorded as any job's, so a failure is retried by any runner."""
+        job = self.store.claim(self.owner, self.lease_seconds, self.handlers, job_id=job_id)
+        if job is None:
+            return False
+        self._run(job, handler)
+        return True
+
+    def _run(self, job: Job, handler: Handler | None = None) -> None:
         ctx = JobContext(job, self._stopping)
         log.info(
             "job %d (%s) started on %s, attempt %d", job.id, job.kind, self.owner, job.attempts
@@ -218,17 +243,17 @@ class JobRunner:
         )
         beat.start()
         try:
-            outcome = self._call(job, ctx)
+            outcome = self._call(job, ctx, handler or self.handlers[job.kind])
         finally:
             finished.set()
             beat.join()
         outcome()
 
-    def _call(self, job: Job, ctx: JobContext) -> Callable[[], object]:
+    def _call(self, job: Job, ctx: JobContext, handler: Handler) -> Callable[[], object]:
         """Run the handler; what to record afterwards (once the heartbeat has stopped)."""
         store, owner = self.store, self.owner
         try:
-            result = self.handlers[job.kind](ctx) or {}
+            result = handler(ctx) or {}
         except JobCancelled:
             log.info("job %d (%s) cancelled", job.id, job.kind)
             return lambda: store.finish(
@@ -243,10 +268,13 @@ class JobRunner:
             log.warning("job %d (%s): lease lost to another runner; stopped here", job.id, job.kind)
             return lambda: None
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
-            progress = ctx.snapshot()[1]
-            if job.attempts < job.max_attempts:
+            if isinstance(exc, JobFailed):
+                reason, delay = exc.reason, exc.retry_in
+            else:
+                reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
                 delay = min(3600.0, 30.0 * 2 ** (job.attempts - 1))
+            progress = ctx.snapshot()[1]
+            if delay is not None and job.attempts < job.max_attempts:
                 log.warning(
                     "job %d (%s) failed (attempt %d of %d), retrying in %.0f s: %s",
                     job.id, job.kind, job.attempts, job.max_attempts, delay, reason,
@@ -254,7 +282,10 @@ class JobRunner:
                 return lambda: store.release(
                     job.id, owner, retry_in=delay, error=reason, progress=progress
                 )
-            log.error("job %d (%s) failed for good: %s", job.id, job.kind, reason, exc_info=exc)
+            log.error(
+                "job %d (%s) failed for good: %s", job.id, job.kind, reason,
+                exc_info=None if isinstance(exc, JobFailed) else exc,
+            )  # fmt: skip
             return lambda: store.finish(
                 job.id, owner, JobState.FAILED, error=reason, progress=progress
             )

@@ -178,20 +178,29 @@ class JobStore:
         return self.enqueue(kind, unique_key=key, created_by="schedule")
 
     # ------------------------------------------------------------------ runners
-    def claim(self, owner: str, lease_seconds: float, kinds: Collection[str]) -> Job | None:
+    def claim(
+        self,
+        owner: str,
+        lease_seconds: float,
+        kinds: Collection[str],
+        *,
+        job_id: int | None = None,
+    ) -> Job | None:
         """Take the oldest claimable job of ``kinds`` for ``owner``: a queued one that is due,
         or a running one whose lease expired (its runner died). None when there is none.
+        With ``job_id``, that job only.
 
         A job whose lease expired on its last allowed attempt fails instead ("the runner
         stopped"), and one cancelled while its runner died is marked cancelled.
         """
         kinds = list(kinds)
+        which = [jobs.c.kind.in_(kinds)] + ([] if job_id is None else [jobs.c.id == job_id])
 
         def claimable(now: int) -> Any:
             return (
                 select(jobs)
                 .where(
-                    jobs.c.kind.in_(kinds),
+                    *which,
                     or_(
                         and_(jobs.c.state == JobState.QUEUED.value, jobs.c.not_before <= now),
                         and_(
