@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.folder_tiers import with_folder_tiers
@@ -11,7 +13,7 @@ from nubis.config import Settings
 from nubis.crypto.registry import keyring_exists, open_key_provider
 from nubis.errors import StorageUnavailable
 from nubis.index.database import Index
-from nubis.jobs import JobRunner, JobStore
+from nubis.jobs import JobContext, JobRunner, JobStore
 from nubis.jobs.kinds import handlers, parse_schedule
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
@@ -32,6 +34,9 @@ from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.movers import find_mover
 from nubis.tiers.reads import ReadTracker
 from nubis.tiers.rules import Tiers, parse_rules, parse_tiers
+
+if TYPE_CHECKING:
+    from nubis.dimse.commitment import CommitmentReports
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +138,7 @@ class Archive:
                     rewrap=self.rewrap,
                     guard=self.guard,
                     actor=system_participant(settings.audit_source),
+                    commitment=self.deliver_commitment_report,
                 ),
                 lease_seconds=settings.jobs_lease_seconds,
                 poll_seconds=settings.jobs_poll_seconds,
@@ -156,6 +162,31 @@ class Archive:
         )
         self.first_login_key: str | None = None
         self.ready = False
+
+    @cached_property
+    def commitment_reports(self) -> CommitmentReports:
+        """Storage commitment reports (PS3.4 J.3.3): queued by the DIMSE server of any node,
+        delivered by whichever node runs the job. Built on first use, so commands that never
+        speak DIMSE do not load it."""
+        from nubis.dimse.commitment import CommitmentReports
+        from nubis.dimse.peers import PeerTable
+
+        s = self.settings
+        return CommitmentReports(
+            jobs=self.jobs,
+            index=self.index,
+            retrieve=self.retrieve,
+            guard=self.guard,
+            peers=PeerTable(self.index, s.dimse_peers_cache_seconds),
+            ae_title=s.ae_title,
+            retry_seconds=s.dimse_commitment_retry_seconds,
+            give_up_seconds=s.dimse_commitment_give_up_seconds,
+            lease_seconds=s.jobs_lease_seconds,
+        )
+
+    def deliver_commitment_report(self, ctx: JobContext) -> dict[str, Any]:
+        """The ``commitment-report`` job handler."""
+        return self.commitment_reports.deliver(ctx)
 
     @property
     def dimse_enabled(self) -> bool:

@@ -161,6 +161,18 @@ class Settings:
     dimse_max_associations: int = _setting(
         32, "Concurrent DIMSE associations; more are rejected as transient (local limit)."
     )
+    dimse_commitment_retry_seconds: int = _setting(
+        30,
+        "A storage commitment report (N-EVENT-REPORT, PS3.4 J.3.3) the requesting AE did not "
+        "take (its listener down or refusing) is retried after this many seconds, doubling up "
+        "to an hour, by whichever node runs jobs; pending reports survive restarts.",
+    )
+    dimse_commitment_give_up_seconds: int = _setting(
+        86400,
+        "A storage commitment report still not delivered this many seconds after its N-ACTION "
+        "is dropped, with an ERROR log and an audit record. Cover the longest time a requesting "
+        "AE waits for its report (its conformance statement, PS3.4 J.3.6.1.1).",
+    )
     audit_source_id: str = _setting(
         "",
         "AuditSourceID put on every audit record (PS3.15 A.5.1). Empty: the ae_title.",
@@ -440,6 +452,10 @@ def _validate(settings: Settings) -> None:
         )
     if settings.dimse_max_associations < 1:
         raise SettingsError("dimse_max_associations must be >= 1")
+    if settings.dimse_commitment_retry_seconds < 1 or settings.dimse_commitment_give_up_seconds < 1:
+        raise SettingsError(
+            "dimse_commitment_retry_seconds and dimse_commitment_give_up_seconds must be >= 1"
+        )
     if settings.audit_checkpoint_records < 0 or settings.audit_checkpoint_seconds < 0:
         raise SettingsError("audit_checkpoint_records and audit_checkpoint_seconds must be >= 0")
     if settings.audit_syslog and not settings.audit_syslog.startswith(("tls://", "tcp://")):

@@ -306,6 +306,7 @@ def work(
             lifecycle=archive.lifecycle,
             tiers=archive.tiers,
             rewrap=archive.rewrap,
+            commitment=archive.deliver_commitment_report,
         ),
         lease_seconds=settings.jobs_lease_seconds,
         poll_seconds=settings.jobs_poll_seconds,

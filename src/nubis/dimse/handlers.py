@@ -29,11 +29,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config, build_context, build_role, dimse_messages, evt
+from pynetdicom import _config, build_context, dimse_messages, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from nubis.dicom import transcode
+from nubis.dimse.commitment import CommitmentRequest
 from nubis.dimse.peers import AccessPolicy, PeerCertificate, Permissions
 from nubis.dimse.reactor import StreamedDataset
 from nubis.errors import BadRequest, NotFound, NubisError
@@ -66,9 +67,7 @@ NOT_AUTHORIZED = 0x0124  # PS3.7 Annex C: Refused: Not authorized
 IDENTIFIER_MISMATCH = 0xA900  # Identifier does not match SOP Class
 CANNOT_PROCESS = 0xC000
 UNKNOWN_DESTINATION = 0xA801
-NO_SUCH_INSTANCE = 0x0112  # PS3.4 J.3.2.1.2 (Failure Reason): no such object instance
 PROCESSING_FAILURE = 0x0110
-CLASS_INSTANCE_CONFLICT = 0x0119
 
 _PATIENT_ROOT = {
     "1.2.840.10008.5.1.4.1.2.1.1",  # FIND
@@ -232,8 +231,8 @@ class Handlers:
         self._principals: weakref.WeakKeyDictionary[Association, Principal] = (
             weakref.WeakKeyDictionary()
         )
-        # N-EVENT-REPORTs to send once the N-ACTION response has gone out (PS3.4 J.3.3).
-        self._commitments: weakref.WeakKeyDictionary[Association, list[Dataset]] = (
+        # Commitment report jobs to try once the N-ACTION response has gone out (PS3.4 J.3.3).
+        self._commitments: weakref.WeakKeyDictionary[Association, list[int]] = (
             weakref.WeakKeyDictionary()
         )
         _receive_into_spool(archive.spool)
@@ -716,10 +715,13 @@ class Handlers:
     def on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
         """Storage Commitment Push Model request (PS3.4 J.3.2, N-ACTION type 1).
 
-        Answers 0x0000 at once; the N-EVENT-REPORT (J.3.3) follows once the response is out:
-        each referenced instance is committed only if it is stored and its blob still matches
-        the SHA-256 recorded at ingest; others are listed with Failure Reason 0x0112 (no such
-        object instance), 0x0119 (SOP class differs) or 0x0110 (processing failure).
+        Answers 0x0000 once the request is a job in the index (J.3.2.1.3: success says the
+        request was received), 0x0110 when the index cannot take it. The N-EVENT-REPORT (J.3.3)
+        is first tried once the response is out, then retried until delivered or given up
+        (nubis.dimse.commitment): each referenced instance is committed only if it is stored
+        and its blob still matches the SHA-256 recorded at ingest; others are listed with
+        Failure Reason 0x0112 (no such object instance), 0x0119 (SOP class differs) or 0x0110
+        (processing failure).
         """
         if str(event.request.RequestedSOPClassUID) != StorageCommitmentPushModel:
             return 0x0122, None  # SOP class not supported
@@ -727,137 +729,39 @@ class Handlers:
             return NOT_AUTHORIZED, None
         if event.action_type != 1:
             return 0x0123, None  # No such action
-        request = event.action_information
-        if "TransactionUID" not in request:
+        action = event.action_information
+        if "TransactionUID" not in action:
             return 0x0120, None  # Missing attribute
-        self._commitments.setdefault(event.assoc, []).append(request)
+        calling = event.assoc.requestor.ae_title.strip()
+        request = CommitmentRequest.from_action(calling, self.principal(event.assoc).tenant, action)
+        try:
+            job_id = self.archive.commitment_reports.queue(request)
+        except Exception as exc:  # the index is down: J.3.2.1.3, a failure says "not processing"
+            log.error(
+                "storage commitment %s from %s refused: not queued: %s",
+                request.transaction_uid, _peer(event.assoc), exc,
+            )  # fmt: skip
+            return PROCESSING_FAILURE, None
+        self._commitments.setdefault(event.assoc, []).append(job_id)
         log.info(
-            "storage commitment %s from %s: %d object(s)",
-            request.TransactionUID,
+            "storage commitment %s from %s: %d object(s), job %d",
+            request.transaction_uid,
             _peer(event.assoc),
-            len(request.get("ReferencedSOPSequence", [])),
+            len(request.references),
+            job_id,
         )
         return SUCCESS, None
 
     def on_dimse_sent(self, event: Event) -> None:
         if type(event.message).__name__ != "N_ACTION_RSP":
             return
-        pending = self._commitments.pop(event.assoc, None)
-        for request in pending or []:
+        for job_id in self._commitments.pop(event.assoc, None) or []:
             threading.Thread(
-                target=self._report,
-                args=(event.assoc, request),
+                target=self.archive.commitment_reports.first_attempt,
+                args=(job_id, event.assoc),
                 name="nubis-commitment",
                 daemon=True,
             ).start()
-
-    def commitment_result(
-        self, request: Dataset, partition: str = PARTITION
-    ) -> tuple[int, Dataset]:
-        """The N-EVENT-REPORT event type and information for a commitment request."""
-        report = Dataset()
-        report.TransactionUID = request.TransactionUID
-        done, failed = [], []
-        for ref in request.get("ReferencedSOPSequence", []):
-            item = Dataset()
-            item.ReferencedSOPClassUID = ref.get("ReferencedSOPClassUID", "")
-            item.ReferencedSOPInstanceUID = ref.get("ReferencedSOPInstanceUID", "")
-            reason = self._verify(
-                str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID), partition
-            )
-            if reason is None:
-                done.append(item)
-            else:
-                item.FailureReason = reason
-                failed.append(item)
-        if done:
-            report.ReferencedSOPSequence = done
-        if failed:
-            report.FailedSOPSequence = failed
-        report.RetrieveAETitle = self.ae_title
-        return (2 if failed else 1), report
-
-    def _verify(self, sop_class: str, sop_uid: str, partition: str) -> int | None:
-        # Only the caller's own tenant: a peer cannot learn what another tenant stored.
-        try:
-            inst = self.archive.index.find_instance(partition, sop_uid)
-        except NubisError:
-            return PROCESSING_FAILURE
-        if inst is None:
-            return NO_SUCH_INSTANCE
-        if sop_class and inst.sop_class_uid != sop_class:
-            return CLASS_INSTANCE_CONFLICT
-        try:
-            intact, _ = self._read_through(inst)
-        except (OSError, KeyError, NubisError):  # NubisError: unreadable blob or key erased
-            return PROCESSING_FAILURE
-        if not intact:
-            log.error("storage commitment: blob of %s fails its SHA-256", sop_uid)
-            return PROCESSING_FAILURE
-        return None
-
-    def _report(self, assoc: Association, request: Dataset) -> None:
-        event_type, info = self.commitment_result(request, self.principal(assoc).tenant)
-        instance = "1.2.840.10008.1.20.1.1"  # the well-known Storage Commitment SOP Instance
-        if assoc.is_established:
-            try:
-                status, _ = assoc.send_n_event_report(
-                    info, event_type, StorageCommitmentPushModel, instance
-                )
-                if status is not None and "Status" in status:
-                    log.info(
-                        "storage commitment %s reported to %s (event type %d): 0x%04X",
-                        info.TransactionUID,
-                        _peer(assoc),
-                        event_type,
-                        status.Status,
-                    )
-                    return
-            except (RuntimeError, ValueError) as exc:
-                log.info("storage commitment report on the same association failed: %s", exc)
-        self._report_on_new_association(
-            assoc.requestor.ae_title.strip(), info, event_type, instance
-        )
-
-    def _report_on_new_association(
-        self, ae_title: str, info: Dataset, event_type: int, instance: str
-    ) -> None:
-        """PS3.4 J.3.3: the SCP opens an association, proposing the SCP role for itself."""
-        from nubis.dimse.reactor import RaceFreeAE
-
-        peer = self.policy.peers.get(ae_title)
-        if peer is None or not peer.host or not peer.port:
-            log.warning(
-                "storage commitment %s: %s is not reachable (not in the peer table)",
-                info.TransactionUID,
-                ae_title,
-            )
-            return
-        ae = RaceFreeAE(ae_title=self.ae_title)
-        assoc = ae.associate(
-            peer.host,
-            peer.port,
-            contexts=[build_context(StorageCommitmentPushModel)],
-            ae_title=peer.ae_title,
-            ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
-        )
-        if not assoc.is_established:
-            log.warning(
-                "storage commitment %s: cannot associate with %s", info.TransactionUID, ae_title
-            )
-            return
-        try:
-            rsp, _ = assoc.send_n_event_report(
-                info, event_type, StorageCommitmentPushModel, instance
-            )
-            log.info(
-                "storage commitment %s reported to %s on a new association: 0x%04X",
-                info.TransactionUID,
-                ae_title,
-                int(rsp.get("Status", 0xFFFF)) if rsp is not None else 0xFFFF,
-            )
-        finally:
-            assoc.release()
 
 
 def _client_certificate(assoc: Association) -> PeerCertificate | None:

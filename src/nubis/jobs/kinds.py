@@ -8,6 +8,9 @@
 - ``rewrap``: re-encrypt every stored object whose header names an old key-encryption key so
   that it names the current one (nubis.services.kek_rewrap); parameter ``kek_id`` (``nubis keys
   retire KEK --rewrap``). Only nodes of an encrypted archive run it, and it is never scheduled.
+- ``commitment-report``: deliver a Storage Commitment N-EVENT-REPORT (nubis.dimse.commitment);
+  parameters ``calling_ae``, ``partition``, ``transaction_uid``, ``references``. Queued by the
+  DIMSE server for each N-ACTION, retried on its own backoff until delivered or given up.
 """
 
 from __future__ import annotations
@@ -61,9 +64,10 @@ def handlers(
     rewrap: KekRewrap | None = None,
     guard: Guard | None = None,
     actor: ActiveParticipant | None = None,
+    commitment: Handler | None = None,
 ) -> dict[str, Handler]:
-    """The handler of each kind this node can run (``rewrap`` only with encryption at rest);
-    ``guard`` records what ``verify`` reads, as ``actor``."""
+    """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
+    ``commitment-report`` when given); ``guard`` records what ``verify`` reads, as ``actor``."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -84,4 +88,6 @@ def handlers(
     kinds: dict[str, Handler] = {"reap": reap, "verify": check, "tier": tier}
     if rewrap is not None:
         kinds["rewrap"] = rewrap.run
+    if commitment is not None:
+        kinds["commitment-report"] = commitment
     return kinds
