@@ -149,10 +149,10 @@ def test_storage_commitment(dimse: Dimse, ct_series: list[DicomFile]) -> None:
     reports: list[Dataset] = []
     done = threading.Event()
 
-    def on_report(event) -> int:  # type: ignore[no-untyped-def]
+    def on_report(event) -> tuple[int, None]:  # type: ignore[no-untyped-def]
         reports.append(event.event_information)
         done.set()
-        return 0x0000
+        return 0x0000, None
 
     ae = AE(ae_title="COMMITTER")
     ae.add_requested_context(StorageCommitmentPushModel)
@@ -206,16 +206,16 @@ def test_storage_commitment_report_on_a_new_association(
     on_first_association: list[Dataset] = []
     arrived = threading.Event()
 
-    def on_report(event) -> int:  # type: ignore[no-untyped-def]
+    def on_report(event) -> tuple[int, None]:  # type: ignore[no-untyped-def]
         requestor = event.assoc.requestor
         reports.append((requestor.ae_title.strip(), event.assoc.acceptor.ae_title.strip(),
                         int(event.event_type), event.event_information))  # fmt: skip
         arrived.set()
-        return 0x0000
+        return 0x0000, None
 
-    def on_report_too_soon(event) -> int:  # type: ignore[no-untyped-def]
+    def on_report_too_soon(event) -> tuple[int, None]:  # type: ignore[no-untyped-def]
         on_first_association.append(event.event_information)
-        return 0x0000
+        return 0x0000, None
 
     listening = AE(ae_title="COMMITTER2")
     # Accept the caller's proposal to be the SCP of Storage Commitment on this association.

@@ -283,8 +283,8 @@ class CommitmentReports:
             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
         )
         if not assoc.is_established:
-            how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-            raise NotDelivered(f"association with {where} {how}")
+            rejected = ": rejected" if assoc.is_rejected else ""
+            raise NotDelivered(f"cannot associate with {where}{rejected}")
         try:
             # Checked once the association is up, not before: an SCU that stays down costs each
             # attempt a refused connection, not a re-read of every object it referenced.
