@@ -208,8 +208,7 @@ class CommitmentReports:
             max_attempts=attempts_within(self._give_up_seconds, self._retry_seconds),
             created_by=f"dimse:{request.calling_ae}",
         )
-        if job_id is None:  # only a unique key, which these jobs have none of, makes it None
-            raise StorageUnavailable("the storage commitment request was not queued")
+        assert job_id is not None  # None only for a unique key, which these jobs have not
         return job_id
 
     def first_attempt(self, job_id: int, association: Association) -> None:
