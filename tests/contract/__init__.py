@@ -6,9 +6,16 @@ module depends on how pytest happened to import it).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
+
+import pytest
+
+# The archive-level contract suites run on these (blob store, index) pairs.
+ARCHIVE_BACKENDS = ["folder-sqlite", "folder-postgresql", "ceph-sqlite"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +52,24 @@ class Ceph:
             aws_secret_access_key=self.secret_key,
             config=Config(s3={"addressing_style": "path"}),
         )
+
+
+def archive_overrides(
+    request: pytest.FixtureRequest, tmp_path: Path, name: str, **settings: str
+) -> dict[str, Any]:
+    """Settings for an archive on the backends of ``request.param`` (one of ARCHIVE_BACKENDS):
+    a fresh PostgreSQL database or Ceph prefix named after ``name`` and the test."""
+    store, index = request.param.split("-")
+    overrides: dict[str, Any] = {
+        "data_dir": str(tmp_path / "data"),
+        "durable": "false",
+        "jobs_schedule": "",
+        **settings,
+    }
+    if index == "postgresql":
+        postgres = request.getfixturevalue("postgres")
+        overrides["index"] = postgres.database(f"{name}_{abs(hash(request.node.nodeid)):x}")
+    if store == "ceph":
+        ceph: Ceph = request.getfixturevalue("ceph")
+        overrides["blobs"] = ceph.url(f"{name}/{time.time_ns()}")
+    return overrides

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from contract import Ceph
+from contract import ARCHIVE_BACKENDS, archive_overrides
 from nubis.archive import Archive
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.config import load_settings
@@ -125,21 +125,9 @@ class Setup:
         return [r.event for r in self.archive.audit.scan(0, 100_000)]
 
 
-@pytest.fixture(params=["folder-sqlite", "folder-postgresql", "ceph-sqlite"])
+@pytest.fixture(params=ARCHIVE_BACKENDS)
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
-    store, index = request.param.split("-")
-    overrides = {
-        "data_dir": str(tmp_path / "data"),
-        "durable": "false",
-        "jobs_schedule": "",
-        "lifecycle": "unread>30d -> cold",
-    }
-    if index == "postgresql":
-        postgres = request.getfixturevalue("postgres")
-        overrides["index"] = postgres.database(f"rewrap_{abs(hash(request.node.nodeid)):x}")
-    if store == "ceph":
-        ceph: Ceph = request.getfixturevalue("ceph")
-        overrides["blobs"] = ceph.url(f"rewrap/{time.time_ns()}")
+    overrides = archive_overrides(request, tmp_path, "rewrap", lifecycle="unread>30d -> cold")
     archive = Archive(load_settings(environ={}, overrides=overrides))
     archive.index.migrate()
     archive.index.open()

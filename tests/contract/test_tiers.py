@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from contract import Ceph
+from contract import ARCHIVE_BACKENDS, archive_overrides
 from nubis.archive import Archive
 from nubis.config import load_settings
 from nubis.index.schema import instance_tiers, studies
@@ -36,21 +36,9 @@ class Study:
     files: dict[str, bytes]  # SOP Instance UID -> the file as sent
 
 
-@pytest.fixture(params=["folder-sqlite", "folder-postgresql", "ceph-sqlite"])
+@pytest.fixture(params=ARCHIVE_BACKENDS)
 def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Archive]:
-    store, index = request.param.split("-")
-    overrides = {
-        "data_dir": str(tmp_path / "data"),
-        "durable": "false",
-        "lifecycle": RULES,
-        "jobs_schedule": "",
-    }
-    if index == "postgresql":
-        postgres = request.getfixturevalue("postgres")
-        overrides["index"] = postgres.database(f"tiers_{abs(hash(request.node.nodeid)):x}")
-    if store == "ceph":
-        ceph: Ceph = request.getfixturevalue("ceph")
-        overrides["blobs"] = ceph.url(f"tiers/{time.time_ns()}")
+    overrides = archive_overrides(request, tmp_path, "tiers", lifecycle=RULES)
     archive = Archive(load_settings(environ={}, overrides=overrides))
     archive.index.migrate()
     archive.index.open()
