@@ -190,8 +190,10 @@ def _commit_and_fail_once(world: World, transaction_uid: str) -> None:
         return state == "queued" and attempts >= 1
 
     _wait(failed_once, "a failed first attempt")
+    # Refused at the closed port; or, had the first attempt found the N-ACTION's association
+    # still being released, answered with a failure by the SCU, which binds no handler there.
     error = _job(world.data_dir)[2]
-    assert "cannot associate with MODALITY@127.0.0.1" in (error or ""), error
+    assert error is not None and "MODALITY" in error, error
     assert not world.modality.arrived.is_set()
 
 
@@ -216,7 +218,7 @@ def _check_delivered(world: World, transaction_uid: str) -> None:
     assert job["params"]["transaction_uid"] == transaction_uid
     assert job["params"]["calling_ae"] == "MODALITY"
     assert job["result"]["association"] == "a new"
-    assert "cannot associate with MODALITY@127.0.0.1" in job["last_error"]  # the failed attempt
+    assert "MODALITY" in job["last_error"]  # why the attempt before failed
 
     (record,) = _commitment_records(world.data_dir, "MODALITY")
     assert record["event_id"]["code"] == "110103" and record["outcome"] == 0
@@ -258,7 +260,10 @@ def test_report_is_given_up_with_an_error_and_an_audit_record(world: World) -> N
     _commit_and_fail_once(world, transaction_uid)
     _wait(lambda: _job(world.data_dir)[0] == "failed", "the give-up")
     _, attempts, error = _job(world.data_dir)
-    assert attempts >= 2 and (error or "").startswith(f"given up after {attempts} attempt(s)")
+    assert error == f"given up after {attempts} attempt(s): cannot associate with " + (
+        f"MODALITY@127.0.0.1:{world.modality.listen_port}"
+    )
+    assert attempts >= 2
     assert any(
         "ERROR" in line and f"storage commitment {transaction_uid}" in line and "given up" in line
         for line in world.server.log().splitlines()
