@@ -275,12 +275,13 @@ class JobRunner:
                 delay = min(3600.0, 30.0 * 2 ** (job.attempts - 1))
             progress = ctx.snapshot()[1]
             if delay is not None and job.attempts < job.max_attempts:
+                retry_in = delay
                 log.warning(
                     "job %d (%s) failed (attempt %d of %d), retrying in %.0f s: %s",
-                    job.id, job.kind, job.attempts, job.max_attempts, delay, reason,
+                    job.id, job.kind, job.attempts, job.max_attempts, retry_in, reason,
                 )  # fmt: skip
                 return lambda: store.release(
-                    job.id, owner, retry_in=delay, error=reason, progress=progress
+                    job.id, owner, retry_in=retry_in, error=reason, progress=progress
                 )
             log.error(
                 "job %d (%s) failed for good: %s", job.id, job.kind, reason,
