@@ -445,3 +445,12 @@ def test_a_worker_killed_between_put_and_swap_loses_nothing(setup: Setup) -> Non
     assert setup.all_byte_exact()
     assert setup.blob_count() == 5
     assert archive.maintenance.reap(grace_seconds=0).orphans_deleted == 0
+
+
+@pytest.mark.parametrize("kek_id", ["k9", "k2"])
+def test_a_kek_that_is_not_an_older_one_fails_the_job_at_once(setup: Setup, kek_id: str) -> None:
+    """An unknown KEK, or the current one, is a mistake no retry mends: one attempt, failed."""
+    job = setup.run_job(kek_id=kek_id)
+    assert job.state == JobState.FAILED and job.attempts == 1, (job.state, job.attempts)
+    assert "is not an older key-encryption key" in (job.last_error or "")
+    assert sorted(setup.kek_ids()) == ["k1", "k1", "k1", "k1", "k2"]

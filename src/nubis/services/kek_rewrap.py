@@ -53,14 +53,15 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from nubis.blobs.encrypted import EncryptedBlobStore
-from nubis.errors import BadRequest, BlobUnreadable, KeyErased, NubisError, RestoreRequired
+from nubis.errors import BlobUnreadable, KeyErased, NubisError, RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import doomed_blobs, instance_tiers, instances, series, studies
+from nubis.jobs.runner import JobContext, JobFailed
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome, EventType
 from nubis.ports.blobs import BlobContext, BlobNotFound
 from nubis.ports.keys import WrappedKey
@@ -69,9 +70,6 @@ from nubis.services.guard import Guard
 from nubis.services.spool import Spool
 from nubis.tiers.movers import TierMover
 from nubis.tiers.rules import Tiers
-
-if TYPE_CHECKING:
-    from nubis.jobs.runner import JobContext
 
 __all__ = ["KekRewrap"]
 
@@ -145,9 +143,11 @@ class KekRewrap:
         kek_id = str(ctx.params.get("kek_id") or "")
         keys = self.blobs.keys
         if kek_id not in keys.key_ids() or kek_id == keys.current_key_id:
-            raise BadRequest(
+            # No later attempt can do better: fail the job now rather than after the retries.
+            raise JobFailed(
                 f"rewrap: kek_id {kek_id!r} is not an older key-encryption key "
-                f"(KEKs: {', '.join(keys.key_ids())}; the last is current)"
+                f"(KEKs: {', '.join(keys.key_ids())}; the last is current)",
+                retry_in=None,
             )
         who = replace(self.actor, user_name=ctx.job.created_by)
         what = f"re-wrap stored objects named by key-encryption key {kek_id} (job {ctx.job.id})"
