@@ -45,8 +45,14 @@ def _blob_store(
     settings: Settings, tiers: Tiers, index: Index
 ) -> tuple[KeyProvider | None, BlobStore]:
     """The blob store, wrapped for encryption at rest unless it is off and never was on."""
-    # Tier folders under the encryption, which does not care where its ciphertext lives.
+    # Tier folders and buckets under the encryption, which does not care where its ciphertext
+    # lives.
     store = with_folder_tiers(open_blob_store(settings.blobs_url, durable=settings.durable), tiers)
+    if any(t.bucket for t in tiers.all):
+        # Only here: bucket tiers need boto3, which only S3 deployments install.
+        from nubis.blobs.bucket_tiers import with_bucket_tiers
+
+        store = with_bucket_tiers(store, tiers)
     if not settings.encrypt_at_rest and not keyring_exists(settings.keyring_url):
         return None, store
     keys = open_key_provider(settings.keyring_url, durable=settings.durable, index=index)

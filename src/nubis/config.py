@@ -307,8 +307,10 @@ class Settings:
     tiers: str = _setting(
         "hot=STANDARD,cold=STANDARD_IA,archive=GLACIER",
         "Storage tiers as NAME=TARGET, the first being where new objects go. TARGET is an S3 "
-        "storage class; for the folder store a folder (an absolute path, or a folder of that "
-        "name under blobs/tiers/).",
+        "storage class, or for a tier other than the first a bucket of its own at the same "
+        "endpoint with the same credentials, s3://BUCKET[/PREFIX][?storage_class=CLASS] "
+        "(moves copy into it, check, then delete); for the folder store a folder (an absolute "
+        "path, or a folder of that name under blobs/tiers/).",
     )
     lifecycle: str = _setting(
         "",
@@ -506,6 +508,12 @@ def _validate_storage(settings: Settings) -> None:
         tiers = parse_tiers(settings.tiers)
     except ValueError as exc:
         raise SettingsError(f"tiers: {exc}") from None
+    in_buckets = [t.name for t in tiers.all if t.bucket]
+    if in_buckets and not settings.blobs_url.startswith("s3://"):
+        raise SettingsError(
+            f"tiers: {', '.join(in_buckets)} name(s) a bucket, which needs an S3 blob store "
+            "(blobs = s3://BUCKET/PREFIX?...), not a folder"
+        )
     for name, check in (
         ("lifecycle", lambda: parse_rules(settings.lifecycle, tiers)),
         ("storage_prices", lambda: parse_prices(settings.storage_prices, tiers)),

@@ -16,7 +16,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -129,3 +130,24 @@ def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ceph]:
             yield instance
     finally:
         _stop(ceph_dir, log)
+
+
+@pytest.fixture
+def new_bucket(ceph: Ceph) -> Iterator[Callable[[str], str]]:
+    """Makes buckets of the test's own on the session's Ceph (tier buckets): ``new_bucket("cold")``
+    returns a fresh name; each is emptied and removed after the test."""
+    client = ceph.client()
+    made: list[str] = []
+
+    def make(purpose: str) -> str:
+        name = f"nubis-{purpose}-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for item in page.get("Contents", ()):
+                client.delete_object(Bucket=name, Key=item["Key"])
+        client.delete_bucket(Bucket=name)

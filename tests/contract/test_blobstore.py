@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from contract import Ceph
+from nubis.blobs.bucket_tiers import BucketTierStore
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.filesystem import FileBlobStore
 from nubis.blobs.folder_tiers import FolderTierStore
@@ -42,6 +43,7 @@ from nubis.ports.blobs import (
     PlainFile,
 )
 from nubis.services.spool import Spool as SealedSpool
+from nubis.tiers.rules import parse_tiers
 
 # The encrypted store needs the Patient ID on a put, to choose the patient key.
 CTX = BlobContext("default", "1.2.3", "1.2.3.4", "1.2.3.4.5", "0" * 64, patient_id="PAT-1")
@@ -342,6 +344,24 @@ class TestS3BlobStoreOnCephOverHttps(BlobStoreContract):
         # Over TLS boto3 >= 1.36 would send aws-chunked bodies, which Ceph 16 refuses (411):
         # this class is what proves the checksum settings of S3BlobStore.
         return s3_store(ceph, tls=True)
+
+
+class _MovedToBucketAfterPut(BucketTierStore):
+    """Tier buckets with every blob moved out of the blobs bucket as soon as it is put."""
+
+    def put_file(self, key: str, source: LocalFile, *, context: BlobContext) -> None:
+        super().put_file(key, source, context=context)
+        self.move(key, "cold")
+
+
+class TestBucketTierStoreOnCeph(BlobStoreContract):
+    """S3 tiers in buckets of their own (nubis.blobs.bucket_tiers): blobs read, listed and
+    deleted from a tier bucket other than the blobs bucket."""
+
+    @pytest.fixture
+    def store(self, ceph: Ceph, new_bucket: Callable[[str], str]) -> BlobStore:
+        tiers = parse_tiers(f"hot=STANDARD,cold=s3://{new_bucket('cold')}/tier")
+        return _MovedToBucketAfterPut(s3_store(ceph, tls=False), tiers)
 
 
 class EncryptedContract(BlobStoreContract):

@@ -35,7 +35,7 @@ def tier_folder(root: Path, target: str) -> Path:
 
 def with_folder_tiers(store: BlobStore, tiers: Tiers) -> BlobStore:
     """``store`` with a folder per tier when it is a folder store and there is more than one
-    tier; any other store as it is (S3 tiers are storage classes of the same objects)."""
+    tier; any other store as it is (S3 tiers are storage classes or buckets: bucket_tiers)."""
     if not isinstance(store, FileBlobStore) or len(tiers.all) < 2:
         return store
     folders = [(tiers.default.name, store.root)]
@@ -151,6 +151,9 @@ class FolderTierStore:
             earlier.append(store)
 
     # ------------------------------------------------------------------ tiers
+    def restore(self, key: str) -> bool:
+        return False  # every folder is online
+
     def tier_of(self, key: str) -> str | None:
         """The tier whose folder holds the blob (the first one, mid-move); None if none."""
         for name, store in self._present():

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -79,6 +80,8 @@ MiB = 1 << 20
 # S3 (and RGW by default) refuses parts under 5 MiB except the last one, and copies above 5 GiB.
 _MIN_PART = 5 * MiB
 _MAX_COPY = 5 << 30
+# Objects too large for one CopyObject are copied in parts of this size.
+_COPY_PART = 1 << 30
 _KEY = re.compile(r"[0-9a-f]{32}\Z")
 _MULTIPART_ETAG = re.compile(r"[0-9a-f]{32}-\d+\Z")
 # Tries of a GET whose body breaks mid-way: botocore retries a request only until its response
@@ -155,7 +158,7 @@ class S3BlobStore:
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be between 1 and 1000")
         self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.prefix = _key_prefix(prefix)
         self.storage_class = storage_class
         self.multipart_threshold = max(multipart_threshold, part_size)
         self.part_size = part_size
@@ -184,11 +187,11 @@ class S3BlobStore:
             config=config,
         )
         # Create-only PUTs for every boto3 version we allow (IfNoneMatch became a parameter
-        # only in botocore 1.35); CopyObject (set_tier) is a different operation.
+        # only in botocore 1.35); CopyObject (set_tier, copy_from) is a different operation.
         self.client.meta.events.register("before-call.s3.PutObject", _create_only)
         # AWS honours If-None-Match on CompleteMultipartUpload too (RGW ignores it); pass it
         # where this botocore knows the parameter. Not as an event hook: set_tier completes
-        # multipart copies onto an existing key.
+        # multipart copies onto an existing key (copy_from onto itself).
         complete = self.client.meta.service_model.operation_model("CompleteMultipartUpload")
         self._complete_create_only: dict[str, str] = (
             {"IfNoneMatch": "*"} if "IfNoneMatch" in complete.input_shape.members else {}
@@ -197,6 +200,14 @@ class S3BlobStore:
     def __repr__(self) -> str:
         where = self.endpoint_url or "aws"
         return f"S3BlobStore({where}, bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    def at(self, bucket: str, prefix: str = "") -> S3BlobStore:
+        """The same service, credentials, settings and connection pool over another bucket
+        (and prefix): where a storage tier kept in a bucket of its own lives."""
+        other = copy.copy(self)
+        other.bucket = bucket
+        other.prefix = _key_prefix(prefix)
+        return other
 
     # ------------------------------------------------------------------ keys
     def new_key(self) -> str:
@@ -437,12 +448,20 @@ class S3BlobStore:
     def set_tier(self, key: str, tier: str) -> None:
         """Move the object to storage class ``tier`` by copying it onto itself.
 
-        The bytes and the key stay; only the class changes (lifecycle work). Objects above
-        5 GiB, which one CopyObject cannot take, are copied part by part.
+        The bytes and the key stay; only the class changes (lifecycle work).
+        """
+        self.copy_from(self, key, tier)
+
+    def copy_from(self, source: S3BlobStore, key: str, storage_class: str | None) -> None:
+        """Copy the blob ``key`` of ``source`` (this store, or another bucket of the same
+        service) to the same key here, server-side, in ``storage_class`` (None: the bucket's
+        default). Objects above 5 GiB, which one CopyObject cannot take, are copied part by
+        part. The source stays: deleting it is the caller's, once the copy is checked.
         """
         name = self._object(key)
-        size = self.size(key)
-        source = {"Bucket": self.bucket, "Key": name}
+        size = source.size(key)
+        origin = {"Bucket": source.bucket, "Key": source._object(key)}
+        extra = {"StorageClass": storage_class} if storage_class else {}
         if size <= _MAX_COPY:
             self._call(
                 "copy",
@@ -450,25 +469,23 @@ class S3BlobStore:
                 self.client.copy_object,
                 Bucket=self.bucket,
                 Key=name,
-                CopySource=source,
-                StorageClass=tier,
+                CopySource=origin,
                 MetadataDirective="COPY",
+                **extra,
             )
             return
         upload_id = self._call(
             "copy", key, self.client.create_multipart_upload,
-            Bucket=self.bucket, Key=name, StorageClass=tier,
-            ContentType="application/octet-stream",
+            Bucket=self.bucket, Key=name, ContentType="application/octet-stream", **extra,
         )["UploadId"]  # fmt: skip
         parts = []
         try:
-            step = 1 << 30
-            for number, offset in enumerate(range(0, size, step), start=1):
-                last = min(offset + step, size) - 1
+            for number, offset in enumerate(range(0, size, _COPY_PART), start=1):
+                last = min(offset + _COPY_PART, size) - 1
                 answer = self._call(
                     "copy", key, self.client.upload_part_copy,
                     Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number,
-                    CopySource=source, CopySourceRange=f"bytes={offset}-{last}",
+                    CopySource=origin, CopySourceRange=f"bytes={offset}-{last}",
                 )  # fmt: skip
                 parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
             self._call(
@@ -593,6 +610,10 @@ def _session() -> Any:
         return boto3.session.Session(botocore_session=core)
 
 
+def _key_prefix(prefix: str) -> str:
+    return prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
 class _RangeNotSatisfiable(Exception):
     """A ranged GET starting at or past the end of the object (HTTP 416)."""
 
@@ -617,12 +638,22 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 class _ObjectFile(PositionedReader):
     """Seekable read-only view of one object: a window of ``read_ahead`` bytes, refilled by
-    ranged GETs; reads larger than the window fetch exactly what they ask for."""
+    ranged GETs; reads larger than the window fetch exactly what they ask for.
 
-    def __init__(self, store: S3BlobStore, key: str) -> None:
+    ``refill`` reads the windows after the first (``store.read`` by default): a store with
+    tiers in buckets of their own looks again in each, as the object may move meanwhile.
+    """
+
+    def __init__(
+        self,
+        store: S3BlobStore,
+        key: str,
+        refill: Callable[[str, int, int], bytes] | None = None,
+    ) -> None:
         super().__init__()
         self._store = store
         self._key = key
+        self._refill = refill or store.read
         self.name = key
         self._pos = 0
         self._window = b""
@@ -660,7 +691,7 @@ class _ObjectFile(PositionedReader):
         if not (w0 <= self._pos and end <= w1):
             want = max(end - self._pos, self._store.read_ahead)
             self._window_start = self._pos
-            self._window = self._store.read(self._key, self._pos, min(want, self._size - self._pos))
+            self._window = self._refill(self._key, self._pos, min(want, self._size - self._pos))
             w0 = self._window_start
         data = self._window[self._pos - w0 : end - w0]
         self._pos += len(data)

@@ -5,6 +5,11 @@
 (an absolute path, or a folder of that name under ``blobs/tiers/``). The first tier is where new
 objects are written.
 
+On S3 a tier other than the first may instead be a bucket of its own (another lifecycle policy,
+object lock, replication): ``cold=s3://nubis-cold/prefix`` or
+``archive=s3://nubis-archive/prefix?storage_class=GLACIER``, at the same endpoint and with the
+same credentials as the ``blobs`` store (nubis.blobs.bucket_tiers).
+
 ``lifecycle = "modality=MG age<730d -> hot; unread>365d -> archive; unread>30d -> cold"``: rules,
 first match wins, a study no rule matches belongs in the first tier. Conditions (all must hold):
 
@@ -26,12 +31,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
     "LIST_PRICES",
     "Rule",
     "StudyFacts",
     "Tier",
+    "TierBucket",
     "Tiers",
     "parse_prices",
     "parse_rules",
@@ -40,6 +47,11 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# AWS bucket naming rules (which Ceph RGW applies by default).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+_BUCKET_URL = "s3://BUCKET[/PREFIX][?storage_class=CLASS]"
 # S3 classes whose objects must be restored before a GET (Glacier Instant Retrieval need not).
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 
@@ -64,14 +76,78 @@ _VALUE_CONDITION = re.compile(r"(modality|partition)=(\S+)\Z")
 
 
 @dataclass(frozen=True)
+class TierBucket:
+    """Where a tier kept in a bucket of its own puts its objects."""
+
+    bucket: str
+    prefix: str
+    # None: a copy into the bucket gets the bucket's default class (STANDARD), and an object
+    # there is in the tier whatever class the bucket's own lifecycle policy moved it to.
+    storage_class: str | None
+
+    @classmethod
+    def parse(cls, target: str) -> TierBucket | None:
+        """The bucket ``target`` names, None when it is no URL (a storage class or a folder);
+        ValueError names what is wrong with a URL."""
+        if not _URL_SCHEME.match(target):
+            return None
+        url = urlsplit(target)
+        if url.scheme != "s3":
+            raise ValueError(f"{target!r}: a tier URL names an S3 bucket: {_BUCKET_URL}")
+        if "@" in url.netloc:
+            # Not echoed: the URL would put the secret in logs and error pages.
+            raise ValueError(
+                "credentials do not go in a tier URL (tier buckets use the blob store's "
+                "endpoint and credentials)"
+            )
+        if not _BUCKET.match(url.netloc):
+            raise ValueError(
+                f"{target!r}: bucket name {url.netloc!r} is not valid (3 to 63 lower-case "
+                "letters, digits, dots and hyphens, beginning and ending with a letter or digit)"
+            )
+        if url.fragment:
+            raise ValueError(f"{target!r}: unexpected '#{url.fragment}' ({_BUCKET_URL})")
+        storage_class = None
+        for name, value in parse_qsl(url.query, keep_blank_values=True):
+            if name != "storage_class":
+                raise ValueError(
+                    f"{target!r}: unknown parameter {name!r} (the only one is storage_class; "
+                    "the endpoint and credentials are the blob store's)"
+                )
+            if storage_class is not None:
+                raise ValueError(f"{target!r}: storage_class is given twice")
+            storage_class = value.strip().upper()
+            if not _STORAGE_CLASS.match(storage_class):
+                raise ValueError(
+                    f"{target!r}: storage_class {value!r} is not an S3 storage class name "
+                    "(such as STANDARD_IA, GLACIER)"
+                )
+        return cls(url.netloc, unquote(url.path).strip("/"), storage_class)
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     target: str
 
     @property
+    def bucket(self) -> TierBucket | None:
+        """The bucket of its own this tier is kept in; None for a storage class or folder."""
+        return TierBucket.parse(self.target)
+
+    @property
+    def storage_class(self) -> str:
+        """The S3 storage class of the tier's objects: the target itself, else its bucket
+        URL's ``storage_class``, else STANDARD (what a copy into a bucket gets)."""
+        bucket = self.bucket
+        if bucket is None:
+            return self.target.upper()
+        return bucket.storage_class or "STANDARD"
+
+    @property
     def archived(self) -> bool:
         """Objects here need a restore before they can be read (on S3)."""
-        return self.target.upper() in ARCHIVE_CLASSES
+        return self.storage_class in ARCHIVE_CLASSES
 
 
 @dataclass(frozen=True)
@@ -104,11 +180,22 @@ def parse_tiers(text: str) -> Tiers:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, target = (p.strip() for p in item.partition("="))
         if not sep or not target:
-            raise ValueError(f"{item!r}: expected NAME=TARGET (a storage class or a folder)")
+            raise ValueError(
+                f"{item!r}: expected NAME=TARGET (a storage class, a folder or an S3 bucket URL)"
+            )
         if not _NAME.match(name):
             raise ValueError(f"tier name {name!r}: lower-case letters, digits, - and _")
         if any(t.name == name for t in found):
             raise ValueError(f"tier {name!r} is named twice")
+        try:
+            bucket = TierBucket.parse(target)
+        except ValueError as exc:
+            raise ValueError(f"tier {name!r}: {exc}") from None
+        if bucket is not None and not found:
+            raise ValueError(
+                f"tier {name!r}: the first tier is where new objects are written, in the blob "
+                "store's own bucket: give it a storage class (such as STANDARD), not a bucket"
+            )
         found.append(Tier(name, target))
     if not found:
         raise ValueError("at least one tier is needed (the one new objects are written to)")
@@ -208,7 +295,7 @@ def target_tier(study: StudyFacts, rules: tuple[Rule, ...], tiers: Tiers, now: i
 
 def parse_prices(text: str, tiers: Tiers) -> dict[str, float | None]:
     """Price per GB-month of every tier: ``storage_prices``, else the list price of its
-    target; None for a tier priced nowhere (a folder without a price)."""
+    storage class; None for a tier priced nowhere (a folder without a price)."""
     given: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = (p.strip() for p in item.partition("="))
@@ -223,4 +310,4 @@ def parse_prices(text: str, tiers: Tiers) -> dict[str, float | None]:
         if price < 0:
             raise ValueError(f"storage_prices: {name} has a negative price")
         given[name] = price
-    return {t.name: given.get(t.name, LIST_PRICES.get(t.target.upper())) for t in tiers.all}
+    return {t.name: given.get(t.name, LIST_PRICES.get(t.storage_class)) for t in tiers.all}
