@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from nubis.blobs.bucket_tiers import BucketTierStore
 from nubis.blobs.registry import UnknownBackend, open_blob_store
 from nubis.blobs.s3 import S3BlobStore, from_url
 from nubis.errors import RestoreRequired, StorageUnavailable
 from nubis.ports.blobs import BlobContext, BlobExists, PlainFile
+from nubis.tiers.movers import find_mover
+from nubis.tiers.rules import parse_tiers
 
 CTX = BlobContext("default", "1.2.3", "1.2.3.4", "1.2.3.4.5", "0" * 64)
 KEY = "0123456789abcdef0123456789abcdef"
@@ -35,6 +38,7 @@ class Stub:
     break_next_get: bool = False  # send half the body of the next GET, then hang up
     archived: set[str] = field(default_factory=set)  # GET answers 403 InvalidObjectState
     restores: list[str] = field(default_factory=list)  # bodies of RestoreObject requests
+    restored: list[str] = field(default_factory=list)  # objects they named (/bucket/key)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,6 +144,7 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "NoSuchKey")
                 return
             stub.restores.append(body)
+            stub.restored.append(path)
             if len(stub.restores) > 1:
                 self._error(409, "RestoreAlreadyInProgress")
                 return
@@ -249,6 +254,31 @@ def test_reading_an_archived_object_requests_a_restore(
     assert all("a restore was already requested" in r for r in reasons[1:])
     assert "<Days>7</Days>" in state.restores[0] and "<Tier>Standard</Tier>" in state.restores[0]
     assert store.restore(KEY) is False  # one is on its way
+    state.archived.clear()  # the restore completed
+    assert store.read(KEY, context=CTX) == b"archived bytes"
+
+
+def test_an_archived_object_in_a_tier_bucket_is_restored_there(
+    stub: tuple[Stub, S3BlobStore],
+) -> None:
+    """A blob in a GLACIER tier bucket answers reads with RestoreRequired, as one in the blobs
+    bucket does (not BlobNotFound, nor a look elsewhere), and the restore is asked there."""
+    state, main = stub
+    tiers = parse_tiers("hot=STANDARD,archive=s3://deep-bucket/p?storage_class=GLACIER")
+    store = BucketTierStore(main, tiers)
+    state.objects[f"/deep-bucket/p/{KEY}"] = b"archived bytes"
+    state.archived.add(f"/deep-bucket/p/{KEY}")
+    for read in (
+        lambda: store.read(KEY, context=CTX),
+        lambda: store.iter_chunks(KEY, context=CTX),
+        lambda: store.open(KEY, context=CTX),
+    ):
+        with pytest.raises(RestoreRequired):
+            read()
+    assert len(state.restores) == 3  # the first requested it; the others found it coming
+    assert state.restored == [f"/deep-bucket/p/{KEY}"] * 3
+    mover = find_mover(store)
+    assert mover is not None and mover.restore(KEY) is False  # already on its way
     state.archived.clear()  # the restore completed
     assert store.read(KEY, context=CTX) == b"archived bytes"
 

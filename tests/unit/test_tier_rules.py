@@ -11,6 +11,7 @@ from nubis.tiers.rules import (
     DAY_MS,
     LIST_PRICES,
     StudyFacts,
+    TierBucket,
     parse_prices,
     parse_rules,
     parse_tiers,
@@ -56,6 +57,45 @@ def test_tiers_parse() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             parse_tiers(bad)
+
+
+def test_tiers_in_buckets_of_their_own() -> None:
+    tiers = parse_tiers(
+        "hot=STANDARD, cold=s3://nubis-cold/some/prefix/, "
+        "archive=s3://nubis-archive?storage_class=glacier"
+    )
+    assert tiers.get("hot").bucket is None
+    assert tiers.get("cold").bucket == TierBucket("nubis-cold", "some/prefix", None)
+    assert tiers.get("archive").bucket == TierBucket("nubis-archive", "", "GLACIER")
+    # A bucket naming no class holds what a copy into it gets: STANDARD, priced as such.
+    assert [t.storage_class for t in tiers.all] == ["STANDARD", "STANDARD", "GLACIER"]
+    assert [t.archived for t in tiers.all] == [False, False, True]
+    assert parse_prices("", tiers) == {"hot": 0.023, "cold": 0.023, "archive": 0.0036}
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("gs://nubis-cold/p", "a tier URL names an S3 bucket"),
+        ("s3://Nubis_Cold/p", "bucket name 'Nubis_Cold' is not valid"),
+        ("s3:///p", "bucket name '' is not valid"),
+        ("s3://nubis-cold/p?endpoint=https://elsewhere", "unknown parameter 'endpoint'"),
+        ("s3://nubis-cold/p?storage_class=", "storage_class '' is not"),
+        ("s3://nubis-cold/p?storage_class=glacier deep", "storage_class 'glacier deep' is not"),
+        ("s3://nubis-cold/p?storage_class=GLACIER&storage_class=STANDARD", "given twice"),
+        ("s3://nubis-cold/p#x", "unexpected '#x'"),
+        ("s3://key:secret@nubis-cold/p", "credentials do not go in a tier URL"),
+    ],
+)
+def test_bad_tier_urls_are_named(target: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^tier 'cold': .*{message}") as caught:
+        parse_tiers(f"hot=STANDARD,cold={target}")
+    assert "secret" not in str(caught.value)
+
+
+def test_the_first_tier_is_never_a_bucket() -> None:
+    with pytest.raises(ValueError, match=r"tier 'hot': the first tier .* not a bucket"):
+        parse_tiers("hot=s3://nubis-hot/p,cold=STANDARD_IA")
 
 
 @pytest.mark.parametrize(
@@ -128,11 +168,16 @@ def test_settings_are_validated() -> None:
         ({"NUBIS_STORAGE_PRICES": "warm=1"}, "storage_prices"),
         ({"NUBIS_JOBS_SCHEDULE": "reap=often"}, "jobs_schedule"),
         ({"NUBIS_JOBS_LEASE_SECONDS": "1"}, "jobs_lease_seconds"),
+        ({"NUBIS_TIERS": "hot=STANDARD,cold=s3://Cold/p"}, "tiers: tier 'cold': .*bucket name"),
+        # The folder store has no buckets: a tier naming one is refused, not made a folder.
+        ({"NUBIS_TIERS": "hot=STANDARD,cold=s3://nubis-cold"}, "cold name.* needs an S3 blob"),
     ):
         with pytest.raises(SettingsError, match=message):
             load_settings(environ=environ)
     settings = load_settings(environ={"NUBIS_JOBS": "false", "NUBIS_LIFECYCLE": "* -> cold"})
     assert settings.jobs is False and settings.lifecycle == "* -> cold"
+    on_s3 = {"NUBIS_BLOBS": "s3://nubis/p", "NUBIS_TIERS": "hot=STANDARD,cold=s3://nubis-cold"}
+    assert load_settings(environ=on_s3).tiers == on_s3["NUBIS_TIERS"]
 
 
 def test_growth() -> None:
