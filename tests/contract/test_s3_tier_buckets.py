@@ -28,6 +28,7 @@ from nubis.blobs.bucket_tiers import BucketTierStore
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.cli.main import app
 from nubis.config import load_settings
+from nubis.errors import StorageUnavailable
 from nubis.index.schema import studies
 from nubis.ports.blobs import BlobContext, PlainFile
 from nubis.security.policy import system_principal
@@ -39,6 +40,7 @@ DAY_MS = 86_400_000
 RULES = "modality=MG age<730d -> hot; unread>365d -> archive; unread>30d -> cold"
 WHO = system_principal()
 MiB = 1 << 20
+CONTEXT = BlobContext("default", "1.2", "1.2.3", "1.2.3.4", "0" * 64)
 
 
 @dataclass(eq=False)  # one study is one object: a key of dictionaries by identity
@@ -225,32 +227,115 @@ def test_delete_and_reaper_cover_tier_buckets(setup: Setup, ceph: Ceph) -> None:
     assert len(list(archive.blobs.list())) == 2
 
 
+@pytest.fixture
+def two_buckets(
+    ceph: Ceph, new_bucket: Callable[[str], str]
+) -> tuple[BucketTierStore, Place, Place]:
+    """A store with ``hot`` in a prefix of the blobs bucket and ``cold`` in a bucket of its own."""
+    main = s3.S3BlobStore(ceph.bucket, f"tier-buckets/{time.time_ns()}", endpoint_url=ceph.endpoint)
+    cold = Place(new_bucket("cold"), "cold/")
+    store = BucketTierStore(main, parse_tiers(f"hot=STANDARD,cold=s3://{cold.bucket}/cold"))
+    return store, Place(main.bucket, main.prefix), cold
+
+
+def _put(store: BucketTierStore, tmp_path: Path, data: bytes) -> str:
+    path = tmp_path / f"spooled-{time.time_ns()}"
+    path.write_bytes(data)
+    key = store.new_key()
+    store.put_file(key, PlainFile(path, len(data)), context=CONTEXT)
+    return key
+
+
+def test_a_move_deletes_the_source_only_once_its_copy_is_checked(
+    two_buckets: tuple[BucketTierStore, Place, Place],
+    ceph: Ceph,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, hot, cold = two_buckets
+    client = ceph.client()
+
+    # A move cut short after its copy (two copies): the next one only deletes the source.
+    key = _put(store, tmp_path, b"moved before a crash")
+    client.copy_object(
+        Bucket=cold.bucket,
+        Key=cold.prefix + key,
+        CopySource={"Bucket": hot.bucket, "Key": hot.prefix + key},
+    )
+    store.move(key, "cold")
+    assert key not in hot.objects(ceph) and key in cold.objects(ceph)
+    assert store.read(key, context=CONTEXT) == b"moved before a crash"
+
+    # Another object under the key in the target (no copy of ours): both are kept.
+    key = _put(store, tmp_path, b"the real blob")
+    client.put_object(Bucket=cold.bucket, Key=cold.prefix + key, Body=b"something else")
+    with pytest.raises(StorageUnavailable, match="not whole"):
+        store.move(key, "cold")
+    assert key in hot.objects(ceph) and key in cold.objects(ceph)
+
+    # A copy that did not arrive: the source is kept.
+    key = _put(store, tmp_path, b"never copied")
+    monkeypatch.setattr(s3.S3BlobStore, "copy_from", lambda *args: None)
+    with pytest.raises(StorageUnavailable, match="not whole"):
+        store.move(key, "cold")
+    assert key in hot.objects(ceph) and key not in cold.objects(ceph)
+    assert store.read(key, context=CONTEXT) == b"never copied"
+
+
+def test_reads_follow_a_blob_that_moves(
+    two_buckets: tuple[BucketTierStore, Place, Place],
+    ceph: Ceph,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, hot, cold = two_buckets
+    data = bytes(range(256)) * (3 * MiB // 256)
+    key = _put(store, tmp_path, data)
+
+    # Moved back to the blobs bucket between a look there and a look in the tier bucket: the
+    # read looks again.
+    store.move(key, "cold")
+    tier_bucket = store.tiers["cold"].store
+    looked = tier_bucket.read
+
+    def moved_meanwhile(*args: Any, **kwargs: Any) -> bytes:
+        monkeypatch.setattr(tier_bucket, "read", looked)
+        store.move(key, "hot")
+        return looked(*args, **kwargs)
+
+    monkeypatch.setattr(tier_bucket, "read", moved_meanwhile)
+    assert store.read(key, 5, 10, context=CONTEXT) == data[5:15]
+    assert store.tier_of(key) == "hot" and key in hot.objects(ceph)
+
+    # A file opened in one bucket reads on after the blob moved to another.
+    with store.open(key, context=CONTEXT) as f:
+        assert f.read(100) == data[:100]
+        store.move(key, "cold")
+        f.seek(2 * MiB)
+        assert f.read(MiB) == data[2 * MiB : 3 * MiB]
+    assert store.tier_of(key) == "cold" and key in cold.objects(ceph)
+
+
 def test_large_objects_move_part_by_part(
-    ceph: Ceph, new_bucket: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    two_buckets: tuple[BucketTierStore, Place, Place],
+    ceph: Ceph,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Objects too large for one CopyObject (5 GiB on S3; 8 MiB here) are copied between
     buckets in parts (UploadPartCopy), checked, and only then deleted from the source."""
     monkeypatch.setattr(s3, "_MAX_COPY", 8 * MiB)
     monkeypatch.setattr(s3, "_COPY_PART", 5 * MiB)
-    main = s3.S3BlobStore(ceph.bucket, f"tier-buckets/{time.time_ns()}", endpoint_url=ceph.endpoint)
-    cold = Place(new_bucket("cold"), "large/")
-    store = BucketTierStore(main, parse_tiers(f"hot=STANDARD,cold=s3://{cold.bucket}/large"))
+    store, hot, cold = two_buckets
     data = bytes(range(256)) * (21 * MiB // 256) + b"tail"
-    (tmp_path / "blob").write_bytes(data)
-    key = store.new_key()
-    context = BlobContext("default", "1.2", "1.2.3", "1.2.3.4", "0" * 64)
-    store.put_file(key, PlainFile(tmp_path / "blob", len(data)), context=context)
+    key = _put(store, tmp_path, data)
 
     store.move(key, "cold")
     head = ceph.client().head_object(Bucket=cold.bucket, Key=cold.prefix + key)
     assert head["ContentLength"] == len(data) and head["ETag"].strip('"').endswith("-5")
-    assert key not in Place(main.bucket, main.prefix).objects(ceph)
-    assert store.read(key, context=context) == data
-    with store.open(key, context=context) as f:  # ranged reads, window after window
-        f.seek(17 * MiB)
-        assert f.read(MiB) == data[17 * MiB : 18 * MiB]
+    assert hot.objects(ceph) == {}
+    assert store.read(key, context=CONTEXT) == data
 
     store.move(key, "hot")
-    assert Place(main.bucket, main.prefix).objects(ceph) == {key: "STANDARD"}
-    assert cold.objects(ceph) == {}
-    assert b"".join(store.iter_chunks(key, context=context)) == data
+    assert hot.objects(ceph) == {key: "STANDARD"} and cold.objects(ceph) == {}
+    assert b"".join(store.iter_chunks(key, context=CONTEXT)) == data

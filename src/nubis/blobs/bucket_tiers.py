@@ -119,13 +119,7 @@ class BucketTierStore:
 
     def _holders(self, key: str) -> list[tuple[S3BlobStore, dict[str, Any]]]:
         """Every bucket holding the blob, with its HEAD answer, in the order reads look."""
-        found = []
-        for store in self.buckets:
-            try:
-                found.append((store, store._head(key)))
-            except BlobNotFound:
-                continue
-        return found
+        return [(s, head) for s in self.buckets if (head := _look(s, key)) is not None]
 
     # ------------------------------------------------------------------ BlobStore
     def new_key(self) -> str:
@@ -144,15 +138,7 @@ class BucketTierStore:
             raise BlobExists(key)
 
     def _elsewhere(self, key: str) -> bool:
-        return any(self._holds(store, key) for store in self.buckets[1:])
-
-    @staticmethod
-    def _holds(store: S3BlobStore, key: str) -> bool:
-        try:
-            store._head(key)
-        except BlobNotFound:
-            return False
-        return True
+        return any(_look(store, key) is not None for store in self.buckets[1:])
 
     def read(
         self, key: str, start: int = 0, length: int | None = None, *, context: BlobContext
@@ -219,17 +205,18 @@ class BucketTierStore:
             size = int(head["ContentLength"])
             if there is None:
                 place.store.copy_from(source, key, place.storage_class)
-                there = place.store._head(key)
-            if int(there["ContentLength"]) != size:
-                # Not a copy of ours (copies are whole or absent): keep both for an operator.
+                there = _look(place.store, key)
+            if there is None or int(there["ContentLength"]) != size:
+                # Copies are whole or absent: this is no copy of ours (or none arrived).
                 log.error(
-                    "blob %s: %d bytes in %r, %d in %r; neither deleted",
-                    key, size, source, int(there["ContentLength"]), place.store,
+                    "blob %s: %d bytes in %r, %s in %r; the source is kept",
+                    key, size, source, there and there["ContentLength"], place.store,
                 )  # fmt: skip
-                raise StorageUnavailable(f"blob {key} differs between two tier buckets")
+                raise StorageUnavailable(f"blob {key}: its copy into tier {tier} is not whole")
             # Only now, with the copy checked, may the source go.
             for store, _ in elsewhere:
                 store.delete(key)
+        assert there is not None  # the blob was here already, or its copy is checked
         if place.storage_class and _storage_class(there) != place.storage_class:
             place.store.set_tier(key, place.storage_class)
 
@@ -245,6 +232,14 @@ class BucketTierStore:
         for store in archived or [s for s, _ in holders[:1]]:
             requested = store.restore(key) or requested
         return requested
+
+
+def _look(store: S3BlobStore, key: str) -> dict[str, Any] | None:
+    """The HEAD answer for the blob in ``store``; None when it is not there."""
+    try:
+        return store._head(key)
+    except BlobNotFound:
+        return None
 
 
 def _storage_class(head: dict[str, Any]) -> str:
