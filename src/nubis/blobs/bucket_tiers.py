@@ -204,7 +204,7 @@ class BucketTierStore:
             source, head = elsewhere[0]
             size = int(head["ContentLength"])
             if there is None:
-                place.store.copy_from(source, key, place.storage_class)
+                place.store.copy_from(source, key, place.storage_class, size)
                 there = _look(place.store, key)
             if there is None or int(there["ContentLength"]) != size:
                 # Copies are whole or absent: this is no copy of ours (or none arrived).

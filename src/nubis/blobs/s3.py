@@ -452,14 +452,18 @@ class S3BlobStore:
         """
         self.copy_from(self, key, tier)
 
-    def copy_from(self, source: S3BlobStore, key: str, storage_class: str | None) -> None:
+    def copy_from(
+        self, source: S3BlobStore, key: str, storage_class: str | None, size: int | None = None
+    ) -> None:
         """Copy the blob ``key`` of ``source`` (this store, or another bucket of the same
         service) to the same key here, server-side, in ``storage_class`` (None: the bucket's
         default). Objects above 5 GiB, which one CopyObject cannot take, are copied part by
         part. The source stays: deleting it is the caller's, once the copy is checked.
+        ``size`` saves a HEAD of the source when the caller has just made one.
         """
         name = self._object(key)
-        size = source.size(key)
+        if size is None:
+            size = source.size(key)
         origin = {"Bucket": source.bucket, "Key": source._object(key)}
         extra = {"StorageClass": storage_class} if storage_class else {}
         if size <= _MAX_COPY:
