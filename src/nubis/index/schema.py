@@ -286,6 +286,14 @@ instance_tiers = Table(
     Column("moved_at", BigInteger, nullable=False),
 )
 
+# Every instance with its series, its study and its tier row (absent: the first tier): what the
+# jobs that walk blobs (verify, tier, rewrap) select from.
+INSTANCES_LOCATED = (
+    instances.join(series, instances.c.series_pk == series.c.id)
+    .join(studies, series.c.study_pk == studies.c.id)
+    .outerjoin(instance_tiers, instance_tiers.c.instance_pk == instances.c.id)
+)
+
 # Encryption at rest with patient keys in the index (nubis.crypto.index_keys, keyring
 # index+file:// or index+env:). One random key per (partition, Patient ID), found by ``ref``, an
 # HMAC keyed by the KEK secret (never the Patient ID); ``wrapped`` is AES-GCM under KEK

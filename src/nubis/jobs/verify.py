@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 
 from nubis.errors import BlobUnreadable, KeyErased, RestoreRequired
 from nubis.index.database import Index
-from nubis.index.schema import instance_tiers, instances, series, studies
+from nubis.index.schema import INSTANCES_LOCATED, instance_tiers, instances, series, studies
 from nubis.jobs.runner import JobContext
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome
 from nubis.ports.blobs import BlobContext, BlobNotFound, BlobStore
@@ -73,13 +73,10 @@ def verify(
         criteria.append(tier == params["tier"])
     skip = set() if params.get("include_archived") else {t.name for t in tiers.all if t.archived}
     rate = float(params.get("max_mb_per_s") or 0) * 1e6
-    joined = (
-        instances.join(series, instances.c.series_pk == series.c.id)
-        .join(studies, series.c.study_pk == studies.c.id)
-        .outerjoin(instance_tiers, instance_tiers.c.instance_pk == instances.c.id)
-    )
     with index.reading() as conn:
-        total = conn.execute(select(func.count()).select_from(joined).where(*criteria)).scalar_one()
+        total = conn.execute(
+            select(func.count()).select_from(INSTANCES_LOCATED).where(*criteria)
+        ).scalar_one()
 
     saved = ctx.cursor or {}
     after = int(saved.get("after", 0))
@@ -103,7 +100,7 @@ def verify(
                     instances.c.sha256,
                     tier,
                 )
-                .select_from(joined)
+                .select_from(INSTANCES_LOCATED)
                 .where(instances.c.id > after, *criteria)
                 .order_by(instances.c.id)
                 .limit(_BATCH)

@@ -60,7 +60,14 @@ from sqlalchemy import Connection, func, insert, select, update
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.errors import BlobUnreadable, KeyErased, NubisError, RestoreRequired
 from nubis.index.database import Index
-from nubis.index.schema import doomed_blobs, instance_tiers, instances, series, studies
+from nubis.index.schema import (
+    INSTANCES_LOCATED,
+    doomed_blobs,
+    instance_tiers,
+    instances,
+    series,
+    studies,
+)
 from nubis.jobs.runner import JobContext, JobFailed
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome, EventType
 from nubis.ports.blobs import BlobContext, BlobNotFound
@@ -237,11 +244,7 @@ class KekRewrap:
                     instances.c.sop_instance_uid,
                     instances.c.sha256,
                 )
-                .select_from(
-                    instances.join(series, instances.c.series_pk == series.c.id)
-                    .join(studies, series.c.study_pk == studies.c.id)
-                    .outerjoin(instance_tiers, instance_tiers.c.instance_pk == instances.c.id)
-                )
+                .select_from(INSTANCES_LOCATED)
                 .where(instances.c.id > after)
                 .order_by(instances.c.id)
                 .limit(_PAGE)

@@ -29,7 +29,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from nubis.errors import RestoreRequired
 from nubis.index.database import Index
-from nubis.index.schema import instance_tiers, instances, series, studies, study_lifecycle
+from nubis.index.schema import (
+    INSTANCES_LOCATED,
+    instance_tiers,
+    instances,
+    series,
+    studies,
+    study_lifecycle,
+)
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventAction
 from nubis.ports.blobs import BlobNotFound
 from nubis.security import audit_events
@@ -173,11 +180,7 @@ class Lifecycle:
                     studies.c.study_uid,
                     studies.c.patient_id,
                 )
-                .select_from(
-                    instances.join(series, instances.c.series_pk == series.c.id)
-                    .join(studies, series.c.study_pk == studies.c.id)
-                    .outerjoin(instance_tiers, instance_tiers.c.instance_pk == instances.c.id)
-                )
+                .select_from(INSTANCES_LOCATED)
                 .where(series.c.study_pk.in_(study_pks), current != tier)
                 .order_by(instances.c.id)
             ).all()
