@@ -36,7 +36,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from nubis.dicom import transcode
 from nubis.dimse.commitment import CommitmentRequest
 from nubis.dimse.peers import AccessPolicy, PeerCertificate, Permissions
-from nubis.dimse.reactor import StreamedDataset
+from nubis.dimse.reactor import StreamedDataset, wait_for_send_room
 from nubis.errors import BadRequest, NotFound, NubisError
 from nubis.model.query import CFIND_LEVELS, parse_cfind
 from nubis.model.records import StoredInstance
@@ -63,6 +63,8 @@ PAGE = 1000  # C-FIND walks the index a page at a time, so memory stays bounded
 SUCCESS = 0x0000
 PENDING = 0xFF00
 CANCEL = 0xFE00
+# C-FIND responses queued for the wire at most (see on_find).
+_FIND_RESPONSES_AHEAD = 8
 NOT_AUTHORIZED = 0x0124  # PS3.7 Annex C: Refused: Not authorized
 IDENTIFIER_MISMATCH = 0xA900  # Identifier does not match SOP Class
 CANNOT_PROCESS = 0xC000
@@ -440,6 +442,10 @@ class Handlers:
         found = 0
         items = self._patients(scoped) if level == "PATIENT" else self._pages(scoped)
         for item in items:
+            # At most a few responses ahead of the wire: a C-CANCEL then stops matching within
+            # them (not after every match is queued), and a huge result never sits in memory.
+            if not wait_for_send_room(event.assoc, _FIND_RESPONSES_AHEAD):
+                return
             if event.is_cancelled:
                 log.info("C-FIND from %s cancelled after %d match(es)", _peer(event.assoc), found)
                 yield CANCEL, None

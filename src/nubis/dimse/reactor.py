@@ -405,25 +405,31 @@ class StreamingStore(Association):
         max_pdu = self.dimse.maximum_pdu_size
         msg, command = streamed_store_request(req, context_id)
         evt.trigger(self, evt.EVT_DIMSE_SENT, {"message": msg})
-        waiting = self.dul.to_provider_queue
         room = max(2, _STREAM_QUEUED_BYTES // (max_pdu or _UNLIMITED_PDU_FRAGMENT))
         fragments = chain(
             p_data(context_id, command, b"", max_pdu),
             data_set_p_data(context_id, chunks, max_pdu),
         )
         for pdata in fragments:
-            # Every get() by the DUL thread notifies not_full, also on a queue with no maxsize.
-            with waiting.not_full:
-                while len(waiting.queue) >= room:
-                    if not self._can_send():
-                        raise ConnectionError("the association ended during the C-STORE")
-                    waiting.not_full.wait(TICK)
+            if not wait_for_send_room(self, room):
+                raise ConnectionError("the association ended during the C-STORE")
             self.dul.send_pdu(pdata)
 
-    def _can_send(self) -> bool:
-        # An acceptor's own reactor is the thread sending (C-GET), so an A-ABORT or a closed
-        # connection is only seen on the DUL's queue to the user.
-        return self.is_established and self.dul.is_alive() and not self.acse.is_aborted()
+
+def wait_for_send_room(assoc: Association, room: int) -> bool:
+    """Block while ``room`` or more PDUs wait for ``assoc``'s DUL thread to send them; False if
+    the association ends meanwhile. pynetdicom's send queue has no bound, so a producer faster
+    than the network would otherwise queue everything it makes."""
+    waiting = assoc.dul.to_provider_queue
+    # Every get() by the DUL thread notifies not_full, also on a queue with no maxsize.
+    with waiting.not_full:
+        while len(waiting.queue) >= room:
+            # An acceptor's own reactor may be the thread sending (C-GET, C-FIND), so an
+            # A-ABORT or a closed connection is only seen on the DUL's queue to the user.
+            if not (assoc.is_established and assoc.dul.is_alive() and not assoc.acse.is_aborted()):
+                return False
+            waiting.not_full.wait(TICK)
+    return True
 
 
 class RaceFreePause:
