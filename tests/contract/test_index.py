@@ -264,6 +264,51 @@ def test_two_nodes_store_the_same_instance_at_once(
     assert len(list(a.blobs.list())) == 1
 
 
+def test_two_nodes_race_for_one_study_or_series(
+    two_nodes: tuple[StoreService, StoreService], tmp_path: Path
+) -> None:
+    """A study belongs to one patient and a series to one study, also when two nodes store the
+    conflicting objects at the same moment: of each pair exactly one is stored, the other is
+    refused with 0xA900 (docs/security.md, "One study, one patient")."""
+    from nubis.tools import synth
+
+    spool = Spool(tmp_path / "spool")
+    who = system_principal(tenant="p")
+    rounds = 12
+    paths: dict[str, list[Path]] = {"a": [], "b": []}
+    for n in range(rounds):
+        shared = synth.synth_uid(n, "race")
+        for side, patient in (("a", "PAT-A"), ("b", "PAT-B")):
+            ds = next(synth.series_datasets("CT", n_instances=1, seed=n * 2 + (side == "b"),
+                patient=synth.PatientSpec(patient, "Race^Jo", "19700101", "F")))  # fmt: skip
+            if n % 2:  # one study UID for two patients
+                ds.StudyInstanceUID = shared
+            else:  # one series UID in two studies
+                ds.SeriesInstanceUID = shared
+            path = tmp_path / f"{side}{n}.dcm"
+            path.write_bytes(synth.dataset_bytes(ds))
+            paths[side].append(path)
+    outcomes: dict[str, list[int]] = {"a": [], "b": []}
+    barrier = threading.Barrier(2)
+
+    def store(node: StoreService, side: str) -> Callable[[], None]:
+        def run() -> None:
+            for path in paths[side]:
+                spooled = spool.from_file(path)
+                barrier.wait(timeout=60)
+                outcome = node.store(spooled, principal=who)
+                outcomes[side].append(0 if outcome.ok else outcome.error.dimse_status)
+
+        return run
+
+    a, b = two_nodes
+    _run_threads(store(a, "a"), store(b, "b"))
+    for n in range(rounds):
+        assert sorted((outcomes["a"][n], outcomes["b"][n])) == [0, 0xA900], n
+    assert a.index.counts()["instances"] == rounds
+    _consistent(a.index, "p")
+
+
 def test_delete_on_one_node_while_the_other_stores(
     two_nodes: tuple[StoreService, StoreService], tmp_path: Path
 ) -> None:

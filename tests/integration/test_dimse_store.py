@@ -21,8 +21,10 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import HTJ2KLossless, JPEG2000Lossless
 from pynetdicom import AE, build_context
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from integration import AUTH, DicomFile
 from integration.dimse_helpers import AE as NUBIS_AE
@@ -175,6 +177,48 @@ def test_failures_get_a_status_and_the_association_carries_on(dimse: Dimse) -> N
         assert assoc.is_established
     finally:
         assoc.release()
+
+
+def test_another_patient_under_a_stored_study_is_refused(dimse: Dimse) -> None:
+    """A study belongs to one patient (docs/security.md): a C-STORE naming another Patient ID
+    under a stored study answers 0xA900 with an Error Comment (PS3.4 B.2.3), C-FIND by that
+    Patient ID finds nothing, and the study still holds only its own patient."""
+    original = next(synth.series_datasets("CT", n_instances=1, seed=43, patient=synth.PatientSpec(
+        "DIMSE-PAT-A", "Owner^Ann", "19800101", "F")))  # fmt: skip
+    evil = next(synth.series_datasets("CT", n_instances=1, seed=44, patient=synth.PatientSpec(
+        "DIMSE-PAT-EVIL", "Intruder^Eve", "19800101", "F")))  # fmt: skip
+    evil.StudyInstanceUID = original.StudyInstanceUID
+    ae = AE(ae_title="PYNET")
+    ae.add_requested_context(original.SOPClassUID, original.file_meta.TransferSyntaxUID)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=NUBIS_AE)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(original).Status == 0x0000
+        status = assoc.send_c_store(evil)
+        assert status.Status == 0xA900, status
+        assert "another patient" in status.ErrorComment
+        assert "DIMSE-PAT" not in status.ErrorComment
+        found = {}
+        for patient in ("DIMSE-PAT-A", "DIMSE-PAT-EVIL"):
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.PatientID = patient
+            query.StudyInstanceUID = ""
+            found[patient] = [
+                str(identifier.StudyInstanceUID)
+                for status, identifier in assoc.send_c_find(
+                    query, StudyRootQueryRetrieveInformationModelFind
+                )
+                if status.Status in (0xFF00, 0xFF01)
+            ]
+    finally:
+        assoc.release()
+    assert found == {"DIMSE-PAT-A": [str(original.StudyInstanceUID)], "DIMSE-PAT-EVIL": []}
+    metadata = httpx.get(
+        f"{dimse.http}/studies/{original.StudyInstanceUID}/metadata", headers=AUTH, timeout=30
+    ).json()
+    assert [m["00100020"]["Value"][0] for m in metadata] == ["DIMSE-PAT-A"]
 
 
 def test_concurrent_associations_lose_nothing(dimse: Dimse, tmp_path: Path) -> None:

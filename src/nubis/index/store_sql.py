@@ -11,10 +11,22 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from nubis.errors import InvalidInstance
 from nubis.index.driver import DriverCursor
 from nubis.model.records import NewInstance
 
-_STUDY_SQL = "SELECT id, modalities FROM studies WHERE partition = :p AND study_uid = :uid"
+_STUDY_SQL = (
+    "SELECT id, modalities, patient_id FROM studies WHERE partition = :p AND study_uid = :uid"
+)
+_SERIES_IN_PARTITION_SQL = (
+    "SELECT 1 FROM series JOIN studies ON studies.id = series.study_pk "
+    "WHERE series.series_uid = :uid AND studies.partition = :p"
+)
+# PostgreSQL advisory lock class (the two-key form, a key space of its own) under which a new
+# series UID is checked and inserted, so two studies cannot both take it at once.
+_SERIES_LOCK_CLASS = 0x6E75
+# PS3.4 B.2.3 / PS3.18 Table 10.5.3-1: the data set does not fit what is stored (409 / 0xA900).
+_MISMATCH = 0xA900
 
 
 @functools.cache
@@ -32,7 +44,8 @@ def _insert(cursor: DriverCursor, table: str, row: dict[str, Any], unless: str =
 
 
 def lock_study(cursor: DriverCursor, partition: str, study_uid: str, *, lock_rows: bool) -> Any:
-    """The study's (id, modalities) row, locked until commit when ``lock_rows``; None if absent."""
+    """The study's (id, modalities, patient_id) row, locked until commit when ``lock_rows``;
+    None if absent."""
     sql = _STUDY_SQL + " FOR UPDATE" if lock_rows else _STUDY_SQL
     return cursor.execute(sql, {"p": partition, "uid": study_uid}).fetchone()
 
@@ -40,9 +53,12 @@ def lock_study(cursor: DriverCursor, partition: str, study_uid: str, *, lock_row
 def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_rows: bool) -> None:
     """Insert the instance and its study and series rows when new; keep the counts current.
 
-    Raises the driver's IntegrityError when the SOP Instance UID is already stored in the
-    partition (the caller decides between duplicate, conflict and overwrite). ``lock_rows``:
-    the database runs writers concurrently (PostgreSQL), so lock the study row first.
+    A study belongs to one patient and a series to one study (docs/security.md, "One study,
+    one patient"): InvalidInstance (409 / 0xA900) when the object names another Patient ID
+    than its stored study, or a series UID that another study of the partition holds. Raises
+    the driver's IntegrityError when the SOP Instance UID is already stored in the partition
+    (the caller decides between duplicate, conflict and overwrite). ``lock_rows``: the
+    database runs writers concurrently (PostgreSQL), so lock the study row first.
     """
     study = lock_study(cursor, new.partition, new.study_uid, lock_rows=lock_rows)
     study_pk: int | None = None
@@ -67,7 +83,8 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             study = lock_study(cursor, new.partition, new.study_uid, lock_rows=lock_rows)
         modalities = ""
     if study is not None:
-        study_pk, modalities = study
+        study_pk, modalities, stored_patient = study
+        _check_same_patient(new, stored_patient)
     cursor.execute(
         "SELECT id FROM series WHERE study_pk = :s AND series_uid = :uid",
         {"s": study_pk, "uid": new.series_uid},
@@ -76,6 +93,7 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
     new_series = found is None
     series_pk: int | None
     if new_series:
+        _check_series_free(cursor, new, lock_rows=lock_rows)
         series_pk = _insert(
             cursor,
             "series",
@@ -135,4 +153,34 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             "UPDATE studies SET num_instances = num_instances + 1, updated_at = :now "
             "WHERE id = :pk",
             {"pk": study_pk, "now": now},
+        )
+
+
+def _check_same_patient(new: NewInstance, stored_patient: str | None) -> None:
+    # The reasons start with what is wrong: a C-STORE Error Comment keeps 64 characters.
+    # Compared as the index keeps them (the column, at most 64 characters, as grants and
+    # patient-level queries see them); a missing and an empty Patient ID are the same.
+    # Neither value goes into the reason: the sender may not be allowed to see either.
+    if (stored_patient or "") != (new.study_columns.get("patient_id") or ""):
+        raise InvalidInstance(
+            "the study belongs to another patient (0010,0020): study "
+            f"{new.study_uid} is stored with another Patient ID, and a study has one patient",
+            dimse_status=_MISMATCH,
+        )
+
+
+def _check_series_free(cursor: DriverCursor, new: NewInstance, *, lock_rows: bool) -> None:
+    if lock_rows:
+        cursor.execute(
+            f"SELECT pg_advisory_xact_lock({_SERIES_LOCK_CLASS}, hashtext(:key))",
+            {"key": f"{new.partition}/{new.series_uid}"},
+        )
+    if cursor.execute(
+        _SERIES_IN_PARTITION_SQL, {"uid": new.series_uid, "p": new.partition}
+    ).fetchone():
+        # Which study holds it is not said: the sender may not be allowed to know that study.
+        raise InvalidInstance(
+            f"the series belongs to another study: series {new.series_uid} is stored in a "
+            f"study other than {new.study_uid}",
+            dimse_status=_MISMATCH,
         )

@@ -1,0 +1,246 @@
+"""One study, one patient; one series, one study (issue 9, item 1; docs/security.md).
+
+A hostile review stored an object with PatientID=PAT-EVIL under the Study Instance UID of
+PAT-A's study. It was accepted, so a referrer granted PAT-A read PAT-EVIL's object, a referrer
+granted PAT-EVIL could not, and QIDO by PatientID=PAT-EVIL found nothing: grants and
+patient-level queries follow the study row, which keeps its first patient. Such an object is
+now refused, 409 with FailureReason 0xA900 (PS3.18 Table 10.5.3-1: the data set does not fit
+what is stored), and nothing of it is kept; the same for a series stored under a second study.
+The C-STORE side is in test_dimse_store.py.
+
+The archive runs in-process (Starlette's TestClient) with the real services, index, blob store
+and audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from starlette.testclient import TestClient
+
+from nubis.archive import Archive
+from nubis.config import load_settings
+from nubis.tools import synth
+from nubis.web.app import create_app
+
+ADMIN = "patient-test-admin-token-0123456789abcdef"
+DICOM_TYPE = 'multipart/related; type="application/dicom"; boundary=b'
+MISMATCH = 0xA900
+
+
+@dataclass
+class World:
+    client: TestClient
+    archive: Archive
+    keys: dict[str, str]
+    tmp: Path
+    counter: int = 0
+
+    def make(
+        self,
+        patient: str | None,
+        *,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+    ) -> pydicom.Dataset:
+        self.counter += 1
+        ds = next(
+            synth.series_datasets(
+                "CT",
+                n_instances=1,
+                seed=900 + self.counter,
+                patient=synth.PatientSpec(patient or "X", "Doe^Jo", "19700101", "F"),
+            )
+        )
+        if patient is None:
+            del ds.PatientID
+        if study_uid is not None:
+            ds.StudyInstanceUID = study_uid
+        if series_uid is not None:
+            ds.SeriesInstanceUID = series_uid
+        return ds
+
+    def store(self, who: str, ds: pydicom.Dataset) -> httpx.Response:
+        body = (
+            b"--b\r\nContent-Type: application/dicom\r\n\r\n"
+            + synth.dataset_bytes(ds)
+            + b"\r\n--b--\r\n"
+        )
+        return self.client.post(
+            "/dicom-web/studies",
+            content=body,
+            headers={**self.auth(who), "Content-Type": DICOM_TYPE},
+        )
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[who]}"}
+
+    def study_patients(self, who: str, study_uid: str) -> list[str]:
+        """The Patient ID of every instance ``who`` reads in the study's metadata."""
+        response = self.client.get(
+            f"/dicom-web/studies/{study_uid}/metadata", headers=self.auth(who)
+        )
+        if response.status_code == 404:
+            return []
+        assert response.status_code == 200, response.text
+        return [item.get("00100020", {}).get("Value", [""])[0] for item in response.json()]
+
+    def studies_of(self, who: str, patient_id: str) -> list[str]:
+        response = self.client.get(
+            "/dicom-web/studies", params={"PatientID": patient_id}, headers=self.auth(who)
+        )
+        assert response.status_code in (200, 204), response.text
+        return [s["0020000D"]["Value"][0] for s in response.json()] if response.content else []
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("patients")
+    settings = load_settings(
+        environ={},
+        overrides={
+            "data_dir": str(tmp / "data"),
+            "durable": "false",
+            "admin_token": ADMIN,
+            "dimse_port": "0",
+            "log_level": "warning",
+        },
+    )
+    archive = Archive(settings)
+    with TestClient(create_app(archive)) as client:
+        users = archive.users
+        keys = {"admin": ADMIN}
+        for name, tenant, role in (
+            ("uploader", "default", "uploader"),
+            ("ref-a", "default", "referrer"),
+            ("ref-evil", "default", "referrer"),
+            ("other-admin", "other", "admin"),
+        ):
+            users.add_user(name, tenant=tenant, roles=role)
+            keys[name] = users.create_api_key(name)[1]
+        users.grant("ref-a", tenant="default", patient_id="PAT-A")
+        users.grant("ref-evil", tenant="default", patient_id="PAT-EVIL")
+        yield World(client, archive, keys, tmp)
+
+
+def _failure(response: httpx.Response) -> tuple[int, str]:
+    """(FailureReason, the Warning header) of a STOW-RS response refusing its one object."""
+    assert response.status_code == 409, response.text
+    failed = response.json()["00081198"]["Value"]
+    assert len(failed) == 1
+    return failed[0]["00081197"]["Value"][0], response.headers.get("warning", "")
+
+
+def test_another_patient_is_refused_under_a_stored_study(world: World) -> None:
+    original = world.make("PAT-A")
+    assert world.store("admin", original).status_code == 200
+    study = str(original.StudyInstanceUID)
+
+    for series_uid in (None, str(original.SeriesInstanceUID)):  # a new series, the same series
+        evil = world.make("PAT-EVIL", study_uid=study, series_uid=series_uid)
+        reason, warning = _failure(world.store("uploader", evil))
+        assert reason == MISMATCH
+        assert "belongs to another patient (0010,0020)" in warning
+        # Neither patient's ID reaches a sender who may not read either of them.
+        assert "PAT-A" not in warning and "PAT-EVIL" not in warning
+
+    assert world.study_patients("admin", study) == ["PAT-A"]
+    assert world.study_patients("ref-a", study) == ["PAT-A"]
+    assert world.study_patients("ref-evil", study) == []
+    assert world.studies_of("admin", "PAT-EVIL") == []
+    assert world.studies_of("admin", "PAT-A") == [study]
+
+
+def test_a_missing_patient_id_is_another_patient(world: World) -> None:
+    with_id = world.make("PAT-B")
+    assert world.store("admin", with_id).status_code == 200
+    anonymous = world.make(None, study_uid=str(with_id.StudyInstanceUID))
+    assert _failure(world.store("admin", anonymous))[0] == MISMATCH
+
+    without_id = world.make(None)
+    assert world.store("admin", without_id).status_code == 200
+    named = world.make("PAT-B", study_uid=str(without_id.StudyInstanceUID))
+    assert _failure(world.store("admin", named))[0] == MISMATCH
+    # An empty Patient ID is the same patient as a missing one (PS3.5 7.4: type 2, zero length).
+    empty = world.make(None, study_uid=str(without_id.StudyInstanceUID))
+    empty.PatientID = ""
+    assert world.store("admin", empty).status_code == 200
+
+
+def test_the_same_patient_adds_series_and_instances(world: World) -> None:
+    first = world.make("PAT-C")
+    assert world.store("uploader", first).status_code == 200
+    study = str(first.StudyInstanceUID)
+    second_series = world.make("PAT-C", study_uid=study)
+    same_series = world.make("PAT-C", study_uid=study, series_uid=str(first.SeriesInstanceUID))
+    assert world.store("uploader", second_series).status_code == 200
+    assert world.store("uploader", same_series).status_code == 200
+    assert world.study_patients("admin", study) == ["PAT-C"] * 3
+
+
+def test_a_series_is_not_moved_to_another_study(world: World) -> None:
+    original = world.make("PAT-D")
+    assert world.store("admin", original).status_code == 200
+    series_uid = str(original.SeriesInstanceUID)
+    # Into another stored study of the same patient, and into a study that is not stored yet.
+    other = world.make("PAT-D")
+    assert world.store("admin", other).status_code == 200
+    for study_uid in (str(other.StudyInstanceUID), synth.synth_uid(991, "new-study")):
+        moved = world.make("PAT-D", study_uid=study_uid, series_uid=series_uid)
+        reason, warning = _failure(world.store("admin", moved))
+        assert reason == MISMATCH
+        assert f"the series belongs to another study: series {series_uid}" in warning
+        assert str(original.StudyInstanceUID) not in warning
+    new_study = synth.synth_uid(991, "new-study")
+    assert (
+        world.client.get(
+            f"/dicom-web/studies/{new_study}/metadata", headers=world.auth("admin")
+        ).status_code
+        == 404
+    )
+    response = world.client.get(
+        "/dicom-web/series", params={"SeriesInstanceUID": series_uid}, headers=world.auth("admin")
+    )
+    assert [s["0020000D"]["Value"][0] for s in response.json()] == [str(original.StudyInstanceUID)]
+
+
+def test_tenants_hold_their_own_study_of_one_uid(world: World) -> None:
+    """A tenant is a partition: the same Study Instance UID stored in another tenant is a study
+    of that tenant, with its own patient, and changes nothing in the first one."""
+    original = world.make("PAT-E")
+    assert world.store("admin", original).status_code == 200
+    study = str(original.StudyInstanceUID)
+    foreign = world.make("PAT-EVIL", study_uid=study, series_uid=str(original.SeriesInstanceUID))
+    assert world.store("other-admin", foreign).status_code == 200
+
+    assert world.study_patients("admin", study) == ["PAT-E"]
+    assert world.study_patients("other-admin", study) == ["PAT-EVIL"]
+    assert world.studies_of("admin", "PAT-EVIL") == []
+    assert world.studies_of("other-admin", "PAT-EVIL") == [study]
+
+
+def test_a_refused_object_is_audited_and_leaves_no_blob(world: World) -> None:
+    original = world.make("PAT-F")
+    assert world.store("admin", original).status_code == 200
+    blobs_before = _blob_count(world)
+    evil = world.make("PAT-EVIL", study_uid=str(original.StudyInstanceUID))
+    assert _failure(world.store("uploader", evil))[0] == MISMATCH
+    assert _blob_count(world) == blobs_before
+    response = world.client.get(
+        "/audit/records", params={"user": "uploader", "limit": 1000}, headers=world.auth("admin")
+    )
+    assert response.status_code == 200, response.text
+    events = [r["event"] for r in response.json()["records"]]
+    refused = [e for e in events if "another patient" in json.dumps(e)]
+    assert refused, "the refused store left no audit record"
+
+
+def _blob_count(world: World) -> int:
+    root = world.tmp / "data" / "blobs"
+    return sum(1 for p in root.rglob("*") if p.is_file() and len(p.name) == 32)
