@@ -194,3 +194,81 @@ def test_bulk_range_keeps_its_length(archive: Archive) -> None:
     assert response.status_code == 206
     assert response.headers["content-length"] == "4000000"
     assert len(response.content) == 4000000
+
+
+# Hostile rendering and query parameters (issue #9: "the same class elsewhere"). Each asks the
+# server for work or memory out of proportion to the request; each is a 400 naming the limit.
+HOSTILE_RENDERED = [
+    ("/rendered", {"viewport": "100000,100000"}, "viewport width"),
+    ("/rendered", {"viewport": "8192,8192"}, "1..4096"),
+    ("/frames/1/rendered", {"viewport": "4096,4097"}, "viewport height"),
+    ("/thumbnail", {"viewport": "8192,8192"}, "1..4096"),
+    ("/frames/1,1/rendered", {}, "more than once"),
+]
+HOSTILE_WADO_URI = [
+    ({"rows": "8192", "columns": "8192"}, "rows"),
+    ({"columns": "100000"}, "columns"),
+    ({"frameNumber": "99999999999999999999"}, "frameNumber"),
+    ({"frameNumber": "101"}, "frameNumber"),
+    ({"frameNumber": "abc"}, "frameNumber"),
+    ({"frameNumber": "-1"}, "frameNumber"),
+]
+HOSTILE_QIDO = [
+    ([("includefield", "PatientName")] * 101, "includefield"),
+    ([("includefield", ",".join(f"0009{n:04X}" for n in range(101)))], "includefield"),
+    ([("StudyInstanceUID", ",".join(f"1.2.{n}" for n in range(1001)))], "at most 1000"),
+    ([("StudyInstanceUID", "\\".join(["1.2.3"] * 1001))], "at most 1000"),
+]
+
+
+@pytest.mark.parametrize(("suffix", "params", "named"), HOSTILE_RENDERED)
+def test_hostile_rendering_parameters_are_400(
+    archive: Archive, suffix: str, params: dict[str, str], named: str
+) -> None:
+    """PS3.18 8.3.5.1.3 / 8.2.2: a viewport the server does not support is a 400; so is a
+    rendered frame list naming a frame twice."""
+    response = httpx.get(
+        archive.small_url + suffix,
+        params=params,
+        headers={**AUTH, "Accept": "image/png"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text[:300]
+    assert named in response.json()["reason"], response.json()
+
+
+@pytest.mark.parametrize(("params", "named"), HOSTILE_WADO_URI)
+def test_hostile_wado_uri_parameters_are_400(
+    archive: Archive, params: dict[str, str], named: str
+) -> None:
+    """PS3.18 9.5.2: frameNumber is a positive integer up to the Number of Frames (else 400);
+    rows and columns are a viewport (8.2.2), bounded like the rendered one."""
+    study, series, sop = archive.small_url.split("/studies/")[1].split("/")[::2]
+    response = httpx.get(
+        f"{archive.server.url}/wado",
+        params={
+            "requestType": "WADO",
+            "studyUID": study,
+            "seriesUID": series,
+            "objectUID": sop,
+            "contentType": "image/png",
+            **params,
+        },
+        headers=AUTH,
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text[:300]
+    assert named in response.json()["reason"], response.json()
+
+
+@pytest.mark.parametrize(("params", "named"), HOSTILE_QIDO, ids=["if-x101", "if-101", "uid", "bs"])
+def test_hostile_qido_parameters_are_400(
+    archive: Archive, params: list[tuple[str, str]], named: str
+) -> None:
+    """PS3.18 10.6.1.2: a query the server will not run is a 400 with the reason; a UID list
+    (PS3.4 C.2.2.2.2) holds at most 1000 UIDs, includefield at most 100 attributes."""
+    response = httpx.get(
+        f"{archive.server.dicomweb}/studies", params=params, headers=AUTH, timeout=60
+    )
+    assert response.status_code == 400, response.text[:300]
+    assert named in response.json()["reason"], response.json()
