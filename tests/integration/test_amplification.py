@@ -49,6 +49,8 @@ class Archive:
     big_url: str
     small_url: str
     j2k_url: str
+    wide: Path
+    wide_url: str
 
 
 def _url(server: Server, path: Path) -> str:
@@ -76,11 +78,13 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
         folder / "j2k.dcm", frames=20, rows=128, columns=128, seed=93,
         transfer_syntax=JPEG2000Lossless,
     )  # fmt: skip
+    # Frames of 4.5 MB, over READ_WHOLE_FRAGMENT: each streams in chunks rather than whole.
+    wide = synth.make_multiframe(folder / "wide.dcm", frames=2, rows=1500, columns=1500, seed=94)
     # One worker, so the process that answers is the one measured.
     server = start_server(folder / "data", env={"NUBIS_WORKERS": "1"}, log_level="warning")
     try:
         with httpx.Client(timeout=300, headers=AUTH) as client:
-            for path in (big, small, j2k):
+            for path in (big, small, j2k, wide):
                 boundary = new_boundary()
                 body = iter_multipart(
                     [({"Content-Type": "application/dicom"}, _file_chunks(path))], boundary
@@ -91,7 +95,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
                     headers={"Content-Type": multipart_content_type(boundary)},
                 )
                 assert response.status_code == 200, response.text[:500]
-        yield Archive(server, _url(server, big), _url(server, small), _url(server, j2k))
+        urls = [_url(server, p) for p in (big, small, j2k)]
+        yield Archive(server, *urls, wide, _url(server, wide))
     finally:
         server.stop()
 
@@ -170,6 +175,18 @@ def test_decoded_frames_stream_one_at_a_time(archive: Archive) -> None:
     parts = [p[p.index(b"\r\n\r\n") + 4 : -2] for p in response.content.split(dash)[1:-1]]
     assert [len(p) for p in parts] == [128 * 128 * 2] * 3
     assert parts[0] != parts[1]
+
+
+def test_frames_larger_than_a_read_stream_in_chunks(archive: Archive) -> None:
+    """A frame over READ_WHOLE_FRAGMENT (4 MiB) is sent from a chunked read, byte exact."""
+    response = httpx.get(
+        f"{archive.wide_url}/frames/2,1", headers={**AUTH, "Accept": OCTET_STREAM}, timeout=60
+    )
+    assert response.status_code == 200, response.text[:300]
+    dash = b"--" + response.headers["content-type"].split('boundary="')[1].split('"')[0].encode()
+    parts = [p[p.index(b"\r\n\r\n") + 4 : -2] for p in response.content.split(dash)[1:-1]]
+    pixels = pydicom.dcmread(archive.wide).pixel_array
+    assert parts == [pixels[1].tobytes(), pixels[0].tobytes()]
 
 
 def test_bulk_pixel_data_streams_with_bounded_memory(archive: Archive) -> None:

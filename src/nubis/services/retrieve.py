@@ -288,19 +288,15 @@ class RetrieveService:
         be decoded is an error response, not a cut stream."""
         _check_frame_numbers(inst, numbers)
         source = self.open(inst)
-        try:
-            first = transcode.decode_frame(source, numbers[0])
-        except BaseException:
-            source.close()
-            raise
 
         def each() -> Iterator[Iterator[bytes]]:
-            with source:
-                yield iter((first,))
-                for n in numbers[1:]:
+            with source:  # closed at the end, on an error, or when the response is dropped
+                for n in numbers:
                     yield iter((transcode.decode_frame(source, n),))
 
-        return each()
+        parts = each()
+        first = next(parts)
+        return chain((first,), parts)
 
     def bulk(self, inst: StoredInstance, path: str) -> tuple[int, int]:
         """(offset, length) of a bulk data value in the blob."""
