@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 # Parts stored concurrently per request; the rest wait in the spool.
 _IN_FLIGHT_PER_REQUEST = 4
 _MAX_WARNINGS = 20
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 async def store_instances(request: Request) -> Response:
@@ -125,7 +127,7 @@ async def store_instances(request: Request) -> Response:
 
 def _check_content_length(header: str | None, max_bytes: int) -> None:
     """413 before reading a body whose declared length is over ``stow_max_bytes``."""
-    if header is not None and header.strip().isdigit() and int(header) > max_bytes:
+    if header is not None and _DIGITS.fullmatch(header.strip()) and int(header) > max_bytes:
         raise PayloadTooLarge(
             f"STOW-RS request of {int(header)} bytes exceeds stow_max_bytes ({max_bytes} bytes); "
             "send the objects in several requests"

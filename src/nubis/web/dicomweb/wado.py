@@ -47,8 +47,9 @@ from nubis.web.dicomweb.multipart import (
 DEFLATED = "1.2.840.10008.1.2.1.99"
 NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 _MEDIA_TYPE_OF_SYNTAX = {uid: mt for mt, uids in FRAME_MEDIA_TYPES.items() for uid in uids}
-_FRAME_LIST = re.compile(r"[0-9]+(,[0-9]+)*")
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# A frame number has at most 10 digits (Number of Frames is an IS, PS3.5 Table 6.2-1).
+_FRAME_LIST = re.compile(r"[0-9]{1,10}(,[0-9]{1,10})*")
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # 19 digits: any real offset
 # Every frame of a 4,096-frame object fits (19,372 characters); longer lists are refused.
 _MAX_FRAME_LIST_CHARS = 20000
 
@@ -126,7 +127,7 @@ def _frame_numbers(text: str) -> list[int]:
     if len(text) > _MAX_FRAME_LIST_CHARS:
         raise BadRequest(f"frame list is longer than {_MAX_FRAME_LIST_CHARS} characters")
     if not _FRAME_LIST.fullmatch(text):
-        raise BadRequest(f"frame list {text[:40]!r} is not a comma-separated list of numbers")
+        raise BadRequest(f"frame list {text[:40]!r} is not a comma-separated list of frame numbers")
     numbers = [int(n) for n in text.split(",")]
     seen: set[int] = set()
     for n in numbers:
