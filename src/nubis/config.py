@@ -89,6 +89,17 @@ class Settings:
     qido_max_limit: int = _setting(
         10000, "Largest QIDO-RS page; a larger limit is lowered to this with a Warning header."
     )
+    stow_max_bytes: int = _setting(
+        64 << 30,
+        "Largest STOW-RS request body in bytes; a larger Content-Length is refused (413) "
+        "before the body is read, a body without one when it reaches this size: the parts "
+        "received whole before then are stored and listed in the 413's response.",
+    )
+    stow_max_parts: int = _setting(
+        10000,
+        "Most parts (objects) in one STOW-RS request; the part after them is refused (413), "
+        "the ones before are stored and listed in the 413's response.",
+    )
     bulk_threshold: int = _setting(
         1024, "Binary values longer than this many bytes are sent as BulkDataURI in metadata."
     )
@@ -467,6 +478,8 @@ def _validate(settings: Settings) -> None:
         )
     if settings.bulk_threshold < 0:
         raise SettingsError("bulk_threshold must be >= 0")
+    if settings.stow_max_bytes < 1 or settings.stow_max_parts < 1:
+        raise SettingsError("stow_max_bytes and stow_max_parts must be >= 1")
     _validate_security(settings)
     _validate_storage(settings)
 

@@ -535,9 +535,13 @@ def test_native_frames_single_and_list(archive: Archive) -> None:
     client = archive.client
     [first] = client.retrieve_instance_frames(*mf.uids, frame_numbers=[1])
     assert first == pixels[0].tobytes()
-    wanted = [50, 2, 25, 2]
+    # In any order; each frame once (PS3.18 10.4.1.1.4: non-duplicate frame numbers).
+    wanted = [50, 2, 25]
     got = client.retrieve_instance_frames(*mf.uids, frame_numbers=wanted)
     assert got == [pixels[n - 1].tobytes() for n in wanted]
+    with pytest.raises(requests.HTTPError) as refused:
+        client.retrieve_instance_frames(*mf.uids, frame_numbers=[50, 2, 25, 2])
+    assert refused.value.response.status_code == 400
 
 
 def test_single_frame_instance_has_frame_one(archive: Archive) -> None:

@@ -367,3 +367,65 @@ def test_refusals(server_factory, tmp_path: Path, ct_series: list[DicomFile]) ->
         assert status == 0x0124
     finally:
         listener.shutdown()
+
+
+# Retrieve identifiers that would name the whole archive, or more of it than a UID list may.
+# PS3.4 C.4.2.1.4.1 / C.4.3.1.3.1 (and C.6.x.1.5): a retrieve names its entities by unique
+# keys, at PATIENT level one Patient ID (Single Value Matching), at STUDY, SERIES and IMAGE
+# level a UID or a List of UID Matching; never universal or wildcard matching.
+HOSTILE_RETRIEVES = [
+    ("study", "STUDY", {"StudyInstanceUID": "*"}),
+    ("study", "STUDY", {"PatientID": "*", "StudyInstanceUID": "*"}),
+    ("patient", "PATIENT", {"PatientID": "*"}),
+    ("patient", "PATIENT", {"PatientID": "NUBIS*"}),
+    ("patient", "PATIENT", {"PatientID": "NUBIS-CT-0?"}),
+    ("study", "SERIES", {"SeriesInstanceUID": "*"}),
+    ("study", "IMAGE", {"SOPInstanceUID": "*"}),
+    ("study", "STUDY", {"StudyInstanceUID": "\\".join(f"1.2.{n}" for n in range(1001))}),
+    ("study", "STUDY", {"PatientID": CT_PATIENT.patient_id}),  # no unique key of the level
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "keys"), HOSTILE_RETRIEVES, ids=[f"h{i}" for i in range(9)]
+)
+def test_retrieve_of_everything_is_refused(
+    dimse: Dimse, tmp_path: Path, model: str, level: str, keys: dict[str, str]
+) -> None:
+    """C-GET and C-MOVE with such an identifier are refused 0xA900 (Identifier does not match
+    SOP Class) before any sub-operation, and C-MOVE before any association with the
+    destination; the same retrieve naming one study is served."""
+    from nubis.dimse import scu
+
+    nubis("dimse", "peers", "add", "SINK", "127.0.0.1", str(free_port()),
+          "--data-dir", str(dimse.data_dir))  # fmt: skip
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for name, value in keys.items():
+        setattr(ds, name, value)
+    remote = scu.Remote("127.0.0.1", dimse.port, NUBIS_AE, "LOWLY")
+    got = scu.get(remote, ds, tmp_path / "got", model=model)
+    assert (got.status, got.completed, got.failed) == (0xA900, 0, 0), got
+    assert not got.received
+    moved = scu.move(remote, ds, "SINK", model=model)
+    assert (moved.status, moved.completed, moved.failed) == (0xA900, 0, 0), moved
+
+
+def test_retrieve_by_uid_list_and_patient_id_still_works(
+    dimse: Dimse, tmp_path: Path, ct_series: list[DicomFile], mr_series: list[DicomFile]
+) -> None:
+    """The forms the standard gives: a List of UID Matching at STUDY level, one Patient ID
+    at PATIENT level (Patient Root)."""
+    from nubis.dimse import scu
+
+    remote = scu.Remote("127.0.0.1", dimse.port, NUBIS_AE, "LOWLY")
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = [ct_series[0].study_uid, mr_series[0].study_uid]
+    got = scu.get(remote, ds, tmp_path / "list")
+    assert got.status == 0 and got.completed == len(ct_series) + len(mr_series), got
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "PATIENT"
+    ds.PatientID = CT_PATIENT.patient_id
+    got = scu.get(remote, ds, tmp_path / "patient", model="patient")
+    assert got.status == 0 and got.completed == len(ct_series), got

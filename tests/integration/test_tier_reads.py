@@ -56,6 +56,8 @@ def test_archived_objects_answer_503_with_the_restore_reason(
         (f"/dicom-web/studies/{study}", 'multipart/related; type="application/dicom"'),
         (base, 'multipart/related; type="application/dicom"'),
         (base + "/frames/1", 'multipart/related; type="application/octet-stream"'),
+        (base + "/bulk/7FE00010", "application/octet-stream"),
+        (base + "/bulk/7FE00010", 'multipart/related; type="application/octet-stream"'),
         (base + "/rendered", "image/png"),
         (
             f"/wado?requestType=WADO&studyUID={study}&seriesUID={inst.series_uid}"

@@ -323,6 +323,21 @@ def test_includefield_forms() -> None:
         q(Level.STUDY, [("includefield", "NotAKeyword")])
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        [("includefield", "PatientName")] * 101,  # repetition, issue #9
+        [("includefield", ",".join(f"0009{n:04X}" for n in range(101)))],  # distinct private tags
+        [("includefield", ",".join(["StudyDescription"] * 60))] * 2,
+    ],
+)
+def test_includefield_is_bounded(params: list[tuple[str, str]]) -> None:
+    """Each includefield attribute is an element in every result: at most 100 per request."""
+    with pytest.raises(BadRequest, match="includefield: more than 100 attributes"):
+        q(Level.STUDY, params)
+    assert 0x00100010 in q(Level.STUDY, [("includefield", "PatientName")] * 100).include
+
+
 def test_parent_defaults_follow_the_scope() -> None:
     unscoped = q(Level.SERIES, {})
     scoped = q(Level.SERIES, {}, study_uid="1.2.1")

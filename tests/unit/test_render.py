@@ -98,6 +98,8 @@ def test_parse_viewport_and_quality() -> None:
         ({"viewport": "512,x"}, "viewport height"),
         ({"viewport": "0,256"}, "viewport width"),
         ({"viewport": "100000,256"}, "viewport width"),
+        ({"viewport": "4097,256"}, "viewport width value 4097 is outside 1..4096"),
+        ({"viewport": "256,100000"}, "viewport height value 100000 is outside 1..4096"),
         ({"quality": "0"}, "quality"),
         ({"quality": "101"}, "quality"),
         ({"quality": "high"}, "quality"),
@@ -430,6 +432,8 @@ def test_wado_uri_single_dimension_keeps_aspect(
     [
         ({"rows": "x"}, "rows"),
         ({"columns": "0"}, "columns"),
+        ({"columns": "4097"}, "columns value 4097 is outside 1..4096"),
+        ({"rows": "100000"}, "rows value 100000 is outside 1..4096"),
         ({"windowCenter": "40"}, "windowCenter"),
         ({"windowCenter": "a", "windowWidth": "400"}, "windowCenter"),
         ({"windowCenter": "40", "windowWidth": "0.5"}, "windowWidth"),

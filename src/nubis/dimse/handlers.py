@@ -28,6 +28,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, build_context, dimse_messages, evt
 from pynetdicom.dsutils import encode
@@ -519,10 +520,14 @@ class Handlers:
         unique = _UNIQUE_KEYS[level]
         if unique not in keys:
             raise BadRequest(f"a {level} level retrieve needs {unique} (PS3.4 C.4.2.2.1)")
+        _check_unique_key(level, unique, keys[unique].value)
         for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if name not in keys:
                 keys.add_new(name, "UI", None)  # return keys: which entities matched
-        query = parse_cfind(level, keys, model=model, partition=PARTITION, max_limit=PAGE)
+        # A patient's studies are found at STUDY level by the patient keys alone: a PATIENT
+        # level query would fold them into the patient and drop the Study Instance UIDs.
+        query_level = "STUDY" if level == "PATIENT" else level
+        query = parse_cfind(query_level, keys, model=model, partition=PARTITION, max_limit=PAGE)
         who = self.principal(assoc)
         scoped = self.archive.query.scoped(who, query, text=_identifier_text(identifier))
         wanted: dict[str, tuple[set[str], set[str]]] = {}
@@ -813,6 +818,20 @@ def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
             continue
         yield chunk[count:] if count else chunk
         count = 0
+
+
+def _check_unique_key(level: str, name: str, value: Any) -> None:
+    """A retrieve names what it moves by its unique key (PS3.4 C.4.2.1.4.1, C.4.3.1.3.1):
+    one Patient ID at PATIENT level (Single Value Matching), a UID or a List of UID Matching
+    at STUDY, SERIES and IMAGE level; never universal or wildcard matching, which would let one
+    request move the whole archive. The list's length is bounded by ``parse_cfind``."""
+    values = [str(v) for v in value] if isinstance(value, list | MultiValue) else [str(value)]
+    if any("*" in v or "?" in v for v in values):
+        raise BadRequest(
+            f"a {level} level retrieve names {name} exactly, without wildcards (PS3.4 C.4.2.1.4.1)"
+        )
+    if level == "PATIENT" and len(values) > 1:
+        raise BadRequest("a PATIENT level retrieve names one PatientID (PS3.4 C.4.2.1.4.1)")
 
 
 def _selection_status(exc: NubisError) -> int:

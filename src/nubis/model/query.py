@@ -280,6 +280,9 @@ _BAD_CHAR_RE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 _MAX_VALUE_CHARS = 1024  # far above any matchable VR length (PN: 3 x 64 + 2)
 _MAX_LIST_VALUES = 1000
+# includefield attributes per request, repeats counted: far above what a viewer asks for
+# (includefield=all returns everything), and each one is an element in every result.
+_MAX_INCLUDEFIELDS = 100
 _MAX_STARS = 16  # bounds the backtracking of LIKE/GLOB on hostile patterns
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # IS range (PS3.5 Table 6.2-1)
 _MAX_OFFSET = 2**62  # far beyond any table, and below SQL's 64-bit integer limit
@@ -450,11 +453,18 @@ def _parse_path(param: str, text: str) -> tuple[int, ...]:
 
 def _parse_includefield(values: Iterable[str]) -> frozenset[int] | Literal["all"]:
     tags: set[int] = set()
+    count = 0
     for raw in values:
         for item in raw.split(","):
             text = item.strip()
             if not text:
                 continue
+            count += 1
+            if count > _MAX_INCLUDEFIELDS:
+                raise BadRequest(
+                    f"includefield: more than {_MAX_INCLUDEFIELDS} attributes; "
+                    "ask for fewer, or for includefield=all"
+                )
             if text.lower() == "all":
                 return "all"
             # Private and other tags outside the dictionary are allowed: the stored attributes

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # sent, and the largest object fetched whole (larger ones stream, as from a local store).
 READ_AHEAD = 4
 READ_AHEAD_OBJECT = 8 << 20
+# A frame's fragment up to this size is read in one call (the common case, one round trip);
+# a larger one streams in chunks, so no frame is ever held whole however large it is.
+READ_WHOLE_FRAGMENT = 4 << 20
 
 AS_STORED = "*"
 
@@ -256,26 +259,44 @@ class RetrieveService:
         return ("[" + ",".join(parts) + "]").encode()
 
     # ------------------------------------------------------------------ frames and bulk data
-    def frames(self, inst: StoredInstance, numbers: list[int]) -> list[bytes]:
-        """Frame bytes as stored (native or one compressed bitstream each), PS3.18 10.4.1.1.4."""
+    def frames(self, inst: StoredInstance, numbers: list[int]) -> Iterator[Iterator[bytes]]:
+        """Frame bytes as stored (native or one compressed bitstream each), PS3.18 10.4.1.1.4.
+
+        One chunk iterator per frame, read from the blob store only as the response is sent,
+        so memory holds a frame at most whatever the list's length; the first frame's first
+        bytes are read here, so a missing blob or an erased key fails before a response starts.
+        """
         _check_frame_numbers(inst, numbers)
         index = inst.frames
         if index is None:
             return self.decoded_frames(inst, numbers)
-        context = blob_context(inst)
-        return [
-            b"".join(
-                self.blobs.read(inst.blob_key, offset, length, context=context)
-                for offset, length in index[n - 1]
-            )
-            for n in numbers
-        ]
+        return _first_read(self._frame_chunks(inst, index[n - 1]) for n in numbers)
 
-    def decoded_frames(self, inst: StoredInstance, numbers: list[int]) -> list[bytes]:
-        """Frames decoded to native little-endian pixels (for application/octet-stream)."""
+    def _frame_chunks(
+        self, inst: StoredInstance, fragments: list[tuple[int, int]]
+    ) -> Iterator[bytes]:
+        context = blob_context(inst)
+        for offset, length in fragments:
+            if length <= READ_WHOLE_FRAGMENT:
+                yield self.blobs.read(inst.blob_key, offset, length, context=context)
+            else:
+                yield from self.blobs.iter_chunks(inst.blob_key, offset, length, context=context)
+
+    def decoded_frames(self, inst: StoredInstance, numbers: list[int]) -> Iterator[Iterator[bytes]]:
+        """Frames decoded to native little-endian pixels (for application/octet-stream), one
+        at a time as the response is sent; the first is decoded here, so an object that cannot
+        be decoded is an error response, not a cut stream."""
         _check_frame_numbers(inst, numbers)
-        with self.open(inst) as source:
-            return [transcode.decode_frame(source, n) for n in numbers]
+        source = self.open(inst)
+
+        def each() -> Iterator[Iterator[bytes]]:
+            with source:  # closed at the end, on an error, or when the response is dropped
+                for n in numbers:
+                    yield iter((transcode.decode_frame(source, n),))
+
+        parts = each()
+        first = next(parts)
+        return chain((first,), parts)
 
     def bulk(self, inst: StoredInstance, path: str) -> tuple[int, int]:
         """(offset, length) of a bulk data value in the blob."""
@@ -346,6 +367,13 @@ def blob_context(inst: StoredInstance) -> BlobContext:
     return BlobContext(
         inst.partition, inst.study_uid, inst.series_uid, inst.sop_instance_uid, inst.sha256
     )
+
+
+def _first_read(parts: Iterator[Iterator[bytes]]) -> Iterator[Iterator[bytes]]:
+    """``parts`` with the first chunk of the first part already read."""
+    first = next(parts)
+    head = next(first, None)
+    return chain((chain(() if head is None else (head,), first),), parts)
 
 
 def _check_frame_numbers(inst: StoredInstance, numbers: list[int]) -> None:

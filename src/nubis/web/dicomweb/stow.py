@@ -13,13 +13,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from nubis.errors import BadRequest, InvalidInstance, NubisError, UnsupportedMediaType
+from nubis.errors import (
+    BadRequest,
+    InvalidInstance,
+    NubisError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from nubis.services.store import StoreOutcome
 from nubis.web.dicomweb.common import (
     archive_of,
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 # Parts stored concurrently per request; the rest wait in the spool.
 _IN_FLIGHT_PER_REQUEST = 4
 _MAX_WARNINGS = 20
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 async def store_instances(request: Request) -> Response:
@@ -47,9 +56,12 @@ async def store_instances(request: Request) -> Response:
     principal = principal_of(request)
     # Refused (403) before the body is read, rather than once per part after it was.
     await run_in_threadpool(archive.store.authorize, principal)
+    max_bytes, max_parts = archive.settings.stow_max_bytes, archive.settings.stow_max_parts
+    _check_content_length(request.headers.get("content-length"), max_bytes)
     slots = asyncio.Semaphore(_IN_FLIGHT_PER_REQUEST)
     tasks: list[asyncio.Task[StoreOutcome]] = []
     body_error: NubisError | None = None
+    too_large: PayloadTooLarge | None = None
     client_gone = False
 
     async def store(spooled: Any) -> StoreOutcome:
@@ -61,7 +73,13 @@ async def store_instances(request: Request) -> Response:
             slots.release()
 
     try:
-        async for part, body in iter_parts(request.stream(), boundary, default_type=part_type):
+        stream = _at_most(request.stream(), max_bytes)
+        async for part, body in iter_parts(stream, boundary, default_type=part_type):
+            if part.index >= max_parts:
+                raise PayloadTooLarge(
+                    f"STOW-RS request has more than stow_max_parts ({max_parts}) parts; "
+                    f"parts after part {max_parts} were not read"
+                )
             if part.media_type != "application/dicom":
                 async for _ in body:
                     pass
@@ -77,6 +95,11 @@ async def store_instances(request: Request) -> Response:
             spooled = writer.finish()
             await slots.acquire()
             tasks.append(asyncio.create_task(store(spooled)))
+    except PayloadTooLarge as exc:
+        # What was received whole before the limit is stored (or being stored) and reported;
+        # the part the limit cut was never stored (its spool file is removed), and the rest
+        # of the body is not read.
+        too_large = exc
     except BadRequest as exc:
         body_error = exc
     except ClientDisconnect:
@@ -90,11 +113,45 @@ async def store_instances(request: Request) -> Response:
         stored = sum(o.ok for o in outcomes)
         log.info("STOW-RS: client disconnected mid-request; %d part(s) stored", stored)
         return Response(status_code=400)
+    if too_large is not None:
+        if not outcomes:
+            raise too_large
+        outcomes.append(StoreOutcome(None, None, None, None, error=too_large))
+        return _response(outcomes, dicomweb_base(request), study_uid, status=413)
     if not outcomes:
         raise body_error or BadRequest("the request holds no application/dicom part")
     if body_error is not None:
         outcomes.append(StoreOutcome(None, None, None, None, error=body_error))
     return _response(outcomes, dicomweb_base(request), study_uid)
+
+
+def _check_content_length(header: str | None, max_bytes: int) -> None:
+    """413 before reading a body whose declared length is over ``stow_max_bytes``."""
+    if header is not None and _DIGITS.fullmatch(header.strip()) and int(header) > max_bytes:
+        raise PayloadTooLarge(
+            f"STOW-RS request of {int(header)} bytes exceeds stow_max_bytes ({max_bytes} bytes); "
+            "send the objects in several requests"
+        )
+
+
+async def _at_most(stream: AsyncIterable[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    """The request body's first ``max_bytes`` bytes, then a refusal (413) if there are more.
+
+    The bytes within the limit are passed on even when a chunk straddles it, so a part that
+    ends within the limit is stored whatever the chunking of the body.
+    """
+    received = 0
+    async for chunk in stream:
+        room = max_bytes - received
+        received += len(chunk)
+        if received > max_bytes:
+            if room > 0:
+                yield chunk[:room]
+            raise PayloadTooLarge(
+                f"STOW-RS request body exceeds stow_max_bytes ({max_bytes} bytes); the rest "
+                "was not read: send the objects in several requests"
+            )
+        yield chunk
 
 
 async def _refused(index: int, media_type: str) -> StoreOutcome:
@@ -111,7 +168,9 @@ def _uid(value: str) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]}
 
 
-def _response(outcomes: list[StoreOutcome], base: str, study_uid: str | None) -> Response:
+def _response(
+    outcomes: list[StoreOutcome], base: str, study_uid: str | None, status: int | None = None
+) -> Response:
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -146,7 +205,8 @@ def _response(outcomes: list[StoreOutcome], base: str, study_uid: str | None) ->
         dataset["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
         dataset["00081199"] = {"vr": "SQ", "Value": referenced}
-    status = 200 if not failed else (202 if referenced else 409)
+    if status is None:
+        status = 200 if not failed else (202 if referenced else 409)
     headers = [("warning", w) for w in warnings]
     response = Response(
         json.dumps(dataset, separators=(",", ":")),

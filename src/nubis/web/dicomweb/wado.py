@@ -7,7 +7,7 @@ streaming of multipart/related bodies (PS3.18 8.6.1.3), and nothing else.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
 
@@ -47,8 +47,11 @@ from nubis.web.dicomweb.multipart import (
 DEFLATED = "1.2.840.10008.1.2.1.99"
 NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 _MEDIA_TYPE_OF_SYNTAX = {uid: mt for mt, uids in FRAME_MEDIA_TYPES.items() for uid in uids}
-_FRAME_LIST = re.compile(r"[0-9]+(,[0-9]+)*")
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# A frame number has at most 10 digits (Number of Frames is an IS, PS3.5 Table 6.2-1).
+_FRAME_LIST = re.compile(r"[0-9]{1,10}(,[0-9]{1,10})*")
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # 19 digits: any real offset
+# Every frame of a 4,096-frame object fits (19,372 characters); longer lists are refused.
+_MAX_FRAME_LIST_CHARS = 20000
 
 
 def _scope(request: Request) -> tuple[str, str | None, str | None]:
@@ -114,9 +117,27 @@ async def retrieve_metadata(request: Request) -> Response:
 
 # ---------------------------------------------------------------------- frames
 def _frame_numbers(text: str) -> list[int]:
-    if not _FRAME_LIST.fullmatch(text) or len(text) > 20000:
-        raise BadRequest(f"frame list {text[:40]!r} is not a comma-separated list of numbers")
-    return [int(n) for n in text.split(",")]
+    """The frame numbers of a frame list, each named once (PS3.18 10.4.1.1.4).
+
+    PS3.18 defines the frame list as one or more non-duplicate frame numbers in any order, so
+    a list is at most the object's Number of Frames long (checked against the object by the
+    service); one that repeats a number, the way to ask for 9,999 copies of one frame, is
+    refused before anything is read.
+    """
+    if len(text) > _MAX_FRAME_LIST_CHARS:
+        raise BadRequest(f"frame list is longer than {_MAX_FRAME_LIST_CHARS} characters")
+    if not _FRAME_LIST.fullmatch(text):
+        raise BadRequest(f"frame list {text[:40]!r} is not a comma-separated list of frame numbers")
+    numbers = [int(n) for n in text.split(",")]
+    seen: set[int] = set()
+    for n in numbers:
+        if n in seen:
+            raise BadRequest(
+                f"frame list names frame {n} more than once; a frame list holds each frame "
+                "number once (PS3.18 10.4.1.1.4), so at most the object's Number of Frames"
+            )
+        seen.add(n)
+    return numbers
 
 
 async def _instance(request: Request) -> StoredInstance:
@@ -142,6 +163,8 @@ async def retrieve_frames(request: Request) -> Response:
     compressed = [] if stored in NATIVE_SYNTAXES else [stored]
     choice = negotiate(accept_ranges(request), frame_offers(compressed))
     as_stored = choice.transfer_syntax in (ANY_TRANSFER_SYNTAX, stored) or stored in NATIVE_SYNTAXES
+    # The first frame is read (or decoded) before answering: an unreadable blob, an erased
+    # key or an undecodable object is then an error response, not a 200 cut short.
     if choice.part_type == "application/octet-stream" and not as_stored:
         frames = await run_in_threadpool(archive.retrieve.decoded_frames, inst, numbers)
         part_type, syntax = "application/octet-stream", EXPLICIT_VR_LITTLE_ENDIAN
@@ -157,13 +180,14 @@ async def retrieve_frames(request: Request) -> Response:
 
 
 def _multipart_response(
-    bodies: Sequence[bytes], part_type: str, syntax: str | None, status: int = 200
+    bodies: Iterator[Iterator[bytes]], part_type: str, syntax: str | None, status: int = 200
 ) -> Response:
+    """Each of ``bodies`` as a part, streamed: pulled from the blob store as the client reads."""
     boundary = new_boundary()
     part_ct = f"{part_type}; transfer-syntax={syntax}" if syntax else part_type
-    body = b"".join(iter_multipart((({"Content-Type": part_ct}, [b]) for b in bodies), boundary))
-    return Response(
-        body,
+    parts = (({"Content-Type": part_ct}, body) for body in bodies)
+    return StreamingResponse(
+        in_batches(iter_multipart(parts, boundary)),
         status_code=status,
         media_type=multipart_related_content_type(boundary, part_type, syntax),
     )
@@ -197,12 +221,19 @@ async def retrieve_bulkdata(request: Request) -> Response:
         start, end = _parse_range(byte_range, length)
         offset, length, status = offset + start, end - start + 1, 206
     if inflated is not None:
-        data = inflated[offset : offset + length]
+        chunks: Iterator[bytes] = iter((inflated[offset : offset + length],))
     else:
-        data = await run_in_threadpool(archive.retrieve.read, inst, offset, length)
+        # Opened before answering (a missing blob is an error response), then streamed: a bulk
+        # value may be the whole Pixel Data of a multi-gigabyte object.
+        chunks = await run_in_threadpool(archive.retrieve.read_range, inst, offset, length)
     if choice.media_type == "application/octet-stream":
-        return Response(data, status_code=status, media_type="application/octet-stream")
-    return _multipart_response([data], "application/octet-stream", None, status)
+        return StreamingResponse(
+            in_batches(chunks),
+            status_code=status,
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(length)},
+        )
+    return _multipart_response(iter((chunks,)), "application/octet-stream", None, status)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:

@@ -7,6 +7,7 @@ default for images, or image/png, image/gif) with the rendering parameters of PS
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from functools import partial
 
@@ -19,6 +20,7 @@ from nubis.errors import BadRequest, NotAcceptable
 from nubis.web.dicomweb.common import archive_of, check_uid, in_batches, principal_of
 
 _RENDERED = ("image/jpeg", "image/png", "image/gif")
+_FRAME_NUMBER = re.compile(r"[0-9]{1,10}")
 
 
 async def wado_uri(request: Request) -> Response:
@@ -47,10 +49,24 @@ async def wado_uri(request: Request) -> Response:
             )
         if content_type in _RENDERED:
             options = replace(render.parse_wado_uri_query(params), media_type=content_type)
-            number = int(params["frameNumber"]) if params.get("frameNumber", "").isdigit() else None
+            number = _frame_number(params.get("frameNumber"), inst.number_of_frames or 1)
             body = await run_in_threadpool(archive.retrieve.rendered, inst, number, options)
             return Response(body, media_type=content_type)
     raise NotAcceptable(
         f"contentType {params.get('contentType')!r} is not offered; use application/dicom, "
         "image/jpeg, image/png or image/gif"
     )
+
+
+def _frame_number(raw: str | None, frames: int) -> int | None:
+    """frameNumber: a positive integer up to the object's Number of Frames, else 400
+    (PS3.18 9.5.2); absent, the renderer picks the middle frame."""
+    if not raw:
+        return None
+    text = raw.strip()
+    if not _FRAME_NUMBER.fullmatch(text) or not 1 <= int(text) <= frames:
+        raise BadRequest(
+            f"frameNumber {raw[:20]!r} is not a frame of this object: it has {frames} "
+            "frame(s), numbered from 1 (PS3.18 9.5.2)"
+        )
+    return int(text)
