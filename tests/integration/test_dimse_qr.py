@@ -127,6 +127,39 @@ def test_movescu_to_storescp(dimse: Dimse, tmp_path: Path, mr_series: list[Dicom
     assert result.status == 0xA801
 
 
+def test_move_to_unreachable_destination(dimse: Dimse, mr_series: list[DicomFile]) -> None:
+    """A C-MOVE to a destination of the peer table that cannot be associated with fails with
+    0xA702 Refused: Out of Resources - Unable to perform sub-operations (PS3.4 C.4.2.1.5, Table
+    C.4-2), not 0xA801 (the destination is known), and an Error Comment (0000,0902; PS3.7
+    C.4.2.1.2) naming the destination and why: nothing listens on its port, or its AE rejected
+    the association. No sub-operation is counted, as none was performed (C.4.2.1.7-9)."""
+    need_dcmtk("movescu")
+    closed_port, picky_port = free_port(), free_port()
+    for name, port in (("DOWN", closed_port), ("PICKY", picky_port)):
+        nubis("dimse", "peers", "add", name, "127.0.0.1", str(port),
+              "--data-dir", str(dimse.data_dir))  # fmt: skip
+    # An AE that answers only to another called AE title: it rejects nubis's association.
+    picky = AE(ae_title="NOT-PICKY")
+    picky.require_called_aet = True
+    picky.add_supported_context(mr_series[0].sop_class_uid)
+    listener = picky.start_server(("127.0.0.1", picky_port), block=False)
+    study = mr_series[0].study_uid
+    try:
+        for destination, why in (("DOWN", "unreachable"), ("PICKY", "rejected")):
+            move = run(["movescu", "-S", "-d", "-aet", "MOVER", "-aec", NUBIS_AE, "-aem",
+                        destination, "127.0.0.1", str(dimse.port), "-k",
+                        "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"],
+                       check=False)  # fmt: skip
+            status, response = _final_status(move.stdout + move.stderr, "Final Move Response")
+            assert status == 0xA702, (destination, response[:2000])
+            comment = re.search(r"\(0000,0902\) LO \[(.*)\]", response)  # the Status Detail
+            assert comment, response[:2000]
+            assert destination in comment.group(1) and why in comment.group(1), comment.group(1)
+            assert re.search(r"Completed Suboperations\s*:\s*0\b", response), response[:2000]
+    finally:
+        listener.shutdown()
+
+
 def test_getscu(dimse: Dimse, tmp_path: Path, ct_series: list[DicomFile]) -> None:
     """C-GET (PS3.4 C.4.3) at SERIES level: the objects come back on the same association,
     with Pending responses counting the sub-operations."""
