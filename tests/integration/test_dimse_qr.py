@@ -325,6 +325,26 @@ def test_access_control(server_factory, tmp_path: Path) -> None:  # type: ignore
         list(scu.find(scu.Remote("127.0.0.1", port, NUBIS_AE, "CALLER"), ds))
 
 
+def test_called_ae_title(dimse: Dimse, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """The Called AE Title must be the archive's ae_title: another one is an A-ASSOCIATE-RJ,
+    rejected-permanent by the service user with reason called-AE-title-not-recognized (PS3.8
+    7.1.1.3, 9.3.4: result 1, source 1, reason 7). Setting dimse_accept_any_called_ae admits
+    any called AE title, for callers configured with a wrong one."""
+    need_dcmtk("echoscu")
+    echo = ["echoscu", "-aet", "CALLER", "127.0.0.1", str(dimse.port)]
+    run([*echo, "-aec", NUBIS_AE])
+    for wrong in ("ANY-SCP", "nubis", "PACS"):
+        refused = run([*echo, "-aec", wrong], check=False)
+        assert refused.returncode != 0, wrong
+        assert "Called AE Title Not Recognized" in refused.stdout + refused.stderr, wrong
+
+    port = free_port()
+    server_factory(
+        "dimse-any-called", "--dimse-port", str(port), "--set", "dimse_accept_any_called_ae=true"
+    )
+    run(["echoscu", "-aet", "CALLER", "-aec", "ANY-SCP", "127.0.0.1", str(port)])
+
+
 def _final_status(out: str, final: str) -> tuple[int, str]:
     """The DIMSE status of the last response a dcmtk SCU dumped (-d) after ``final``, and
     that response."""

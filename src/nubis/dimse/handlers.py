@@ -266,11 +266,25 @@ class Handlers:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_requested(self, event: Event) -> None:
-        """Admit or reject the caller (PS3.8 7.1.1.9: A-ASSOCIATE-RJ, calling AE not known)."""
+        """Admit or reject the caller (PS3.8 7.1.1.9: A-ASSOCIATE-RJ, calling AE not known;
+        7.1.1.3: called AE title not this archive's, unless dimse_accept_any_called_ae)."""
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         calling = str(primitive.calling_ae_title if primitive else "").strip()
         address = assoc.requestor.address
+        called = str(primitive.called_ae_title if primitive else "").strip()
+        if called != self.ae_title.strip() and not self.archive.settings.dimse_accept_any_called_ae:
+            log.warning(
+                "association from %s@%s rejected: called AE title %r is not %r",
+                calling,
+                address,
+                called,
+                self.ae_title,
+            )
+            # Rejected permanent, by the service user, called AE title not recognized.
+            assoc.acse.send_reject(0x01, 0x01, 0x07)
+            assoc.kill()
+            return
         certificate = _client_certificate(assoc)
         try:
             decision = self.policy.admit(calling, address, certificate)
