@@ -31,6 +31,7 @@ async def nubis_error(request: Request, exc: Exception) -> Response:
     if exc.http_status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.reason)
     response = error_response(exc.http_status, exc.reason)
+    response.headers.update(exc.http_headers())
     if exc.retry_after is not None and exc.http_status == 503:
         response.headers["retry-after"] = str(exc.retry_after)
     return response
