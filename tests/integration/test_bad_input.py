@@ -732,6 +732,29 @@ def test_unknown_routes_and_methods_answer_json(server: LiveServer, method: str,
     assert_error(server, response, 404, 405)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/dicom-web/studies", {"GET", "HEAD", "POST"}),
+        ("DELETE", "/dicom-web/studies", {"GET", "HEAD", "POST"}),
+        ("PATCH", "/dicom-web/studies/1.2.3", {"GET", "HEAD", "POST", "DELETE"}),
+        ("POST", "/dicom-web/series", {"GET", "HEAD"}),
+        ("PUT", "/dicom-web/studies/1.2.3/series/1.2.4/instances/1.2.5/bulk/7FE00010",
+         {"GET", "HEAD"}),
+        ("POST", "/wado", {"GET", "HEAD"}),
+        ("GET", "/-/login", {"POST"}),
+    ],
+)  # fmt: skip
+def test_405_names_the_allowed_methods(
+    server: LiveServer, method: str, path: str, allowed: set[str]
+) -> None:
+    """RFC 9110 15.5.6: a 405 MUST carry Allow with the methods the target resource supports,
+    all of them, also where several routes serve one path (search and store on /studies)."""
+    response = requests.request(method, server.url + path, timeout=30, headers=AUTH)
+    assert_error(server, response, 405)
+    assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
+
+
 def test_rendering_parameters_out_of_range_are_400(
     server: LiveServer, baseline: list[DicomFile]
 ) -> None:
