@@ -828,7 +828,13 @@ def test_wado_uri_of_a_non_image_as_jpeg_is_4xx(
 
 @pytest.mark.parametrize(
     "extra",
-    [{"frameNumber": "999"}, {"frameNumber": "0"}, {"windowCenter": "40"}, {"rows": "-3"}],
+    [
+        {"frameNumber": "999"},
+        {"frameNumber": "0"},
+        {"frameNumber": "99999999999999999999"},
+        {"windowCenter": "40"},
+        {"rows": "-3"},
+    ],
 )
 def test_bad_wado_uri_rendering_parameters_are_4xx(
     server: LiveServer, frames_object: DicomFile, extra: dict[str, str]
@@ -840,3 +846,24 @@ def test_bad_wado_uri_rendering_parameters_are_4xx(
         f"{server.url}/wado", params={**params, **extra}, timeout=30, headers=AUTH
     )
     assert_error(server, response, 400, 404)
+
+
+@pytest.mark.parametrize(
+    "frame_number", ["-1", "+2", "1.5", "two", "1,2", " 1", "０", "²", "0", "9" * 5000]
+)
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/dicom"])
+def test_malformed_wado_uri_frame_number_is_400(
+    server: LiveServer, frames_object: DicomFile, frame_number: str, content_type: str
+) -> None:
+    """PS3.18 9.1.2.1 (WADO-URI frameNumber): one frame number, an integer from 1. A sign, a
+    fraction, a list, a blank or a digit other than 0-9 is a malformed request (400 naming
+    frameNumber), never read as "no frame given" and answered with frame 1."""
+    study, series, sop = frames_object.uids
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    response = requests.get(
+        f"{server.url}/wado",
+        params={**params, "contentType": content_type, "frameNumber": frame_number},
+        timeout=30,
+        headers=AUTH,
+    )
+    assert "frameNumber" in assert_error(server, response, 400)

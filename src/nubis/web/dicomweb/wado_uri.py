@@ -7,6 +7,7 @@ default for images, or image/png, image/gif) with the rendering parameters of PS
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from functools import partial
 
@@ -19,6 +20,8 @@ from nubis.errors import BadRequest, NotAcceptable
 from nubis.web.dicomweb.common import archive_of, check_uid, in_batches, principal_of
 
 _RENDERED = ("image/jpeg", "image/png", "image/gif")
+# Number of Frames is an IS (at most 2^31-1): ten digits, which also bounds int()'s work.
+_FRAME_NUMBER = re.compile(r"0*[1-9][0-9]{0,9}")
 
 
 async def wado_uri(request: Request) -> Response:
@@ -30,6 +33,7 @@ async def wado_uri(request: Request) -> Response:
         if not params.get(name):
             raise BadRequest(f"{name} is required (PS3.18 9.1.2.1)")
         uids.append(check_uid(params[name], name))
+    frame_number = _frame_number(params.get("frameNumber", ""))
     archive = archive_of(request)
     content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
     found = await run_in_threadpool(
@@ -47,10 +51,19 @@ async def wado_uri(request: Request) -> Response:
             )
         if content_type in _RENDERED:
             options = replace(render.parse_wado_uri_query(params), media_type=content_type)
-            number = int(params["frameNumber"]) if params.get("frameNumber", "").isdigit() else None
-            body = await run_in_threadpool(archive.retrieve.rendered, inst, number, options)
+            body = await run_in_threadpool(archive.retrieve.rendered, inst, frame_number, options)
             return Response(body, media_type=content_type)
     raise NotAcceptable(
         f"contentType {params.get('contentType')!r} is not offered; use application/dicom, "
         "image/jpeg, image/png or image/gif"
     )
+
+
+def _frame_number(value: str) -> int | None:
+    """frameNumber (PS3.18 9.1.2.1): one frame, numbered from 1; absent or empty: none given.
+    Whether the object has that frame is the renderer's to say."""
+    if not value:
+        return None
+    if not _FRAME_NUMBER.fullmatch(value):
+        raise BadRequest(f"frameNumber must be one frame number (1, 2, ...), got {value[:20]!r}")
+    return int(value)
