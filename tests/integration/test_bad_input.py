@@ -321,6 +321,52 @@ def test_wrong_content_type_is_415(
     assert count_instances(server, SOPInstanceUID=spare[0].sop_uid) == 0
 
 
+@pytest.mark.parametrize(
+    "accept", ["application/dicom+xml", "text/html", "application/dicom+json;q=0"]
+)
+def test_stow_response_nobody_accepts_is_406_and_stores_nothing(
+    server: LiveServer, tmp_path: Path, accept: str
+) -> None:
+    """PS3.18 10.5.3 with 8.7.5: the Store Instances Response is DICOM JSON here; a client that
+    accepts only DICOM XML (or nothing nubis makes) gets 406 Not Acceptable, decided before
+    the body is read, so no object is stored that the client would believe refused."""
+    (path,) = synth.make_mr_series(tmp_path, n_instances=1, rows=8, columns=8, seed=34,
+                                   patient=PATIENT)  # fmt: skip
+    f = DicomFile(path)
+    response = requests.post(
+        f"{server.dicomweb}/studies",
+        data=stow_body(f.data),
+        headers={**AUTH, "Content-Type": STOW_CT, "Accept": accept},
+        timeout=60,
+    )
+    assert_error(server, response, 406)
+    assert count_instances(server, SOPInstanceUID=f.sop_uid) == 0
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/dicom+xml, application/dicom+json;q=0.5", "application/json", "*/*"],
+)
+def test_stow_response_in_json_when_accepted(
+    server: LiveServer, tmp_path: Path, accept: str
+) -> None:
+    """The refusal above is about XML only: any Accept that admits DICOM JSON stores."""
+    (path,) = synth.make_mr_series(tmp_path, n_instances=1, rows=8, columns=8, seed=35,
+                                   patient=PATIENT)  # fmt: skip
+    f = DicomFile(path)
+    response = requests.post(
+        f"{server.dicomweb}/studies",
+        data=stow_body(f.data),
+        headers={**AUTH, "Content-Type": STOW_CT, "Accept": accept},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    expected_type = "application/json" if accept == "application/json" else "application/dicom+json"
+    assert response.headers["content-type"].split(";")[0] == expected_type
+    (stored,) = response.json()[REFERENCED_SOP_SEQUENCE]["Value"]
+    assert stored[REFERENCED_SOP_INSTANCE_UID]["Value"] == [f.sop_uid]
+
+
 def test_missing_content_type_is_415(server: LiveServer, spare: list[DicomFile]) -> None:
     """PS3.18 10.5.1: without a Content-Type the body cannot be understood."""
     response = requests.post(

@@ -21,7 +21,9 @@ from starlette.responses import Response
 
 from nubis.errors import BadRequest, InvalidInstance, NubisError, UnsupportedMediaType
 from nubis.services.store import StoreOutcome
+from nubis.web.dicomweb.accept import Offer, negotiate
 from nubis.web.dicomweb.common import (
+    accept_ranges,
     archive_of,
     dicomweb_base,
     optional_path_uid,
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 # Parts stored concurrently per request; the rest wait in the spool.
 _IN_FLIGHT_PER_REQUEST = 4
 _MAX_WARNINGS = 20
+# The Store Instances Response (PS3.18 10.5.3) in DICOM JSON; DICOM XML is not produced.
+_RESPONSE_OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
 
 
 async def store_instances(request: Request) -> Response:
@@ -44,6 +48,9 @@ async def store_instances(request: Request) -> Response:
         raise UnsupportedMediaType(
             f'STOW-RS accepts multipart/related; type="application/dicom", not type="{part_type}"'
         )
+    # The response is DICOM JSON only: a client that accepts none of it is refused (406,
+    # PS3.18 8.7.5) before the body is read, not after its objects were stored.
+    choice = negotiate(accept_ranges(request), _RESPONSE_OFFERS)
     principal = principal_of(request)
     # Refused (403) before the body is read, rather than once per part after it was.
     await run_in_threadpool(archive.store.authorize, principal)
@@ -94,7 +101,7 @@ async def store_instances(request: Request) -> Response:
         raise body_error or BadRequest("the request holds no application/dicom part")
     if body_error is not None:
         outcomes.append(StoreOutcome(None, None, None, None, error=body_error))
-    return _response(outcomes, dicomweb_base(request), study_uid)
+    return _response(outcomes, dicomweb_base(request), study_uid, choice.media_type)
 
 
 async def _refused(index: int, media_type: str) -> StoreOutcome:
@@ -111,7 +118,9 @@ def _uid(value: str) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]}
 
 
-def _response(outcomes: list[StoreOutcome], base: str, study_uid: str | None) -> Response:
+def _response(
+    outcomes: list[StoreOutcome], base: str, study_uid: str | None, media_type: str
+) -> Response:
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -151,7 +160,7 @@ def _response(outcomes: list[StoreOutcome], base: str, study_uid: str | None) ->
     response = Response(
         json.dumps(dataset, separators=(",", ":")),
         status_code=status,
-        media_type="application/dicom+json",
+        media_type=media_type,
     )
     for name, value in headers:
         response.headers.append(name, value.encode("latin-1", "replace").decode("latin-1"))
