@@ -275,7 +275,8 @@ def list_grants(
 def create_key(
     user: str,
     days: Annotated[
-        int | None, typer.Option(help="Days until it expires (0: never). Default: api_key_days.")
+        int | None,
+        typer.Option(min=0, help="Days until it expires (0: never). Default: api_key_days."),
     ] = None,
     label: Annotated[str, typer.Option(help="What the key is for.")] = "",
     data_dir: DataDir = None,
