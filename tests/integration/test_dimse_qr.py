@@ -79,6 +79,63 @@ def test_findscu_matches_qido(
         assert str(ds.PatientID) in (CT_PATIENT.patient_id, MR_PATIENT.patient_id)
 
 
+QUINN = "QUINN-12"
+
+
+@pytest.fixture(scope="module")
+def quinn_studies(dimse: Dimse, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Twelve studies of DUBOIS^QUINN, all of 1997-04-24 (no other study here has that date),
+    stored with storescu; their Study Instance UIDs."""
+    from nubis.tools import synth
+
+    patient = synth.PatientSpec(QUINN, "DUBOIS^QUINN", "19510203", "M")
+    folder = tmp_path_factory.mktemp("quinn")
+    paths = [
+        path
+        for n in range(12)
+        for path in synth.make_mr_series(
+            folder / str(n), n_instances=1, rows=16, columns=16, patient=patient,
+            study_date="19970424", accession=f"ACC-Q{n:02d}", seed=100 + n,
+        )
+    ]  # fmt: skip
+    run(["storescu", "-aet", "LOADER", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port),
+         *map(str, paths)])  # fmt: skip
+    return sorted({str(pydicom.dcmread(p).StudyInstanceUID) for p in paths})
+
+
+def _qido_studies(d: Dimse, key: str, value: str) -> tuple[int, list[str]]:
+    r = httpx.get(f"{d.http}/studies", params={key: value}, timeout=30, headers=AUTH)
+    if r.status_code != 200:
+        return r.status_code, []
+    return 200, sorted(item["0020000D"]["Value"][0] for item in r.json())
+
+
+def _findscu_studies(d: Dimse, key: str, value: str, out: Path) -> tuple[int, list[str]]:
+    """Final C-FIND status and the Study Instance UIDs of the Pending responses."""
+    out.mkdir(parents=True)
+    done = run(["findscu", "-S", "-d", "-aet", "TEST", "-aec", NUBIS_AE, "-X", "-od", str(out),
+                "127.0.0.1", str(d.port), "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"{key}={value}", "-k", "StudyInstanceUID"], check=False)  # fmt: skip
+    status, _ = _final_status(done.stdout + done.stderr, "Received Final Find Response")
+    found = sorted(str(pydicom.dcmread(p).StudyInstanceUID) for p in out.glob("rsp*.dcm"))
+    return status, found
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["DUBOIS^QUINN^^^", "?UBOIS^QUINN", "?UBOIS^QUINN^^^", "dubois^qu*^^", "D*S^QUINN^^^^="],
+)
+def test_person_name_trailing_empty_components(
+    dimse: Dimse, quinn_studies: list[str], tmp_path: Path, name: str
+) -> None:
+    """Trailing empty components and component groups of a PN are insignificant (PS3.5 6.2):
+    a wildcard key (PS3.4 C.2.2.2.4) with them finds what the same key without them finds, as
+    a single value key does (C.2.2.2.1), through QIDO-RS and C-FIND alike: all 12 studies."""
+    need_dcmtk("findscu")
+    assert _qido_studies(dimse, "PatientName", name) == (200, quinn_studies)
+    assert _findscu_studies(dimse, "PatientName", name, tmp_path / "find") == (0, quinn_studies)
+
+
 def test_patient_level_patient_root(dimse: Dimse, tmp_path: Path) -> None:
     """Patient Root PATIENT level (PS3.4 C.6.1.1.2): one response per patient, with Number of
     Patient Related Studies/Instances computed."""

@@ -414,6 +414,13 @@ def _parse_match(param: str, spec: KeySpec, raw: str, *, allow_reversed_time: bo
     if "*" in value or "?" in value:
         # Runs of "*" mean the same as one; collapsing them keeps the pattern cheap to match.
         pattern = re.sub(r"\*+", "*", value)
+        if vr == "PN":
+            # Stored names are folded (trailing empty components and groups dropped, PS3.5
+            # 6.2): a pattern is folded alike, or "?UBOIS^QUINN^^^" would look for a "^" that
+            # no stored name keeps. C-FIND and QIDO-RS both parse keys here.
+            pattern = fold_person_name(pattern)
+            if pattern == "*":
+                return Match(spec.path, vr, MatchKind.UNIVERSAL)
         if pattern.count("*") > _MAX_STARS:
             raise BadRequest(f"{param}: more than {_MAX_STARS} '*' wildcards in {_show(value)}")
         return Match(spec.path, vr, MatchKind.WILDCARD, (pattern,))
