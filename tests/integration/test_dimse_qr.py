@@ -136,6 +136,31 @@ def test_person_name_trailing_empty_components(
     assert _findscu_studies(dimse, "PatientName", name, tmp_path / "find") == (0, quinn_studies)
 
 
+@pytest.mark.parametrize(
+    "date", ["19970424", "1997.04.24", "1997.04.01-1997.04.30", "1997.04.24-19970424"]
+)
+def test_dates_in_the_retired_dotted_form(
+    dimse: Dimse, quinn_studies: list[str], tmp_path: Path, date: str
+) -> None:
+    """Date keys in the ACR-NEMA form YYYY.MM.DD, which old systems still send and which PS3.5
+    6.2 (DA, Note) recommends reading, single and in ranges (PS3.4 C.2.2.2.5): through QIDO-RS
+    and C-FIND they find what YYYYMMDD finds, the 12 studies of 1997-04-24."""
+    need_dcmtk("findscu")
+    assert _qido_studies(dimse, "StudyDate", date) == (200, quinn_studies)
+    assert _findscu_studies(dimse, "StudyDate", date, tmp_path / "find") == (0, quinn_studies)
+
+
+@pytest.mark.parametrize(
+    "date", ["1997.04.31", "97.04.24", "1997.4.24", "1997-04-24", "1997/04/24"]
+)
+def test_malformed_dates_are_still_refused(dimse: Dimse, tmp_path: Path, date: str) -> None:
+    """Leniency stops at the dotted form: anything else that is no date is a malformed key,
+    HTTP 400 and C-FIND 0xA900 Identifier does not match SOP Class (PS3.4 C.4.1.1.4)."""
+    need_dcmtk("findscu")
+    assert _qido_studies(dimse, "StudyDate", date) == (400, [])
+    assert _findscu_studies(dimse, "StudyDate", date, tmp_path / "find") == (0xA900, [])
+
+
 def test_patient_level_patient_root(dimse: Dimse, tmp_path: Path) -> None:
     """Patient Root PATIENT level (PS3.4 C.6.1.1.2): one response per patient, with Number of
     Patient Related Studies/Instances computed."""
