@@ -20,6 +20,9 @@ from nubis.web.dicomweb.byte_ranges import single_byte_range
         ("bytes=3-4, ,", 100, (3, 4)),  # empty list elements are ignored (5.6.1)
         ("bytes=3-4,200-", 100, (3, 4)),  # one satisfiable range of the set
         ("bytes=0-1,5-6", 100, None),  # several: ignored, the whole value (14.2 MAY ignore)
+        ("bytes=5-" + "9" * 5000, 100, (5, 99)),  # a hostile last-pos is clipped, not parsed
+        ("bytes=-" + "9" * 5000, 100, (0, 99)),
+        ("bytes=00000000000000000000000000007-8", 100, (7, 8)),
         ("items=0-1", 100, None),  # unknown range unit: MUST be ignored (14.2)
         ("", 100, None),
     ],
@@ -32,6 +35,7 @@ def test_served_or_ignored(header: str, length: int, expected: tuple[int, int] |
     ("header", "length"),
     [
         ("bytes=100-", 100),  # starts past the end
+        ("bytes=" + "9" * 5000 + "-", 100),
         ("bytes=0-", 0),  # nothing of an empty value is satisfiable
         ("bytes=-0", 100),
         ("bytes=9-3", 100),  # invalid: last before first (14.1.2)

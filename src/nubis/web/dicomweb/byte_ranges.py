@@ -19,6 +19,14 @@ from nubis.errors import RangeNotSatisfiable
 
 _INT_RANGE = re.compile(r"([0-9]+)-([0-9]*)")  # first-pos "-" [ last-pos ]
 _SUFFIX_RANGE = re.compile(r"-([0-9]+)")  # "-" suffix-length
+# Beyond any real length: what a position of more than 19 digits stands for, so that int() never
+# parses a hostile 5,000-digit number (it refuses past 4,300 digits, and is slow before that).
+_HUGE = 1 << 64
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 19 else _HUGE
 
 
 def single_byte_range(header: str, length: int) -> tuple[int, int] | None:
@@ -41,8 +49,8 @@ def single_byte_range(header: str, length: int) -> tuple[int, int] | None:
     satisfiable: list[tuple[int, int]] = []
     for spec in specs:
         if int_range := _INT_RANGE.fullmatch(spec):
-            first = int(int_range.group(1))
-            last = int(int_range.group(2)) if int_range.group(2) else None
+            first = _position(int_range.group(1))
+            last = _position(int_range.group(2)) if int_range.group(2) else None
             if last is not None and last < first:
                 raise RangeNotSatisfiable(
                     f"Range {shown!r}: {spec} ends before it starts", length=length
@@ -50,7 +58,7 @@ def single_byte_range(header: str, length: int) -> tuple[int, int] | None:
             if first < length:
                 satisfiable.append((first, length - 1 if last is None else min(last, length - 1)))
         elif suffix := _SUFFIX_RANGE.fullmatch(spec):
-            count = int(suffix.group(1))
+            count = _position(suffix.group(1))
             if count > 0 and length > 0:
                 satisfiable.append((max(length - count, 0), length - 1))
         else:
