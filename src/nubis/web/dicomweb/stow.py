@@ -101,7 +101,7 @@ async def store_instances(request: Request) -> Response:
         raise body_error or BadRequest("the request holds no application/dicom part")
     if body_error is not None:
         outcomes.append(StoreOutcome(None, None, None, None, error=body_error))
-    return _response(outcomes, dicomweb_base(request), study_uid, choice.media_type)
+    return _response(outcomes, dicomweb_base(request), study_uid, media_type=choice.media_type)
 
 
 async def _refused(index: int, media_type: str) -> StoreOutcome:
@@ -119,7 +119,10 @@ def _uid(value: str) -> dict[str, Any]:
 
 
 def _response(
-    outcomes: list[StoreOutcome], base: str, study_uid: str | None, media_type: str
+    outcomes: list[StoreOutcome],
+    base: str,
+    study_uid: str | None,
+    media_type: str = "application/dicom+json",
 ) -> Response:
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
