@@ -184,6 +184,12 @@ class Settings:
         "is dropped, with an ERROR log and an audit record. Cover the longest time a requesting "
         "AE waits for its report (its conformance statement, PS3.4 J.3.6.1.1).",
     )
+    dimse_accept_any_called_ae: bool = _setting(
+        False,
+        "Admit DIMSE associations whatever Called AE Title they name. Off: one naming another "
+        "than ae_title is rejected (A-ASSOCIATE-RJ, called-AE-title-not-recognized, PS3.8 "
+        "7.1.1.3); on, for callers set up with a wrong one.",
+    )
     audit_source_id: str = _setting(
         "",
         "AuditSourceID put on every audit record (PS3.15 A.5.1). Empty: the ae_title.",

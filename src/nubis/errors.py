@@ -24,12 +24,31 @@ class NubisError(Exception):
         if dimse_status is not None:
             self.dimse_status = dimse_status
 
+    def http_headers(self) -> dict[str, str]:
+        """Header fields the HTTP answer to this error must carry (e.g. Content-Range)."""
+        return {}
+
 
 class BadRequest(NubisError):
     """The request itself is malformed (bad query key, range, UID, header)."""
 
     http_status = 400
     dimse_status = 0xC000  # Cannot understand
+
+
+class RangeNotSatisfiable(NubisError):
+    """The Range of a request is invalid or lies outside the value (RFC 9110 14.2, 15.5.17):
+    416 with Content-Range: bytes */<length>, the length of the value (14.4)."""
+
+    http_status = 416
+    dimse_status = 0xC000
+
+    def __init__(self, reason: str, *, length: int) -> None:
+        super().__init__(reason)
+        self.length = length
+
+    def http_headers(self) -> dict[str, str]:
+        return {"content-range": f"bytes */{self.length}"}
 
 
 class NotFound(NubisError):

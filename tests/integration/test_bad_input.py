@@ -321,6 +321,52 @@ def test_wrong_content_type_is_415(
     assert count_instances(server, SOPInstanceUID=spare[0].sop_uid) == 0
 
 
+@pytest.mark.parametrize(
+    "accept", ["application/dicom+xml", "text/html", "application/dicom+json;q=0"]
+)
+def test_stow_response_nobody_accepts_is_406_and_stores_nothing(
+    server: LiveServer, tmp_path: Path, accept: str
+) -> None:
+    """PS3.18 10.5.3 with 8.7.5: the Store Instances Response is DICOM JSON here; a client that
+    accepts only DICOM XML (or nothing nubis makes) gets 406 Not Acceptable, decided before
+    the body is read, so no object is stored that the client would believe refused."""
+    (path,) = synth.make_mr_series(tmp_path, n_instances=1, rows=8, columns=8, seed=34,
+                                   patient=PATIENT)  # fmt: skip
+    f = DicomFile(path)
+    response = requests.post(
+        f"{server.dicomweb}/studies",
+        data=stow_body(f.data),
+        headers={**AUTH, "Content-Type": STOW_CT, "Accept": accept},
+        timeout=60,
+    )
+    assert_error(server, response, 406)
+    assert count_instances(server, SOPInstanceUID=f.sop_uid) == 0
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/dicom+xml, application/dicom+json;q=0.5", "application/json", "*/*"],
+)
+def test_stow_response_in_json_when_accepted(
+    server: LiveServer, tmp_path: Path, accept: str
+) -> None:
+    """The refusal above is about XML only: any Accept that admits DICOM JSON stores."""
+    (path,) = synth.make_mr_series(tmp_path, n_instances=1, rows=8, columns=8, seed=35,
+                                   patient=PATIENT)  # fmt: skip
+    f = DicomFile(path)
+    response = requests.post(
+        f"{server.dicomweb}/studies",
+        data=stow_body(f.data),
+        headers={**AUTH, "Content-Type": STOW_CT, "Accept": accept},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    expected_type = "application/json" if accept == "application/json" else "application/dicom+json"
+    assert response.headers["content-type"].split(";")[0] == expected_type
+    (stored,) = response.json()[REFERENCED_SOP_SEQUENCE]["Value"]
+    assert stored[REFERENCED_SOP_INSTANCE_UID]["Value"] == [f.sop_uid]
+
+
 def test_missing_content_type_is_415(server: LiveServer, spare: list[DicomFile]) -> None:
     """PS3.18 10.5.1: without a Content-Type the body cannot be understood."""
     response = requests.post(
@@ -652,43 +698,71 @@ def _bulk_url(server: LiveServer, f: DicomFile) -> tuple[str, int]:
     [
         "bytes=999999999-",
         "bytes=10240-10300",  # 5x32x32x2 = 10240 bytes: first byte past the end
-        "bytes=5-2",
-        "bytes=0-10,20-30",
-        "items=0-1",
+        "bytes=-0",  # a suffix of no bytes (RFC 9110 14.1.1: not satisfiable)
+        "bytes=10240-,20000-",  # no range of the set is satisfiable
+        "bytes=5-2",  # invalid: last before first (RFC 9110 14.1.2)
         "bytes=-",
         "bytes=abc-def",
+        "bytes=0-9,abc",  # one invalid range-spec makes the whole set invalid
         "bytes",
         "bytes=" + "9" * 5000 + "-",  # past Python's 4,300-digit int() limit: was a 500
     ],
 )
-def test_bad_bulk_range_is_400(
+def test_unsatisfiable_bulk_range_is_416(
     server: LiveServer, frames_object: DicomFile, byte_range: str
 ) -> None:
-    """PS3.18 10.4.1.1.5 with RFC 9110 14.2: a Range the server cannot satisfy is refused
-    (this server answers 400 with a reason rather than 416)."""
+    """RFC 9110 14.2: a Range in bytes whose ranges-specifier is invalid or unsatisfiable
+    SHOULD be answered 416 (Range Not Satisfiable, 15.5.17), with Content-Range: bytes */
+    <length of the value> (14.4) so the client learns the size; the body names the range."""
     url, size = _bulk_url(server, frames_object)
     assert size == 5 * 32 * 32 * 2
     response = requests.get(
         url, headers={**AUTH, "Range": byte_range, "Accept": "application/octet-stream"}, timeout=30
     )
-    assert_error(server, response, 400, 416)
+    assert_error(server, response, 416)
+    assert response.headers["content-range"] == f"bytes */{size}"
+
+
+@pytest.mark.parametrize(
+    "byte_range",
+    [
+        "items=0-1",  # a range unit the server does not know: MUST be ignored
+        "bytes=0-10,20-30",  # several ranges: a server MAY ignore the Range field
+    ],
+)
+def test_bulk_range_that_is_ignored(
+    server: LiveServer, frames_object: DicomFile, byte_range: str
+) -> None:
+    """RFC 9110 14.2: an origin server MUST ignore a Range of a range unit it does not
+    understand, and MAY ignore any Range; nubis serves one range, so for several it sends the
+    whole value (200), as for no Range at all."""
+    url, _ = _bulk_url(server, frames_object)
+    response = requests.get(
+        url, headers={**AUTH, "Range": byte_range, "Accept": "application/octet-stream"}, timeout=30
+    )
+    assert response.status_code == 200, response.text[:500]
+    assert response.content == frames_object.dataset().PixelData
+    assert "content-range" not in response.headers
 
 
 def test_good_bulk_ranges(server: LiveServer, frames_object: DicomFile) -> None:
-    """The range forms that must work: closed, open-ended, suffix, and clipped at the end."""
+    """The range forms that must work: closed, open-ended, suffix, and clipped at the end; each
+    206 names the range it holds in Content-Range (RFC 9110 15.3.7.1, 14.4)."""
     url, size = _bulk_url(server, frames_object)
     pixels = frames_object.dataset().PixelData
-    for header, expected in (
-        ("bytes=0-9", pixels[:10]),
-        ("bytes=10000-", pixels[10000:]),
-        ("bytes=-16", pixels[-16:]),
-        (f"bytes={size - 4}-{size + 100}", pixels[-4:]),
+    for header, expected, content_range in (
+        ("bytes=0-9", pixels[:10], f"bytes 0-9/{size}"),
+        ("bytes=10000-", pixels[10000:], f"bytes 10000-{size - 1}/{size}"),
+        ("bytes=-16", pixels[-16:], f"bytes {size - 16}-{size - 1}/{size}"),
+        (f"bytes={size - 4}-{size + 100}", pixels[-4:], f"bytes {size - 4}-{size - 1}/{size}"),
+        ("Bytes=0-0", pixels[:1], f"bytes 0-0/{size}"),  # range units are case-insensitive
     ):
         response = requests.get(
             url, headers={**AUTH, "Range": header, "Accept": "application/octet-stream"}, timeout=30
         )
         assert response.status_code == 206, (header, response.text)
         assert response.content == expected, header
+        assert response.headers["content-range"] == content_range, header
 
 
 def test_unknown_bulk_path_is_404(server: LiveServer, frames_object: DicomFile) -> None:
@@ -716,6 +790,29 @@ def test_unknown_routes_and_methods_answer_json(server: LiveServer, method: str,
     """Even a request for nothing gets a JSON reason, not an HTML page or a stack trace."""
     response = requests.request(method, server.url + path, timeout=30, headers=AUTH)
     assert_error(server, response, 404, 405)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/dicom-web/studies", {"GET", "HEAD", "POST"}),
+        ("DELETE", "/dicom-web/studies", {"GET", "HEAD", "POST"}),
+        ("PATCH", "/dicom-web/studies/1.2.3", {"GET", "HEAD", "POST", "DELETE"}),
+        ("POST", "/dicom-web/series", {"GET", "HEAD"}),
+        ("PUT", "/dicom-web/studies/1.2.3/series/1.2.4/instances/1.2.5/bulk/7FE00010",
+         {"GET", "HEAD"}),
+        ("POST", "/wado", {"GET", "HEAD"}),
+        ("GET", "/-/login", {"POST"}),
+    ],
+)  # fmt: skip
+def test_405_names_the_allowed_methods(
+    server: LiveServer, method: str, path: str, allowed: set[str]
+) -> None:
+    """RFC 9110 15.5.6: a 405 MUST carry Allow with the methods the target resource supports,
+    all of them, also where several routes serve one path (search and store on /studies)."""
+    response = requests.request(method, server.url + path, timeout=30, headers=AUTH)
+    assert_error(server, response, 405)
+    assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
 
 
 def test_rendering_parameters_out_of_range_are_400(
@@ -791,7 +888,13 @@ def test_wado_uri_of_a_non_image_as_jpeg_is_4xx(
 
 @pytest.mark.parametrize(
     "extra",
-    [{"frameNumber": "999"}, {"frameNumber": "0"}, {"windowCenter": "40"}, {"rows": "-3"}],
+    [
+        {"frameNumber": "999"},
+        {"frameNumber": "0"},
+        {"frameNumber": "99999999999999999999"},
+        {"windowCenter": "40"},
+        {"rows": "-3"},
+    ],
 )
 def test_bad_wado_uri_rendering_parameters_are_4xx(
     server: LiveServer, frames_object: DicomFile, extra: dict[str, str]
@@ -803,3 +906,24 @@ def test_bad_wado_uri_rendering_parameters_are_4xx(
         f"{server.url}/wado", params={**params, **extra}, timeout=30, headers=AUTH
     )
     assert_error(server, response, 400, 404)
+
+
+@pytest.mark.parametrize(
+    "frame_number", ["-1", "+2", "1.5", "two", "1,2", "1 2", "０", "²", "0", "9" * 5000]
+)
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/dicom"])
+def test_malformed_wado_uri_frame_number_is_400(
+    server: LiveServer, frames_object: DicomFile, frame_number: str, content_type: str
+) -> None:
+    """PS3.18 9.1.2.1 (WADO-URI frameNumber): one frame number, an integer from 1. A sign, a
+    fraction, a list, a blank or a digit other than 0-9 is a malformed request (400 naming
+    frameNumber), never read as "no frame given" and answered with frame 1."""
+    study, series, sop = frames_object.uids
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    response = requests.get(
+        f"{server.url}/wado",
+        params={**params, "contentType": content_type, "frameNumber": frame_number},
+        timeout=30,
+        headers=AUTH,
+    )
+    assert "frameNumber" in assert_error(server, response, 400)

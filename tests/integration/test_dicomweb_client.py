@@ -348,6 +348,31 @@ def test_includefield_returns_more_attributes(archive: Archive) -> None:
     assert value(found[0], "00101010") == ct0.header.PatientAge
 
 
+@pytest.mark.parametrize(
+    "search", ["search_for_studies", "search_for_series", "search_for_instances"]
+)
+def test_includefield_never_gives_a_wrong_vr(archive: Archive, search: str) -> None:
+    """includefield (PS3.18 10.6.1.2) for Pixel Data (7FE00010, OB or OW) and Smallest Image
+    Pixel Value (00280106, US or SS) of CT_small: signed 16-bit, Pixel Data OW, no Smallest
+    Image Pixel Value. The dictionary cannot tell these VRs, only the object can, and DICOM
+    JSON must name the element's VR (PS3.18 F.2.3): each is left out, or has the object's own
+    VR, and Pixel Data only as a BulkDataURI, never inline (QIDO-RS results hold no bulk data).
+    Study and series rows hold no pixel data at all."""
+    ct = archive.pyd["explicit_le"]
+    found = getattr(archive.client, search)(
+        fields=["7FE00010", "00280106"], search_filters={"StudyInstanceUID": ct.study_uid}
+    )
+    assert found
+    for item in found:
+        pixel_data = item.get("7FE00010")
+        assert pixel_data is None or (
+            search == "search_for_instances"
+            and pixel_data["vr"] == "OW"
+            and set(pixel_data) == {"vr", "BulkDataURI"}
+        ), pixel_data
+        assert "00280106" not in item or item["00280106"]["vr"] == "SS", item["00280106"]
+
+
 def test_paging_walks_every_instance_exactly_once(archive: Archive) -> None:
     client = archive.client
     everything = client.search_for_instances()

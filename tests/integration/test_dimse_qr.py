@@ -79,6 +79,88 @@ def test_findscu_matches_qido(
         assert str(ds.PatientID) in (CT_PATIENT.patient_id, MR_PATIENT.patient_id)
 
 
+QUINN = "QUINN-12"
+
+
+@pytest.fixture(scope="module")
+def quinn_studies(dimse: Dimse, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Twelve studies of DUBOIS^QUINN, all of 1997-04-24 (no other study here has that date),
+    stored with storescu; their Study Instance UIDs."""
+    from nubis.tools import synth
+
+    patient = synth.PatientSpec(QUINN, "DUBOIS^QUINN", "19510203", "M")
+    folder = tmp_path_factory.mktemp("quinn")
+    paths = [
+        path
+        for n in range(12)
+        for path in synth.make_mr_series(
+            folder / str(n), n_instances=1, rows=16, columns=16, patient=patient,
+            study_date="19970424", accession=f"ACC-Q{n:02d}", seed=100 + n,
+        )
+    ]  # fmt: skip
+    run(["storescu", "-aet", "LOADER", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port),
+         *map(str, paths)])  # fmt: skip
+    return sorted({str(pydicom.dcmread(p).StudyInstanceUID) for p in paths})
+
+
+def _qido_studies(d: Dimse, key: str, value: str) -> tuple[int, list[str]]:
+    r = httpx.get(f"{d.http}/studies", params={key: value}, timeout=30, headers=AUTH)
+    if r.status_code != 200:
+        return r.status_code, []
+    return 200, sorted(item["0020000D"]["Value"][0] for item in r.json())
+
+
+def _findscu_studies(d: Dimse, key: str, value: str, out: Path) -> tuple[int, list[str]]:
+    """Final C-FIND status and the Study Instance UIDs of the Pending responses."""
+    out.mkdir(parents=True)
+    done = run(["findscu", "-S", "-d", "-aet", "TEST", "-aec", NUBIS_AE, "-X", "-od", str(out),
+                "127.0.0.1", str(d.port), "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"{key}={value}", "-k", "StudyInstanceUID"], check=False)  # fmt: skip
+    status, _ = _final_status(done.stdout + done.stderr, "Received Final Find Response")
+    found = sorted(str(pydicom.dcmread(p).StudyInstanceUID) for p in out.glob("rsp*.dcm"))
+    return status, found
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["DUBOIS^QUINN^^^", "?UBOIS^QUINN", "?UBOIS^QUINN^^^", "dubois^qu*^^", "D*S^QUINN^^^^="],
+)
+def test_person_name_trailing_empty_components(
+    dimse: Dimse, quinn_studies: list[str], tmp_path: Path, name: str
+) -> None:
+    """Trailing empty components and component groups of a PN are insignificant (PS3.5 6.2):
+    a wildcard key (PS3.4 C.2.2.2.4) with them finds what the same key without them finds, as
+    a single value key does (C.2.2.2.1), through QIDO-RS and C-FIND alike: all 12 studies."""
+    need_dcmtk("findscu")
+    assert _qido_studies(dimse, "PatientName", name) == (200, quinn_studies)
+    assert _findscu_studies(dimse, "PatientName", name, tmp_path / "find") == (0, quinn_studies)
+
+
+@pytest.mark.parametrize(
+    "date", ["19970424", "1997.04.24", "1997.04.01-1997.04.30", "1997.04.24-19970424"]
+)
+def test_dates_in_the_retired_dotted_form(
+    dimse: Dimse, quinn_studies: list[str], tmp_path: Path, date: str
+) -> None:
+    """Date keys in the ACR-NEMA form YYYY.MM.DD, which old systems still send and which PS3.5
+    6.2 (DA, Note) recommends reading, single and in ranges (PS3.4 C.2.2.2.5): through QIDO-RS
+    and C-FIND they find what YYYYMMDD finds, the 12 studies of 1997-04-24."""
+    need_dcmtk("findscu")
+    assert _qido_studies(dimse, "StudyDate", date) == (200, quinn_studies)
+    assert _findscu_studies(dimse, "StudyDate", date, tmp_path / "find") == (0, quinn_studies)
+
+
+@pytest.mark.parametrize(
+    "date", ["1997.04.31", "97.04.24", "1997.4.24", "1997-04-24", "1997/04/24"]
+)
+def test_malformed_dates_are_still_refused(dimse: Dimse, tmp_path: Path, date: str) -> None:
+    """Leniency stops at the dotted form: anything else that is no date is a malformed key,
+    HTTP 400 and C-FIND 0xA900 Identifier does not match SOP Class (PS3.4 C.4.1.1.4)."""
+    need_dcmtk("findscu")
+    assert _qido_studies(dimse, "StudyDate", date) == (400, [])
+    assert _findscu_studies(dimse, "StudyDate", date, tmp_path / "find") == (0xA900, [])
+
+
 def test_patient_level_patient_root(dimse: Dimse, tmp_path: Path) -> None:
     """Patient Root PATIENT level (PS3.4 C.6.1.1.2): one response per patient, with Number of
     Patient Related Studies/Instances computed."""
@@ -125,6 +207,39 @@ def test_movescu_to_storescp(dimse: Dimse, tmp_path: Path, mr_series: list[Dicom
     ds.StudyInstanceUID = study
     result = scu.move(scu.Remote("127.0.0.1", dimse.port, NUBIS_AE, "MOVER"), ds, "NOWHERE")
     assert result.status == 0xA801
+
+
+def test_move_to_unreachable_destination(dimse: Dimse, mr_series: list[DicomFile]) -> None:
+    """A C-MOVE to a destination of the peer table that cannot be associated with fails with
+    0xA702 Refused: Out of Resources - Unable to perform sub-operations (PS3.4 C.4.2.1.5, Table
+    C.4-2), not 0xA801 (the destination is known), and an Error Comment (0000,0902; PS3.7
+    C.4.2.1.2) naming the destination and why: nothing listens on its port, or its AE rejected
+    the association. No sub-operation is counted, as none was performed (C.4.2.1.7-9)."""
+    need_dcmtk("movescu")
+    closed_port, picky_port = free_port(), free_port()
+    for name, port in (("DOWN", closed_port), ("PICKY", picky_port)):
+        nubis("dimse", "peers", "add", name, "127.0.0.1", str(port),
+              "--data-dir", str(dimse.data_dir))  # fmt: skip
+    # An AE that answers only to another called AE title: it rejects nubis's association.
+    picky = AE(ae_title="NOT-PICKY")
+    picky.require_called_aet = True
+    picky.add_supported_context(mr_series[0].sop_class_uid)
+    listener = picky.start_server(("127.0.0.1", picky_port), block=False)
+    study = mr_series[0].study_uid
+    try:
+        for destination, why in (("DOWN", "unreachable"), ("PICKY", "rejected")):
+            move = run(["movescu", "-S", "-d", "-aet", "MOVER", "-aec", NUBIS_AE, "-aem",
+                        destination, "127.0.0.1", str(dimse.port), "-k",
+                        "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"],
+                       check=False)  # fmt: skip
+            status, response = _final_status(move.stdout + move.stderr, "Final Move Response")
+            assert status == 0xA702, (destination, response[:2000])
+            comment = re.search(r"\(0000,0902\) LO \[(.*)\]", response)  # the Status Detail
+            assert comment, response[:2000]
+            assert destination in comment.group(1) and why in comment.group(1), comment.group(1)
+            assert re.search(r"Completed Suboperations\s*:\s*0\b", response), response[:2000]
+    finally:
+        listener.shutdown()
 
 
 def test_getscu(dimse: Dimse, tmp_path: Path, ct_series: list[DicomFile]) -> None:
@@ -290,6 +405,26 @@ def test_access_control(server_factory, tmp_path: Path) -> None:  # type: ignore
     ds.PatientID = ""
     with pytest.raises(scu.DimseError, match="0x0124"):
         list(scu.find(scu.Remote("127.0.0.1", port, NUBIS_AE, "CALLER"), ds))
+
+
+def test_called_ae_title(dimse: Dimse, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """The Called AE Title must be the archive's ae_title: another one is an A-ASSOCIATE-RJ,
+    rejected-permanent by the service user with reason called-AE-title-not-recognized (PS3.8
+    7.1.1.3, 9.3.4: result 1, source 1, reason 7). Setting dimse_accept_any_called_ae admits
+    any called AE title, for callers configured with a wrong one."""
+    need_dcmtk("echoscu")
+    echo = ["echoscu", "-aet", "CALLER", "127.0.0.1", str(dimse.port)]
+    run([*echo, "-aec", NUBIS_AE])
+    for wrong in ("ANY-SCP", "nubis", "PACS"):
+        refused = run([*echo, "-aec", wrong], check=False)
+        assert refused.returncode != 0, wrong
+        assert "Called AE Title Not Recognized" in refused.stdout + refused.stderr, wrong
+
+    port = free_port()
+    server_factory(
+        "dimse-any-called", "--dimse-port", str(port), "--set", "dimse_accept_any_called_ae=true"
+    )
+    run(["echoscu", "-aet", "CALLER", "-aec", "ANY-SCP", "127.0.0.1", str(port)])
 
 
 def _final_status(out: str, final: str) -> tuple[int, str]:

@@ -46,3 +46,21 @@ def test_users_and_keys(tmp_path: Path) -> None:
     assert "revoked" in run("apikeys", "list", "alice")
     run("users", "remove", "alice")
     assert "alice" not in run("users", "list")
+
+
+def test_apikeys_create_refuses_a_negative_lifetime(tmp_path: Path) -> None:
+    """``--days -1`` would make a key that expired before it was printed: refused (exit 2,
+    naming --days), and no key is made; 0 still means a key that never expires."""
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path / "data"), "--set", "durable=false"]
+    added = runner.invoke(
+        app, ["users", "add", "bob", "--role", "referrer", "--no-password", *data]
+    )
+    assert added.exit_code == 0, added.output
+    refused = runner.invoke(app, ["apikeys", "create", "bob", "--days", "-1", *data])
+    assert refused.exit_code == 2, refused.output
+    assert "--days" in refused.output
+    listed = runner.invoke(app, ["apikeys", "list", "bob", *data])
+    assert listed.exit_code == 0 and "bob" not in listed.output, listed.output
+    never = runner.invoke(app, ["apikeys", "create", "bob", "--days", "0", *data])
+    assert never.exit_code == 0 and "expires never" in never.output, never.output

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.model.audit import ActiveParticipant
     from nubis.security.audit import AuditTrail
 
-console = Console(stderr=True)
-out = Console()
 
 app = typer.Typer(
     help="The tamper-evident audit trail: verify, list, export (FHIR, DICOM, syslog).",
@@ -100,7 +99,8 @@ def verify(
         )
         return
     out.print(
-        f"[red]AUDIT TRAIL TAMPERED: first bad record {report.first_bad_seq}: {report.problem}"
+        f"AUDIT TRAIL TAMPERED: first bad record {report.first_bad_seq}: {report.problem}",
+        style="red",
     )
     raise typer.Exit(1)
 
@@ -183,7 +183,7 @@ def export(
     from nubis.security.audit_export import SyslogForwarder, dicom_xml, fhir_audit_event
 
     if fmt not in {"fhir", "dicom", "syslog"}:
-        console.print(f"[red]--format must be fhir, dicom or syslog, got {fmt!r}")
+        console.print(f"--format must be fhir, dicom or syslog, got {fmt!r}", style="red")
         raise typer.Exit(2)
     with _trail(data_dir, config, set_) as trail:
         if fmt == "syslog":
@@ -191,7 +191,9 @@ def export(
 
             settings = _load(config, {"data_dir": data_dir}, set_)
             if not settings.audit_syslog:
-                console.print("[red]set audit_syslog (tls://HOST:PORT) to forward to a collector")
+                console.print(
+                    "set audit_syslog (tls://HOST:PORT) to forward to a collector", style="red"
+                )
                 raise typer.Exit(2)
             forwarder = SyslogForwarder(
                 trail,
@@ -203,7 +205,9 @@ def export(
             try:
                 sent = forwarder.drain()
             except OSError as exc:
-                console.print(f"[red]collector unreachable: {exc}; records wait for the next try")
+                console.print(
+                    f"collector unreachable: {exc}; records wait for the next try", style="red"
+                )
                 raise typer.Exit(1) from None
             finally:
                 forwarder.close_connection()

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
-from rich.console import Console
 from rich.table import Table
+
+from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.dimse.peers import PeerTable
 
-console = Console(stderr=True)
-out = Console()
 
 app = typer.Typer(
     help="DIMSE client commands (C-ECHO, C-FIND, C-MOVE, C-GET, C-STORE) and the peer table.",
@@ -73,14 +72,14 @@ def _identifier(level: str, keys: list[str] | None) -> Dataset:
         name, _, value = item.partition("=")
         tag = tag_for_keyword(name.strip())
         if tag is None:
-            console.print(f"[red]{name!r} is not a DICOM keyword")
+            console.print(f"{name!r} is not a DICOM keyword", style="red")
             raise typer.Exit(2)
         ds.add_new(tag, dictionary_VR(tag), value or None)
     return ds
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]{exc}")
+    console.print(str(exc), style="red")
     return typer.Exit(1)
 
 
@@ -295,7 +294,7 @@ def peers_remove(
     with _table(data_dir, config, set_) as peers:
         removed = peers.remove(ae_title)
     if not removed:
-        console.print(f"[red]{ae_title} is not in the peer table")
+        console.print(f"{ae_title} is not in the peer table", style="red")
         raise typer.Exit(1)
     out.print(f"{ae_title} removed")
 

@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
+
+from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.config import Settings
     from nubis.index.database import Index
     from nubis.jobs.store import Job
 
-console = Console(stderr=True)
-out = Console()
 
 app = typer.Typer(
     help="Background jobs: list (with progress), run, show, cancel, work.", no_args_is_help=True
@@ -57,7 +57,7 @@ def open_index(
         index.open()
         yield settings, index
     except NubisError as exc:
-        console.print(f"[red]{exc.reason}")
+        console.print(exc.reason, style="red")
         raise typer.Exit(1) from None
     finally:
         index.close()
@@ -110,7 +110,7 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
-            console.print(f"[red]--param {item!r}: expected NAME=VALUE")
+            console.print(f"--param {item!r}: expected NAME=VALUE", style="red")
             raise typer.Exit(2)
         value: Any = text
         if text.lower() in {"true", "false"}:
@@ -144,7 +144,7 @@ def list_jobs(
     try:
         states = [JobState(s) for s in state or []]
     except ValueError:
-        console.print(f"[red]--state: one of {', '.join(s.value for s in JobState)}")
+        console.print(f"--state: one of {', '.join(s.value for s in JobState)}", style="red")
         raise typer.Exit(2) from None
     with open_index(data_dir, config, set_) as (_, index):
         found = JobStore(index).list(limit=limit, states=states, kind=kind)
@@ -160,7 +160,7 @@ def list_jobs(
         table.add_row(
             str(job.id),
             job.kind,
-            f"[{colours.get(job.state.value, 'white')}]{job.state.value}",
+            Text(job.state.value, style=colours.get(job.state.value, "white")),
             _progress_cell(job),
             f"{job.attempts}/{job.max_attempts}",
             job.lease_owner or "",
@@ -192,7 +192,7 @@ def run(
     from nubis.jobs.store import JobState, JobStore
 
     if kind not in KINDS:
-        console.print(f"[red]unknown job kind {kind!r} (kinds: {', '.join(KINDS)})")
+        console.print(f"unknown job kind {kind!r} (kinds: {', '.join(KINDS)})", style="red")
         raise typer.Exit(2)
     params = _parse_params(param)
     from nubis.security.authn import os_account
@@ -206,7 +206,7 @@ def run(
             return
         job = _follow(store, job_id)
     if job.state is not JobState.DONE:
-        console.print(f"[red]job {job_id} {job.state.value}: {job.last_error or ''}")
+        console.print(f"job {job_id} {job.state.value}: {job.last_error or ''}", style="red")
         raise typer.Exit(1)
     out.print_json(json.dumps(job.result))
 
@@ -249,7 +249,7 @@ def show(
     with open_index(data_dir, config, set_) as (_, index):
         job = JobStore(index).get(job_id)
     if job is None:
-        console.print(f"[red]no job {job_id}")
+        console.print(f"no job {job_id}", style="red")
         raise typer.Exit(1)
     out.print_json(json.dumps(_job_json(job)))
 
@@ -267,7 +267,7 @@ def cancel(
     with open_index(data_dir, config, set_) as (_, index):
         state = JobStore(index).cancel(job_id)
     if state is None:
-        console.print(f"[red]no job {job_id}")
+        console.print(f"no job {job_id}", style="red")
         raise typer.Exit(1)
     if state is JobState.QUEUED:
         out.print(f"job {job_id} cancelled")

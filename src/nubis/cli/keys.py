@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+
+from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.archive import Archive
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
     from nubis.ports.keys import KeyProvider
     from nubis.security.policy import Principal
 
-console = Console(stderr=True)
-out = Console()
 
 app = typer.Typer(
     help="Keys of encryption at rest: list, rotate, retire (--rewrap), shred-patient, new-secret.",
@@ -89,7 +88,7 @@ def _provider(
             index=Index(settings.index_url, durable=settings.durable),  # opened only if used
         )
     except NubisError as exc:
-        console.print(f"[red]{exc.reason}")
+        console.print(exc.reason, style="red")
         raise typer.Exit(2) from None
 
 
@@ -160,7 +159,7 @@ def retire(
     Recorded in the audit trail before and after, and each re-encrypted object as well.
     """
     if out_file is not None and out_file.exists():
-        console.print(f"[red]{out_file} exists; nothing changed")
+        console.print(f"{out_file} exists; nothing changed", style="red")
         raise typer.Exit(2)
     with _archive(data_dir, config, set_) as archive:
         _retire(archive, kek_id, out_file, rewrap=rewrap)
@@ -182,7 +181,9 @@ def _retire(archive: Archive, kek_id: str, out_file: Path | None, *, rewrap: boo
     assert keys is not None and isinstance(blobs, EncryptedBlobStore)  # see _archive
     if kek_id not in keys.key_ids() or kek_id == keys.current_key_id:
         known = ", ".join(keys.key_ids())
-        console.print(f"[red]{kek_id} is not an older KEK (KEKs: {known}; the last is current)")
+        console.print(
+            f"{kek_id} is not an older KEK (KEKs: {known}; the last is current)", style="red"
+        )
         raise typer.Exit(2)
     operator = _operator("default")
     who = replace(audit_events.participant(operator), user_name=cli_login())
@@ -203,20 +204,20 @@ def _retire(archive: Archive, kek_id: str, out_file: Path | None, *, rewrap: boo
         archive.guard.authorize(operator, Action.ADMIN, what)
         record(EventOutcome.SUCCESS, f"{what}: begins")
     except NubisError as exc:
-        console.print(f"[red]{exc.reason}; nothing changed")
+        console.print(f"{exc.reason}; nothing changed", style="red")
         raise typer.Exit(1) from None
     if rewrap:
         job = _rewrap_objects(archive, kek_id)
         if job.state.value != "done":
             reason = f"rewrap job {job.id} {job.state.value}: {job.last_error or ''}"
             _quietly(record, EventOutcome.MAJOR_FAILURE, f"{what}: {reason}; kept")
-            console.print(f"[red]{reason}; {kek_id} kept")
+            console.print(f"{reason}; {kek_id} kept", style="red")
             raise typer.Exit(1)
         result = job.result or {}
         console.print(f"rewrap job {job.id}: {result.get('rewrapped', 0)} object(s) re-encrypted")
         for problem, hint in _LEFT_BY_REWRAP.items():
             if result.get(problem):
-                console.print(f"[yellow]{result[problem]} object(s) {hint}")
+                console.print(f"{result[problem]} object(s) {hint}", style="yellow")
     try:
         check = retire_kek(archive.index, blobs, keys, kek_id)
         if not check.needed:
@@ -226,7 +227,7 @@ def _retire(archive: Archive, kek_id: str, out_file: Path | None, *, rewrap: boo
                 _write_secret(keys.secret.get().without(kek_id).render(), out_file)
     except NubisError as exc:
         _quietly(record, EventOutcome.MAJOR_FAILURE, f"{what}: {exc.reason}")
-        console.print(f"[red]{exc.reason}")
+        console.print(exc.reason, style="red")
         raise typer.Exit(1) from None
     done = f"{what}: {check.rewrapped} patient key(s) re-wrapped under the current KEK"
     if check.needed:
@@ -236,7 +237,7 @@ def _retire(archive: Archive, kek_id: str, out_file: Path | None, *, rewrap: boo
         )
         _quietly(record, EventOutcome.MINOR_FAILURE, f"{done}; {still}")
         console.print(f"{check.rewrapped} patient key(s) re-wrapped under the current KEK")
-        console.print(f"[red]{kek_id} {still}")
+        console.print(f"{kek_id} {still}", style="red")
         if check.objects and not rewrap:
             console.print(
                 f"--rewrap re-encrypts those objects: nubis keys retire {kek_id} --rewrap"
@@ -248,7 +249,7 @@ def _retire(archive: Archive, kek_id: str, out_file: Path | None, *, rewrap: boo
         else "left out of the new secret"
     )
     if not _quietly(record, EventOutcome.SUCCESS, f"{done}; nothing needs it; {where}"):
-        console.print(f"[red]{kek_id} {where}, but the outcome could not be recorded")
+        console.print(f"{kek_id} {where}, but the outcome could not be recorded", style="red")
         raise typer.Exit(1)
     console.print(f"{check.rewrapped} patient key(s) re-wrapped; nothing needs {kek_id}: {where}")
     if isinstance(keys, IndexKeyring):
@@ -320,7 +321,7 @@ def _write_secret(text: str, out_file: Path | None) -> None:
     try:
         fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        console.print(f"[red]{out_file} exists: a KEK secret is never overwritten")
+        console.print(f"{out_file} exists: a KEK secret is never overwritten", style="red")
         raise typer.Exit(2) from None
     try:
         os.write(fd, text.encode())
@@ -360,7 +361,9 @@ def shred_patient(
             show_default=False,
         )
         if typed != patient_id:
-            console.print("[red]not confirmed: the Patient ID typed differs; nothing shredded")
+            console.print(
+                "not confirmed: the Patient ID typed differs; nothing shredded", style="red"
+            )
             raise typer.Exit(1)
     with _archive(data_dir, config, set_) as archive:
         _shred(archive, partition, patient_id)
@@ -393,13 +396,13 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
             )
         )
     except NubisError as exc:
-        console.print(f"[red]{exc.reason}; nothing shredded")
+        console.print(f"{exc.reason}; nothing shredded", style="red")
         raise typer.Exit(1) from None
     try:
         count = archive.keys.shred_patient(partition, patient_id)
     except Exception as exc:
         _outcome(archive, who, patient_id, studies, EventOutcome.MAJOR_FAILURE, f"{what}: {exc}")
-        console.print(f"[red]the keyring failed: {exc}")
+        console.print(f"the keyring failed: {exc}", style="red")
         raise typer.Exit(1) from None
     if count == 0:
         _outcome(
@@ -418,8 +421,9 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
     )
     if not _outcome(archive, who, patient_id, studies, EventOutcome.SUCCESS, done):
         console.print(
-            f"[red]shredded {count} patient key(s), but the outcome could not be recorded; "
-            f"audit record {begun.seq} holds the attempt"
+            f"shredded {count} patient key(s), but the outcome could not be recorded; "
+            f"audit record {begun.seq} holds the attempt",
+            style="red",
         )
         raise typer.Exit(1)
     out.print(f"shredded {count} patient key(s); the patient's objects are now unreadable")
@@ -506,12 +510,14 @@ def _archive(
     # Opening an archive would make a keyring (and an index) where none is: a mistyped
     # --data-dir must say so, not shred nothing in a new empty archive.
     if not keyring_exists(settings.keyring_url):
-        console.print(f"[red]no keyring at {settings.keyring_url}: nothing was ever encrypted here")
+        console.print(
+            f"no keyring at {settings.keyring_url}: nothing was ever encrypted here", style="red"
+        )
         raise typer.Exit(2)
     try:
         archive = Archive(settings)
     except NubisError as exc:  # e.g. a keyring or KEK secret others may read
-        console.print(f"[red]{exc.reason}; nothing changed")
+        console.print(f"{exc.reason}; nothing changed", style="red")
         raise typer.Exit(2) from None
     archive.index.migrate()
     archive.index.open()

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from nubis import __version__
+from nubis.cli.output import console, out
 from nubis.cli.transport import TransportError, check_transport, print_first_login
 from nubis.config import (
     SETTINGS,
@@ -27,8 +27,6 @@ from nubis.config import (
     load_settings,
     settings_environment,
 )
-
-console = Console(stderr=True)
 
 
 def _settings_epilog() -> str:
@@ -66,13 +64,15 @@ def _load(config: Path | None, overrides: dict[str, object], extra: list[str] | 
     for item in extra or []:
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in SETTINGS_BY_NAME:
-            console.print(f"[red]--set {item!r}: expected NAME=VALUE with a known setting name")
+            console.print(
+                f"--set {item!r}: expected NAME=VALUE with a known setting name", style="red"
+            )
             raise typer.Exit(2)
         overrides.setdefault(name.strip(), value)
     try:
         return load_settings(config_file=config, overrides=overrides)
     except SettingsError as exc:
-        console.print(f"[red]configuration error: {exc}")
+        console.print(f"configuration error: {exc}", style="red")
         raise typer.Exit(2) from None
 
 
@@ -122,7 +122,7 @@ def serve(
     try:
         transport = check_transport(settings)
     except TransportError as exc:
-        console.print(f"[red]refusing to start: {exc}")
+        console.print(f"refusing to start: {exc}", style="red")
         raise typer.Exit(2) from None
     # Workers re-read their settings from the environment: hand them what was resolved here.
     os.environ.update(settings_environment(settings))
@@ -132,7 +132,7 @@ def serve(
     try:
         archive.record_application(started=True)
     except NubisError as exc:
-        console.print(f"[red]refusing to start: {exc.reason}")
+        console.print(f"refusing to start: {exc.reason}", style="red")
         raise typer.Exit(2) from None
     url = f"{transport.scheme}://{settings.host}:{settings.http_port}"
     console.print(
@@ -140,7 +140,7 @@ def serve(
         f"({settings.worker_count} worker(s), data in {settings.data_dir.resolve()})"
     )
     for warning in transport.warnings:
-        console.print(f"[yellow]{warning}")
+        console.print(warning, style="yellow")
     if archive.first_login_key:
         print_first_login(console, url, archive.first_login_key)
     if archive.dimse_enabled:
@@ -168,7 +168,7 @@ def serve(
     try:
         archive.record_application(started=False)
     except NubisError as exc:
-        console.print(f"[red]the stop could not be recorded: {exc.reason}")
+        console.print(f"the stop could not be recorded: {exc.reason}", style="red")
 
 
 @app.command("import")
@@ -253,7 +253,7 @@ def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
             s.env_var,
             s.help,
         )
-    Console().print(table)
+    out.print(table)
 
 
 def _add_subcommands() -> None:

@@ -13,13 +13,10 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from nubis.cli.jobs import AsJson, Config, DataDir, Set, open_index
-
-console = Console(stderr=True)
-out = Console()
+from nubis.cli.output import console, out
 
 app = typer.Typer(
     help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study).",
@@ -60,10 +57,10 @@ def report(
     try:
         rate = parse_growth(growth)
     except ValueError as exc:
-        console.print(f"[red]{exc}")
+        console.print(str(exc), style="red")
         raise typer.Exit(2) from None
     if months < 0:
-        console.print("[red]--months must be >= 0")
+        console.print("--months must be >= 0", style="red")
         raise typer.Exit(2)
     with open_index(data_dir, config, set_) as (settings, index):
         tiers = parse_tiers(settings.tiers)
@@ -110,8 +107,9 @@ def report(
         )
     if result.unpriced_tiers:
         out.print(
-            f"[yellow]no price for tier(s) {', '.join(result.unpriced_tiers)}: set "
-            "storage_prices (their cost is left out of the totals)"
+            f"no price for tier(s) {', '.join(result.unpriced_tiers)}: set "
+            "storage_prices (their cost is left out of the totals)",
+            style="yellow",
         )
 
 
@@ -142,11 +140,11 @@ def tier_study(
         lifecycle = Lifecycle(index, tiers, (), mover=None)
         if tier is not None or unpin:
             if tier is not None and tier not in tiers:
-                console.print(f"[red]no tier {tier!r} (tiers: {', '.join(tiers.names)})")
+                console.print(f"no tier {tier!r} (tiers: {', '.join(tiers.names)})", style="red")
                 raise typer.Exit(2)
             until = None if days is None else time.time_ns() // 1_000_000 + days * 86_400_000
             if not lifecycle.pin(partition, study, None if unpin else tier, until):
-                console.print(f"[red]no study {study} in partition {partition}")
+                console.print(f"no study {study} in partition {partition}", style="red")
                 raise typer.Exit(1)
             job_id = JobStore(index).enqueue(
                 "tier", {"partition": partition, "study": study}, created_by=f"cli:{os_account()}"
@@ -156,6 +154,6 @@ def tier_study(
             return
         facts = lifecycle.study_tiers(partition, study)
     if facts is None:
-        console.print(f"[red]no study {study} in partition {partition}")
+        console.print(f"no study {study} in partition {partition}", style="red")
         raise typer.Exit(1)
     out.print_json(json.dumps(facts))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from nubis.config import Settings
 
@@ -109,13 +110,17 @@ def check_transport(settings: Settings) -> Transport:
 def print_first_login(console: Console, url: str, key: str) -> None:
     """Print the first admin key once, as Jupyter prints its token (only its hash is kept)."""
     console.print(
-        "\n[bold]No users yet.[/bold] An admin API key was made for user 'admin' (valid 30 "
-        "days, shown only now, stored as a hash):\n\n"
-        f"    {key}\n\n"
-        "Use it as a bearer token, e.g.\n"
-        f'    curl -H "Authorization: Bearer {key}" {url}/dicom-web/studies\n\n'
-        "Then add users with `nubis users add NAME --role ROLE` and log in with "
-        f"`curl -u NAME -X POST {url}/-/login`.\n",
+        Text.assemble(
+            "\n",
+            ("No users yet.", "bold"),
+            " An admin API key was made for user 'admin' (valid 30 days, shown only now, stored "
+            "as a hash):\n\n"
+            f"    {key}\n\n"
+            "Use it as a bearer token, e.g.\n"
+            f'    curl -H "Authorization: Bearer {key}" {url}/dicom-web/studies\n\n'
+            "Then add users with `nubis users add NAME --role ROLE` and log in with "
+            f"`curl -u NAME -X POST {url}/-/login`.\n",
+        ),
         highlight=False,
         soft_wrap=True,
     )

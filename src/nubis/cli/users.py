@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.archive import Archive
     from nubis.model.audit import Code
 
-console = Console(stderr=True)
-out = Console()
 
 users_app = typer.Typer(
     help="Local users: add, list, remove, passwd, grant, revoke, grants.", no_args_is_help=True
@@ -57,7 +56,7 @@ def _archive(
 
         if not isinstance(exc, NubisError):
             raise
-        console.print(f"[red]{exc.reason}")
+        console.print(exc.reason, style="red")
         raise typer.Exit(1) from None
     finally:
         archive.audit.close()
@@ -98,7 +97,7 @@ def _read_password(from_stdin: bool, name: str) -> str:
     else:
         password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
     if len(password) < 12:
-        console.print("[red]a password needs at least 12 characters")
+        console.print("a password needs at least 12 characters", style="red")
         raise typer.Exit(2)
     return password
 
@@ -138,7 +137,7 @@ def add_user(
     try:
         roles = parse_roles(",".join(role))
     except ValueError as exc:
-        console.print(f"[red]{exc}")
+        console.print(str(exc), style="red")
         raise typer.Exit(2) from None
     password = None if no_password else _read_password(password_stdin, name)
     with _archive(data_dir, config, set_) as archive:
@@ -195,7 +194,7 @@ def passwd(
 
 def _grant_target(patient: str | None, study: str | None) -> tuple[str | None, str | None]:
     if (patient is None) == (study is None):
-        console.print("[red]give exactly one of --patient or --study")
+        console.print("give exactly one of --patient or --study", style="red")
         raise typer.Exit(2)
     return patient, study
 
@@ -206,7 +205,9 @@ def _subject_tenant(archive: Archive, subject: str, tenant: str | None) -> str:
         return tenant or user.tenant
     if subject.startswith("oidc:") and tenant:
         return tenant
-    console.print(f"[red]no local user {subject}; for an OIDC user give oidc:<sub> and --tenant")
+    console.print(
+        f"no local user {subject}; for an OIDC user give oidc:<sub> and --tenant", style="red"
+    )
     raise typer.Exit(2)
 
 
@@ -274,7 +275,8 @@ def list_grants(
 def create_key(
     user: str,
     days: Annotated[
-        int | None, typer.Option(help="Days until it expires (0: never). Default: api_key_days.")
+        int | None,
+        typer.Option(min=0, help="Days until it expires (0: never). Default: api_key_days."),
     ] = None,
     label: Annotated[str, typer.Option(help="What the key is for.")] = "",
     data_dir: DataDir = None,

@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
@@ -70,6 +70,7 @@ NOT_AUTHORIZED = 0x0124  # PS3.7 Annex C: Refused: Not authorized
 IDENTIFIER_MISMATCH = 0xA900  # Identifier does not match SOP Class
 CANNOT_PROCESS = 0xC000
 UNKNOWN_DESTINATION = 0xA801
+SUB_OPERATIONS_IMPOSSIBLE = 0xA702  # Refused: Out of Resources - Unable to perform sub-operations
 PROCESSING_FAILURE = 0x0110
 
 _PATIENT_ROOT = {
@@ -266,11 +267,25 @@ class Handlers:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_requested(self, event: Event) -> None:
-        """Admit or reject the caller (PS3.8 7.1.1.9: A-ASSOCIATE-RJ, calling AE not known)."""
+        """Admit or reject the caller (PS3.8 7.1.1.9: A-ASSOCIATE-RJ, calling AE not known;
+        7.1.1.3: called AE title not this archive's, unless dimse_accept_any_called_ae)."""
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         calling = str(primitive.calling_ae_title if primitive else "").strip()
         address = assoc.requestor.address
+        called = str(primitive.called_ae_title if primitive else "").strip()
+        if called != self.ae_title.strip() and not self.archive.settings.dimse_accept_any_called_ae:
+            log.warning(
+                "association from %s@%s rejected: called AE title %r is not %r",
+                calling,
+                address,
+                called,
+                self.ae_title,
+            )
+            # Rejected permanent, by the service user, called AE title not recognized.
+            assoc.acse.send_reject(0x01, 0x01, 0x07)
+            assoc.kill()
+            return
         certificate = _client_certificate(assoc)
         try:
             decision = self.policy.admit(calling, address, certificate)
@@ -652,6 +667,10 @@ class Handlers:
         destination, the number of sub-operations, then one Pending per object; pynetdicom
         sends the Pending responses with the remaining, completed, failed and warning counts,
         and the final 0x0000, 0xB000 (some failed), 0xA702 (all failed) or 0xFE00 (C-CANCEL).
+        A destination that cannot be associated with (nothing listens, or its AE rejects the
+        association) is 0xA702 with an Error Comment saying which and why, no sub-operation
+        counted: pynetdicom's own answer, 0xA801 without a comment, would call a known
+        destination unknown.
         """
         destination = (event.move_destination or "").strip()
         if not self._allowed(event, "retrieve"):
@@ -670,15 +689,40 @@ class Handlers:
             yield _refuse(event, _selection_status(exc), exc.reason)
             return
         accepted: dict[str, set[str]] = {}
+        reached: list[str] = []  # what happened to the association with the destination
 
         def on_destination_accepted(ev: Event) -> None:
             for cx in ev.assoc.accepted_contexts:
                 accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
 
+        def failure() -> str:
+            if "rejected" in reached:
+                how = "rejected the association"
+            elif "connected" in reached:
+                how = "did not accept the association"  # aborted, or no answer in time
+            else:
+                how = "unreachable"
+            log.warning(
+                "C-MOVE from %s: destination %s (%s:%d) %s",
+                _peer(event.assoc),
+                destination,
+                peer.host,
+                peer.port,
+                how,
+            )
+            return f"{destination} {how} ({peer.host}:{peer.port})"
+
         kwargs = {
             "contexts": _contexts_for(instances),
-            "evt_handlers": [(evt.EVT_ACCEPTED, on_destination_accepted)],
+            "evt_handlers": [
+                (evt.EVT_ACCEPTED, on_destination_accepted),
+                (evt.EVT_CONN_OPEN, lambda ev: reached.append("connected")),
+                (evt.EVT_REJECTED, lambda ev: reached.append("rejected")),
+            ],
         }
+        # pynetdicom answers a failed association with the destination 0xA801, which only
+        # it sends after a destination was given: make that response 0xA702 with the reason.
+        _correct_final(event, SUB_OPERATIONS_IMPOSSIBLE, failure, only=UNKNOWN_DESTINATION)
         log.info(
             "C-MOVE from %s to %s (%s:%d): %d object(s)",
             _peer(event.assoc),
@@ -863,6 +907,16 @@ def _refusal(event: Event, status: int, comment: str) -> Dataset:
     association's ``dimse.send_msg`` that lasts for this one response; so the correction
     holds whichever DIMSE provider encodes the message (pynetdicom's or nubis's own).
     """
+    _correct_final(event, status, lambda: comment)
+    return _status_ds(status, comment)
+
+
+def _correct_final(
+    event: Event, status: int, comment: Callable[[], str], *, only: int | None = None
+) -> None:
+    """Have the final response to this request go out as a refusal with ``status`` and
+    ``comment()`` (see :func:`_refusal`); with ``only``, just when it would have that status,
+    and otherwise unchanged."""
     dimse = event.assoc.dimse
     msg_id = event.request.MessageID
     send = dimse.send_msg
@@ -881,8 +935,11 @@ def _refusal(event: Event, status: int, comment: str) -> Dataset:
         if final and getattr(primitive, "MessageIDBeingRespondedTo", None) == msg_id:
             with contextlib.suppress(AttributeError):
                 del dimse.send_msg  # back to the class's own
+            if only is not None and primitive.Status != only:
+                send(primitive, context_id)
+                return
             primitive.Status = status
-            primitive.ErrorComment = comment[:64]  # LO (PS3.7 C.4.2.1.2)
+            primitive.ErrorComment = comment()[:64]  # LO (PS3.7 C.4.2.1.2)
             primitive.NumberOfRemainingSuboperations = None
             primitive.NumberOfCompletedSuboperations = 0
             primitive.NumberOfFailedSuboperations = 0
@@ -892,7 +949,6 @@ def _refusal(event: Event, status: int, comment: str) -> Dataset:
         send(primitive, context_id)
 
     dimse.send_msg = send_msg
-    return _status_ds(status, comment)
 
 
 def _contexts_for(instances: list[StoredInstance]) -> list[Any]:

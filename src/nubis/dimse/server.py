@@ -108,8 +108,8 @@ def build_ae(ae_title: str, *, max_associations: int) -> AE:
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 300
-    # Callers often send a wrong Called AE Title (a copy of the modality's own); accept it, as
-    # most archives do, and identify callers by their Calling AE Title and host instead.
+    # The Called AE Title is checked by Handlers.on_requested (dimse_accept_any_called_ae), which
+    # logs why; callers are identified by their Calling AE Title and host.
     ae.require_called_aet = False
     ae.add_supported_context(Verification, COMMAND_SYNTAXES)
     for uid in _STORAGE_CLASSES.values():

@@ -518,7 +518,11 @@ def _without_bulk(element: dict[str, Any]) -> dict[str, Any] | None:
     return element
 
 
-def _merge_json(result: dict[str, Any], text: str | None, wanted: frozenset[int] | None) -> None:
+def _merge_json(
+    result: dict[str, Any], text: str | None, wanted: frozenset[int] | None, withheld: set[str]
+) -> None:
+    """Add the ``wanted`` elements of stored DICOM JSON ``text`` to ``result``; the keys of
+    bulk data elements, left out, go to ``withheld``."""
     if not text:
         return
     data = json.loads(text)
@@ -530,6 +534,8 @@ def _merge_json(result: dict[str, Any], text: str | None, wanted: frozenset[int]
         element = _without_bulk(data[key])
         if element is not None:
             result[key] = element
+        else:
+            withheld.add(key)
 
 
 def _to_json(plan: _Plan, row: Any) -> dict[str, Any]:
@@ -538,17 +544,23 @@ def _to_json(plan: _Plan, row: Any) -> dict[str, Any]:
         # The common case: columns only, already in tag order.
         return {k: convert(v) for (k, convert), v in zip(plan.fields, values, strict=True)}
     result: dict[str, Any] = {}
+    withheld: set[str] = set()
     for text in values[len(plan.fields) :]:
-        _merge_json(result, text, plan.wanted)
+        _merge_json(result, text, plan.wanted, withheld)
     # Columns win over the stored JSON: they are what matching compares, and the computed
     # attributes (counts, Modalities in Study) are only right there.
     for (key, convert), value in zip(plan.fields, values, strict=False):
         result[key] = convert(value)
-    # A requested attribute the entity lacks is returned empty, as C-FIND does with return keys.
+    # A requested attribute the entity lacks is returned empty, as C-FIND does with return keys,
+    # when its VR is certain: one the dictionary leaves open ("OB or OW", "US or SS") only the
+    # object could tell, and a bulk data element the entity has is not empty. Both are left out.
     for tag in plan.missing:
         key = tag_hex(tag)
-        if key not in result and dictionary_has_tag(tag):
-            result[key] = {"vr": str(dictionary_VR(tag)).split(" or ")[0]}
+        if key in result or key in withheld or not dictionary_has_tag(tag):
+            continue
+        vr = str(dictionary_VR(tag))
+        if " or " not in vr:
+            result[key] = {"vr": vr}
     return dict(sorted(result.items()))
 
 

@@ -271,6 +271,8 @@ class Query:
 # component are tolerated because legacy objects carry them and must stay findable.
 _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*\Z")
 _DA_RE = re.compile(r"[0-9]{8}\Z")
+# The ACR-NEMA form, which PS3.5 6.2 (DA, Note) recommends reading for backward compatibility.
+_DOTTED_DA_RE = re.compile(r"([0-9]{4})\.([0-9]{2})\.([0-9]{2})\Z")
 _TM_RE = re.compile(r"([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:\.([0-9]{1,6}))?)?)?\Z")
 _INT_RE = re.compile(r"[+-]?[0-9]{1,12}\Z")
 _HEX_TAG_RE = re.compile(r"[0-9A-Fa-f]{8}\Z")
@@ -321,8 +323,11 @@ def _parse_uid(param: str, value: str) -> str:
 
 
 def _parse_date(param: str, value: str) -> str:
+    """A DA key value (single, or a bound of a range) as YYYYMMDD; YYYY.MM.DD is read too."""
+    if dotted := _DOTTED_DA_RE.match(value):
+        value = "".join(dotted.groups())
     if not _DA_RE.match(value):
-        raise BadRequest(f"{param}: {_show(value)} is not a date (YYYYMMDD)")
+        raise BadRequest(f"{param}: {_show(value)} is not a date (YYYYMMDD or YYYY.MM.DD)")
     try:
         _dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
     except ValueError:
@@ -417,6 +422,13 @@ def _parse_match(param: str, spec: KeySpec, raw: str, *, allow_reversed_time: bo
     if "*" in value or "?" in value:
         # Runs of "*" mean the same as one; collapsing them keeps the pattern cheap to match.
         pattern = re.sub(r"\*+", "*", value)
+        if vr == "PN":
+            # Stored names are folded (trailing empty components and groups dropped, PS3.5
+            # 6.2): a pattern is folded alike, or "?UBOIS^QUINN^^^" would look for a "^" that
+            # no stored name keeps. C-FIND and QIDO-RS both parse keys here.
+            pattern = fold_person_name(pattern)
+            if pattern == "*":
+                return Match(spec.path, vr, MatchKind.UNIVERSAL)
         if pattern.count("*") > _MAX_STARS:
             raise BadRequest(f"{param}: more than {_MAX_STARS} '*' wildcards in {_show(value)}")
         return Match(spec.path, vr, MatchKind.WILDCARD, (pattern,))

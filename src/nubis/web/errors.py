@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.types import Scope
 
 from nubis.errors import NubisError
 
@@ -31,6 +34,7 @@ async def nubis_error(request: Request, exc: Exception) -> Response:
     if exc.http_status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.reason)
     response = error_response(exc.http_status, exc.reason)
+    response.headers.update(exc.http_headers())
     if exc.retry_after is not None and exc.http_status == 503:
         response.headers["retry-after"] = str(exc.retry_after)
     return response
@@ -39,7 +43,30 @@ async def nubis_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     reason = exc.detail if exc.status_code != 404 else f"no resource at {request.url.path}"
-    return error_response(exc.status_code, reason)
+    if exc.status_code != 405:
+        return error_response(exc.status_code, reason)
+    # RFC 9110 15.5.6: a 405 carries Allow, every method of the target resource. Starlette's
+    # names only those of the first route matching the path; /studies has two (GET, POST).
+    # Routing has moved root_path into the mount that matched: match from the top again.
+    scope = request.scope
+    top = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
+    allowed = ", ".join(sorted(_allowed_methods(request.app.router.routes, top)))
+    response = error_response(405, f"{request.method} is not allowed here; use {allowed}")
+    response.headers["allow"] = allowed
+    return response
+
+
+def _allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> set[str]:
+    methods: set[str] = set()
+    for route in routes:
+        match, child_scope = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            methods |= _allowed_methods(route.routes, {**scope, **child_scope})
+        elif isinstance(route, Route) and route.methods:
+            methods |= route.methods
+    return methods
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

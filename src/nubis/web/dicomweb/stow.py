@@ -29,7 +29,9 @@ from nubis.errors import (
     UnsupportedMediaType,
 )
 from nubis.services.store import StoreOutcome
+from nubis.web.dicomweb.accept import Offer, negotiate
 from nubis.web.dicomweb.common import (
+    accept_ranges,
     archive_of,
     dicomweb_base,
     optional_path_uid,
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 _IN_FLIGHT_PER_REQUEST = 4
 _MAX_WARNINGS = 20
 _DIGITS = re.compile(r"[0-9]{1,19}")
+# The Store Instances Response (PS3.18 10.5.3) in DICOM JSON; DICOM XML is not produced.
+_RESPONSE_OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
 
 
 async def store_instances(request: Request) -> Response:
@@ -53,6 +57,9 @@ async def store_instances(request: Request) -> Response:
         raise UnsupportedMediaType(
             f'STOW-RS accepts multipart/related; type="application/dicom", not type="{part_type}"'
         )
+    # The response is DICOM JSON only: a client that accepts none of it is refused (406,
+    # PS3.18 8.7.5) before the body is read, not after its objects were stored.
+    choice = negotiate(accept_ranges(request), _RESPONSE_OFFERS)
     principal = principal_of(request)
     # Refused (403) before the body is read, rather than once per part after it was.
     await run_in_threadpool(archive.store.authorize, principal)
@@ -117,12 +124,14 @@ async def store_instances(request: Request) -> Response:
         if not outcomes:
             raise too_large
         outcomes.append(StoreOutcome(None, None, None, None, error=too_large))
-        return _response(outcomes, dicomweb_base(request), study_uid, status=413)
+        return _response(
+            outcomes, dicomweb_base(request), study_uid, media_type=choice.media_type, status=413
+        )
     if not outcomes:
         raise body_error or BadRequest("the request holds no application/dicom part")
     if body_error is not None:
         outcomes.append(StoreOutcome(None, None, None, None, error=body_error))
-    return _response(outcomes, dicomweb_base(request), study_uid)
+    return _response(outcomes, dicomweb_base(request), study_uid, media_type=choice.media_type)
 
 
 def _check_content_length(header: str | None, max_bytes: int) -> None:
@@ -169,7 +178,11 @@ def _uid(value: str) -> dict[str, Any]:
 
 
 def _response(
-    outcomes: list[StoreOutcome], base: str, study_uid: str | None, status: int | None = None
+    outcomes: list[StoreOutcome],
+    base: str,
+    study_uid: str | None,
+    media_type: str = "application/dicom+json",
+    status: int | None = None,
 ) -> Response:
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -211,7 +224,7 @@ def _response(
     response = Response(
         json.dumps(dataset, separators=(",", ":")),
         status_code=status,
-        media_type="application/dicom+json",
+        media_type=media_type,
     )
     for name, value in headers:
         response.headers.append(name, value.encode("latin-1", "replace").decode("latin-1"))

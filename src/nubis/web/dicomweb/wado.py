@@ -29,6 +29,7 @@ from nubis.web.dicomweb.accept import (
     negotiate,
     rendered_offers,
 )
+from nubis.web.dicomweb.byte_ranges import single_byte_range
 from nubis.web.dicomweb.common import (
     accept_ranges,
     archive_of,
@@ -49,7 +50,6 @@ NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 _MEDIA_TYPE_OF_SYNTAX = {uid: mt for mt, uids in FRAME_MEDIA_TYPES.items() for uid in uids}
 # A frame number has at most 10 digits (Number of Frames is an IS, PS3.5 Table 6.2-1).
 _FRAME_LIST = re.compile(r"[0-9]{1,10}(,[0-9]{1,10})*")
-_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # 19 digits: any real offset
 # Every frame of a 4,096-frame object fits (19,372 characters); longer lists are refused.
 _MAX_FRAME_LIST_CHARS = 20000
 
@@ -215,10 +215,11 @@ async def retrieve_bulkdata(request: Request) -> Response:
         Offer("application/octet-stream"),
     )
     choice = negotiate(accept_ranges(request), offers)
-    status = 200
-    byte_range = request.headers.get("range")
-    if byte_range:
-        start, end = _parse_range(byte_range, length)
+    status, headers = 200, {}
+    byte_range = single_byte_range(request.headers.get("range", ""), length)
+    if byte_range is not None:
+        start, end = byte_range
+        headers["content-range"] = f"bytes {start}-{end}/{length}"  # RFC 9110 15.3.7.1
         offset, length, status = offset + start, end - start + 1, 206
     if inflated is not None:
         chunks: Iterator[bytes] = iter((inflated[offset : offset + length],))
@@ -231,24 +232,9 @@ async def retrieve_bulkdata(request: Request) -> Response:
             in_batches(chunks),
             status_code=status,
             media_type="application/octet-stream",
-            headers={"Content-Length": str(length)},
+            headers={"Content-Length": str(length), **headers},
         )
     return _multipart_response(iter((chunks,)), "application/octet-stream", None, status)
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int]:
-    match = _RANGE.fullmatch(header.strip())
-    if not match or match.group(1) == match.group(2) == "":
-        raise BadRequest(f"Range {header[:60]!r} is not a single byte range (bytes=first-last)")
-    first, last = match.group(1), match.group(2)
-    if first == "":  # suffix range: the last N bytes
-        start, end = max(size - int(last), 0), size - 1
-    else:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-    if start > end or start >= size:
-        raise BadRequest(f"Range {header[:60]!r} is outside the value's {size} bytes")
-    return start, end
 
 
 # ---------------------------------------------------------------------- rendered

@@ -20,7 +20,8 @@ from nubis.errors import BadRequest, NotAcceptable
 from nubis.web.dicomweb.common import archive_of, check_uid, in_batches, principal_of
 
 _RENDERED = ("image/jpeg", "image/png", "image/gif")
-_FRAME_NUMBER = re.compile(r"[0-9]{1,10}")
+# Number of Frames is an IS (at most 2^31-1): ten digits, which also bounds int()'s work.
+_FRAME_NUMBER = re.compile(r"0*[1-9][0-9]{0,9}")
 
 
 async def wado_uri(request: Request) -> Response:
@@ -32,6 +33,7 @@ async def wado_uri(request: Request) -> Response:
         if not params.get(name):
             raise BadRequest(f"{name} is required (PS3.18 9.1.2.1)")
         uids.append(check_uid(params[name], name))
+    frame_number = _frame_number(params.get("frameNumber", ""))
     archive = archive_of(request)
     content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
     found = await run_in_threadpool(
@@ -40,6 +42,12 @@ async def wado_uri(request: Request) -> Response:
         *uids,
     )
     inst = found[0]
+    frames = inst.number_of_frames or 1
+    if frame_number is not None and frame_number > frames:
+        raise BadRequest(
+            f"frameNumber {frame_number} is not a frame of this object: it has {frames} "
+            "frame(s), numbered from 1 (PS3.18 9.1.2.1)"
+        )
     for content_type in content_types:
         if content_type == "application/dicom":
             syntax = params.get("transferSyntax") or "*"
@@ -49,8 +57,7 @@ async def wado_uri(request: Request) -> Response:
             )
         if content_type in _RENDERED:
             options = replace(render.parse_wado_uri_query(params), media_type=content_type)
-            number = _frame_number(params.get("frameNumber"), inst.number_of_frames or 1)
-            body = await run_in_threadpool(archive.retrieve.rendered, inst, number, options)
+            body = await run_in_threadpool(archive.retrieve.rendered, inst, frame_number, options)
             return Response(body, media_type=content_type)
     raise NotAcceptable(
         f"contentType {params.get('contentType')!r} is not offered; use application/dicom, "
@@ -58,15 +65,11 @@ async def wado_uri(request: Request) -> Response:
     )
 
 
-def _frame_number(raw: str | None, frames: int) -> int | None:
-    """frameNumber: a positive integer up to the object's Number of Frames, else 400
-    (PS3.18 9.5.2); absent, the renderer picks the middle frame."""
-    if not raw:
+def _frame_number(value: str) -> int | None:
+    """frameNumber (PS3.18 9.1.2.1): one frame, numbered from 1; absent or empty: none given.
+    Whether the object has that frame is checked once the object is found."""
+    if not value:
         return None
-    text = raw.strip()
-    if not _FRAME_NUMBER.fullmatch(text) or not 1 <= int(text) <= frames:
-        raise BadRequest(
-            f"frameNumber {raw[:20]!r} is not a frame of this object: it has {frames} "
-            "frame(s), numbered from 1 (PS3.18 9.5.2)"
-        )
-    return int(text)
+    if not _FRAME_NUMBER.fullmatch(value):
+        raise BadRequest(f"frameNumber must be one frame number (1, 2, ...), got {value[:20]!r}")
+    return int(value)
