@@ -6,9 +6,7 @@ declared once; ``--set NAME=VALUE`` reaches every other setting.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -77,11 +75,9 @@ def _load(config: Path | None, overrides: dict[str, object], extra: list[str] | 
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from nubis.logs import configure_logging
+
+    configure_logging(settings.log_level)
 
 
 @app.command()

@@ -28,7 +28,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, build_context, dimse_messages, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
@@ -381,7 +381,9 @@ class Handlers:
             log.error("C-STORE from %s: spool write failed: %s", _peer(event.assoc), exc)
             return _status_ds(0xA700, "out of resources: cannot spool the object")
         outcome = self.archive.store.store(spooled, principal=self.principal(event.assoc))
-        sop = outcome.sop_instance_uid or event.request.AffectedSOPInstanceUID
+        # The request's UID is what the peer sent, which may be anything: logged only if valid.
+        affected = UID(str(event.request.AffectedSOPInstanceUID or ""))
+        sop = outcome.sop_instance_uid or (affected if affected.is_valid else "(invalid UID)")
         if outcome.error is None:
             log.info(
                 "C-STORE %s from %s: %s",

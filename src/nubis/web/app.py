@@ -82,8 +82,13 @@ def app_from_environment() -> Starlette:
     """Application factory for uvicorn worker processes: settings come from NUBIS_* variables,
     which ``nubis serve`` sets from everything it resolved."""
     from nubis.config import load_settings
+    from nubis.logs import configure_logging
 
-    return create_app(Archive(load_settings()), prepare=False, dimse=True)
+    settings = load_settings()
+    # A worker process starts with uvicorn's loggers only: without this, nubis's own log lines
+    # below WARNING would be lost, and the limits on third-party loggers would not hold.
+    configure_logging(settings.log_level)
+    return create_app(Archive(settings), prepare=False, dimse=True)
 
 
 def create_app(
