@@ -276,6 +276,12 @@ class Settings:
         "Roles that may ask for emergency read access to their whole tenant with the header "
         "'X-Nubis-Break-Glass: <reason>' (logged at WARNING and audited). Empty: nobody.",
     )
+    trusted_proxies: str = _setting(
+        "",
+        "Reverse proxies (addresses or CIDR networks, comma-separated) whose X-Forwarded-For "
+        "and X-Forwarded-Proto are believed: the caller's address in audit records and login "
+        "throttling is then the one the proxy saw. Empty: nobody; the address is the TCP peer's.",
+    )
     dimse_tenant: str = _setting(
         "default", "Tenant (partition) of DIMSE callers that dimse_principals does not map."
     )
@@ -498,6 +504,12 @@ def _validate_security(settings: Settings) -> None:
         parse_roles(settings.break_glass_roles)
     except ValueError as exc:
         raise SettingsError(f"break_glass_roles: {exc}") from None
+    from nubis.web.proxies import parse_trusted_proxies
+
+    try:
+        parse_trusted_proxies(settings.trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(f"trusted_proxies: {exc}") from None
 
 
 def _validate_storage(settings: Settings) -> None:

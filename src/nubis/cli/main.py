@@ -159,6 +159,10 @@ def serve(
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=10,
+        # Forwarding headers are read by nubis.web.proxies from trusted_proxies only; uvicorn's
+        # own reading trusts 127.0.0.1 (and FORWARDED_ALLOW_IPS) by default.
+        proxy_headers=False,
+        forwarded_allow_ips="",
         **transport.uvicorn_options,
     )
     try:

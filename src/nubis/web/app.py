@@ -28,6 +28,7 @@ from nubis.model.query import Level
 from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
+from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -127,8 +128,15 @@ def create_app(
             Route("/-/whoami", auth.whoami, methods=["GET"]),
             *audit_routes(),
         ],
-        # Outermost: nothing below runs for a caller who has not authenticated.
-        middleware=[Middleware(auth.AuthMiddleware, archive=archive)],
+        middleware=[
+            # Outermost: everything below sees the caller's address as the setting allows.
+            Middleware(
+                ForwardedHeadersMiddleware,
+                trusted=TrustedProxies(parse_trusted_proxies(archive.settings.trusted_proxies)),
+            ),
+            # Nothing below runs for a caller who has not authenticated.
+            Middleware(auth.AuthMiddleware, archive=archive),
+        ],
         exception_handlers={
             NubisError: errors.nubis_error,
             HTTPException: errors.http_error,
