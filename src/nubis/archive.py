@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
 from nubis.security.authn import Authenticator, OidcVerifier
 from nubis.security.policy import AuthPolicy, parse_roles
+from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
@@ -60,6 +62,14 @@ def _blob_store(
     return keys, EncryptedBlobStore(store, keys, accept_plaintext=not settings.encrypt_at_rest)
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """A login attempt, as the audit builders read principals."""
+
+    user_id: str
+    peer: str | None
+
+
 class Archive:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -83,7 +93,18 @@ class Archive:
         self.policy = AuthPolicy(break_glass_roles=parse_roles(settings.break_glass_roles))
         self.guard = Guard(self.policy, self.audit if settings.audit_trail else None)
         self.users = UserStore(self.index)
-        self.authn = Authenticator(self.users, OidcVerifier.from_settings(settings))
+        self.throttle = LoginThrottle(
+            self.index,
+            ThrottlePolicy(
+                max_failures_per_user=settings.login_max_failures_per_user,
+                max_failures_per_address=settings.login_max_failures_per_address,
+                window_seconds=settings.login_failure_window_seconds,
+                lockout_seconds=settings.login_lockout_seconds,
+                max_lockout_seconds=settings.login_max_lockout_seconds,
+            ),
+            on_lockout=self._lockout_started,
+        )
+        self.authn = Authenticator(self.users, OidcVerifier.from_settings(settings), self.throttle)
         self.store = StoreService(
             self.index,
             self.blobs,
@@ -168,6 +189,24 @@ class Archive:
         )
         self.first_login_key: str | None = None
         self.ready = False
+
+    def _lockout_started(self, lockout: Lockout) -> None:
+        """Log and audit the start of a login lockout (nothing more is recorded while it lasts:
+        a locked attempt must cost nothing)."""
+        what = f"{'user name' if lockout.kind == 'user' else 'address'} {lockout.subject}"
+        description = (
+            f"password logins of {what} locked for {lockout.seconds} s after "
+            f"{lockout.failures} failed within {self.settings.login_failure_window_seconds} s"
+        )
+        log.warning("%s (last tried: user %s from %s)", description, lockout.user, lockout.address)
+        self.guard.record(
+            audit_events.login_lockout(
+                _Attempt(lockout.user, lockout.address),
+                user_locked=lockout.kind == "user",
+                description=description,
+                front_door=lockout.front_door,
+            )
+        )
 
     @cached_property
     def commitment_reports(self) -> CommitmentReports:

@@ -282,6 +282,27 @@ class Settings:
         "and X-Forwarded-Proto are believed: the caller's address in audit records and login "
         "throttling is then the one the proxy saw. Empty: nobody; the address is the TCP peer's.",
     )
+    login_max_failures_per_user: int = _setting(
+        10,
+        "Wrong passwords for one user name within login_failure_window_seconds that lock its "
+        "password logins (HTTP 429 with Retry-After; API keys and OIDC still work), on every "
+        "worker and node. 0: no per-user lockout.",
+    )
+    login_max_failures_per_address: int = _setting(
+        30,
+        "Wrong passwords from one source address within login_failure_window_seconds that lock "
+        "password logins from it (behind a proxy, set trusted_proxies). 0: no per-address "
+        "lockout.",
+    )
+    login_failure_window_seconds: int = _setting(
+        900, "Window in which wrong passwords are counted towards a login lockout."
+    )
+    login_lockout_seconds: int = _setting(
+        60,
+        "First login lockout; each further one of the same user name or address doubles, up "
+        "to login_max_lockout_seconds. A lockout's start is logged and audited (Security Alert).",
+    )
+    login_max_lockout_seconds: int = _setting(3600, "Longest login lockout.")
     dimse_tenant: str = _setting(
         "default", "Tenant (partition) of DIMSE callers that dimse_principals does not map."
     )
@@ -504,6 +525,17 @@ def _validate_security(settings: Settings) -> None:
         parse_roles(settings.break_glass_roles)
     except ValueError as exc:
         raise SettingsError(f"break_glass_roles: {exc}") from None
+    if min(settings.login_max_failures_per_user, settings.login_max_failures_per_address) < 0:
+        raise SettingsError("login_max_failures_per_user and _per_address must be >= 0")
+    if (
+        settings.login_failure_window_seconds < 1
+        or settings.login_lockout_seconds < 1
+        or settings.login_max_lockout_seconds < settings.login_lockout_seconds
+    ):
+        raise SettingsError(
+            "login_failure_window_seconds and login_lockout_seconds must be >= 1, and "
+            "login_max_lockout_seconds >= login_lockout_seconds"
+        )
     from nubis.web.proxies import parse_trusted_proxies
 
     try:

@@ -69,6 +69,18 @@ class UnsupportedMediaType(NubisError):
     dimse_status = 0xC000
 
 
+class TooManyRequests(NubisError):
+    """Refused for now, to protect the archive (RFC 6585 4: 429, with Retry-After): a login
+    locked after failed passwords (nubis.security.throttle). Nothing was checked."""
+
+    http_status = 429
+    dimse_status = 0x0124  # Refused: not authorized (PS3.7 Annex C)
+
+    def __init__(self, reason: str, *, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 class PayloadTooLarge(NubisError):
     http_status = 413
     dimse_status = 0xA700
