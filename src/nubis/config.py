@@ -303,6 +303,17 @@ class Settings:
         "to login_max_lockout_seconds. A lockout's start is logged and audited (Security Alert).",
     )
     login_max_lockout_seconds: int = _setting(3600, "Longest login lockout.")
+    http_header_timeout_seconds: int = _setting(
+        20,
+        "An HTTP request's line and headers must arrive within this many seconds of the "
+        "connection opening (or of its first byte on a kept-alive connection); otherwise 408 "
+        "and the connection is closed.",
+    )
+    http_body_timeout_seconds: int = _setting(
+        60,
+        "A request body from which no byte arrives for this many seconds (while the archive is "
+        "reading it) is cut: 408, the connection closed, nothing stored of the unfinished part.",
+    )
     dimse_tenant: str = _setting(
         "default", "Tenant (partition) of DIMSE callers that dimse_principals does not map."
     )
@@ -535,6 +546,10 @@ def _validate_security(settings: Settings) -> None:
         raise SettingsError(
             "login_failure_window_seconds and login_lockout_seconds must be >= 1, and "
             "login_max_lockout_seconds >= login_lockout_seconds"
+        )
+    if settings.http_header_timeout_seconds < 1 or settings.http_body_timeout_seconds < 1:
+        raise SettingsError(
+            "http_header_timeout_seconds and http_body_timeout_seconds must be >= 1"
         )
     from nubis.web.proxies import parse_trusted_proxies
 

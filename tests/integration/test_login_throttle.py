@@ -66,9 +66,7 @@ def lockout_records(server: Server) -> list[dict]:  # type: ignore[type-arg]
         f"{server.url}/audit/records", params={"event": SECURITY_ALERT}, headers=AUTH
     )
     assert response.status_code == 200, response.text
-    return [
-        r["event"] for r in response.json()["records"] if "logins" in str(r["event"])
-    ]
+    return [r["event"] for r in response.json()["records"] if "logins" in str(r["event"])]
 
 
 def test_a_user_name_is_locked_after_its_failures_from_any_address(server: Server) -> None:

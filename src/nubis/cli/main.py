@@ -99,6 +99,7 @@ def serve(
 
     from nubis.archive import Archive
     from nubis.errors import NubisError
+    from nubis.web.slow_clients import PROTOCOL as SLOW_CLIENT_PROTOCOL
 
     settings = _load(
         config,
@@ -163,6 +164,8 @@ def serve(
         # own reading trusts 127.0.0.1 (and FORWARDED_ALLOW_IPS) by default.
         proxy_headers=False,
         forwarded_allow_ips="",
+        # httptools with header and body timeouts (http_header/body_timeout_seconds).
+        http=SLOW_CLIENT_PROTOCOL,
         **transport.uvicorn_options,
     )
     try:

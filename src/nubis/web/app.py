@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +30,7 @@ from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
+from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -102,8 +104,13 @@ def create_app(
 
     dimse_server = DimseServer(archive) if dimse and archive.dimse_enabled else None
 
+    timeouts = ClientTimeouts(
+        header_seconds=archive.settings.http_header_timeout_seconds,
+        body_seconds=archive.settings.http_body_timeout_seconds,
+    )
+
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if manage_lifespan:
             if prepare:
                 await run_in_threadpool(archive.prepare)
@@ -111,7 +118,8 @@ def create_app(
         if dimse_server is not None:
             await run_in_threadpool(dimse_server.start)
         try:
-            yield
+            # Lifespan state reaches uvicorn's per-connection protocol (web/slow_clients.py).
+            yield {STATE_KEY: timeouts}
         finally:
             if dimse_server is not None:
                 await run_in_threadpool(dimse_server.stop)
