@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.folder_tiers import with_folder_tiers
@@ -25,6 +27,7 @@ from nubis.security.authn import Authenticator, OidcVerifier
 from nubis.security.policy import AuthPolicy, parse_roles
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
+from nubis.services.disk_floor import DiskFloor, parse_floor
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
@@ -62,6 +65,18 @@ def _blob_store(
     return keys, EncryptedBlobStore(store, keys, accept_plaintext=not settings.encrypt_at_rest)
 
 
+def _ingest_folders(settings: Settings) -> list[Path]:
+    """The local folders a stored object takes room in: the spool, the blob folder of a
+    file:// store, the folder of a SQLite index (nubis.services.disk_floor)."""
+    folders = [settings.spool_dir]
+    blobs, index = urlparse(settings.blobs_url), urlparse(settings.index_url)
+    if blobs.scheme == "file":
+        folders.append(Path(unquote(blobs.path)))
+    if index.scheme == "sqlite":  # sqlite:///relative/file or sqlite:////absolute/file
+        folders.append(Path(unquote(index.path.removeprefix("/"))).parent)
+    return folders
+
+
 @dataclass(frozen=True)
 class _Attempt:
     """A login attempt, as the audit builders read principals."""
@@ -77,8 +92,10 @@ class Archive:
         self.index = Index(settings.index_url, durable=settings.durable)
         self.tiers = parse_tiers(settings.tiers)
         self.keys, self.blobs = _blob_store(settings, self.tiers, self.index)
+        # Ingest stops while a disk it writes to is below min_free_disk.
+        self.floor = DiskFloor(_ingest_folders(settings), parse_floor(settings.min_free_disk))
         # A sealed spool is encrypted as it arrives: plaintext never reaches the disk.
-        self.spool = Spool(settings.spool_dir, sealed=settings.encrypt_at_rest)
+        self.spool = Spool(settings.spool_dir, sealed=settings.encrypt_at_rest, floor=self.floor)
         # Services record every access here (fail closed: see nubis.security.audit).
         self.audit = AuditTrail(
             self.index,
@@ -111,6 +128,7 @@ class Archive:
             guard=self.guard,
             overwrite=settings.on_conflict == "overwrite",
             bulk_threshold=settings.bulk_threshold,
+            floor=self.floor,
         )
         # Last reads feed the lifecycle rules (unread>30d -> cold).
         self.reads = ReadTracker(self.index, every_seconds=settings.read_record_seconds)

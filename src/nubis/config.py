@@ -303,6 +303,13 @@ class Settings:
         "to login_max_lockout_seconds. A lockout's start is logged and audited (Security Alert).",
     )
     login_max_lockout_seconds: int = _setting(3600, "Longest login lockout.")
+    min_free_disk: str = _setting(
+        "1GiB",
+        "Free space kept on each local file system the archive writes objects to (spool, "
+        "file:// blobs, SQLite index), as a size (500MB, 1GiB) or a share of the file system "
+        "(5%): below it STOW-RS answers 507 (0xA700) and C-STORE 0xA700, while reads, the index "
+        "and the audit trail keep working. 0: no floor. S3 has none.",
+    )
     http_header_timeout_seconds: int = _setting(
         20,
         "An HTTP request's line and headers must arrive within this many seconds of the "
@@ -561,6 +568,12 @@ def _validate_security(settings: Settings) -> None:
 
 def _validate_storage(settings: Settings) -> None:
     from nubis.jobs.kinds import parse_schedule
+    from nubis.services.disk_floor import parse_floor
+
+    try:
+        parse_floor(settings.min_free_disk)
+    except ValueError as exc:
+        raise SettingsError(f"min_free_disk: {exc}") from None
     from nubis.tiers.rules import parse_prices, parse_rules, parse_tiers
 
     try:

@@ -112,6 +112,16 @@ class StorageUnavailable(NubisError):
     retry_after = 5  # the S3 client has already retried with backoff for about this long
 
 
+class InsufficientStorage(NubisError):
+    """The archive's disk is below its free-space floor (``min_free_disk``): new objects are
+    refused before the disk fills, so the index and the audit trail keep room. HTTP 507
+    (RFC 4918 11.5), C-STORE and STOW-RS failure reason 0xA700 Refused: Out of Resources
+    (PS3.4 Table B.2-1)."""
+
+    http_status = 507
+    dimse_status = 0xA700
+
+
 class NotReady(StorageUnavailable):
     """The archive is starting or stopping."""
 

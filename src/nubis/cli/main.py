@@ -185,6 +185,7 @@ def import_files(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from nubis.archive import Archive
+    from nubis.errors import InsufficientStorage
     from nubis.security.authn import cli_principal
 
     settings = _load(config, {"data_dir": data_dir}, set_)
@@ -205,7 +206,13 @@ def import_files(
     ):
         task = progress.add_task("importing", total=len(files))
         for path in files:
-            outcome = archive.store.store(archive.spool.from_file(path), principal=operator)
+            try:
+                spooled = archive.spool.from_file(path)
+            except InsufficientStorage as exc:  # below min_free_disk: the rest would be too
+                progress.console.print(f"[red]stopped: {exc.reason}")
+                failed += len(files) - stored - failed
+                break
+            outcome = archive.store.store(spooled, principal=operator)
             if outcome.error is None:
                 stored += 1
             else:

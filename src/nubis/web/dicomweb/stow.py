@@ -19,7 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from nubis.errors import BadRequest, InvalidInstance, NubisError, UnsupportedMediaType
+from nubis.errors import (
+    BadRequest,
+    InsufficientStorage,
+    InvalidInstance,
+    NubisError,
+    UnsupportedMediaType,
+)
 from nubis.services.store import StoreOutcome
 from nubis.web.dicomweb.common import (
     archive_of,
@@ -61,6 +67,8 @@ async def store_instances(request: Request) -> Response:
             slots.release()
 
     try:
+        # Below the free-disk floor the body is not read at all (nubis.services.disk_floor).
+        await run_in_threadpool(archive.store.check_room)
         async for part, body in iter_parts(request.stream(), boundary, default_type=part_type):
             if part.media_type != "application/dicom":
                 async for _ in body:
@@ -77,7 +85,8 @@ async def store_instances(request: Request) -> Response:
             spooled = writer.finish()
             await slots.acquire()
             tasks.append(asyncio.create_task(store(spooled)))
-    except BadRequest as exc:
+    except (BadRequest, InsufficientStorage) as exc:
+        # A malformed body, or no room for the next part: answered for what came before.
         body_error = exc
     except ClientDisconnect:
         # A client that gives up mid-upload is not a server fault: no error log, and no one is
@@ -90,7 +99,7 @@ async def store_instances(request: Request) -> Response:
         stored = sum(o.ok for o in outcomes)
         log.info("STOW-RS: client disconnected mid-request; %d part(s) stored", stored)
         return Response(status_code=400)
-    if not outcomes:
+    if not outcomes and not isinstance(body_error, InsufficientStorage):
         raise body_error or BadRequest("the request holds no application/dicom part")
     if body_error is not None:
         outcomes.append(StoreOutcome(None, None, None, None, error=body_error))
@@ -147,6 +156,8 @@ def _response(outcomes: list[StoreOutcome], base: str, study_uid: str | None) ->
     if referenced:
         dataset["00081199"] = {"vr": "SQ", "Value": referenced}
     status = 200 if not failed else (202 if referenced else 409)
+    if status == 409 and all(o.error is None or o.error.http_status == 507 for o in outcomes):
+        status = 507  # nothing stored for want of room (0xA700), not for the objects' faults
     headers = [("warning", w) for w in warnings]
     response = Response(
         json.dumps(dataset, separators=(",", ":")),
