@@ -114,7 +114,7 @@ def test_a_thousand_slow_connections_do_not_stop_normal_requests(server: Server)
             started = time.perf_counter()
             response = httpx.get(f"{server.dicomweb}/studies", headers=AUTH, timeout=10)
             assert response.status_code == 200, response.text
-            assert time.perf_counter() - started < 1.0
+            assert time.perf_counter() - started < 2.0
         # Then the server closes every one of them.
         selector = selectors.DefaultSelector()
         for sock in socks:
