@@ -12,10 +12,14 @@ HTTP callers present one of:
   ``exp`` (with ``oidc_leeway_seconds`` of clock skew), roles from ``oidc_roles_claim`` mapped
   by ``oidc_role_map``, tenant from ``oidc_tenant_claim``.
 
-Anything else is :class:`~nubis.errors.Unauthorized` (HTTP 401). DIMSE callers are identified
-by calling AE title and address (and, on the TLS port, by the certificate the CA checked), and
-mapped to a tenant and role by :func:`dimse_principal`. The CLI acts as a local administrator
-(:func:`cli_principal`): whoever runs it can read the data folder anyway.
+Anything else is :class:`~nubis.errors.Unauthorized` (HTTP 401). Password checks go through
+the login throttle (:mod:`nubis.security.throttle`): while a user name or address is locked
+they are refused with :class:`~nubis.errors.TooManyRequests` (429) before argon2.
+
+DIMSE callers are identified by calling AE title and address (and, on the TLS port, by the
+certificate the CA checked), and mapped to a tenant and role by :func:`dimse_principal`. The
+CLI acts as a local administrator (:func:`cli_principal`): whoever runs it can read the data
+folder anyway.
 """
 
 from __future__ import annotations
