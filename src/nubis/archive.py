@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.folder_tiers import with_folder_tiers
@@ -22,7 +25,9 @@ from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
 from nubis.security.authn import Authenticator, OidcVerifier
 from nubis.security.policy import AuthPolicy, parse_roles
+from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
+from nubis.services.disk_floor import DiskFloor, parse_floor
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
@@ -60,6 +65,26 @@ def _blob_store(
     return keys, EncryptedBlobStore(store, keys, accept_plaintext=not settings.encrypt_at_rest)
 
 
+def _ingest_folders(settings: Settings) -> list[Path]:
+    """The local folders a stored object takes room in: the spool, the blob folder of a
+    file:// store, the folder of a SQLite index (nubis.services.disk_floor)."""
+    folders = [settings.spool_dir]
+    blobs, index = urlparse(settings.blobs_url), urlparse(settings.index_url)
+    if blobs.scheme == "file":
+        folders.append(Path(unquote(blobs.path)))
+    if index.scheme == "sqlite":  # sqlite:///relative/file or sqlite:////absolute/file
+        folders.append(Path(unquote(index.path.removeprefix("/"))).parent)
+    return folders
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """A login attempt, as the audit builders read principals."""
+
+    user_id: str
+    peer: str | None
+
+
 class Archive:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -67,8 +92,10 @@ class Archive:
         self.index = Index(settings.index_url, durable=settings.durable)
         self.tiers = parse_tiers(settings.tiers)
         self.keys, self.blobs = _blob_store(settings, self.tiers, self.index)
+        # Ingest stops while a disk it writes to is below min_free_disk.
+        self.floor = DiskFloor(_ingest_folders(settings), parse_floor(settings.min_free_disk))
         # A sealed spool is encrypted as it arrives: plaintext never reaches the disk.
-        self.spool = Spool(settings.spool_dir, sealed=settings.encrypt_at_rest)
+        self.spool = Spool(settings.spool_dir, sealed=settings.encrypt_at_rest, floor=self.floor)
         # Services record every access here (fail closed: see nubis.security.audit).
         self.audit = AuditTrail(
             self.index,
@@ -83,13 +110,25 @@ class Archive:
         self.policy = AuthPolicy(break_glass_roles=parse_roles(settings.break_glass_roles))
         self.guard = Guard(self.policy, self.audit if settings.audit_trail else None)
         self.users = UserStore(self.index)
-        self.authn = Authenticator(self.users, OidcVerifier.from_settings(settings))
+        self.throttle = LoginThrottle(
+            self.index,
+            ThrottlePolicy(
+                max_failures_per_user=settings.login_max_failures_per_user,
+                max_failures_per_address=settings.login_max_failures_per_address,
+                window_seconds=settings.login_failure_window_seconds,
+                lockout_seconds=settings.login_lockout_seconds,
+                max_lockout_seconds=settings.login_max_lockout_seconds,
+            ),
+            on_lockout=self._lockout_started,
+        )
+        self.authn = Authenticator(self.users, OidcVerifier.from_settings(settings), self.throttle)
         self.store = StoreService(
             self.index,
             self.blobs,
             guard=self.guard,
             overwrite=settings.on_conflict == "overwrite",
             bulk_threshold=settings.bulk_threshold,
+            floor=self.floor,
         )
         # Last reads feed the lifecycle rules (unread>30d -> cold).
         self.reads = ReadTracker(self.index, every_seconds=settings.read_record_seconds)
@@ -168,6 +207,24 @@ class Archive:
         )
         self.first_login_key: str | None = None
         self.ready = False
+
+    def _lockout_started(self, lockout: Lockout) -> None:
+        """Log and audit the start of a login lockout (nothing more is recorded while it lasts:
+        a locked attempt must cost nothing)."""
+        what = f"{'user name' if lockout.kind == 'user' else 'address'} {lockout.subject}"
+        description = (
+            f"password logins of {what} locked for {lockout.seconds} s after "
+            f"{lockout.failures} failed within {self.settings.login_failure_window_seconds} s"
+        )
+        log.warning("%s (last tried: user %s from %s)", description, lockout.user, lockout.address)
+        self.guard.record(
+            audit_events.login_lockout(
+                _Attempt(lockout.user, lockout.address),
+                user_locked=lockout.kind == "user",
+                description=description,
+                front_door=lockout.front_door,
+            )
+        )
 
     @cached_property
     def commitment_reports(self) -> CommitmentReports:

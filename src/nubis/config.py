@@ -293,6 +293,51 @@ class Settings:
         "Roles that may ask for emergency read access to their whole tenant with the header "
         "'X-Nubis-Break-Glass: <reason>' (logged at WARNING and audited). Empty: nobody.",
     )
+    trusted_proxies: str = _setting(
+        "",
+        "Reverse proxies (addresses or CIDR networks, comma-separated) whose X-Forwarded-For "
+        "and X-Forwarded-Proto are believed: the caller's address in audit records and login "
+        "throttling is then the one the proxy saw. Empty: nobody; the address is the TCP peer's.",
+    )
+    login_max_failures_per_user: int = _setting(
+        10,
+        "Wrong passwords for one user name within login_failure_window_seconds that lock its "
+        "password logins (HTTP 429 with Retry-After; API keys and OIDC still work), on every "
+        "worker and node. 0: no per-user lockout.",
+    )
+    login_max_failures_per_address: int = _setting(
+        30,
+        "Wrong passwords from one source address within login_failure_window_seconds that lock "
+        "password logins from it (behind a proxy, set trusted_proxies). 0: no per-address "
+        "lockout.",
+    )
+    login_failure_window_seconds: int = _setting(
+        900, "Window in which wrong passwords are counted towards a login lockout."
+    )
+    login_lockout_seconds: int = _setting(
+        60,
+        "First login lockout; each further one of the same user name or address doubles, up "
+        "to login_max_lockout_seconds. A lockout's start is logged and audited (Security Alert).",
+    )
+    login_max_lockout_seconds: int = _setting(3600, "Longest login lockout.")
+    min_free_disk: str = _setting(
+        "1GiB",
+        "Free space kept on each local file system the archive writes objects to (spool, "
+        "file:// blobs, SQLite index), as a size (500MB, 1GiB) or a share of the file system "
+        "(5%): below it STOW-RS answers 507 (0xA700) and C-STORE 0xA700, while reads, the index "
+        "and the audit trail keep working. 0: no floor. S3 has none.",
+    )
+    http_header_timeout_seconds: int = _setting(
+        20,
+        "An HTTP request's line and headers must arrive within this many seconds of the "
+        "connection opening (or of its first byte on a kept-alive connection); otherwise 408 "
+        "and the connection is closed.",
+    )
+    http_body_timeout_seconds: int = _setting(
+        60,
+        "A request body from which no byte arrives for this many seconds (while the archive is "
+        "reading it) is cut: 408, the connection closed, nothing stored of the unfinished part.",
+    )
     dimse_tenant: str = _setting(
         "default", "Tenant (partition) of DIMSE callers that dimse_principals does not map."
     )
@@ -517,10 +562,37 @@ def _validate_security(settings: Settings) -> None:
         parse_roles(settings.break_glass_roles)
     except ValueError as exc:
         raise SettingsError(f"break_glass_roles: {exc}") from None
+    if min(settings.login_max_failures_per_user, settings.login_max_failures_per_address) < 0:
+        raise SettingsError("login_max_failures_per_user and _per_address must be >= 0")
+    if (
+        settings.login_failure_window_seconds < 1
+        or settings.login_lockout_seconds < 1
+        or settings.login_max_lockout_seconds < settings.login_lockout_seconds
+    ):
+        raise SettingsError(
+            "login_failure_window_seconds and login_lockout_seconds must be >= 1, and "
+            "login_max_lockout_seconds >= login_lockout_seconds"
+        )
+    if settings.http_header_timeout_seconds < 1 or settings.http_body_timeout_seconds < 1:
+        raise SettingsError(
+            "http_header_timeout_seconds and http_body_timeout_seconds must be >= 1"
+        )
+    from nubis.web.proxies import parse_trusted_proxies
+
+    try:
+        parse_trusted_proxies(settings.trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(f"trusted_proxies: {exc}") from None
 
 
 def _validate_storage(settings: Settings) -> None:
     from nubis.jobs.kinds import parse_schedule
+    from nubis.services.disk_floor import parse_floor
+
+    try:
+        parse_floor(settings.min_free_disk)
+    except ValueError as exc:
+        raise SettingsError(f"min_free_disk: {exc}") from None
     from nubis.tiers.rules import parse_prices, parse_rules, parse_tiers
 
     try:

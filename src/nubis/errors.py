@@ -88,6 +88,18 @@ class UnsupportedMediaType(NubisError):
     dimse_status = 0xC000
 
 
+class TooManyRequests(NubisError):
+    """Refused for now, to protect the archive (RFC 6585 4: 429, with Retry-After): a login
+    locked after failed passwords (nubis.security.throttle). Nothing was checked."""
+
+    http_status = 429
+    dimse_status = 0x0124  # Refused: not authorized (PS3.7 Annex C)
+
+    def __init__(self, reason: str, *, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 class PayloadTooLarge(NubisError):
     http_status = 413
     dimse_status = 0xA700
@@ -117,6 +129,16 @@ class StorageUnavailable(NubisError):
     http_status = 503
     dimse_status = 0xA700  # Out of resources
     retry_after = 5  # the S3 client has already retried with backoff for about this long
+
+
+class InsufficientStorage(NubisError):
+    """The archive's disk is below its free-space floor (``min_free_disk``): new objects are
+    refused before the disk fills, so the index and the audit trail keep room. HTTP 507
+    (RFC 4918 11.5), C-STORE and STOW-RS failure reason 0xA700 Refused: Out of Resources
+    (PS3.4 Table B.2-1)."""
+
+    http_status = 507
+    dimse_status = 0xA700
 
 
 class NotReady(StorageUnavailable):

@@ -485,6 +485,37 @@ def test_malformed_values_are_rejected(key: str, value: str) -> None:
     assert len(err.value.reason) < 200  # a hostile value is not echoed in full
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("PatientName", "Qzsecret^Jane\\Other^Guy", "has several values"),
+        ("PatientID", "QZSECRET\\QZOTHER", "has several values"),
+        ("PatientBirthDate", "Qzsecret", "is not a date"),
+        ("PatientBirthDate", "19230917-19000101", "ends before it starts"),
+        ("StudyDate", "2024130", "is not a date"),
+        ("AccessionNumber", "*Qzsecret" * 17, "wildcards"),
+        ("ReferringPhysicianName", "Qzsecret\x01", "control character"),
+        ("StudyDescription", "Qzsecret\\x", "has several values"),
+        ("StudyInstanceUID", "Qzsecret^Jane", "is not a valid UID"),
+    ],
+)
+def test_reasons_never_quote_identifying_values(key: str, value: str, problem: str) -> None:
+    """Reasons are logged: for an attribute that may identify a patient (PS3.15 Table E.1-1,
+    nubis.dicom.identifying) they name the attribute and the problem, never the value."""
+    with pytest.raises(BadRequest) as err:
+        q(Level.STUDY, {key: value})
+    reason = err.value.reason
+    assert reason.startswith(key) and problem in reason, reason
+    for fragment in ("Qzsecret", "QZSECRET", "19230917", "2024130"):
+        assert fragment not in reason, reason
+
+
+def test_reasons_quote_values_of_other_attributes() -> None:
+    with pytest.raises(BadRequest) as err:
+        q(Level.SERIES, {"Modality": "CTX\\MRX"})
+    assert "has several values" in err.value.reason and "CTX" in err.value.reason
+
+
 @pytest.mark.parametrize("value", ["10", "1.5", "1*", "abc", "99999999999"])
 def test_malformed_integers_are_rejected(value: str) -> None:
     if value == "10":

@@ -6,9 +6,7 @@ declared once; ``--set NAME=VALUE`` reaches every other setting.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -77,11 +75,9 @@ def _load(config: Path | None, overrides: dict[str, object], extra: list[str] | 
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from nubis.logs import configure_logging
+
+    configure_logging(settings.log_level)
 
 
 @app.command()
@@ -103,6 +99,7 @@ def serve(
 
     from nubis.archive import Archive
     from nubis.errors import NubisError
+    from nubis.web.slow_clients import PROTOCOL as SLOW_CLIENT_PROTOCOL
 
     settings = _load(
         config,
@@ -163,6 +160,12 @@ def serve(
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=10,
+        # Forwarding headers are read by nubis.web.proxies from trusted_proxies only; uvicorn's
+        # own reading trusts 127.0.0.1 (and FORWARDED_ALLOW_IPS) by default.
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        # httptools with header and body timeouts (http_header/body_timeout_seconds).
+        http=SLOW_CLIENT_PROTOCOL,
         **transport.uvicorn_options,
     )
     try:
@@ -182,6 +185,7 @@ def import_files(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from nubis.archive import Archive
+    from nubis.errors import InsufficientStorage
     from nubis.security.authn import cli_principal
 
     settings = _load(config, {"data_dir": data_dir}, set_)
@@ -202,7 +206,13 @@ def import_files(
     ):
         task = progress.add_task("importing", total=len(files))
         for path in files:
-            outcome = archive.store.store(archive.spool.from_file(path), principal=operator)
+            try:
+                spooled = archive.spool.from_file(path)
+            except InsufficientStorage as exc:  # below min_free_disk: the rest would be too
+                progress.console.print(f"[red]stopped: {exc.reason}")
+                failed += len(files) - stored - failed
+                break
+            outcome = archive.store.store(spooled, principal=operator)
             if outcome.error is None:
                 stored += 1
             else:

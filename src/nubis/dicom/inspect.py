@@ -300,8 +300,12 @@ def _truncated() -> InvalidInstance:
 
 
 def _shown(value: object) -> str:
-    text = repr(str(value))
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A UID for an error reason, quoted; a value that is not one is described, not quoted:
+    it may be anything, a patient's name included (nubis.dicom.identifying)."""
+    text = str(value)
+    if len(text) <= 64 and _UID_RE.fullmatch(text):
+        return repr(text)
+    return f"(a value of {len(text)} characters that is not a UID)"
 
 
 def _valid_uid(tree: dict[str, Any], name: str, tag: int) -> str:
@@ -314,7 +318,8 @@ def _valid_uid(tree: dict[str, Any], name: str, tag: int) -> str:
         raise InvalidInstance(f"{label} has several values", dimse_status=_DATA_SET_MISMATCH)
     if len(value) > 64 or not _UID_RE.fullmatch(value):
         raise InvalidInstance(
-            f"{label} is not a valid UID: {_shown(value)}", dimse_status=_DATA_SET_MISMATCH
+            f"{label} is not a valid UID ({len(value)} characters)",
+            dimse_status=_DATA_SET_MISMATCH,
         )
     return str(value)
 

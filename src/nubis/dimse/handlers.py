@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, build_context, dimse_messages, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
@@ -38,7 +38,7 @@ from nubis.dicom import transcode
 from nubis.dimse.commitment import CommitmentRequest
 from nubis.dimse.peers import AccessPolicy, PeerCertificate, Permissions
 from nubis.dimse.reactor import StreamedDataset, wait_for_send_room
-from nubis.errors import BadRequest, NotFound, NubisError
+from nubis.errors import BadRequest, InsufficientStorage, NotFound, NubisError
 from nubis.model.query import CFIND_LEVELS, parse_cfind
 from nubis.model.records import StoredInstance
 from nubis.security.authn import dimse_principal
@@ -137,11 +137,11 @@ class SpoolSink:
         self._writer: SpoolWriter | None = None
         self._taken = False
         self._closed = False
-        self.error: OSError | None = None
+        self.error: OSError | InsufficientStorage | None = None
         try:
             self._writer = spool.writer()
             self.name = str(self._writer.path)
-        except OSError as exc:
+        except (OSError, InsufficientStorage) as exc:  # InsufficientStorage: the disk floor
             self.error = exc
             # pynetdicom unlinks this name after the handler: it must name nothing else.
             self.name = str(spool.folder / f"unwritten-{secrets.token_hex(12)}")
@@ -166,7 +166,8 @@ class SpoolSink:
 
     def take(self) -> SpooledFile:
         """The complete spool file, now the caller's to store; OSError if it could not be
-        written or the association ended first."""
+        written or the association ended first, InsufficientStorage if the disk was below its
+        free-space floor when the object began."""
         with self._lock:
             if self.error is not None:
                 raise self.error
@@ -393,11 +394,16 @@ class Handlers:
         sink = getattr(event.request, "_dataset_file", None)
         try:
             spooled = sink.take() if isinstance(sink, SpoolSink) else self._spool_whole(event)
+        except InsufficientStorage as exc:  # below the free-disk floor: 0xA700
+            log.warning("C-STORE from %s refused 0xA700: %s", _peer(event.assoc), exc.reason)
+            return _status_ds(exc.dimse_status, exc.reason)
         except OSError as exc:
             log.error("C-STORE from %s: spool write failed: %s", _peer(event.assoc), exc)
             return _status_ds(0xA700, "out of resources: cannot spool the object")
         outcome = self.archive.store.store(spooled, principal=self.principal(event.assoc))
-        sop = outcome.sop_instance_uid or event.request.AffectedSOPInstanceUID
+        # The request's UID is what the peer sent, which may be anything: logged only if valid.
+        affected = UID(str(event.request.AffectedSOPInstanceUID or ""))
+        sop = outcome.sop_instance_uid or (affected if affected.is_valid else "(invalid UID)")
         if outcome.error is None:
             log.info(
                 "C-STORE %s from %s: %s",

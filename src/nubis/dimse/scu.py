@@ -16,7 +16,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context, build_role, evt
+from pynetdicom import _config, build_context, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     _STORAGE_CLASSES,
     PatientRootQueryRetrieveInformationModelFind,
@@ -42,6 +42,12 @@ _MODELS = {
         StudyRootQueryRetrieveInformationModelGet,
     ),
 }
+
+
+# Identifiers are patient data, which no log line may carry: pynetdicom would log the request
+# and response identifiers at INFO.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 class DimseError(RuntimeError):

@@ -137,11 +137,12 @@ class DimseServer:
 
     def start(self) -> None:
         s = self.settings
-        if s.log_level != "debug":
-            # pynetdicom logs every PDU at info; our own log says what happened per operation.
-            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        # pynetdicom's own per-message log handlers decode every identifier; ours log less.
+        # pynetdicom's own per-message log handlers decode every identifier, and its service
+        # classes log request identifiers: patient data, which no log line may carry
+        # (nubis.logs caps pynetdicom's logger too). Our own log says what each operation did.
         _config.LOG_HANDLER_LEVEL = "none"
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
         host = s.dimse_host or s.host
         handlers: list[Any] = self.handlers.bindings()
         try:

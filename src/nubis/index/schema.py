@@ -343,6 +343,22 @@ dimse_peers = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+# Failed password checks and login lockouts (migration 0008), one row per user name
+# ("user:NAME") and per source address ("address:IP"), so a lockout holds on every worker
+# process and node (nubis.security.throttle). Times in ms since the epoch; a row idle for longer
+# than the window and the longest lockout is pruned.
+login_throttle = Table(
+    "login_throttle",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("window_start", BigInteger, nullable=False),
+    Column("locked_until", BigInteger, nullable=False),
+    Column("lockouts", Integer, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+Index("ix_login_throttle_updated_at", login_throttle.c.updated_at)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
@@ -355,6 +371,7 @@ __all__ = [
     "instance_tiers",
     "instances",
     "jobs",
+    "login_throttle",
     "metadata",
     "patient_keys",
     "retired_keks",

@@ -6,7 +6,9 @@ resource path. It knows nothing of HTTP or SQL; :func:`parse_qido` builds one fr
 parameters (PS3.18 8.3.4, 10.6.1.2) and :mod:`nubis.index.query_sql` runs it.
 
 Every problem with the request raises :class:`nubis.errors.BadRequest` whose reason names the
-offending parameter and value, so a hostile or sloppy query never reaches the database.
+offending parameter and the problem, so a hostile or sloppy query never reaches the database.
+A reason quotes the value only when the attribute cannot identify a patient
+(:mod:`nubis.dicom.identifying`): reasons are logged.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.multival import MultiValue
 
+from nubis.dicom.identifying import is_identifying
 from nubis.errors import BadRequest
 
 if TYPE_CHECKING:
@@ -311,47 +314,55 @@ def fold_person_name(value: str) -> str:
     return "=".join(groups)
 
 
+def _shown_value(spec: KeySpec, value: str) -> str:
+    """How an error reason refers to a matching key's value: quoted, unless the attribute may
+    identify a patient (nubis.dicom.identifying), whose values no reason or log line carries."""
+    return "the value" if is_identifying(*spec.path) else _show(value)
+
+
 def _check_chars(param: str, value: str) -> None:
-    if _BAD_CHAR_RE.search(value):
-        raise BadRequest(f"{param}: value {_show(value)} contains a control character")
+    # Never quoted: control characters make a value unreadable in a log anyway.
+    if match := _BAD_CHAR_RE.search(value):
+        raise BadRequest(f"{param}: the value has a control character at {match.start() + 1}")
 
 
 def _parse_uid(param: str, value: str) -> str:
+    # Not quoted: a value that is not a UID may be anything, a patient's name included.
     if len(value) > 64 or not _UID_RE.match(value):
-        raise BadRequest(f"{param}: {_show(value)} is not a valid UID")
+        raise BadRequest(f"{param}: the value ({len(value)} characters) is not a valid UID")
     return value
 
 
-def _parse_date(param: str, value: str) -> str:
+def _parse_date(param: str, value: str, shown: str) -> str:
     """A DA key value (single, or a bound of a range) as YYYYMMDD; YYYY.MM.DD is read too."""
     if dotted := _DOTTED_DA_RE.match(value):
         value = "".join(dotted.groups())
     if not _DA_RE.match(value):
-        raise BadRequest(f"{param}: {_show(value)} is not a date (YYYYMMDD or YYYY.MM.DD)")
+        raise BadRequest(f"{param}: {shown} is not a date (YYYYMMDD or YYYY.MM.DD)")
     try:
         _dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
     except ValueError:
-        raise BadRequest(f"{param}: {_show(value)} is not a valid calendar date") from None
+        raise BadRequest(f"{param}: {shown} is not a valid calendar date") from None
     return value
 
 
-def _parse_time(param: str, value: str) -> tuple[str, str]:
+def _parse_time(param: str, value: str, shown: str) -> tuple[str, str]:
     """``(low, high)``: the time as given, and the last instant its precision covers."""
     m = _TM_RE.match(value)
     if not m:
-        raise BadRequest(f"{param}: {_show(value)} is not a time (HH[MM[SS[.FFFFFF]]])")
+        raise BadRequest(f"{param}: {shown} is not a time (HH[MM[SS[.FFFFFF]]])")
     hh, mm, ss, frac = m.groups()
     # Second 60 is allowed for leap seconds (PS3.5 Table 6.2-1, TM).
     if int(hh) > 23 or (mm and int(mm) > 59) or (ss and int(ss) > 60):
-        raise BadRequest(f"{param}: {_show(value)} is not a valid time of day")
+        raise BadRequest(f"{param}: {shown} is not a valid time of day")
     high = hh + (mm or "59") + (ss or "59") + "." + (frac or "").ljust(6, "9")
     return value, high
 
 
-def _parse_int(param: str, value: str) -> int:
+def _parse_int(param: str, value: str, shown: str) -> int:
     text = value.strip()
     if not _INT_RE.match(text) or not _INT_MIN <= int(text) <= _INT_MAX:
-        raise BadRequest(f"{param}: {_show(value)} is not an integer string (IS)")
+        raise BadRequest(f"{param}: {shown} is not an integer string (IS)")
     return int(text)
 
 
@@ -360,19 +371,19 @@ def _parse_range(
 ) -> tuple[str | None, str | None]:
     parts = value.split("-")
     if len(parts) != 2 or parts == ["", ""]:
-        raise BadRequest(f"{param}: {_show(value)} is not a range (a-b, -b or a-)")
+        raise BadRequest(f"{param}: {_shown_value(spec, value)} is not a range (a-b, -b or a-)")
     a, b = (p.strip() for p in parts)
     if spec.vr == "DA":
-        low = _parse_date(param, a) if a else None
-        high = _parse_date(param, b) if b else None
+        low = _parse_date(param, a, _shown_value(spec, a)) if a else None
+        high = _parse_date(param, b, _shown_value(spec, b)) if b else None
     else:
-        low = _parse_time(param, a)[0] if a else None
-        high = _parse_time(param, b)[1] if b else None
+        low = _parse_time(param, a, _shown_value(spec, a))[0] if a else None
+        high = _parse_time(param, b, _shown_value(spec, b))[1] if b else None
     reversed_ = low is not None and high is not None and low > high
     # PS3.4 C.2.2.2.5 defines "<a> - <b>" only for a <= b; a reversed range is a malformed key,
     # not an empty result, so the client learns of its mistake.
     if reversed_ and not allow_reversed:
-        raise BadRequest(f"{param}: range {_show(value)} ends before it starts")
+        raise BadRequest(f"{param}: the range {_shown_value(spec, value)} ends before it starts")
     return low, high
 
 
@@ -380,6 +391,7 @@ def _parse_match(param: str, spec: KeySpec, raw: str, *, allow_reversed_time: bo
     """Classify one matching key value by the rules of PS3.4 C.2.2.2 and validate it."""
     vr = spec.vr
     _check_chars(param, raw)
+    shown = _shown_value(spec, raw.strip())
     value = raw if vr == "UI" else raw.strip()  # C.2.2.2.1: padding spaces are insignificant
     if value == "" or value == "*":
         # C.2.2.2.3 universal matching; a lone "*" matches every value including an empty one
@@ -402,23 +414,23 @@ def _parse_match(param: str, spec: KeySpec, raw: str, *, allow_reversed_time: bo
             low, high = _parse_range(param, spec, value, allow_reversed=allow_reversed_time)
             return Match(spec.path, vr, MatchKind.RANGE, low=low, high=high)
         if vr == "DA":
-            return Match(spec.path, vr, MatchKind.SINGLE, (_parse_date(param, value),))
+            return Match(spec.path, vr, MatchKind.SINGLE, (_parse_date(param, value, shown),))
         # A single time matches the whole interval its precision denotes (``1030`` is 10:30:00
         # to 10:30:59.999999); C.2.2.2.1 leaves TM precision to the SCP.
-        low, high = _parse_time(param, value)
+        low, high = _parse_time(param, value, shown)
         return Match(spec.path, vr, MatchKind.RANGE, low=low, high=high)
     if vr == "IS":
-        return Match(spec.path, vr, MatchKind.SINGLE, (_parse_int(param, value),))
+        return Match(spec.path, vr, MatchKind.SINGLE, (_parse_int(param, value, shown),))
     if vr not in _STRING_VRS:  # pragma: no cover - every key in MATCHING_KEYS is covered above
         raise BadRequest(f"{param}: matching on VR {vr} is not supported")
     if spec.path == (_MODALITIES_IN_STUDY,) and re.search(r"[,\\]", value):
         # Modalities in Study is multi-valued: a list matches a study having any of the values.
         codes = tuple(dict.fromkeys(c.strip() for c in re.split(r"[,\\]", value)))
         if "" in codes or any("*" in c or "?" in c for c in codes):
-            raise BadRequest(f"{param}: {_show(value)} is not a list of modality codes")
+            raise BadRequest(f"{param}: {shown} is not a list of modality codes")
         return Match(spec.path, vr, MatchKind.LIST, codes)
     if "\\" in value:
-        raise BadRequest(f"{param}: {_show(value)} has several values; only one is allowed")
+        raise BadRequest(f"{param}: {shown} has several values; only one is allowed")
     if "*" in value or "?" in value:
         # Runs of "*" mean the same as one; collapsing them keeps the pattern cheap to match.
         pattern = re.sub(r"\*+", "*", value)
@@ -430,7 +442,7 @@ def _parse_match(param: str, spec: KeySpec, raw: str, *, allow_reversed_time: bo
             if pattern == "*":
                 return Match(spec.path, vr, MatchKind.UNIVERSAL)
         if pattern.count("*") > _MAX_STARS:
-            raise BadRequest(f"{param}: more than {_MAX_STARS} '*' wildcards in {_show(value)}")
+            raise BadRequest(f"{param}: more than {_MAX_STARS} '*' wildcards in {shown}")
         return Match(spec.path, vr, MatchKind.WILDCARD, (pattern,))
     return Match(spec.path, vr, MatchKind.SINGLE, (value,))
 

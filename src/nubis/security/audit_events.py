@@ -310,6 +310,25 @@ def access_refused(
     )
 
 
+def login_lockout(
+    who: Any,
+    *,
+    user_locked: bool,
+    description: str,
+    front_door: str | None = None,
+) -> AuditEvent:
+    """Password logins locked after failed attempts (nubis.security.throttle): Security Alert,
+    User Security Attributes Changed for a user name, Node Authentication for a source address.
+    ``who`` names the user name tried last and the address it came from."""
+    kind = EventType.USER_SECURITY_ATTRIBUTES_CHANGED if user_locked else None
+    return security_alert(
+        who,
+        kind or EventType.NODE_AUTHENTICATION,
+        description=description,
+        front_door=front_door,
+    )
+
+
 def break_glass(
     who: Any,
     reason: str,
@@ -484,6 +503,7 @@ __all__ = [
     "data_import",
     "instances_accessed",
     "instances_transferred",
+    "login_lockout",
     "participant",
     "patient_object",
     "query",

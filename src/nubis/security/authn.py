@@ -12,10 +12,14 @@ HTTP callers present one of:
   ``exp`` (with ``oidc_leeway_seconds`` of clock skew), roles from ``oidc_roles_claim`` mapped
   by ``oidc_role_map``, tenant from ``oidc_tenant_claim``.
 
-Anything else is :class:`~nubis.errors.Unauthorized` (HTTP 401). DIMSE callers are identified
-by calling AE title and address (and, on the TLS port, by the certificate the CA checked), and
-mapped to a tenant and role by :func:`dimse_principal`. The CLI acts as a local administrator
-(:func:`cli_principal`): whoever runs it can read the data folder anyway.
+Anything else is :class:`~nubis.errors.Unauthorized` (HTTP 401). Password checks go through
+the login throttle (:mod:`nubis.security.throttle`): while a user name or address is locked
+they are refused with :class:`~nubis.errors.TooManyRequests` (429) before argon2.
+
+DIMSE callers are identified by calling AE title and address (and, on the TLS port, by the
+certificate the CA checked), and mapped to a tenant and role by :func:`dimse_principal`. The
+CLI acts as a local administrator (:func:`cli_principal`): whoever runs it can read the data
+folder anyway.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from nubis.security.policy import (
     parse_roles,
     system_principal,
 )
+from nubis.security.throttle import LoginThrottle
 from nubis.security.users import UserStore
 
 log = logging.getLogger("nubis.security")
@@ -183,9 +188,16 @@ class _Cached:
 class Authenticator:
     """Turns HTTP credentials into a :class:`Principal` (see the module docs)."""
 
-    def __init__(self, users: UserStore, oidc: OidcVerifier | None = None) -> None:
+    def __init__(
+        self,
+        users: UserStore,
+        oidc: OidcVerifier | None = None,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
         self.users = users
         self.oidc = oidc
+        # Every password check goes through it (None only in unit tests of this class).
+        self.throttle = throttle
         # argon2 costs tens of milliseconds by design; a client sending Basic credentials on
         # every request pays it once a minute, not per request. Keyed by a hash of the
         # credentials, never the password itself. What is cached is only that the password
@@ -195,13 +207,14 @@ class Authenticator:
         self._basic: dict[str, _Cached] = {}
         self._basic_lock = threading.Lock()
 
-    def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        """The caller of a request with these (lower-case) headers; Unauthorized otherwise."""
+    def authenticate(self, headers: Mapping[str, str], *, peer: str | None = None) -> Principal:
+        """The caller of a request with these (lower-case) headers from address ``peer``;
+        Unauthorized otherwise, TooManyRequests while its password logins are locked."""
         authorization = headers.get("authorization", "")
         scheme, _, credentials = authorization.partition(" ")
         scheme, credentials = scheme.lower(), credentials.strip()
         if scheme == "basic":
-            principal = self._basic_auth(credentials)
+            principal = self._basic_auth(credentials, peer)
         elif scheme == "bearer" and credentials:
             principal = self._bearer(credentials)
         elif headers.get("x-api-key"):
@@ -235,7 +248,7 @@ class Authenticator:
             raise Unauthorized("the API key is unknown, expired or revoked")
         return found[1].principal(auth_method="apikey")
 
-    def _basic_auth(self, credentials: str) -> Principal:
+    def _basic_auth(self, credentials: str, peer: str | None) -> Principal:
         try:
             decoded = base64.b64decode(credentials, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
@@ -245,10 +258,14 @@ class Authenticator:
             raise Unauthorized("malformed Basic credentials")
         if password.startswith("nbk_"):
             return self._api_key(password)
-        return self.login(name, password)
+        return self.login(name, password, peer=peer)
 
-    def login(self, name: str, password: str) -> Principal:
-        """Check a user's password; Unauthorized (same reason whatever failed) otherwise."""
+    def login(
+        self, name: str, password: str, *, peer: str | None = None, front_door: str = "dicomweb"
+    ) -> Principal:
+        """Check a user's password from address ``peer``; Unauthorized (same reason whatever
+        failed) otherwise, TooManyRequests without checking while the user name or the address
+        is locked (nubis.security.throttle)."""
         cache_key = hashlib.sha256(f"{name}\0{password}".encode()).hexdigest()
         now = time.monotonic()
         with self._basic_lock:
@@ -260,10 +277,16 @@ class Authenticator:
             # Removed, or a new password: forget it, and check the password from scratch.
             with self._basic_lock:
                 self._basic.pop(cache_key, None)
+        if self.throttle is not None:
+            self.throttle.check(name, peer)
         checked = self.users.check_password(name, password)
         if checked is None:
+            if self.throttle is not None:
+                self.throttle.failed(name, peer, front_door=front_door)
             raise Unauthorized("wrong user name or password")
         user, stamp = checked
+        if self.throttle is not None:
+            self.throttle.succeeded(name)
         with self._basic_lock:
             if len(self._basic) >= _BASIC_CACHE_MAX:
                 self._basic.clear()

@@ -54,11 +54,14 @@ class Guard:
     ) -> Decision:
         """The decision for ``who`` doing ``action``; Forbidden (recorded) when refused.
 
-        ``what`` describes the attempt for the audit record (``"retrieve study 1.2.3"``).
+        ``what`` describes the attempt for the audit record (``"retrieve study 1.2.3"``). The
+        log names it too, unless ``patient_id`` is given: a patient is named in audit records
+        only, never in a log line, so callers name the patient through ``patient_id`` alone.
         """
         decision = self.policy.decide(who, action)
+        logged = what if patient_id is None else f"{action.name} on a patient's data"
         if not decision.allowed:
-            log.warning("refused %s to %s via %s: %s", what, who.id, who.via, decision.reason)
+            log.warning("refused %s to %s via %s: %s", logged, who.id, who.via, decision.reason)
             self.record(
                 audit_events.access_refused(
                     who, f"{what}: {decision.reason}", request_id=who.request_id
@@ -66,14 +69,17 @@ class Guard:
             )
             raise Forbidden(decision.reason)
         if decision.break_glass:
+            # The reason is free text and may name the patient: it goes to the audit record
+            # only, which the request id finds.
             log.warning(
-                "BREAK-GLASS: %s (%s) via %s from %s: %s; reason: %r",
+                "BREAK-GLASS: %s (%s) via %s from %s: %s; reason in the audit trail "
+                "(request id %s)",
                 who.id,
                 ", ".join(sorted(who.roles)),
                 who.via,
                 who.peer or "?",
-                what,
-                decision.break_glass,
+                logged,
+                who.request_id or "-",
             )
             self.record(
                 audit_events.break_glass(

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from nubis.crypto.envelope import Seal, SegmentKey, SegmentReader, SegmentWriter, open_plain
+from nubis.services.disk_floor import DiskFloor
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,16 @@ class SpoolWriter:
 
 
 class Spool:
-    """The spool folder; ``sealed`` encrypts every spool file (see the module docstring)."""
+    """The spool folder; ``sealed`` encrypts every spool file (see the module docstring).
+    With a ``floor``, a new spool file is refused (InsufficientStorage) while the disk is
+    below it (nubis.services.disk_floor)."""
 
-    def __init__(self, folder: Path, *, sealed: bool = False) -> None:
+    def __init__(
+        self, folder: Path, *, sealed: bool = False, floor: DiskFloor | None = None
+    ) -> None:
         self.folder = folder
         self.sealed = sealed
+        self.floor = floor
         folder.mkdir(parents=True, exist_ok=True)
 
     def clear(self) -> int:
@@ -112,6 +118,8 @@ class Spool:
         return removed
 
     def writer(self) -> SpoolWriter:
+        if self.floor is not None:
+            self.floor.check()
         return SpoolWriter(self.folder / f"in-{secrets.token_hex(12)}", sealed=self.sealed)
 
     def from_file(self, source: Path) -> SpooledFile:

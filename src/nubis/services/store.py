@@ -27,6 +27,7 @@ from nubis.model.records import NewInstance, StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
 from nubis.security import audit_events
 from nubis.security.policy import Action, Decision, Principal
+from nubis.services.disk_floor import DiskFloor
 from nubis.services.guard import Guard
 from nubis.services.spool import SpooledFile
 
@@ -58,12 +59,19 @@ class StoreService:
         guard: Guard,
         overwrite: bool,
         bulk_threshold: int,
+        floor: DiskFloor | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.guard = guard
         self.overwrite = overwrite
         self.bulk_threshold = bulk_threshold
+        self.floor = floor
+
+    def check_room(self) -> None:
+        """InsufficientStorage (507 / 0xA700) while the disk is below its free-space floor."""
+        if self.floor is not None:
+            self.floor.check()
 
     def authorize(self, who: Principal) -> Decision:
         """Whether ``who`` may store (in its own tenant); Forbidden (403 / 0x0124) otherwise.
@@ -94,6 +102,8 @@ class StoreService:
             decision = self.authorize(principal)
             assert decision.scope is not None
             partition = decision.scope.partition
+            # Again here: a large object may have taken the last room while it was spooled.
+            self.check_room()
             inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
             if (
                 expected_study_uid is not None

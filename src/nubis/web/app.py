@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +29,8 @@ from nubis.model.query import Level
 from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
+from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
+from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -82,8 +85,13 @@ def app_from_environment() -> Starlette:
     """Application factory for uvicorn worker processes: settings come from NUBIS_* variables,
     which ``nubis serve`` sets from everything it resolved."""
     from nubis.config import load_settings
+    from nubis.logs import configure_logging
 
-    return create_app(Archive(load_settings()), prepare=False, dimse=True)
+    settings = load_settings()
+    # A worker process starts with uvicorn's loggers only: without this, nubis's own log lines
+    # below WARNING would be lost, and the limits on third-party loggers would not hold.
+    configure_logging(settings.log_level)
+    return create_app(Archive(settings), prepare=False, dimse=True)
 
 
 def create_app(
@@ -96,8 +104,13 @@ def create_app(
 
     dimse_server = DimseServer(archive) if dimse and archive.dimse_enabled else None
 
+    timeouts = ClientTimeouts(
+        header_seconds=archive.settings.http_header_timeout_seconds,
+        body_seconds=archive.settings.http_body_timeout_seconds,
+    )
+
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if manage_lifespan:
             if prepare:
                 await run_in_threadpool(archive.prepare)
@@ -105,7 +118,8 @@ def create_app(
         if dimse_server is not None:
             await run_in_threadpool(dimse_server.start)
         try:
-            yield
+            # Lifespan state reaches uvicorn's per-connection protocol (web/slow_clients.py).
+            yield {STATE_KEY: timeouts}
         finally:
             if dimse_server is not None:
                 await run_in_threadpool(dimse_server.stop)
@@ -122,8 +136,15 @@ def create_app(
             Route("/-/whoami", auth.whoami, methods=["GET"]),
             *audit_routes(),
         ],
-        # Outermost: nothing below runs for a caller who has not authenticated.
-        middleware=[Middleware(auth.AuthMiddleware, archive=archive)],
+        middleware=[
+            # Outermost: everything below sees the caller's address as the setting allows.
+            Middleware(
+                ForwardedHeadersMiddleware,
+                trusted=TrustedProxies(parse_trusted_proxies(archive.settings.trusted_proxies)),
+            ),
+            # Nothing below runs for a caller who has not authenticated.
+            Middleware(auth.AuthMiddleware, archive=archive),
+        ],
         exception_handlers={
             NubisError: errors.nubis_error,
             HTTPException: errors.http_error,

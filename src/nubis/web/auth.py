@@ -30,7 +30,7 @@ from nubis.model.audit import EventOutcome
 from nubis.security import audit_events
 from nubis.security.authn import anonymous_admin
 from nubis.security.policy import Principal
-from nubis.web.errors import error_response
+from nubis.web.errors import error_response, nubis_error_response
 
 PUBLIC_PATHS = frozenset({"/-/health", "/-/ready"})
 CHALLENGE = 'Basic realm="nubis", charset="UTF-8", Bearer realm="nubis"'
@@ -60,8 +60,8 @@ class AuthMiddleware:
             response.headers["www-authenticate"] = CHALLENGE
             await response(scope, receive, send)
             return
-        except NubisError as exc:
-            await error_response(exc.http_status, exc.reason)(scope, receive, send)
+        except NubisError as exc:  # TooManyRequests (429, Retry-After), or 503
+            await nubis_error_response(exc)(scope, receive, send)
             return
         scope["nubis.principal"] = replace(
             principal, via="dicomweb", peer=peer, request_id=request_id
@@ -75,7 +75,7 @@ class AuthMiddleware:
         if not archive.settings.auth:
             return anonymous_admin()
         try:
-            return archive.authn.authenticate(headers)
+            return archive.authn.authenticate(headers, peer=peer)
         except Unauthorized as exc:
             if headers.get("authorization") or headers.get("x-api-key"):
                 claimed = _claimed_user(headers.get("authorization", ""))

@@ -29,15 +29,21 @@ def error_response(status: int, reason: str, dicom_status: int | None = None) ->
     return JSONResponse(body, status_code=status)
 
 
+def nubis_error_response(exc: NubisError) -> JSONResponse:
+    """The answer to ``exc``, with Retry-After (RFC 9110 10.2.3) when a retry may succeed: a
+    503 (unavailable) or a 429 (too many requests, RFC 6585 4)."""
+    response = error_response(exc.http_status, exc.reason)
+    response.headers.update(exc.http_headers())
+    if exc.retry_after is not None and exc.http_status in (429, 503):
+        response.headers["retry-after"] = str(exc.retry_after)
+    return response
+
+
 async def nubis_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NubisError)
     if exc.http_status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.reason)
-    response = error_response(exc.http_status, exc.reason)
-    response.headers.update(exc.http_headers())
-    if exc.retry_after is not None and exc.http_status == 503:
-        response.headers["retry-after"] = str(exc.retry_after)
-    return response
+    return nubis_error_response(exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from nubis.errors import (
     BadRequest,
+    InsufficientStorage,
     InvalidInstance,
     NubisError,
     PayloadTooLarge,
@@ -80,6 +81,8 @@ async def store_instances(request: Request) -> Response:
             slots.release()
 
     try:
+        # Below the free-disk floor the body is not read at all (nubis.services.disk_floor).
+        await run_in_threadpool(archive.store.check_room)
         stream = _at_most(request.stream(), max_bytes)
         async for part, body in iter_parts(stream, boundary, default_type=part_type):
             if part.index >= max_parts:
@@ -107,7 +110,8 @@ async def store_instances(request: Request) -> Response:
         # the part the limit cut was never stored (its spool file is removed), and the rest
         # of the body is not read.
         too_large = exc
-    except BadRequest as exc:
+    except (BadRequest, InsufficientStorage) as exc:
+        # A malformed body, or no room for the next part: answered for what came before.
         body_error = exc
     except ClientDisconnect:
         # A client that gives up mid-upload is not a server fault: no error log, and no one is
@@ -127,7 +131,7 @@ async def store_instances(request: Request) -> Response:
         return _response(
             outcomes, dicomweb_base(request), study_uid, media_type=choice.media_type, status=413
         )
-    if not outcomes:
+    if not outcomes and not isinstance(body_error, InsufficientStorage):
         raise body_error or BadRequest("the request holds no application/dicom part")
     if body_error is not None:
         outcomes.append(StoreOutcome(None, None, None, None, error=body_error))
@@ -220,6 +224,8 @@ def _response(
         dataset["00081199"] = {"vr": "SQ", "Value": referenced}
     if status is None:
         status = 200 if not failed else (202 if referenced else 409)
+    if status == 409 and all(o.error is None or o.error.http_status == 507 for o in outcomes):
+        status = 507  # nothing stored for want of room (0xA700), not for the objects' faults
     headers = [("warning", w) for w in warnings]
     response = Response(
         json.dumps(dataset, separators=(",", ":")),

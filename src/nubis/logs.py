@@ -1,0 +1,94 @@
+"""Logging of every nubis process, and what keeps patient data out of it.
+
+No log line, at any level, carries a value of an attribute that may identify a patient
+(nubis.dicom.identifying): nubis's own messages name attributes and reasons. Libraries below it
+would log values at some levels, so :func:`configure_logging` holds them back:
+
+* SQLAlchemy logs every statement with its parameters (a patient's name in an INSERT, a
+  QIDO-RS match value in a SELECT) once its logger is at INFO: capped at WARNING.
+* pynetdicom dumps C-FIND, C-MOVE and C-GET identifiers at INFO, and every message at DEBUG:
+  capped at WARNING, or INFO when ``log_level`` is debug (association and PDU events, no
+  data sets: nubis.dimse.server also turns pynetdicom's identifier logging off). Its
+  warnings about a non-conformant UID quote what the peer sent there, which may be anything:
+  :class:`UnquoteValues` leaves the value out.
+* botocore, boto3, s3transfer and urllib3 log whole requests and responses at DEBUG: capped at
+  INFO.
+* uvicorn's access log (on when ``log_level`` is debug) has each request line, whose query
+  string is a QIDO-RS query (``?PatientName=...``): :class:`DropQueryString` cuts it off.
+* pydicom's value validation warns, and logs, quoting the value it finds invalid ("Invalid
+  value for VR UI: '...'"): off (nubis.dicom.inspect checks what the archive relies on, and
+  says what is wrong without quoting). Other Python warnings go through the ``py.warnings``
+  logger instead of straight to stderr.
+
+``nubis serve`` calls this in the parent process and uvicorn's worker processes call it again
+(nubis.web.app.app_from_environment): a worker starts with no logging of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Loggers of libraries that log data values, and the most they may log.
+_CAPS = {
+    "sqlalchemy": logging.WARNING,
+    "botocore": logging.INFO,
+    "boto3": logging.INFO,
+    "s3transfer": logging.INFO,
+    "urllib3": logging.INFO,
+}
+
+
+class DropQueryString(logging.Filter):
+    """Cuts the query string off uvicorn's access log lines (``"GET /path?query HTTP/1.1"``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access record: (client address, method, path with query, HTTP version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path, sep, _ = args[2].partition("?")
+            if sep:
+                record.args = (*args[:2], path + "?...", *args[3:])
+        return True
+
+
+class UnquoteValues(logging.Filter):
+    """Leaves the quoted value out of pynetdicom's "Non-conformant 'NAME' value 'VALUE'" and
+    "Invalid 'NAME' value 'VALUE' - reason" messages."""
+
+    _QUOTED = re.compile(r"\bvalue '.*?'(?= - |$)", re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and not record.args:
+            record.msg = self._QUOTED.sub("value (not shown)", record.msg)
+        return True
+
+
+def _add_filter(logger: logging.Logger, kind: type[logging.Filter]) -> None:
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` (a ``log_level`` setting), holding back what would log data
+    values (see the module docs)."""
+    numeric = logging.getLevelName(level.upper())
+    logging.basicConfig(level=numeric, format=FORMAT, stream=sys.stderr)
+    logging.getLogger().setLevel(numeric)
+    for name, most in _CAPS.items():
+        logging.getLogger(name).setLevel(max(numeric, most))
+    dimse = logging.INFO if numeric <= logging.DEBUG else logging.WARNING
+    logging.getLogger("pynetdicom").setLevel(max(numeric, dimse))
+    _add_filter(logging.getLogger("pynetdicom.utils"), UnquoteValues)
+    _add_filter(logging.getLogger("uvicorn.access"), DropQueryString)
+    logging.captureWarnings(True)
+    from pydicom import config as pydicom_config
+
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+
+
+__all__ = ["FORMAT", "DropQueryString", "UnquoteValues", "configure_logging"]
