@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real clients and validators written by others: dcmtk (storescu, findscu...), dicom3tools (dciodvfy);
-# iproute2 (ss) to see which process holds a connection.
+# iproute2 (ss) to see which process holds a connection; Chromium for the web face's browser tests
+# (driven by Playwright with executable_path: Playwright's own browser download is not used).
 need=""
-for pkg in dcmtk dicom3tools iproute2; do
+for pkg in dcmtk dicom3tools iproute2 chromium fonts-dejavu-core; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"
 done
 if [ -n "$need" ]; then

@@ -25,6 +25,7 @@ from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
 from nubis.security.authn import Authenticator, OidcVerifier
 from nubis.security.policy import AuthPolicy, parse_roles
+from nubis.security.sessions import SessionStore
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
 from nubis.services.disk_floor import DiskFloor, parse_floor
@@ -120,6 +121,11 @@ class Archive:
                 max_lockout_seconds=settings.login_max_lockout_seconds,
             ),
             on_lockout=self._lockout_started,
+        )
+        self.sessions = SessionStore(
+            self.index,
+            idle_seconds=settings.session_idle_minutes * 60,
+            max_seconds=settings.session_max_hours * 3600,
         )
         self.authn = Authenticator(self.users, OidcVerifier.from_settings(settings), self.throttle)
         self.store = StoreService(

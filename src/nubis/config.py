@@ -320,6 +320,12 @@ class Settings:
         "to login_max_lockout_seconds. A lockout's start is logged and audited (Security Alert).",
     )
     login_max_lockout_seconds: int = _setting(3600, "Longest login lockout.")
+    session_idle_minutes: int = _setting(
+        30, "A web face session ends after this many minutes without a request."
+    )
+    session_max_hours: int = _setting(
+        12, "A web face session ends this many hours after sign-in, however busy."
+    )
     min_free_disk: str = _setting(
         "1GiB",
         "Free space kept on each local file system the archive writes objects to (spool, "
@@ -573,6 +579,8 @@ def _validate_security(settings: Settings) -> None:
             "login_failure_window_seconds and login_lockout_seconds must be >= 1, and "
             "login_max_lockout_seconds >= login_lockout_seconds"
         )
+    if settings.session_idle_minutes < 1 or settings.session_max_hours < 1:
+        raise SettingsError("session_idle_minutes and session_max_hours must be >= 1")
     if settings.http_header_timeout_seconds < 1 or settings.http_body_timeout_seconds < 1:
         raise SettingsError(
             "http_header_timeout_seconds and http_body_timeout_seconds must be >= 1"

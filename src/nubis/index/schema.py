@@ -359,6 +359,28 @@ login_throttle = Table(
 )
 Index("ix_login_throttle_updated_at", login_throttle.c.updated_at)
 
+# Browser sessions of the web face (nubis.security.sessions), one row per signed-in browser,
+# found by the SHA-256 of the cookie's random token (the token itself is never stored).
+# ``subject`` is the principal's id (a user name, oidc:<sub>, share:<id>); ``roles`` is empty
+# for local users, whose roles and tenant are read from their row at every request, and holds
+# the roles a token or a share link gave otherwise. Times in ms since the epoch.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("roles", String(256), nullable=False),
+    Column("auth_method", String(16), nullable=False),
+    Column("peer", String(64)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
+Index("ix_web_sessions_subject", web_sessions.c.subject)
+Index("ix_web_sessions_expires_at", web_sessions.c.expires_at)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
@@ -380,4 +402,5 @@ __all__ = [
     "studies",
     "study_lifecycle",
     "users",
+    "web_sessions",
 ]

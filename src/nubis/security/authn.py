@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from nubis.security.policy import (
     parse_roles,
     system_principal,
 )
+from nubis.security.sessions import Session
 from nubis.security.throttle import LoginThrottle
 from nubis.security.users import UserStore
 
@@ -223,19 +224,24 @@ class Authenticator:
             raise Unauthorized(f"unsupported authorization scheme {scheme[:20]!r}")
         else:
             raise Unauthorized("authentication required")
-        reason = headers.get(BREAK_GLASS_HEADER, "").strip()
-        if reason:
-            # Printable, bounded: the reason goes into logs and audit records verbatim.
-            clean = "".join(c if c.isprintable() else " " for c in reason)[:256]
+        return with_break_glass(principal, headers)
+
+    def session_principal(self, session: Session, headers: Mapping[str, str]) -> Principal:
+        """The principal of a browser session: a local user as their row says now (removed:
+        Unauthorized), anyone else (OIDC, a share link) as the session was given."""
+        if session.local_user:
+            user = self.users.get_user(session.subject)
+            if user is None:
+                raise Unauthorized("the session's user no longer exists: sign in again")
+            principal = user.principal(auth_method="session")
+        else:
             principal = Principal(
-                principal.id,
-                principal.tenant,
-                principal.roles,
-                via=principal.via,
-                auth_method=principal.auth_method,
-                break_glass=clean,
+                session.subject,
+                session.tenant,
+                session.roles,
+                auth_method=f"session-{session.auth_method}",
             )
-        return principal
+        return with_break_glass(principal, headers)
 
     def _bearer(self, token: str) -> Principal:
         if self.oidc is not None and token.count(".") == 2 and not token.startswith("nbk_"):
@@ -292,6 +298,17 @@ class Authenticator:
                 self._basic.clear()
             self._basic[cache_key] = _Cached(stamp, now + _BASIC_CACHE_SECONDS)
         return user.principal(auth_method="basic")
+
+
+def with_break_glass(principal: Principal, headers: Mapping[str, str]) -> Principal:
+    """``principal`` asking for emergency access when the request carries a reason (the policy
+    decides whether its roles may)."""
+    reason = headers.get(BREAK_GLASS_HEADER, "").strip()
+    if not reason:
+        return principal
+    # Printable, bounded: the reason goes into logs and audit records verbatim.
+    clean = "".join(c if c.isprintable() else " " for c in reason)[:256]
+    return replace(principal, break_glass=clean)
 
 
 def anonymous_admin() -> Principal:

@@ -1,5 +1,5 @@
 """The HTTP front door: DICOMweb under /dicom-web, WADO-URI at /wado, health, login at /-/,
-the audit trail for auditors at /audit/.
+the audit trail for auditors at /audit/, the web face for people at /ui/ (web/ui).
 
 Every route but the health probes requires authentication (web/auth.py); routes pass the
 caller to the services, which authorize (nubis.services.guard).
@@ -31,6 +31,9 @@ from nubis.web.audit_routes import audit_routes
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
+from nubis.web.ui import ui_routes
+from nubis.web.ui.common import SignInRequired, sign_in_redirect
+from nubis.web.ui.headers import SecurityHeadersMiddleware
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -79,6 +82,11 @@ async def ready(request: Request) -> Response:
     except Exception:
         return JSONResponse({"status": "index unavailable"}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+async def _sign_in(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SignInRequired)
+    return sign_in_redirect(exc.next_path)
 
 
 def app_from_environment() -> Starlette:
@@ -135,6 +143,7 @@ def create_app(
             Route("/-/login", auth.login, methods=["POST"]),
             Route("/-/whoami", auth.whoami, methods=["GET"]),
             *audit_routes(),
+            *ui_routes(),
         ],
         middleware=[
             # Outermost: everything below sees the caller's address as the setting allows.
@@ -142,10 +151,13 @@ def create_app(
                 ForwardedHeadersMiddleware,
                 trusted=TrustedProxies(parse_trusted_proxies(archive.settings.trusted_proxies)),
             ),
-            # Nothing below runs for a caller who has not authenticated.
+            Middleware(SecurityHeadersMiddleware),
+            # Nothing below runs for a caller who has not authenticated (the web face's pages
+            # run, and send the browser to sign in).
             Middleware(auth.AuthMiddleware, archive=archive),
         ],
         exception_handlers={
+            SignInRequired: _sign_in,
             NubisError: errors.nubis_error,
             HTTPException: errors.http_error,
             Exception: errors.unexpected_error,

@@ -6,9 +6,17 @@ where routes pick it up with ``principal_of`` and hand it to the services, which
 The middleware decides nothing else: who may do what is the services' business, so DIMSE and
 the CLI obey the same rules.
 
-A request without credentials is answered 401 with a challenge for Basic and Bearer. Failed
-attempts with credentials are recorded (User Authentication, minor failure); requests with no
-credentials at all are not, or every browser probe would write to the audit trail.
+Programs send credentials in ``Authorization`` or ``X-API-Key``; browsers send the web face's
+session cookie (nubis.security.sessions), which counts only when no credentials header is
+present. A cookie-authenticated request that may change something (any method but GET, HEAD
+and OPTIONS) must also carry the session's CSRF token, in ``X-CSRF-Token`` (scripts) or, for
+the web face's own forms, in the form (checked by ``web/ui``), or it is refused with 403.
+
+A request without credentials is answered 401 with a challenge for Basic and Bearer, except
+under the web face's prefixes (:data:`BROWSER_PREFIXES`), whose pages send a browser to the
+sign-in page instead. Failed attempts with credentials are recorded (User Authentication,
+minor failure); requests with no credentials at all are not, or every browser probe would
+write to the audit trail.
 """
 
 from __future__ import annotations
@@ -33,7 +41,17 @@ from nubis.security.policy import Principal
 from nubis.web.errors import error_response, nubis_error_response
 
 PUBLIC_PATHS = frozenset({"/-/health", "/-/ready"})
+# Paths a browser navigates to: without a session they reach their route with no principal,
+# which answers a sign-in page, a redirect to it, or a share link's own page.
+BROWSER_PREFIXES = ("/ui/", "/share/")
+BROWSER_PATHS = frozenset({"/", "/ui"})
 CHALLENGE = 'Basic realm="nubis", charset="UTF-8", Bearer realm="nubis"'
+SESSION_COOKIE = "nubis_session"
+# On HTTPS the cookie is named with the __Host- prefix: browsers then accept it only with
+# Secure, Path=/ and no Domain, so no other site (a sibling subdomain) can plant or shadow it.
+SECURE_SESSION_COOKIE = "__Host-nubis_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class AuthMiddleware:
@@ -44,7 +62,8 @@ class AuthMiddleware:
         self.archive = archive
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         headers = {
@@ -53,20 +72,46 @@ class AuthMiddleware:
         client = scope.get("client")
         peer = str(client[0]) if client else None
         request_id = secrets.token_hex(8)
+        browser = path in BROWSER_PATHS or path.startswith(BROWSER_PREFIXES)
+        via = "web" if browser else "dicomweb"
+        token = _session_token(headers.get("cookie", ""))
         try:
-            principal = await run_in_threadpool(self._authenticate, headers, peer, request_id)
+            if token and not _credentials(headers) and self.archive.settings.auth:
+                principal = await run_in_threadpool(
+                    self._session_principal, scope, token, headers, browser
+                )
+            else:
+                principal = await run_in_threadpool(self._authenticate, headers, peer, request_id)
         except Unauthorized as exc:
+            if browser:
+                await self.app(scope, receive, send)  # the route answers with a sign-in page
+                return
             response = error_response(401, exc.reason)
             response.headers["www-authenticate"] = CHALLENGE
             await response(scope, receive, send)
             return
-        except NubisError as exc:  # TooManyRequests (429, Retry-After), or 503
+        except NubisError as exc:  # Forbidden, TooManyRequests (429, Retry-After), or 503
             await nubis_error_response(exc)(scope, receive, send)
             return
-        scope["nubis.principal"] = replace(
-            principal, via="dicomweb", peer=peer, request_id=request_id
-        )
+        scope["nubis.principal"] = replace(principal, via=via, peer=peer, request_id=request_id)
         await self.app(scope, receive, send)
+
+    def _session_principal(
+        self, scope: Scope, token: str, headers: dict[str, str], browser: bool
+    ) -> Principal:
+        session = self.archive.sessions.find(token)
+        if session is None:
+            raise Unauthorized("the session has ended: sign in again")
+        principal = self.archive.authn.session_principal(session, headers)
+        scope["nubis.session"] = session
+        csrf = headers.get(CSRF_HEADER)
+        # The web face's own forms carry the token in their body: its routes check those.
+        if scope["method"] not in SAFE_METHODS and not browser and not session.csrf_matches(csrf):
+            raise Forbidden(
+                "a request signed in by a browser session must carry the session's CSRF token "
+                "in X-CSRF-Token"
+            )
+        return principal
 
     def _authenticate(
         self, headers: dict[str, str], peer: str | None, request_id: str
@@ -89,6 +134,21 @@ class AuthMiddleware:
                     )
                 )
             raise
+
+
+def _credentials(headers: dict[str, str]) -> bool:
+    return bool(headers.get("authorization") or headers.get("x-api-key"))
+
+
+def _session_token(cookie_header: str) -> str | None:
+    """The session token of a Cookie header, the __Host- cookie first."""
+    if SESSION_COOKIE not in cookie_header:
+        return None
+    cookies: dict[str, str] = {}
+    for pair in cookie_header.split(";"):
+        name, _, value = pair.strip().partition("=")
+        cookies.setdefault(name, value)
+    return cookies.get(SECURE_SESSION_COOKIE) or cookies.get(SESSION_COOKIE) or None
 
 
 class _Caller:
@@ -163,4 +223,15 @@ async def whoami(request: Request) -> Response:
     )
 
 
-__all__ = ["CHALLENGE", "PUBLIC_PATHS", "AuthMiddleware", "login", "whoami"]
+__all__ = [
+    "BROWSER_PATHS",
+    "BROWSER_PREFIXES",
+    "CHALLENGE",
+    "CSRF_HEADER",
+    "PUBLIC_PATHS",
+    "SECURE_SESSION_COOKIE",
+    "SESSION_COOKIE",
+    "AuthMiddleware",
+    "login",
+    "whoami",
+]

@@ -39,17 +39,39 @@ def nubis_error_response(exc: NubisError) -> JSONResponse:
     return response
 
 
+def _browser_page(request: Request) -> bool:
+    """Whether the failure goes to a person's browser on the web face (an HTML page), not to
+    a program (JSON): a navigation there asks for text/html."""
+    path = request.url.path
+    return path.startswith(("/ui/", "/share/")) and "text/html" in request.headers.get("accept", "")
+
+
+def _page(request: Request, status: int, reason: str, headers: dict[str, str]) -> Response:
+    # Imported here: the web face's pages import the auth middleware, which imports this.
+    from nubis.web.ui.render import error_page
+
+    response = error_page(request, status, reason)
+    response.headers.update(headers)
+    return response
+
+
 async def nubis_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NubisError)
     if exc.http_status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.reason)
-    return nubis_error_response(exc)
+    response = nubis_error_response(exc)
+    if _browser_page(request):
+        kept = {k: v for k, v in response.headers.items() if k in ("retry-after", "allow")}
+        return _page(request, exc.http_status, exc.reason, kept)
+    return response
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     reason = exc.detail if exc.status_code != 404 else f"no resource at {request.url.path}"
     if exc.status_code != 405:
+        if _browser_page(request):
+            return _page(request, exc.status_code, reason, {})
         return error_response(exc.status_code, reason)
     # RFC 9110 15.5.6: a 405 carries Allow, every method of the target resource. Starlette's
     # names only those of the first route matching the path; /studies has two (GET, POST).

@@ -1,0 +1,24 @@
+"""The web face: pages for people, served by ``nubis serve`` itself.
+
+Each module adds its routes to :func:`ui_routes`; every page goes through the same services as
+DICOMweb, with the principal of the browser's session (nubis.security.sessions).
+"""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from nubis.web.ui import home, signin
+
+
+def ui_routes() -> list[BaseRoute]:
+    return [
+        Route("/", home.root, methods=["GET"]),
+        *signin.routes(),
+        *home.routes(),
+        Mount("/ui/static", StaticFiles(packages=[("nubis.web.ui", "static")]), name="static"),
+    ]
+
+
+__all__ = ["ui_routes"]
