@@ -65,6 +65,13 @@ RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
 RULES[("/audit/records", "GET")] = "audit"
 RULES[("/audit/verify", "GET")] = "audit"
+# The web face: the entry and sign-in are open to anyone; a "page" shows a signed-out browser
+# the sign-in page (303) and any signed-in role the page, whose content the services scope.
+RULES[("/", "GET")] = "public"
+RULES[("/ui/login", "GET")] = "public"
+RULES[("/ui/login", "POST")] = "public"
+RULES[("/ui/logout", "POST")] = "any"
+RULES[("/ui/", "GET")] = "page"
 
 # What each role may do, written out independently of nubis.security.policy.
 CAN = {
@@ -246,7 +253,18 @@ def test_authorization_matrix(world: World, who: str) -> None:
     failures = []
     for path, method in _routes(world.client.app):
         need = RULES.get((path, method))
-        if need in (None, "login", "any") or path in PUBLIC_PATHS:
+        if need in (None, "login", "any", "public") or path in PUBLIC_PATHS:
+            continue
+        if need == "page":
+            response = world.client.get(path, headers=world.headers(who), follow_redirects=False)
+            signed_out = who in ("anonymous", "expired", "unknown")
+            location = response.headers.get("location", "")
+            if signed_out and not (
+                response.status_code == 303 and location.startswith("/ui/login")
+            ):
+                failures.append(f"GET {path}: {response.status_code}, expected 303 to sign-in")
+            if not signed_out and response.status_code != 200:
+                failures.append(f"GET {path}: {response.status_code}, expected 200")
             continue
         # The audit log names no study in its path: one request tells.
         targets = ("own",) if need == "audit" else ("own", "other_patient", "other_tenant")
