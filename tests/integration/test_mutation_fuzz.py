@@ -1,12 +1,13 @@
-"""Mutation fuzzing: pydicom's test files with bits flipped and ends cut off, stored over STOW-RS
-and read back every way, against a live server of their own.
+"""Mutation fuzzing: pydicom's test files with bits flipped, ends cut off and hostile pixel
+module values, stored over STOW-RS and read back every way, against a live server of their own.
 
 The charter's rule under test: whatever a client sends, the archive answers with a status the
 standard names, never a 5xx (but 503 for a store that is down), never a hang; nothing a refused
 request carried is kept. Each mutant is stored (PS3.18 10.5) and, if stored, read back as
-metadata (10.4.1.1.2), frame 1 as stored and decoded (10.4.1.1.4), rendered and thumbnail
-(10.4.1.1.3), the instance as stored and converted (10.4.1.1.1), WADO-URI object and JPEG (9),
-and C-GET (PS3.4 C.4.3); what is served as stored must read in dcmdump (it trusts the file meta).
+metadata (10.4.1.1.2), bulk data (10.4.1.1.5), frame 1 as stored and decoded (10.4.1.1.4),
+rendered and thumbnail (10.4.1.1.3), the instance as stored and converted (10.4.1.1.1), WADO-URI
+object and JPEG (9), and C-GET as stored and converted (PS3.4 C.4.3). What is served as stored
+must read in dcmdump, which trusts the file meta where pydicom guesses (PS3.10 7.1).
 
 The mutants are the same in every run (fixed seed): a failure names the mutant, and a mutant
 that found a bug is kept in REGRESSIONS, so it is tried in every run whatever the generator
@@ -255,6 +256,16 @@ def _reads(server: Dimse, url: str) -> Iterator[tuple[str, str, dict[str, str], 
         yield f"WADO-URI {content_type}", wado, params, {}
 
 
+def _bulk_data_uris(node: Any) -> list[str]:
+    """Every BulkDataURI in DICOM JSON metadata (PS3.18 F.2.6), in document order."""
+    if isinstance(node, dict):
+        found = [node["BulkDataURI"]] if isinstance(node.get("BulkDataURI"), str) else []
+        return found + [uri for value in node.values() for uri in _bulk_data_uris(value)]
+    if isinstance(node, list):
+        return [uri for value in node for uri in _bulk_data_uris(value)]
+    return []
+
+
 def _dcmdump_errors(data: bytes) -> list[str]:
     with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
         f.write(data)
@@ -320,8 +331,14 @@ def test_mutants_get_no_5xx_and_no_hang(fuzzed: Dimse) -> None:
                 if url is None:
                     continue
                 stored[url.rsplit("/", 1)[1]] = (mutant, url)
-                for what, target, params, headers in _reads(fuzzed, url):
+                reads = list(_reads(fuzzed, url))
+                for what, target, params, headers in reads:  # bulk data reads join as found
                     response = client.get(target, params=params, headers=headers)
+                    if what == "metadata" and response.status_code == 200:
+                        reads += [
+                            ("bulk data", uri, {}, {"Accept": "application/octet-stream"})
+                            for uri in _bulk_data_uris(response.json())[:3]
+                        ]
                     if response.status_code >= 500:
                         failures.append(
                             f"{mutant}: {what} {response.status_code} {response.text[:200]}"
