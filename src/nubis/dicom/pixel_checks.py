@@ -37,6 +37,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _US_MAX = 0xFFFF
+_IS_MAX = 2**31 - 1  # PS3.5 6.2: an Integer String is a 32-bit signed integer
 _TAG_IN_TEXT = re.compile(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)")
 
 
@@ -64,7 +65,7 @@ def check_pixel_module(header: Dataset) -> None:
     _number(header, "BitsStored", range(1, bits + 1), required=False)
     _number(header, "PixelRepresentation", (0, 1), required=False)  # not for float pixels
     _number(header, "PlanarConfiguration", (0, 1), required=False)
-    _number(header, "NumberOfFrames", range(_US_MAX * _US_MAX), required=False)
+    _number(header, "NumberOfFrames", range(_IS_MAX + 1), required=False)
     photometric = _value(header, "PhotometricInterpretation")
     if not isinstance(photometric, str) or not photometric.strip():
         raise _unusable("PhotometricInterpretation", "is missing")
