@@ -927,3 +927,88 @@ def test_malformed_wado_uri_frame_number_is_400(
         headers=AUTH,
     )
     assert "frameNumber" in assert_error(server, response, 400)
+
+
+# ------------------------------------------------------------------ unusable pixel modules
+UNUSABLE_PIXEL_MODULES = {
+    "Rows": ([128, 128], "(0028,0010) Rows"),
+    "Columns": ([128, 128], "(0028,0011) Columns"),
+    "BitsAllocated": ([16, 16], "(0028,0100) Bits Allocated"),
+    "PhotometricInterpretation": (["MONOCHROME2"] * 2, "(0028,0004) Photometric Interpretation"),
+}
+DECODED_FRAMES = (
+    'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
+)
+STORED_FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+@pytest.fixture(scope="module")
+def unusable_images(
+    server: LiveServer,
+    pydicom_files: dict[str, DicomFile],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[tuple[str, str], DicomFile]:
+    """CT_small (native) and MR_small_RLE (RLE) each with one Image Pixel attribute given two
+    values, under UIDs of their own; ingest keeps them (their UIDs and structure are sound)."""
+    folder = tmp_path_factory.mktemp("unusable")
+    made = {}
+    for base in ("explicit_le", "rle"):
+        for keyword, (value, _) in UNUSABLE_PIXEL_MODULES.items():
+            ds = pydicom_files[base].dataset()
+            setattr(ds, keyword, value)
+            ds.SOPInstanceUID = synth.synth_uid(34, base, keyword)
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            path = folder / f"{base}-{keyword}.dcm"
+            path.write_bytes(encode(ds))
+            made[(base, keyword)] = DicomFile(path)
+    response = stow(server, stow_body(*(f.data for f in made.values())))
+    assert response.status_code == 200, response.text
+    return made
+
+
+@pytest.mark.parametrize("keyword", UNUSABLE_PIXEL_MODULES)
+def test_unusable_pixel_module_is_406_naming_it(
+    server: LiveServer, unusable_images: dict[tuple[str, str], DicomFile], keyword: str
+) -> None:
+    """An object whose Rows, Columns, Bits Allocated or Photometric Interpretation has two
+    values (VM 1, PS3.3 C.7.6.3) cannot be decoded: rendered and thumbnail (PS3.18 10.4.1.1.3),
+    decoded frames (10.4.1.1.4), a conversion to another transfer syntax (8.7.3.5) and a
+    WADO-URI JPEG (9) each answer 406 with a reason naming the attribute, not a 500; its
+    metadata and its frames as stored are served."""
+    named = UNUSABLE_PIXEL_MODULES[keyword][1]
+    native, rle = unusable_images[("explicit_le", keyword)], unusable_images[("rle", keyword)]
+    refused = [
+        (native, "/rendered", "image/jpeg"),
+        (native, "/thumbnail", "image/png"),
+        (native, "/frames/1/rendered", "image/jpeg"),
+        (rle, "/rendered", "image/jpeg"),
+        (rle, "/frames/1", DECODED_FRAMES),
+        (
+            rle,
+            "",
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1',
+        ),
+    ]
+    for f, suffix, accept in refused:
+        study, series, sop = f.uids
+        url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}{suffix}"
+        response = requests.get(url, headers={**AUTH, "Accept": accept}, timeout=30)
+        reason = assert_error(server, response, 406)
+        assert named in reason, (suffix, reason)
+    study, series, sop = native.uids
+    response = requests.get(
+        f"{server.url}/wado",
+        params={"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert named in assert_error(server, response, 406)
+    for f, suffix, accept in (
+        (native, "/metadata", "application/dicom+json"),
+        (rle, "/frames/1", STORED_FRAMES),
+        (native, "", AS_STORED),
+    ):
+        study, series, sop = f.uids
+        url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}{suffix}"
+        response = requests.get(url, headers={**AUTH, "Accept": accept}, timeout=30)
+        assert response.status_code == 200, (suffix, response.text[:300])

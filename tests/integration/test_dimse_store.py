@@ -22,8 +22,8 @@ import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import HTJ2KLossless, JPEG2000Lossless
-from pynetdicom import AE, build_context
+from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless
+from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from integration import AUTH, DicomFile
@@ -219,6 +219,77 @@ def test_another_patient_under_a_stored_study_is_refused(dimse: Dimse) -> None:
         f"{dimse.http}/studies/{original.StudyInstanceUID}/metadata", headers=AUTH, timeout=30
     ).json()
     assert [m["00100020"]["Value"][0] for m in metadata] == ["DIMSE-PAT-A"]
+
+
+def _send_file_as_it_is(assoc: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> Dataset:
+    """C-STORE the data set of ``path`` byte for byte on the context of its file meta's SOP
+    class and transfer syntax, whatever the data set holds (pynetdicom's chunked send)."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    return assoc.send_c_store(path)
+
+
+def test_data_set_of_another_sop_class_than_its_context_is_a900(
+    dimse: Dimse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PS3.4 B.2.3: a data set that does not match the SOP class of its presentation context
+    (an MR image on a CT Image Storage context) is refused with 0xA900 and stored nowhere; the
+    same MR image on an MR context is stored, on the same association."""
+    mr = next(synth.series_datasets("MR", n_instances=1, seed=43, rows=32, columns=32,
+        patient=synth.PatientSpec("DIMSE-CLASS-1", "Class^One", "19800101", "F")))  # fmt: skip
+    ct_class = "1.2.840.10008.5.1.4.1.1.2"
+    assert mr.SOPClassUID != ct_class
+    syntax = mr.file_meta.TransferSyntaxUID
+    mr.preamble = b"\0" * 128  # a PS3.10 file, which the chunked send reads
+    as_ct = tmp_path / "mr_as_ct.dcm"
+    mr.file_meta.MediaStorageSOPClassUID = ct_class  # picks the context of the C-STORE
+    pydicom.dcmwrite(as_ct, mr)
+    as_mr = tmp_path / "mr.dcm"
+    mr.file_meta.MediaStorageSOPClassUID = mr.SOPClassUID
+    pydicom.dcmwrite(as_mr, mr)
+    ae = AE(ae_title="PYNET")
+    ae.add_requested_context(ct_class, syntax)
+    ae.add_requested_context(mr.SOPClassUID, syntax)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=NUBIS_AE)
+    assert assoc.is_established
+    try:
+        refused = _send_file_as_it_is(assoc, as_ct, monkeypatch)
+        assert refused.Status == 0xA900, refused
+        assert "SOP Class" in refused.ErrorComment, refused.ErrorComment
+        assert mr.SOPInstanceUID not in {r.sop_instance_uid for r in index_rows(dimse.data_dir)}
+        assert _send_file_as_it_is(assoc, as_mr, monkeypatch).Status == 0x0000
+    finally:
+        assoc.release()
+    assert stored_bytes(dimse, mr.SOPInstanceUID)
+
+
+def test_data_set_encoded_unlike_its_context_is_c000(
+    dimse: Dimse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PS3.4 B.2.3 with PS3.5 10: a data set sent in implicit VR on an Explicit VR Little Endian
+    context cannot be understood (0xC000); it is not stored to be served as explicit VR, which
+    dcmdump cannot read. The same data set sent in explicit VR is stored."""
+    ds = next(synth.series_datasets("CT", n_instances=1, seed=44, rows=32, columns=32,
+        patient=synth.PatientSpec("DIMSE-VR-1", "Vr^One", "19800101", "M")))  # fmt: skip
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.preamble = b"\0" * 128
+    unlike = tmp_path / "implicit_under_explicit.dcm"
+    pydicom.dcmwrite(unlike, ds, implicit_vr=True, little_endian=True, force_encoding=True)
+    assert run(["dcmdump", str(unlike)], check=False).returncode != 0
+    ae = AE(ae_title="PYNET")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=NUBIS_AE)
+    assert assoc.is_established
+    try:
+        refused = _send_file_as_it_is(assoc, unlike, monkeypatch)
+        assert refused.Status == 0xC000, refused
+        assert "implicit VR" in refused.ErrorComment, refused.ErrorComment
+        assert ds.SOPInstanceUID not in {r.sop_instance_uid for r in index_rows(dimse.data_dir)}
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    stored = tmp_path / "stored.dcm"
+    stored.write_bytes(stored_bytes(dimse, ds.SOPInstanceUID))
+    run(["dcmdump", str(stored)])
 
 
 def test_concurrent_associations_lose_nothing(dimse: Dimse, tmp_path: Path) -> None:

@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING
 import pydicom
 import pytest
 import requests
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from integration import AUTH, DicomFile, multipart_parts
+from nubis.tools import synth
 
 if TYPE_CHECKING:
     from conftest import LiveServer
 
 DCIODVFY = shutil.which("dciodvfy")
 needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dicom3tools (dciodvfy) not installed")
+DCMDUMP = shutil.which("dcmdump")
 
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 EXPLICIT_LE = (
@@ -43,18 +45,25 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return sorted(line for line in lines if line.startswith(("Error", "Abort")))
 
 
-def _post(server: LiveServer, files: list[DicomFile]) -> None:
+def dcmdump_errors(path: Path) -> list[str]:
+    """dcmdump's error lines for ``path`` (and its exit status, if not 0): what a tool that
+    trusts the file meta makes of it."""
+    assert DCMDUMP is not None, "dcmtk (dcmdump) not installed; scripts/test.sh installs it"
+    proc = subprocess.run(
+        [DCMDUMP, str(path)], capture_output=True, text=True, errors="replace", timeout=60
+    )
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("E:")]
+    return errors + ([f"exit status {proc.returncode}"] if proc.returncode else [])
+
+
+def _stow(server: LiveServer, datas: list[bytes]) -> requests.Response:
     boundary = "nubis-validation-boundary"
     body = b"".join(
-        b"--"
-        + boundary.encode()
-        + b"\r\nContent-Type: application/dicom\r\n\r\n"
-        + f.data
-        + b"\r\n"
-        for f in files
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + d + b"\r\n"
+        for d in datas
     )
     body += b"--" + boundary.encode() + b"--\r\n"
-    response = requests.post(
+    return requests.post(
         f"{server.dicomweb}/studies",
         data=body,
         headers={
@@ -63,6 +72,10 @@ def _post(server: LiveServer, files: list[DicomFile]) -> None:
         },
         timeout=60,
     )
+
+
+def _post(server: LiveServer, files: list[DicomFile]) -> None:
+    response = _stow(server, [f.data for f in files])
     assert response.status_code == 200, response.text
 
 
@@ -154,3 +167,54 @@ def test_wado_uri_as_stored_is_byte_identical(
     )
     assert response.status_code == 200
     assert response.content == f.data
+
+
+def test_served_back_as_stored_parses_in_dcmdump(
+    live_server: LiveServer, pydicom_files: dict[str, DicomFile], tmp_path: Path
+) -> None:
+    """Whatever is served in its stored transfer syntax reads in a tool that trusts its file
+    meta: dcmdump reports no error for any of pydicom's files, stored and retrieved."""
+    files = list(pydicom_files.values())
+    _post(live_server, files)
+    for f in files:
+        retrieved = tmp_path / f"{f.sop_uid}.dcm"
+        retrieved.write_bytes(_retrieve(live_server, f, AS_STORED))
+        assert dcmdump_errors(retrieved) == [], f.path.name
+
+
+@pytest.mark.parametrize(
+    ("meta_syntax", "implicit"),
+    [(ExplicitVRLittleEndian, True), (ImplicitVRLittleEndian, False)],
+    ids=["implicit-under-explicit", "explicit-under-implicit"],
+)
+def test_data_set_unlike_its_transfer_syntax_is_refused(
+    live_server: LiveServer,
+    pydicom_files: dict[str, DicomFile],
+    tmp_path: Path,
+    meta_syntax: str,
+    implicit: bool,
+) -> None:
+    """PS3.10 7.1: (0002,0010) names the transfer syntax of the data set that follows. A data
+    set encoded otherwise (an implicit VR one under Explicit VR Little Endian) is what dcmdump
+    cannot read ("premature end of stream"), so STOW-RS refuses it (PS3.18 10.5.3: 409, failure
+    reason 0xC000, the reason in a Warning header) rather than store and serve it."""
+    ds = pydicom_files["explicit_le"].dataset()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = synth.synth_uid(
+        91, "unlike", str(implicit)
+    )
+    ds.file_meta.TransferSyntaxUID = meta_syntax
+    unlike = tmp_path / "unlike.dcm"
+    pydicom.dcmwrite(unlike, ds, implicit_vr=implicit, little_endian=True, force_encoding=True)
+    assert dcmdump_errors(unlike), "dcmdump reads the file: it does not show the fault"
+    response = _stow(live_server, [unlike.read_bytes()])
+    assert response.status_code == 409, response.text
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    found = "implicit" if implicit else "explicit"
+    assert f"encoded in {found} VR" in response.headers["warning"], response.headers
+    query = requests.get(
+        f"{live_server.dicomweb}/instances",
+        params={"SOPInstanceUID": ds.SOPInstanceUID},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert query.status_code == 200 and query.json() == [], query.text

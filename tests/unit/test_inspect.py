@@ -7,6 +7,7 @@ import resource
 import shutil
 import struct
 import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,15 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 from pydicom.valuerep import PersonName
 
 from nubis.dicom.inspect import BULK_URI_MARKER, InspectedInstance, inspect_file
@@ -435,6 +444,127 @@ def test_unknown_transfer_syntax(tmp_path: Path) -> None:
 
 def test_missing_transfer_syntax() -> None:
     assert _refused(_testdata("meta_missing_tsyntax.dcm")).dimse_status == 0xC000
+
+
+def _data_set_start(data: bytes) -> int:
+    # After the preamble, "DICM" and the file meta group, whose first element gives its length.
+    return 144 + int.from_bytes(data[140:144], "little")
+
+
+@pytest.mark.parametrize(
+    ("meta_syntax", "implicit"),
+    [
+        (ExplicitVRLittleEndian, True),
+        (ImplicitVRLittleEndian, False),
+        (DeflatedExplicitVRLittleEndian, True),
+        (ExplicitVRBigEndian, True),
+        (RLELossless, True),
+    ],
+    ids=["explicit-meta", "implicit-meta", "deflated-meta", "big-endian-meta", "rle-meta"],
+)
+def test_data_set_encoded_unlike_its_transfer_syntax(
+    tmp_path: Path, meta_syntax: str, implicit: bool
+) -> None:
+    """PS3.10 7.1: (0002,0010) names the transfer syntax of the data set that follows. A data
+    set in implicit VR under an explicit VR syntax (or the reverse) parses in pydicom, which
+    guesses, but not in tools that trust the header (dcmdump: premature end of stream), so it
+    is refused with 0xC000 and a reason naming both encodings."""
+    ds = pydicom.dcmread(_testdata("MR_small.dcm"))
+    if meta_syntax == RLELossless:
+        ds.compress(RLELossless, generate_instance_uid=False)
+    ds.file_meta.TransferSyntaxUID = meta_syntax
+    path = tmp_path / "unlike.dcm"
+    pydicom.dcmwrite(path, ds, implicit_vr=implicit, little_endian=True, force_encoding=True)
+    refusal = _refused(path)
+    assert refusal.dimse_status == 0xC000
+    found, said = ("implicit", "explicit") if implicit else ("explicit", "implicit")
+    assert f"encoded in {found} VR" in refusal.reason, refusal.reason
+    assert f"{meta_syntax} ({UID(meta_syntax).name}), which is {said} VR" in refusal.reason
+
+
+def test_native_pixel_data_under_a_compressed_syntax(tmp_path: Path) -> None:
+    """PS3.5 8.2 and A.4: a compressed transfer syntax carries Pixel Data encapsulated; a native
+    value under one would be served as a JPEG or RLE bitstream that it is not."""
+    data = _testdata("MR_small.dcm").read_bytes()
+    path = tmp_path / "native_as_rle.dcm"
+    path.write_bytes(data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.5\x00", 1))
+    refusal = _refused(path)
+    assert refusal.dimse_status == 0xC000
+    assert "(7FE0,0010) Pixel Data is native" in refusal.reason
+    assert RLELossless in refusal.reason
+
+
+def test_encapsulated_pixel_data_under_a_native_syntax(tmp_path: Path) -> None:
+    """PS3.5 8.2 and A.4: under a native transfer syntax Pixel Data has a defined length."""
+    data = _testdata("MR_small_RLE.dcm").read_bytes()
+    path = tmp_path / "rle_as_native.dcm"
+    path.write_bytes(data.replace(b"1.2.840.10008.1.2.5\x00", b"1.2.840.10008.1.2.1\x00", 1))
+    refusal = _refused(path)
+    assert refusal.dimse_status == 0xC000
+    assert "(7FE0,0010) Pixel Data is encapsulated" in refusal.reason
+    assert ExplicitVRLittleEndian in refusal.reason
+
+
+@pytest.mark.parametrize("cut", [3, 100, 5000])
+def test_deflated_data_set_ending_inside_an_element(tmp_path: Path, cut: int) -> None:
+    """A deflated data set (PS3.5 A.5) that, once inflated, ends inside an element is as
+    truncated as a plain one: its last value has no bytes to be served from."""
+    data = _testdata("image_dfl.dcm").read_bytes()
+    start = _data_set_start(data)
+    inflated = zlib.decompress(data[start:], -zlib.MAX_WBITS)
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    deflated = compressor.compress(inflated[:-cut]) + compressor.flush()
+    path = tmp_path / "deflated_cut.dcm"
+    path.write_bytes(data[:start] + deflated)
+    assert _refused(path).dimse_status == 0xC000
+
+
+# Bit flips found by the mutation fuzz test (tests/integration/test_mutation_fuzz.py) that
+# pydicom reads one way and dcmtk another (dcmdump fails on each): (file, [(byte, bit)], what
+# the refusal names).
+READ_DIFFERENTLY = {
+    "unknown-vr": ("MR_small.dcm", [(1438, 0)], "has the VR 'TS'"),  # (0028,0103) US -> TS
+    "unknown-meta-vr": ("CT_small.dcm", [(324, 3)], "file meta information has the VR 'IE'"),
+    "meta-group-length": ("MR_small_implicit.dcm", [(142, 7)], "Group Length is 8388812"),
+    "item-tag": ("CT_small.dcm", [(1032, 7)], "does not start with the Item tag"),
+    "item-length": ("CT_small.dcm", [(998, 2)], "where its Item Length says"),
+    "undefined-length-ob": ("SC_rgb_rle_2frame.dcm", [(1319, 1)], "(7FE0,0210) has VR OB"),
+    "deflated-header-cut": ("image_dfl.dcm", [(833, 6)], "of the inflated data set"),
+    "deflated-value-cut": ("image_dfl.dcm", [(2305, 4)], "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", READ_DIFFERENTLY.values(), ids=READ_DIFFERENTLY.keys())
+def test_read_differently_by_other_readers(
+    tmp_path: Path, case: tuple[str, list[tuple[int, int]], str]
+) -> None:
+    """pydicom reads past these faults (an unknown VR with a 2-byte length, a wrong item tag,
+    elements that overrun their item...) where other readers stop or read otherwise; stored as
+    they are, they would be served to tools that cannot read them. Refused with 0xC000."""
+    name, flips, reason = case
+    data = bytearray(_testdata(name).read_bytes())
+    for offset, bit in flips:
+        data[offset] ^= 1 << bit
+    path = tmp_path / f"mutant-{name}"
+    path.write_bytes(data)
+    refusal = _refused(path)
+    assert refusal.dimse_status == 0xC000
+    assert reason in refusal.reason, refusal.reason
+
+
+def test_element_read_as_implicit_vr_in_an_explicit_data_set(tmp_path: Path) -> None:
+    """Where an explicit VR element has bytes that are not a VR, pydicom reads it as an implicit
+    VR element (4-byte length) and dcmtk as one with a 2-byte length: made here so that both
+    readings go on, each its own way, to the end of the file."""
+    data = _testdata("MR_small.dcm").read_bytes()
+    pixel_representation = b"\x28\x00\x03\x01US\x02\x00\x01\x00"
+    implicit_looking = b"\x28\x00\x03\x01\x02\x00\x00\x00\x01\x00"
+    assert data.count(pixel_representation) == 1
+    path = tmp_path / "switch.dcm"
+    path.write_bytes(data.replace(pixel_representation, implicit_looking))
+    refusal = _refused(path)
+    assert refusal.dimse_status == 0xC000
+    assert "(0028,0103) of an explicit VR data set has bytes that are not a VR" in refusal.reason
 
 
 def test_large_text_and_numbers_stay_inline(tmp_path: Path) -> None:

@@ -45,6 +45,15 @@ from pydicom.hooks import hooks
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR
 
+from nubis.dicom.consistency import (
+    VRS,
+    check_file_meta,
+    check_pixel_data_encoding,
+    check_vr_encoding,
+    end_of_last_element,
+    has_invalid_vr,
+    invalid_vr,
+)
 from nubis.errors import InvalidInstance
 
 __all__ = ["BULK_URI_MARKER", "InspectedInstance", "inspect_file"]
@@ -68,6 +77,8 @@ _EXTENDED_OFFSET_TABLE = 0x7FE00001
 _EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+_ITEM_TAG_BIG_ENDIAN = b"\xff\xfe\xe0\x00"
 
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 _REQUIRED_UIDS = (
@@ -163,9 +174,11 @@ def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> Inspec
     ------
     nubis.errors.InvalidInstance
         With the PS3.4 Annex B.2.3 status: 0xC000 if the file is not PS3.10, is truncated or
-        cannot be parsed; 0xC122 if its transfer syntax is unknown; 0xA900 if an identifying UID
-        is missing or invalid (PS3.5 Section 9.1) or the file meta SOP Instance UID differs from
-        the data set's.
+        cannot be parsed, or other readers would read it otherwise than pydicom does (data set
+        or Pixel Data not encoded as the transfer syntax says, unknown VRs, malformed items:
+        :mod:`nubis.dicom.consistency`); 0xC122 if its transfer syntax is unknown; 0xA900 if
+        an identifying UID is missing or invalid (PS3.5 Section 9.1) or the file meta SOP
+        Instance UID differs from the data set's.
     """
     opened = open(path, "rb") if isinstance(path, Path) else path  # noqa: SIM115 - closed below
     with opened as fp:
@@ -191,16 +204,35 @@ def _inspect(
     ds: FileDataset, fp: BinaryIO, reader: _CutShortReader, size: int, bulk_threshold: int
 ) -> InspectedInstance:
     transfer_syntax = _transfer_syntax(ds)
+    check_file_meta(ds, fp)
+    check_vr_encoding(ds, transfer_syntax)
     deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
-    if reader.cut_short or (not deflated and reader.tell() > size):
+    if deflated:
+        # Values lie in the inflated copy of the data set, read by pydicom without a
+        # _CutShortReader: a last element header cut short is seen by where its element ends.
+        inflated: BinaryIO = ds.buffer  # type: ignore[attr-defined]
+        stream, end, cut_short = "inflated data set", inflated.tell(), False
+        stream_size = inflated.seek(0, 2)
+        end = end_of_last_element(ds) or end
+    else:
+        stream, end, cut_short, stream_size = "file", reader.tell(), reader.cut_short, size
+    if cut_short or end > stream_size:
         raise _truncated()
-    if not deflated and reader.tell() != size:
+    if end != stream_size:
         raise InvalidInstance(
-            f"the data set cannot be parsed past byte {reader.tell()} of {size}",
+            f"the data set cannot be parsed past byte {end} of {stream_size} of the {stream}",
             dimse_status=_CANNOT_UNDERSTAND,
         )
-    walker = _Walker(fp, size, bulk_threshold, positional=not deflated)
+    walker = _Walker(
+        inflated if deflated else fp,
+        stream_size,
+        bulk_threshold,
+        positional=not deflated,
+        little_endian=transfer_syntax.is_little_endian,
+    )
     tree = walker.dataset(ds, "", 0, top_level=True)
+    if "BulkDataURI" in tree.get("7FE00010", {}):
+        check_pixel_data_encoding("7FE00010" in walker.encapsulated, transfer_syntax)
     # The JSON values are already decoded: reading them avoids converting elements twice.
     uids = [_valid_uid(tree, name, tag) for name, tag in _REQUIRED_UIDS]
     _check_meta_instance_uid(ds, uids[1])
@@ -351,10 +383,17 @@ class _Walker:
     Items of an undefined-length sequence are parsed from their parent's stream, while a
     defined-length sequence is parsed from a copy of its own value, so its items' positions are
     relative to that value's first byte; ``base`` carries the absolute offset of that stream.
+    ``fp`` is the outermost stream and ``size`` its length, which no value may run past: the
+    file, or the inflated data set of a deflated one, whose values have no position in the
+    stored file (``positional`` false).
     """
 
-    def __init__(self, fp: BinaryIO, size: int, threshold: int, *, positional: bool) -> None:
+    def __init__(
+        self, fp: BinaryIO, size: int, threshold: int, *, positional: bool, little_endian: bool
+    ) -> None:
         self.fp = fp
+        self.item_tag = _ITEM_TAG if little_endian else _ITEM_TAG_BIG_ENDIAN
+        self.length_format = "<L" if little_endian else ">L"
         self.size = size
         self.threshold = threshold
         self.positional = positional
@@ -372,7 +411,7 @@ class _Walker:
         if isinstance(encodings, str):
             encodings = [encodings]
         threshold = self.threshold
-        limit = self.size - base if self.positional else None
+        limit = self.size - base
         # Dataset.values() hands out the elements as read, without converting or loading them.
         for elem in list(ds.values()):
             tag = int(elem.tag)  # BaseTag compares in Python; int comparisons are much cheaper
@@ -382,14 +421,23 @@ class _Walker:
             if isinstance(elem, DataElement):
                 # Only undefined-length sequences arrive already converted.
                 if elem.VR == "SQ":
-                    out[key] = self.sequence(ds[tag], prefix + key, base)
+                    out[key] = self.sequence(ds[tag], prefix + key, base, base)
                 else:
                     out[key] = _pydicom_json(ds, tag)
                 continue
             vr = elem.VR
+            if vr not in VRS and has_invalid_vr(elem):
+                raise invalid_vr(tag, vr, "an explicit VR data set")
             if vr is None or vr == "UN" or vr in AMBIGUOUS_VR:
                 vr = self.vr(elem, ds, encodings)
             length = elem.length
+            if length == _UNDEFINED_LENGTH and tag != _PIXEL_DATA and vr not in ("SQ", "UN"):
+                # pydicom reads such a value as encapsulated fragments; other readers stop.
+                raise InvalidInstance(
+                    f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has VR {vr} and an undefined "
+                    "length, which only sequences and Pixel Data may have (PS3.5 7.1.3, A.4)",
+                    dimse_status=_CANNOT_UNDERSTAND,
+                )
             if length and (tag in _PIXEL_TAGS or (vr in _BULK_VRS and length > threshold)):
                 path = prefix + key
                 out[key] = {"vr": vr, "BulkDataURI": BULK_URI_MARKER + path}
@@ -399,9 +447,7 @@ class _Walker:
                 continue
             value = elem.value
             if length != _UNDEFINED_LENGTH:
-                if (value is not None and len(value) < length) or (
-                    limit is not None and elem.value_tell + length > limit
-                ):
+                if (value is not None and len(value) < length) or elem.value_tell + length > limit:
                     raise _truncated()
                 if value is None and length:
                     elem = read_deferred_data_element(
@@ -415,7 +461,7 @@ class _Walker:
                 self.offset_tables[tag] = elem.value or b""
             if vr == "SQ":
                 child_base = base + elem.value_tell if length != _UNDEFINED_LENGTH else base
-                out[key] = self.sequence(ds[tag], prefix + key, child_base)
+                out[key] = self.sequence(ds[tag], prefix + key, base, child_base)
                 continue
             try:
                 out[key] = _element_json(vr, elem, encodings)
@@ -425,11 +471,38 @@ class _Walker:
             del ds[tag]
         return out
 
-    def sequence(self, elem: DataElement, path: str, base: int) -> dict[str, Any]:
-        items = [
-            self.dataset(item, f"{path}/{i}/", base) for i, item in enumerate(elem.value or ())
-        ]
-        return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+    def sequence(self, elem: DataElement, path: str, base: int, child_base: int) -> dict[str, Any]:
+        """``base``: the offset of the stream the sequence element was parsed from, to which
+        its items' ``file_tell`` is relative; ``child_base``: that of its items' elements."""
+        items = elem.value or ()
+        for item in items:
+            self.check_item(elem.tag, item, base + item.file_tell, child_base)
+        tree = [self.dataset(item, f"{path}/{i}/", child_base) for i, item in enumerate(items)]
+        return {"vr": "SQ", "Value": tree} if tree else {"vr": "SQ"}
+
+    def check_item(self, sequence_tag: int, item: Dataset, offset: int, child_base: int) -> None:
+        """pydicom reads an item whatever its tag, and an element that runs past the end of its
+        item as if it did not; other readers stop at either (PS3.5 7.5)."""
+        self.fp.seek(offset)
+        header = self.fp.read(8)
+        problem = None
+        if header[:4] != self.item_tag:
+            problem = "does not start with the Item tag (FFFE,E000)"
+        else:
+            length = struct.unpack(self.length_format, header[4:])[0]
+            end = end_of_last_element(item)
+            if (
+                length != _UNDEFINED_LENGTH
+                and end is not None
+                and child_base + end != offset + 8 + length
+            ):
+                problem = "has elements that do not end where its Item Length says it ends"
+        if problem is not None:
+            raise InvalidInstance(
+                f"an item of sequence ({sequence_tag >> 16:04X},{sequence_tag & 0xFFFF:04X}) at "
+                f"byte {offset} {problem} (PS3.5 7.5)",
+                dimse_status=_CANNOT_UNDERSTAND,
+            )
 
     def vr(self, raw: RawDataElement, ds: Dataset, encodings: list[str]) -> str:
         vr = raw.VR
@@ -450,7 +523,7 @@ class _Walker:
     def check_extent(self, raw: RawDataElement, base: int) -> None:
         if raw.value is not None and len(raw.value) < raw.length:
             raise _truncated()
-        if self.positional and base + raw.value_tell + raw.length > self.size:
+        if base + raw.value_tell + raw.length > self.size:
             raise _truncated()
 
     def record_bulk(

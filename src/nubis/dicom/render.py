@@ -19,6 +19,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing
 
+from nubis.dicom.pixel_checks import stored_data_errors
 from nubis.dicom.transcode import (
     Source,
     frame_array,
@@ -385,7 +386,7 @@ def _encode(image: Image.Image, pillow_format: str, quality: int | None) -> byte
 def _render(path: Source, frame_number: int | None, options: RenderOptions) -> bytes:
     pillow_format = _pillow_format(options.media_type)
     header = read_header(path)
-    if "Rows" not in header or "Columns" not in header:
+    if "Rows" not in header and "Columns" not in header:
         raise NotAcceptable("instance has no pixel data")
     if frame_number is None:
         frame_number = (number_of_frames(header) + 1) // 2
@@ -397,6 +398,7 @@ def _render(path: Source, frame_number: int | None, options: RenderOptions) -> b
     return _encode(image, pillow_format, options.quality)
 
 
+@stored_data_errors("rendered")
 def render_frame(path: Source, frame_number: int, options: RenderOptions) -> bytes:
     """Render one frame as a consumer image (PS3.18 8.3.5 rendered resources, 9 WADO-URI).
 
@@ -431,6 +433,7 @@ def render_frame(path: Source, frame_number: int, options: RenderOptions) -> byt
     return _render(path, frame_number, options)
 
 
+@stored_data_errors("rendered")
 def render_thumbnail(path: Source, options: RenderOptions) -> bytes:
     """Render the middle frame as a thumbnail (PS3.18 10.4.1.1.3 ``/thumbnail`` resources).
 

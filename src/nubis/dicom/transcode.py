@@ -38,6 +38,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from nubis.dicom.pixel_checks import check_pixel_module, named_attribute, stored_data_errors
 from nubis.errors import BadRequest, NotAcceptable
 
 __all__ = [
@@ -235,7 +236,8 @@ def frame_index(header: Dataset, frame_number: int) -> int:
 
 
 def _has_image(header: Dataset) -> bool:
-    return "Rows" in header and "Columns" in header
+    # Without either, the object is no image (an SR, an RT Plan); with one, a broken one.
+    return "Rows" in header or "Columns" in header
 
 
 def frame_array(path: Source, header: Dataset, index: int, *, raw: bool = False) -> np.ndarray:
@@ -260,10 +262,13 @@ def frame_array(path: Source, header: Dataset, index: int, *, raw: bool = False)
     Raises
     ------
     NotAcceptable
-        If the instance has no pixel data or it cannot be decoded here.
+        If the instance has no pixel data, its pixel module is unusable (the reason names the
+        attribute, :func:`~nubis.dicom.pixel_checks.check_pixel_module`), or its pixel data
+        cannot be decoded here.
     """
     if not _has_image(header):
         raise NotAcceptable("instance has no pixel data")
+    check_pixel_module(header)
     source_ts = _transfer_syntax(header)
     try:
         if source_ts == DeflatedExplicitVRLittleEndian:
@@ -300,6 +305,7 @@ def _native_frame_bytes(arr: np.ndarray, header: Dataset) -> bytes:
     return _little_endian_bytes(arr)
 
 
+@stored_data_errors("decoded")
 def decode_frame(path: Source, frame_number: int) -> bytes:
     """Return one frame as uncompressed little endian bytes (PS3.18 8.7.3.3.2 octet-stream).
 
@@ -354,6 +360,7 @@ def _pixel_options(header: Dataset, arr: np.ndarray) -> dict[str, Any]:
     }
 
 
+@stored_data_errors("converted")
 def encode_frame(path: Source, frame_number: int, target_ts: str) -> bytes:
     """Return one frame in `target_ts` (PS3.18 8.7.3.5, frame retrieval with image media types).
 
@@ -465,6 +472,7 @@ def _record_lossy_source(ds: Dataset, source_ts: str, compressed_length: int) ->
         ds.LossyImageCompressionRatio = f"{ratio:.4g}"[:16]
 
 
+@stored_data_errors("converted")
 def transcode_file(path: Source, target_ts: str) -> bytes:
     """Return the instance at `path` as a PS3.10 file in `target_ts` (PS3.18 8.7.3.5).
 
@@ -514,6 +522,10 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
     elif target_ts not in UNCOMPRESSED_SYNTAXES and pixel_keyword != "PixelData":
         raise _refusal(source_ts, target_ts, "float pixel data cannot be compressed")
 
+    if pixel_keyword == "PixelData" and (
+        source_ts not in UNCOMPRESSED_SYNTAXES or target_ts not in UNCOMPRESSED_SYNTAXES
+    ):
+        check_pixel_module(ds)  # its pixels are decoded, or encoded
     try:
         if pixel_keyword is not None:
             if source_ts == ExplicitVRBigEndian:
@@ -529,7 +541,8 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
         buffer = io.BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
     except (ValueError, RuntimeError, NotImplementedError) as exc:
-        raise _refusal(source_ts, target_ts, "pixel data cannot be converted") from exc
+        why = f"the data set cannot be converted{named_attribute(exc)}"
+        raise _refusal(source_ts, target_ts, why) from exc
     except AttributeError as exc:
         raise _refusal(source_ts, target_ts, "file meta information incomplete") from exc
     return buffer.getvalue()

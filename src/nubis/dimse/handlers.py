@@ -383,7 +383,8 @@ class Handlers:
 
         Returns 0x0000 on success (also for an identical object stored again); otherwise the
         status the service reports: 0xA700 out of resources (storage unavailable), 0xA900 data
-        set does not match SOP class, 0xC000 cannot understand, 0x0111 a different object
+        set does not match SOP class (also that of the presentation context it came on), 0xC000
+        cannot understand, 0x0111 a different object
         under the same SOP Instance UID, 0x0124 the caller may not store. The association
         carries on whatever one object's outcome.
         """
@@ -400,7 +401,11 @@ class Handlers:
         except OSError as exc:
             log.error("C-STORE from %s: spool write failed: %s", _peer(event.assoc), exc)
             return _status_ds(0xA700, "out of resources: cannot spool the object")
-        outcome = self.archive.store.store(spooled, principal=self.principal(event.assoc))
+        outcome = self.archive.store.store(
+            spooled,
+            principal=self.principal(event.assoc),
+            expected_sop_class_uid=str(event.context.abstract_syntax),
+        )
         # The request's UID is what the peer sent, which may be anything: logged only if valid.
         affected = UID(str(event.request.AffectedSOPInstanceUID or ""))
         sop = outcome.sop_instance_uid or (affected if affected.is_valid else "(invalid UID)")

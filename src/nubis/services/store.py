@@ -87,9 +87,14 @@ class StoreService:
         *,
         principal: Principal,
         expected_study_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
     ) -> StoreOutcome:
         """Store one spooled PS3.10 file into ``principal``'s tenant; the spool file is
         consumed whatever happens.
+
+        ``expected_study_uid`` is the study of a STOW-RS request URL (PS3.18 10.5.1),
+        ``expected_sop_class_uid`` the abstract syntax of a C-STORE's presentation context
+        (PS3.4 B.2.3); an object of another study or SOP class is refused with 0xA900.
 
         Failures are returned, not raised, so one bad object never fails its neighbours in a
         STOW-RS request or a C-STORE association (PS3.18 10.5.3, PS3.4 B.2.3); a caller who
@@ -112,6 +117,15 @@ class StoreService:
                 raise InvalidInstance(
                     f"Study Instance UID {inspected.study_instance_uid} does not match the "
                     f"study {expected_study_uid} of the request URL",
+                    dimse_status=0xA900,
+                )
+            if (
+                expected_sop_class_uid is not None
+                and inspected.sop_class_uid != expected_sop_class_uid
+            ):
+                raise InvalidInstance(
+                    f"SOP Class UID {inspected.sop_class_uid} of the data set is not the SOP "
+                    f"Class {expected_sop_class_uid} of its presentation context",
                     dimse_status=0xA900,
                 )
             record = self.guard.record_job(self._event(principal, inspected, EventOutcome.SUCCESS))
