@@ -17,8 +17,10 @@ would log values at some levels, so :func:`configure_logging` holds them back:
   string is a QIDO-RS query (``?PatientName=...``): :class:`DropQueryString` cuts it off.
 * pydicom's value validation warns, and logs, quoting the value it finds invalid ("Invalid
   value for VR UI: '...'"): off (nubis.dicom.inspect checks what the archive relies on, and
-  says what is wrong without quoting). Other Python warnings go through the ``py.warnings``
-  logger instead of straight to stderr.
+  says what is wrong without quoting). pydicom logs each of its warnings too, so the warnings
+  themselves are dropped; a decoder's failure on a corrupt frame is logged without its
+  traceback (the client gets a 406 naming what failed; a traceback in the log marks a bug of
+  nubis). Other Python warnings go through the ``py.warnings`` logger instead of stderr.
 
 ``nubis serve`` calls this in the parent process and uvicorn's worker processes call it again
 (nubis.web.app.app_from_environment): a worker starts with no logging of its own.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import warnings
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -67,6 +70,17 @@ class UnquoteValues(logging.Filter):
         return True
 
 
+class StripTraceback(logging.Filter):
+    """Keeps pydicom's error messages and drops the tracebacks it attaches. On the handlers:
+    a logger's own filters do not see what its child loggers (pydicom.pixels...) log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "pydicom" or record.name.startswith("pydicom."):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def _add_filter(logger: logging.Logger, kind: type[logging.Filter]) -> None:
     if not any(isinstance(f, kind) for f in logger.filters):
         logger.addFilter(kind())
@@ -84,11 +98,15 @@ def configure_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(max(numeric, dimse))
     _add_filter(logging.getLogger("pynetdicom.utils"), UnquoteValues)
     _add_filter(logging.getLogger("uvicorn.access"), DropQueryString)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, StripTraceback) for f in handler.filters):
+            handler.addFilter(StripTraceback())
     logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     from pydicom import config as pydicom_config
 
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 
-__all__ = ["FORMAT", "DropQueryString", "UnquoteValues", "configure_logging"]
+__all__ = ["FORMAT", "DropQueryString", "StripTraceback", "UnquoteValues", "configure_logging"]
