@@ -108,6 +108,9 @@ def build_ae(ae_title: str, *, max_associations: int) -> AE:
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 300
+    # A C-MOVE destination that drops packets would otherwise hold the mover for the OS's TCP
+    # timeout (about 2 minutes) before its 0xA702 "unreachable".
+    ae.connection_timeout = 10
     # The Called AE Title is checked by Handlers.on_requested (dimse_accept_any_called_ae), which
     # logs why; callers are identified by their Calling AE Title and host.
     ae.require_called_aet = False
