@@ -374,7 +374,7 @@ class SharingService:
                 .values(last_opened_at=now, open_count=share_links.c.open_count + 1)
             )
             if not counted.rowcount:  # revoked (or expired) since it was looked up
-                raise NotFound("this share link was revoked by the person who shared it")
+                raise NotFound("this share link has been revoked")
             if record is not None:
                 record(conn)
 
@@ -418,7 +418,7 @@ class SharingService:
         link = _link(row._mapping)
         state = link.state()
         if state == "revoked":
-            raise NotFound("this share link was revoked by the person who shared it")
+            raise NotFound("this share link has been revoked")
         if state == "expired":
             raise NotFound("this share link has expired: ask for a new one")
         return link, row.pin_hash
