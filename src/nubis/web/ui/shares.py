@@ -79,6 +79,8 @@ def _link_view(link: ShareLink) -> dict[str, Any]:
         "created_by": link.created_by,
         "created": _when(link.created_at),
         "expires": _when(link.expires_at),
+        "created_short": _when(link.created_at).removesuffix(" UTC"),
+        "expires_short": _when(link.expires_at).removesuffix(" UTC"),
         "access": "view and download" if link.can_download else "view only",
         "pin": link.has_pin,
         "note": link.note,
