@@ -48,7 +48,7 @@ from sqlalchemy import Connection, delete, insert, literal, select, update
 from nubis.errors import BadRequest, NotFound, Unauthorized
 from nubis.index.database import Index
 from nubis.index.schema import grants, share_links
-from nubis.model.audit import EventOutcome, EventType
+from nubis.model.audit import AuditEvent, EventOutcome, EventType
 from nubis.model.query import Level, Query, tag_hex
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
@@ -501,8 +501,9 @@ class SharingService:
         assert decision.scope is not None
         if user_name.startswith(SHARE_PREFIX):
             raise NotFound(f"no such grant for {user_name}: revoke the link instead")
-        event = self._changed(who, f"grant of study {study_uid} to {user_name} withdrawn",
-                              study_uid, None)  # fmt: skip
+        event = self._changed(
+            who, f"grant of study {study_uid} to {user_name} withdrawn", study_uid, None
+        )
         self.users.revoke_grant(
             user_name,
             tenant=decision.scope.partition,
@@ -518,7 +519,7 @@ class SharingService:
 
     def _changed(
         self, who: Principal, description: str, study_uid: str, patient_id: str | None
-    ) -> Any:
+    ) -> AuditEvent:
         objects = [audit_events.study_object(study_uid)]
         if patient_id:
             objects.insert(0, audit_events.patient_object(patient_id))
