@@ -34,6 +34,7 @@ from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
 from nubis.services.query import QueryService
 from nubis.services.retrieve import RetrieveService
+from nubis.services.sharing import SharingService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
 from nubis.tiers.lifecycle import Lifecycle
@@ -146,6 +147,16 @@ class Archive:
             on_read=self.reads.touch,
         )
         self.query = QueryService(self.index, self.guard)
+        self.sharing = SharingService(
+            self.index,
+            self.guard,
+            self.query,
+            self.users,
+            self.sessions,
+            self.throttle,
+            default_days=settings.share_default_days,
+            max_days=settings.share_max_days,
+        )
         self.maintenance = Maintenance(
             self.index,
             self.blobs,

@@ -398,6 +398,10 @@ class Settings:
         "per process, so reads do not each cost a write.",
     )
     log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
+    share_default_days: int = _setting(
+        7, "A share link lasts this many days unless its creator chooses (1 to share_max_days)."
+    )
+    share_max_days: int = _setting(30, "The longest a share link may last, in days.")
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -581,6 +585,8 @@ def _validate_security(settings: Settings) -> None:
         )
     if settings.session_idle_minutes < 1 or settings.session_max_hours < 1:
         raise SettingsError("session_idle_minutes and session_max_hours must be >= 1")
+    if not 1 <= settings.share_default_days <= settings.share_max_days:
+        raise SettingsError("share_default_days must be between 1 and share_max_days")
     if settings.http_header_timeout_seconds < 1 or settings.http_body_timeout_seconds < 1:
         raise SettingsError(
             "http_header_timeout_seconds and http_body_timeout_seconds must be >= 1"

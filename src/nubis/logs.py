@@ -14,7 +14,8 @@ would log values at some levels, so :func:`configure_logging` holds them back:
 * botocore, boto3, s3transfer and urllib3 log whole requests and responses at DEBUG: capped at
   INFO.
 * uvicorn's access log (on when ``log_level`` is debug) has each request line, whose query
-  string is a QIDO-RS query (``?PatientName=...``): :class:`DropQueryString` cuts it off.
+  string is a QIDO-RS query (``?PatientName=...``): :class:`DropQueryString` cuts it off, and
+  the token of a share link's path (``/share/<token>``), a secret, with it.
 * pydicom's value validation warns, and logs, quoting the value it finds invalid ("Invalid
   value for VR UI: '...'"): off (nubis.dicom.inspect checks what the archive relies on, and
   says what is wrong without quoting). pydicom logs each of its warnings too, so the warnings
@@ -46,16 +47,25 @@ _CAPS = {
 
 
 class DropQueryString(logging.Filter):
-    """Cuts the query string off uvicorn's access log lines (``"GET /path?query HTTP/1.1"``)."""
+    """Cuts the query string off uvicorn's access log lines (``"GET /path?query HTTP/1.1"``),
+    and a share link's token off its path."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         # uvicorn's access record: (client address, method, path with query, HTTP version, status)
         if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
             path, sep, _ = args[2].partition("?")
+            shown = path
+            if path.startswith(_SHARE_PATH) and len(path) > len(_SHARE_PATH):
+                shown = _SHARE_PATH + "<token>"
             if sep:
-                record.args = (*args[:2], path + "?...", *args[3:])
+                shown += "?..."
+            if shown != args[2]:
+                record.args = (*args[:2], shown, *args[3:])
         return True
+
+
+_SHARE_PATH = "/share/"
 
 
 class UnquoteValues(logging.Filter):

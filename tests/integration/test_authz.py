@@ -1,9 +1,10 @@
 """Authorization matrix generated from the route table, and UID guessing (issue 4).
 
 Every DICOMweb route and method is requested by every kind of caller (anonymous, expired key,
-unknown key, each built-in role, an admin of another tenant) on three studies: one the caller
-may see ("own": patient P-OWN, granted to the referrer), another patient's study of the same
-tenant, and a study of another tenant. A route added without a rule in ``RULES`` fails
+unknown key, each built-in role, an admin of another tenant, and the browser sessions of two
+share links of the "own" study, view-only and view-and-download) on three studies: one the
+caller may see ("own": patient P-OWN, granted to the referrer), another patient's study of the
+same tenant, and a study of another tenant. A route added without a rule in ``RULES`` fails
 ``test_every_route_has_a_rule``, so nothing new ships unguarded.
 
 The archive runs in-process (Starlette's TestClient) with the real services, index, blob store
@@ -24,6 +25,7 @@ from starlette.testclient import TestClient
 
 from nubis.archive import Archive
 from nubis.config import load_settings
+from nubis.security.policy import Principal
 from nubis.tools import synth
 from nubis.web.app import create_app
 from nubis.web.auth import PUBLIC_PATHS
@@ -44,11 +46,12 @@ for _path in (
     _STUDY + "/series",
     _STUDY + "/instances",
     _SERIES + "/instances",
-    "/wado",
 ):
     RULES[(_path, "GET")] = "read"
+# Whole objects leave: WADO-RS instances, and WADO-URI as application/dicom (as _url asks).
+RULES[("/wado", "GET")] = "download"
 for _resource in (_STUDY, _SERIES, _INSTANCE):
-    RULES[(_resource, "GET")] = "read"
+    RULES[(_resource, "GET")] = "download"
     RULES[(_resource, "DELETE")] = "delete"
     RULES[(_resource + "/metadata", "GET")] = "read"
     RULES[(_resource + "/thumbnail", "GET")] = "read"
@@ -72,18 +75,37 @@ RULES[("/ui/login", "GET")] = "public"
 RULES[("/ui/login", "POST")] = "public"
 RULES[("/ui/logout", "POST")] = "any"
 RULES[("/ui/", "GET")] = "page"
+# Share links: the entry is open to anyone holding a token (tests/integration/test_shares.py);
+# "/share/" is the landing page of a link's own session, absent (404) for everyone else.
+RULES[("/share/{token}", "GET")] = "public"
+RULES[("/share/{token}", "POST")] = "public"
+RULES[("/share/", "GET")] = "share-session"
+# Making and managing links and user grants: roles that may share (their whole tenant); a
+# signed-out browser is sent to sign in, a study of another tenant is absent.
+for _path, _method in (
+    ("/ui/shares", "GET"),
+    ("/ui/shares/{link}/revoke", "POST"),
+    ("/ui/studies/{study}/share", "GET"),
+    ("/ui/studies/{study}/share", "POST"),
+    ("/ui/studies/{study}/share/users", "POST"),
+):
+    RULES[(_path, _method)] = "share"
 
-# What each role may do, written out independently of nubis.security.policy.
+# What each role may do, written out independently of nubis.security.policy. "share-view" and
+# "share-download" are the sessions of share links (internal roles, never a user's).
 CAN = {
-    "admin": {"read", "write", "delete", "audit"},
-    "radiologist": {"read", "write"},
-    "referrer": {"read"},
+    "admin": {"read", "download", "write", "delete", "audit", "share"},
+    "radiologist": {"read", "download", "write", "share"},
+    "referrer": {"read", "download"},
     "uploader": {"write"},
     "modality": {"write"},
     "researcher": set(),
     "auditor": {"audit"},
+    "share-view": {"read"},
+    "share-download": {"read", "download"},
 }
-GRANTED_ONLY = {"referrer"}
+GRANTED_ONLY = {"referrer", "share-view", "share-download"}
+SHARE_CALLERS = ("share-view", "share-download")
 
 
 def _routes(app: object) -> Iterator[tuple[str, str]]:
@@ -117,10 +139,19 @@ class World:
     studies: dict[str, Study]
     tmp: Path
     counter: int = 100
+    link_id: str = ""  # a share link of the radiologist's, for the revoke route
 
     def headers(self, who: str) -> dict[str, str]:
         if who == "anonymous":
             return {}
+        if who in SHARE_CALLERS:
+            # A share link's browser session: the cookie, and its CSRF token for scripts.
+            session = self.archive.sessions.find(self.keys[who])
+            assert session is not None, f"the {who} session ended"
+            return {
+                "Cookie": f"nubis_session={self.keys[who]}",
+                "X-CSRF-Token": session.csrf_token,
+            }
         return {"Authorization": f"Bearer {self.keys[who]}"}
 
     def store(self, key: str, path: Path) -> None:
@@ -174,7 +205,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         users = archive.users
         keys = {"admin": ADMIN}
         for role in CAN:
-            if role == "admin":
+            if role == "admin" or role in SHARE_CALLERS:
                 continue
             users.add_user(role, tenant="default", roles=role)
             keys[role] = users.create_api_key(role)[1]
@@ -203,6 +234,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert match, uri[:400]
         for study in world.studies.values():
             study.bulk = match.group(1)
+        # Users a study can be shared with (referrers), one per tenant; not callers here.
+        users.add_user("grantee-default", tenant="default", roles="referrer")
+        users.add_user("grantee-other", tenant="other", roles="referrer")
+        sharing = archive.sharing
+        radiologist = Principal("radiologist", "default", frozenset({"radiologist"}))
+        own = world.studies["own"].study
+        for who, download in (("share-view", False), ("share-download", True)):
+            _, token = sharing.create(radiologist, own, can_download=download)
+            keys[who] = sharing.open(token, pin="", peer="127.0.0.1").session_token
+        world.link_id = sharing.create(radiologist, own)[0].id
         yield world
 
 
@@ -248,6 +289,46 @@ def _visible(who: str, target: str) -> bool:
     return target == "own" or who not in GRANTED_ONLY
 
 
+SIGNED_OUT = ("anonymous", "expired", "unknown")
+
+
+def _share_route(world: World, who: str, path: str, method: str) -> list[str]:
+    """A page or form of making and managing share links, for one caller (see RULES)."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    tenant = "other" if who == "other-admin" else "default"
+    targets = ("own", "other_patient", "other_tenant") if "{study}" in path else ("",)
+    for target in targets:
+        url = path.replace("{link}", world.link_id)
+        if target:
+            url = url.replace("{study}", world.studies[target].study)
+        data = None
+        if path.endswith("/share/users"):
+            data = {"user": f"grantee-{tenant}"}
+        elif method == "POST" and "{study}" in path:
+            data = {"days": "1", "access": "view", "note": "matrix"}
+        elif method == "POST":
+            data = {"next": "/ui/shares"}
+        response = world.client.request(
+            method, url, headers=world.headers(who), data=data, follow_redirects=False
+        )
+        status = response.status_code
+        location = response.headers.get("location", "")
+        if who in SIGNED_OUT:
+            expected, ok = "303 to sign-in", status == 303 and location.startswith("/ui/login")
+        elif "share" not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif target and not _visible(who, target):
+            expected, ok = "404", status == 404
+        elif "{link}" in path and who == "other-admin":
+            expected, ok = "404 (a link of another tenant)", status == 404
+        else:
+            expected, ok = "2xx or 303", 200 <= status < 300 or status == 303
+        if not ok:
+            failures.append(f"{method} {path} [{target or '-'}]: {status}, expected {expected}")
+    return failures
+
+
 @pytest.mark.parametrize("who", CALLERS)
 def test_authorization_matrix(world: World, who: str) -> None:
     failures = []
@@ -255,9 +336,18 @@ def test_authorization_matrix(world: World, who: str) -> None:
         need = RULES.get((path, method))
         if need in (None, "login", "any", "public") or path in PUBLIC_PATHS:
             continue
+        if need == "share":
+            failures += _share_route(world, who, path, method)
+            continue
+        if need == "share-session":
+            response = world.client.get(path, headers=world.headers(who), follow_redirects=False)
+            expected = 200 if who in SHARE_CALLERS else 404
+            if response.status_code != expected:
+                failures.append(f"GET {path}: {response.status_code}, expected {expected}")
+            continue
         if need == "page":
             response = world.client.get(path, headers=world.headers(who), follow_redirects=False)
-            signed_out = who in ("anonymous", "expired", "unknown")
+            signed_out = who in SIGNED_OUT
             location = response.headers.get("location", "")
             if signed_out and not (
                 response.status_code == 303 and location.startswith("/ui/login")
@@ -285,7 +375,7 @@ def test_authorization_matrix(world: World, who: str) -> None:
             else:
                 response = world.client.request(method, url, headers=world.headers(who))
             status = response.status_code
-            if who in ("anonymous", "expired", "unknown"):
+            if who in SIGNED_OUT:
                 expected = "401"
                 ok = status == 401 and "www-authenticate" in response.headers
             elif need not in CAN[role] or (need == "audit" and who == "other-admin"):

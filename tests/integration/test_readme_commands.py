@@ -69,6 +69,13 @@ RUN_AS: dict[str, list[str] | str] = {
         "nubis apikeys list alice",
         "nubis apikeys revoke {key_id}",
     ],
+    "nubis shares list [--study STUDY_UID]": [
+        "nubis shares list",
+        "nubis shares list --study 1.2.3",
+    ],
+    "nubis shares revoke LINK_ID": (
+        "needs a link made in the web face: tests/unit/test_shares_cli.py revokes one"
+    ),
     "nubis dimse peers add PACS 10.0.0.7 104 --no-store": [
         "nubis dimse peers add PACS 10.0.0.7 104 --no-store"
     ],

@@ -47,7 +47,7 @@ from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.query_sql import Page, granted_to, search_page
 from nubis.index.schema import doomed_blobs, instances, series, series_requests, studies
 from nubis.index.store_sql import insert_instance, lock_study
-from nubis.model.query import Query
+from nubis.model.query import Level, Query
 from nubis.model.records import NewInstance, StoredInstance, StoreResult
 
 log = logging.getLogger(__name__)
@@ -517,7 +517,7 @@ def _scoped(
     if sop is not None:
         stmt = stmt.where(instances.c.sop_instance_uid == sop)
     if grantee is not None:
-        stmt = stmt.where(granted_to(grantee))
+        stmt = stmt.where(granted_to(grantee, Level.INSTANCE))
     return stmt
 
 

@@ -337,27 +337,36 @@ def _partition_is(col: Any, partition: str, *, unindexed: bool) -> ColumnElement
     return col == partition
 
 
-def granted_to(grantee: str) -> ColumnElement[bool]:
-    """Studies granted to ``grantee``, per study or per patient, in the study's own partition.
+def granted_to(grantee: str, level: Level) -> ColumnElement[bool]:
+    """What is granted to ``grantee`` at ``level``: the scope of every grant-limited read
+    (QIDO-RS and C-FIND at each level here, retrieval through ``Index.instances_of``).
 
-    A correlated EXISTS rather than a join: a study granted twice (by patient and by study) is
+    A grant names a patient or a study, in the study's own partition, and may narrow a study to
+    one series (``grants.series_uid``). A study is seen when anything in it is granted; a series
+    or an instance only when the grant covers its series (no series named: all of them). A
+    correlated EXISTS rather than a join: a study granted twice (by patient and by study) is
     still one row, and paging by primary key stays exact.
     """
-    return sa.exists().where(
+    conditions = [
         grants.c.subject == grantee,
         grants.c.tenant == studies.c.partition,
         sa.or_(
             grants.c.study_uid == studies.c.study_uid,
             grants.c.patient_id == studies.c.patient_id,
         ),
-    )
+    ]
+    if level is not Level.STUDY:
+        conditions.append(
+            sa.or_(grants.c.series_uid.is_(None), grants.c.series_uid == series.c.series_uid)
+        )
+    return sa.exists().where(*conditions)
 
 
 def _base(q: Query, *, unindexed_partition: bool) -> tuple[Any, Any, list[ColumnElement[bool]]]:
     """FROM clause, primary key and the partition/scope filters of the query level."""
     where = [_partition_is(studies.c.partition, q.partition, unindexed=unindexed_partition)]
     if q.grantee is not None:
-        where.append(granted_to(q.grantee))
+        where.append(granted_to(q.grantee, q.level))
     if q.study_uid is not None:
         where.append(studies.c.study_uid == q.study_uid)
     if q.series_uid is not None:

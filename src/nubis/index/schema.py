@@ -203,9 +203,12 @@ api_keys = Table(
 )
 Index("ix_api_keys_user", api_keys.c.user_name)
 
-# A grant lets ``subject`` (a user name, or ``oidc:<sub>``) see one patient's studies or one
-# study in ``tenant``; exactly one of patient_id / study_uid is set. Scope-limited roles
-# (referrer) see only what is granted; QIDO-RS joins this table, so paging stays exact.
+# A grant lets ``subject`` (a user name, ``oidc:<sub>``, or ``share:<link id>``) see one
+# patient's studies or one study in ``tenant``; exactly one of patient_id / study_uid is set.
+# ``series_uid`` (migration 0010, with a study_uid) narrows a study grant to one series: the
+# study is found, only that series of it (a share link of some series). Scope-limited roles
+# (referrer, share links) see only what is granted; QIDO-RS joins this table, so paging stays
+# exact (index/query_sql.granted_to, the one place that reads it for scope).
 grants = Table(
     "grants",
     metadata,
@@ -215,9 +218,39 @@ grants = Table(
     Column("patient_id", String(64)),
     Column("study_uid", UID),
     Column("created_at", BigInteger, nullable=False),
+    Column("series_uid", UID),
     UniqueConstraint("subject", "tenant", "patient_id", "study_uid", name="uq_grants"),
 )
 Index("ix_grants_subject", grants.c.subject, grants.c.tenant)
+
+# Share links (nubis.services.sharing, migration 0010): one study, or some of its series (then
+# one grant row per series), for someone without an account. The link's token is 256 random
+# bits shown once; only its SHA-256 is kept, so a stolen index opens nothing. The link's reads
+# are scoped by grant rows naming ``share:<id>``, which its revocation deletes with its
+# sessions. ``series_uids`` (backslash-joined) repeats the grant rows for listings;
+# ``pin_hash`` is argon2id. Times in ms since the epoch. Rows stay after expiry and
+# revocation, for the owner's list.
+share_links = Table(
+    "share_links",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("tenant", String(64), nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("series_uids", Text),
+    Column("created_by", String(256), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+    Column("revoked_by", String(256)),
+    Column("pin_hash", String(256)),
+    Column("can_download", Boolean, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("last_opened_at", BigInteger),
+    Column("open_count", Integer, nullable=False),
+)
+Index("ix_share_links_study", share_links.c.tenant, share_links.c.study_uid)
+Index("ix_share_links_created_by", share_links.c.tenant, share_links.c.created_by)
 
 # Background jobs (nubis.jobs): reap, verify, tier... A runner claims a queued job (SKIP LOCKED
 # on PostgreSQL), holds it under a lease it renews while it runs, and a job whose lease ran out
@@ -399,6 +432,7 @@ __all__ = [
     "retired_keks",
     "series",
     "series_requests",
+    "share_links",
     "studies",
     "study_lifecycle",
     "users",

@@ -267,6 +267,33 @@ def user_authentication(
     )
 
 
+def share_opened(
+    who: Any,
+    *,
+    created_by: str,
+    study_uid: str,
+    outcome: EventOutcome = EventOutcome.SUCCESS,
+    description: str | None = None,
+    front_door: str | None = None,
+    request_id: str | None = None,
+) -> AuditEvent:
+    """A share link opened (User Authentication, Login; PS3.15 A.5.3.11), or refused (a wrong
+    PIN: minor failure). ``who`` is the link's principal (``share:<id>``, with the address it
+    came from); the user who made the link is a second participant, not the requestor, and the
+    study is named, so one record answers who, from where, which study."""
+    return AuditEvent(
+        EventID.USER_AUTHENTICATION,
+        EventAction.EXECUTE,
+        (participant(who), participant(created_by, requestor=False)),
+        outcome=outcome,
+        objects=(study_object(study_uid),),
+        event_types=(EventType.LOGIN,),
+        outcome_description=description,
+        front_door=_door(who, front_door),
+        request_id=request_id,
+    )
+
+
 def security_alert(
     who: Any,
     event_type: Code,
@@ -508,6 +535,7 @@ __all__ = [
     "patient_object",
     "query",
     "security_alert",
+    "share_opened",
     "study_deleted",
     "study_object",
     "user_authentication",

@@ -44,8 +44,8 @@ import jwt
 from nubis.config import Settings
 from nubis.errors import Unauthorized
 from nubis.security.policy import (
+    ASSIGNABLE_ROLES,
     DEFAULT_TENANT,
-    ROLES,
     Principal,
     parse_roles,
     system_principal,
@@ -158,7 +158,8 @@ class OidcVerifier:
             values = []
         if self.role_map:
             return frozenset(self.role_map[v] for v in values if v in self.role_map)
-        return frozenset(v.lower() for v in values if v.lower() in ROLES)
+        # A token never carries a share link's internal roles, whatever its claim says.
+        return frozenset(v.lower() for v in values if v.lower() in ASSIGNABLE_ROLES)
 
 
 def _claim(claims: dict[str, Any], path: str) -> Any:

@@ -47,6 +47,14 @@ class Action(enum.Flag):
     DEIDENTIFY = enum.auto()  # de-identified reads (no identified data)
     ADMIN = enum.auto()  # users, keys, grants
     AUDIT = enum.auto()  # the audit log
+    # Whole objects leave as files (WADO-RS instances, WADO-URI application/dicom, C-GET,
+    # C-MOVE), always with READ; frames, rendered images and metadata need READ alone.
+    DOWNLOAD = enum.auto()
+    SHARE = enum.auto()  # share a study: links for people without an account, user grants
+
+
+# Actions whose scope grants may limit (the rest is tenant-wide or refused).
+READING = Action.READ | Action.DOWNLOAD
 
 
 @dataclass(frozen=True)
@@ -56,22 +64,49 @@ class RoleSpec:
     actions: Action
     granted_only: bool = False
     summary: str = ""
+    # False for the roles of share links: never given to a user, a token or a setting.
+    assignable: bool = True
 
 
 ROLES: dict[str, RoleSpec] = {
     "admin": RoleSpec(
-        Action.READ | Action.WRITE | Action.DELETE | Action.EXPORT | Action.ADMIN | Action.AUDIT,
+        Action.READ
+        | Action.DOWNLOAD
+        | Action.WRITE
+        | Action.DELETE
+        | Action.EXPORT
+        | Action.ADMIN
+        | Action.AUDIT
+        | Action.SHARE,
         summary="everything in its tenant, users and keys included",
     ),
-    "radiologist": RoleSpec(Action.READ | Action.WRITE, summary="read and store in its tenant"),
-    "referrer": RoleSpec(Action.READ, granted_only=True, summary="read the studies granted"),
+    "radiologist": RoleSpec(
+        Action.READ | Action.DOWNLOAD | Action.WRITE | Action.SHARE,
+        summary="read, store and share in its tenant",
+    ),
+    "referrer": RoleSpec(
+        Action.READ | Action.DOWNLOAD, granted_only=True, summary="read the studies granted"
+    ),
     "uploader": RoleSpec(Action.WRITE, summary="store only"),
     "modality": RoleSpec(Action.WRITE, summary="store only (an imaging device)"),
     "researcher": RoleSpec(
         Action.DEIDENTIFY, summary="de-identified reads only (refused until they exist)"
     ),
     "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
+    "share-view": RoleSpec(
+        Action.READ,
+        granted_only=True,
+        assignable=False,
+        summary="a share link's session: view the shared study (internal)",
+    ),
+    "share-download": RoleSpec(
+        Action.READ | Action.DOWNLOAD,
+        granted_only=True,
+        assignable=False,
+        summary="a share link's session: view and download the shared study (internal)",
+    ),
 }
+ASSIGNABLE_ROLES = frozenset(name for name, spec in ROLES.items() if spec.assignable)
 
 # The refusal a researcher gets: say why, so nobody mistakes it for a missing grant.
 DEIDENTIFY_UNAVAILABLE = (
@@ -87,14 +122,15 @@ AUDIT_HOME_TENANT_ONLY = (
 
 
 def parse_roles(text: str | Iterable[str]) -> frozenset[str]:
-    """Role names from ``"a,b"`` or an iterable; ValueError names an unknown one."""
+    """Role names from ``"a,b"`` or an iterable; ValueError names an unknown one. The internal
+    roles of share links are unknown here: whatever reads roles from a user row, a setting or
+    a command line goes through this."""
     names = text.split(",") if isinstance(text, str) else list(text)
     roles = frozenset(n.strip().lower() for n in names if n.strip())
-    unknown = sorted(roles - ROLES.keys())
+    unknown = sorted(roles - ASSIGNABLE_ROLES)
     if unknown:
-        raise ValueError(
-            f"unknown role(s) {', '.join(unknown)}; built-in roles: {', '.join(ROLES)}"
-        )
+        assignable = ", ".join(r for r in ROLES if r in ASSIGNABLE_ROLES)
+        raise ValueError(f"unknown role(s) {', '.join(unknown)}; built-in roles: {assignable}")
     return roles
 
 
@@ -178,18 +214,21 @@ class AuthPolicy:
             if action & Action.READ and allowed & Action.DEIDENTIFY:
                 return Decision(False, DEIDENTIFY_UNAVAILABLE)
             roles = ", ".join(sorted(who.roles)) or "no role"
-            return Decision(False, f"{who.id} ({roles}) may not {_verb(action)}")
+            missing = action & ~allowed
+            return Decision(False, f"{who.id} ({roles}) may not {_verb(missing or action)}")
         if action & Action.AUDIT and who.tenant != DEFAULT_TENANT:
             # Records carry no tenant and name patients and users of every tenant: reading
             # them is an archive-wide act, left to the home tenant.
             return Decision(False, AUDIT_HOME_TENANT_ONLY)
-        if action & ~Action.READ:
-            # Write, delete, export, admin: tenant-wide roles only (none of them is limited).
+        if action & ~READING:
+            # Write, delete, export, admin, share: tenant-wide roles only (none is limited).
             return Decision(True, "allowed", Scope(who.tenant))
-        tenant_wide = any(
-            action & ROLES[r].actions and not ROLES[r].granted_only for r in who.roles if r in ROLES
-        )
-        if tenant_wide:
+        tenant_wide = Action.NONE
+        for role in who.roles:
+            spec = ROLES.get(role)
+            if spec is not None and not spec.granted_only:
+                tenant_wide |= spec.actions
+        if action & tenant_wide == action:
             return Decision(True, "allowed", Scope(who.tenant))
         if who.break_glass:
             if who.roles & self.break_glass_roles:
@@ -215,8 +254,10 @@ def break_glass_roles(text: str) -> frozenset[str]:
 
 
 __all__ = [
+    "ASSIGNABLE_ROLES",
     "AUDIT_HOME_TENANT_ONLY",
     "DEFAULT_TENANT",
+    "READING",
     "ROLES",
     "Action",
     "AuthPolicy",

@@ -16,6 +16,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -344,7 +345,10 @@ class UserStore:
         tenant: str,
         patient_id: str | None = None,
         study_uid: str | None = None,
+        also: Callable[[Connection], object] | None = None,
     ) -> None:
+        """Let ``subject`` see a patient's studies or a study; ``also`` runs in the same
+        transaction (the change's audit record: both commit or neither does)."""
         if (patient_id is None) == (study_uid is None):
             raise BadRequest("a grant names either a patient ID or a Study Instance UID")
         now = int(time.time())
@@ -363,6 +367,8 @@ class UserStore:
                         created_at=now,
                     )
                 )
+            if also is not None:
+                also(conn)
 
         self.index.write(job)
 
@@ -373,6 +379,7 @@ class UserStore:
         tenant: str,
         patient_id: str | None = None,
         study_uid: str | None = None,
+        also: Callable[[Connection], object] | None = None,
     ) -> None:
         def job(conn: Connection) -> None:
             done = conn.execute(
@@ -380,32 +387,54 @@ class UserStore:
             )
             if not done.rowcount:
                 raise NotFound(f"no such grant for {subject}")
+            if also is not None:
+                also(conn)
 
         self.index.write(job)
 
-    def list_grants(self, subject: str | None = None) -> list[tuple[str, str, str, str]]:
-        """(subject, tenant, "patient"|"study", id) rows."""
+    def list_grants(
+        self, subject: str | None = None, *, tenant: str | None = None, study_uid: str | None = None
+    ) -> list[tuple[str, str, str, str]]:
+        """(subject, tenant, "patient"|"study"|"series", id) rows; a series grant's id is
+        ``STUDY/SERIES``."""
         stmt = select(
-            grants.c.subject, grants.c.tenant, grants.c.patient_id, grants.c.study_uid
+            grants.c.subject,
+            grants.c.tenant,
+            grants.c.patient_id,
+            grants.c.study_uid,
+            grants.c.series_uid,
         ).order_by(grants.c.subject, grants.c.id)
         if subject is not None:
             stmt = stmt.where(grants.c.subject == subject)
+        if tenant is not None:
+            stmt = stmt.where(grants.c.tenant == tenant)
+        if study_uid is not None:
+            stmt = stmt.where(grants.c.study_uid == study_uid)
         with self.index.reading() as conn:
             rows = conn.execute(stmt).all()
-        return [
-            (s, t, "patient" if p is not None else "study", p if p is not None else str(u))
-            for s, t, p, u in rows
-        ]
+        return [_grant_row(*row) for row in rows]
+
+
+def _grant_row(
+    subject: str, tenant: str, patient_id: str | None, study: str | None, series_uid: str | None
+) -> tuple[str, str, str, str]:
+    if patient_id is not None:
+        return subject, tenant, "patient", patient_id
+    if series_uid is not None:
+        return subject, tenant, "series", f"{study}/{series_uid}"
+    return subject, tenant, "study", str(study)
 
 
 def _grant_match(
     subject: str, tenant: str, patient_id: str | None, study_uid: str | None
 ) -> list[object]:
+    # Users' grants name a whole patient or study; series grants are share links' own.
     return [
         grants.c.subject == subject,
         grants.c.tenant == tenant,
         grants.c.patient_id.is_(None) if patient_id is None else grants.c.patient_id == patient_id,
         grants.c.study_uid.is_(None) if study_uid is None else grants.c.study_uid == study_uid,
+        grants.c.series_uid.is_(None),
     ]
 
 

@@ -92,6 +92,12 @@ class Guard:
             )
         return decision
 
+    def permits(self, who: Principal, action: Action) -> bool:
+        """Whether ``who`` may do ``action``, recording nothing: for a service choosing how
+        wide a listing is (one's own share links, or the tenant's for an admin), never for
+        letting an access through, which is :meth:`authorize`'s."""
+        return self.policy.decide(who, action).allowed
+
     def record(self, *events: AuditEvent) -> None:
         """The one hook through which services record (fail closed, see the module docs);
         several events commit together."""

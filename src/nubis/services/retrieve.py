@@ -79,14 +79,16 @@ class RetrieveService:
         """The instances of a study, series or instance that ``who`` may read.
 
         Every other method reads only instances returned here, so this is where a retrieval is
-        authorized and recorded: Forbidden (403 / 0x0124) for roles that may not read;
+        authorized and recorded: Forbidden (403 / 0x0124) for roles that may not read, or, with
+        ``transfer`` (whole objects leave), may not download (a view-only share link);
         NotFound (404) both for what does not exist and for what lies outside the caller's
         tenant or grants (one statement decides both, see ``Index.instances_of``). Recorded as
-        DICOM Instances Transferred (``transfer``: whole objects leave) or Accessed (frames,
-        rendered images, bulk data), also when nothing was found.
+        DICOM Instances Transferred (``transfer``) or Accessed (frames, rendered images, bulk
+        data), also when nothing was found.
         """
         what = _describe("retrieve", study_uid, series_uid, sop_instance_uid)
-        decision = self.guard.authorize(who, Action.READ, what, study_uids=(study_uid,))
+        action = Action.READ | Action.DOWNLOAD if transfer else Action.READ
+        decision = self.guard.authorize(who, action, what, study_uids=(study_uid,))
         assert decision.scope is not None
         try:
             found = self.index.instances_of(

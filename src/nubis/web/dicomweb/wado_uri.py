@@ -36,8 +36,12 @@ async def wado_uri(request: Request) -> Response:
     frame_number = _frame_number(params.get("frameNumber", ""))
     archive = archive_of(request)
     content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
+    # The first type offered is the one served (the loop below): only then does the object
+    # leave whole, which a caller who may view but not download is refused.
+    offered = [c for c in content_types if c == "application/dicom" or c in _RENDERED]
+    whole = bool(offered) and offered[0] == "application/dicom"
     found = await run_in_threadpool(
-        partial(archive.retrieve.instances, transfer="application/dicom" in content_types),
+        partial(archive.retrieve.instances, transfer=whole),
         principal_of(request),
         *uids,
     )
