@@ -18,7 +18,9 @@ write the tenant), referrer (read granted studies), uploader and modality (store
 researcher (de-identified reads only: refused until de-identification exists), auditor (the
 audit log only). Nothing is allowed that a role does not list. The audit log is the archive's,
 not a tenant's (its records name every tenant's patients and users), so only principals of the
-home tenant ``default`` may read it, whatever their role.
+home tenant ``default`` may read it, whatever their role. So it is with running the archive
+itself (OPERATE: jobs, storage and its cost, the DIMSE peer table, users of other tenants):
+those span every tenant, and only admins of the home tenant may.
 
 Break-glass: a principal whose roles are in ``break_glass_roles`` may ask for emergency read
 access to its whole tenant with a reason (``X-Nubis-Break-Glass: <reason>``); the services log it
@@ -47,6 +49,7 @@ class Action(enum.Flag):
     DEIDENTIFY = enum.auto()  # de-identified reads (no identified data)
     ADMIN = enum.auto()  # users, keys, grants
     AUDIT = enum.auto()  # the audit log
+    OPERATE = enum.auto()  # the archive itself: jobs, storage, DIMSE peers, every tenant's users
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,15 @@ class RoleSpec:
 
 ROLES: dict[str, RoleSpec] = {
     "admin": RoleSpec(
-        Action.READ | Action.WRITE | Action.DELETE | Action.EXPORT | Action.ADMIN | Action.AUDIT,
-        summary="everything in its tenant, users and keys included",
+        Action.READ
+        | Action.WRITE
+        | Action.DELETE
+        | Action.EXPORT
+        | Action.ADMIN
+        | Action.AUDIT
+        | Action.OPERATE,
+        summary="everything in its tenant, users and keys included; in the home tenant, "
+        "the archive itself (jobs, storage, DIMSE peers, every tenant's users)",
     ),
     "radiologist": RoleSpec(Action.READ | Action.WRITE, summary="read and store in its tenant"),
     "referrer": RoleSpec(Action.READ, granted_only=True, summary="read the studies granted"),
@@ -83,6 +93,10 @@ DEIDENTIFY_UNAVAILABLE = (
 AUDIT_HOME_TENANT_ONLY = (
     f"the audit log spans every tenant: only auditors and admins of tenant {DEFAULT_TENANT!r} "
     "may read it"
+)
+OPERATE_HOME_TENANT_ONLY = (
+    "jobs, storage, the DIMSE peers and other tenants' users are the archive's, not a "
+    f"tenant's: only admins of tenant {DEFAULT_TENANT!r} may manage them"
 )
 
 
@@ -183,6 +197,8 @@ class AuthPolicy:
             # Records carry no tenant and name patients and users of every tenant: reading
             # them is an archive-wide act, left to the home tenant.
             return Decision(False, AUDIT_HOME_TENANT_ONLY)
+        if action & Action.OPERATE and who.tenant != DEFAULT_TENANT:
+            return Decision(False, OPERATE_HOME_TENANT_ONLY)
         if action & ~Action.READ:
             # Write, delete, export, admin: tenant-wide roles only (none of them is limited).
             return Decision(True, "allowed", Scope(who.tenant))
@@ -217,6 +233,7 @@ def break_glass_roles(text: str) -> frozenset[str]:
 __all__ = [
     "AUDIT_HOME_TENANT_ONLY",
     "DEFAULT_TENANT",
+    "OPERATE_HOME_TENANT_ONLY",
     "ROLES",
     "Action",
     "AuthPolicy",
