@@ -64,6 +64,11 @@ class Accounts:
         """Whether ``who`` manages the users of every tenant (asked, not recorded)."""
         return self.guard.policy.decide(who, Action.ADMIN | Action.OPERATE).allowed
 
+    def authorize(self, who: Principal, what: str) -> None:
+        """Whether ``who`` may manage users at all (ADMIN); Forbidden (recorded) otherwise. A
+        front door asks first when it has a form to check: a refusal then says nothing else."""
+        self._authorize(who, what)
+
     def _authorize(self, who: Principal, what: str, *, tenant: str | None = None) -> None:
         """ADMIN, and OPERATE as well for a tenant other than ``who``'s; Forbidden (recorded)
         otherwise."""

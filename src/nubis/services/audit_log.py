@@ -57,6 +57,10 @@ class AuditLog:
         self.jobs = jobs
         self.wake = wake
 
+    def authorize(self, who: Principal, what: str) -> None:
+        """Whether ``who`` may use the audit log (AUDIT); Forbidden (recorded) otherwise."""
+        self.guard.authorize(who, Action.AUDIT, what)
+
     def search(
         self,
         who: Principal,

@@ -77,8 +77,12 @@ class Operations:
         self.peer_table = peers
         self.wake = wake
 
-    def _authorize(self, who: Principal, what: str) -> None:
+    def authorize(self, who: Principal, what: str) -> None:
+        """Whether ``who`` may run the archive (OPERATE); Forbidden (recorded) otherwise. A
+        front door asks first when it has a form to check: a refusal then says nothing else."""
         self.guard.authorize(who, Action.OPERATE, what)
+
+    _authorize = authorize
 
     # ------------------------------------------------------------------ jobs
     def jobs(
