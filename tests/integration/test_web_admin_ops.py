@@ -253,8 +253,12 @@ def test_the_chain_is_verified_as_a_job_and_a_broken_chain_shows(tmp_path: Path)
             polled = client.get("/ui/admin/audit/verification").json()["jobs"]
             assert polled[0]["kind"] == "audit-verify" and polled[0]["state"] == "queued"
             site.run_jobs()
+            checkpoint = site.archive.audit.checkpoint()
+            assert checkpoint is not None
             intact = client.get("/ui/admin/audit").text
             assert 'data-role="verdict">intact<' in intact
+            assert f"record {checkpoint.seq:,}</span>" in intact
+            assert f"{today().isoformat()} " in intact  # when it was signed
             # Someone with the database file changes a record behind the archive's back.
             _tamper(site, "UPDATE audit_log SET record = replace(record, 'boss', 'bos5') "
                     "WHERE seq = 5")  # fmt: skip

@@ -89,3 +89,10 @@ def test_formats() -> None:
     assert charts.size(1536) == "1.5 KiB" and charts.size(3 << 30) == "3.0 GiB"
     assert charts.count(12_345) == "12k" and charts.count(999) == "999"
     assert charts.money(0.00123) == "0.0012" and charts.money(1234.5) == "1,234.50"
+
+
+def test_tick_labels_step_in_binary_units_and_enough_decimals() -> None:
+    size = charts.stacked_area("s", "Bytes", DAYS[:1], {"hot": [2.9 * 2**20]}, charts.size)
+    assert [t.label for t in size.y_ticks] == ["0 B", "1.0 MiB", "2.0 MiB", "3.0 MiB"]
+    money = charts.stacked_bars("m", "Cost", ["2025-01"], {"hot": [0.000123]}, charts.money)
+    assert [t.label for t in money.y_ticks] == ["0.00000", "0.00005", "0.00010", "0.00015"]

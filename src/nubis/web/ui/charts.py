@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 WIDTH, HEIGHT = 760, 280
-LEFT, RIGHT, TOP, BOTTOM = 78, 16, 14, 34
+LEFT, RIGHT, TOP, BOTTOM = 78, 30, 14, 34
 # Distinct for the usual 2-5 tiers, readable on white, and not told apart by red/green alone.
 PALETTE = ("#1f6feb", "#e8710a", "#12b5cb", "#9334e6", "#188038", "#d01884", "#5f6368")
 FORECAST_COLOUR = "#1d2330"
@@ -114,17 +114,32 @@ def nice_ticks(top: float, count: int = 4) -> list[float]:
     return [i * step for i in range(steps + 1)]
 
 
+def _decimals(step: float) -> int:
+    """The decimals that tell ticks ``step`` apart (0.000025 needs 6)."""
+    digits = f"{step:.10f}".rstrip("0").partition(".")[2]
+    return len(digits)
+
+
 def _num(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".")
 
 
 class _Frame:
-    """Maps data to the plot area: x from 0..1, y from 0..the top tick."""
+    """Maps data to the plot area: x from 0..1, y from 0..the top tick. Ticks of sizes step in
+    binary units (1 MiB, not 976.6 KiB); ticks of money show as many decimals as their step
+    needs."""
 
     def __init__(self, y_max: float, fmt: Format) -> None:
-        self.values = nice_ticks(y_max)
+        unit = 1.0
+        if fmt is size and y_max >= 1024:
+            unit = 1024.0 ** min(5, int(math.log(y_max, 1024)))
+        self.values = [v * unit for v in nice_ticks(y_max / unit)]
         self.y_top = self.values[-1]
-        self.y_ticks = tuple(Tick(self.y(v), fmt(v)) for v in self.values)
+        label = fmt
+        if fmt is money:
+            decimals = min(8, max(2, _decimals(self.values[1] - self.values[0])))
+            label = lambda v: f"{v:,.{decimals}f}"  # noqa: E731
+        self.y_ticks = tuple(Tick(self.y(v), label(v)) for v in self.values)
 
     @staticmethod
     def x(fraction: float) -> float:

@@ -3,7 +3,7 @@
 // A container with data-poll="URL" holds elements with data-job="ID" and data-state="STATE".
 // While one of them is queued or running, URL?ids=ID,... is fetched about once a second; its
 // answer {"jobs": [{id, state, finished, done, total, fraction, note}]} updates each job's
-// <progress>, its [data-role=state|text|note|finished] parts, and hides [data-role=cancel] once
+// <progress>, its [data-role=state|text|note|finished] parts, and removes [data-role=cancel] once
 // the job has ended. A container with data-reload-when-done reloads the page when its jobs end
 // (the page then shows their results). No inline script: the CSP forbids it.
 
@@ -49,7 +49,7 @@ function update(element, job) {
     finished.textContent = new Date(job.finished_at).toISOString().slice(0, 19).replace("T", " ");
   }
   const cancel = element.querySelector("[data-role=cancel]");
-  if (cancel && job.finished) cancel.hidden = true;
+  if (cancel && job.finished) cancel.remove();
 }
 
 function active(container) {
