@@ -133,6 +133,13 @@ def test_charts_draw_the_snapshots_with_one_series_per_tier(site: Site) -> None:
     assert re.search(r'<tr data-tier="hot">\s*<td>hot</td>.*?<td>12</td>', page, re.S)
 
 
+def test_the_overview_shows_the_latest_snapshot_without_counting_again(site: Site) -> None:
+    record_snapshot(site.archive.index, today(), {"hot": (7, 7 << 30)})
+    with site.browser("boss") as client:
+        page = client.get("/ui/admin/").text
+    assert "7.0 GiB" in page and f"7 objects · 14,000.00 per month · on {today()}" in page
+
+
 def test_the_forecast_follows_the_growth_field(site: Site) -> None:
     with site.browser("boss") as client:
         flat = client.get("/ui/admin/storage?growth=0&months=6").text

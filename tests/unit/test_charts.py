@@ -96,3 +96,13 @@ def test_tick_labels_step_in_binary_units_and_enough_decimals() -> None:
     assert [t.label for t in size.y_ticks] == ["0 B", "1.0 MiB", "2.0 MiB", "3.0 MiB"]
     money = charts.stacked_bars("m", "Cost", ["2025-01"], {"hot": [0.000123]}, charts.money)
     assert [t.label for t in money.y_ticks] == ["0.00000", "0.00005", "0.00010", "0.00015"]
+
+
+def test_a_long_history_keeps_its_tooltips_few_and_today_among_them() -> None:
+    days = [date(2025, 1, 1) + timedelta(days=i) for i in range(365)]
+    chart = charts.stacked_area(
+        "a", "Bytes", days, {"hot": [float(i) for i in range(365)]}, charts.count
+    )
+    marks = chart.areas[0].marks
+    assert len(marks) <= charts.MAX_MARKS + 1
+    assert marks[-1].label == "hot, 2025-12-31: 364"

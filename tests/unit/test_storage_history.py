@@ -16,7 +16,13 @@ from nubis.index.schema import instances, series, studies
 from nubis.jobs.kinds import SNAPSHOT, parse_schedule
 from nubis.jobs.runner import JobContext
 from nubis.jobs.store import JobStore
-from nubis.tiers.history import record_snapshot, snapshots, take_snapshot, today
+from nubis.tiers.history import (
+    latest_snapshot,
+    record_snapshot,
+    snapshots,
+    take_snapshot,
+    today,
+)
 from nubis.tiers.rules import parse_tiers
 
 TIERS = parse_tiers("hot=STANDARD,cold=STANDARD_IA")
@@ -85,6 +91,16 @@ def test_snapshots_are_read_by_window_oldest_first(index: Index) -> None:
     assert [s.day for s in snapshots(index, days=1, until=end - timedelta(days=1))] == [
         end - timedelta(days=1)
     ]
+
+
+def test_the_latest_snapshot(index: Index) -> None:
+    assert latest_snapshot(index) is None
+    record_snapshot(index, date(2025, 3, 1), {"hot": (1, 10)})
+    record_snapshot(index, date(2025, 2, 1), {"hot": (9, 90)})
+    latest = latest_snapshot(index)
+    assert (
+        latest is not None and latest.day == date(2025, 3, 1) and latest.usage == {"hot": (1, 10)}
+    )
 
 
 def test_the_job_kind_is_scheduled_daily_by_default(index: Index) -> None:

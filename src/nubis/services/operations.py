@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from nubis.dimse.peers import Peer, PeerTable
@@ -26,7 +27,7 @@ from nubis.jobs.store import Job, JobState, JobStore
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
 from nubis.services.guard import Guard
-from nubis.tiers.history import DaySnapshot, snapshots, today
+from nubis.tiers.history import DaySnapshot, latest_snapshot, snapshots, today
 from nubis.tiers.report import StorageReport, build_report, usage_by_tier
 from nubis.tiers.rules import Tiers
 
@@ -147,6 +148,15 @@ class Operations:
         history = [s for s in snapshots(self.index, days=days, until=day) if s.day != day]
         history.append(DaySnapshot(day, now))
         return StorageView(report, history, self.prices)
+
+    def storage_at_a_glance(self, who: Principal) -> tuple[date, StorageReport]:
+        """The latest daily snapshot, priced (what an overview shows without counting every
+        object again: ~0.4 s per 500,000 objects on SQLite); counted now when there is none."""
+        self._authorize(who, "show storage and cost")
+        latest = latest_snapshot(self.index)
+        if latest is None:
+            latest = DaySnapshot(today(), usage_by_tier(self.index, self.tiers))
+        return latest.day, build_report(latest.usage, self.tiers, self.prices, months=0)
 
     # ------------------------------------------------------------------ DIMSE peers
     def peers(self, who: Principal) -> list[Peer]:

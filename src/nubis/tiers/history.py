@@ -17,14 +17,21 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, func, insert, select
 
 from nubis.index.database import Index
 from nubis.index.schema import storage_snapshots
 from nubis.tiers.report import usage_by_tier
 from nubis.tiers.rules import Tiers
 
-__all__ = ["DaySnapshot", "record_snapshot", "snapshots", "take_snapshot", "today"]
+__all__ = [
+    "DaySnapshot",
+    "latest_snapshot",
+    "record_snapshot",
+    "snapshots",
+    "take_snapshot",
+    "today",
+]
 
 
 @dataclass(frozen=True)
@@ -92,3 +99,13 @@ def snapshots(
         for day, tier, objects, size in conn.execute(stmt):
             found.setdefault(day, {})[tier] = (int(objects), int(size))
     return [DaySnapshot(date.fromisoformat(day), usage) for day, usage in found.items()]
+
+
+def latest_snapshot(index: Index) -> DaySnapshot | None:
+    """The most recent day's snapshot, or None before the first."""
+    with index.reading() as conn:
+        day = conn.execute(select(func.max(storage_snapshots.c.day))).scalar()
+    if day is None:
+        return None
+    found = snapshots(index, days=1, until=date.fromisoformat(day))
+    return found[0] if found else None

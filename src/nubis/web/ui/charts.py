@@ -18,7 +18,7 @@ Days are placed by date, not by index, so a gap in the history shows as a longer
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -27,6 +27,7 @@ LEFT, RIGHT, TOP, BOTTOM = 78, 30, 14, 34
 # Distinct for the usual 2-5 tiers, readable on white, and not told apart by red/green alone.
 PALETTE = ("#1f6feb", "#e8710a", "#12b5cb", "#9334e6", "#188038", "#d01884", "#5f6368")
 FORECAST_COLOUR = "#1d2330"
+MAX_MARKS = 60
 
 Format = Callable[[float], str]
 
@@ -165,6 +166,16 @@ def _day_ticks(days: Sequence[date], positions: Sequence[float]) -> tuple[Tick, 
     return tuple(Tick(_Frame.x(positions[i]), days[i].isoformat()) for i in picks)
 
 
+def _sample(marks: Iterable[Mark]) -> tuple[Mark, ...]:
+    """At most MAX_MARKS tooltips a series, evenly spread, the last (now) always among them:
+    a year of days would otherwise weigh a third of a megabyte per page."""
+    found = list(marks)
+    if len(found) <= MAX_MARKS:
+        return tuple(found)
+    step = math.ceil(len(found) / MAX_MARKS)
+    return (*found[:-1:step], found[-1])
+
+
 def _path(points: Sequence[tuple[float, float]]) -> str:
     return " ".join(
         f"{'M' if i == 0 else 'L'}{_num(x)} {_num(y)}" for i, (x, y) in enumerate(points)
@@ -197,7 +208,7 @@ def stacked_area(
             outline = [(x - 6, outline[0][1]), (x + 6, outline[0][1])]
             below = [(x - 6, below[0][1]), (x + 6, below[0][1])]
         path = _path([*outline, *reversed(below)]) + " Z"
-        marks = tuple(
+        marks = _sample(
             Mark(x, frame.y(u), f"{name}, {day.isoformat()}: {fmt(v)}")
             for x, u, v, day in zip(xs, upper, values, days, strict=True)
         )
@@ -231,7 +242,7 @@ def lines(
     shapes = []
     for index, (name, values) in enumerate(series.items()):
         points = [(x, frame.y(v)) for x, v in zip(xs, values, strict=True)]
-        marks = tuple(
+        marks = _sample(
             Mark(x, y, f"{name}, {day.isoformat()}: {fmt(v)}")
             for (x, y), v, day in zip(points, values, days, strict=True)
         )

@@ -38,7 +38,7 @@ async def overview(request: Request) -> Response:
         context["running"] = await call(
             ops.jobs, principal, states=[JobState.RUNNING, JobState.QUEUED], limit=5
         )
-        context["storage"] = (await call(ops.storage, principal, months=0, days=1)).report
+        context["storage_day"], context["storage"] = await call(ops.storage_at_a_glance, principal)
         context["peers"] = len(await call(ops.peers, principal))
     if allowed["can_audit"]:
         context["audit"] = await call(archive.audit_log.status, principal)
