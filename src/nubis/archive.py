@@ -14,10 +14,11 @@ from nubis.blobs.folder_tiers import with_folder_tiers
 from nubis.blobs.registry import open_blob_store
 from nubis.config import Settings
 from nubis.crypto.registry import keyring_exists, open_key_provider
+from nubis.dimse.peers import PeerTable
 from nubis.errors import StorageUnavailable
 from nubis.index.database import Index
 from nubis.jobs import JobContext, JobRunner, JobStore
-from nubis.jobs.kinds import handlers, parse_schedule
+from nubis.jobs.kinds import SNAPSHOT, handlers, parse_schedule
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.security import audit_events
@@ -28,19 +29,23 @@ from nubis.security.policy import AuthPolicy, parse_roles
 from nubis.security.sessions import SessionStore
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
+from nubis.services.accounts import Accounts
+from nubis.services.audit_log import AuditLog
 from nubis.services.disk_floor import DiskFloor, parse_floor
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
+from nubis.services.operations import Operations
 from nubis.services.query import QueryService
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
+from nubis.tiers.history import snapshots
 from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.movers import find_mover
 from nubis.tiers.reads import ReadTracker
-from nubis.tiers.rules import Tiers, parse_rules, parse_tiers
+from nubis.tiers.rules import Tiers, parse_prices, parse_rules, parse_tiers
 
 if TYPE_CHECKING:
     from nubis.dimse.commitment import CommitmentReports
@@ -129,6 +134,10 @@ class Archive:
             max_seconds=settings.session_max_hours * 3600,
         )
         self.authn = Authenticator(self.users, OidcVerifier.from_settings(settings), self.throttle)
+        # Users and keys as the admin pages and `nubis users` manage them: authorized, audited.
+        self.accounts = Accounts(
+            self.users, self.guard, self.sessions, api_key_days=settings.api_key_days
+        )
         self.store = StoreService(
             self.index,
             self.blobs,
@@ -201,6 +210,7 @@ class Archive:
                     guard=self.guard,
                     actor=system_participant(settings.audit_source),
                     commitment=self.deliver_commitment_report,
+                    audit=self.audit,
                 ),
                 lease_seconds=settings.jobs_lease_seconds,
                 poll_seconds=settings.jobs_poll_seconds,
@@ -208,6 +218,22 @@ class Archive:
             )
             if settings.jobs
             else None
+        )
+        # Jobs, storage and DIMSE peers as the admin pages manage them: the home tenant's.
+        self.operations = Operations(
+            self.index,
+            self.guard,
+            self.jobs,
+            tiers=self.tiers,
+            prices=parse_prices(settings.storage_prices, self.tiers),
+            peers=PeerTable(self.index, settings.dimse_peers_cache_seconds),
+            wake=self.job_runner.wake if self.job_runner is not None else None,
+        )
+        self.audit_log = AuditLog(
+            self.audit,
+            self.guard,
+            self.jobs,
+            wake=self.job_runner.wake if self.job_runner is not None else None,
         )
         self.audit_forwarder = (
             SyslogForwarder(
@@ -343,9 +369,17 @@ class Archive:
         self.reads.start()
         if background and self.job_runner is not None:
             self.job_runner.start()  # the reap job replaces the in-process reaper
+            self._snapshot_storage_today()
         elif background:
             self.maintenance.start_background()
         self.ready = True
+
+    def _snapshot_storage_today(self) -> None:
+        """Queue today's storage snapshot unless it was taken (nubis.tiers.history): the admin
+        pages' charts then have a point for every day a server ran, whatever jobs_schedule
+        says. Under the daily schedule's own unique key, so the two make one job a day."""
+        if not snapshots(self.index, days=1):
+            self.jobs.schedule(SNAPSHOT, 86400)
 
     def stop(self) -> None:
         self.ready = False

@@ -360,7 +360,7 @@ class Settings:
         "none, and reaps in-process every 10 minutes instead.",
     )
     jobs_schedule: str = _setting(
-        "reap=1h,tier=1d",
+        "reap=1h,tier=1d,storage-snapshot=1d",
         "Periodic jobs as KIND=EVERY (units s m h d w), queued once per period across all "
         "nodes; add verify=7d to re-read every blob weekly. Empty: none.",
     )

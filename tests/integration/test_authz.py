@@ -90,6 +90,44 @@ for _path, _method in (
     ("/ui/studies/{study}/share/users", "POST"),
 ):
     RULES[(_path, _method)] = "share"
+# The admin pages: "<scope> page" answers 200 to the roles of ADMINISTERS[scope] and 403 to the
+# rest; a "<scope> form" reaches its handler for them (200, 303 back to a page, or 400 for the
+# empty form the matrix posts) and is 403 for the rest. Signed out, both send the browser to
+# sign in. Jobs, storage and DIMSE peers are the archive's: the home tenant's admins only.
+ADMIN_PAGES = {
+    "/ui/admin/": "users",
+    "/ui/admin/users": "users",
+    "/ui/admin/users/{name}": "users",
+    "/ui/admin/jobs": "archive",
+    "/ui/admin/jobs/progress": "archive",
+    "/ui/admin/storage": "archive",
+    "/ui/admin/peers": "archive",
+    "/ui/admin/audit": "audit",
+    "/ui/admin/audit/verification": "audit",
+}
+ADMIN_FORMS = {
+    "/ui/admin/users": "users",
+    "/ui/admin/users/{name}/roles": "users",
+    "/ui/admin/users/{name}/password": "users",
+    "/ui/admin/users/{name}/remove": "users",
+    "/ui/admin/users/{name}/keys": "users",
+    "/ui/admin/keys/{key_id}/revoke": "users",
+    "/ui/admin/jobs": "archive",
+    "/ui/admin/jobs/{job_id:int}/cancel": "archive",
+    "/ui/admin/peers": "archive",
+    "/ui/admin/peers/remove": "archive",
+    "/ui/admin/audit": "audit",
+    "/ui/admin/audit/verify": "audit",
+}
+ADMINISTERS = {
+    "users": {"admin", "other-admin"},  # each its own tenant's users
+    "archive": {"admin"},
+    "audit": {"admin", "auditor"},
+}
+for _path, _scope in ADMIN_PAGES.items():
+    RULES[(_path, "GET")] = f"{_scope} page"
+for _path, _scope in ADMIN_FORMS.items():
+    RULES[(_path, "POST")] = f"{_scope} form"
 
 # What each role may do, written out independently of nubis.security.policy. "share-view" and
 # "share-download" are the sessions of share links (internal roles, never a user's).
@@ -345,6 +383,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
             if response.status_code != expected:
                 failures.append(f"GET {path}: {response.status_code}, expected {expected}")
             continue
+        if need.endswith((" page", " form")):
+            failures += _admin_page(world, who, path, method, need)
+            continue
         if need == "page":
             response = world.client.get(path, headers=world.headers(who), follow_redirects=False)
             signed_out = who in SIGNED_OUT
@@ -396,6 +437,34 @@ def test_authorization_matrix(world: World, who: str) -> None:
             if not ok:
                 failures.append(f"{method} {path} [{target}]: {status}, expected {expected}")
     assert failures == [], "\n".join(failures)
+
+
+def _admin_page(world: World, who: str, path: str, method: str, need: str) -> list[str]:
+    """One admin page or form for one caller (see ADMIN_PAGES); a failure, or none."""
+    scope, kind = need.split()
+    # The caller's own user (the admin token's user is "admin"); keys and jobs that do not
+    # exist: no form of the matrix changes anything.
+    url = (
+        path.replace("{name}", who)
+        .replace("{key_id}", "no-such-key")
+        .replace("{job_id:int}", "999999")
+    )
+    headers = world.headers(who)
+    if method == "GET":
+        response = world.client.get(url, headers=headers, follow_redirects=False)
+    else:
+        response = world.client.post(url, data={}, headers=headers, follow_redirects=False)
+    status, location = response.status_code, response.headers.get("location", "")
+    if who in ("anonymous", "expired", "unknown"):
+        expected, ok = "303 to sign-in", status == 303 and location.startswith("/ui/login")
+    elif who not in ADMINISTERS[scope]:
+        expected, ok = "403", status == 403
+    elif kind == "page":
+        expected, ok = "200", status == 200
+    else:
+        expected = "the form's handler"
+        ok = status not in (401, 403) and not location.startswith("/ui/login") and status < 500
+    return [] if ok else [f"{method} {path}: {status}, expected {expected}"]
 
 
 def _disposable(world: World, target: str) -> Study:

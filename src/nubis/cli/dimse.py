@@ -3,7 +3,8 @@
 ``echo|find|move|get|store`` are SCU commands against any AE (nubis or another archive);
 ``peers list|add|remove|import`` edit the remote AE table that C-MOVE destinations and access
 control come from: a table of the index, so every node sees the same peers; running nodes pick
-up changes within ``dimse_peers_cache_seconds``, without a restart.
+up changes within ``dimse_peers_cache_seconds``, without a restart. ``add`` and ``remove`` go
+through the same service as the admin pages (nubis.services.operations), which records them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from rich.table import Table
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
+    from nubis.archive import Archive
     from nubis.dimse.peers import PeerTable
+    from nubis.security.policy import Principal
 
 
 app = typer.Typer(
@@ -224,6 +227,24 @@ def _table(
         yield PeerTable(index)
 
 
+@contextmanager
+def _archive(
+    data_dir: Path | None, config: Path | None, set_: list[str] | None
+) -> Iterator[Archive]:
+    """The archive, for changes to the peer table: through its services, audited (Security
+    Alert, Security Configuration) under the operating-system user's name."""
+    from nubis.cli.users import _archive as users_archive
+
+    with users_archive(data_dir, config, set_) as archive:
+        yield archive
+
+
+def _operator() -> Principal:
+    from nubis.security.authn import cli_principal
+
+    return cli_principal()
+
+
 Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
 Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
@@ -278,8 +299,8 @@ def peers_add(
         peer = Peer(ae_title, host, port, store, query, retrieve, tls_subject, tls_fingerprint)
     except PeerError as exc:
         raise _fail(exc) from None
-    with _table(data_dir, config, set_) as peers:
-        peers.put(peer)
+    with _archive(data_dir, config, set_) as archive:
+        archive.operations.put_peer(_operator(), peer)
     out.print(f"{peer.ae_title} saved")
 
 
@@ -291,11 +312,8 @@ def peers_remove(
     set_: Set = None,
 ) -> None:
     """Remove a remote AE."""
-    with _table(data_dir, config, set_) as peers:
-        removed = peers.remove(ae_title)
-    if not removed:
-        console.print(f"{ae_title} is not in the peer table", style="red")
-        raise typer.Exit(1)
+    with _archive(data_dir, config, set_) as archive:
+        archive.operations.remove_peer(_operator(), ae_title)
     out.print(f"{ae_title} removed")
 
 

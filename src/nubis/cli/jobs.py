@@ -106,24 +106,13 @@ def _job_json(job: Job) -> dict[str, Any]:
 
 
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items or []:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            console.print(f"--param {item!r}: expected NAME=VALUE", style="red")
-            raise typer.Exit(2)
-        value: Any = text
-        if text.lower() in {"true", "false"}:
-            value = text.lower() == "true"
-        else:
-            for convert in (int, float):
-                try:
-                    value = convert(text)
-                    break
-                except ValueError:
-                    continue
-        params[name.strip()] = value
-    return params
+    from nubis.jobs.kinds import parse_params
+
+    try:
+        return parse_params(items or [])
+    except ValueError as exc:
+        console.print(f"--param: {exc}", style="red")
+        raise typer.Exit(2) from None
 
 
 @app.command("list")
@@ -173,7 +162,10 @@ def list_jobs(
 
 @app.command()
 def run(
-    kind: Annotated[str, typer.Argument(help="reap, verify, tier or rewrap.")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="reap, verify, tier, rewrap, storage-snapshot or audit-verify."),
+    ],
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -307,6 +299,7 @@ def work(
             tiers=archive.tiers,
             rewrap=archive.rewrap,
             commitment=archive.deliver_commitment_report,
+            audit=archive.audit,
         ),
         lease_seconds=settings.jobs_lease_seconds,
         poll_seconds=settings.jobs_poll_seconds,

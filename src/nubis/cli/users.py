@@ -1,9 +1,11 @@
 """``nubis users`` and ``nubis apikeys``: local users, their grants and their API keys.
 
-These work on the index directly (the server may be running: it reads users and keys on each
-request). Whoever runs them can read the data folder, so they act as an administrator; every
-change is recorded in the audit trail (Security Alert: Security Roles Changed / User Security
-Attributes Changed) under the operating-system user's name.
+These work on the index (the server may be running: it reads users and keys on each request)
+through the same service as the admin pages of the web face (nubis.services.accounts).
+Whoever runs them can read the data folder, so they act as an administrator of the home
+tenant, who manages the users of every tenant; every change is recorded in the audit trail
+(Security Alert: Security Roles Changed / User Security Attributes Changed) under the
+operating-system user's name.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nubis.cli.output import console, out
 if TYPE_CHECKING:
     from nubis.archive import Archive
     from nubis.model.audit import Code
+    from nubis.security.policy import Principal
 
 
 users_app = typer.Typer(
@@ -79,27 +82,31 @@ def _record(archive: Archive, event_type: Code, description: str) -> None:
     )
 
 
+def _operator() -> Principal:
+    from nubis.security.authn import cli_principal
+
+    return cli_principal()
+
+
 def _roles_changed() -> Code:
     from nubis.model.audit import EventType
 
     return EventType.SECURITY_ROLES_CHANGED
 
 
-def _attributes_changed() -> Code:
-    from nubis.model.audit import EventType
-
-    return EventType.USER_SECURITY_ATTRIBUTES_CHANGED
-
-
 def _read_password(from_stdin: bool, name: str) -> str:
+    from nubis.errors import BadRequest
+    from nubis.services.accounts import check_password
+
     if from_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
-    if len(password) < 12:
-        console.print("a password needs at least 12 characters", style="red")
-        raise typer.Exit(2)
-    return password
+    try:
+        return check_password(password)
+    except BadRequest as exc:
+        console.print(exc.reason, style="red")
+        raise typer.Exit(2) from None
 
 
 def _when(epoch: int | None) -> str:
@@ -141,8 +148,9 @@ def add_user(
         raise typer.Exit(2) from None
     password = None if no_password else _read_password(password_stdin, name)
     with _archive(data_dir, config, set_) as archive:
-        user = archive.users.add_user(name, tenant=tenant, roles=roles, password=password)
-        _record(archive, _roles_changed(), f"user {name} added: {','.join(sorted(roles))}")
+        user = archive.accounts.add_user(
+            _operator(), name, tenant=tenant, roles=roles, password=password
+        )
     out.print(f"user {user.name} added to tenant {user.tenant}: {', '.join(sorted(user.roles))}")
 
 
@@ -150,7 +158,7 @@ def add_user(
 def list_users(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> None:
     """Every user with tenant, roles and whether a password is set."""
     with _archive(data_dir, config, set_) as archive:
-        found = archive.users.list_users()
+        found = archive.accounts.list_users(_operator())
     table = Table("user", "tenant", "roles", "password", "created")
     for user in found:
         table.add_row(
@@ -169,8 +177,7 @@ def remove_user(
 ) -> None:
     """Remove a user with its API keys and grants."""
     with _archive(data_dir, config, set_) as archive:
-        archive.users.remove_user(name)
-        _record(archive, _roles_changed(), f"user {name} removed")
+        archive.accounts.remove_user(_operator(), name)
     out.print(f"user {name} removed (and its API keys and grants)")
 
 
@@ -187,8 +194,7 @@ def passwd(
     """Set a user's password."""
     password = _read_password(password_stdin, name)
     with _archive(data_dir, config, set_) as archive:
-        archive.users.set_password(name, password)
-        _record(archive, _attributes_changed(), f"password of {name} set")
+        archive.accounts.set_password(_operator(), name, password)
     out.print(f"password of {name} set")
 
 
@@ -285,11 +291,9 @@ def create_key(
 ) -> None:
     """Make an API key for a user; the key is printed once and only its hash is kept."""
     with _archive(data_dir, config, set_) as archive:
-        lifetime = archive.settings.api_key_days if days is None else days
-        key, secret = archive.users.create_api_key(
-            user, label=label or "nubis apikeys create", expires_in_days=lifetime or None
+        key, secret = archive.accounts.create_api_key(
+            _operator(), user, label=label or "nubis apikeys create", days=days
         )
-        _record(archive, _attributes_changed(), f"API key {key.id} created for {user}")
     console.print(f"API key {key.id} for {user}, expires {_when(key.expires_at)}; shown once:")
     out.print(secret)
 
@@ -303,7 +307,7 @@ def list_keys(
 ) -> None:
     """API keys (ids, not secrets), with their state."""
     with _archive(data_dir, config, set_) as archive:
-        keys = archive.users.list_api_keys(user)
+        keys = archive.accounts.list_api_keys(_operator(), user)
     table = Table("id", "user", "label", "created", "expires", "state")
     for key in keys:
         table.add_row(
@@ -323,6 +327,5 @@ def revoke_key(
 ) -> None:
     """Revoke an API key at once (running servers check keys on every request)."""
     with _archive(data_dir, config, set_) as archive:
-        archive.users.revoke_api_key(key_id)
-        _record(archive, _attributes_changed(), f"API key {key_id} revoked")
+        archive.accounts.revoke_api_key(_operator(), key_id)
     out.print(f"API key {key_id} revoked")

@@ -414,6 +414,19 @@ web_sessions = Table(
 Index("ix_web_sessions_subject", web_sessions.c.subject)
 Index("ix_web_sessions_expires_at", web_sessions.c.expires_at)
 
+# Objects and bytes per storage tier once a day (migration 0011), written by the
+# ``storage-snapshot`` job (nubis.tiers.history), so the admin pages can draw what the archive
+# held and cost over time. ``day`` is the UTC date YYYY-MM-DD; the day's last snapshot wins.
+storage_snapshots = Table(
+    "storage_snapshots",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("tier", String(32), primary_key=True),
+    Column("objects", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("taken_at", BigInteger, nullable=False),
+)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
@@ -433,6 +446,7 @@ __all__ = [
     "series",
     "series_requests",
     "share_links",
+    "storage_snapshots",
     "studies",
     "study_lifecycle",
     "users",

@@ -11,12 +11,18 @@
 - ``commitment-report``: deliver a Storage Commitment N-EVENT-REPORT (nubis.dimse.commitment);
   parameters ``calling_ae``, ``partition``, ``transaction_uid``, ``references``. Queued by the
   DIMSE server for each N-ACTION, retried on its own backoff until delivered or given up.
+- ``storage-snapshot``: keep today's objects and bytes per tier (nubis.tiers.history), for the
+  admin pages' charts of storage and cost over time; daily by default, and queued at start.
+- ``audit-verify``: check the audit trail's hash chain and signed checkpoints, as ``nubis audit
+  verify`` does (recorded as Audit Log Used, a broken chain as a Security Alert); the result is
+  the report the admin pages show. Add ``audit-verify=1d`` to jobs_schedule to run it daily.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from nubis.index.database import Index
 from nubis.jobs.runner import Handler, JobContext
@@ -26,14 +32,20 @@ from nubis.ports.blobs import BlobStore
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
+from nubis.tiers.history import take_snapshot
 from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.rules import Tiers
 
-__all__ = ["KINDS", "handlers", "parse_schedule"]
+if TYPE_CHECKING:
+    from nubis.security.audit import AuditTrail
 
-KINDS = ("reap", "verify", "tier", "rewrap")
+__all__ = ["AUDIT_VERIFY", "KINDS", "SNAPSHOT", "handlers", "parse_params", "parse_schedule"]
+
+SNAPSHOT = "storage-snapshot"
+AUDIT_VERIFY = "audit-verify"
+KINDS = ("reap", "verify", "tier", "rewrap", SNAPSHOT, AUDIT_VERIFY)
 # A rewrap names its KEK: a periodic run would have nothing to work on.
-_SCHEDULED = ("reap", "verify", "tier")
+_SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY)
 _EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -54,6 +66,28 @@ def parse_schedule(text: str) -> dict[str, int]:
     return schedule
 
 
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """Job parameters from ``NAME=VALUE`` items: true/false, integers and numbers become
+    such, anything else stays text; ValueError names an item without ``=``."""
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"parameter {item!r}: expected NAME=VALUE")
+        value: Any = text.strip()
+        if value.lower() in {"true", "false"}:
+            value = value.lower() == "true"
+        else:
+            for convert in (int, float):
+                try:
+                    value = convert(value)
+                    break
+                except ValueError:
+                    continue
+        params[name.strip()] = value
+    return params
+
+
 def handlers(
     *,
     index: Index,
@@ -65,9 +99,11 @@ def handlers(
     guard: Guard | None = None,
     actor: ActiveParticipant | None = None,
     commitment: Handler | None = None,
+    audit: AuditTrail | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
-    ``commitment-report`` when given); ``guard`` records what ``verify`` reads, as ``actor``."""
+    ``commitment-report`` and ``audit-verify`` when given); ``guard`` records what ``verify``
+    reads, as ``actor`` (``audit-verify`` records its own use of the log, as ``actor``)."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -85,7 +121,33 @@ def handlers(
             ctx, partition=ctx.params.get("partition"), study_uid=ctx.params.get("study")
         )
 
-    kinds: dict[str, Handler] = {"reap": reap, "verify": check, "tier": tier}
+    def snapshot(ctx: JobContext) -> dict[str, Any]:
+        return take_snapshot(index, tiers)
+
+    kinds: dict[str, Handler] = {"reap": reap, "verify": check, "tier": tier, SNAPSHOT: snapshot}
+    if audit is not None:
+        trail = audit
+
+        def verify_audit(ctx: JobContext) -> dict[str, Any]:
+            who: Any = ctx.job.created_by or "unknown"
+            if actor is not None:
+                who = replace(actor, user_name=ctx.job.created_by)
+            total = trail.head()[0]
+            ctx.progress(0, total)
+            report = trail.verify(
+                used_by=who, front_door="system", progress=lambda n: ctx.progress(n, total)
+            )
+            return {
+                "ok": report.ok,
+                "records": report.records,
+                "checkpoints": report.checkpoints,
+                "last_signed_seq": report.last_signed_seq,
+                "unsigned": report.unsigned,
+                "first_bad_seq": report.first_bad_seq,
+                "problem": report.problem,
+            }
+
+        kinds[AUDIT_VERIFY] = verify_audit
     if rewrap is not None:
         kinds["rewrap"] = rewrap.run
     if commitment is not None:

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from nubis.errors import StorageUnavailable
 from nubis.index.database import AUDIT_LOCK, Index
@@ -443,6 +443,15 @@ class AuditTrail:
             ).first()
         return (row[0], row[1]) if row else (0, GENESIS)
 
+    def last_checkpoint(self) -> tuple[Checkpoint | None, int]:
+        """The latest signed head and how many there are, without reading them all."""
+        with self.index.reading() as conn:
+            row = conn.execute(
+                select(audit_checkpoints).order_by(audit_checkpoints.c.id.desc()).limit(1)
+            ).first()
+            count = conn.execute(select(func.count()).select_from(audit_checkpoints)).scalar()
+        return (Checkpoint(*row) if row else None), int(count or 0)
+
     def checkpoints(self) -> list[Checkpoint]:
         with self.index.reading() as conn:
             rows = conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.id)).all()
@@ -476,12 +485,16 @@ class AuditTrail:
         event_code: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        before_seq: int | None = None,
+        newest_first: bool = False,
     ) -> list[AuditRecord]:
-        """Records matching the filters, in order; the read itself is recorded first.
+        """Records matching the filters, in order (``newest_first``: the other way); the read
+        itself is recorded first.
 
         ``used_by`` is who reads (principal-like, see :mod:`nubis.security.audit_events`);
-        ``since``/``until`` are UTC times as ``YYYY-MM-DDTHH:MM:SS`` prefixes. The Audit Log
-        Used record (PS3.15 A.5.3.1) is written before anything is returned, fail closed.
+        records lie after ``after_seq`` and before ``before_seq``; ``since``/``until`` are UTC
+        times as ``YYYY-MM-DDTHH:MM:SS`` prefixes. The Audit Log Used record (PS3.15 A.5.3.1)
+        is written before anything is returned, fail closed.
         """
         self.record(
             audit_events.audit_log_used(
@@ -491,9 +504,11 @@ class AuditTrail:
         stmt = (
             select(audit_log.c.seq, audit_log.c.prev_hash, audit_log.c.hash, audit_log.c.record)
             .where(audit_log.c.seq > after_seq)
-            .order_by(audit_log.c.seq)
+            .order_by(audit_log.c.seq.desc() if newest_first else audit_log.c.seq)
             .limit(limit)
         )
+        if before_seq is not None:
+            stmt = stmt.where(audit_log.c.seq < before_seq)
         if user_id is not None:
             stmt = stmt.where(audit_log.c.user_id == user_id)
         if patient_id is not None:
@@ -534,6 +549,7 @@ class AuditTrail:
         public_keys: dict[str, Ed25519PublicKey] | None = None,
         used_by: Any = None,
         front_door: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> VerifyReport:
         """Check the whole chain and every checkpoint; name the first bad record.
 
@@ -544,7 +560,8 @@ class AuditTrail:
         (bad signature, unknown key). ``public_keys`` are the trusted keys (default: this
         archive's own key; pass a copy kept elsewhere to defeat a replaced key).
         When ``used_by`` is given the verification is recorded (Audit Log Used) first, and a
-        failure is recorded as a Security Alert.
+        failure is recorded as a Security Alert. ``progress`` is called with the number of
+        records read so far, after each batch (it may raise to stop the walk).
         """
         if used_by is not None:
             self.record(audit_events.audit_log_used(used_by, what="verify", front_door=front_door))
@@ -554,7 +571,7 @@ class AuditTrail:
         hashes: dict[int, str] = {}
         problems: list[tuple[int, str]] = []
         count = 0
-        for seq, problem, digest in _walk(self._iter_records()):
+        for seq, problem, digest in _walk(self._iter_records(progress=progress)):
             if problem is not None:
                 problems.append((seq, problem))
                 break
@@ -592,7 +609,9 @@ class AuditTrail:
             )
         return report
 
-    def _iter_records(self, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
+    def _iter_records(
+        self, batch: int = 5000, progress: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[Any, ...]]:
         after = 0
         while True:
             with self.index.reading() as conn:
@@ -616,6 +635,8 @@ class AuditTrail:
                 return
             yield from (tuple(r) for r in rows)
             after = rows[-1][0]
+            if progress is not None:
+                progress(after)
 
 
 def _walk(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[int, str | None, str]]:

@@ -356,6 +356,64 @@ def login_lockout(
     )
 
 
+def security_resource(object_id: str, name: str) -> ParticipantObject:
+    """The Alert Subject of a Security Alert (PS3.15 A.5.3.11): a system object named by URI,
+    e.g. ``nubis:user/alice`` or ``nubis:dimse-peer/CT1``."""
+    return ParticipantObject(
+        object_id,
+        ObjectType.SYSTEM_OBJECT,
+        ObjectRole.SECURITY_RESOURCE,
+        ObjectIDType.URI,
+        name=name,
+    )
+
+
+def account_changed(
+    who: Any,
+    user: str,
+    *,
+    roles: bool,
+    description: str,
+    front_door: str | None = None,
+    request_id: str | None = None,
+) -> AuditEvent:
+    """A user account changed (Security Alert, PS3.15 A.5.3.11), whoever changed it: Security
+    Roles Changed (110136) when what the user may do changed (added, removed, new roles,
+    ``roles=True``), User Security Attributes Changed (110137) when its credentials did (a
+    password set, an API key created or revoked). The user is the Alert Subject."""
+    return security_alert(
+        who,
+        EventType.SECURITY_ROLES_CHANGED if roles else EventType.USER_SECURITY_ATTRIBUTES_CHANGED,
+        outcome=EventOutcome.SUCCESS,
+        description=description,
+        front_door=front_door,
+        request_id=request_id,
+        objects=(security_resource(f"nubis:user/{user}", user),),
+    )
+
+
+def security_configuration_changed(
+    who: Any,
+    object_id: str,
+    name: str,
+    *,
+    description: str,
+    front_door: str | None = None,
+    request_id: str | None = None,
+) -> AuditEvent:
+    """Who may reach the archive changed (Security Alert, Security Configuration 110129,
+    PS3.15 A.5.3.11): e.g. a DIMSE peer added or removed; the entry is the Alert Subject."""
+    return security_alert(
+        who,
+        EventType.SECURITY_CONFIGURATION,
+        outcome=EventOutcome.SUCCESS,
+        description=description,
+        front_door=front_door,
+        request_id=request_id,
+        objects=(security_resource(object_id, name),),
+    )
+
+
 def break_glass(
     who: Any,
     reason: str,
@@ -522,6 +580,7 @@ __all__ = [
     "STUDY_ROOT_FIND",
     "RoleID",
     "access_refused",
+    "account_changed",
     "application_activity",
     "audit_log_used",
     "begin_transferring",
@@ -535,6 +594,8 @@ __all__ = [
     "patient_object",
     "query",
     "security_alert",
+    "security_configuration_changed",
+    "security_resource",
     "share_opened",
     "study_deleted",
     "study_object",

@@ -18,7 +18,9 @@ write the tenant), referrer (read granted studies), uploader and modality (store
 researcher (de-identified reads only: refused until de-identification exists), auditor (the
 audit log only). Nothing is allowed that a role does not list. The audit log is the archive's,
 not a tenant's (its records name every tenant's patients and users), so only principals of the
-home tenant ``default`` may read it, whatever their role.
+home tenant ``default`` may read it, whatever their role. So it is with running the archive
+itself (OPERATE: jobs, storage and its cost, the DIMSE peer table, users of other tenants):
+those span every tenant, and only admins of the home tenant may.
 
 Break-glass: a principal whose roles are in ``break_glass_roles`` may ask for emergency read
 access to its whole tenant with a reason (``X-Nubis-Break-Glass: <reason>``); the services log it
@@ -51,6 +53,7 @@ class Action(enum.Flag):
     # C-MOVE), always with READ; frames, rendered images and metadata need READ alone.
     DOWNLOAD = enum.auto()
     SHARE = enum.auto()  # share a study: links for people without an account, user grants
+    OPERATE = enum.auto()  # the archive itself: jobs, storage, DIMSE peers, every tenant's users
 
 
 # Actions whose scope grants may limit (the rest is tenant-wide or refused).
@@ -77,8 +80,10 @@ ROLES: dict[str, RoleSpec] = {
         | Action.EXPORT
         | Action.ADMIN
         | Action.AUDIT
-        | Action.SHARE,
-        summary="everything in its tenant, users and keys included",
+        | Action.SHARE
+        | Action.OPERATE,
+        summary="everything in its tenant, users and keys included; in the home tenant, "
+        "the archive itself (jobs, storage, DIMSE peers, every tenant's users)",
     ),
     "radiologist": RoleSpec(
         Action.READ | Action.DOWNLOAD | Action.WRITE | Action.SHARE,
@@ -118,6 +123,10 @@ DEIDENTIFY_UNAVAILABLE = (
 AUDIT_HOME_TENANT_ONLY = (
     f"the audit log spans every tenant: only auditors and admins of tenant {DEFAULT_TENANT!r} "
     "may read it"
+)
+OPERATE_HOME_TENANT_ONLY = (
+    "jobs, storage, the DIMSE peers and other tenants' users are the archive's, not a "
+    f"tenant's: only admins of tenant {DEFAULT_TENANT!r} may manage them"
 )
 
 
@@ -220,8 +229,11 @@ class AuthPolicy:
             # Records carry no tenant and name patients and users of every tenant: reading
             # them is an archive-wide act, left to the home tenant.
             return Decision(False, AUDIT_HOME_TENANT_ONLY)
+        if action & Action.OPERATE and who.tenant != DEFAULT_TENANT:
+            return Decision(False, OPERATE_HOME_TENANT_ONLY)
         if action & ~READING:
-            # Write, delete, export, admin, share: tenant-wide roles only (none is limited).
+            # Write, delete, export, admin, share, operate: tenant-wide roles only (none of
+            # them is limited).
             return Decision(True, "allowed", Scope(who.tenant))
         tenant_wide = Action.NONE
         for role in who.roles:
@@ -257,6 +269,7 @@ __all__ = [
     "ASSIGNABLE_ROLES",
     "AUDIT_HOME_TENANT_ONLY",
     "DEFAULT_TENANT",
+    "OPERATE_HOME_TENANT_ONLY",
     "READING",
     "ROLES",
     "Action",
