@@ -1,0 +1,614 @@
+// One viewport: a series on a canvas, its position in the stack, window, zoom and pan, cine,
+// the overlay of key attributes, and the mouse, wheel and touch gestures that change them.
+
+import { TAG, number, text } from "./dataset.js";
+import { frameKey } from "./loader.js";
+import { fullRangeWindow, grayTable, paint, valueRange } from "./pixels.js";
+
+// Window presets in Hounsfield units (center, width), as radiology departments commonly use.
+export const CT_PRESETS = {
+  brain: { center: 40, width: 80 },
+  lung: { center: -600, width: 1500 },
+  bone: { center: 400, width: 1800 },
+  abdomen: { center: 50, width: 400 },
+};
+const DEFAULT_FPS = 10;
+const MAX_ZOOM = 64;
+const MIN_ZOOM = 1 / 64;
+
+function clamp(value, low, high) {
+  return Math.min(high, Math.max(low, value));
+}
+
+function round(value) {
+  return Math.abs(value) >= 100 ? Math.round(value) : Math.round(value * 10) / 10;
+}
+
+function date(value) {
+  return /^\d{8}$/.test(value) ? `${value.slice(0, 4)}-${value.slice(4, 6)}-${value.slice(6)}` : value;
+}
+
+function line(parent, value) {
+  if (!value) return;
+  const div = document.createElement("div");
+  div.textContent = value; // DICOM text is shown as text, never as markup
+  parent.append(div);
+}
+
+export class Viewport {
+  constructor(app, element) {
+    this.app = app;
+    this.el = element;
+    this.canvas = element.querySelector("canvas");
+    this.ctx = this.canvas.getContext("2d", { alpha: false });
+    this.corners = {
+      tl: element.querySelector(".tl"),
+      tr: element.querySelector(".tr"),
+      bl: element.querySelector(".bl"),
+      br: element.querySelector(".br"),
+    };
+    this.message = element.querySelector(".message");
+    this.slider = element.querySelector(".slider");
+    this.seriesUid = null;
+    this.stack = null;
+    this.index = 0;
+    this.active = false;
+    this.window = null; // {center, width, fn} in modality units; null: the image's own
+    this.invert = false;
+    this.zoom = 1; // relative to fitting the image into the viewport
+    this.panX = 0; // device pixels from centered
+    this.panY = 0;
+    this.fps = DEFAULT_FPS;
+    this.playing = false;
+    this.draws = 0;
+    this.error = null;
+    this.scratch = document.createElement("canvas"); // a grayscale image at its own size
+    this.scratchKey = "";
+    this.imageData = null;
+    this.tables = new Map();
+    this.tileCanvases = new Map();
+    this.pointers = new Map();
+    this.gesture = null;
+    this.wheelDelta = 0;
+    this.redrawRequested = false;
+    this.bind();
+    new ResizeObserver(() => this.invalidate()).observe(element);
+  }
+
+  // ------------------------------------------------------------------ series and position
+  async setSeries(uid) {
+    this.pause();
+    this.seriesUid = uid;
+    this.stack = null;
+    this.error = null;
+    this.el.dataset.series = uid;
+    this.el.dataset.state = "loading";
+    this.show("Loading series…");
+    let stack;
+    try {
+      stack = await this.app.stackOf(uid);
+    } catch (error) {
+      if (this.seriesUid === uid) this.fail(error);
+      return;
+    }
+    if (this.seriesUid !== uid) return; // another series was dropped here meanwhile
+    this.stack = stack;
+    this.index = 0;
+    this.window = null;
+    this.invert = false;
+    this.resetView();
+    this.fps = stack.fps || DEFAULT_FPS;
+    this.slider.max = String(Math.max(1, stack.images.length));
+    this.slider.hidden = stack.images.length < 2;
+    this.el.dataset.count = String(stack.images.length);
+    if (stack.images.length === 0) {
+      this.fail(new Error("this series has no images"));
+      return;
+    }
+    this.moved();
+    this.app.viewportChanged(this);
+  }
+
+  clear() {
+    this.pause();
+    this.seriesUid = null;
+    this.stack = null;
+    delete this.el.dataset.series;
+    this.el.dataset.state = "empty";
+    this.show("Drop a series here");
+    this.pin();
+    this.invalidate();
+  }
+
+  current() {
+    return this.stack ? this.stack.images[this.index] : undefined;
+  }
+
+  setIndex(index) {
+    if (!this.stack || this.stack.images.length === 0) return;
+    const next = clamp(Math.round(index), 0, this.stack.images.length - 1);
+    if (next === this.index) return;
+    this.index = next;
+    this.moved();
+  }
+
+  step(delta) {
+    this.setIndex(this.index + delta);
+  }
+
+  moved() {
+    this.el.dataset.index = String(this.index);
+    this.slider.value = String(this.index + 1);
+    this.pin();
+    this.app.loader.poke();
+    this.invalidate();
+  }
+
+  /** Keep the frames on screen in the cache whatever else is loaded. */
+  pin() {
+    const image = this.current();
+    const frames = !image ? [] : image.tiles ? image.tiles.map((t) => t.frame) : [image.frame];
+    this.app.cache.pin(this, image ? frames.map((n) => frameKey(image.sop, n)) : []);
+  }
+
+  /** Tiles of a whole-slide image nearest the middle of the view first. */
+  tileOrder(image) {
+    const view = this.transform(image);
+    const cx = (this.canvas.width / 2 - view.ox) / view.scale;
+    const cy = (this.canvas.height / 2 - view.oy) / view.scale;
+    const distance = (t) => Math.hypot(t.x + t.width / 2 - cx, t.y + t.height / 2 - cy);
+    return image.tiles
+      .map((tile) => [distance(tile), tile.frame])
+      .sort((a, b) => a[0] - b[0])
+      .map((pair) => pair[1]);
+  }
+
+  framesArrived(keys) {
+    const image = this.current();
+    if (!image) return;
+    const prefix = `${image.sop}/`;
+    if (keys.some((key) => key.startsWith(prefix))) this.invalidate();
+    else if (this.playing) this.invalidate();
+  }
+
+  loaded(image) {
+    if (!image) return false;
+    const frames = image.tiles ? image.tiles.map((t) => t.frame) : [image.frame];
+    return frames.every((n) => this.app.cache.has(frameKey(image.sop, n)));
+  }
+
+  // ------------------------------------------------------------------ window, zoom, pan
+  grayPixels(image) {
+    if (!image || !image.gray || this.app.loader.isRendered(image)) return null;
+    const frame = image.tiles ? image.tiles.find((t) => this.app.cache.has(frameKey(image.sop, t.frame))) : image;
+    return frame ? this.app.cache.get(frameKey(image.sop, frame.frame)) : null;
+  }
+
+  /** The window the image shows when nobody has changed it: stored, else its value range. */
+  ownWindow(image) {
+    if (image.window) return image.window;
+    const pixels = this.grayPixels(image);
+    return pixels ? fullRangeWindow(valueRange(pixels, image.rescale)) : null;
+  }
+
+  setWindow(center, width, fn) {
+    const image = this.current();
+    if (!image || !image.gray || this.app.loader.isRendered(image)) return;
+    const base = this.window || this.ownWindow(image) || { fn: "LINEAR" };
+    this.window = { center, width: Math.max(width, 1), fn: fn || base.fn };
+    this.invalidate();
+  }
+
+  applyPreset(name) {
+    const image = this.current();
+    if (!image) return;
+    if (name === "default") {
+      this.window = this.ownWindow(image);
+      this.invalidate();
+    } else if (CT_PRESETS[name]) {
+      this.setWindow(CT_PRESETS[name].center, CT_PRESETS[name].width, "LINEAR");
+    }
+  }
+
+  toggleInvert() {
+    this.invert = !this.invert;
+    this.invalidate();
+  }
+
+  resetView() {
+    this.zoom = 1;
+    this.panX = 0;
+    this.panY = 0;
+    this.invalidate();
+  }
+
+  reset() {
+    this.window = null;
+    this.invert = false;
+    this.resetView();
+  }
+
+  /** One image pixel to one screen pixel, the image's middle in the viewport's middle. */
+  actualSize() {
+    const image = this.current();
+    if (!image) return;
+    this.zoom = 1 / this.fitScale(image);
+    this.panX = 0;
+    this.panY = 0;
+    this.invalidate();
+  }
+
+  fitScale(image) {
+    this.resize();
+    return Math.min(this.canvas.width / image.width, this.canvas.height / image.height) || 1;
+  }
+
+  /** Image to canvas: canvas = offset + image * scale (device pixels, offsets whole). */
+  transform(image) {
+    const scale = this.fitScale(image) * this.zoom;
+    return {
+      scale,
+      ox: Math.round(this.canvas.width / 2 + this.panX - (image.width * scale) / 2),
+      oy: Math.round(this.canvas.height / 2 + this.panY - (image.height * scale) / 2),
+    };
+  }
+
+  /** Zoom by `factor` keeping the image point under canvas point (x, y) in place. */
+  zoomAt(factor, x, y) {
+    const image = this.current();
+    if (!image) return;
+    const before = this.transform(image);
+    const zoom = clamp(this.zoom * factor, MIN_ZOOM, MAX_ZOOM);
+    const scale = before.scale * (zoom / this.zoom);
+    const u = (x - before.ox) / before.scale;
+    const v = (y - before.oy) / before.scale;
+    this.zoom = zoom;
+    this.panX = x - u * scale - this.canvas.width / 2 + (image.width * scale) / 2;
+    this.panY = y - v * scale - this.canvas.height / 2 + (image.height * scale) / 2;
+    this.invalidate();
+  }
+
+  pan(dx, dy) {
+    this.panX += dx;
+    this.panY += dy;
+    this.invalidate();
+  }
+
+  // ------------------------------------------------------------------ cine
+  play() {
+    if (!this.stack || this.stack.images.length < 2 || this.playing) return;
+    this.playing = true;
+    this.el.dataset.playing = "true";
+    this.lastAdvance = performance.now();
+    const tick = (now) => {
+      if (!this.playing) return;
+      const interval = 1000 / this.fps;
+      if (now - this.lastAdvance >= interval) {
+        const next = (this.index + 1) % this.stack.images.length;
+        // Wait for a frame still loading rather than skip it.
+        if (this.loaded(this.stack.images[next])) {
+          this.lastAdvance = now - Math.min(interval, now - this.lastAdvance - interval);
+          this.setIndex(next);
+        }
+      }
+      requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+    this.invalidate();
+  }
+
+  pause() {
+    if (!this.playing) return;
+    this.playing = false;
+    this.el.dataset.playing = "false";
+    this.invalidate();
+  }
+
+  toggleCine() {
+    if (this.playing) this.pause();
+    else this.play();
+  }
+
+  setFps(fps) {
+    if (Number.isFinite(fps) && fps > 0) this.fps = clamp(fps, 1, 60);
+    this.invalidate();
+  }
+
+  // ------------------------------------------------------------------ drawing
+  invalidate() {
+    if (this.redrawRequested) return;
+    this.redrawRequested = true;
+    requestAnimationFrame(() => {
+      this.redrawRequested = false;
+      this.draw();
+    });
+  }
+
+  resize() {
+    const ratio = window.devicePixelRatio || 1;
+    const width = Math.max(1, Math.round(this.el.clientWidth * ratio));
+    const height = Math.max(1, Math.round(this.el.clientHeight * ratio));
+    if (this.canvas.width !== width || this.canvas.height !== height) {
+      this.canvas.width = width;
+      this.canvas.height = height;
+      this.scratchKey = "";
+    }
+  }
+
+  show(message) {
+    this.message.textContent = message || "";
+    this.message.hidden = !message;
+  }
+
+  fail(error) {
+    this.error = error;
+    this.el.dataset.state = "error";
+    this.show(error.message || String(error));
+  }
+
+  table(image, pixels, window) {
+    const invert = image.gray.monochrome1 !== this.invert;
+    const { slope, intercept } = image.rescale;
+    const key = [image.gray.bitsStored, pixels.offset, slope, intercept, window.center, window.width, window.fn, invert].join("|");
+    let table = this.tables.get(key);
+    if (!table) {
+      if (this.tables.size > 8) this.tables.clear();
+      table = grayTable(image.gray, pixels.offset, image.rescale, window, invert);
+      this.tables.set(key, table);
+    }
+    return { table, key };
+  }
+
+  /** A grayscale frame painted through the window into a canvas of its own size. */
+  paintGray(image, pixels, window, canvas, key, width, height) {
+    const { table, key: tableKey } = this.table(image, pixels, window);
+    const wanted = `${key}#${tableKey}`;
+    if (canvas.dataset.painted === wanted) return canvas;
+    if (canvas.width !== width || canvas.height !== height) {
+      canvas.width = width;
+      canvas.height = height;
+    }
+    let data = this.imageData;
+    if (!data || data.width !== width || data.height !== height) {
+      data = new ImageData(width, height);
+      this.imageData = data;
+    }
+    paint(pixels.indices, table, data.data);
+    canvas.getContext("2d").putImageData(data, 0, 0);
+    canvas.dataset.painted = wanted;
+    return canvas;
+  }
+
+  draw() {
+    this.resize();
+    const ctx = this.ctx;
+    const image = this.current();
+    if (!image) {
+      ctx.fillStyle = "#000";
+      ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+      this.overlay(null);
+      return;
+    }
+    const failure = this.app.loader.failure(frameKey(image.sop, image.frame));
+    if (failure) {
+      this.fail(failure);
+      this.overlay(image);
+      return;
+    }
+    const complete = this.loaded(image);
+    if (!complete && !image.tiles) {
+      // Keep the last picture while the next one loads: scrolling stays steady.
+      this.el.dataset.state = "loading";
+      this.overlay(image);
+      return;
+    }
+    const gray = image.gray && !this.app.loader.isRendered(image);
+    if (gray && !this.window) this.window = this.ownWindow(image);
+    const view = this.transform(image);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.filter = "none";
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = view.scale < 1 ? "high" : "low";
+    if (!gray && this.invert) ctx.filter = "invert(1)";
+    if (image.tiles) {
+      this.drawTiles(image, view, gray);
+    } else {
+      const source = this.app.cache.get(frameKey(image.sop, image.frame));
+      const picture = gray
+        ? this.paintGray(image, source, this.window, this.scratch, image.key, image.width, image.height)
+        : source;
+      ctx.drawImage(picture, view.ox, view.oy, image.width * view.scale, image.height * view.scale);
+    }
+    ctx.filter = "none";
+    this.el.dataset.state = complete ? "ready" : "loading";
+    this.show("");
+    this.overlay(image, view);
+    this.el.dataset.scale = String(view.scale);
+    this.el.dataset.ox = String(view.ox);
+    this.el.dataset.oy = String(view.oy);
+    if (complete) {
+      this.draws++;
+      this.el.dataset.drawn = String(this.index);
+      this.el.dataset.draws = String(this.draws);
+      this.el.dispatchEvent(
+        new CustomEvent("nubis:drawn", { detail: { index: this.index, time: performance.now() } }),
+      );
+      this.app.firstDrawn();
+    }
+  }
+
+  drawTiles(image, view, gray) {
+    const ctx = this.ctx;
+    const right = (x) => Math.round(view.ox + x * view.scale);
+    const down = (y) => Math.round(view.oy + y * view.scale);
+    for (const tile of image.tiles) {
+      const key = frameKey(image.sop, tile.frame);
+      const source = this.app.cache.get(key);
+      if (!source) continue;
+      let picture = source;
+      if (gray) {
+        let canvas = this.tileCanvases.get(key);
+        if (!canvas) {
+          if (this.tileCanvases.size > 4096) this.tileCanvases.clear();
+          canvas = document.createElement("canvas");
+          this.tileCanvases.set(key, canvas);
+        }
+        picture = this.paintGray(image, source, this.window, canvas, key, image.tileWidth, image.tileHeight);
+      }
+      // Whole-pixel edges, computed from the tile's corners, leave no seams between tiles.
+      const x0 = right(tile.x);
+      const y0 = down(tile.y);
+      ctx.drawImage(picture, 0, 0, tile.width, tile.height, x0, y0, right(tile.x + tile.width) - x0, down(tile.y + tile.height) - y0);
+    }
+  }
+
+  overlay(image, view) {
+    const { tl, tr, bl, br } = this.corners;
+    for (const corner of [tl, tr, bl, br]) corner.replaceChildren();
+    if (!image) return;
+    const ds = image.instance;
+    line(tl, text(ds, TAG.PatientName));
+    line(tl, text(ds, TAG.PatientID));
+    line(tr, date(text(ds, TAG.StudyDate)));
+    line(tr, text(ds, TAG.StudyDescription));
+    const seriesNumber = text(ds, TAG.SeriesNumber);
+    line(tr, [seriesNumber && `S${seriesNumber}`, text(ds, TAG.SeriesDescription)].filter(Boolean).join(" "));
+    const count = this.stack.images.length;
+    const instanceNumber = number(ds, TAG.InstanceNumber);
+    line(bl, `Im ${instanceNumber ?? "–"} (${this.index + 1}/${count})`);
+    if (image.frames > 1 && !image.tiles) line(bl, `Fr ${image.frame}/${image.frames}`);
+    if (image.tiles) line(bl, `${image.tiles.length} tiles`);
+    if (this.window && image.gray && !this.app.loader.isRendered(image)) {
+      line(bl, `W ${round(this.window.width)} L ${round(this.window.center)}`);
+    }
+    if (this.playing) line(bl, `Cine ${this.fps} fps`);
+    if (view) line(br, `Zoom ${Math.round(view.scale * 100 / (window.devicePixelRatio || 1))}%`);
+    line(br, `${image.width} × ${image.height}`);
+    if (this.el.dataset.state === "loading") line(br, "Loading…");
+    if (this.invert) line(br, "Inverted");
+  }
+
+  // ------------------------------------------------------------------ gestures
+  bind() {
+    const el = this.el;
+    this.slider.addEventListener("input", () => this.setIndex(Number(this.slider.value) - 1));
+    el.addEventListener("pointerdown", (event) => this.pointerDown(event));
+    el.addEventListener("pointermove", (event) => this.pointerMove(event));
+    el.addEventListener("pointerup", (event) => this.pointerUp(event));
+    el.addEventListener("pointercancel", (event) => this.pointerUp(event));
+    el.addEventListener("contextmenu", (event) => event.preventDefault());
+    el.addEventListener("wheel", (event) => this.wheel(event), { passive: false });
+    el.addEventListener("dblclick", () => this.app.toggleMaximized(this));
+    el.addEventListener("dragover", (event) => {
+      if (event.dataTransfer.types.includes("application/x-nubis-series")) event.preventDefault();
+    });
+    el.addEventListener("drop", (event) => {
+      const uid = event.dataTransfer.getData("application/x-nubis-series");
+      if (!uid) return;
+      event.preventDefault();
+      this.app.setActive(this);
+      this.setSeries(uid);
+    });
+  }
+
+  local(event) {
+    const box = this.canvas.getBoundingClientRect();
+    const ratio = window.devicePixelRatio || 1;
+    return { x: (event.clientX - box.left) * ratio, y: (event.clientY - box.top) * ratio };
+  }
+
+  pointerDown(event) {
+    if (event.target === this.slider) return;
+    this.app.setActive(this);
+    this.el.setPointerCapture(event.pointerId);
+    this.pointers.set(event.pointerId, this.local(event));
+    if (this.pointers.size === 2) {
+      this.gesture = "pinch";
+    } else if (this.pointers.size === 1) {
+      let tool = this.app.tool;
+      if (event.button === 1 || event.shiftKey) tool = "pan";
+      else if (event.button === 2 || event.ctrlKey) tool = "zoom";
+      this.gesture = tool;
+      this.anchor = this.local(event);
+      this.scrollRest = 0;
+    }
+    event.preventDefault();
+  }
+
+  pointerMove(event) {
+    const previous = this.pointers.get(event.pointerId);
+    if (!previous) return;
+    const point = this.local(event);
+    if (this.gesture === "pinch" && this.pointers.size === 2) {
+      const [a, b] = [...this.pointers.entries()].map(([id, p]) => (id === event.pointerId ? point : p));
+      const [pa, pb] = [...this.pointers.values()];
+      const before = Math.hypot(pa.x - pb.x, pa.y - pb.y) || 1;
+      const after = Math.hypot(a.x - b.x, a.y - b.y) || 1;
+      const mid = { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 };
+      const midBefore = { x: (pa.x + pb.x) / 2, y: (pa.y + pb.y) / 2 };
+      this.zoomAt(after / before, midBefore.x, midBefore.y);
+      this.pan(mid.x - midBefore.x, mid.y - midBefore.y);
+    } else if (this.pointers.size === 1) {
+      this.drag(point.x - previous.x, point.y - previous.y);
+    }
+    this.pointers.set(event.pointerId, point);
+  }
+
+  pointerUp(event) {
+    this.pointers.delete(event.pointerId);
+    // After a pinch, the finger left on the glass does nothing until it is lifted too.
+    if (this.pointers.size === 0) this.gesture = null;
+    else if (this.gesture === "pinch") this.gesture = "done";
+  }
+
+  drag(dx, dy) {
+    const ratio = window.devicePixelRatio || 1;
+    const image = this.current();
+    if (!image) return;
+    if (this.gesture === "pan") {
+      this.pan(dx, dy);
+    } else if (this.gesture === "zoom") {
+      this.zoomAt(Math.exp(-dy / (100 * ratio)), this.anchor.x, this.anchor.y); // up: closer
+    } else if (this.gesture === "scroll") {
+      // A swipe across the viewport's height passes through the whole stack (3 to 20 px a slice).
+      const perSlice = clamp(this.el.clientHeight / this.stack.images.length, 3, 20) * ratio;
+      this.scrollRest += dy;
+      const steps = Math.trunc(this.scrollRest / perSlice);
+      if (steps) {
+        this.scrollRest -= steps * perSlice;
+        this.step(-steps); // finger up: further into the stack
+      }
+    } else if (this.gesture === "wl") {
+      const window = this.window || this.ownWindow(image);
+      const pixels = this.grayPixels(image);
+      if (!window || !pixels) return;
+      const range = valueRange(pixels, image.rescale);
+      const sensitivity = Math.max((range.high - range.low) / 1024, 0.05) / ratio;
+      this.setWindow(window.center + dy * sensitivity, window.width + dx * sensitivity);
+    }
+  }
+
+  wheel(event) {
+    event.preventDefault();
+    this.app.setActive(this);
+    if (event.ctrlKey || event.metaKey) {
+      const point = this.local(event);
+      this.zoomAt(Math.exp(-event.deltaY / 300), point.x, point.y);
+      return;
+    }
+    // One slice a notch; a trackpad's small deltas add up to one.
+    const delta = event.deltaMode === 0 ? event.deltaY : event.deltaY * 40;
+    if (Math.abs(delta) >= 40) {
+      this.wheelDelta = 0;
+      this.step(Math.sign(delta));
+      return;
+    }
+    this.wheelDelta += delta;
+    if (Math.abs(this.wheelDelta) >= 40) {
+      this.step(Math.sign(this.wheelDelta));
+      this.wheelDelta = 0;
+    }
+  }
+}
