@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pydicom
 import pytest
 from playwright.sync_api import Page, expect
 from pydicom.data import get_testdata_file
 
-from browser import add_user, screenshot, sign_in
+from browser import PASSWORD, add_user, screenshot, sign_in
 from browser.viewer_objects import (
     ENHANCED_MR_INTERCEPT,
     ENHANCED_MR_SLOPE,
@@ -93,7 +92,8 @@ def archive(server_factory, tmp_path_factory) -> Iterator[Objects]:  # type: ign
     )  # fmt: skip
     for name, make in (("cr", make_cr), ("wsi", make_wsi), ("emr", make_enhanced_mr)):
         uid = synth.synth_uid(0, "viewer-study", name)
-        objects.files[name] = [make(tmp / f"{name}.dcm", patient_id=f"P-VIEW-{name}", study_uid=uid)]
+        path = make(tmp / f"{name}.dcm", patient_id=f"P-VIEW-{name}", study_uid=uid)
+        objects.files[name] = [path]
     for name, file in (
         ("rgb", "examples_rgb_color.dcm"),
         ("cine", "examples_ybr_color.dcm"),
@@ -172,3 +172,272 @@ def test_ct_series_draws_its_windowed_pixels(archive: Objects, page: Page) -> No
     display = stored_window_display(archive.files["ct"][0])
     assert_gray(canvas_pixels(page, POINTS), [display[y, x] for x, y in POINTS])
     assert page.failed_requests == []  # type: ignore[attr-defined]
+
+
+def overlay_index(page: Page) -> int:
+    return int(viewport(page).get_attribute("data-index") or -1)
+
+
+def test_scrolling_by_wheel_keys_and_slider(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "ct")
+    canvas = viewport(page).locator("canvas")
+    canvas.hover()
+    first = canvas_pixels(page, POINTS)
+    page.mouse.wheel(0, 100)
+    wait_drawn(page, 1)
+    expect(viewport(page).locator(".bl")).to_contain_text(f"Im 2 (2/{CT_SLICES})")
+    assert canvas_pixels(page, POINTS) != first, "the next slice looks like the first"
+    page.mouse.wheel(0, -100)
+    wait_drawn(page, 0)
+    page.keyboard.press("ArrowDown")
+    wait_drawn(page, 1)
+    page.keyboard.press("ArrowDown")
+    wait_drawn(page, 2)
+    page.keyboard.press("PageDown")
+    wait_drawn(page, 8)
+    page.keyboard.press("End")
+    wait_drawn(page, CT_SLICES - 1)
+    page.keyboard.press("ArrowUp")
+    wait_drawn(page, CT_SLICES - 2)
+    page.keyboard.press("Home")
+    wait_drawn(page, 0)
+    viewport(page).locator(".slider").fill("31")
+    wait_drawn(page, 30)
+    expect(viewport(page).locator(".bl")).to_contain_text(f"Im 31 (31/{CT_SLICES})")
+    actual_size(page)
+    display = stored_window_display(archive.files["ct"][30])
+    assert_gray(canvas_pixels(page, POINTS), [display[y, x] for x, y in POINTS])
+    screenshot(page, "viewer-ct-slice-31")
+
+
+def test_window_level_by_drag_and_presets(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "ct")
+    actual_size(page)
+    stored = pydicom.dcmread(archive.files["ct"][0]).pixel_array
+    before = canvas_pixels(page, POINTS)
+    box = viewport(page).bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y + 60, steps=6)
+    page.mouse.up()
+    expect(viewport(page).locator(".bl")).not_to_contain_text("W 400 L 40")
+    after = canvas_pixels(page, POINTS)
+    assert after != before, "dragging did not change the window"
+    # The drawn pixels follow the window the overlay names.
+    text = viewport(page).locator(".bl").inner_text()
+    width, center = (float(v) for v in text.split("W ")[1].split("\n")[0].split(" L "))
+    values = [stored[py, px] for px, py in POINTS]
+    expected = windowed(values, intercept=-1024, center=center, width=width)
+    assert_gray(after, list(expected), tolerance=2)  # the overlay rounds to one decimal
+    page.get_by_role("button", name="Lung", exact=True).click()
+    expect(viewport(page).locator(".bl")).to_contain_text("W 1500 L -600")
+    lung = windowed(values, intercept=-1024, center=-600, width=1500)
+    assert_gray(canvas_pixels(page, POINTS), list(lung))
+    screenshot(page, "viewer-ct-lung")
+    for preset in ("Brain", "Bone", "Abdomen"):
+        page.get_by_role("button", name=preset, exact=True).click()
+    expect(viewport(page).locator(".bl")).to_contain_text("W 400 L 50")
+    page.get_by_role("button", name="Default", exact=True).click()
+    expect(viewport(page).locator(".bl")).to_contain_text("W 400 L 40")
+    assert_gray(canvas_pixels(page, POINTS), [b[0] for b in before])
+
+
+def test_two_by_two_shows_series_side_by_side(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "ct")
+    page.get_by_role("button", name="2×2").click()
+    expect(page.locator(".viewport")).to_have_count(4)
+    wait_drawn(page, 0, 1)
+    assert viewport(page, 0).get_attribute("data-series") == archive.series("ct")
+    assert viewport(page, 1).get_attribute("data-series") == archive.series("mr")
+    expect(viewport(page, 1).locator(".tr")).to_contain_text("Brain MR")
+    expect(viewport(page, 2)).to_have_attribute("data-state", "empty")
+    # A series dragged from the list onto a viewport is shown there.
+    page.locator(f'.series-item[data-series="{archive.series("mr")}"]').drag_to(viewport(page, 3))
+    wait_drawn(page, 0, 3)
+    assert viewport(page, 3).get_attribute("data-series") == archive.series("mr")
+    # Scrolling one viewport leaves the others where they are.
+    viewport(page, 1).locator("canvas").hover()
+    page.mouse.wheel(0, 100)
+    wait_drawn(page, 1, 1)
+    assert viewport(page, 3).get_attribute("data-drawn") == "0"
+    screenshot(page, "viewer-2x2")
+    page.get_by_role("button", name="1×2").click()
+    expect(page.locator(".viewport")).to_have_count(2)
+
+
+def test_metadata_view_lists_the_instance_attributes(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "ct")
+    page.get_by_role("button", name="Metadata").click()
+    dialog = page.get_by_role("dialog")
+    row = dialog.locator("tr", has_text="(0010,0020)")
+    expect(row).to_contain_text("PatientID")
+    expect(row).to_contain_text("P-VIEW")
+    expect(dialog.locator("tr", has_text="(7FE0,0010)")).to_contain_text("bulk data")
+    dialog.get_by_label("Filter attributes").fill("SOPInstanceUID")
+    expect(dialog.locator("tbody tr:visible")).to_have_count(1)
+    screenshot(page, "viewer-metadata")
+    dialog.get_by_role("button", name="Close").click()
+    expect(dialog).to_be_hidden()
+
+
+def test_color_image_shows_its_rgb(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "rgb")
+    actual_size(page)
+    rgb = pydicom.dcmread(archive.files["rgb"][0]).pixel_array
+    points = [(5, 5), (100, 60), (160, 120), (250, 200), (319, 239)]
+    drawn = canvas_pixels(page, points)
+    assert [d[:3] for d in drawn] == [list(map(int, rgb[y, x])) for x, y in points]
+    assert len({tuple(d) for d in drawn}) > 2, "a flat picture proves little"
+    screenshot(page, "viewer-color")
+
+
+def test_cine_plays_an_ultrasound_loop(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "cine")
+    expect(viewport(page)).to_have_attribute("data-count", "30")
+    expect(page.locator("input[name=fps]")).to_have_value("30")  # from Frame Time, 33.3 ms
+    page.get_by_role("button", name="Play").click()
+    expect(page.get_by_role("button", name="Pause")).to_be_visible()
+    seen = set()
+    for _ in range(40):
+        seen.add(overlay_index(page))
+        page.wait_for_timeout(50)
+    assert len(seen) >= 5, f"cine showed only images {sorted(seen)}"
+    page.keyboard.press("Space")
+    expect(viewport(page)).to_have_attribute("data-playing", "false")
+    shown = overlay_index(page)
+    wait_drawn(page, shown)
+    actual_size(page)
+    frames = pydicom.dcmread(archive.files["cine"][0]).pixel_array
+    points = [(160, 120), (100, 100), (200, 150)]
+    drawn = canvas_pixels(page, points)
+    assert [d[:3] for d in drawn] == [list(map(int, frames[shown][y, x])) for x, y in points]
+    screenshot(page, "viewer-cine")
+
+
+def test_jpeg_2000_ct_is_windowed_in_the_browser(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "j2k")
+    expect(viewport(page).locator(".bl")).to_contain_text("W 100 L 40")
+    actual_size(page)
+    display = stored_window_display(archive.files["j2k"][0])
+    assert_gray(canvas_pixels(page, POINTS), [display[y, x] for x, y in POINTS])
+    assert len({display[y, x] for x, y in POINTS}) > 2
+    screenshot(page, "viewer-jpeg2000")
+
+
+def test_enhanced_mr_frames_use_their_functional_groups(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "emr")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    wait_drawn(page, 4)
+    center, width = enhanced_mr_window(5)
+    expect(viewport(page).locator(".bl")).to_contain_text("Fr 5/8")
+    expect(viewport(page).locator(".bl")).to_contain_text(f"W {width:g} L {center:g}")
+    # Fitted, a 64x64 image is magnified: a pixel's center keeps its value.
+    page.get_by_role("button", name="Fit").click()
+    stored = enhanced_mr_pixels()[4]
+    points = [(0, 0), (10, 20), (33, 31), (63, 63)]
+    expected = windowed(
+        [stored[y, x] for x, y in points],
+        slope=ENHANCED_MR_SLOPE, intercept=ENHANCED_MR_INTERCEPT, center=center, width=width,
+    )  # fmt: skip
+    assert_gray(canvas_pixels(page, points), list(expected), tolerance=2)
+    screenshot(page, "viewer-enhanced-mr")
+
+
+def test_4k_cr_is_inverted_and_shown_whole(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "cr")
+    screenshot(page, "viewer-cr-4k")
+    size = 4096
+    values = cr_pixels(size)
+    actual_size(page)
+    points = [(2047, 2047), (2048, 2050), (2100, 1990), (1990, 2100)]
+    expected = windowed(
+        [values[y, x] for x, y in points], center=2048, width=4096, monochrome1=True
+    )
+    assert_gray(canvas_pixels(page, points), list(expected))
+    # The bright square a quarter in, found where 1:1 puts it after panning there.
+    page.get_by_role("button", name="Fit").click()
+    drawn = canvas_pixels(page, [(size // 4 + 32, size // 4 + 32), (3 * size // 4, 3 * size // 4)])
+    assert drawn[0][0] < 20, "the 4000 square must be near black in MONOCHROME1"
+    far = windowed([values[3 * size // 4, 3 * size // 4]], center=2048, width=4096,
+                   monochrome1=True)  # fmt: skip
+    assert abs(drawn[1][0] - far[0]) <= 3
+
+
+def test_whole_slide_tiles_are_assembled_in_place(archive: Objects, page: Page) -> None:
+    open_viewer(page, archive, "wsi")
+    expect(viewport(page).locator(".bl")).to_contain_text("12 tiles")
+    expect(viewport(page).locator(".br")).to_contain_text("1000 × 700")
+    actual_size(page)
+    rgb = wsi_pixels(1000, 700)
+    # Pixels on both sides of tile edges (256, 512, 768) and in the cropped last row/column.
+    points = [(0, 0), (255, 255), (256, 256), (511, 100), (512, 300), (767, 600), (768, 511),
+              (999, 699), (900, 650), (130, 690)]  # fmt: skip
+    drawn = canvas_pixels(page, points)
+    assert [d[:3] for d in drawn] == [list(map(int, rgb[y, x])) for x, y in points]
+    screenshot(page, "viewer-whole-slide")
+
+
+def test_touch_swipe_scrolls_and_pinch_zooms(archive: Objects, browser) -> None:  # type: ignore[no-untyped-def]
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+        device_scale_factor=2,
+    )  # fmt: skip
+    try:
+        page = phone.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        open_viewer(page, archive, "ct")
+        box = viewport(page).bounding_box()
+        assert box is not None
+        cdp = phone.new_cdp_session(page)
+
+        def touch(kind: str, *points: tuple[float, float]) -> None:
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {"type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in
+                                               enumerate(points)]},
+            )  # fmt: skip
+
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.get_by_role("button", name="Scroll").click()
+        touch("touchStart", (x, y + 100))
+        for step in range(1, 11):
+            touch("touchMove", (x, y + 100 - 10 * step))
+        touch("touchEnd")
+        wait_drawn(page, int(viewport(page).get_attribute("data-index") or 0))
+        assert overlay_index(page) > 0, "a swipe up did not go further into the series"
+        scale = float(viewport(page).get_attribute("data-scale") or 0)
+        touch("touchStart", (x - 40, y), (x + 40, y))
+        for step in range(1, 11):
+            touch("touchMove", (x - 40 - 8 * step, y), (x + 40 + 8 * step, y))
+        touch("touchEnd")
+        page.wait_for_function(
+            f"() => Number(document.querySelector('.viewport').dataset.scale) > {scale * 1.5}"
+        )
+        screenshot(page, "viewer-phone")
+        assert errors == []
+    finally:
+        phone.close()
+
+
+def test_out_of_scope_study_is_a_404_page(archive: Objects, page: Page) -> None:
+    sign_in(page, archive.url, "rick")  # a referrer without any grant
+    response = page.goto(archive.viewer("ct"))
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("alert")).to_contain_text("not found")
+    screenshot(page, "viewer-404")
+
+
+def test_signed_out_browser_is_sent_to_sign_in(archive: Objects, page: Page) -> None:
+    page.goto(archive.viewer("ct", series=True))
+    expect(page).to_have_url(f"{archive.url}/ui/login?next=/ui/studies/{archive.study('ct')}"
+                             f"/view%3Fseries%3D{archive.series('ct')}")  # fmt: skip
+    page.get_by_label("User name").fill("vera")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    wait_drawn(page, 0)

@@ -205,12 +205,13 @@ def windowed(
     return 255 - out if monochrome1 else out
 
 
-def stored_window_display(path: Path, frame: int = 0) -> np.ndarray:
+def stored_window_display(path: Path) -> np.ndarray:
     """A single-frame grayscale file's display values through its own rescale and window."""
     ds = pydicom.dcmread(path)
     values = apply_modality_lut(ds.pixel_array, ds)
-    center = float(ds.WindowCenter if not isinstance(ds.WindowCenter, list) else ds.WindowCenter[0])
-    width = float(ds.WindowWidth if not isinstance(ds.WindowWidth, list) else ds.WindowWidth[0])
-    return windowed(
-        values, center=center, width=width, monochrome1=ds.PhotometricInterpretation == "MONOCHROME1"
+    center, width = (
+        float(v if isinstance(v, str | int | float) else v[0])
+        for v in (ds.WindowCenter, ds.WindowWidth)
     )
+    inverted = ds.PhotometricInterpretation == "MONOCHROME1"
+    return windowed(values, center=center, width=width, monochrome1=inverted)

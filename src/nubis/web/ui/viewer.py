@@ -64,7 +64,9 @@ def _series_order(entry: dict[str, Any]) -> tuple[int, str]:
 
 
 def _date(value: str) -> str:
-    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
+    if len(value) != 8 or not value.isdigit():
+        return value
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
 
 
 async def view_study(request: Request) -> Response:

@@ -125,6 +125,9 @@ class App {
       if (button.dataset.preset !== "default") button.hidden = !ct;
     }
     this.fps.value = String(viewport.fps);
+    const cine = this.root.querySelector("[data-action=cine]");
+    cine.textContent = viewport.playing ? "Pause" : "Play";
+    cine.setAttribute("aria-pressed", String(viewport.playing));
     for (const item of this.seriesItems) {
       item.setAttribute("aria-current", String(item.dataset.series === viewport.seriesUid));
     }

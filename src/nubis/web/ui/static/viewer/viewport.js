@@ -3,6 +3,7 @@
 
 import { TAG, number, text } from "./dataset.js";
 import { frameKey } from "./loader.js";
+import { Gestures } from "./gestures.js";
 import { fullRangeWindow, grayTable, paint, valueRange } from "./pixels.js";
 
 // Window presets in Hounsfield units (center, width), as radiology departments commonly use.
@@ -53,7 +54,8 @@ export class Viewport {
     this.stack = null;
     this.index = 0;
     this.active = false;
-    this.window = null; // {center, width, fn} in modality units; null: the image's own
+    this.window = null; // {center, width, fn} in modality units, once the user chose one
+    this.rangeWindow = null; // for images without a stored window: the first one's range
     this.invert = false;
     this.zoom = 1; // relative to fitting the image into the viewport
     this.panX = 0; // device pixels from centered
@@ -67,11 +69,8 @@ export class Viewport {
     this.imageData = null;
     this.tables = new Map();
     this.tileCanvases = new Map();
-    this.pointers = new Map();
-    this.gesture = null;
-    this.wheelDelta = 0;
     this.redrawRequested = false;
-    this.bind();
+    this.gestures = new Gestures(this);
     new ResizeObserver(() => this.invalidate()).observe(element);
   }
 
@@ -95,6 +94,7 @@ export class Viewport {
     this.stack = stack;
     this.index = 0;
     this.window = null;
+    this.rangeWindow = null;
     this.invert = false;
     this.resetView();
     this.fps = stack.fps || DEFAULT_FPS;
@@ -178,32 +178,42 @@ export class Viewport {
   }
 
   // ------------------------------------------------------------------ window, zoom, pan
+  isGray(image) {
+    return Boolean(image.gray) && !this.app.loader.isRendered(image);
+  }
+
   grayPixels(image) {
-    if (!image || !image.gray || this.app.loader.isRendered(image)) return null;
+    if (!image || !this.isGray(image)) return null;
     const frame = image.tiles ? image.tiles.find((t) => this.app.cache.has(frameKey(image.sop, t.frame))) : image;
     return frame ? this.app.cache.get(frameKey(image.sop, frame.frame)) : null;
   }
 
-  /** The window the image shows when nobody has changed it: stored, else its value range. */
-  ownWindow(image) {
+  /**
+   * The window an image is shown with: the user's, else the image's own stored one (per frame
+   * for enhanced objects), else the value range of the first image shown, kept while
+   * scrolling so that brightness does not jump from image to image.
+   */
+  windowOf(image) {
+    if (this.window) return this.window;
     if (image.window) return image.window;
-    const pixels = this.grayPixels(image);
-    return pixels ? fullRangeWindow(valueRange(pixels, image.rescale)) : null;
+    if (!this.rangeWindow) {
+      const pixels = this.grayPixels(image);
+      if (pixels) this.rangeWindow = fullRangeWindow(valueRange(pixels, image.rescale));
+    }
+    return this.rangeWindow;
   }
 
   setWindow(center, width, fn) {
     const image = this.current();
-    if (!image || !image.gray || this.app.loader.isRendered(image)) return;
-    const base = this.window || this.ownWindow(image) || { fn: "LINEAR" };
+    if (!image || !this.isGray(image)) return;
+    const base = this.windowOf(image) || { fn: "LINEAR" };
     this.window = { center, width: Math.max(width, 1), fn: fn || base.fn };
     this.invalidate();
   }
 
   applyPreset(name) {
-    const image = this.current();
-    if (!image) return;
     if (name === "default") {
-      this.window = this.ownWindow(image);
+      this.window = null;
       this.invalidate();
     } else if (CT_PRESETS[name]) {
       this.setWindow(CT_PRESETS[name].center, CT_PRESETS[name].width, "LINEAR");
@@ -294,6 +304,7 @@ export class Viewport {
       requestAnimationFrame(tick);
     };
     requestAnimationFrame(tick);
+    this.app.viewportChanged(this);
     this.invalidate();
   }
 
@@ -301,6 +312,7 @@ export class Viewport {
     if (!this.playing) return;
     this.playing = false;
     this.el.dataset.playing = "false";
+    this.app.viewportChanged(this);
     this.invalidate();
   }
 
@@ -402,8 +414,7 @@ export class Viewport {
       this.overlay(image);
       return;
     }
-    const gray = image.gray && !this.app.loader.isRendered(image);
-    if (gray && !this.window) this.window = this.ownWindow(image);
+    const gray = this.isGray(image);
     const view = this.transform(image);
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.filter = "none";
@@ -417,7 +428,7 @@ export class Viewport {
     } else {
       const source = this.app.cache.get(frameKey(image.sop, image.frame));
       const picture = gray
-        ? this.paintGray(image, source, this.window, this.scratch, image.key, image.width, image.height)
+        ? this.paintGray(image, source, this.windowOf(image), this.scratch, image.key, image.width, image.height)
         : source;
       ctx.drawImage(picture, view.ox, view.oy, image.width * view.scale, image.height * view.scale);
     }
@@ -455,7 +466,7 @@ export class Viewport {
           canvas = document.createElement("canvas");
           this.tileCanvases.set(key, canvas);
         }
-        picture = this.paintGray(image, source, this.window, canvas, key, image.tileWidth, image.tileHeight);
+        picture = this.paintGray(image, source, this.windowOf(image), canvas, key, image.tileWidth, image.tileHeight);
       }
       // Whole-pixel edges, computed from the tile's corners, leave no seams between tiles.
       const x0 = right(tile.x);
@@ -480,135 +491,12 @@ export class Viewport {
     line(bl, `Im ${instanceNumber ?? "–"} (${this.index + 1}/${count})`);
     if (image.frames > 1 && !image.tiles) line(bl, `Fr ${image.frame}/${image.frames}`);
     if (image.tiles) line(bl, `${image.tiles.length} tiles`);
-    if (this.window && image.gray && !this.app.loader.isRendered(image)) {
-      line(bl, `W ${round(this.window.width)} L ${round(this.window.center)}`);
-    }
+    const shown = this.isGray(image) ? this.windowOf(image) : null;
+    if (shown) line(bl, `W ${round(shown.width)} L ${round(shown.center)}`);
     if (this.playing) line(bl, `Cine ${this.fps} fps`);
     if (view) line(br, `Zoom ${Math.round(view.scale * 100 / (window.devicePixelRatio || 1))}%`);
     line(br, `${image.width} × ${image.height}`);
     if (this.el.dataset.state === "loading") line(br, "Loading…");
     if (this.invert) line(br, "Inverted");
-  }
-
-  // ------------------------------------------------------------------ gestures
-  bind() {
-    const el = this.el;
-    this.slider.addEventListener("input", () => this.setIndex(Number(this.slider.value) - 1));
-    el.addEventListener("pointerdown", (event) => this.pointerDown(event));
-    el.addEventListener("pointermove", (event) => this.pointerMove(event));
-    el.addEventListener("pointerup", (event) => this.pointerUp(event));
-    el.addEventListener("pointercancel", (event) => this.pointerUp(event));
-    el.addEventListener("contextmenu", (event) => event.preventDefault());
-    el.addEventListener("wheel", (event) => this.wheel(event), { passive: false });
-    el.addEventListener("dblclick", () => this.app.toggleMaximized(this));
-    el.addEventListener("dragover", (event) => {
-      if (event.dataTransfer.types.includes("application/x-nubis-series")) event.preventDefault();
-    });
-    el.addEventListener("drop", (event) => {
-      const uid = event.dataTransfer.getData("application/x-nubis-series");
-      if (!uid) return;
-      event.preventDefault();
-      this.app.setActive(this);
-      this.setSeries(uid);
-    });
-  }
-
-  local(event) {
-    const box = this.canvas.getBoundingClientRect();
-    const ratio = window.devicePixelRatio || 1;
-    return { x: (event.clientX - box.left) * ratio, y: (event.clientY - box.top) * ratio };
-  }
-
-  pointerDown(event) {
-    if (event.target === this.slider) return;
-    this.app.setActive(this);
-    this.el.setPointerCapture(event.pointerId);
-    this.pointers.set(event.pointerId, this.local(event));
-    if (this.pointers.size === 2) {
-      this.gesture = "pinch";
-    } else if (this.pointers.size === 1) {
-      let tool = this.app.tool;
-      if (event.button === 1 || event.shiftKey) tool = "pan";
-      else if (event.button === 2 || event.ctrlKey) tool = "zoom";
-      this.gesture = tool;
-      this.anchor = this.local(event);
-      this.scrollRest = 0;
-    }
-    event.preventDefault();
-  }
-
-  pointerMove(event) {
-    const previous = this.pointers.get(event.pointerId);
-    if (!previous) return;
-    const point = this.local(event);
-    if (this.gesture === "pinch" && this.pointers.size === 2) {
-      const [a, b] = [...this.pointers.entries()].map(([id, p]) => (id === event.pointerId ? point : p));
-      const [pa, pb] = [...this.pointers.values()];
-      const before = Math.hypot(pa.x - pb.x, pa.y - pb.y) || 1;
-      const after = Math.hypot(a.x - b.x, a.y - b.y) || 1;
-      const mid = { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 };
-      const midBefore = { x: (pa.x + pb.x) / 2, y: (pa.y + pb.y) / 2 };
-      this.zoomAt(after / before, midBefore.x, midBefore.y);
-      this.pan(mid.x - midBefore.x, mid.y - midBefore.y);
-    } else if (this.pointers.size === 1) {
-      this.drag(point.x - previous.x, point.y - previous.y);
-    }
-    this.pointers.set(event.pointerId, point);
-  }
-
-  pointerUp(event) {
-    this.pointers.delete(event.pointerId);
-    // After a pinch, the finger left on the glass does nothing until it is lifted too.
-    if (this.pointers.size === 0) this.gesture = null;
-    else if (this.gesture === "pinch") this.gesture = "done";
-  }
-
-  drag(dx, dy) {
-    const ratio = window.devicePixelRatio || 1;
-    const image = this.current();
-    if (!image) return;
-    if (this.gesture === "pan") {
-      this.pan(dx, dy);
-    } else if (this.gesture === "zoom") {
-      this.zoomAt(Math.exp(-dy / (100 * ratio)), this.anchor.x, this.anchor.y); // up: closer
-    } else if (this.gesture === "scroll") {
-      // A swipe across the viewport's height passes through the whole stack (3 to 20 px a slice).
-      const perSlice = clamp(this.el.clientHeight / this.stack.images.length, 3, 20) * ratio;
-      this.scrollRest += dy;
-      const steps = Math.trunc(this.scrollRest / perSlice);
-      if (steps) {
-        this.scrollRest -= steps * perSlice;
-        this.step(-steps); // finger up: further into the stack
-      }
-    } else if (this.gesture === "wl") {
-      const window = this.window || this.ownWindow(image);
-      const pixels = this.grayPixels(image);
-      if (!window || !pixels) return;
-      const range = valueRange(pixels, image.rescale);
-      const sensitivity = Math.max((range.high - range.low) / 1024, 0.05) / ratio;
-      this.setWindow(window.center + dy * sensitivity, window.width + dx * sensitivity);
-    }
-  }
-
-  wheel(event) {
-    event.preventDefault();
-    this.app.setActive(this);
-    if (event.ctrlKey || event.metaKey) {
-      const point = this.local(event);
-      this.zoomAt(Math.exp(-event.deltaY / 300), point.x, point.y);
-      return;
-    }
-    // One slice a notch; a trackpad's small deltas add up to one.
-    const delta = event.deltaMode === 0 ? event.deltaY : event.deltaY * 40;
-    if (Math.abs(delta) >= 40) {
-      this.wheelDelta = 0;
-      this.step(Math.sign(delta));
-      return;
-    }
-    this.wheelDelta += delta;
-    if (Math.abs(this.wheelDelta) >= 40) {
-      this.step(Math.sign(this.wheelDelta));
-      this.wheelDelta = 0;
-    }
   }
 }
