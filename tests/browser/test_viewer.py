@@ -38,6 +38,8 @@ from integration import AUTH
 from nubis.tools import synth
 
 CT_SLICES = 60
+HOSTILE_NAME = "<script>alert(1)</script>"
+HOSTILE_TEXT = "<img src=x onerror=alert(2)>"
 PATIENT = synth.PatientSpec("P-VIEW", "Viewer^Vera", "19700101", "F")
 
 
@@ -94,6 +96,11 @@ def archive(server_factory, tmp_path_factory) -> Iterator[Objects]:  # type: ign
         uid = synth.synth_uid(0, "viewer-study", name)
         path = make(tmp / f"{name}.dcm", patient_id=f"P-VIEW-{name}", study_uid=uid)
         objects.files[name] = [path]
+    objects.files["hostile"] = synth.make_ct_series(
+        tmp / "hostile", n_instances=2, rows=64, columns=64, seed=5,
+        patient=synth.PatientSpec("P-<b>X</b>", HOSTILE_NAME, "19700101", "O"),
+        series_description=HOSTILE_TEXT,
+    )  # fmt: skip
     for name, file in (
         ("rgb", "examples_rgb_color.dcm"),
         ("cine", "examples_ybr_color.dcm"),
@@ -441,3 +448,40 @@ def test_signed_out_browser_is_sent_to_sign_in(archive: Objects, page: Page) -> 
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     wait_drawn(page, 0)
+
+
+def test_dicom_text_is_shown_as_text(archive: Objects, page: Page) -> None:
+    """A PatientName of <script>alert(1)</script> and markup in a description are shown, never
+    run (the page fixture fails on any dialog or JavaScript error)."""
+    open_viewer(page, archive, "hostile")
+    expect(page.locator(".bar .patient")).to_have_text("<script>alert(1)</script>")
+    expect(viewport(page).locator(".tl")).to_contain_text("<script>alert(1)</script>")
+    expect(viewport(page).locator(".tl")).to_contain_text("P-<b>X</b>")
+    expect(viewport(page).locator(".tr")).to_contain_text(HOSTILE_TEXT)
+    expect(page.locator(".series-item .desc")).to_have_text(HOSTILE_TEXT)
+    page.get_by_role("button", name="Metadata").click()
+    expect(page.get_by_role("dialog").locator("tr", has_text="(0008,103E)")).to_contain_text(
+        HOSTILE_TEXT
+    )
+    assert page.locator("img[src=x]").count() == 0
+    screenshot(page, "viewer-hostile-text")
+
+
+def test_multipart_parser_takes_what_servers_send(archive: Objects, page: Page) -> None:
+    """The viewer's multipart/related parser (RFC 2046 5.1.1): a preamble, transport padding,
+    a quoted boundary, a part without header fields, a body holding the boundary's text
+    without the CRLF before it, and a wrong length hint."""
+    sign_in(page, archive.url, "vera")
+    parts = page.evaluate(
+        r"""async () => {
+            const { parseMultipart } = await import("/ui/static/viewer/multipart.js");
+            const body = "preamble\r\n--b0\t \r\nContent-Type: application/octet-stream\r\n"
+                + "\r\nab--b0cd\r\n--b0\r\n\r\nsecond\r\n--b0--\r\nepilogue";
+            const bytes = new TextEncoder().encode(body);
+            const decode = (p) => new TextDecoder().decode(p.body);
+            const quoted = parseMultipart(bytes.buffer, 'multipart/related; boundary="b0"');
+            const hinted = parseMultipart(bytes.buffer, "multipart/related; boundary=b0", 3);
+            return [quoted.map(decode), hinted.map(decode), quoted[0].headers["content-type"]];
+        }"""
+    )
+    assert parts == [["ab--b0cd", "second"], ["ab--b0cd", "second"], "application/octet-stream"]

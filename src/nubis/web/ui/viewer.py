@@ -83,7 +83,7 @@ async def view_study(request: Request) -> Response:
         study_uid=study,
         max_limit=max(settings.qido_max_limit, _MAX_SERIES),
     )
-    text = f"/studies/{study}/series (viewer)"
+    text = f"/studies/{study}/series (web viewer)"
     found = await run_in_threadpool(
         lambda: archive.query.search(principal, query, text=text).items
     )

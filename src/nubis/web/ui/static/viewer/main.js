@@ -27,7 +27,8 @@ class App {
     this.stacks = new Map();
     this.viewports = [];
     this.active = null;
-    this.tool = "wl";
+    // A finger scrolls through the images by default, a mouse drags the window.
+    this.tool = matchMedia("(pointer: coarse)").matches ? "scroll" : "wl";
     this.drawnOnce = false;
     this.grid = root.querySelector(".viewports");
     this.template = document.getElementById("viewport-template");

@@ -63,6 +63,8 @@ export class Viewport {
     this.fps = DEFAULT_FPS;
     this.playing = false;
     this.draws = 0;
+    this.loadedCount = 0;
+    this.view = null; // the image-to-canvas transform of the last draw
     this.error = null;
     this.scratch = document.createElement("canvas"); // a grayscale image at its own size
     this.scratchKey = "";
@@ -101,6 +103,7 @@ export class Viewport {
     this.slider.max = String(Math.max(1, stack.images.length));
     this.slider.hidden = stack.images.length < 2;
     this.el.dataset.count = String(stack.images.length);
+    this.countLoaded();
     if (stack.images.length === 0) {
       this.fail(new Error("this series has no images"));
       return;
@@ -166,9 +169,17 @@ export class Viewport {
   framesArrived(keys) {
     const image = this.current();
     if (!image) return;
+    this.countLoaded();
     const prefix = `${image.sop}/`;
     if (keys.some((key) => key.startsWith(prefix))) this.invalidate();
-    else if (this.playing) this.invalidate();
+    else this.overlay(image, this.view);
+  }
+
+  /** How much of the series is in the cache (shown until all of it is, and as data-loaded). */
+  countLoaded() {
+    const images = this.stack ? this.stack.images : [];
+    this.loadedCount = images.reduce((sum, image) => sum + (this.loaded(image) ? 1 : 0), 0);
+    this.el.dataset.loaded = String(this.loadedCount);
   }
 
   loaded(image) {
@@ -435,6 +446,7 @@ export class Viewport {
     ctx.filter = "none";
     this.el.dataset.state = complete ? "ready" : "loading";
     this.show("");
+    this.view = view;
     this.overlay(image, view);
     this.el.dataset.scale = String(view.scale);
     this.el.dataset.ox = String(view.ox);
@@ -497,6 +509,7 @@ export class Viewport {
     if (view) line(br, `Zoom ${Math.round(view.scale * 100 / (window.devicePixelRatio || 1))}%`);
     line(br, `${image.width} × ${image.height}`);
     if (this.el.dataset.state === "loading") line(br, "Loading…");
+    if (this.loadedCount < count) line(br, `Loaded ${this.loadedCount}/${count}`);
     if (this.invert) line(br, "Inverted");
   }
 }
