@@ -53,6 +53,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # Installed before the page's own scripts; a capture listener on the document sees the
 # viewport's (non-bubbling) draw events.
 LISTEN = """
+performance.setResourceTimingBufferSize(100000);
 window.__drawn = [];
 document.addEventListener("nubis:drawn", (e) => window.__drawn.push(e.detail), true);
 """
@@ -140,6 +141,11 @@ def _open(page: Page, url: str, slices: int) -> dict[str, float]:
             name: r.name, start: r.startTime, sent: r.requestStart, first: r.responseStart,
             end: r.responseEnd }))"""
     )
+    page_done = page.evaluate("() => performance.getEntriesByType('navigation')[0].responseEnd")
+    marks = page.evaluate(
+        """() => Object.fromEntries(
+            performance.getEntriesByType("mark").map((m) => [m.name, m.startTime]))"""
+    )
     frames = [r for r in resources if "/frames/" in r["name"]]
     waits = sorted(r["first"] - r["sent"] for r in frames)
     metadata = next(r for r in resources if r["name"].endswith("/metadata"))
@@ -147,9 +153,15 @@ def _open(page: Page, url: str, slices: int) -> dict[str, float]:
     return {
         "first_image_ms": first,
         "all_loaded_ms": loaded,
+        "page_done_ms": page_done,
+        "viewer_start_ms": marks["viewer-start"],
+        "metadata_start_ms": metadata["start"],
         "metadata_request_ms": metadata["end"] - metadata["start"],
         "metadata_done_ms": metadata["end"],
+        "series_ready_ms": marks["series-ready"],
+        "first_frame_start_ms": frame["start"],
         "first_frame_done_ms": frame["end"],
+        "metadata_requests": sum(r["name"].endswith("/metadata") for r in resources),
         "frame_requests": len(frames),
         "frame_server_wait_p50_ms": statistics.median(waits),
         "last_frame_done_ms": max(r["end"] for r in frames),

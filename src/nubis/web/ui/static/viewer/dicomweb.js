@@ -43,8 +43,8 @@ export class DicomWeb {
   async get(url, accept, signal) {
     const response = await fetch(url, {
       headers: { Accept: accept },
-      credentials: "same-origin",
-      cache: "no-store",
+      // As the page's preload of the first metadata asks, so that the browser can reuse it.
+      credentials: "include",
       signal,
     });
     if (!response.ok) throw await failure(response);

@@ -75,8 +75,20 @@ export class Loader {
     while (this.running < CONCURRENCY && !this.fatal) {
       const task = this.next();
       if (!task) return;
+      // While an image on screen is still on its way, prefetching would only slow it down.
+      if (task.rank > 0 && this.awaitingShown()) return;
       this.run(task);
     }
+  }
+
+  awaitingShown() {
+    for (const view of this.views) {
+      const image = view.current();
+      if (!image) continue;
+      const frames = image.tiles ? image.tiles.map((tile) => tile.frame) : [image.frame];
+      if (frames.some((n) => this.inflight.has(frameKey(image.sop, n)))) return true;
+    }
+    return false;
   }
 
   missing(key) {

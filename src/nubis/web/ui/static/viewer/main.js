@@ -41,7 +41,11 @@ class App {
   stackOf(uid) {
     let stack = this.stacks.get(uid);
     if (!stack) {
-      stack = this.dicomweb.seriesMetadata(uid).then((metadata) => buildStack(uid, metadata));
+      stack = this.dicomweb.seriesMetadata(uid).then((metadata) => {
+        const built = buildStack(uid, metadata);
+        performance.mark("series-ready");
+        return built;
+      });
       stack.catch(() => this.stacks.delete(uid)); // a later attempt may succeed
       this.stacks.set(uid, stack);
     }
@@ -223,6 +227,7 @@ class App {
   }
 }
 
+performance.mark("viewer-start"); // bench/viewer.py reads these marks
 const root = document.getElementById("viewer");
 const app = new App(root);
 app.start(root.dataset.series);
