@@ -134,10 +134,15 @@ def wait_drawn(page: Page, index: int, number: int = 0) -> None:
     expect(viewport(page, number)).to_have_attribute("data-state", "ready", timeout=20000)
 
 
-def actual_size(page: Page) -> None:
-    draws = int(viewport(page).get_attribute("data-draws") or 0)
-    page.get_by_role("button", name="1:1").click()
+def press_and_redraw(page: Page, button: str) -> None:
+    """Click a toolbar button and wait until the viewport has drawn what it does."""
+    draws = viewport(page).get_attribute("data-draws")
+    page.get_by_role("button", name=button, exact=True).click()
     expect(viewport(page)).not_to_have_attribute("data-draws", str(draws))
+
+
+def actual_size(page: Page) -> None:
+    press_and_redraw(page, "1:1")
     assert float(viewport(page).get_attribute("data-scale") or 0) == 1.0
 
 
@@ -344,7 +349,7 @@ def test_enhanced_mr_frames_use_their_functional_groups(archive: Objects, page: 
     expect(viewport(page).locator(".bl")).to_contain_text("Fr 5/8")
     expect(viewport(page).locator(".bl")).to_contain_text(f"W {width:g} L {center:g}")
     # Fitted, a 64x64 image is magnified: a pixel's center keeps its value.
-    page.get_by_role("button", name="Fit").click()
+    press_and_redraw(page, "Fit")
     stored = enhanced_mr_pixels()[4]
     points = [(0, 0), (10, 20), (33, 31), (63, 63)]
     expected = windowed(
@@ -366,8 +371,8 @@ def test_4k_cr_is_inverted_and_shown_whole(archive: Objects, page: Page) -> None
         [values[y, x] for x, y in points], center=2048, width=4096, monochrome1=True
     )
     assert_gray(canvas_pixels(page, points), list(expected))
-    # The bright square a quarter in, found where 1:1 puts it after panning there.
-    page.get_by_role("button", name="Fit").click()
+    # Fitted, the whole image: the bright square a quarter in, and the ramp's far end.
+    press_and_redraw(page, "Fit")
     drawn = canvas_pixels(page, [(size // 4 + 32, size // 4 + 32), (3 * size // 4, 3 * size // 4)])
     assert drawn[0][0] < 20, "the 4000 square must be near black in MONOCHROME1"
     far = windowed([values[3 * size // 4, 3 * size // 4]], center=2048, width=4096,

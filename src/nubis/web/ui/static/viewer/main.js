@@ -77,6 +77,7 @@ class App {
     if (!count) return;
     this.grid.dataset.layout = name;
     this.grid.classList.remove("maximized");
+    for (const viewport of this.viewports) viewport.el.hidden = false;
     while (this.viewports.length > count) {
       const viewport = this.viewports.pop();
       viewport.pause();

@@ -10,7 +10,7 @@ const ascii = new TextEncoder();
 const latin1 = new TextDecoder("latin1");
 
 /** The boundary parameter of a multipart Content-Type (quoted or not). */
-export function boundaryOf(contentType) {
+function boundaryOf(contentType) {
   const match = /;\s*boundary\s*=\s*(?:"([^"]+)"|([^;,\s]+))/i.exec(contentType || "");
   if (!match) {
     throw new Error(`response is not multipart/related with a boundary (${contentType || "no Content-Type"})`);

@@ -37,7 +37,7 @@ export function decodeGray(bytes, layout, count) {
 }
 
 /** Modality values (after rescale) of table index `index` of a frame. */
-export function modalityValue(index, pixels, rescale) {
+function modalityValue(index, pixels, rescale) {
   return (index + pixels.offset) * rescale.slope + rescale.intercept;
 }
 

@@ -2,7 +2,7 @@
 // what the pixel pipeline needs. A tiled whole-slide instance (PS3.3 C.8.12.4.1.1, TILED_FULL
 // or positions per frame) is one image assembled from its frames.
 
-import { TAG, first, frameGroup, frameNumber, number, text, values } from "./dataset.js";
+import { TAG, first, frameGroup, frameNumber, number, text } from "./dataset.js";
 
 const GRAY = new Set(["MONOCHROME1", "MONOCHROME2"]);
 const VOI_FUNCTIONS = new Set(["LINEAR", "LINEAR_EXACT", "SIGMOID"]);
@@ -158,8 +158,6 @@ export function buildStack(series, metadata) {
     images,
     fps,
     modality: text(head, TAG.Modality),
-    header: head,
-    positions: values(head, TAG.ImagePositionPatient).length,
   };
 }
 

@@ -1,5 +1,5 @@
 // One viewport: a series on a canvas, its position in the stack, window, zoom and pan, cine,
-// the overlay of key attributes, and the mouse, wheel and touch gestures that change them.
+// and the overlay of key attributes. What the mouse, wheel and fingers do is in gestures.js.
 
 import { TAG, number, text } from "./dataset.js";
 import { frameKey } from "./loader.js";
@@ -7,7 +7,7 @@ import { Gestures } from "./gestures.js";
 import { fullRangeWindow, grayTable, paint, valueRange } from "./pixels.js";
 
 // Window presets in Hounsfield units (center, width), as radiology departments commonly use.
-export const CT_PRESETS = {
+const CT_PRESETS = {
   brain: { center: 40, width: 80 },
   lung: { center: -600, width: 1500 },
   bone: { center: 400, width: 1800 },
@@ -65,9 +65,7 @@ export class Viewport {
     this.draws = 0;
     this.loadedCount = 0;
     this.view = null; // the image-to-canvas transform of the last draw
-    this.error = null;
     this.scratch = document.createElement("canvas"); // a grayscale image at its own size
-    this.scratchKey = "";
     this.imageData = null;
     this.tables = new Map();
     this.tileCanvases = new Map();
@@ -81,8 +79,9 @@ export class Viewport {
     this.pause();
     this.seriesUid = uid;
     this.stack = null;
-    this.error = null;
+    this.view = null;
     this.el.dataset.series = uid;
+    delete this.el.dataset.drawn;
     this.el.dataset.state = "loading";
     this.show("Loading series…");
     let stack;
@@ -354,7 +353,6 @@ export class Viewport {
     if (this.canvas.width !== width || this.canvas.height !== height) {
       this.canvas.width = width;
       this.canvas.height = height;
-      this.scratchKey = "";
     }
   }
 
@@ -364,7 +362,6 @@ export class Viewport {
   }
 
   fail(error) {
-    this.error = error;
     this.el.dataset.state = "error";
     this.show(error.message || String(error));
   }
