@@ -432,6 +432,16 @@ def test_touch_swipe_scrolls_and_pinch_zooms(archive: Objects, browser) -> None:
             f"() => Number(document.querySelector('.viewport').dataset.scale) > {scale * 1.5}"
         )
         screenshot(page, "viewer-phone")
+        # The series list slides over the viewport; a tap on a series shows it and closes it.
+        series_list = page.get_by_role("complementary", name="Series")
+        expect(series_list).to_be_hidden()
+        page.get_by_role("button", name="Series list").tap()
+        expect(series_list).to_be_visible()
+        screenshot(page, "viewer-phone-series")
+        page.locator(f'.series-item[data-series="{archive.series("mr")}"]').tap()
+        expect(series_list).to_be_hidden()
+        wait_drawn(page, 0)
+        assert viewport(page).get_attribute("data-series") == archive.series("mr")
         assert errors == []
     finally:
         phone.close()
