@@ -85,8 +85,7 @@ export class Loader {
     for (const view of this.views) {
       const image = view.current();
       if (!image) continue;
-      const frames = image.tiles ? image.tiles.map((tile) => tile.frame) : [image.frame];
-      if (frames.some((n) => this.inflight.has(frameKey(image.sop, n)))) return true;
+      if (view.shownFrames(image).some((n) => this.inflight.has(frameKey(image.sop, n)))) return true;
     }
     return false;
   }
@@ -110,7 +109,7 @@ export class Loader {
         const image = stack.images[position];
         bytes += imageBytes(image);
         if (rank > 0 && bytes > share) break; // the rest would push out what is near
-        const frames = image.tiles ? view.tileOrder(image) : framesOf(image);
+        const frames = rank === 0 ? view.shownFrames(image) : framesOf(image);
         const frame = frames.find((n) => this.missing(frameKey(image.sop, n)));
         if (frame !== undefined) {
           best = { rank: rank + penalty, view, image, position, frames: [frame] };
@@ -140,7 +139,7 @@ export class Loader {
       return true;
     };
     if (image.tiles) {
-      for (const frame of view.tileOrder(image)) if (!add(frame)) return;
+      for (const frame of view.shownFrames(image)) if (!add(frame)) return;
       return;
     }
     for (const position of outward(task.position, stack.images.length)) {

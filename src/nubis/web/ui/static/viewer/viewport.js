@@ -3,6 +3,7 @@
 
 import { TAG, number, text } from "./dataset.js";
 import { frameKey } from "./loader.js";
+import { framesOf } from "./stack.js";
 import { Gestures } from "./gestures.js";
 import { fullRangeWindow, grayTable, paint, valueRange } from "./pixels.js";
 
@@ -149,19 +150,30 @@ export class Viewport {
   /** Keep the frames on screen in the cache whatever else is loaded. */
   pin() {
     const image = this.current();
-    const frames = !image ? [] : image.tiles ? image.tiles.map((t) => t.frame) : [image.frame];
-    this.app.cache.pin(this, image ? frames.map((n) => frameKey(image.sop, n)) : []);
+    this.app.cache.pin(this, image ? this.shownFrames(image).map((n) => frameKey(image.sop, n)) : []);
   }
 
-  /** Tiles of a whole-slide image nearest the middle of the view first. */
-  tileOrder(image) {
+  /**
+   * The frames that show `image` now: its one frame, or the tiles of a whole-slide image that
+   * lie in (or a tile beyond) the view, nearest its middle first, as many as half the frame
+   * cache holds: a level too large for that shows the middle, and the rest as one pans to it.
+   */
+  shownFrames(image) {
+    if (!image.tiles) return [image.frame];
     const view = this.transform(image);
-    const cx = (this.canvas.width / 2 - view.ox) / view.scale;
-    const cy = (this.canvas.height / 2 - view.oy) / view.scale;
-    const distance = (t) => Math.hypot(t.x + t.width / 2 - cx, t.y + t.height / 2 - cy);
+    const left = -view.ox / view.scale - image.tileWidth;
+    const top = -view.oy / view.scale - image.tileHeight;
+    const right = (this.canvas.width - view.ox) / view.scale + image.tileWidth;
+    const bottom = (this.canvas.height - view.oy) / view.scale + image.tileHeight;
+    const cx = (left + right) / 2;
+    const cy = (top + bottom) / 2;
+    const tileBytes = image.tileWidth * image.tileHeight * (image.gray ? image.gray.bitsAllocated / 8 : 4);
+    const most = Math.max(1, Math.floor((this.app.cache.budget / 2) / tileBytes));
     return image.tiles
-      .map((tile) => [distance(tile), tile.frame])
+      .filter((t) => t.x < right && t.x + t.width > left && t.y < bottom && t.y + t.height > top)
+      .map((t) => [Math.hypot(t.x + t.width / 2 - cx, t.y + t.height / 2 - cy), t.frame])
       .sort((a, b) => a[0] - b[0])
+      .slice(0, most)
       .map((pair) => pair[1]);
   }
 
@@ -183,7 +195,7 @@ export class Viewport {
 
   loaded(image) {
     if (!image) return false;
-    const frames = image.tiles ? image.tiles.map((t) => t.frame) : [image.frame];
+    const frames = image === this.current() ? this.shownFrames(image) : framesOf(image);
     return frames.every((n) => this.app.cache.has(frameKey(image.sop, n)));
   }
 
@@ -194,8 +206,8 @@ export class Viewport {
 
   grayPixels(image) {
     if (!image || !this.isGray(image)) return null;
-    const frame = image.tiles ? image.tiles.find((t) => this.app.cache.has(frameKey(image.sop, t.frame))) : image;
-    return frame ? this.app.cache.get(frameKey(image.sop, frame.frame)) : null;
+    const frame = this.shownFrames(image).find((n) => this.app.cache.has(frameKey(image.sop, n)));
+    return frame === undefined ? null : this.app.cache.get(frameKey(image.sop, frame));
   }
 
   /**
@@ -416,6 +428,10 @@ export class Viewport {
       return;
     }
     const complete = this.loaded(image);
+    if (image.tiles) {
+      this.pin(); // the tiles in view change with zoom and pan
+      if (!complete) this.app.loader.poke();
+    }
     if (!complete && !image.tiles) {
       // Keep the last picture while the next one loads: scrolling stays steady.
       this.el.dataset.state = "loading";
@@ -463,7 +479,9 @@ export class Viewport {
     const ctx = this.ctx;
     const right = (x) => Math.round(view.ox + x * view.scale);
     const down = (y) => Math.round(view.oy + y * view.scale);
+    const shown = new Set(this.shownFrames(image));
     for (const tile of image.tiles) {
+      if (!shown.has(tile.frame)) continue;
       const key = frameKey(image.sop, tile.frame);
       const source = this.app.cache.get(key);
       if (!source) continue;
