@@ -13,7 +13,7 @@ A study outside the caller's scope is answered exactly like one that does not ex
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from pydicom.datadict import DicomDictionary
@@ -76,17 +76,14 @@ async def view_study(request: Request) -> Response:
     wanted = request.query_params.get("series")
     if wanted is not None:
         check_uid(wanted, "Series Instance UID")
-    settings = archive.settings
     query = parse_qido(
         Level.SERIES,
-        [("includefield", name) for name in _STUDY_FIELDS] + [("limit", str(_MAX_SERIES))],
+        [("includefield", name) for name in _STUDY_FIELDS],
         study_uid=study,
-        max_limit=max(settings.qido_max_limit, _MAX_SERIES),
+        max_limit=_MAX_SERIES,
     )
-    text = f"/studies/{study}/series (web viewer)"
-    found = await run_in_threadpool(
-        lambda: archive.query.search(principal, query, text=text).items
-    )
+    search = partial(archive.query.search, text=f"/studies/{study}/series (web viewer)")
+    found = (await run_in_threadpool(search, principal, query)).items
     if not found:
         # Out of scope and absent are one answer (the services never tell them apart).
         raise NotFound(f"study {study} not found")
