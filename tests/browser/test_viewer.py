@@ -19,6 +19,7 @@ import pydicom
 import pytest
 from playwright.sync_api import Page, expect
 from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000Lossless
 
 from browser import PASSWORD, add_user, screenshot, sign_in
 from browser.viewer_objects import (
@@ -96,6 +97,12 @@ def archive(server_factory, tmp_path_factory) -> Iterator[Objects]:  # type: ign
         uid = synth.synth_uid(0, "viewer-study", name)
         path = make(tmp / f"{name}.dcm", patient_id=f"P-VIEW-{name}", study_uid=uid)
         objects.files[name] = [path]
+    objects.files["xa"] = [
+        synth.make_multiframe(
+            tmp / "xa.dcm", frames=12, rows=128, columns=128, seed=3,
+            transfer_syntax=JPEG2000Lossless, patient=PATIENT,
+        )
+    ]  # fmt: skip
     objects.files["hostile"] = synth.make_ct_series(
         tmp / "hostile", n_instances=2, rows=64, columns=64, seed=5,
         patient=synth.PatientSpec("P-<b>X</b>", HOSTILE_NAME, "19700101", "O"),
@@ -115,13 +122,16 @@ def archive(server_factory, tmp_path_factory) -> Iterator[Objects]:  # type: ign
 def open_viewer(page: Page, objects: Objects, name: str, *, user: str = "vera") -> None:
     sign_in(page, objects.url, user)
     failed: list[str] = []
+    asked: list[str] = []
     page.on(
         "response",
         lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None,
     )
+    page.on("request", lambda r: asked.append(r.url))
     page.goto(objects.viewer(name, series=True))
     wait_drawn(page, 0, 0)
     page.failed_requests = failed  # type: ignore[attr-defined]
+    page.asked = asked  # type: ignore[attr-defined]
 
 
 def viewport(page: Page, number: int = 0) -> Any:
@@ -358,6 +368,27 @@ def test_enhanced_mr_frames_use_their_functional_groups(archive: Objects, page: 
     )  # fmt: skip
     assert_gray(canvas_pixels(page, points), list(expected), tolerance=2)
     screenshot(page, "viewer-enhanced-mr")
+
+
+def test_compressed_multi_frame_comes_in_frame_lists(archive: Objects, page: Page) -> None:
+    """A JPEG 2000 multi-frame (as XA cine often is) is decoded by the archive to native
+    pixels several frames a request, and windowed here with its stored window."""
+    open_viewer(page, archive, "xa")
+    expect(viewport(page)).to_have_attribute("data-count", "12")
+    expect(viewport(page)).to_have_attribute("data-loaded", "12")
+    frame_lists = [url.rsplit("/frames/", 1)[1] for url in page.asked if "/frames/" in url]  # type: ignore[attr-defined]
+    assert frame_lists[0] == "1", "the first image must come alone, at once"
+    assert any("," in frames for frames in frame_lists[1:]), frame_lists
+    assert sorted(int(n) for f in frame_lists for n in f.split(",")) == list(range(1, 13))
+    page.keyboard.press("End")
+    wait_drawn(page, 11)
+    expect(viewport(page).locator(".bl")).to_contain_text("Fr 12/12")
+    actual_size(page)
+    stored = pydicom.dcmread(archive.files["xa"][0]).pixel_array[11]
+    points = [(0, 0), (64, 64), (100, 30), (127, 127)]
+    expected = windowed([stored[y, x] for x, y in points], center=1064, width=400)
+    assert_gray(canvas_pixels(page, points), list(expected))
+    assert page.failed_requests == []  # type: ignore[attr-defined]
 
 
 def test_4k_cr_is_inverted_and_shown_whole(archive: Objects, page: Page) -> None:
