@@ -128,6 +128,10 @@ for _path, _scope in ADMIN_PAGES.items():
     RULES[(_path, "GET")] = f"{_scope} page"
 for _path, _scope in ADMIN_FORMS.items():
     RULES[(_path, "POST")] = f"{_scope} form"
+# A "study-page" shows one study: signed out, the sign-in page (303); a role that may not read,
+# 403; a study outside the caller's scope, a 404 page exactly like an absent one; else 200.
+RULES[("/ui/studies/{study}/view", "GET")] = "study-page"
+RULES[("/ui/viewer/dictionary.json", "GET")] = "page"
 
 # What each role may do, written out independently of nubis.security.policy. "share-view" and
 # "share-download" are the sessions of share links (internal roles, never a user's).
@@ -397,6 +401,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
             if not signed_out and response.status_code != 200:
                 failures.append(f"GET {path}: {response.status_code}, expected 200")
             continue
+        if need == "study-page":
+            failures += _study_page_failures(world, who, path)
+            continue
         # The audit log names no study in its path: one request tells.
         targets = ("own",) if need == "audit" else ("own", "other_patient", "other_tenant")
         for target in targets:
@@ -465,6 +472,29 @@ def _admin_page(world: World, who: str, path: str, method: str, need: str) -> li
         expected = "the form's handler"
         ok = status not in (401, 403) and not location.startswith("/ui/login") and status < 500
     return [] if ok else [f"{method} {path}: {status}, expected {expected}"]
+
+
+def _study_page_failures(world: World, who: str, path: str) -> list[str]:
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    for target in ("own", "other_patient", "other_tenant"):
+        url = _url(path, world.studies[target])
+        headers = {**world.headers(who), "Accept": "text/html"}
+        response = world.client.get(url, headers=headers, follow_redirects=False)
+        status, kind = response.status_code, response.headers.get("content-type", "")
+        if who in ("anonymous", "expired", "unknown"):
+            expected = "303 to sign-in"
+            location = response.headers.get("location", "")
+            ok = status == 303 and location.startswith("/ui/login?next=/ui/studies/")
+        elif "read" not in CAN[role]:
+            expected, ok = "403 page", status == 403 and kind.startswith("text/html")
+        elif not _visible(who, target):
+            expected, ok = "404 page", status == 404 and kind.startswith("text/html")
+        else:
+            expected, ok = "200 page", status == 200 and kind.startswith("text/html")
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status} {kind}, expected {expected}")
+    return failures
 
 
 def _disposable(world: World, target: str) -> Study:

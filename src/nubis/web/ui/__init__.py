@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from nubis.web.ui import admin, home, shares, signin
+from nubis.web.ui import admin, home, shares, signin, viewer
 
 
 def ui_routes() -> list[BaseRoute]:
@@ -19,6 +19,7 @@ def ui_routes() -> list[BaseRoute]:
         *home.routes(),
         *shares.routes(),
         *admin.routes(),
+        *viewer.routes(),
         Mount("/ui/static", StaticFiles(packages=[("nubis.web.ui", "static")]), name="static"),
     ]
 

@@ -1,0 +1,133 @@
+"""The built-in zero-footprint viewer: ``/ui/studies/{study}/view`` (issue 10).
+
+The page is a shell: the study's series (one series-level query through the QueryService,
+authorized, scoped and recorded exactly like the QIDO-RS request it stands for), and the
+viewer's ES modules (static/viewer/). Everything the viewer then shows it reads itself through
+DICOMweb with the session cookie, GET only: series metadata, frames decoded to native pixels
+(windowed in the browser), rendered frames for color. So it works for any principal the
+services allow, a share link's session included, and every read is audited by the services.
+
+A study outside the caller's scope is answered exactly like one that does not exist: 404.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache, partial
+from typing import Any
+
+from pydicom.datadict import DicomDictionary
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from nubis.errors import NotFound
+from nubis.model.query import Level, parse_qido
+from nubis.web.dicomweb.common import check_uid
+from nubis.web.ui.common import archive_of, session_of, signed_in
+from nubis.web.ui.render import page
+
+# Study-level attributes shown in the page's header, asked of the series-level query.
+_STUDY_FIELDS = ("PatientName", "PatientID", "StudyDate", "StudyDescription")
+# A study with more series than this lists the first ones; the viewer is for reading a study.
+_MAX_SERIES = 500
+
+
+def _first(item: dict[str, Any], tag: str) -> Any:
+    values = item.get(tag, {}).get("Value") or []
+    return values[0] if values else None
+
+
+def _text(item: dict[str, Any], tag: str) -> str:
+    value = _first(item, tag)
+    if isinstance(value, dict):  # PN: {"Alphabetic": "Doe^Jo"}
+        value = value.get("Alphabetic") or value.get("Ideographic") or ""
+        return " ".join(part for part in str(value).replace("^", " ").split())
+    return "" if value is None else str(value)
+
+
+def _series_entry(item: dict[str, Any]) -> dict[str, Any]:
+    number = _first(item, "00200011")
+    count = _first(item, "00201209")
+    return {
+        "uid": _text(item, "0020000E"),
+        "number": number if isinstance(number, int) else None,
+        "modality": _text(item, "00080060"),
+        "description": _text(item, "0008103E"),
+        "instances": count if isinstance(count, int) else None,
+    }
+
+
+def _series_order(entry: dict[str, Any]) -> tuple[int, str]:
+    return (entry["number"] if entry["number"] is not None else 1 << 31, entry["uid"])
+
+
+def _date(value: str) -> str:
+    if len(value) != 8 or not value.isdigit():
+        return value
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
+
+
+async def view_study(request: Request) -> Response:
+    principal = signed_in(request)
+    archive = archive_of(request)
+    study = check_uid(str(request.path_params["study"]), "Study Instance UID")
+    wanted = request.query_params.get("series")
+    if wanted is not None:
+        check_uid(wanted, "Series Instance UID")
+    query = parse_qido(
+        Level.SERIES,
+        [("includefield", name) for name in _STUDY_FIELDS],
+        study_uid=study,
+        max_limit=_MAX_SERIES,
+    )
+    search = partial(archive.query.search, text=f"/studies/{study}/series (web viewer)")
+    found = (await run_in_threadpool(search, principal, query)).items
+    if not found:
+        # Out of scope and absent are one answer (the services never tell them apart).
+        raise NotFound(f"study {study} not found")
+    series = sorted((_series_entry(item) for item in found), key=_series_order)
+    first = next((s["uid"] for s in series if s["uid"] == wanted), series[0]["uid"])
+    session = session_of(request)
+    return page(
+        request,
+        "viewer.html",
+        {
+            "study_uid": study,
+            "first_series": first,
+            "series": series,
+            "patient_name": _text(found[0], "00100010"),
+            "patient_id": _text(found[0], "00100020"),
+            "study_date": _date(_text(found[0], "00080020")),
+            "study_description": _text(found[0], "00081030"),
+            # A share link's recipient sees the viewer only: no way back into the archive.
+            "study_page": None if session and session.auth_method == "share" else study,
+        },
+    )
+
+
+@cache
+def _dictionary_json() -> bytes:
+    keywords = {f"{tag:08X}": entry[4] for tag, entry in DicomDictionary.items() if entry[4]}
+    return json.dumps(keywords, separators=(",", ":"), sort_keys=True).encode()
+
+
+async def dictionary(request: Request) -> Response:
+    """DICOM attribute keywords by tag, for the viewer's metadata table (no patient data)."""
+    signed_in(request)
+    return Response(
+        _dictionary_json(),
+        media_type="application/json",
+        headers={"cache-control": "private, max-age=86400"},
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/ui/studies/{study}/view", view_study, methods=["GET"]),
+        Route("/ui/viewer/dictionary.json", dictionary, methods=["GET"]),
+    ]
+
+
+__all__ = ["routes"]
