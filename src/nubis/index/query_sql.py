@@ -2,7 +2,8 @@
 
 One query is one SQL statement: the entity table is joined to its parents, every matching key
 becomes a WHERE clause over an indexed column (or an ``IN`` sub-select for Modalities in Study and
-Request Attributes Sequence items), paging is ``ORDER BY`` primary key with ``LIMIT``/``OFFSET``,
+Request Attributes Sequence items), paging is ``ORDER BY`` primary key with ``LIMIT``/``OFFSET``
+(a study query of the web face may be ordered by an indexed column first, ``Query.order``),
 and the Request Attributes Sequence items are folded in by a correlated aggregate, so there is no
 per-row query. Results are DICOM JSON objects (PS3.18 F.2) without Retrieve URL, which only the
 HTTP layer can build.
@@ -401,6 +402,25 @@ def _narrowed(q: Query) -> bool:
     return False
 
 
+# The column a study query is ordered by (Order.tag): each leads an index after the partition.
+_ORDER_COLUMNS: dict[int, Any] = {
+    _t("StudyDate"): studies.c.study_date,
+    _t("PatientName"): studies.c.patient_name_folded,
+    _t("PatientID"): studies.c.patient_id,
+    _t("AccessionNumber"): studies.c.accession_number,
+}
+
+
+def _order_by(q: Query, pk: Any) -> list[Any]:
+    """ORDER BY terms: the primary key, after the ordering column if any; both descending when
+    asked, so that an index on (partition, column), which ends with the primary key, serves
+    the order read forwards or backwards."""
+    if q.order is None:
+        return [pk]
+    columns = [pk] if q.order.tag is None else [_ORDER_COLUMNS[q.order.tag], pk]
+    return [c.desc() for c in columns] if q.order.descending else columns
+
+
 def _json_columns(level: Level) -> list[Any]:
     """The stored DICOM JSON a level's further attributes come from, weakest first."""
     if level is Level.STUDY:
@@ -436,8 +456,12 @@ def _plan(q: Query, dialect_name: str, limit: int) -> _Plan:
     sources = tuple(available[t] for t in sorted(column_tags))
     json_cols = _json_columns(q.level) if needs_json else []
 
-    from_, pk, where = _base(q, unindexed_partition=not _narrowed(q))
+    # A query ordered by a column reads its page along the (partition, column) index, so the
+    # partition must stay a plain equality that the index can serve.
+    unindexed = (q.order is None or q.order.tag is None) and not _narrowed(q)
+    from_, pk, where = _base(q, unindexed_partition=unindexed)
     where.extend(_conditions(q, dialect_name))
+    order = _order_by(q, pk)
     # Two steps: the inner select finds the page's keys, which an index on the matched column
     # usually covers, so only integers are sorted for the stable order; the outer select then
     # reads the wide rows of that page alone by primary key.
@@ -445,7 +469,7 @@ def _plan(q: Query, dialect_name: str, limit: int) -> _Plan:
         sa.select(pk)
         .select_from(from_)
         .where(*where)
-        .order_by(pk)
+        .order_by(*order)
         .limit(limit)
         .offset(q.offset)
         .correlate(None)
@@ -454,7 +478,7 @@ def _plan(q: Query, dialect_name: str, limit: int) -> _Plan:
     placeholders = (sa.null().label(f"const_{i}") for i in itertools.count())
     columns = [pk, *(s.column if s.column is not None else next(placeholders) for s in sources)]
     columns += json_cols
-    stmt = sa.select(*columns).select_from(from_).where(pk.in_(page)).order_by(pk)
+    stmt = sa.select(*columns).select_from(from_).where(pk.in_(page)).order_by(*order)
     fields = tuple((tag_hex(src.tag), _converter(src)) for src in sources)
     return _Plan(stmt, fields, len(json_cols), wanted, frozenset(wanted or ()))
 
