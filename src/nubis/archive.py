@@ -29,6 +29,7 @@ from nubis.security.sessions import SessionStore
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
 from nubis.services.disk_floor import DiskFloor, parse_floor
+from nubis.services.export import ExportService
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
@@ -43,6 +44,7 @@ from nubis.tiers.rules import Tiers, parse_rules, parse_tiers
 
 if TYPE_CHECKING:
     from nubis.dimse.commitment import CommitmentReports
+    from nubis.dimse.send import StudySender
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,8 @@ class Archive:
             on_read=self.reads.touch,
         )
         self.query = QueryService(self.index, self.guard)
+        # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
+        self.export = ExportService(self.retrieve, self.guard)
         self.maintenance = Maintenance(
             self.index,
             self.blobs,
@@ -190,6 +194,7 @@ class Archive:
                     guard=self.guard,
                     actor=system_participant(settings.audit_source),
                     commitment=self.deliver_commitment_report,
+                    dimse_send=self.run_send,
                 ),
                 lease_seconds=settings.jobs_lease_seconds,
                 poll_seconds=settings.jobs_poll_seconds,
@@ -256,6 +261,27 @@ class Archive:
     def deliver_commitment_report(self, ctx: JobContext) -> dict[str, Any]:
         """The ``commitment-report`` job handler."""
         return self.commitment_reports.deliver(ctx)
+
+    @cached_property
+    def sender(self) -> StudySender:
+        """Sends studies to DIMSE peers for the people who ask (the web face's Send), as
+        ``dimse-send`` jobs. Built on first use, as :attr:`commitment_reports`."""
+        from nubis.dimse.peers import PeerTable
+        from nubis.dimse.send import StudySender
+
+        s = self.settings
+        return StudySender(
+            jobs=self.jobs,
+            retrieve=self.retrieve,
+            guard=self.guard,
+            peers=PeerTable(self.index, s.dimse_peers_cache_seconds),
+            ae_title=s.ae_title,
+            lease_seconds=s.jobs_lease_seconds,
+        )
+
+    def run_send(self, ctx: JobContext) -> dict[str, Any] | None:
+        """The ``dimse-send`` job handler, for whichever runner claims the job first."""
+        return self.sender.run(ctx)
 
     @property
     def dimse_enabled(self) -> bool:

@@ -11,6 +11,9 @@
 - ``commitment-report``: deliver a Storage Commitment N-EVENT-REPORT (nubis.dimse.commitment);
   parameters ``calling_ae``, ``partition``, ``transaction_uid``, ``references``. Queued by the
   DIMSE server for each N-ACTION, retried on its own backoff until delivered or given up.
+- ``dimse-send``: send a study or series to a DIMSE peer for the person who asked (the web
+  face's Send, nubis.dimse.send); parameters ``who``, ``study``, ``series``, ``destination``.
+  Tried once.
 """
 
 from __future__ import annotations
@@ -65,9 +68,11 @@ def handlers(
     guard: Guard | None = None,
     actor: ActiveParticipant | None = None,
     commitment: Handler | None = None,
+    dimse_send: Handler | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
-    ``commitment-report`` when given); ``guard`` records what ``verify`` reads, as ``actor``."""
+    ``commitment-report`` and ``dimse-send`` when given); ``guard`` records what ``verify``
+    reads, as ``actor``."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -90,4 +95,6 @@ def handlers(
         kinds["rewrap"] = rewrap.run
     if commitment is not None:
         kinds["commitment-report"] = commitment
+    if dimse_send is not None:
+        kinds["dimse-send"] = dimse_send
     return kinds
