@@ -9,14 +9,16 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from nubis.web.ui import home, signin
+from nubis.web.ui import signin, studies, study, upload
 
 
 def ui_routes() -> list[BaseRoute]:
     return [
-        Route("/", home.root, methods=["GET"]),
+        Route("/", studies.root, methods=["GET"]),
         *signin.routes(),
-        *home.routes(),
+        *studies.routes(),
+        *study.routes(),
+        *upload.routes(),
         Mount("/ui/static", StaticFiles(packages=[("nubis.web.ui", "static")]), name="static"),
     ]
 
