@@ -19,6 +19,7 @@ const rows = document.getElementById("upload-rows");
 const queue = [];
 const counts = { stored: 0, failed: 0, skipped: 0 };
 let running = 0;
+let scanning = 0; // batches of files still being looked at (folders walked, headers read)
 let totalBytes = 0;
 let doneBytes = 0;
 const inFlightBytes = new Map();
@@ -74,16 +75,42 @@ function updateSummary() {
   progress.value = Math.min(loaded, progress.max);
   const pending = queue.length + running;
   const parts = [`${counts.stored} stored`, `${counts.failed} failed`, `${counts.skipped} skipped`];
-  summary.textContent = pending
-    ? `Uploading… ${pending} file(s) to go; ${parts.join(", ")}.`
-    : `Done: ${parts.join(", ")}.`;
-  dropzone.dataset.state = pending ? "busy" : "idle";
+  if (pending) summary.textContent = `Uploading… ${pending} file(s) to go; ${parts.join(", ")}.`;
+  else if (scanning) summary.textContent = `Reading the files… ${parts.join(", ")}.`;
+  else summary.textContent = `Done: ${parts.join(", ")}.`;
+  dropzone.dataset.state = pending || scanning ? "busy" : "idle";
 }
 
-async function isPart10(file) {
-  if (file.size < 132) return false;
-  const head = new Uint8Array(await file.slice(128, 132).arrayBuffer());
-  return head[0] === 0x44 && head[1] === 0x49 && head[2] === 0x43 && head[3] === 0x4d;
+const MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"; // Media Storage Directory Storage: a DICOMDIR
+const LONG_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"]);
+
+// What a file is, from its first bytes: "dicom" (PS3.10: "DICM" after the 128-byte preamble),
+// "dicomdir" (its file meta says Media Storage Directory, whatever the file's name) or "other".
+async function kindOf(file) {
+  if (file.size < 132) return "other";
+  const head = new Uint8Array(await file.slice(0, 8192).arrayBuffer());
+  const magic = String.fromCharCode(...head.subarray(128, 132));
+  if (magic !== "DICM") return "other";
+  // The file meta group (0002) is always Explicit VR Little Endian (PS3.10 7.1).
+  const view = new DataView(head.buffer);
+  let at = 132;
+  while (at + 8 <= head.length && view.getUint16(at, true) === 0x0002) {
+    const element = view.getUint16(at + 2, true);
+    const vr = String.fromCharCode(head[at + 4], head[at + 5]);
+    let length = view.getUint16(at + 6, true);
+    let value = at + 8;
+    if (LONG_VRS.has(vr)) {
+      if (at + 12 > head.length) break;
+      length = view.getUint32(at + 8, true);
+      value = at + 12;
+    }
+    if (element === 0x0002 && value + length <= head.length) {
+      const uid = String.fromCharCode(...head.subarray(value, value + length)).replace(/[\0 ]+$/, "");
+      return uid === MEDIA_DIRECTORY ? "dicomdir" : "dicom";
+    }
+    at = value + length;
+  }
+  return "dicom";
 }
 
 function baseName(path) {
@@ -92,24 +119,22 @@ function baseName(path) {
 
 async function enqueue(file, path) {
   const entry = addRow(path, file.size);
-  if (baseName(path).toUpperCase() === "DICOMDIR") {
-    counts.skipped += 1;
-    setResult(entry, "", "skipped", "DICOMDIR: the media's index, not an image");
-    updateSummary();
-    return;
-  }
-  let dicom = false;
+  let kind = "other";
   try {
-    dicom = await isPart10(file);
+    kind = baseName(path).toUpperCase() === "DICOMDIR" ? "dicomdir" : await kindOf(file);
   } catch {
     counts.failed += 1;
     setResult(entry, "bad", "failed", "the file could not be read");
     updateSummary();
     return;
   }
-  if (!dicom) {
+  if (kind !== "dicom") {
     counts.skipped += 1;
-    setResult(entry, "", "skipped", "not a DICOM file (no DICM preamble)");
+    const why =
+      kind === "dicomdir"
+        ? "a DICOMDIR: the media's index, not an image"
+        : "not a DICOM file (no DICM preamble)";
+    setResult(entry, "", "skipped", why);
     updateSummary();
     return;
   }
@@ -214,6 +239,17 @@ async function walk(entry) {
   }
 }
 
+async function scan(work) {
+  scanning += 1;
+  updateSummary();
+  try {
+    await work();
+  } finally {
+    scanning -= 1;
+    updateSummary();
+  }
+}
+
 async function takeFiles(list) {
   for (const file of Array.from(list)) {
     await enqueue(file, file.webkitRelativePath || file.name);
@@ -228,19 +264,23 @@ dropzone.addEventListener("dragleave", () => dropzone.classList.remove("over"));
 dropzone.addEventListener("drop", async (event) => {
   event.preventDefault();
   dropzone.classList.remove("over");
+  // The drop's items are readable only now, before the first await.
   const items = Array.from(event.dataTransfer?.items ?? []);
   const entries = items.map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
-  if (entries.length) {
-    for (const entry of entries) await walk(entry);
-  } else {
-    await takeFiles(event.dataTransfer?.files ?? []);
-  }
+  const files = Array.from(event.dataTransfer?.files ?? []);
+  await scan(async () => {
+    if (entries.length) {
+      for (const entry of entries) await walk(entry);
+    } else {
+      await takeFiles(files);
+    }
+  });
 });
 
 for (const input of [pickFiles, pickFolder]) {
   input.addEventListener("change", async () => {
     const files = Array.from(input.files ?? []);
     input.value = ""; // the same files may be picked again
-    await takeFiles(files);
+    await scan(() => takeFiles(files));
   });
 }
