@@ -1008,6 +1008,77 @@ def test_ordered_query_plans_read_the_index_of_the_order(many: sa.Connection) ->
             )
 
 
+def test_grant_scoped_searches_start_from_the_grants(many: sa.Connection) -> None:
+    """A referrer's search finds its studies through its grants (per patient and per study, in
+    its tenant only, each study once) instead of testing every study of the tenant."""
+    grants = [
+        dict(subject="ref-t", tenant="default", patient_id="PID3"),
+        dict(subject="ref-t", tenant="default", study_uid="2.25.10"),  # PID3 too: granted twice
+        dict(subject="ref-t", tenant="default", study_uid="2.25.11"),
+        dict(subject="ref-t", tenant="other", patient_id="PID5"),  # another tenant's patient
+        dict(subject="someone-else", tenant="default", patient_id="PID6"),
+    ]
+    many.execute(
+        schema.grants.insert(),
+        [{"patient_id": None, "study_uid": None, **g, "created_at": 0} for g in grants],
+    )
+    many.commit()
+    try:
+        expected = sorted({f"2.25.{i}" for i in range(1, 501) if i % 7 == 3} | {"2.25.11"})
+        for order in (None, Order(STUDY_DATE, True), Order(PATIENT_ID_TAG)):
+            query = dataclasses.replace(
+                q(Level.STUDY, {}, max_limit=1000), grantee="ref-t", order=order
+            )
+            uids = values(search(many, query), STUDY_UID)
+            assert sorted(uids) == expected and len(uids) == len(set(uids))
+    finally:
+        many.execute(schema.grants.delete())
+        many.commit()
+
+
+def test_a_referrers_search_reads_only_its_granted_studies() -> None:
+    """With statistics (Index.open has SQLite gather them), a search for a referrer with a
+    few grants in a large tenant reads the granted studies through the grants and the study
+    indexes, not every study of the tenant."""
+    with sa.create_engine("sqlite://").connect() as c:
+        schema.metadata.create_all(c)
+        c.execute(
+            schema.studies.insert(),
+            [
+                dict(
+                    id=i,
+                    partition="default",
+                    study_uid=f"2.25.{i}",
+                    patient_id=f"PID{i % 3000}",
+                    study_date=f"20{10 + i % 15}0101",
+                    modalities="CT",
+                    attrs="{}",
+                    created_at=0,
+                    updated_at=0,
+                )
+                for i in range(1, 6001)
+            ],
+        )
+        c.execute(
+            schema.grants.insert().values(created_at=0),
+            [
+                dict(subject="ref", tenant="default", patient_id="PID7", study_uid=None),
+                dict(subject="ref", tenant="default", patient_id=None, study_uid="2.25.12"),
+            ],
+        )
+        c.exec_driver_sql("ANALYZE")
+        for order in (None, Order(STUDY_DATE, True)):
+            query = dataclasses.replace(q(Level.STUDY, {}), grantee="ref", order=order)
+            assert sorted(values(search(c, query), STUDY_UID)) == [
+                "2.25.12",
+                "2.25.3007",
+                "2.25.7",
+            ]
+            plan = _plan_text(c, query)
+            assert "SCAN studies" not in plan, plan
+            assert "ix_studies_patient_id (partition=? AND patient_id=?)" in plan, plan
+
+
 # --- hostile input ------------------------------------------------------------------------------
 
 

@@ -354,11 +354,28 @@ def granted_to(grantee: str) -> ColumnElement[bool]:
     )
 
 
+def _granted_studies(grantee: str, partition: str) -> ColumnElement[bool]:
+    """Studies of ``partition`` granted to ``grantee``, for a search: the grants list the
+    Study Instance UIDs and Patient IDs, which the study indexes find, so a referrer's search
+    reads its granted studies rather than testing every study of the tenant against the
+    grants (:func:`granted_to`, right for one study, costs a probe per study of the tenant:
+    seconds at 100,000 studies). ``IN`` keeps a study granted twice one row."""
+    mine = (grants.c.subject == grantee, grants.c.tenant == partition)
+    return sa.or_(
+        studies.c.study_uid.in_(
+            sa.select(grants.c.study_uid).where(*mine, grants.c.study_uid.is_not(None))
+        ),
+        studies.c.patient_id.in_(
+            sa.select(grants.c.patient_id).where(*mine, grants.c.patient_id.is_not(None))
+        ),
+    )
+
+
 def _base(q: Query, *, unindexed_partition: bool) -> tuple[Any, Any, list[ColumnElement[bool]]]:
     """FROM clause, primary key and the partition/scope filters of the query level."""
     where = [_partition_is(studies.c.partition, q.partition, unindexed=unindexed_partition)]
     if q.grantee is not None:
-        where.append(granted_to(q.grantee))
+        where.append(_granted_studies(q.grantee, q.partition))
     if q.study_uid is not None:
         where.append(studies.c.study_uid == q.study_uid)
     if q.series_uid is not None:
@@ -389,7 +406,7 @@ _INDEXED_PATHS = frozenset(
 
 def _narrowed(q: Query) -> bool:
     """Whether the query names something an index can find rows by."""
-    if q.study_uid is not None or q.series_uid is not None:
+    if q.study_uid is not None or q.series_uid is not None or q.grantee is not None:
         return True
     for m in q.matches:
         if m.path not in _INDEXED_PATHS or m.kind is MatchKind.UNIVERSAL:
