@@ -43,6 +43,9 @@ _EXTRA_TAGS = frozenset(
         0x00200010,  # StudyID
     }
 )
+# The series query as QIDO-RS would ask it, for the audit record: the study's default
+# attributes come with the series' as in a query across studies (PS3.18 10.6.3.3).
+_INCLUDED = ",".join(f"{tag:08X}" for tag in sorted(_EXTRA_TAGS | DEFAULT_RETURN_TAGS[Level.STUDY]))
 _MAX_SERIES = 1000  # series listed on one page (a study with more says so)
 # A share link's session reads its study in the viewer; sending it elsewhere is not offered.
 _SHARE_SESSION = "session-share"
@@ -77,7 +80,7 @@ def _overview(archive: Any, who: Principal, study_uid: str) -> dict[str, Any]:
     found = archive.query.search(
         who,
         _series_query(study_uid, _MAX_SERIES),
-        text=f"/studies/{study_uid}/series?includefield=all-study-attributes",
+        text=f"/studies/{study_uid}/series?includefield={_INCLUDED}",
     )
     if not found.items:
         raise NotFound(f"no study {study_uid}")
