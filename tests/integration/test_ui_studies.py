@@ -469,6 +469,11 @@ def test_actions_follow_the_role(site: Site) -> None:
             assert page.status_code == status, user
             assert (f"/ui/studies/{uid}/delete" in page.text) is delete, user
             assert ('href="/ui/upload"' in client.get("/ui/upload").text) is upload, user
+            if status == 403:
+                # Signed in, an uploader lands on the list: told why, offered the upload.
+                home = client.get("/ui/", headers={"accept": "text/html"})
+                assert home.status_code == 403 and "may not read" in home.text
+                assert '<a class="button" href="/ui/upload">Upload</a>' in home.text
             if status == 200:
                 assert f"/ui/studies/{uid}/download" in page.text
                 assert f"/ui/studies/{uid}/share" in page.text
