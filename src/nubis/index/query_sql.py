@@ -355,19 +355,32 @@ def granted_to(grantee: str) -> ColumnElement[bool]:
 
 
 def _granted_studies(grantee: str, partition: str) -> ColumnElement[bool]:
-    """Studies of ``partition`` granted to ``grantee``, for a search: the grants list the
-    Study Instance UIDs and Patient IDs, which the study indexes find, so a referrer's search
-    reads its granted studies rather than testing every study of the tenant against the
-    grants (:func:`granted_to`, right for one study, costs a probe per study of the tenant:
-    seconds at 100,000 studies). ``IN`` keeps a study granted twice one row."""
+    """Studies of ``partition`` granted to ``grantee``, for a search.
+
+    The grants list Study Instance UIDs and Patient IDs, which the study indexes find: the
+    granted studies are read through them (a UNION of the two, so a study granted twice is one
+    row) instead of every study of the tenant being tested against the grants, which
+    :func:`granted_to` does (right for one study; seconds at 100,000 studies). Both engines
+    plan the UNION as index lookups; an OR of the two ``IN`` tests would scan the tenant on
+    PostgreSQL.
+    """
     mine = (grants.c.subject == grantee, grants.c.tenant == partition)
-    return sa.or_(
-        studies.c.study_uid.in_(
-            sa.select(grants.c.study_uid).where(*mine, grants.c.study_uid.is_not(None))
-        ),
-        studies.c.patient_id.in_(
-            sa.select(grants.c.patient_id).where(*mine, grants.c.patient_id.is_not(None))
-        ),
+    by_study, by_patient = studies.alias("granted_by_study"), studies.alias("granted_by_patient")
+    return studies.c.id.in_(
+        sa.union(
+            sa.select(by_study.c.id).where(
+                by_study.c.partition == partition,
+                by_study.c.study_uid.in_(
+                    sa.select(grants.c.study_uid).where(*mine, grants.c.study_uid.is_not(None))
+                ),
+            ),
+            sa.select(by_patient.c.id).where(
+                by_patient.c.partition == partition,
+                by_patient.c.patient_id.in_(
+                    sa.select(grants.c.patient_id).where(*mine, grants.c.patient_id.is_not(None))
+                ),
+            ),
+        )
     )
 
 
