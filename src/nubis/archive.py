@@ -32,6 +32,7 @@ from nubis.security.users import UserStore
 from nubis.services.accounts import Accounts
 from nubis.services.audit_log import AuditLog
 from nubis.services.disk_floor import DiskFloor, parse_floor
+from nubis.services.export import ExportService
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
@@ -49,6 +50,7 @@ from nubis.tiers.rules import Tiers, parse_prices, parse_rules, parse_tiers
 
 if TYPE_CHECKING:
     from nubis.dimse.commitment import CommitmentReports
+    from nubis.dimse.send import StudySender
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,8 @@ class Archive:
             default_days=settings.share_default_days,
             max_days=settings.share_max_days,
         )
+        # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
+        self.export = ExportService(self.retrieve, self.guard)
         self.maintenance = Maintenance(
             self.index,
             self.blobs,
@@ -211,6 +215,7 @@ class Archive:
                     actor=system_participant(settings.audit_source),
                     commitment=self.deliver_commitment_report,
                     audit=self.audit,
+                    dimse_send=self.run_send,
                 ),
                 lease_seconds=settings.jobs_lease_seconds,
                 poll_seconds=settings.jobs_poll_seconds,
@@ -293,6 +298,27 @@ class Archive:
     def deliver_commitment_report(self, ctx: JobContext) -> dict[str, Any]:
         """The ``commitment-report`` job handler."""
         return self.commitment_reports.deliver(ctx)
+
+    @cached_property
+    def sender(self) -> StudySender:
+        """Sends studies to DIMSE peers for the people who ask (the web face's Send), as
+        ``dimse-send`` jobs. Built on first use, as :attr:`commitment_reports`."""
+        from nubis.dimse.peers import PeerTable
+        from nubis.dimse.send import StudySender
+
+        s = self.settings
+        return StudySender(
+            jobs=self.jobs,
+            retrieve=self.retrieve,
+            guard=self.guard,
+            peers=PeerTable(self.index, s.dimse_peers_cache_seconds),
+            ae_title=s.ae_title,
+            lease_seconds=s.jobs_lease_seconds,
+        )
+
+    def run_send(self, ctx: JobContext) -> dict[str, Any] | None:
+        """The ``dimse-send`` job handler, for whichever runner claims the job first."""
+        return self.sender.run(ctx)
 
     @property
     def dimse_enabled(self) -> bool:

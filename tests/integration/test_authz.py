@@ -74,7 +74,6 @@ RULES[("/", "GET")] = "public"
 RULES[("/ui/login", "GET")] = "public"
 RULES[("/ui/login", "POST")] = "public"
 RULES[("/ui/logout", "POST")] = "any"
-RULES[("/ui/", "GET")] = "page"
 # Share links: the entry is open to anyone holding a token (tests/integration/test_shares.py);
 # "/share/" is the landing page of a link's own session, absent (404) for everyone else.
 RULES[("/share/{token}", "GET")] = "public"
@@ -132,6 +131,19 @@ for _path, _scope in ADMIN_FORMS.items():
 # 403; a study outside the caller's scope, a 404 page exactly like an absent one; else 200.
 RULES[("/ui/studies/{study}/view", "GET")] = "study-page"
 RULES[("/ui/viewer/dictionary.json", "GET")] = "page"
+RULES[("/ui/upload", "GET")] = "page"
+# The study browser: a QIDO-RS study search (403 for roles that may not read). Its search form
+# answers a redirect to the results, whatever the role (the results page decides).
+RULES[("/ui/", "GET")] = "ui-read"
+RULES[("/ui/", "POST")] = "ui-form"
+# A study's pages are its DICOMweb reads: 403 without read, 404 outside the scope.
+for _path in ("/ui/studies/{study}", "/ui/studies/{study}/download", "/ui/studies/{study}/delete"):
+    RULES[(_path, "GET")] = "ui-study"
+RULES[("/ui/studies/{study}/delete", "POST")] = "ui-delete"
+# A send is queued for any study (its job finds the study, or fails as not found, like a
+# retrieval); only roles that may read may ask. A send's page is its requester's alone.
+RULES[("/ui/studies/{study}/send", "POST")] = "ui-send"
+RULES[("/ui/studies/{study}/sends/{job}", "GET")] = "ui-own-job"
 
 # What each role may do, written out independently of nubis.security.policy. "share-view" and
 # "share-download" are the sessions of share links (internal roles, never a user's).
@@ -404,6 +416,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "study-page":
             failures += _study_page_failures(world, who, path)
             continue
+        if need.startswith("ui-"):
+            failures += _ui_rule(world, who, path, method, need)
+            continue
         # The audit log names no study in its path: one request tells.
         targets = ("own",) if need == "audit" else ("own", "other_patient", "other_tenant")
         for target in targets:
@@ -494,6 +509,49 @@ def _study_page_failures(world: World, who: str, path: str) -> list[str]:
             expected, ok = "200 page", status == 200 and kind.startswith("text/html")
         if not ok:
             failures.append(f"GET {path} [{target}]: {status} {kind}, expected {expected}")
+    return failures
+
+
+def _ui_rule(world: World, who: str, path: str, method: str, need: str) -> list[str]:
+    """The web face's pages and forms: a signed-out browser is sent to sign in (303); a role
+    that may not do it is refused (403); a study outside the scope is absent (404)."""
+    failures = []
+    signed_out = who in ("anonymous", "expired", "unknown")
+    role = "admin" if who == "other-admin" else who
+    action = {"ui-delete": "delete", "ui-own-job": None, "ui-form": None}.get(need, "read")
+    per_study = "{study}" in path
+    targets = ("own", "other_patient", "other_tenant") if per_study else ("own",)
+    for target in targets:
+        study = world.studies[target]
+        if need == "ui-delete":
+            study = _disposable(world, target)
+        url = _url(path, study).replace("{job}", "999999")
+        form = {"destination": "NOSUCHPEER"} if need == "ui-send" else {}
+        if method == "POST":
+            response = world.client.post(
+                url, data=form, headers=world.headers(who), follow_redirects=False
+            )
+        else:
+            response = world.client.get(url, headers=world.headers(who), follow_redirects=False)
+        status = response.status_code
+        location = response.headers.get("location", "")
+        if signed_out:
+            expected, ok = "303 to sign-in", status == 303 and location.startswith("/ui/login")
+        elif action is not None and action not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif need == "ui-own-job":
+            expected, ok = "404", status == 404
+        elif need == "ui-send":
+            # No such peer: refused before any job, whatever the study.
+            expected, ok = "400", status == 400
+        elif per_study and not _visible(who, target):
+            expected, ok = "404", status == 404
+        elif need in ("ui-form", "ui-delete"):
+            expected, ok = "303", status == 303
+        else:
+            expected, ok = "200", status == 200
+        if not ok:
+            failures.append(f"{method} {path} [{target}]: {status}, expected {expected}")
     return failures
 
 

@@ -21,6 +21,7 @@ from nubis.model.query import (
     MATCHING_KEYS,
     Level,
     MatchKind,
+    Order,
     fold_person_name,
     parse_qido,
 )
@@ -910,8 +911,8 @@ def test_one_statement_per_search(conn: sa.Connection) -> None:
     assert len(statements) == 2
 
 
-def _plan_text(conn: sa.Connection, params: dict[str, str]) -> str:
-    query = q(Level.STUDY, params)
+def _plan_text(conn: sa.Connection, params: dict[str, str] | Any) -> str:
+    query = q(Level.STUDY, params) if isinstance(params, dict) else params
     stmt = _plan(query, conn.dialect.name, query.limit).statement
     sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     if conn.dialect.name == "sqlite":
@@ -937,6 +938,156 @@ def test_query_plans_use_the_indexes(many: sa.Connection) -> None:
         assert "TEMP B-TREE" not in unfiltered
     else:
         assert re.search(r"Limit .*\n\s*->  Index Scan using studies_pkey", unfiltered)
+
+
+# --- order (the web face's study browser) -------------------------------------------------------
+
+STUDY_DATE, PATIENT_ID_TAG = 0x00080020, 0x00100020
+
+
+@pytest.mark.parametrize(
+    ("tag", "column"),
+    [(STUDY_DATE, "study_date"), (PATIENT_ID_TAG, "patient_id"), (None, "id")],
+)
+@pytest.mark.parametrize("descending", [False, True])
+def test_ordered_paging_visits_every_row_once_in_order(
+    many: sa.Connection, tag: int | None, column: str, descending: bool
+) -> None:
+    order = Order(tag, descending)
+    seen: list[str] = []
+    offset = 0
+    while True:
+        query = dataclasses.replace(
+            q(Level.STUDY, {"limit": "7", "offset": str(offset)}), order=order
+        )
+        page = search(many, query)
+        if not page:
+            break
+        seen += values(page, STUDY_UID)
+        offset += 7
+    stored = many.execute(sa.select(schema.studies.c.study_uid, schema.studies.c[column])).all()
+    assert len(seen) == len(set(seen)) == len(stored) == 500
+    # The column, then arrival (the primary key) among equals, both reversed when descending.
+    key = {uid: (value, int(uid.rsplit(".", 1)[1])) for uid, value in stored}
+    assert seen == sorted(seen, key=key.__getitem__, reverse=descending)
+
+
+def test_order_within_matches(many: sa.Connection) -> None:
+    query = dataclasses.replace(
+        q(Level.STUDY, {"PatientID": "PID3"}), order=Order(STUDY_DATE, True)
+    )
+    dates = values(search(many, query), "00080020")
+    assert len(dates) == 72 and dates == sorted(dates, reverse=True)
+
+
+def test_only_indexed_study_attributes_order() -> None:
+    with pytest.raises(ValueError, match="not an indexed attribute"):
+        Order(0x00081030)  # StudyDescription
+    with pytest.raises(ValueError, match="study level"):
+        dataclasses.replace(q(Level.SERIES, {}), order=Order(STUDY_DATE))
+    # QIDO-RS never orders: the server's order (primary key) is kept.
+    assert q(Level.STUDY, {}).order is None
+
+
+def test_ordered_query_plans_read_the_index_of_the_order(many: sa.Connection) -> None:
+    for tag, index in (
+        (STUDY_DATE, "ix_studies_study_date"),
+        (PATIENT_ID_TAG, "ix_studies_patient_id"),
+    ):
+        query = dataclasses.replace(q(Level.STUDY, {}), order=Order(tag, True))
+        plan = _plan_text(many, query)
+        if many.dialect.name == "sqlite":
+            # The page's keys come in order from the index; only the page itself is sorted.
+            assert f"SEARCH studies USING COVERING INDEX {index} (partition=?)" in plan, plan
+            assert plan.count("TEMP B-TREE") == 1, plan
+        else:
+            # Read backwards along the index, the column's ties sorted within it (incremental
+            # sort), never the whole partition.
+            assert re.search(
+                rf"Presorted Key: .*\n\s*->  Index .*Scan Backward using {index}", plan
+            )
+
+
+def test_grant_scoped_searches_start_from_the_grants(many: sa.Connection) -> None:
+    """A referrer's search finds its studies through its grants (per patient and per study, in
+    its tenant only, each study once) instead of testing every study of the tenant."""
+    grants = [
+        dict(subject="ref-t", tenant="default", patient_id="PID3"),
+        dict(subject="ref-t", tenant="default", study_uid="2.25.10"),  # PID3 too: granted twice
+        dict(subject="ref-t", tenant="default", study_uid="2.25.11"),
+        dict(subject="ref-t", tenant="other", patient_id="PID5"),  # another tenant's patient
+        dict(subject="someone-else", tenant="default", patient_id="PID6"),
+    ]
+    many.execute(
+        schema.grants.insert(),
+        [{"patient_id": None, "study_uid": None, **g, "created_at": 0} for g in grants],
+    )
+    many.commit()
+    try:
+        expected = sorted({f"2.25.{i}" for i in range(1, 501) if i % 7 == 3} | {"2.25.11"})
+        for order in (None, Order(STUDY_DATE, True), Order(PATIENT_ID_TAG)):
+            query = dataclasses.replace(
+                q(Level.STUDY, {}, max_limit=1000), grantee="ref-t", order=order
+            )
+            uids = values(search(many, query), STUDY_UID)
+            assert sorted(uids) == expected and len(uids) == len(set(uids))
+    finally:
+        many.execute(schema.grants.delete())
+        many.commit()
+
+
+@pytest.fixture(params=_BACKENDS)
+def empty_index(request: pytest.FixtureRequest) -> Iterator[sa.Engine]:
+    engine = _engine(request, "qido_grants")
+    yield engine
+    engine.dispose()
+
+
+def test_a_referrers_search_reads_only_its_granted_studies(empty_index: sa.Engine) -> None:
+    """With statistics (Index.open has SQLite gather them, autovacuum PostgreSQL), a search
+    for a referrer with a few grants in a large tenant reads the granted studies through the
+    grants and the study indexes, not every study of the tenant."""
+    with empty_index.connect() as c:
+        schema.metadata.create_all(c)
+        c.execute(
+            schema.studies.insert(),
+            [
+                dict(
+                    id=i,
+                    partition="default",
+                    study_uid=f"2.25.{i}",
+                    patient_id=f"PID{i % 3000}",
+                    study_date=f"20{10 + i % 15}0101",
+                    modalities="CT",
+                    attrs="{}",
+                    created_at=0,
+                    updated_at=0,
+                )
+                for i in range(1, 6001)
+            ],
+        )
+        c.execute(
+            schema.grants.insert().values(created_at=0),
+            [
+                dict(subject="ref", tenant="default", patient_id="PID7", study_uid=None),
+                dict(subject="ref", tenant="default", patient_id=None, study_uid="2.25.12"),
+            ],
+        )
+        c.exec_driver_sql("ANALYZE")
+        for order in (None, Order(STUDY_DATE, True)):
+            query = dataclasses.replace(q(Level.STUDY, {}), grantee="ref", order=order)
+            assert sorted(values(search(c, query), STUDY_UID)) == [
+                "2.25.12",
+                "2.25.3007",
+                "2.25.7",
+            ]
+            plan = _plan_text(c, query)
+            if c.dialect.name == "sqlite":
+                assert "SCAN studies" not in plan, plan
+                assert "ix_studies_patient_id (partition=? AND patient_id=?)" in plan, plan
+            else:
+                assert "Seq Scan on studies" not in plan, plan
+                assert re.search(r"Index Scan using ix_studies_patient_id on studies", plan)
 
 
 # --- hostile input ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ takes the spool file the received bytes were written into as they arrived (:clas
 and calls ``StoreService.store`` (the STOW-RS path), C-FIND builds a
 :class:`~nubis.model.query.Query` with :func:`~nubis.model.query.parse_cfind` and calls
 ``Index.search`` (the QIDO-RS path), C-MOVE and C-GET read objects through
-``RetrieveService`` with their SHA-256 checked (large ones as streams, ``Handlers._streamed``).
+``RetrieveService`` with their SHA-256 checked (large ones as streams, nubis.dimse.outgoing).
 Every failure is answered with the status the service's error carries (:mod:`nubis.errors`),
 never by aborting the association.
 """
@@ -13,7 +13,6 @@ never by aborting the association.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import secrets
@@ -24,27 +23,23 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config, build_context, dimse_messages, evt
+from pydicom.uid import UID
+from pynetdicom import _config, dimse_messages, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from nubis.dicom import transcode
 from nubis.dimse.commitment import CommitmentRequest
+from nubis.dimse.outgoing import Outgoing, accepted_syntaxes, contexts_for
 from nubis.dimse.peers import AccessPolicy, PeerCertificate, Permissions
-from nubis.dimse.reactor import StreamedDataset, wait_for_send_room
+from nubis.dimse.reactor import wait_for_send_room
 from nubis.errors import BadRequest, InsufficientStorage, NotFound, NubisError
 from nubis.model.query import CFIND_LEVELS, parse_cfind
 from nubis.model.records import StoredInstance
 from nubis.security.authn import dimse_principal
 from nubis.security.policy import Principal
 from nubis.services.query import ScopedQuery
-from nubis.services.retrieve import AS_STORED
 from nubis.services.spool import Spool, SpooledFile, SpoolWriter
 
 if TYPE_CHECKING:
@@ -89,17 +84,6 @@ _UNIQUE_KEYS = {
     "SERIES": "SeriesInstanceUID",
     "IMAGE": "SOPInstanceUID",
 }
-_MAX_CONTEXTS = 128  # PS3.8 9.3.2: at most 128 presentation contexts (odd IDs 1-255)
-# C-MOVE / C-GET send objects larger than this as streams (read once to check, then again to
-# send), never whole in memory; smaller ones are read, checked and sent from memory.
-STREAM_LARGER_THAN = 64 << 20
-# How much of a streamed object's start is kept to find where its data set begins: far more
-# than any file meta group.
-_HEAD = 1 << 20
-
-
-class BlobCorrupted(NubisError):
-    """A stored object's bytes no longer match the SHA-256 recorded at ingest."""
 
 
 def _peer(assoc: Association) -> str:
@@ -240,6 +224,8 @@ class Handlers:
         self._commitments: weakref.WeakKeyDictionary[Association, list[int]] = (
             weakref.WeakKeyDictionary()
         )
+        # C-MOVE and C-GET send what it makes ready, as the web face's send does.
+        self.outgoing = Outgoing(archive.retrieve)
         _receive_into_spool(archive.spool)
 
     def bindings(self) -> list[tuple[Any, Any]]:
@@ -578,71 +564,6 @@ class Handlers:
             ]
         return selected
 
-    def _dataset(self, inst: StoredInstance, accepted: dict[str, set[str]]) -> Dataset:
-        """The object to send, checked against its SHA-256; converted only if the peer must
-        have another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted).
-
-        An object over :data:`STREAM_LARGER_THAN` sent in its stored transfer syntax goes as a
-        stream (:meth:`_streamed`); a conversion is made in memory, as it decodes the pixel
-        data anyway."""
-        syntaxes = accepted.get(inst.sop_class_uid)
-        if syntaxes is None or inst.transfer_syntax_uid in syntaxes:
-            if inst.size > STREAM_LARGER_THAN:
-                return self._streamed(inst)
-            return dcmread(io.BytesIO(self._checked(inst)))
-        data = self._checked(inst)
-        for target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *sorted(syntaxes)):
-            if target in syntaxes and transcode.can_transcode(inst.transfer_syntax_uid, target):
-                converted = transcode.transcode_file(io.BytesIO(data), target)
-                return dcmread(io.BytesIO(converted))
-        raise NubisError(
-            f"the peer accepts no transfer syntax {inst.sop_instance_uid} can be sent in"
-        )
-
-    def _checked(self, inst: StoredInstance) -> bytes:
-        """The whole stored object, read into memory, once its SHA-256 has been checked."""
-        data = self.archive.retrieve.read(inst)
-        if len(data) != inst.size or hashlib.sha256(data).hexdigest() != inst.sha256:
-            raise _corrupted(inst)
-        return data
-
-    def _streamed(self, inst: StoredInstance) -> StreamedDataset:
-        """A large object to send as a stream, read through once first to check its SHA-256.
-
-        A stream's digest is known only at its end, and a C-STORE request whose data set has
-        begun cannot be withdrawn: its fragments may not be followed by another message's
-        (PS3.8 9.3.1), so the only way to stop it is an A-ABORT (PS3.8 7.3), which for a C-GET
-        ends the requester's own association with no final response and for a C-MOVE fails
-        every sub-operation left. Reading the object once before sending lets a corrupted one
-        fail its own sub-operation, listed in the Failed SOP Instance UID List (PS3.4
-        C.4.2.1.4.2, C.4.3.1.3.2), as a small one does. Blobs are written once, so the second
-        read sees the same bytes; it is the WADO-RS read all the same (checked as it goes,
-        its last chunk withheld on a mismatch), and an association on which it fails is
-        aborted rather than a bad object completed (nubis.dimse.reactor.StreamingStore).
-        """
-        intact, head = self._read_through(inst, keep=_HEAD)
-        if not intact:
-            raise _corrupted(inst)
-        start, transfer_syntax = _data_set_start(head, inst)
-        retrieve = self.archive.retrieve
-        return StreamedDataset(
-            inst.sop_class_uid,
-            inst.sop_instance_uid,
-            transfer_syntax,
-            lambda: _skip(retrieve.instance_chunks(inst, AS_STORED), start),
-        )
-
-    def _read_through(self, inst: StoredInstance, keep: int = 0) -> tuple[bool, bytes]:
-        """Read the stored object as a stream: whether it still has the size and SHA-256
-        recorded at ingest, and its first ``keep`` bytes."""
-        digest, size, head = hashlib.sha256(), 0, b""
-        for chunk in self.archive.retrieve.read_range(inst, 0, None):
-            digest.update(chunk)
-            size += len(chunk)
-            if len(head) < keep:
-                head += chunk[: keep - len(head)]
-        return size == inst.size and digest.hexdigest() == inst.sha256, head
-
     def _sub_operations(
         self, event: Event, instances: list[StoredInstance], accepted: dict[str, set[str]]
     ) -> Iterator[tuple[int, Dataset]]:
@@ -659,7 +580,7 @@ class Handlers:
                 yield CANCEL, None  # type: ignore[misc]
                 return
             try:
-                ds = self._dataset(inst, accepted)
+                ds = self.outgoing.dataset(inst, accepted)
             except (NubisError, OSError) as exc:
                 log.warning("%s: %s not sent: %s", event.event.name, inst.sop_instance_uid, exc)
                 # A stub without a SOP Class cannot be sent: pynetdicom counts the sub-operation
@@ -703,8 +624,7 @@ class Handlers:
         reached: list[str] = []  # what happened to the association with the destination
 
         def on_destination_accepted(ev: Event) -> None:
-            for cx in ev.assoc.accepted_contexts:
-                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+            accepted.update(accepted_syntaxes(ev.assoc.accepted_contexts))
 
         def failure() -> str:
             if "rejected" in reached:
@@ -724,7 +644,7 @@ class Handlers:
             return f"{destination} {how} ({peer.host}:{peer.port})"
 
         kwargs = {
-            "contexts": _contexts_for(instances),
+            "contexts": contexts_for(instances),
             "evt_handlers": [
                 (evt.EVT_ACCEPTED, on_destination_accepted),
                 (evt.EVT_CONN_OPEN, lambda ev: reached.append("connected")),
@@ -769,10 +689,8 @@ class Handlers:
             yield 1
             yield _refusal(event, _selection_status(exc), exc.reason), None
             return
-        accepted: dict[str, set[str]] = {}
-        for cx in event.assoc.accepted_contexts:
-            if cx.as_scu:  # we send C-STORE requests: the peer is the storage SCP
-                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        # We send C-STORE requests on contexts where the peer is the storage SCP.
+        accepted = accepted_syntaxes(cx for cx in event.assoc.accepted_contexts if cx.as_scu)
         log.info("C-GET from %s: %d object(s)", _peer(event.assoc), len(instances))
         yield len(instances)
         yield from self._sub_operations(event, instances, accepted)
@@ -841,38 +759,6 @@ def _client_certificate(assoc: Association) -> PeerCertificate | None:
     except (ValueError, OSError):
         return None
     return PeerCertificate.from_der(der) if der else None
-
-
-def _corrupted(inst: StoredInstance) -> BlobCorrupted:
-    log.error("blob %s of %s fails its SHA-256; not sent", inst.blob_key, inst.sop_instance_uid)
-    return BlobCorrupted("stored object failed its integrity check")
-
-
-def _data_set_start(head: bytes, inst: StoredInstance) -> tuple[int, str]:
-    """Where the data set begins in a stored PS3.10 file (after the preamble, "DICM" and the
-    group 0002 file meta, PS3.10 7.1) and the transfer syntax it is in, from the file's
-    first bytes."""
-    fp = io.BytesIO(head)
-    try:
-        read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-    except (InvalidDicomError, EOFError, ValueError):
-        meta = None
-    start = fp.tell()
-    # A meta group that fills ``head`` may go on past it.
-    if meta is None or start >= len(head) or "TransferSyntaxUID" not in meta:
-        raise NubisError(f"the file meta of {inst.sop_instance_uid} cannot be read")
-    return start, str(meta.TransferSyntaxUID)
-
-
-def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
-    """``chunks`` less their first ``count`` bytes."""
-    for chunk in chunks:
-        if count >= len(chunk):
-            count -= len(chunk)
-            continue
-        yield chunk[count:] if count else chunk
-        count = 0
 
 
 def _check_unique_key(level: str, name: str, value: Any) -> None:
@@ -960,19 +846,6 @@ def _correct_final(
         send(primitive, context_id)
 
     dimse.send_msg = send_msg
-
-
-def _contexts_for(instances: list[StoredInstance]) -> list[Any]:
-    """Presentation contexts for sending ``instances``: each (SOP class, stored syntax) alone,
-    so the peer cannot pick another syntax of the same class; then an uncompressed fallback
-    per class, used after conversion. At most 128 (PS3.8 9.3.2)."""
-    pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
-    contexts = [build_context(sop, ts) for sop, ts in pairs][:_MAX_CONTEXTS]
-    for sop in dict.fromkeys(sop for sop, _ in pairs):
-        if len(contexts) >= _MAX_CONTEXTS:
-            break
-        contexts.append(build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-    return contexts
 
 
 def _identifier_text(identifier: Dataset) -> str:

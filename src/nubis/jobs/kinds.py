@@ -16,6 +16,9 @@
 - ``audit-verify``: check the audit trail's hash chain and signed checkpoints, as ``nubis audit
   verify`` does (recorded as Audit Log Used, a broken chain as a Security Alert); the result is
   the report the admin pages show. Add ``audit-verify=1d`` to jobs_schedule to run it daily.
+- ``dimse-send``: send a study or series to a DIMSE peer for the person who asked (the web
+  face's Send, nubis.dimse.send); parameters ``who``, ``study``, ``series``, ``destination``.
+  Tried once.
 """
 
 from __future__ import annotations
@@ -100,10 +103,12 @@ def handlers(
     actor: ActiveParticipant | None = None,
     commitment: Handler | None = None,
     audit: AuditTrail | None = None,
+    dimse_send: Handler | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
-    ``commitment-report`` and ``audit-verify`` when given); ``guard`` records what ``verify``
-    reads, as ``actor`` (``audit-verify`` records its own use of the log, as ``actor``)."""
+    ``commitment-report``, ``audit-verify`` and ``dimse-send`` when given); ``guard`` records
+    what ``verify`` reads, as ``actor`` (``audit-verify`` records its own use of the log, as
+    ``actor``)."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -152,4 +157,6 @@ def handlers(
         kinds["rewrap"] = rewrap.run
     if commitment is not None:
         kinds["commitment-report"] = commitment
+    if dimse_send is not None:
+        kinds["dimse-send"] = dimse_send
     return kinds

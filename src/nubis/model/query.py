@@ -33,10 +33,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_RETURN_TAGS",
     "MATCHING_KEYS",
+    "ORDER_TAGS",
     "KeySpec",
     "Level",
     "Match",
     "MatchKind",
+    "Order",
     "Query",
     "fold_person_name",
     "parse_cfind",
@@ -184,6 +186,8 @@ DEFAULT_RETURN_TAGS: dict[Level, frozenset[int]] = {
 _STUDY_UID = _tag("StudyInstanceUID")
 _SERIES_UID = _tag("SeriesInstanceUID")
 _MODALITIES_IN_STUDY = _tag("ModalitiesInStudy")
+# Study attributes a study query may be ordered by: each has an index of the study table.
+ORDER_TAGS = _tags("StudyDate", "PatientName", "PatientID", "AccessionNumber")
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,25 @@ class Match:
     @property
     def name(self) -> str:
         return ".".join(keyword_for_tag(t) or tag_hex(t) for t in self.path)
+
+
+@dataclass(frozen=True)
+class Order:
+    """The order of a study query's results, for people browsing them (the web face).
+
+    QIDO-RS and C-FIND leave the order to the server (PS3.18 8.3.4, PS3.4 C.4.1.2.3); nubis
+    returns them by primary key, which :attr:`Query.order` ``None`` keeps. ``tag`` sorts by an
+    attribute the index keeps in an indexed column (:data:`ORDER_TAGS`: a page is then read
+    along that index, never sorted from the whole partition), ties and ``tag=None`` by arrival
+    in the archive; ``descending`` reverses both.
+    """
+
+    tag: int | None = None
+    descending: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tag is not None and self.tag not in ORDER_TAGS:
+            raise ValueError(f"cannot order by {tag_hex(self.tag)}: not an indexed attribute")
 
 
 @dataclass(frozen=True)
@@ -251,6 +274,9 @@ class Query:
     warnings : tuple of str
         Human-readable notes for the client, e.g. that the limit was lowered; the HTTP layer
         sends each as ``Warning: 299 {service}: "<text>"`` (PS3.18 8.3.4.4).
+    order : Order or None
+        The order of the results of a STUDY level query (see :class:`Order`); None for the
+        server's own, which QIDO-RS and C-FIND use.
     """
 
     level: Level
@@ -266,6 +292,11 @@ class Query:
     partition: str = "default"
     grantee: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    order: Order | None = None
+
+    def __post_init__(self) -> None:
+        if self.order is not None and self.level is not Level.STUDY:
+            raise ValueError("only a study level query can be ordered")
 
 
 # --- value syntax -------------------------------------------------------------------------------

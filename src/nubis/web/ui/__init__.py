@@ -9,14 +9,16 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from nubis.web.ui import admin, home, shares, signin, viewer
+from nubis.web.ui import admin, shares, signin, studies, study, upload, viewer
 
 
 def ui_routes() -> list[BaseRoute]:
     return [
-        Route("/", home.root, methods=["GET"]),
+        Route("/", studies.root, methods=["GET"]),
         *signin.routes(),
-        *home.routes(),
+        *studies.routes(),
+        *study.routes(),
+        *upload.routes(),
         *shares.routes(),
         *admin.routes(),
         *viewer.routes(),

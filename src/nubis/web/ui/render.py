@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from nubis import __version__
+from nubis.security.policy import Action, AuthPolicy, Principal
 
 _env = Environment(
     loader=PackageLoader("nubis.web.ui", "templates"),
@@ -23,6 +24,18 @@ _env = Environment(
     lstrip_blocks=True,
 )
 _env.globals["version"] = __version__
+_POLICY = AuthPolicy()
+
+
+def may(principal: object, action: str) -> bool:
+    """Whether ``principal``'s roles allow ``action`` ("read", "write", "delete", "admin"...):
+    what a page offers. It decides nothing: the services decide again when it is done."""
+    if not isinstance(principal, Principal):
+        return False
+    return _POLICY.decide(principal, Action[action.upper()]).allowed
+
+
+_env.globals["may"] = may
 
 
 def page(
@@ -51,4 +64,4 @@ def error_page(request: Request, status: int, reason: str) -> HTMLResponse:
     return page(request, "error.html", {"status": status, "reason": reason}, status_code=status)
 
 
-__all__ = ["error_page", "page"]
+__all__ = ["error_page", "may", "page"]
