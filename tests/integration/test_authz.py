@@ -519,6 +519,8 @@ def _ui_rule(world: World, who: str, path: str, method: str, need: str) -> list[
     signed_out = who in ("anonymous", "expired", "unknown")
     role = "admin" if who == "other-admin" else who
     action = {"ui-delete": "delete", "ui-own-job": None, "ui-form": None}.get(need, "read")
+    if path.endswith("/download"):
+        action = "download"  # whole objects leave as files
     per_study = "{study}" in path
     targets = ("own", "other_patient", "other_tenant") if per_study else ("own",)
     for target in targets:
@@ -527,6 +529,9 @@ def _ui_rule(world: World, who: str, path: str, method: str, need: str) -> list[
             study = _disposable(world, target)
         url = _url(path, study).replace("{job}", "999999")
         form = {"destination": "NOSUCHPEER"} if need == "ui-send" else {}
+        if who in SHARE_CALLERS:
+            # A browser session's forms carry its CSRF token (an API key's need none).
+            form["csrf_token"] = world.headers(who)["X-CSRF-Token"]
         if method == "POST":
             response = world.client.post(
                 url, data=form, headers=world.headers(who), follow_redirects=False
@@ -538,6 +543,9 @@ def _ui_rule(world: World, who: str, path: str, method: str, need: str) -> list[
         if signed_out:
             expected, ok = "303 to sign-in", status == 303 and location.startswith("/ui/login")
         elif action is not None and action not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif need == "ui-send" and who in SHARE_CALLERS:
+            # A share link's session views its study; sending it elsewhere is refused.
             expected, ok = "403", status == 403
         elif need == "ui-own-job":
             expected, ok = "404", status == 404
