@@ -271,6 +271,7 @@ def _add_subcommands() -> None:
     from nubis.cli.dimse import app as dimse_app
     from nubis.cli.jobs import app as jobs_app
     from nubis.cli.keys import app as keys_app
+    from nubis.cli.ohif import app as ohif_app
     from nubis.cli.storage import app as storage_app
     from nubis.cli.users import apikeys_app, users_app
 
@@ -281,6 +282,7 @@ def _add_subcommands() -> None:
     app.add_typer(audit_app, name="audit")
     app.add_typer(users_app, name="users")
     app.add_typer(apikeys_app, name="apikeys")
+    app.add_typer(ohif_app, name="ohif")
 
 
 _add_subcommands()

@@ -43,8 +43,8 @@ from nubis.web.errors import error_response, nubis_error_response
 PUBLIC_PATHS = frozenset({"/-/health", "/-/ready"})
 # Paths a browser navigates to: without a session they reach their route with no principal,
 # which answers a sign-in page, a redirect to it, or a share link's own page.
-BROWSER_PREFIXES = ("/ui/", "/share/")
-BROWSER_PATHS = frozenset({"/", "/ui"})
+BROWSER_PREFIXES = ("/ui/", "/share/", "/ohif/")
+BROWSER_PATHS = frozenset({"/", "/ui", "/ohif"})
 CHALLENGE = 'Basic realm="nubis", charset="UTF-8", Bearer realm="nubis"'
 SESSION_COOKIE = "nubis_session"
 # On HTTPS the cookie is named with the __Host- prefix: browsers then accept it only with

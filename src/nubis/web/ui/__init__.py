@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from nubis.web.ui import home, signin
+from nubis.web.ui import home, ohif, signin
 
 
 def ui_routes() -> list[BaseRoute]:
@@ -17,6 +17,7 @@ def ui_routes() -> list[BaseRoute]:
         Route("/", home.root, methods=["GET"]),
         *signin.routes(),
         *home.routes(),
+        *ohif.routes(),
         Mount("/ui/static", StaticFiles(packages=[("nubis.web.ui", "static")]), name="static"),
     ]
 
