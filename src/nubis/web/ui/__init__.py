@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from nubis.web.ui import home, ohif, signin
+from nubis.web.ui import home, ohif, oidc, signin
 
 
 def ui_routes() -> list[BaseRoute]:
@@ -18,6 +18,7 @@ def ui_routes() -> list[BaseRoute]:
         *signin.routes(),
         *home.routes(),
         *ohif.routes(),
+        *oidc.routes(),
         Mount("/ui/static", StaticFiles(packages=[("nubis.web.ui", "static")]), name="static"),
     ]
 
