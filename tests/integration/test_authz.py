@@ -72,6 +72,14 @@ RULES[("/ui/login", "GET")] = "public"
 RULES[("/ui/login", "POST")] = "public"
 RULES[("/ui/logout", "POST")] = "any"
 RULES[("/ui/", "GET")] = "page"
+# Signing in with the OIDC provider is open to anyone, as the password form is.
+RULES[("/ui/login/oidc", "GET")] = "public"
+RULES[("/ui/oidc/callback", "GET")] = "public"
+# OHIF's own files hold no patient data and are served to anyone; its pages send a signed-out
+# browser to sign in, and its data comes over DICOMweb (tests/browser/test_ohif.py).
+RULES[("/ohif", "GET")] = "public"
+RULES[("/ohif/{path:path}", "GET")] = "public"
+RULES[("/ohif/{path:path}", "HEAD")] = "public"
 
 # What each role may do, written out independently of nubis.security.policy.
 CAN = {
