@@ -20,10 +20,12 @@ passes unchanged.
   the signed-in principal, authorize and audit exactly as for any other DICOMweb read.
 
 OHIF needs more than the web face's Content-Security-Policy, on its responses only
-(:data:`OHIF_CSP`): WebAssembly compilation for its codecs (``'wasm-unsafe-eval'``, not
-``'unsafe-eval'``), workers from its own files and from ``blob:`` URLs, styles its components
-inject at run time, and the hashes of ``index.html``'s two inline scripts. ``frame-ancestors
-'none'`` stays.
+(:data:`OHIF_CSP_TEMPLATE`, measured with OHIF 3.13): WebAssembly compilation for its codecs
+(``'wasm-unsafe-eval'``), workers from its own files, styles its components inject at run time,
+and the hashes of ``index.html``'s two inline scripts; no ``'unsafe-eval'`` and no inline script
+beyond those two. Its files carry :data:`OHIF_FILE_CSP`, which is what a worker started from
+them obeys: the image decoders in workers build functions from strings while they start.
+``frame-ancestors 'none'`` stays on both.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -281,7 +284,7 @@ async def ohif(request: Request) -> Response:
         if _HASHED.search(path.name)
         else "public, max-age=3600"
     )
-    scanned = build.scanned(path)
+    scanned = await run_in_threadpool(build.scanned, path)  # reads a bundle once per process
     size = path.stat().st_size
     headers["content-length"] = str(scanned.length(size) if scanned is not None else size)
     if request.method == "HEAD":
@@ -304,4 +307,4 @@ def routes() -> list[Route]:
     ]
 
 
-__all__ = ["OHIF_CSP_TEMPLATE", "OhifBuild", "app_config", "routes"]
+__all__ = ["OHIF_CSP_TEMPLATE", "OHIF_FILE_CSP", "OhifBuild", "app_config", "routes"]
