@@ -6,11 +6,15 @@ and configuration, in one run (issue 10: figures to report).
   no CORS: the same OHIF build is served by Debian's nginx at / with an app-config of the same
   content, and nginx passes /dicom-web/ to Orthanc (same origin, as OHIF's docs deploy it).
 
-Headless Chromium (Debian's, via Playwright) opens the series in OHIF's default viewer twice
-per target: once to warm the browser's cache of OHIF's code, then measured from the navigation:
-- time to first image: until the viewport's canvas shows an image;
+Headless Chromium (Debian's, via Playwright) opens the series in OHIF's default viewer, once
+to warm the browser's cache of OHIF's code, then three times measured from the navigation
+(medians reported):
+- time to first image: until the viewport's canvas shows an image (OHIF's own start, about
+  2-3 s of it with software WebGL, included; OHIF's ``studyToFirstImage`` timing, from the
+  study query on, is reported too);
 - time until all images loaded: until the last slice's frame has been received (OHIF's stack
-  prefetch fetches the series in the background; the number it fetched is reported).
+  prefetch fetches the series in the background; the number of slices it fetched is reported:
+  it abandons the prefetches it cancels while they are in flight).
 
     .venv/bin/python bench/ohif.py [--slices 300]
 
@@ -25,6 +29,7 @@ import contextlib
 import json
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +67,7 @@ CHROMIUM_ARGS = [
 ]
 STUDY_UID = "1.2.826.0.1.3680043.8.498.300300"
 USER, PASSWORD = "bench-viewer", "bench-viewer-password-42"
+MEASURED_RUNS = 3
 NGINX = "/usr/sbin/nginx"
 _CANVAS_LIT = """() => {
     const canvas = document.querySelector('canvas.cornerstone-canvas');
@@ -104,8 +110,9 @@ def load(dicomweb: str, paths: list[Path]) -> None:
 
 
 def measure(viewer_url: str, slices: int, login_url: str | None) -> dict[str, Any]:
-    """Open the series twice (warm-up, then measured) in one browser profile, each in a new
-    tab once the previous one has been closed and the server has gone quiet."""
+    """Open the series once to warm up, then MEASURED_RUNS times, in one browser profile, each
+    in a new tab once the previous one has been closed and the server has gone quiet; the
+    medians of the measured runs."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -123,14 +130,19 @@ def measure(viewer_url: str, slices: int, login_url: str | None) -> dict[str, An
                 page.wait_for_url("**/ui/")
                 page.close()
             runs = []
-            for _ in range(2):
+            for _ in range(1 + MEASURED_RUNS):
                 page = context.new_page()
                 runs.append(_open(page, viewer_url, slices))
                 page.close()
                 time.sleep(3)
         finally:
             browser.close()
-    return {"warm_up": runs[0], "measured": runs[1]}
+    measured = runs[1:]
+    summary: dict[str, Any] = {"warm_up": runs[0], "runs": measured}
+    for key in ("first_image_s", "all_images_s", "frames_received", "ohif_study_to_first_image_s"):
+        values = [r[key] for r in measured if r[key] is not None]
+        summary[key] = statistics.median(values) if values else None
+    return summary
 
 
 def _open(page: Any, url: str, slices: int) -> dict[str, Any]:
@@ -154,8 +166,18 @@ def _open(page: Any, url: str, slices: int) -> dict[str, Any]:
         if "/dicom-web/" in request.url:
             failures.append(f"{request.failure} {request.url}")
 
+    ohif_timings: dict[str, float] = {}
+
+    def console(message: Any) -> None:
+        # OHIF times its own steps (console.timeEnd): from the study's query to the first
+        # image drawn, which leaves out the app's own start.
+        name, _, value = message.text.partition(": ")
+        if message.type == "timeEnd" and value.endswith(" ms"):
+            ohif_timings.setdefault(name, float(value[:-3]) / 1000)
+
     page.on("requestfinished", finished)
     page.on("requestfailed", failed)
+    page.on("console", console)
     page.goto(url)
     page.wait_for_function(_CANVAS_LIT, polling="raf", timeout=120_000)
     first = time.perf_counter() - started
@@ -172,7 +194,9 @@ def _open(page: Any, url: str, slices: int) -> dict[str, Any]:
         "first_image_s": round(first, 3),
         "all_images_s": round(max(frames.values()), 3) if frames else None,
         "frames_received": len(frames),
-        "failed_requests": failures[:10],
+        "ohif_study_to_first_image_s": ohif_timings.get("studyToFirstImage"),
+        "aborted_or_failed_requests": len(failures),
+        "failures": failures[:3],
     }
 
 
@@ -269,15 +293,17 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = run(dist, paths, log_dir)
         except Exception as exc:  # a target that fails is reported; the other still runs
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        print(name, json.dumps(results[name]), flush=True)
+        print(name, json.dumps(results[name])[:2000], flush=True)
     (log_dir / "ohif-results.json").write_text(json.dumps(results, indent=2))
     print(f"{'':28}{'nubis':>10}{'Orthanc':>10}")
     for key, label in (
         ("first_image_s", "time to first image, s"),
         ("all_images_s", "all images loaded, s"),
+        ("frames_received", "slices OHIF fetched"),
+        ("ohif_study_to_first_image_s", "OHIF studyToFirstImage, s"),
     ):
-        row = [results[t].get("measured", {}).get(key) for t in ("nubis", "orthanc")]
-        print(f"{label:28}" + "".join(f"{v if v is not None else '-':>10}" for v in row))
+        row = [results[t].get(key) for t in ("nubis", "orthanc")]
+        print(f"{label:28}" + "".join(f"{'-' if v is None else round(v, 3):>10}" for v in row))
     return 0
 
 
