@@ -245,3 +245,15 @@ def test_a_study_without_modalities_leaves_modalities_in_study_out(archive) -> N
         headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
     ).json()
     assert others[0]["00080061"] == {"vr": "CS", "Value": ["CT"]}
+
+
+def test_an_ended_session_is_not_asked_for_a_password(archive) -> None:  # type: ignore[no-untyped-def]
+    """OHIF's requests after the session ended: 401 without a Basic challenge, which would make
+    the browser pop up its password dialog for every request of the page."""
+    response = httpx.get(
+        f"{archive.dicomweb}/studies", headers={"cookie": "nubis_session=ended-long-ago"}
+    )
+    assert response.status_code == 401
+    assert "basic" not in response.headers["www-authenticate"].lower()
+    anonymous = httpx.get(f"{archive.dicomweb}/studies")
+    assert "Basic" in anonymous.headers["www-authenticate"]  # programs are still told
