@@ -9,7 +9,9 @@ to survive it.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -139,3 +141,38 @@ def test_the_provider_refusing_the_code_is_a_failed_sign_in(archive, provider: P
         assert "refused the sign-in" in answer.text
         assert "nubis_session" not in answer.headers.get("set-cookie", "")
     assert provider.token_refusals[-1] == "invalid_grant"
+
+
+def test_roles_from_the_access_token_when_configured(server_factory, provider: Provider) -> None:  # type: ignore[no-untyped-def]
+    """oidc_browser_token=access_token: the session is what the access token, as an API
+    caller's bearer token, stands for (here with a tenant claim); the ID token still proves
+    the nonce. Driven with httpx as a browser would follow the pages."""
+    server = server_factory(
+        "oidc-access-token",
+        "--set", f"oidc_issuer={provider.issuer}",
+        "--set", f"oidc_audience={AUDIENCE}",
+        "--set", f"oidc_client_id={CLIENT_ID}",
+        "--set", f"oidc_client_secret={CLIENT_SECRET}",
+        "--set", "oidc_roles_claim=groups",
+        "--set", "oidc_role_map=pacs-referrers=referrer",
+        "--set", "oidc_tenant_claim=site",
+        "--set", "oidc_browser_token=access_token",
+    )  # fmt: skip
+    provider.user["site"] = "clinic-b"
+    try:
+        with httpx.Client(base_url=server.url) as browser:
+            started = browser.get("/ui/login/oidc", params={"next": "/ui/"})
+            approval = httpx.get(started.headers["location"])  # the provider's page
+            back = re.search(r'href="([^"]+)"', approval.text)
+            assert back is not None
+            landed = browser.get(html.unescape(back.group(1)), headers={"accept": "text/html"})
+            assert landed.status_code == 200 and 'id="continue" ' in landed.text
+            whoami = browser.get("/-/whoami").json()
+    finally:
+        del provider.user["site"]
+    assert whoami == {
+        "id": "oidc:alice",
+        "tenant": "clinic-b",
+        "roles": ["referrer"],
+        "auth_method": "session-oidc",
+    }
