@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 # Real clients and validators written by others: dcmtk (storescu, findscu...), dicom3tools (dciodvfy);
 # iproute2 (ss) to see which process holds a connection; Chromium for the web face's browser tests
-# (driven by Playwright with executable_path: Playwright's own browser download is not used).
+# (driven by Playwright with executable_path: Playwright's own browser download is not used);
+# nginx as the reverse proxy of the public-URL tests; npm fetches OHIF for its browser tests.
 need=""
-for pkg in dcmtk dicom3tools iproute2 chromium fonts-dejavu-core; do
+command -v npm >/dev/null || need="npm"
+for pkg in dcmtk dicom3tools iproute2 chromium fonts-dejavu-core nginx-light; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"
 done
 if [ -n "$need" ]; then

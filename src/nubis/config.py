@@ -397,6 +397,41 @@ class Settings:
         "A study's last read (for unread> rules) is written at most once per this many seconds "
         "per process, so reads do not each cost a write.",
     )
+    viewer_ohif_dir: str = _setting(
+        "",
+        "Folder of a prebuilt OHIF viewer (the dist/ of the npm package @ohif/app, as nubis ohif "
+        "fetch leaves it), served at /ohif/ to signed-in browsers with an app-config.js nubis "
+        "generates (DICOMweb of this archive, same origin). Empty: no OHIF.",
+    )
+    cors_origins: str = _setting(
+        "",
+        "Web origins (scheme://host[:port], comma-separated) whose scripts may call the "
+        "archive cross-origin (CORS). Preflights are answered without credentials; the requests "
+        "themselves still need them (Authorization or X-API-Key). Empty: none.",
+    )
+    public_url: str = _setting(
+        "",
+        "The archive's root URL as clients reach it, e.g. https://pacs.example.org: "
+        "BulkDataURI, Retrieve URL and every other URL the archive builds start with it. Empty: "
+        "built from each request (its Host, or Forwarded/X-Forwarded-Host from trusted_proxies).",
+    )
+    oidc_client_id: str = _setting(
+        "",
+        "Client id of this archive at the OIDC issuer, for browser sign-in (authorization code "
+        "with PKCE): the sign-in page then offers 'Sign in with <issuer>'. Empty: no button.",
+    )
+    oidc_client_secret: str = _setting(
+        "", "Client secret for oidc_client_id (sent to the token endpoint). Empty: a public client."
+    )
+    oidc_browser_token: str = _setting(
+        "id_token",
+        "Which token of the browser sign-in gives the session its roles and tenant: id_token, or "
+        "access_token (a JWT for oidc_audience, as API callers present).",
+        _choice("id_token", "access_token"),
+    )
+    oidc_scopes: str = _setting(
+        "openid profile", "Scopes asked for at browser sign-in (openid is always asked for)."
+    )
     log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
     share_default_days: int = _setting(
         7, "A share link lasts this many days unless its creator chooses (1 to share_max_days)."
@@ -543,6 +578,7 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("stow_max_bytes and stow_max_parts must be >= 1")
     _validate_security(settings)
     _validate_storage(settings)
+    _validate_web(settings)
 
 
 def _validate_security(settings: Settings) -> None:
@@ -634,8 +670,24 @@ def _validate_storage(settings: Settings) -> None:
         raise SettingsError("read_record_seconds must be >= 0")
 
 
+def _validate_web(settings: Settings) -> None:
+    from nubis.web.cors import parse_origins
+    from nubis.web.urls import parse_public_url
+
+    try:
+        parse_origins(settings.cors_origins)
+    except ValueError as exc:
+        raise SettingsError(f"cors_origins: {exc}") from None
+    try:
+        parse_public_url(settings.public_url)
+    except ValueError as exc:
+        raise SettingsError(f"public_url: {exc}") from None
+    if settings.oidc_client_id and not settings.oidc_issuer:
+        raise SettingsError("oidc_client_id needs oidc_issuer (the provider to sign in with)")
+
+
 # Settings whose values are secrets: shown as set or not, never echoed.
-SECRET_SETTINGS = frozenset({"admin_token"})
+SECRET_SETTINGS = frozenset({"admin_token", "oidc_client_secret"})
 
 
 def redact_url(url: str) -> str:

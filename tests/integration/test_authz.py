@@ -144,6 +144,14 @@ RULES[("/ui/studies/{study}/delete", "POST")] = "ui-delete"
 # retrieval); only roles that may read may ask. A send's page is its requester's alone.
 RULES[("/ui/studies/{study}/send", "POST")] = "ui-send"
 RULES[("/ui/studies/{study}/sends/{job}", "GET")] = "ui-own-job"
+# Signing in with the OIDC provider is open to anyone, as the password form is.
+RULES[("/ui/login/oidc", "GET")] = "public"
+RULES[("/ui/oidc/callback", "GET")] = "public"
+# OHIF's own files hold no patient data and are served to anyone; its pages send a signed-out
+# browser to sign in, and its data comes over DICOMweb (tests/browser/test_ohif.py).
+RULES[("/ohif", "GET")] = "public"
+RULES[("/ohif/{path:path}", "GET")] = "public"
+RULES[("/ohif/{path:path}", "HEAD")] = "public"
 
 # What each role may do, written out independently of nubis.security.policy. "share-view" and
 # "share-download" are the sessions of share links (internal roles, never a user's).

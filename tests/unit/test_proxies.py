@@ -40,3 +40,33 @@ def test_membership() -> None:
 def test_a_bad_entry_is_refused_at_start() -> None:
     with pytest.raises(SettingsError, match=r"trusted_proxies: 'proxy\.example' is not an IP"):
         load_settings(environ={}, overrides={"trusted_proxies": "10.0.0.1, proxy.example"})
+
+
+def test_rfc7239_forwarded_elements_are_parsed() -> None:
+    from nubis.web.proxies import parse_forwarded
+
+    header = 'for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711";host="a,b"'
+    assert parse_forwarded([header, "For=10.0.0.1"]) == [
+        {"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"},
+        {"for": "[2001:db8:cafe::17]:4711", "host": "a,b"},
+        {"for": "10.0.0.1"},
+    ]
+    assert parse_forwarded(["for=1.2.3.4;garbage"]) == [{}]
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("pacs.example.org", True),
+        ("pacs.example.org:8443", True),
+        ("[2001:db8::1]:443", True),
+        ("evil.example/path", False),
+        ("user@host", False),
+        ("host:port", False),
+        ("", False),
+    ],
+)
+def test_forwarded_hosts_must_be_hosts(value: str, valid: bool) -> None:
+    from nubis.web.proxies import valid_host
+
+    assert (valid_host(value) is not None) is valid

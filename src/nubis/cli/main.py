@@ -272,6 +272,7 @@ def _add_subcommands() -> None:
     from nubis.cli.jobs import app as jobs_app
     from nubis.cli.keys import app as keys_app
     from nubis.cli.shares import app as shares_app
+    from nubis.cli.ohif import app as ohif_app
     from nubis.cli.storage import app as storage_app
     from nubis.cli.users import apikeys_app, users_app
 
@@ -283,6 +284,7 @@ def _add_subcommands() -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(apikeys_app, name="apikeys")
     app.add_typer(shares_app, name="shares")
+    app.add_typer(ohif_app, name="ohif")
 
 
 _add_subcommands()

@@ -121,13 +121,18 @@ class OidcVerifier:
 
     def verify(self, token: str) -> Principal:
         """The principal a valid token stands for; Unauthorized naming why otherwise."""
+        return self.principal(self.claims(token))
+
+    def claims(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
+        """The claims of a valid token for ``audience`` (default: oidc_audience; the browser
+        sign-in checks its ID token for the client id); Unauthorized naming why otherwise."""
         try:
             key = self._jwks().get_signing_key_from_jwt(token)
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
                 algorithms=self.algorithms,
-                audience=self.audience,
+                audience=audience or self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
                 options={"require": ["exp", "iss", "aud", "sub"]},
@@ -139,6 +144,10 @@ class OidcVerifier:
             raise Unauthorized("the identity provider's keys cannot be fetched") from None
         except (jwt.PyJWTError, OSError, ValueError) as exc:
             raise Unauthorized(f"the bearer token is not valid: {exc}") from None
+        return claims
+
+    def principal(self, claims: dict[str, Any]) -> Principal:
+        """The principal of validated ``claims``: roles and tenant as the settings map them."""
         roles = self._roles(claims)
         tenant = str(_claim(claims, self.tenant_claim) or "") if self.tenant_claim else ""
         return Principal(

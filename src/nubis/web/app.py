@@ -28,6 +28,7 @@ from nubis.errors import NubisError
 from nubis.model.query import Level
 from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
+from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
@@ -152,6 +153,8 @@ def create_app(
                 trusted=TrustedProxies(parse_trusted_proxies(archive.settings.trusted_proxies)),
             ),
             Middleware(SecurityHeadersMiddleware),
+            # Preflights are answered here, before authentication (web/cors.py).
+            *cors_middleware(archive.settings.cors_origins),
             # Nothing below runs for a caller who has not authenticated (the web face's pages
             # run, and send the browser to sign in).
             Middleware(auth.AuthMiddleware, archive=archive),

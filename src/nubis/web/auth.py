@@ -43,9 +43,13 @@ from nubis.web.errors import error_response, nubis_error_response
 PUBLIC_PATHS = frozenset({"/-/health", "/-/ready"})
 # Paths a browser navigates to: without a session they reach their route with no principal,
 # which answers a sign-in page, a redirect to it, or a share link's own page.
-BROWSER_PREFIXES = ("/ui/", "/share/")
-BROWSER_PATHS = frozenset({"/", "/ui"})
+BROWSER_PREFIXES = ("/ui/", "/share/", "/ohif/")
+BROWSER_PATHS = frozenset({"/", "/ui", "/ohif"})
 CHALLENGE = 'Basic realm="nubis", charset="UTF-8", Bearer realm="nubis"'
+# To a request that came with a session cookie only (a page's script: OHIF, the viewer) whose
+# session has ended: no Basic, or the browser would pop up its password dialog for each
+# request of the page; the page sends the user to sign in again.
+SESSION_CHALLENGE = 'Bearer realm="nubis"'
 SESSION_COOKIE = "nubis_session"
 # On HTTPS the cookie is named with the __Host- prefix: browsers then accept it only with
 # Secure, Path=/ and no Domain, so no other site (a sibling subdomain) can plant or shadow it.
@@ -75,8 +79,9 @@ class AuthMiddleware:
         browser = path in BROWSER_PATHS or path.startswith(BROWSER_PREFIXES)
         via = "web" if browser else "dicomweb"
         token = _session_token(headers.get("cookie", ""))
+        by_session = bool(token and not _credentials(headers) and self.archive.settings.auth)
         try:
-            if token and not _credentials(headers) and self.archive.settings.auth:
+            if by_session:
                 principal = await run_in_threadpool(
                     self._session_principal, scope, token, headers, browser
                 )
@@ -87,7 +92,7 @@ class AuthMiddleware:
                 await self.app(scope, receive, send)  # the route answers with a sign-in page
                 return
             response = error_response(401, exc.reason)
-            response.headers["www-authenticate"] = CHALLENGE
+            response.headers["www-authenticate"] = SESSION_CHALLENGE if by_session else CHALLENGE
             await response(scope, receive, send)
             return
         except NubisError as exc:  # Forbidden, TooManyRequests (429, Retry-After), or 503

@@ -12,6 +12,7 @@ from nubis.archive import Archive
 from nubis.errors import BadRequest, Unauthorized
 from nubis.security.policy import Principal
 from nubis.web.dicomweb.accept import MediaRange, accept_from_request
+from nubis.web.urls import site_url
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
@@ -52,9 +53,8 @@ def accept_ranges(request: Request) -> list[MediaRange]:
 
 
 def dicomweb_base(request: Request) -> str:
-    # Inside the /dicom-web Mount, root_path already ends in /dicom-web; base_url is built from
-    # the application's own root path (a proxy prefix), which is what the URL must start with.
-    return f"{str(request.base_url).rstrip('/')}/dicom-web"
+    """The DICOMweb root URL as clients reach it (web/urls.py)."""
+    return f"{site_url(request)}/dicom-web"
 
 
 def principal_of(request: Request) -> Principal:

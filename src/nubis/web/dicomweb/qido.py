@@ -27,6 +27,7 @@ from nubis.web.dicomweb.common import (
 
 _OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
 _STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
+_MODALITIES_IN_STUDY = "00080061"
 
 
 def _uid_of(item: dict[str, Any], tag: str) -> str | None:
@@ -50,6 +51,16 @@ def _retrieve_url(level: Level, item: dict[str, Any], base: str) -> str | None:
     return f"{base}/studies/{study}/series/{series}/instances/{sop}" if sop else None
 
 
+def _drop_empty_aggregate(level: Level, item: dict[str, Any]) -> None:
+    """Modalities in Study is left out of a study's result when none of its series has a
+    Modality (objects that lack the Type 1 attribute): the archive computes it, and an empty one
+    makes OHIF 3 (up to at least 3.13) fail its whole study list, reading the absent "Value"
+    (PS3.18 F.2.5) of a multi-valued aggregate. C-FIND still returns it zero-length."""
+    element = item.get(_MODALITIES_IN_STUDY)
+    if level is Level.STUDY and element is not None and "Value" not in element:
+        del item[_MODALITIES_IN_STUDY]
+
+
 def search(level: Level):  # type: ignore[no-untyped-def]
     async def endpoint(request: Request) -> Response:
         archive = archive_of(request)
@@ -70,6 +81,7 @@ def search(level: Level):  # type: ignore[no-untyped-def]
         )
         base = dicomweb_base(request)
         for item in page.items:
+            _drop_empty_aggregate(level, item)
             url = _retrieve_url(level, item, base)
             if url:
                 item["00081190"] = {"vr": "UR", "Value": [url]}

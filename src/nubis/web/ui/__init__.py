@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from nubis.web.ui import admin, shares, signin, studies, study, upload, viewer
+from nubis.web.ui import admin, ohif, oidc, shares, signin, studies, study, upload, viewer
 
 
 def ui_routes() -> list[BaseRoute]:
@@ -22,6 +22,8 @@ def ui_routes() -> list[BaseRoute]:
         *shares.routes(),
         *admin.routes(),
         *viewer.routes(),
+        *ohif.routes(),
+        *oidc.routes(),
         Mount("/ui/static", StaticFiles(packages=[("nubis.web.ui", "static")]), name="static"),
     ]
 

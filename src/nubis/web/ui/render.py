@@ -53,6 +53,8 @@ def page(
         "request": request,
         "principal": request.scope.get("nubis.principal"),
         "csrf_token": session.csrf_token if session is not None else None,
+        # OHIF at /ohif/ when viewer_ohif_dir is set (web/ui/ohif.py): a link in the top bar.
+        "ohif": bool(request.app.state.archive.settings.viewer_ohif_dir),
         **(context or {}),
     }
     body = _env.get_template(template).render(values)

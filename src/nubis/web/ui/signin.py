@@ -38,6 +38,7 @@ from nubis.web.ui.common import (
     signed_in,
     ui_form,
 )
+from nubis.web.ui.oidc import provider_host
 from nubis.web.ui.render import page
 
 _LOGIN_CSRF_COOKIE = "nubis_login_csrf"
@@ -67,7 +68,12 @@ def _login_page(
     response = page(
         request,
         "login.html",
-        {"next_path": next_path, "login_csrf": token, "error": error},
+        {
+            "next_path": next_path,
+            "login_csrf": token,
+            "error": error,
+            "oidc_host": provider_host(archive_of(request).settings),
+        },
         status_code=status_code,
         headers=headers,
     )
