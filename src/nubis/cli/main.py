@@ -271,8 +271,8 @@ def _add_subcommands() -> None:
     from nubis.cli.dimse import app as dimse_app
     from nubis.cli.jobs import app as jobs_app
     from nubis.cli.keys import app as keys_app
-    from nubis.cli.shares import app as shares_app
     from nubis.cli.ohif import app as ohif_app
+    from nubis.cli.shares import app as shares_app
     from nubis.cli.storage import app as storage_app
     from nubis.cli.users import apikeys_app, users_app
 
