@@ -141,7 +141,9 @@ def test_security_headers(site: Site) -> None:
         assert page.headers["referrer-policy"] == "no-referrer"
         assert page.headers["cache-control"] == "no-store"
         css = client.get("/ui/static/nubis.css")
-        assert css.status_code == 200 and "max-age" in css.headers["cache-control"]
+        assert css.status_code == 200 and css.headers["cache-control"] == "no-cache"
+        again = client.get("/ui/static/nubis.css", headers={"If-None-Match": css.headers["etag"]})
+        assert again.status_code == 304
 
 
 def test_a_wrong_password_is_refused_audited_and_throttled(site: Site) -> None:

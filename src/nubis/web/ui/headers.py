@@ -7,7 +7,9 @@
 - ``Referrer-Policy: no-referrer``: a share link's token in a URL never leaves in a Referer.
 - ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` (older browsers).
 - ``Cache-Control: no-store`` on pages and API answers: they hold patient data, which must not
-  stay in a shared or back-button cache; static files of the web face are cached.
+  stay in a shared or back-button cache. The web face's static files may be cached but are
+  revalidated (``no-cache``: a 304 from their ETag): their URLs carry no version, and after an
+  upgrade a browser must not mix old and new viewer modules.
 
 Applied to every HTTP response of the archive: a JSON or DICOM answer gains nothing to lose.
 Paths whose own application needs another policy (OHIF at /ohif/) set theirs, which is kept.
@@ -44,7 +46,7 @@ class SecurityHeadersMiddleware:
                 headers.setdefault("x-content-type-options", "nosniff")
                 headers.setdefault("x-frame-options", "DENY")
                 if static:
-                    headers.setdefault("cache-control", "public, max-age=3600")
+                    headers.setdefault("cache-control", "no-cache")
                 else:
                     headers.setdefault("cache-control", "no-store")
             await send(message)
