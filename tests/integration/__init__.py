@@ -11,11 +11,18 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
 
+from nubis.archive import Archive
+from nubis.config import load_settings
 from nubis.tools import synth
+
+if TYPE_CHECKING:
+    import httpx
+    from starlette.testclient import TestClient
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -106,3 +113,38 @@ def multipart_parts(content_type: str, body: bytes) -> list[tuple[dict[str, str]
                 headers[name.decode().strip().lower()] = text.decode().strip()
         parts.append((headers, data))
     return parts
+
+
+def in_process_archive(data_dir: Path, admin_token: str, **settings: str) -> Archive:
+    """An archive for in-process tests (Starlette's TestClient): the real services, index, blob
+    store and audit trail on a folder of its own, without fsync or a DICOM port; ``settings``
+    override the defaults. The caller starts it (``prepare``/``start``, or the app's lifespan)."""
+    overrides = {
+        "data_dir": str(data_dir),
+        "durable": "false",
+        "admin_token": admin_token,
+        "dimse_port": "0",
+        "log_level": "warning",
+        **settings,
+    }
+    return Archive(load_settings(environ={}, overrides=overrides))
+
+
+def web_sign_in(client: TestClient, user: str, password: str, **form: str) -> httpx.Response:
+    """Sign ``client`` in on the web face's form, as a browser does (its login CSRF token
+    first); the answer (303 on success) is returned unchecked."""
+    page = client.get("/ui/login", params={"next": form.get("next", "/ui/")})
+    match = re.search(r'name="login_csrf" value="([^"]+)"', page.text)
+    assert match, page.text[:300]
+    return client.post(
+        "/ui/login",
+        data={"username": user, "password": password, "login_csrf": match.group(1), **form},
+        follow_redirects=False,
+    )
+
+
+def page_csrf(client: TestClient, path: str = "/ui/") -> str:
+    """The session's CSRF token, as a page gives it to its scripts."""
+    match = re.search(r'name="csrf-token" content="([^"]+)"', client.get(path).text)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)

@@ -6,7 +6,6 @@ The job runner is not started: tests run queued jobs with ``archive.job_runner.r
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,8 +15,8 @@ from typing import Any
 import httpx
 from starlette.testclient import TestClient
 
+from integration import in_process_archive, page_csrf, web_sign_in
 from nubis.archive import Archive
-from nubis.config import load_settings
 from nubis.security.audit import AuditRecord
 from nubis.tools import synth
 from nubis.web.app import create_app
@@ -81,15 +80,7 @@ class Site:
 
 
 def make_site(tmp: Path, **settings: str) -> Site:
-    values = {
-        "data_dir": str(tmp / "data"),
-        "durable": "false",
-        "admin_token": ADMIN_TOKEN,
-        "dimse_port": "0",
-        "log_level": "warning",
-        **settings,
-    }
-    archive = Archive(load_settings(environ={}, overrides=values))
+    archive = in_process_archive(tmp / "data", ADMIN_TOKEN, **settings)
     archive.prepare()
     archive.start(background=False)
     for name, (role, tenant) in PEOPLE.items():
@@ -98,20 +89,11 @@ def make_site(tmp: Path, **settings: str) -> Site:
 
 
 def sign_in(client: TestClient, user: str, password: str = PASSWORD) -> httpx.Response:
-    page = client.get("/ui/login")
-    match = re.search(r'name="login_csrf" value="([^"]+)"', page.text)
-    assert match, page.text[:300]
-    return client.post(
-        "/ui/login",
-        data={"username": user, "password": password, "login_csrf": match.group(1)},
-        follow_redirects=False,
-    )
+    return web_sign_in(client, user, password)
 
 
 def csrf(client: TestClient, path: str = "/ui/") -> str:
-    match = re.search(r'name="csrf-token" content="([^"]+)"', client.get(path).text)
-    assert match
-    return match.group(1)
+    return page_csrf(client, path)
 
 
 def post(client: TestClient, path: str, data: dict[str, Any] | None = None) -> httpx.Response:

@@ -18,8 +18,8 @@ import httpx
 import pydicom
 from starlette.testclient import TestClient
 
+from integration import in_process_archive, page_csrf, web_sign_in
 from nubis.archive import Archive
-from nubis.config import load_settings
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -89,19 +89,9 @@ def _study(patient: str, seed: int, modalities: tuple[str, ...]) -> tuple[Study,
 
 
 def make_site(tmp: Path) -> Iterator[Site]:
-    settings = load_settings(
-        environ={},
-        overrides={
-            "data_dir": str(tmp / "data"),
-            "durable": "false",
-            "admin_token": ADMIN,
-            "dimse_port": "0",
-            "log_level": "warning",
-            "login_max_failures_per_user": "3",
-            "login_max_failures_per_address": "50",
-        },
+    archive = in_process_archive(
+        tmp / "data", ADMIN, login_max_failures_per_user="3", login_max_failures_per_address="50"
     )
-    archive = Archive(settings)
     archive.prepare()
     archive.start(background=False)
     users = archive.users
@@ -133,21 +123,12 @@ def make_site(tmp: Path) -> Iterator[Site]:
 
 # ---------------------------------------------------------------------- a browser's steps
 def sign_in(client: TestClient, user: str) -> None:
-    page = client.get("/ui/login")
-    token = re.search(r'name="login_csrf" value="([^"]+)"', page.text)
-    assert token
-    response = client.post(
-        "/ui/login",
-        data={"username": user, "password": PASSWORD, "login_csrf": token.group(1)},
-        follow_redirects=False,
-    )
+    response = web_sign_in(client, user, PASSWORD)
     assert response.status_code == 303, response.text
 
 
 def csrf(client: TestClient, path: str = "/ui/") -> str:
-    match = re.search(r'name="csrf-token" content="([^"]+)"', client.get(path).text)
-    assert match
-    return match.group(1)
+    return page_csrf(client, path)
 
 
 def create_link(client: TestClient, study: str, **form: str | list[str]) -> tuple[str, str]:

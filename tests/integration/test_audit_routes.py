@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from integration import in_process_archive
 from nubis.archive import Archive
-from nubis.config import load_settings
 from nubis.security.audit import AuditUnavailable, canonical_record
 from nubis.security.policy import AUDIT_HOME_TENANT_ONLY
 from nubis.tools import synth
@@ -45,17 +45,7 @@ class World:
 
 def _world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("audit-routes")
-    settings = load_settings(
-        environ={},
-        overrides={
-            "data_dir": str(tmp / "data"),
-            "durable": "false",
-            "admin_token": ADMIN,
-            "dimse_port": "0",
-            "log_level": "warning",
-        },
-    )
-    archive = Archive(settings)
+    archive = in_process_archive(tmp / "data", ADMIN)
     with TestClient(create_app(archive)) as client:
         keys = {"admin": ADMIN}
         for name, tenant, role in (

@@ -23,8 +23,8 @@ import pytest
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
+from integration import in_process_archive
 from nubis.archive import Archive
-from nubis.config import load_settings
 from nubis.security.policy import Principal
 from nubis.tools import synth
 from nubis.web.app import create_app
@@ -252,17 +252,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("authz")
-    settings = load_settings(
-        environ={},
-        overrides={
-            "data_dir": str(tmp / "data"),
-            "durable": "false",
-            "admin_token": ADMIN,
-            "dimse_port": "0",
-            "log_level": "warning",
-        },
-    )
-    archive = Archive(settings)
+    archive = in_process_archive(tmp / "data", ADMIN)
     with TestClient(create_app(archive)) as client:
         users = archive.users
         keys = {"admin": ADMIN}

@@ -24,8 +24,8 @@ import pydicom
 import pytest
 from starlette.testclient import TestClient
 
+from integration import in_process_archive
 from nubis.archive import Archive
-from nubis.config import load_settings
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -102,17 +102,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("patients")
-    settings = load_settings(
-        environ={},
-        overrides={
-            "data_dir": str(tmp / "data"),
-            "durable": "false",
-            "admin_token": ADMIN,
-            "dimse_port": "0",
-            "log_level": "warning",
-        },
-    )
-    archive = Archive(settings)
+    archive = in_process_archive(tmp / "data", ADMIN)
     with TestClient(create_app(archive)) as client:
         users = archive.users
         keys = {"admin": ADMIN}

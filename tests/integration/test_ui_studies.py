@@ -25,8 +25,8 @@ import pytest
 from pydicom import dcmread
 from starlette.testclient import TestClient
 
+from integration import in_process_archive, page_csrf, web_sign_in
 from nubis.archive import Archive
-from nubis.config import load_settings
 from nubis.dimse.peers import Peer, PeerTable
 from nubis.security.policy import system_principal
 from nubis.tools import synth
@@ -113,18 +113,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("ui-studies")
-    settings = load_settings(
-        environ={},
-        overrides={
-            "data_dir": str(tmp / "data"),
-            "durable": "false",
-            "admin_token": ADMIN,
-            "dimse_port": "0",
-            "log_level": "warning",
-            "login_max_failures_per_address": "0",
-        },
-    )
-    archive = Archive(settings)
+    archive = in_process_archive(tmp / "data", ADMIN, login_max_failures_per_address="0")
     archive.prepare()
     archive.start(background=False)
     users = archive.users
@@ -188,21 +177,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def sign_in(client: TestClient, user: str) -> None:
-    page = client.get("/ui/login")
-    token = re.search(r'name="login_csrf" value="([^"]+)"', page.text)
-    assert token
-    response = client.post(
-        "/ui/login",
-        data={"username": user, "password": PASSWORD, "login_csrf": token.group(1)},
-        follow_redirects=False,
-    )
+    response = web_sign_in(client, user, PASSWORD)
     assert response.status_code == 303, response.text
 
 
 def csrf(client: TestClient) -> str:
-    match = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/ui/upload").text)
-    assert match
-    return match.group(1)
+    return page_csrf(client, "/ui/upload")
 
 
 def listed(html: str) -> list[str]:

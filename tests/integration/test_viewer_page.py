@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import pytest
 from starlette.testclient import TestClient
 
+from integration import in_process_archive
 from nubis.archive import Archive
-from nubis.config import load_settings
 from nubis.security.policy import Principal
 from nubis.tools import synth
 from nubis.web.app import create_app
@@ -42,17 +42,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("viewer-page")
-    settings = load_settings(
-        environ={},
-        overrides={
-            "data_dir": str(tmp / "data"),
-            "durable": "false",
-            "admin_token": ADMIN,
-            "dimse_port": "0",
-            "log_level": "warning",
-        },
-    )
-    archive = Archive(settings)
+    archive = in_process_archive(tmp / "data", ADMIN)
     archive.prepare()
     archive.start(background=False)
     archive.users.add_user("ada", tenant="default", roles="radiologist", password="x" * 16)

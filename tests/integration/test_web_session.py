@@ -6,7 +6,6 @@ and login throttle. What a browser does is in tests/browser/.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ import pytest
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
+from integration import in_process_archive, page_csrf, web_sign_in
 from nubis.archive import Archive
-from nubis.config import load_settings
 from nubis.index.schema import web_sessions
 from nubis.security.policy import system_principal
 from nubis.tools import synth
@@ -42,19 +41,9 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("web-session")
-    settings = load_settings(
-        environ={},
-        overrides={
-            "data_dir": str(tmp / "data"),
-            "durable": "false",
-            "admin_token": ADMIN,
-            "dimse_port": "0",
-            "log_level": "warning",
-            "login_max_failures_per_user": "3",
-            "login_max_failures_per_address": "0",
-        },
+    archive = in_process_archive(
+        tmp / "data", ADMIN, login_max_failures_per_user="3", login_max_failures_per_address="0"
     )
-    archive = Archive(settings)
     archive.prepare()
     archive.start(background=False)
     users = archive.users
@@ -76,27 +65,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     archive.stop()
 
 
-def _login_form(client: TestClient, next_path: str = "/ui/") -> str:
-    page = client.get("/ui/login", params={"next": next_path})
-    assert page.status_code == 200
-    match = re.search(r'name="login_csrf" value="([^"]+)"', page.text)
-    assert match
-    return match.group(1)
-
-
 def sign_in(client: TestClient, user: str, password: str = PASSWORD, **kw: str) -> httpx.Response:
-    token = _login_form(client, kw.get("next", "/ui/"))
-    return client.post(
-        "/ui/login",
-        data={"username": user, "password": password, "login_csrf": token, **kw},
-        follow_redirects=False,
-    )
+    return web_sign_in(client, user, password, **kw)
 
 
 def _csrf(client: TestClient) -> str:
-    match = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/ui/").text)
-    assert match
-    return match.group(1)
+    return page_csrf(client)
 
 
 def test_signed_out_pages_send_the_browser_to_sign_in(site: Site) -> None:
