@@ -6,7 +6,10 @@ uncompressed pixel data to :func:`recompress`. The new file is made by
 if these hold, checked on the files themselves rather than trusted to the codec:
 
 1. decoded, every frame of the new file equals the original's, sample for sample: the same
-   shape, data type and values (``raw`` frames, before any colour conversion);
+   shape, data type and values (``raw`` frames, before any colour conversion). Decoders keep
+   a sample's Bits Stored only, so the original's bits above them must hold nothing but the
+   sign of a signed sample (no overlay or noise there, which no codec would keep): then the
+   samples compared are every bit of the original;
 2. converted back into the original's transfer syntax, as a client asking for that syntax gets
    it (the same transcode_file), every frame again equals the original's;
 3. the new file and the one converted back keep every other element of the data set: each
@@ -90,6 +93,7 @@ def recompress(original: bytes, target_ts: str) -> bytes:
         )
     if "PixelData" not in source:
         raise NotRecompressible("no Pixel Data")
+    _nothing_beyond_bits_stored(source)
     new = _convert(original, target_ts)
     _same_elements(source, _parse(new, "the compressed file"), "the compressed file")
     _same_frames(original, new, "decoded")
@@ -143,6 +147,30 @@ def _same_frames(original: bytes, other: bytes, how: str) -> None:
         raise NotRecompressible(
             f"frame {count + 1} cannot be decoded ({how}: {type(exc).__name__})"
         ) from exc
+
+
+def _nothing_beyond_bits_stored(ds: Dataset) -> None:
+    """NotRecompressible when a sample's bits above Bits Stored hold more than its sign."""
+    try:
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+        count *= int(ds.get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise NotRecompressible("the pixel module is incomplete") from exc
+    if allocated not in (8, 16, 32) or not 0 < stored < allocated:
+        return  # every bit allocated is stored (or the codec refuses the layout anyway)
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    try:
+        words = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
+    except ValueError as exc:
+        raise NotRecompressible("Pixel Data is shorter than its attributes say") from exc
+    shift = allocated - stored
+    # Arithmetic shifts for signed samples: what is kept is the sample sign-extended.
+    if not np.array_equal(words, (words << shift) >> shift):
+        raise NotRecompressible(
+            "bits above Bits Stored hold data (an overlay, or noise) that no codec keeps"
+        )
 
 
 def _same_elements(original: Dataset, other: Dataset, what: str) -> None:
