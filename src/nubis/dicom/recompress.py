@@ -1,25 +1,30 @@
 """Lossless re-encoding of a stored object, proved pixel-exact before it may replace it.
 
-A tier that keeps its objects compressed (nubis.tiers.compression) hands each object with
-uncompressed pixel data to :func:`recompress`. The new file is made by
-:func:`nubis.dicom.transcode.transcode_file`, the conversion WADO-RS serves, and is accepted only
-if these hold, checked on the files themselves rather than trusted to the codec:
+A store-time compression policy (a tier's ``tier_compression``, nubis.tiers.compression) hands
+each object to :func:`compress_verified`. The new file is made by
+:func:`nubis.dicom.transcode.transcode_file`, the conversion WADO-RS serves, with the permissive
+encoders of :mod:`nubis.dicom.codecs`, and is returned only if these hold, checked on the files
+themselves rather than trusted to the codec:
 
-1. decoded, every frame of the new file equals the original's, sample for sample: the same
-   shape, data type and values (``raw`` frames, before any colour conversion). Decoders keep
-   a sample's Bits Stored only, so the original's bits above them must hold nothing but the
-   sign of a signed sample (no overlay or noise there, which no codec would keep): then the
-   samples compared are every bit of the original;
-2. converted back into the original's transfer syntax, as a client asking for that syntax gets
-   it (the same transcode_file), every frame again equals the original's;
-3. the new file and the one converted back keep every other element of the data set: each
-   equals the original's, but for Pixel Data and the two attributes that describe its layout
-   (Photometric Interpretation, Planar Configuration), which a codec sets as it encodes (JPEG
-   2000's reversible colour transform is YBR_RCT; decoding gives RGB again, interleaved).
+1. the source is stored losslessly, and when its pixel data is native, a sample's bits above
+   Bits Stored hold nothing but the sign of a signed sample (no overlay or noise there, which
+   no codec keeps: decoders give Bits Stored only). Then the samples compared below are every
+   bit of the original;
+2. decoded, every frame of the new file equals the source's, sample for sample: the same
+   shape, data type and values (``raw`` frames, before any colour conversion);
+3. where this installation writes the source's transfer syntax, the new file converted back
+   into it, as a client asking for that syntax gets it (the same transcode_file), again gives
+   every frame exactly;
+4. the new file and the one converted back keep every other element of the data set: each
+   equals the source's, but for Pixel Data, the elements of its encapsulation, and the two
+   attributes that describe its layout (Photometric Interpretation, Planar Configuration),
+   which a codec sets as it encodes (JPEG 2000's reversible colour transform makes RGB
+   YBR_RCT, PS3.5 8.2.4; decoding gives RGB again, interleaved). Any other change of
+   Photometric Interpretation is refused.
 
-Anything else (a codec that refuses the data, values beyond Bits Stored an encoder would drop,
-YCbCr that decodes to RGB) raises :class:`NotRecompressible` naming the reason, and the object
-stays as it is. Reasons name attributes, never their values.
+Anything else (a codec that refuses the data, values beyond Bits Stored an encoder would drop)
+raises :class:`NotRecompressible` naming the reason, and the object stays as it is. Reasons
+name attributes, never their values.
 """
 
 from __future__ import annotations
@@ -34,45 +39,61 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+)
 
-from nubis.dicom.transcode import transcode_file
-from nubis.errors import NubisError
+from nubis.dicom.transcode import (
+    LOSSLESS_SOURCES,
+    SUPPORTED_TARGETS,
+    UNCOMPRESSED_SYNTAXES,
+    Source,
+    read_source,
+    transcode_file,
+)
+from nubis.errors import NotAcceptable, NubisError
 
-__all__ = ["LAYOUT_TAGS", "RECOMPRESSIBLE", "NotRecompressible", "recompress"]
+__all__ = ["LAYOUT_TAGS", "RECOMPRESSIBLE", "NotRecompressible", "compress_verified"]
 
 log = logging.getLogger(__name__)
 
 _PIXEL_DATA = 0x7FE00010
+_PHOTOMETRIC = 0x00280004
 # Photometric Interpretation, Planar Configuration: how the pixels are laid out, which an
 # encoder chooses (PS3.5 8.2.4: YBR_RCT for JPEG 2000's reversible colour transform).
-LAYOUT_TAGS = frozenset({0x00280004, 0x00280006})
-_NOT_COMPARED = LAYOUT_TAGS | {_PIXEL_DATA}
+LAYOUT_TAGS = frozenset({_PHOTOMETRIC, 0x00280006})
+# Pixel Data and the elements of its encapsulation (PS3.3 C.7.6.3: extended offset table and
+# its lengths, total length), which describe an encoding, not the image.
+_NOT_COMPARED = LAYOUT_TAGS | {_PIXEL_DATA, 0x7FE00001, 0x7FE00002, 0x7FE00003}
+# Photometric Interpretations a codec may turn the source's into: (source, target) -> coded.
+_CODED_COLOUR = {("RGB", JPEG2000Lossless): "YBR_RCT"}
+# Sources whose Pixel Data is native, so that their stored words can be checked bit by bit.
+_NATIVE = UNCOMPRESSED_SYNTAXES | {ExplicitVRBigEndian}
 
-#: The transfer syntaxes of objects that may be re-encoded: uncompressed pixel data that the
-#: archive can also write again, so that a client asking for the original syntax gets it.
-#: (Explicit VR Big Endian is read, never written; deflate is a compression already.)
+#: The transfer syntaxes a tier's policy re-encodes: uncompressed little endian pixel data,
+#: which the archive also writes again, so that a client asking for the original syntax gets
+#: it. (Explicit VR Big Endian is read, never written; deflate is a compression already.)
 RECOMPRESSIBLE: frozenset[str] = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 
 
-class NotRecompressible(Exception):
+class NotRecompressible(NotAcceptable):
     """The object cannot be re-encoded losslessly here; ``reason`` says why."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
-
-def recompress(original: bytes, target_ts: str) -> bytes:
-    """The PS3.10 file ``original`` re-encoded in ``target_ts``, proved pixel-exact.
+def compress_verified(source: Source, target_ts: str) -> bytes:
+    """The PS3.10 file `source` re-encoded in the lossless `target_ts`, proved pixel-exact.
 
     Parameters
     ----------
-    original : bytes
-        A stored PS3.10 file with Pixel Data.
+    source : Path or binary file
+        A PS3.10 file with Pixel Data stored in a native or lossless transfer syntax.
     target_ts : str
-        A lossless transfer syntax this installation encodes
-        (nubis.dicom.transcode.SUPPORTED_TARGETS).
+        A lossless codec this installation encodes: a non-native member of
+        :data:`nubis.dicom.transcode.SUPPORTED_TARGETS` (RLE, JPEG 2000, JPEG-LS or HTJ2K
+        Lossless).
 
     Returns
     -------
@@ -84,22 +105,27 @@ def recompress(original: bytes, target_ts: str) -> bytes:
     NotRecompressible
         When the file has no Pixel Data, the encoder refuses it, or a check fails.
     """
-    source = _parse(original, "the stored object")
-    source_ts = str(source.file_meta.get("TransferSyntaxUID", ""))
-    if source_ts not in RECOMPRESSIBLE:
-        raise NotRecompressible(
-            f"stored in {source_ts or 'no transfer syntax'}: only uncompressed little endian "
-            "pixel data is re-encoded"
-        )
-    if "PixelData" not in source:
-        raise NotRecompressible("no Pixel Data")
-    _nothing_beyond_bits_stored(source)
+    original = read_source(source)
+    ds = _parse(original, "the stored object")
+    source_ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    refused = f"cannot transcode from {source_ts or '(none)'} to {target_ts}"
+    if target_ts not in SUPPORTED_TARGETS - UNCOMPRESSED_SYNTAXES:
+        raise NotRecompressible(f"{refused}: not a lossless codec available here")
+    if source_ts not in LOSSLESS_SOURCES:
+        raise NotRecompressible(f"{refused}: the source is not stored losslessly")
+    if "PixelData" not in ds or not ("Rows" in ds or "Columns" in ds):
+        raise NotRecompressible(f"{refused}: instance has no pixel data")
+    if source_ts in _NATIVE:
+        _nothing_beyond_bits_stored(ds, big_endian=source_ts == ExplicitVRBigEndian)
     new = _convert(original, target_ts)
-    _same_elements(source, _parse(new, "the compressed file"), "the compressed file")
-    _same_frames(original, new, "decoded")
-    restored = _convert(new, source_ts)
-    _same_elements(source, _parse(restored, "the file converted back"), "converting back")
-    _same_frames(original, restored, f"converted back to {source_ts}")
+    compressed = _parse(new, "the compressed file")
+    _coded_colour(ds, compressed, target_ts, refused)
+    _same_elements(ds, compressed, "the compressed file")
+    _same_frames(ds, compressed, "decoded")
+    if source_ts in SUPPORTED_TARGETS:
+        restored = _parse(_convert(new, source_ts), "the file converted back")
+        _same_elements(ds, restored, "converting back")
+        _same_frames(ds, restored, f"converted back to {source_ts}")
     return new
 
 
@@ -121,22 +147,32 @@ def _convert(data: bytes, target_ts: str) -> bytes:
         raise NotRecompressible(f"the codec failed ({type(exc).__name__})") from exc
 
 
-def _frames(data: bytes) -> Iterator[np.ndarray]:
-    return iter_pixels(io.BytesIO(data), raw=True)
+def _coded_colour(source: Dataset, compressed: Dataset, target_ts: str, refused: str) -> None:
+    """NotRecompressible when the codec changed Photometric Interpretation other than by its
+    own reversible transform: the decoded samples would mean other colours."""
+    before = source.get("PhotometricInterpretation")
+    after = compressed.get("PhotometricInterpretation")
+    if after != before and after != _CODED_COLOUR.get((before, target_ts)):
+        raise NotRecompressible(f"{refused}: the Photometric Interpretation would change")
 
 
-def _same_frames(original: bytes, other: bytes, how: str) -> None:
+def _frames(ds: Dataset) -> Iterator[np.ndarray]:
+    return iter_pixels(ds, raw=True)
+
+
+def _same_frames(original: Dataset, other: Dataset, how: str) -> None:
     count = 0
     try:
         for count, (want, got) in enumerate(
             zip(_frames(original), _frames(other), strict=True), start=1
         ):
-            if want.dtype != got.dtype or want.shape != got.shape:
+            # Kind and size: a big endian source decodes to big endian words of equal values.
+            if want.dtype.str[1:] != got.dtype.str[1:] or want.shape != got.shape:
                 raise NotRecompressible(
                     f"frame {count} {how} is {got.dtype} {got.shape}, not {want.dtype} {want.shape}"
                 )
             if not np.array_equal(want, got):
-                raise NotRecompressible(f"frame {count} {how} differs from the original's pixels")
+                raise NotRecompressible(f"frame {count} would not be pixel-exact ({how})")
     except NotRecompressible:
         raise
     except ValueError as exc:
@@ -149,7 +185,7 @@ def _same_frames(original: bytes, other: bytes, how: str) -> None:
         ) from exc
 
 
-def _nothing_beyond_bits_stored(ds: Dataset) -> None:
+def _nothing_beyond_bits_stored(ds: Dataset, *, big_endian: bool) -> None:
     """NotRecompressible when a sample's bits above Bits Stored hold more than its sign."""
     try:
         allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
@@ -160,7 +196,8 @@ def _nothing_beyond_bits_stored(ds: Dataset) -> None:
         raise NotRecompressible("the pixel module is incomplete") from exc
     if allocated not in (8, 16, 32) or not 0 < stored < allocated:
         return  # every bit allocated is stored (or the codec refuses the layout anyway)
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    order = ">" if big_endian else "<"
+    dtype = np.dtype(f"{order}{'i' if signed else 'u'}{allocated // 8}")
     try:
         words = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
     except ValueError as exc:
@@ -174,9 +211,9 @@ def _nothing_beyond_bits_stored(ds: Dataset) -> None:
 
 
 def _same_elements(original: Dataset, other: Dataset, what: str) -> None:
-    """Every element but the pixels and their layout equal in both, nested ones included.
-    Group lengths (gggg,0000) are not compared: they describe an encoding, which pydicom
-    writes without them (they are retired, PS3.5 7.2)."""
+    """Every element but the pixels, their encapsulation and layout equal in both, nested ones
+    included. Group lengths (gggg,0000) are not compared: they describe an encoding, which
+    pydicom writes without them (they are retired, PS3.5 7.2)."""
     tags = (set(original.keys()) | set(other.keys())) - _NOT_COMPARED
     for tag in sorted(t for t in tags if t & 0xFFFF):
         want = original.get(tag)

@@ -7,9 +7,9 @@ replaced the way a re-wrap replaces one (nubis.services.kek_rewrap):
 
 1. read the stored object (decrypted and checked, as a read is) and check its size and
    SHA-256 against the index's;
-2. re-encode it (nubis.dicom.recompress): accepted only once decoding the new file, and
-   converting it back to the original transfer syntax, give the original's pixels exactly, and
-   every other element is unchanged;
+2. re-encode it (nubis.dicom.recompress, with the encoders of nubis.dicom.codecs): accepted
+   only once decoding the new file, and converting it back to the original transfer syntax,
+   give the original's pixels exactly, and every other element is unchanged;
 3. spool the new file (sealed when the archive encrypts), inspect it as ingest does (its frame
    and bulk data offsets, its metadata), and store it under a new blob key through the blob
    store as a store does (encrypted under a fresh data key, the same patient key), then move it
@@ -39,6 +39,7 @@ the codecs hold a whole object and its pixels in memory a few times over.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -50,7 +51,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, select, update
 
 from nubis.dicom.inspect import InspectedInstance, inspect_file
-from nubis.dicom.recompress import LAYOUT_TAGS, RECOMPRESSIBLE, NotRecompressible, recompress
+from nubis.dicom.recompress import (
+    LAYOUT_TAGS,
+    RECOMPRESSIBLE,
+    NotRecompressible,
+    compress_verified,
+)
 from nubis.errors import BlobUnreadable, InvalidInstance, KeyErased, RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import doomed_blobs, instance_originals, instance_tiers, instances
@@ -210,7 +216,7 @@ class TierCompressor:
         self, obj: Candidate, original: bytes, target_ts: str, metadata: dict[str, Any]
     ) -> tuple[SpooledFile, InspectedInstance]:
         """The new file, spooled and inspected; NotRecompressible says why there is none."""
-        new = recompress(original, target_ts)
+        new = compress_verified(io.BytesIO(original), target_ts)
         with self.spool.writer() as writer:
             writer.write(new)
             spooled = writer.finish()
