@@ -486,6 +486,11 @@ def test_objects_awaiting_restore_are_counted_not_fatal(
         raise RestoreRequired("the object is in archive storage; a restore was requested")
 
     monkeypatch.setattr(archive.blobs, "read", archived)
+    mover = archive.lifecycle.mover
+    if mover is not None:
+        # A real store refuses to restore what is not archived (Ceph: 501): these blobs are
+        # archived only in this test's eyes, so their restores are taken as requested.
+        monkeypatch.setattr(mover, "restore", lambda key: True)
     result = setup.run_job().result or {}
     # Every object the codec would try: the archive must restore it first.
     assert result["waiting_for_restore"] == len(setup.compressible) + len(UNCOMPRESSIBLE)
