@@ -162,6 +162,17 @@ def test_what_cannot_come_back_exactly_is_refused_with_a_reason(
         compress_verified(io.BytesIO(original), LOSSLESS_CODECS["j2k"])
 
 
+@pytest.mark.parametrize("target", CODECS)
+def test_an_object_its_original_syntax_cannot_have_back_is_refused(target: str) -> None:
+    # 1-bit samples: HTJ2K codes and decodes them exactly, but converting the result back to
+    # Explicit VR Little Endian gives the samples unpacked, a byte each, under Bits Allocated
+    # 1. Only the conversion back shows it; the object stays as it arrived. (Other codecs
+    # refuse 1-bit samples outright.)
+    original = Path(get_testdata_file("liver_1frame.dcm")).read_bytes()
+    with pytest.raises(NotRecompressible, match=r"converted back|cannot be converted"):
+        compress_verified(io.BytesIO(original), target)
+
+
 def _ybr_full(ds: pydicom.Dataset) -> None:
     ds.PhotometricInterpretation = "YBR_FULL"
 
