@@ -55,7 +55,7 @@ DAY_MS = 86_400_000
 CODEC = next(n for n in ("htj2k", "jpegls", "j2k") if LOSSLESS_CODECS[n] in SUPPORTED_TARGETS)
 TARGET = LOSSLESS_CODECS[CODEC]
 ELE, ILE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
-_NOT_COMPARED = {0x00280004, 0x00280006, 0x7FE00010}  # layout and pixels (nubis.dicom.recompress)
+_NOT_COMPARED = {0x00280006, 0x7FE00010}  # layout and pixels (nubis.dicom.recompress)
 
 
 def _pydicom_file(name: str) -> bytes:

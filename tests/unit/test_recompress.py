@@ -173,6 +173,41 @@ def test_an_object_its_original_syntax_cannot_have_back_is_refused(target: str) 
         compress_verified(io.BytesIO(original), target)
 
 
+def _relabelled(ds: pydicom.Dataset) -> None:
+    ds.PhotometricInterpretation = "YBR_FULL"  # the same samples, meant as other colours
+
+
+def _forgetful(ds: pydicom.Dataset) -> None:
+    del ds.PatientName
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (_relabelled, r"\(0028,0004\) PhotometricInterpretation"),
+        (_forgetful, r"\(0010,0010\) PatientName"),
+    ],
+)
+def test_a_codec_that_changes_another_attribute_is_refused(
+    monkeypatch: pytest.MonkeyPatch, edit: object, reason: str
+) -> None:
+    # A codec that changes what the pixels mean, or loses an attribute: a fault no real file
+    # causes on demand, so the conversion is wrapped to make it.
+    import nubis.dicom.recompress as recompress
+
+    def faulty(source: io.BytesIO, target: str) -> bytes:
+        ds = pydicom.dcmread(io.BytesIO(transcode_file(source, target)))
+        edit(ds)  # type: ignore[operator]
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    monkeypatch.setattr(recompress, "transcode_file", faulty)
+    original = Path(get_testdata_file("examples_rgb_color.dcm")).read_bytes()
+    with pytest.raises(NotRecompressible, match=f"the compressed file changes {reason}"):
+        compress_verified(io.BytesIO(original), LOSSLESS_CODECS["htj2k"])
+
+
 def _ybr_full(ds: pydicom.Dataset) -> None:
     ds.PhotometricInterpretation = "YBR_FULL"
 

@@ -16,11 +16,10 @@ themselves rather than trusted to the codec:
    into it, as a client asking for that syntax gets it (the same transcode_file), again gives
    every frame exactly;
 4. the new file and the one converted back keep every other element of the data set: each
-   equals the source's, but for Pixel Data, the elements of its encapsulation, and the two
-   attributes that describe its layout (Photometric Interpretation, Planar Configuration),
-   which a codec sets as it encodes (JPEG 2000's reversible colour transform makes RGB
-   YBR_RCT, PS3.5 8.2.4; decoding gives RGB again, interleaved). Any other change of
-   Photometric Interpretation is refused.
+   equals the source's, but for Pixel Data, the elements of its encapsulation, and Planar
+   Configuration, which a codec sets as it encodes (colour-by-pixel in a codestream, PS3.5
+   8.2). Photometric Interpretation is kept too: the samples are coded as they are, with no
+   colour transform, so that decoded they mean the same colours.
 
 Anything else (a codec that refuses the data, values beyond Bits Stored an encoder would drop)
 raises :class:`NotRecompressible` naming the reason, and the object stays as it is. Reasons
@@ -43,7 +42,6 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000Lossless,
 )
 
 from nubis.dicom.transcode import (
@@ -61,15 +59,11 @@ __all__ = ["LAYOUT_TAGS", "RECOMPRESSIBLE", "NotRecompressible", "compress_verif
 log = logging.getLogger(__name__)
 
 _PIXEL_DATA = 0x7FE00010
-_PHOTOMETRIC = 0x00280004
-# Photometric Interpretation, Planar Configuration: how the pixels are laid out, which an
-# encoder chooses (PS3.5 8.2.4: YBR_RCT for JPEG 2000's reversible colour transform).
-LAYOUT_TAGS = frozenset({_PHOTOMETRIC, 0x00280006})
+#: Planar Configuration: how a colour object's samples are laid out, which an encoder sets.
+LAYOUT_TAGS = frozenset({0x00280006})
 # Pixel Data and the elements of its encapsulation (PS3.3 C.7.6.3: extended offset table and
 # its lengths, total length), which describe an encoding, not the image.
 _NOT_COMPARED = LAYOUT_TAGS | {_PIXEL_DATA, 0x7FE00001, 0x7FE00002, 0x7FE00003}
-# Photometric Interpretations a codec may turn the source's into: (source, target) -> coded.
-_CODED_COLOUR = {("RGB", JPEG2000Lossless): "YBR_RCT"}
 # Sources whose Pixel Data is native, so that their stored words can be checked bit by bit.
 _NATIVE = UNCOMPRESSED_SYNTAXES | {ExplicitVRBigEndian}
 
@@ -119,7 +113,6 @@ def compress_verified(source: Source, target_ts: str) -> bytes:
         _nothing_beyond_bits_stored(ds, big_endian=source_ts == ExplicitVRBigEndian)
     new = _convert(original, target_ts)
     compressed = _parse(new, "the compressed file")
-    _coded_colour(ds, compressed, target_ts, refused)
     _same_elements(ds, compressed, "the compressed file")
     _same_frames(ds, compressed, "decoded")
     if source_ts in SUPPORTED_TARGETS:
@@ -145,15 +138,6 @@ def _convert(data: bytes, target_ts: str) -> bytes:
         # A codec failing in a way of its own must not stop the job: the object is kept.
         log.warning("re-encoding to %s failed: %s", target_ts, type(exc).__name__)
         raise NotRecompressible(f"the codec failed ({type(exc).__name__})") from exc
-
-
-def _coded_colour(source: Dataset, compressed: Dataset, target_ts: str, refused: str) -> None:
-    """NotRecompressible when the codec changed Photometric Interpretation other than by its
-    own reversible transform: the decoded samples would mean other colours."""
-    before = source.get("PhotometricInterpretation")
-    after = compressed.get("PhotometricInterpretation")
-    if after != before and after != _CODED_COLOUR.get((before, target_ts)):
-        raise NotRecompressible(f"{refused}: the Photometric Interpretation would change")
 
 
 def _frames(ds: Dataset) -> Iterator[np.ndarray]:
@@ -211,9 +195,9 @@ def _nothing_beyond_bits_stored(ds: Dataset, *, big_endian: bool) -> None:
 
 
 def _same_elements(original: Dataset, other: Dataset, what: str) -> None:
-    """Every element but the pixels, their encapsulation and layout equal in both, nested ones
-    included. Group lengths (gggg,0000) are not compared: they describe an encoding, which
-    pydicom writes without them (they are retired, PS3.5 7.2)."""
+    """Every element but the pixels, their encapsulation and planar layout equal in both,
+    nested ones included. Group lengths (gggg,0000) are not compared: they describe an
+    encoding, which pydicom writes without them (they are retired, PS3.5 7.2)."""
     tags = (set(original.keys()) | set(other.keys())) - _NOT_COMPARED
     for tag in sorted(t for t in tags if t & 0xFFFF):
         want = original.get(tag)
