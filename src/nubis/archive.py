@@ -42,11 +42,12 @@ from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
+from nubis.tiers.compression import TierCompressor
 from nubis.tiers.history import snapshots
 from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.movers import find_mover
 from nubis.tiers.reads import ReadTracker
-from nubis.tiers.rules import Tiers, parse_prices, parse_rules, parse_tiers
+from nubis.tiers.rules import Tiers, parse_compression, parse_prices, parse_rules, parse_tiers
 
 if TYPE_CHECKING:
     from nubis.dimse.commitment import CommitmentReports
@@ -176,13 +177,29 @@ class Archive:
             guard=self.guard,
             orphan_grace_seconds=settings.orphan_grace_seconds,
         )
+        mover = find_mover(self.blobs)
+        # Tiers that keep their objects losslessly compressed (nubis.tiers.compression).
+        compression = parse_compression(settings.tier_compression, self.tiers)
         self.lifecycle = Lifecycle(
             self.index,
             self.tiers,
             parse_rules(settings.lifecycle, self.tiers),
-            find_mover(self.blobs),
+            mover,
             guard=self.guard,
             actor=system_participant(settings.audit_source),
+            compressor=TierCompressor(
+                self.index,
+                self.blobs,
+                self.spool,
+                guard=self.guard,
+                tiers=self.tiers,
+                policy=compression,
+                mover=mover,
+                bulk_threshold=settings.bulk_threshold,
+                orphan_grace_seconds=settings.orphan_grace_seconds,
+            )
+            if compression
+            else None,
         )
         # Re-wraps objects off an old KEK (nubis keys retire --rewrap): always through a sealed
         # spool, even where new objects are no longer encrypted, so no plaintext lands on disk.

@@ -36,7 +36,8 @@ from pydicom.uid import (
 
 import nubis.dicom.transcode as transcode
 from nubis.dicom import codecs
-from nubis.dicom.transcode import SUPPORTED_TARGETS, compress_verified, transcode_file
+from nubis.dicom.recompress import compress_verified
+from nubis.dicom.transcode import SUPPORTED_TARGETS, transcode_file
 from nubis.errors import NotAcceptable
 from nubis.tools import synth
 

@@ -57,17 +57,18 @@ from nubis.errors import BadRequest, NotAcceptable
 codecs.register()
 
 __all__ = [
+    "LOSSLESS_SOURCES",
     "SUPPORTED_TARGETS",
     "UNCOMPRESSED_SYNTAXES",
     "Source",
     "can_transcode",
-    "compress_verified",
     "decode_frame",
     "encode_frame",
     "frame_array",
     "frame_index",
     "number_of_frames",
     "read_header",
+    "read_source",
     "transcode_file",
 ]
 
@@ -83,7 +84,8 @@ def _rewound(source: Source) -> Source:
     return source
 
 
-def _read_all(source: Source) -> bytes:
+def read_source(source: Source) -> bytes:
+    """The whole PS3.10 file `source` (a file object is read from its start)."""
     if isinstance(source, Path):
         return source.read_bytes()
     source.seek(0)
@@ -103,9 +105,10 @@ _NATIVE_SOURCES: frozenset[str] = UNCOMPRESSED_SYNTAXES | {ExplicitVRBigEndian}
 # degrade it and would require a new SOP Instance UID.
 _LOSSLESS_CODECS: tuple[str, ...] = (RLELossless, JPEG2000Lossless, JPEGLSLossless, HTJ2KLossless)
 
-# Encapsulated syntaxes whose pixel data is lossless by definition: what compress_verified
-# accepts as a source (a lossy one decodes to whatever the installed decoder makes of it).
-_LOSSLESS_SOURCES: frozenset[str] = _NATIVE_SOURCES | {
+#: Syntaxes whose pixel data is lossless by definition: what a store-time compression
+#: (nubis.dicom.recompress) accepts as a source (a lossy one decodes to whatever the installed
+#: decoder makes of it).
+LOSSLESS_SOURCES: frozenset[str] = _NATIVE_SOURCES | {
     RLELossless,
     JPEGLossless,
     JPEGLosslessSV1,
@@ -544,11 +547,11 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
     header = read_header(path)
     source_ts = _transfer_syntax(header)
     if source_ts == target_ts:
-        return _read_all(path)
+        return read_source(path)
     if target_ts not in SUPPORTED_TARGETS:
         raise _refusal(source_ts, target_ts, "target transfer syntax not supported")
 
-    data = _read_all(path)
+    data = read_source(path)
     try:
         ds = dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
@@ -582,7 +585,7 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
                 _big_endian_to_little(ds)
             elif source_ts not in _NATIVE_SOURCES:
                 compressed_length = len(ds.PixelData)
-                as_rgb = source_ts not in _LOSSLESS_SOURCES
+                as_rgb = source_ts not in LOSSLESS_SOURCES
                 ds.decompress(as_rgb=as_rgb, generate_instance_uid=False)
                 _drop_encapsulation_elements(ds)
                 _record_lossy_source(ds, source_ts, compressed_length)
@@ -719,63 +722,3 @@ def _file_meta_bytes(ds: FileDataset, target_ts: str) -> bytes:
     buffer.write(b"DICM")
     write_file_meta_info(buffer, meta, enforce_standard=True)
     return buffer.getvalue()
-
-
-@stored_data_errors("converted")
-def compress_verified(path: Source, target_ts: str) -> bytes:
-    """Re-encode an instance losslessly into `target_ts` and prove its pixels unchanged.
-
-    For a store-time compression policy: the result is :func:`transcode_file` ``(path,
-    target_ts)``, returned only after every frame of it has been decoded and found equal, sample
-    for sample, to the same frame of the source (both decoded as stored, without colour
-    conversion), with the same Photometric Interpretation. The other elements are those of
-    :func:`transcode_file`: unchanged.
-
-    Parameters
-    ----------
-    path : Path or binary file
-        A DICOM PS3.10 file, or a seekable file object over one (see :data:`Source`), stored
-        in a native or lossless transfer syntax.
-    target_ts : str
-        A lossless codec in :data:`SUPPORTED_TARGETS`: RLE Lossless, JPEG 2000 Lossless,
-        JPEG-LS Lossless or HTJ2K Lossless.
-
-    Returns
-    -------
-    bytes
-        The PS3.10 file in `target_ts`.
-
-    Raises
-    ------
-    NotAcceptable
-        If the source is lossy or has no pixel data, the target is not a lossless codec here,
-        the codec cannot represent the pixels, or the decoded result differs from the source
-        (the reason names the first frame that differs).
-    """
-    header = read_header(path)
-    source_ts = _transfer_syntax(header)
-    if target_ts not in _LOSSLESS_CODECS or target_ts not in SUPPORTED_TARGETS:
-        raise _refusal(source_ts, target_ts, "not a lossless codec available here")
-    if source_ts not in _LOSSLESS_SOURCES:
-        raise _refusal(source_ts, target_ts, "the source is not stored losslessly")
-    if not _has_image(header):
-        raise _refusal(source_ts, target_ts, "instance has no pixel data")
-    payload = transcode_file(path, target_ts)
-    result = dcmread(io.BytesIO(payload), stop_before_pixels=True)
-    if result.get("PhotometricInterpretation") != header.get("PhotometricInterpretation"):
-        raise _refusal(source_ts, target_ts, "the Photometric Interpretation would change")
-    for index in range(number_of_frames(header)):
-        try:
-            before = _raw_frame(_rewound(path), header, index)
-            after = pixel_array(io.BytesIO(payload), index=index, raw=True)
-        except (NotImplementedError, RuntimeError, ValueError) as exc:
-            raise _refusal(source_ts, target_ts, "the result cannot be decoded") from exc
-        if before.dtype.kind != after.dtype.kind or not np.array_equal(before, after):
-            raise _refusal(source_ts, target_ts, f"frame {index + 1} would not be pixel-exact")
-    return payload
-
-
-def _raw_frame(source: Source, header: Dataset, index: int) -> np.ndarray:
-    if _transfer_syntax(header) == DeflatedExplicitVRLittleEndian:
-        return pixel_array(dcmread(source), index=index, raw=True)
-    return pixel_array(source, index=index, raw=True)

@@ -67,7 +67,8 @@ class Outgoing:
 
     def dataset(self, inst: StoredInstance, accepted: dict[str, set[str]]) -> Dataset:
         """The object to send, checked against its SHA-256; converted only if the peer must
-        have another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted).
+        have another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted), or
+        back to the syntax it arrived in, when a tier compressed it and the peer takes that.
 
         ``accepted`` maps each SOP Class UID to the transfer syntaxes of the contexts the peer
         accepted for it (:func:`accepted_syntaxes`); a class missing from it is sent as stored.
@@ -75,12 +76,15 @@ class Outgoing:
         stream (:meth:`streamed`); a conversion is made in memory, as it decodes the pixel
         data anyway."""
         syntaxes = accepted.get(inst.sop_class_uid)
-        if syntaxes is None or inst.transfer_syntax_uid in syntaxes:
+        stored, received = inst.transfer_syntax_uid, inst.received_transfer_syntax_uid
+        if syntaxes is None or (
+            stored in syntaxes and (received == stored or received not in syntaxes)
+        ):
             if inst.size > STREAM_LARGER_THAN:
                 return self.streamed(inst)
             return dcmread(io.BytesIO(self.checked(inst)))
         data = self.checked(inst)
-        for target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *sorted(syntaxes)):
+        for target in (received, ExplicitVRLittleEndian, ImplicitVRLittleEndian, *sorted(syntaxes)):
             if target in syntaxes and transcode.can_transcode(inst.transfer_syntax_uid, target):
                 converted = transcode.transcode_file(io.BytesIO(data), target)
                 return dcmread(io.BytesIO(converted))
@@ -134,10 +138,11 @@ class Outgoing:
 
 
 def contexts_for(instances: list[StoredInstance]) -> list[Any]:
-    """Presentation contexts for sending ``instances``: each (SOP class, stored syntax) alone,
-    so the peer cannot pick another syntax of the same class; then an uncompressed fallback
+    """Presentation contexts for sending ``instances``: each (SOP class, syntax it arrived in)
+    alone, so the peer cannot pick another syntax of the same class (an object a tier
+    compressed is offered as it arrived, and converted back); then an uncompressed fallback
     per class, used after conversion. At most 128 (PS3.8 9.3.2)."""
-    pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
+    pairs = dict.fromkeys((i.sop_class_uid, i.received_transfer_syntax_uid) for i in instances)
     contexts = [build_context(sop, ts) for sop, ts in pairs][:_MAX_CONTEXTS]
     for sop in dict.fromkeys(sop for sop, _ in pairs):
         if len(contexts) >= _MAX_CONTEXTS:

@@ -45,7 +45,14 @@ from nubis.config import redact_url
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.query_sql import Page, granted_to, search_page
-from nubis.index.schema import doomed_blobs, instances, series, series_requests, studies
+from nubis.index.schema import (
+    doomed_blobs,
+    instance_originals,
+    instances,
+    series,
+    series_requests,
+    studies,
+)
 from nubis.index.store_sql import insert_instance, lock_study
 from nubis.model.query import Level, Query
 from nubis.model.records import NewInstance, StoredInstance, StoreResult
@@ -68,6 +75,14 @@ _STORED_COLUMNS = (
     instances.c.frame_index,
     instances.c.bulk_index,
     studies.c.patient_id,
+    instance_originals.c.transfer_syntax_uid,
+)
+
+# Instances with their series, study and, for objects a tier compressed, what they arrived as.
+_STORED_FROM = (
+    instances.join(series, instances.c.series_pk == series.c.id)
+    .join(studies, series.c.study_pk == studies.c.id)
+    .outerjoin(instance_originals, instance_originals.c.instance_pk == instances.c.id)
 )
 
 
@@ -504,11 +519,7 @@ def _scoped(
 ) -> Any:
     stmt = (
         select(*_STORED_COLUMNS)
-        .select_from(
-            instances.join(series, instances.c.series_pk == series.c.id).join(
-                studies, series.c.study_pk == studies.c.id
-            )
-        )
+        .select_from(_STORED_FROM)
         .where(studies.c.partition == partition, studies.c.study_uid == study_uid)
         .order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
     )
@@ -522,15 +533,7 @@ def _scoped(
 
 
 def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
-    row = conn.execute(
-        select(*_STORED_COLUMNS)
-        .select_from(
-            instances.join(series, instances.c.series_pk == series.c.id).join(
-                studies, series.c.study_pk == studies.c.id
-            )
-        )
-        .where(*criteria)
-    ).first()
+    row = conn.execute(select(*_STORED_COLUMNS).select_from(_STORED_FROM).where(*criteria)).first()
     return StoredInstance(*row) if row else None
 
 
@@ -555,7 +558,7 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
     )
     if existing is None:
         raise StorageUnavailable("the index refused the instance row")
-    if existing.sha256 == new.sha256 and existing.size == new.size:
+    if _same_object(conn, existing, new):
         return StoreResult.ALREADY_STORED, new.blob_key
     if not overwrite:
         raise DuplicateInstance(
@@ -565,6 +568,21 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
     _remove_instance(conn, existing.pk, doom_blob=False)
     insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
     return StoreResult.REPLACED, existing.blob_key
+
+
+def _same_object(conn: Connection, existing: StoredInstance, new: NewInstance) -> bool:
+    """Whether ``new`` is the stored object sent again: the same bytes as stored or, for an
+    object a tier compressed since, as it arrived."""
+    if (existing.sha256, existing.size) == (new.sha256, new.size):
+        return True
+    if existing.original_transfer_syntax_uid is None:
+        return False
+    received = conn.execute(
+        select(instance_originals.c.sha256, instance_originals.c.size).where(
+            instance_originals.c.instance_pk == existing.pk
+        )
+    ).first()
+    return received is not None and tuple(received) == (new.sha256, new.size)
 
 
 def _refresh_study(conn: Connection, study_pk: int, now: int) -> None:
