@@ -14,7 +14,13 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
-from pydicom.pixels import convert_color_space, get_decoder, get_encoder, pixel_array
+from pydicom.pixels import (
+    convert_color_space,
+    get_decoder,
+    get_encoder,
+    pack_bits,
+    pixel_array,
+)
 from pydicom.uid import (
     JPEG2000,
     MPEG2MPML,
@@ -22,6 +28,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -473,3 +480,26 @@ def test_lossless_ybr_source_keeps_its_samples(tmp_path: Path) -> None:
     result = read(transcode_file(path, ExplicitVRLittleEndian))
     assert result.PhotometricInterpretation == "YBR_FULL"
     assert np.array_equal(pixel_array(result, raw=True), ybr)
+
+
+def _one_bit_object(frames: int) -> bytes:
+    """A 1-bit MONOCHROME2 object whose frames (480 bits each) meet inside no byte boundary."""
+    ds = pydicom.dcmread(get_testdata_file("liver_1frame.dcm"))
+    samples = np.random.default_rng(frames).integers(0, 2, (frames, 24, 20), dtype=np.uint8)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 24, 20, frames
+    ds.PixelData = pack_bits(samples.ravel())
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+@pytest.mark.parametrize("native", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_one_bit_pixels_come_back_packed(frames: int, native: str) -> None:
+    # PS3.5 8.1.1: with Bits Allocated 1 the native pixel data is bit-packed, frames included.
+    original = _one_bit_object(frames)
+    compressed = transcode_file(io.BytesIO(original), HTJ2KLossless)
+    back = pydicom.dcmread(io.BytesIO(transcode_file(io.BytesIO(compressed), native)))
+    expected = pydicom.dcmread(io.BytesIO(original)).PixelData
+    assert back.PixelData[: len(expected)] == expected
+    assert len(back.PixelData) == len(expected) + len(expected) % 2

@@ -587,6 +587,7 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
                 compressed_length = len(ds.PixelData)
                 as_rgb = source_ts not in LOSSLESS_SOURCES
                 ds.decompress(as_rgb=as_rgb, generate_instance_uid=False)
+                _pack_one_bit_samples(ds)
                 _drop_encapsulation_elements(ds)
                 _record_lossy_source(ds, source_ts, compressed_length)
             if target_ts not in UNCOMPRESSED_SYNTAXES:
@@ -610,6 +611,14 @@ _ENCAPSULATION_KEYWORDS = (
     "ExtendedOffsetTableLengths",
     "EncapsulatedPixelDataValueTotalLength",
 )
+
+
+def _pack_one_bit_samples(ds: Dataset) -> None:
+    """Pack decoded 1-bit samples, which pydicom leaves one per byte (PS3.5 8.1.1)."""
+    if ds.get("BitsAllocated") != 1:
+        return
+    samples = number_of_frames(ds) * int(ds.Rows) * int(ds.Columns)
+    ds.PixelData = pack_bits(np.frombuffer(ds.PixelData, dtype=np.uint8)[:samples])
 
 
 def _drop_encapsulation_elements(ds: Dataset) -> None:
@@ -684,6 +693,10 @@ def _spliced_native(data: bytes, ds: FileDataset, source_ts: str) -> bytes | Non
         frames.append(arr.tobytes())
     if len(frames) != expected:
         return None
+    if int(ds.BitsAllocated) == 1:
+        # Frames of 1-bit samples are packed end to end, not each from a byte boundary.
+        samples = np.frombuffer(b"".join(frames), dtype=np.uint8)
+        frames = [pack_bits(samples, pad=False)]
     length = sum(len(frame) for frame in frames)
     if length >= 0xFFFFFFFE:
         raise ValueError("the native pixel data would exceed the 32-bit value length")
