@@ -42,3 +42,27 @@ def audit_records(data_dir: Path, user: str) -> list[dict[str, Any]]:
     done = nubis(data_dir, "audit", "list", "--user", user, "--limit", "100000", "--json")
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def start_migration(data_dir: Path, source: str, *options: str) -> subprocess.Popen[str]:
+    """``nubis migrate run`` in the background (to be killed)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "nubis", "migrate", "run", source, *options,
+            "--data-dir", str(data_dir), *ARCHIVE_SETTINGS,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )  # fmt: skip
+
+
+def job_progress(data_dir: Path) -> int:
+    """Instances done by the newest job, as ``nubis jobs list`` shows it."""
+    done = nubis(data_dir, "jobs", "list", "--json", "--limit", "1")
+    if done.returncode != 0 or not done.stdout.strip():
+        return 0
+    jobs = json.loads(done.stdout)
+    return int(jobs[0]["progress"]["done"]) if jobs else 0

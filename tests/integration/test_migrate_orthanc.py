@@ -8,12 +8,14 @@ every SHA-256 compares equal.
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from integration.migrate_helpers import migrate, report
+from integration.migrate_helpers import job_progress, migrate, report, start_migration
 from integration.orthanc import Orthanc, free_port
 from nubis.tools import synth
 
@@ -111,3 +113,31 @@ def test_capped_c_find_shrinks_its_date_window(corpus: list[Path], tmp_path: Pat
     assert result["find_windows"] > N_STUDIES // 7
     assert result["listing_gaps"] == []
     _zero_gaps(data, "capped")
+
+
+def test_sigkill_mid_migration_then_resume(legacy: Orthanc, move_port: int, tmp_path: Path) -> None:
+    """A migration killed with SIGKILL resumes when run again: what was stored and verified
+    is not moved again, and the report shows zero gaps."""
+    data = tmp_path / "data"
+    options = ("--name", "killed", "--listen-port", str(move_port))
+    # Throttled so that it is still running when killed.
+    process = start_migration(data, legacy.dimse, *options, "--max-mb-per-s", "0.05")
+    try:
+        deadline = time.monotonic() + 120
+        while job_progress(data) < TOTAL // 4:
+            assert process.poll() is None, "the migration ended before it could be killed"
+            assert time.monotonic() < deadline, "the migration made no progress"
+            time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+
+    result = migrate(data, legacy.dimse, *options)
+
+    # Studies finished before the kill are skipped whole; of one cut short, what was stored
+    # is found present; only the rest is moved.
+    assert result["studies_skipped"] > 0
+    assert result["instances_stored"] < TOTAL
+    skipped, present = result["instances_skipped"], result["instances_present"]
+    assert skipped + present + result["instances_stored"] == TOTAL
+    _zero_gaps(data, "killed")

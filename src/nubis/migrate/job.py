@@ -74,6 +74,7 @@ class _Tally:
     missing: int = 0
     studies_done: int = 0
     studies_skipped: int = 0
+    instances_skipped: int = 0
     unidentified: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -126,6 +127,7 @@ class Migrator:
             "studies": len(studies),
             "studies_moved": tally.studies_done,
             "studies_skipped": tally.studies_skipped,
+            "instances_skipped": tally.instances_skipped,
             "instances_stored": tally.stored,
             "instances_present": tally.present,
             "instances_refused": tally.refused,
@@ -235,8 +237,10 @@ class _Run:
                 and (study.instances is None or row.source_count == study.instances)
             )
             if resumed or unchanged:
+                count = study.instances or (row.source_count if row else 0) or 0
                 self.tally.studies_skipped += 1
-                self.tally.done += study.instances or (row.source_count if row else 0) or 0
+                self.tally.instances_skipped += count
+                self.tally.done += count
             else:
                 todo.append(study)
         return todo
