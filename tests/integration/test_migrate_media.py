@@ -14,6 +14,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from integration.migrate_helpers import audit_records, migrate, report
@@ -105,3 +106,47 @@ def test_zip_with_other_files_is_migrated(corpus: list[Path], tmp_path: Path) ->
     totals = report(data, "zip1")["totals"]
     assert totals["nubis_instances"] == N_STUDIES * PER_STUDY
     assert totals["sha256_matched"] == N_STUDIES * PER_STUDY
+
+
+def test_since_last_run_moves_only_what_changed(corpus: list[Path], tmp_path: Path) -> None:
+    """Delta mode: a source still receiving (a new study, a new instance in a known study)
+    is kept in step; studies whose instance count is unchanged are not listed again."""
+    folder = tmp_path / "pacs"
+    for path in corpus:
+        shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
+    data = tmp_path / "data"
+    migrate(data, str(folder), "--name", "delta")
+    known = pydicom.dcmread(corpus[0], stop_before_pixels=True)
+    patient = synth.PatientSpec(
+        str(known.PatientID), str(known.PatientName), known.PatientBirthDate, known.PatientSex
+    )
+    synth.make_ct_series(
+        folder / "late", n_instances=1, study_uid=known.StudyInstanceUID, patient=patient,
+        seed=77, series_number=9, rows=16, columns=16,
+    )  # fmt: skip
+    synth.make_corpus(
+        folder / "new", n_studies=1, instances_per_series=2, rows=16, columns=16, seed=1299
+    )
+
+    result = migrate(data, str(folder), "--name", "delta", "--since-last-run")
+
+    assert result["studies"] == N_STUDIES + 1
+    assert result["studies_skipped"] == N_STUDIES - 1
+    assert result["instances_stored"] == 1 + 2
+    assert result["instances_present"] == PER_STUDY
+    totals = report(data, "delta")["totals"]
+    assert totals["source_instances"] == totals["nubis_instances"] == N_STUDIES * PER_STUDY + 3
+
+
+def test_max_mb_per_s_holds_the_rate(tmp_path: Path) -> None:
+    paths = synth.make_corpus(
+        tmp_path / "src", n_studies=2, instances_per_series=6, rows=64, columns=64, seed=1203
+    )
+    size = sum(p.stat().st_size for p in paths)  # about 100 kB
+    data = tmp_path / "data"
+
+    result = migrate(data, str(tmp_path / "src"), "--name", "slow", "--max-mb-per-s", "0.02")
+
+    assert result["bytes_moved"] == size
+    # One second of allowance may go at once; the rest at 20 kB/s.
+    assert result["seconds"] >= size / 20_000 - 1.2
