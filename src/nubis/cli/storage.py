@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nubis.cli.jobs import AsJson, Config, DataDir, Set, open_index
+from nubis.cli.common import AsJson, Config, DataDir, Set, open_index
 from nubis.cli.output import console, out
 
 app = typer.Typer(

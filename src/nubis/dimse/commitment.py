@@ -43,7 +43,8 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from nubis.dimse.reactor import RaceFreeAE
 from nubis.errors import NubisError, RestoreRequired, StorageUnavailable
-from nubis.jobs.runner import JobContext, JobFailed, JobRunner
+from nubis.jobs.context import JobContext, JobFailed
+from nubis.jobs.runner import JobRunner
 from nubis.model.audit import ActiveParticipant, EventOutcome
 from nubis.security import audit_events
 

@@ -41,12 +41,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from nubis.config import redact_url
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.query_sql import Page, granted_to, search_page
 from nubis.index.schema import doomed_blobs, instances, series, series_requests, studies
 from nubis.index.store_sql import insert_instance, lock_study
+from nubis.logs import redact_url
 from nubis.model.query import Level, Query
 from nubis.model.records import NewInstance, StoredInstance, StoreResult
 

@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from nubis.errors import BlobUnreadable, KeyErased, RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import INSTANCES_LOCATED, instance_tiers, instances, series, studies
-from nubis.jobs.runner import JobContext
+from nubis.jobs.context import JobContext
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome
 from nubis.ports.blobs import BlobContext, BlobNotFound, BlobStore
 from nubis.security import audit_events

@@ -68,7 +68,7 @@ from nubis.index.schema import (
     series,
     studies,
 )
-from nubis.jobs.runner import JobContext, JobFailed
+from nubis.jobs.context import JobContext, JobFailed
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome, EventType
 from nubis.ports.blobs import BlobContext, BlobNotFound
 from nubis.ports.keys import WrappedKey

@@ -44,7 +44,7 @@ from nubis.tiers.movers import TierMover
 from nubis.tiers.rules import Rule, StudyFacts, Tiers, target_tier
 
 if TYPE_CHECKING:
-    from nubis.jobs.runner import JobContext
+    from nubis.jobs.context import JobContext
     from nubis.services.guard import Guard
 
 __all__ = ["Lifecycle", "study_pk", "upsert"]
