@@ -470,17 +470,12 @@ def _studies_of(archive: Archive, operator: Principal, patient_id: str) -> list[
         max_limit=limit,
     )
     scoped = archive.query.scoped(operator, query, text=f"PatientID={patient_id}")
-    found: list[str] = []
-    offset = 0
-    while True:
-        page = archive.query.page(scoped.at(offset))
-        for item in page.items:
-            # Matching is QIDO's (a * or ? in an ID is a wildcard there); keep exact IDs only.
-            if _value(item, "00100020") == patient_id:
-                found.append(str(_value(item, "0020000D")))
-        if not page.more or not page.items:
-            return found
-        offset += len(page.items)
+    # Matching is QIDO's (a * or ? in an ID is a wildcard there); keep exact IDs only.
+    return [
+        str(_value(item, "0020000D"))
+        for item in archive.query.matches(scoped)
+        if _value(item, "00100020") == patient_id
+    ]
 
 
 def _value(item: dict[str, Any], tag: str) -> object:

@@ -23,7 +23,6 @@ crash records the unsaved batch again rather than not at all.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -32,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from nubis.errors import BlobUnreadable, KeyErased, RestoreRequired
+from nubis.blobs.integrity import verify_chunks
+from nubis.errors import BlobCorrupted, BlobUnreadable, KeyErased, RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import INSTANCES_LOCATED, instance_tiers, instances, series, studies
 from nubis.jobs.context import JobContext
@@ -175,12 +175,8 @@ def _check(
     blobs: BlobStore, key: str, size: int, sha256: str, context: BlobContext, counts: Counter[str]
 ) -> str | None:
     """None when the blob is intact; else what is wrong with it."""
-    digest = hashlib.sha256()
-    length = 0
     try:
-        for chunk in blobs.iter_chunks(key, context=context):
-            digest.update(chunk)
-            length += len(chunk)
+        verify_chunks(blobs.iter_chunks(key, context=context), size, sha256)
     except BlobNotFound:
         return "missing"
     except KeyErased:
@@ -191,7 +187,7 @@ def _check(
         return None
     except BlobUnreadable:
         return "unreadable"
-    if length != size or digest.hexdigest() != sha256:
+    except BlobCorrupted:
         return "mismatch"
     counts["ok"] += 1
     counts["bytes"] += size
