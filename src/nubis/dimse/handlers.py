@@ -4,7 +4,7 @@ pynetdicom calls these in the association's own thread. They are thin on purpose
 every failure with the status the service's error carries (:mod:`nubis.errors`), never by
 aborting the association. Here: the event table, admission (the peer table, TLS client
 certificates), C-ECHO, C-FIND (a :class:`~nubis.model.query.Query` from
-:func:`~nubis.model.query.parse_cfind`, the QIDO-RS path) and the storage commitment
+:func:`~nubis.model.cfind.parse_cfind`, the QIDO-RS path) and the storage commitment
 N-ACTION. C-STORE is received into the spool and stored by nubis.dimse.receive; C-MOVE and
 C-GET select and send through ``RetrieveService`` in nubis.dimse.retrieve.
 """
@@ -44,7 +44,7 @@ from nubis.dimse.reactor import wait_for_send_room
 from nubis.dimse.receive import Receiver, close_sinks
 from nubis.dimse.retrieve import Retrieval, refusal, refuse
 from nubis.errors import BadRequest, NubisError
-from nubis.model.query import parse_cfind
+from nubis.model.cfind import parse_cfind
 from nubis.security.authn import dimse_principal
 from nubis.security.policy import Principal
 from nubis.services.query import ScopedQuery

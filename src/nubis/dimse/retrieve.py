@@ -37,7 +37,7 @@ from nubis.dimse.common import (
 )
 from nubis.dimse.outgoing import Outgoing, accepted_syntaxes, contexts_for
 from nubis.errors import BadRequest, NotFound, NubisError
-from nubis.model.query import CFIND_LEVELS, parse_cfind
+from nubis.model.cfind import CFIND_LEVELS, parse_cfind
 from nubis.model.records import StoredInstance
 
 if TYPE_CHECKING:
