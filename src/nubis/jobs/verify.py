@@ -85,28 +85,18 @@ def verify(
     done = int(saved.get("done", 0))
     started = time.monotonic()
     read_here = 0
-    while True:
-        with index.reading() as conn:
-            rows = conn.execute(
-                select(
-                    instances.c.id,
-                    studies.c.partition,
-                    studies.c.study_uid,
-                    studies.c.patient_id,
-                    series.c.series_uid,
-                    instances.c.sop_instance_uid,
-                    instances.c.blob_key,
-                    instances.c.size,
-                    instances.c.sha256,
-                    tier,
-                )
-                .select_from(INSTANCES_LOCATED)
-                .where(instances.c.id > after, *criteria)
-                .order_by(instances.c.id)
-                .limit(_BATCH)
-            ).all()
-        if not rows:
-            break
+    columns = (
+        studies.c.partition,
+        studies.c.study_uid,
+        studies.c.patient_id,
+        series.c.series_uid,
+        instances.c.sop_instance_uid,
+        instances.c.blob_key,
+        instances.c.size,
+        instances.c.sha256,
+        tier,
+    )
+    for rows in index.walk_instances(columns, where=criteria, after=after, page=_BATCH):
         read: dict[tuple[str, str | None], Counter[str]] = {}
         for pk, partition, study, patient_id, series_uid, sop, key, size, sha256, where in rows:
             ctx.check()
