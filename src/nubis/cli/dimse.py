@@ -24,6 +24,7 @@ from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.dimse.peers import PeerTable
+    from nubis.dimse.scu import Remote
     from nubis.security.policy import Principal
 
 
@@ -61,7 +62,7 @@ def _remote(
     ca: str | None = None,
     cert: str | None = None,
     key: str | None = None,
-):  # type: ignore[no-untyped-def]
+) -> Remote:
     from nubis.dimse.scu import Remote, client_tls
 
     context = client_tls(ca or "", cert or "", key or "") if (tls or ca or cert) else None

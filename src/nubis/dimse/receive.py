@@ -141,7 +141,7 @@ def receive_into_spool(spool: Spool) -> None:
     global _spool
     _spool = spool
     _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = _received_dataset_file  # type: ignore[assignment]
+    dimse_messages.NamedTemporaryFile = _received_dataset_file
 
 
 def close_sinks(assoc: Association) -> None:

@@ -66,7 +66,7 @@ T = TypeVar("T")
 # a page in memory and its short read transaction stay small.
 WALK_PAGE = 1000
 
-_STORED_COLUMNS = (
+_STORED_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.id,
     instances.c.partition,
     studies.c.study_uid,
@@ -226,7 +226,7 @@ class _GroupCommitWriter(threading.Thread):
                     self.jobs.put(None)  # finish this batch, then stop
                     break
                 batch.append(nxt)
-            self._run_batch(batch)  # type: ignore[arg-type]
+            self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []
@@ -352,7 +352,7 @@ class Index:
         where: Sequence[ColumnElement[bool]] = (),
         after: int = 0,
         page: int = WALK_PAGE,
-    ) -> Iterator[Sequence[Row[Any]]]:
+    ) -> Iterator[Sequence[Row[*tuple[Any, ...]]]]:
         """Every row ``where`` selects, in ``key`` order, a page at a time: each row is
         ``(key, *columns)``; resume a walk by passing the last key seen as ``after``.
 
@@ -381,7 +381,7 @@ class Index:
         where: Sequence[ColumnElement[bool]] = (),
         after: int = 0,
         page: int = WALK_PAGE,
-    ) -> Iterator[Sequence[Row[Any]]]:
+    ) -> Iterator[Sequence[Row[*tuple[Any, ...]]]]:
         """Every indexed instance ``where`` selects, with its series, study and tier row
         (INSTANCES_LOCATED), in id order: :meth:`walk` over instances; each row is
         ``(instance pk, *columns)``."""

@@ -116,9 +116,9 @@ def _stable_int(*parts: object) -> int:
 
 def _file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     return meta
