@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import N_ACTION
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from nubis.dimse.commitment import CommitmentRequest
@@ -350,7 +351,10 @@ class Handlers:
         Failure Reason 0x0112 (no such object instance), 0x0119 (SOP class differs) or 0x0110
         (processing failure).
         """
-        if str(event.request.RequestedSOPClassUID) != StorageCommitmentPushModel:
+        primitive = event.request
+        if not isinstance(primitive, N_ACTION):
+            return 0x0122, None  # not reached: pynetdicom binds EVT_N_ACTION to N-ACTION only
+        if str(primitive.RequestedSOPClassUID) != StorageCommitmentPushModel:
             return 0x0122, None  # SOP class not supported
         if not self._allowed(event, "store"):
             return NOT_AUTHORIZED, None

@@ -186,7 +186,7 @@ class Receiver:
             expected_sop_class_uid=str(event.context.abstract_syntax),
         )
         # The request's UID is what the peer sent, which may be anything: logged only if valid.
-        affected = UID(str(event.request.AffectedSOPInstanceUID or ""))
+        affected = UID(str(getattr(event.request, "AffectedSOPInstanceUID", None) or ""))
         sop = outcome.sop_instance_uid or (affected if affected.is_valid else "(invalid UID)")
         if outcome.error is None:
             log.info(

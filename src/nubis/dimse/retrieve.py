@@ -321,4 +321,5 @@ def _correct_final(
                 primitive.Identifier = io.BytesIO(encoded)
         send(primitive, context_id)
 
-    dimse.send_msg = send_msg
+    # An instance attribute shadowing the class's method for this one response (deleted above).
+    dimse.send_msg = send_msg  # type: ignore[method-assign]
