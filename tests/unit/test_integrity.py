@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEGLSLossless,
 )
@@ -195,3 +197,25 @@ def test_the_syntax_sent_is_one_the_peer_accepted(
 def test_no_syntax_the_peer_accepts(archive: Archive) -> None:
     with pytest.raises(NotAcceptable, match="accepts no transfer syntax"):
         archive.retrieve.syntax_for(_instance(archive), {"1.2.3.4"})
+
+
+@pytest.mark.parametrize(
+    ("accepted", "chosen"),
+    [
+        (None, HTJ2KLossless),  # no negotiation: as stored
+        ({HTJ2KLossless, ExplicitVRLittleEndian}, ExplicitVRLittleEndian),  # as it arrived
+        ({HTJ2KLossless, ImplicitVRLittleEndian}, HTJ2KLossless),
+        ({ImplicitVRLittleEndian}, ImplicitVRLittleEndian),
+    ],
+)
+def test_a_tier_compressed_object_goes_in_the_syntax_it_arrived_in(
+    archive: Archive, accepted: set[str] | None, chosen: str
+) -> None:
+    """A peer that takes the syntax an object arrived in gets it back in that syntax, not the
+    codec a tier chose for keeping it (nubis.tiers.compression)."""
+    compressed = replace(
+        _instance(archive),
+        transfer_syntax_uid=HTJ2KLossless,
+        original_transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    assert archive.retrieve.syntax_for(compressed, accepted) == chosen
