@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from nubis.logs import redact_url
 
 
 @dataclass(frozen=True)
@@ -645,7 +646,7 @@ def _validate_security(settings: Settings) -> None:
 
 
 def _validate_storage(settings: Settings) -> None:
-    from nubis.jobs.kinds import parse_schedule
+    from nubis.jobs.schedule import parse_schedule
     from nubis.services.disk_floor import parse_floor
 
     try:
@@ -709,19 +710,6 @@ def _validate_web(settings: Settings) -> None:
 
 # Settings whose values are secrets: shown as set or not, never echoed.
 SECRET_SETTINGS = frozenset({"admin_token", "oidc_client_secret"})
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password in it replaced by ``***``, for messages, logs and listings.
-
-    Credentials belong in the environment or in files (AWS variables, ~/.pgpass), but an
-    operator may still write one into a URL; it must not be echoed back.
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 def displayed_value(name: str, value: object) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nubis.config import SettingsError, load_settings
-from nubis.jobs.kinds import parse_schedule
+from nubis.jobs.schedule import parse_schedule
 from nubis.tiers.report import GB, build_report, parse_growth
 from nubis.tiers.rules import (
     DAY_MS,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from nubis.cli.jobs import AsJson, Config, DataDir, Set, open_index
+from nubis.cli.common import AsJson, Config, DataDir, Set, open_index
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from copy import copy
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -119,7 +119,9 @@ LOSSLESS_SOURCES: frozenset[str] = _NATIVE_SOURCES | {
 }
 
 # Encoders nubis has itself (:mod:`nubis.dicom.codecs`): pydicom 3 has none for HTJ2K.
-_OWN_ENCODERS = {HTJ2KLossless: codecs.encode_htj2k_lossless}
+_OWN_ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
+    HTJ2KLossless: codecs.encode_htj2k_lossless
+}
 
 # Sources that are lossy by construction, so the decoded result must keep saying so
 # (PS3.3 C.7.6.1.1.5). JPEG 2000 and HTJ2K "lossy" syntaxes may still carry reversible data,
@@ -676,7 +678,7 @@ def _spliced_native(data: bytes, ds: FileDataset, source_ts: str) -> bytes | Non
     pixel_at = pixel.value_tell - 12
     pixel_end = pixel.value_tell + len(pixel.value) + len(_SEQUENCE_DELIMITER)
     if (
-        pixel.length != 0xFFFFFFFF
+        getattr(pixel, "length", None) != 0xFFFFFFFF  # raw: not decoded yet
         or data[pixel_at : pixel_at + 4] != b"\xe0\x7f\x10\x00"
         or data[pixel_end - len(_SEQUENCE_DELIMITER) : pixel_end] != _SEQUENCE_DELIMITER
         or ds.get("SamplesPerPixel", 1) != 1

@@ -28,8 +28,11 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
+    FromClause,
+    Row,
     create_engine,
     delete,
     event,
@@ -41,11 +44,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from nubis.config import redact_url
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.query_sql import Page, granted_to, search_page
 from nubis.index.schema import (
+    INSTANCES_LOCATED,
     doomed_blobs,
     instance_originals,
     instances,
@@ -54,13 +57,17 @@ from nubis.index.schema import (
     studies,
 )
 from nubis.index.store_sql import insert_instance, lock_study
+from nubis.logs import redact_url
 from nubis.model.query import Level, Query
 from nubis.model.records import NewInstance, StoredInstance, StoreResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Rows per page of Index.walk: large enough that a page costs one round trip, small enough that
+# a page in memory and its short read transaction stay small.
+WALK_PAGE = 1000
 
-_STORED_COLUMNS = (
+_STORED_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.id,
     instances.c.partition,
     studies.c.study_uid,
@@ -228,7 +235,7 @@ class _GroupCommitWriter(threading.Thread):
                     self.jobs.put(None)  # finish this batch, then stop
                     break
                 batch.append(nxt)
-            self._run_batch(batch)  # type: ignore[arg-type]
+            self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []
@@ -344,6 +351,57 @@ class Index:
     def reading(self) -> Iterator[Connection]:
         with self.read_engine.connect() as conn, conn.begin():
             yield conn
+
+    def walk(
+        self,
+        key: ColumnElement[int],
+        columns: Sequence[ColumnElement[Any]],
+        *,
+        select_from: FromClause | None = None,
+        where: Sequence[ColumnElement[bool]] = (),
+        after: int = 0,
+        page: int = WALK_PAGE,
+    ) -> Iterator[Sequence[Row[*tuple[Any, ...]]]]:
+        """Every row ``where`` selects, in ``key`` order, a page at a time: each row is
+        ``(key, *columns)``; resume a walk by passing the last key seen as ``after``.
+
+        What the jobs that visit the whole archive walk with (verify, rewrap, retirement,
+        lifecycle, the audit trail's verification). Each page is its own short read
+        transaction, found by ``key > last key`` rather than an offset, so a walk holds no
+        snapshot open for hours, never skips or repeats a row that stays, and costs the same on
+        its last page as on its first."""
+        while True:
+            stmt = select(key, *columns)
+            if select_from is not None:
+                stmt = stmt.select_from(select_from)
+            with self.reading() as conn:
+                rows = conn.execute(
+                    stmt.where(key > after, *where).order_by(key).limit(page)
+                ).all()
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+
+    def walk_instances(
+        self,
+        columns: Sequence[ColumnElement[Any]],
+        *,
+        where: Sequence[ColumnElement[bool]] = (),
+        after: int = 0,
+        page: int = WALK_PAGE,
+    ) -> Iterator[Sequence[Row[*tuple[Any, ...]]]]:
+        """Every indexed instance ``where`` selects, with its series, study and tier row
+        (INSTANCES_LOCATED), in id order: :meth:`walk` over instances; each row is
+        ``(instance pk, *columns)``."""
+        return self.walk(
+            instances.c.id,
+            columns,
+            select_from=INSTANCES_LOCATED,
+            where=where,
+            after=after,
+            page=page,
+        )
 
     def write(self, job: Callable[[Connection], T]) -> T:
         """Run ``job`` in a write transaction; it may run more than once (PostgreSQL retries)."""

@@ -612,31 +612,20 @@ class AuditTrail:
     def _iter_records(
         self, batch: int = 5000, progress: Callable[[int], None] | None = None
     ) -> Iterator[tuple[Any, ...]]:
-        after = 0
-        while True:
-            with self.index.reading() as conn:
-                rows = conn.execute(
-                    select(
-                        audit_log.c.seq,
-                        audit_log.c.at,
-                        audit_log.c.event_code,
-                        audit_log.c.outcome,
-                        audit_log.c.user_id,
-                        audit_log.c.patient_id,
-                        audit_log.c.record,
-                        audit_log.c.prev_hash,
-                        audit_log.c.hash,
-                    )
-                    .where(audit_log.c.seq > after)
-                    .order_by(audit_log.c.seq)
-                    .limit(batch)
-                ).all()
-            if not rows:
-                return
+        columns = (
+            audit_log.c.at,
+            audit_log.c.event_code,
+            audit_log.c.outcome,
+            audit_log.c.user_id,
+            audit_log.c.patient_id,
+            audit_log.c.record,
+            audit_log.c.prev_hash,
+            audit_log.c.hash,
+        )
+        for rows in self.index.walk(audit_log.c.seq, columns, page=batch):
             yield from (tuple(r) for r in rows)
-            after = rows[-1][0]
             if progress is not None:
-                progress(after)
+                progress(rows[-1][0])
 
 
 def _walk(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[int, str | None, str]]:

@@ -55,7 +55,7 @@ from nubis.tiers.movers import TierMover
 from nubis.tiers.rules import Rule, StudyFacts, Tiers, target_tier
 
 if TYPE_CHECKING:
-    from nubis.jobs.runner import JobContext
+    from nubis.jobs.context import JobContext
     from nubis.services.guard import Guard
 
 __all__ = ["Lifecycle", "study_pk", "upsert"]
@@ -123,29 +123,18 @@ class Lifecycle:
         after = int(ctx.cursor["after"]) if ctx and ctx.cursor else 0
         counts: Counter[str] = Counter(ctx.cursor.get("counts", {}) if ctx and ctx.cursor else {})
         done = ctx.done if ctx else 0
-        while True:
-            with self.index.reading() as conn:
-                rows = conn.execute(
-                    select(
-                        studies.c.id,
-                        studies.c.partition,
-                        studies.c.modalities,
-                        studies.c.created_at,
-                        study_lifecycle.c.last_read_at,
-                        study_lifecycle.c.tier_pin,
-                        study_lifecycle.c.tier_pin_until,
-                    )
-                    .select_from(
-                        studies.outerjoin(
-                            study_lifecycle, study_lifecycle.c.study_pk == studies.c.id
-                        )
-                    )
-                    .where(studies.c.id > after, *criteria)
-                    .order_by(studies.c.id)
-                    .limit(_BATCH)
-                ).all()
-            if not rows:
-                break
+        columns = (
+            studies.c.partition,
+            studies.c.modalities,
+            studies.c.created_at,
+            study_lifecycle.c.last_read_at,
+            study_lifecycle.c.tier_pin,
+            study_lifecycle.c.tier_pin_until,
+        )
+        located = studies.outerjoin(study_lifecycle, study_lifecycle.c.study_pk == studies.c.id)
+        for rows in self.index.walk(
+            studies.c.id, columns, select_from=located, where=criteria, after=after, page=_BATCH
+        ):
             wanted: dict[str, list[int]] = defaultdict(list)
             for pk, part, modalities, created, last_read, pin, pin_until in rows:
                 facts = StudyFacts(
