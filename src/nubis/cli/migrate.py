@@ -24,6 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from nubis.cli.common import Config, DataDir, Set, configure_logs, load, open_archive
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
@@ -34,9 +35,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
 Name = Annotated[
     str | None,
     typer.Option(
@@ -118,17 +116,14 @@ def run(
     set_: Set = None,
 ) -> None:
     """Migrate (or resume migrating) everything the source holds into the archive."""
-    from nubis.archive import Archive
-    from nubis.cli.main import _load, _logging
     from nubis.jobs.runner import JobRunner
     from nubis.jobs.store import JobState
     from nubis.migrate.job import Migrator
     from nubis.migrate.request import KIND, MigrationRequest, default_name
-    from nubis.migrate.source import SourceError
     from nubis.security.authn import os_account
 
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    _logging(settings)
+    settings = load(config, {"data_dir": data_dir}, set_)
+    configure_logs(settings)
     try:
         request = MigrationRequest(
             name=name or default_name(source),
@@ -149,10 +144,7 @@ def run(
     except ValueError as exc:
         console.print(str(exc), style="red")
         raise typer.Exit(2) from None
-    archive = Archive(settings)
-    archive.index.migrate()
-    archive.start(background=False)
-    try:
+    with open_archive(settings=settings) as archive:
         store = archive.jobs
         job_id = _unfinished(store, request.name)
         if job_id is None:
@@ -184,11 +176,7 @@ def run(
                 signal.signal(sig, lambda *_: runner.stop(timeout=0))
             _claim_and_run(runner, store, job_id, handler)
         job = store.get(job_id)
-    except SourceError as exc:
-        console.print(f"source: {exc}", style="red")
-        raise typer.Exit(1) from None
-    finally:
-        archive.stop()
+    assert job is not None
     if job.state is not JobState.DONE:
         console.print(
             f"job {job_id} {job.state.value}: {job.last_error or 'interrupted'}; "
@@ -278,8 +266,6 @@ def report(
 ) -> None:
     """Reconcile the source and the archive, study by study; exit 1 if any source instance
     is not in nubis (listed with its reason) or any listing gap remains."""
-    from nubis.archive import Archive
-    from nubis.cli.main import _load
     from nubis.jobs.store import JobState
     from nubis.migrate.ledger import Ledger
     from nubis.migrate.report import reconcile
@@ -289,11 +275,7 @@ def report(
     if output_format not in ("text", "json", "csv"):
         console.print("--format: text, json or csv", style="red")
         raise typer.Exit(2)
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    archive = Archive(settings)
-    archive.index.migrate()
-    archive.start(background=False)
-    try:
+    with open_archive(data_dir, config, set_) as archive:
         name = name if len(name) <= 64 else default_name(name)
         gaps: list[dict[str, str]] = []
         for job in archive.jobs.list(limit=1000, kind=KIND):
@@ -302,8 +284,6 @@ def report(
                 break
         ledger = Ledger(archive.index, name, tenant)
         result = reconcile(ledger, archive.retrieve, cli_principal(tenant), listing_gaps=gaps)
-    finally:
-        archive.stop()
     if not result.studies:
         console.print(f"no migration named {name!r}", style="red")
         raise typer.Exit(1)

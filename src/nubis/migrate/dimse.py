@@ -136,7 +136,7 @@ class DimseSource:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = _TIMEOUT
         ae.add_requested_context(_FIND)
         ae.add_requested_context(_GET if get else _MOVE)
-        roles = []
+        roles: list[Any] = []
         handlers: list[Any] = []
         if get:
             for uid in _GET_CLASSES:

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nubis.errors import NotFound
-from nubis.jobs.runner import JobContext, JobStopped
+from nubis.jobs.context import JobContext, JobStopped
 from nubis.migrate.ledger import Ledger, Outcome, StudyState
-from nubis.migrate.request import MigrationRequest, migration_principal, open_source
+from nubis.migrate.request import MigrationRequest, migration_principal
 from nubis.migrate.source import Source, SourceInstance, SourceStudy
+from nubis.migrate.sources import open_source
 from nubis.migrate.throttle import RateLimiter, TimeWindows
 from nubis.model.audit import EventOutcome
 from nubis.security import audit_events

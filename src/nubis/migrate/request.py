@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
-from nubis.migrate.source import Source
 from nubis.migrate.throttle import TimeWindows
 from nubis.security.policy import DEFAULT_TENANT, Principal
-from nubis.services.spool import Spool
 
-__all__ = ["KIND", "MigrationRequest", "migration_principal", "open_source"]
+__all__ = ["KIND", "MigrationRequest", "default_name", "migration_principal"]
 
 KIND = "migrate"
 
@@ -79,20 +75,3 @@ def migration_principal(name: str, tenant: str) -> Principal:
     return Principal(
         f"migrate:{name}", tenant, frozenset({"radiologist"}), via="cli", auth_method="cli"
     )
-
-
-def open_source(request: MigrationRequest, spool: Spool) -> Source:
-    """The source ``request`` names; SourceError when it cannot be opened."""
-    url = urlparse(request.source)
-    if url.scheme == "dicom":
-        from nubis.migrate.dimse import DimseSource
-
-        return DimseSource(request, spool)
-    if url.scheme in ("http", "https"):
-        from nubis.migrate.dicomweb import DicomWebSource
-
-        return DicomWebSource(request, spool)
-    from nubis.migrate.media import MediaSource
-
-    path = Path(unquote(url.path)) if url.scheme == "file" else Path(request.source)
-    return MediaSource(path, spool)
