@@ -9,7 +9,7 @@ a delta run (``since_last_run``):
    source gives no digest, under its UID) is not moved again.
 3. The source delivers the rest one object at a time, each stored through
    ``StoreService.store`` as the migration's principal: the same authorization, checks and
-   audit record as STOW-RS and C-STORE. The ledger records each outcome as it happens.
+   audit record as STOW-RS and C-STORE. The ledger takes the outcomes with the study's end.
 4. What was wanted and not delivered is recorded missing, with the reason. The study is marked
    done and one DICOM Instances Transferred record (PS3.15 A.5.3.4) sums it up.
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from nubis.errors import NotFound
 from nubis.jobs.context import JobContext, JobStopped
-from nubis.migrate.ledger import Ledger, Outcome, StudyState
+from nubis.migrate.ledger import Ledger, Mark, Outcome, StudyState
 from nubis.migrate.request import MigrationRequest, migration_principal
 from nubis.migrate.source import Source, SourceInstance, SourceStudy
 from nubis.migrate.sources import open_source
@@ -259,13 +259,16 @@ class _Run:
         holding, _ = self.migrator.present(self.who, uid)
         entries = {e.sop_instance_uid: e for e in self.ledger.entries(uid)}
         wanted: list[SourceInstance] = []
+        # Outcomes are written with the study's end (one transaction): a study killed midway
+        # loses them, and its resumption finds what was stored in the archive itself.
+        marks: list[Mark] = []
         for instance in listed:
             sop = instance.sop_instance_uid
             entry = entries.get(sop)
             source_sha = entry.source_sha256 if entry is not None else None
             if sop in holding and (source_sha is None or source_sha == holding[sop]):
                 if entry is None or entry.outcome not in (Outcome.STORED, Outcome.PRESENT):
-                    self.ledger.record(sop, uid, Outcome.PRESENT, series_uid=instance.series_uid)
+                    marks.append(Mark(sop, uid, Outcome.PRESENT, series_uid=instance.series_uid))
             else:
                 wanted.append(instance)
         counts = {"stored": 0, "refused": 0}
@@ -286,10 +289,7 @@ class _Run:
                     if len(self.tally.unidentified) < _MAX_LISTED_PROBLEMS:
                         self.tally.unidentified.append({"study": uid, "reason": reason})
                 return outcome
-            with lock:
-                delivered.add(sop)
-                counts["stored" if outcome.ok else "refused"] += 1
-            self.ledger.record(
+            mark = Mark(
                 sop,
                 outcome.study_uid or uid,
                 Outcome.STORED if outcome.ok else Outcome.REFUSED,
@@ -299,21 +299,28 @@ class _Run:
                 status=None if outcome.error is None else outcome.error.dimse_status,
                 reason=None if outcome.error is None else outcome.error.reason,
             )
+            with lock:
+                delivered.add(sop)
+                counts["stored" if outcome.ok else "refused"] += 1
+                marks.append(mark)
             return outcome
 
         if wanted:
             self.source.fetch(study, wanted, deliver)
         missing = [i for i in wanted if i.sop_instance_uid not in delivered]
         reasons = self.source.missing_reasons(study) if missing else {}
-        for instance in missing:
-            self.ledger.record(
+        marks.extend(
+            Mark(
                 instance.sop_instance_uid,
                 uid,
                 Outcome.MISSING,
                 series_uid=instance.series_uid,
                 reason=reasons.get(instance.sop_instance_uid, _NOT_DELIVERED),
             )
-        self.ledger.finish_study(uid, self.ctx.job.id)
+            for instance in missing
+        )
+        with lock:
+            self.ledger.write(marks, finished=(uid, self.ctx.job.id))
         present = len(listed) - len(wanted)
         with self.tally.lock:
             self.tally.stored += counts["stored"]

@@ -12,14 +12,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from nubis.index.database import Index
 from nubis.index.schema import migration_instances as mi
 from nubis.index.schema import migration_studies as ms
 from nubis.migrate.source import SourceInstance, SourceStudy
 
-__all__ = ["Entry", "Ledger", "Outcome", "StudyState"]
+__all__ = ["Entry", "Ledger", "Mark", "Outcome", "StudyState"]
 
 _REASON_LENGTH = 512
 
@@ -47,6 +47,20 @@ class Entry:
     outcome: Outcome
     status: int | None
     reason: str | None
+
+
+@dataclass(frozen=True)
+class Mark:
+    """An instance's outcome, to be written with its study's others (:meth:`Ledger.write`)."""
+
+    sop_instance_uid: str
+    study_uid: str
+    outcome: Outcome
+    series_uid: str | None = None
+    source_sha256: str | None = None
+    size: int | None = None
+    status: int | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,16 +151,6 @@ class Ledger:
 
         self.index.write(job)
 
-    def finish_study(self, study_uid: str, job_id: int) -> None:
-        def job(conn: Connection) -> None:
-            conn.execute(
-                update(ms)
-                .where(ms.c.migration == self.name, ms.c.study_uid == study_uid)
-                .values(state=StudyState.DONE.value, job_id=job_id, updated_at=_now())
-            )
-
-        self.index.write(job)
-
     # ------------------------------------------------------------------ instances
     def entries(self, study_uid: str) -> list[Entry]:
         with self.index.reading() as conn:
@@ -160,50 +164,44 @@ class Ledger:
             ).all()  # fmt: skip
         return [Entry(*r[:5], Outcome(r[5]), r[6], r[7]) for r in rows]
 
-    def record(
-        self,
-        sop_instance_uid: str,
-        study_uid: str,
-        outcome: Outcome,
-        *,
-        series_uid: str | None = None,
-        source_sha256: str | None = None,
-        size: int | None = None,
-        status: int | None = None,
-        reason: str | None = None,
-    ) -> None:
-        """The outcome of one instance (inserted if the source had not listed it)."""
-        values = {
-            "outcome": outcome.value,
-            "status": status,
-            "reason": None if reason is None else reason[:_REASON_LENGTH],
-            "updated_at": _now(),
-        }
-        if source_sha256 is not None:
-            values["source_sha256"] = source_sha256
-        if size is not None:
-            values["size"] = size
+    def write(self, marks: Iterable[Mark], *, finished: tuple[str, int] | None = None) -> None:
+        """Record outcomes (a row is inserted for an instance the source had not listed) and,
+        with ``finished`` (study UID, job id), mark that study done: one transaction, so a
+        study is never done without its outcomes."""
+        marks = list(marks)
+        now = _now()
 
         def job(conn: Connection) -> None:
-            key = and_(mi.c.migration == self.name, mi.c.sop_instance_uid == sop_instance_uid)
-            if conn.execute(update(mi).where(key).values(values)).rowcount == 0:
-                conn.execute(
-                    insert(mi).values(
-                        migration=self.name,
-                        sop_instance_uid=sop_instance_uid,
-                        study_uid=study_uid,
-                        series_uid=series_uid,
-                        **values,
+            for mark in marks:
+                values: dict[str, object] = {
+                    "outcome": mark.outcome.value,
+                    "status": mark.status,
+                    "reason": None if mark.reason is None else mark.reason[:_REASON_LENGTH],
+                    "updated_at": now,
+                }
+                if mark.source_sha256 is not None:
+                    values["source_sha256"] = mark.source_sha256
+                if mark.size is not None:
+                    values["size"] = mark.size
+                key = and_(
+                    mi.c.migration == self.name, mi.c.sop_instance_uid == mark.sop_instance_uid
+                )
+                if conn.execute(update(mi).where(key).values(values)).rowcount == 0:
+                    conn.execute(
+                        insert(mi).values(
+                            migration=self.name,
+                            sop_instance_uid=mark.sop_instance_uid,
+                            study_uid=mark.study_uid,
+                            series_uid=mark.series_uid,
+                            **values,
+                        )
                     )
+            if finished is not None:
+                study_uid, job_id = finished
+                conn.execute(
+                    update(ms)
+                    .where(ms.c.migration == self.name, ms.c.study_uid == study_uid)
+                    .values(state=StudyState.DONE.value, job_id=job_id, updated_at=now)
                 )
 
         self.index.write(job)
-
-    def counts(self) -> dict[str, int]:
-        with self.index.reading() as conn:
-            rows = conn.execute(
-                select(mi.c.outcome, func.count())
-                .where(mi.c.migration == self.name)
-                .group_by(mi.c.outcome)
-            ).all()
-        return {str(o): int(n) for o, n in rows}
