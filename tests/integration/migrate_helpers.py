@@ -59,10 +59,11 @@ def start_migration(data_dir: Path, source: str, *options: str) -> subprocess.Po
     )  # fmt: skip
 
 
-def job_progress(data_dir: Path) -> int:
-    """Instances done by the newest job, as ``nubis jobs list`` shows it."""
+def job_progress(data_dir: Path) -> dict[str, Any]:
+    """The newest job's progress as ``nubis jobs list`` shows it (done, total, fraction,
+    eta_seconds)."""
     done = nubis(data_dir, "jobs", "list", "--json", "--limit", "1")
     if done.returncode != 0 or not done.stdout.strip():
-        return 0
+        return {"done": 0}
     jobs = json.loads(done.stdout)
-    return int(jobs[0]["progress"]["done"]) if jobs else 0
+    return jobs[0]["progress"] if jobs else {"done": 0}  # type: ignore[no-any-return]

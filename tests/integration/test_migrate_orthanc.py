@@ -124,10 +124,12 @@ def test_sigkill_mid_migration_then_resume(legacy: Orthanc, move_port: int, tmp_
     process = start_migration(data, legacy.dimse, *options, "--max-mb-per-s", "0.05")
     try:
         deadline = time.monotonic() + 120
-        while job_progress(data) < TOTAL // 4:
+        while (progress := job_progress(data))["done"] < TOTAL // 4:
             assert process.poll() is None, "the migration ended before it could be killed"
             assert time.monotonic() < deadline, "the migration made no progress"
             time.sleep(0.5)
+        # `nubis jobs` shows how far it is and when it should end.
+        assert progress["total"] == TOTAL and progress["eta_seconds"] > 0
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)

@@ -171,10 +171,16 @@ def run(
                 return migrator.run(ctx, authorization=authorization)
 
             runner = JobRunner(store, {KIND: handler}, lease_seconds=settings.jobs_lease_seconds)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                # The job goes back to the queue with its progress; run again to resume.
-                signal.signal(sig, lambda *_: runner.stop(timeout=0))
-            _claim_and_run(runner, store, job_id, handler)
+            # Ctrl-C or SIGTERM: the job goes back to the queue with its progress.
+            previous = {
+                sig: signal.signal(sig, lambda *_: runner.stop(timeout=0))
+                for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                _claim_and_run(runner, store, job_id, handler)
+            finally:
+                for sig, handler_before in previous.items():
+                    signal.signal(sig, handler_before)
         job = store.get(job_id)
     assert job is not None
     if job.state is not JobState.DONE:
