@@ -2,6 +2,7 @@
 
 Usage:  .venv/bin/python bench/migrate.py [--studies 300] [--per-study 10] [--rows 128]
                                           [--concurrency 1,4] [--memory-instances 10000]
+                                          [--set durable=false ...]
 
 Figures (issue 12), in one run against one Orthanc (Debian's package, bench/orthanc.py):
 
@@ -136,10 +137,13 @@ def baseline(pacs: OrthancServer, port: int, uids: list[str], threads: int) -> f
         shutil.rmtree(out, ignore_errors=True)
 
 
+SETTINGS: list[str] = []  # --set NAME=VALUE for every nubis migrate run
+
+
 def migrate(source: str, *options: str, sample_memory: bool = False) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
     args = [*NUBIS, "migrate", "run", source, *options, "--data-dir", str(data),
-            "--set", "log_level=warning"]  # fmt: skip
+            "--set", "log_level=warning", *SETTINGS]  # fmt: skip
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -188,7 +192,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--memory-instances", type=int, default=10000)
+    parser.add_argument(
+        "--set", action="append", default=[], help="A nubis setting NAME=VALUE (repeatable)."
+    )
     args = parser.parse_args()
+    for item in args.set:
+        SETTINGS.extend(["--set", item])
     os.environ["TCP_NODELAY"] = "1"
     levels = [int(c) for c in args.concurrency.split(",")]
     paths = corpus(args.studies, args.per_study, args.rows, seed=1200)

@@ -39,9 +39,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from nubis.dimse.reactor import EventDrivenRequestHandler, RaceFreeAE
+from nubis.dimse.receive import SpoolSink, close_sinks, receive_into_spool
+from nubis.errors import InsufficientStorage
 from nubis.migrate.request import MigrationRequest
 from nubis.migrate.source import Deliver, ListingGap, SourceError, SourceInstance, SourceStudy
-from nubis.services.spool import Spool
+from nubis.services.spool import Spool, SpooledFile
 
 __all__ = ["DimseSource", "FindWindow"]
 
@@ -121,6 +123,9 @@ class DimseSource:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._associations: list[Any] = []
+        # Received objects go straight into spool files as their fragments arrive, as the
+        # DIMSE server's do: one PDU in memory whatever the object's size.
+        receive_into_spool(spool)
 
     # ------------------------------------------------------------------ associations
     def _association(self) -> Any:
@@ -142,7 +147,11 @@ class DimseSource:
             for uid in _GET_CLASSES:
                 ae.add_requested_context(uid, [str(t) for t in AllTransferSyntaxes])
                 roles.append(build_role(uid, scp_role=True))
-            handlers = [(evt.EVT_C_STORE, self._on_get_store)]
+            handlers = [
+                (evt.EVT_C_STORE, self._on_get_store),
+                (evt.EVT_RELEASED, lambda event: close_sinks(event.assoc)),
+                (evt.EVT_ABORTED, lambda event: close_sinks(event.assoc)),
+            ]
         assoc = ae.associate(
             self.host, self.port, ae_title=self.called_ae, ext_neg=roles, evt_handlers=handlers
         )
@@ -351,19 +360,28 @@ def _last_status(responses: Any) -> Dataset:
 
 
 def _store(event: Any, deliver: Deliver | None, spool: Spool) -> int:
-    """Spool a received C-STORE data set and hand it to ``deliver``; its DIMSE status."""
+    """Hand a received C-STORE data set, spooled as it arrived (nubis.dimse.receive), to
+    ``deliver``; its DIMSE status."""
+    sink = getattr(event.request, "_dataset_file", None)
     if deliver is None:
         return 0xA700
-    data = event.encoded_dataset(include_meta=True)
-    writer = spool.writer()
     try:
-        writer.write(data)
-        spooled = writer.finish()
-    except OSError:
-        writer.abort()
+        spooled = sink.take() if isinstance(sink, SpoolSink) else _spool_whole(event, spool)
+    except (OSError, InsufficientStorage):
         return 0xA700
     outcome = deliver(spooled)
     return 0x0000 if outcome.error is None else int(outcome.error.dimse_status)
+
+
+def _spool_whole(event: Any, spool: Spool) -> SpooledFile:
+    """A data set pynetdicom kept in memory (received before the spool was set up)."""
+    writer = spool.writer()
+    try:
+        writer.write(event.encoded_dataset(include_meta=True))
+        return writer.finish()
+    except OSError:
+        writer.abort()
+        raise
 
 
 class _Receiver:
@@ -390,6 +408,8 @@ class _Receiver:
                 evt_handlers=[
                     (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_CONN_OPEN, lambda event: _no_delay(event.assoc)),
+                    (evt.EVT_RELEASED, lambda event: close_sinks(event.assoc)),
+                    (evt.EVT_ABORTED, lambda event: close_sinks(event.assoc)),
                 ],
                 request_handler=EventDrivenRequestHandler,
             )
