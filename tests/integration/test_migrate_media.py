@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from integration.migrate_helpers import audit_records, migrate, report
+from integration.migrate_helpers import audit_records, migrate, nubis, report
 from nubis.tools import synth
 
 N_STUDIES = 4
@@ -150,3 +150,32 @@ def test_max_mb_per_s_holds_the_rate(tmp_path: Path) -> None:
     assert result["bytes_moved"] == size
     # One second of allowance may go at once; the rest at 20 kB/s.
     assert result["seconds"] >= size / 20_000 - 1.2
+
+
+def test_refused_object_is_listed_with_its_reason_and_digest(
+    corpus: list[Path], tmp_path: Path
+) -> None:
+    """The archive already holds a different object under one of the source's SOP Instance
+    UIDs: the store refuses the source's (0x0111, on_conflict=refuse), and the report lists it
+    as refused with that reason and with a SHA-256 that differs from the archive's, and exits 1."""
+    data = tmp_path / "data"
+    other = pydicom.dcmread(corpus[0])
+    other.SeriesDescription = "a different object under the same UID"
+    (tmp_path / "other").mkdir()
+    other.save_as(tmp_path / "other" / "other.dcm", enforce_file_format=True)
+    done = nubis(data, "import", str(tmp_path / "other"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = tmp_path / "export"
+    for path in corpus:
+        shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
+
+    result = migrate(data, str(folder), "--name", "clash")
+
+    assert result["instances_refused"] == 1
+    rep = report(data, "clash", expect_gaps=True)
+    assert rep["totals"]["refused"] == 1 and rep["totals"]["missing"] == 0  # held, but not it
+    (refused,) = [r for s in rep["studies"] for r in s["refused"]]
+    assert refused["sop_instance_uid"] == str(other.SOPInstanceUID)
+    assert refused["status"] == 0x0111 and "already stored" in refused["reason"]
+    assert rep["totals"]["sha256_differs"] == 1
+    assert rep["totals"]["silent_gaps"] == 0

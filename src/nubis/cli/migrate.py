@@ -270,8 +270,8 @@ def report(
     config: Config = None,
     set_: Set = None,
 ) -> None:
-    """Reconcile the source and the archive, study by study; exit 1 if any source instance
-    is not in nubis (listed with its reason) or any listing gap remains."""
+    """Reconcile the source and the archive, study by study; exit 1 while any source instance
+    is missing, refused or held with another SHA-256, or part of the source was not listed."""
     from nubis.jobs.store import JobState
     from nubis.migrate.ledger import Ledger
     from nubis.migrate.report import reconcile
@@ -305,5 +305,5 @@ def report(
     else:
         sys.stdout.write(text)
     totals = result.totals
-    if totals["missing"] or totals["listing_gaps"] or totals["silent_gaps"]:
+    if any(totals[k] for k in ("missing", "refused", "sha256_differs", "listing_gaps")):
         raise typer.Exit(1)

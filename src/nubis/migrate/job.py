@@ -5,8 +5,10 @@ a delta run (``since_last_run``):
 
 1. The source lists the study's instances; the ledger records them.
 2. The archive is asked what it holds of the study (``RetrieveService.instances``, as the
-   migration's principal). An instance it holds with the source's SHA-256 (or, where the
-   source gives no digest, under its UID) is not moved again.
+   migration's principal). An instance it holds with the SHA-256 the source gave for it
+   before (or, where the source gives no digest, under its UID) is not moved again; one it
+   holds whose digest was never compared is fetched again, so a different object under the
+   same UID is found (the store refuses it, and the report says so).
 3. The source delivers the rest one object at a time, each stored through
    ``StoreService.store`` as the migration's principal: the same authorization, checks and
    audit record as STOW-RS and C-STORE. The ledger takes the outcomes with the study's end.
@@ -266,7 +268,12 @@ class _Run:
             sop = instance.sop_instance_uid
             entry = entries.get(sop)
             source_sha = entry.source_sha256 if entry is not None else None
-            if sop in holding and (source_sha is None or source_sha == holding[sop]):
+            # Held under its UID is enough only where the source gives no digest to compare;
+            # otherwise the object is fetched again unless its digest was seen to match.
+            verified = source_sha == holding.get(sop) or (
+                source_sha is None and not self.source.gives_bytes
+            )
+            if sop in holding and verified:
                 if entry is None or entry.outcome not in (Outcome.STORED, Outcome.PRESENT):
                     marks.append(Mark(sop, uid, Outcome.PRESENT, series_uid=instance.series_uid))
             else:

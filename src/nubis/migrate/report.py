@@ -115,7 +115,7 @@ class Report:
             lines.extend(f"  extra {uid}" for uid in r.extra)
             lines.extend(f"  refused {x['sop_instance_uid']}: {x['reason']}" for x in r.refused)
             lines.extend(f"  SHA-256 differs {uid}" for uid in r.sha256_differs)
-        if t["silent_gaps"] == 0 and t["missing"] == t["refused"] == 0:
+        if not any(t[k] for k in ("missing", "refused", "sha256_differs", "listing_gaps")):
             lines.append("every source instance is in nubis")
         return "\n".join(lines) + "\n"
 
