@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from integration.migrate_helpers import job_progress, migrate, report, start_migration
@@ -105,7 +106,11 @@ def test_capped_c_find_shrinks_its_date_window(corpus: list[Path], tmp_path: Pat
         pacs.load(corpus)
         data = tmp_path / "data"
 
-        result = migrate(data, pacs.dimse, "--name", "capped", "--retrieve", "get")
+        # Dates asked for: no study without a Study Date is expected (see below).
+        result = migrate(
+            data, pacs.dimse, "--name", "capped", "--retrieve", "get", "--from", "19000101"
+        )
+        undated = migrate(tmp_path / "undated", pacs.dimse, "--name", "u", "--retrieve", "get")
     finally:
         pacs.stop()
 
@@ -113,6 +118,10 @@ def test_capped_c_find_shrinks_its_date_window(corpus: list[Path], tmp_path: Pat
     assert result["find_windows"] > N_STUDIES // 7
     assert result["listing_gaps"] == []
     _zero_gaps(data, "capped")
+    # Without dates, a capped source may hide studies without a Study Date, which no window
+    # matches: not silently.
+    assert undated["studies"] == N_STUDIES
+    assert [g["what"] for g in undated["listing_gaps"]] == ["studies without a Study Date"]
 
 
 def test_sigkill_mid_migration_then_resume(legacy: Orthanc, move_port: int, tmp_path: Path) -> None:
@@ -143,3 +152,24 @@ def test_sigkill_mid_migration_then_resume(legacy: Orthanc, move_port: int, tmp_
     skipped, present = result["instances_skipped"], result["instances_present"]
     assert skipped + present + result["instances_stored"] == TOTAL
     _zero_gaps(data, "killed")
+
+
+def test_study_without_a_study_date_is_listed(tmp_path: Path) -> None:
+    """Old archives hold studies without a Study Date, which no C-FIND date range matches;
+    from a source that answers whole, the first query (no date key) lists them."""
+    paths = synth.make_corpus(
+        tmp_path / "src", n_studies=2, instances_per_series=2, rows=16, columns=16, seed=1204
+    )
+    for path in paths[:2]:  # the first study's two instances
+        ds = pydicom.dcmread(path)
+        del ds.StudyDate
+        ds.save_as(path, enforce_file_format=True)
+    pacs = Orthanc(DicomModalities={"nubis": ["NUBIS", "127.0.0.1", free_port()]})
+    try:
+        pacs.load(paths)
+        result = migrate(tmp_path / "data", pacs.dimse, "--name", "undated", "--retrieve", "get")
+    finally:
+        pacs.stop()
+
+    assert result["studies"] == 2 and result["instances_stored"] == 4
+    assert result["listing_gaps"] == []

@@ -67,6 +67,8 @@ def test_find_window_splits_into_halves_then_hours() -> None:
     hours = day.split()
     assert len(hours) == 24 and hours[0].time == "000000-005959" and day.date_range == "20200101"
     assert hours[0].split() == []  # an hour of one day: a listing gap if still capped
+    every = FindWindow(dt.date(2020, 1, 1), dt.date(2020, 1, 4), every=True)
+    assert every.date_range == "" and every.split() == [window]
 
 
 class _Trickle(io.RawIOBase):

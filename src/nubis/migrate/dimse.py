@@ -68,19 +68,25 @@ _HOURS = [(f"{h:02d}0000", f"{h:02d}5959") for h in range(24)]
 
 @dataclass(frozen=True)
 class FindWindow:
-    """A C-FIND date window (and, within one day, a Study Time range)."""
+    """A C-FIND date window (and, within one day, a Study Time range); ``every``: no date
+    key at all, which alone also matches studies without a Study Date."""
 
     first: dt.date
     last: dt.date
     time: str | None = None
+    every: bool = False
 
     @property
     def date_range(self) -> str:
+        if self.every:
+            return ""
         a, b = self.first.strftime("%Y%m%d"), self.last.strftime("%Y%m%d")
         return a if a == b else f"{a}-{b}"
 
     def split(self) -> list[FindWindow]:
         """Two halves; a single day splits into hours of Study Time."""
+        if self.every:
+            return [FindWindow(self.first, self.last)]
         if self.first < self.last:
             middle = self.first + (self.last - self.first) // 2
             return [
@@ -92,6 +98,8 @@ class FindWindow:
         return []
 
     def __str__(self) -> str:
+        if self.every:
+            return "every date"
         return self.date_range + (f" {self.time}" if self.time else "")
 
 
@@ -188,10 +196,21 @@ class DimseSource:
         last = _date(self.request.date_to, today)
         seen: set[str] = set()
         assoc = self._association()
-        todo = [FindWindow(first, last)]
+        # Without dates asked for, one query with no date key comes first: when the source
+        # answers it whole, it has listed the studies without a Study Date too, which no
+        # date window matches (PS3.4 C.2.2.2.5).
+        dated = bool(self.request.date_from or self.request.date_to)
+        todo = [FindWindow(first, last, every=not dated)]
         while todo:
             window = todo.pop(0)
             matches, capped = self._study_window(assoc, window)
+            if capped and window.every:
+                self.gaps.append(
+                    ListingGap(
+                        "studies without a Study Date",
+                        "the source caps its C-FIND answers and no date window matches them",
+                    )
+                )
             if capped:
                 parts = window.split()
                 if not parts:
