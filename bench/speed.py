@@ -551,7 +551,8 @@ def report(results: dict[str, Any]) -> str:
         ratio = (n / o if higher_better else o / n) if o and n else None
         ok = "" if ratio is None or target is None else ("yes" if ratio >= target else "NO")
         lines.append(
-            f"{label:44} {'' if o is None else f'{o:9.2f}':>9} {'' if n is None else f'{n:9.2f}':>9}"
+            f"{label:44} {'' if o is None else f'{o:9.2f}':>9}"
+            f" {'' if n is None else f'{n:9.2f}':>9}"
             f" {'' if ratio is None else f'{ratio:6.2f}x':>7}"
             f" {'' if target is None else f'>={target:g}x':>7}  {ok}"
         )

@@ -113,6 +113,8 @@ class Archive:
             checkpoint_every=settings.audit_checkpoint_records,
             checkpoint_seconds=settings.audit_checkpoint_seconds,
             enabled=settings.audit_trail,
+            read_flush_ms=settings.audit_read_flush_ms,
+            read_max_pending=settings.audit_read_max_pending,
         )
         # Every service decides with the same policy and records through the same trail, so
         # DICOMweb, DIMSE and the CLI obey one rule (nubis.services.guard).
