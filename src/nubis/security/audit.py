@@ -314,7 +314,7 @@ class AuditTrail:
         self._timer: threading.Thread | None = None
         self._reads = (
             ReadRecordQueue(
-                self._commit_dicts, interval_s=read_flush_ms / 1000, max_records=read_max_pending
+                self._commit_events, interval_s=read_flush_ms / 1000, max_records=read_max_pending
             )
             if read_flush_ms > 0 and enabled
             else None
@@ -395,7 +395,7 @@ class AuditTrail:
         if not self.enabled:
             return [_UNRECORDED] * len(events)
         if self._reads is not None and all(is_read(e) for e in events):
-            self._reads.add(self._dicts(events))
+            self._reads.add(events)  # serialized by the queue's thread, off the request path
             return [_UNRECORDED] * len(events)
         try:
             return self.index.write(self.append_job(events))
@@ -425,8 +425,8 @@ class AuditTrail:
             (e if e.source_id else replace(e, source_id=self.source_id)).to_dict() for e in events
         ]
 
-    def _commit_dicts(self, dicts: list[dict[str, Any]]) -> list[AuditReceipt]:
-        return self.index.write(self._dicts_job(dicts))
+    def _commit_events(self, events: list[AuditEvent]) -> list[AuditReceipt]:
+        return self.index.write(self._chain_job(events))
 
     def flush_reads(self) -> None:
         """Commit the queued read records now (before reading the chain or stopping)."""

@@ -23,7 +23,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from nubis.errors import StorageUnavailable
 from nubis.model.audit import AuditEvent, EventAction, EventID
@@ -54,14 +53,14 @@ def is_read(event: AuditEvent) -> bool:
 class ReadRecordQueue:
     """Queued read records and the thread that commits them in batches, in order.
 
-    ``commit`` appends a list of serialized events to the chain in one transaction (raising
+    ``commit`` appends a list of events to the chain in one transaction (raising
     when it cannot); only this queue's thread, or a caller of :meth:`flush`, calls it, one at
     a time, so queued records reach the chain in the order they were queued.
     """
 
     def __init__(
         self,
-        commit: Callable[[list[dict[str, Any]]], object],
+        commit: Callable[[list[AuditEvent]], object],
         *,
         interval_s: float,
         max_records: int,
@@ -71,7 +70,7 @@ class ReadRecordQueue:
         self.max_records = max(1, max_records)
         self._cond = threading.Condition()
         self._committing = threading.Lock()  # one batch at a time: chain order is queue order
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[AuditEvent] = []
         self._oldest = 0.0  # monotonic time the oldest pending record was queued
         self._in_flight = 0
         self._failure: BaseException | None = None
@@ -100,7 +99,7 @@ class ReadRecordQueue:
             log.error("%d read record(s) could not be committed at close", len(self._pending))
 
     # ------------------------------------------------------------------ queueing
-    def add(self, records: Sequence[dict[str, Any]]) -> None:
+    def add(self, records: Sequence[AuditEvent]) -> None:
         """Queue ``records``; raises :class:`AuditUnavailable` while the trail cannot be
         written. Waits for a commit when ``max_records`` are queued or being committed."""
         with self._cond:
@@ -171,7 +170,7 @@ class ReadRecordQueue:
             return False
         return self._urgent or self._stopping or time.monotonic() - self._oldest >= self._wait()
 
-    def _commit_batch(self, batch: list[dict[str, Any]]) -> None:
+    def _commit_batch(self, batch: list[AuditEvent]) -> None:
         try:
             self._commit(batch)
         except Exception as exc:
