@@ -397,6 +397,9 @@ class AuditTrail:
         if self._reads is not None and all(is_read(e) for e in events):
             self._reads.add(events)  # serialized by the queue's thread, off the request path
             return [_UNRECORDED] * len(events)
+        # Reads answered before this write precede it in the chain (a store's record, which
+        # commits inside its own transaction, is the exception: it may precede them).
+        self._settle()
         try:
             return self.index.write(self.append_job(events))
         except Exception as exc:
