@@ -95,8 +95,11 @@ def app_from_environment() -> Starlette:
     which ``nubis serve`` sets from everything it resolved."""
     from nubis.config import load_settings
     from nubis.logs import configure_logging
+    from nubis.web import fair_accept
 
     settings = load_settings()
+    # Before uvicorn starts serving in this worker: connections go to the least busy worker.
+    fair_accept.install()
     # A worker process starts with uvicorn's loggers only: without this, nubis's own log lines
     # below WARNING would be lost, and the limits on third-party loggers would not hold.
     configure_logging(settings.log_level)

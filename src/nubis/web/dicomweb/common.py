@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from nubis.archive import Archive
 from nubis.errors import BadRequest, Unauthorized
@@ -101,3 +102,12 @@ async def in_batches(
         if sum(map(len, batch)) < _BATCH_BYTES:
             return  # a short batch is the last: no trip to learn that the stream has ended
         batch = await run_in_threadpool(next_batch, chunks)
+
+
+def answer(stream: Iterator[bytes], first: list[bytes], media_type: str) -> Response:
+    """The response for ``stream``, of which ``first`` (:func:`next_batch`) was pulled: whole
+    when that was all of it (a streaming response costs a task group and a disconnect watcher
+    per request, more than a small answer's copy), else streamed."""
+    if sum(map(len, first)) < _BATCH_BYTES:
+        return Response(b"".join(first), media_type=media_type)
+    return StreamingResponse(in_batches(stream, first), media_type=media_type)

@@ -32,6 +32,7 @@ from nubis.web.dicomweb.accept import (
 from nubis.web.dicomweb.byte_ranges import single_byte_range
 from nubis.web.dicomweb.common import (
     accept_ranges,
+    answer,
     archive_of,
     dicomweb_base,
     in_batches,
@@ -103,7 +104,7 @@ async def retrieve_instances(request: Request) -> Response:
     content_type = multipart_related_content_type(
         boundary, "application/dicom", None if target == ANY_TRANSFER_SYNTAX else target
     )
-    return StreamingResponse(in_batches(stream, first), media_type=content_type)
+    return answer(stream, first, content_type)
 
 
 # ---------------------------------------------------------------------- metadata
@@ -198,10 +199,7 @@ async def retrieve_frames(request: Request) -> Response:
         return stream, next_batch(stream), part_type, syntax
 
     stream, first, part_type, syntax = await run_in_threadpool(open_first)
-    return StreamingResponse(
-        in_batches(stream, first),
-        media_type=multipart_related_content_type(boundary, part_type, syntax),
-    )
+    return answer(stream, first, multipart_related_content_type(boundary, part_type, syntax))
 
 
 def _multipart_response(
