@@ -115,7 +115,9 @@ class Corpus:
 def _synth_fingerprint() -> str:
     # A change to the generator invalidates cached corpora. Computed once per run so an
     # edit made while a run is generating cannot label old output with the new hash.
-    return hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:16]
+    # The pixel phantom lives beside it (nubis.tools.phantom).
+    sources = (Path(synth.__file__), Path(synth.__file__).with_name("phantom.py"))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
 
 
 def _cached(dir_: Path, params: dict[str, Any], build: Callable[[Path], None]) -> Path:

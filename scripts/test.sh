@@ -27,4 +27,6 @@ fi
 .venv/bin/python -c 'import nubis, dicomweb_client' 
 
 .venv/bin/ruff check src tests bench
+# Types: mypy in its default mode over the package ([tool.mypy] in pyproject.toml).
+.venv/bin/mypy src/nubis
 exec .venv/bin/pytest -q "$@"

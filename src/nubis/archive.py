@@ -17,8 +17,11 @@ from nubis.crypto.registry import keyring_exists, open_key_provider
 from nubis.dimse.peers import PeerTable
 from nubis.errors import StorageUnavailable
 from nubis.index.database import Index
-from nubis.jobs import JobContext, JobRunner, JobStore
-from nubis.jobs.kinds import SNAPSHOT, handlers, parse_schedule
+from nubis.jobs.context import JobContext
+from nubis.jobs.kinds import handlers
+from nubis.jobs.runner import JobRunner
+from nubis.jobs.schedule import SNAPSHOT, parse_schedule
+from nubis.jobs.store import JobStore
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.security import audit_events
@@ -42,11 +45,12 @@ from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
+from nubis.tiers.compression import TierCompressor
 from nubis.tiers.history import snapshots
 from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.movers import find_mover
 from nubis.tiers.reads import ReadTracker
-from nubis.tiers.rules import Tiers, parse_prices, parse_rules, parse_tiers
+from nubis.tiers.rules import Tiers, parse_compression, parse_prices, parse_rules, parse_tiers
 
 if TYPE_CHECKING:
     from nubis.dimse.commitment import CommitmentReports
@@ -178,13 +182,29 @@ class Archive:
             guard=self.guard,
             orphan_grace_seconds=settings.orphan_grace_seconds,
         )
+        mover = find_mover(self.blobs)
+        # Tiers that keep their objects losslessly compressed (nubis.tiers.compression).
+        compression = parse_compression(settings.tier_compression, self.tiers)
         self.lifecycle = Lifecycle(
             self.index,
             self.tiers,
             parse_rules(settings.lifecycle, self.tiers),
-            find_mover(self.blobs),
+            mover,
             guard=self.guard,
             actor=system_participant(settings.audit_source),
+            compressor=TierCompressor(
+                self.index,
+                self.blobs,
+                self.spool,
+                guard=self.guard,
+                tiers=self.tiers,
+                policy=compression,
+                mover=mover,
+                bulk_threshold=settings.bulk_threshold,
+                orphan_grace_seconds=settings.orphan_grace_seconds,
+            )
+            if compression
+            else None,
         )
         # Re-wraps objects off an old KEK (nubis keys retire --rewrap): always through a sealed
         # spool, even where new objects are no longer encrypted, so no plaintext lands on disk.
@@ -203,29 +223,7 @@ class Archive:
             else None
         )
         self.jobs = JobStore(self.index)
-        self.job_runner = (
-            JobRunner(
-                self.jobs,
-                handlers(
-                    index=self.index,
-                    blobs=self.blobs,
-                    maintenance=self.maintenance,
-                    lifecycle=self.lifecycle,
-                    tiers=self.tiers,
-                    rewrap=self.rewrap,
-                    guard=self.guard,
-                    actor=system_participant(settings.audit_source),
-                    commitment=self.deliver_commitment_report,
-                    audit=self.audit,
-                    dimse_send=self.run_send,
-                ),
-                lease_seconds=settings.jobs_lease_seconds,
-                poll_seconds=settings.jobs_poll_seconds,
-                schedule=parse_schedule(settings.jobs_schedule),
-            )
-            if settings.jobs
-            else None
-        )
+        self.job_runner = self.new_job_runner() if settings.jobs else None
         # Jobs, storage and DIMSE peers as the admin pages manage them: the home tenant's.
         self.operations = Operations(
             self.index,
@@ -257,6 +255,32 @@ class Archive:
         )
         self.first_login_key: str | None = None
         self.ready = False
+
+    def new_job_runner(self, *, scheduled: bool = True) -> JobRunner:
+        """A runner of every kind of job this node can run, for ``nubis serve``'s workers and
+        ``nubis jobs work`` alike: the same handlers, recording through the same guard (a
+        verify job's reads, a tier job's moves) as the archive itself. ``scheduled``: it also
+        queues the periodic jobs of ``jobs_schedule``."""
+        settings = self.settings
+        return JobRunner(
+            self.jobs,
+            handlers(
+                index=self.index,
+                blobs=self.blobs,
+                maintenance=self.maintenance,
+                lifecycle=self.lifecycle,
+                tiers=self.tiers,
+                rewrap=self.rewrap,
+                guard=self.guard,
+                actor=system_participant(settings.audit_source),
+                commitment=self.deliver_commitment_report,
+                audit=self.audit,
+                dimse_send=self.run_send,
+            ),
+            lease_seconds=settings.jobs_lease_seconds,
+            poll_seconds=settings.jobs_poll_seconds,
+            schedule=parse_schedule(settings.jobs_schedule) if scheduled else None,
+        )
 
     def _lockout_started(self, lockout: Lockout) -> None:
         """Log and audit the start of a login lockout (nothing more is recorded while it lasts:

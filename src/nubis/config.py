@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from nubis.logs import redact_url
 
 
 @dataclass(frozen=True)
@@ -407,6 +408,15 @@ class Settings:
         "A study's last read (for unread> rules) is written at most once per this many seconds "
         "per process, so reads do not each cost a write.",
     )
+    tier_compression: str = _setting(
+        "",
+        "Lossless compression a tier keeps its objects in, as TIER=CODEC,... (codecs htj2k, "
+        "jpegls, j2k, rle, or a transfer syntax UID), e.g. 'cold=htj2k': the tier job "
+        "re-encodes objects with uncompressed pixel data there, proves the pixels identical "
+        "before replacing the original, and records its transfer syntax, which retrieval gives "
+        "back on request. Objects under it are kept pixel-exact, no longer byte-exact. Empty: "
+        "none.",
+    )
     viewer_ohif_dir: str = _setting(
         "",
         "Folder of a prebuilt OHIF viewer (the dist/ of the npm package @ohif/app, as nubis ohif "
@@ -648,7 +658,7 @@ def _validate_security(settings: Settings) -> None:
 
 
 def _validate_storage(settings: Settings) -> None:
-    from nubis.jobs.kinds import parse_schedule
+    from nubis.jobs.schedule import parse_schedule
     from nubis.services.disk_floor import parse_floor
 
     try:
@@ -670,6 +680,7 @@ def _validate_storage(settings: Settings) -> None:
     for name, check in (
         ("lifecycle", lambda: parse_rules(settings.lifecycle, tiers)),
         ("storage_prices", lambda: parse_prices(settings.storage_prices, tiers)),
+        ("tier_compression", lambda: _check_compression(settings.tier_compression, tiers)),
         ("jobs_schedule", lambda: parse_schedule(settings.jobs_schedule)),
     ):
         try:
@@ -680,6 +691,17 @@ def _validate_storage(settings: Settings) -> None:
         raise SettingsError("jobs_lease_seconds must be >= 3 and jobs_poll_seconds >= 1")
     if settings.read_record_seconds < 0:
         raise SettingsError("read_record_seconds must be >= 0")
+
+
+def _check_compression(text: str, tiers: Any) -> None:
+    from nubis.tiers.rules import parse_compression
+
+    if not text.strip():
+        return
+    # Only now: the codecs load with pydicom, which settings that compress nothing need not.
+    from nubis.dicom.transcode import SUPPORTED_TARGETS
+
+    parse_compression(text, tiers, SUPPORTED_TARGETS)
 
 
 def _validate_web(settings: Settings) -> None:
@@ -700,19 +722,6 @@ def _validate_web(settings: Settings) -> None:
 
 # Settings whose values are secrets: shown as set or not, never echoed.
 SECRET_SETTINGS = frozenset({"admin_token", "oidc_client_secret"})
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password in it replaced by ``***``, for messages, logs and listings.
-
-    Credentials belong in the environment or in files (AWS variables, ~/.pgpass), but an
-    operator may still write one into a URL; it must not be echoed back.
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 def displayed_value(name: str, value: object) -> str:

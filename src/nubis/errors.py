@@ -170,6 +170,22 @@ class BlobUnreadable(NubisError):
     dimse_status = 0x0110  # Processing failure
 
 
+class BlobCorrupted(NubisError):
+    """A stored object's bytes no longer have the size and SHA-256 recorded at ingest
+    (nubis.blobs.integrity). Never answered with the bytes: a 500 with this reason, a broken
+    stream if the response had already started, a failed C-STORE sub-operation."""
+
+    http_status = 500
+    dimse_status = 0x0110  # Processing failure
+
+
+class UnknownBackend(NubisError):
+    """A blob store or key provider URL names no backend nubis has (or one whose extra is not
+    installed): a configuration error, found at start."""
+
+    http_status = 500
+
+
 class KeyUnavailable(NubisError):
     """A key needed to read or write a blob cannot be had (keyring unreadable, KMS down,
     unknown key id). HTTP 424 Failed Dependency, C-STORE 0xA700 (design guide rule 15)."""

@@ -23,6 +23,9 @@ would log values at some levels, so :func:`configure_logging` holds them back:
   traceback (the client gets a 406 naming what failed; a traceback in the log marks a bug of
   nubis). Other Python warnings go through the ``py.warnings`` logger instead of stderr.
 
+Secrets stay out of logs and messages too: :func:`redact_url` hides a password written into a
+URL (an index or blob store URL) wherever one is logged, quoted in an error or listed.
+
 ``nubis serve`` calls this in the parent process and uvicorn's worker processes call it again
 (nubis.web.app.app_from_environment): a worker starts with no logging of its own.
 """
@@ -33,6 +36,7 @@ import logging
 import re
 import sys
 import warnings
+from urllib.parse import urlsplit
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -120,3 +124,16 @@ def configure_logging(level: str) -> None:
 
 
 __all__ = ["FORMAT", "DropQueryString", "StripTraceback", "UnquoteValues", "configure_logging"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``, for messages, logs and listings.
+
+    Credentials belong in the environment or in files (AWS variables, ~/.pgpass), but an
+    operator may still write one into a URL; it must not be echoed back.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()

@@ -21,13 +21,14 @@ from sqlalchemy import func, select
 from nubis.blobs.filesystem import FileBlobStore
 from nubis.errors import DuplicateInstance, NotFound
 from nubis.index.database import Index
-from nubis.index.schema import instances, metadata, series, studies
+from nubis.index.schema import INSTANCES_LOCATED, instances, metadata, series, studies
 from nubis.model.records import StoreResult
 from nubis.security.policy import AuthPolicy, system_principal
 from nubis.services.guard import Guard
 from nubis.services.retrieve import blob_context
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
+from nubis.tools.synth import make_corpus
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -127,6 +128,38 @@ def test_delete_updates_counts_and_queues_blobs(index: Index, tmp_path: Path) ->
     assert len(index.doomed_blob_keys()) == 1
     with pytest.raises(NotFound):
         index.delete("p", ct.study_uid or "")
+
+
+def test_walk_visits_every_row_once_in_pages(index: Index, tmp_path: Path) -> None:
+    """Index.walk_instances: every instance once, in id order, pages no longer than asked,
+    filtered by ``where``, resumed after the last key seen; a study deleted between pages is
+    not read, and the walk still ends."""
+    service, spool = _service(index, tmp_path)
+    for path in make_corpus(tmp_path / "corpus", n_studies=5, rows=16, columns=16):
+        outcome = service.store(spool.from_file(path), principal=system_principal(tenant="p"))
+        assert outcome.ok, outcome.error
+    with index.reading() as conn:
+        stored = conn.execute(
+            select(instances.c.id, studies.c.study_uid, series.c.modality)
+            .select_from(INSTANCES_LOCATED)
+            .order_by(instances.c.id)
+        ).all()
+    assert len(stored) == 5
+
+    pages = list(index.walk_instances([studies.c.study_uid, series.c.modality], page=2))
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [tuple(r) for p in pages for r in p] == [tuple(r) for r in stored]
+
+    resumed = [r[0] for p in index.walk_instances([], after=stored[2][0], page=2) for r in p]
+    assert resumed == [r[0] for r in stored[3:]]
+
+    mr = [r[0] for p in index.walk_instances([], where=[series.c.modality == "MR"]) for r in p]
+    assert mr == [r[0] for r in stored if r[2] == "MR"]
+
+    walk = index.walk_instances([], page=2)
+    first = next(walk)
+    index.delete("p", stored[-1][1])
+    assert [r[0] for r in first] + [r[0] for p in walk for r in p] == [r[0] for r in stored[:-1]]
 
 
 def test_group_commit_under_concurrency(index: Index, tmp_path: Path) -> None:

@@ -27,7 +27,9 @@ from nubis.archive import Archive
 from nubis.config import load_settings
 from nubis.index.database import Index
 from nubis.index.schema import jobs
-from nubis.jobs import JobContext, JobFailed, JobRunner, JobState, JobStore
+from nubis.jobs.context import JobContext, JobFailed
+from nubis.jobs.runner import JobRunner
+from nubis.jobs.store import JobState, JobStore
 from nubis.security.policy import system_principal
 
 

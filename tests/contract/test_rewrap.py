@@ -390,7 +390,7 @@ _DYING_WORKER = """
 import json, os, signal, sys
 from nubis.archive import Archive
 from nubis.config import load_settings
-from nubis.jobs import JobRunner
+from nubis.jobs.runner import JobRunner
 from nubis.services.kek_rewrap import KekRewrap
 
 archive = Archive(load_settings(environ={}, overrides=json.loads(sys.argv[1])))

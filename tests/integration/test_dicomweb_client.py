@@ -12,23 +12,36 @@ assertions say "exactly these", never "at least one".
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    generate_uid,
+)
 
-from integration import AUTH, CT_PATIENT, MR_PATIENT, DicomFile, encode
+from integration import AUTH, CT_PATIENT, MR_PATIENT, DicomFile, encode, multipart_parts
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from conftest import LiveServer, ServerFactory
 
 AS_STORED = (("application/dicom", "*"),)
@@ -884,3 +897,106 @@ def test_transcoding_to_every_offered_syntax_is_lossless(
     assert got.file_meta.TransferSyntaxUID == target
     assert np.array_equal(got.pixel_array, f.dataset().pixel_array)
     assert got.SOPInstanceUID == f.sop_uid
+
+
+# ------------------------------------------------------------------ WADO-RS: transcoding (issue 11)
+def _retrieve_in(archive: Archive, f: DicomFile, target: str) -> Dataset:
+    if target == JPEGLSLossless:
+        return archive.client.retrieve_instance(
+            *f.uids, media_types=(("application/dicom", target),)
+        )
+    # dicomweb-client's own list of transfer syntaxes predates HTJ2K and refuses to put it in
+    # Accept, so the request names it in the accept query parameter, which wins (PS3.18 8.3.3.1).
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={target}'
+    return archive.client.retrieve_instance(*f.uids, additional_params={"accept": accept})
+
+
+@pytest.mark.parametrize("target", [HTJ2KLossless, JPEGLSLossless])
+@pytest.mark.parametrize("key", ["ct", "multiframe", "multiframe_rle", "rle_2frame", "jpeg_ls"])
+def test_retrieve_in_htj2k_or_jpeg_ls_lossless(archive: Archive, key: str, target: str) -> None:
+    """PS3.18 8.7.3.5.2: a transfer-syntax parameter the origin supports is honoured; HTJ2K
+    Lossless and JPEG-LS Lossless were 406 before issue 11."""
+    picked = {"ct": archive.ct[3], "multiframe": archive.multiframe}
+    picked["multiframe_rle"] = archive.multiframe_rle
+    f = picked.get(key) or archive.pyd[key]
+    got = _retrieve_in(archive, f, target)
+    assert got.file_meta.TransferSyntaxUID == target
+    assert got.SOPInstanceUID == f.sop_uid
+    assert np.array_equal(got.pixel_array, f.dataset().pixel_array)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline: lossy
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless: lossy
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossy allowed)
+        "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL: progression order not produced
+        "1.2.840.10008.1.2.4.203",  # HTJ2K (lossy allowed)
+    ],
+)
+def test_lossy_or_unproduced_syntax_stays_406(archive: Archive, target: str) -> None:
+    """PS3.18 8.7.3.5.2 / 8.7.3.3: a syntax the origin does not offer is 406 Not Acceptable.
+    nubis never encodes lossily (that would need a new SOP Instance UID, PS3.4 C.4.3.1.2), so
+    the new HTJ2K and JPEG-LS encoders add only their lossless syntaxes."""
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={target}'
+    with pytest.raises(requests.HTTPError) as caught:
+        archive.client.retrieve_instance(*archive.ct[3].uids, additional_params={"accept": accept})
+    assert http_status(caught.value) == 406
+    assert "reason" in caught.value.response.json()
+
+
+@pytest.mark.parametrize("target", [HTJ2KLossless, JPEGLSLossless])
+def test_instance_without_pixels_in_a_codec_is_406(archive: Archive, target: str) -> None:
+    """An SR has no pixel data to encode: a codec syntax cannot represent it (PS3.5 A.4), so
+    asking for only that syntax is 406, not a relabelled copy."""
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={target}'
+    with pytest.raises(requests.HTTPError) as caught:
+        archive.client.retrieve_instance(
+            *archive.pyd["sr"].uids, additional_params={"accept": accept}
+        )
+    assert http_status(caught.value) == 406
+
+
+def test_htj2k_part_says_its_transfer_syntax(archive: Archive) -> None:
+    f = archive.ct[0]
+    url = (
+        f"{archive.server.dicomweb}/studies/{f.study_uid}/series/{f.series_uid}"
+        f"/instances/{f.sop_uid}"
+    )
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={HTJ2KLossless}'
+    response = httpx.get(url, headers={**AUTH, "Accept": accept}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert f"transfer-syntax={HTJ2KLossless}" in response.headers["content-type"]
+    [(headers, payload)] = multipart_parts(response.headers["content-type"], response.content)
+    assert headers["content-type"] == f"application/dicom; transfer-syntax={HTJ2KLossless}"
+    assert dcmread(io.BytesIO(payload)).file_meta.TransferSyntaxUID == HTJ2KLossless
+
+
+def test_jpeg_lossless_instance_served_native(
+    live_server: LiveServer, ct_series: list[DicomFile], tmp_path: Path
+) -> None:
+    """A JPEG lossless object (dcmtk's encoder, the default install's decoder, no GPL codec)
+    retrieved in Explicit VR Little Endian has exactly the pixels that were compressed. It goes
+    to the session's archive under UIDs of its own, so this module's archive stays as listed."""
+    if shutil.which("dcmcjpeg") is None:
+        pytest.skip(reason="dcmtk is installed by scripts/test.sh")
+    source = ct_series[5]
+    compressed = tmp_path / "jll.dcm"
+    subprocess.run(["dcmcjpeg", "+e1", str(source.path), str(compressed)], check=True, timeout=60)
+    ds = dcmread(compressed)
+    assert ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientID = "I11-JPEG-LOSSLESS"
+    client = DICOMwebClient(url=live_server.dicomweb, headers=AUTH)
+    client.store_instances([ds])
+    got = client.retrieve_instance(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        media_types=(("application/dicom", ExplicitVRLittleEndian),),
+    )
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(got.pixel_array, source.dataset().pixel_array)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from nubis.blobs.bucket_tiers import BucketTierStore
-from nubis.blobs.registry import UnknownBackend, open_blob_store
+from nubis.blobs.registry import open_blob_store
 from nubis.blobs.s3 import S3BlobStore, from_url
-from nubis.errors import RestoreRequired, StorageUnavailable
+from nubis.errors import RestoreRequired, StorageUnavailable, UnknownBackend
 from nubis.ports.blobs import BlobContext, BlobExists, PlainFile
 from nubis.tiers.movers import find_mover
 from nubis.tiers.rules import parse_tiers

@@ -7,7 +7,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from nubis.errors import BadRequest
-from nubis.model.query import Level, MatchKind, parse_cfind, parse_qido
+from nubis.model.cfind import parse_cfind
+from nubis.model.query import Level, MatchKind, parse_qido
 
 
 def identifier(level: str, **keys: object) -> Dataset:

@@ -60,7 +60,8 @@ def test_serve_options_documented() -> None:
 
 def test_secrets_are_not_echoed() -> None:
     """`nubis settings`, logs and errors never show a password or the admin token."""
-    from nubis.config import displayed_value, redact_url
+    from nubis.config import displayed_value
+    from nubis.logs import redact_url
 
     assert (
         redact_url("postgresql://nubis:s3cret@db:5432/pacs")

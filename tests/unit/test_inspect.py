@@ -629,3 +629,26 @@ def test_nested_bulk_offsets(tmp_path: Path, outer_undefined: bool, inner_undefi
         assert _read_range(path, *result.bulk_index[bulk_path]) == payload, bulk_path
     assert set(result.bulk_index) == {*expected, "7FE00010"}
     assert "00420011" not in result.header.ReferencedImageSequence[1]
+
+
+
+def test_a_code_extension_ends_at_the_value_delimiter(tmp_path: Path) -> None:
+    """PS3.5 6.1.2.5.3: the character set of value 1 of Specific Character Set is active again
+    at a value delimiter (backslash), whether or not an escape sequence says so: the bytes of
+    the second value are read in ISO-IR 100 (value 1), not ISO-IR 144 (Cyrillic) left over
+    from the first value's escape sequence."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = "1.2.3.4.1"
+    ds.SpecificCharacterSet = ["ISO 2022 IR 100", "ISO 2022 IR 144"]
+    # ESC - L designates ISO-IR 144 to G1: 0xBB 0xEE are "Лю" there, "»î" in ISO-IR 100.
+    ds.add_new(0x00081030, "LO", b"\x1b-L\xbb\xee\\\xbb\xee")
+    path = tmp_path / "cyrillic.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert inspect_file(path).metadata["00081030"]["Value"] == ["Лю", "»î"]

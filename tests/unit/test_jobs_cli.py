@@ -71,3 +71,37 @@ def test_jobs_and_storage_commands(tmp_path: Path) -> None:
     assert "no tier 'warm'" in run("storage", "tier", study_uid, "warm", code=2)
     assert "no study 1.2.3" in run("storage", "tier", "1.2.3", "hot", code=1)
     assert "growth" in run("storage", "report", "--growth", "fast", code=2)
+
+
+def test_a_verify_job_run_by_jobs_work_records_its_reads(tmp_path: Path) -> None:
+    """Re-reading patient data is an access (PS3.15 A.5.3.3, DICOM Instances Accessed, action
+    Read) whichever process runs the job: `nubis jobs work` records it as a server does."""
+    from nubis.archive import Archive
+    from nubis.config import load_settings
+
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path / "data"), "--set", "durable=false",
+            "--set", "jobs_schedule="]  # fmt: skip
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, [*args, *data], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    files = make_ct_series(tmp_path / "ct", n_instances=3, rows=32, columns=32)
+    study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    run("import", str(tmp_path / "ct"))
+    run("jobs", "run", "verify")
+    assert "1 job(s) run" in run("jobs", "work", "--once")
+
+    settings = load_settings(overrides={"data_dir": tmp_path / "data", "durable": False})
+    with Archive(settings) as archive:
+        reads = [
+            e for e in (r.event_dict for r in archive.audit.scan())
+            if e["event_id"]["code"] == "110103" and e["action"] == "R"
+        ]  # fmt: skip
+    described = [e["outcome_description"] for e in reads]
+    assert described == ["integrity check of 3 object(s): intact"]
+    named = [o["id"] for o in reads[0]["objects"] if o["id_type"]["code"] == "110180"]
+    assert named == [study_uid]
+    assert reads[0]["front_door"] == "system"

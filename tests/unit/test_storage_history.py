@@ -13,8 +13,8 @@ from sqlalchemy import insert
 
 from nubis.index.database import Index
 from nubis.index.schema import instances, series, studies
-from nubis.jobs.kinds import SNAPSHOT, parse_schedule
-from nubis.jobs.runner import JobContext
+from nubis.jobs.context import JobContext
+from nubis.jobs.schedule import SNAPSHOT, parse_schedule
 from nubis.jobs.store import JobStore
 from nubis.tiers.history import (
     latest_snapshot,

@@ -1,17 +1,20 @@
-"""Tiers, lifecycle rules, prices, the schedule and the storage report's arithmetic."""
+"""Tiers, lifecycle rules, prices, compression, the schedule and the storage report's
+arithmetic."""
 
 from __future__ import annotations
 
 import pytest
 
 from nubis.config import SettingsError, load_settings
-from nubis.jobs.kinds import parse_schedule
+from nubis.jobs.schedule import parse_schedule
 from nubis.tiers.report import GB, build_report, parse_growth
 from nubis.tiers.rules import (
     DAY_MS,
     LIST_PRICES,
+    LOSSLESS_CODECS,
     StudyFacts,
     TierBucket,
+    parse_compression,
     parse_prices,
     parse_rules,
     parse_tiers,
@@ -215,3 +218,75 @@ def test_report_unpriced_and_unconfigured_tiers() -> None:
     assert report.unpriced_tiers == ["fast", "legacy"]
     assert report.monthly_cost == 0
     assert {r.tier: r.target for r in report.tiers}["legacy"] == "(not configured)"
+
+
+J2K = "1.2.840.10008.1.2.4.90"
+HTJ2K = "1.2.840.10008.1.2.4.201"
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+
+
+def test_compression_parse() -> None:
+    """tier_compression names a lossless codec per tier, by name or transfer syntax UID."""
+    assert parse_compression("", TIERS) == {}
+    assert parse_compression(" cold = htj2k , archive=1.2.840.10008.1.2.4.80 ", TIERS) == {
+        "cold": HTJ2K,
+        "archive": JPEG_LS,
+    }
+    assert parse_compression("hot=J2K,cold=rle", TIERS) == {
+        "hot": J2K,
+        "cold": "1.2.840.10008.1.2.5",
+    }
+    assert set(LOSSLESS_CODECS) == {"htj2k", "htj2k-rpcl", "jpegls", "j2k", "rle"}
+    for bad, message in (
+        ("cold", "TIER=CODEC"),
+        ("cold=", "TIER=CODEC"),
+        ("frozen=htj2k", "no tier 'frozen'"),
+        ("cold=htj2k,cold=j2k", "named twice"),
+        # Lossy or unknown: a tier never keeps what it cannot give back exactly.
+        ("cold=jpeg", "not a lossless codec"),
+        ("cold=1.2.840.10008.1.2.4.91", "not a lossless codec"),
+        ("cold=1.2.840.10008.1.2.4.50", "not a lossless codec"),
+        ("cold=1.2.840.10008.1.2.1", "not a lossless codec"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_compression(bad, TIERS)
+
+
+def test_compression_needs_an_encoder_here() -> None:
+    with pytest.raises(ValueError, match=r"no encoder for .*4\.201.*it can encode j2k"):
+        parse_compression("cold=htj2k", TIERS, encodable={J2K, "1.2.840.10008.1.2.1"})
+    assert parse_compression("cold=j2k", TIERS, encodable={J2K}) == {"cold": J2K}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("frozen=j2k", "no tier 'frozen'"), ("cold=jpeg", "not a lossless codec")],
+)
+def test_compression_setting_is_checked_at_start(value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=f"tier_compression: .*{message}"):
+        load_settings(environ={"NUBIS_TIER_COMPRESSION": value})
+    assert load_settings(environ={"NUBIS_TIER_COMPRESSION": "cold=j2k"}).tier_compression
+
+
+def test_report_compression_arithmetic() -> None:
+    """Per tier: what its objects took as they arrived and take now, the ratio, the saving."""
+    usage = {"hot": (10, 100 * GB), "cold": (8, 300 * GB), "archive": (0, 0)}
+    # 6 of cold's 8 objects were re-encoded: 400 GB as they arrived, 200 GB now.
+    report = build_report(
+        usage,
+        TIERS,
+        parse_prices("", TIERS),
+        months=0,
+        compressed={"cold": (6, 400 * GB, 200 * GB)},
+    )
+    [cold] = report.compression
+    assert (cold.tier, cold.objects, cold.compressed) == ("cold", 8, 6)
+    assert (cold.bytes_before, cold.bytes_after, cold.saved) == (500 * GB, 300 * GB, 200 * GB)
+    assert cold.ratio == pytest.approx(500 / 300) and cold.compressed_ratio == pytest.approx(2.0)
+    assert cold.monthly_saving == pytest.approx(200 * 0.0125)
+    assert report.monthly_saving == pytest.approx(2.5)
+    data = report.as_json()
+    assert data["compression"][0]["saved"] == 200 * GB
+    assert data["compression"][0]["ratio"] == pytest.approx(1.6667, abs=1e-4)
+    assert data["monthly_saving"] == 2.5
+    assert build_report(usage, TIERS, parse_prices("", TIERS)).compression == []

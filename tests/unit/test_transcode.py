@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,14 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileDataset
-from pydicom.encaps import encapsulate, generate_frames
-from pydicom.pixels import get_decoder, get_encoder, pixel_array
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+from pydicom.pixels import (
+    convert_color_space,
+    get_decoder,
+    get_encoder,
+    pack_bits,
+    pixel_array,
+)
 from pydicom.uid import (
     JPEG2000,
     MPEG2MPML,
@@ -20,6 +28,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -36,6 +45,7 @@ from nubis.dicom.transcode import (
     transcode_file,
 )
 from nubis.errors import BadRequest, NotAcceptable
+from nubis.tools import synth
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 # Elements the conversion is allowed to change (PS3.5 8.2: they describe the encoded pixels).
@@ -375,3 +385,121 @@ def test_uid_type_accepted() -> None:
     assert read(transcode_file(path, UID(str(RLELossless)))).file_meta.TransferSyntaxUID == (
         RLELossless
     )
+
+
+# -- the spliced path: encapsulated to Explicit VR Little Endian ---------------------------------
+
+
+def _dcmcjpeg(source: Path, out: Path) -> Path:
+    if shutil.which("dcmcjpeg") is None:
+        pytest.skip(reason="dcmtk is installed by scripts/test.sh")
+    subprocess.run(["dcmcjpeg", "+e1", str(source), str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "jpeg-lossless",  # CT_small through dcmcjpeg: the WADO-RS transcoding benchmark's case
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "multiframe-rle",  # 12 frames, synthetic
+        "JPEG2000.dcm",
+    ],
+)
+def test_spliced_path_writes_what_the_general_path_writes(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if name == "jpeg-lossless":
+        path = _dcmcjpeg(data("CT_small.dcm"), tmp_path / "jll.dcm")
+    elif name == "multiframe-rle":
+        path = synth.make_multiframe(
+            tmp_path / "mf.dcm", frames=12, rows=32, columns=48, transfer_syntax=RLELossless
+        )
+    else:
+        path = data(name)
+    spliced = transcode_file(path, ExplicitVRLittleEndian)
+    monkeypatch.setattr(transcode, "_spliced_native", lambda *args: None)
+    general = transcode_file(path, ExplicitVRLittleEndian)
+    assert spliced == general
+    # and the stored data set bytes before the pixel data are in it unchanged
+    stored = path.read_bytes()
+    source = pydicom.dcmread(path)
+    first = source.get_item(next(iter(source.keys())))
+    start = getattr(first, "value_tell", getattr(first, "file_tell", 0)) - 8
+    end = source.get_item(0x7FE00010).value_tell - 12
+    assert stored[start:end] in spliced
+
+
+def test_spliced_path_taken_for_monochrome(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken: list[bool] = []
+    splice = transcode._spliced_native
+
+    def spy(*args: Any) -> bytes | None:
+        result = splice(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(transcode, "_spliced_native", spy)
+    transcode_file(data("MR_small_RLE.dcm"), ExplicitVRLittleEndian)
+    transcode_file(data("SC_rgb_rle_2frame.dcm"), ExplicitVRLittleEndian)  # colour: general
+    assert taken == [True, False]
+
+
+def test_extended_offset_table_not_kept_in_native(tmp_path: Path) -> None:
+    # PS3.3 C.7.6.3.1.8: the Extended Offset Table describes encapsulated pixel data only.
+    mf = synth.make_multiframe(
+        tmp_path / "mf.dcm", frames=10, rows=32, columns=48, transfer_syntax=JPEG2000Lossless
+    )
+    source = pydicom.dcmread(mf)
+    frames = list(generate_frames(source.PixelData, number_of_frames=10))
+    source.PixelData, offsets, lengths = encapsulate_extended(frames)
+    source.ExtendedOffsetTable, source.ExtendedOffsetTableLengths = offsets, lengths
+    path = tmp_path / "eot.dcm"
+    source.save_as(path, enforce_file_format=True)
+
+    for target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        result = read(transcode_file(path, target))
+        assert "ExtendedOffsetTable" not in result
+        assert "ExtendedOffsetTableLengths" not in result
+        assert np.array_equal(result.pixel_array, pixel_array(path))
+
+
+def test_lossless_ybr_source_keeps_its_samples(tmp_path: Path) -> None:
+    # YBR_FULL to RGB rounds: decoding a lossless source must not convert (PS3.3 C.7.6.3.1.2).
+    ds = pydicom.dcmread(data("SC_rgb_rle_2frame.dcm"))
+    ybr = convert_color_space(ds.pixel_array, "RGB", "YBR_FULL")
+    ds.PhotometricInterpretation = "YBR_FULL"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = ybr.tobytes()
+    ds.compress(RLELossless, generate_instance_uid=False)
+    path = tmp_path / "ybr_rle.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    result = read(transcode_file(path, ExplicitVRLittleEndian))
+    assert result.PhotometricInterpretation == "YBR_FULL"
+    assert np.array_equal(pixel_array(result, raw=True), ybr)
+
+
+def _one_bit_object(frames: int) -> bytes:
+    """A 1-bit MONOCHROME2 object whose frames (480 bits each) meet inside no byte boundary."""
+    ds = pydicom.dcmread(get_testdata_file("liver_1frame.dcm"))
+    samples = np.random.default_rng(frames).integers(0, 2, (frames, 24, 20), dtype=np.uint8)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 24, 20, frames
+    ds.PixelData = pack_bits(samples.ravel())
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+@pytest.mark.parametrize("native", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_one_bit_pixels_come_back_packed(frames: int, native: str) -> None:
+    # PS3.5 8.1.1: with Bits Allocated 1 the native pixel data is bit-packed, frames included.
+    original = _one_bit_object(frames)
+    compressed = transcode_file(io.BytesIO(original), HTJ2KLossless)
+    back = pydicom.dcmread(io.BytesIO(transcode_file(io.BytesIO(compressed), native)))
+    expected = pydicom.dcmread(io.BytesIO(original)).PixelData
+    assert back.PixelData[: len(expected)] == expected
+    assert len(back.PixelData) == len(expected) + len(expected) % 2

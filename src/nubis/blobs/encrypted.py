@@ -206,7 +206,7 @@ class EncryptedBlobStore:
         if reader is None:
             f.seek(0)
             return f
-        return open_plain(reader)  # type: ignore[return-value]
+        return open_plain(reader)
 
     def _reader(self, f: BinaryIO, context: BlobContext) -> SegmentReader | None:
         """A decrypting reader over the open blob ``f``; None for an accepted plaintext blob."""
@@ -232,6 +232,8 @@ class EncryptedBlobStore:
         self, key: str | None, prefix: bytes, context: BlobContext, f: BinaryIO | None = None
     ) -> tuple[Header, bytes]:
         header = self._parse_header(key, prefix, context, f)
+        if header.wrapped is None:  # a stored header always has one (parse_header reads it)
+            raise BlobUnreadable("stored object failed its integrity check: no wrapped key")
         dek = self.keys.unwrap(header.wrapped, aad=header.associated_data(context))
         return header, dek
 

@@ -146,7 +146,7 @@ class FileBlobStore:
                     yield BlobInfo(entry.name, st.st_size, st.st_mtime)
 
 
-def _chunks(f, start: int, length: int | None, chunk_size: int) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+def _chunks(f: BinaryIO, start: int, length: int | None, chunk_size: int) -> Iterator[bytes]:
     with f:
         f.seek(start)
         remaining = length

@@ -11,13 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from nubis.config import redact_url
-from nubis.errors import NubisError
+from nubis.errors import UnknownBackend
+from nubis.logs import redact_url
 from nubis.ports.blobs import BlobStore
-
-
-class UnknownBackend(NubisError):
-    http_status = 500
 
 
 def open_blob_store(url: str, *, durable: bool = True) -> BlobStore:

@@ -429,7 +429,7 @@ class S3BlobStore:
         return _ObjectFile(self, key)  # type: ignore[return-value]
 
     def _head(self, key: str) -> dict[str, Any]:
-        return self._call(  # type: ignore[no-any-return]
+        return self._call(
             "head", key, self.client.head_object, Bucket=self.bucket, Key=self._object(key)
         )
 

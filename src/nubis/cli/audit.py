@@ -13,19 +13,17 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from nubis.cli.common import Config, DataDir, Set, load, open_archive
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.model.audit import ActiveParticipant
-    from nubis.security.audit import AuditTrail
 
 
 app = typer.Typer(
@@ -33,9 +31,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
 After = Annotated[int, typer.Option("--after", help="Only records after this sequence number.")]
 
 
@@ -46,25 +41,6 @@ def _operator() -> ActiveParticipant:
     return ActiveParticipant(
         user_id=os_account(), user_name=cli_login(), network_access_point=socket.gethostname()
     )
-
-
-@contextmanager
-def _trail(
-    data_dir: Path | None, config: Path | None, set_: list[str] | None
-) -> Iterator[AuditTrail]:
-    from nubis.archive import Archive
-    from nubis.cli.main import _load
-
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    archive = Archive(settings)
-    archive.index.migrate()
-    archive.index.open()
-    archive.audit.open()
-    try:
-        yield archive.audit
-    finally:
-        archive.audit.close()
-        archive.index.close()
 
 
 @app.command()
@@ -85,7 +61,8 @@ def verify(
     from nubis.security.audit import load_public_keys
 
     keys = load_public_keys(public_key) if public_key else None
-    with _trail(data_dir, config, set_) as trail:
+    with open_archive(data_dir, config, set_) as archive:
+        trail = archive.audit
         report = trail.verify(public_keys=keys, used_by=_operator(), front_door="cli")
     if report.ok:
         out.print(
@@ -124,7 +101,8 @@ def list_records(
     set_: Set = None,
 ) -> None:
     """Show audit records (the listing is itself recorded as Audit Log Used)."""
-    with _trail(data_dir, config, set_) as trail:
+    with open_archive(data_dir, config, set_) as archive:
+        trail = archive.audit
         records = trail.read(
             _operator(),
             front_door="cli",
@@ -185,11 +163,10 @@ def export(
     if fmt not in {"fhir", "dicom", "syslog"}:
         console.print(f"--format must be fhir, dicom or syslog, got {fmt!r}", style="red")
         raise typer.Exit(2)
-    with _trail(data_dir, config, set_) as trail:
+    with open_archive(data_dir, config, set_) as archive:
+        trail = archive.audit
         if fmt == "syslog":
-            from nubis.cli.main import _load
-
-            settings = _load(config, {"data_dir": data_dir}, set_)
+            settings = archive.settings
             if not settings.audit_syslog:
                 console.print(
                     "set audit_syslog (tls://HOST:PORT) to forward to a collector", style="red"
@@ -236,17 +213,17 @@ def export(
 @app.command()
 def key(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> None:
     """Print the public key that verifies the checkpoints: keep a copy away from this machine."""
-    from nubis.cli.main import _load
     from nubis.security.audit import SigningKey, public_key_text
 
-    settings = _load(config, {"data_dir": data_dir}, set_)
+    settings = load(config, {"data_dir": data_dir}, set_)
     sys.stdout.write(public_key_text(SigningKey.load_or_create(settings.audit_key_path).public))
 
 
 @app.command()
 def checkpoint(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> None:
     """Sign the current head of the chain now (e.g. before a backup)."""
-    with _trail(data_dir, config, set_) as trail:
+    with open_archive(data_dir, config, set_) as archive:
+        trail = archive.audit
         cp = trail.checkpoint()
         seq, head = trail.head()
     if cp is None:

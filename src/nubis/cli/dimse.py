@@ -19,11 +19,12 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from rich.table import Table
 
+from nubis.cli.common import Config, DataDir, Set, open_archive, open_index
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
-    from nubis.archive import Archive
     from nubis.dimse.peers import PeerTable
+    from nubis.dimse.scu import Remote
     from nubis.security.policy import Principal
 
 
@@ -61,7 +62,7 @@ def _remote(
     ca: str | None = None,
     cert: str | None = None,
     key: str | None = None,
-):  # type: ignore[no-untyped-def]
+) -> Remote:
     from nubis.dimse.scu import Remote, client_tls
 
     context = client_tls(ca or "", cert or "", key or "") if (tls or ca or cert) else None
@@ -220,34 +221,16 @@ def _table(
     data_dir: Path | None, config: Path | None, set_: list[str] | None
 ) -> Iterator[PeerTable]:
     """The peer table of the archive's index (migrated if it is behind)."""
-    from nubis.cli.jobs import open_index
     from nubis.dimse.peers import PeerTable
 
     with open_index(data_dir, config, set_) as (_settings, index):
         yield PeerTable(index)
 
 
-@contextmanager
-def _archive(
-    data_dir: Path | None, config: Path | None, set_: list[str] | None
-) -> Iterator[Archive]:
-    """The archive, for changes to the peer table: through its services, audited (Security
-    Alert, Security Configuration) under the operating-system user's name."""
-    from nubis.cli.users import _archive as users_archive
-
-    with users_archive(data_dir, config, set_) as archive:
-        yield archive
-
-
 def _operator() -> Principal:
     from nubis.security.authn import cli_principal
 
     return cli_principal()
-
-
-Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
 
 
 @peers_app.command("list")
@@ -299,7 +282,7 @@ def peers_add(
         peer = Peer(ae_title, host, port, store, query, retrieve, tls_subject, tls_fingerprint)
     except PeerError as exc:
         raise _fail(exc) from None
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         archive.operations.put_peer(_operator(), peer)
     out.print(f"{peer.ae_title} saved")
 
@@ -312,7 +295,7 @@ def peers_remove(
     set_: Set = None,
 ) -> None:
     """Remove a remote AE."""
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         archive.operations.remove_peer(_operator(), ae_title)
     out.print(f"{ae_title} removed")
 

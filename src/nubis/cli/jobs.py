@@ -10,57 +10,34 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from nubis.cli.common import (
+    AsJson,
+    Config,
+    DataDir,
+    Set,
+    configure_logs,
+    follow_job,
+    load,
+    open_archive,
+    open_index,
+)
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
-    from nubis.config import Settings
-    from nubis.index.database import Index
     from nubis.jobs.store import Job
 
 
 app = typer.Typer(
     help="Background jobs: list (with progress), run, show, cancel, work.", no_args_is_help=True
 )
-
-Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
-AsJson = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
-
-
-@contextmanager
-def open_index(
-    data_dir: Path | None, config: Path | None, set_: list[str] | None
-) -> Iterator[tuple[Settings, Index]]:
-    """The settings and the migrated, open index (no blob store, no runner)."""
-    from nubis.cli.main import _load
-    from nubis.errors import NubisError
-    from nubis.index.database import Index
-
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    index = Index(settings.index_url, durable=settings.durable)
-    try:
-        index.migrate()
-        index.open()
-        yield settings, index
-    except NubisError as exc:
-        console.print(exc.reason, style="red")
-        raise typer.Exit(1) from None
-    finally:
-        index.close()
 
 
 def _when(ms: int | None) -> str:
@@ -196,36 +173,11 @@ def run(
         out.print(f"job {job_id} ({kind}) queued")
         if not wait:
             return
-        job = _follow(store, job_id)
+        job = follow_job(store, job_id)
     if job.state is not JobState.DONE:
         console.print(f"job {job_id} {job.state.value}: {job.last_error or ''}", style="red")
         raise typer.Exit(1)
     out.print_json(json.dumps(job.result))
-
-
-def _follow(store: Any, job_id: int) -> Job:
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.completed:,.0f}/{task.fields[total_text]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task(f"job {job_id}", total=None, total_text="?")
-        while True:
-            job = store.get(job_id)
-            total = job.progress_total
-            progress.update(
-                task,
-                description=f"job {job_id} {job.kind} {job.state.value}",
-                completed=job.progress_done,
-                total=total,
-                total_text=f"{total:,}" if total else "?",
-            )
-            if job.state.finished:
-                return job  # type: ignore[no-any-return]
-            time.sleep(0.5)
 
 
 @app.command()
@@ -279,33 +231,10 @@ def work(
     set_: Set = None,
 ) -> None:
     """Run jobs in the foreground, as a serve worker does (a node that only runs jobs)."""
-    from nubis.archive import Archive
-    from nubis.cli.main import _load, _logging
-    from nubis.jobs.kinds import handlers, parse_schedule
-    from nubis.jobs.runner import JobRunner
-
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    _logging(settings)
-    archive = Archive(settings)
-    archive.index.migrate()
-    archive.index.open()
-    runner = JobRunner(
-        archive.jobs,
-        handlers(
-            index=archive.index,
-            blobs=archive.blobs,
-            maintenance=archive.maintenance,
-            lifecycle=archive.lifecycle,
-            tiers=archive.tiers,
-            rewrap=archive.rewrap,
-            commitment=archive.deliver_commitment_report,
-            audit=archive.audit,
-        ),
-        lease_seconds=settings.jobs_lease_seconds,
-        poll_seconds=settings.jobs_poll_seconds,
-        schedule={} if once else parse_schedule(settings.jobs_schedule),
-    )
-    try:
+    settings = load(config, {"data_dir": data_dir}, set_)
+    configure_logs(settings)
+    with open_archive(settings=settings) as archive:
+        runner = archive.new_job_runner(scheduled=not once)
         if once:
             ran = 0
             while runner.run_once():
@@ -319,5 +248,3 @@ def work(
         console.print(f"running jobs as {runner.owner}; Ctrl-C stops (a running job is put back)")
         stop.wait()
         runner.stop()
-    finally:
-        archive.index.close()

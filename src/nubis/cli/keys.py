@@ -39,11 +39,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from nubis.cli.common import Config, DataDir, Set, follow_job, load, open_archive
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.archive import Archive
-    from nubis.jobs import Job
+    from nubis.jobs.store import Job
     from nubis.model.audit import ActiveParticipant, EventOutcome
     from nubis.ports.keys import KeyProvider
     from nubis.security.policy import Principal
@@ -54,9 +55,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
 Out = Annotated[
     Path | None,
     typer.Option("--out", help="Write the KEK secret to this new file (mode 0600), not stdout."),
@@ -74,12 +72,11 @@ Rewrap = Annotated[
 def _provider(
     data_dir: Path | None, config: Path | None, set_: list[str] | None, *, create: bool
 ) -> KeyProvider:
-    from nubis.cli.main import _load
     from nubis.crypto.registry import open_key_provider
     from nubis.errors import NubisError
     from nubis.index.database import Index
 
-    settings = _load(config, {"data_dir": data_dir}, set_)
+    settings = load(config, {"data_dir": data_dir}, set_)
     try:
         return open_key_provider(
             settings.keyring_url,
@@ -270,8 +267,8 @@ _LEFT_BY_REWRAP = {
 def _rewrap_objects(archive: Archive, kek_id: str) -> Job:
     """Run the rewrap job of ``kek_id`` to its end (one already queued or running, else a new
     one): here, unless a server's runner takes it first; either way its progress is shown."""
-    from nubis.cli.jobs import _follow
-    from nubis.jobs import JobRunner, JobState
+    from nubis.jobs.runner import JobRunner
+    from nubis.jobs.store import JobState
     from nubis.security.authn import os_account
 
     assert archive.rewrap is not None  # an encrypted archive: see _archive
@@ -295,7 +292,7 @@ def _rewrap_objects(archive: Archive, kek_id: str) -> Job:
     )
     runner.start()
     try:
-        return _follow(archive.jobs, job_id)
+        return follow_job(archive.jobs, job_id)
     finally:
         runner.stop()  # an interrupted job goes back to the queue and resumes where it was
 
@@ -473,17 +470,12 @@ def _studies_of(archive: Archive, operator: Principal, patient_id: str) -> list[
         max_limit=limit,
     )
     scoped = archive.query.scoped(operator, query, text=f"PatientID={patient_id}")
-    found: list[str] = []
-    offset = 0
-    while True:
-        page = archive.query.page(scoped.at(offset))
-        for item in page.items:
-            # Matching is QIDO's (a * or ? in an ID is a wildcard there); keep exact IDs only.
-            if _value(item, "00100020") == patient_id:
-                found.append(str(_value(item, "0020000D")))
-        if not page.more or not page.items:
-            return found
-        offset += len(page.items)
+    # Matching is QIDO's (a * or ? in an ID is a wildcard there); keep exact IDs only.
+    return [
+        str(_value(item, "0020000D"))
+        for item in archive.query.matches(scoped)
+        if _value(item, "00100020") == patient_id
+    ]
 
 
 def _value(item: dict[str, Any], tag: str) -> object:
@@ -501,12 +493,10 @@ def _operator(partition: str) -> Principal:
 def _archive(
     data_dir: Path | None, config: Path | None, set_: list[str] | None
 ) -> Iterator[Archive]:
-    from nubis.archive import Archive
-    from nubis.cli.main import _load
+    """The archive (open_archive) of an archive that has a keyring."""
     from nubis.crypto.registry import keyring_exists
-    from nubis.errors import NubisError
 
-    settings = _load(config, {"data_dir": data_dir}, set_)
+    settings = load(config, {"data_dir": data_dir}, set_)
     # Opening an archive would make a keyring (and an index) where none is: a mistyped
     # --data-dir must say so, not shred nothing in a new empty archive.
     if not keyring_exists(settings.keyring_url):
@@ -514,16 +504,5 @@ def _archive(
             f"no keyring at {settings.keyring_url}: nothing was ever encrypted here", style="red"
         )
         raise typer.Exit(2)
-    try:
-        archive = Archive(settings)
-    except NubisError as exc:  # e.g. a keyring or KEK secret others may read
-        console.print(f"{exc.reason}; nothing changed", style="red")
-        raise typer.Exit(2) from None
-    archive.index.migrate()
-    archive.index.open()
-    archive.audit.open()
-    try:
+    with open_archive(settings=settings) as archive:
         yield archive
-    finally:
-        archive.audit.close()
-        archive.index.close()

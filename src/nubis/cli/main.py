@@ -14,17 +14,10 @@ import typer
 from rich.table import Table
 
 from nubis import __version__
+from nubis.cli.common import Config, DataDir, Set, configure_logs, load, open_archive
 from nubis.cli.output import console, out
 from nubis.cli.transport import TransportError, check_transport, print_first_login
-from nubis.config import (
-    SETTINGS,
-    SETTINGS_BY_NAME,
-    Settings,
-    SettingsError,
-    displayed_value,
-    load_settings,
-    settings_environment,
-)
+from nubis.config import SETTINGS, SETTINGS_BY_NAME, displayed_value, settings_environment
 
 
 def _settings_epilog() -> str:
@@ -48,41 +41,9 @@ def _help(name: str) -> str:
     return SETTINGS_BY_NAME[name].help
 
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="TOML settings file (also NUBIS_CONFIG).")
-]
-DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help=_help("data_dir"))]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Any setting as NAME=VALUE (repeatable); see nubis settings."),
-]
-
-
-def _load(config: Path | None, overrides: dict[str, object], extra: list[str] | None) -> Settings:
-    for item in extra or []:
-        name, sep, value = item.partition("=")
-        if not sep or name.strip() not in SETTINGS_BY_NAME:
-            console.print(
-                f"--set {item!r}: expected NAME=VALUE with a known setting name", style="red"
-            )
-            raise typer.Exit(2)
-        overrides.setdefault(name.strip(), value)
-    try:
-        return load_settings(config_file=config, overrides=overrides)
-    except SettingsError as exc:
-        console.print(f"configuration error: {exc}", style="red")
-        raise typer.Exit(2) from None
-
-
-def _logging(settings: Settings) -> None:
-    from nubis.logs import configure_logging
-
-    configure_logging(settings.log_level)
-
-
 @app.command()
 def serve(
-    data_dir: DataDirOption = None,
+    data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(help=_help("host"))] = None,
     http_port: Annotated[int | None, typer.Option(help=_help("http_port"))] = None,
     index: Annotated[str | None, typer.Option(help=_help("index"))] = None,
@@ -90,8 +51,8 @@ def serve(
     workers: Annotated[int | None, typer.Option(help=_help("workers"))] = None,
     dimse_port: Annotated[int | None, typer.Option(help=_help("dimse_port"))] = None,
     ae_title: Annotated[str | None, typer.Option(help=_help("ae_title"))] = None,
-    config: ConfigOption = None,
-    set_: SetOption = None,
+    config: Config = None,
+    set_: Set = None,
 ) -> None:
     """Start the archive: DICOMweb at http://HOST:PORT/dicom-web, WADO-URI at /wado, DIMSE
     (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, storage commitment) on the DICOM port."""
@@ -101,7 +62,7 @@ def serve(
     from nubis.errors import NubisError
     from nubis.web.slow_clients import PROTOCOL as SLOW_CLIENT_PROTOCOL
 
-    settings = _load(
+    settings = load(
         config,
         {
             "data_dir": data_dir,
@@ -115,7 +76,7 @@ def serve(
         },
         set_,
     )
-    _logging(settings)
+    configure_logs(settings)
     try:
         transport = check_transport(settings)
     except TransportError as exc:
@@ -177,9 +138,9 @@ def serve(
 @app.command("import")
 def import_files(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (recursive).")],
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
-    set_: SetOption = None,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
 ) -> None:
     """Store local DICOM files into the archive (the server may be stopped or running)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -188,8 +149,8 @@ def import_files(
     from nubis.errors import InsufficientStorage
     from nubis.security.authn import cli_principal
 
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    _logging(settings)
+    settings = load(config, {"data_dir": data_dir}, set_)
+    configure_logs(settings)
     files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
     files = [f for f in files if f.is_file()]
     stored = failed = 0
@@ -226,34 +187,27 @@ def import_files(
 
 @app.command()
 def reap(
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
+    data_dir: DataDir = None,
+    config: Config = None,
     grace_seconds: Annotated[
         int | None, typer.Option(help="Override orphan_grace_seconds for this run.")
     ] = None,
-    set_: SetOption = None,
+    set_: Set = None,
 ) -> None:
     """Delete blobs of deleted instances and orphan blobs (no index row)."""
-    from nubis.archive import Archive
-
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    _logging(settings)
-    archive = Archive(settings)
-    archive.index.migrate()
-    archive.index.open()
-    try:
+    settings = load(config, {"data_dir": data_dir}, set_)
+    configure_logs(settings)
+    with open_archive(settings=settings) as archive:
         report = archive.maintenance.reap(grace_seconds)
-    finally:
-        archive.index.close()
     console.print(
         f"{report.doomed_deleted} deleted and {report.orphans_deleted} orphan blob(s) removed"
     )
 
 
 @app.command("settings")
-def show_settings(config: ConfigOption = None, set_: SetOption = None) -> None:
+def show_settings(config: Config = None, set_: Set = None) -> None:
     """Show every setting, its value, where the value came from, and its help."""
-    settings = _load(config, {}, set_)
+    settings = load(config, {}, set_)
     table = Table("setting", "value", "from", "environment", "help")
     for s in SETTINGS:
         table.add_row(

@@ -9,47 +9,20 @@ a revocation is recorded like one made there.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from nubis.cli.output import console, out
+from nubis.cli.common import Config, DataDir, Set, open_archive
+from nubis.cli.output import out
 
 if TYPE_CHECKING:
-    from nubis.archive import Archive
+    pass
 
 app = typer.Typer(help="Share links: list, revoke.", no_args_is_help=True)
 
-Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
 Tenant = Annotated[str, typer.Option(help="Tenant whose links these are.")]
-
-
-@contextmanager
-def _archive(
-    data_dir: Path | None, config: Path | None, set_: list[str] | None
-) -> Iterator[Archive]:
-    from nubis.archive import Archive
-    from nubis.cli.main import _load
-    from nubis.errors import NubisError
-
-    archive = Archive(_load(config, {"data_dir": data_dir}, set_))
-    archive.index.migrate()
-    archive.index.open()
-    archive.audit.open()
-    try:
-        yield archive
-    except NubisError as exc:
-        console.print(exc.reason, style="red")
-        raise typer.Exit(1) from None
-    finally:
-        archive.audit.close()
-        archive.index.close()
 
 
 def _when(ms: int | None) -> str:
@@ -69,7 +42,7 @@ def list_links(
     """Every link of the tenant, newest first (never the token: it is not kept)."""
     from nubis.security.authn import cli_principal
 
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         links = archive.sharing.list(cli_principal(tenant), study_uid=study)
     table = Table("id", "state", "study", "series", "made by", "expires", "access", "PIN", "opens")
     for link in links:
@@ -98,6 +71,6 @@ def revoke(
     """Revoke a link at once: its grants go and its open sessions end."""
     from nubis.security.authn import cli_principal
 
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         link = archive.sharing.revoke(cli_principal(tenant), link_id)
     out.print(f"share link {link.id} to study {link.study_uid} revoked; its sessions ended")

@@ -1,7 +1,8 @@
 """``nubis storage``: what is stored in which tier and what it costs; move a study.
 
 ``report`` counts objects and bytes per tier from the index and prices them with the
-``storage_prices`` table (AWS list prices by default), with a projection by growth rate.
+``storage_prices`` table (AWS list prices by default), with a projection by growth rate, and
+what lossless compression saves in the tiers that keep their objects compressed.
 ``tier STUDY [TIER]`` shows where a study is, or pins it to a tier (``hot`` brings an archived
 study back) and queues a ``tier`` job that moves it.
 """
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from nubis.cli.jobs import AsJson, Config, DataDir, Set, open_index
+from nubis.cli.common import AsJson, Config, DataDir, Set, open_index
 from nubis.cli.output import console, out
+
+if TYPE_CHECKING:
+    from nubis.tiers.report import StorageReport
 
 app = typer.Typer(
     help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study).",
@@ -50,9 +54,10 @@ def report(
     config: Config = None,
     set_: Set = None,
 ) -> None:
-    """Per tier: objects, bytes, price and monthly cost, with a projection by growth rate."""
-    from nubis.tiers.report import build_report, parse_growth, usage_by_tier
-    from nubis.tiers.rules import parse_prices, parse_tiers
+    """Per tier: objects, bytes, price and monthly cost, with a projection by growth rate;
+    and what lossless compression saves (tier_compression)."""
+    from nubis.tiers.report import build_report, compression_by_tier, parse_growth, usage_by_tier
+    from nubis.tiers.rules import parse_compression, parse_prices, parse_tiers
 
     try:
         rate = parse_growth(growth)
@@ -70,7 +75,9 @@ def report(
             parse_prices(settings.storage_prices, tiers),
             growth=rate,
             months=months,
+            compressed=compression_by_tier(index, tiers),
         )
+        codecs = parse_compression(settings.tier_compression, tiers)
     if as_json:
         out.print_json(json.dumps(result.as_json()))
         return
@@ -105,12 +112,46 @@ def report(
             f"{_money(result.projected_monthly_cost)} per month; the {months} months together "
             f"cost {_money(result.cost_over_months)}."
         )
+    if result.compression or codecs:
+        _print_compression(result, codecs)
     if result.unpriced_tiers:
         out.print(
             f"no price for tier(s) {', '.join(result.unpriced_tiers)}: set "
             "storage_prices (their cost is left out of the totals)",
             style="yellow",
         )
+
+
+def _print_compression(result: StorageReport, codecs: dict[str, str]) -> None:
+    from nubis.tiers.rules import LOSSLESS_CODECS
+
+    names = {uid: name for name, uid in LOSSLESS_CODECS.items()}
+    table = Table(
+        "tier", "codec", "compressed", "as received", "stored", "ratio", "saved/mo",
+        title="Lossless compression by tier", caption=(
+            "as received: what the tier's objects took when they arrived; ratio: as received "
+            "/ stored (in brackets: of the compressed objects alone)"
+        ),
+    )  # fmt: skip
+    for saving in result.compression:
+        codec = codecs.get(saving.tier)
+        ratio, alone = saving.ratio, saving.compressed_ratio
+        table.add_row(
+            saving.tier,
+            names.get(codec, codec) if codec else "(none now)",
+            f"{saving.compressed:,} of {saving.objects:,}",
+            _size(saving.bytes_before),
+            _size(saving.bytes_after),
+            "-" if ratio is None else f"{ratio:.2f} ({alone or 0:.2f})",
+            _money(saving.monthly_saving),
+        )
+    for tier, codec in codecs.items():
+        if all(saving.tier != tier for saving in result.compression):
+            table.add_row(tier, names.get(codec, codec), "0", "", "", "-", "")
+    out.print(table)
+    if result.compression:
+        saved = sum(saving.saved for saving in result.compression)
+        out.print(f"Compression saves {_size(saved)}, {_money(result.monthly_saving)} per month.")
 
 
 @app.command("tier")

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from nubis.cli.common import Config, DataDir, Set, open_archive
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
@@ -33,37 +31,8 @@ users_app = typer.Typer(
 )
 apikeys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 
-Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-Set = Annotated[list[str] | None, typer.Option("--set", help="Any setting as NAME=VALUE.")]
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="The archive's data folder.")]
 Patient = Annotated[str | None, typer.Option("--patient", help="Patient ID (0010,0020).")]
 Study = Annotated[str | None, typer.Option("--study", help="Study Instance UID.")]
-
-
-@contextmanager
-def _archive(
-    data_dir: Path | None, config: Path | None, set_: list[str] | None
-) -> Iterator[Archive]:
-    from nubis.archive import Archive
-    from nubis.cli.main import _load
-
-    settings = _load(config, {"data_dir": data_dir}, set_)
-    archive = Archive(settings)
-    archive.index.migrate()
-    archive.index.open()
-    archive.audit.open()
-    try:
-        yield archive
-    except Exception as exc:
-        from nubis.errors import NubisError
-
-        if not isinstance(exc, NubisError):
-            raise
-        console.print(exc.reason, style="red")
-        raise typer.Exit(1) from None
-    finally:
-        archive.audit.close()
-        archive.index.close()
 
 
 def _record(archive: Archive, event_type: Code, description: str) -> None:
@@ -147,7 +116,7 @@ def add_user(
         console.print(str(exc), style="red")
         raise typer.Exit(2) from None
     password = None if no_password else _read_password(password_stdin, name)
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         user = archive.accounts.add_user(
             _operator(), name, tenant=tenant, roles=roles, password=password
         )
@@ -157,7 +126,7 @@ def add_user(
 @users_app.command("list")
 def list_users(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> None:
     """Every user with tenant, roles and whether a password is set."""
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         found = archive.accounts.list_users(_operator())
     table = Table("user", "tenant", "roles", "password", "created")
     for user in found:
@@ -176,7 +145,7 @@ def remove_user(
     name: str, data_dir: DataDir = None, config: Config = None, set_: Set = None
 ) -> None:
     """Remove a user with its API keys and grants."""
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         archive.accounts.remove_user(_operator(), name)
     out.print(f"user {name} removed (and its API keys and grants)")
 
@@ -193,7 +162,7 @@ def passwd(
 ) -> None:
     """Set a user's password."""
     password = _read_password(password_stdin, name)
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         archive.accounts.set_password(_operator(), name, password)
     out.print(f"password of {name} set")
 
@@ -231,7 +200,7 @@ def grant(
 ) -> None:
     """Let a user see one patient's studies or one study (what referrers can read)."""
     patient_id, study_uid = _grant_target(patient, study)
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         where = _subject_tenant(archive, subject, tenant)
         archive.users.grant(subject, tenant=where, patient_id=patient_id, study_uid=study_uid)
         what = f"patient {patient_id}" if patient_id else f"study {study_uid}"
@@ -251,7 +220,7 @@ def revoke(
 ) -> None:
     """Withdraw a grant."""
     patient_id, study_uid = _grant_target(patient, study)
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         where = _subject_tenant(archive, subject, tenant)
         archive.users.revoke_grant(
             subject, tenant=where, patient_id=patient_id, study_uid=study_uid
@@ -268,7 +237,7 @@ def list_grants(
     set_: Set = None,
 ) -> None:
     """Grants, of one subject or all."""
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         rows = archive.users.list_grants(subject)
     table = Table("subject", "tenant", "kind", "id")
     for row in rows:
@@ -290,7 +259,7 @@ def create_key(
     set_: Set = None,
 ) -> None:
     """Make an API key for a user; the key is printed once and only its hash is kept."""
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         key, secret = archive.accounts.create_api_key(
             _operator(), user, label=label or "nubis apikeys create", days=days
         )
@@ -306,7 +275,7 @@ def list_keys(
     set_: Set = None,
 ) -> None:
     """API keys (ids, not secrets), with their state."""
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         keys = archive.accounts.list_api_keys(_operator(), user)
     table = Table("id", "user", "label", "created", "expires", "state")
     for key in keys:
@@ -326,6 +295,6 @@ def revoke_key(
     key_id: str, data_dir: DataDir = None, config: Config = None, set_: Set = None
 ) -> None:
     """Revoke an API key at once (running servers check keys on every request)."""
-    with _archive(data_dir, config, set_) as archive:
+    with open_archive(data_dir, config, set_) as archive:
         archive.accounts.revoke_api_key(_operator(), key_id)
     out.print(f"API key {key_id} revoked")

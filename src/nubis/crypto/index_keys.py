@@ -49,6 +49,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +277,7 @@ class IndexKeyring(PatientKeyring):
             # shredded in between is not brought back: the update matches no row.
             with self._view():
                 fresh = [self._rewrapped(record) for record in batch]
-            count += self.index.write(lambda conn, fresh=fresh: _replace(conn, kek_id, fresh))
+            count += self.index.write(partial(_replace, old_kek_id=kek_id, fresh=fresh))
         log.info("keyring: %d patient key(s) re-wrapped from %s to the current KEK", count, kek_id)
         return count
 
@@ -284,7 +285,9 @@ class IndexKeyring(PatientKeyring):
         """How many patient keys ``kek_id`` wraps."""
         with self.index.reading() as conn:
             where = patient_keys.c.kek_id == kek_id
-            return int(conn.scalar(select(func.count()).select_from(patient_keys).where(where)))
+            return conn.execute(
+                select(func.count()).select_from(patient_keys).where(where)
+            ).scalar_one()
 
     def _wrapped_by(self, kek_id: str, limit: int) -> list[PatientKey]:
         with self.index.reading() as conn:

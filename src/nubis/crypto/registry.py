@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from nubis.blobs.registry import UnknownBackend
+from nubis.errors import UnknownBackend
 from nubis.ports.keys import KeyProvider
 
 if TYPE_CHECKING:

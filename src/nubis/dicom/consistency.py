@@ -135,7 +135,8 @@ def invalid_vr(tag: int, vr: str | None, where: str) -> InvalidInstance:
 def end_of_last_element(ds: Dataset) -> int | None:
     """Where the last element of ``ds`` ends in the stream it was read from, when it is still
     as read and has a defined length (an undefined-length one ends at its delimiter)."""
-    last = next(reversed(ds.values()), None)
+    # pydicom annotates values() as a ValuesView; it is its dict's, which is reversible.
+    last = next(reversed(ds.values()), None)  # type: ignore[call-overload]
     if isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH:
         return int(last.value_tell) + int(last.length)
     return None

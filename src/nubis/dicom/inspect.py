@@ -23,11 +23,11 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import MutableSequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom.charset import decode_bytes, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
@@ -103,7 +103,9 @@ _NUMBER_FORMATS = {
 _PLAIN_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
 _TEXT_VRS = frozenset({"SH", "LO", "UC"})
 _SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
-_TEXT_DELIMITERS = {"\\"}
+# Where an ISO 2022 code extension ends within a value (PS3.5 6.1.2.5.3): at the value
+# delimiter of a multi-valued element. pydicom compares them with the bytes of the value.
+_TEXT_DELIMITERS = {ord("\\")}
 _FLOAT_VRS = frozenset({"FL", "FD"})
 
 
@@ -210,7 +212,8 @@ def _inspect(
     if deflated:
         # Values lie in the inflated copy of the data set, read by pydicom without a
         # _CutShortReader: a last element header cut short is seen by where its element ends.
-        inflated: BinaryIO = ds.buffer  # type: ignore[attr-defined]
+        # pydicom keeps the DicomBytesIO it inflated into as ds.buffer (and casts it so itself).
+        inflated = cast(BinaryIO, ds.buffer)
         stream, end, cut_short = "inflated data set", inflated.tell(), False
         stream_size = inflated.seek(0, 2)
         end = end_of_last_element(ds) or end
@@ -281,7 +284,7 @@ class _CutShortReader:
 
 def _read(reader: _CutShortReader, fp: BinaryIO, bulk_threshold: int) -> FileDataset:
     try:
-        return dcmread(reader, defer_size=bulk_threshold)  # type: ignore[arg-type]
+        return dcmread(reader, defer_size=bulk_threshold)
     except InvalidDicomError:
         raise InvalidInstance(
             "not a DICOM PS3.10 file: no 128-byte preamble followed by 'DICM'",
@@ -451,8 +454,8 @@ class _Walker:
                     raise _truncated()
                 if value is None and length:
                     elem = read_deferred_data_element(
-                        ds.fileobj_type,  # type: ignore[attr-defined]
-                        ds.buffer,  # type: ignore[attr-defined]
+                        ds.fileobj_type,
+                        ds.buffer,
                         None,
                         elem,
                     )
@@ -504,7 +507,7 @@ class _Walker:
                 dimse_status=_CANNOT_UNDERSTAND,
             )
 
-    def vr(self, raw: RawDataElement, ds: Dataset, encodings: list[str]) -> str:
+    def vr(self, raw: RawDataElement, ds: Dataset, encodings: MutableSequence[str]) -> str:
         vr = raw.VR
         if vr is None or vr == "UN":
             data: dict[str, Any] = {}
@@ -628,7 +631,7 @@ class _Walker:
             count = len(offsets) // 8
             starts = struct.unpack(f"<{count}Q", offsets)
             sizes = struct.unpack(f"<{count}Q", lengths)
-            frames = [
+            frames: list[tuple[tuple[int, int], ...]] = [
                 ((first + start + 8, size),) for start, size in zip(starts, sizes, strict=True)
             ]
             if all(start + size <= self.size for ((start, size),) in frames):
@@ -691,7 +694,7 @@ def _pydicom_json(ds: Dataset, tag: int) -> dict[str, Any]:
         return {"vr": "UN", "InlineBinary": base64.b64encode(value).decode("ascii")}
 
 
-def _element_json(vr: str, raw: RawDataElement, encodings: list[str]) -> dict[str, Any]:
+def _element_json(vr: str, raw: RawDataElement, encodings: MutableSequence[str]) -> dict[str, Any]:
     """Encode one element in the DICOM JSON model (PS3.18 F.2.2 to F.2.7).
 
     pydicom's own ``to_json_dict`` builds a full ``DataElement`` (with value objects such as
@@ -768,13 +771,13 @@ def _json_number(text: str, vr: str) -> int | float | str | None:
     return number
 
 
-def _person_names(value: bytes, encodings: list[str]) -> list[dict[str, str] | None]:
+def _person_names(value: bytes, encodings: Sequence[str]) -> list[dict[str, str] | None]:
     """Split PN values into component groups (PS3.5 6.2, PS3.18 F.2.2)."""
     if b"\x1b" in value:
         # ISO 2022 code extensions may differ per component group: pydicom knows how to decode.
         from pydicom.values import convert_PN
 
-        converted = convert_PN(value, encodings)
+        converted = convert_PN(value, list(encodings))
         names = converted if isinstance(converted, MutableSequence) else [converted]
         groups = [list(name.components) if name else [] for name in names]
     else:

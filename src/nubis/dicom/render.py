@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import SupportsFloat
 
 import numpy as np
 from PIL import Image
@@ -260,9 +261,12 @@ def _frame_attributes(header: Dataset, index: int) -> Dataset:
 
 
 def _first(value: object) -> float:
-    if isinstance(value, str | bytes) or not hasattr(value, "__getitem__"):
-        return float(value)  # type: ignore[arg-type]
-    return float(value[0])  # type: ignore[index]
+    """A number, or the first of several (a multi-valued DS / IS)."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        value = value[0]
+    if isinstance(value, str | bytes | SupportsFloat):
+        return float(value)
+    raise TypeError(f"not a number: {type(value).__name__}")
 
 
 def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:

@@ -7,41 +7,57 @@ lossless or uncompressed syntaxes, but nothing is ever encoded with a lossy code
 Instance UID is needed (PS3.4 C.4.3.1.2 would require one for new lossy data).
 
 Frames are decoded one at a time through :func:`pydicom.pixels.pixel_array` with ``index`` so that
-serving frame 1,000 of a 2,000-frame object never decodes the other 1,999.
+serving frame 1,000 of a 2,000-frame object never decodes the other 1,999. The codecs are the
+permissively licensed ones of :mod:`nubis.dicom.codecs`.
+
+Decoding a lossless source keeps its Photometric Interpretation (YBR_FULL stays YBR_FULL: the
+conversion to RGB is not reversible); a lossy source is converted to RGB as viewers expect.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
+from copy import copy
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileDataset
-from pydicom.encaps import generate_frames
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset, validate_file_meta
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.filewriter import dcmwrite
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pydicom.pixels import get_decoder, get_encoder, pack_bits, pixel_array
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from nubis.dicom import codecs
 from nubis.dicom.pixel_checks import check_pixel_module, named_attribute, stored_data_errors
 from nubis.errors import BadRequest, NotAcceptable
 
+codecs.register()
+
 __all__ = [
+    "LOSSLESS_SOURCES",
     "SUPPORTED_TARGETS",
     "UNCOMPRESSED_SYNTAXES",
     "Source",
@@ -52,6 +68,7 @@ __all__ = [
     "frame_index",
     "number_of_frames",
     "read_header",
+    "read_source",
     "transcode_file",
 ]
 
@@ -67,7 +84,8 @@ def _rewound(source: Source) -> Source:
     return source
 
 
-def _read_all(source: Source) -> bytes:
+def read_source(source: Source) -> bytes:
+    """The whole PS3.10 file `source` (a file object is read from its start)."""
     if isinstance(source, Path):
         return source.read_bytes()
     source.seek(0)
@@ -85,7 +103,25 @@ _NATIVE_SOURCES: frozenset[str] = UNCOMPRESSED_SYNTAXES | {ExplicitVRBigEndian}
 
 # Only lossless codecs are candidates: encoding a lossless source lossily would silently
 # degrade it and would require a new SOP Instance UID.
-_LOSSLESS_CODECS: tuple[str, ...] = (RLELossless, JPEG2000Lossless, JPEGLSLossless)
+_LOSSLESS_CODECS: tuple[str, ...] = (RLELossless, JPEG2000Lossless, JPEGLSLossless, HTJ2KLossless)
+
+#: Syntaxes whose pixel data is lossless by definition: what a store-time compression
+#: (nubis.dicom.recompress) accepts as a source (a lossy one decodes to whatever the installed
+#: decoder makes of it).
+LOSSLESS_SOURCES: frozenset[str] = _NATIVE_SOURCES | {
+    RLELossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+}
+
+# Encoders nubis has itself (:mod:`nubis.dicom.codecs`): pydicom 3 has none for HTJ2K.
+_OWN_ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
+    HTJ2KLossless: codecs.encode_htj2k_lossless
+}
 
 # Sources that are lossy by construction, so the decoded result must keep saying so
 # (PS3.3 C.7.6.1.1.5). JPEG 2000 and HTJ2K "lossy" syntaxes may still carry reversible data,
@@ -104,6 +140,8 @@ _WORD_SIZES: dict[str, int] = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def _encoder_available(uid: str) -> bool:
+    if uid in _OWN_ENCODERS:
+        return True
     try:
         return bool(get_encoder(uid).is_available)
     except NotImplementedError:
@@ -399,9 +437,17 @@ def encode_frame(path: Source, frame_number: int, target_ts: str) -> bytes:
         return _stored_codestream(path, header, index)
     arr = frame_array(path, header, index, raw=False)
     try:
-        return get_encoder(target_ts).encode(arr, **_pixel_options(header, arr))
+        return _encode_array(arr, target_ts, _pixel_options(header, arr))
     except (ValueError, RuntimeError, NotImplementedError) as exc:
         raise _refusal(source_ts, target_ts, "pixel data not encodable") from exc
+
+
+def _encode_array(arr: np.ndarray, target_ts: str, options: dict[str, Any]) -> bytes:
+    """One frame's codestream in the lossless codec `target_ts`."""
+    own = _OWN_ENCODERS.get(target_ts)
+    if own is not None:
+        return own(arr)
+    return bytes(get_encoder(target_ts).encode(arr, **options))
 
 
 def _stored_codestream(path: Source, header: Dataset, index: int) -> bytes:
@@ -503,12 +549,13 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
     header = read_header(path)
     source_ts = _transfer_syntax(header)
     if source_ts == target_ts:
-        return _read_all(path)
+        return read_source(path)
     if target_ts not in SUPPORTED_TARGETS:
         raise _refusal(source_ts, target_ts, "target transfer syntax not supported")
 
+    data = read_source(path)
     try:
-        ds = dcmread(_rewound(path))
+        ds = dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
         raise NotAcceptable("stored instance is not a readable DICOM file") from exc
 
@@ -527,16 +574,27 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
     ):
         check_pixel_module(ds)  # its pixels are decoded, or encoded
     try:
+        if (
+            pixel_keyword == "PixelData"
+            and target_ts == ExplicitVRLittleEndian
+            and source_ts not in _NATIVE_SOURCES
+        ):
+            spliced = _spliced_native(data, ds, source_ts)
+            if spliced is not None:
+                return spliced
         if pixel_keyword is not None:
             if source_ts == ExplicitVRBigEndian:
                 _big_endian_to_little(ds)
             elif source_ts not in _NATIVE_SOURCES:
                 compressed_length = len(ds.PixelData)
-                ds.decompress(as_rgb=True, generate_instance_uid=False)
+                as_rgb = source_ts not in LOSSLESS_SOURCES
+                ds.decompress(as_rgb=as_rgb, generate_instance_uid=False)
+                _pack_one_bit_samples(ds)
+                _drop_encapsulation_elements(ds)
                 _record_lossy_source(ds, source_ts, compressed_length)
             if target_ts not in UNCOMPRESSED_SYNTAXES:
                 ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-                ds.compress(target_ts, generate_instance_uid=False)
+                _compress(ds, target_ts)
         ds.file_meta.TransferSyntaxUID = UID(target_ts)
         buffer = io.BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
@@ -545,4 +603,137 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
         raise _refusal(source_ts, target_ts, why) from exc
     except AttributeError as exc:
         raise _refusal(source_ts, target_ts, "file meta information incomplete") from exc
+    return buffer.getvalue()
+
+
+# Elements of the Encapsulated Pixel Data (PS3.3 C.7.6.3): meaningless, and not allowed, once
+# the pixel data is native.
+_ENCAPSULATION_KEYWORDS = (
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "EncapsulatedPixelDataValueTotalLength",
+)
+
+
+def _pack_one_bit_samples(ds: Dataset) -> None:
+    """Pack decoded 1-bit samples, which pydicom leaves one per byte (PS3.5 8.1.1)."""
+    if ds.get("BitsAllocated") != 1:
+        return
+    samples = number_of_frames(ds) * int(ds.Rows) * int(ds.Columns)
+    ds.PixelData = pack_bits(np.frombuffer(ds.PixelData, dtype=np.uint8)[:samples])
+
+
+def _drop_encapsulation_elements(ds: Dataset) -> None:
+    for keyword in _ENCAPSULATION_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def _compress(ds: Dataset, target_ts: str) -> None:
+    """Encode the native pixel data of `ds` into the lossless codec `target_ts`, in place."""
+    own = _OWN_ENCODERS.get(target_ts)
+    if own is None:
+        ds.compress(target_ts, generate_instance_uid=False)
+        return
+    if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+        # pydicom returns 4:2:2 pixels upsampled: the codestream would not be what it says.
+        raise ValueError("(0028,0004) Photometric Interpretation YBR_FULL_422 is not encodable")
+    # Samples as stored (raw), so the Photometric Interpretation holds for the codestream.
+    frames = [own(pixel_array(ds, index=index, raw=True)) for index in range(number_of_frames(ds))]
+    ds.PixelData = encapsulate(frames, has_bot=len(frames) > 1)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    if ds.get("SamplesPerPixel", 1) > 1:
+        ds.PlanarConfiguration = 0  # PS3.5 8.2.4: colour-by-pixel in the codestream
+    ds.file_meta.TransferSyntaxUID = UID(target_ts)
+
+
+# The sequence delimitation item closing encapsulated pixel data (PS3.5 A.4).
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _spliced_native(data: bytes, ds: FileDataset, source_ts: str) -> bytes | None:
+    """Decode an encapsulated instance to Explicit VR Little Endian by splicing bytes.
+
+    The stored data set is already explicit VR little endian (PS3.5 A.4), so when decoding
+    changes no element before the pixel data, the stored bytes around it are kept as they are
+    and only the file meta information and the pixel data are written: the same bytes as the
+    pydicom round trip (:func:`transcode_file`'s general path) at a fraction of its time.
+    Returns ``None`` when an element would change (colour, a missing lossy flag, encapsulation
+    elements, an unexpected layout); the general path then does the conversion.
+    """
+    tags = list(ds.keys())  # the raw elements, none decoded yet: their file positions hold
+    if not tags or any(
+        tag >> 16 == 0x7FE0 and tag != 0x7FE00010 for tag in tags
+    ):  # extended offset table, total length
+        return None
+    first = ds.get_item(tags[0])
+    pixel = ds.get_item(0x7FE00010)
+    # Where each value starts in the file: raw elements keep it as value_tell, elements pydicom
+    # already decoded while reading (Specific Character Set) as file_tell.
+    first_value_at = getattr(first, "value_tell", getattr(first, "file_tell", None))
+    if first_value_at is None or not hasattr(pixel, "value_tell"):
+        return None
+    first_at = first_value_at - (12 if first.VR in EXPLICIT_VR_LENGTH_32 else 8)
+    pixel_at = pixel.value_tell - 12
+    pixel_end = pixel.value_tell + len(pixel.value) + len(_SEQUENCE_DELIMITER)
+    if (
+        getattr(pixel, "length", None) != 0xFFFFFFFF  # raw: not decoded yet
+        or data[pixel_at : pixel_at + 4] != b"\xe0\x7f\x10\x00"
+        or data[pixel_end - len(_SEQUENCE_DELIMITER) : pixel_end] != _SEQUENCE_DELIMITER
+        or ds.get("SamplesPerPixel", 1) != 1
+        or (source_ts in _LOSSY_METHODS and "LossyImageCompression" not in ds)
+    ):
+        return None
+
+    frames = []
+    expected = number_of_frames(ds)
+    photometric = ds.get("PhotometricInterpretation")
+    for arr, image_pixel in get_decoder(source_ts).iter_array(ds, as_rgb=False):
+        if image_pixel.get("photometric_interpretation") != photometric:
+            return None
+        frames.append(arr.tobytes())
+    if len(frames) != expected:
+        return None
+    if int(ds.BitsAllocated) == 1:
+        # Frames of 1-bit samples are packed end to end, not each from a byte boundary.
+        samples = np.frombuffer(b"".join(frames), dtype=np.uint8)
+        frames = [pack_bits(samples, pad=False)]
+    length = sum(len(frame) for frame in frames)
+    if length >= 0xFFFFFFFE:
+        raise ValueError("the native pixel data would exceed the 32-bit value length")
+    if length % 2:
+        frames.append(b"\x00")
+        length += 1
+    vr = b"OB" if int(ds.BitsAllocated) <= 8 else b"OW"
+    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr, 0, length)
+    return b"".join(
+        (
+            _file_meta_bytes(ds, ExplicitVRLittleEndian),
+            data[first_at:pixel_at],
+            pixel_header,
+            *frames,
+            data[pixel_end:],
+        )
+    )
+
+
+def _file_meta_bytes(ds: FileDataset, target_ts: str) -> bytes:
+    """Preamble, prefix and file meta group as ``dcmwrite(enforce_file_format=True)`` writes
+    them for `ds` in `target_ts`."""
+    # Element copies (not deepcopy: ten times slower), so the source's meta stays untouched.
+    meta = FileMetaDataset({tag: copy(ds.file_meta[tag]) for tag in ds.file_meta.keys()})  # noqa: SIM118
+    meta.TransferSyntaxUID = UID(target_ts)
+    for meta_keyword, keyword in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
+        value = ds.get(keyword)
+        if meta.get(meta_keyword) is None or (value and value != meta.get(meta_keyword)):
+            setattr(meta, meta_keyword, value)
+    validate_file_meta(meta, enforce_standard=True)
+    buffer = DicomBytesIO()
+    buffer.write(ds.preamble or b"\x00" * 128)
+    buffer.write(b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
     return buffer.getvalue()

@@ -29,7 +29,6 @@ What PS3.4 Annex J asks of the SCP, and how nubis does it:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -42,8 +41,9 @@ from pynetdicom import build_context, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from nubis.dimse.reactor import RaceFreeAE
-from nubis.errors import NubisError, RestoreRequired, StorageUnavailable
-from nubis.jobs.runner import JobContext, JobFailed, JobRunner
+from nubis.errors import BlobCorrupted, NubisError, RestoreRequired, StorageUnavailable
+from nubis.jobs.context import JobContext, JobFailed
+from nubis.jobs.runner import JobRunner
 from nubis.model.audit import ActiveParticipant, EventOutcome
 from nubis.security import audit_events
 
@@ -328,18 +328,15 @@ class CommitmentReports:
         if sop_class and inst.sop_class_uid != sop_class:
             return CLASS_INSTANCE_CONFLICT
         try:
-            digest, size = hashlib.sha256(), 0
-            for chunk in self._retrieve.read_range(inst, 0, None):
-                digest.update(chunk)
-                size += len(chunk)
+            self._retrieve.verify(inst)
         except RestoreRequired:  # stored, but unreadable until restored from its archive tier
             return PROCESSING_FAILURE
         except StorageUnavailable:
             raise  # the blob store is down: try again later rather than fail the object
-        except (OSError, KeyError, NubisError):  # unreadable blob, or its key erased
-            return PROCESSING_FAILURE
-        if size != inst.size or digest.hexdigest() != inst.sha256:
+        except BlobCorrupted:
             log.error("storage commitment: blob of %s fails its SHA-256", inst.sop_instance_uid)
+            return PROCESSING_FAILURE
+        except (OSError, KeyError, NubisError):  # unreadable blob, or its key erased
             return PROCESSING_FAILURE
         return None
 

@@ -3,15 +3,16 @@
 
 Both go the same way: the instances come from ``RetrieveService.instances`` (authorized, scoped
 and recorded there), the association proposes :func:`contexts_for` them, and each object is
-made ready by :meth:`Outgoing.dataset`: read and checked against the SHA-256 recorded at ingest
-(large ones as streams, read through once first), converted only when the peer accepted no
-context for its stored transfer syntax (PS3.4 C.4.2.3.1). pynetdicom's C-MOVE and C-GET SCPs
-send what the handlers yield; :func:`send` does the same on an association of its own.
+made ready by :meth:`Outgoing.dataset` from what ``RetrieveService`` serves any front door: the
+transfer syntax it chooses among those the peer accepted (``syntax_for``: as stored when it
+can, PS3.4 C.4.2.3.1), the object read and checked as WADO-RS reads are (``instance_bytes``;
+large ones as streams, ``instance_chunks``, verified before the C-STORE begins). pynetdicom's
+C-MOVE and C-GET SCPs send what the handlers yield; :func:`send` does the same on an
+association of its own.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +27,6 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.status import code_to_category
 
-from nubis.dicom import transcode
 from nubis.dimse.reactor import RaceFreeAE, StreamedDataset
 from nubis.errors import NubisError
 from nubis.model.records import StoredInstance
@@ -34,7 +34,6 @@ from nubis.services.retrieve import AS_STORED, RetrieveService
 
 __all__ = [
     "STREAM_LARGER_THAN",
-    "BlobCorrupted",
     "Outgoing",
     "SendRefused",
     "SendResult",
@@ -55,10 +54,6 @@ _HEAD = 1 << 20
 _TIMEOUT = 60  # seconds: TCP connect, association set-up, each C-STORE response
 
 
-class BlobCorrupted(NubisError):
-    """A stored object's bytes no longer match the SHA-256 recorded at ingest."""
-
-
 class Outgoing:
     """Makes stored objects ready to send by C-STORE, read through ``retrieve``."""
 
@@ -66,54 +61,41 @@ class Outgoing:
         self.retrieve = retrieve
 
     def dataset(self, inst: StoredInstance, accepted: dict[str, set[str]]) -> Dataset:
-        """The object to send, checked against its SHA-256; converted only if the peer must
-        have another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted).
+        """The object to send, read through ``retrieve``; converted only if the peer must have
+        another transfer syntax (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted), or
+        back to the syntax it arrived in, when a tier compressed it and the peer takes that.
 
         ``accepted`` maps each SOP Class UID to the transfer syntaxes of the contexts the peer
         accepted for it (:func:`accepted_syntaxes`); a class missing from it is sent as stored.
         An object over :data:`STREAM_LARGER_THAN` sent in its stored transfer syntax goes as a
         stream (:meth:`streamed`); a conversion is made in memory, as it decodes the pixel
         data anyway."""
-        syntaxes = accepted.get(inst.sop_class_uid)
-        if syntaxes is None or inst.transfer_syntax_uid in syntaxes:
-            if inst.size > STREAM_LARGER_THAN:
-                return self.streamed(inst)
-            return dcmread(io.BytesIO(self.checked(inst)))
-        data = self.checked(inst)
-        for target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *sorted(syntaxes)):
-            if target in syntaxes and transcode.can_transcode(inst.transfer_syntax_uid, target):
-                converted = transcode.transcode_file(io.BytesIO(data), target)
-                return dcmread(io.BytesIO(converted))
-        raise NubisError(
-            f"the peer accepts no transfer syntax {inst.sop_instance_uid} can be sent in"
-        )
-
-    def checked(self, inst: StoredInstance) -> bytes:
-        """The whole stored object, read into memory, once its SHA-256 has been checked."""
-        data = self.retrieve.read(inst)
-        if len(data) != inst.size or hashlib.sha256(data).hexdigest() != inst.sha256:
-            raise _corrupted(inst)
-        return data
+        syntax = self.retrieve.syntax_for(inst, accepted.get(inst.sop_class_uid))
+        if syntax == inst.transfer_syntax_uid and inst.size > STREAM_LARGER_THAN:
+            return self.streamed(inst)
+        return dcmread(io.BytesIO(self.retrieve.instance_bytes(inst, syntax)))
 
     def streamed(self, inst: StoredInstance) -> StreamedDataset:
-        """A large object to send as a stream, read through once first to check its SHA-256.
+        """A large object to send as a stream, read through once first to verify it.
 
         A stream's digest is known only at its end, and a C-STORE request whose data set has
         begun cannot be withdrawn: its fragments may not be followed by another message's
         (PS3.8 9.3.1), so the only way to stop it is an A-ABORT (PS3.8 7.3), which for a C-GET
         ends the requester's own association with no final response and for a C-MOVE fails
-        every sub-operation left. Reading the object once before sending lets a corrupted one
-        fail its own sub-operation, listed in the Failed SOP Instance UID List (PS3.4
-        C.4.2.1.4.2, C.4.3.1.3.2), as a small one does. Blobs are written once, so the second
-        read sees the same bytes; it is the WADO-RS read all the same (checked as it goes,
-        its last chunk withheld on a mismatch), and an association on which it fails is
-        aborted rather than a bad object completed (nubis.dimse.reactor.StreamingStore).
+        every sub-operation left. Reading the object once before sending (when reads are
+        checked, ``verify_reads``) lets a corrupted one fail its own sub-operation, listed in
+        the Failed SOP Instance UID List (PS3.4 C.4.2.1.4.2, C.4.3.1.3.2), as a small one does.
+        Blobs are written once, so the second read sees the same bytes; it is the WADO-RS read
+        all the same (checked as it goes, its last chunk withheld on a mismatch), and an
+        association on which it fails is aborted rather than a bad object completed
+        (nubis.dimse.reactor.StreamingStore).
         """
-        intact, head = self.read_through(inst, keep=_HEAD)
-        if not intact:
-            raise _corrupted(inst)
-        start, transfer_syntax = _data_set_start(head, inst)
         retrieve = self.retrieve
+        if retrieve.verify_reads:
+            retrieve.verify(inst)
+        start, transfer_syntax = _data_set_start(
+            retrieve.read(inst, 0, min(_HEAD, inst.size)), inst
+        )
         return StreamedDataset(
             inst.sop_class_uid,
             inst.sop_instance_uid,
@@ -121,23 +103,13 @@ class Outgoing:
             lambda: _skip(retrieve.instance_chunks(inst, AS_STORED), start),
         )
 
-    def read_through(self, inst: StoredInstance, keep: int = 0) -> tuple[bool, bytes]:
-        """Read the stored object as a stream: whether it still has the size and SHA-256
-        recorded at ingest, and its first ``keep`` bytes."""
-        digest, size, head = hashlib.sha256(), 0, b""
-        for chunk in self.retrieve.read_range(inst, 0, None):
-            digest.update(chunk)
-            size += len(chunk)
-            if len(head) < keep:
-                head += chunk[: keep - len(head)]
-        return size == inst.size and digest.hexdigest() == inst.sha256, head
-
 
 def contexts_for(instances: list[StoredInstance]) -> list[Any]:
-    """Presentation contexts for sending ``instances``: each (SOP class, stored syntax) alone,
-    so the peer cannot pick another syntax of the same class; then an uncompressed fallback
+    """Presentation contexts for sending ``instances``: each (SOP class, syntax it arrived in)
+    alone, so the peer cannot pick another syntax of the same class (an object a tier
+    compressed is offered as it arrived, and converted back); then an uncompressed fallback
     per class, used after conversion. At most 128 (PS3.8 9.3.2)."""
-    pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
+    pairs = dict.fromkeys((i.sop_class_uid, i.received_transfer_syntax_uid) for i in instances)
     contexts = [build_context(sop, ts) for sop, ts in pairs][:_MAX_CONTEXTS]
     for sop in dict.fromkeys(sop for sop, _ in pairs):
         if len(contexts) >= _MAX_CONTEXTS:
@@ -252,11 +224,6 @@ def _store_one(
     if "Status" not in status:
         return "Failure"  # no response: the association was aborted or timed out
     return str(code_to_category(int(status.Status)))
-
-
-def _corrupted(inst: StoredInstance) -> BlobCorrupted:
-    log.error("blob %s of %s fails its SHA-256; not sent", inst.blob_key, inst.sop_instance_uid)
-    return BlobCorrupted("stored object failed its integrity check")
 
 
 def _data_set_start(head: bytes, inst: StoredInstance) -> tuple[int, str]:

@@ -286,7 +286,8 @@ def is_loopback(host: str) -> bool:
 
 def _addresses(host: str) -> set[str]:
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None)}
+        # sockaddr[0] is the address as text for AF_INET and AF_INET6, the families asked for.
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except OSError:
         return set()
 

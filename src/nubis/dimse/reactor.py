@@ -45,6 +45,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
@@ -111,7 +112,7 @@ class _Wakeup:
                 self._write_fd = self.read_fd = -1
 
 
-class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
+class _SignallingQueue(queue.Queue[Any]):
     """A Queue that calls ``signal`` after each put (under the queue's own lock)."""
 
     def __init__(self, signal: Callable[[], None]) -> None:
@@ -156,7 +157,7 @@ class EventDrivenDUL(DULServiceProvider):
         self.to_user_queue = _SignallingQueue(on_user_primitive)
 
     # pynetdicom stops the reactor by setting this flag (kill_dul, stop_dul, its own abort path).
-    @property  # type: ignore[override]
+    @property
     def _kill_thread(self) -> bool:
         return self._killed
 
@@ -265,7 +266,9 @@ class _RequestQueue(_SignallingQueue):
         self._cancels = cancels
 
     def _put(self, item: Any) -> None:
-        self._cancels.pop(getattr(item[1], "MessageID", None), None)
+        message_id = getattr(item[1], "MessageID", None)
+        if message_id is not None:
+            self._cancels.pop(message_id, None)
         super()._put(item)
 
 
@@ -284,7 +287,7 @@ class FastDIMSE(DIMSEServiceProvider):
         self.serving: int | None = None
         super().__init__(assoc)
 
-    @property  # type: ignore[override]
+    @property
     def cancel_req(self) -> dict[int, Any]:
         return self._cancels
 
@@ -331,7 +334,7 @@ class StreamedDataset(Dataset):
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         self.file_meta = FileMetaDataset()
-        self.file_meta.TransferSyntaxUID = transfer_syntax_uid
+        self.file_meta.TransferSyntaxUID = UID(transfer_syntax_uid)
         self.open_data_set = open_data_set
 
 
@@ -496,12 +499,14 @@ class RaceFreeAE(AE):
             assoc.__class__ = RaceFreeRequestor
             cast(RaceFreeRequestor, assoc)._init_pause()
             cast(RaceFreeRequestor, assoc)._paused = paused
-        return super()._create_socket(assoc, *args, **kwargs)  # type: ignore[misc]
+        return super()._create_socket(assoc, *args, **kwargs)
 
 
 class EventDrivenAssociation(RaceFreePause, StreamingStore):
     """An acceptor association whose thread waits on an Event instead of polling every 1 ms
     (and can stream the C-STORE requests of a C-GET, StreamingStore)."""
+
+    dimse: FastDIMSE
 
     def __init__(self, ae: ApplicationEntity, mode: str) -> None:
         self._nubis_wake = threading.Event()
@@ -517,7 +522,7 @@ class EventDrivenAssociation(RaceFreePause, StreamingStore):
         self._reactor_checkpoint = _SignallingEvent(self._nubis_wake.set)
         self._reactor_checkpoint.set()
 
-    @property  # type: ignore[override]
+    @property
     def _kill(self) -> bool:
         return self._killed
 
@@ -619,6 +624,7 @@ class EventDrivenRequestHandler(RequestHandler):
             if event.is_intervention and self.server._handlers[event]:
                 assoc.bind(event, *self.server._handlers[event])
             elif isinstance(event, evt.NotificationEvent):
-                for handler in self.server._handlers[event]:
+                handlers = self.server._handlers[event]
+                for handler in handlers if isinstance(handlers, list) else ():
                     assoc.bind(event, handler[0], handler[1])
         return assoc

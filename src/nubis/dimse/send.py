@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from nubis.dimse.outgoing import Outgoing, SendRefused, send
 from nubis.errors import BadRequest, Forbidden, NubisError
-from nubis.jobs.runner import JobContext, JobFailed, JobRunner
+from nubis.jobs.context import JobContext, JobFailed
+from nubis.jobs.runner import JobRunner
 from nubis.security.policy import Action, Principal
 
 if TYPE_CHECKING:

@@ -49,7 +49,8 @@ log = logging.getLogger("nubis.dimse")
 # nubis.dimse.reactor no longer does; the requested ones of every association nubis opens), and
 # UID.__new__ re-validates each with a regex (40 ms per acceptor). A UID is an immutable str, so
 # its deep copy may be itself.
-UID.__deepcopy__ = lambda self, memo: self  # type: ignore[method-assign,assignment]
+# UID (a str) has no __deepcopy__ of its own for the stubs to know: this adds one.
+UID.__deepcopy__ = lambda self, memo: self  # type: ignore[attr-defined]
 
 # A worker with N associations (set up or in use) waits N x SPREAD_DELAY (at most SPREAD_DELAY_MAX)
 # before taking a new connection from the queue all workers share, so an idle worker takes it:
@@ -215,7 +216,8 @@ class _SharedPortServer(ThreadedAssociationServer):
 
     def server_bind(self) -> None:
         # Bound and listening already; socketserver's own new socket is not needed.
-        self.socket.close()
+        if self.socket is not None:
+            self.socket.close()
         self.socket = self._listener
         # Workers race for each connection: the losers must find accept() empty, not wait in
         # it (and miss a shutdown request) until the next connection arrives.
@@ -245,7 +247,7 @@ class _SharedPortServer(ThreadedAssociationServer):
             )
             if busy:
                 time.sleep(min(SPREAD_DELAY * busy, SPREAD_DELAY_MAX))
-        client, address = self.socket.accept()
+        client, address = self._listener.accept()
         client.settimeout(self.ae.network_timeout)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(

@@ -29,8 +29,11 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
+    FromClause,
+    Row,
     bindparam,
     create_engine,
     delete,
@@ -43,19 +46,30 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from nubis.config import redact_url
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.query_sql import Page, granted_to, search_page
-from nubis.index.schema import doomed_blobs, instances, series, series_requests, studies
+from nubis.index.schema import (
+    INSTANCES_LOCATED,
+    doomed_blobs,
+    instance_originals,
+    instances,
+    series,
+    series_requests,
+    studies,
+)
 from nubis.index.store_sql import insert_instance, lock_study
+from nubis.logs import redact_url
 from nubis.model.query import Level, Query
 from nubis.model.records import NewInstance, StoredInstance, StoreResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Rows per page of Index.walk: large enough that a page costs one round trip, small enough that
+# a page in memory and its short read transaction stay small.
+WALK_PAGE = 1000
 
-_STORED_COLUMNS = (
+_STORED_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.id,
     instances.c.partition,
     studies.c.study_uid,
@@ -70,6 +84,14 @@ _STORED_COLUMNS = (
     instances.c.frame_index,
     instances.c.bulk_index,
     studies.c.patient_id,
+    instance_originals.c.transfer_syntax_uid,
+)
+
+# Instances with their series, study and, for objects a tier compressed, what they arrived as.
+_STORED_FROM = (
+    instances.join(series, instances.c.series_pk == series.c.id)
+    .join(studies, series.c.study_pk == studies.c.id)
+    .outerjoin(instance_originals, instance_originals.c.instance_pk == instances.c.id)
 )
 
 
@@ -215,7 +237,7 @@ class _GroupCommitWriter(threading.Thread):
                     self.jobs.put(None)  # finish this batch, then stop
                     break
                 batch.append(nxt)
-            self._run_batch(batch)  # type: ignore[arg-type]
+            self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []
@@ -331,6 +353,57 @@ class Index:
     def reading(self) -> Iterator[Connection]:
         with self.read_engine.connect() as conn, conn.begin():
             yield conn
+
+    def walk(
+        self,
+        key: ColumnElement[int],
+        columns: Sequence[ColumnElement[Any]],
+        *,
+        select_from: FromClause | None = None,
+        where: Sequence[ColumnElement[bool]] = (),
+        after: int = 0,
+        page: int = WALK_PAGE,
+    ) -> Iterator[Sequence[Row[*tuple[Any, ...]]]]:
+        """Every row ``where`` selects, in ``key`` order, a page at a time: each row is
+        ``(key, *columns)``; resume a walk by passing the last key seen as ``after``.
+
+        What the jobs that visit the whole archive walk with (verify, rewrap, retirement,
+        lifecycle, the audit trail's verification). Each page is its own short read
+        transaction, found by ``key > last key`` rather than an offset, so a walk holds no
+        snapshot open for hours, never skips or repeats a row that stays, and costs the same on
+        its last page as on its first."""
+        while True:
+            stmt = select(key, *columns)
+            if select_from is not None:
+                stmt = stmt.select_from(select_from)
+            with self.reading() as conn:
+                rows = conn.execute(
+                    stmt.where(key > after, *where).order_by(key).limit(page)
+                ).all()
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+
+    def walk_instances(
+        self,
+        columns: Sequence[ColumnElement[Any]],
+        *,
+        where: Sequence[ColumnElement[bool]] = (),
+        after: int = 0,
+        page: int = WALK_PAGE,
+    ) -> Iterator[Sequence[Row[*tuple[Any, ...]]]]:
+        """Every indexed instance ``where`` selects, with its series, study and tier row
+        (INSTANCES_LOCATED), in id order: :meth:`walk` over instances; each row is
+        ``(instance pk, *columns)``."""
+        return self.walk(
+            instances.c.id,
+            columns,
+            select_from=INSTANCES_LOCATED,
+            where=where,
+            after=after,
+            page=page,
+        )
 
     def write(self, job: Callable[[Connection], T]) -> T:
         """Run ``job`` in a write transaction; it may run more than once (PostgreSQL retries)."""
@@ -505,11 +578,7 @@ def _scoped(
 ) -> Any:
     stmt = (
         select(*_STORED_COLUMNS)
-        .select_from(
-            instances.join(series, instances.c.series_pk == series.c.id).join(
-                studies, series.c.study_pk == studies.c.id
-            )
-        )
+        .select_from(_STORED_FROM)
         .where(studies.c.partition == partition, studies.c.study_uid == study_uid)
         .order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
     )
@@ -563,15 +632,7 @@ def _scoped_statement(by_series: bool, by_sop: bool, granted: bool, metadata: bo
 
 
 def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
-    row = conn.execute(
-        select(*_STORED_COLUMNS)
-        .select_from(
-            instances.join(series, instances.c.series_pk == series.c.id).join(
-                studies, series.c.study_pk == studies.c.id
-            )
-        )
-        .where(*criteria)
-    ).first()
+    row = conn.execute(select(*_STORED_COLUMNS).select_from(_STORED_FROM).where(*criteria)).first()
     return StoredInstance(*row) if row else None
 
 
@@ -596,7 +657,7 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
     )
     if existing is None:
         raise StorageUnavailable("the index refused the instance row")
-    if existing.sha256 == new.sha256 and existing.size == new.size:
+    if _same_object(conn, existing, new):
         return StoreResult.ALREADY_STORED, new.blob_key
     if not overwrite:
         raise DuplicateInstance(
@@ -606,6 +667,21 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
     _remove_instance(conn, existing.pk, doom_blob=False)
     insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
     return StoreResult.REPLACED, existing.blob_key
+
+
+def _same_object(conn: Connection, existing: StoredInstance, new: NewInstance) -> bool:
+    """Whether ``new`` is the stored object sent again: the same bytes as stored or, for an
+    object a tier compressed since, as it arrived."""
+    if (existing.sha256, existing.size) == (new.sha256, new.size):
+        return True
+    if existing.original_transfer_syntax_uid is None:
+        return False
+    received = conn.execute(
+        select(instance_originals.c.sha256, instance_originals.c.size).where(
+            instance_originals.c.instance_pk == existing.pk
+        )
+    ).first()
+    return received is not None and tuple(received) == (new.sha256, new.size)
 
 
 def _refresh_study(conn: Connection, study_pk: int, now: int) -> None:

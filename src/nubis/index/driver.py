@@ -67,7 +67,7 @@ def driver_cursor(conn: Connection) -> DriverCursor:
     """A cursor on ``conn``'s driver connection, inside ``conn``'s transaction."""
     raw = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     if conn.dialect.name == "sqlite":
-        return raw  # type: ignore[no-any-return]
+        return raw
     return _PyformatCursor(raw)
 
 

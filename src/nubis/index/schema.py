@@ -319,6 +319,29 @@ instance_tiers = Table(
     Column("moved_at", BigInteger, nullable=False),
 )
 
+# What an object was when it arrived, for objects a tier's lossless compression re-encoded
+# (nubis.tiers.compression, migration 0012): the transfer syntax retrieval gives back on request,
+# and the size and SHA-256 of the bytes received (the storage report's "before"; a resent
+# original is recognised by them). ``compressed`` false: the object was tried and kept as it
+# is, ``note`` saying why, so the job does not try it again. Absent: never tried.
+instance_originals = Table(
+    "instance_originals",
+    metadata,
+    Column(
+        "instance_pk",
+        Integer,
+        ForeignKey("instances.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("compressed", Boolean, nullable=False),
+    Column("note", String(256)),
+    Column("at", BigInteger, nullable=False),
+)
+
 # Every instance with its series, its study and its tier row (absent: the first tier): what the
 # jobs that walk blobs (verify, tier, rewrap) select from.
 INSTANCES_LOCATED = (
@@ -436,6 +459,7 @@ __all__ = [
     "doomed_blobs",
     "erased_patient_keys",
     "grants",
+    "instance_originals",
     "instance_tiers",
     "instances",
     "jobs",

@@ -1,4 +1,4 @@
-"""The kinds of job nubis runs, and the schedule setting.
+"""The kinds of job nubis runs (their schedule setting: nubis.jobs.schedule).
 
 - ``reap``: delete blobs of deleted instances and orphan blobs (nubis.services.maintenance);
   parameter ``grace_seconds``.
@@ -23,12 +23,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nubis.index.database import Index
-from nubis.jobs.runner import Handler, JobContext
+from nubis.jobs.context import Handler, JobContext
+from nubis.jobs.schedule import AUDIT_VERIFY, SNAPSHOT
 from nubis.jobs.verify import verify
 from nubis.model.audit import ActiveParticipant
 from nubis.ports.blobs import BlobStore
@@ -42,31 +42,9 @@ from nubis.tiers.rules import Tiers
 if TYPE_CHECKING:
     from nubis.security.audit import AuditTrail
 
-__all__ = ["AUDIT_VERIFY", "KINDS", "SNAPSHOT", "handlers", "parse_params", "parse_schedule"]
+__all__ = ["KINDS", "handlers", "parse_params"]
 
-SNAPSHOT = "storage-snapshot"
-AUDIT_VERIFY = "audit-verify"
 KINDS = ("reap", "verify", "tier", "rewrap", SNAPSHOT, AUDIT_VERIFY)
-# A rewrap names its KEK: a periodic run would have nothing to work on.
-_SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY)
-_EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_schedule(text: str) -> dict[str, int]:
-    """``reap=1h,tier=1d`` -> {kind: seconds}; ValueError names what is wrong."""
-    schedule: dict[str, int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        kind, sep, every = (p.strip() for p in item.partition("="))
-        if kind not in _SCHEDULED:
-            raise ValueError(
-                f"jobs_schedule: unknown job kind {kind!r} (kinds: {', '.join(_SCHEDULED)})"
-            )
-        m = _EVERY.match(every)
-        if not sep or not m or int(m[1]) == 0:
-            raise ValueError(f"jobs_schedule: {item!r}: expected KIND=EVERY such as reap=1h")
-        schedule[kind] = int(m[1]) * _SECONDS[m[2]]
-    return schedule
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:

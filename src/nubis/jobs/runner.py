@@ -8,10 +8,10 @@ is woken at once by a job queued in the same process. It also queues the periodi
 schedule (at most one per kind and period across every node, see JobStore.schedule) and
 removes jobs that finished long ago.
 
-Handlers are plain functions of a :class:`JobContext`. They report progress (with a cursor to
-resume from) through it, and its ``check()`` raises when the job should stop: cancelled by an
-operator, its lease taken over by another runner, or this runner stopping (the job goes back
-to the queue with its cursor, not counted as an attempt, and another node resumes it). A
+Handlers are plain functions of a ``JobContext`` (the contract, nubis.jobs.context). When
+its ``check()`` says the job should stop, the runner records why: cancelled by an operator,
+its lease taken over by another runner, or this runner stopping (the job goes back to the
+queue with its cursor, not counted as an attempt, and another node resumes it). A
 failed attempt is retried on the runner's backoff (30 s doubling, at most an hour) until
 ``max_attempts``; a handler that knows better raises :class:`JobFailed` with its own delay,
 or with none to fail the job at once.
@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from nubis.jobs.context import Handler, JobCancelled, JobContext, JobFailed, JobStopped
 from nubis.jobs.store import Job, JobState, JobStore, LeaseLost, now_ms
 
-__all__ = ["Handler", "JobCancelled", "JobContext", "JobFailed", "JobRunner", "JobStopped"]
+__all__ = ["JobRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -39,73 +40,6 @@ log = logging.getLogger(__name__)
 KEEP_FINISHED_MS = 30 * 24 * 3600 * 1000
 # Progress becomes visible at most this long after a handler reports it.
 _PROGRESS_SECONDS = 1.0
-
-
-class JobStopped(Exception):
-    """Raised by JobContext.check() when the runner is stopping: the job is put back."""
-
-
-class JobCancelled(Exception):
-    """Raised by JobContext.check() when an operator cancelled the job."""
-
-
-class JobFailed(Exception):
-    """Raised by a handler that decides what follows its failed attempt: another attempt in
-    ``retry_in`` seconds (while ``max_attempts`` allows one), or none (``retry_in`` None): the
-    job fails now. ``reason`` is what ``nubis jobs list`` shows."""
-
-    def __init__(self, reason: str, *, retry_in: float | None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_in = retry_in
-
-
-class JobContext:
-    """What a handler sees of its job: parameters, saved progress, and how to report."""
-
-    def __init__(self, job: Job, stopping: threading.Event) -> None:
-        self.job = job
-        self.params: dict[str, Any] = job.params
-        # A job taken over from a runner that died resumes where its last progress left it.
-        self.cursor: Any = job.cursor
-        self.done = job.progress_done if job.cursor is not None else 0
-        self.total: int | None = job.progress_total
-        self._stopping = stopping
-        self._lock = threading.Lock()
-        self._version = 0
-        self.cancel_requested = job.cancel_requested
-        self.lease_lost = False
-
-    def progress(self, done: int, total: int | None = None, cursor: Any = None) -> None:
-        """Record progress; ``cursor`` (JSON-able) is where a resumed run should start.
-
-        Cheap (no I/O): the runner saves it within about a second. Also checks whether the
-        job should stop (see :meth:`check`).
-        """
-        with self._lock:
-            self.done = done
-            if total is not None:
-                self.total = total
-            if cursor is not None:
-                self.cursor = cursor
-            self._version += 1
-        self.check()
-
-    def check(self) -> None:
-        """Raise JobCancelled, LeaseLost or JobStopped if the job should stop now."""
-        if self.cancel_requested:
-            raise JobCancelled(f"job {self.job.id} was cancelled")
-        if self.lease_lost:
-            raise LeaseLost(f"job {self.job.id} was taken over by another runner")
-        if self._stopping.is_set():
-            raise JobStopped(f"job {self.job.id} interrupted: the runner is stopping")
-
-    def snapshot(self) -> tuple[int, tuple[int, int | None, Any]]:
-        with self._lock:
-            return self._version, (self.done, self.total, self.cursor)
-
-
-Handler = Callable[[JobContext], dict[str, Any] | None]
 
 
 def _owner_name() -> str:

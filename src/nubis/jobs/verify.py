@@ -23,7 +23,6 @@ crash records the unsaved batch again rather than not at all.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -32,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from nubis.errors import BlobUnreadable, KeyErased, RestoreRequired
+from nubis.blobs.integrity import verify_chunks
+from nubis.errors import BlobCorrupted, BlobUnreadable, KeyErased, RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import INSTANCES_LOCATED, instance_tiers, instances, series, studies
-from nubis.jobs.runner import JobContext
+from nubis.jobs.context import JobContext
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome
 from nubis.ports.blobs import BlobContext, BlobNotFound, BlobStore
 from nubis.security import audit_events
@@ -85,28 +85,18 @@ def verify(
     done = int(saved.get("done", 0))
     started = time.monotonic()
     read_here = 0
-    while True:
-        with index.reading() as conn:
-            rows = conn.execute(
-                select(
-                    instances.c.id,
-                    studies.c.partition,
-                    studies.c.study_uid,
-                    studies.c.patient_id,
-                    series.c.series_uid,
-                    instances.c.sop_instance_uid,
-                    instances.c.blob_key,
-                    instances.c.size,
-                    instances.c.sha256,
-                    tier,
-                )
-                .select_from(INSTANCES_LOCATED)
-                .where(instances.c.id > after, *criteria)
-                .order_by(instances.c.id)
-                .limit(_BATCH)
-            ).all()
-        if not rows:
-            break
+    columns = (
+        studies.c.partition,
+        studies.c.study_uid,
+        studies.c.patient_id,
+        series.c.series_uid,
+        instances.c.sop_instance_uid,
+        instances.c.blob_key,
+        instances.c.size,
+        instances.c.sha256,
+        tier,
+    )
+    for rows in index.walk_instances(columns, where=criteria, after=after, page=_BATCH):
         read: dict[tuple[str, str | None], Counter[str]] = {}
         for pk, partition, study, patient_id, series_uid, sop, key, size, sha256, where in rows:
             ctx.check()
@@ -175,12 +165,8 @@ def _check(
     blobs: BlobStore, key: str, size: int, sha256: str, context: BlobContext, counts: Counter[str]
 ) -> str | None:
     """None when the blob is intact; else what is wrong with it."""
-    digest = hashlib.sha256()
-    length = 0
     try:
-        for chunk in blobs.iter_chunks(key, context=context):
-            digest.update(chunk)
-            length += len(chunk)
+        verify_chunks(blobs.iter_chunks(key, context=context), size, sha256)
     except BlobNotFound:
         return "missing"
     except KeyErased:
@@ -191,7 +177,7 @@ def _check(
         return None
     except BlobUnreadable:
         return "unreadable"
-    if length != size or digest.hexdigest() != sha256:
+    except BlobCorrupted:
         return "mismatch"
     counts["ok"] += 1
     counts["bytes"] += size

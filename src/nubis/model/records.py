@@ -60,6 +60,14 @@ class StoredInstance:
     bulk_index_json: str | None = field(repr=False)
     # For audit records (PS3.15 A.5.2.3: the patient participant object); never for access.
     patient_id: str | None = None
+    # The transfer syntax the object arrived in, when a tier's lossless compression has
+    # re-encoded it since (nubis.tiers.compression); None (or the same syntax) otherwise.
+    original_transfer_syntax_uid: str | None = None
+
+    @property
+    def received_transfer_syntax_uid(self) -> str:
+        """The transfer syntax the object arrived in: what peers are offered (C-MOVE, C-GET)."""
+        return self.original_transfer_syntax_uid or self.transfer_syntax_uid
 
     @cached_property
     def frames(self) -> list[list[tuple[int, int]]] | None:

@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,14 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from sqlalchemy import Connection, func, select
 
-from nubis.errors import StorageUnavailable
 from nubis.index.database import AUDIT_LOCK, Index
 from nubis.index.driver import driver_cursor
 from nubis.index.schema import audit_checkpoints, audit_cursors, audit_log
@@ -65,6 +61,11 @@ from nubis.model.audit import (
 from nubis.ports.audit import AuditReceipt
 from nubis.security import audit_events
 from nubis.security.audit_reads import AuditUnavailable, ReadRecordQueue, is_read
+from nubis.security.audit_signing import (
+    SigningKey,
+    load_public_keys,
+    public_key_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,90 +124,6 @@ def _columns(seq: int, event: dict[str, Any]) -> tuple[Any, ...]:
 def checkpoint_message(seq: int, head_hash: str, signed_at: int) -> bytes:
     """What a checkpoint signs: domain, record count, head hash, time (ms since the epoch)."""
     return f"{_CHECKPOINT_DOMAIN}\n{seq}\n{head_hash}\n{signed_at}\n".encode()
-
-
-# --------------------------------------------------------------------------- signing key
-@dataclass(frozen=True)
-class SigningKey:
-    """The Ed25519 key that signs checkpoints; ``key_id`` names its public half."""
-
-    private: Ed25519PrivateKey
-    key_id: str
-
-    @property
-    def public(self) -> Ed25519PublicKey:
-        return self.private.public_key()
-
-    @classmethod
-    def load_or_create(cls, path: Path) -> SigningKey:
-        """Load the key at ``path``, creating it (mode 0600) if missing.
-
-        Creation is write-to-temporary then hard link, which fails if the file exists: two
-        worker processes starting at once end up with one key, never a half-written file.
-        """
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, pem)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-        if path.stat().st_mode & 0o077:
-            # Anyone who can read it can forge checkpoints: tighten rather than refuse to start.
-            log.warning("audit signing key %s was readable by others; setting mode 0600", path)
-            path.chmod(0o600)
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(private, Ed25519PrivateKey):
-            raise StorageUnavailable(f"{path} is not an Ed25519 private key")
-        key = cls(private, key_id(private.public_key()))
-        pub_path = path.with_suffix(".pub")
-        if not pub_path.exists():
-            pub_path.write_text(public_key_text(key.public))
-        return key
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    """The first 16 bytes of SHA-256 over the raw public key, hex."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def public_key_text(public: Ed25519PublicKey) -> str:
-    """One line, ``ed25519 <base64 raw key> <key id>``: short enough to print and keep."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return f"ed25519 {base64.b64encode(raw).decode()} {key_id(public)}\n"
-
-
-def load_public_keys(path: Path) -> dict[str, Ed25519PublicKey]:
-    """Public keys from a file of :func:`public_key_text` lines (or a PEM public key)."""
-    data = path.read_bytes()
-    keys: dict[str, Ed25519PublicKey] = {}
-    if data.lstrip().startswith(b"-----BEGIN"):
-        public = serialization.load_pem_public_key(data)
-        if not isinstance(public, Ed25519PublicKey):
-            raise ValueError(f"{path} is not an Ed25519 public key")
-        return {key_id(public): public}
-    for line in data.decode().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == "ed25519":
-            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(parts[1]))
-            keys[key_id(public)] = public
-    if not keys:
-        raise ValueError(f"{path} holds no Ed25519 public key")
-    return keys
 
 
 # --------------------------------------------------------------------------- records
@@ -674,31 +591,20 @@ class AuditTrail:
     def _iter_records(
         self, batch: int = 5000, progress: Callable[[int], None] | None = None
     ) -> Iterator[tuple[Any, ...]]:
-        after = 0
-        while True:
-            with self.index.reading() as conn:
-                rows = conn.execute(
-                    select(
-                        audit_log.c.seq,
-                        audit_log.c.at,
-                        audit_log.c.event_code,
-                        audit_log.c.outcome,
-                        audit_log.c.user_id,
-                        audit_log.c.patient_id,
-                        audit_log.c.record,
-                        audit_log.c.prev_hash,
-                        audit_log.c.hash,
-                    )
-                    .where(audit_log.c.seq > after)
-                    .order_by(audit_log.c.seq)
-                    .limit(batch)
-                ).all()
-            if not rows:
-                return
+        columns = (
+            audit_log.c.at,
+            audit_log.c.event_code,
+            audit_log.c.outcome,
+            audit_log.c.user_id,
+            audit_log.c.patient_id,
+            audit_log.c.record,
+            audit_log.c.prev_hash,
+            audit_log.c.hash,
+        )
+        for rows in self.index.walk(audit_log.c.seq, columns, page=batch):
             yield from (tuple(r) for r in rows)
-            after = rows[-1][0]
             if progress is not None:
-                progress(after)
+                progress(rows[-1][0])
 
 
 def _walk(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[int, str | None, str]]:

@@ -22,7 +22,9 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -164,8 +166,9 @@ class SessionStore:
         )
 
 
-def _session(row: object) -> Session:
-    get = row.__getitem__  # type: ignore[attr-defined]
+def _session(row: Mapping[Any, Any]) -> Session:
+    """A session from its row (a row's mapping, or the dict it was inserted from)."""
+    get = row.__getitem__
     roles = get("roles")
     return Session(
         token_hash=get("token_hash"),

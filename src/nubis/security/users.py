@@ -16,12 +16,13 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, insert, select, update
 
 from nubis.errors import BadRequest, NotFound
 from nubis.index.database import Index
@@ -99,8 +100,8 @@ def _stamp(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()
 
 
-def _user(row: object) -> User:
-    name, tenant, roles, password_hash, created_at = row  # type: ignore[misc]
+def _user(row: Sequence[Any]) -> User:
+    name, tenant, roles, password_hash, created_at = row
     return User(name, tenant, parse_roles(roles), password_hash is not None, created_at)
 
 
@@ -430,7 +431,7 @@ def _grant_row(
 
 def _grant_match(
     subject: str, tenant: str, patient_id: str | None, study_uid: str | None
-) -> list[object]:
+) -> list[ColumnElement[bool]]:
     # Users' grants name a whole patient or study; series grants are share links' own.
     return [
         grants.c.subject == subject,

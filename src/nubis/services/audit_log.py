@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nubis.jobs.kinds import AUDIT_VERIFY
+from nubis.jobs.schedule import AUDIT_VERIFY
 from nubis.jobs.store import Job, JobStore
 from nubis.security.audit import AuditRecord, AuditTrail, Checkpoint
 from nubis.security.policy import Action, Principal

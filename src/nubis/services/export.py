@@ -101,6 +101,10 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        """Part of the file protocol zipfile asks of a writer; it closes only files it
+        opened itself, and the collected bytes are taken by :meth:`take`."""
+
     def take(self) -> bytes:
         data = b"".join(self._parts)
         self._parts.clear()

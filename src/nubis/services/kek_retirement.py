@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.errors import NubisError
 from nubis.index.database import Index
@@ -70,28 +68,15 @@ def retire_kek(
 
 def _pages(index: Index) -> Iterator[list[tuple[str, BlobContext]]]:
     """Every indexed object's blob key and identity, a page at a time, in id order."""
-    after = 0
-    while True:
-        with index.reading() as conn:
-            rows = conn.execute(
-                select(
-                    instances.c.id,
-                    instances.c.blob_key,
-                    instances.c.partition,
-                    studies.c.study_uid,
-                    series.c.series_uid,
-                    instances.c.sop_instance_uid,
-                    instances.c.sha256,
-                )
-                .join(series, instances.c.series_pk == series.c.id)
-                .join(studies, series.c.study_pk == studies.c.id)
-                .where(instances.c.id > after)
-                .order_by(instances.c.id)
-                .limit(_PAGE)
-            ).all()
-        if not rows:
-            return
-        after = rows[-1][0]
+    columns = (
+        instances.c.blob_key,
+        instances.c.partition,
+        studies.c.study_uid,
+        series.c.series_uid,
+        instances.c.sop_instance_uid,
+        instances.c.sha256,
+    )
+    for rows in index.walk_instances(columns, page=_PAGE):
         yield [(key, BlobContext(*identity)) for _, key, *identity in rows]
 
 

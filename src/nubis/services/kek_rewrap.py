@@ -50,7 +50,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,14 +61,13 @@ from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.errors import BlobUnreadable, KeyErased, NubisError, RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import (
-    INSTANCES_LOCATED,
     doomed_blobs,
     instance_tiers,
     instances,
     series,
     studies,
 )
-from nubis.jobs.runner import JobContext, JobFailed
+from nubis.jobs.context import JobContext, JobFailed
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome, EventType
 from nubis.ports.blobs import BlobContext, BlobNotFound
 from nubis.ports.keys import WrappedKey
@@ -201,7 +200,7 @@ class KekRewrap:
             total = conn.execute(select(func.count()).select_from(instances)).scalar_one()
         workers = max(1, int(ctx.params.get("workers") or 4))
         with ThreadPoolExecutor(workers, thread_name_prefix="nubis-rewrap") as pool:
-            while page := self._page(after):
+            for page in self._pages(after):
                 deleted: list[str] = []
 
                 def one(obj: _Object, deleted: list[str] = deleted) -> str:
@@ -229,30 +228,24 @@ class KekRewrap:
                 ctx.progress(done, total, cursor)
         return counts, problems
 
-    def _page(self, after: int) -> list[_Object]:
+    def _pages(self, after: int) -> Iterator[list[_Object]]:
+        """Every indexed object after instance pk ``after``, a page at a time."""
         tier = func.coalesce(instance_tiers.c.tier, self.tiers.default.name)
-        with self.index.reading() as conn:
-            rows = conn.execute(
-                select(
-                    instances.c.id,
-                    instances.c.blob_key,
-                    instances.c.size,
-                    tier,
-                    instances.c.partition,
-                    studies.c.study_uid,
-                    series.c.series_uid,
-                    instances.c.sop_instance_uid,
-                    instances.c.sha256,
-                )
-                .select_from(INSTANCES_LOCATED)
-                .where(instances.c.id > after)
-                .order_by(instances.c.id)
-                .limit(_PAGE)
-            ).all()
-        return [
-            _Object(pk, key, size, t, BlobContext(*identity))
-            for pk, key, size, t, *identity in rows
-        ]
+        columns = (
+            instances.c.blob_key,
+            instances.c.size,
+            tier,
+            instances.c.partition,
+            studies.c.study_uid,
+            series.c.series_uid,
+            instances.c.sop_instance_uid,
+            instances.c.sha256,
+        )
+        for rows in self.index.walk_instances(columns, after=after, page=_PAGE):
+            yield [
+                _Object(pk, key, size, t, BlobContext(*identity))
+                for pk, key, size, t, *identity in rows
+            ]
 
     # ------------------------------------------------------------------ one object
     def _rewrap(

@@ -22,7 +22,7 @@ from typing import Any
 from nubis.dimse.peers import Peer, PeerTable
 from nubis.errors import BadRequest, NotFound
 from nubis.index.database import Index
-from nubis.jobs.kinds import SNAPSHOT
+from nubis.jobs.schedule import SNAPSHOT
 from nubis.jobs.store import Job, JobState, JobStore
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal

@@ -8,7 +8,9 @@ study outside the scope is never matched, as if it did not exist.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from nubis.index.database import Index
 from nubis.index.query_sql import Page
@@ -49,6 +51,17 @@ class QueryService:
     def page(self, scoped: ScopedQuery) -> Page:
         """One page of a query that :meth:`scoped` returned (``scoped.at(offset)`` for more)."""
         return self.index.search(scoped.query)
+
+    def matches(self, scoped: ScopedQuery) -> Iterator[dict[str, Any]]:
+        """Every match of a query that :meth:`scoped` returned, a page at a time (DICOM JSON
+        items): what C-FIND answers and C-MOVE / C-GET select, in bounded memory."""
+        offset = 0
+        while True:
+            page = self.page(scoped.at(offset))
+            yield from page.items
+            if not page.more or not page.items:
+                return
+            offset += len(page.items)
 
     def search(self, who: Principal, query: Query, *, text: str | bytes = "") -> Page:
         """Authorize, record and run ``query`` for ``who`` (one page).

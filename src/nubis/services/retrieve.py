@@ -4,24 +4,31 @@ Everything here reads what ingest prepared: metadata is served from the JSON kep
 (one query for a whole series), frames and bulk data are byte ranges located by the offset
 indexes built at ingest, and whole objects stream from the blob store with their SHA-256
 checked on the way out, so a corrupted blob is never served as if it were good.
+
+Whole objects leave by one path whatever the front door: :meth:`RetrieveService.instance_chunks`
+(a stream) or :meth:`~RetrieveService.instance_bytes`, as stored or converted to a transfer
+syntax :meth:`~RetrieveService.syntax_for` chose among those a peer accepts; checked as
+``verify_reads`` and the store's authenticated reads say (nubis.blobs.integrity).
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import chain, islice
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from nubis.blobs.integrity import verified_chunks
 from nubis.dicom import render, transcode
 from nubis.dicom.inspect import BULK_URI_MARKER
-from nubis.errors import NotAcceptable, NotFound, NubisError
+from nubis.errors import BlobCorrupted, NotAcceptable, NotFound
 from nubis.index.database import Index
 from nubis.model.audit import EventOutcome
 from nubis.model.records import StoredInstance
@@ -41,12 +48,9 @@ READ_AHEAD_OBJECT = 8 << 20
 READ_WHOLE_FRAGMENT = 4 << 20
 
 AS_STORED = "*"
-
-
-class BlobCorrupted(NubisError):
-    """The stored bytes no longer match the digest recorded at ingest."""
-
-    http_status = 500
+# What a peer that accepts several transfer syntaxes is sent a conversion in: the syntaxes
+# every DICOM application supports first (PS3.5 10.1), then the others in UID order.
+_CONVERSION_ORDER = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 class RetrieveService:
@@ -180,36 +184,67 @@ class RetrieveService:
     def instance_chunks(self, inst: StoredInstance, transfer_syntax: str) -> Iterator[bytes]:
         """The PS3.10 file, as stored (``*`` or the stored syntax) or transcoded."""
         if transfer_syntax in (AS_STORED, inst.transfer_syntax_uid):
-            if not self.verify_reads or self.blobs.capabilities.authenticated_reads:
-                return self.blobs.iter_chunks(inst.blob_key, context=blob_context(inst))
-            return self._verified_chunks(inst)
+            return self._stored_chunks(inst)
         if not transcode.can_transcode(inst.transfer_syntax_uid, transfer_syntax):
             raise NotAcceptable(
                 f"instance {inst.sop_instance_uid} is stored in {inst.transfer_syntax_uid} and "
                 f"cannot be converted to {transfer_syntax}"
             )
-        with self.open(inst) as source:
+        with self._source(inst) as source:
             return iter((transcode.transcode_file(source, transfer_syntax),))
 
-    def _verified_chunks(self, inst: StoredInstance) -> Iterator[bytes]:
-        # Opened here, not in the generator, so a missing blob or key fails before streaming.
-        chunks = self.blobs.iter_chunks(inst.blob_key, context=blob_context(inst))
-        return self._verify(inst, chunks)
+    def instance_bytes(self, inst: StoredInstance, transfer_syntax: str) -> bytes:
+        """:meth:`instance_chunks` whole, in memory (C-STORE sub-operations of small objects)."""
+        return b"".join(self.instance_chunks(inst, transfer_syntax))
 
-    def _verify(self, inst: StoredInstance, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        size = 0
-        for chunk in chunks:
-            digest.update(chunk)
-            size += len(chunk)
-            if size == inst.size and digest.hexdigest() != inst.sha256:
-                # Withhold the last chunk: the client sees a broken stream, never bad bytes.
-                log.error("blob %s of instance pk %s fails its SHA-256", inst.blob_key, inst.pk)
-                raise BlobCorrupted("stored object failed its integrity check")
-            yield chunk
-        if size != inst.size:
-            log.error("blob %s has %d bytes, index says %d", inst.blob_key, size, inst.size)
-            raise BlobCorrupted("stored object failed its integrity check")
+    def syntax_for(self, inst: StoredInstance, accepted: Collection[str] | None) -> str:
+        """The transfer syntax to send ``inst`` in to a peer that accepts ``accepted`` (None:
+        whatever it is stored in): the one it arrived in when a tier compressed it and the
+        peer takes that, else the stored one when accepted, else one it can be converted to
+        (PS3.4 C.4.2.3.1: the SCP picks one the peer accepted), uncompressed first.
+        NotAcceptable when there is none."""
+        stored, received = inst.transfer_syntax_uid, inst.received_transfer_syntax_uid
+        as_stored = received == stored or received not in (accepted or ())
+        if accepted is None or (stored in accepted and as_stored):
+            return stored
+        for target in (received, *_CONVERSION_ORDER, *sorted(accepted)):
+            if target in accepted and transcode.can_transcode(stored, target):
+                return target
+        raise NotAcceptable(
+            f"the peer accepts no transfer syntax {inst.sop_instance_uid} can be sent in"
+        )
+
+    def verify(self, inst: StoredInstance) -> None:
+        """Read the whole stored object and check it against the size and SHA-256 recorded
+        at ingest, whatever ``verify_reads`` says: for callers that must know before they act
+        (storage commitment; a C-STORE, which cannot be withdrawn once its data set began).
+        BlobCorrupted when it fails; the store's own errors when it cannot be read."""
+        chunks = self.blobs.iter_chunks(inst.blob_key, context=blob_context(inst))
+        for _ in self._checked(inst, chunks):
+            pass
+
+    def _stored_chunks(self, inst: StoredInstance) -> Iterator[bytes]:
+        """The stored file, checked by digest as it streams unless reads are not checked or
+        the store authenticates what it reads (AES-GCM tags over the plaintext's digest)."""
+        # Opened here, not in a generator, so a missing blob or key fails before streaming.
+        chunks = self.blobs.iter_chunks(inst.blob_key, context=blob_context(inst))
+        if not self.verify_reads or self.blobs.capabilities.authenticated_reads:
+            return chunks
+        return self._checked(inst, chunks)
+
+    def _checked(self, inst: StoredInstance, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield from verified_chunks(chunks, inst.size, inst.sha256)
+        except BlobCorrupted:
+            log.error("blob %s of instance pk %s fails its size or SHA-256", inst.blob_key, inst.pk)
+            raise
+
+    def _source(self, inst: StoredInstance) -> BinaryIO:
+        """The stored file for a decoder: read and checked first when whole objects are
+        checked by digest, so a conversion is never made of bad bytes either."""
+        if not self.verify_reads or self.blobs.capabilities.authenticated_reads:
+            return self.open(inst)
+        return io.BytesIO(b"".join(self._stored_chunks(inst)))
 
     def open(self, inst: StoredInstance) -> BinaryIO:
         """The stored PS3.10 file as a seekable file object (plaintext; the caller closes it),

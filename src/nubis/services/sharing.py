@@ -32,6 +32,7 @@ rendered images, WADO-URI. No user, OIDC subject or DIMSE peer can be named ``sh
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import secrets
@@ -447,7 +448,7 @@ class SharingService:
         self.throttle.succeeded(link.principal_id)
 
     # ------------------------------------------------------------------ user grants
-    def grantable_users(self, who: Principal) -> list[str]:
+    def grantable_users(self, who: Principal) -> builtins.list[str]:
         """Users of ``who``'s tenant whose reads are limited to grants (referrers): the ones a
         study can be shared with (the others read the whole tenant already)."""
         decision = self.guard.authorize(who, Action.SHARE, "list users to share with")
@@ -458,7 +459,7 @@ class SharingService:
             if user.tenant == decision.scope.partition and self._grant_limited(user.principal())
         ]
 
-    def user_grants(self, who: Principal, study_uid: str) -> list[str]:
+    def user_grants(self, who: Principal, study_uid: str) -> builtins.list[str]:
         """The users a study is granted to by name (patient grants, made with ``nubis users
         grant --patient``, are not listed)."""
         decision = self.guard.authorize(who, Action.SHARE, f"list grants of study {study_uid}")

@@ -43,7 +43,7 @@ class SpooledFile:
         reader = SegmentReader(
             raw, self.seal.key, body_offset=self.seal.body_offset, size=self.size, name="<spool>"
         )
-        return open_plain(reader)  # type: ignore[return-value]
+        return open_plain(reader)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)

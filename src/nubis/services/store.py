@@ -8,22 +8,17 @@ blob. Used by STOW-RS and, in #3, C-STORE.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
-
 from nubis.dicom.inspect import InspectedInstance, inspect_file
-from nubis.dicom.levels import series_level, study_level
 from nubis.errors import InvalidInstance, NubisError, StorageUnavailable
+from nubis.index.columns import json_text, new_instance
 from nubis.index.database import Index
-from nubis.index.schema import series, studies
 from nubis.model.audit import AuditEvent, EventOutcome
-from nubis.model.query import fold_person_name
-from nubis.model.records import NewInstance, StoreResult
+from nubis.model.records import StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
 from nubis.security import audit_events
 from nubis.security.policy import Action, Decision, Principal
@@ -150,7 +145,7 @@ class StoreService:
     ) -> AuditEvent:
         return audit_events.instances_transferred(
             who,
-            patient_id=_json_text(inspected.metadata, "PatientID"),
+            patient_id=json_text(inspected.metadata, "PatientID"),
             study_uids=[inspected.study_instance_uid],
             outcome=outcome,
             stored=True,
@@ -180,7 +175,7 @@ class StoreService:
             inspected.series_instance_uid,
             inspected.sop_instance_uid,
             spooled.sha256,
-            patient_id=_json_text(inspected.metadata, "PatientID") or "",
+            patient_id=json_text(inspected.metadata, "PatientID") or "",
         )
         try:
             self.blobs.put_file(key, spooled, context=context)
@@ -190,7 +185,13 @@ class StoreService:
             ) from None
         try:
             result, unneeded_key = self.index.store(
-                _new_instance(inspected, spooled, key, partition),
+                new_instance(
+                    inspected,
+                    blob_key=key,
+                    size=spooled.size,
+                    sha256=spooled.sha256,
+                    partition=partition,
+                ),
                 overwrite=self.overwrite,
                 also=record,
             )
@@ -219,145 +220,3 @@ def _outcome(
         result,
         error,
     )
-
-
-def _json_text(metadata: dict[str, Any], keyword: str, column: Any = None) -> str | None:
-    """A value as DICOM text, from the JSON metadata (already decoded once by inspect)."""
-    element = metadata.get(_TAG_HEX[keyword])
-    values = element.get("Value") if element else None
-    if not values:
-        return None
-    parts = [
-        _person_name(v) if isinstance(v, dict) else ("" if v is None else str(v)) for v in values
-    ]
-    text = "\\".join(parts)
-    length = getattr(getattr(column, "type", None), "length", None)
-    # The full value stays in the JSON metadata; a column holds at most its declared length.
-    return text[:length] if length else text
-
-
-def _person_name(value: dict[str, str]) -> str:
-    groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
-    while groups and not groups[-1]:
-        groups.pop()
-    return "=".join(groups)
-
-
-def _folded(text: str | None) -> str | None:
-    return fold_person_name(text) if text is not None else None
-
-
-def _json_int(metadata: dict[str, Any], keyword: str) -> int | None:
-    text = _json_text(metadata, keyword)
-    try:
-        return int(float(text.split("\\")[0])) if text else None
-    except ValueError:
-        return None
-
-
-def _request_ids(metadata: dict[str, Any]) -> list[tuple[str | None, str | None]]:
-    element = metadata.get(_TAG_HEX["RequestAttributesSequence"])
-    return [
-        (_json_text(item, "ScheduledProcedureStepID"), _json_text(item, "RequestedProcedureID"))
-        for item in (element.get("Value") or [] if element else [])
-    ]
-
-
-_TAG_HEX = {
-    keyword: f"{tag_for_keyword(keyword):08X}"
-    for keyword in (
-        "PatientID",
-        "PatientName",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyDate",
-        "StudyTime",
-        "AccessionNumber",
-        "ReferringPhysicianName",
-        "StudyDescription",
-        "StudyID",
-        "TimezoneOffsetFromUTC",
-        "Modality",
-        "SeriesNumber",
-        "SeriesDescription",
-        "PerformedProcedureStepStartDate",
-        "PerformedProcedureStepStartTime",
-        "InstanceNumber",
-        "Rows",
-        "Columns",
-        "BitsAllocated",
-        "NumberOfFrames",
-        "RequestAttributesSequence",
-        "ScheduledProcedureStepID",
-        "RequestedProcedureID",
-    )
-}
-
-
-def _new_instance(
-    inspected: InspectedInstance, spooled: SpooledFile, key: str, partition: str
-) -> NewInstance:
-    metadata = inspected.metadata
-    s, se = studies.c, series.c
-    patient_name = _json_text(metadata, "PatientName", s.patient_name)
-    referring = _json_text(metadata, "ReferringPhysicianName", s.referring_physician_name)
-    study_attrs = {t: v for t, v in metadata.items() if study_level(int(t, 16))}
-    series_attrs = {t: v for t, v in metadata.items() if series_level(int(t, 16))}
-    requests = _request_ids(metadata)
-    return NewInstance(
-        partition=partition,
-        study_uid=inspected.study_instance_uid,
-        series_uid=inspected.series_instance_uid,
-        sop_instance_uid=inspected.sop_instance_uid,
-        sop_class_uid=inspected.sop_class_uid,
-        transfer_syntax_uid=inspected.transfer_syntax_uid,
-        blob_key=key,
-        size=spooled.size,
-        sha256=spooled.sha256,
-        study_columns={
-            "patient_id": _json_text(metadata, "PatientID", s.patient_id),
-            "patient_name": patient_name,
-            "patient_name_folded": _folded(patient_name),
-            "patient_birth_date": _json_text(metadata, "PatientBirthDate", s.patient_birth_date),
-            "patient_sex": _json_text(metadata, "PatientSex", s.patient_sex),
-            "study_date": _json_text(metadata, "StudyDate", s.study_date),
-            "study_time": _json_text(metadata, "StudyTime", s.study_time),
-            "accession_number": _json_text(metadata, "AccessionNumber", s.accession_number),
-            "referring_physician_name": referring,
-            "referring_physician_name_folded": _folded(referring),
-            "study_description": _json_text(metadata, "StudyDescription", s.study_description),
-            "study_id": _json_text(metadata, "StudyID", s.study_id),
-            "timezone_offset": _json_text(metadata, "TimezoneOffsetFromUTC", s.timezone_offset),
-        },
-        series_columns={
-            "modality": _json_text(metadata, "Modality", se.modality),
-            "series_number": _json_int(metadata, "SeriesNumber"),
-            "series_description": _json_text(metadata, "SeriesDescription", se.series_description),
-            "performed_date": _json_text(
-                metadata, "PerformedProcedureStepStartDate", se.performed_date
-            ),
-            "performed_time": _json_text(
-                metadata, "PerformedProcedureStepStartTime", se.performed_time
-            ),
-            "timezone_offset": _json_text(metadata, "TimezoneOffsetFromUTC", se.timezone_offset),
-        },
-        instance_columns={
-            "instance_number": _json_int(metadata, "InstanceNumber"),
-            "rows": _json_int(metadata, "Rows"),
-            "columns": _json_int(metadata, "Columns"),
-            "bits_allocated": _json_int(metadata, "BitsAllocated"),
-            "number_of_frames": _json_int(metadata, "NumberOfFrames"),
-        },
-        requests=requests,
-        study_attrs_json=_compact(study_attrs),
-        series_attrs_json=_compact(series_attrs),
-        metadata_json=inspected.metadata_json,
-        frame_index_json=(
-            None if inspected.frame_index is None else _compact(inspected.frame_index)
-        ),
-        bulk_index_json=_compact(inspected.bulk_index) if inspected.bulk_index else None,
-    )
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))

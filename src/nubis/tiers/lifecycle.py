@@ -8,7 +8,10 @@ idempotent: a blob already where it should be costs a copy (S3) or nothing (fold
 cut short between a move and its record only redoes that move.
 
 Reads are never affected: a blob is readable in every tier (archive classes after a restore),
-and the index row that names the blob does not change.
+and the index row that names the blob does not change, except in a tier that keeps its objects
+compressed (``tier_compression``): there an object with uncompressed pixel data, arriving or
+already there, is re-encoded losslessly and replaced (nubis.tiers.compression), which records
+its own move with it.
 
 Each study whose objects moved is recorded (DICOM Instances Accessed, action Update, naming the
 patient, the study, how many objects and the tier) in the same commit as the moves' rows: a
@@ -24,27 +27,35 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, and_, func, or_, select
 
+from nubis.dicom.recompress import RECOMPRESSIBLE
 from nubis.errors import RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import (
     INSTANCES_LOCATED,
+    instance_originals,
     instance_tiers,
     instances,
     series,
     studies,
     study_lifecycle,
 )
+from nubis.index.upsert import upsert
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventAction
-from nubis.ports.blobs import BlobNotFound
+from nubis.ports.blobs import BlobContext, BlobNotFound
 from nubis.security import audit_events
+from nubis.tiers.compression import (
+    LARGEST_OBJECT,
+    Candidate,
+    Outcome,
+    TierCompressor,
+)
 from nubis.tiers.movers import TierMover
 from nubis.tiers.rules import Rule, StudyFacts, Tiers, target_tier
 
 if TYPE_CHECKING:
-    from nubis.jobs.runner import JobContext
+    from nubis.jobs.context import JobContext
     from nubis.services.guard import Guard
 
 __all__ = ["Lifecycle", "study_pk", "upsert"]
@@ -53,14 +64,6 @@ log = logging.getLogger(__name__)
 
 _BATCH = 100
 _RECORD_EVERY = 100
-
-
-def upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) -> None:
-    """INSERT ... ON CONFLICT (key) DO UPDATE: both SQLite and PostgreSQL speak it."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(values)
-    update = {name: stmt.excluded[name] for name in values if name != key}
-    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=update))
 
 
 def _now_ms() -> int:
@@ -72,6 +75,7 @@ class Lifecycle:
 
     ``guard`` records the moves, as ``actor`` (the archive; a job's creator is added as its
     user name); without one (``nubis storage report``, which moves nothing) nothing is recorded.
+    ``compressor`` re-encodes objects for the tiers that keep theirs compressed.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class Lifecycle:
         *,
         guard: Guard | None = None,
         actor: ActiveParticipant | None = None,
+        compressor: TierCompressor | None = None,
     ) -> None:
         self.index = index
         self.tiers = tiers
@@ -90,6 +95,7 @@ class Lifecycle:
         self.mover = mover
         self.guard = guard
         self.actor = actor
+        self.compressor = compressor
 
     # ------------------------------------------------------------------ the pass
     def run(
@@ -117,29 +123,18 @@ class Lifecycle:
         after = int(ctx.cursor["after"]) if ctx and ctx.cursor else 0
         counts: Counter[str] = Counter(ctx.cursor.get("counts", {}) if ctx and ctx.cursor else {})
         done = ctx.done if ctx else 0
-        while True:
-            with self.index.reading() as conn:
-                rows = conn.execute(
-                    select(
-                        studies.c.id,
-                        studies.c.partition,
-                        studies.c.modalities,
-                        studies.c.created_at,
-                        study_lifecycle.c.last_read_at,
-                        study_lifecycle.c.tier_pin,
-                        study_lifecycle.c.tier_pin_until,
-                    )
-                    .select_from(
-                        studies.outerjoin(
-                            study_lifecycle, study_lifecycle.c.study_pk == studies.c.id
-                        )
-                    )
-                    .where(studies.c.id > after, *criteria)
-                    .order_by(studies.c.id)
-                    .limit(_BATCH)
-                ).all()
-            if not rows:
-                break
+        columns = (
+            studies.c.partition,
+            studies.c.modalities,
+            studies.c.created_at,
+            study_lifecycle.c.last_read_at,
+            study_lifecycle.c.tier_pin,
+            study_lifecycle.c.tier_pin_until,
+        )
+        located = studies.outerjoin(study_lifecycle, study_lifecycle.c.study_pk == studies.c.id)
+        for rows in self.index.walk(
+            studies.c.id, columns, select_from=located, where=criteria, after=after, page=_BATCH
+        ):
             wanted: dict[str, list[int]] = defaultdict(list)
             for pk, part, modalities, created, last_read, pin, pin_until in rows:
                 facts = StudyFacts(
@@ -170,6 +165,20 @@ class Lifecycle:
     ) -> None:
         default = self.tiers.default.name
         current = func.coalesce(instance_tiers.c.tier, default)
+        elsewhere = current != tier
+        compressing = self.compressor is not None and tier in self.compressor.policy
+        if compressing:
+            # Objects already in the tier are re-encoded too (the policy may be newer than
+            # they are), each tried once: instance_originals remembers it.
+            elsewhere = or_(
+                elsewhere,
+                and_(
+                    instances.c.transfer_syntax_uid.in_(sorted(RECOMPRESSIBLE)),
+                    instances.c.rows.is_not(None),
+                    instances.c.size <= LARGEST_OBJECT,
+                    instance_originals.c.instance_pk.is_(None),
+                ),
+            )
         with self.index.reading() as conn:
             pending = conn.execute(
                 select(
@@ -179,23 +188,46 @@ class Lifecycle:
                     current,
                     studies.c.study_uid,
                     studies.c.patient_id,
+                    instances.c.sha256,
+                    instances.c.transfer_syntax_uid,
+                    instances.c.partition,
+                    series.c.series_uid,
+                    instances.c.sop_instance_uid,
+                    instance_originals.c.instance_pk.is_not(None),
                 )
-                .select_from(INSTANCES_LOCATED)
-                .where(series.c.study_pk.in_(study_pks), current != tier)
+                .select_from(
+                    INSTANCES_LOCATED.outerjoin(
+                        instance_originals, instance_originals.c.instance_pk == instances.c.id
+                    )
+                )
+                .where(series.c.study_pk.in_(study_pks), elsewhere)
                 .order_by(instances.c.id)
             ).all()
         if not pending:
             return
-        if self.mover is None:
+        if self.mover is None and any(row[3] != tier for row in pending):
             raise RuntimeError(
                 f"{len(pending)} object(s) belong in tier {tier!r}, but this blob store has no "
                 "tiers (S3 storage classes or tier folders)"
             )
         target = self.tiers.get(tier)
         moved: list[_Moved] = []
-        for pk, key, size, source, study_uid, patient_id in pending:
+        for pk, key, size, source, study_uid, patient_id, sha256, syntax, *rest in pending:
+            partition, series_uid, sop_uid, tried = rest
             if ctx is not None:
                 ctx.check()
+            if compressing and self.compressor is not None:
+                obj = Candidate(
+                    pk, key, size, sha256, syntax, source,
+                    BlobContext(partition, study_uid, series_uid, sop_uid, sha256), patient_id,
+                )  # fmt: skip
+                if self.compressor.wants(obj, tier, tried) and self._compress(
+                    obj, tier, counts, ctx, who
+                ):
+                    continue
+            if source == tier:
+                continue  # tried, kept as it is: already where it belongs
+            assert self.mover is not None
             try:
                 self.mover.move(key, target)
             except BlobNotFound:
@@ -216,6 +248,35 @@ class Lifecycle:
                 moved = []
         if moved:
             self._record(moved, tier, who)
+
+    def _compress(
+        self,
+        obj: Candidate,
+        tier: str,
+        counts: Counter[str],
+        ctx: JobContext | None,
+        who: ActiveParticipant | None,
+    ) -> bool:
+        """Re-encode ``obj`` for ``tier`` (which moves it there too); False when it is to be
+        moved as it is instead."""
+        assert self.compressor is not None
+        result = self.compressor.compress(obj, tier, who, ctx.job.id if ctx else None)
+        outcome = result.outcome
+        if outcome is Outcome.COMPRESSED:
+            counts[f"compressed_in_{tier}"] += 1
+            counts["compressed_bytes_before"] += obj.size
+            counts["compressed_bytes_after"] += result.size
+            if obj.tier != tier:
+                counts[f"moved_to_{tier}"] += 1
+                counts["bytes_moved"] += result.size
+            return True
+        counts[str(outcome)] += 1
+        if outcome is Outcome.WAITING:
+            if self.mover is not None and self.mover.restore(obj.blob_key):
+                counts["restores_requested"] += 1
+            return True
+        # Kept or unreadable: it moves as it is. Missing, changed, abandoned: a later run.
+        return outcome not in (Outcome.KEPT, Outcome.UNREADABLE)
 
     def _record(self, moved: list[_Moved], tier: str, who: ActiveParticipant | None) -> None:
         now = _now_ms()

@@ -25,21 +25,29 @@ pinned to a tier by an operator (``nubis storage tier``) stays there whatever th
 
 ``storage_prices = "hot=0.023,cold=0.0125"``: price per GB-month of a tier (in any currency);
 a tier without one is priced from :data:`LIST_PRICES` by its target.
+
+``tier_compression = "cold=htj2k,archive=htj2k"``: what a tier keeps instead of uncompressed
+pixels: the ``tier`` job re-encodes each object with native pixel data that is (or arrives) in
+the tier losslessly into that transfer syntax, a name of :data:`LOSSLESS_CODECS` or its UID
+(nubis.tiers.compression).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
     "LIST_PRICES",
+    "LOSSLESS_CODECS",
     "Rule",
     "StudyFacts",
     "Tier",
     "TierBucket",
     "Tiers",
+    "parse_compression",
     "parse_prices",
     "parse_rules",
     "parse_tiers",
@@ -66,6 +74,17 @@ LIST_PRICES: dict[str, float] = {
     "GLACIER_IR": 0.004,
     "GLACIER": 0.0036,
     "DEEP_ARCHIVE": 0.00099,
+}
+
+# Lossless transfer syntaxes a tier may keep its objects in (tier_compression), by the names
+# the setting accepts beside the UIDs. Whether this installation can encode one is the
+# settings check's to say (nubis.dicom.transcode.SUPPORTED_TARGETS).
+LOSSLESS_CODECS: dict[str, str] = {
+    "htj2k": "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
+    "htj2k-rpcl": "1.2.840.10008.1.2.4.202",  # the same with RPCL progression order
+    "jpegls": "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "j2k": "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
+    "rle": "1.2.840.10008.1.2.5",  # RLE Lossless
 }
 
 HOUR_MS = 3_600_000
@@ -311,3 +330,38 @@ def parse_prices(text: str, tiers: Tiers) -> dict[str, float | None]:
             raise ValueError(f"storage_prices: {name} has a negative price")
         given[name] = price
     return {t.name: given.get(t.name, LIST_PRICES.get(t.storage_class)) for t in tiers.all}
+
+
+def parse_compression(
+    text: str, tiers: Tiers, encodable: Collection[str] | None = None
+) -> dict[str, str]:
+    """``tier_compression``: tier name -> the lossless transfer syntax UID it keeps objects in.
+
+    ``TIER=CODEC,...`` where CODEC is a name of :data:`LOSSLESS_CODECS` or its UID. With
+    ``encodable`` (the syntaxes this installation can encode), a codec outside it is refused
+    too. ValueError names what is wrong.
+    """
+    found: dict[str, str] = {}
+    names = {uid: name for name, uid in LOSSLESS_CODECS.items()}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, codec = (p.strip() for p in item.partition("="))
+        if not sep or not codec:
+            raise ValueError(f"{item!r}: expected TIER=CODEC such as cold=htj2k")
+        if name not in tiers:
+            raise ValueError(f"no tier {name!r} (tiers: {', '.join(tiers.names)})")
+        if name in found:
+            raise ValueError(f"tier {name!r} is named twice")
+        uid = LOSSLESS_CODECS.get(codec.lower(), codec)
+        if uid not in names:
+            raise ValueError(
+                f"{name}={codec}: not a lossless codec a tier can keep (one of "
+                f"{', '.join(LOSSLESS_CODECS)}, or its transfer syntax UID)"
+            )
+        if encodable is not None and uid not in encodable:
+            can = [n for n, u in LOSSLESS_CODECS.items() if u in encodable]
+            raise ValueError(
+                f"{name}={codec}: this installation has no encoder for {names[uid]} ({uid}); "
+                f"it can encode {', '.join(can) or 'none of them'}"
+            )
+        found[name] = uid
+    return found

@@ -79,9 +79,12 @@ class AuthMiddleware:
         browser = path in BROWSER_PATHS or path.startswith(BROWSER_PREFIXES)
         via = "web" if browser else "dicomweb"
         token = _session_token(headers.get("cookie", ""))
-        by_session = bool(token and not _credentials(headers) and self.archive.settings.auth)
+        # A session counts only when no other credentials are given and auth is on.
+        if _credentials(headers) or not self.archive.settings.auth:
+            token = None
+        by_session = bool(token)
         try:
-            if by_session:
+            if token:
                 principal = await run_in_threadpool(
                     self._session_principal, scope, token, headers, browser
                 )

@@ -141,12 +141,14 @@ async def _fair_startup(self: Server, sockets: list[socket.socket] | None = None
         )
 
     loop = asyncio.get_running_loop()
-    self.servers = [
+    listeners: list[Any] = [
         FairListener(
             loop, sock, create_protocol, self.server_state.connections, config.ssl, config.backlog
         )
         for sock in sockets
-    ]  # type: ignore[list-item]
+    ]
+    # uvicorn only closes and awaits these at shutdown, which FairListener does as a Server.
+    self.servers = listeners
 
 
 def install() -> None:

@@ -8,6 +8,7 @@ PS3.18 8.3.4.4 when the server capped the page.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -61,7 +62,7 @@ def _drop_empty_aggregate(level: Level, item: dict[str, Any]) -> None:
         del item[_MODALITIES_IN_STUDY]
 
 
-def search(level: Level):  # type: ignore[no-untyped-def]
+def search(level: Level) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         archive = archive_of(request)
         choice = negotiate(accept_ranges(request), _OFFERS)

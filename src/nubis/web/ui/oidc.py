@@ -201,14 +201,15 @@ async def start(request: Request) -> Response:
     """``GET /ui/login/oidc``: off to the provider, with state, nonce and a PKCE challenge."""
     client = client_of(request)
     endpoints = await run_in_threadpool(client.endpoints)
+    verifier = secrets.token_urlsafe(48)  # 64 characters (RFC 7636 4.1: 43-128)
     pending = {
         "state": secrets.token_urlsafe(32),
         "nonce": secrets.token_urlsafe(32),
-        "verifier": secrets.token_urlsafe(48),  # 64 characters (RFC 7636 4.1: 43-128)
+        "verifier": verifier,
         "next": safe_next(request.query_params.get("next")),
         "until": int(time.time()) + _PENDING_SECONDS,
     }
-    challenge = _b64url(hashlib.sha256(pending["verifier"].encode()).digest())
+    challenge = _b64url(hashlib.sha256(verifier.encode()).digest())
     scopes = ["openid", *(s for s in client.settings.oidc_scopes.split() if s != "openid")]
     query = urllib.parse.urlencode(
         {

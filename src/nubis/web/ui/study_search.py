@@ -225,7 +225,9 @@ class SearchView:
             Level.STUDY, params + paging, max_limit=PAGE_SIZE, default_limit=PAGE_SIZE
         )
         order = Order(SORTS[self.sort], descending=self.direction == "desc")
-        query = replace(query, include=query.include | include, order=order)
+        # Nothing here asks for includefield=all; if it did, "all" already holds ``include``.
+        wanted = query.include if query.include == "all" else query.include | include
+        query = replace(query, include=wanted, order=order)
         shown = params + paging + [("limit", str(PAGE_SIZE))]
         text = (
             urlencode(shown, safe="*?^,") + f"&orderby={'-' if order.descending else ''}{self.sort}"

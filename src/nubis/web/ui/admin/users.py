@@ -10,6 +10,7 @@ that answers its creation, and never again: only its hash is kept.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -60,7 +61,7 @@ async def _users_page(
     principal: Principal,
     *,
     error: str | None = None,
-    entered: dict[str, object] | None = None,
+    entered: Mapping[str, object] | None = None,
     status_code: int = 200,
 ) -> Response:
     accounts = archive_of(request).accounts
@@ -91,10 +92,12 @@ async def add_user(request: Request) -> Response:
     principal = signed_in(request)
     form = await ui_form(request)
     await call(archive_of(request).accounts.authorize, principal, "add a user")
+    roles = chosen(form, "roles")
+    tenant = field(form, "tenant", max_length=64, required=False) or principal.tenant
     entered = {
         "name": field(form, "name", max_length=128, required=False),
-        "tenant": field(form, "tenant", max_length=64, required=False) or principal.tenant,
-        "roles": chosen(form, "roles"),
+        "tenant": tenant,
+        "roles": roles,
     }
     try:
         name = field(form, "name", max_length=128)
@@ -106,8 +109,8 @@ async def add_user(request: Request) -> Response:
             archive_of(request).accounts.add_user,
             principal,
             name,
-            roles=frozenset(entered["roles"]),  # type: ignore[arg-type]
-            tenant=str(entered["tenant"]),
+            roles=frozenset(roles),
+            tenant=tenant,
             password=password or None,
         )
     except BadRequest as exc:

@@ -1,0 +1,34 @@
+"""The ``jobs_schedule`` setting: which kinds of job run periodically, and how often.
+
+A leaf: nubis.config checks the setting with it, so nothing here may reach the job handlers
+or the services they call (nubis.jobs.kinds).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["AUDIT_VERIFY", "SCHEDULED", "SNAPSHOT", "parse_schedule"]
+
+SNAPSHOT = "storage-snapshot"
+AUDIT_VERIFY = "audit-verify"
+# A rewrap names its KEK: a periodic run would have nothing to work on.
+SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY)
+_EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_schedule(text: str) -> dict[str, int]:
+    """``reap=1h,tier=1d`` -> {kind: seconds}; ValueError names what is wrong."""
+    schedule: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, every = (p.strip() for p in item.partition("="))
+        if kind not in SCHEDULED:
+            raise ValueError(
+                f"jobs_schedule: unknown job kind {kind!r} (kinds: {', '.join(SCHEDULED)})"
+            )
+        m = _EVERY.match(every)
+        if not sep or not m or int(m[1]) == 0:
+            raise ValueError(f"jobs_schedule: {item!r}: expected KIND=EVERY such as reap=1h")
+        schedule[kind] = int(m[1]) * _SECONDS[m[2]]
+    return schedule
