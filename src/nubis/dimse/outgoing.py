@@ -27,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.status import code_to_category
 
+from nubis.dicom import overlay
 from nubis.dimse.reactor import RaceFreeAE, StreamedDataset
 from nubis.errors import NubisError
 from nubis.model.records import StoredInstance
@@ -71,7 +72,13 @@ class Outgoing:
         stream (:meth:`streamed`); a conversion is made in memory, as it decodes the pixel
         data anyway."""
         syntax = self.retrieve.syntax_for(inst, accepted.get(inst.sop_class_uid))
-        if syntax == inst.transfer_syntax_uid and inst.size > STREAM_LARGER_THAN:
+        # A corrected object is rewritten (nubis.dicom.overlay), so it is never the stored
+        # stream.
+        if (
+            syntax == inst.transfer_syntax_uid
+            and inst.size > STREAM_LARGER_THAN
+            and overlay.is_empty(inst.overlay_json)
+        ):
             return self.streamed(inst)
         return dcmread(io.BytesIO(self.retrieve.instance_bytes(inst, syntax)))
 
