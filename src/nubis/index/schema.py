@@ -514,8 +514,8 @@ __all__ = [
     "share_links",
     "storage_snapshots",
     "studies",
-    "study_overlays",
     "study_lifecycle",
+    "study_overlays",
     "users",
     "web_sessions",
 ]

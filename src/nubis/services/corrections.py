@@ -142,7 +142,7 @@ class CorrectionService:
         patient's (from the newest study filed under it; only the Patient ID when it has
         none), then ``changes`` on top. Who was granted the old patient no longer sees the
         study; who was granted the new one does (grants follow the study's Patient ID)."""
-        extra = _elements(changes or {})
+        extra = _elements(changes, required=False) if changes else {}
 
         def targets(conn: Connection, partition: str) -> dict[str, Changes]:
             return {study_uid: {**_patient_of(conn, partition, to_patient_id), **extra}}
@@ -288,8 +288,8 @@ def _reason(reason: str) -> str:
     return text
 
 
-def _elements(changes: Mapping[str, str | None]) -> Changes:
-    if not changes:
+def _elements(changes: Mapping[str, str | None], *, required: bool = True) -> Changes:
+    if not changes and required:
         raise BadRequest("a correction needs at least one attribute to set")
     elements: Changes = {}
     for name, value in changes.items():
