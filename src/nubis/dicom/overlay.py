@@ -135,7 +135,8 @@ def apply_to_file(source: BinaryIO, overlay: Mapping[str, dict[str, Any]]) -> by
     """A PS3.10 file with the overlay applied, in the transfer syntax it is stored in.
 
     The file meta is kept as it is (it names no patient or study attribute). Group lengths of
-    the data set are dropped (retired, PS3.5 7.2): they would no longer be right. A value
+    the data set, which would no longer be right, are not written (pydicom leaves them out:
+    retired, PS3.5 7.2). A value
     outside the file's Specific Character Set switches it to UTF-8 (ISO_IR 192), every text
     value then re-encoded from its decoded form.
     """
@@ -147,9 +148,6 @@ def apply_to_file(source: BinaryIO, overlay: Mapping[str, dict[str, Any]]) -> by
         ds.SpecificCharacterSet = _UTF8
     for elem in corrections:
         ds[elem.tag] = elem
-    tags = list(ds.keys())
-    for tag in [t for t in tags if t.element == 0 and t.group > 0x0002]:
-        del ds[tag]
     out = io.BytesIO()
     ds.save_as(out)
     return out.getvalue()
