@@ -319,3 +319,43 @@ def test_the_api_refuses_what_it_cannot_do(dimse: Dimse) -> None:
     missing = _correct(dimse, {**base, "study": "1.2.3.999", "set": {"PatientID": "A"}})
     assert missing.status_code == 404
     assert _studies(dimse, "REFUSE-1") == {study}
+
+
+def test_a_moved_study_stays_readable_and_is_not_shredded_by_the_wrong_key(
+    dimse: Dimse,
+) -> None:
+    """Objects are encrypted under the key of the Patient ID they arrived with (docs/
+    security.md): a moved study is read under its old patient's key, so a crypto-shred of
+    either patient would erase the wrong data or miss some. ``nubis keys shred-patient``
+    refuses both while the move stands, and shreds once it is undone."""
+    datasets = _store_study(dimse, "KEY-OLD", "Key^Old", 1)
+    study, series, sop = (
+        str(datasets[0].StudyInstanceUID),
+        str(datasets[0].SeriesInstanceUID),
+        str(datasets[0].SOPInstanceUID),
+    )
+    moved = _correct(
+        dimse,
+        {"action": "move-study", "study": study, "to_patient": "KEY-NEW", "reason": "keys"},
+    )
+    assert moved.status_code == 201, moved.text
+    assert _client(dimse).retrieve_instance(study, series, sop).PatientID == "KEY-NEW"
+    data = str(dimse.data_dir)
+    for patient in ("KEY-NEW", "KEY-OLD"):
+        refused = run(
+            [sys.executable, "-m", "nubis", "keys", "shred-patient", patient, "--yes",
+             "--data-dir", data],
+            check=False,
+        )  # fmt: skip
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "moved between this patient and another" in refused.stdout + refused.stderr
+    assert _client(dimse).retrieve_instance(study, series, sop).PatientID == "KEY-NEW"
+
+    assert _undo(dimse, moved.json()["id"]).status_code == 201
+    nubis("keys", "shred-patient", "KEY-OLD", "--yes", "--data-dir", data)
+    gone = httpx.get(
+        f"{dimse.http}/studies/{study}/series/{series}/instances/{sop}",
+        headers={**AUTH, "Accept": 'multipart/related; type="application/dicom"'},
+        timeout=30,
+    )
+    assert gone.status_code == 410

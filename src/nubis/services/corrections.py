@@ -206,6 +206,14 @@ class CorrectionService:
             rows = sql.history(conn, partition, study_uid=study_uid, limit=max(1, min(limit, 1000)))
         return [_correction(r) for r in rows]
 
+    def moved_across(self, partition: str, patient_id: str) -> list[str]:
+        """Studies a correction moved into or out of ``patient_id`` (partition ``partition``):
+        their objects stay encrypted under the key of the patient they arrived with, so a
+        crypto-shred of ``patient_id`` would erase the ones moved out and miss the ones moved
+        in. For the shred's own check (``nubis keys shred-patient``), which has authorized."""
+        with self.index.reading() as conn:
+            return sql.moved_across(conn, partition, patient_id)
+
     # ------------------------------------------------------------------ the one write path
     def _write(
         self,
