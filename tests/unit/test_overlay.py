@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 
 import pydicom
 import pytest
@@ -135,3 +136,55 @@ def test_a_deflated_file_stays_deflated() -> None:
     assert ds.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
     assert ds.PatientID == "NEW"
     assert ds.PixelData == original.PixelData
+
+
+_CORRECTED = (0x00100010, 0x00100020)
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm"]
+)
+def test_a_stream_is_spliced_not_rewritten(name: str) -> None:
+    """Explicit and implicit VR, little and big endian, encapsulated: the file meta and
+    everything after the corrected attributes leave as stored, byte for byte, and the first
+    corrected bytes leave after the first chunk of the stored object was read."""
+    path = get_testdata_file(name)
+    assert path is not None
+    with open(path, "rb") as f:
+        data = f.read()
+    pulled = []
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(data), 4096):
+            pulled.append(i)
+            yield data[i : i + 4096]
+
+    corrections = dict(
+        [overlay.element("PatientID", "NEW"), overlay.element("PatientName", "Right^Name")]
+    )
+    out_chunks = overlay.corrected_chunks(chunks(), corrections)
+    first = next(out_chunks)
+    assert len(pulled) == 1
+    out = first + b"".join(out_chunks)
+    corrected, stored = pydicom.dcmread(io.BytesIO(out)), pydicom.dcmread(io.BytesIO(data))
+    assert (corrected.PatientID, str(corrected.PatientName)) == ("NEW", "Right^Name")
+    for element in stored:
+        if element.tag not in _CORRECTED:
+            assert corrected[element.tag] == element, element.tag
+    meta_end = 132 + 12 + stored.file_meta.FileMetaInformationGroupLength
+    assert out[:meta_end] == data[:meta_end]
+    # Pixel Data, as stored, ends both.
+    assert out.endswith(data[-len(stored.PixelData) :])
+
+
+def test_a_stream_needing_another_character_set_is_rewritten_whole_with_its_file_meta() -> None:
+    stored = _file(
+        ExplicitVRLittleEndian, SpecificCharacterSet="ISO_IR 100", StudyDescription="Müller"
+    )
+    corrections = dict([overlay.element("PatientName", "Łukasik^Ąna")])
+    out = b"".join(overlay.corrected_chunks(iter([stored[:200], stored[200:]]), corrections))
+    ds = pydicom.dcmread(io.BytesIO(out))
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert (str(ds.PatientName), ds.StudyDescription) == ("Łukasik^Ąna", "Müller")
+    meta_end = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
+    assert out[:meta_end] == stored[:meta_end]

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.filewriter import write_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import validate_value
 
 from nubis.dicom.levels import study_level
@@ -32,6 +37,7 @@ __all__ = [
     "Overlay",
     "apply_to_file",
     "apply_to_metadata",
+    "corrected_chunks",
     "element",
     "is_empty",
     "parse",
@@ -48,6 +54,10 @@ CORRECTABLE_VRS = frozenset(
 )
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _UTF8 = "ISO_IR 192"
+# The most of a stored file read to find the end of the attributes an overlay replaces; they
+# come first in the data set (groups 0008 to 0020), so a few KiB usually do. Past this (a
+# hostile file), the object is rewritten whole like a deflated one.
+HEAD_LIMIT = 16 << 20
 
 
 def tag_of(name: str) -> int:
@@ -159,3 +169,113 @@ def _needs_utf8(ds: Dataset, corrections: Dataset) -> bool:
     charset = ds.get("SpecificCharacterSet") or ""
     names = [charset] if isinstance(charset, str) else list(charset)
     return _UTF8 not in names
+
+
+class _Whole(Exception):
+    """The stored object cannot be spliced (deflated, a character set to change, a head too
+    large or unreadable): rewrite it whole."""
+
+
+def corrected_chunks(
+    stored: Iterator[bytes], overlay: Mapping[str, dict[str, Any]]
+) -> Iterator[bytes]:
+    """The stored PS3.10 file ``stored`` (chunks, already checked or being checked as they
+    come) with the overlay applied, streamed: the preamble and file meta as stored, the data
+    set's first elements up to the last attribute the overlay replaces rewritten, and the
+    rest (series, image, pixel data) passed through as stored. Memory holds that head, not
+    the object. A deflated object, or one whose Specific Character Set must change to hold a
+    corrected value (every text value is then re-encoded), is read whole and rewritten.
+    """
+    if not overlay:
+        yield from stored
+        return
+    corrections = Dataset.from_json({k: dict(v) for k, v in overlay.items()})
+    last = max(int(k, 16) for k in overlay)
+    head = bytearray()
+    ended = False
+    split: tuple[bytes, int] | None = None
+    while split is None:
+        try:
+            split = _split(bytes(head), corrections, last, ended)
+        except _Whole:
+            break
+        if split is None:
+            if ended or len(head) > HEAD_LIMIT:
+                break
+            chunk = next(stored, None)
+            if chunk is None:
+                ended = True
+            else:
+                head += chunk
+    if split is None:
+        yield _rewritten(bytes(head) + b"".join(stored), corrections, overlay)
+        return
+    new_head, consumed = split
+    yield new_head
+    if consumed < len(head):
+        yield bytes(head[consumed:])
+    yield from stored
+
+
+def _rewritten(data: bytes, corrections: Dataset, overlay: Mapping[str, dict[str, Any]]) -> bytes:
+    """The whole file corrected: its file meta as stored unless it is deflated."""
+    try:
+        whole = _split(data, corrections, None, True)
+    except _Whole:
+        whole = None
+    return apply_to_file(io.BytesIO(data), overlay) if whole is None else whole[0]
+
+
+def _split(
+    head: bytes, corrections: Dataset, last: int | None, ended: bool
+) -> tuple[bytes, int] | None:
+    """(the rewritten file up to the first element past ``last``, where that element starts
+    in ``head``); None when ``head`` is too short to tell (more bytes are needed). ``last``
+    None: the whole data set, its character set changed to UTF-8 if a value needs it."""
+    fp = io.BytesIO(head)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        syntax = str(meta.TransferSyntaxUID)
+    except Exception:  # a short head, or not a file pydicom reads: decided below
+        if ended or len(head) > HEAD_LIMIT:
+            raise _Whole from None
+        return None
+    start = fp.tell()
+    if syntax == DeflatedExplicitVRLittleEndian:
+        raise _Whole
+    implicit = syntax == ImplicitVRLittleEndian
+    little = syntax != ExplicitVRBigEndian
+    stopped: list[int] = []
+
+    def past_last(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+        if last is not None and tag > last:
+            stopped.append(tag)
+            return True
+        return False
+
+    try:
+        ds = read_dataset(fp, implicit, little, stop_when=past_last)
+    except Exception:  # cut mid-element: more bytes tell
+        if ended:
+            raise _Whole from None
+        return None
+    if stopped:
+        end = fp.tell()
+    elif ended:
+        end = len(head)
+    else:
+        return None
+    if _needs_utf8(ds, corrections):
+        if last is not None:
+            raise _Whole  # every text value must be re-encoded, the tail's too
+        for _ in ds.iterall():  # decode every raw text element with the old character set
+            pass
+        ds.SpecificCharacterSet = _UTF8
+    for elem in corrections:
+        ds[elem.tag] = elem
+    out = DicomBytesIO()
+    out.is_little_endian = little
+    out.is_implicit_VR = implicit
+    write_dataset(out, ds)
+    return head[:start] + out.getvalue(), end

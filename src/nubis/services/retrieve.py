@@ -183,13 +183,16 @@ class RetrieveService:
 
     def instance_chunks(self, inst: StoredInstance, transfer_syntax: str) -> Iterator[bytes]:
         """The PS3.10 file, as stored (``*`` or the stored syntax) or transcoded; with the
-        study's corrections applied (nubis.dicom.overlay), after the stored bytes are checked."""
+        study's corrections applied (nubis.dicom.overlay) to the stored bytes being checked."""
         corrected = not overlay.is_empty(inst.overlay_json)
         if transfer_syntax in (AS_STORED, inst.transfer_syntax_uid):
             if not corrected:
                 return self._stored_chunks(inst)
-            with self._source(inst) as source:
-                return iter((overlay.apply_to_file(source, overlay.parse(inst.overlay_json)),))
+            # Spliced into the checked stream: the stored object's digest is checked as for
+            # any read (its last chunk withheld on a mismatch), and the file meta is as stored.
+            return overlay.corrected_chunks(
+                self._stored_chunks(inst), overlay.parse(inst.overlay_json)
+            )
         if not transcode.can_transcode(inst.transfer_syntax_uid, transfer_syntax):
             raise NotAcceptable(
                 f"instance {inst.sop_instance_uid} is stored in {inst.transfer_syntax_uid} and "
