@@ -152,6 +152,8 @@ def test_dicomweb_shows_the_corrected_patient_and_undo_restores(dimse: Dimse) ->
         timeout=30,
     )
     assert uri.status_code == 200
+    # No cache may keep a copy from before the correction (or the undo).
+    assert uri.headers["cache-control"] == "no-store" and "etag" not in uri.headers
     assert pydicom.dcmread(pydicom.filebase.DicomBytesIO(uri.content)).PatientID == "RIGHT-ID-1"
 
     # The stored objects were never rewritten.
