@@ -167,10 +167,12 @@ class CorrectionService:
     def undo(self, who: Principal, correction_id: int, *, reason: str) -> Correction:
         """Restore what correction ``correction_id`` changed, as a new correction (kind
         ``undo``). NotFound when the tenant has no such correction; Conflict (409) when it was
-        undone already, is itself an undo, or a later correction changed one of its studies
-        since (undo that one first)."""
+        undone already, is itself an undo, or one of its studies no longer shows what it left
+        (a later correction changed it: undo that one first)."""
 
-        def targets(conn: Connection, partition: str) -> dict[str, sql.StudyState]:
+        def targets(
+            conn: Connection, partition: str
+        ) -> dict[str, tuple[sql.StudyState, sql.StudyState]]:
             found = sql.correction(conn, partition, correction_id)
             if found is None:
                 raise NotFound(f"no correction {correction_id}")
@@ -180,10 +182,13 @@ class CorrectionService:
                 raise Conflict(
                     f"correction {correction_id} is an undo; make a new correction instead"
                 )
-            restored: dict[str, sql.StudyState] = {}
-            for uid, sides in found.changes.items():
-                restored[uid] = sql.StudyState.from_dict(sides["before"])
-            return restored
+            return {
+                uid: (
+                    sql.StudyState.from_dict(sides["before"]),
+                    sql.StudyState.from_dict(sides["after"]),
+                )
+                for uid, sides in found.changes.items()
+            }
 
         return self._write(
             who,
@@ -248,13 +253,15 @@ class CorrectionService:
                     raise NotFound(f"no study {uid}")
                 pk, before = found
                 if undoes is not None:
-                    latest = sql.latest_correction_of(conn, pk)
-                    if latest != undoes:
+                    restored, left = target
+                    if not _same(before, left):
+                        # Undoing it now would silently drop what changed since.
+                        latest = sql.latest_correction_of(conn, pk)
                         raise Conflict(
                             f"study {uid} was changed by correction {latest} after "
                             f"correction {undoes}: undo {latest} first"
                         )
-                    after = replace(target, version=before.version + 1)
+                    after = replace(restored, version=before.version + 1)
                 else:
                     after = _corrected(before, target)
                 changes[uid] = {"before": before, "after": after}
@@ -330,6 +337,15 @@ def _patient_of(conn: Connection, partition: str, patient_id: str) -> Changes:
         patient[tag] = attrs.get(tag) or empty
     patient[key] = element
     return patient
+
+
+def _same(state: sql.StudyState, other: sql.StudyState) -> bool:
+    """Whether a study shows what ``other`` recorded (its version aside)."""
+    return (state.columns, state.attrs, overlay.parse(state.overlay)) == (
+        other.columns,
+        other.attrs,
+        overlay.parse(other.overlay),
+    )
 
 
 def _corrected(before: sql.StudyState, elements: Changes) -> sql.StudyState:
