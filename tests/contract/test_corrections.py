@@ -129,3 +129,17 @@ def test_merge_moves_every_study_and_only_in_the_tenant(index: Index, tmp_path: 
         a.corrections.undo(other_tenant, merged.id, reason="not mine")
     a.corrections.undo(a.who, merged.id, reason="wrong")
     assert a.studies("M-GOES") == goes
+
+
+def test_a_patient_correction_reaches_every_study_of_the_patient(
+    index: Index, tmp_path: Path
+) -> None:
+    a = Archive(index, tmp_path)
+    uids = {str(a.put("P-TYPO").StudyInstanceUID) for _ in range(2)}
+    done = a.corrections.update_patient(
+        a.who, "P-TYPO", {"PatientID": "P-RIGHT", "PatientSex": "F"}, reason="typo"
+    )
+    assert set(done.study_uids) == uids
+    assert a.studies("P-RIGHT") == uids and a.studies("P-TYPO") == set()
+    with pytest.raises(NotFound):
+        a.corrections.update_patient(a.who, "P-TYPO", {"PatientSex": "M"}, reason="gone")
