@@ -103,7 +103,11 @@ def test_dicomweb_shows_the_corrected_patient_and_undo_restores(dimse: Dimse) ->
         {
             "action": "update-study",
             "study": study,
-            "set": {"PatientID": "RIGHT-ID-1", "PatientName": "Wrong^Name"},
+            "set": {
+                "PatientID": "RIGHT-ID-1",
+                "PatientName": "Wrong^Name",
+                "IssuerOfPatientID": "HOSPITAL-A",
+            },
             "reason": "typed wrong at the modality",
         },
     )
@@ -121,6 +125,15 @@ def test_dicomweb_shows_the_corrected_patient_and_undo_restores(dimse: Dimse) ->
         study_instance_uid=study, fields=["PatientName", "IssuerOfPatientID"]
     )
     assert {i["00100010"]["Value"][0]["Alphabetic"] for i in found} == {"Wrong^Name"}
+    # An attribute without a column comes from the overlay, over the stored metadata.
+    assert {i["00100021"]["Value"][0] for i in found} == {"HOSPITAL-A"}
+    listed = httpx.get(
+        f"{dimse.server.url}/corrections",  # type: ignore[attr-defined]
+        params={"study": study},
+        headers=AUTH,
+        timeout=30,
+    ).json()["corrections"]
+    assert [c["id"] for c in listed] == [correction["id"]]
 
     # WADO-RS metadata: every instance.
     metadata = client.retrieve_study_metadata(study)
@@ -298,6 +311,22 @@ def test_corrections_are_audited(dimse: Dimse) -> None:
     assert any(
         r["event"]["action"] == "U" and study in str(r["event"]["objects"]) for r in accessed
     )
+
+    # Listing the history shows those patients' attributes: a read of their record (R).
+    listed = httpx.get(
+        f"{dimse.server.url}/corrections",  # type: ignore[attr-defined]
+        params={"study": study},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert listed.status_code == 200
+    reads = httpx.get(
+        f"{dimse.server.url}/audit/records",  # type: ignore[attr-defined]
+        params={"event": "110110", "patient": "AUDIT-OLD", "limit": 1000},
+        headers=AUTH,
+        timeout=30,
+    ).json()["records"]
+    assert any(r["event"]["action"] == "R" and study in str(r["event"]["objects"]) for r in reads)
 
 
 def test_the_api_refuses_what_it_cannot_do(dimse: Dimse) -> None:

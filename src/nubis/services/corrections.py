@@ -203,12 +203,36 @@ class CorrectionService:
     def history(
         self, who: Principal, *, study_uid: str | None = None, limit: int = 100
     ) -> list[Correction]:
-        """The tenant's corrections (of one study), newest first."""
+        """The tenant's corrections (of one study), newest first; recorded as a read of the
+        record of every patient they name."""
         decision = self.guard.authorize(who, Action.ADMIN, "list corrections")
         assert decision.scope is not None
         partition = decision.scope.partition
         with self.index.reading() as conn:
             rows = sql.history(conn, partition, study_uid=study_uid, limit=max(1, min(limit, 1000)))
+        # The history shows patients' attributes: a read of each patient's record (PS3.15
+        # A.5.3.9, EventActionCode R), recorded before it is answered.
+        patients: dict[str, list[str]] = {}
+        for row in rows:
+            for uid, sides in row.changes.items():
+                for side in sides.values():
+                    pid = side["columns"].get("patient_id") or ""
+                    patients.setdefault(pid, [])
+                    if uid not in patients[pid]:
+                        patients[pid].append(uid)
+        self.guard.record(
+            *(
+                audit_events.patient_record(
+                    who,
+                    patient_id=pid,
+                    study_uids=uids,
+                    action=EventAction.READ,
+                    request_id=who.request_id,
+                    description="corrections history listed",
+                )
+                for pid, uids in patients.items()
+            )
+        )
         return [_correction(r) for r in rows]
 
     def moved_across(self, partition: str, patient_id: str) -> list[str]:
