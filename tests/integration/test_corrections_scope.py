@@ -14,6 +14,8 @@ The archive runs in-process (Starlette's TestClient) with the real services, ind
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -137,6 +139,13 @@ def test_a_moved_study_follows_its_new_patient(world: World) -> None:
     )
     assert whole.status_code == 200 and b"SCOPE-NEW" in whole.content
     assert b"SCOPE-OLD" not in whole.content
+    # The web face's ZIP export carries the corrected object too.
+    zipped = world.client.get(f"/ui/studies/{moved_uid}/download", headers=world.auth("ref-new"))
+    assert zipped.status_code == 200, zipped.text[:200]
+    with zipfile.ZipFile(io.BytesIO(zipped.content)) as archive:
+        (name,) = archive.namelist()
+        exported = pydicom.dcmread(io.BytesIO(archive.read(name)))
+    assert (exported.PatientID, str(exported.PatientName)) == ("SCOPE-NEW", "New^Owner")
 
     # A late object of the study, still carrying the Patient ID it was stored with, joins
     # it and is served corrected; another patient's object is still refused (0xA900).
