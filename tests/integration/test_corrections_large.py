@@ -4,7 +4,8 @@ A corrected object is not its stored bytes; the correction is spliced into the s
 (its head rewritten, the rest passed through as it is read and checked), so serving it must not
 hold it whole. A 300 MB object, corrected, is read through WADO-RS (PS3.18 10.4.1.1.1): the
 server's peak resident memory stays far below the object's size, the answer carries the
-corrected Patient ID, and its pixel data is the stored pixel data, byte for byte.
+corrected Patient ID, and its pixel data is the stored pixel data, byte for byte; C-GET sends
+it as a stream, corrected.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pydicom
 import pytest
 
 from integration import AUTH
+from integration.dimse_helpers import AE, free_port, need_dcmtk, run
 from integration.server import ACCEPT_AS_STORED, multipart_content_type, start_server
 from nubis.tools.synth import make_large_instance
 from nubis.web.dicomweb.multipart import iter_multipart, new_boundary
@@ -48,7 +50,11 @@ def test_a_large_corrected_object_streams(tmp_path: Path) -> None:
         f.seek(size - (64 << 20))
         tail.update(f.read())
 
-    server = start_server(tmp_path / "data", log_level="warning")
+    need_dcmtk("getscu")
+    dimse_port = free_port()
+    server = start_server(
+        tmp_path / "data", env={"NUBIS_DIMSE_PORT": str(dimse_port)}, log_level="warning"
+    )
     try:
         with httpx.Client(timeout=httpx.Timeout(600, connect=10), headers=AUTH) as client:
             boundary = new_boundary()
@@ -83,10 +89,26 @@ def test_a_large_corrected_object_streams(tmp_path: Path) -> None:
                     received += len(chunk)
             growth = server.peak_rss_bytes() - before
         assert b"LARGE-NEW" in head
+        # C-GET (PS3.4 C.4.3) sends it as a stream too (above 64 MB), corrected.
+        got = tmp_path / "got"
+        got.mkdir()
+        server.reset_peak_rss()
+        before = server.peak_rss_bytes()
+        run(["getscu", "-S", "-aet", "GETTER", "-aec", AE, "-od", str(got), "127.0.0.1",
+             str(dimse_port), "-k", "QueryRetrieveLevel=STUDY",
+             "-k", f"StudyInstanceUID={header.StudyInstanceUID}"])  # fmt: skip
+        get_growth = server.peak_rss_bytes() - before
+        (received_file,) = got.iterdir()
+        assert pydicom.dcmread(received_file, stop_before_pixels=True).PatientID == "LARGE-NEW"
+        assert abs(received_file.stat().st_size - size) < (1 << 16)
         closing = last.rindex(b"\r\n--")
         assert hashlib.sha256(last[closing - (64 << 20) : closing]).digest() == tail.digest()
         assert abs(received - size) < (1 << 16)
-        print(f"\n{size >> 20} MB corrected object: server RSS grew {growth >> 20} MB")
+        print(
+            f"\n{size >> 20} MB corrected object: server RSS grew {growth >> 20} MB "
+            f"(WADO-RS), {get_growth >> 20} MB (C-GET)"
+        )
         assert growth < MAX_GROWTH, f"server RSS grew {growth >> 20} MB"
+        assert get_growth < MAX_GROWTH, f"server RSS grew {get_growth >> 20} MB in C-GET"
     finally:
         server.stop()
