@@ -57,6 +57,7 @@ from nubis.index.schema import (
     series,
     series_requests,
     studies,
+    study_overlays,
 )
 from nubis.index.store_sql import insert_instance, lock_study
 from nubis.logs import redact_url
@@ -85,6 +86,7 @@ _STORED_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.bulk_index,
     studies.c.patient_id,
     instance_originals.c.transfer_syntax_uid,
+    study_overlays.c.attrs,
 )
 
 # Instances with their series, study and, for objects a tier compressed, what they arrived as.
@@ -92,6 +94,7 @@ _STORED_FROM = (
     instances.join(series, instances.c.series_pk == series.c.id)
     .join(studies, series.c.study_pk == studies.c.id)
     .outerjoin(instance_originals, instance_originals.c.instance_pk == instances.c.id)
+    .outerjoin(study_overlays, study_overlays.c.study_pk == studies.c.id)
 )
 
 
@@ -483,8 +486,9 @@ class Index:
         sop_instance_uid: str | None = None,
         *,
         grantee: str | None = None,
-    ) -> list[tuple[str, str, str]]:
-        """(series UID, SOP Instance UID, metadata JSON) rows in stable order: one query."""
+    ) -> list[tuple[str, str, str, str | None]]:
+        """(series UID, SOP Instance UID, metadata JSON, the study's correction overlay JSON
+        or None) rows in stable order: one query."""
         stmt, params = _scoped_read(
             partition, study_uid, series_uid, sop_instance_uid, grantee, metadata=True
         )
@@ -492,7 +496,7 @@ class Index:
             rows = conn.execute(stmt, params).all()
         if not rows:
             raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     # ------------------------------------------------------------------ delete and reap
     def delete(
@@ -626,7 +630,10 @@ def _scoped_statement(by_series: bool, by_sop: bool, granted: bool, metadata: bo
     )
     if metadata:
         stmt = stmt.with_only_columns(
-            series.c.series_uid, instances.c.sop_instance_uid, instances.c.metadata_json
+            series.c.series_uid,
+            instances.c.sop_instance_uid,
+            instances.c.metadata_json,
+            study_overlays.c.attrs,
         )
     return stmt
 
