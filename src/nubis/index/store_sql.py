@@ -84,7 +84,7 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
         modalities = ""
     if study is not None:
         study_pk, modalities, stored_patient = study
-        _check_same_patient(new, stored_patient)
+        _check_same_patient(cursor, study_pk, new, stored_patient)
     cursor.execute(
         "SELECT id FROM series WHERE study_pk = :s AND series_uid = :uid",
         {"s": study_pk, "uid": new.series_uid},
@@ -156,17 +156,30 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
         )
 
 
-def _check_same_patient(new: NewInstance, stored_patient: str | None) -> None:
+def _check_same_patient(
+    cursor: DriverCursor, study_pk: int, new: NewInstance, stored_patient: str | None
+) -> None:
     # The reasons start with what is wrong: a C-STORE Error Comment keeps 64 characters.
     # Compared as the index keeps them (the column, at most 64 characters, as grants and
     # patient-level queries see them); a missing and an empty Patient ID are the same.
     # Neither value goes into the reason: the sender may not be allowed to see either.
-    if (stored_patient or "") != (new.study_columns.get("patient_id") or ""):
+    patient = new.study_columns.get("patient_id") or ""
+    if (stored_patient or "") != patient and not _moved_from(cursor, study_pk, patient):
         raise InvalidInstance(
             "the study belongs to another patient (0010,0020): study "
             f"{new.study_uid} is stored with another Patient ID, and a study has one patient",
             dimse_status=_MISMATCH,
         )
+
+
+def _moved_from(cursor: DriverCursor, study_pk: int, patient_id: str) -> bool:
+    """Whether a correction moved the study away from ``patient_id``, the Patient ID its stored
+    objects carry (nubis.services.corrections): a late object of it still belongs to it, and
+    is served corrected. Asked only when the Patient IDs differ, never on the common path."""
+    found = cursor.execute(
+        "SELECT stored_patient_id FROM study_overlays WHERE study_pk = :s", {"s": study_pk}
+    ).fetchone()
+    return found is not None and (found[0] or "") == patient_id
 
 
 def _check_series_free(cursor: DriverCursor, new: NewInstance, *, lock_rows: bool) -> None:
