@@ -9,15 +9,25 @@ trail holds one DICOM Instances Transferred record per study moved (PS3.15 A.5.3
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import tarfile
+import time
 import zipfile
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from integration.migrate_helpers import audit_records, migrate, nubis, report
+from integration.migrate_helpers import (
+    audit_records,
+    job_progress,
+    migrate,
+    nubis,
+    report,
+    start_migration,
+)
 from nubis.tools import synth
 
 N_STUDIES = 4
@@ -179,3 +189,39 @@ def test_refused_object_is_listed_with_its_reason_and_digest(
     assert refused["status"] == 0x0111 and "already stored" in refused["reason"]
     assert rep["totals"]["sha256_differs"] == 1
     assert rep["totals"]["silent_gaps"] == 0
+
+
+def test_tar_gz_is_migrated(corpus: list[Path], tmp_path: Path) -> None:
+    archive = tmp_path / "export.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i, path in enumerate(corpus):
+            tar.add(path, f"export/{i}.dcm")
+    data = tmp_path / "data"
+
+    result = migrate(data, str(archive), "--name", "tar1")
+
+    assert result["instances_stored"] == N_STUDIES * PER_STUDY
+    assert report(data, "tar1")["totals"]["sha256_matched"] == N_STUDIES * PER_STUDY
+
+
+def test_cancelled_migration_stops_and_says_so(corpus: list[Path], tmp_path: Path) -> None:
+    """``nubis jobs cancel`` reaches a running migration: it stops after the studies begun,
+    the job is cancelled, and the command exits 1 naming it."""
+    folder = tmp_path / "pacs"
+    for path in corpus:
+        shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
+    data = tmp_path / "data"
+    process = start_migration(data, str(folder), "--name", "cancel", "--max-mb-per-s", "0.005")
+    try:
+        deadline = time.monotonic() + 60
+        while job_progress(data).get("total") is None or job_progress(data)["done"] < 1:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        assert nubis(data, "jobs", "cancel", "1").returncode == 0
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+    (job,) = json.loads(nubis(data, "jobs", "list", "--json").stdout)
+    assert job["state"] == "cancelled"
+    assert job["progress"]["done"] < N_STUDIES * PER_STUDY
