@@ -225,3 +225,26 @@ def test_cancelled_migration_stops_and_says_so(corpus: list[Path], tmp_path: Pat
     (job,) = json.loads(nubis(data, "jobs", "list", "--json").stdout)
     assert job["state"] == "cancelled"
     assert job["progress"]["done"] < N_STUDIES * PER_STUDY
+
+
+def test_second_run_of_a_live_migration_is_refused(corpus: list[Path], tmp_path: Path) -> None:
+    """Run again while the first run is alive (its lease renewed): not two runs of one job."""
+    folder = tmp_path / "pacs"
+    for path in corpus:
+        shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
+    data = tmp_path / "data"
+    process = start_migration(data, str(folder), "--name", "twice", "--max-mb-per-s", "0.005")
+    try:
+        deadline = time.monotonic() + 60
+        while job_progress(data)["done"] < 1:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+
+        second = nubis(data, "migrate", "run", str(folder), "--name", "twice", timeout=60)
+
+        assert second.returncode == 1
+        assert "is running in" in second.stdout + second.stderr
+        assert process.poll() is None  # the first run goes on
+    finally:
+        process.kill()
+        process.wait(timeout=30)

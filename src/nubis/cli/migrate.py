@@ -206,16 +206,29 @@ def _unfinished(store: JobStore, name: str) -> int | None:
 
 def _claim_and_run(runner: Any, store: JobStore, job_id: int, handler: Any) -> None:
     """Run the job here once it is claimable: a job whose process was killed keeps its lease
-    until it expires (jobs_lease_seconds), and a failed attempt waits out its backoff."""
+    until it expires (jobs_lease_seconds), and a failed attempt waits out its backoff. A lease
+    that is renewed meanwhile belongs to a live process: exit 1 naming it."""
+    from nubis.jobs.store import JobState
+
     told = False
+    first_expiry: int | None = None
     while not runner.run_job(job_id, handler):
         job: Job | None = store.get(job_id)
         if job is None or job.state.finished:
             return
+        if job.state is JobState.RUNNING:
+            first_expiry = first_expiry or job.lease_expires_at
+            if job.lease_expires_at != first_expiry:
+                console.print(
+                    f"job {job_id} is running in {job.lease_owner}; stop it there first "
+                    f"(or nubis jobs cancel {job_id})",
+                    style="red",
+                )
+                raise typer.Exit(1)
         if not told:
             console.print(
                 f"job {job_id} is held by {job.lease_owner or 'a retry delay'}; waiting for "
-                "its lease to expire",
+                "its lease or delay to end",
                 style="yellow",
             )
             told = True
