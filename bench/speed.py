@@ -35,6 +35,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -109,6 +110,7 @@ WORKLOADS = (
     "retrieval",
     "instance",
     "frame",
+    "transcode",
     "cstore_1",
     "cstore_4",
     "cfind",
@@ -372,6 +374,11 @@ def run(args: argparse.Namespace, plan: Plan, log: Callable[[str], None]) -> dic
                 with new_client(t.base) as client:
                     for i in range(0, len(read_study), 50):
                         stow(client, *multipart_body(read_study[i : i + 50]))
+        lossless = jpeg_lossless(ct[0]) if "transcode" in wanted else None
+        if lossless is not None:
+            for t in targets:
+                with new_client(t.base) as client:
+                    stow(client, *multipart_body([lossless.data]))
         if "cfind" in wanted:
             for t in targets:
                 load_untimed(t.base, qido_paths)
@@ -389,6 +396,8 @@ def run(args: argparse.Namespace, plan: Plan, log: Callable[[str], None]) -> dic
             if "instance" in wanted or "frame" in wanted or "cfind" in wanted:
                 _latencies(wanted, targets, plan, study_uid, series_uid, sops, pids, phases,
                            add, r, log)  # fmt: skip
+            if lossless is not None:
+                _transcode_latency(targets, plan, lossless, pids, phases, add, r, log)
     finally:
         for t in targets:
             t.server.stop()
@@ -519,6 +528,67 @@ def _latencies(
         add("findscu_alone", "client", statistics.median(alone) * 1000)
 
 
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+ACCEPT_EXPLICIT_LE = f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
+
+
+def jpeg_lossless(native: Instance) -> Instance:
+    """A fresh copy of ``native`` (a CT slice) compressed by dcmtk's ``dcmcjpeg +e1`` (JPEG
+    Lossless SV1, 1.2.840.10008.1.2.4.70), as modalities send."""
+    with tempfile.TemporaryDirectory(prefix="speed-jpeg-") as folder:
+        source, target = Path(folder) / "native.dcm", Path(folder) / "lossless.dcm"
+        source.write_bytes(fresh([native], "jpeg-lossless")[0])
+        subprocess.run(["dcmcjpeg", "+e1", str(source), str(target)], check=True)
+        return _load([target])[0]
+
+
+def _transfer_syntax_of_part(body: bytes) -> str:
+    start = body.find(b"DICM") - 128
+    ds = pydicom.dcmread(_as_file(body[max(start, 0) :]), stop_before_pixels=True)
+    return str(ds.file_meta.TransferSyntaxUID)
+
+
+def _transcode_latency(
+    targets: list[Target],
+    plan: Plan,
+    lossless: Instance,
+    pids: dict[str, int],
+    phases: dict[str, Any],
+    add: Callable[[str, str, float], None],
+    r: int,
+    log: Callable[[str], None],
+) -> None:
+    """WADO-RS of the JPEG lossless instance asked for in Explicit VR Little Endian: each
+    server decodes it per request. The targets alternate request by request."""
+    url = (
+        f"/studies/{lossless.study_uid}/series/{lossless.series_uid}"
+        f"/instances/{lossless.sop_uid}"
+    )
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    clients = {t.name: new_client(t.base) for t in targets}
+    try:
+        with phase("transcode", "all", pids, phases):
+            for i in range(plan.latency_requests + 1):
+                for t in _turns(targets, i):
+                    start = time.perf_counter()
+                    response = clients[t.name].get(url, headers={"Accept": ACCEPT_EXPLICIT_LE})
+                    elapsed = time.perf_counter() - start
+                    if (
+                        response.status_code != 200
+                        or _transfer_syntax_of_part(response.content) != EXPLICIT_LE
+                    ):
+                        raise RuntimeError(f"transcode from {t.name}: HTTP {response.status_code}")
+                    if i:
+                        samples[t.name].append(elapsed)
+    finally:
+        for client in clients.values():
+            client.close()
+    for name, values in samples.items():
+        p50 = percentiles(values)["p50_ms"]
+        add("transcode", name, p50)
+        log(f"round {r + 1} transcode  {name:8} p50 {p50:.2f} ms")
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -530,6 +600,7 @@ ROWS = (
     ("WADO-RS study retrieval (MB/s)", "retrieval", True, 1.2),
     ("WADO-RS one instance p50 (ms)", "instance", False, 1.0),
     ("WADO-RS one frame, single-frame p50 (ms)", "frame", False, 1.0),
+    ("WADO-RS JPEG lossless instance as Explicit VR LE p50 (ms)", "transcode", False, 1.0),
     ("C-STORE storescu 1 association (inst/s)", "cstore_1", True, 1.0),
     ("C-STORE storescu 4 associations (inst/s)", "cstore_4", True, 1.0),
     ("C-FIND study, findscu p50 (ms)", "cfind", False, 1.0),
