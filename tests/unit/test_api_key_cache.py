@@ -64,6 +64,21 @@ def test_a_checked_key_is_answered_from_the_cache(
     assert authn.cached(_bearer(secret[:-2] + "xx")) is None
 
 
+def test_the_admin_token_is_cached_and_revoked_like_any_key(
+    stores: tuple[UserStore, UserStore],
+) -> None:
+    worker, cli = stores
+    token = "an-admin-token-without-the-key-prefix-0123456789"
+    cli.ensure_admin_token(token)
+    authn = Authenticator(worker)
+    authn.authenticate(_bearer(token))
+    assert authn.cached(_bearer(token)) is not None
+    cli.ensure_admin_token("")
+    assert authn.cached(_bearer(token)) is None
+    with pytest.raises(Unauthorized):
+        authn.authenticate(_bearer(token))
+
+
 def test_a_key_revoked_by_another_process_fails_at_the_next_request(
     stores: tuple[UserStore, UserStore],
 ) -> None:

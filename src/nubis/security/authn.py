@@ -243,7 +243,7 @@ class Authenticator:
         authorization = headers.get("authorization", "")
         scheme, _, credentials = authorization.partition(" ")
         scheme, credentials = scheme.lower(), credentials.strip()
-        if scheme == "bearer" and credentials.startswith(KEY_PREFIX):
+        if scheme == "bearer" and credentials and not self._is_oidc(credentials):
             key = credentials
         elif not authorization and headers.get("x-api-key"):
             key = headers["x-api-key"].strip()
@@ -272,9 +272,12 @@ class Authenticator:
         return with_break_glass(principal, headers)
 
     def _bearer(self, token: str) -> Principal:
-        if self.oidc is not None and token.count(".") == 2 and not token.startswith("nbk_"):
+        if self.oidc is not None and self._is_oidc(token):
             return self.oidc.verify(token)
         return self._api_key(token)
+
+    def _is_oidc(self, token: str) -> bool:
+        return self.oidc is not None and token.count(".") == 2 and not token.startswith(KEY_PREFIX)
 
     def _api_key(self, key: str) -> Principal:
         found = self.users.lookup_api_key(key)
