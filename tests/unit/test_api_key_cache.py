@@ -139,7 +139,46 @@ def test_postgresql_or_memory_indexes_have_no_cache(tmp_path: Path) -> None:
     assert CredentialGeneration.for_index("postgresql://nubis@db/nubis") is None
     assert CredentialGeneration.for_index("sqlite:///:memory:") is None
     counter = CredentialGeneration.for_index(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    assert counter is not None and counter.current() == 0
-    counter.bump()
+    assert counter is not None
     other = CredentialGeneration(counter.path)
-    assert other.current() == 1
+    before = other.current()
+    counter.bump()
+    assert other.current() != before
+
+
+def test_a_process_that_cannot_bump_the_counter_cannot_change_credentials(
+    tmp_path: Path,
+) -> None:
+    from nubis.errors import StorageUnavailable
+
+    path = tmp_path / "index.sqlite"
+    server = UserStore(_index(path))
+    key_id, secret = _key(server)
+    authn = Authenticator(server)
+    authn.authenticate(_bearer(secret))
+    counter = Path(f"{path}-credentials")
+    counter.unlink()
+    counter.mkdir()  # no process can open it now (root included)
+    assert authn.cached(_bearer(secret)) is None  # nor trust what it cached
+    blind = UserStore(_index(path))
+    with pytest.raises(StorageUnavailable, match="credential counter"):
+        blind.revoke_api_key(key_id)
+    assert blind.lookup_api_key(secret) is not None  # reads work, uncached
+    assert blind.cached_api_key(secret) is None
+    server.index.close()
+    blind.index.close()
+
+
+def test_a_deleted_counter_file_is_followed_to_the_new_one(
+    stores: tuple[UserStore, UserStore], tmp_path: Path
+) -> None:
+    worker, cli = stores
+    key_id, secret = _key(cli)
+    authn = Authenticator(worker)
+    authn.authenticate(_bearer(secret))
+    Path(f"{tmp_path / 'index.sqlite'}-credentials").unlink()  # an operator "cleaning up"
+    other_cli = UserStore(cli.index)  # a later CLI run makes a new counter file
+    other_cli.revoke_api_key(key_id)
+    assert authn.cached(_bearer(secret)) is None
+    with pytest.raises(Unauthorized):
+        authn.authenticate(_bearer(secret))

@@ -13,56 +13,97 @@ there is no counter then, and every request reads the key's row.
 from __future__ import annotations
 
 import fcntl
-import logging
 import mmap
 import os
 import struct
+import threading
 from pathlib import Path
-
-log = logging.getLogger("nubis.security")
 
 _COUNTER = struct.Struct("<Q")
 
 
 class CredentialGeneration:
-    """The shared counter in ``path`` (created when missing)."""
+    """The shared counter in ``path`` (created when missing).
 
-    def __init__(self, path: Path) -> None:
+    A counter file deleted or replaced while a process has it mapped would leave that process
+    watching a file nobody bumps: every read checks (one ``stat``) that the path still names
+    the mapped file, and maps the new one otherwise. Values read from another file never equal
+    those of the file before it (each mapping has a number of its own in the high bits).
+    """
+
+    def __init__(self, path: Path, mode: int = 0o600) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.mode = mode
+        self._lock = threading.Lock()
+        self._mappings = 0
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
         try:
-            if os.fstat(self._fd).st_size < _COUNTER.size:
-                with _locked(self._fd):
-                    if os.fstat(self._fd).st_size < _COUNTER.size:
-                        os.ftruncate(self._fd, _COUNTER.size)
-            self._map = mmap.mmap(self._fd, _COUNTER.size, mmap.MAP_SHARED)
+            st = os.fstat(fd)
+            if st.st_size < _COUNTER.size:
+                with _locked(fd):
+                    if os.fstat(fd).st_size < _COUNTER.size:
+                        os.ftruncate(fd, _COUNTER.size)
+            self._map = mmap.mmap(fd, _COUNTER.size, mmap.MAP_SHARED)
         except BaseException:
-            os.close(self._fd)
+            os.close(fd)
             raise
+        self._fd, self._identity = fd, (st.st_dev, st.st_ino)
+        self._mappings += 1
+
+    def _still_mapped(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    def _remap(self) -> None:
+        with self._lock:
+            if self._still_mapped():
+                return
+            old_fd = self._fd
+            self._open()
+            # The old mapping closes when no reader holds it any more (mmap keeps its own fd).
+            os.close(old_fd)
 
     @classmethod
     def for_index(cls, url: str) -> CredentialGeneration | None:
         """The counter of the SQLite index at ``url``; None for any other index (see the module
-        docs) or when the file cannot be made (the cache is then off, never wrong)."""
+        docs). OSError when it cannot be opened: then this process must not change users or
+        keys either, or other processes' caches would not learn of the change."""
         if not url.startswith("sqlite:///"):
             return None
         database = url.removeprefix("sqlite:///").split("?", 1)[0]
         if not database or database.startswith(":memory:"):
             return None
         try:
-            return cls(Path(database + "-credentials"))
-        except OSError as exc:
-            log.warning("API-key cache off: credential counter unavailable (%s)", exc.strerror)
-            return None
+            # Whoever may write the index may bump the counter: the same permissions.
+            mode = os.stat(database).st_mode & 0o666
+        except OSError:
+            mode = 0o600
+        return cls(Path(database + "-credentials"), mode)
 
-    def current(self) -> int:
-        value: int = _COUNTER.unpack_from(self._map)[0]
-        return value
+    def current(self) -> int | None:
+        """The counter now; None when its file cannot be opened (then nothing may be cached)."""
+        if not self._still_mapped():
+            try:
+                self._remap()
+            except OSError:
+                return None
+        mapping = self._map
+        value: int = _COUNTER.unpack_from(mapping)[0]
+        return (self._mappings << 64) | value
 
     def bump(self) -> None:
         """Invalidate every process's cached credentials; call after the change committed."""
-        with _locked(self._fd):
-            _COUNTER.pack_into(self._map, 0, (self.current() + 1) % (1 << 64))
+        if not self._still_mapped():
+            self._remap()
+        with self._lock, _locked(self._fd):
+            value = _COUNTER.unpack_from(self._map)[0]
+            _COUNTER.pack_into(self._map, 0, (value + 1) % (1 << 64))
 
 
 class _locked:

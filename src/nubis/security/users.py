@@ -25,7 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import ColumnElement, Connection, bindparam, delete, insert, select, update
 
-from nubis.errors import BadRequest, NotFound
+from nubis.errors import BadRequest, NotFound, StorageUnavailable
 from nubis.index.database import Index
 from nubis.index.schema import api_keys, grants, users
 from nubis.security.credential_generation import CredentialGeneration
@@ -148,13 +148,23 @@ class UserStore:
         # Usable keys each process has looked up, keyed by the key's SHA-256. An entry counts
         # only while the shared credential counter is unchanged: every change to users or keys
         # bumps it after its commit, whichever process made it (security/credential_generation).
-        self._generation = CredentialGeneration.for_index(index.url)
+        self._generation: CredentialGeneration | None = None
+        self._generation_error = ""
+        try:
+            self._generation = CredentialGeneration.for_index(index.url)
+        except OSError as exc:  # the cache is off in this process, and so are changes
+            self._generation_error = f"{exc.strerror} ({exc.filename})"
         self._keys: dict[str, _CachedKey] = {}
         self._keys_lock = threading.Lock()
 
     def _write_credentials(self, job: Callable[[Connection], None]) -> None:
         """Run a change to users or API keys, then invalidate every process's cached keys
         (also when it failed: whether it committed is then unknown)."""
+        if self._generation_error:
+            raise StorageUnavailable(
+                "users and API keys cannot be changed from this process: the credential "
+                f"counter the servers' caches watch cannot be opened: {self._generation_error}"
+            )
         try:
             self.index.write(job)
         finally:
@@ -360,7 +370,7 @@ class UserStore:
         if self._generation is None:
             return None
         hit = self._keys.get(digest)
-        if hit is None or hit.generation != self._generation.current():
+        if hit is None or hit.generation != self._generation.current():  # None never matches
             return None
         if not hmac.compare_digest(hit.digest, digest) or not hit.record.usable(time.time()):
             return None
