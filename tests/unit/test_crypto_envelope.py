@@ -337,3 +337,38 @@ def test_header_parses_what_it_encodes() -> None:
     assert struct.unpack_from(">I", encoded, 10) == (1024,)
     with pytest.raises(ValueError):
         Header(64, S, 1, b"\x01" * 7, WrappedKey("k7", "ab" * 16, b"\x05" * 60)).encode()
+
+
+class _CountingFiles(FileBlobStore):
+    """Counts the files opened (what a read of a small object pays for, per request)."""
+
+    opened = 0
+
+    def open(self, key: str, *, context: BlobContext):  # type: ignore[no-untyped-def]
+        self.opened += 1
+        return super().open(key, context=context)
+
+    def read(self, key: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.opened += 1
+        return super().read(key, *args, **kwargs)
+
+    def iter_chunks(self, key: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.opened += 1
+        return super().iter_chunks(key, *args, **kwargs)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_local_blob_streams_from_one_open(tmp_path: Path, whole: bool) -> None:
+    inner = _CountingFiles(tmp_path / "blobs", durable=False)
+    store = EncryptedBlobStore(inner, LocalKeyring(tmp_path / "keyring.jsonl", durable=False))
+    data, ctx = os.urandom(3 * S + 5), _context()
+    path = tmp_path / "plain"
+    path.write_bytes(data)
+    key = store.new_key()
+    store.put_file(key, PlainFile(path, len(data)), context=ctx)
+    inner.opened = 0
+    start, length = (0, None) if whole else (S - 3, S + 9)
+    chunks = store.iter_chunks(key, start, length, chunk_size=S, context=ctx)
+    end = None if length is None else start + length
+    assert b"".join(chunks) == data[start:end]
+    assert inner.opened == 1

@@ -168,6 +168,8 @@ class EncryptedBlobStore:
     ) -> Iterator[bytes]:
         # Open, parse the header and unwrap the key now, so a missing blob or key, or a blob
         # under the wrong object, fails before a response starts.
+        if not self.inner.capabilities.remote:
+            return self._iter_local(key, start, length, chunk_size, context)
         prefix = self.inner.read(key, 0, HEADER_RESERVE, context=context)
         if not is_encrypted(prefix):
             self._plaintext_allowed(key)
@@ -188,6 +190,37 @@ class EncryptedBlobStore:
             plain = decrypt_stream(seg_key, header.plaintext_size, body, batch)
             return _cut(plain, chunk_size)
         f = self.inner.open(key, context=context)
+        reader = SegmentReader(
+            f, seg_key, body_offset=header.body_offset, size=header.plaintext_size
+        )
+        end = header.plaintext_size if length is None else start + length
+        return _closing(
+            reader, _cut(reader.iter_range(start, max(0, end - start), batch), chunk_size)
+        )
+
+    def _iter_local(
+        self, key: str, start: int, length: int | None, chunk_size: int, context: BlobContext
+    ) -> Iterator[bytes]:
+        """:meth:`iter_chunks` of a local file: one open for the header and the body (a
+        remote store streams the body with a request of its own instead)."""
+        f = self.inner.open(key, context=context)
+        try:
+            prefix = f.read(HEADER_RESERVE)
+            if not is_encrypted(prefix):
+                self._plaintext_allowed(key)
+                end = None if length is None else start + length
+                return _file_chunks(f, start, end, chunk_size)
+            header, dek = self._open_header(key, prefix, context, f)
+        except BaseException:
+            f.close()
+            raise
+        seg_key = header.segment_key(dek)
+        batch = max(1, chunk_size // header.segment_size)
+        if start == 0 and length is None:
+            body = _file_chunks(
+                f, header.body_offset, None, batch * (header.segment_size + TAG_SIZE)
+            )
+            return _cut(decrypt_stream(seg_key, header.plaintext_size, body, batch), chunk_size)
         reader = SegmentReader(
             f, seg_key, body_offset=header.body_offset, size=header.plaintext_size
         )
@@ -285,6 +318,19 @@ def _cut(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
         view = memoryview(chunk)
         for at in range(0, len(chunk), size):
             yield bytes(view[at : at + size])
+
+
+def _file_chunks(f: BinaryIO, start: int, end: int | None, chunk_size: int) -> Iterator[bytes]:
+    """Bytes ``[start, end)`` of ``f`` (to its end when None) in chunks; closes ``f``."""
+    with f:
+        f.seek(start)
+        at = start
+        while end is None or at < end:
+            chunk = f.read(chunk_size if end is None else min(chunk_size, end - at))
+            if not chunk:
+                return
+            at += len(chunk)
+            yield chunk
 
 
 def _closing(reader: SegmentReader, chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -52,7 +52,7 @@ from nubis.security.policy import (
 )
 from nubis.security.sessions import Session
 from nubis.security.throttle import LoginThrottle
-from nubis.security.users import UserStore
+from nubis.security.users import KEY_PREFIX, UserStore
 
 log = logging.getLogger("nubis.security")
 
@@ -236,6 +236,24 @@ class Authenticator:
             raise Unauthorized("authentication required")
         return with_break_glass(principal, headers)
 
+    def cached(self, headers: Mapping[str, str]) -> Principal | None:
+        """:meth:`authenticate` for an API key this process has checked since the last change
+        to any user or key, answered without the database (so without leaving the event
+        loop); None for anything else, which :meth:`authenticate` then decides."""
+        authorization = headers.get("authorization", "")
+        scheme, _, credentials = authorization.partition(" ")
+        scheme, credentials = scheme.lower(), credentials.strip()
+        if scheme == "bearer" and credentials and not self._is_oidc(credentials):
+            key = credentials
+        elif not authorization and headers.get("x-api-key"):
+            key = headers["x-api-key"].strip()
+        else:
+            return None  # Basic, OIDC tokens: their own paths (and their own caches)
+        found = self.users.cached_api_key(key)
+        if found is None:
+            return None
+        return with_break_glass(found[1].principal(auth_method="apikey"), headers)
+
     def session_principal(self, session: Session, headers: Mapping[str, str]) -> Principal:
         """The principal of a browser session: a local user as their row says now (removed:
         Unauthorized), anyone else (OIDC, a share link) as the session was given."""
@@ -254,9 +272,12 @@ class Authenticator:
         return with_break_glass(principal, headers)
 
     def _bearer(self, token: str) -> Principal:
-        if self.oidc is not None and token.count(".") == 2 and not token.startswith("nbk_"):
+        if self.oidc is not None and self._is_oidc(token):
             return self.oidc.verify(token)
         return self._api_key(token)
+
+    def _is_oidc(self, token: str) -> bool:
+        return self.oidc is not None and token.count(".") == 2 and not token.startswith(KEY_PREFIX)
 
     def _api_key(self, key: str) -> Principal:
         found = self.users.lookup_api_key(key)

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import ColumnElement, Connection, bindparam, delete, insert, select, update
 
-from nubis.errors import BadRequest, NotFound
+from nubis.errors import BadRequest, NotFound, StorageUnavailable
 from nubis.index.database import Index
 from nubis.index.schema import api_keys, grants, users
+from nubis.security.credential_generation import CredentialGeneration
 from nubis.security.policy import DEFAULT_TENANT, Principal, parse_roles
 
 KEY_PREFIX = "nbk_"
@@ -37,6 +39,7 @@ _hasher = PasswordHasher()
 # Verified against when the user does not exist, so an unknown name costs as much as a wrong
 # password and login timing does not tell which user names exist.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_KEY_CACHE_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -129,11 +132,44 @@ _KEY_LOOKUP = (
 )
 
 
+@dataclass(frozen=True)
+class _CachedKey:
+    generation: int  # the credential counter read before the lookup that found the key
+    digest: str
+    record: ApiKey
+    user: User
+
+
 class UserStore:
     """Users, API keys and grants over an open :class:`~nubis.index.database.Index`."""
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        # Usable keys each process has looked up, keyed by the key's SHA-256. An entry counts
+        # only while the shared credential counter is unchanged: every change to users or keys
+        # bumps it after its commit, whichever process made it (security/credential_generation).
+        self._generation: CredentialGeneration | None = None
+        self._generation_error = ""
+        try:
+            self._generation = CredentialGeneration.for_index(index.url)
+        except OSError as exc:  # the cache is off in this process, and so are changes
+            self._generation_error = f"{exc.strerror} ({exc.filename})"
+        self._keys: dict[str, _CachedKey] = {}
+        self._keys_lock = threading.Lock()
+
+    def _write_credentials(self, job: Callable[[Connection], None]) -> None:
+        """Run a change to users or API keys, then invalidate every process's cached keys
+        (also when it failed: whether it committed is then unknown)."""
+        if self._generation_error:
+            raise StorageUnavailable(
+                "users and API keys cannot be changed from this process: the credential "
+                f"counter the servers' caches watch cannot be opened: {self._generation_error}"
+            )
+        try:
+            self.index.write(job)
+        finally:
+            if self._generation is not None:
+                self._generation.bump()
 
     # ------------------------------------------------------------------ users
     def add_user(
@@ -165,7 +201,7 @@ class UserStore:
                 )
             )
 
-        self.index.write(job)
+        self._write_credentials(job)
         return User(name, tenant, role_set, password_hash is not None, now)
 
     def set_password(self, name: str, password: str) -> None:
@@ -181,7 +217,7 @@ class UserStore:
             if not done.rowcount:
                 raise NotFound(f"no user {name}")
 
-        self.index.write(job)
+        self._write_credentials(job)
 
     def remove_user(self, name: str) -> None:
         """Remove the user with its API keys and grants."""
@@ -192,7 +228,7 @@ class UserStore:
             conn.execute(delete(api_keys).where(api_keys.c.user_name == name))
             conn.execute(delete(grants).where(grants.c.subject == name))
 
-        self.index.write(job)
+        self._write_credentials(job)
 
     def get_user(self, name: str) -> User | None:
         with self.index.reading() as conn:
@@ -275,7 +311,7 @@ class UserStore:
                 )
             )
 
-        self.index.write(job)
+        self._write_credentials(job)
         return ApiKey(key_id, user_name, label, now, expires, None), secret
 
     def list_api_keys(self, user_name: str | None = None) -> list[ApiKey]:
@@ -297,12 +333,17 @@ class UserStore:
             if not done.rowcount:
                 raise NotFound(f"no active API key {key_id}")
 
-        self.index.write(job)
+        self._write_credentials(job)
 
     def lookup_api_key(self, key: str) -> tuple[ApiKey, User] | None:
         """The key's record and user if ``key`` is a usable key (known, not expired, not
         revoked, its user still there); None otherwise."""
         digest = key_hash(key)
+        cached = self._cached_key(digest)
+        if cached is not None:
+            return cached
+        # Read before the row: a change committed after this read bumps past it.
+        generation = self._generation.current() if self._generation is not None else None
         with self.index.reading() as conn:
             row = conn.execute(_KEY_LOOKUP, {"digest": digest}).first()
         # The row was found by its hash; comparing again in constant time costs nothing and
@@ -312,7 +353,28 @@ class UserStore:
         record = ApiKey(*row[:6])
         if not record.usable(time.time()):
             return None
-        return record, _user(row[7:])
+        user = _user(row[7:])
+        if generation is not None:
+            with self._keys_lock:
+                if len(self._keys) >= _KEY_CACHE_MAX:
+                    self._keys.clear()
+                self._keys[digest] = _CachedKey(generation, row[6], record, user)
+        return record, user
+
+    def cached_api_key(self, key: str) -> tuple[ApiKey, User] | None:
+        """:meth:`lookup_api_key` answered without the database: None unless this process found
+        the key usable since the last change to any user or key (and it has not expired)."""
+        return self._cached_key(key_hash(key))
+
+    def _cached_key(self, digest: str) -> tuple[ApiKey, User] | None:
+        if self._generation is None:
+            return None
+        hit = self._keys.get(digest)
+        if hit is None or hit.generation != self._generation.current():  # None never matches
+            return None
+        if not hmac.compare_digest(hit.digest, digest) or not hit.record.usable(time.time()):
+            return None
+        return hit.record, hit.user
 
     def ensure_admin_token(self, token: str) -> None:
         """Make ``token`` (NUBIS_ADMIN_TOKEN) a non-expiring admin key of user ``admin``, or,

@@ -89,7 +89,14 @@ class AuthMiddleware:
                     self._session_principal, scope, token, headers, browser
                 )
             else:
-                principal = await run_in_threadpool(self._authenticate, headers, peer, request_id)
+                # A key checked since the last credential change: no thread hop, no database.
+                cached = self.archive.authn.cached(headers) if self.archive.settings.auth else None
+                if cached is not None:
+                    principal = cached
+                else:
+                    principal = await run_in_threadpool(
+                        self._authenticate, headers, peer, request_id
+                    )
         except Unauthorized as exc:
             if browser:
                 await self.app(scope, receive, send)  # the route answers with a sign-in page
