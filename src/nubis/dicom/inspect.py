@@ -55,6 +55,7 @@ from nubis.dicom.consistency import (
     invalid_vr,
 )
 from nubis.errors import InvalidInstance
+from nubis.model.records import IngestWarning
 
 __all__ = ["BULK_URI_MARKER", "InspectedInstance", "inspect_file"]
 
@@ -152,6 +153,8 @@ class InspectedInstance:
     encapsulated_paths: frozenset[str] = frozenset()
     # The decoded form of metadata_json, so the store path need not parse it back.
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    # What was odd about the object, which was accepted all the same (issue 12).
+    warnings: tuple[IngestWarning, ...] = ()
 
 
 def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> InspectedInstance:

@@ -56,10 +56,10 @@ from nubis.index.schema import (
     series_requests,
     studies,
 )
-from nubis.index.store_sql import insert_instance, lock_study
+from nubis.index.store_sql import insert_instance, insert_warnings, lock_study
 from nubis.logs import redact_url
 from nubis.model.query import Level, Query
-from nubis.model.records import NewInstance, StoredInstance, StoreResult
+from nubis.model.records import IngestWarning, NewInstance, StoredInstance, StoreResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -375,9 +375,7 @@ class Index:
             if select_from is not None:
                 stmt = stmt.select_from(select_from)
             with self.reading() as conn:
-                rows = conn.execute(
-                    stmt.where(key > after, *where).order_by(key).limit(page)
-                ).all()
+                rows = conn.execute(stmt.where(key > after, *where).order_by(key).limit(page)).all()
             if not rows:
                 return
             yield rows
@@ -450,6 +448,23 @@ class Index:
             return outcome
 
         return self.write(job)
+
+    def note_warning(
+        self,
+        instance_pk: int,
+        warning: IngestWarning,
+        *,
+        also: Callable[[Connection], object] | None = None,
+    ) -> None:
+        """Record ``warning`` about a stored instance (e.g. it was sent again in another
+        encoding); ``also`` (the audit record) commits with it."""
+
+        def job(conn: Connection) -> None:
+            insert_warnings(driver_cursor(conn), instance_pk, (warning,), _now_ms())
+            if also is not None:
+                also(conn)
+
+        self.write(job)
 
     # ------------------------------------------------------------------ read
     def instances_of(

@@ -450,6 +450,26 @@ storage_snapshots = Table(
     Column("taken_at", BigInteger, nullable=False),
 )
 
+# What was odd about an object ingested all the same (migration 0014, issue 12), one row per
+# reason: the file meta disagreeing with the data set, a non-conformant UID, a wrong group
+# length, the instance re-sent in another encoding... (nubis.model.records.IngestWarning).
+# Written only when there is something to say, so the store path of a clean object is as it was.
+instance_warnings = Table(
+    "instance_warnings",
+    metadata,
+    Column(
+        "instance_pk",
+        Integer,
+        ForeignKey("instances.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("reason", String(48), primary_key=True),
+    Column("status", Integer, nullable=False),
+    Column("detail", String(256), nullable=False),
+    Column("at", BigInteger, nullable=False),
+)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
@@ -461,6 +481,7 @@ __all__ = [
     "grants",
     "instance_originals",
     "instance_tiers",
+    "instance_warnings",
     "instances",
     "jobs",
     "login_throttle",

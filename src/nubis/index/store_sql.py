@@ -9,11 +9,12 @@ per column set and cached; the schema they touch is index/schema.py.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from nubis.errors import InvalidInstance
 from nubis.index.driver import DriverCursor
-from nubis.model.records import NewInstance
+from nubis.model.records import IngestWarning, NewInstance
 
 _STUDY_SQL = (
     "SELECT id, modalities, patient_id FROM studies WHERE partition = :p AND study_uid = :uid"
@@ -114,7 +115,7 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             )
     else:
         series_pk = found[0]
-    _insert(
+    instance_pk = _insert(
         cursor,
         "instances",
         {
@@ -133,6 +134,8 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             **new.instance_columns,
         },
     )
+    if new.warnings:
+        insert_warnings(cursor, instance_pk, new.warnings, now)
     cursor.execute(
         "UPDATE series SET num_instances = num_instances + 1 WHERE id = :pk", {"pk": series_pk}
     )
@@ -154,6 +157,18 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             "WHERE id = :pk",
             {"pk": study_pk, "now": now},
         )
+
+
+def insert_warnings(
+    cursor: DriverCursor, instance_pk: int | None, warnings: Iterable[IngestWarning], now: int
+) -> None:
+    """Record what was odd about an instance, one row per reason (a reason seen again keeps
+    its first row: the instance is the same)."""
+    cursor.executemany(
+        "INSERT INTO instance_warnings (instance_pk, reason, status, detail, at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (instance_pk, reason) DO NOTHING",
+        [(instance_pk, w.reason, w.status, w.detail[:256], now) for w in warnings],
+    )
 
 
 def _check_same_patient(new: NewInstance, stored_patient: str | None) -> None:

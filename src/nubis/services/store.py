@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nubis.dicom.equivalence import same_instance
 from nubis.dicom.inspect import InspectedInstance, inspect_file
-from nubis.errors import InvalidInstance, NubisError, StorageUnavailable
+from nubis.errors import DuplicateInstance, InvalidInstance, NubisError, StorageUnavailable
 from nubis.index.columns import json_text, new_instance
 from nubis.index.database import Index
 from nubis.model.audit import AuditEvent, EventOutcome
-from nubis.model.records import StoreResult
+from nubis.model.records import IngestWarning, NewInstance, StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
 from nubis.security import audit_events
 from nubis.security.policy import Action, Decision, Principal
@@ -27,6 +28,11 @@ from nubis.services.guard import Guard
 from nubis.services.spool import SpooledFile
 
 log = logging.getLogger(__name__)
+
+# PS3.4 Table B.2-1 Warning: Coercion of Data Elements. The re-sent copy of a stored instance
+# is answered by the stored one, whose encoding (transfer syntax, file meta, group lengths) is
+# not the one sent: what the sender will get back differs from what it sent in encoding only.
+_COERCED = 0xB000
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class StoreOutcome:
     series_uid: str | None
     result: StoreResult | None = None
     error: NubisError | None = None
+    # What was odd about a stored object (PS3.18 10.5.3 Warning Reason, PS3.4 B.2.3 warning
+    # statuses); empty for a clean one and for a refused one.
+    warnings: tuple[IngestWarning, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -124,7 +133,7 @@ class StoreService:
                     dimse_status=0xA900,
                 )
             record = self.guard.record_job(self._event(principal, inspected, EventOutcome.SUCCESS))
-            result = self._commit(spooled, inspected, partition, record)
+            result, warnings = self._commit(spooled, inspected, partition, record)
         except NubisError as exc:
             spooled.discard()
             if inspected is not None:
@@ -134,7 +143,7 @@ class StoreService:
             spooled.discard()
             log.exception("store failed")
             return _outcome(inspected, error=StorageUnavailable("the object could not be stored"))
-        return _outcome(inspected, result=result)
+        return _outcome(inspected, result=result, warnings=warnings)
 
     @staticmethod
     def _event(
@@ -167,7 +176,7 @@ class StoreService:
         inspected: InspectedInstance,
         partition: str,
         record: Callable[[Any], object] | None,
-    ) -> StoreResult:
+    ) -> tuple[StoreResult, tuple[IngestWarning, ...]]:
         key = self.blobs.new_key()
         context = BlobContext(
             partition,
@@ -183,25 +192,72 @@ class StoreService:
             raise StorageUnavailable(
                 f"the blob store could not take the object: {exc.strerror}"
             ) from None
+        new = new_instance(
+            inspected, blob_key=key, size=spooled.size, sha256=spooled.sha256, partition=partition
+        )
         try:
-            result, unneeded_key = self.index.store(
-                new_instance(
-                    inspected,
-                    blob_key=key,
-                    size=spooled.size,
-                    sha256=spooled.sha256,
-                    partition=partition,
-                ),
-                overwrite=self.overwrite,
-                also=record,
-            )
+            try:
+                result, unneeded_key = self.index.store(new, overwrite=False, also=record)
+            except DuplicateInstance:
+                # Another object under a stored UID: the same instance in another encoding is
+                # answered as stored; a truly different one follows on_conflict.
+                same = self._same_as_stored(key, context, new, record)
+                if same is not None:
+                    self.blobs.delete(key)
+                    return StoreResult.SAME_INSTANCE, (*inspected.warnings, same)
+                if not self.overwrite:
+                    raise
+                result, unneeded_key = self.index.store(new, overwrite=True, also=record)
         except BaseException:
             # Not acknowledged: remove the blob now rather than leave it to the reaper.
             self.blobs.delete(key)
             raise
         if unneeded_key is not None:
             self.blobs.delete(unneeded_key)
-        return result
+        return result, inspected.warnings
+
+    def _same_as_stored(
+        self,
+        key: str,
+        context: BlobContext,
+        new: NewInstance,
+        record: Callable[[Any], object] | None,
+    ) -> IngestWarning | None:
+        """The warning for blob ``key`` being the stored instance re-sent in another encoding
+        (recorded on the stored instance, with the store's audit record); None when its data
+        set differs from the stored one's (nubis.dicom.equivalence)."""
+        stored = self.index.find_instance(new.partition, new.sop_instance_uid)
+        if stored is None:
+            return None
+        kept_context = BlobContext(
+            stored.partition,
+            stored.study_uid,
+            stored.series_uid,
+            stored.sop_instance_uid,
+            stored.sha256,
+        )
+        with (
+            self.blobs.open(stored.blob_key, context=kept_context) as kept,
+            self.blobs.open(key, context=context) as received,
+        ):
+            if not same_instance(kept, received):
+                return None
+        warning = IngestWarning(
+            "same-instance-other-encoding",
+            _COERCED,
+            f"already stored in another encoding: the same data set is kept in transfer "
+            f"syntax {stored.transfer_syntax_uid}; this copy in {new.transfer_syntax_uid} "
+            "was not kept",
+        )
+        self.index.note_warning(stored.pk, warning, also=record)
+        return warning
+
+
+def warning_status(warnings: tuple[IngestWarning, ...]) -> int:
+    """The one warning status an object's warnings are answered with (C-STORE Status, STOW-RS
+    Warning Reason): coercion first, since it says the object kept is not byte for byte what
+    was sent as it will be served (PS3.4 B.2.3)."""
+    return min(w.status for w in warnings)
 
 
 def _outcome(
@@ -209,6 +265,7 @@ def _outcome(
     *,
     result: StoreResult | None = None,
     error: NubisError | None = None,
+    warnings: tuple[IngestWarning, ...] = (),
 ) -> StoreOutcome:
     if inspected is None:
         return StoreOutcome(None, None, None, None, result, error)
@@ -219,4 +276,5 @@ def _outcome(
         inspected.series_instance_uid,
         result,
         error,
+        warnings,
     )
