@@ -392,10 +392,9 @@ def _variant(tmp_path: Path, **changes: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    "keyword", ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
-)
+@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
 def test_missing_uid(tmp_path: Path, keyword: str) -> None:
+    """Issue 12: an object without the UIDs that identify it is refused (0xA900)."""
     refusal = _refused(_variant(tmp_path, **{keyword: None}))
     assert refusal.dimse_status == 0xA900
     assert "missing" in refusal.reason
@@ -425,10 +424,71 @@ def test_multi_valued_uid(tmp_path: Path) -> None:
     assert _refused(path).dimse_status == 0xA900
 
 
-def test_meta_instance_uid_mismatch() -> None:
-    refusal = _refused(_testdata("rtplan.dcm"))
+def test_missing_sop_class_is_taken_from_the_file_meta(tmp_path: Path) -> None:
+    """Issue 12: a data set without (0008,0016) is identified by its other UIDs; the file
+    meta's Media Storage SOP Class UID says what it is, with a warning (0xB007)."""
+    result = inspect_file(_variant(tmp_path, SOPClassUID=None))
+    assert result.sop_class_uid == pydicom.uid.MRImageStorage
+    [warning] = result.warnings
+    assert (warning.reason, warning.status) == ("sop-class-from-file-meta", 0xB007)
+
+
+def test_missing_sop_class_without_a_file_meta_one_is_refused(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(_testdata("MR_small.dcm"))
+    del ds.SOPClassUID
+    del ds.file_meta.MediaStorageSOPClassUID
+    path = tmp_path / "classless.dcm"
+    ds.save_as(path)
+    refusal = _refused(path)
     assert refusal.dimse_status == 0xA900
-    assert "(0002,0003)" in refusal.reason
+    assert "SOP Class UID (0008,0016) is missing" in refusal.reason
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "rtdose.dcm", "badVR.dcm"])
+def test_meta_instance_uid_mismatch_is_a_warning(name: str) -> None:
+    """Issue 12: the data set is the authority. pydicom's rtplan.dcm and rtdose.dcm carry
+    another (0002,0003) than their (0008,0018): stored under the data set's UID, with a
+    warning naming both (0xB007); nothing else about them was odd."""
+    result = inspect_file(_testdata(name))
+    assert result.sop_instance_uid == pydicom.dcmread(_testdata(name)).SOPInstanceUID
+    [warning] = result.warnings
+    assert (warning.reason, warning.status) == ("file-meta-mismatch", 0xB007)
+    assert "(0002,0003) Media Storage SOP Instance UID" in warning.detail
+
+
+@pytest.mark.parametrize(
+    ("uid", "padding", "lapse"),
+    [
+        ("1.2.840.0113654.2.70.1.05", b"\x00", "a component with a leading zero"),
+        ("1.2.840.113654.2.70.1", b" ", "padding other than one trailing NUL"),
+    ],
+)
+def test_usable_but_non_conformant_uid_is_a_warning(
+    tmp_path: Path, uid: str, padding: bytes, lapse: str
+) -> None:
+    """Issue 12: a UID with PS3.5 9.1 lapses that leave it usable (digits and dots, at most 64
+    characters once unpadded) is stored with a warning (0xB007) naming the lapse."""
+    assert len(uid) % 2  # pydicom pads it with one NUL, replaced here by what is tested
+    path = _variant(tmp_path, StudyInstanceUID=uid)
+    data = path.read_bytes()
+    assert data.count(uid.encode() + b"\x00") == 1
+    path.write_bytes(data.replace(uid.encode() + b"\x00", uid.encode() + padding))
+    result = inspect_file(path)
+    assert result.study_instance_uid == uid
+    [warning] = result.warnings
+    assert (warning.reason, warning.status) == ("uid-not-conformant", 0xB007)
+    assert lapse in warning.detail and "Study Instance UID (0020,000D)" in warning.detail
+
+
+def test_unknown_character_set_is_a_warning(tmp_path: Path) -> None:
+    result = inspect_file(_variant(tmp_path, SpecificCharacterSet="ISO_IR 999"))
+    [warning] = result.warnings
+    assert (warning.reason, warning.status) == ("charset-unknown", 0xB007)
+    assert "'ISO_IR 999'" in warning.detail
+
+
+def test_a_clean_object_has_no_warnings() -> None:
+    assert inspect_file(_testdata("MR_small.dcm")).warnings == ()
 
 
 def test_unknown_transfer_syntax(tmp_path: Path) -> None:
@@ -629,7 +689,6 @@ def test_nested_bulk_offsets(tmp_path: Path, outer_undefined: bool, inner_undefi
         assert _read_range(path, *result.bulk_index[bulk_path]) == payload, bulk_path
     assert set(result.bulk_index) == {*expected, "7FE00010"}
     assert "00420011" not in result.header.ReferencedImageSequence[1]
-
 
 
 def test_a_code_extension_ends_at_the_value_delimiter(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ the same instance; a copy whose values differ is another object under the same U
 sets are compared element by element as decoded values, ignoring what only the encoding
 decides: group 0002, group lengths (gggg,0000), Data Set Trailing Padding (FFFC,FFFC), and,
 when the pixel data compare equal decoded, the Photometric Interpretation and Planar
-Configuration a codec chose. Pixel data of different transfer syntaxes are compared decoded, one frame at a time,
-so memory holds two frames whatever the object's size. Whatever cannot be compared (a frame
+Configuration a codec chose. Pixel data are compared decoded, one frame at a time, so memory
+holds two frames whatever the object's size. Whatever cannot be compared (a frame
 that does not decode) counts as different: the caller then follows ``on_conflict``.
 """
 
