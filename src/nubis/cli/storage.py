@@ -4,7 +4,8 @@
 ``storage_prices`` table (AWS list prices by default), with a projection by growth rate, and
 what lossless compression saves in the tiers that keep their objects compressed.
 ``tier STUDY [TIER]`` shows where a study is, or pins it to a tier (``hot`` brings an archived
-study back) and queues a ``tier`` job that moves it.
+study back) and queues a ``tier`` job that moves it. ``warnings`` lists the objects ingested
+with warnings (what was odd about them, issue 12), per reason.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from nubis.tiers.report import StorageReport
 
 app = typer.Typer(
-    help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study).",
+    help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study); "
+    "warnings (objects ingested with warnings, per reason).",
     no_args_is_help=True,
 )
 
@@ -198,3 +200,52 @@ def tier_study(
         console.print(f"no study {study} in partition {partition}", style="red")
         raise typer.Exit(1)
     out.print_json(json.dumps(facts))
+
+
+@app.command("warnings")
+def ingest_warnings(
+    list_: Annotated[
+        bool, typer.Option("--list", help="Also list each instance: its UIDs and what was odd.")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="Only this reason (e.g. file-meta-mismatch).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Most instances listed.")] = 10_000,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Objects ingested with warnings (PS3.4 B.2.3 / PS3.18 10.5.3 warning statuses), per
+    reason: how many instances in how many studies; with --list, the UIDs."""
+    from nubis.index.ingest_warnings import warned_instances, warning_counts
+
+    with open_index(data_dir, config, set_) as (_settings, index):
+        counts = [c for c in warning_counts(index) if reason is None or c.reason == reason]
+        listed = warned_instances(index, reason=reason, limit=limit) if list_ else []
+    if as_json:
+        body: dict[str, object] = {
+            "reasons": [
+                {"reason": c.reason, "status": f"0x{c.status:04X}", "instances": c.instances,
+                 "studies": c.studies}
+                for c in counts
+            ],
+        }  # fmt: skip
+        if list_:
+            body["instances"] = [
+                {**item.as_json(), "status": f"0x{item.status:04X}"} for item in listed
+            ]
+        out.print_json(json.dumps(body))
+        return
+    if not counts:
+        out.print("no object was ingested with warnings")
+        return
+    table = Table("reason", "status", "instances", "studies", title="Ingested with warnings")
+    for c in counts:
+        table.add_row(c.reason, f"0x{c.status:04X}", f"{c.instances:,}", f"{c.studies:,}")
+    out.print(table)
+    for item in listed:
+        out.print(
+            f"{item.reason}\t{item.partition}\t{item.study_uid}\t{item.series_uid}\t"
+            f"{item.sop_instance_uid}\t{item.detail}"
+        )
