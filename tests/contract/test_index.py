@@ -28,6 +28,7 @@ from nubis.index.schema import (
     instance_warnings,
     instances,
     metadata,
+    quarantined_studies,
     series,
     studies,
 )
@@ -493,3 +494,28 @@ def test_the_same_instance_in_another_encoding_is_already_stored(
             original.read_bytes()
         )
     assert list(spool.folder.iterdir()) == []
+
+
+def test_a_patient_conflict_is_quarantined_when_asked(index: Index, tmp_path: Path) -> None:
+    """Issue 12: with patient_conflict = quarantine, an object naming another Patient ID under
+    a stored study is stored, the study held in quarantine (absent from scoped reads unless
+    they see it) and the instance warned; refused (0xA900) otherwise, as before."""
+    service, spool = _service(index, tmp_path)
+    who = system_principal(tenant="p")
+    first = service.store(spool.from_file(Path(get_testdata_file("CT_small.dcm"))), principal=who)
+    other = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    other.PatientID = "SOMEONE-ELSE"
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    path = tmp_path / "other.dcm"
+    other.save_as(path)
+    refused = service.store(spool.from_file(path), principal=who)
+    assert refused.error is not None and refused.error.dimse_status == 0xA900
+    held = service.store(spool.from_file(path), principal=who, patient_conflict="quarantine")
+    assert held.ok and held.result is StoreResult.QUARANTINED
+    assert [(w.reason, w.status) for w in held.warnings] == [("patient-conflict", 0xB007)]
+    study = first.study_uid or ""
+    with pytest.raises(NotFound):
+        index.instances_of("p", study)
+    assert len(index.instances_of("p", study, hide_quarantined=False)) == 2
+    with index.reading() as conn:
+        assert conn.execute(select(func.count()).select_from(quarantined_studies)).scalar() == 1

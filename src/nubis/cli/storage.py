@@ -5,7 +5,9 @@
 what lossless compression saves in the tiers that keep their objects compressed.
 ``tier STUDY [TIER]`` shows where a study is, or pins it to a tier (``hot`` brings an archived
 study back) and queues a ``tier`` job that moves it. ``warnings`` lists the objects ingested
-with warnings (what was odd about them, issue 12), per reason.
+with warnings (what was odd about them, issue 12), per reason. ``quarantine`` lists the studies
+held in quarantine (their instances disagree on the patient) and ``release STUDY`` lets one out,
+through the quarantine service as an admin of ``--tenant`` (audited).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from nubis.cli.common import AsJson, Config, DataDir, Set, open_index
+from nubis.cli.common import AsJson, Config, DataDir, Set, open_archive, open_index
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study); "
-    "warnings (objects ingested with warnings, per reason).",
+    "warnings (objects ingested with warnings, per reason); quarantine, release (studies whose "
+    "instances disagree on the patient).",
     no_args_is_help=True,
 )
 
@@ -249,3 +252,65 @@ def ingest_warnings(
             f"{item.reason}\t{item.partition}\t{item.study_uid}\t{item.series_uid}\t"
             f"{item.sop_instance_uid}\t{item.detail}"
         )
+
+
+@app.command("quarantine")
+def quarantine(
+    tenant: Annotated[str, typer.Option(help="The tenant whose studies are listed.")] = "default",
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Studies held in quarantine (their instances disagree on the patient; seen by admins
+    only until released), with the Patient IDs their instances name."""
+    from nubis.security.authn import cli_principal
+
+    with open_archive(data_dir, config, set_) as archive:
+        who = cli_principal(tenant)
+        held = archive.quarantine.held(who)
+        patients = {s.study_uid: archive.quarantine.patients_of(who, s.study_uid) for s in held}
+    rows = [
+        {"partition": s.partition, "study_uid": s.study_uid, "since_ms": s.since,
+         "instances": s.instances, "patients": patients[s.study_uid], "reason": s.reason}
+        for s in held
+    ]  # fmt: skip
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        out.print("no study is held in quarantine")
+        return
+    table = Table("study", "since (UTC)", "instances", "instances per Patient ID",
+                  title="Held in quarantine")  # fmt: skip
+    for row in rows:
+        since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(row["since_ms"]) / 1000))  # type: ignore[call-overload]
+        table.add_row(
+            str(row["study_uid"]), since, str(row["instances"]),
+            ", ".join(f"{p or '(none)'}: {n}" for p, n in patients[str(row["study_uid"])].items()),
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command("release")
+def release(
+    study: Annotated[str, typer.Argument(help="Study Instance UID held in quarantine.")],
+    reason: Annotated[str, typer.Option(help="Why it may come out (kept in the audit trail).")],
+    tenant: Annotated[str, typer.Option(help="The study's tenant.")] = "default",
+    resolved: Annotated[
+        bool,
+        typer.Option(
+            help="Release even though its instances name other patients as stored: a "
+            "correction makes them agree as served."
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Let a study out of quarantine once its instances agree on the patient."""
+    from nubis.security.authn import cli_principal
+
+    with open_archive(data_dir, config, set_) as archive:
+        archive.quarantine.release(cli_principal(tenant), study, reason=reason, resolved=resolved)
+    out.print(f"study {study} released from quarantine")

@@ -46,7 +46,7 @@ from sqlalchemy.pool import QueuePool, StaticPool
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.driver import driver_cursor, is_postgresql
-from nubis.index.query_sql import Page, granted_to, search_page
+from nubis.index.query_sql import Page, granted_to, not_quarantined, search_page
 from nubis.index.schema import (
     INSTANCES_LOCATED,
     doomed_blobs,
@@ -475,13 +475,17 @@ class Index:
         sop_instance_uid: str | None = None,
         *,
         grantee: str | None = None,
+        hide_quarantined: bool = True,
     ) -> list[StoredInstance]:
         """Instances of a study / series / single instance in stable order; NotFound if none.
 
         With ``grantee``, only studies granted to it are found (see ``Query.grantee``); one
         that is not granted is not found, by the same statement as one that does not exist.
+        A study held in quarantine is found only when ``hide_quarantined`` is false (admins).
         """
-        stmt = _scoped(partition, study_uid, series_uid, sop_instance_uid, grantee)
+        stmt = _scoped(
+            partition, study_uid, series_uid, sop_instance_uid, grantee, hide_quarantined
+        )
         with self.reading() as conn:
             rows = conn.execute(stmt).all()
         if not rows:
@@ -496,9 +500,12 @@ class Index:
         sop_instance_uid: str | None = None,
         *,
         grantee: str | None = None,
+        hide_quarantined: bool = True,
     ) -> list[tuple[str, str, str]]:
         """(series UID, SOP Instance UID, metadata JSON) rows in stable order: one query."""
-        stmt = _scoped(partition, study_uid, series_uid, sop_instance_uid, grantee)
+        stmt = _scoped(
+            partition, study_uid, series_uid, sop_instance_uid, grantee, hide_quarantined
+        )
         stmt = stmt.with_only_columns(
             series.c.series_uid, instances.c.sop_instance_uid, instances.c.metadata_json
         )
@@ -515,17 +522,24 @@ class Index:
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        *,
+        hide_quarantined: bool = True,
     ) -> int:
-        """Remove the rows; their blobs are queued in doomed_blobs for the reaper."""
+        """Remove the rows; their blobs are queued in doomed_blobs for the reaper. A study
+        held in quarantine is found only when ``hide_quarantined`` is false (admins)."""
 
         def job(conn: Connection) -> int:
             # Stores into this study wait until the delete commits (and vice versa).
             lock_study(driver_cursor(conn), partition, study_uid, lock_rows=is_postgresql(conn))
             pks = (
                 conn.execute(
-                    _scoped(partition, study_uid, series_uid, sop_instance_uid).with_only_columns(
-                        instances.c.id
-                    )
+                    _scoped(
+                        partition,
+                        study_uid,
+                        series_uid,
+                        sop_instance_uid,
+                        hide_quarantined=hide_quarantined,
+                    ).with_only_columns(instances.c.id)
                 )
                 .scalars()
                 .all()
@@ -589,6 +603,7 @@ def _scoped(
     series_uid: str | None,
     sop: str | None,
     grantee: str | None = None,
+    hide_quarantined: bool = True,
 ) -> Any:
     stmt = (
         select(*_STORED_COLUMNS)
@@ -602,6 +617,8 @@ def _scoped(
         stmt = stmt.where(instances.c.sop_instance_uid == sop)
     if grantee is not None:
         stmt = stmt.where(granted_to(grantee, Level.INSTANCE))
+    if hide_quarantined:
+        stmt = stmt.where(not_quarantined())
     return stmt
 
 
@@ -617,13 +634,13 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
     lock_rows = is_postgresql(conn)
     cursor.execute("SAVEPOINT store")
     try:
-        insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
+        quarantined = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
     except conn.dialect.loaded_dbapi.IntegrityError:
         cursor.execute("ROLLBACK TO store")  # the SOP Instance UID is taken: decide below
         cursor.execute("RELEASE store")
     else:
         cursor.execute("RELEASE store")
-        return StoreResult.STORED, None
+        return StoreResult.QUARANTINED if quarantined else StoreResult.STORED, None
     existing = _stored_where(
         conn,
         instances.c.partition == new.partition,
@@ -639,8 +656,8 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
             f"{new.sop_instance_uid}; the stored one is kept"
         )
     _remove_instance(conn, existing.pk, doom_blob=False)
-    insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
-    return StoreResult.REPLACED, existing.blob_key
+    quarantined = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
+    return StoreResult.QUARANTINED if quarantined else StoreResult.REPLACED, existing.blob_key
 
 
 def _same_object(conn: Connection, existing: StoredInstance, new: NewInstance) -> bool:

@@ -470,6 +470,23 @@ instance_warnings = Table(
     Column("at", BigInteger, nullable=False),
 )
 
+# Studies whose instances disagree on the patient, stored during a migration rather than refused
+# (setting patient_conflict = quarantine; migration 0014, issue 12). While a study has a row here
+# it is visible to admins only (Scope.sees_quarantine); a release removes the row (audited).
+quarantined_studies = Table(
+    "quarantined_studies",
+    metadata,
+    Column(
+        "study_pk",
+        Integer,
+        ForeignKey("studies.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("reason", String(256), nullable=False),
+    Column("since", BigInteger, nullable=False),
+)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
@@ -487,6 +504,7 @@ __all__ = [
     "login_throttle",
     "metadata",
     "patient_keys",
+    "quarantined_studies",
     "retired_keks",
     "series",
     "series_requests",

@@ -50,6 +50,9 @@ class NewInstance:
     bulk_index_json: str | None
     # What was odd about the object; kept in instance_warnings when there is anything.
     warnings: tuple[IngestWarning, ...] = ()
+    # A Patient ID other than its stored study's: hold the study in quarantine rather than
+    # refuse the object (setting patient_conflict = quarantine, issue 12).
+    quarantine_patient_conflict: bool = False
 
 
 class StoreResult(enum.Enum):
@@ -59,6 +62,8 @@ class StoreResult(enum.Enum):
     # The stored instance sent again in another encoding (transfer syntax, file meta, group
     # lengths): success with a warning, nothing written (nubis.dicom.equivalence).
     SAME_INSTANCE = "already stored in another encoding"
+    # Stored, its study held in quarantine: its instances disagree on the patient.
+    QUARANTINED = "stored in quarantine"
 
 
 @dataclass(frozen=True)

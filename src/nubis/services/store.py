@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nubis.dicom.equivalence import same_instance
@@ -18,6 +18,7 @@ from nubis.dicom.inspect import InspectedInstance, inspect_file
 from nubis.errors import DuplicateInstance, InvalidInstance, NubisError, StorageUnavailable
 from nubis.index.columns import json_text, new_instance
 from nubis.index.database import Index
+from nubis.index.store_sql import PATIENT_CONFLICT
 from nubis.model.audit import AuditEvent, EventOutcome
 from nubis.model.records import IngestWarning, NewInstance, StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
@@ -64,6 +65,7 @@ class StoreService:
         overwrite: bool,
         bulk_threshold: int,
         floor: DiskFloor | None = None,
+        patient_conflict: str = "refuse",
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -71,6 +73,7 @@ class StoreService:
         self.overwrite = overwrite
         self.bulk_threshold = bulk_threshold
         self.floor = floor
+        self.patient_conflict = patient_conflict
 
     def check_room(self) -> None:
         """InsufficientStorage (507 / 0xA700) while the disk is below its free-space floor."""
@@ -92,6 +95,7 @@ class StoreService:
         principal: Principal,
         expected_study_uid: str | None = None,
         expected_sop_class_uid: str | None = None,
+        patient_conflict: str | None = None,
     ) -> StoreOutcome:
         """Store one spooled PS3.10 file into ``principal``'s tenant; the spool file is
         consumed whatever happens.
@@ -99,6 +103,10 @@ class StoreService:
         ``expected_study_uid`` is the study of a STOW-RS request URL (PS3.18 10.5.1),
         ``expected_sop_class_uid`` the abstract syntax of a C-STORE's presentation context
         (PS3.4 B.2.3); an object of another study or SOP class is refused with 0xA900.
+        ``patient_conflict`` ("refuse" or "quarantine", the setting's value when None) says
+        what becomes of an object naming another Patient ID than its stored study: refused
+        (0xA900), or stored with its study held in quarantine (warning 0xB007; a migration,
+        docs/security.md "One study, one patient").
 
         Failures are returned, not raised, so one bad object never fails its neighbours in a
         STOW-RS request or a C-STORE association (PS3.18 10.5.3, PS3.4 B.2.3); a caller who
@@ -133,7 +141,8 @@ class StoreService:
                     dimse_status=0xA900,
                 )
             record = self.guard.record_job(self._event(principal, inspected, EventOutcome.SUCCESS))
-            result, warnings = self._commit(spooled, inspected, partition, record)
+            quarantine = (patient_conflict or self.patient_conflict) == "quarantine"
+            result, warnings = self._commit(spooled, inspected, partition, record, quarantine)
         except NubisError as exc:
             spooled.discard()
             if inspected is not None:
@@ -176,6 +185,7 @@ class StoreService:
         inspected: InspectedInstance,
         partition: str,
         record: Callable[[Any], object] | None,
+        quarantine: bool = False,
     ) -> tuple[StoreResult, tuple[IngestWarning, ...]]:
         key = self.blobs.new_key()
         context = BlobContext(
@@ -195,6 +205,8 @@ class StoreService:
         new = new_instance(
             inspected, blob_key=key, size=spooled.size, sha256=spooled.sha256, partition=partition
         )
+        if quarantine:
+            new = replace(new, quarantine_patient_conflict=True)
         try:
             try:
                 result, unneeded_key = self.index.store(new, overwrite=False, also=record)
@@ -214,6 +226,8 @@ class StoreService:
             raise
         if unneeded_key is not None:
             self.blobs.delete(unneeded_key)
+        if result is StoreResult.QUARANTINED:
+            return result, (*inspected.warnings, PATIENT_CONFLICT)
         return result, inspected.warnings
 
     def _same_as_stored(

@@ -1,4 +1,5 @@
-"""What was odd about objects ingested all the same: instance_warnings (issue 12).
+"""What was odd about objects ingested all the same, and studies held in quarantine because
+their instances disagree on the patient: instance_warnings, quarantined_studies (issue 12).
 
 Revision ID: 0014
 Revises: 0012 (0013 is the migration ledger of branch i12/migrate: chained after it at merge)
@@ -32,7 +33,20 @@ def upgrade() -> None:
         sa.Column("detail", sa.String(256), nullable=False),
         sa.Column("at", sa.BigInteger, nullable=False),
     )
+    op.create_table(
+        "quarantined_studies",
+        sa.Column(
+            "study_pk",
+            sa.Integer,
+            sa.ForeignKey("studies.id", ondelete="CASCADE"),
+            primary_key=True,
+            autoincrement=False,
+        ),
+        sa.Column("reason", sa.String(256), nullable=False),
+        sa.Column("since", sa.BigInteger, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("quarantined_studies")
     op.drop_table("instance_warnings")
