@@ -283,11 +283,12 @@ def quarantine(
         return
     table = Table("study", "since (UTC)", "instances", "instances per Patient ID",
                   title="Held in quarantine")  # fmt: skip
-    for row in rows:
-        since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(row["since_ms"]) / 1000))  # type: ignore[call-overload]
+    for study in held:
+        since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(study.since / 1000))
+        per_patient = patients[study.study_uid].items()
         table.add_row(
-            str(row["study_uid"]), since, str(row["instances"]),
-            ", ".join(f"{p or '(none)'}: {n}" for p, n in patients[str(row["study_uid"])].items()),
+            study.study_uid, since, f"{study.instances:,}",
+            ", ".join(f"{patient or '(none)'}: {n}" for patient, n in per_patient),
         )  # fmt: skip
     out.print(table)
 
