@@ -213,7 +213,10 @@ def _response(
                 for warning in outcome.warnings:
                     if len(warnings) < _MAX_WARNINGS:
                         detail = warning.detail.replace('"', "'")
-                        warnings.append(f'299 nubis "{detail} (0x{warning.status:04X})"')
+                        warnings.append(
+                            f'299 nubis "{outcome.sop_instance_uid}: {detail} '
+                            f'(0x{warning.status:04X})"'
+                        )
             referenced.append(item)
         else:
             item["00081197"] = {"vr": "US", "Value": [outcome.error.dimse_status]}
