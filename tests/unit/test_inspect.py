@@ -711,3 +711,42 @@ def test_a_code_extension_ends_at_the_value_delimiter(tmp_path: Path) -> None:
     path = tmp_path / "cyrillic.dcm"
     ds.save_as(path, enforce_file_format=True)
     assert inspect_file(path).metadata["00081030"]["Value"] == ["Лю", "»î"]
+
+
+@pytest.mark.parametrize("undefined_length", [False, True])
+def test_private_sequence_in_implicit_vr_is_accepted(
+    tmp_path: Path, undefined_length: bool
+) -> None:
+    """Issue 12: real archives hold private sequences in implicit VR, whose VR no dictionary
+    knows: accepted; of defined length it is served as the UN bytes it is (PS3.18 F.2.7),
+    of undefined length as the sequence pydicom reads."""
+    ds = pydicom.dcmread(_testdata("MR_small_implicit.dcm"))
+    inner = Dataset()
+    inner.PatientComments = "inside"
+    block = ds.private_block(0x0019, "NUBIS LEGACY", create=True)
+    block.add_new(0x01, "SQ", pydicom.sequence.Sequence([inner]))
+    ds[0x00191001].is_undefined_length = undefined_length
+    path = tmp_path / "private_sq.dcm"
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+    result = inspect_file(path)
+    element = result.metadata["00191001"]
+    if undefined_length:
+        assert element == {"vr": "SQ", "Value": [{"00104000": {"vr": "LT", "Value": ["inside"]}}]}
+    else:
+        assert element["vr"] == "UN" and "InlineBinary" in element
+
+
+def test_a_known_but_wrong_vr_and_a_missing_character_set_are_accepted(tmp_path: Path) -> None:
+    """Issue 12: an element under another VR than the dictionary's (Patient's Birth Date as
+    LO) and non-ASCII text without (0008,0005) are what real archives hold: stored, each value
+    read as it is encoded."""
+    ds = pydicom.dcmread(_testdata("MR_small.dcm"))
+    del ds[0x00100030]
+    ds.add_new(0x00100030, "LO", "19700101")
+    ds.InstitutionName = "Hôpital"
+    ds.pop(0x00080005, None)
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path)
+    result = inspect_file(path)
+    assert result.metadata["00100030"] == {"vr": "LO", "Value": ["19700101"]}
+    assert result.metadata["00080080"]["Value"] == ["Hôpital"]
