@@ -8,6 +8,7 @@ is the object as it was sent.
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 import pytest
 import requests
+from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from integration import DicomFile
+from integration.dimse_helpers import need_dcmtk
 from integration.test_bad_input import (
     REFERENCED_SOP_SEQUENCE,
     retrieve_as_stored,
@@ -75,3 +78,42 @@ def test_the_same_instance_in_another_encoding_is_stored_with_a_warning(
     assert warning_reasons(again) == [0xB000]
     assert "already stored in another encoding" in again.headers["warning"]
     assert retrieve_as_stored(server, first) == first.data
+
+
+@pytest.mark.parametrize(
+    ("source", "off_by"), [("MR_small.dcm", 4), ("MR_small_implicit.dcm", 8388608)]
+)
+def test_a_wrong_file_meta_group_length_is_rewritten(
+    server: LiveServer, tmp_path: Path, source: str, off_by: int
+) -> None:
+    """Issue 12: a (0002,0000) that is not the length of the file meta (real archives hold
+    them) is kept with the file meta written anew (202, Warning Reason 0xB000: coerced), the
+    data set byte for byte as sent. As sent, dcmdump trusts the length and reads data set
+    elements as file meta, or fails (issue 9 refused such files for that); as served, it reads
+    the file cleanly."""
+    need_dcmtk("dcmdump")
+    ds = pydicom.dcmread(get_testdata_file(source))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.1212{off_by}"
+    original = as_file(ds, tmp_path)
+    data = bytearray(original.data)
+    assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
+    true_length = int.from_bytes(data[140:144], "little")
+    data[140:144] = (true_length + off_by).to_bytes(4, "little")
+    sent = tmp_path / "wrong_length.dcm"
+    sent.write_bytes(bytes(data))
+    as_sent = subprocess.run(["dcmdump", str(sent)], capture_output=True, text=True)
+    assert as_sent.returncode != 0 or "Meta Information Header" in as_sent.stderr
+
+    response = stow(server, stow_body(bytes(data)))
+    assert response.status_code == 202, response.text
+    assert warning_reasons(response) == [0xB000]
+    assert "Group Length" in response.headers["warning"]
+    served = retrieve_as_stored(server, original)
+    data_set_start = 144 + true_length
+    assert served[data_set_start:] == bytes(data[data_set_start:])
+    assert served[140:144] == true_length.to_bytes(4, "little")
+    served_file = tmp_path / "served.dcm"
+    served_file.write_bytes(served)
+    as_served = subprocess.run(["dcmdump", str(served_file)], capture_output=True, text=True)
+    assert as_served.returncode == 0 and as_served.stderr == "", as_served.stderr
+    assert ds.SOPInstanceUID in as_served.stdout

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from nubis.dicom.consistency import MetaGroupLengthWrong
 from nubis.dicom.equivalence import same_instance
+from nubis.dicom.file_meta import with_file_meta_rewritten
 from nubis.dicom.inspect import InspectedInstance, inspect_file
 from nubis.errors import DuplicateInstance, InvalidInstance, NubisError, StorageUnavailable
 from nubis.index.columns import json_text, new_instance
@@ -26,7 +28,7 @@ from nubis.security import audit_events
 from nubis.security.policy import Action, Decision, Principal
 from nubis.services.disk_floor import DiskFloor
 from nubis.services.guard import Guard
-from nubis.services.spool import SpooledFile
+from nubis.services.spool import SpooledFile, SpoolWriter
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,18 @@ class StoreService:
             partition = decision.scope.partition
             # Again here: a large object may have taken the last room while it was spooled.
             self.check_room()
-            inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
+            try:
+                inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
+            except MetaGroupLengthWrong as wrong:
+                spooled = _file_meta_rewritten(spooled, wrong.data_set_start)
+                inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
+                coerced = IngestWarning(
+                    "group-length-rewritten",
+                    _COERCED,
+                    f"{wrong.reason}: the file meta is kept rewritten with its true length, "
+                    "the data set as sent",
+                )
+                inspected = replace(inspected, warnings=(*inspected.warnings, coerced))
             if (
                 expected_study_uid is not None
                 and inspected.study_instance_uid != expected_study_uid
@@ -265,6 +278,23 @@ class StoreService:
         )
         self.index.note_warning(stored.pk, warning, also=record)
         return warning
+
+
+def _file_meta_rewritten(spooled: SpooledFile, data_set_start: int) -> SpooledFile:
+    """``spooled`` with its file meta written anew (nubis.dicom.file_meta), as a spool file
+    beside it (sealed alike); ``spooled`` is discarded."""
+    name = spooled.path.with_name(f"{spooled.path.name}-meta")
+    writer = SpoolWriter(name, sealed=spooled.seal is not None)
+    try:
+        with spooled.open() as source:
+            for chunk in with_file_meta_rewritten(source, data_set_start):
+                writer.write(chunk)
+        rewritten = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    spooled.discard()
+    return rewritten
 
 
 def warning_status(warnings: tuple[IngestWarning, ...]) -> int:
