@@ -318,3 +318,23 @@ def test_a_release_as_resolved_does_not_check_the_patients(held: World) -> None:
     admin = system_principal(tenant="default")
     held.archive.quarantine.release(admin, study, reason="merged", resolved=True)
     assert len(held.study_patients("radiologist", study)) == 2
+
+
+def test_a_release_gives_the_study_to_the_patient_its_instances_agree_on(held: World) -> None:
+    """When the instance the study row took its patient from was the odd one, the release
+    makes the row follow the instances that remain: grants and patient queries then find the
+    study under their patient, not the removed one's."""
+    odd = held.make("PAT-QB")
+    assert held.store("admin", odd).status_code == 200
+    study = str(odd.StudyInstanceUID)
+    for _ in range(2):
+        assert held.store("admin", held.make("PAT-QA", study_uid=study)).status_code == 202
+    admin = system_principal(tenant="default")
+    held.archive.maintenance.delete(
+        admin, study, str(odd.SeriesInstanceUID), str(odd.SOPInstanceUID)
+    )
+    held.archive.quarantine.release(admin, study, reason="the odd instance was removed")
+    assert held.study_patients("ref-a", study) == ["PAT-QA", "PAT-QA"]
+    assert held.study_patients("ref-b", study) == []
+    assert held.studies_of("radiologist", "PAT-QA").count(study) == 1
+    assert study not in held.studies_of("radiologist", "PAT-QB")

@@ -95,6 +95,19 @@ _TAG_HEX = {
 }
 
 
+def patient_columns(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The study row's patient columns, from an instance's DICOM JSON metadata."""
+    s = studies.c
+    patient_name = json_text(metadata, "PatientName", s.patient_name)
+    return {
+        "patient_id": json_text(metadata, "PatientID", s.patient_id),
+        "patient_name": patient_name,
+        "patient_name_folded": _folded(patient_name),
+        "patient_birth_date": json_text(metadata, "PatientBirthDate", s.patient_birth_date),
+        "patient_sex": json_text(metadata, "PatientSex", s.patient_sex),
+    }
+
+
 def new_instance(
     inspected: InspectedInstance, *, blob_key: str, size: int, sha256: str, partition: str
 ) -> NewInstance:
@@ -103,7 +116,6 @@ def new_instance(
     the JSON the index keeps of each level."""
     metadata = inspected.metadata
     s, se = studies.c, series.c
-    patient_name = json_text(metadata, "PatientName", s.patient_name)
     referring = json_text(metadata, "ReferringPhysicianName", s.referring_physician_name)
     study_attrs = {t: v for t, v in metadata.items() if study_level(int(t, 16))}
     series_attrs = {t: v for t, v in metadata.items() if series_level(int(t, 16))}
@@ -119,11 +131,7 @@ def new_instance(
         size=size,
         sha256=sha256,
         study_columns={
-            "patient_id": json_text(metadata, "PatientID", s.patient_id),
-            "patient_name": patient_name,
-            "patient_name_folded": _folded(patient_name),
-            "patient_birth_date": json_text(metadata, "PatientBirthDate", s.patient_birth_date),
-            "patient_sex": json_text(metadata, "PatientSex", s.patient_sex),
+            **patient_columns(metadata),
             "study_date": json_text(metadata, "StudyDate", s.study_date),
             "study_time": json_text(metadata, "StudyTime", s.study_time),
             "accession_number": json_text(metadata, "AccessionNumber", s.accession_number),

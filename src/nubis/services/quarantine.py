@@ -14,9 +14,10 @@ The interface, for the admin CLI and the corrections service (nubis.services.cor
 - :meth:`QuarantineService.held` lists the tenant's quarantined studies;
 - :meth:`QuarantineService.patients_of` gives the Patient IDs a study's instances name, as
   stored, for a correction to decide what to change;
-- :meth:`QuarantineService.release` lets a study out once its instances agree with its study
-  row's Patient ID, or, with ``resolved=True``, once a correction (an overlay applied on
-  output) has made them agree as served. Audited (Instances Accessed, action Update).
+- :meth:`QuarantineService.release` lets a study out once its instances agree on one patient
+  (the study row takes that patient's attributes if it named another: grants follow it), or,
+  with ``resolved=True``, once a correction (an overlay applied on output, which keeps the
+  study row right) has made them agree as served. Audited (Instances Accessed, Update).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, select, update
 
 from nubis.errors import NotFound, NubisError
-from nubis.index.columns import json_text
+from nubis.index.columns import json_text, patient_columns
 from nubis.index.database import Index
 from nubis.index.schema import instances, quarantined_studies, series, studies
 from nubis.model.audit import EventAction
@@ -109,6 +110,16 @@ class QuarantineService:
             study_pk, row = _held(conn, partition, study_uid)
             patients = _patients(conn, study_pk)
             stored_patient = row.patient_id or ""
+            if len(patients) == 1 and stored_patient not in patients:
+                # The instances agree on another patient than the study row, which came from
+                # an instance since removed: grants and patient queries must follow them.
+                metadata = _one_metadata(conn, study_pk)
+                conn.execute(
+                    update(studies)
+                    .where(studies.c.id == study_pk)
+                    .values(**patient_columns(metadata))
+                )
+                stored_patient = next(iter(patients))
             if not resolved and set(patients) - {stored_patient}:
                 raise StudyStillDisagrees(
                     f"study {study_uid} still holds {len(patients)} Patient IDs (0010,0020): "
@@ -151,6 +162,17 @@ def _held(conn: Connection, partition: str, study_uid: str) -> tuple[int, Any]:
     if row is None:
         raise NotFound(f"study {study_uid} is not held in quarantine")
     return int(row.id), row
+
+
+def _one_metadata(conn: Connection, study_pk: int) -> dict[str, Any]:
+    text = conn.execute(
+        select(instances.c.metadata_json)
+        .select_from(instances.join(series))
+        .where(series.c.study_pk == study_pk)
+        .limit(1)
+    ).scalar_one()
+    metadata: dict[str, Any] = json.loads(text)
+    return metadata
 
 
 def _patients(conn: Connection, study_pk: int) -> dict[str, int]:
