@@ -35,7 +35,8 @@ def test_storage_warnings_lists_what_was_odd_per_reason(tmp_path: Path) -> None:
         folder.mkdir()
         for name in names:
             shutil.copy(get_testdata_file(name), folder / name)
-        run("import", str(folder))
+        imported = run("import", str(folder))
+    assert "1 stored (1 with warnings: nubis storage warnings), 0 refused" in imported
 
     report = json.loads(run("storage", "warnings", "--json"))
     assert report == {
