@@ -86,6 +86,7 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 # and stay usable (the UID is still digits and dots, a valid URL path segment).
 _LEADING_ZERO_RE = re.compile(r"(^|\.)0[0-9]")
 _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
+_TERM_RE = re.compile(r"[A-Z0-9_ ]{1,16}")  # CS: a defined term (PS3.5 Table 6.2-1)
 _IDENTIFYING_UIDS = (
     ("SOP Instance UID", _SOP_INSTANCE),
     ("Study Instance UID", 0x0020000D),
@@ -448,7 +449,10 @@ def _charset_warnings(tree: dict[str, Any]) -> list[IngestWarning]:
     unknown = [t for t in terms if t and t not in python_encoding]
     if not unknown:
         return []
-    shown = ", ".join(repr(t[:16]) for t in unknown[:3])
+    # Shown when they look like defined terms; anything else may be any text, a name too.
+    shown = ", ".join(
+        repr(t) if _TERM_RE.fullmatch(t) else f"a value of {len(t)} characters" for t in unknown[:3]
+    )
     return [
         IngestWarning(
             "charset-unknown",
