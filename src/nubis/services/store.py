@@ -263,12 +263,18 @@ class StoreService:
             stored.sop_instance_uid,
             stored.sha256,
         )
-        with (
-            self.blobs.open(stored.blob_key, context=kept_context) as kept,
-            self.blobs.open(key, context=context) as received,
-        ):
-            if not same_instance(kept, received):
-                return None
+        try:
+            with (
+                self.blobs.open(stored.blob_key, context=kept_context) as kept,
+                self.blobs.open(key, context=context) as received,
+            ):
+                if not same_instance(kept, received):
+                    return None
+        except (NubisError, OSError) as exc:
+            # The stored object cannot be read (its key erased, its tier archived...): it
+            # cannot be shown to be the same, so the conflict stands as before.
+            log.info("re-sent instance not compared with the stored one: %s", type(exc).__name__)
+            return None
         warning = IngestWarning(
             "same-instance-other-encoding",
             _COERCED,
