@@ -189,8 +189,11 @@ def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> Inspec
         cannot be parsed, or other readers would read it otherwise than pydicom does (data set
         or Pixel Data not encoded as the transfer syntax says, unknown VRs, malformed items:
         :mod:`nubis.dicom.consistency`); 0xC122 if its transfer syntax is unknown; 0xA900 if
-        an identifying UID is missing or invalid (PS3.5 Section 9.1) or the file meta SOP
-        Instance UID differs from the data set's.
+        the SOP Instance, Study or Series Instance UID is missing or not usable (digits and
+        dots, at most 64 characters: PS3.5 Section 9.1), or the SOP Class UID is, in the data
+        set and the file meta alike. What is odd but usable is in
+        :attr:`InspectedInstance.warnings` instead (issue 12): a file meta naming another
+        object, a SOP Class UID taken from the file meta, UID lapses, unknown character sets.
     """
     opened = open(path, "rb") if isinstance(path, Path) else path  # noqa: SIM115 - closed below
     with opened as fp:
