@@ -480,11 +480,21 @@ def test_usable_but_non_conformant_uid_is_a_warning(
     assert lapse in warning.detail and "Study Instance UID (0020,000D)" in warning.detail
 
 
-def test_unknown_character_set_is_a_warning(tmp_path: Path) -> None:
-    result = inspect_file(_variant(tmp_path, SpecificCharacterSet="ISO_IR 999"))
+@pytest.mark.parametrize(
+    ("term", "read_as"),
+    [
+        ("ISO_IR 999", "read as the default repertoire"),
+        ("ISO IR 100", "read as 'ISO_IR 100'"),
+        ("UTF8", "read as that Python codec"),
+    ],
+)
+def test_a_character_set_not_defined_is_a_warning(tmp_path: Path, term: str, read_as: str) -> None:
+    """Issue 12: an odd Specific Character Set is a warning (0xB007) saying how its text was
+    read: as the term a common misspelling means, as a codec, or as the default repertoire."""
+    result = inspect_file(_variant(tmp_path, SpecificCharacterSet=term))
     [warning] = result.warnings
-    assert (warning.reason, warning.status) == ("charset-unknown", 0xB007)
-    assert "'ISO_IR 999'" in warning.detail
+    assert (warning.reason, warning.status) == ("charset-not-defined", 0xB007)
+    assert f"{term!r}, {read_as}" in warning.detail
 
 
 def test_a_clean_object_has_no_warnings() -> None:

@@ -18,6 +18,7 @@ small in practice).
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import math
 import re
@@ -446,24 +447,51 @@ def _meta_disagreements(ds: Dataset, sop_class: str, sop_instance: str) -> list[
 
 
 def _charset_warnings(tree: dict[str, Any]) -> list[IngestWarning]:
-    """(0008,0005) terms pydicom does not know: their text was decoded as the default
-    repertoire (PS3.5 6.1.2.3), which may not be what the sender meant."""
+    """(0008,0005) terms not defined by PS3.3 C.12.1.1.2. pydicom reads a common misspelling
+    ("ISO IR 100") as the term meant, and a Python codec name as that codec; any other term's
+    text is decoded as the default repertoire (PS3.5 6.1.2.3), maybe not what was meant."""
     terms = tree.get("00080005", {}).get("Value") or []
-    unknown = [t for t in terms if t and t not in python_encoding]
-    if not unknown:
+    odd = [t for t in terms if t and t not in python_encoding]
+    if not odd:
         return []
-    # Shown when they look like defined terms; anything else may be any text, a name too.
-    shown = ", ".join(
-        repr(t) if _TERM_RE.fullmatch(t) else f"a value of {len(t)} characters" for t in unknown[:3]
-    )
+    said = []
+    for term in odd[:3]:
+        # Quoted when it looks like a defined term; anything else may be any text, a name too.
+        shown = repr(term) if _TERM_RE.fullmatch(term) else f"a value of {len(term)} characters"
+        meant = _misspelled_term(term)
+        if meant is not None:
+            said.append(f"{shown}, read as {meant!r}")
+        elif _is_codec(term):
+            said.append(f"{shown}, read as that Python codec")
+        else:
+            said.append(f"{shown}, read as the default repertoire")
     return [
         IngestWarning(
-            "charset-unknown",
+            "charset-not-defined",
             _NOT_CONFORMANT,
-            f"(0008,0005) Specific Character Set names terms not defined by PS3.3 C.12.1.1.2 "
-            f"({shown}); text was decoded as the default repertoire",
+            "(0008,0005) Specific Character Set names terms not defined by PS3.3 C.12.1.1.2: "
+            + "; ".join(said),
         )
     ]
+
+
+def _misspelled_term(term: str) -> str | None:
+    """The defined term pydicom takes ``term`` for (its spelling fixes), if any."""
+    if re.match("^ISO[^_]IR", term):
+        patched = "ISO_IR" + term[6:]
+    elif re.match("^(?=ISO.2022.IR.)(?!ISO 2022 IR )", term):
+        patched = "ISO 2022 IR " + term[12:]
+    else:
+        return None
+    return patched if patched in python_encoding else None
+
+
+def _is_codec(term: str) -> bool:
+    try:
+        codecs.lookup(term)
+    except LookupError:
+        return False
+    return True
 
 
 def _escape_stray_markers(text: str) -> str:
