@@ -762,3 +762,11 @@ def test_a_known_but_wrong_vr_and_a_missing_character_set_are_accepted(tmp_path:
     result = inspect_file(path)
     assert result.metadata["00100030"] == {"vr": "LO", "Value": ["19700101"]}
     assert result.metadata["00080080"]["Value"] == ["Hôpital"]
+    # Said so: bytes beyond ASCII without a character set are the sender's guess, and ours.
+    [warning] = result.warnings
+    assert (warning.reason, warning.status) == ("charset-missing", 0xB007)
+
+
+def test_ascii_text_without_a_character_set_is_no_warning() -> None:
+    assert "00080005" not in inspect_file(_testdata("MR_small.dcm")).metadata
+    assert inspect_file(_testdata("MR_small.dcm")).warnings == ()

@@ -116,6 +116,8 @@ _SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 # delimiter of a multi-valued element. pydicom compares them with the bytes of the value.
 _TEXT_DELIMITERS = {ord("\\")}
 _FLOAT_VRS = frozenset({"FL", "FD"})
+# Text whose bytes (0008,0005) Specific Character Set says how to decode (PS3.5 6.1.2.3).
+_DECODED_VRS = _TEXT_VRS | _SINGLE_TEXT_VRS | {"PN"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,15 @@ def _inspect(
     uids[_SOP_CLASS] = _sop_class(ds, tree, warnings)
     warnings.extend(_meta_disagreements(ds, uids[_SOP_CLASS], uids[_SOP_INSTANCE]))
     warnings.extend(_charset_warnings(tree))
+    if walker.text_beyond_ascii:
+        warnings.append(
+            IngestWarning(
+                "charset-missing",
+                _NOT_CONFORMANT,
+                "text has bytes beyond ASCII, and no (0008,0005) Specific Character Set says "
+                "what they are: read as ISO 8859-1 (PS3.5 6.1.2.3)",
+            )
+        )
     frame_index = None if deflated else walker.frame_index(tree)
 
     metadata_json = json.dumps(tree, separators=(",", ":"))
@@ -530,6 +541,9 @@ class _Walker:
         self.pixel: tuple[int, int] | None = None  # top-level pixel data (offset, length)
         self.fragments: tuple[list[int], int, list[tuple[int, int]]] | None = None
         self.offset_tables: dict[int, bytes] = {}
+        # No (0008,0005), yet text with bytes beyond ASCII (the default repertoire).
+        self.charset_missing = False
+        self.text_beyond_ascii = False
 
     def dataset(self, ds: Dataset, prefix: str, base: int, *, top_level: bool = False) -> dict:
         out: dict[str, Any] = {}
@@ -537,6 +551,9 @@ class _Walker:
         encodings = ds.original_character_set or [default_encoding]
         if isinstance(encodings, str):
             encodings = [encodings]
+        if top_level:
+            self.charset_missing = 0x00080005 not in ds
+        charset_missing = self.charset_missing
         threshold = self.threshold
         limit = self.size - base
         # Dataset.values() hands out the elements as read, without converting or loading them.
@@ -590,6 +607,8 @@ class _Walker:
                 child_base = base + elem.value_tell if length != _UNDEFINED_LENGTH else base
                 out[key] = self.sequence(ds[tag], prefix + key, base, child_base)
                 continue
+            if charset_missing and vr in _DECODED_VRS and elem.value and not elem.value.isascii():
+                self.text_beyond_ascii = True
             try:
                 out[key] = _element_json(vr, elem, encodings)
             except (ValueError, struct.error, UnicodeError, LookupError):
