@@ -34,6 +34,7 @@ from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
 from nubis.services.accounts import Accounts
 from nubis.services.audit_log import AuditLog
+from nubis.services.corrections import CorrectionService
 from nubis.services.disk_floor import DiskFloor, parse_floor
 from nubis.services.export import ExportService
 from nubis.services.guard import Guard
@@ -118,6 +119,8 @@ class Archive:
             checkpoint_every=settings.audit_checkpoint_records,
             checkpoint_seconds=settings.audit_checkpoint_seconds,
             enabled=settings.audit_trail,
+            read_flush_ms=settings.audit_read_flush_ms,
+            read_max_pending=settings.audit_read_max_pending,
         )
         # Every service decides with the same policy and records through the same trail, so
         # DICOMweb, DIMSE and the CLI obey one rule (nubis.services.guard).
@@ -164,6 +167,8 @@ class Archive:
             on_read=self.reads.touch,
         )
         self.query = QueryService(self.index, self.guard)
+        # Corrections of patient and study attributes, kept as an overlay (docs/corrections.md).
+        self.corrections = CorrectionService(self.index, self.guard)
         self.sharing = SharingService(
             self.index,
             self.guard,

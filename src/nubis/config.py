@@ -222,6 +222,16 @@ class Settings:
         "(bench/security_cost.py): nothing is recorded then, and nubis serve refuses to start "
         "unless it listens on a loopback host.",
     )
+    audit_read_flush_ms: int = _setting(
+        20,
+        "Commit the audit records of reads (retrievals, queries) in batches at most this many "
+        "milliseconds after the read was answered, off the request path; a crash loses at most "
+        "this window of read records, never a write's. 0: every read waits for its record.",
+    )
+    audit_read_max_pending: int = _setting(
+        1000,
+        "At most this many read records wait uncommitted; further reads wait for a commit.",
+    )
     audit_syslog: str = _setting(
         "",
         "Syslog collector for audit messages (DICOM PS3.15 A.5 XML, RFC 5424 over TLS with RFC "
@@ -584,6 +594,8 @@ def _validate(settings: Settings) -> None:
         )
     if settings.audit_checkpoint_records < 0 or settings.audit_checkpoint_seconds < 0:
         raise SettingsError("audit_checkpoint_records and audit_checkpoint_seconds must be >= 0")
+    if settings.audit_read_flush_ms < 0 or settings.audit_read_max_pending < 1:
+        raise SettingsError("audit_read_flush_ms must be >= 0 and audit_read_max_pending >= 1")
     if settings.audit_syslog and not settings.audit_syslog.startswith(("tls://", "tcp://")):
         raise SettingsError(
             "audit_syslog must be tls://HOST:PORT or tcp://HOST:PORT, "

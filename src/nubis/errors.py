@@ -199,3 +199,11 @@ class KeyErased(KeyUnavailable):
 
     http_status = 410
     dimse_status = 0x0110
+
+
+class Conflict(NubisError):
+    """The request does not fit the resource's current state (RFC 9110 15.5.10), e.g. undoing
+    a correction that later corrections of the same study build on."""
+
+    http_status = 409
+    dimse_status = 0xC000

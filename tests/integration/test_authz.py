@@ -68,6 +68,13 @@ RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
 RULES[("/audit/records", "GET")] = "audit"
 RULES[("/audit/verify", "GET")] = "audit"
+# Corrections of patient and study attributes (docs/corrections.md): each tenant's admins.
+for _path, _method in (
+    ("/corrections", "GET"),
+    ("/corrections", "POST"),
+    ("/corrections/{correction_id:int}/undo", "POST"),
+):
+    RULES[(_path, _method)] = "corrections"
 # The web face: the entry and sign-in are open to anyone; a "page" shows a signed-out browser
 # the sign-in page (303) and any signed-in role the page, whose content the services scope.
 RULES[("/", "GET")] = "public"
@@ -414,6 +421,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "study-page":
             failures += _study_page_failures(world, who, path)
             continue
+        if need == "corrections":
+            failures += _corrections_route(world, who, path, method)
+            continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
             continue
@@ -457,6 +467,29 @@ def test_authorization_matrix(world: World, who: str) -> None:
             if not ok:
                 failures.append(f"{method} {path} [{target}]: {status}, expected {expected}")
     assert failures == [], "\n".join(failures)
+
+
+def _corrections_route(world: World, who: str, path: str, method: str) -> list[str]:
+    """The corrections API for one caller: 401 signed out, 403 but for admins (before the
+    body is read), and for admins an answer about the request itself: the list (200), an
+    empty correction refused (400), the undo of a correction not in its tenant (404)."""
+    url = path.replace("{correction_id:int}", "999999")
+    body = {"reason": "matrix"} if "undo" in path else {}
+    response = world.client.request(
+        method, url, headers=world.headers(who), json=body if method == "POST" else None
+    )
+    status = response.status_code
+    if who in SIGNED_OUT:
+        expected, ok = "401", status == 401
+    elif who not in ("admin", "other-admin"):
+        expected, ok = "403", status == 403
+    elif method == "GET":
+        expected, ok = "200", status == 200
+    elif "undo" in path:
+        expected, ok = "404", status == 404
+    else:
+        expected, ok = "400", status == 400
+    return [] if ok else [f"{method} {path}: {status}, expected {expected}"]
 
 
 def _admin_page(world: World, who: str, path: str, method: str, need: str) -> list[str]:

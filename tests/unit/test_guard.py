@@ -38,6 +38,9 @@ class _Recorder:
     def record_many(self, events: list[AuditEvent]) -> list[AuditReceipt]:
         return [self.record(e) for e in events]
 
+    def is_deferred(self, event: AuditEvent) -> bool:
+        return False
+
     def append_job(self, events: list[AuditEvent]):  # type: ignore[no-untyped-def]
         def job(_conn: object) -> list[AuditReceipt]:
             return self.record_many(events)

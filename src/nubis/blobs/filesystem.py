@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +25,15 @@ from nubis.ports.blobs import (
     LocalFile,
 )
 
+_KEY = re.compile(r"[0-9a-f]{32}")
+
 
 class FileBlobStore:
     capabilities = BlobCapabilities(adopts_local_files=True, range_reads=True)
 
     def __init__(self, root: Path, *, durable: bool = True) -> None:
         self.root = root
+        self._root_text = str(root)
         self.durable = durable
         root.mkdir(parents=True, exist_ok=True)
 
@@ -38,9 +42,11 @@ class FileBlobStore:
 
     def _path(self, key: str) -> Path:
         # Keys come from new_key() or the index; refuse anything else so no key escapes the root.
-        if len(key) != 32 or not all(c in "0123456789abcdef" for c in key):
+        # (Called several times per store and read: one regular expression and one Path, not
+        # a generator per character and three Path joins.)
+        if _KEY.fullmatch(key) is None:
             raise BlobNotFound(key)
-        return self.root / key[:2] / key[2:4] / key
+        return Path(f"{self._root_text}/{key[:2]}/{key[2:4]}/{key}")
 
     def put_file(self, key: str, source: LocalFile, *, context: BlobContext) -> None:
         if source.seal is not None:

@@ -368,7 +368,7 @@ def shred_patient(
 
 def _shred(archive: Archive, partition: str, patient_id: str) -> None:
     """Authorize, record, shred, record the outcome (the order is what makes it fail closed)."""
-    from nubis.errors import NubisError
+    from nubis.errors import Conflict, NubisError
     from nubis.model.audit import EventOutcome, EventType
     from nubis.security import audit_events
     from nubis.security.authn import cli_login
@@ -382,6 +382,15 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
         # Keys and data at once: a role needs both, whatever front door offers this later.
         archive.guard.authorize(operator, Action.ADMIN | Action.DELETE, what, patient_id=patient_id)
         studies = _studies_of(archive, operator, patient_id)
+        moved = archive.corrections.moved_across(partition, patient_id)
+        if moved:
+            # Keys follow the Patient ID objects arrived with, not a correction's.
+            raise Conflict(
+                f"{len(moved)} study(ies) were moved between this patient and another by a "
+                "correction (nubis studies history), and their objects are encrypted under the "
+                "key of the patient they arrived with: a shred would erase the ones moved away "
+                "and miss the ones moved in. Undo those corrections, or delete those studies"
+            )
         begun = archive.audit.record(
             audit_events.security_alert(
                 who,

@@ -224,6 +224,7 @@ def show_settings(config: Config = None, set_: Set = None) -> None:
 
 def _add_subcommands() -> None:
     from nubis.cli.audit import app as audit_app
+    from nubis.cli.corrections import app as corrections_app
     from nubis.cli.dimse import app as dimse_app
     from nubis.cli.jobs import app as jobs_app
     from nubis.cli.keys import app as keys_app
@@ -241,6 +242,7 @@ def _add_subcommands() -> None:
     app.add_typer(apikeys_app, name="apikeys")
     app.add_typer(shares_app, name="shares")
     app.add_typer(ohif_app, name="ohif")
+    app.add_typer(corrections_app, name="studies")
 
 
 _add_subcommands()

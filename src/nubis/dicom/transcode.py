@@ -546,18 +546,16 @@ def transcode_file(path: Source, target_ts: str) -> bytes:
         target for an instance without pixel data, or pixel data the target codec cannot
         represent. The reason names both UIDs.
     """
-    header = read_header(path)
-    source_ts = _transfer_syntax(header)
-    if source_ts == target_ts:
-        return read_source(path)
-    if target_ts not in SUPPORTED_TARGETS:
-        raise _refusal(source_ts, target_ts, "target transfer syntax not supported")
-
     data = read_source(path)
     try:
-        ds = dcmread(io.BytesIO(data))
+        ds = dcmread(io.BytesIO(data))  # parsed once: element values are decoded on demand
     except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
         raise NotAcceptable("stored instance is not a readable DICOM file") from exc
+    source_ts = _transfer_syntax(ds)
+    if source_ts == target_ts:
+        return data
+    if target_ts not in SUPPORTED_TARGETS:
+        raise _refusal(source_ts, target_ts, "target transfer syntax not supported")
 
     pixel_keyword = next((kw for kw in _PIXEL_KEYWORDS if kw in ds), None)
     if pixel_keyword is None:

@@ -23,10 +23,15 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import build_context
 from pynetdicom.status import code_to_category
 
+from nubis.dicom import overlay
 from nubis.dimse.reactor import RaceFreeAE, StreamedDataset
 from nubis.errors import NubisError
 from nubis.model.records import StoredInstance
@@ -71,7 +76,13 @@ class Outgoing:
         stream (:meth:`streamed`); a conversion is made in memory, as it decodes the pixel
         data anyway."""
         syntax = self.retrieve.syntax_for(inst, accepted.get(inst.sop_class_uid))
-        if syntax == inst.transfer_syntax_uid and inst.size > STREAM_LARGER_THAN:
+        # A corrected object streams too (nubis.dicom.overlay splices it, its file meta as
+        # stored), unless deflated: that one is rewritten whole.
+        if (
+            syntax == inst.transfer_syntax_uid
+            and inst.size > STREAM_LARGER_THAN
+            and (overlay.is_empty(inst.overlay_json) or syntax != DeflatedExplicitVRLittleEndian)
+        ):
             return self.streamed(inst)
         return dcmread(io.BytesIO(self.retrieve.instance_bytes(inst, syntax)))
 

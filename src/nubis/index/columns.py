@@ -18,7 +18,7 @@ from nubis.index.schema import series, studies
 from nubis.model.query import fold_person_name
 from nubis.model.records import NewInstance
 
-__all__ = ["json_text", "new_instance"]
+__all__ = ["json_text", "new_instance", "study_columns"]
 
 
 def json_text(metadata: dict[str, Any], keyword: str, column: Any = None) -> str | None:
@@ -95,16 +95,26 @@ _TAG_HEX = {
 }
 
 
-def patient_columns(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The study row's patient columns, from an instance's DICOM JSON metadata."""
+def study_columns(metadata: dict[str, Any]) -> dict[str, str | None]:
+    """The study row's patient and study columns from DICOM JSON (an object's metadata, or a
+    study's corrected attributes, nubis.services.corrections), values cut to each column."""
     s = studies.c
     patient_name = json_text(metadata, "PatientName", s.patient_name)
+    referring = json_text(metadata, "ReferringPhysicianName", s.referring_physician_name)
     return {
         "patient_id": json_text(metadata, "PatientID", s.patient_id),
         "patient_name": patient_name,
         "patient_name_folded": _folded(patient_name),
         "patient_birth_date": json_text(metadata, "PatientBirthDate", s.patient_birth_date),
         "patient_sex": json_text(metadata, "PatientSex", s.patient_sex),
+        "study_date": json_text(metadata, "StudyDate", s.study_date),
+        "study_time": json_text(metadata, "StudyTime", s.study_time),
+        "accession_number": json_text(metadata, "AccessionNumber", s.accession_number),
+        "referring_physician_name": referring,
+        "referring_physician_name_folded": _folded(referring),
+        "study_description": json_text(metadata, "StudyDescription", s.study_description),
+        "study_id": json_text(metadata, "StudyID", s.study_id),
+        "timezone_offset": json_text(metadata, "TimezoneOffsetFromUTC", s.timezone_offset),
     }
 
 
@@ -115,8 +125,7 @@ def new_instance(
     to each column's length; the whole value stays in the JSON metadata), the request IDs, and
     the JSON the index keeps of each level."""
     metadata = inspected.metadata
-    s, se = studies.c, series.c
-    referring = json_text(metadata, "ReferringPhysicianName", s.referring_physician_name)
+    se = series.c
     study_attrs = {t: v for t, v in metadata.items() if study_level(int(t, 16))}
     series_attrs = {t: v for t, v in metadata.items() if series_level(int(t, 16))}
     requests = _request_ids(metadata)
@@ -130,17 +139,7 @@ def new_instance(
         blob_key=blob_key,
         size=size,
         sha256=sha256,
-        study_columns={
-            **patient_columns(metadata),
-            "study_date": json_text(metadata, "StudyDate", s.study_date),
-            "study_time": json_text(metadata, "StudyTime", s.study_time),
-            "accession_number": json_text(metadata, "AccessionNumber", s.accession_number),
-            "referring_physician_name": referring,
-            "referring_physician_name_folded": _folded(referring),
-            "study_description": json_text(metadata, "StudyDescription", s.study_description),
-            "study_id": json_text(metadata, "StudyID", s.study_id),
-            "timezone_offset": json_text(metadata, "TimezoneOffsetFromUTC", s.timezone_offset),
-        },
+        study_columns=study_columns(metadata),
         series_columns={
             "modality": json_text(metadata, "Modality", se.modality),
             "series_number": _json_int(metadata, "SeriesNumber"),

@@ -12,6 +12,7 @@ row locks it needs (see store_sql), and is retried on serialization failures and
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import random
@@ -33,6 +34,7 @@ from sqlalchemy import (
     Engine,
     FromClause,
     Row,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -55,6 +57,7 @@ from nubis.index.schema import (
     series,
     series_requests,
     studies,
+    study_overlays,
 )
 from nubis.index.store_sql import insert_instance, insert_warnings, lock_study
 from nubis.logs import redact_url
@@ -83,6 +86,7 @@ _STORED_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.bulk_index,
     studies.c.patient_id,
     instance_originals.c.transfer_syntax_uid,
+    study_overlays.c.attrs,
 )
 
 # Instances with their series, study and, for objects a tier compressed, what they arrived as.
@@ -90,6 +94,7 @@ _STORED_FROM = (
     instances.join(series, instances.c.series_pk == series.c.id)
     .join(studies, series.c.study_pk == studies.c.id)
     .outerjoin(instance_originals, instance_originals.c.instance_pk == instances.c.id)
+    .outerjoin(study_overlays, study_overlays.c.study_pk == studies.c.id)
 )
 
 
@@ -483,11 +488,11 @@ class Index:
         that is not granted is not found, by the same statement as one that does not exist.
         A study held in quarantine is found only when ``hide_quarantined`` is false (admins).
         """
-        stmt = _scoped(
+        stmt, params = _scoped_read(
             partition, study_uid, series_uid, sop_instance_uid, grantee, hide_quarantined
         )
         with self.reading() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(stmt, params).all()
         if not rows:
             raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
         return [StoredInstance(*row) for row in rows]
@@ -501,19 +506,23 @@ class Index:
         *,
         grantee: str | None = None,
         hide_quarantined: bool = True,
-    ) -> list[tuple[str, str, str]]:
-        """(series UID, SOP Instance UID, metadata JSON) rows in stable order: one query."""
-        stmt = _scoped(
-            partition, study_uid, series_uid, sop_instance_uid, grantee, hide_quarantined
-        )
-        stmt = stmt.with_only_columns(
-            series.c.series_uid, instances.c.sop_instance_uid, instances.c.metadata_json
+    ) -> list[tuple[str, str, str, str | None]]:
+        """(series UID, SOP Instance UID, metadata JSON, the study's correction overlay JSON
+        or None) rows in stable order: one query."""
+        stmt, params = _scoped_read(
+            partition,
+            study_uid,
+            series_uid,
+            sop_instance_uid,
+            grantee,
+            hide_quarantined,
+            metadata=True,
         )
         with self.reading() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(stmt, params).all()
         if not rows:
             raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     # ------------------------------------------------------------------ delete and reap
     def delete(
@@ -619,6 +628,59 @@ def _scoped(
         stmt = stmt.where(granted_to(grantee, Level.INSTANCE))
     if hide_quarantined:
         stmt = stmt.where(not_quarantined())
+    return stmt
+
+
+def _scoped_read(
+    partition: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop: str | None,
+    grantee: str | None,
+    hide_quarantined: bool = True,
+    *,
+    metadata: bool = False,
+) -> tuple[Any, dict[str, str]]:
+    """:func:`_scoped` as one of a few statements built once, and its parameters.
+
+    Every retrieval runs one of these: building and keying a fresh statement cost more than
+    SQLite's answer (about 0.2 ms of the 0.3 ms of a one-instance lookup)."""
+    params = {"partition": partition, "study_uid": study_uid}
+    if series_uid is not None:
+        params["series_uid"] = series_uid
+    if sop is not None:
+        params["sop"] = sop
+    if grantee is not None:
+        params["grantee"] = grantee
+    shape = (
+        series_uid is not None,
+        sop is not None,
+        grantee is not None,
+        hide_quarantined,
+        metadata,
+    )
+    return _scoped_statement(*shape), params
+
+
+@functools.cache
+def _scoped_statement(
+    by_series: bool, by_sop: bool, granted: bool, hide_quarantined: bool, metadata: bool
+) -> Any:
+    stmt = _scoped(
+        bindparam("partition"),  # type: ignore[arg-type]
+        bindparam("study_uid"),  # type: ignore[arg-type]
+        bindparam("series_uid") if by_series else None,  # type: ignore[arg-type]
+        bindparam("sop") if by_sop else None,  # type: ignore[arg-type]
+        bindparam("grantee") if granted else None,  # type: ignore[arg-type]
+        hide_quarantined,
+    )
+    if metadata:
+        stmt = stmt.with_only_columns(
+            series.c.series_uid,
+            instances.c.sop_instance_uid,
+            instances.c.metadata_json,
+            study_overlays.c.attrs,
+        )
     return stmt
 
 

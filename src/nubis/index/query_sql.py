@@ -44,6 +44,7 @@ from nubis.index.schema import (
     series,
     series_requests,
     studies,
+    study_overlays,
 )
 from nubis.model.query import (
     Level,
@@ -486,8 +487,9 @@ def _json_columns(level: Level) -> list[Any]:
         return [studies.c.attrs]
     if level is Level.SERIES:
         return [studies.c.attrs, series.c.attrs]
-    # The instance metadata holds the patient, study and series attributes as well.
-    return [instances.c.metadata_json]
+    # The instance metadata holds the patient, study and series attributes as well; a
+    # corrected study's overlay (nubis.dicom.overlay) replaces some of them.
+    return [instances.c.metadata_json, study_overlays.c.attrs]
 
 
 @dataclass(frozen=True)
@@ -537,7 +539,10 @@ def _plan(q: Query, dialect_name: str, limit: int) -> _Plan:
     placeholders = (sa.null().label(f"const_{i}") for i in itertools.count())
     columns = [pk, *(s.column if s.column is not None else next(placeholders) for s in sources)]
     columns += json_cols
-    stmt = sa.select(*columns).select_from(from_).where(pk.in_(page)).order_by(*order)
+    wide_from = from_
+    if json_cols and q.level is Level.INSTANCE:
+        wide_from = from_.outerjoin(study_overlays, study_overlays.c.study_pk == studies.c.id)
+    stmt = sa.select(*columns).select_from(wide_from).where(pk.in_(page)).order_by(*order)
     fields = tuple((tag_hex(src.tag), _converter(src)) for src in sources)
     return _Plan(stmt, fields, len(json_cols), wanted, frozenset(wanted or ()))
 

@@ -487,11 +487,53 @@ quarantined_studies = Table(
     Column("since", BigInteger, nullable=False),
 )
 
+# Corrections (nubis.services.corrections, migration 0015). The stored objects are never
+# rewritten: a corrected study has a ``study_overlays`` row whose ``attrs`` (DICOM JSON of the
+# patient and study attributes that replace the stored ones) is applied where metadata and
+# objects are served, while the study's own columns and ``attrs`` hold the corrected values, so
+# QIDO-RS, C-FIND and grants follow the correction. ``version`` grows with every correction or
+# undo of the study; ``stored_patient_id`` is the Patient ID its objects carry (a late instance
+# with it still belongs to the study). ``corrections`` is the history: one row per correction
+# or undo, ``changes`` holding each study's state before and after (JSON), so an undo restores
+# it exactly.
+study_overlays = Table(
+    "study_overlays",
+    metadata,
+    Column(
+        "study_pk",
+        Integer,
+        ForeignKey("studies.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("attrs", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("stored_patient_id", String(64)),
+    Column("correction_id", Integer, nullable=False),
+)
+
+corrections = Table(
+    "corrections",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("partition", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("undoes", Integer),
+    Column("undone_by", Integer),
+    Column("study_uids", Text, nullable=False),
+    Column("changes", Text, nullable=False),
+)
+Index("ix_corrections_partition", corrections.c.partition, corrections.c.id)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
     "audit_cursors",
     "audit_log",
+    "corrections",
     "dimse_peers",
     "doomed_blobs",
     "erased_patient_keys",
@@ -512,6 +554,7 @@ __all__ = [
     "storage_snapshots",
     "studies",
     "study_lifecycle",
+    "study_overlays",
     "users",
     "web_sessions",
 ]

@@ -96,7 +96,7 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
     quarantined = False
     if study is not None:
         study_pk, modalities, stored_patient = study
-        quarantined = _check_same_patient(new, stored_patient)
+        quarantined = _check_same_patient(cursor, study_pk, new, stored_patient)
         if quarantined:
             cursor.execute(
                 "INSERT INTO quarantined_studies (study_pk, reason, since) VALUES (:pk, :r, :now) "
@@ -190,14 +190,17 @@ def insert_warnings(
     )
 
 
-def _check_same_patient(new: NewInstance, stored_patient: str | None) -> bool:
+def _check_same_patient(
+    cursor: DriverCursor, study_pk: int, new: NewInstance, stored_patient: str | None
+) -> bool:
     """Whether the study is to be held in quarantine for ``new``; InvalidInstance when it
     names another patient and is not to be quarantined."""
     # The reasons start with what is wrong: a C-STORE Error Comment keeps 64 characters.
     # Compared as the index keeps them (the column, at most 64 characters, as grants and
     # patient-level queries see them); a missing and an empty Patient ID are the same.
     # Neither value goes into the reason: the sender may not be allowed to see either.
-    if (stored_patient or "") == (new.study_columns.get("patient_id") or ""):
+    patient = new.study_columns.get("patient_id") or ""
+    if (stored_patient or "") == patient or _moved_from(cursor, study_pk, patient):
         return False
     if new.quarantine_patient_conflict:
         return True
@@ -206,6 +209,16 @@ def _check_same_patient(new: NewInstance, stored_patient: str | None) -> bool:
         f"{new.study_uid} is stored with another Patient ID, and a study has one patient",
         dimse_status=_MISMATCH,
     )
+
+
+def _moved_from(cursor: DriverCursor, study_pk: int, patient_id: str) -> bool:
+    """Whether a correction moved the study away from ``patient_id``, the Patient ID its stored
+    objects carry (nubis.services.corrections): a late object of it still belongs to it, and
+    is served corrected. Asked only when the Patient IDs differ, never on the common path."""
+    found = cursor.execute(
+        "SELECT stored_patient_id FROM study_overlays WHERE study_pk = :s", {"s": study_pk}
+    ).fetchone()
+    return found is not None and (found[0] or "") == patient_id
 
 
 def _check_series_free(cursor: DriverCursor, new: NewInstance, *, lock_rows: bool) -> None:

@@ -88,6 +88,9 @@ class StoredInstance:
     # The transfer syntax the object arrived in, when a tier's lossless compression has
     # re-encoded it since (nubis.tiers.compression); None (or the same syntax) otherwise.
     original_transfer_syntax_uid: str | None = None
+    # DICOM JSON of the patient and study attributes a correction replaced, applied to what
+    # is served (nubis.dicom.overlay); None when the study was never corrected.
+    overlay_json: str | None = None
 
     @property
     def received_transfer_syntax_uid(self) -> str:

@@ -5,7 +5,8 @@ records fail closed: :meth:`AuditRecorder.record` returns only once the record i
 committed, and raises otherwise, so the caller refuses the access it could not audit. HIPAA
 164.312(b) asks that access be recorded; an archive that serves data it could not account for
 would make its audit trail a sample, not a record. The cost is one group commit shared with
-concurrent writes (see nubis.security.audit).
+concurrent writes (see nubis.security.audit). Reads may be recorded in batches within a bounded
+window instead (nubis.security.audit_reads); reads are refused while those batches fail.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class AuditRecorder(Protocol):
     def record(self, event: AuditEvent) -> AuditReceipt:
         """Durably append ``event``; raises ``AuditUnavailable`` (HTTP 503, DIMSE 0xA700) if
         it cannot, and the caller must then refuse the access."""
+
+    def is_deferred(self, event: AuditEvent) -> bool:
+        """Whether ``record(event)`` only queues it (a read, see nubis.security.audit_reads):
+        it returns at once, and raises only when the trail is failing."""
 
     def record_many(self, events: list[AuditEvent]) -> list[AuditReceipt]:
         """Append several events in one commit, in order; all or none."""

@@ -11,7 +11,10 @@ record.
 
 Recording fails closed: :meth:`AuditTrail.record` returns once the record is committed (with
 the index's fsync when ``durable``) and raises :class:`AuditUnavailable` otherwise; the caller
-must then refuse the access. It is cheap because it rides on the index's group commit: the
+must then refuse the access. Reads (retrievals and queries) are the exception when
+``read_flush_ms`` is set: their records are queued and committed in batches off the request
+path, within a bounded window, and reads are refused while those commits fail
+(:mod:`nubis.security.audit_reads`). It is cheap because it rides on the index's group commit: the
 insert is a write job, many requests share one transaction and one fsync, and the chain is
 computed inside the writer, so chain order is commit order even across worker processes
 (SQLite serializes their write transactions, and the job reads the head inside its own).
@@ -26,11 +29,11 @@ one checkpoint interval is invisible until the next checkpoint would have covere
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,14 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from sqlalchemy import Connection, func, select
 
-from nubis.errors import StorageUnavailable
 from nubis.index.database import AUDIT_LOCK, Index
 from nubis.index.driver import driver_cursor
 from nubis.index.schema import audit_checkpoints, audit_cursors, audit_log
@@ -60,6 +60,12 @@ from nubis.model.audit import (
 )
 from nubis.ports.audit import AuditReceipt
 from nubis.security import audit_events
+from nubis.security.audit_reads import AuditUnavailable, ReadRecordQueue, is_read
+from nubis.security.audit_signing import (
+    SigningKey,
+    load_public_keys,
+    public_key_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +85,6 @@ _INSERT_CHECKPOINT_SQL = (
     "INSERT INTO audit_checkpoints (seq, head_hash, signed_at, key_id, signature) "
     "VALUES (?, ?, ?, ?, ?) RETURNING id"
 )
-
-
-class AuditUnavailable(StorageUnavailable):
-    """The access could not be audited, so it is refused (HTTP 503, DIMSE 0xA700)."""
 
 
 # --------------------------------------------------------------------------- canonical form
@@ -122,90 +124,6 @@ def _columns(seq: int, event: dict[str, Any]) -> tuple[Any, ...]:
 def checkpoint_message(seq: int, head_hash: str, signed_at: int) -> bytes:
     """What a checkpoint signs: domain, record count, head hash, time (ms since the epoch)."""
     return f"{_CHECKPOINT_DOMAIN}\n{seq}\n{head_hash}\n{signed_at}\n".encode()
-
-
-# --------------------------------------------------------------------------- signing key
-@dataclass(frozen=True)
-class SigningKey:
-    """The Ed25519 key that signs checkpoints; ``key_id`` names its public half."""
-
-    private: Ed25519PrivateKey
-    key_id: str
-
-    @property
-    def public(self) -> Ed25519PublicKey:
-        return self.private.public_key()
-
-    @classmethod
-    def load_or_create(cls, path: Path) -> SigningKey:
-        """Load the key at ``path``, creating it (mode 0600) if missing.
-
-        Creation is write-to-temporary then hard link, which fails if the file exists: two
-        worker processes starting at once end up with one key, never a half-written file.
-        """
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, pem)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-        if path.stat().st_mode & 0o077:
-            # Anyone who can read it can forge checkpoints: tighten rather than refuse to start.
-            log.warning("audit signing key %s was readable by others; setting mode 0600", path)
-            path.chmod(0o600)
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(private, Ed25519PrivateKey):
-            raise StorageUnavailable(f"{path} is not an Ed25519 private key")
-        key = cls(private, key_id(private.public_key()))
-        pub_path = path.with_suffix(".pub")
-        if not pub_path.exists():
-            pub_path.write_text(public_key_text(key.public))
-        return key
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    """The first 16 bytes of SHA-256 over the raw public key, hex."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def public_key_text(public: Ed25519PublicKey) -> str:
-    """One line, ``ed25519 <base64 raw key> <key id>``: short enough to print and keep."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return f"ed25519 {base64.b64encode(raw).decode()} {key_id(public)}\n"
-
-
-def load_public_keys(path: Path) -> dict[str, Ed25519PublicKey]:
-    """Public keys from a file of :func:`public_key_text` lines (or a PEM public key)."""
-    data = path.read_bytes()
-    keys: dict[str, Ed25519PublicKey] = {}
-    if data.lstrip().startswith(b"-----BEGIN"):
-        public = serialization.load_pem_public_key(data)
-        if not isinstance(public, Ed25519PublicKey):
-            raise ValueError(f"{path} is not an Ed25519 public key")
-        return {key_id(public): public}
-    for line in data.decode().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == "ed25519":
-            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(parts[1]))
-            keys[key_id(public)] = public
-    if not keys:
-        raise ValueError(f"{path} holds no Ed25519 public key")
-    return keys
 
 
 # --------------------------------------------------------------------------- records
@@ -283,6 +201,11 @@ class AuditTrail:
     enabled
         False records nothing (receipts have seq 0): only for measuring what the trail costs,
         and only on loopback (nubis.cli.transport refuses otherwise).
+    read_flush_ms
+        Commit read records in batches at most this many milliseconds after the read was
+        answered (0: every read waits for its own record's commit, like a write).
+    read_max_pending
+        At most this many read records wait uncommitted; a read beyond waits for a commit.
     """
 
     def __init__(
@@ -294,6 +217,8 @@ class AuditTrail:
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 60.0,
         enabled: bool = True,
+        read_flush_ms: float = 0.0,
+        read_max_pending: int = 1000,
     ) -> None:
         self.index = index
         self.enabled = enabled
@@ -304,6 +229,13 @@ class AuditTrail:
         self._key: SigningKey | None = None
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        self._reads = (
+            ReadRecordQueue(
+                self._commit_events, interval_s=read_flush_ms / 1000, max_records=read_max_pending
+            )
+            if read_flush_ms > 0 and enabled
+            else None
+        )
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -329,6 +261,8 @@ class AuditTrail:
             self.index.write(self._chain_job([stopped]))
             return
         _ = self.key
+        if self._reads is not None:
+            self._reads.start()
         if self.checkpoint_seconds > 0 and self._timer is None:
             self._stop.clear()
             self._timer = threading.Thread(
@@ -340,6 +274,8 @@ class AuditTrail:
         """Stop the timer and sign what is unsigned, so a clean stop leaves no unsigned tail."""
         if not self.enabled:
             return
+        if self._reads is not None:
+            self._reads.close()  # every read answered is in the chain before it is signed
         self._stop.set()
         if self._timer is not None:
             self._timer.join(timeout=10)
@@ -366,11 +302,21 @@ class AuditTrail:
         return self.record_many([event])[0]
 
     def record_many(self, events: Sequence[AuditEvent]) -> list[AuditReceipt]:
-        """Append ``events`` in order in one commit: all of them, or none and an exception."""
+        """Append ``events`` in order in one commit: all of them, or none and an exception.
+
+        Reads are queued instead when ``read_flush_ms`` is set (their receipts have seq 0):
+        they commit within the window, or :class:`AuditUnavailable` is raised now if the
+        trail is failing."""
         if not events:
             return []
         if not self.enabled:
             return [_UNRECORDED] * len(events)
+        if self._reads is not None and all(is_read(e) for e in events):
+            self._reads.add(events)  # serialized by the queue's thread, off the request path
+            return [_UNRECORDED] * len(events)
+        # Reads answered before this write precede it in the chain (a store's record, which
+        # commits inside its own transaction, is the exception: it may precede them).
+        self._settle()
         try:
             return self.index.write(self.append_job(events))
         except Exception as exc:
@@ -391,10 +337,38 @@ class AuditTrail:
     def _chain_job(
         self, events: Sequence[AuditEvent]
     ) -> Callable[[Connection], list[AuditReceipt]]:
+        return self._dicts_job(self._dicts(events))
+
+    def _dicts(self, events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
         # Serialize in the caller's thread: only hashing and the insert run in the writer.
-        dicts = [
+        return [
             (e if e.source_id else replace(e, source_id=self.source_id)).to_dict() for e in events
         ]
+
+    def _commit_events(self, events: list[AuditEvent]) -> list[AuditReceipt]:
+        return self.index.write(self._chain_job(events))
+
+    def flush_reads(self) -> None:
+        """Commit the queued read records now (before reading the chain or stopping)."""
+        if self._reads is not None:
+            self._reads.flush()
+
+    def is_deferred(self, event: AuditEvent) -> bool:
+        return self._reads is not None and is_read(event)
+
+    def _settle(self) -> None:
+        """Before the chain is read: commit queued reads, so a record of a read already
+        answered is seen (if the trail is failing, what is committed is what there is)."""
+        if self._reads is not None:
+            with contextlib.suppress(AuditUnavailable):
+                self._reads.flush()
+
+    @property
+    def reads_pending(self) -> int:
+        """Read records answered but not yet committed: what a crash now would lose."""
+        return 0 if self._reads is None else self._reads.pending
+
+    def _dicts_job(self, dicts: list[dict[str, Any]]) -> Callable[[Connection], list[AuditReceipt]]:
         key = self.key
         every = self.checkpoint_every
 
@@ -437,6 +411,7 @@ class AuditTrail:
     # ------------------------------------------------------------------ reading
     def head(self) -> tuple[int, str]:
         """(record count, hash of the last record), or (0, GENESIS) when empty."""
+        self._settle()
         with self.index.reading() as conn:
             row = conn.execute(
                 select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
@@ -445,6 +420,7 @@ class AuditTrail:
 
     def last_checkpoint(self) -> tuple[Checkpoint | None, int]:
         """The latest signed head and how many there are, without reading them all."""
+        self._settle()
         with self.index.reading() as conn:
             row = conn.execute(
                 select(audit_checkpoints).order_by(audit_checkpoints.c.id.desc()).limit(1)
@@ -463,6 +439,7 @@ class AuditTrail:
         Forwarding the log to its collector is the audit repository's own transport, not a use
         of the log; recording it would also feed itself forever.
         """
+        self._settle()
         with self.index.reading() as conn:
             rows = conn.execute(
                 select(audit_log.c.seq, audit_log.c.prev_hash, audit_log.c.hash, audit_log.c.record)
@@ -496,6 +473,7 @@ class AuditTrail:
         times as ``YYYY-MM-DDTHH:MM:SS`` prefixes. The Audit Log Used record (PS3.15 A.5.3.1)
         is written before anything is returned, fail closed.
         """
+        self._settle()
         self.record(
             audit_events.audit_log_used(
                 used_by, what="read", front_door=front_door, request_id=request_id
@@ -563,6 +541,7 @@ class AuditTrail:
         failure is recorded as a Security Alert. ``progress`` is called with the number of
         records read so far, after each batch (it may raise to stop the walk).
         """
+        self._settle()
         if used_by is not None:
             self.record(audit_events.audit_log_used(used_by, what="verify", front_door=front_door))
         trusted = public_keys if public_keys is not None else {self.key.key_id: self.key.public}

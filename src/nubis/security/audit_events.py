@@ -119,6 +119,33 @@ def instances_accessed(
     )
 
 
+def patient_record(
+    who: Any,
+    *,
+    patient_id: str,
+    study_uids: Iterable[str] = (),
+    action: EventAction = EventAction.UPDATE,
+    outcome: EventOutcome = EventOutcome.SUCCESS,
+    front_door: str | None = None,
+    request_id: str | None = None,
+    description: str | None = None,
+) -> AuditEvent:
+    """Patient Record (PS3.15 A.5.3.9): a patient's record was created, read, updated or
+    deleted; a correction of patient attributes is ``action=UPDATE`` (EventActionCode U)."""
+    return _event(
+        EventID.PATIENT_RECORD,
+        action,
+        who,
+        patient_id,
+        study_uids,
+        outcome,
+        front_door,
+        request_id,
+        None,
+        description,
+    )
+
+
 def begin_transferring(
     who: Any,
     *,

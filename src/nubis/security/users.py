@@ -22,7 +22,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import ColumnElement, Connection, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, insert, select, update
 
 from nubis.errors import BadRequest, NotFound
 from nubis.index.database import Index
@@ -119,6 +119,13 @@ _KEY_COLUMNS = (
     api_keys.c.created_at,
     api_keys.c.expires_at,
     api_keys.c.revoked_at,
+)
+# Built once: every API-key request runs it, and building a statement costs more than the
+# lookup itself.
+_KEY_LOOKUP = (
+    select(*_KEY_COLUMNS, api_keys.c.key_hash, *_USER_COLUMNS)
+    .select_from(api_keys.join(users, users.c.name == api_keys.c.user_name))
+    .where(api_keys.c.key_hash == bindparam("digest"))
 )
 
 
@@ -297,11 +304,7 @@ class UserStore:
         revoked, its user still there); None otherwise."""
         digest = key_hash(key)
         with self.index.reading() as conn:
-            row = conn.execute(
-                select(*_KEY_COLUMNS, api_keys.c.key_hash, *_USER_COLUMNS)
-                .select_from(api_keys.join(users, users.c.name == api_keys.c.user_name))
-                .where(api_keys.c.key_hash == digest)
-            ).first()
+            row = conn.execute(_KEY_LOOKUP, {"digest": digest}).first()
         # The row was found by its hash; comparing again in constant time costs nothing and
         # keeps the decision independent of how the database compares strings.
         if row is None or not hmac.compare_digest(row[6], digest):

@@ -14,7 +14,8 @@ the access does not happen.
 Where the record does not depend on the outcome (a query: what was asked, not what was found),
 :meth:`Guard.recording` commits it while the service does its work and returns only once it is
 committed: the client waits for the longer of the two instead of their sum, and still nothing
-reaches it unless the record is durable.
+reaches it unless the record is durable. Reads and queries whose records the trail commits in
+batches (nubis.security.audit_reads) are queued before the work and not waited for.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class Guard:
         nothing out before the block ends.
         """
         if self.audit is None:
+            yield
+            return
+        if self.audit.is_deferred(event):
+            self.audit.record(event)  # queued at once, or refused now if the trail is failing
             yield
             return
         pending = self._recorders.submit(self.audit.record, event)

@@ -29,9 +29,9 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, update
 
 from nubis.errors import NotFound, NubisError
-from nubis.index.columns import json_text, patient_columns
+from nubis.index.columns import json_text, study_columns
 from nubis.index.database import Index
-from nubis.index.schema import instances, quarantined_studies, series, studies
+from nubis.index.schema import instances, quarantined_studies, series, studies, study_overlays
 from nubis.model.audit import EventAction
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
@@ -110,17 +110,24 @@ class QuarantineService:
             study_pk, row = _held(conn, partition, study_uid)
             patients = _patients(conn, study_pk)
             stored_patient = row.patient_id or ""
-            if len(patients) == 1 and stored_patient not in patients:
+            # A correction that moved the study keeps the row on the corrected patient; its
+            # objects carry the Patient ID they were stored with, which agrees as served.
+            agreeing = {stored_patient}
+            if row.overlay is not None:  # corrected: the row is the correction's, kept
+                if row.moved_from is not None:
+                    agreeing.add(row.moved_from)
+            elif len(patients) == 1 and stored_patient not in patients:
                 # The instances agree on another patient than the study row, which came from
                 # an instance since removed: grants and patient queries must follow them.
-                metadata = _one_metadata(conn, study_pk)
+                columns = study_columns(_one_metadata(conn, study_pk))
                 conn.execute(
                     update(studies)
                     .where(studies.c.id == study_pk)
-                    .values(**patient_columns(metadata))
+                    .values({k: v for k, v in columns.items() if k.startswith("patient_")})
                 )
                 stored_patient = next(iter(patients))
-            if not resolved and set(patients) - {stored_patient}:
+                agreeing = {stored_patient}
+            if not resolved and set(patients) - agreeing:
                 raise StudyStillDisagrees(
                     f"study {study_uid} still holds {len(patients)} Patient IDs (0010,0020): "
                     "correct its instances first, or release it as resolved once a correction "
@@ -155,8 +162,14 @@ def _held(conn: Connection, partition: str, study_uid: str) -> tuple[int, Any]:
             studies.c.num_instances,
             quarantined_studies.c.reason,
             quarantined_studies.c.since,
+            study_overlays.c.study_pk.label("overlay"),
+            study_overlays.c.stored_patient_id.label("moved_from"),
         )
-        .select_from(quarantined_studies.join(studies))
+        .select_from(
+            quarantined_studies.join(studies).outerjoin(
+                study_overlays, study_overlays.c.study_pk == studies.c.id
+            )
+        )
         .where(studies.c.partition == partition, studies.c.study_uid == study_uid)
     ).first()
     if row is None:

@@ -26,7 +26,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from nubis.blobs.integrity import verified_chunks
-from nubis.dicom import render, transcode
+from nubis.dicom import overlay, render, transcode
 from nubis.dicom.inspect import BULK_URI_MARKER
 from nubis.errors import BlobCorrupted, NotAcceptable, NotFound
 from nubis.index.database import Index
@@ -183,16 +183,29 @@ class RetrieveService:
         return rest()
 
     def instance_chunks(self, inst: StoredInstance, transfer_syntax: str) -> Iterator[bytes]:
-        """The PS3.10 file, as stored (``*`` or the stored syntax) or transcoded."""
+        """The PS3.10 file, as stored (``*`` or the stored syntax) or transcoded; with the
+        study's corrections applied (nubis.dicom.overlay) to the stored bytes being checked."""
+        corrected = not overlay.is_empty(inst.overlay_json)
         if transfer_syntax in (AS_STORED, inst.transfer_syntax_uid):
-            return self._stored_chunks(inst)
+            if not corrected:
+                return self._stored_chunks(inst)
+            # Spliced into the checked stream: the stored object's digest is checked as for
+            # any read (its last chunk withheld on a mismatch), and the file meta is as stored.
+            return overlay.corrected_chunks(
+                self._stored_chunks(inst), overlay.parse(inst.overlay_json)
+            )
         if not transcode.can_transcode(inst.transfer_syntax_uid, transfer_syntax):
             raise NotAcceptable(
                 f"instance {inst.sop_instance_uid} is stored in {inst.transfer_syntax_uid} and "
                 f"cannot be converted to {transfer_syntax}"
             )
         with self._source(inst) as source:
-            return iter((transcode.transcode_file(source, transfer_syntax),))
+            converted = transcode.transcode_file(source, transfer_syntax)
+        if corrected:
+            converted = overlay.apply_to_file(
+                io.BytesIO(converted), overlay.parse(inst.overlay_json)
+            )
+        return iter((converted,))
 
     def instance_bytes(self, inst: StoredInstance, transfer_syntax: str) -> bytes:
         """:meth:`instance_chunks` whole, in memory (C-STORE sub-operations of small objects)."""
@@ -284,10 +297,14 @@ class RetrieveService:
         except NotFound as exc:
             self._record(who, decision, None, study_uid, False, exc.reason)
             raise
-        self._record(who, decision, _patient_of(rows[0][2]), study_uid, False, None)
+        # One overlay for the whole study (every row carries the same), applied once per row.
+        corrections = overlay.parse(rows[0][3])
+        first = overlay.apply_to_metadata(rows[0][2], corrections)
+        self._record(who, decision, _patient_of(first), study_uid, False, None)
         marker = f'"BulkDataURI":"{BULK_URI_MARKER}'
         parts = []
-        for row_series, row_sop, text in rows:
+        for row_series, row_sop, stored, _ in rows:
+            text = overlay.apply_to_metadata(stored, corrections)
             if marker in text:
                 prefix = (
                     f'"BulkDataURI":"{base_url}/studies/{study_uid}/series/{row_series}'

@@ -28,6 +28,7 @@ from nubis.errors import NubisError
 from nubis.model.query import Level
 from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
+from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
@@ -95,8 +96,11 @@ def app_from_environment() -> Starlette:
     which ``nubis serve`` sets from everything it resolved."""
     from nubis.config import load_settings
     from nubis.logs import configure_logging
+    from nubis.web import fair_accept
 
     settings = load_settings()
+    # Before uvicorn starts serving in this worker: connections go to the least busy worker.
+    fair_accept.install()
     # A worker process starts with uvicorn's loggers only: without this, nubis's own log lines
     # below WARNING would be lost, and the limits on third-party loggers would not hold.
     configure_logging(settings.log_level)
@@ -144,6 +148,7 @@ def create_app(
             Route("/-/login", auth.login, methods=["POST"]),
             Route("/-/whoami", auth.whoami, methods=["GET"]),
             *audit_routes(),
+            *correction_routes(),
             *ui_routes(),
         ],
         middleware=[

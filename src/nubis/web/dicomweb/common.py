@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from nubis.archive import Archive
 from nubis.errors import BadRequest, Unauthorized
@@ -72,23 +73,41 @@ def principal_of(request: Request) -> Principal:
 _BATCH_BYTES = 4 << 20
 
 
-async def in_batches(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+def next_batch(chunks: Iterator[bytes]) -> list[bytes]:
+    """Up to 4 MiB of ``chunks`` (blocking: call it in a worker thread)."""
+    batch: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        batch.append(chunk)
+        size += len(chunk)
+        if size >= _BATCH_BYTES:
+            break
+    return batch
+
+
+async def in_batches(
+    chunks: Iterator[bytes], first: list[bytes] | None = None
+) -> AsyncIterator[bytes]:
     """Stream a blocking iterator, pulling up to 4 MiB per trip to the thread pool.
 
     Starlette would fetch every chunk with its own thread hop; for objects of a few hundred
-    kilobytes those hops, not the disk, bound retrieval throughput.
+    kilobytes those hops, not the disk, bound retrieval throughput. ``first`` is a batch the
+    caller already pulled (:func:`next_batch`) in the trip that found what to send, so a small
+    answer costs one trip in all.
     """
-
-    def pull() -> list[bytes]:
-        batch: list[bytes] = []
-        size = 0
-        for chunk in chunks:
-            batch.append(chunk)
-            size += len(chunk)
-            if size >= _BATCH_BYTES:
-                break
-        return batch
-
-    while batch := await run_in_threadpool(pull):
+    batch = first if first is not None else await run_in_threadpool(next_batch, chunks)
+    while batch:
         for chunk in batch:
             yield chunk
+        if sum(map(len, batch)) < _BATCH_BYTES:
+            return  # a short batch is the last: no trip to learn that the stream has ended
+        batch = await run_in_threadpool(next_batch, chunks)
+
+
+def answer(stream: Iterator[bytes], first: list[bytes], media_type: str) -> Response:
+    """The response for ``stream``, of which ``first`` (:func:`next_batch`) was pulled: whole
+    when that was all of it (a streaming response costs a task group and a disconnect watcher
+    per request, more than a small answer's copy), else streamed."""
+    if sum(map(len, first)) < _BATCH_BYTES:
+        return Response(b"".join(first), media_type=media_type)
+    return StreamingResponse(in_batches(stream, first), media_type=media_type)

@@ -32,9 +32,11 @@ from nubis.web.dicomweb.accept import (
 from nubis.web.dicomweb.byte_ranges import single_byte_range
 from nubis.web.dicomweb.common import (
     accept_ranges,
+    answer,
     archive_of,
     dicomweb_base,
     in_batches,
+    next_batch,
     optional_path_uid,
     path_uid,
     principal_of,
@@ -69,33 +71,40 @@ async def retrieve_instances(request: Request) -> Response:
     study, series, sop = _scope(request)
     choice = negotiate(accept_ranges(request), instance_offers(sorted(transcode.SUPPORTED_TARGETS)))
     target = choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
-    found = await run_in_threadpool(
-        archive.retrieve.instances, principal_of(request), study, series, sop
-    )
-    if target != ANY_TRANSFER_SYNTAX:
-        for inst in found:
-            if inst.transfer_syntax_uid != target and not transcode.can_transcode(
-                inst.transfer_syntax_uid, target
-            ):
-                raise NotAcceptable(
-                    f"instance {inst.sop_instance_uid} is stored in {inst.transfer_syntax_uid} "
-                    f"and cannot be sent in {target}; ask for transfer-syntax=* to get it as stored"
-                )
-
-    # Open the first object before answering: an unreadable blob or an erased key is then an
-    # error response (500, 410, 424), not a 200 whose stream is cut short.
-    bodies = await run_in_threadpool(archive.retrieve.all_instance_chunks, found, target)
-
-    def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-        for inst, body in zip(found, bodies, strict=True):
-            syntax = inst.transfer_syntax_uid if target == ANY_TRANSFER_SYNTAX else target
-            yield ({"Content-Type": f"application/dicom; transfer-syntax={syntax}"}, body)
-
+    who = principal_of(request)
     boundary = new_boundary()
+
+    def open_first() -> tuple[Iterator[bytes], list[bytes]]:
+        # One trip to the thread pool finds the instances, opens them and reads the first
+        # batch: a one-instance answer is then ready when the trip returns.
+        found = archive.retrieve.instances(who, study, series, sop)
+        if target != ANY_TRANSFER_SYNTAX:
+            for inst in found:
+                if inst.transfer_syntax_uid != target and not transcode.can_transcode(
+                    inst.transfer_syntax_uid, target
+                ):
+                    raise NotAcceptable(
+                        f"instance {inst.sop_instance_uid} is stored in "
+                        f"{inst.transfer_syntax_uid} and cannot be sent in {target}; ask for "
+                        "transfer-syntax=* to get it as stored"
+                    )
+        # Open the first object before answering: an unreadable blob or an erased key is then
+        # an error response (500, 410, 424), not a 200 whose stream is cut short.
+        bodies = archive.retrieve.all_instance_chunks(found, target)
+
+        def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+            for inst, body in zip(found, bodies, strict=True):
+                syntax = inst.transfer_syntax_uid if target == ANY_TRANSFER_SYNTAX else target
+                yield ({"Content-Type": f"application/dicom; transfer-syntax={syntax}"}, body)
+
+        stream = iter_multipart(parts(), boundary)
+        return stream, next_batch(stream)
+
+    stream, first = await run_in_threadpool(open_first)
     content_type = multipart_related_content_type(
         boundary, "application/dicom", None if target == ANY_TRANSFER_SYNTAX else target
     )
-    return StreamingResponse(in_batches(iter_multipart(parts(), boundary)), media_type=content_type)
+    return answer(stream, first, content_type)
 
 
 # ---------------------------------------------------------------------- metadata
@@ -158,25 +167,39 @@ async def retrieve_frames(request: Request) -> Response:
     compressed frame as its bitstream media type when the client accepts it."""
     archive = archive_of(request)
     numbers = _frame_numbers(request.path_params["frames"])
-    inst = await _instance(request)
-    stored = inst.transfer_syntax_uid
-    compressed = [] if stored in NATIVE_SYNTAXES else [stored]
-    choice = negotiate(accept_ranges(request), frame_offers(compressed))
-    as_stored = choice.transfer_syntax in (ANY_TRANSFER_SYNTAX, stored) or stored in NATIVE_SYNTAXES
-    # The first frame is read (or decoded) before answering: an unreadable blob, an erased
-    # key or an undecodable object is then an error response, not a 200 cut short.
-    if choice.part_type == "application/octet-stream" and not as_stored:
-        frames = await run_in_threadpool(archive.retrieve.decoded_frames, inst, numbers)
-        part_type, syntax = "application/octet-stream", EXPLICIT_VR_LITTLE_ENDIAN
-    else:
-        frames = await run_in_threadpool(archive.retrieve.frames, inst, numbers)
-        syntax = stored
-        part_type = (
-            "application/octet-stream"
-            if stored in NATIVE_SYNTAXES
-            else _MEDIA_TYPE_OF_SYNTAX.get(stored, "application/octet-stream")
+    study, series, sop = _scope(request)
+    who = principal_of(request)
+    accepted = accept_ranges(request)
+    boundary = new_boundary()
+
+    def open_first() -> tuple[Iterator[bytes], list[bytes], str, str]:
+        # One trip to the thread pool: find the instance, read (or decode) the first frame
+        # before answering, so an unreadable blob, an erased key or an undecodable object is
+        # an error response, not a 200 cut short.
+        inst = archive.retrieve.instances(who, study, series, sop, transfer=False)[0]
+        stored = inst.transfer_syntax_uid
+        compressed = [] if stored in NATIVE_SYNTAXES else [stored]
+        choice = negotiate(accepted, frame_offers(compressed))
+        as_stored = (
+            choice.transfer_syntax in (ANY_TRANSFER_SYNTAX, stored) or stored in NATIVE_SYNTAXES
         )
-    return _multipart_response(frames, part_type, syntax)
+        if choice.part_type == "application/octet-stream" and not as_stored:
+            frames = archive.retrieve.decoded_frames(inst, numbers)
+            part_type, syntax = "application/octet-stream", EXPLICIT_VR_LITTLE_ENDIAN
+        else:
+            frames = archive.retrieve.frames(inst, numbers)
+            syntax = stored
+            part_type = (
+                "application/octet-stream"
+                if stored in NATIVE_SYNTAXES
+                else _MEDIA_TYPE_OF_SYNTAX.get(stored, "application/octet-stream")
+            )
+        part_ct = f"{part_type}; transfer-syntax={syntax}"
+        stream = iter_multipart((({"Content-Type": part_ct}, body) for body in frames), boundary)
+        return stream, next_batch(stream), part_type, syntax
+
+    stream, first, part_type, syntax = await run_in_threadpool(open_first)
+    return answer(stream, first, multipart_related_content_type(boundary, part_type, syntax))
 
 
 def _multipart_response(
