@@ -338,3 +338,19 @@ def test_a_release_gives_the_study_to_the_patient_its_instances_agree_on(held: W
     assert held.study_patients("ref-b", study) == []
     assert held.studies_of("radiologist", "PAT-QA").count(study) == 1
     assert study not in held.studies_of("radiologist", "PAT-QB")
+
+
+def test_a_correction_releases_a_quarantined_study(held: World) -> None:
+    """The flow issue 12 asks for: a study held for two patients is moved by a correction to
+    one of them (nubis.services.corrections: an overlay on output); the release then counts
+    the Patient ID its objects were stored with as agreeing, and every instance is served as
+    the corrected patient, to whoever is granted that patient only."""
+    original = held.make("PAT-QA")
+    assert held.store("admin", original).status_code == 200
+    study = str(original.StudyInstanceUID)
+    assert held.store("admin", held.make("PAT-QB", study_uid=study)).status_code == 202
+    admin = system_principal(tenant="default")
+    held.archive.corrections.move_study(admin, study, "PAT-QB", reason="merged at the source")
+    held.archive.quarantine.release(admin, study, reason="moved to PAT-QB by a correction")
+    assert held.study_patients("ref-b", study) == ["PAT-QB", "PAT-QB"]
+    assert held.study_patients("ref-a", study) == []
