@@ -15,9 +15,11 @@ The interface, for the admin CLI and the corrections service (nubis.services.cor
 - :meth:`QuarantineService.patients_of` gives the Patient IDs a study's instances name, as
   stored, for a correction to decide what to change;
 - :meth:`QuarantineService.release` lets a study out once its instances agree on one patient
-  (the study row takes that patient's attributes if it named another: grants follow it), or,
-  with ``resolved=True``, once a correction (an overlay applied on output, which keeps the
-  study row right) has made them agree as served. Audited (Instances Accessed, Update).
+  (the study row takes that patient's attributes if it named another and no correction
+  governs it: grants follow the row). After ``CorrectionService.move_study`` the Patient ID
+  its objects were stored with counts as agreeing, since every object is then served as the
+  corrected patient; ``resolved=True`` releases without the check (a correction that makes
+  them agree otherwise). Audited (Instances Accessed, Update).
 """
 
 from __future__ import annotations
