@@ -260,7 +260,9 @@ class Handlers:
             yield status_ds(exc.dimse_status, exc.reason), None
             return
         found = 0
-        items = self._patients(scoped) if level == "PATIENT" else self.archive.query.matches(scoped)
+        items = (
+            self._patients(scoped) if level == "PATIENT" else self.archive.query.matches(scoped)
+        )
         for item in items:
             # At most a few responses ahead of the wire: a C-CANCEL then stops matching within
             # them (not after every match is queued), and a huge result never sits in memory.
