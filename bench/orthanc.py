@@ -92,7 +92,10 @@ def orthanc_version() -> str:
 class OrthancServer:
     """Context manager: a private Orthanc on 127.0.0.1, DICOMweb root at /dicom-web/."""
 
-    def __init__(self, *, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, *, log_dir: Path | None = None, extra: dict[str, object] | None = None
+    ) -> None:
+        self.extra = dict(extra or {})
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
@@ -127,6 +130,7 @@ class OrthancServer:
             "DicomServerEnabled": True,
             "Plugins": [str(find_dicomweb_plugin())],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+            **self.extra,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(self.config, indent=2))

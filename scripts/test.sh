@@ -7,16 +7,22 @@ cd "$(dirname "$0")/.."
 # Real clients and validators written by others: dcmtk (storescu, findscu...), dicom3tools (dciodvfy);
 # iproute2 (ss) to see which process holds a connection; Chromium for the web face's browser tests
 # (driven by Playwright with executable_path: Playwright's own browser download is not used);
-# nginx as the reverse proxy of the public-URL tests; npm fetches OHIF for its browser tests.
+# nginx as the reverse proxy of the public-URL tests; npm fetches OHIF for its browser tests;
+# Orthanc (with its DICOMweb plugin) as the legacy PACS that migrations read from.
 need=""
 command -v npm >/dev/null || need="npm"
-for pkg in dcmtk dicom3tools iproute2 chromium fonts-dejavu-core nginx-light; do
+for pkg in dcmtk dicom3tools iproute2 chromium fonts-dejavu-core nginx-light orthanc orthanc-dicomweb; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"
 done
 if [ -n "$need" ]; then
   export DEBIAN_FRONTEND=noninteractive
+  # Debian's orthanc package starts its service on install; the tests start their own Orthanc.
+  policy=""
+  [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d; policy=1; }
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $need >/dev/null
+  [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 if [ ! -x .venv/bin/python ]; then

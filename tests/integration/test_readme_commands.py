@@ -115,6 +115,19 @@ RUN_AS: dict[str, list[str] | str] = {
     "nubis serve --data-dir /srv/nubis --set viewer_ohif_dir=/srv/nubis/ohif": (
         "serving OHIF: tests/browser/test_ohif.py"
     ),
+    "nubis migrate run dicom://OLDPACS@10.0.0.5:104 --name oldpacs --listen-port 11113 "
+    "--concurrency 4 --window 20:00-06:00": (
+        "a DIMSE PACS: tests/integration/test_migrate_orthanc.py migrates from Orthanc"
+    ),
+    "nubis migrate run https://old.example/dicom-web --name oldweb --max-mb-per-s 50": (
+        "a DICOMweb server: tests/integration/test_migrate_orthanc.py migrates from Orthanc"
+    ),
+    "nubis migrate run /media/cdrom --name cd-0042": ["nubis migrate run {folder} --name cd-0042"],
+    "nubis migrate run dicom://OLDPACS@10.0.0.5:104 --name oldpacs --listen-port 11113 "
+    "--since-last-run": "delta mode: tests/integration/test_migrate_media.py",
+    "nubis migrate report oldpacs --format csv --output oldpacs.csv": [
+        "nubis migrate report cd-0042 --format csv --output {got}-report.csv"
+    ],
 }
 ORDER_LAST = ("nubis keys shred-patient PATIENT_ID",)
 

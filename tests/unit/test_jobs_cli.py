@@ -37,7 +37,7 @@ def test_jobs_and_storage_commands(tmp_path: Path) -> None:
     assert "1 job(s) run" in run("jobs", "work", "--once")
     shown = json.loads(run("jobs", "show", "1"))
     assert shown["state"] == "done" and shown["params"] == {"max_mb_per_s": 0}
-    assert shown["progress"] == {"done": 4, "total": 4, "fraction": 1.0}
+    assert shown["progress"] == {"done": 4, "total": 4, "fraction": 1.0, "eta_seconds": None}
     assert shown["result"]["ok"] == 4 and shown["result"]["problems"] == []
     table = run("jobs", "list")
     assert "100.0%" in table and "done" in table and "cancelled" in table

@@ -60,6 +60,17 @@ def _progress_cell(job: Job) -> Any:
     return table
 
 
+def _eta_seconds(job: Job) -> float | None:
+    """Time left of a running job at the rate it has gone since it started; None unknown."""
+    from nubis.jobs.store import JobState, now_ms
+
+    fraction = job.fraction
+    if job.state is not JobState.RUNNING or not fraction or job.started_at is None:
+        return None
+    elapsed = (now_ms() - job.started_at) / 1000
+    return max(0.0, elapsed * (1 - fraction) / fraction)
+
+
 def _job_json(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -67,7 +78,7 @@ def _job_json(job: Job) -> dict[str, Any]:
         "state": job.state.value,
         "params": job.params,
         "progress": {"done": job.progress_done, "total": job.progress_total,
-                     "fraction": job.fraction},
+                     "fraction": job.fraction, "eta_seconds": _eta_seconds(job)},
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "node": job.lease_owner,
@@ -123,6 +134,8 @@ def list_jobs(
         note = job.last_error or ""
         if job.cancel_requested and not job.state.finished:
             note = "cancel requested"
+        elif (eta := _eta_seconds(job)) is not None:
+            note = f"ETA {int(eta // 60)}m {int(eta % 60):02d}s"
         table.add_row(
             str(job.id),
             job.kind,

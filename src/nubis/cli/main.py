@@ -228,6 +228,7 @@ def _add_subcommands() -> None:
     from nubis.cli.dimse import app as dimse_app
     from nubis.cli.jobs import app as jobs_app
     from nubis.cli.keys import app as keys_app
+    from nubis.cli.migrate import app as migrate_app
     from nubis.cli.ohif import app as ohif_app
     from nubis.cli.shares import app as shares_app
     from nubis.cli.storage import app as storage_app
@@ -242,6 +243,7 @@ def _add_subcommands() -> None:
     app.add_typer(apikeys_app, name="apikeys")
     app.add_typer(shares_app, name="shares")
     app.add_typer(ohif_app, name="ohif")
+    app.add_typer(migrate_app, name="migrate")
     app.add_typer(corrections_app, name="studies")
 
 

@@ -450,6 +450,46 @@ storage_snapshots = Table(
     Column("taken_at", BigInteger, nullable=False),
 )
 
+# Migrations from legacy archives (nubis.migrate, migration 0013): what each source listed and
+# what became of it, so that a killed migration resumes without moving a study twice and its
+# report names every source instance that is not in the archive, with the reason. ``migration``
+# is the name an operator gave (``nubis migrate run --name``); ``outcome`` is listed, stored,
+# present (already in the archive), refused (``reason``, ``status``: the store's DICOM status)
+# or missing (the source did not deliver it; ``reason``). A study row is ``done`` once every
+# instance listed for it has an outcome; ``job_id`` is the job that finished it.
+migration_studies = Table(
+    "migration_studies",
+    metadata,
+    Column("migration", String(64), primary_key=True),
+    Column("study_uid", UID, primary_key=True),
+    Column("partition", String(64), nullable=False),
+    Column("study_date", String(8)),
+    Column("source_count", Integer),
+    Column("state", String(16), nullable=False),
+    Column("job_id", Integer),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+migration_instances = Table(
+    "migration_instances",
+    metadata,
+    Column("migration", String(64), primary_key=True),
+    Column("sop_instance_uid", UID, primary_key=True),
+    Column("study_uid", UID, nullable=False),
+    Column("series_uid", UID),
+    Column("source_sha256", String(64)),
+    Column("size", BigInteger),
+    Column("outcome", String(16), nullable=False),
+    Column("status", Integer),
+    Column("reason", String(512)),
+    Column("updated_at", BigInteger, nullable=False),
+)
+Index(
+    "ix_migration_instances_study",
+    migration_instances.c.migration,
+    migration_instances.c.study_uid,
+)
+
 # What was odd about an object ingested all the same (migration 0014, issue 12), one row per
 # reason: the file meta disagreeing with the data set, a non-conformant UID, a wrong group
 # length, the instance re-sent in another encoding... (nubis.model.records.IngestWarning).
@@ -545,6 +585,8 @@ __all__ = [
     "jobs",
     "login_throttle",
     "metadata",
+    "migration_instances",
+    "migration_studies",
     "patient_keys",
     "quarantined_studies",
     "retired_keks",

@@ -19,6 +19,10 @@
 - ``dimse-send``: send a study or series to a DIMSE peer for the person who asked (the web
   face's Send, nubis.dimse.send); parameters ``who``, ``study``, ``series``, ``destination``.
   Tried once.
+- ``migrate``: move a legacy archive in (nubis.migrate.job); parameters those of
+  nubis.migrate.request.MigrationRequest. Run only by the ``nubis migrate run`` process that
+  queued it (its C-MOVE receiver and the source's credentials are that process's), which a
+  second run resumes; servers' runners leave it alone.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 their instances disagree on the patient: instance_warnings, quarantined_studies (issue 12).
 
 Revision ID: 0014
-Revises: 0012 (0013 is the migration ledger of branch i12/migrate: chained after it at merge)
+Revises: 0013
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Corrections of patient and study attributes, kept as an overlay: study_overlays, corrections.
 
 Revision ID: 0015
-Revises: 0014 (set when i12/lenient merged main; 0014 revises 0013 once i12/migrate lands)
+Revises: 0014
 """
 
 from __future__ import annotations

@@ -1,0 +1,362 @@
+"""The ``migrate`` job: list the source's studies, move what the archive lacks, keep the ledger.
+
+Each study goes the same way, whether the job is new, resumed after its process was killed, or
+a delta run (``since_last_run``):
+
+1. The source lists the study's instances; the ledger records them.
+2. The archive is asked what it holds of the study (``RetrieveService.instances``, as the
+   migration's principal). An instance it holds with the SHA-256 the source gave for it
+   before (or, where the source gives no digest, under its UID) is not moved again; one it
+   holds whose digest was never compared is fetched again, so a different object under the
+   same UID is found (the store refuses it, and the report says so).
+3. The source delivers the rest one object at a time, each stored through
+   ``StoreService.store`` as the migration's principal: the same authorization, checks and
+   audit record as STOW-RS and C-STORE. The ledger takes the outcomes with the study's end.
+4. What was wanted and not delivered is recorded missing, with the reason. The study is marked
+   done and one DICOM Instances Transferred record (PS3.15 A.5.3.4) sums it up.
+
+A study marked done by this same job is skipped on resume; a delta run skips studies done by
+any run whose instance count at the source has not changed. Studies run ``concurrency`` at a
+time; the byte rate and time windows of :mod:`nubis.migrate.throttle` apply to all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from nubis.errors import NotFound
+from nubis.jobs.context import JobContext, JobStopped
+from nubis.migrate.ledger import Ledger, Mark, Outcome, StudyState
+from nubis.migrate.request import MigrationRequest, migration_principal
+from nubis.migrate.source import Source, SourceInstance, SourceStudy
+from nubis.migrate.sources import open_source
+from nubis.migrate.throttle import RateLimiter, TimeWindows
+from nubis.model.audit import EventOutcome
+from nubis.security import audit_events
+from nubis.security.policy import Principal
+from nubis.services.guard import Guard
+from nubis.services.retrieve import RetrieveService
+from nubis.services.spool import Spool, SpooledFile
+from nubis.services.store import StoreOutcome, StoreService
+
+__all__ = ["Migrator", "ProgressView"]
+
+log = logging.getLogger(__name__)
+
+_NOT_DELIVERED = "listed by the source but not delivered"
+_MAX_LISTED_PROBLEMS = 100
+
+
+@dataclass
+class ProgressView:
+    """What the CLI shows while the job runs: instances done of the total known so far."""
+
+    done: int = 0
+    total: int = 0
+    studies_done: int = 0
+    studies_total: int = 0
+    moved_bytes: int = 0
+    phase: str = "listing"
+
+
+@dataclass
+class _Tally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: int = 0
+    moved_bytes: int = 0
+    stored: int = 0
+    present: int = 0
+    refused: int = 0
+    missing: int = 0
+    studies_done: int = 0
+    studies_skipped: int = 0
+    instances_skipped: int = 0
+    unidentified: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Migrator:
+    """Runs ``migrate`` jobs against the archive's services."""
+
+    def __init__(
+        self,
+        *,
+        store: StoreService,
+        retrieve: RetrieveService,
+        guard: Guard,
+        spool: Spool,
+        on_progress: Callable[[ProgressView], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.retrieve = retrieve
+        self.guard = guard
+        self.spool = spool
+        self.index = store.index
+        self.on_progress = on_progress
+
+    def run(self, ctx: JobContext, *, authorization: str | None = None) -> dict[str, Any]:
+        request = MigrationRequest.from_params(ctx.params, authorization=authorization)
+        who = migration_principal(request.name, request.tenant)
+        decision = self.store.authorize(who)
+        assert decision.scope is not None
+        ledger = Ledger(self.index, request.name, decision.scope.partition)
+        started = dt.datetime.now(dt.UTC)
+        view = ProgressView()
+        tally = _Tally()
+        source = open_source(request, self.spool)
+        try:
+            self._report(view)
+            studies = list(source.studies())
+            ctx.check()
+            run = _Run(self, ctx, request, who, ledger, source, tally)
+            todo = run.plan(studies)
+            view.phase = "moving"
+            view.studies_total = len(studies)
+            view.total = sum(s.instances or 0 for s in studies)
+            self._drive(ctx, run, todo, view, tally)
+        finally:
+            source.close()
+        elapsed = max(time.monotonic() - run.clock, 1e-6)
+        result: dict[str, Any] = {
+            "name": request.name,
+            "source": source.description,
+            "started_at": started.isoformat(timespec="seconds"),
+            "studies": len(studies),
+            "studies_moved": tally.studies_done,
+            "studies_skipped": tally.studies_skipped,
+            "instances_skipped": tally.instances_skipped,
+            "instances_stored": tally.stored,
+            "instances_present": tally.present,
+            "instances_refused": tally.refused,
+            "instances_missing": tally.missing,
+            "bytes_moved": tally.moved_bytes,
+            "seconds": round(elapsed, 3),
+            "instances_per_second": round(tally.stored / elapsed, 2),
+            "mb_per_second": round(tally.moved_bytes / elapsed / 1e6, 3),
+            "listing_gaps": [{"what": g.what, "reason": g.reason} for g in source.gaps],
+            "unidentified": tally.unidentified,
+        }
+        summary = getattr(source, "summary", None)
+        if summary is not None:
+            result.update(summary())
+        return result
+
+    def _drive(
+        self,
+        ctx: JobContext,
+        run: _Run,
+        todo: list[SourceStudy],
+        view: ProgressView,
+        tally: _Tally,
+    ) -> None:
+        """Run the studies on ``concurrency`` threads while this thread reports progress
+        (and so learns of a cancel or a stop, which ends the run after the studies begun)."""
+        run.clock = time.monotonic()
+        view.done = tally.done
+        with ThreadPoolExecutor(run.request.concurrency, thread_name_prefix="migrate") as pool:
+            pending: set[Future[None]] = set()
+            queue = iter(todo)
+            try:
+                while True:
+                    while len(pending) < run.request.concurrency and not run.stop.is_set():
+                        study = next(queue, None)
+                        if study is None:
+                            break
+                        pending.add(pool.submit(run.study, study))
+                    if not pending:
+                        break
+                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        future.result()  # a study that failed fails the attempt
+                    with tally.lock:
+                        view.done, view.moved_bytes = tally.done, tally.moved_bytes
+                        view.studies_done = tally.studies_done + tally.studies_skipped
+                    view.total = max(view.total, view.done)
+                    self._report(view)
+                    ctx.progress(view.done, view.total, {"studies_done": view.studies_done})
+            except BaseException:
+                run.stop.set()
+                raise
+
+    def _report(self, view: ProgressView) -> None:
+        if self.on_progress is not None:
+            self.on_progress(view)
+
+    def present(self, who: Principal, study_uid: str) -> tuple[dict[str, str], str | None]:
+        """{SOP Instance UID: SHA-256} of what the archive holds of the study, and its patient
+        ID for the audit record; read through the retrieve service, as the migration."""
+        try:
+            found = self.retrieve.instances(who, study_uid, transfer=False)
+        except NotFound:
+            return {}, None
+        return {i.sop_instance_uid: i.sha256 for i in found}, found[0].patient_id
+
+
+class _Run:
+    """One attempt of one migration job."""
+
+    def __init__(
+        self,
+        migrator: Migrator,
+        ctx: JobContext,
+        request: MigrationRequest,
+        who: Principal,
+        ledger: Ledger,
+        source: Source,
+        tally: _Tally,
+    ) -> None:
+        self.migrator = migrator
+        self.ctx = ctx
+        self.request = request
+        self.who = who
+        self.ledger = ledger
+        self.source = source
+        self.tally = tally
+        self.rate = RateLimiter(
+            request.max_mb_per_s * 1e6 if request.max_mb_per_s is not None else None
+        )
+        self.windows = TimeWindows(request.window)
+        self.stop = threading.Event()
+        self.clock = time.monotonic()
+
+    def plan(self, studies: list[SourceStudy]) -> list[SourceStudy]:
+        """The studies this attempt works on; the others count as done."""
+        known = {row.study_uid: row for row in self.ledger.studies()}
+        todo = []
+        for study in studies:
+            row = known.get(study.study_uid)
+            done = row is not None and row.state is StudyState.DONE
+            resumed = done and row is not None and row.job_id == self.ctx.job.id
+            unchanged = (
+                done
+                and self.request.since_last_run
+                and row is not None
+                and (study.instances is None or row.source_count == study.instances)
+            )
+            if resumed or unchanged:
+                count = study.instances or (row.source_count if row else 0) or 0
+                self.tally.studies_skipped += 1
+                self.tally.instances_skipped += count
+                self.tally.done += count
+            else:
+                todo.append(study)
+        return todo
+
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise JobStopped("the migration is stopping")
+
+    def study(self, study: SourceStudy) -> None:
+        self.windows.wait_open(self._check)
+        self._check()
+        uid = study.study_uid
+        listed = self.source.instances(study)
+        self.ledger.begin_study(study, listed)
+        holding, _ = self.migrator.present(self.who, uid)
+        entries = {e.sop_instance_uid: e for e in self.ledger.entries(uid)}
+        wanted: list[SourceInstance] = []
+        # Outcomes are written with the study's end (one transaction): a study killed midway
+        # loses them, and its resumption finds what was stored in the archive itself.
+        marks: list[Mark] = []
+        for instance in listed:
+            sop = instance.sop_instance_uid
+            entry = entries.get(sop)
+            source_sha = entry.source_sha256 if entry is not None else None
+            # Held under its UID is enough only where the source gives no digest to compare;
+            # otherwise the object is fetched again unless its digest was seen to match.
+            verified = source_sha == holding.get(sop) or (
+                source_sha is None and not self.source.gives_bytes
+            )
+            if sop in holding and verified:
+                if entry is None or entry.outcome not in (Outcome.STORED, Outcome.PRESENT):
+                    marks.append(Mark(sop, uid, Outcome.PRESENT, series_uid=instance.series_uid))
+            else:
+                wanted.append(instance)
+        counts = {"stored": 0, "refused": 0}
+        delivered: set[str] = set()
+        lock = threading.Lock()
+
+        def deliver(spooled: SpooledFile) -> StoreOutcome:
+            sha, size = spooled.sha256, spooled.size
+            self.rate.take(size)
+            outcome = self.migrator.store.store(spooled, principal=self.who)
+            sop = outcome.sop_instance_uid
+            with self.tally.lock:
+                self.tally.done += 1
+                self.tally.moved_bytes += size
+            if sop is None:
+                reason = outcome.error.reason if outcome.error else "no SOP Instance UID"
+                with self.tally.lock:
+                    if len(self.tally.unidentified) < _MAX_LISTED_PROBLEMS:
+                        self.tally.unidentified.append({"study": uid, "reason": reason})
+                return outcome
+            mark = Mark(
+                sop,
+                outcome.study_uid or uid,
+                Outcome.STORED if outcome.ok else Outcome.REFUSED,
+                series_uid=outcome.series_uid,
+                source_sha256=sha if self.source.gives_bytes else None,
+                size=size,
+                status=None if outcome.error is None else outcome.error.dimse_status,
+                reason=None if outcome.error is None else outcome.error.reason,
+            )
+            with lock:
+                delivered.add(sop)
+                counts["stored" if outcome.ok else "refused"] += 1
+                marks.append(mark)
+            return outcome
+
+        if wanted:
+            self.source.fetch(study, wanted, deliver)
+        missing = [i for i in wanted if i.sop_instance_uid not in delivered]
+        reasons = self.source.missing_reasons(study) if missing else {}
+        marks.extend(
+            Mark(
+                instance.sop_instance_uid,
+                uid,
+                Outcome.MISSING,
+                series_uid=instance.series_uid,
+                reason=reasons.get(instance.sop_instance_uid, _NOT_DELIVERED),
+            )
+            for instance in missing
+        )
+        with lock:
+            self.ledger.write(marks, finished=(uid, self.ctx.job.id))
+        present = len(listed) - len(wanted)
+        with self.tally.lock:
+            self.tally.stored += counts["stored"]
+            self.tally.refused += counts["refused"]
+            self.tally.missing += len(missing)
+            self.tally.present += present
+            self.tally.studies_done += 1
+            # Every listed instance is now done, delivered or not.
+            self.tally.done += len(listed) - len(delivered)
+        if wanted:
+            self._record(study, counts, present, len(missing))
+
+    def _record(
+        self, study: SourceStudy, counts: dict[str, int], present: int, missing: int
+    ) -> None:
+        """One DICOM Instances Transferred record for the study moved (PS3.15 A.5.3.4)."""
+        _, patient_id = self.migrator.present(self.who, study.study_uid)
+        failed = counts["refused"] + missing
+        self.migrator.guard.record(
+            audit_events.instances_transferred(
+                self.who,
+                patient_id=patient_id,
+                study_uids=[study.study_uid],
+                outcome=EventOutcome.SUCCESS if not failed else EventOutcome.MINOR_FAILURE,
+                stored=True,
+                description=(
+                    f"migration {self.request.name} from {self.source.description}: "
+                    f"{counts['stored']} stored, {present} already present, "
+                    f"{counts['refused']} refused, {missing} not delivered"
+                ),
+            )
+        )

@@ -1,0 +1,207 @@
+"""The migration ledger: what each source listed and what became of every instance.
+
+Kept in the index (tables ``migration_studies`` and ``migration_instances``), so a migration
+killed on one node resumes on any, and its report can be made from anywhere that reaches the
+index. It holds UIDs, digests and reasons, never patient data.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from nubis.index.database import Index
+from nubis.index.schema import migration_instances as mi
+from nubis.index.schema import migration_studies as ms
+from nubis.migrate.source import SourceInstance, SourceStudy
+
+__all__ = ["Entry", "Ledger", "Mark", "Outcome", "StudyState"]
+
+_REASON_LENGTH = 512
+
+
+class Outcome(enum.StrEnum):
+    LISTED = "listed"  # listed at the source, not handled yet
+    STORED = "stored"  # stored (or found identical) through the store service
+    PRESENT = "present"  # already in the archive with the source's digest: not moved again
+    REFUSED = "refused"  # the store refused it: ``reason``, ``status``
+    MISSING = "missing"  # the source did not deliver it: ``reason``
+
+
+class StudyState(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Entry:
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str | None
+    source_sha256: str | None
+    size: int | None
+    outcome: Outcome
+    status: int | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Mark:
+    """An instance's outcome, to be written with its study's others (:meth:`Ledger.write`)."""
+
+    sop_instance_uid: str
+    study_uid: str
+    outcome: Outcome
+    series_uid: str | None = None
+    source_sha256: str | None = None
+    size: int | None = None
+    status: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    study_uid: str
+    partition: str
+    study_date: str | None
+    source_count: int | None
+    state: StudyState
+    job_id: int | None
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Ledger:
+    """The ledger of migration ``name`` in ``partition``."""
+
+    def __init__(self, index: Index, name: str, partition: str) -> None:
+        self.index = index
+        self.name = name
+        self.partition = partition
+
+    # ------------------------------------------------------------------ studies
+    def study(self, study_uid: str) -> StudyRow | None:
+        with self.index.reading() as conn:
+            row = conn.execute(
+                select(
+                    ms.c.study_uid, ms.c.partition, ms.c.study_date, ms.c.source_count,
+                    ms.c.state, ms.c.job_id,
+                ).where(ms.c.migration == self.name, ms.c.study_uid == study_uid)
+            ).first()  # fmt: skip
+        return None if row is None else StudyRow(*row[:4], StudyState(row[4]), row[5])
+
+    def studies(self) -> list[StudyRow]:
+        with self.index.reading() as conn:
+            rows = conn.execute(
+                select(
+                    ms.c.study_uid, ms.c.partition, ms.c.study_date, ms.c.source_count,
+                    ms.c.state, ms.c.job_id,
+                )
+                .where(ms.c.migration == self.name)
+                .order_by(ms.c.study_date, ms.c.study_uid)
+            ).all()  # fmt: skip
+        return [StudyRow(*r[:4], StudyState(r[4]), r[5]) for r in rows]
+
+    def begin_study(self, study: SourceStudy, listed: Iterable[SourceInstance]) -> None:
+        """Record the study as pending with the instances the source listed now; outcomes
+        already recorded for them are kept (a resumed study)."""
+        listed = list(listed)
+        now = _now()
+
+        def job(conn: Connection) -> None:
+            key = and_(ms.c.migration == self.name, ms.c.study_uid == study.study_uid)
+            values = {
+                "partition": self.partition,
+                "study_date": (study.study_date or "")[:8] or None,
+                "source_count": len(listed),
+                "state": StudyState.PENDING.value,
+                "updated_at": now,
+            }
+            if conn.execute(update(ms).where(key).values(values)).rowcount == 0:
+                conn.execute(
+                    insert(ms).values(migration=self.name, study_uid=study.study_uid, **values)
+                )
+            known = set(
+                conn.execute(
+                    select(mi.c.sop_instance_uid).where(
+                        mi.c.migration == self.name, mi.c.study_uid == study.study_uid
+                    )
+                ).scalars()
+            )
+            new = [
+                {
+                    "migration": self.name,
+                    "sop_instance_uid": i.sop_instance_uid,
+                    "study_uid": study.study_uid,
+                    "series_uid": i.series_uid,
+                    "outcome": Outcome.LISTED.value,
+                    "updated_at": now,
+                }
+                for i in listed
+                if i.sop_instance_uid not in known
+            ]
+            if new:
+                conn.execute(insert(mi), new)
+
+        self.index.write(job)
+
+    # ------------------------------------------------------------------ instances
+    def entries(self, study_uid: str) -> list[Entry]:
+        with self.index.reading() as conn:
+            rows = conn.execute(
+                select(
+                    mi.c.sop_instance_uid, mi.c.study_uid, mi.c.series_uid, mi.c.source_sha256,
+                    mi.c.size, mi.c.outcome, mi.c.status, mi.c.reason,
+                )
+                .where(mi.c.migration == self.name, mi.c.study_uid == study_uid)
+                .order_by(mi.c.sop_instance_uid)
+            ).all()  # fmt: skip
+        return [Entry(*r[:5], Outcome(r[5]), r[6], r[7]) for r in rows]
+
+    def write(self, marks: Iterable[Mark], *, finished: tuple[str, int] | None = None) -> None:
+        """Record outcomes (a row is inserted for an instance the source had not listed) and,
+        with ``finished`` (study UID, job id), mark that study done: one transaction, so a
+        study is never done without its outcomes."""
+        marks = list(marks)
+        now = _now()
+
+        def job(conn: Connection) -> None:
+            for mark in marks:
+                values: dict[str, object] = {
+                    "outcome": mark.outcome.value,
+                    "status": mark.status,
+                    "reason": None if mark.reason is None else mark.reason[:_REASON_LENGTH],
+                    "updated_at": now,
+                }
+                if mark.source_sha256 is not None:
+                    values["source_sha256"] = mark.source_sha256
+                if mark.size is not None:
+                    values["size"] = mark.size
+                key = and_(
+                    mi.c.migration == self.name, mi.c.sop_instance_uid == mark.sop_instance_uid
+                )
+                if conn.execute(update(mi).where(key).values(values)).rowcount == 0:
+                    conn.execute(
+                        insert(mi).values(
+                            migration=self.name,
+                            sop_instance_uid=mark.sop_instance_uid,
+                            study_uid=mark.study_uid,
+                            series_uid=mark.series_uid,
+                            **values,
+                        )
+                    )
+            if finished is not None:
+                study_uid, job_id = finished
+                conn.execute(
+                    update(ms)
+                    .where(ms.c.migration == self.name, ms.c.study_uid == study_uid)
+                    .values(state=StudyState.DONE.value, job_id=job_id, updated_at=now)
+                )
+
+        self.index.write(job)

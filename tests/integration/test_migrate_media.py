@@ -1,0 +1,250 @@
+"""``nubis migrate`` from media: a folder with a DICOMDIR (made by dcmtk's dcmmkdir) and a zip.
+
+What is checked, end to end through the CLI: every object is stored through the store service
+as the migration's principal; the report reconciles source and archive per study with SHA-256
+(the source gives the bytes); a file the DICOMDIR references but the medium lacks is listed
+missing with its reason (zero silent gaps); a second run moves nothing (idempotent); the audit
+trail holds one DICOM Instances Transferred record per study moved (PS3.15 A.5.3.4).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from integration.migrate_helpers import (
+    audit_records,
+    job_progress,
+    migrate,
+    nubis,
+    report,
+    start_migration,
+)
+from nubis.tools import synth
+
+N_STUDIES = 4
+PER_STUDY = 3
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return synth.make_corpus(
+        tmp_path_factory.mktemp("media-corpus"),
+        n_studies=N_STUDIES,
+        instances_per_series=PER_STUDY,
+        rows=16,
+        columns=16,
+        seed=1201,
+    )
+
+
+def _cd_image(corpus: list[Path], root: Path) -> Path:
+    """A CD export: files with ISO 9660 names under DICOM/ and a DICOMDIR made by dcmmkdir."""
+    (root / "DICOM").mkdir(parents=True)
+    for i, path in enumerate(corpus):
+        shutil.copy(path, root / "DICOM" / f"IM{i:06d}")
+    subprocess.run(["dcmmkdir", "--recurse", "DICOM"], cwd=root, check=True, capture_output=True)
+    assert (root / "DICOMDIR").is_file()
+    return root
+
+
+def test_dicomdir_medium_is_migrated_and_reconciled(corpus: list[Path], tmp_path: Path) -> None:
+    medium = _cd_image(corpus, tmp_path / "cd")
+    data = tmp_path / "data"
+
+    result = migrate(data, str(medium), "--name", "cd1")
+
+    assert result["studies"] == N_STUDIES
+    assert result["instances_stored"] == N_STUDIES * PER_STUDY
+    rep = report(data, "cd1")
+    totals = rep["totals"]
+    assert totals["source_instances"] == totals["nubis_instances"] == N_STUDIES * PER_STUDY
+    assert totals["sha256_matched"] == N_STUDIES * PER_STUDY
+    assert totals["missing"] == totals["extra"] == totals["silent_gaps"] == 0
+    # One record per study moved, besides the store's own record of each object.
+    summaries = [
+        r for r in audit_records(data, "migrate:cd1")
+        if r["event_id"]["code"] == "110104" and "migration cd1" in r.get("outcome_description", "")
+    ]  # fmt: skip
+    assert len(summaries) == N_STUDIES
+    assert all(r["action"] == "C" for r in summaries)
+
+    again = migrate(data, str(medium), "--name", "cd1")
+    assert again["instances_stored"] == 0
+    assert again["instances_present"] == N_STUDIES * PER_STUDY
+    assert again["bytes_moved"] == 0
+
+
+def test_file_missing_from_the_medium_is_reported_with_its_reason(
+    corpus: list[Path], tmp_path: Path
+) -> None:
+    medium = _cd_image(corpus, tmp_path / "cd")
+    (medium / "DICOM" / "IM000001").unlink()  # referenced by the DICOMDIR, gone from the disc
+    data = tmp_path / "data"
+
+    result = migrate(data, str(medium), "--name", "cd2")
+
+    assert result["instances_stored"] == N_STUDIES * PER_STUDY - 1
+    assert result["instances_missing"] == 1
+    rep = report(data, "cd2", expect_gaps=True)
+    assert rep["totals"]["missing"] == 1
+    assert rep["totals"]["silent_gaps"] == 0
+    (missing,) = [m for s in rep["studies"] for m in s["missing"]]
+    assert missing["reason"]
+
+
+def test_zip_with_other_files_is_migrated(corpus: list[Path], tmp_path: Path) -> None:
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, path in enumerate(corpus):
+            z.write(path, f"export/{i // PER_STUDY}/{path.name}")
+        z.writestr("export/README.TXT", "exported from the old PACS\n")
+    data = tmp_path / "data"
+
+    result = migrate(data, str(archive), "--name", "zip1")
+
+    assert result["instances_stored"] == N_STUDIES * PER_STUDY
+    assert result["non_dicom_files"] == 1
+    totals = report(data, "zip1")["totals"]
+    assert totals["nubis_instances"] == N_STUDIES * PER_STUDY
+    assert totals["sha256_matched"] == N_STUDIES * PER_STUDY
+
+
+def test_since_last_run_moves_only_what_changed(corpus: list[Path], tmp_path: Path) -> None:
+    """Delta mode: a source still receiving (a new study, a new instance in a known study)
+    is kept in step; studies whose instance count is unchanged are not listed again."""
+    folder = tmp_path / "pacs"
+    for path in corpus:
+        shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
+    data = tmp_path / "data"
+    migrate(data, str(folder), "--name", "delta")
+    known = pydicom.dcmread(corpus[0], stop_before_pixels=True)
+    patient = synth.PatientSpec(
+        str(known.PatientID), str(known.PatientName), known.PatientBirthDate, known.PatientSex
+    )
+    synth.make_ct_series(
+        folder / "late", n_instances=1, study_uid=known.StudyInstanceUID, patient=patient,
+        seed=77, series_number=9, rows=16, columns=16,
+    )  # fmt: skip
+    synth.make_corpus(
+        folder / "new", n_studies=1, instances_per_series=2, rows=16, columns=16, seed=1299
+    )
+
+    result = migrate(data, str(folder), "--name", "delta", "--since-last-run")
+
+    assert result["studies"] == N_STUDIES + 1
+    assert result["studies_skipped"] == N_STUDIES - 1
+    assert result["instances_stored"] == 1 + 2
+    assert result["instances_present"] == PER_STUDY
+    totals = report(data, "delta")["totals"]
+    assert totals["source_instances"] == totals["nubis_instances"] == N_STUDIES * PER_STUDY + 3
+
+
+def test_max_mb_per_s_holds_the_rate(tmp_path: Path) -> None:
+    paths = synth.make_corpus(
+        tmp_path / "src", n_studies=2, instances_per_series=6, rows=64, columns=64, seed=1203
+    )
+    size = sum(p.stat().st_size for p in paths)  # about 100 kB
+    data = tmp_path / "data"
+
+    result = migrate(data, str(tmp_path / "src"), "--name", "slow", "--max-mb-per-s", "0.02")
+
+    assert result["bytes_moved"] == size
+    # One second of allowance may go at once; the rest at 20 kB/s.
+    assert result["seconds"] >= size / 20_000 - 1.2
+
+
+def test_refused_object_is_listed_with_its_reason_and_digest(
+    corpus: list[Path], tmp_path: Path
+) -> None:
+    """The archive already holds a different object under one of the source's SOP Instance
+    UIDs: the store refuses the source's (0x0111, on_conflict=refuse), and the report lists it
+    as refused with that reason and with a SHA-256 that differs from the archive's, and exits 1."""
+    data = tmp_path / "data"
+    other = pydicom.dcmread(corpus[0])
+    other.SeriesDescription = "a different object under the same UID"
+    (tmp_path / "other").mkdir()
+    other.save_as(tmp_path / "other" / "other.dcm", enforce_file_format=True)
+    done = nubis(data, "import", str(tmp_path / "other"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = tmp_path / "export"
+    for path in corpus:
+        shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
+
+    result = migrate(data, str(folder), "--name", "clash")
+
+    assert result["instances_refused"] == 1
+    rep = report(data, "clash", expect_gaps=True)
+    assert rep["totals"]["refused"] == 1 and rep["totals"]["missing"] == 0  # held, but not it
+    (refused,) = [r for s in rep["studies"] for r in s["refused"]]
+    assert refused["sop_instance_uid"] == str(other.SOPInstanceUID)
+    assert refused["status"] == 0x0111 and "already stored" in refused["reason"]
+    assert rep["totals"]["sha256_differs"] == 1
+    assert rep["totals"]["silent_gaps"] == 0
+
+
+def test_tar_gz_is_migrated(corpus: list[Path], tmp_path: Path) -> None:
+    archive = tmp_path / "export.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i, path in enumerate(corpus):
+            tar.add(path, f"export/{i}.dcm")
+    data = tmp_path / "data"
+
+    result = migrate(data, str(archive), "--name", "tar1")
+
+    assert result["instances_stored"] == N_STUDIES * PER_STUDY
+    assert report(data, "tar1")["totals"]["sha256_matched"] == N_STUDIES * PER_STUDY
+
+
+def test_cancelled_migration_stops_and_says_so(corpus: list[Path], tmp_path: Path) -> None:
+    """``nubis jobs cancel`` reaches a running migration: it stops after the studies begun,
+    the job is cancelled, and the command exits 1 naming it."""
+    folder = tmp_path / "pacs"
+    for path in corpus:
+        shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
+    data = tmp_path / "data"
+    process = start_migration(data, str(folder), "--name", "cancel", "--max-mb-per-s", "0.005")
+    try:
+        deadline = time.monotonic() + 60
+        while job_progress(data).get("total") is None or job_progress(data)["done"] < 1:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        assert nubis(data, "jobs", "cancel", "1").returncode == 0
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+    (job,) = json.loads(nubis(data, "jobs", "list", "--json").stdout)
+    assert job["state"] == "cancelled"
+    assert job["progress"]["done"] < N_STUDIES * PER_STUDY
+
+
+def test_second_run_of_a_live_migration_is_refused(corpus: list[Path], tmp_path: Path) -> None:
+    """Run again while the first run is alive (its lease renewed): not two runs of one job."""
+    folder = tmp_path / "pacs"
+    for path in corpus:
+        shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
+    data = tmp_path / "data"
+    process = start_migration(data, str(folder), "--name", "twice", "--max-mb-per-s", "0.005")
+    try:
+        deadline = time.monotonic() + 60
+        while job_progress(data)["done"] < 1:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+
+        second = nubis(data, "migrate", "run", str(folder), "--name", "twice", timeout=60)
+
+        assert second.returncode == 1
+        assert "is running in" in second.stdout + second.stderr
+        assert process.poll() is None  # the first run goes on
+    finally:
+        process.kill()
+        process.wait(timeout=30)

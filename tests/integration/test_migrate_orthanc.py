@@ -1,0 +1,175 @@
+"""``nubis migrate`` from a legacy PACS: Debian's Orthanc, over DICOMweb and DIMSE.
+
+Orthanc runs on loopback with free ports (integration.orthanc), loaded with generated studies.
+Each migration goes into an archive of its own, through the CLI, and its report must show
+every source instance in nubis (zero gaps); over DICOMweb the bytes are the source's own, so
+every SHA-256 compares equal.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from integration.migrate_helpers import job_progress, migrate, report, start_migration
+from integration.orthanc import Orthanc, free_port
+from nubis.tools import synth
+
+N_STUDIES = 30
+PER_STUDY = 4
+TOTAL = N_STUDIES * PER_STUDY
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return synth.make_corpus(
+        tmp_path_factory.mktemp("pacs-corpus"),
+        n_studies=N_STUDIES,
+        series_per_study=2,
+        instances_per_series=PER_STUDY // 2,
+        rows=32,
+        columns=32,
+        seed=1202,
+    )
+
+
+@pytest.fixture(scope="module")
+def move_port() -> int:
+    """Where ``nubis migrate`` receives C-MOVE sub-operations (Orthanc's modality NUBIS)."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def legacy(corpus: list[Path], move_port: int) -> Iterator[Orthanc]:
+    pacs = Orthanc(DicomModalities={"nubis": ["NUBIS", "127.0.0.1", move_port]})
+    try:
+        assert pacs.load(corpus) == TOTAL
+        yield pacs
+    finally:
+        pacs.stop()
+
+
+def _zero_gaps(data: Path, name: str) -> dict[str, int]:
+    totals = report(data, name)["totals"]
+    assert totals["studies"] == totals["studies_done"] == N_STUDIES
+    assert totals["source_instances"] == totals["nubis_instances"] == TOTAL
+    assert totals["missing"] == totals["extra"] == totals["refused"] == 0
+    assert totals["silent_gaps"] == totals["listing_gaps"] == 0
+    return totals
+
+
+def test_dicomweb_migration(legacy: Orthanc, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    result = migrate(data, legacy.dicomweb, "--name", "web", "--concurrency", "2")
+
+    assert result["instances_stored"] == TOTAL
+    totals = _zero_gaps(data, "web")
+    # WADO-RS gave the objects as stored (transfer-syntax=*): the source's own bytes.
+    assert totals["sha256_matched"] == TOTAL
+
+
+def test_dimse_c_move_migration(legacy: Orthanc, move_port: int, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    result = migrate(
+        data, legacy.dimse, "--name", "move", "--listen-port", str(move_port), "--concurrency", "2"
+    )
+
+    assert result["instances_stored"] == TOTAL
+    totals = _zero_gaps(data, "move")
+    # Over DIMSE the objects are re-encoded on the network: the source gives no digest.
+    assert totals["sha256_not_given"] == TOTAL
+
+
+def test_dimse_c_get_migration(legacy: Orthanc, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    result = migrate(data, legacy.dimse, "--name", "get", "--retrieve", "get")
+
+    assert result["instances_stored"] == TOTAL
+    _zero_gaps(data, "get")
+
+
+def test_capped_c_find_shrinks_its_date_window(corpus: list[Path], tmp_path: Path) -> None:
+    """Orthanc answers at most LimitFindResults matches (ending with 0xFE00): the migration
+    splits its date windows until every answer is whole, and so lists every study."""
+    pacs = Orthanc(
+        DicomModalities={"nubis": ["NUBIS", "127.0.0.1", free_port()]}, LimitFindResults=7
+    )
+    try:
+        pacs.load(corpus)
+        data = tmp_path / "data"
+
+        # Dates asked for: no study without a Study Date is expected (see below).
+        result = migrate(
+            data, pacs.dimse, "--name", "capped", "--retrieve", "get", "--from", "19000101"
+        )
+        undated = migrate(tmp_path / "undated", pacs.dimse, "--name", "u", "--retrieve", "get")
+    finally:
+        pacs.stop()
+
+    assert result["studies"] == N_STUDIES
+    assert result["find_windows"] > N_STUDIES // 7
+    assert result["listing_gaps"] == []
+    _zero_gaps(data, "capped")
+    # Without dates, a capped source may hide studies without a Study Date, which no window
+    # matches: not silently.
+    assert undated["studies"] == N_STUDIES
+    assert [g["what"] for g in undated["listing_gaps"]] == ["studies without a Study Date"]
+
+
+def test_sigkill_mid_migration_then_resume(legacy: Orthanc, move_port: int, tmp_path: Path) -> None:
+    """A migration killed with SIGKILL resumes when run again: what was stored and verified
+    is not moved again, and the report shows zero gaps."""
+    data = tmp_path / "data"
+    options = ("--name", "killed", "--listen-port", str(move_port))
+    # Throttled so that it is still running when killed.
+    process = start_migration(data, legacy.dimse, *options, "--max-mb-per-s", "0.05")
+    try:
+        deadline = time.monotonic() + 120
+        while (progress := job_progress(data))["done"] < TOTAL // 4:
+            assert process.poll() is None, "the migration ended before it could be killed"
+            assert time.monotonic() < deadline, "the migration made no progress"
+            time.sleep(0.5)
+        # `nubis jobs` shows how far it is and when it should end.
+        assert progress["total"] == TOTAL and progress["eta_seconds"] > 0
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+
+    result = migrate(data, legacy.dimse, *options)
+
+    # Studies finished before the kill are skipped whole; of one cut short, what was stored
+    # is found present; only the rest is moved.
+    assert result["studies_skipped"] > 0
+    assert result["instances_stored"] < TOTAL
+    skipped, present = result["instances_skipped"], result["instances_present"]
+    assert skipped + present + result["instances_stored"] == TOTAL
+    _zero_gaps(data, "killed")
+
+
+def test_study_without_a_study_date_is_listed(tmp_path: Path) -> None:
+    """Old archives hold studies without a Study Date, which no C-FIND date range matches;
+    from a source that answers whole, the first query (no date key) lists them."""
+    paths = synth.make_corpus(
+        tmp_path / "src", n_studies=2, instances_per_series=2, rows=16, columns=16, seed=1204
+    )
+    for path in paths[:2]:  # the first study's two instances
+        ds = pydicom.dcmread(path)
+        del ds.StudyDate
+        ds.save_as(path, enforce_file_format=True)
+    pacs = Orthanc(DicomModalities={"nubis": ["NUBIS", "127.0.0.1", free_port()]})
+    try:
+        pacs.load(paths)
+        result = migrate(tmp_path / "data", pacs.dimse, "--name", "undated", "--retrieve", "get")
+    finally:
+        pacs.stop()
+
+    assert result["studies"] == 2 and result["instances_stored"] == 4
+    assert result["listing_gaps"] == []
