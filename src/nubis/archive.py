@@ -41,6 +41,7 @@ from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
 from nubis.services.operations import Operations
+from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
@@ -154,6 +155,7 @@ class Archive:
             overwrite=settings.on_conflict == "overwrite",
             bulk_threshold=settings.bulk_threshold,
             floor=self.floor,
+            patient_conflict=settings.patient_conflict,
         )
         # Last reads feed the lifecycle rules (unread>30d -> cold).
         self.reads = ReadTracker(self.index, every_seconds=settings.read_record_seconds)
@@ -179,6 +181,7 @@ class Archive:
         )
         # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
         self.export = ExportService(self.retrieve, self.guard)
+        self.quarantine = QuarantineService(self.index, guard=self.guard)
         self.maintenance = Maintenance(
             self.index,
             self.blobs,

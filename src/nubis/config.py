@@ -84,6 +84,13 @@ class Settings:
         "one and answers 0x0111 (HTTP 409); 'overwrite' replaces it.",
         _choice("reject", "overwrite"),
     )
+    patient_conflict: str = _setting(
+        "refuse",
+        "An object naming another Patient ID than its stored study: 'refuse' answers 0xA900 "
+        "(HTTP 409); 'quarantine' stores it and holds the study in quarantine, seen by admins "
+        "only until released (nubis storage release), with warning 0xB007. For migrations.",
+        _choice("refuse", "quarantine"),
+    )
     qido_default_limit: int = _setting(
         1000, "QIDO-RS results per page when the request gives no limit (page on with offset)."
     )

@@ -331,3 +331,22 @@ def test_a_phone_sized_screen(archive: Archive, browser: Browser) -> None:
     finally:
         context.close()
     assert errors == []
+
+
+def test_upload_of_an_instance_stored_in_another_encoding(
+    archive: Archive, page: Page, tmp_path: Path
+) -> None:
+    """Issue 12: the same instance twice, native and RLE: both count as stored (the second is
+    202 with a warning, PS3.18 10.5.3), and the row of the one answered as already stored
+    says so; nothing counts as failed."""
+    folder = tmp_path / "twice"
+    folder.mkdir()
+    for name in ("MR_small.dcm", "MR_small_RLE.dcm"):
+        shutil.copy(get_testdata_file(name), folder / name)
+    sign_in(page, archive.url, "rad")
+    page.get_by_role("link", name="Upload").first.click()
+    page.locator("#pick-folder").set_input_files(folder)
+    summary = page.locator("#upload-summary")
+    expect(summary).to_contain_text("Done", timeout=60_000)
+    expect(summary).to_have_text("Done: 2 stored, 0 failed, 0 skipped.")
+    expect(page.locator("tr", has_text="already stored in another encoding")).to_have_count(1)

@@ -143,9 +143,7 @@ def enhanced_mr_window(frame: int) -> tuple[float, float]:
 
 def enhanced_mr_pixels(frames: int = ENHANCED_MR_FRAMES, size: int = 64) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size]
-    return np.stack(
-        [((x * 31 + y * 17 + f * 101) % 1024).astype(np.uint16) for f in range(frames)]
-    )
+    return np.stack([((x * 31 + y * 17 + f * 101) % 1024).astype(np.uint16) for f in range(frames)])
 
 
 def make_enhanced_mr(path: Path, *, patient_id: str, study_uid: str, size: int = 64) -> Path:

@@ -12,16 +12,26 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from pydicom.data import get_testdata_file
+from pydicom.uid import RLELossless
 from sqlalchemy import func, select
 
 from nubis.blobs.filesystem import FileBlobStore
 from nubis.errors import DuplicateInstance, NotFound
 from nubis.index.database import Index
-from nubis.index.schema import INSTANCES_LOCATED, instances, metadata, series, studies
+from nubis.index.schema import (
+    INSTANCES_LOCATED,
+    instance_warnings,
+    instances,
+    metadata,
+    quarantined_studies,
+    series,
+    studies,
+)
 from nubis.model.records import StoreResult
 from nubis.security.policy import AuthPolicy, system_principal
 from nubis.services.guard import Guard
@@ -79,7 +89,9 @@ def test_store_duplicate_and_conflict(index: Index, tmp_path: Path) -> None:
 
     changed = tmp_path / "changed.dcm"
     data = bytearray(ct.read_bytes())
-    data[-1] ^= 0xFF  # same UIDs, different pixel byte
+    # Same UIDs, a different pixel: the last pixel's high byte, before CT_small's Data Set
+    # Trailing Padding (FFFC,FFFC), whose bytes mean nothing (PS3.10 7.2).
+    data[data.rindex(b"\xfc\xff\xfc\xff") - 1] ^= 0xFF
     changed.write_bytes(bytes(data))
     conflict = service.store(spool.from_file(changed), principal=system_principal(tenant="p"))
     assert isinstance(conflict.error, DuplicateInstance)
@@ -96,7 +108,7 @@ def test_overwrite_policy_replaces(index: Index, tmp_path: Path) -> None:
     service.store(spool.from_file(ct), principal=system_principal(tenant="p"))
     changed = tmp_path / "changed.dcm"
     data = bytearray(ct.read_bytes())
-    data[-1] ^= 0xFF
+    data[data.rindex(b"\xfc\xff\xfc\xff") - 1] ^= 0xFF  # a pixel, not the padding
     changed.write_bytes(bytes(data))
     outcome = service.store(spool.from_file(changed), principal=system_principal(tenant="p"))
     assert outcome.result is StoreResult.REPLACED
@@ -427,3 +439,83 @@ def test_audit_tables_refuse_update_and_delete(index: Index, tmp_path: Path) -> 
         with pytest.raises(Exception, match="append-only"), index.write_engine.begin() as conn:
             conn.exec_driver_sql(sql)
     assert trail.head()[0] == 1
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_the_same_instance_in_another_encoding_is_already_stored(
+    index: Index, tmp_path: Path, overwrite: bool
+) -> None:
+    """Issue 12: a re-sent instance whose data set equals the stored one apart from transfer
+    syntax, file meta or group lengths is the same instance: success with a warning naming it
+    (PS3.4 B.2.3 0xB000), whatever on_conflict says, and the stored object is kept as it was;
+    the warning is recorded on the stored instance. A different data set still conflicts."""
+    service, spool = _service(index, tmp_path, overwrite=overwrite)
+    who = system_principal(tenant="p")
+    original = Path(get_testdata_file("MR_small.dcm"))
+    first = service.store(spool.from_file(original), principal=who)
+    assert first.ok and first.result is StoreResult.STORED and first.warnings == ()
+    # The same pixels in RLE, JPEG-LS lossless, JPEG 2000 lossless, big endian, implicit VR.
+    for name in (
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+    ):
+        again = service.store(spool.from_file(Path(get_testdata_file(name))), principal=who)
+        assert again.ok, (name, again.error)
+        assert again.result is StoreResult.SAME_INSTANCE, name
+        [warning] = again.warnings
+        assert (warning.reason, warning.status) == ("same-instance-other-encoding", 0xB000)
+        assert "1.2.840.10008.1.2.1" in warning.detail
+    [stored] = index.instances_of("p", first.study_uid or "")
+    assert service.blobs.read(stored.blob_key, context=blob_context(stored)) == (
+        original.read_bytes()
+    )
+    assert len(list(service.blobs.list())) == 1
+    with index.reading() as conn:
+        rows = conn.execute(
+            select(instance_warnings.c.instance_pk, instance_warnings.c.status)
+        ).all()
+    assert [tuple(r) for r in rows] == [(stored.pk, 0xB000)]
+
+    # One pixel changed in the compressed copy's decoded form is another object.
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.PixelData = ds.PixelData[:-2] + bytes([ds.PixelData[-2] ^ 1]) + ds.PixelData[-1:]
+    ds.compress(RLELossless, generate_instance_uid=False)
+    changed = tmp_path / "changed_rle.dcm"
+    ds.save_as(changed, enforce_file_format=True)
+    outcome = service.store(spool.from_file(changed), principal=who)
+    if overwrite:
+        assert outcome.result is StoreResult.REPLACED
+    else:
+        assert isinstance(outcome.error, DuplicateInstance)
+        assert service.blobs.read(stored.blob_key, context=blob_context(stored)) == (
+            original.read_bytes()
+        )
+    assert list(spool.folder.iterdir()) == []
+
+
+def test_a_patient_conflict_is_quarantined_when_asked(index: Index, tmp_path: Path) -> None:
+    """Issue 12: with patient_conflict = quarantine, an object naming another Patient ID under
+    a stored study is stored, the study held in quarantine (absent from scoped reads unless
+    they see it) and the instance warned; refused (0xA900) otherwise, as before."""
+    service, spool = _service(index, tmp_path)
+    who = system_principal(tenant="p")
+    first = service.store(spool.from_file(Path(get_testdata_file("CT_small.dcm"))), principal=who)
+    other = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    other.PatientID = "SOMEONE-ELSE"
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    path = tmp_path / "other.dcm"
+    other.save_as(path)
+    refused = service.store(spool.from_file(path), principal=who)
+    assert refused.error is not None and refused.error.dimse_status == 0xA900
+    held = service.store(spool.from_file(path), principal=who, patient_conflict="quarantine")
+    assert held.ok and held.result is StoreResult.QUARANTINED
+    assert [(w.reason, w.status) for w in held.warnings] == [("patient-conflict", 0xB007)]
+    study = first.study_uid or ""
+    with pytest.raises(NotFound):
+        index.instances_of("p", study)
+    assert len(index.instances_of("p", study, hide_quarantined=False)) == 2
+    with index.reading() as conn:
+        assert conn.execute(select(func.count()).select_from(quarantined_studies)).scalar() == 1

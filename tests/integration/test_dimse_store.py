@@ -22,7 +22,7 @@ import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless
+from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless, RLELossless
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
@@ -466,3 +466,50 @@ def test_cut_off_c_store_leaves_no_spool_file(dimse: Dimse, tmp_path: Path) -> N
         time.sleep(0.1)
     assert not set(spool.iterdir()) - before
     run(["echoscu", "-aet", "CUTOFF", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port)])
+
+
+def test_the_same_instance_in_another_encoding_is_a_warning(dimse: Dimse) -> None:
+    """Issue 12: a modality re-sending a stored instance compressed (RLE Lossless here) gets
+    a warning status, 0xB000 (PS3.4 B.2.3, coercion: what is kept is the stored encoding),
+    with an Error Comment naming it, never 0x0111; the stored bytes stay as they were."""
+    ds = next(synth.series_datasets("MR", n_instances=1, seed=47, patient=synth.PatientSpec(
+        "DIMSE-RESEND-1", "Resend^Rita", "19800101", "F")))  # fmt: skip
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    compressed = copy.deepcopy(ds)
+    compressed.compress(RLELossless, generate_instance_uid=False)
+    ae = AE(ae_title="PYNET")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    ae.add_requested_context(ds.SOPClassUID, RLELossless)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=NUBIS_AE)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+        before = stored_bytes(dimse, ds.SOPInstanceUID)
+        status = assoc.send_c_store(compressed)
+        assert status.Status == 0xB000, status
+        assert status.ErrorComment.startswith("already stored in another encoding")
+    finally:
+        assoc.release()
+    assert stored_bytes(dimse, ds.SOPInstanceUID) == before
+
+
+def test_a_usable_but_non_conformant_object_is_a_warning_status(dimse: Dimse) -> None:
+    """Issue 12, PS3.4 B.2.3: what real archives hold and nubis keeps is a warning status,
+    never a failure: a Study Instance UID with a leading zero in a component (PS3.5 9.1) is
+    0xB007 (data set does not match), with an Error Comment naming the attribute; the object
+    is stored and found under that UID."""
+    ds = next(synth.series_datasets("CT", n_instances=1, seed=48, patient=synth.PatientSpec(
+        "DIMSE-LAPSE-1", "Lapse^Lou", "19800101", "M")))  # fmt: skip
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.2.1143.012.48"
+    ae = AE(ae_title="PYNET")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=NUBIS_AE)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ds)
+        assert status.Status == 0xB007, status
+        assert status.ErrorComment.startswith("Study Instance UID (0020,000D)")
+    finally:
+        assoc.release()
+    rows = {r.sop_instance_uid: r for r in index_rows(dimse.data_dir)}
+    assert rows[ds.SOPInstanceUID].study_uid == ds.StudyInstanceUID

@@ -248,3 +248,30 @@ def test_second_run_of_a_live_migration_is_refused(corpus: list[Path], tmp_path:
     finally:
         process.kill()
         process.wait(timeout=30)
+
+
+def test_a_study_of_two_patients_is_migrated_into_quarantine(tmp_path: Path) -> None:
+    """Issue 12: an old archive's study whose instances disagree on the patient comes in all
+    the same (the migration stores with patient_conflict = quarantine, whatever the setting):
+    nothing refused, no gap, and the study is held in quarantine, listed with the instances
+    per Patient ID, seen by admins only (docs/security.md)."""
+    data = tmp_path / "data"
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    datasets = list(synth.series_datasets("CT", n_instances=2, seed=1212, patient=synth.PatientSpec(
+        "MIG-PAT-A", "Mixed^Ann", "19700101", "F")))  # fmt: skip
+    datasets[0].save_as(folder / "IM0.dcm", enforce_file_format=True)
+    # A typo fixed halfway, at the source (synth's data sets share their patient elements).
+    datasets[1].PatientID = "MIG-PAT-B"
+    datasets[1].save_as(folder / "IM1.dcm", enforce_file_format=True)
+
+    result = migrate(data, str(folder), "--name", "mixed")
+
+    assert result["instances_refused"] == 0
+    rep = report(data, "mixed")
+    assert rep["totals"]["silent_gaps"] == 0 and rep["totals"]["refused"] == 0
+    listed = nubis(data, "storage", "quarantine", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [held] = json.loads(listed.stdout)
+    assert held["study_uid"] == str(datasets[0].StudyInstanceUID)
+    assert held["patients"] == {"MIG-PAT-A": 1, "MIG-PAT-B": 1}

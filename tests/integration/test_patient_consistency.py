@@ -26,6 +26,9 @@ from starlette.testclient import TestClient
 
 from integration import in_process_archive
 from nubis.archive import Archive
+from nubis.errors import Forbidden
+from nubis.security.policy import Principal, system_principal
+from nubis.services.quarantine import StudyStillDisagrees
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -234,3 +237,120 @@ def test_a_refused_object_is_audited_and_leaves_no_blob(world: World) -> None:
 def _blob_count(world: World) -> int:
     root = world.tmp / "data" / "blobs"
     return sum(1 for p in root.rglob("*") if p.is_file() and len(p.name) == 32)
+
+
+# ------------------------------------------------------------------ quarantine (issue 12)
+@pytest.fixture(scope="module")
+def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """An archive migrating an old one: patient_conflict = quarantine."""
+    tmp = tmp_path_factory.mktemp("quarantine")
+    archive = in_process_archive(tmp / "data", ADMIN, patient_conflict="quarantine")
+    with TestClient(create_app(archive)) as client:
+        users = archive.users
+        keys = {"admin": ADMIN}
+        for name, role in (
+            ("uploader", "uploader"),
+            ("radiologist", "radiologist"),
+            ("ref-a", "referrer"),
+            ("ref-b", "referrer"),
+        ):
+            users.add_user(name, tenant="default", roles=role)
+            keys[name] = users.create_api_key(name)[1]
+        users.grant("ref-a", tenant="default", patient_id="PAT-QA")
+        users.grant("ref-b", tenant="default", patient_id="PAT-QB")
+        yield World(client, archive, keys, tmp)
+
+
+def test_a_study_of_two_patients_is_held_in_quarantine(held: World) -> None:
+    """With patient_conflict = quarantine, an object naming another patient under a stored
+    study is stored (202, Warning Reason 0xB007, PS3.18 10.5.3) and its study held: nothing is
+    lost (an admin reads both instances), nobody else sees the study (not the referrer granted
+    either patient, not a radiologist of the tenant), the storage report names it, and a
+    release lets it out once its instances agree, audited."""
+    original = held.make("PAT-QA")
+    assert held.store("admin", original).status_code == 200
+    study = str(original.StudyInstanceUID)
+    assert held.study_patients("radiologist", study) == ["PAT-QA"]
+
+    other = held.make("PAT-QB", study_uid=study)
+    response = held.store("uploader", other)
+    assert response.status_code == 202, response.text
+    [item] = response.json()["00081199"]["Value"]
+    assert item["00081196"]["Value"] == [0xB007]
+    warning = response.headers["warning"]
+    assert "held in quarantine" in warning
+    assert "PAT-QA" not in warning and "PAT-QB" not in warning
+
+    assert sorted(held.study_patients("admin", study)) == ["PAT-QA", "PAT-QB"]
+    for who in ("radiologist", "ref-a", "ref-b"):
+        assert held.study_patients(who, study) == [], who
+        assert held.studies_of(who, "PAT-QA") == [] and held.studies_of(who, "PAT-QB") == []
+    assert held.studies_of("admin", "PAT-QA") == [study]
+
+    admin = system_principal(tenant="default")
+    service = held.archive.quarantine
+    [listed] = service.held(admin)
+    assert (listed.study_uid, listed.instances) == (study, 2)
+    assert service.patients_of(admin, study) == {"PAT-QA": 1, "PAT-QB": 1}
+    with pytest.raises(StudyStillDisagrees):
+        service.release(admin, study, reason="not yet")
+    with pytest.raises(Forbidden):
+        service.held(Principal("radiologist", "default", frozenset({"radiologist"})))
+
+    # The instance filed under the wrong study is removed (a correction would re-file it).
+    held.archive.maintenance.delete(
+        admin, study, str(other.SeriesInstanceUID), str(other.SOPInstanceUID)
+    )
+    service.release(admin, study, reason="the PAT-QB instance was re-filed")
+    assert service.held(admin) == []
+    assert held.study_patients("radiologist", study) == ["PAT-QA"]
+    assert held.study_patients("ref-a", study) == ["PAT-QA"]
+    assert held.study_patients("ref-b", study) == []
+
+
+def test_a_release_as_resolved_does_not_check_the_patients(held: World) -> None:
+    """A correction applied on output makes the instances agree as served, not as stored:
+    its service releases the study as resolved."""
+    original = held.make("PAT-QA")
+    assert held.store("admin", original).status_code == 200
+    study = str(original.StudyInstanceUID)
+    assert held.store("admin", held.make("PAT-QB", study_uid=study)).status_code == 202
+    admin = system_principal(tenant="default")
+    held.archive.quarantine.release(admin, study, reason="merged", resolved=True)
+    assert len(held.study_patients("radiologist", study)) == 2
+
+
+def test_a_release_gives_the_study_to_the_patient_its_instances_agree_on(held: World) -> None:
+    """When the instance the study row took its patient from was the odd one, the release
+    makes the row follow the instances that remain: grants and patient queries then find the
+    study under their patient, not the removed one's."""
+    odd = held.make("PAT-QB")
+    assert held.store("admin", odd).status_code == 200
+    study = str(odd.StudyInstanceUID)
+    for _ in range(2):
+        assert held.store("admin", held.make("PAT-QA", study_uid=study)).status_code == 202
+    admin = system_principal(tenant="default")
+    held.archive.maintenance.delete(
+        admin, study, str(odd.SeriesInstanceUID), str(odd.SOPInstanceUID)
+    )
+    held.archive.quarantine.release(admin, study, reason="the odd instance was removed")
+    assert held.study_patients("ref-a", study) == ["PAT-QA", "PAT-QA"]
+    assert held.study_patients("ref-b", study) == []
+    assert held.studies_of("radiologist", "PAT-QA").count(study) == 1
+    assert study not in held.studies_of("radiologist", "PAT-QB")
+
+
+def test_a_correction_releases_a_quarantined_study(held: World) -> None:
+    """The flow issue 12 asks for: a study held for two patients is moved by a correction to
+    one of them (nubis.services.corrections: an overlay on output); the release then counts
+    the Patient ID its objects were stored with as agreeing, and every instance is served as
+    the corrected patient, to whoever is granted that patient only."""
+    original = held.make("PAT-QA")
+    assert held.store("admin", original).status_code == 200
+    study = str(original.StudyInstanceUID)
+    assert held.store("admin", held.make("PAT-QB", study_uid=study)).status_code == 202
+    admin = system_principal(tenant="default")
+    held.archive.corrections.move_study(admin, study, "PAT-QB", reason="merged at the source")
+    held.archive.quarantine.release(admin, study, reason="moved to PAT-QB by a correction")
+    assert held.study_patients("ref-b", study) == ["PAT-QB", "PAT-QB"]
+    assert held.study_patients("ref-a", study) == []

@@ -44,6 +44,7 @@ RUN_AS: dict[str, list[str] | str] = {
     "nubis reap --grace-seconds 0": ["nubis reap --grace-seconds 0"],
     "nubis jobs list": ["nubis jobs list"],
     "nubis storage report --growth 5%/month": ["nubis storage report --growth 5%/month"],
+    "nubis storage warnings --list": ["nubis storage warnings --list"],
     "nubis keys rotate": ["nubis keys rotate"],
     "nubis keys retire k1 --rewrap": ["nubis keys retire k1 --rewrap"],
     # Run last (see ORDER_LAST): it makes the patient's objects unreadable for good.

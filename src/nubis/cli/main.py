@@ -153,7 +153,7 @@ def import_files(
     configure_logs(settings)
     files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
     files = [f for f in files if f.is_file()]
-    stored = failed = 0
+    stored = failed = warned = 0
     operator = cli_principal()
     with (
         Archive(settings) as archive,
@@ -176,11 +176,13 @@ def import_files(
             outcome = archive.store.store(spooled, principal=operator)
             if outcome.error is None:
                 stored += 1
+                warned += bool(outcome.warnings)
             else:
                 failed += 1
                 progress.console.print(f"{path}: {outcome.error.reason}")
             progress.advance(task)
-    console.print(f"{stored} stored, {failed} refused")
+    noted = f" ({warned} with warnings: nubis storage warnings)" if warned else ""
+    console.print(f"{stored} stored{noted}, {failed} refused")
     if failed:
         raise typer.Exit(1)
 

@@ -4,7 +4,10 @@
 ``storage_prices`` table (AWS list prices by default), with a projection by growth rate, and
 what lossless compression saves in the tiers that keep their objects compressed.
 ``tier STUDY [TIER]`` shows where a study is, or pins it to a tier (``hot`` brings an archived
-study back) and queues a ``tier`` job that moves it.
+study back) and queues a ``tier`` job that moves it. ``warnings`` lists the objects ingested
+with warnings (what was odd about them, issue 12), per reason. ``quarantine`` lists the studies
+held in quarantine (their instances disagree on the patient) and ``release STUDY`` lets one out,
+through the quarantine service as an admin of ``--tenant`` (audited).
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from nubis.cli.common import AsJson, Config, DataDir, Set, open_index
+from nubis.cli.common import AsJson, Config, DataDir, Set, open_archive, open_index
 from nubis.cli.output import console, out
 
 if TYPE_CHECKING:
     from nubis.tiers.report import StorageReport
 
 app = typer.Typer(
-    help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study).",
+    help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study); "
+    "warnings (objects ingested with warnings, per reason); quarantine, release (studies whose "
+    "instances disagree on the patient).",
     no_args_is_help=True,
 )
 
@@ -198,3 +203,115 @@ def tier_study(
         console.print(f"no study {study} in partition {partition}", style="red")
         raise typer.Exit(1)
     out.print_json(json.dumps(facts))
+
+
+@app.command("warnings")
+def ingest_warnings(
+    list_: Annotated[
+        bool, typer.Option("--list", help="Also list each instance: its UIDs and what was odd.")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="Only this reason (e.g. file-meta-mismatch).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Most instances listed.")] = 10_000,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Objects ingested with warnings (PS3.4 B.2.3 / PS3.18 10.5.3 warning statuses), per
+    reason: how many instances in how many studies; with --list, the UIDs."""
+    from nubis.index.ingest_warnings import warned_instances, warning_counts
+
+    with open_index(data_dir, config, set_) as (_settings, index):
+        counts = [c for c in warning_counts(index) if reason is None or c.reason == reason]
+        listed = warned_instances(index, reason=reason, limit=limit) if list_ else []
+    if as_json:
+        body: dict[str, object] = {
+            "reasons": [
+                {"reason": c.reason, "status": f"0x{c.status:04X}", "instances": c.instances,
+                 "studies": c.studies}
+                for c in counts
+            ],
+        }  # fmt: skip
+        if list_:
+            body["instances"] = [
+                {**item.as_json(), "status": f"0x{item.status:04X}"} for item in listed
+            ]
+        out.print_json(json.dumps(body))
+        return
+    if not counts:
+        out.print("no object was ingested with warnings")
+        return
+    table = Table("reason", "status", "instances", "studies", title="Ingested with warnings")
+    for c in counts:
+        table.add_row(c.reason, f"0x{c.status:04X}", f"{c.instances:,}", f"{c.studies:,}")
+    out.print(table)
+    for item in listed:
+        out.print(
+            f"{item.reason}\t{item.partition}\t{item.study_uid}\t{item.series_uid}\t"
+            f"{item.sop_instance_uid}\t{item.detail}"
+        )
+
+
+@app.command("quarantine")
+def quarantine(
+    tenant: Annotated[str, typer.Option(help="The tenant whose studies are listed.")] = "default",
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Studies held in quarantine (their instances disagree on the patient; seen by admins
+    only until released), with the Patient IDs their instances name."""
+    from nubis.security.authn import cli_principal
+
+    with open_archive(data_dir, config, set_) as archive:
+        who = cli_principal(tenant)
+        held = archive.quarantine.held(who)
+        patients = {s.study_uid: archive.quarantine.patients_of(who, s.study_uid) for s in held}
+    rows = [
+        {"partition": s.partition, "study_uid": s.study_uid, "since_ms": s.since,
+         "instances": s.instances, "patients": patients[s.study_uid], "reason": s.reason}
+        for s in held
+    ]  # fmt: skip
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        out.print("no study is held in quarantine")
+        return
+    table = Table("study", "since (UTC)", "instances", "instances per Patient ID",
+                  title="Held in quarantine")  # fmt: skip
+    for study in held:
+        since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(study.since / 1000))
+        per_patient = patients[study.study_uid].items()
+        table.add_row(
+            study.study_uid, since, f"{study.instances:,}",
+            ", ".join(f"{patient or '(none)'}: {n}" for patient, n in per_patient),
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command("release")
+def release(
+    study: Annotated[str, typer.Argument(help="Study Instance UID held in quarantine.")],
+    reason: Annotated[str, typer.Option(help="Why it may come out (kept in the audit trail).")],
+    tenant: Annotated[str, typer.Option(help="The study's tenant.")] = "default",
+    resolved: Annotated[
+        bool,
+        typer.Option(
+            help="Release even though its instances name other patients as stored: a "
+            "correction makes them agree as served."
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Let a study out of quarantine once its instances agree on the patient."""
+    from nubis.security.authn import cli_principal
+
+    with open_archive(data_dir, config, set_) as archive:
+        archive.quarantine.release(cli_principal(tenant), study, reason=reason, resolved=resolved)
+    out.print(f"study {study} released from quarantine")

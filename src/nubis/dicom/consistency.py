@@ -5,7 +5,9 @@ under an explicit VR transfer syntax (it looks at the first element and follows 
 an unknown VR (2-byte length, where dcmtk assumes 4), a (0002,0000) group length that is not the
 length of the file meta information (pydicom parses group 0002, dcmtk counts bytes). Stored as
 it is, such an object would be served to tools that trust its header and cannot read it, so
-ingest refuses it with 0xC000 and a reason naming the fault.
+ingest refuses it with 0xC000 and a reason naming the fault; except the store path, which
+keeps a data set whose only fault is the group length under a file meta it writes anew
+(MetaGroupLengthWrong, nubis.dicom.file_meta: warning 0xB000, issue 12).
 
 Each check only finds the fault; what is done about it is the caller's (refusing now; a lenient
 ingest could instead store the data set under a file meta that says what it is).
@@ -25,6 +27,7 @@ from nubis.errors import InvalidInstance
 
 __all__ = [
     "VRS",
+    "MetaGroupLengthWrong",
     "check_file_meta",
     "check_pixel_data_encoding",
     "check_vr_encoding",
@@ -41,6 +44,16 @@ _META_GROUP_START = 128 + 4 + 12
 
 # PS3.5 Table 6.2-1: the VRs an explicit VR element may have.
 VRS = frozenset(vr.value for vr in VR if " " not in vr.value)
+
+
+class MetaGroupLengthWrong(InvalidInstance):
+    """(0002,0000) is not the length of the file meta information: dcmtk trusts it and reads
+    the data set from the wrong byte. Refused as it is (0xC000); the store path may instead
+    keep the data set under a file meta written anew (nubis.dicom.file_meta)."""
+
+    def __init__(self, reason: str, *, data_set_start: int) -> None:
+        super().__init__(reason, dimse_status=_CANNOT_UNDERSTAND)
+        self.data_set_start = data_set_start
 
 
 def check_file_meta(ds: FileDataset, fp: BinaryIO) -> None:
@@ -64,11 +77,11 @@ def check_file_meta(ds: FileDataset, fp: BinaryIO) -> None:
         meta_end = fp.tell()
         fp.seek(position)
     if stated != meta_end - _META_GROUP_START:
-        raise InvalidInstance(
+        raise MetaGroupLengthWrong(
             f"(0002,0000) File Meta Information Group Length is {stated}, but the file meta "
             f"information that follows it is {meta_end - _META_GROUP_START} bytes long "
             "(PS3.10 7.1)",
-            dimse_status=_CANNOT_UNDERSTAND,
+            data_set_start=meta_end,
         )
 
 

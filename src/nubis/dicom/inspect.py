@@ -18,6 +18,7 @@ small in practice).
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import math
 import re
@@ -29,7 +30,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from pydicom.charset import decode_bytes, default_encoding
+from pydicom.charset import decode_bytes, default_encoding, python_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import generate_fragmented_frames, parse_basic_offsets, parse_fragments
@@ -55,6 +56,7 @@ from nubis.dicom.consistency import (
     invalid_vr,
 )
 from nubis.errors import InvalidInstance
+from nubis.model.records import IngestWarning
 
 __all__ = ["BULK_URI_MARKER", "InspectedInstance", "inspect_file"]
 
@@ -81,12 +83,19 @@ _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _ITEM_TAG_BIG_ENDIAN = b"\xff\xfe\xe0\x00"
 
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
-_REQUIRED_UIDS = (
-    ("SOP Class UID", 0x00080016),
-    ("SOP Instance UID", 0x00080018),
+# PS3.5 9.1: no component but "0" itself starts with a zero. Legacy objects break this rule
+# and stay usable (the UID is still digits and dots, a valid URL path segment).
+_LEADING_ZERO_RE = re.compile(r"(^|\.)0[0-9]")
+_SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
+_TERM_RE = re.compile(r"[A-Z0-9_ ]{1,16}")  # CS: a defined term (PS3.5 Table 6.2-1)
+_IDENTIFYING_UIDS = (
+    ("SOP Instance UID", _SOP_INSTANCE),
     ("Study Instance UID", 0x0020000D),
     ("Series Instance UID", 0x0020000E),
 )
+# PS3.4 Table B.2-1 / PS3.18 Table 10.5.3-1 warnings: stored as sent, but the data set does not
+# conform (issue 12). 0xB000 (coercion) is kept for what is served otherwise than it was sent.
+_NOT_CONFORMANT = 0xB007
 
 _NUMBER_FORMATS = {
     "US": ("H", 2),
@@ -107,6 +116,8 @@ _SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 # delimiter of a multi-valued element. pydicom compares them with the bytes of the value.
 _TEXT_DELIMITERS = {ord("\\")}
 _FLOAT_VRS = frozenset({"FL", "FD"})
+# Text whose bytes (0008,0005) Specific Character Set says how to decode (PS3.5 6.1.2.3).
+_DECODED_VRS = _TEXT_VRS | _SINGLE_TEXT_VRS | {"PN"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +163,8 @@ class InspectedInstance:
     encapsulated_paths: frozenset[str] = frozenset()
     # The decoded form of metadata_json, so the store path need not parse it back.
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    # What was odd about the object, which was accepted all the same (issue 12).
+    warnings: tuple[IngestWarning, ...] = ()
 
 
 def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> InspectedInstance:
@@ -179,8 +192,11 @@ def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> Inspec
         cannot be parsed, or other readers would read it otherwise than pydicom does (data set
         or Pixel Data not encoded as the transfer syntax says, unknown VRs, malformed items:
         :mod:`nubis.dicom.consistency`); 0xC122 if its transfer syntax is unknown; 0xA900 if
-        an identifying UID is missing or invalid (PS3.5 Section 9.1) or the file meta SOP
-        Instance UID differs from the data set's.
+        the SOP Instance, Study or Series Instance UID is missing or not usable (digits and
+        dots, at most 64 characters: PS3.5 Section 9.1), or the SOP Class UID is, in the data
+        set and the file meta alike. What is odd but usable is in
+        :attr:`InspectedInstance.warnings` instead (issue 12): a file meta naming another
+        object, a SOP Class UID taken from the file meta, UID lapses, unknown character sets.
     """
     opened = open(path, "rb") if isinstance(path, Path) else path  # noqa: SIM115 - closed below
     with opened as fp:
@@ -206,6 +222,7 @@ def _inspect(
     ds: FileDataset, fp: BinaryIO, reader: _CutShortReader, size: int, bulk_threshold: int
 ) -> InspectedInstance:
     transfer_syntax = _transfer_syntax(ds)
+    warnings: list[IngestWarning] = []
     check_file_meta(ds, fp)
     check_vr_encoding(ds, transfer_syntax)
     deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
@@ -237,8 +254,20 @@ def _inspect(
     if "BulkDataURI" in tree.get("7FE00010", {}):
         check_pixel_data_encoding("7FE00010" in walker.encapsulated, transfer_syntax)
     # The JSON values are already decoded: reading them avoids converting elements twice.
-    uids = [_valid_uid(tree, name, tag) for name, tag in _REQUIRED_UIDS]
-    _check_meta_instance_uid(ds, uids[1])
+    # The instance, study and series UIDs identify the object: without them it is refused.
+    uids = {tag: _valid_uid(ds, tree, name, tag, warnings) for name, tag in _IDENTIFYING_UIDS}
+    uids[_SOP_CLASS] = _sop_class(ds, tree, warnings)
+    warnings.extend(_meta_disagreements(ds, uids[_SOP_CLASS], uids[_SOP_INSTANCE]))
+    warnings.extend(_charset_warnings(tree))
+    if walker.text_beyond_ascii:
+        warnings.append(
+            IngestWarning(
+                "charset-missing",
+                _NOT_CONFORMANT,
+                "text has bytes beyond ASCII, and no (0008,0005) Specific Character Set says "
+                "what they are: read as ISO 8859-1 (PS3.5 6.1.2.3)",
+            )
+        )
     frame_index = None if deflated else walker.frame_index(tree)
 
     metadata_json = json.dumps(tree, separators=(",", ":"))
@@ -247,15 +276,16 @@ def _inspect(
     return InspectedInstance(
         header=ds,
         transfer_syntax_uid=str(transfer_syntax),
-        sop_class_uid=uids[0],
-        sop_instance_uid=uids[1],
-        study_instance_uid=uids[2],
-        series_instance_uid=uids[3],
+        sop_class_uid=uids[_SOP_CLASS],
+        sop_instance_uid=uids[_SOP_INSTANCE],
+        study_instance_uid=uids[0x0020000D],
+        series_instance_uid=uids[0x0020000E],
         metadata_json=metadata_json,
         frame_index=frame_index,
         bulk_index=walker.bulk_index,
         encapsulated_paths=frozenset(walker.encapsulated),
         metadata=tree,
+        warnings=tuple(warnings),
     )
 
 
@@ -343,7 +373,11 @@ def _shown(value: object) -> str:
     return f"(a value of {len(text)} characters that is not a UID)"
 
 
-def _valid_uid(tree: dict[str, Any], name: str, tag: int) -> str:
+def _valid_uid(
+    ds: Dataset, tree: dict[str, Any], name: str, tag: int, warnings: list[IngestWarning]
+) -> str:
+    """The UID, usable: digits and dots in non-empty components, at most 64 characters once
+    its padding is cut; a PS3.5 9.1 lapse that leaves it usable is a warning."""
     label = f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
     values = tree.get(f"{tag:08X}", {}).get("Value") or [None]
     value = values[0]
@@ -356,18 +390,119 @@ def _valid_uid(tree: dict[str, Any], name: str, tag: int) -> str:
             f"{label} is not a valid UID ({len(value)} characters)",
             dimse_status=_DATA_SET_MISMATCH,
         )
+    lapses = []
+    if _LEADING_ZERO_RE.search(value):
+        lapses.append("a component with a leading zero")
+    raw = getattr(ds.get_item(tag), "value", None)
+    if isinstance(raw, bytes) and raw not in (value.encode(), value.encode() + b"\x00"):
+        lapses.append("padding other than one trailing NUL")  # PS3.5 9.1: pads an odd length
+    if lapses:
+        warnings.append(
+            IngestWarning(
+                "uid-not-conformant",
+                _NOT_CONFORMANT,
+                f"{label} {value} has {' and '.join(lapses)} (PS3.5 9.1)",
+            )
+        )
     return str(value)
 
 
-def _check_meta_instance_uid(ds: Dataset, sop_instance_uid: str) -> None:
+def _sop_class(ds: Dataset, tree: dict[str, Any], warnings: list[IngestWarning]) -> str:
+    """(0008,0016), or where the data set lacks it, the file meta's (0002,0002) with a warning:
+    the object is identified without it, and the file meta says what it is."""
+    if tree.get(f"{_SOP_CLASS:08X}", {}).get("Value"):
+        return _valid_uid(ds, tree, "SOP Class UID", _SOP_CLASS, warnings)
     meta = getattr(ds, "file_meta", None)
-    meta_uid = meta.get("MediaStorageSOPInstanceUID") if meta is not None else None
-    if meta_uid and str(meta_uid) != sop_instance_uid:
+    meta_class = str(meta.get("MediaStorageSOPClassUID") or "") if meta is not None else ""
+    meta_class = meta_class.rstrip(" \x00")
+    if not meta_class or len(meta_class) > 64 or not _UID_RE.fullmatch(meta_class):
         raise InvalidInstance(
-            f"(0002,0003) Media Storage SOP Instance UID {_shown(meta_uid)} differs from "
-            f"(0008,0018) SOP Instance UID {_shown(sop_instance_uid)}",
+            "SOP Class UID (0008,0016) is missing, and so is a valid (0002,0002) Media "
+            "Storage SOP Class UID to take it from",
             dimse_status=_DATA_SET_MISMATCH,
         )
+    warnings.append(
+        IngestWarning(
+            "sop-class-from-file-meta",
+            _NOT_CONFORMANT,
+            f"SOP Class UID (0008,0016) is missing: {meta_class} of (0002,0002) is used",
+        )
+    )
+    return meta_class
+
+
+def _meta_disagreements(ds: Dataset, sop_class: str, sop_instance: str) -> list[IngestWarning]:
+    """The file meta naming another object than its data set: the data set is the authority
+    (it is what is indexed and served), the disagreement a warning (PS3.10 7.1)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return []
+    found = []
+    for meta_tag, name, uid in (
+        (0x00020002, "Media Storage SOP Class UID", sop_class),
+        (0x00020003, "Media Storage SOP Instance UID", sop_instance),
+    ):
+        meta_uid = str(meta[meta_tag].value or "").rstrip(" \x00") if meta_tag in meta else ""
+        if meta_uid and meta_uid != uid:
+            where = f"({meta_tag >> 16:04X},{meta_tag & 0xFFFF:04X})"
+            found.append(f"{where} {name} {_shown(meta_uid)}")
+    if not found:
+        return []
+    return [
+        IngestWarning(
+            "file-meta-mismatch",
+            _NOT_CONFORMANT,
+            f"the file meta disagrees with the data set, whose UIDs are used: {'; '.join(found)}",
+        )
+    ]
+
+
+def _charset_warnings(tree: dict[str, Any]) -> list[IngestWarning]:
+    """(0008,0005) terms not defined by PS3.3 C.12.1.1.2. pydicom reads a common misspelling
+    ("ISO IR 100") as the term meant, and a Python codec name as that codec; any other term's
+    text is decoded as the default repertoire (PS3.5 6.1.2.3), maybe not what was meant."""
+    terms = tree.get("00080005", {}).get("Value") or []
+    odd = [t for t in terms if t and t not in python_encoding]
+    if not odd:
+        return []
+    said = []
+    for term in odd[:3]:
+        # Quoted when it looks like a defined term; anything else may be any text, a name too.
+        shown = repr(term) if _TERM_RE.fullmatch(term) else f"a value of {len(term)} characters"
+        meant = _misspelled_term(term)
+        if meant is not None:
+            said.append(f"{shown}, read as {meant!r}")
+        elif _is_codec(term):
+            said.append(f"{shown}, read as that Python codec")
+        else:
+            said.append(f"{shown}, read as the default repertoire")
+    return [
+        IngestWarning(
+            "charset-not-defined",
+            _NOT_CONFORMANT,
+            "(0008,0005) Specific Character Set names terms not defined by PS3.3 C.12.1.1.2: "
+            + "; ".join(said),
+        )
+    ]
+
+
+def _misspelled_term(term: str) -> str | None:
+    """The defined term pydicom takes ``term`` for (its spelling fixes), if any."""
+    if re.match("^ISO[^_]IR", term):
+        patched = "ISO_IR" + term[6:]
+    elif re.match("^(?=ISO.2022.IR.)(?!ISO 2022 IR )", term):
+        patched = "ISO 2022 IR " + term[12:]
+    else:
+        return None
+    return patched if patched in python_encoding else None
+
+
+def _is_codec(term: str) -> bool:
+    try:
+        codecs.lookup(term)
+    except LookupError:
+        return False
+    return True
 
 
 def _escape_stray_markers(text: str) -> str:
@@ -406,6 +541,9 @@ class _Walker:
         self.pixel: tuple[int, int] | None = None  # top-level pixel data (offset, length)
         self.fragments: tuple[list[int], int, list[tuple[int, int]]] | None = None
         self.offset_tables: dict[int, bytes] = {}
+        # No (0008,0005), yet text with bytes beyond ASCII (the default repertoire).
+        self.charset_missing = False
+        self.text_beyond_ascii = False
 
     def dataset(self, ds: Dataset, prefix: str, base: int, *, top_level: bool = False) -> dict:
         out: dict[str, Any] = {}
@@ -413,6 +551,9 @@ class _Walker:
         encodings = ds.original_character_set or [default_encoding]
         if isinstance(encodings, str):
             encodings = [encodings]
+        if top_level:
+            self.charset_missing = 0x00080005 not in ds
+        charset_missing = self.charset_missing
         threshold = self.threshold
         limit = self.size - base
         # Dataset.values() hands out the elements as read, without converting or loading them.
@@ -466,6 +607,8 @@ class _Walker:
                 child_base = base + elem.value_tell if length != _UNDEFINED_LENGTH else base
                 out[key] = self.sequence(ds[tag], prefix + key, base, child_base)
                 continue
+            if charset_missing and vr in _DECODED_VRS and elem.value and not elem.value.isascii():
+                self.text_beyond_ascii = True
             try:
                 out[key] = _element_json(vr, elem, encodings)
             except (ValueError, struct.error, UnicodeError, LookupError):

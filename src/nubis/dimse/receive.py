@@ -24,6 +24,7 @@ from pynetdicom import _config, dimse_messages
 from nubis.dimse.common import SUCCESS, peer_name, status_ds
 from nubis.errors import InsufficientStorage
 from nubis.services.spool import Spool, SpooledFile, SpoolWriter
+from nubis.services.store import warning_status
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -190,11 +191,17 @@ class Receiver:
         sop = outcome.sop_instance_uid or (affected if affected.is_valid else "(invalid UID)")
         if outcome.error is None:
             log.info(
-                "C-STORE %s from %s: %s",
+                "C-STORE %s from %s: %s%s",
                 sop,
                 peer_name(event.assoc),
                 outcome.result.value if outcome.result else "stored",
+                "".join(f", warning {w.reason}" for w in outcome.warnings),
             )
+            if outcome.warnings:
+                # PS3.4 B.2.3: stored, with a warning status (0xB000, 0xB006, 0xB007) and
+                # what was odd in the Error Comment (64 characters kept: the first reason).
+                status = warning_status(outcome.warnings)
+                return status_ds(status, "; ".join(w.detail for w in outcome.warnings))
             return SUCCESS
         status = outcome.error.dimse_status
         log.warning(

@@ -167,6 +167,7 @@ def new_instance(
             None if inspected.frame_index is None else _compact(inspected.frame_index)
         ),
         bulk_index_json=_compact(inspected.bulk_index) if inspected.bulk_index else None,
+        warnings=inspected.warnings,
     )
 
 

@@ -48,7 +48,7 @@ from sqlalchemy.pool import QueuePool, StaticPool
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.driver import driver_cursor, is_postgresql
-from nubis.index.query_sql import Page, granted_to, search_page
+from nubis.index.query_sql import Page, granted_to, not_quarantined, search_page
 from nubis.index.schema import (
     INSTANCES_LOCATED,
     doomed_blobs,
@@ -59,10 +59,10 @@ from nubis.index.schema import (
     studies,
     study_overlays,
 )
-from nubis.index.store_sql import insert_instance, lock_study
+from nubis.index.store_sql import insert_instance, insert_warnings, lock_study
 from nubis.logs import redact_url
 from nubis.model.query import Level, Query
-from nubis.model.records import NewInstance, StoredInstance, StoreResult
+from nubis.model.records import IngestWarning, NewInstance, StoredInstance, StoreResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -380,9 +380,7 @@ class Index:
             if select_from is not None:
                 stmt = stmt.select_from(select_from)
             with self.reading() as conn:
-                rows = conn.execute(
-                    stmt.where(key > after, *where).order_by(key).limit(page)
-                ).all()
+                rows = conn.execute(stmt.where(key > after, *where).order_by(key).limit(page)).all()
             if not rows:
                 return
             yield rows
@@ -456,6 +454,23 @@ class Index:
 
         return self.write(job)
 
+    def note_warning(
+        self,
+        instance_pk: int,
+        warning: IngestWarning,
+        *,
+        also: Callable[[Connection], object] | None = None,
+    ) -> None:
+        """Record ``warning`` about a stored instance (e.g. it was sent again in another
+        encoding); ``also`` (the audit record) commits with it."""
+
+        def job(conn: Connection) -> None:
+            insert_warnings(driver_cursor(conn), instance_pk, (warning,), _now_ms())
+            if also is not None:
+                also(conn)
+
+        self.write(job)
+
     # ------------------------------------------------------------------ read
     def instances_of(
         self,
@@ -465,13 +480,17 @@ class Index:
         sop_instance_uid: str | None = None,
         *,
         grantee: str | None = None,
+        hide_quarantined: bool = True,
     ) -> list[StoredInstance]:
         """Instances of a study / series / single instance in stable order; NotFound if none.
 
         With ``grantee``, only studies granted to it are found (see ``Query.grantee``); one
         that is not granted is not found, by the same statement as one that does not exist.
+        A study held in quarantine is found only when ``hide_quarantined`` is false (admins).
         """
-        stmt, params = _scoped_read(partition, study_uid, series_uid, sop_instance_uid, grantee)
+        stmt, params = _scoped_read(
+            partition, study_uid, series_uid, sop_instance_uid, grantee, hide_quarantined
+        )
         with self.reading() as conn:
             rows = conn.execute(stmt, params).all()
         if not rows:
@@ -486,11 +505,18 @@ class Index:
         sop_instance_uid: str | None = None,
         *,
         grantee: str | None = None,
+        hide_quarantined: bool = True,
     ) -> list[tuple[str, str, str, str | None]]:
         """(series UID, SOP Instance UID, metadata JSON, the study's correction overlay JSON
         or None) rows in stable order: one query."""
         stmt, params = _scoped_read(
-            partition, study_uid, series_uid, sop_instance_uid, grantee, metadata=True
+            partition,
+            study_uid,
+            series_uid,
+            sop_instance_uid,
+            grantee,
+            hide_quarantined,
+            metadata=True,
         )
         with self.reading() as conn:
             rows = conn.execute(stmt, params).all()
@@ -505,17 +531,24 @@ class Index:
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        *,
+        hide_quarantined: bool = True,
     ) -> int:
-        """Remove the rows; their blobs are queued in doomed_blobs for the reaper."""
+        """Remove the rows; their blobs are queued in doomed_blobs for the reaper. A study
+        held in quarantine is found only when ``hide_quarantined`` is false (admins)."""
 
         def job(conn: Connection) -> int:
             # Stores into this study wait until the delete commits (and vice versa).
             lock_study(driver_cursor(conn), partition, study_uid, lock_rows=is_postgresql(conn))
             pks = (
                 conn.execute(
-                    _scoped(partition, study_uid, series_uid, sop_instance_uid).with_only_columns(
-                        instances.c.id
-                    )
+                    _scoped(
+                        partition,
+                        study_uid,
+                        series_uid,
+                        sop_instance_uid,
+                        hide_quarantined=hide_quarantined,
+                    ).with_only_columns(instances.c.id)
                 )
                 .scalars()
                 .all()
@@ -579,6 +612,7 @@ def _scoped(
     series_uid: str | None,
     sop: str | None,
     grantee: str | None = None,
+    hide_quarantined: bool = True,
 ) -> Any:
     stmt = (
         select(*_STORED_COLUMNS)
@@ -592,6 +626,8 @@ def _scoped(
         stmt = stmt.where(instances.c.sop_instance_uid == sop)
     if grantee is not None:
         stmt = stmt.where(granted_to(grantee, Level.INSTANCE))
+    if hide_quarantined:
+        stmt = stmt.where(not_quarantined())
     return stmt
 
 
@@ -601,6 +637,7 @@ def _scoped_read(
     series_uid: str | None,
     sop: str | None,
     grantee: str | None,
+    hide_quarantined: bool = True,
     *,
     metadata: bool = False,
 ) -> tuple[Any, dict[str, str]]:
@@ -615,18 +652,27 @@ def _scoped_read(
         params["sop"] = sop
     if grantee is not None:
         params["grantee"] = grantee
-    shape = (series_uid is not None, sop is not None, grantee is not None, metadata)
+    shape = (
+        series_uid is not None,
+        sop is not None,
+        grantee is not None,
+        hide_quarantined,
+        metadata,
+    )
     return _scoped_statement(*shape), params
 
 
 @functools.cache
-def _scoped_statement(by_series: bool, by_sop: bool, granted: bool, metadata: bool) -> Any:
+def _scoped_statement(
+    by_series: bool, by_sop: bool, granted: bool, hide_quarantined: bool, metadata: bool
+) -> Any:
     stmt = _scoped(
         bindparam("partition"),  # type: ignore[arg-type]
         bindparam("study_uid"),  # type: ignore[arg-type]
         bindparam("series_uid") if by_series else None,  # type: ignore[arg-type]
         bindparam("sop") if by_sop else None,  # type: ignore[arg-type]
         bindparam("grantee") if granted else None,  # type: ignore[arg-type]
+        hide_quarantined,
     )
     if metadata:
         stmt = stmt.with_only_columns(
@@ -650,13 +696,13 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
     lock_rows = is_postgresql(conn)
     cursor.execute("SAVEPOINT store")
     try:
-        insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
+        quarantined = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
     except conn.dialect.loaded_dbapi.IntegrityError:
         cursor.execute("ROLLBACK TO store")  # the SOP Instance UID is taken: decide below
         cursor.execute("RELEASE store")
     else:
         cursor.execute("RELEASE store")
-        return StoreResult.STORED, None
+        return StoreResult.QUARANTINED if quarantined else StoreResult.STORED, None
     existing = _stored_where(
         conn,
         instances.c.partition == new.partition,
@@ -672,8 +718,8 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
             f"{new.sop_instance_uid}; the stored one is kept"
         )
     _remove_instance(conn, existing.pk, doom_blob=False)
-    insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
-    return StoreResult.REPLACED, existing.blob_key
+    quarantined = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
+    return StoreResult.QUARANTINED if quarantined else StoreResult.REPLACED, existing.blob_key
 
 
 def _same_object(conn: Connection, existing: StoredInstance, new: NewInstance) -> bool:

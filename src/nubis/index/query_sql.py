@@ -40,6 +40,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from nubis.index.schema import (
     grants,
     instances,
+    quarantined_studies,
     series,
     series_requests,
     studies,
@@ -345,6 +346,14 @@ def _partition_is(col: Any, partition: str, *, unindexed: bool) -> ColumnElement
     return col == partition
 
 
+def not_quarantined() -> ColumnElement[bool]:
+    """Studies not held in quarantine (docs/security.md, "One study, one patient").
+
+    NOT IN rather than NOT EXISTS: the set is small, PostgreSQL hashes it once and keeps the
+    study list's index scan (an anti-join would sort the whole partition first)."""
+    return studies.c.id.not_in(sa.select(quarantined_studies.c.study_pk))
+
+
 def granted_to(grantee: str, level: Level) -> ColumnElement[bool]:
     """What is granted to ``grantee`` at ``level``: the scope of every grant-limited read
     (QIDO-RS and C-FIND at each level here, retrieval through ``Index.instances_of``).
@@ -403,6 +412,8 @@ def _granted_studies(grantee: str, partition: str) -> ColumnElement[bool]:
 def _base(q: Query, *, unindexed_partition: bool) -> tuple[Any, Any, list[ColumnElement[bool]]]:
     """FROM clause, primary key and the partition/scope filters of the query level."""
     where = [_partition_is(studies.c.partition, q.partition, unindexed=unindexed_partition)]
+    if q.hide_quarantined:
+        where.append(not_quarantined())
     if q.grantee is not None:
         where.append(_granted_studies(q.grantee, q.partition))
         if q.level is not Level.STUDY:

@@ -489,6 +489,44 @@ Index(
     migration_instances.c.migration,
     migration_instances.c.study_uid,
 )
+
+# What was odd about an object ingested all the same (migration 0014, issue 12), one row per
+# reason: the file meta disagreeing with the data set, a non-conformant UID, a wrong group
+# length, the instance re-sent in another encoding... (nubis.model.records.IngestWarning).
+# Written only when there is something to say, so the store path of a clean object is as it was.
+instance_warnings = Table(
+    "instance_warnings",
+    metadata,
+    Column(
+        "instance_pk",
+        Integer,
+        ForeignKey("instances.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("reason", String(48), primary_key=True),
+    Column("status", Integer, nullable=False),
+    Column("detail", String(256), nullable=False),
+    Column("at", BigInteger, nullable=False),
+)
+
+# Studies whose instances disagree on the patient, stored during a migration rather than refused
+# (setting patient_conflict = quarantine; migration 0014, issue 12). While a study has a row here
+# it is visible to admins only (Scope.sees_quarantine); a release removes the row (audited).
+quarantined_studies = Table(
+    "quarantined_studies",
+    metadata,
+    Column(
+        "study_pk",
+        Integer,
+        ForeignKey("studies.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("reason", String(256), nullable=False),
+    Column("since", BigInteger, nullable=False),
+)
+
 # Corrections (nubis.services.corrections, migration 0015). The stored objects are never
 # rewritten: a corrected study has a ``study_overlays`` row whose ``attrs`` (DICOM JSON of the
 # patient and study attributes that replace the stored ones) is applied where metadata and
@@ -542,6 +580,7 @@ __all__ = [
     "grants",
     "instance_originals",
     "instance_tiers",
+    "instance_warnings",
     "instances",
     "jobs",
     "login_throttle",
@@ -549,6 +588,7 @@ __all__ = [
     "migration_instances",
     "migration_studies",
     "patient_keys",
+    "quarantined_studies",
     "retired_keks",
     "series",
     "series_requests",

@@ -9,11 +9,12 @@ per column set and cached; the schema they touch is index/schema.py.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from nubis.errors import InvalidInstance
 from nubis.index.driver import DriverCursor
-from nubis.model.records import NewInstance
+from nubis.model.records import IngestWarning, NewInstance
 
 _STUDY_SQL = (
     "SELECT id, modalities, patient_id FROM studies WHERE partition = :p AND study_uid = :uid"
@@ -27,6 +28,14 @@ _SERIES_IN_PARTITION_SQL = (
 _SERIES_LOCK_CLASS = 0x6E75
 # PS3.4 B.2.3 / PS3.18 Table 10.5.3-1: the data set does not fit what is stored (409 / 0xA900).
 _MISMATCH = 0xA900
+# The warning of an object stored into a study of another patient, held in quarantine: 0xB007
+# (PS3.4 B.2.3, data set does not match), and neither Patient ID (the sender may see neither).
+PATIENT_CONFLICT = IngestWarning(
+    "patient-conflict",
+    0xB007,
+    "the study holds another Patient ID (0010,0020): stored, and the study held in quarantine "
+    "(admins only) until a correction releases it",
+)
 
 
 @functools.cache
@@ -50,12 +59,14 @@ def lock_study(cursor: DriverCursor, partition: str, study_uid: str, *, lock_row
     return cursor.execute(sql, {"p": partition, "uid": study_uid}).fetchone()
 
 
-def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_rows: bool) -> None:
+def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_rows: bool) -> bool:
     """Insert the instance and its study and series rows when new; keep the counts current.
 
     A study belongs to one patient and a series to one study (docs/security.md, "One study,
     one patient"): InvalidInstance (409 / 0xA900) when the object names another Patient ID
-    than its stored study, or a series UID that another study of the partition holds. Raises
+    than its stored study, or a series UID that another study of the partition holds; with
+    ``new.quarantine_patient_conflict``, the first is stored instead and its study held in
+    quarantine (returns True, the instance's warning recorded: PATIENT_CONFLICT). Raises
     the driver's IntegrityError when the SOP Instance UID is already stored in the partition
     (the caller decides between duplicate, conflict and overwrite). ``lock_rows``: the
     database runs writers concurrently (PostgreSQL), so lock the study row first.
@@ -82,9 +93,16 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
         if study_pk is None:  # another node created it since: wait for and lock its row
             study = lock_study(cursor, new.partition, new.study_uid, lock_rows=lock_rows)
         modalities = ""
+    quarantined = False
     if study is not None:
         study_pk, modalities, stored_patient = study
-        _check_same_patient(cursor, study_pk, new, stored_patient)
+        quarantined = _check_same_patient(cursor, study_pk, new, stored_patient)
+        if quarantined:
+            cursor.execute(
+                "INSERT INTO quarantined_studies (study_pk, reason, since) VALUES (:pk, :r, :now) "
+                "ON CONFLICT (study_pk) DO NOTHING",
+                {"pk": study_pk, "r": PATIENT_CONFLICT.detail, "now": now},
+            )
     cursor.execute(
         "SELECT id FROM series WHERE study_pk = :s AND series_uid = :uid",
         {"s": study_pk, "uid": new.series_uid},
@@ -114,7 +132,7 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             )
     else:
         series_pk = found[0]
-    _insert(
+    instance_pk = _insert(
         cursor,
         "instances",
         {
@@ -133,6 +151,9 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             **new.instance_columns,
         },
     )
+    if new.warnings or quarantined:
+        warnings = (*new.warnings, PATIENT_CONFLICT) if quarantined else new.warnings
+        insert_warnings(cursor, instance_pk, warnings, now)
     cursor.execute(
         "UPDATE series SET num_instances = num_instances + 1 WHERE id = :pk", {"pk": series_pk}
     )
@@ -154,22 +175,40 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             "WHERE id = :pk",
             {"pk": study_pk, "now": now},
         )
+    return quarantined
+
+
+def insert_warnings(
+    cursor: DriverCursor, instance_pk: int | None, warnings: Iterable[IngestWarning], now: int
+) -> None:
+    """Record what was odd about an instance, one row per reason (a reason seen again keeps
+    its first row: the instance is the same)."""
+    cursor.executemany(
+        "INSERT INTO instance_warnings (instance_pk, reason, status, detail, at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (instance_pk, reason) DO NOTHING",
+        [(instance_pk, w.reason, w.status, w.detail[:256], now) for w in warnings],
+    )
 
 
 def _check_same_patient(
     cursor: DriverCursor, study_pk: int, new: NewInstance, stored_patient: str | None
-) -> None:
+) -> bool:
+    """Whether the study is to be held in quarantine for ``new``; InvalidInstance when it
+    names another patient and is not to be quarantined."""
     # The reasons start with what is wrong: a C-STORE Error Comment keeps 64 characters.
     # Compared as the index keeps them (the column, at most 64 characters, as grants and
     # patient-level queries see them); a missing and an empty Patient ID are the same.
     # Neither value goes into the reason: the sender may not be allowed to see either.
     patient = new.study_columns.get("patient_id") or ""
-    if (stored_patient or "") != patient and not _moved_from(cursor, study_pk, patient):
-        raise InvalidInstance(
-            "the study belongs to another patient (0010,0020): study "
-            f"{new.study_uid} is stored with another Patient ID, and a study has one patient",
-            dimse_status=_MISMATCH,
-        )
+    if (stored_patient or "") == patient or _moved_from(cursor, study_pk, patient):
+        return False
+    if new.quarantine_patient_conflict:
+        return True
+    raise InvalidInstance(
+        "the study belongs to another patient (0010,0020): study "
+        f"{new.study_uid} is stored with another Patient ID, and a study has one patient",
+        dimse_status=_MISMATCH,
+    )
 
 
 def _moved_from(cursor: DriverCursor, study_pk: int, patient_id: str) -> bool:

@@ -285,7 +285,11 @@ class _Run:
         def deliver(spooled: SpooledFile) -> StoreOutcome:
             sha, size = spooled.sha256, spooled.size
             self.rate.take(size)
-            outcome = self.migrator.store.store(spooled, principal=self.who)
+            # A study whose instances disagree on the patient comes in held in quarantine
+            # (docs/security.md, "One study, one patient"), not refused: nothing is lost.
+            outcome = self.migrator.store.store(
+                spooled, principal=self.who, patient_conflict="quarantine"
+            )
             sop = outcome.sop_instance_uid
             with self.tally.lock:
                 self.tally.done += 1

@@ -271,6 +271,9 @@ class Query:
         When set, only studies granted to this principal (per patient or per study, table
         ``grants``) are seen; set by the services from the caller's scope
         (:mod:`nubis.security.policy`), never by a front door.
+    hide_quarantined : bool
+        Studies held in quarantine (instances that disagree on the patient, issue 12) are not
+        seen; the services clear it for admins (``Scope.sees_quarantine``).
     warnings : tuple of str
         Human-readable notes for the client, e.g. that the limit was lowered; the HTTP layer
         sends each as ``Warning: 299 {service}: "<text>"`` (PS3.18 8.3.4.4).
@@ -291,6 +294,7 @@ class Query:
     series_uid: str | None = None
     partition: str = "default"
     grantee: str | None = None
+    hide_quarantined: bool = True
     warnings: tuple[str, ...] = field(default=())
     order: Order | None = None
 

@@ -10,6 +10,21 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class IngestWarning:
+    """Something odd about an object that was stored all the same (issue 12: real archives).
+
+    ``reason`` is a stable key the storage report counts by; ``status`` the PS3.4 B.2.3 /
+    PS3.18 10.5.3 warning it is answered with (0xB000 coercion of data elements, 0xB006
+    elements discarded, 0xB007 data set does not match SOP class); ``detail`` says what, in
+    attribute names and UIDs, never in other values (they may identify the patient).
+    """
+
+    reason: str
+    status: int
+    detail: str
+
+
+@dataclass(frozen=True)
 class NewInstance:
     """Everything the index keeps about an object about to be committed."""
 
@@ -33,12 +48,22 @@ class NewInstance:
     metadata_json: str
     frame_index_json: str | None
     bulk_index_json: str | None
+    # What was odd about the object; kept in instance_warnings when there is anything.
+    warnings: tuple[IngestWarning, ...] = ()
+    # A Patient ID other than its stored study's: hold the study in quarantine rather than
+    # refuse the object (setting patient_conflict = quarantine, issue 12).
+    quarantine_patient_conflict: bool = False
 
 
 class StoreResult(enum.Enum):
     STORED = "stored"
     ALREADY_STORED = "already stored"  # identical bytes re-sent: success, nothing written
     REPLACED = "replaced"  # on_conflict = overwrite
+    # The stored instance sent again in another encoding (transfer syntax, file meta, group
+    # lengths): success with a warning, nothing written (nubis.dicom.equivalence).
+    SAME_INSTANCE = "already stored in another encoding"
+    # Stored, its study held in quarantine: its instances disagree on the patient.
+    QUARANTINED = "stored in quarantine"
 
 
 @dataclass(frozen=True)

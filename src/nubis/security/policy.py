@@ -186,6 +186,9 @@ class Scope:
 
     partition: str
     grantee: str | None = None
+    # Studies held in quarantine (their instances disagree on the patient, issue 12) are seen
+    # by admins only: absent for everyone else, as if they were not stored.
+    sees_quarantine: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,14 +237,18 @@ class AuthPolicy:
         if action & ~READING:
             # Write, delete, export, admin, share, operate: tenant-wide roles only (none of
             # them is limited).
-            return Decision(True, "allowed", Scope(who.tenant))
+            return Decision(
+                True, "allowed", Scope(who.tenant, sees_quarantine="admin" in who.roles)
+            )
         tenant_wide = Action.NONE
         for role in who.roles:
             spec = ROLES.get(role)
             if spec is not None and not spec.granted_only:
                 tenant_wide |= spec.actions
         if action & tenant_wide == action:
-            return Decision(True, "allowed", Scope(who.tenant))
+            return Decision(
+                True, "allowed", Scope(who.tenant, sees_quarantine="admin" in who.roles)
+            )
         if who.break_glass:
             if who.roles & self.break_glass_roles:
                 return Decision(True, "break-glass", Scope(who.tenant), break_glass=who.break_glass)

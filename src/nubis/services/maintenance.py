@@ -63,7 +63,11 @@ class Maintenance:
         outcome, description = EventOutcome.MAJOR_FAILURE, "the index failed"
         try:
             count = self.index.delete(
-                decision.scope.partition, study_uid, series_uid, sop_instance_uid
+                decision.scope.partition,
+                study_uid,
+                series_uid,
+                sop_instance_uid,
+                hide_quarantined=not decision.scope.sees_quarantine,
             )
         except NotFound as exc:
             outcome, description = EventOutcome.MINOR_FAILURE, exc.reason

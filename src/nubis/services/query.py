@@ -84,4 +84,10 @@ class QueryService:
             break_glass_reason=decision.break_glass,
         )
         scope = decision.scope
-        return ScopedQuery(replace(query, partition=scope.partition, grantee=scope.grantee)), event
+        scoped = replace(
+            query,
+            partition=scope.partition,
+            grantee=scope.grantee,
+            hide_quarantined=not scope.sees_quarantine,
+        )
+        return ScopedQuery(scoped), event

@@ -101,6 +101,7 @@ class RetrieveService:
                 series_uid,
                 sop_instance_uid,
                 grantee=decision.scope.grantee,
+                hide_quarantined=not decision.scope.sees_quarantine,
             )
         except NotFound as exc:
             self._record(who, decision, None, study_uid, transfer, exc.reason)
@@ -291,6 +292,7 @@ class RetrieveService:
                 series_uid,
                 sop_instance_uid,
                 grantee=decision.scope.grantee,
+                hide_quarantined=not decision.scope.sees_quarantine,
             )
         except NotFound as exc:
             self._record(who, decision, None, study_uid, False, exc.reason)

@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from nubis.dicom.consistency import MetaGroupLengthWrong
+from nubis.dicom.equivalence import same_instance
+from nubis.dicom.file_meta import with_file_meta_rewritten
 from nubis.dicom.inspect import InspectedInstance, inspect_file
-from nubis.errors import InvalidInstance, NubisError, StorageUnavailable
+from nubis.errors import DuplicateInstance, InvalidInstance, NubisError, StorageUnavailable
 from nubis.index.columns import json_text, new_instance
 from nubis.index.database import Index
+from nubis.index.store_sql import PATIENT_CONFLICT
 from nubis.model.audit import AuditEvent, EventOutcome
-from nubis.model.records import StoreResult
+from nubis.model.records import IngestWarning, NewInstance, StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
 from nubis.security import audit_events
 from nubis.security.policy import Action, Decision, Principal
 from nubis.services.disk_floor import DiskFloor
 from nubis.services.guard import Guard
-from nubis.services.spool import SpooledFile
+from nubis.services.spool import SpooledFile, SpoolWriter
 
 log = logging.getLogger(__name__)
+
+# PS3.4 Table B.2-1 Warning: Coercion of Data Elements. The re-sent copy of a stored instance
+# is answered by the stored one, whose encoding (transfer syntax, file meta, group lengths) is
+# not the one sent: what the sender will get back differs from what it sent in encoding only.
+_COERCED = 0xB000
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,9 @@ class StoreOutcome:
     series_uid: str | None
     result: StoreResult | None = None
     error: NubisError | None = None
+    # What was odd about a stored object (PS3.18 10.5.3 Warning Reason, PS3.4 B.2.3 warning
+    # statuses); empty for a clean one and for a refused one.
+    warnings: tuple[IngestWarning, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -55,6 +67,7 @@ class StoreService:
         overwrite: bool,
         bulk_threshold: int,
         floor: DiskFloor | None = None,
+        patient_conflict: str = "refuse",
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -62,6 +75,7 @@ class StoreService:
         self.overwrite = overwrite
         self.bulk_threshold = bulk_threshold
         self.floor = floor
+        self.patient_conflict = patient_conflict
 
     def check_room(self) -> None:
         """InsufficientStorage (507 / 0xA700) while the disk is below its free-space floor."""
@@ -83,6 +97,7 @@ class StoreService:
         principal: Principal,
         expected_study_uid: str | None = None,
         expected_sop_class_uid: str | None = None,
+        patient_conflict: str | None = None,
     ) -> StoreOutcome:
         """Store one spooled PS3.10 file into ``principal``'s tenant; the spool file is
         consumed whatever happens.
@@ -90,6 +105,10 @@ class StoreService:
         ``expected_study_uid`` is the study of a STOW-RS request URL (PS3.18 10.5.1),
         ``expected_sop_class_uid`` the abstract syntax of a C-STORE's presentation context
         (PS3.4 B.2.3); an object of another study or SOP class is refused with 0xA900.
+        ``patient_conflict`` ("refuse" or "quarantine", the setting's value when None) says
+        what becomes of an object naming another Patient ID than its stored study: refused
+        (0xA900), or stored with its study held in quarantine (warning 0xB007; a migration,
+        docs/security.md "One study, one patient").
 
         Failures are returned, not raised, so one bad object never fails its neighbours in a
         STOW-RS request or a C-STORE association (PS3.18 10.5.3, PS3.4 B.2.3); a caller who
@@ -104,7 +123,18 @@ class StoreService:
             partition = decision.scope.partition
             # Again here: a large object may have taken the last room while it was spooled.
             self.check_room()
-            inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
+            try:
+                inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
+            except MetaGroupLengthWrong as wrong:
+                spooled = _file_meta_rewritten(spooled, wrong.data_set_start)
+                inspected = inspect_file(spooled.open(), bulk_threshold=self.bulk_threshold)
+                coerced = IngestWarning(
+                    "group-length-rewritten",
+                    _COERCED,
+                    f"{wrong.reason}: the file meta is kept rewritten with its true length, "
+                    "the data set as sent",
+                )
+                inspected = replace(inspected, warnings=(*inspected.warnings, coerced))
             if (
                 expected_study_uid is not None
                 and inspected.study_instance_uid != expected_study_uid
@@ -124,7 +154,8 @@ class StoreService:
                     dimse_status=0xA900,
                 )
             record = self.guard.record_job(self._event(principal, inspected, EventOutcome.SUCCESS))
-            result = self._commit(spooled, inspected, partition, record)
+            quarantine = (patient_conflict or self.patient_conflict) == "quarantine"
+            result, warnings = self._commit(spooled, inspected, partition, record, quarantine)
         except NubisError as exc:
             spooled.discard()
             if inspected is not None:
@@ -134,7 +165,7 @@ class StoreService:
             spooled.discard()
             log.exception("store failed")
             return _outcome(inspected, error=StorageUnavailable("the object could not be stored"))
-        return _outcome(inspected, result=result)
+        return _outcome(inspected, result=result, warnings=warnings)
 
     @staticmethod
     def _event(
@@ -167,7 +198,8 @@ class StoreService:
         inspected: InspectedInstance,
         partition: str,
         record: Callable[[Any], object] | None,
-    ) -> StoreResult:
+        quarantine: bool = False,
+    ) -> tuple[StoreResult, tuple[IngestWarning, ...]]:
         key = self.blobs.new_key()
         context = BlobContext(
             partition,
@@ -183,25 +215,99 @@ class StoreService:
             raise StorageUnavailable(
                 f"the blob store could not take the object: {exc.strerror}"
             ) from None
+        new = new_instance(
+            inspected, blob_key=key, size=spooled.size, sha256=spooled.sha256, partition=partition
+        )
+        if quarantine:
+            new = replace(new, quarantine_patient_conflict=True)
         try:
-            result, unneeded_key = self.index.store(
-                new_instance(
-                    inspected,
-                    blob_key=key,
-                    size=spooled.size,
-                    sha256=spooled.sha256,
-                    partition=partition,
-                ),
-                overwrite=self.overwrite,
-                also=record,
-            )
+            try:
+                result, unneeded_key = self.index.store(new, overwrite=False, also=record)
+            except DuplicateInstance:
+                # Another object under a stored UID: the same instance in another encoding is
+                # answered as stored; a truly different one follows on_conflict.
+                same = self._same_as_stored(key, context, new, record)
+                if same is not None:
+                    self.blobs.delete(key)
+                    return StoreResult.SAME_INSTANCE, (*inspected.warnings, same)
+                if not self.overwrite:
+                    raise
+                result, unneeded_key = self.index.store(new, overwrite=True, also=record)
         except BaseException:
             # Not acknowledged: remove the blob now rather than leave it to the reaper.
             self.blobs.delete(key)
             raise
         if unneeded_key is not None:
             self.blobs.delete(unneeded_key)
-        return result
+        if result is StoreResult.QUARANTINED:
+            return result, (*inspected.warnings, PATIENT_CONFLICT)
+        return result, inspected.warnings
+
+    def _same_as_stored(
+        self,
+        key: str,
+        context: BlobContext,
+        new: NewInstance,
+        record: Callable[[Any], object] | None,
+    ) -> IngestWarning | None:
+        """The warning for blob ``key`` being the stored instance re-sent in another encoding
+        (recorded on the stored instance, with the store's audit record); None when its data
+        set differs from the stored one's (nubis.dicom.equivalence)."""
+        stored = self.index.find_instance(new.partition, new.sop_instance_uid)
+        if stored is None:
+            return None
+        kept_context = BlobContext(
+            stored.partition,
+            stored.study_uid,
+            stored.series_uid,
+            stored.sop_instance_uid,
+            stored.sha256,
+        )
+        try:
+            with (
+                self.blobs.open(stored.blob_key, context=kept_context) as kept,
+                self.blobs.open(key, context=context) as received,
+            ):
+                if not same_instance(kept, received):
+                    return None
+        except (NubisError, OSError) as exc:
+            # The stored object cannot be read (its key erased, its tier archived...): it
+            # cannot be shown to be the same, so the conflict stands as before.
+            log.info("re-sent instance not compared with the stored one: %s", type(exc).__name__)
+            return None
+        warning = IngestWarning(
+            "same-instance-other-encoding",
+            _COERCED,
+            f"already stored in another encoding: the same data set is kept in transfer "
+            f"syntax {stored.transfer_syntax_uid}; this copy in {new.transfer_syntax_uid} "
+            "was not kept",
+        )
+        self.index.note_warning(stored.pk, warning, also=record)
+        return warning
+
+
+def _file_meta_rewritten(spooled: SpooledFile, data_set_start: int) -> SpooledFile:
+    """``spooled`` with its file meta written anew (nubis.dicom.file_meta), as a spool file
+    beside it (sealed alike); ``spooled`` is discarded."""
+    name = spooled.path.with_name(f"{spooled.path.name}-meta")
+    writer = SpoolWriter(name, sealed=spooled.seal is not None)
+    try:
+        with spooled.open() as source:
+            for chunk in with_file_meta_rewritten(source, data_set_start):
+                writer.write(chunk)
+        rewritten = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    spooled.discard()
+    return rewritten
+
+
+def warning_status(warnings: tuple[IngestWarning, ...]) -> int:
+    """The one warning status an object's warnings are answered with (C-STORE Status, STOW-RS
+    Warning Reason): coercion first, since it says the object kept is not byte for byte what
+    was sent as it will be served (PS3.4 B.2.3)."""
+    return min(w.status for w in warnings)
 
 
 def _outcome(
@@ -209,6 +315,7 @@ def _outcome(
     *,
     result: StoreResult | None = None,
     error: NubisError | None = None,
+    warnings: tuple[IngestWarning, ...] = (),
 ) -> StoreOutcome:
     if inspected is None:
         return StoreOutcome(None, None, None, None, result, error)
@@ -219,4 +326,5 @@ def _outcome(
         inspected.series_instance_uid,
         result,
         error,
+        warnings,
     )

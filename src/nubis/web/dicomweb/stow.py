@@ -3,9 +3,11 @@
 Each part streams into a spool file as it arrives (bounded memory whatever the request size)
 and is stored in a worker thread while the next part is still being received. The response is
 the Store Instances Response Module (PS3.18 Table 10.5.3-1): ReferencedSOPSequence for stored
-objects, FailedSOPSequence with a FailureReason for refused ones; 200 when all were stored, 202
-when some were, 409 when none were (PS3.18 10.5.3.1). Every refusal reason is also sent in a
-Warning header, so a person reading the response learns what was wrong with which object.
+objects (with a WarningReason when something about one was odd: issue 12), FailedSOPSequence
+with a FailureReason for refused ones; 200 when all were stored without warnings, 202 when some
+were or warnings exist, 409 when none were (PS3.18 10.5.3.1). Every refusal and warning reason is
+also sent in a Warning header, so a person reading the response learns what was wrong with which
+object.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from nubis.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from nubis.services.store import StoreOutcome
+from nubis.services.store import StoreOutcome, warning_status
 from nubis.web.dicomweb.accept import Offer, negotiate
 from nubis.web.dicomweb.common import (
     accept_ranges,
@@ -191,6 +193,7 @@ def _response(
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     warnings: list[str] = []
+    warned = 0
     for outcome in outcomes:
         item: dict[str, Any] = {}
         if outcome.sop_class_uid:
@@ -203,6 +206,17 @@ def _response(
                 f"/instances/{outcome.sop_instance_uid}"
             )
             item["00081190"] = {"vr": "UR", "Value": [url]}
+            if outcome.warnings:
+                # PS3.18 10.5.3: stored, with a Warning Reason, and a 202 for the response.
+                item["00081196"] = {"vr": "US", "Value": [warning_status(outcome.warnings)]}
+                warned += 1
+                for warning in outcome.warnings:
+                    if len(warnings) < _MAX_WARNINGS:
+                        detail = warning.detail.replace('"', "'")
+                        warnings.append(
+                            f'299 nubis "{outcome.sop_instance_uid}: {detail} '
+                            f'(0x{warning.status:04X})"'
+                        )
             referenced.append(item)
         else:
             item["00081197"] = {"vr": "US", "Value": [outcome.error.dimse_status]}
@@ -223,7 +237,7 @@ def _response(
     if referenced:
         dataset["00081199"] = {"vr": "SQ", "Value": referenced}
     if status is None:
-        status = 200 if not failed else (202 if referenced else 409)
+        status = 200 if not failed and not warned else (202 if referenced else 409)
     if status == 409 and all(o.error is None or o.error.http_status == 507 for o in outcomes):
         status = 507  # nothing stored for want of room (0xA700), not for the objects' faults
     headers = [("warning", w) for w in warnings]

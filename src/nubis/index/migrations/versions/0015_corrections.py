@@ -1,7 +1,7 @@
 """Corrections of patient and study attributes, kept as an overlay: study_overlays, corrections.
 
 Revision ID: 0015
-Revises: 0013 (0014 once i12/lenient's 0014 is merged: set at merge)
+Revises: 0014
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

@@ -157,7 +157,8 @@ function pump() {
 }
 
 function warningReason(xhr) {
-  // STOW-RS sends every refusal reason in a Warning header: 299 nubis "<uid>: <reason>".
+  // STOW-RS sends every refusal and warning reason in a Warning header:
+  // 299 nubis "<uid>: <reason>".
   const header = xhr.getResponseHeader("warning") ?? "";
   const match = header.match(/"(.*)"/);
   return match ? match[1] : "";
@@ -205,6 +206,9 @@ function send({ file, entry }) {
     };
     xhr.addEventListener("load", () => {
       if (xhr.status === 200) finish("ok", "stored", "");
+      // One object per request: 202 is that object stored with a warning (PS3.18 10.5.3),
+      // e.g. the same instance already stored in another encoding; the header says what.
+      else if (xhr.status === 202) finish("ok", "stored", warningReason(xhr));
       else finish("bad", "failed", failureReason(xhr));
     });
     xhr.addEventListener("error", () => finish("bad", "failed", "the connection failed"));
