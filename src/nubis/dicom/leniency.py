@@ -1,0 +1,185 @@
+"""What ingest accepts with a warning rather than refusing (issue 12): real archives hold
+objects that break a rule of the standard and stay usable. The data set is the authority;
+each lapse is recorded as an :class:`~nubis.model.records.IngestWarning`, and only an object
+that cannot be identified is refused here.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from typing import Any
+
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset
+
+from nubis.errors import InvalidInstance
+from nubis.model.records import IngestWarning
+
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
+# PS3.5 9.1: no component but "0" itself starts with a zero. Legacy objects break this rule
+# and stay usable (the UID is still digits and dots, a valid URL path segment).
+_LEADING_ZERO_RE = re.compile(r"(^|\.)0[0-9]")
+SOP_CLASS, SOP_INSTANCE = 0x00080016, 0x00080018
+_TERM_RE = re.compile(r"[A-Z0-9_ ]{1,16}")  # CS: a defined term (PS3.5 Table 6.2-1)
+_IDENTIFYING_UIDS = (
+    ("SOP Instance UID", SOP_INSTANCE),
+    ("Study Instance UID", 0x0020000D),
+    ("Series Instance UID", 0x0020000E),
+)
+# PS3.4 Table B.2-1 / PS3.18 Table 10.5.3-1 warnings: stored as sent, but the data set does not
+# conform. 0xB000 (coercion) is kept for what is served otherwise than it was sent.
+NOT_CONFORMANT = 0xB007
+_DATA_SET_MISMATCH = 0xA900
+
+
+def identifying_uids(
+    ds: Dataset, tree: dict[str, Any], warnings: list[IngestWarning]
+) -> dict[int, str]:
+    """The SOP Instance, Study, Series and SOP Class UIDs by tag, read from ``tree`` (the data
+    set's DICOM JSON, values already decoded); InvalidInstance when one is missing or
+    unusable, a warning appended for each usable lapse."""
+    uids = {tag: _valid_uid(ds, tree, name, tag, warnings) for name, tag in _IDENTIFYING_UIDS}
+    uids[SOP_CLASS] = _sop_class(ds, tree, warnings)
+    return uids
+
+
+def shown_uid(value: object) -> str:
+    """A UID for an error reason, quoted; a value that is not one is described, not quoted:
+    it may be anything, a patient's name included (nubis.dicom.identifying)."""
+    text = str(value)
+    if len(text) <= 64 and _UID_RE.fullmatch(text):
+        return repr(text)
+    return f"(a value of {len(text)} characters that is not a UID)"
+
+
+def _valid_uid(
+    ds: Dataset, tree: dict[str, Any], name: str, tag: int, warnings: list[IngestWarning]
+) -> str:
+    """The UID, usable: digits and dots in non-empty components, at most 64 characters once
+    its padding is cut; a PS3.5 9.1 lapse that leaves it usable is a warning."""
+    label = f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    values = tree.get(f"{tag:08X}", {}).get("Value") or [None]
+    value = values[0]
+    if not value:
+        raise InvalidInstance(f"{label} is missing", dimse_status=_DATA_SET_MISMATCH)
+    if len(values) > 1 or not isinstance(value, str):
+        raise InvalidInstance(f"{label} has several values", dimse_status=_DATA_SET_MISMATCH)
+    if len(value) > 64 or not _UID_RE.fullmatch(value):
+        raise InvalidInstance(
+            f"{label} is not a valid UID ({len(value)} characters)",
+            dimse_status=_DATA_SET_MISMATCH,
+        )
+    lapses = []
+    if _LEADING_ZERO_RE.search(value):
+        lapses.append("a component with a leading zero")
+    raw = getattr(ds.get_item(tag), "value", None)
+    if isinstance(raw, bytes) and raw not in (value.encode(), value.encode() + b"\x00"):
+        lapses.append("padding other than one trailing NUL")  # PS3.5 9.1: pads an odd length
+    if lapses:
+        warnings.append(
+            IngestWarning(
+                "uid-not-conformant",
+                NOT_CONFORMANT,
+                f"{label} {value} has {' and '.join(lapses)} (PS3.5 9.1)",
+            )
+        )
+    return str(value)
+
+
+def _sop_class(ds: Dataset, tree: dict[str, Any], warnings: list[IngestWarning]) -> str:
+    """(0008,0016), or where the data set lacks it, the file meta's (0002,0002) with a warning:
+    the object is identified without it, and the file meta says what it is."""
+    if tree.get(f"{SOP_CLASS:08X}", {}).get("Value"):
+        return _valid_uid(ds, tree, "SOP Class UID", SOP_CLASS, warnings)
+    meta = getattr(ds, "file_meta", None)
+    meta_class = str(meta.get("MediaStorageSOPClassUID") or "") if meta is not None else ""
+    meta_class = meta_class.rstrip(" \x00")
+    if not meta_class or len(meta_class) > 64 or not _UID_RE.fullmatch(meta_class):
+        raise InvalidInstance(
+            "SOP Class UID (0008,0016) is missing, and so is a valid (0002,0002) Media "
+            "Storage SOP Class UID to take it from",
+            dimse_status=_DATA_SET_MISMATCH,
+        )
+    warnings.append(
+        IngestWarning(
+            "sop-class-from-file-meta",
+            NOT_CONFORMANT,
+            f"SOP Class UID (0008,0016) is missing: {meta_class} of (0002,0002) is used",
+        )
+    )
+    return meta_class
+
+
+def meta_disagreements(ds: Dataset, sop_class: str, sop_instance: str) -> list[IngestWarning]:
+    """The file meta naming another object than its data set: the data set is the authority
+    (it is what is indexed and served), the disagreement a warning (PS3.10 7.1)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return []
+    found = []
+    for meta_tag, name, uid in (
+        (0x00020002, "Media Storage SOP Class UID", sop_class),
+        (0x00020003, "Media Storage SOP Instance UID", sop_instance),
+    ):
+        meta_uid = str(meta[meta_tag].value or "").rstrip(" \x00") if meta_tag in meta else ""
+        if meta_uid and meta_uid != uid:
+            where = f"({meta_tag >> 16:04X},{meta_tag & 0xFFFF:04X})"
+            found.append(f"{where} {name} {shown_uid(meta_uid)}")
+    if not found:
+        return []
+    return [
+        IngestWarning(
+            "file-meta-mismatch",
+            NOT_CONFORMANT,
+            f"the file meta disagrees with the data set, whose UIDs are used: {'; '.join(found)}",
+        )
+    ]
+
+
+def charset_warnings(tree: dict[str, Any]) -> list[IngestWarning]:
+    """(0008,0005) terms not defined by PS3.3 C.12.1.1.2. pydicom reads a common misspelling
+    ("ISO IR 100") as the term meant, and a Python codec name as that codec; any other term's
+    text is decoded as the default repertoire (PS3.5 6.1.2.3), maybe not what was meant."""
+    terms = tree.get("00080005", {}).get("Value") or []
+    odd = [t for t in terms if t and t not in python_encoding]
+    if not odd:
+        return []
+    said = []
+    for term in odd[:3]:
+        # Quoted when it looks like a defined term; anything else may be any text, a name too.
+        shown = repr(term) if _TERM_RE.fullmatch(term) else f"a value of {len(term)} characters"
+        meant = _misspelled_term(term)
+        if meant is not None:
+            said.append(f"{shown}, read as {meant!r}")
+        elif _is_codec(term):
+            said.append(f"{shown}, read as that Python codec")
+        else:
+            said.append(f"{shown}, read as the default repertoire")
+    return [
+        IngestWarning(
+            "charset-not-defined",
+            NOT_CONFORMANT,
+            "(0008,0005) Specific Character Set names terms not defined by PS3.3 C.12.1.1.2: "
+            + "; ".join(said),
+        )
+    ]
+
+
+def _misspelled_term(term: str) -> str | None:
+    """The defined term pydicom takes ``term`` for (its spelling fixes), if any."""
+    if re.match("^ISO[^_]IR", term):
+        patched = "ISO_IR" + term[6:]
+    elif re.match("^(?=ISO.2022.IR.)(?!ISO 2022 IR )", term):
+        patched = "ISO 2022 IR " + term[12:]
+    else:
+        return None
+    return patched if patched in python_encoding else None
+
+
+def _is_codec(term: str) -> bool:
+    try:
+        codecs.lookup(term)
+    except LookupError:
+        return False
+    return True
