@@ -2,7 +2,7 @@
 
 A corrected object is not its stored bytes; the correction is spliced into the stored stream
 (its head rewritten, the rest passed through as it is read and checked), so serving it must not
-hold it whole. A 300 MB object, corrected, is read through WADO-RS (PS3.18 10.4.1.1.1): the
+hold it whole. A 160 MB object, corrected, is read through WADO-RS (PS3.18 10.4.1.1.1): the
 server's peak resident memory stays far below the object's size, the answer carries the
 corrected Patient ID, and its pixel data is the stored pixel data, byte for byte; C-GET sends
 it as a stream, corrected.
@@ -25,11 +25,11 @@ from integration.server import ACCEPT_AS_STORED, multipart_content_type, start_s
 from nubis.tools.synth import make_large_instance
 from nubis.web.dicomweb.multipart import iter_multipart, new_boundary
 
-SIZE = 300 << 20
+SIZE = 160 << 20  # over STREAM_LARGER_THAN (64 MB), so C-GET streams it too
 CHUNK = 1 << 20
-# Above what the server itself needs after a store; far below a whole-object read (the object,
-# its checked copy and its rewrite would be about 900 MB).
-MAX_GROWTH = 150 << 20
+# Above what the server itself needs after a store (12 MB measured); below one copy of the
+# object (the object, its checked copy and its rewrite held whole would be about 480 MB).
+MAX_GROWTH = 100 << 20
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
