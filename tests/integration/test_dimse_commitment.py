@@ -67,6 +67,9 @@ def _job(data_dir: Path) -> tuple[str, int, str | None]:
     return state, attempts, error
 
 
+_REPORT_TIMEOUT = 30  # nubis.dimse.commitment: how long a report waits for its response
+
+
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -189,9 +192,10 @@ def _commit_and_fail_once(world: World, transaction_uid: str) -> None:
         state, attempts, _ = _job(world.data_dir)
         return state == "queued" and attempts >= 1
 
-    _wait(failed_once, "a failed first attempt")
     # Refused at the closed port; or, had the first attempt found the N-ACTION's association
-    # still being released, answered with a failure by the SCU, which binds no handler there.
+    # still being released, answered with a failure by the SCU, which binds no handler there,
+    # or ignored by it: nubis then waits out its 30 s for the response before a new association.
+    _wait(failed_once, "a failed first attempt", timeout=_REPORT_TIMEOUT + 15)
     error = _job(world.data_dir)[2]
     assert error is not None and "MODALITY" in error, error
     assert not world.modality.arrived.is_set()
