@@ -1000,3 +1000,20 @@ def test_jpeg_lossless_instance_served_native(
     )
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert np.array_equal(got.pixel_array, source.dataset().pixel_array)
+
+
+def test_study_streamed_as_stored_has_its_length(archive: Archive) -> None:
+    """An answer sent as stored has a Content-Length known before its first byte (RFC 9112
+    6.3): the client need not undo a chunked coding, and a cut answer is seen as cut."""
+    mf = archive.multiframe
+    url = f"{archive.server.dicomweb}/studies/{mf.study_uid}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    with httpx.stream("GET", url, headers={**AUTH, "Accept": accept}, timeout=60) as r:
+        assert r.status_code == 200
+        body = b"".join(r.iter_raw())
+        assert "transfer-encoding" not in r.headers
+        assert int(r.headers["content-length"]) == len(body) > 4 << 20
+    parts = multipart_parts(r.headers["content-type"], body)
+    assert sorted(len(payload) for _, payload in parts) == sorted(
+        len(archive.by_sop(uid).data) for uid in (mf.sop_uid, archive.multiframe_j2k.sop_uid)
+    )

@@ -207,6 +207,15 @@ class RetrieveService:
             )
         return iter((converted,))
 
+    def known_size(self, inst: StoredInstance, transfer_syntax: str) -> int | None:
+        """The size :meth:`instance_chunks` will yield for ``inst``, when known before reading
+        it: sent as stored and uncorrected. None when converted or corrected."""
+        if transfer_syntax in (AS_STORED, inst.transfer_syntax_uid) and overlay.is_empty(
+            inst.overlay_json
+        ):
+            return inst.size
+        return None
+
     def instance_bytes(self, inst: StoredInstance, transfer_syntax: str) -> bytes:
         """:meth:`instance_chunks` whole, in memory (C-STORE sub-operations of small objects)."""
         return b"".join(self.instance_chunks(inst, transfer_syntax))

@@ -104,10 +104,14 @@ async def in_batches(
         batch = await run_in_threadpool(next_batch, chunks)
 
 
-def answer(stream: Iterator[bytes], first: list[bytes], media_type: str) -> Response:
+def answer(
+    stream: Iterator[bytes], first: list[bytes], media_type: str, length: int | None = None
+) -> Response:
     """The response for ``stream``, of which ``first`` (:func:`next_batch`) was pulled: whole
     when that was all of it (a streaming response costs a task group and a disconnect watcher
-    per request, more than a small answer's copy), else streamed."""
+    per request, more than a small answer's copy), else streamed; with a Content-Length when
+    ``length`` says how long it is (no chunked transfer coding for the client to undo)."""
     if sum(map(len, first)) < _BATCH_BYTES:
         return Response(b"".join(first), media_type=media_type)
-    return StreamingResponse(in_batches(stream, first), media_type=media_type)
+    headers = None if length is None else {"Content-Length": str(length)}
+    return StreamingResponse(in_batches(stream, first), media_type=media_type, headers=headers)

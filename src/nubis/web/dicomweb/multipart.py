@@ -440,6 +440,19 @@ def _encode_headers(headers: Mapping[str, str]) -> bytes:
     return "".join(lines).encode("latin-1")
 
 
+def multipart_length(parts: Iterable[tuple[Mapping[str, str], int]], boundary: str) -> int:
+    """The length of the body :func:`iter_multipart` encodes from parts of these header
+    fields and body sizes (a Content-Length known before the first byte is read)."""
+    delimiter = len(boundary) + 2
+    total = 0
+    started = False
+    for headers, size in parts:
+        total += (2 + delimiter + 2 if started else delimiter + 2) + len(_encode_headers(headers))
+        total += 2 + size
+        started = True
+    return total + (2 + delimiter + 4 if started else delimiter + 4)
+
+
 def iter_multipart(
     parts: Iterable[tuple[Mapping[str, str], Iterable[bytes]]], boundary: str
 ) -> Iterator[bytes]:

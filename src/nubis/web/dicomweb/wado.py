@@ -43,6 +43,7 @@ from nubis.web.dicomweb.common import (
 )
 from nubis.web.dicomweb.multipart import (
     iter_multipart,
+    multipart_length,
     multipart_related_content_type,
     new_boundary,
 )
@@ -74,7 +75,7 @@ async def retrieve_instances(request: Request) -> Response:
     who = principal_of(request)
     boundary = new_boundary()
 
-    def open_first() -> tuple[Iterator[bytes], list[bytes]]:
+    def open_first() -> tuple[Iterator[bytes], list[bytes], int | None]:
         # One trip to the thread pool finds the instances, opens them and reads the first
         # batch: a one-instance answer is then ready when the trip returns.
         found = archive.retrieve.instances(who, study, series, sop)
@@ -92,19 +93,27 @@ async def retrieve_instances(request: Request) -> Response:
         # an error response (500, 410, 424), not a 200 whose stream is cut short.
         bodies = archive.retrieve.all_instance_chunks(found, target)
 
-        def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-            for inst, body in zip(found, bodies, strict=True):
-                syntax = inst.transfer_syntax_uid if target == ANY_TRANSFER_SYNTAX else target
-                yield ({"Content-Type": f"application/dicom; transfer-syntax={syntax}"}, body)
+        headers = [
+            {
+                "Content-Type": "application/dicom; transfer-syntax="
+                + (inst.transfer_syntax_uid if target == ANY_TRANSFER_SYNTAX else target)
+            }
+            for inst in found
+        ]
+        # Known up front when every part is sent as stored: the answer then has a length.
+        sizes = [archive.retrieve.known_size(inst, target) for inst in found]
+        known = [size for size in sizes if size is not None]
+        length = None
+        if len(known) == len(found):
+            length = multipart_length(zip(headers, known, strict=True), boundary)
+        stream = iter_multipart(zip(headers, bodies, strict=True), boundary)
+        return stream, next_batch(stream), length
 
-        stream = iter_multipart(parts(), boundary)
-        return stream, next_batch(stream)
-
-    stream, first = await run_in_threadpool(open_first)
+    stream, first, length = await run_in_threadpool(open_first)
     content_type = multipart_related_content_type(
         boundary, "application/dicom", None if target == ANY_TRANSFER_SYNTAX else target
     )
-    return answer(stream, first, content_type)
+    return answer(stream, first, content_type, length)
 
 
 # ---------------------------------------------------------------------- metadata
