@@ -62,10 +62,20 @@ def run(
         bool,
         typer.Option(
             "--since-last-run",
-            help="Delta: skip the studies an earlier run finished whose instance count at the "
-            "source is unchanged.",
+            help="Delta: of the studies an earlier run finished, move only what the source "
+            "holds and nubis lacks, and skip those unchanged at the source (see --delta-check).",
         ),
     ] = False,
+    delta_check: Annotated[
+        str,
+        typer.Option(
+            "--delta-check",
+            help="Delta: a finished study is unchanged when its SOP Instance UIDs at the source "
+            "are those listed before (uids: one query per study with an unchanged count), or "
+            "when its instance count is (counts: no query, but an instance deleted and another "
+            "added go unseen).",
+        ),
+    ] = "uids",
     max_mb_per_s: Annotated[
         float | None, typer.Option("--max-mb-per-s", help="Most megabytes per second moved.")
     ] = None,
@@ -130,6 +140,7 @@ def run(
             source=source,
             tenant=tenant,
             since_last_run=since_last_run,
+            delta_check=delta_check,
             max_mb_per_s=max_mb_per_s,
             concurrency=concurrency,
             window=window,
