@@ -112,6 +112,13 @@ class Orthanc:
                 taken += 1
         return taken
 
+    def delete(self, sop_instance_uid: str) -> None:
+        """Delete the instance of that SOP Instance UID, as an operator of the PACS would."""
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            found = client.post("/tools/lookup", content=sop_instance_uid).json()
+            (instance,) = [f for f in found if f["Type"] == "Instance"]
+            client.delete(f"/instances/{instance['ID']}").raise_for_status()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -62,20 +62,11 @@ def run(
         bool,
         typer.Option(
             "--since-last-run",
-            help="Delta: of the studies an earlier run finished, move only what the source "
-            "holds and nubis lacks, and skip those unchanged at the source (see --delta-check).",
+            help="Delta: of the studies an earlier run finished, skip those whose SOP Instance "
+            "UIDs at the source are unchanged (one instance query each) and move only what "
+            "nubis lacks of the others; --from limits it to recent studies.",
         ),
     ] = False,
-    delta_check: Annotated[
-        str,
-        typer.Option(
-            "--delta-check",
-            help="Delta: a finished study is unchanged when its SOP Instance UIDs at the source "
-            "are those listed before (uids: one query per study with an unchanged count), or "
-            "when its instance count is (counts: no query, but an instance deleted and another "
-            "added go unseen).",
-        ),
-    ] = "uids",
     max_mb_per_s: Annotated[
         float | None, typer.Option("--max-mb-per-s", help="Most megabytes per second moved.")
     ] = None,
@@ -140,7 +131,6 @@ def run(
             source=source,
             tenant=tenant,
             since_last_run=since_last_run,
-            delta_check=delta_check,
             max_mb_per_s=max_mb_per_s,
             concurrency=concurrency,
             window=window,

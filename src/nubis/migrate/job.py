@@ -16,8 +16,9 @@ a delta run (``since_last_run``):
    done and one DICOM Instances Transferred record (PS3.15 A.5.3.4) sums it up.
 
 A study marked done by this same job is skipped on resume; a delta run skips studies done by
-any run whose instance count at the source has not changed. Studies run ``concurrency`` at a
-time; the byte rate and time windows of :mod:`nubis.migrate.throttle` apply to all.
+any run whose SOP Instance UIDs at the source have not changed (:meth:`_Run.plan`). Studies
+run ``concurrency`` at a time; the byte rate and time windows of :mod:`nubis.migrate.throttle`
+apply to all.
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ class _Run:
         none (one instance deleted and another added, an object re-sent under a new UID), and
         no study-level attribute shows that; so such a study's SOP Instance UIDs are listed
         (one query at the source) and compared with the ledger's before anything else is done
-        (:meth:`study`), unless ``delta_check`` is ``counts``, which trusts equal counts."""
+        (:meth:`study`). An unchanged archive thus costs one instance query per study: the
+        price of no silent gap, which ``date_from`` bounds to the recent studies."""
         known = {row.study_uid: row for row in self.ledger.studies()}
         todo = []
         for study in studies:
@@ -260,13 +262,10 @@ class _Run:
             if row is None or row.state is not StudyState.DONE:
                 todo.append(study)
                 continue
-            resumed = row.job_id == self.ctx.job.id
-            same_count = study.instances is None or row.source_count == study.instances
-            if resumed or (
-                self.request.since_last_run and same_count and self.request.delta_check == "counts"
-            ):
+            if row.job_id == self.ctx.job.id:  # resumed: done by this job before
                 self._skipped(study.instances or row.source_count or 0)
                 continue
+            same_count = study.instances is None or row.source_count == study.instances
             if self.request.since_last_run and same_count:
                 self.compare_first.add(study.study_uid)
             todo.append(study)

@@ -23,9 +23,6 @@ class MigrationRequest:
     source: str
     tenant: str = DEFAULT_TENANT
     since_last_run: bool = False
-    # Delta: how a study finished before is found unchanged: ``uids``, its SOP Instance UIDs
-    # at the source are the ledger's (one query per study); ``counts``, its instance count is.
-    delta_check: str = "uids"
     max_mb_per_s: float | None = None
     concurrency: int = 1
     window: str | None = None
@@ -50,8 +47,6 @@ class MigrationRequest:
             raise ValueError("concurrency must be at least 1")
         if self.max_mb_per_s is not None and self.max_mb_per_s <= 0:
             raise ValueError("max-mb-per-s must be positive")
-        if self.delta_check not in ("uids", "counts"):
-            raise ValueError("delta-check is uids or counts")
         if self.retrieve not in ("move", "get"):
             raise ValueError("retrieve is move (C-MOVE) or get (C-GET)")
         TimeWindows(self.window)  # ValueError names a malformed window
