@@ -7,6 +7,7 @@ merged into the configuration (e.g. ``LimitFindResults``, ``DicomModalities``).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,29 @@ class Orthanc:
                 r.raise_for_status()
                 taken += 1
         return taken
+
+    def load_zip(self, paths: Iterable[Path]) -> list[str]:
+        """POST the files in one zip to Orthanc's REST API, which keeps those it accepts; the
+        Orthanc IDs of the instances it stored (not those it had already)."""
+        body = io.BytesIO()
+        with zipfile.ZipFile(body, "w", zipfile.ZIP_STORED) as archive:
+            for n, path in enumerate(paths):
+                archive.write(path, f"{n:04d}-{path.name}")
+        r = httpx.post(f"{self.url}/instances", content=body.getvalue(), timeout=300)
+        r.raise_for_status()
+        return [item["ID"] for item in r.json() if item.get("Status") == "Success"]
+
+    def delete_ids(self, ids: Iterable[str]) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            for orthanc_id in ids:
+                client.delete(f"/instances/{orthanc_id}").raise_for_status()
+
+    def delete(self, sop_instance_uid: str) -> None:
+        """Delete the instance of that SOP Instance UID, as an operator of the PACS would."""
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            found = client.post("/tools/lookup", content=sop_instance_uid).json()
+            (instance,) = [f for f in found if f["Type"] == "Instance"]
+            client.delete(f"/instances/{instance['ID']}").raise_for_status()
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -62,8 +62,9 @@ def run(
         bool,
         typer.Option(
             "--since-last-run",
-            help="Delta: skip the studies an earlier run finished whose instance count at the "
-            "source is unchanged.",
+            help="Delta: of the studies an earlier run finished, skip those whose SOP Instance "
+            "UIDs at the source are unchanged (one instance query each) and move only what "
+            "nubis lacks of the others; --from limits it to recent studies.",
         ),
     ] = False,
     max_mb_per_s: Annotated[

@@ -6,7 +6,8 @@ Cancel (0xFE00) when it stopped at ``LimitFindResults``, others with a failure (
 others just stop at their limit (``--find-limit`` names it). A window whose answer is capped is
 split in two and asked again, down to one day, then a day by hours of Study Time; a window
 still capped then is a listing gap in the report, never a silent one. Instances are listed per
-study by C-FIND at series level, then image level per series (hierarchical keys, C.4.1.3.1).
+study by one C-FIND at image level keyed by the study (relational), or where the source
+refuses that at series level, then image level per series (hierarchical keys, C.4.1.3.1).
 
 Objects come by C-MOVE to ``move_ae``, received by a Storage SCP this process runs on
 ``listen_port`` for the duration of the migration (the source must know ``move_ae`` at this
@@ -64,6 +65,8 @@ _EARLIEST = dt.date(1900, 1, 1)
 _GET_CLASSES = list(_STORAGE_CLASSES.values())[:125]
 _TIMEOUT = 120
 _HOURS = [(f"{h:02d}0000", f"{h:02d}5959") for h in range(24)]
+# SOP Instance UIDs in one retrieve's list: at most 6.5 kB of UIDs in an identifier.
+_UIDS_PER_RETRIEVE = 100
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ class DimseSource:
         self.description = f"DIMSE {self.called_ae}@{self.host}:{self.port}"
         self.gaps: list[ListingGap] = []
         self.windows_asked = 0
+        # Set when the source refuses an instance listing keyed by the study alone.
+        self._hierarchical = False
         self._reasons: dict[str, str] = {}
         self._receiver: _Receiver | None = None
         self._local = threading.local()
@@ -251,7 +256,27 @@ class DimseSource:
         return matches, capped
 
     def instances(self, study: SourceStudy) -> list[SourceInstance]:
+        """One C-FIND at image level keyed by the study alone, with the Series Instance UID
+        as a return key: a relational query (PS3.4 C.4.1.2.2), which Orthanc and many others
+        answer without its extended negotiation. A source that refuses it, or answers with
+        fewer instances than its study-level count, is asked hierarchically instead (series,
+        then image level per series, C.4.1.3.1), and after a refusal only that way."""
         assoc = self._association()
+        if not self._hierarchical:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "IMAGE"
+            ds.StudyInstanceUID = study.study_uid
+            ds.SeriesInstanceUID = ""
+            ds.SOPInstanceUID = ""
+            images, final = self._find(assoc, ds)
+            found = _listed(images)
+            if final != 0x0000:
+                self._hierarchical = True
+            elif found and (study.instances is None or len(found) >= study.instances):
+                return found
+        return self._instances_by_series(assoc, study)
+
+    def _instances_by_series(self, assoc: Any, study: SourceStudy) -> list[SourceInstance]:
         ds = Dataset()
         ds.QueryRetrieveLevel = "SERIES"
         ds.StudyInstanceUID = study.study_uid
@@ -276,15 +301,15 @@ class DimseSource:
                 self.gaps.append(
                     ListingGap(f"instances of series {series_uid}", f"C-FIND 0x{final:04X}")
                 )
-            found.extend(
-                SourceInstance(str(i.SOPInstanceUID), series_uid)
-                for i in images
-                if i.get("SOPInstanceUID")
-            )
+            found.extend(_listed(images, series_uid))
         return found
 
     # ------------------------------------------------------------------ bytes
     def fetch(self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver) -> None:
+        """The whole study in one request when every instance is wanted; otherwise, per
+        series, the wanted instances by a list of SOP Instance UIDs (a retrieve's unique key
+        at its level may be a list, PS3.4 C.4.2.2.1 and C.4.3.2.1), so a study that grew
+        at the source moves only what it gained."""
         listed = study.instances
         whole = listed is not None and len(wanted) >= listed
         requests: list[Dataset] = []
@@ -294,13 +319,19 @@ class DimseSource:
             ds.StudyInstanceUID = study.study_uid
             requests.append(ds)
         else:
+            by_series: dict[str, list[str]] = {}
             for instance in wanted:
-                ds = Dataset()
-                ds.QueryRetrieveLevel = "IMAGE"
-                ds.StudyInstanceUID = study.study_uid
-                ds.SeriesInstanceUID = instance.series_uid or ""
-                ds.SOPInstanceUID = instance.sop_instance_uid
-                requests.append(ds)
+                by_series.setdefault(instance.series_uid or "", []).append(
+                    instance.sop_instance_uid
+                )
+            for series_uid, uids in by_series.items():
+                for at in range(0, len(uids), _UIDS_PER_RETRIEVE):
+                    ds = Dataset()
+                    ds.QueryRetrieveLevel = "IMAGE"
+                    ds.StudyInstanceUID = study.study_uid
+                    ds.SeriesInstanceUID = series_uid
+                    ds.SOPInstanceUID = uids[at : at + _UIDS_PER_RETRIEVE]
+                    requests.append(ds)
         uids = [i.sop_instance_uid for i in wanted]
         if self.request.retrieve == "get":
             self._get(requests, uids, deliver)
@@ -358,6 +389,14 @@ class DimseSource:
         if self._receiver is not None:
             self._receiver.stop()
             self._receiver = None
+
+
+def _listed(images: list[Dataset], series_uid: str | None = None) -> list[SourceInstance]:
+    return [
+        SourceInstance(str(i.SOPInstanceUID), series_uid or str(i.get("SeriesInstanceUID") or ""))
+        for i in images
+        if i.get("SOPInstanceUID")
+    ]
 
 
 def _no_delay(assoc: Any) -> None:

@@ -16,8 +16,9 @@ a delta run (``since_last_run``):
    done and one DICOM Instances Transferred record (PS3.15 A.5.3.4) sums it up.
 
 A study marked done by this same job is skipped on resume; a delta run skips studies done by
-any run whose instance count at the source has not changed. Studies run ``concurrency`` at a
-time; the byte rate and time windows of :mod:`nubis.migrate.throttle` apply to all.
+any run whose SOP Instance UIDs at the source have not changed (:meth:`_Run.plan`). Studies
+run ``concurrency`` at a time; the byte rate and time windows of :mod:`nubis.migrate.throttle`
+apply to all.
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Set
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nubis.errors import NotFound
 from nubis.jobs.context import JobContext, JobStopped
 from nubis.migrate.ledger import Ledger, Mark, Outcome, StudyState
 from nubis.migrate.request import MigrationRequest, migration_principal
-from nubis.migrate.source import Source, SourceInstance, SourceStudy
+from nubis.migrate.source import ListingGap, Source, SourceInstance, SourceStudy
 from nubis.migrate.sources import open_source
 from nubis.migrate.throttle import RateLimiter, TimeWindows
 from nubis.model.audit import EventOutcome
@@ -81,6 +82,20 @@ class _Tally:
     unidentified: list[dict[str, Any]] = field(default_factory=list)
 
 
+_Listed = TypeVar("_Listed", SourceStudy, SourceInstance)
+
+
+def _first_of_each(items: Iterable[_Listed], skip: Set[str] = frozenset()) -> list[_Listed]:
+    """``items`` without repeats of a UID (and without those in ``skip``), in their order."""
+    seen, kept = set(skip), []
+    for item in items:
+        uid = item.study_uid if isinstance(item, SourceStudy) else item.sop_instance_uid
+        if uid not in seen:
+            seen.add(uid)
+            kept.append(item)
+    return kept
+
+
 class Migrator:
     """Runs ``migrate`` jobs against the archive's services."""
 
@@ -112,7 +127,9 @@ class Migrator:
         source = open_source(request, self.spool)
         try:
             self._report(view)
-            studies = list(source.studies())
+            # A source may list a study twice (Orthanc keeps one Study Instance UID under two
+            # Patient IDs as two studies); its instance listing covers both.
+            studies = _first_of_each(source.studies())
             ctx.check()
             run = _Run(self, ctx, request, who, ledger, source, tally)
             todo = run.plan(studies)
@@ -224,29 +241,41 @@ class _Run:
         self.windows = TimeWindows(request.window)
         self.stop = threading.Event()
         self.clock = time.monotonic()
+        # Studies of a delta run whose listing is compared with the ledger's first (plan).
+        self.compare_first: set[str] = set()
 
     def plan(self, studies: list[SourceStudy]) -> list[SourceStudy]:
-        """The studies this attempt works on; the others count as done."""
+        """The studies this attempt works on; the others count as done.
+
+        A delta run (``since_last_run``) works on a study an earlier run finished only when
+        it may have changed. The source's study-level count is free (it came with the study
+        listing): a count unlike the ledger's means a change. An equal count does not mean
+        none (one instance deleted and another added, an object re-sent under a new UID), and
+        no study-level attribute shows that; so such a study's SOP Instance UIDs are listed
+        (one query at the source) and compared with the ledger's before anything else is done
+        (:meth:`study`). An unchanged archive thus costs one instance query per study: the
+        price of no silent gap, which ``date_from`` bounds to the recent studies."""
         known = {row.study_uid: row for row in self.ledger.studies()}
         todo = []
         for study in studies:
             row = known.get(study.study_uid)
-            done = row is not None and row.state is StudyState.DONE
-            resumed = done and row is not None and row.job_id == self.ctx.job.id
-            unchanged = (
-                done
-                and self.request.since_last_run
-                and row is not None
-                and (study.instances is None or row.source_count == study.instances)
-            )
-            if resumed or unchanged:
-                count = study.instances or (row.source_count if row else 0) or 0
-                self.tally.studies_skipped += 1
-                self.tally.instances_skipped += count
-                self.tally.done += count
-            else:
+            if row is None or row.state is not StudyState.DONE:
                 todo.append(study)
+                continue
+            if row.job_id == self.ctx.job.id:  # resumed: done by this job before
+                self._skipped(study.instances or row.source_count or 0)
+                continue
+            same_count = study.instances is None or row.source_count == study.instances
+            if self.request.since_last_run and same_count:
+                self.compare_first.add(study.study_uid)
+            todo.append(study)
         return todo
+
+    def _skipped(self, instances: int) -> None:
+        with self.tally.lock:
+            self.tally.studies_skipped += 1
+            self.tally.instances_skipped += instances
+            self.tally.done += instances
 
     def _check(self) -> None:
         if self.stop.is_set():
@@ -257,7 +286,20 @@ class _Run:
         self._check()
         uid = study.study_uid
         listed = self.source.instances(study)
-        self.ledger.begin_study(study, listed)
+        if uid in self.compare_first and (
+            {i.sop_instance_uid for i in listed} == self.ledger.listing(uid)
+        ):
+            self._skipped(len(listed))
+            return
+        elsewhere = self.ledger.begin_study(study, listed)
+        for sop in sorted(elsewhere):
+            self.source.gaps.append(
+                ListingGap(
+                    f"SOP Instance UID {sop} in study {uid}",
+                    "the source lists it in another study too; it is migrated with that one",
+                )
+            )
+        listed = _first_of_each(listed, skip=elsewhere)
         holding, _ = self.migrator.present(self.who, uid)
         entries = {e.sop_instance_uid: e for e in self.ledger.entries(uid)}
         wanted: list[SourceInstance] = []
@@ -279,7 +321,9 @@ class _Run:
             else:
                 wanted.append(instance)
         counts = {"stored": 0, "refused": 0}
-        delivered: set[str] = set()
+        # By SOP Instance UID: a source holding two objects under one UID delivers both, and
+        # a refusal of either is kept (the ledger has one outcome per UID).
+        delivered: dict[str, Mark] = {}
         lock = threading.Lock()
 
         def deliver(spooled: SpooledFile) -> StoreOutcome:
@@ -311,13 +355,14 @@ class _Run:
                 reason=None if outcome.error is None else outcome.error.reason,
             )
             with lock:
-                delivered.add(sop)
                 counts["stored" if outcome.ok else "refused"] += 1
-                marks.append(mark)
+                if sop not in delivered or delivered[sop].outcome is not Outcome.REFUSED:
+                    delivered[sop] = mark
             return outcome
 
         if wanted:
             self.source.fetch(study, wanted, deliver)
+        marks.extend(delivered.values())
         missing = [i for i in wanted if i.sop_instance_uid not in delivered]
         reasons = self.source.missing_reasons(study) if missing else {}
         marks.extend(
@@ -340,7 +385,7 @@ class _Run:
             self.tally.present += present
             self.tally.studies_done += 1
             # Every listed instance is now done, delivered or not.
-            self.tally.done += len(listed) - len(delivered)
+            self.tally.done += max(len(listed) - len(delivered), 0)
         if wanted:
             self._record(study, counts, present, len(missing))
 

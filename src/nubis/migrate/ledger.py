@@ -22,6 +22,8 @@ from nubis.migrate.source import SourceInstance, SourceStudy
 __all__ = ["Entry", "Ledger", "Mark", "Outcome", "StudyState"]
 
 _REASON_LENGTH = 512
+# UIDs per IN (...) list: well under SQLite's and PostgreSQL's bound parameter limits.
+_IN_LIST = 500
 
 
 class Outcome(enum.StrEnum):
@@ -30,6 +32,9 @@ class Outcome(enum.StrEnum):
     PRESENT = "present"  # already in the archive with the source's digest: not moved again
     REFUSED = "refused"  # the store refused it: ``reason``, ``status``
     MISSING = "missing"  # the source did not deliver it: ``reason``
+    # Listed by an earlier run, no longer by the source (deleted there): what the archive
+    # holds of it stays, since a migration never deletes.
+    GONE = "gone"
 
 
 class StudyState(enum.StrEnum):
@@ -73,6 +78,11 @@ class StudyRow:
     job_id: int | None
 
 
+def _chunks(uids: list[str]) -> Iterable[list[str]]:
+    for at in range(0, len(uids), _IN_LIST):
+        yield uids[at : at + _IN_LIST]
+
+
 def _now() -> int:
     return time.time_ns() // 1_000_000
 
@@ -108,18 +118,41 @@ class Ledger:
             ).all()  # fmt: skip
         return [StudyRow(*r[:4], StudyState(r[4]), r[5]) for r in rows]
 
-    def begin_study(self, study: SourceStudy, listed: Iterable[SourceInstance]) -> None:
+    def begin_study(self, study: SourceStudy, listed: Iterable[SourceInstance]) -> set[str]:
         """Record the study as pending with the instances the source listed now; outcomes
-        already recorded for them are kept (a resumed study)."""
+        already recorded for them are kept (a resumed study), and those it listed before and
+        no longer does become ``GONE``.
+
+        A SOP Instance UID is one row of the ledger: one the source lists twice in the study
+        is recorded once, and one it lists under another study of the migration too stays
+        with that study. The latter are returned, so the job can report them."""
         listed = list(listed)
+        unique = list(dict.fromkeys(i.sop_instance_uid for i in listed))
+        series = {i.sop_instance_uid: i.series_uid for i in reversed(listed)}
         now = _now()
 
-        def job(conn: Connection) -> None:
+        def job(conn: Connection) -> set[str]:
             key = and_(ms.c.migration == self.name, ms.c.study_uid == study.study_uid)
+            here = dict(
+                conn.execute(
+                    select(mi.c.sop_instance_uid, mi.c.outcome).where(
+                        mi.c.migration == self.name, mi.c.study_uid == study.study_uid
+                    )
+                ).all()
+            )
+            elsewhere: set[str] = set()
+            for chunk in _chunks([uid for uid in unique if uid not in here]):
+                elsewhere.update(
+                    conn.execute(
+                        select(mi.c.sop_instance_uid).where(
+                            mi.c.migration == self.name, mi.c.sop_instance_uid.in_(chunk)
+                        )
+                    ).scalars()
+                )
             values = {
                 "partition": self.partition,
                 "study_date": (study.study_date or "")[:8] or None,
-                "source_count": len(listed),
+                "source_count": len(unique) - len(elsewhere),
                 "state": StudyState.PENDING.value,
                 "updated_at": now,
             }
@@ -127,29 +160,41 @@ class Ledger:
                 conn.execute(
                     insert(ms).values(migration=self.name, study_uid=study.study_uid, **values)
                 )
-            known = set(
-                conn.execute(
-                    select(mi.c.sop_instance_uid).where(
-                        mi.c.migration == self.name, mi.c.study_uid == study.study_uid
-                    )
-                ).scalars()
-            )
             new = [
                 {
                     "migration": self.name,
-                    "sop_instance_uid": i.sop_instance_uid,
+                    "sop_instance_uid": uid,
                     "study_uid": study.study_uid,
-                    "series_uid": i.series_uid,
+                    "series_uid": series[uid],
                     "outcome": Outcome.LISTED.value,
                     "updated_at": now,
                 }
-                for i in listed
-                if i.sop_instance_uid not in known
+                for uid in unique
+                if uid not in here and uid not in elsewhere
             ]
             if new:
                 conn.execute(insert(mi), new)
+            now_listed = set(unique)
+            gone = [
+                uid
+                for uid, outcome in here.items()
+                if uid not in now_listed and outcome != Outcome.GONE.value
+            ]
+            for chunk in _chunks(gone):
+                conn.execute(
+                    update(mi)
+                    .where(mi.c.migration == self.name, mi.c.sop_instance_uid.in_(chunk))
+                    .values(outcome=Outcome.GONE.value, updated_at=now)
+                )
+            return elsewhere
 
-        self.index.write(job)
+        return self.index.write(job)
+
+    def listing(self, study_uid: str) -> set[str]:
+        """The SOP Instance UIDs of the study as the source listed them last."""
+        return {
+            e.sop_instance_uid for e in self.entries(study_uid) if e.outcome is not Outcome.GONE
+        }
 
     # ------------------------------------------------------------------ instances
     def entries(self, study_uid: str) -> list[Entry]:

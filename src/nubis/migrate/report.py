@@ -3,9 +3,11 @@
 Per study: the instance count at the source (as the ledger recorded its last listing) and in
 the archive (read now, through the retrieve service); the source's SOP Instance UIDs missing
 from the archive, each with the ledger's reason; the archive's instances the source did not
-list (extra); objects refused and why; and, where the source gave the bytes, whether the
-archive holds an object with the same SHA-256. ``silent_gaps`` counts source instances that
-are neither in the archive nor explained: a finished migration must have none.
+list (extra); those an earlier listing had and the last no longer has (deleted at the
+source: the archive keeps what it holds of them); objects refused and why; and, where the
+source gave the bytes, whether the archive holds an object with the same SHA-256.
+``silent_gaps`` counts source instances that are neither in the archive nor explained: a
+finished migration must have none.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class StudyReport:
     nubis_count: int
     missing: list[dict[str, Any]] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    removed_at_source: list[dict[str, Any]] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
     sha256_matched: int = 0
     sha256_differs: list[str] = field(default_factory=list)
@@ -55,6 +58,7 @@ class Report:
             "nubis_instances": sum(r.nubis_count for r in s),
             "missing": sum(len(r.missing) for r in s),
             "extra": sum(len(r.extra) for r in s),
+            "removed_at_source": sum(len(r.removed_at_source) for r in s),
             "refused": sum(len(r.refused) for r in s),
             "sha256_matched": sum(r.sha256_matched for r in s),
             "sha256_differs": sum(len(r.sha256_differs) for r in s),
@@ -79,6 +83,7 @@ class Report:
             "study_uid", "study_date", "state", "source_count", "nubis_count", "missing",
             "extra", "refused", "sha256_matched", "sha256_differs", "sha256_not_given",
             "silent_gaps", "missing_uids", "extra_uids", "refused_reasons",
+            "removed_at_source_uids",
         ])  # fmt: skip
         for r in self.studies:
             writer.writerow([
@@ -88,6 +93,7 @@ class Report:
                 " ".join(m["sop_instance_uid"] for m in r.missing),
                 " ".join(r.extra),
                 "; ".join(f"{x['sop_instance_uid']}={x['reason']}" for x in r.refused),
+                " ".join(x["sop_instance_uid"] for x in r.removed_at_source),
             ])  # fmt: skip
         return buf.getvalue()
 
@@ -98,14 +104,22 @@ class Report:
             f"({t['studies_done']} done), {t['source_instances']} instances at the source, "
             f"{t['nubis_instances']} in nubis",
             f"  missing {t['missing']}, extra {t['extra']}, refused {t['refused']}, "
-            f"silent gaps {t['silent_gaps']}, listing gaps {t['listing_gaps']}",
+            f"silent gaps {t['silent_gaps']}, listing gaps {t['listing_gaps']}, "
+            f"removed at the source {t['removed_at_source']}",
             f"  SHA-256: {t['sha256_matched']} equal, {t['sha256_differs']} different, "
             f"{t['sha256_not_given']} not given by the source",
         ]
         for gap in self.listing_gaps:
             lines.append(f"  not listed: {gap['what']}: {gap['reason']}")
         for r in self.studies:
-            if not (r.missing or r.extra or r.refused or r.sha256_differs or r.silent_gaps):
+            if not (
+                r.missing
+                or r.extra
+                or r.refused
+                or r.sha256_differs
+                or r.silent_gaps
+                or r.removed_at_source
+            ):
                 continue
             lines.append(
                 f"study {r.study_uid}: source {r.source_count}, nubis {r.nubis_count}"
@@ -115,6 +129,11 @@ class Report:
             lines.extend(f"  extra {uid}" for uid in r.extra)
             lines.extend(f"  refused {x['sop_instance_uid']}: {x['reason']}" for x in r.refused)
             lines.extend(f"  SHA-256 differs {uid}" for uid in r.sha256_differs)
+            lines.extend(
+                f"  removed at the source {x['sop_instance_uid']}"
+                f"{' (kept in nubis)' if x['in_nubis'] else ''}"
+                for x in r.removed_at_source
+            )
         if not any(t[k] for k in ("missing", "refused", "sha256_differs", "listing_gaps")):
             lines.append("every source instance is in nubis")
         return "\n".join(lines) + "\n"
@@ -137,11 +156,16 @@ def reconcile(
             }
         except NotFound:
             held = {}
-        entries = ledger.entries(row.study_uid)
-        listed = {e.sop_instance_uid for e in entries}
+        everything = ledger.entries(row.study_uid)
+        entries = [e for e in everything if e.outcome is not Outcome.GONE]
         report = StudyReport(
             row.study_uid, row.study_date, row.state.value, len(entries), len(held)
         )
+        report.removed_at_source = [
+            {"sop_instance_uid": e.sop_instance_uid, "in_nubis": e.sop_instance_uid in held}
+            for e in everything
+            if e.outcome is Outcome.GONE
+        ]
         for e in entries:
             sop = e.sop_instance_uid
             if e.outcome is Outcome.REFUSED:
@@ -163,6 +187,6 @@ def reconcile(
                 report.sha256_matched += 1
             else:
                 report.sha256_differs.append(sop)
-        report.extra = sorted(set(held) - listed)
+        report.extra = sorted(set(held) - {e.sop_instance_uid for e in everything})
         studies.append(report)
     return Report(ledger.name, studies, listing_gaps or [])
