@@ -212,17 +212,8 @@ class _Parser:
             len(stated) != 4 or _LONG_LENGTH.unpack(stated)[0] != pos - _META_GROUP_START
         ):
             raise _NotHere  # pydicom finds what is wrong with the group length
-        syntax = UID(_uid_text(values.get(0x00020010, b"")))
-        if syntax == _IMPLICIT_SYNTAX:
-            self.implicit = True
-        elif not (
-            syntax
-            and syntax.is_transfer_syntax
-            and syntax.is_little_endian
-            and not syntax.is_implicit_VR
-            and not syntax.is_deflated
-        ):
-            raise _NotHere
+        syntax = _syntax(_uid_text(values.get(0x00020010, b"")))
+        self.implicit = syntax == _IMPLICIT_SYNTAX
         meta_uids = {
             tag: _uid_text(values.get(tag, b"")) for tag in (META_SOP_CLASS, META_SOP_INSTANCE)
         }
@@ -247,9 +238,15 @@ class _Parser:
         creators: dict[int, str | None] = {}
         implicit = self.implicit
         threshold = self.threshold
+        unpack_header = _TAG_LENGTH.unpack_from
+        # The window is refilled by self.window only: these locals are reloaded after it.
+        buf, base = self.buf, self.base
         while end is None or pos < end:
-            offset = self.window(pos, 8)
-            group, element, length = _TAG_LENGTH.unpack_from(self.buf, offset)
+            offset = pos - base
+            if offset < 0 or offset + 12 > len(buf):
+                offset = self.window(pos, 8)
+                buf, base = self.buf, self.base
+            group, element, length = unpack_header(buf, offset)
             tag = group << 16 | element
             if group == 0xFFFE:
                 if end is None and tag == _ITEM_END and length == 0:
@@ -264,21 +261,24 @@ class _Parser:
                 if length == _UNDEFINED and vr != "SQ" and _dictionary_vr(tag) is None:
                     # pydicom takes an unknown element of undefined length for a sequence
                     # when items follow (PS3.5 6.2.2)
-                    offset = self.window(pos, 4)
-                    if self.buf[offset : offset + 4] == _ITEM_BYTES:
+                    if self.read(pos, 4) == _ITEM_BYTES:
                         vr = "SQ"
+                    buf, base = self.buf, self.base
             else:
-                known = _EXPLICIT.get(self.buf[offset + 4 : offset + 6])
+                known = _EXPLICIT.get(buf[offset + 4 : offset + 6])
                 if known is None:
                     raise _NotHere
                 vr, long_length = known
                 if long_length:
-                    length = _LONG_LENGTH.unpack_from(self.buf, self.window(pos + 8, 4))[0]
+                    if offset + 12 > len(buf):
+                        offset = self.window(pos, 12)
+                        buf, base = self.buf, self.base
+                    length = _LONG_LENGTH.unpack_from(buf, offset + 8)[0]
                     pos += 12
                 else:
                     length >>= 16
                     pos += 8
-            key = f"{tag:08X}"
+            key = _KEYS.get(tag) or _key(tag)
             if length == _UNDEFINED:
                 if vr == "SQ":
                     out[key], pos = self.sequence(pos, None, prefix + key, encodings)
@@ -287,6 +287,7 @@ class _Parser:
                     pos = self.encapsulated_pixels(pos, prefix + key)
                 else:
                     raise _NotHere
+                buf, base = self.buf, self.base
                 continue
             if end is not None and pos + length > end:
                 raise _NotHere
@@ -300,16 +301,19 @@ class _Parser:
                     self.layout.pixel = (pos, length)
                 elif top_level and tag in _OFFSET_TABLES:
                     self.layout.offset_tables[tag] = self.read(pos, length)
+                    buf, base = self.buf, self.base
                 pos += length
                 continue
             if vr == "SQ":
                 out[key], pos = self.sequence(pos, pos + length, prefix + key, encodings)
+                buf, base = self.buf, self.base
                 continue
-            offset = self.window(pos, length)
-            value = self.buf[offset : offset + length]
+            offset = pos - base
+            if offset < 0 or offset + length > len(buf):
+                offset = self.window(pos, length)
+                buf, base = self.buf, self.base
+            value = buf[offset : offset + length]
             pos += length
-            if top_level and tag in _OFFSET_TABLES:
-                self.layout.offset_tables[tag] = value
             if tag == _CHARSET:
                 if text_seen:
                     raise _NotHere
@@ -318,13 +322,15 @@ class _Parser:
                     self.charset_seen = True
             elif vr in DECODED_VRS:
                 text_seen = True
-                if value and not value.isascii():
+                if not value.isascii():
                     self.text_beyond_ascii = True
             if top_level:
                 if tag in self.raw_uids:
                     self.raw_uids[tag] = value
                 elif tag == _PIXEL_REPRESENTATION and vr == "US" and length == 2:
                     self.pixel_representation = _US.unpack(value)[0]
+                elif tag in _OFFSET_TABLES:
+                    self.layout.offset_tables[tag] = value
             if implicit and group & 1 and 0x0010 <= element <= 0x00FF:
                 creators[tag] = _creator(value)
             out[key] = element_json(vr, value, encodings)
@@ -420,6 +426,15 @@ class _Parser:
 
 
 _VR_CACHE: dict[int, str | None] = {}
+_KEYS: dict[int, str] = {}
+
+
+def _key(tag: int) -> str:
+    """The DICOM JSON key of a tag (PS3.18 F.2.1.1); public tags' keys are kept."""
+    key = f"{tag:08X}"
+    if not tag & 0x00010000 and len(_KEYS) < 1 << 16:
+        _KEYS[tag] = key
+    return key
 
 
 def _dictionary_vr(tag: int) -> str | None:
@@ -433,6 +448,32 @@ def _dictionary_vr(tag: int) -> str | None:
         vr = None
     _VR_CACHE[tag] = vr
     return vr
+
+
+_SYNTAXES: dict[str, UID | None] = {}
+
+
+def _syntax(text: str) -> UID:
+    """The transfer syntax if read here: Implicit VR Little Endian, or a known Explicit VR
+    Little Endian one (native or encapsulated) but Deflated."""
+    try:
+        syntax = _SYNTAXES[text]
+    except KeyError:
+        uid = UID(text)
+        # pydicom reads every syntax but Implicit VR Little Endian itself as explicit VR
+        known = (
+            text
+            and uid.is_transfer_syntax
+            and uid.is_little_endian
+            and not uid.is_deflated
+            and (text == _IMPLICIT_SYNTAX or not uid.is_implicit_VR)
+        )
+        syntax = uid if known else None
+        if len(_SYNTAXES) < 256:
+            _SYNTAXES[text] = syntax
+    if syntax is None:
+        raise _NotHere
+    return syntax
 
 
 def _uid_text(value: bytes) -> str:

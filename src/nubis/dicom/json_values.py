@@ -62,10 +62,13 @@ def element_json(
     """
     if not value:
         return {"vr": vr}
-    if vr in BULK_VRS:
-        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
     values: list[Any]
-    if vr in _NUMBER_FORMATS:
+    # The most frequent VRs first.
+    if vr in _PLAIN_STRING_VRS:
+        values = [v.strip(" \x00") or None for v in value.decode(default_encoding).split("\\")]
+    elif vr == "DS" or vr == "IS":
+        values = [_json_number(v, vr) for v in value.decode(default_encoding).split("\\")]
+    elif vr in _NUMBER_FORMATS:
         code, width = _NUMBER_FORMATS[vr]
         count, rest = divmod(len(value), width)
         if rest:
@@ -74,10 +77,8 @@ def element_json(
         values = list(struct.unpack(f"{order}{count}{code}", value))
         if vr in _FLOAT_VRS:
             values = [_json_float(v) for v in values]
-    elif vr in _PLAIN_STRING_VRS:
-        values = [v.strip(" \x00") or None for v in value.decode(default_encoding).split("\\")]
-    elif vr in ("DS", "IS"):
-        values = [_json_number(v, vr) for v in value.decode(default_encoding).split("\\")]
+    elif vr in BULK_VRS:
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
     elif vr in _TEXT_VRS:
         text = decode_bytes(value, encodings, _TEXT_DELIMITERS)
         values = [v.rstrip(" \x00") or None for v in text.split("\\")]
