@@ -29,7 +29,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import PersonName
 
-from nubis.dicom.inspect import BULK_URI_MARKER, InspectedInstance, inspect_file
+from nubis.dicom import inspect
+from nubis.dicom.inspect import BULK_URI_MARKER, InspectedInstance
 from nubis.errors import InvalidInstance
 
 # Building the invalid fixtures makes pydicom warn about the very values under test.
@@ -38,6 +39,24 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The value length .* exceeds:UserWarning"),
     pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning"),
 ]
+
+
+def inspect_file(path: Path, *, bulk_threshold: int = 1024) -> InspectedInstance:
+    """``inspect_file``, checking on the way that both its readers (nubis.dicom.fast_parse and
+    pydicom) give the same result or the same refusal, so every input here tests both."""
+    try:
+        slow: InspectedInstance | tuple[str, int] = inspect.inspect_file(
+            path, bulk_threshold=bulk_threshold, fast=False
+        )
+    except InvalidInstance as exc:
+        slow = (exc.reason, exc.dimse_status)
+    try:
+        result = inspect.inspect_file(path, bulk_threshold=bulk_threshold)
+    except InvalidInstance as exc:
+        assert (exc.reason, exc.dimse_status) == slow
+        raise
+    assert result == slow
+    return result
 
 
 def _testdata(name: str) -> Path:
