@@ -29,7 +29,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import PersonName
 
-from nubis.dicom.inspect import BULK_URI_MARKER, InspectedInstance, inspect_file
+from nubis.dicom import inspect
+from nubis.dicom.inspect import BULK_URI_MARKER, InspectedInstance
 from nubis.errors import InvalidInstance
 
 # Building the invalid fixtures makes pydicom warn about the very values under test.
@@ -38,6 +39,24 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The value length .* exceeds:UserWarning"),
     pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning"),
 ]
+
+
+def inspect_file(path: Path, *, bulk_threshold: int = 1024) -> InspectedInstance:
+    """``inspect_file``, checking on the way that both its readers (nubis.dicom.fast_parse and
+    pydicom) give the same result or the same refusal, so every input here tests both."""
+    try:
+        slow: InspectedInstance | tuple[str, int] = inspect.inspect_file(
+            path, bulk_threshold=bulk_threshold, fast=False
+        )
+    except InvalidInstance as exc:
+        slow = (exc.reason, exc.dimse_status)
+    try:
+        result = inspect.inspect_file(path, bulk_threshold=bulk_threshold)
+    except InvalidInstance as exc:
+        assert (exc.reason, exc.dimse_status) == slow
+        raise
+    assert result == slow
+    return result
 
 
 def _testdata(name: str) -> Path:
@@ -163,13 +182,6 @@ def test_real_files(name: str, tmp_path: Path) -> None:
     # Every non-bulk element survives the trip through DICOM JSON.
     restored = Dataset.from_json(text, bulk_data_uri_handler=lambda tag, vr, uri: b"")
     _assert_same_elements(restored, full, bulk_paths, "")
-
-    # The header keeps everything except bulk values, and no longer needs the file.
-    for bulk_path in bulk_paths:
-        parts = bulk_path.split("/")
-        if len(parts) == 1:
-            assert int(parts[0], 16) not in result.header
-    assert result.header.get("SOPInstanceUID") == full.SOPInstanceUID
 
     _assert_frames(result, full, path)
 
@@ -660,17 +672,6 @@ def test_large_text_and_numbers_stay_inline(tmp_path: Path) -> None:
     assert set(result.bulk_index) == {"7FE00010"}
 
 
-def test_header_is_detached_from_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "detached.dcm"
-    shutil.copy(_testdata("CT_small.dcm"), path)
-    result = inspect_file(path, bulk_threshold=16)
-    path.unlink()
-    values = [elem.value for elem in result.header.iterall()]
-    assert len(values) > 100
-    assert "PixelData" not in result.header
-    assert result.header.file_meta.TransferSyntaxUID == result.transfer_syntax_uid
-
-
 @pytest.mark.parametrize("outer_undefined", [False, True])
 @pytest.mark.parametrize("inner_undefined", [False, True])
 def test_nested_bulk_offsets(tmp_path: Path, outer_undefined: bool, inner_undefined: bool) -> None:
@@ -700,7 +701,6 @@ def test_nested_bulk_offsets(tmp_path: Path, outer_undefined: bool, inner_undefi
     for bulk_path, payload in expected.items():
         assert _read_range(path, *result.bulk_index[bulk_path]) == payload, bulk_path
     assert set(result.bulk_index) == {*expected, "7FE00010"}
-    assert "00420011" not in result.header.ReferencedImageSequence[1]
 
 
 def test_a_code_extension_ends_at_the_value_delimiter(tmp_path: Path) -> None:

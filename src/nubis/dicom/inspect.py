@@ -2,36 +2,37 @@
 
 Both front doors (STOW-RS and C-STORE) spool the received object to a local file and hand it to
 :func:`inspect_file`, which validates it and returns everything the archive needs to store and
-later serve it: the header for the index, the PS3.18 Annex F.2 JSON metadata with bulk values
-replaced by ``BulkDataURI`` placeholders, and the byte positions of every bulk value and frame so
-that WADO-RS bulk data and frame requests can be answered with plain byte ranges of the stored
-blob.
+later serve it: the PS3.18 Annex F.2 JSON metadata with bulk values replaced by ``BulkDataURI``
+placeholders, and the byte positions of every bulk value and frame so that WADO-RS bulk data and
+frame requests can be answered with plain byte ranges of the stored blob.
 
-pydicom does the parsing: the data set is read with ``defer_size`` so that values larger than the
-bulk threshold are skipped over (only their position is remembered), and encapsulated Pixel Data
-is walked item by item with :mod:`pydicom.encaps`. Memory therefore stays bounded by the header
-size whatever the size of the pixel data, with one exception inherited from pydicom: values inside
-sequence items are always read into memory (nested bulk data such as icon images or waveforms is
-small in practice).
+Two readers walk the file into the same :class:`~nubis.dicom.fast_parse.ParsedDataSet`.
+:mod:`nubis.dicom.fast_parse` reads the common encodings in one pass over the bytes; whatever
+it is not sure of, it leaves to pydicom, the rule it follows. pydicom reads the data set with
+``defer_size`` so that values larger than the bulk threshold are skipped over (only their
+position is remembered), and :class:`_Walker` turns it into the JSON model, walking
+encapsulated Pixel Data item by item with :mod:`pydicom.encaps`. Memory therefore stays bounded
+by the header size whatever the size of the pixel data, with one exception inherited from
+pydicom: values inside sequence items are always read into memory (nested bulk data such as
+icon images or waveforms is small in practice).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import math
 import struct
 import zlib
-from collections.abc import MutableSequence, Sequence
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from pydicom.charset import decode_bytes, default_encoding
+from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
-from pydicom.encaps import generate_fragmented_frames, parse_basic_offsets, parse_fragments
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import (
     _read_file_meta_info,
@@ -53,7 +54,18 @@ from nubis.dicom.consistency import (
     has_invalid_vr,
     invalid_vr,
 )
+from nubis.dicom.fast_parse import ParsedDataSet, parse
+from nubis.dicom.frames import (
+    EXTENDED_OFFSET_TABLE,
+    EXTENDED_OFFSET_TABLE_LENGTHS,
+    PixelLayout,
+    frame_index,
+)
+from nubis.dicom.json_values import BULK_URI_MARKER, BULK_VRS, DECODED_VRS, element_json
 from nubis.dicom.leniency import (
+    IDENTIFYING_TAGS,
+    META_SOP_CLASS,
+    META_SOP_INSTANCE,
     NOT_CONFORMANT,
     SOP_CLASS,
     SOP_INSTANCE,
@@ -67,49 +79,16 @@ from nubis.model.records import IngestWarning
 
 __all__ = ["BULK_URI_MARKER", "InspectedInstance", "inspect_file"]
 
-BULK_URI_MARKER = "nubis-bulk:"
-"""Prefix of every ``BulkDataURI`` in :attr:`InspectedInstance.metadata_json`.
-
-The serving layer turns the placeholders into real URLs by replacing ``"BulkDataURI":"nubis-bulk:``
-with ``"BulkDataURI":"<url prefix>``; the bulk path follows the marker.
-"""
-
 # PS3.4 Table B.2-1 / PS3.18 Table 10.5.3-1 failure reasons.
 _CANNOT_UNDERSTAND = 0xC000
 _TRANSFER_SYNTAX_UNSUPPORTED = 0xC122
 
-_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _PIXEL_DATA = 0x7FE00010
-_EXTENDED_OFFSET_TABLE = 0x7FE00001
-_EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _ITEM_TAG_BIG_ENDIAN = b"\xff\xfe\xe0\x00"
-
-
-_NUMBER_FORMATS = {
-    "US": ("H", 2),
-    "SS": ("h", 2),
-    "UL": ("L", 4),
-    "SL": ("l", 4),
-    "UV": ("Q", 8),
-    "SV": ("q", 8),
-    "FL": ("f", 4),
-    "FD": ("d", 8),
-}
-# PS3.5 Table 6.2-1: these never depend on (0008,0005) Specific Character Set, and the spaces or
-# nulls around their values are padding.
-_PLAIN_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
-_TEXT_VRS = frozenset({"SH", "LO", "UC"})
-_SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
-# Where an ISO 2022 code extension ends within a value (PS3.5 6.1.2.5.3): at the value
-# delimiter of a multi-valued element. pydicom compares them with the bytes of the value.
-_TEXT_DELIMITERS = {ord("\\")}
-_FLOAT_VRS = frozenset({"FL", "FD"})
-# Text whose bytes (0008,0005) Specific Character Set says how to decode (PS3.5 6.1.2.3).
-_DECODED_VRS = _TEXT_VRS | _SINGLE_TEXT_VRS | {"PN"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +97,6 @@ class InspectedInstance:
 
     Attributes
     ----------
-    header : pydicom.Dataset
-        The data set (with ``file_meta``) minus every bulk value, i.e. every element that appears
-        with a ``BulkDataURI`` in :attr:`metadata_json`. It no longer refers to the spooled file.
     transfer_syntax_uid : str
         (0002,0010) of the file meta information.
     sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid : str
@@ -143,7 +119,6 @@ class InspectedInstance:
         The bulk paths whose value is encapsulated (item-framed) rather than native.
     """
 
-    header: Dataset
     transfer_syntax_uid: str
     sop_class_uid: str
     sop_instance_uid: str
@@ -159,7 +134,9 @@ class InspectedInstance:
     warnings: tuple[IngestWarning, ...] = ()
 
 
-def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> InspectedInstance:
+def inspect_file(
+    path: Path | BinaryIO, *, bulk_threshold: int = 1024, fast: bool = True
+) -> InspectedInstance:
     """Validate a PS3.10 file and index its metadata, bulk data and frames in one pass.
 
     Parameters
@@ -171,11 +148,14 @@ def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> Inspec
     bulk_threshold : int, optional
         Values of VR OB, OD, OF, OL, OV, OW or UN longer than this many bytes are bulk data;
         Pixel Data, Float Pixel Data and Double Float Pixel Data always are.
+    fast : bool, optional
+        Try :mod:`nubis.dicom.fast_parse` first (the result is the same either way; False
+        reads with pydicom only, which the tests compare it with).
 
     Returns
     -------
     InspectedInstance
-        The header, DICOM JSON metadata (PS3.18 Annex F.2) and bulk and frame positions.
+        The DICOM JSON metadata (PS3.18 Annex F.2) and bulk and frame positions.
 
     Raises
     ------
@@ -194,10 +174,11 @@ def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> Inspec
     with opened as fp:
         size = fp.seek(0, 2)
         fp.seek(0)
-        reader = _CutShortReader(fp)
-        ds = _read(reader, fp, bulk_threshold)
+        parsed = parse(fp, size, bulk_threshold) if fast else None
         try:
-            result = _inspect(ds, fp, reader, size, bulk_threshold)
+            if parsed is None:
+                parsed = _read_with_pydicom(fp, size, bulk_threshold)
+            return _inspected(parsed, fp, size)
         except InvalidInstance:
             raise
         except Exception as exc:
@@ -206,15 +187,61 @@ def inspect_file(path: Path | BinaryIO, *, bulk_threshold: int = 1024) -> Inspec
                 f"the data set cannot be parsed ({type(exc).__name__})",
                 dimse_status=_CANNOT_UNDERSTAND,
             ) from exc
-    ds.buffer = None  # drop the closed spool file, or the inflated copy of a deflated data set
-    return result
 
 
-def _inspect(
-    ds: FileDataset, fp: BinaryIO, reader: _CutShortReader, size: int, bulk_threshold: int
-) -> InspectedInstance:
-    transfer_syntax = _transfer_syntax(ds)
+def _inspected(parsed: ParsedDataSet, fp: BinaryIO, size: int) -> InspectedInstance:
+    """The checks and findings on a walked data set, whichever reader walked it."""
+    tree = parsed.tree
+    transfer_syntax = parsed.transfer_syntax
+    if "BulkDataURI" in tree.get("7FE00010", {}):
+        check_pixel_data_encoding("7FE00010" in parsed.encapsulated, transfer_syntax)
+    # The JSON values are already decoded: reading them avoids converting elements twice.
+    # The instance, study and series UIDs identify the object: without them it is refused.
     warnings: list[IngestWarning] = []
+    uids = identifying_uids(tree, parsed.raw_uids, parsed.meta_uids, warnings)
+    warnings.extend(meta_disagreements(parsed.meta_uids, uids[SOP_CLASS], uids[SOP_INSTANCE]))
+    warnings.extend(charset_warnings(tree))
+    if parsed.text_beyond_ascii:
+        warnings.append(
+            IngestWarning(
+                "charset-missing",
+                NOT_CONFORMANT,
+                "text has bytes beyond ASCII, and no (0008,0005) Specific Character Set says "
+                "what they are: read as ISO 8859-1 (PS3.5 6.1.2.3)",
+            )
+        )
+    metadata_json = json.dumps(tree, separators=(",", ":"))
+    if metadata_json.count(BULK_URI_MARKER) != parsed.bulk_count:
+        metadata_json = _escape_stray_markers(metadata_json)
+    return InspectedInstance(
+        transfer_syntax_uid=str(transfer_syntax),
+        sop_class_uid=uids[SOP_CLASS],
+        sop_instance_uid=uids[SOP_INSTANCE],
+        study_instance_uid=uids[0x0020000D],
+        series_instance_uid=uids[0x0020000E],
+        metadata_json=metadata_json,
+        frame_index=frame_index(parsed.layout, tree, fp, size),
+        bulk_index=parsed.bulk_index,
+        encapsulated_paths=frozenset(parsed.encapsulated),
+        metadata=tree,
+        warnings=tuple(warnings),
+    )
+
+
+def _read_with_pydicom(fp: BinaryIO, size: int, bulk_threshold: int) -> ParsedDataSet:
+    fp.seek(0)
+    reader = _CutShortReader(fp)
+    ds = _read(reader, fp, bulk_threshold)
+    try:
+        return _walked(ds, fp, reader, size, bulk_threshold)
+    finally:
+        ds.buffer = None  # drop the spool file, or the inflated copy of a deflated data set
+
+
+def _walked(
+    ds: FileDataset, fp: BinaryIO, reader: _CutShortReader, size: int, bulk_threshold: int
+) -> ParsedDataSet:
+    transfer_syntax = _transfer_syntax(ds)
     check_file_meta(ds, fp)
     check_vr_encoding(ds, transfer_syntax)
     deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
@@ -243,40 +270,20 @@ def _inspect(
         little_endian=transfer_syntax.is_little_endian,
     )
     tree = walker.dataset(ds, "", 0, top_level=True)
-    if "BulkDataURI" in tree.get("7FE00010", {}):
-        check_pixel_data_encoding("7FE00010" in walker.encapsulated, transfer_syntax)
-    # The JSON values are already decoded: reading them avoids converting elements twice.
-    # The instance, study and series UIDs identify the object: without them it is refused.
-    uids = identifying_uids(ds, tree, warnings)
-    warnings.extend(meta_disagreements(ds, uids[SOP_CLASS], uids[SOP_INSTANCE]))
-    warnings.extend(charset_warnings(tree))
-    if walker.text_beyond_ascii:
-        warnings.append(
-            IngestWarning(
-                "charset-missing",
-                NOT_CONFORMANT,
-                "text has bytes beyond ASCII, and no (0008,0005) Specific Character Set says "
-                "what they are: read as ISO 8859-1 (PS3.5 6.1.2.3)",
-            )
-        )
-    frame_index = None if deflated else walker.frame_index(tree)
-
-    metadata_json = json.dumps(tree, separators=(",", ":"))
-    if metadata_json.count(BULK_URI_MARKER) != walker.bulk_count:
-        metadata_json = _escape_stray_markers(metadata_json)
-    return InspectedInstance(
-        header=ds,
-        transfer_syntax_uid=str(transfer_syntax),
-        sop_class_uid=uids[SOP_CLASS],
-        sop_instance_uid=uids[SOP_INSTANCE],
-        study_instance_uid=uids[0x0020000D],
-        series_instance_uid=uids[0x0020000E],
-        metadata_json=metadata_json,
-        frame_index=frame_index,
+    meta = ds.file_meta
+    return ParsedDataSet(
+        transfer_syntax=transfer_syntax,
+        tree=tree,
+        raw_uids={tag: getattr(ds.get_item(tag), "value", None) for tag in IDENTIFYING_TAGS},
+        meta_uids={
+            tag: str(meta[tag].value or "") if tag in meta else ""
+            for tag in (META_SOP_CLASS, META_SOP_INSTANCE)
+        },
         bulk_index=walker.bulk_index,
-        encapsulated_paths=frozenset(walker.encapsulated),
-        metadata=tree,
-        warnings=tuple(warnings),
+        encapsulated=walker.encapsulated,
+        bulk_count=walker.bulk_count,
+        layout=walker.layout,
+        text_beyond_ascii=walker.text_beyond_ascii,
     )
 
 
@@ -388,16 +395,13 @@ class _Walker:
         self.bulk_index: dict[str, tuple[int, int]] = {}
         self.encapsulated: set[str] = set()
         self.bulk_count = 0
-        self.pixel: tuple[int, int] | None = None  # top-level pixel data (offset, length)
-        self.fragments: tuple[list[int], int, list[tuple[int, int]]] | None = None
-        self.offset_tables: dict[int, bytes] = {}
+        self.layout = PixelLayout()
         # No (0008,0005), yet text with bytes beyond ASCII (the default repertoire).
         self.charset_missing = False
         self.text_beyond_ascii = False
 
     def dataset(self, ds: Dataset, prefix: str, base: int, *, top_level: bool = False) -> dict:
         out: dict[str, Any] = {}
-        bulk_tags: list[int] = []
         encodings = ds.original_character_set or [default_encoding]
         if isinstance(encodings, str):
             encodings = [encodings]
@@ -432,12 +436,11 @@ class _Walker:
                     "length, which only sequences and Pixel Data may have (PS3.5 7.1.3, A.4)",
                     dimse_status=_CANNOT_UNDERSTAND,
                 )
-            if length and (tag in _PIXEL_TAGS or (vr in _BULK_VRS and length > threshold)):
+            if length and (tag in _PIXEL_TAGS or (vr in BULK_VRS and length > threshold)):
                 path = prefix + key
                 out[key] = {"vr": vr, "BulkDataURI": BULK_URI_MARKER + path}
                 self.bulk_count += 1
                 self.record_bulk(path, tag, elem, base, top_level=top_level)
-                bulk_tags.append(tag)
                 continue
             value = elem.value
             if length != _UNDEFINED_LENGTH:
@@ -451,20 +454,20 @@ class _Walker:
                         elem,
                     )
                     ds[tag] = elem
-            if top_level and tag in (_EXTENDED_OFFSET_TABLE, _EXTENDED_OFFSET_TABLE_LENGTHS):
-                self.offset_tables[tag] = elem.value or b""
+            if top_level and tag in (EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS):
+                self.layout.offset_tables[tag] = elem.value or b""
             if vr == "SQ":
                 child_base = base + elem.value_tell if length != _UNDEFINED_LENGTH else base
                 out[key] = self.sequence(ds[tag], prefix + key, base, child_base)
                 continue
-            if charset_missing and vr in _DECODED_VRS and elem.value and not elem.value.isascii():
+            if charset_missing and vr in DECODED_VRS and elem.value and not elem.value.isascii():
                 self.text_beyond_ascii = True
             try:
-                out[key] = _element_json(vr, elem, encodings)
+                out[key] = element_json(
+                    vr, elem.value, encodings, little_endian=elem.is_little_endian
+                )
             except (ValueError, struct.error, UnicodeError, LookupError):
                 out[key] = _pydicom_json(ds, tag)
-        for tag in bulk_tags:
-            del ds[tag]
         return out
 
     def sequence(self, elem: DataElement, path: str, base: int, child_base: int) -> dict[str, Any]:
@@ -534,19 +537,19 @@ class _Walker:
             end = fragments[-1][0] + fragments[-1][1] if fragments else first
             self.bulk_index[path] = (offset, end - offset)
             if top_level and tag == _PIXEL_DATA:
-                self.pixel = (offset, end - offset)
-                self.fragments = (bot, first, fragments)
+                self.layout.pixel = (offset, end - offset)
+                self.layout.fragments = (bot, first, fragments)
             return
         self.check_extent(raw, base)
         if not self.positional:
             return
         self.bulk_index[path] = (offset, raw.length)
         if top_level and tag in _PIXEL_TAGS:
-            self.pixel = (offset, raw.length)
-        elif top_level and tag in (_EXTENDED_OFFSET_TABLE, _EXTENDED_OFFSET_TABLE_LENGTHS):
+            self.layout.pixel = (offset, raw.length)
+        elif top_level and tag in (EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS):
             # 8 bytes per frame: small enough to read even when it counts as bulk data.
             self.fp.seek(offset)
-            self.offset_tables[tag] = raw.value or self.fp.read(raw.length)
+            self.layout.offset_tables[tag] = raw.value or self.fp.read(raw.length)
 
     def walk_fragments(self, offset: int) -> tuple[list[int], int, list[tuple[int, int]]]:
         """Return the Basic Offset Table, first fragment item offset and fragment extents.
@@ -582,99 +585,6 @@ class _Walker:
             raise problem
         return bot, first, fragments
 
-    def frame_index(self, tree: dict[str, Any]) -> list[tuple[tuple[int, int], ...]] | None:
-        """Locate every frame of the top-level pixel data (PS3.5 Section 8 and Annex A.4).
-
-        ``tree`` is the JSON model of the data set, whose Image Pixel module values are already
-        decoded.
-        """
-        if self.pixel is None:
-            return None
-        nr_frames = _first_value(tree, "00280008")  # PS3.3 C.7.6.6: absent means one frame
-        if nr_frames is None:
-            nr_frames = 1
-        if not isinstance(nr_frames, int) or nr_frames < 1:
-            return None
-        if self.fragments is not None:
-            return self.encapsulated_frames(nr_frames)
-        offset, length = self.pixel
-        rows = _first_value(tree, "00280010")
-        columns = _first_value(tree, "00280011")
-        samples = _first_value(tree, "00280002")
-        bits = _first_value(tree, "00280100")
-        numbers = (rows, columns, samples, bits)
-        if not all(isinstance(n, int) and n > 0 for n in numbers) or bits % 8:
-            return None
-        frame_size = rows * columns * samples * (bits // 8)
-        if _first_value(tree, "00280004") == "YBR_FULL_422":
-            frame_size = frame_size // 3 * 2  # PS3.3 C.7.6.3.1.2: two chroma samples per pair
-        if frame_size * nr_frames > length:
-            return None
-        return [((offset + i * frame_size, frame_size),) for i in range(nr_frames)]
-
-    def encapsulated_frames(self, nr_frames: int) -> list[tuple[tuple[int, int], ...]] | None:
-        assert self.fragments is not None
-        bot, first, fragments = self.fragments
-        if not fragments:
-            return None
-        offsets = self.offset_tables.get(_EXTENDED_OFFSET_TABLE)
-        lengths = self.offset_tables.get(_EXTENDED_OFFSET_TABLE_LENGTHS)
-        if offsets and lengths and len(offsets) == len(lengths) and not len(offsets) % 8:
-            # PS3.3 C.7.6.3.1.8: one fragment per frame, offsets from the first fragment item.
-            count = len(offsets) // 8
-            starts = struct.unpack(f"<{count}Q", offsets)
-            sizes = struct.unpack(f"<{count}Q", lengths)
-            frames: list[tuple[tuple[int, int], ...]] = [
-                ((first + start + 8, size),) for start, size in zip(starts, sizes, strict=True)
-            ]
-            if all(start + size <= self.size for ((start, size),) in frames):
-                return frames
-            return None
-        if bot and bot[0] == 0 and all(a < b for a, b in pairwise(bot)):
-            # PS3.5 A.4: a frame is every fragment whose item starts before the next frame's.
-            frames_of: list[list[tuple[int, int]]] = [[] for _ in bot]
-            frame = 0
-            for start, size in fragments:
-                relative = start - 8 - first
-                while frame + 1 < len(bot) and relative >= bot[frame + 1]:
-                    frame += 1
-                frames_of[frame].append((start, size))
-            if all(frames_of):
-                return [tuple(f) for f in frames_of]
-        if len(fragments) == 1 or nr_frames == 1:
-            return [tuple(fragments)]
-        if len(fragments) == nr_frames:
-            return [(fragment,) for fragment in fragments]
-        if len(fragments) < nr_frames:
-            return None
-        return self.frames_by_markers(nr_frames)
-
-    def frames_by_markers(self, nr_frames: int) -> list[tuple[tuple[int, int], ...]] | None:
-        """Split fragments into frames the way pydicom does when no offset table helps.
-
-        pydicom looks for the JPEG EOI / JPEG 2000 EOC marker that ends each frame; it yields the
-        fragment contents in file order, so counting them maps frames onto the known extents.
-        """
-        assert self.pixel is not None and self.fragments is not None
-        fragments = self.fragments[2]
-        self.fp.seek(self.pixel[0])
-        frames: list[tuple[tuple[int, int], ...]] = []
-        used = 0
-        try:
-            for frame in generate_fragmented_frames(self.fp, number_of_frames=nr_frames):
-                frames.append(tuple(fragments[used : used + len(frame)]))
-                used += len(frame)
-        except ValueError:
-            return None
-        if len(frames) != nr_frames or used != len(fragments):
-            return None
-        return frames
-
-
-def _first_value(tree: dict[str, Any], key: str) -> Any:
-    values = tree.get(key, {}).get("Value")
-    return values[0] if values else None
-
 
 def _pydicom_json(ds: Dataset, tag: int) -> dict[str, Any]:
     """Let pydicom encode an element the fast path does not handle (PS3.18 F.2)."""
@@ -685,101 +595,3 @@ def _pydicom_json(ds: Dataset, tag: int) -> dict[str, Any]:
         raw = ds.get_item(tag, keep_deferred=True)
         value = raw.value if isinstance(raw.value, bytes) else b""
         return {"vr": "UN", "InlineBinary": base64.b64encode(value).decode("ascii")}
-
-
-def _element_json(vr: str, raw: RawDataElement, encodings: MutableSequence[str]) -> dict[str, Any]:
-    """Encode one element in the DICOM JSON model (PS3.18 F.2.2 to F.2.7).
-
-    pydicom's own ``to_json_dict`` builds a full ``DataElement`` (with value objects such as
-    ``DSfloat`` and ``PersonName``) first; decoding the raw bytes straight to JSON values here is
-    several times faster, which matters because every stored object goes through it. Values are
-    the same as pydicom's, except that insignificant spaces are trimmed and empty values inside
-    a multi-valued element are ``null`` (PS3.18 F.2.5).
-    """
-    value = raw.value
-    if not value:
-        return {"vr": vr}
-    if vr in _BULK_VRS:
-        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
-    values: list[Any]
-    if vr in _NUMBER_FORMATS:
-        code, width = _NUMBER_FORMATS[vr]
-        count, rest = divmod(len(value), width)
-        if rest:
-            raise ValueError(f"{len(value)} bytes is not a whole number of {vr} values")
-        order = "<" if raw.is_little_endian else ">"
-        values = list(struct.unpack(f"{order}{count}{code}", value))
-        if vr in _FLOAT_VRS:
-            values = [_json_float(v) for v in values]
-    elif vr in _PLAIN_STRING_VRS:
-        values = [v.strip(" \x00") or None for v in value.decode(default_encoding).split("\\")]
-    elif vr in ("DS", "IS"):
-        values = [_json_number(v, vr) for v in value.decode(default_encoding).split("\\")]
-    elif vr in _TEXT_VRS:
-        text = decode_bytes(value, encodings, _TEXT_DELIMITERS)
-        values = [v.rstrip(" \x00") or None for v in text.split("\\")]
-    elif vr in _SINGLE_TEXT_VRS:
-        values = [decode_bytes(value, encodings, _TEXT_DELIMITERS).rstrip(" \x00") or None]
-    elif vr == "UR":
-        values = [value.decode(default_encoding).rstrip(" \x00") or None]
-    elif vr == "PN":
-        values = _person_names(value, encodings)
-    elif vr == "AT":
-        count, rest = divmod(len(value), 4)
-        if rest:
-            raise ValueError(f"{len(value)} bytes is not a whole number of AT values")
-        order = "<" if raw.is_little_endian else ">"
-        numbers = struct.unpack(f"{order}{count * 2}H", value)
-        values = [f"{numbers[i]:04X}{numbers[i + 1]:04X}" for i in range(0, len(numbers), 2)]
-    else:
-        raise ValueError(f"no fast JSON encoding for VR {vr}")
-    if len(values) == 1 and values[0] is None:
-        return {"vr": vr}
-    return {"vr": vr, "Value": values}
-
-
-def _json_float(number: float) -> float | str | None:
-    # JSON has no NaN or infinity; PS3.18 F.2.3.1 leaves them out, so keep them as text rather
-    # than emit the invalid JSON that json.dumps would.
-    return number if math.isfinite(number) else str(number)
-
-
-def _json_number(text: str, vr: str) -> int | float | str | None:
-    text = text.strip(" \x00")
-    if not text:
-        return None
-    if vr == "IS":
-        try:
-            return int(text)
-        except ValueError:
-            pass  # "1.0" and the like: accepted by pydicom, so here too when integral
-    try:
-        number = float(text)
-    except ValueError:
-        return text  # not a number: keep what was sent rather than lose it
-    if not math.isfinite(number):
-        return text
-    if vr == "IS" and number.is_integer():
-        return int(number)
-    return number
-
-
-def _person_names(value: bytes, encodings: Sequence[str]) -> list[dict[str, str] | None]:
-    """Split PN values into component groups (PS3.5 6.2, PS3.18 F.2.2)."""
-    if b"\x1b" in value:
-        # ISO 2022 code extensions may differ per component group: pydicom knows how to decode.
-        from pydicom.values import convert_PN
-
-        converted = convert_PN(value, list(encodings))
-        names = converted if isinstance(converted, MutableSequence) else [converted]
-        groups = [list(name.components) if name else [] for name in names]
-    else:
-        text = decode_bytes(value, encodings, _TEXT_DELIMITERS).rstrip(" \x00")
-        groups = [name.split("=") if name else [] for name in text.split("\\")]
-    return [_name_groups(g) for g in groups]
-
-
-def _name_groups(groups: list[str] | list[Any]) -> dict[str, str] | None:
-    keys = ("Alphabetic", "Ideographic", "Phonetic")
-    named = {k: str(g).rstrip(" ") for k, g in zip(keys, groups, strict=False) if g}
-    return named or None

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydicom.charset import python_encoding
-from pydicom.dataset import Dataset
 
 from nubis.errors import InvalidInstance
 from nubis.model.records import IngestWarning
@@ -21,6 +21,8 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 # and stay usable (the UID is still digits and dots, a valid URL path segment).
 _LEADING_ZERO_RE = re.compile(r"(^|\.)0[0-9]")
 SOP_CLASS, SOP_INSTANCE = 0x00080016, 0x00080018
+# The file meta UIDs compared with the data set's: Media Storage SOP Class and Instance UID.
+META_SOP_CLASS, META_SOP_INSTANCE = 0x00020002, 0x00020003
 _TERM_RE = re.compile(r"[A-Z0-9_ ]{1,16}")  # CS: a defined term (PS3.5 Table 6.2-1)
 _IDENTIFYING_UIDS = (
     ("SOP Instance UID", SOP_INSTANCE),
@@ -33,14 +35,28 @@ NOT_CONFORMANT = 0xB007
 _DATA_SET_MISMATCH = 0xA900
 
 
+IDENTIFYING_TAGS = (SOP_CLASS, SOP_INSTANCE, 0x0020000D, 0x0020000E)
+"""The tags whose raw bytes :func:`identifying_uids` looks at for padding lapses."""
+
+
 def identifying_uids(
-    ds: Dataset, tree: dict[str, Any], warnings: list[IngestWarning]
+    tree: dict[str, Any],
+    raw_uids: Mapping[int, bytes | None],
+    meta_uids: Mapping[int, str],
+    warnings: list[IngestWarning],
 ) -> dict[int, str]:
     """The SOP Instance, Study, Series and SOP Class UIDs by tag, read from ``tree`` (the data
     set's DICOM JSON, values already decoded); InvalidInstance when one is missing or
-    unusable, a warning appended for each usable lapse."""
-    uids = {tag: _valid_uid(ds, tree, name, tag, warnings) for name, tag in _IDENTIFYING_UIDS}
-    uids[SOP_CLASS] = _sop_class(ds, tree, warnings)
+    unusable, a warning appended for each usable lapse.
+
+    ``raw_uids``: the bytes of each of :data:`IDENTIFYING_TAGS` as stored (None if absent);
+    ``meta_uids``: the file meta's UIDs by tag as pydicom reads them ("" if absent).
+    """
+    uids = {
+        tag: _valid_uid(tree, raw_uids.get(tag), name, tag, warnings)
+        for name, tag in _IDENTIFYING_UIDS
+    }
+    uids[SOP_CLASS] = _sop_class(tree, raw_uids.get(SOP_CLASS), meta_uids, warnings)
     return uids
 
 
@@ -54,7 +70,7 @@ def shown_uid(value: object) -> str:
 
 
 def _valid_uid(
-    ds: Dataset, tree: dict[str, Any], name: str, tag: int, warnings: list[IngestWarning]
+    tree: dict[str, Any], raw: bytes | None, name: str, tag: int, warnings: list[IngestWarning]
 ) -> str:
     """The UID, usable: digits and dots in non-empty components, at most 64 characters once
     its padding is cut; a PS3.5 9.1 lapse that leaves it usable is a warning."""
@@ -73,7 +89,6 @@ def _valid_uid(
     lapses = []
     if _LEADING_ZERO_RE.search(value):
         lapses.append("a component with a leading zero")
-    raw = getattr(ds.get_item(tag), "value", None)
     if isinstance(raw, bytes) and raw not in (value.encode(), value.encode() + b"\x00"):
         lapses.append("padding other than one trailing NUL")  # PS3.5 9.1: pads an odd length
     if lapses:
@@ -87,14 +102,17 @@ def _valid_uid(
     return str(value)
 
 
-def _sop_class(ds: Dataset, tree: dict[str, Any], warnings: list[IngestWarning]) -> str:
+def _sop_class(
+    tree: dict[str, Any],
+    raw: bytes | None,
+    meta_uids: Mapping[int, str],
+    warnings: list[IngestWarning],
+) -> str:
     """(0008,0016), or where the data set lacks it, the file meta's (0002,0002) with a warning:
     the object is identified without it, and the file meta says what it is."""
     if tree.get(f"{SOP_CLASS:08X}", {}).get("Value"):
-        return _valid_uid(ds, tree, "SOP Class UID", SOP_CLASS, warnings)
-    meta = getattr(ds, "file_meta", None)
-    meta_class = str(meta.get("MediaStorageSOPClassUID") or "") if meta is not None else ""
-    meta_class = meta_class.rstrip(" \x00")
+        return _valid_uid(tree, raw, "SOP Class UID", SOP_CLASS, warnings)
+    meta_class = meta_uids.get(META_SOP_CLASS, "").rstrip(" \x00")
     if not meta_class or len(meta_class) > 64 or not _UID_RE.fullmatch(meta_class):
         raise InvalidInstance(
             "SOP Class UID (0008,0016) is missing, and so is a valid (0002,0002) Media "
@@ -111,18 +129,17 @@ def _sop_class(ds: Dataset, tree: dict[str, Any], warnings: list[IngestWarning])
     return meta_class
 
 
-def meta_disagreements(ds: Dataset, sop_class: str, sop_instance: str) -> list[IngestWarning]:
+def meta_disagreements(
+    meta_uids: Mapping[int, str], sop_class: str, sop_instance: str
+) -> list[IngestWarning]:
     """The file meta naming another object than its data set: the data set is the authority
     (it is what is indexed and served), the disagreement a warning (PS3.10 7.1)."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is None:
-        return []
     found = []
     for meta_tag, name, uid in (
-        (0x00020002, "Media Storage SOP Class UID", sop_class),
-        (0x00020003, "Media Storage SOP Instance UID", sop_instance),
+        (META_SOP_CLASS, "Media Storage SOP Class UID", sop_class),
+        (META_SOP_INSTANCE, "Media Storage SOP Instance UID", sop_instance),
     ):
-        meta_uid = str(meta[meta_tag].value or "").rstrip(" \x00") if meta_tag in meta else ""
+        meta_uid = meta_uids.get(meta_tag, "").rstrip(" \x00")
         if meta_uid and meta_uid != uid:
             where = f"({meta_tag >> 16:04X},{meta_tag & 0xFFFF:04X})"
             found.append(f"{where} {name} {shown_uid(meta_uid)}")

@@ -1,0 +1,321 @@
+"""Issue 11: ``nubis.dicom.fast_parse`` reads every object exactly as the pydicom reader does.
+
+The fast reader is an optimisation of ``inspect_file``, never a second behaviour: for each
+file, ``inspect_file`` with and without it must give the same InspectedInstance (metadata JSON
+byte for byte, bulk and frame positions, encapsulated paths, UIDs, warnings) or the same
+refusal (reason and PS3.4 Annex B.2.3 status). The files are every file of pydicom's test
+files and of pydicom-data, the objects ``nubis.tools.synth`` makes, objects built here for
+what those lack (structured report, 1-bit pixels, private tags in implicit VR, character sets,
+nested pixel data, offset tables), and a few hundred mutants of them (bits flipped, ends cut
+off, hostile pixel module values), the same in every run. tests/unit/test_inspect.py runs its
+own hostile inputs through both readers too.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate_extended
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
+
+from nubis.dicom import fast_parse
+from nubis.dicom.inspect import InspectedInstance, inspect_file
+from nubis.errors import InvalidInstance
+from nubis.tools import synth
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+Outcome = InspectedInstance | tuple[str, int]
+
+
+def _outcome(path: Path, *, fast: bool, bulk_threshold: int = 1024) -> Outcome:
+    try:
+        return inspect_file(path, fast=fast, bulk_threshold=bulk_threshold)
+    except InvalidInstance as exc:
+        return (exc.reason, exc.dimse_status)
+
+
+def _read_fast(path: Path, bulk_threshold: int = 1024) -> bool:
+    """Whether the fast reader reads ``path`` itself rather than leave it to pydicom."""
+    with path.open("rb") as fp:
+        return fast_parse.parse(fp, fp.seek(0, 2), bulk_threshold) is not None
+
+
+def _assert_alike(path: Path, bulk_threshold: int = 1024) -> bool:
+    """Both readers give the same outcome; True when the fast one read the file itself."""
+    slow = _outcome(path, fast=False, bulk_threshold=bulk_threshold)
+    fast = _outcome(path, fast=True, bulk_threshold=bulk_threshold)
+    if isinstance(slow, InspectedInstance) and isinstance(fast, InspectedInstance):
+        # Field by field first, for a message that says which one differs.
+        for name in InspectedInstance.__dataclass_fields__:
+            assert getattr(fast, name) == getattr(slow, name), f"{path.name}: {name}"
+    assert fast == slow, path.name
+    return _read_fast(path, bulk_threshold)
+
+
+def _corpus() -> list[Path]:
+    """The files ``get_testdata_files("*")`` lists (bench/real_world.py's corpus), found
+    without its attempt to download the files not installed, which takes seconds; and
+    pydicom's character set files."""
+    found = {
+        *(Path(DATA_ROOT) / "test_files").glob("*"),
+        *(Path(DATA_ROOT) / "charset_files").glob("*"),
+    }
+    for source in external_data_sources().values():
+        found.update(Path(p) for p in source.get_paths("*", DataTypes.DATASET))
+    resolved = {p.resolve() for p in found if p.suffix != ".py"}
+    return sorted((p for p in resolved if p.is_file()), key=lambda p: (p.name, str(p)))
+
+
+def test_every_test_file_reads_alike() -> None:
+    """Every file of pydicom and pydicom-data, DICOM or not; and the common ones read fast."""
+    fast = {path.name for path in _corpus() if _assert_alike(path)}
+    assert len(fast) >= 100, sorted(fast)
+    # One of each encoding the fast reader is for.
+    assert {
+        "CT_small.dcm",  # explicit VR little endian
+        "MR_small_implicit.dcm",  # implicit VR, ambiguous VRs resolved
+        "JPEG2000.dcm",  # encapsulated, nested sequences
+        "SC_rgb_rle_2frame.dcm",  # a Basic Offset Table
+        "rtdose.dcm",  # multi-frame native
+        "chrRuss.dcm",  # a character set other than the default
+    } <= fast
+    # And what is for pydicom.
+    assert not fast & {"image_dfl.dcm", "MR_small_bigendian.dcm", "MR_truncated.dcm", "chrH31.dcm"}
+
+
+def test_a_small_bulk_threshold_reads_alike() -> None:
+    """More bulk values, in sequence items too (PS3.18 8.6.1.1)."""
+    names = {
+        "CT_small.dcm",
+        "MR_small_implicit.dcm",
+        "JPEG2000.dcm",
+        "rtplan.dcm",
+        "waveform_ecg.dcm",
+    }
+    paths = [p for p in _corpus() if p.name in names]
+    assert all(_assert_alike(path, bulk_threshold=8) for path in paths)
+
+
+def test_synthetic_objects_read_alike_and_fast(tmp_path: Path) -> None:
+    paths = [
+        *synth.make_ct_series(tmp_path / "ct", n_instances=1),
+        *synth.make_ct_series(tmp_path / "small", n_instances=1, rows=64, columns=64),
+        *synth.make_mr_series(tmp_path / "mr", n_instances=1),
+    ]
+    for syntax in (ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless):
+        paths.append(
+            synth.make_multiframe(
+                tmp_path / f"mf-{syntax}.dcm", frames=3, rows=32, columns=32, transfer_syntax=syntax
+            )
+        )
+    for path in paths:
+        assert _assert_alike(path), path.name
+
+
+# ---------------------------------------------------------------------- objects built here
+
+
+def _file(tmp_path: Path, name: str, ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> Path:
+    ds.SOPClassUID = ds.get("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
+    ds.SOPInstanceUID = ds.get("SOPInstanceUID", generate_uid())
+    ds.StudyInstanceUID = ds.get("StudyInstanceUID", generate_uid())
+    ds.SeriesInstanceUID = ds.get("SeriesInstanceUID", generate_uid())
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _content_item(text: str, children: list[Dataset] | None = None) -> Dataset:
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT" if children is None else "CONTAINER"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "1", "99X", text
+    item.ConceptNameCodeSequence = [concept]
+    if children is None:
+        item.TextValue = text
+    else:
+        item.ContinuityOfContent = "SEPARATE"
+        item.ContentSequence = children
+    return item
+
+
+def _structured_report() -> Dataset:
+    """Comprehensive SR: content sequences three deep, undefined and defined lengths mixed."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Müller^Jürgen"
+    ds.Modality = "SR"
+    ds.ValueType = "CONTAINER"
+    leaves = [_content_item(f"finding {i} – ü") for i in range(3)]
+    ds.ContentSequence = [_content_item("group", leaves), _content_item("plain")]
+    ds.ContentSequence[0].ContentSequence.is_undefined_length = True  # type: ignore[attr-defined]
+    ds["ContentSequence"].is_undefined_length = False
+    return ds
+
+
+def _one_bit() -> Dataset:
+    ds = Dataset()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 16, 16, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(range(32))
+    return ds
+
+
+def _implicit_with_private_tags() -> Dataset:
+    ds = Dataset()
+    ds.PatientName = "Doe^John"
+    block = ds.private_block(0x0019, "NUBIS TEST", create=True)
+    block.add_new(0x10, "LO", "private text")
+    block.add_new(0x11, "OB", b"\x01" * 2000)  # bulk, VR UN when read in implicit VR
+    known = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
+    known.add_new(0x08, "CS", "IMAGE NUM 4")
+    item = Dataset()
+    item.CodeValue = "x"
+    ds.add_new(0x00091010, "SQ", [item])  # unknown private sequence: pydicom looks for items
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 4, 4, 1, 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.SmallestImagePixelValue = -5  # US or SS: SS by Pixel Representation
+    ds.LargestImagePixelValue = 100
+    ds.PixelData = b"\x00\x01" * 16
+    return ds
+
+
+def _nested_pixel_data_and_offset_tables() -> Dataset:
+    """An icon image (pixel data in an item) and an Extended Offset Table (PS3.3 C.7.6.3)."""
+    frames = [b"\xff\xd8" + bytes([n]) * 300 + b"\xff\xd9" for n in range(3)]
+    ds = Dataset()
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.SamplesPerPixel, icon.BitsAllocated = 8, 8, 1, 8
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.PixelData = b"\x07" * 64
+    ds.IconImageSequence = Sequence([icon])
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 8, 8, 1, 8
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = 3
+    data, offsets, lengths = encapsulate_extended(frames)
+    ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = offsets, lengths
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def _charset_in_an_item() -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Bj\xf6rk"
+    item = Dataset()
+    item.SpecificCharacterSet = "ISO_IR 144"
+    item.CodeMeaning = "Люкceмбypг"
+    ds.ConceptNameCodeSequence = [item]
+    ds.StudyDescription = "caf\xe9"
+    return ds
+
+
+def _built(tmp_path: Path) -> Iterator[Path]:
+    yield _file(tmp_path, "sr.dcm", _structured_report())
+    yield _file(tmp_path, "sr_implicit.dcm", _structured_report(), ImplicitVRLittleEndian)
+    yield _file(tmp_path, "one_bit.dcm", _one_bit())
+    yield _file(tmp_path, "private.dcm", _implicit_with_private_tags(), ImplicitVRLittleEndian)
+    yield _file(tmp_path, "eot.dcm", _nested_pixel_data_and_offset_tables(), JPEGBaseline8Bit)
+    yield _file(tmp_path, "charsets.dcm", _charset_in_an_item())
+    yield _file(tmp_path, "charsets_implicit.dcm", _charset_in_an_item(), ImplicitVRLittleEndian)
+
+
+def test_built_objects_read_alike_and_fast(tmp_path: Path) -> None:
+    for path in _built(tmp_path):
+        assert _assert_alike(path), path.name
+        assert _assert_alike(path, bulk_threshold=16), path.name
+
+
+# ---------------------------------------------------------------------- mutants
+
+SEED = 110011
+MUTANTS_PER_SOURCE = 30
+SOURCES = (
+    "CT_small.dcm",
+    "MR_small_implicit.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "rtplan.dcm",
+)
+# Pixel module values a mutant may be given (tests/integration/test_mutation_fuzz.py's kinds).
+HOSTILE_VALUES: dict[str, list[Any]] = {
+    "Rows": [[128, 128], 0, 65535],
+    "BitsAllocated": [[16, 16], 0, 1, 13],
+    "SamplesPerPixel": [[1, 1], 0, 3],
+    "PixelRepresentation": [[0, 0], 2],
+    "PhotometricInterpretation": ["", "YBR_FULL_422", "PALETTE COLOR"],
+    "NumberOfFrames": [["2", "2"], "0", "-1", "1000000"],
+    "SpecificCharacterSet": ["ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87", "nonsense", ""],
+}
+
+
+def _mutants(tmp_path: Path) -> Iterator[Path]:
+    rng = random.Random(SEED)
+    number = 0
+    corpus = {path.name: path for path in _corpus()}
+    for source in SOURCES:
+        original = corpus[source].read_bytes()
+        ds = pydicom.dcmread(io.BytesIO(original))
+        header_end = original.find(b"\xe0\x7f\x10\x00")
+        header_end = header_end + 16 if header_end > 0 else len(original)
+        for _ in range(MUTANTS_PER_SOURCE):
+            kind = rng.random()
+            if kind < 0.2:
+                keyword = rng.choice(sorted(HOSTILE_VALUES))
+                kept = ds.get(keyword)
+                with pydicom.config.disable_value_validation():
+                    setattr(ds, keyword, rng.choice(HOSTILE_VALUES[keyword]))
+                    out = io.BytesIO()
+                    ds.save_as(out)
+                    if kept is None:
+                        delattr(ds, keyword)
+                    else:
+                        setattr(ds, keyword, kept)
+                data = bytearray(out.getvalue())
+            else:
+                data = bytearray(original)
+                if kind < 0.35:
+                    del data[rng.randrange(132, len(data)) :]
+                else:
+                    for _ in range(rng.choice((1, 1, 2, 4))):
+                        data[rng.randrange(132, header_end)] ^= 1 << rng.randrange(8)
+            path = tmp_path / f"mutant-{number:04d}-{source}"
+            path.write_bytes(bytes(data))
+            number += 1
+            yield path
+
+
+def test_mutants_read_alike(tmp_path: Path) -> None:
+    """What the fast reader takes on must be read or refused as pydicom reads or refuses it;
+    most mutants of a header are left to pydicom, but not all."""
+    fast = sum(_assert_alike(path) for path in _mutants(tmp_path))
+    assert fast >= len(SOURCES) * MUTANTS_PER_SOURCE // 4
