@@ -235,6 +235,8 @@ class Archive:
             self.rekey = StudyRekey(self.index, self.blobs, sealed, **reencryption)
         self.jobs = JobStore(self.index)
         self.job_runner = self.new_job_runner() if settings.jobs else None
+        if self.job_runner is not None:
+            self.corrections.wake = self.job_runner.wake  # a re-key starts at once
         # Jobs, storage and DIMSE peers as the admin pages manage them: the home tenant's.
         self.operations = Operations(
             self.index,

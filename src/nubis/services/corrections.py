@@ -99,12 +99,21 @@ class Correction:
 
 class CorrectionService:
     """``rekeys``: the archive encrypts objects under their patient's key, so a correction that
-    files a study under another patient queues its re-key (nubis.services.study_rekey)."""
+    files a study under another patient queues its re-key (nubis.services.study_rekey), and
+    ``wake`` (this process's job runner's) is called once it is committed."""
 
-    def __init__(self, index: Index, guard: Guard, *, rekeys: bool = False) -> None:
+    def __init__(
+        self,
+        index: Index,
+        guard: Guard,
+        *,
+        rekeys: bool = False,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
         self.index = index
         self.guard = guard
         self.rekeys = rekeys
+        self.wake = wake
 
     # ------------------------------------------------------------------ corrections
     def update_study(
@@ -270,7 +279,10 @@ class CorrectionService:
         partition = decision.scope.partition
         now = int(time.time() * 1000)
 
+        queued: list[bool] = []
+
         def job(conn: Connection) -> int:
+            queued.clear()  # a retried transaction starts over
             wanted = targets(conn, partition)
             if not wanted:
                 raise NotFound("no study to correct: the patient has no study")
@@ -311,8 +323,9 @@ class CorrectionService:
             )
             for uid, sides in changes.items():
                 sql.set_state(conn, pks[uid], sides["after"], correction_id=correction_id, now=now)
-                if self.rekeys:
-                    _queue_rekey(conn, pks[uid], sides["before"], sides["after"], now)
+                before, after = sides["before"], sides["after"]
+                if self.rekeys and _queue_rekey(conn, pks[uid], before, after, now):
+                    queued.append(True)
             if undoes is not None:
                 sql.mark_undone(conn, undoes, correction_id)
             events = _events(who, kind, correction_id, reason, changes)
@@ -322,6 +335,8 @@ class CorrectionService:
             return correction_id
 
         correction_id = self.index.write(job)
+        if queued and self.wake is not None:
+            self.wake()
         with self.index.reading() as conn:
             row = sql.correction(conn, partition, correction_id)
         assert row is not None
@@ -376,13 +391,15 @@ def _patient_of(conn: Connection, partition: str, patient_id: str) -> Changes:
 
 def _queue_rekey(
     conn: Connection, pk: int, before: sql.StudyState, after: sql.StudyState, now: int
-) -> None:
-    """Queue the study's re-key when it changes patient: its objects are under the key of the
-    Patient ID they arrived with, or of the one a re-key filed them under."""
+) -> bool:
+    """Queue the study's re-key when it changes patient (whether it did): its objects are under
+    the key of the Patient ID they arrived with, or of the one a re-key filed them under."""
     old, new = _patient_id(before), _patient_id(after)
-    if old != new:
-        others = {old, before.columns.get("patient_id") or "", before.stored_patient_id or ""}
-        rekey_sql.mark(driver_cursor(conn), pk, others - {new}, now)
+    if old == new:
+        return False
+    others = {old, before.columns.get("patient_id") or "", before.stored_patient_id or ""}
+    rekey_sql.mark(driver_cursor(conn), pk, others - {new}, now)
+    return True
 
 
 def _patient_id(state: sql.StudyState) -> str:
