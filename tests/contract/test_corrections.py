@@ -44,7 +44,9 @@ class Archive:
         guard = Guard(AuthPolicy(), audit=None)
         self.store = StoreService(index, blobs, guard=guard, overwrite=False, bulk_threshold=1024)
         self.retrieve = RetrieveService(index, blobs, guard=guard)
-        self.corrections = CorrectionService(index, guard)
+        # As with encryption at rest: corrections that change a study's patient queue its
+        # re-key (run by tests/contract/test_rekey.py; here only queued).
+        self.corrections = CorrectionService(index, guard, rekeys=True)
         self.spool = Spool(tmp_path / "spool")
         self.index = index
         self.tmp = tmp_path
@@ -83,8 +85,10 @@ def test_corrections_undo_in_order_and_late_objects(index: Index, tmp_path: Path
     moved = a.corrections.move_study(a.who, study, "C-TARGET", reason="mis-filed")
     assert a.studies("C-TARGET") == {study, other} and a.studies("C-OLD") == set()
     assert moved.changed[study]["PatientName"] == {"before": "Name^C-OLD", "after": "Name^C-TARGET"}
-    assert a.corrections.moved_across("p", "C-OLD") == [study]
-    assert a.corrections.moved_across("p", "C-TARGET") == [study]
+    (job,) = a.corrections.awaiting_rekey("p", "C-OLD")[1]
+    assert a.corrections.awaiting_rekey("p", "C-OLD") == ([study], [job])
+    assert a.corrections.awaiting_rekey("p", "C-TARGET") == ([study], [job])
+    assert a.corrections.awaiting_rekey("p", "C-STRANGER") == ([], [])
 
     renamed = a.corrections.update_study(
         a.who, study, {"StudyDescription": "Corrected"}, reason="description"
@@ -110,7 +114,10 @@ def test_corrections_undo_in_order_and_late_objects(index: Index, tmp_path: Path
     a.corrections.undo(a.who, renamed.id, reason="back")
     a.corrections.undo(a.who, moved.id, reason="back")
     assert a.studies("C-OLD") == {study} and a.studies("C-TARGET") == {other}
-    assert a.corrections.moved_across("p", "C-OLD") == []
+    # Back under the patient it arrived with; its re-key (still queued: one job) checks that
+    # every object is under that key again before a shred of either may go ahead.
+    assert a.corrections.awaiting_rekey("p", "C-OLD") == ([study], [job])
+    assert a.corrections.awaiting_rekey("p", "C-TARGET") == ([study], [job])
     with pytest.raises(Conflict):
         a.corrections.undo(a.who, moved.id, reason="twice")
 
