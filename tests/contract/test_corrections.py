@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from alembic import command
 
 from nubis.blobs.filesystem import FileBlobStore
 from nubis.errors import Conflict, InvalidInstance, NotFound
@@ -150,3 +151,24 @@ def test_a_patient_correction_reaches_every_study_of_the_patient(
     assert a.studies("P-RIGHT") == uids and a.studies("P-TYPO") == set()
     with pytest.raises(NotFound):
         a.corrections.update_patient(a.who, "P-TYPO", {"PatientSex": "M"}, reason="gone")
+
+
+def test_studies_moved_before_rekeying_existed_are_queued_by_the_migration(
+    index: Index, tmp_path: Path
+) -> None:
+    """Revision 0016 records every study a correction had moved (its objects are under the
+    key of the patient they arrived with) and queues one rekey job for them."""
+    a = Archive(index, tmp_path)
+    study = str(a.put("M-OLD").StudyInstanceUID)
+    a.put("M-OTHER")
+    a.corrections.rekeys = False  # as before revision 0016
+    a.corrections.move_study(a.who, study, "M-NEW", reason="mis-filed")
+    assert a.corrections.awaiting_rekey("p", "M-OLD") == ([], [])
+    with index.write_engine.connect() as conn:
+        command.downgrade(index._alembic_config(conn), "0015")
+        conn.commit()
+    index.migrate()
+    studies, jobs = a.corrections.awaiting_rekey("p", "M-OLD")
+    assert studies == [study] and len(jobs) == 1
+    assert a.corrections.awaiting_rekey("p", "M-NEW") == ([study], jobs)
+    assert a.corrections.awaiting_rekey("p", "M-OTHER") == ([], [])
