@@ -109,10 +109,7 @@ class Setup:
         return job
 
     def awaiting_jobs(self) -> list[int]:
-        return [
-            j.id
-            for j in self.archive.jobs.list(kind="rekey", states=[JobState.QUEUED])
-        ]
+        return [j.id for j in self.archive.jobs.list(kind="rekey", states=[JobState.QUEUED])]
 
     def rekey_events(self) -> list[Any]:
         return [

@@ -9,7 +9,9 @@ a history row holding each study's state before and after, and (4) commits its a
 Patient Record (PS3.15 A.5.3.9, EventActionCode U) for every patient whose record changed, and
 DICOM Instances Accessed with U (A.5.3.3) for every study. An undo is a correction too: it
 restores the states recorded before, and is refused while a later correction of one of the
-studies builds on the one undone.
+studies builds on the one undone. A correction that files a study under another patient
+also queues, in the same transaction, the re-key of its objects under that patient's key
+(with encryption at rest: nubis.services.study_rekey), which a crypto-shred waits for.
 
 The public interface (used by the CLI, the HTTP API and by the migration's quarantine):
 

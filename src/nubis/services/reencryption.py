@@ -58,13 +58,7 @@ from nubis.errors import BlobUnreadable, KeyErased, NubisError, RestoreRequired
 from nubis.index.database import Index
 from nubis.index.schema import doomed_blobs, instance_tiers, instances, series, studies
 from nubis.jobs.context import JobContext
-from nubis.model.audit import (
-    ActiveParticipant,
-    AuditEvent,
-    EventOutcome,
-    EventType,
-    ParticipantObject,
-)
+from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome, EventType
 from nubis.ports.blobs import BlobContext, BlobNotFound
 from nubis.ports.keys import WrappedKey
 from nubis.security import audit_events
@@ -370,13 +364,7 @@ class Reencryption:
             )
 
     # ------------------------------------------------------------------ audit
-    def _record(
-        self,
-        who: ActiveParticipant,
-        outcome: EventOutcome,
-        description: str,
-        objects: Sequence[ParticipantObject] = (),
-    ) -> None:
+    def _record(self, who: ActiveParticipant, outcome: EventOutcome, description: str) -> None:
         self.guard.record(
             audit_events.security_alert(
                 who,
@@ -384,7 +372,6 @@ class Reencryption:
                 outcome=outcome,
                 description=description,
                 front_door="system",
-                objects=objects,
             )
         )
 
