@@ -47,6 +47,7 @@ from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
+from nubis.services.study_rekey import StudyRekey
 from nubis.tiers.compression import TierCompressor
 from nubis.tiers.history import snapshots
 from nubis.tiers.lifecycle import Lifecycle
@@ -168,7 +169,11 @@ class Archive:
         )
         self.query = QueryService(self.index, self.guard)
         # Corrections of patient and study attributes, kept as an overlay (docs/corrections.md).
-        self.corrections = CorrectionService(self.index, self.guard)
+        # With encryption at rest, a correction that changes a study's patient queues the
+        # re-key of its objects (nubis.services.study_rekey).
+        self.corrections = CorrectionService(
+            self.index, self.guard, rekeys=isinstance(self.blobs, EncryptedBlobStore)
+        )
         self.sharing = SharingService(
             self.index,
             self.guard,
@@ -212,24 +217,26 @@ class Archive:
             if compression
             else None,
         )
-        # Re-wraps objects off an old KEK (nubis keys retire --rewrap): always through a sealed
-        # spool, even where new objects are no longer encrypted, so no plaintext lands on disk.
-        self.rewrap = (
-            KekRewrap(
-                self.index,
-                self.blobs,
-                Spool(settings.spool_dir, sealed=True),
-                guard=self.guard,
-                tiers=self.tiers,
-                mover=self.lifecycle.mover,
-                actor=system_participant(settings.audit_source),
-                orphan_grace_seconds=settings.orphan_grace_seconds,
-            )
-            if isinstance(self.blobs, EncryptedBlobStore)
-            else None
-        )
+        # Re-wraps objects off an old KEK (nubis keys retire --rewrap), and re-keys corrected
+        # studies under their new patient's key: always through a sealed spool, even where new
+        # objects are no longer encrypted, so no plaintext lands on disk.
+        self.rewrap: KekRewrap | None = None
+        self.rekey: StudyRekey | None = None
+        if isinstance(self.blobs, EncryptedBlobStore):
+            reencryption: dict[str, Any] = {
+                "guard": self.guard,
+                "tiers": self.tiers,
+                "mover": self.lifecycle.mover,
+                "actor": system_participant(settings.audit_source),
+                "orphan_grace_seconds": settings.orphan_grace_seconds,
+            }
+            sealed = Spool(settings.spool_dir, sealed=True)
+            self.rewrap = KekRewrap(self.index, self.blobs, sealed, **reencryption)
+            self.rekey = StudyRekey(self.index, self.blobs, sealed, **reencryption)
         self.jobs = JobStore(self.index)
         self.job_runner = self.new_job_runner() if settings.jobs else None
+        if self.job_runner is not None:
+            self.corrections.wake = self.job_runner.wake  # a re-key starts at once
         # Jobs, storage and DIMSE peers as the admin pages manage them: the home tenant's.
         self.operations = Operations(
             self.index,
@@ -277,6 +284,7 @@ class Archive:
                 lifecycle=self.lifecycle,
                 tiers=self.tiers,
                 rewrap=self.rewrap,
+                rekey=self.rekey,
                 guard=self.guard,
                 actor=system_participant(settings.audit_source),
                 commitment=self.deliver_commitment_report,

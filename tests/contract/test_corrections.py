@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from alembic import command
 
 from nubis.blobs.filesystem import FileBlobStore
 from nubis.errors import Conflict, InvalidInstance, NotFound
@@ -44,7 +45,9 @@ class Archive:
         guard = Guard(AuthPolicy(), audit=None)
         self.store = StoreService(index, blobs, guard=guard, overwrite=False, bulk_threshold=1024)
         self.retrieve = RetrieveService(index, blobs, guard=guard)
-        self.corrections = CorrectionService(index, guard)
+        # As with encryption at rest: corrections that change a study's patient queue its
+        # re-key (run by tests/contract/test_rekey.py; here only queued).
+        self.corrections = CorrectionService(index, guard, rekeys=True)
         self.spool = Spool(tmp_path / "spool")
         self.index = index
         self.tmp = tmp_path
@@ -83,8 +86,10 @@ def test_corrections_undo_in_order_and_late_objects(index: Index, tmp_path: Path
     moved = a.corrections.move_study(a.who, study, "C-TARGET", reason="mis-filed")
     assert a.studies("C-TARGET") == {study, other} and a.studies("C-OLD") == set()
     assert moved.changed[study]["PatientName"] == {"before": "Name^C-OLD", "after": "Name^C-TARGET"}
-    assert a.corrections.moved_across("p", "C-OLD") == [study]
-    assert a.corrections.moved_across("p", "C-TARGET") == [study]
+    (job,) = a.corrections.awaiting_rekey("p", "C-OLD")[1]
+    assert a.corrections.awaiting_rekey("p", "C-OLD") == ([study], [job])
+    assert a.corrections.awaiting_rekey("p", "C-TARGET") == ([study], [job])
+    assert a.corrections.awaiting_rekey("p", "C-STRANGER") == ([], [])
 
     renamed = a.corrections.update_study(
         a.who, study, {"StudyDescription": "Corrected"}, reason="description"
@@ -110,7 +115,10 @@ def test_corrections_undo_in_order_and_late_objects(index: Index, tmp_path: Path
     a.corrections.undo(a.who, renamed.id, reason="back")
     a.corrections.undo(a.who, moved.id, reason="back")
     assert a.studies("C-OLD") == {study} and a.studies("C-TARGET") == {other}
-    assert a.corrections.moved_across("p", "C-OLD") == []
+    # Back under the patient it arrived with; its re-key (still queued: one job) checks that
+    # every object is under that key again before a shred of either may go ahead.
+    assert a.corrections.awaiting_rekey("p", "C-OLD") == ([study], [job])
+    assert a.corrections.awaiting_rekey("p", "C-TARGET") == ([study], [job])
     with pytest.raises(Conflict):
         a.corrections.undo(a.who, moved.id, reason="twice")
 
@@ -143,3 +151,24 @@ def test_a_patient_correction_reaches_every_study_of_the_patient(
     assert a.studies("P-RIGHT") == uids and a.studies("P-TYPO") == set()
     with pytest.raises(NotFound):
         a.corrections.update_patient(a.who, "P-TYPO", {"PatientSex": "M"}, reason="gone")
+
+
+def test_studies_moved_before_rekeying_existed_are_queued_by_the_migration(
+    index: Index, tmp_path: Path
+) -> None:
+    """Revision 0016 records every study a correction had moved (its objects are under the
+    key of the patient they arrived with) and queues one rekey job for them."""
+    a = Archive(index, tmp_path)
+    study = str(a.put("M-OLD").StudyInstanceUID)
+    a.put("M-OTHER")
+    a.corrections.rekeys = False  # as before revision 0016
+    a.corrections.move_study(a.who, study, "M-NEW", reason="mis-filed")
+    assert a.corrections.awaiting_rekey("p", "M-OLD") == ([], [])
+    with index.write_engine.connect() as conn:
+        command.downgrade(index._alembic_config(conn), "0015")
+        conn.commit()
+    index.migrate()
+    studies, jobs = a.corrections.awaiting_rekey("p", "M-OLD")
+    assert studies == [study] and len(jobs) == 1
+    assert a.corrections.awaiting_rekey("p", "M-NEW") == ([study], jobs)
+    assert a.corrections.awaiting_rekey("p", "M-OTHER") == ([], [])

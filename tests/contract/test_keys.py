@@ -146,6 +146,12 @@ def test_wrap_unwrap_one_key_per_patient(keyring: Keyring) -> None:
     assert _wrap(other, "P1").subject == first.subject
     with pytest.raises(BlobUnreadable):
         node.unwrap(first, aad=b"another object's identity")
+    # The id a header names for a patient, without wrapping (what a re-key compares), on any
+    # node; a patient's key is made on first use, as a wrap makes it.
+    assert node.patient_key_id("default", "P1") == other.patient_key_id("default", "P1")
+    assert other.patient_key_id("default", "P1") == first.subject
+    fresh = other.patient_key_id("default", "P3")
+    assert _wrap(node, "P3").subject == fresh != first.subject
 
 
 def test_rotation_keeps_old_blobs_readable(keyring: Keyring) -> None:

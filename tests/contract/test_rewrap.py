@@ -331,7 +331,7 @@ def test_an_object_is_never_moved_to_another_patients_key(
     """A Patient ID other than the stored one would wrap the new blob under another patient's
     key, which a shred of the real patient would then miss: such an object is kept as it is."""
     assert setup.archive.rewrap is not None
-    monkeypatch.setattr(setup.archive.rewrap, "_patient_id", lambda pk: "SOMEONE-ELSE")
+    monkeypatch.setattr(setup.archive.rewrap, "_patient_candidates", lambda pk: ["SOMEONE-ELSE"])
     job = setup.run_job()
     assert job.state is JobState.DONE and job.result is not None
     assert job.result["key_mismatch"] == 4 and "rewrapped" not in job.result

@@ -41,7 +41,7 @@ from nubis.jobs.store import Job, JobState
 from nubis.model.audit import EventAction, EventID
 from nubis.model.records import StoredInstance, StoreResult
 from nubis.security.policy import system_principal
-from nubis.services.kek_rewrap import _Object as _RewrapObject
+from nubis.services.reencryption import StoredObject as _RewrapObject
 from nubis.services.retrieve import AS_STORED
 from nubis.tiers.compression import TierCompressor
 from nubis.tiers.report import compression_by_tier

@@ -227,3 +227,28 @@ def test_a_folder_without_a_keyring_is_refused_untouched(tmp_path: Path) -> None
     assert result.exit_code == 2  # type: ignore[attr-defined]
     assert "no keyring" in result.output  # type: ignore[attr-defined]
     assert not empty.exists()
+
+
+def test_a_shred_waits_for_the_rekey_of_a_moved_study(data: Data) -> None:
+    """A study moved from DOOMED to KEPT is under DOOMED's key until its rekey job has run:
+    a shred of either patient is refused until then, naming the job; afterwards DOOMED's
+    shred leaves the study that is KEPT's now (docs/corrections.md)."""
+    moved, stays = data.studies_of(DOOMED)
+    result = run(
+        ["studies", "move", "--study", moved, "--to-patient", KEPT.patient_id,
+         "--reason", "mis-filed", *data.args]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    for patient in (DOOMED, KEPT):
+        refused = run(["keys", "shred-patient", patient.patient_id, "--yes", *data.args])
+        assert refused.exit_code == 1  # type: ignore[attr-defined]
+        output = " ".join(refused.output.split())  # type: ignore[attr-defined]
+        assert "still being re-keyed" in output and "nothing shredded" in output, output
+        assert "Wait for job " in output, output
+    assert run(["jobs", "work", "--once", *data.args]).exit_code == 0  # type: ignore[attr-defined]
+
+    result = shred(data, "--yes")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    data.studies[moved] = KEPT.patient_id  # as filed now
+    assert data.readable(KEPT) and not data.readable(DOOMED)
+    assert data.studies_of(DOOMED) == [stays]

@@ -154,7 +154,7 @@ def list_jobs(
 def run(
     kind: Annotated[
         str,
-        typer.Argument(help="reap, verify, tier, rewrap, storage-snapshot or audit-verify."),
+        typer.Argument(help="reap, verify, tier, rewrap, rekey, storage-snapshot or audit-verify."),
     ],
     param: Annotated[
         list[str] | None,

@@ -12,7 +12,10 @@ header names it keep needing it until ``retire --rewrap`` re-encrypts them: a ``
 run by this command unless a running server takes it first, and shown in ``nubis jobs list``.
 
 ``shred-patient`` deletes every key of one patient (crypto-shredding): all their stored
-objects, and every copy or backup of them, become unreadable for good (HTTP 410). It does not
+objects, and every copy or backup of them, become unreadable for good (HTTP 410). A study a
+correction moved is re-keyed under the patient it is filed under (the ``rekey`` job,
+nubis.services.study_rekey); until that is done for every study moved into or out of the
+patient, the shred is refused, naming the job to wait for. It does not
 remove their rows from the index: DICOMweb DELETE of the studies is the supported way to erase
 those (it removes the rows and their blobs, and is audited as Study Deleted); the shred is what
 reaches copies and backups.
@@ -382,14 +385,22 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
         # Keys and data at once: a role needs both, whatever front door offers this later.
         archive.guard.authorize(operator, Action.ADMIN | Action.DELETE, what, patient_id=patient_id)
         studies = _studies_of(archive, operator, patient_id)
-        moved = archive.corrections.moved_across(partition, patient_id)
-        if moved:
-            # Keys follow the Patient ID objects arrived with, not a correction's.
+        waiting, jobs = archive.corrections.awaiting_rekey(partition, patient_id)
+        if waiting:
+            # Keys follow the Patient ID objects arrived with until the re-key is done.
+            then = (
+                f"wait for job {jobs[0]} ({len(jobs)} rekey job(s) queued or running: "
+                "nubis jobs list), then shred again"
+                if jobs
+                else "its last rekey job left objects it could not re-encrypt (nubis jobs "
+                "list; objects awaiting a restore, or unreadable): nubis jobs run rekey, "
+                "then shred again"
+            )
             raise Conflict(
-                f"{len(moved)} study(ies) were moved between this patient and another by a "
-                "correction (nubis studies history), and their objects are encrypted under the "
-                "key of the patient they arrived with: a shred would erase the ones moved away "
-                "and miss the ones moved in. Undo those corrections, or delete those studies"
+                f"{len(waiting)} study(ies) were moved between this patient and another by a "
+                "correction and are still being re-keyed: some of their objects are under "
+                "the other patient's key, so a shred now would erase a study no longer this "
+                f"patient's or miss one that now is. {then[0].upper()}{then[1:]}"
             )
         begun = archive.audit.record(
             audit_events.security_alert(

@@ -74,6 +74,10 @@ class PatientKeyring:
         sealed = cipher.encrypt(nonce, dek, _dek_aad(kek_id, record.subject, aad))
         return WrappedKey(kek_id, record.subject, nonce + sealed)
 
+    def patient_key_id(self, partition: str, patient_id: str) -> str:
+        with self._view():
+            return self._live_key(self.patient_ref(partition, patient_id)).subject
+
     def unwrap(self, wrapped: WrappedKey, *, aad: bytes) -> bytes:
         with self._view():
             cipher = self._dek_cipher(wrapped.key_id, self._key(wrapped.subject))

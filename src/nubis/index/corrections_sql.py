@@ -28,7 +28,6 @@ __all__ = [
     "correction",
     "history",
     "insert_correction",
-    "moved_across",
     "set_state",
     "studies_of_patient",
     "study_state",
@@ -123,24 +122,6 @@ def studies_of_patient(conn: Connection, partition: str, patient_id: str) -> lis
         conn.execute(
             sa.select(studies.c.study_uid)
             .where(studies.c.partition == partition, studies.c.patient_id == patient_id)
-            .order_by(studies.c.id)
-        ).scalars()
-    )
-
-
-def moved_across(conn: Connection, partition: str, patient_id: str) -> list[str]:
-    """Study UIDs a correction moved into or out of ``patient_id``: filed under it now while
-    their objects carry another Patient ID, or the reverse."""
-    filed, stored = studies.c.patient_id, study_overlays.c.stored_patient_id
-    return list(
-        conn.execute(
-            sa.select(studies.c.study_uid)
-            .select_from(studies.join(study_overlays, study_overlays.c.study_pk == studies.c.id))
-            .where(
-                studies.c.partition == partition,
-                sa.func.coalesce(filed, "") != sa.func.coalesce(stored, ""),
-                sa.or_(filed == patient_id, stored == patient_id),
-            )
             .order_by(studies.c.id)
         ).scalars()
     )

@@ -568,6 +568,28 @@ corrections = Table(
 )
 Index("ix_corrections_partition", corrections.c.partition, corrections.c.id)
 
+# Studies whose objects may be wrapped under another patient's key than the one they are filed
+# under (migration 0016): a correction moved them, or a late object of a moved study arrived
+# under the Patient ID it was stored with. The ``rekey`` job (nubis.services.study_rekey)
+# re-encrypts their objects under the key of the patient filed now and deletes the row once
+# none is left under another; ``patients`` (JSON list) holds every other Patient ID whose key
+# may still wrap one of them, which a crypto-shred of either must wait for. ``version`` grows
+# with every change, so the job deletes only the row it saw.
+study_rekeys = Table(
+    "study_rekeys",
+    metadata,
+    Column(
+        "study_pk",
+        Integer,
+        ForeignKey("studies.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("patients", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("since", BigInteger, nullable=False),
+)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
@@ -597,6 +619,7 @@ __all__ = [
     "studies",
     "study_lifecycle",
     "study_overlays",
+    "study_rekeys",
     "users",
     "web_sessions",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 
 from nubis.errors import InvalidInstance
 from nubis.index.driver import DriverCursor
+from nubis.index.rekey_sql import mark as mark_for_rekey
 from nubis.model.records import IngestWarning, NewInstance
 
 _STUDY_SQL = (
@@ -96,7 +97,7 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
     quarantined = False
     if study is not None:
         study_pk, modalities, stored_patient = study
-        quarantined = _check_same_patient(cursor, study_pk, new, stored_patient)
+        quarantined = _check_same_patient(cursor, study_pk, new, stored_patient, now)
         if quarantined:
             cursor.execute(
                 "INSERT INTO quarantined_studies (study_pk, reason, since) VALUES (:pk, :r, :now) "
@@ -191,7 +192,7 @@ def insert_warnings(
 
 
 def _check_same_patient(
-    cursor: DriverCursor, study_pk: int, new: NewInstance, stored_patient: str | None
+    cursor: DriverCursor, study_pk: int, new: NewInstance, stored_patient: str | None, now: int
 ) -> bool:
     """Whether the study is to be held in quarantine for ``new``; InvalidInstance when it
     names another patient and is not to be quarantined."""
@@ -200,7 +201,12 @@ def _check_same_patient(
     # patient-level queries see them); a missing and an empty Patient ID are the same.
     # Neither value goes into the reason: the sender may not be allowed to see either.
     patient = new.study_columns.get("patient_id") or ""
-    if (stored_patient or "") == patient or _moved_from(cursor, study_pk, patient):
+    if (stored_patient or "") == patient:
+        return False
+    if _moved_from(cursor, study_pk, patient):
+        if new.rekey_moved:
+            # Encrypted under the key of the patient the study was moved away from.
+            mark_for_rekey(cursor, study_pk, [patient], now)
         return False
     if new.quarantine_patient_conflict:
         return True

@@ -8,6 +8,10 @@
 - ``rewrap``: re-encrypt every stored object whose header names an old key-encryption key so
   that it names the current one (nubis.services.kek_rewrap); parameter ``kek_id`` (``nubis keys
   retire KEK --rewrap``). Only nodes of an encrypted archive run it, and it is never scheduled.
+- ``rekey``: re-encrypt the objects of studies a correction filed under another patient under
+  that patient's key (nubis.services.study_rekey). Queued by the correction (or by a late
+  object of a moved study) in its own transaction; ``nubis jobs run rekey`` runs it again for
+  studies it left (objects awaiting a restore). Where nothing is encrypted it only forgets them.
 - ``commitment-report``: deliver a Storage Commitment N-EVENT-REPORT (nubis.dimse.commitment);
   parameters ``calling_ae``, ``partition``, ``transaction_uid``, ``references``. Queued by the
   DIMSE server for each N-ACTION, retried on its own backoff until delivered or given up.
@@ -30,7 +34,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import delete
+
 from nubis.index.database import Index
+from nubis.index.rekey_sql import KIND as REKEY
+from nubis.index.schema import study_rekeys
 from nubis.jobs.context import Handler, JobContext
 from nubis.jobs.schedule import AUDIT_VERIFY, SNAPSHOT
 from nubis.jobs.verify import verify
@@ -39,6 +47,7 @@ from nubis.ports.blobs import BlobStore
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
+from nubis.services.study_rekey import StudyRekey
 from nubis.tiers.history import take_snapshot
 from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.rules import Tiers
@@ -48,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "handlers", "parse_params"]
 
-KINDS = ("reap", "verify", "tier", "rewrap", SNAPSHOT, AUDIT_VERIFY)
+KINDS = ("reap", "verify", "tier", "rewrap", REKEY, SNAPSHOT, AUDIT_VERIFY)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -81,6 +90,7 @@ def handlers(
     lifecycle: Lifecycle,
     tiers: Tiers,
     rewrap: KekRewrap | None = None,
+    rekey: StudyRekey | None = None,
     guard: Guard | None = None,
     actor: ActiveParticipant | None = None,
     commitment: Handler | None = None,
@@ -88,6 +98,7 @@ def handlers(
     dimse_send: Handler | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
+    ``rekey`` re-encrypting with it and only forgetting its studies without it,
     ``commitment-report``, ``audit-verify`` and ``dimse-send`` when given); ``guard`` records
     what ``verify`` reads, as ``actor`` (``audit-verify`` records its own use of the log, as
     ``actor``)."""
@@ -137,6 +148,16 @@ def handlers(
         kinds[AUDIT_VERIFY] = verify_audit
     if rewrap is not None:
         kinds["rewrap"] = rewrap.run
+    if rekey is not None:
+        kinds[REKEY] = rekey.run
+    else:
+
+        def nothing_encrypted(ctx: JobContext) -> dict[str, Any]:
+            # No keyring: no object is under any patient's key, so none awaits re-keying.
+            forgotten = index.write(lambda conn: conn.execute(delete(study_rekeys)).rowcount)
+            return {"studies_forgotten": forgotten}
+
+        kinds[REKEY] = nothing_encrypted
     if commitment is not None:
         kinds["commitment-report"] = commitment
     if dimse_send is not None:

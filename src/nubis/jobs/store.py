@@ -24,6 +24,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, or_, select, upda
 from sqlalchemy.exc import IntegrityError
 
 from nubis.index.database import Index
+from nubis.index.jobs_sql import queued_row
 from nubis.index.schema import jobs
 
 __all__ = ["Job", "JobState", "JobStore", "LeaseLost"]
@@ -124,20 +125,15 @@ class JobStore:
         not_before: int | None = None,
     ) -> int | None:
         """Queue a job; its id, or None when a job with ``unique_key`` already exists."""
-        now = now_ms()
-        row = {
-            "kind": kind,
-            "params": json.dumps(params or {}, sort_keys=True),
-            "state": JobState.QUEUED.value,
-            "unique_key": unique_key,
-            "progress_done": 0,
-            "attempts": 0,
-            "max_attempts": max_attempts,
-            "cancel_requested": 0,
-            "not_before": now if not_before is None else not_before,
-            "created_at": now,
-            "created_by": created_by,
-        }
+        row = queued_row(
+            kind,
+            params,
+            now=now_ms(),
+            unique_key=unique_key,
+            max_attempts=max_attempts,
+            created_by=created_by,
+            not_before=not_before,
+        )
 
         def job(conn: Connection) -> int | None:
             if (

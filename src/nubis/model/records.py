@@ -53,6 +53,9 @@ class NewInstance:
     # A Patient ID other than its stored study's: hold the study in quarantine rather than
     # refuse the object (setting patient_conflict = quarantine, issue 12).
     quarantine_patient_conflict: bool = False
+    # Objects are encrypted under their own Patient ID's key: a late object of a study a
+    # correction moved to another patient queues the study's re-key (nubis.index.rekey_sql).
+    rekey_moved: bool = False
 
 
 class StoreResult(enum.Enum):

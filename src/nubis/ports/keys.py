@@ -56,6 +56,11 @@ class KeyProvider(Protocol):
         Raises ``nubis.errors.KeyUnavailable`` if the keys cannot be reached.
         """
 
+    def patient_key_id(self, partition: str, patient_id: str) -> str:
+        """The id of the patient's key, which the header of a blob wrapped for the patient
+        names (``WrappedKey.subject``); the key is made on first use, as :meth:`wrap` makes it.
+        Raises ``KeyUnavailable`` as :meth:`wrap` does."""
+
     def unwrap(self, wrapped: WrappedKey, *, aad: bytes) -> bytes:
         """The DEK, or ``KeyErased`` (patient key shredded), ``KeyUnavailable`` (KEK or provider
         missing), ``BlobUnreadable`` (wrapped key or ``aad`` does not authenticate)."""

@@ -9,7 +9,9 @@ a history row holding each study's state before and after, and (4) commits its a
 Patient Record (PS3.15 A.5.3.9, EventActionCode U) for every patient whose record changed, and
 DICOM Instances Accessed with U (A.5.3.3) for every study. An undo is a correction too: it
 restores the states recorded before, and is refused while a later correction of one of the
-studies builds on the one undone.
+studies builds on the one undone. A correction that files a study under another patient
+also queues, in the same transaction, the re-key of its objects under that patient's key
+(with encryption at rest: nubis.services.study_rekey), which a crypto-shred waits for.
 
 The public interface (used by the CLI, the HTTP API and by the migration's quarantine):
 
@@ -39,8 +41,10 @@ from sqlalchemy import Connection
 from nubis.dicom import overlay
 from nubis.errors import BadRequest, Conflict, NotFound
 from nubis.index import corrections_sql as sql
-from nubis.index.columns import study_columns
+from nubis.index import rekey_sql
+from nubis.index.columns import json_text, study_columns
 from nubis.index.database import Index
+from nubis.index.driver import driver_cursor
 from nubis.model.audit import AuditEvent, EventAction
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
@@ -96,9 +100,22 @@ class Correction:
 
 
 class CorrectionService:
-    def __init__(self, index: Index, guard: Guard) -> None:
+    """``rekeys``: the archive encrypts objects under their patient's key, so a correction that
+    files a study under another patient queues its re-key (nubis.services.study_rekey), and
+    ``wake`` (this process's job runner's) is called once it is committed."""
+
+    def __init__(
+        self,
+        index: Index,
+        guard: Guard,
+        *,
+        rekeys: bool = False,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
         self.index = index
         self.guard = guard
+        self.rekeys = rekeys
+        self.wake = wake
 
     # ------------------------------------------------------------------ corrections
     def update_study(
@@ -235,13 +252,16 @@ class CorrectionService:
         )
         return [_correction(r) for r in rows]
 
-    def moved_across(self, partition: str, patient_id: str) -> list[str]:
-        """Studies a correction moved into or out of ``patient_id`` (partition ``partition``):
-        their objects stay encrypted under the key of the patient they arrived with, so a
-        crypto-shred of ``patient_id`` would erase the ones moved out and miss the ones moved
-        in. For the shred's own check (``nubis keys shred-patient``), which has authorized."""
+    def awaiting_rekey(self, partition: str, patient_id: str) -> tuple[list[str], list[int]]:
+        """Studies whose objects may be under the key of ``patient_id`` without being filed
+        under it, or the reverse, until their re-key is done; and the ``rekey`` jobs queued or
+        running. For the shred's own check (``nubis keys shred-patient``), which has
+        authorized: a shred then would erase a study no longer the patient's, or miss one
+        that now is."""
         with self.index.reading() as conn:
-            return sql.moved_across(conn, partition, patient_id)
+            studies = rekey_sql.pending(conn, partition, patient_id)
+            jobs = [job_id for job_id, _ in rekey_sql.rekey_jobs(conn)] if studies else []
+        return studies, jobs
 
     # ------------------------------------------------------------------ the one write path
     def _write(
@@ -261,7 +281,10 @@ class CorrectionService:
         partition = decision.scope.partition
         now = int(time.time() * 1000)
 
+        queued: list[bool] = []
+
         def job(conn: Connection) -> int:
+            queued.clear()  # a retried transaction starts over
             wanted = targets(conn, partition)
             if not wanted:
                 raise NotFound("no study to correct: the patient has no study")
@@ -302,6 +325,9 @@ class CorrectionService:
             )
             for uid, sides in changes.items():
                 sql.set_state(conn, pks[uid], sides["after"], correction_id=correction_id, now=now)
+                before, after = sides["before"], sides["after"]
+                if self.rekeys and _queue_rekey(conn, pks[uid], before, after, now):
+                    queued.append(True)
             if undoes is not None:
                 sql.mark_undone(conn, undoes, correction_id)
             events = _events(who, kind, correction_id, reason, changes)
@@ -311,6 +337,8 @@ class CorrectionService:
             return correction_id
 
         correction_id = self.index.write(job)
+        if queued and self.wake is not None:
+            self.wake()
         with self.index.reading() as conn:
             row = sql.correction(conn, partition, correction_id)
         assert row is not None
@@ -361,6 +389,25 @@ def _patient_of(conn: Connection, partition: str, patient_id: str) -> Changes:
         patient[tag] = attrs.get(tag) or empty
     patient[key] = element
     return patient
+
+
+def _queue_rekey(
+    conn: Connection, pk: int, before: sql.StudyState, after: sql.StudyState, now: int
+) -> bool:
+    """Queue the study's re-key when it changes patient (whether it did): its objects are under
+    the key of the Patient ID they arrived with, or of the one a re-key filed them under."""
+    old, new = _patient_id(before), _patient_id(after)
+    if old == new:
+        return False
+    others = {old, before.columns.get("patient_id") or "", before.stored_patient_id or ""}
+    rekey_sql.mark(driver_cursor(conn), pk, others - {new}, now)
+    return True
+
+
+def _patient_id(state: sql.StudyState) -> str:
+    """The study's Patient ID, whole (its column is cut to 64 characters): whose key its
+    objects are under once re-keyed."""
+    return json_text(json.loads(state.attrs), "PatientID") or ""
 
 
 def _same(state: sql.StudyState, other: sql.StudyState) -> bool:

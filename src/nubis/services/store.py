@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.dicom.consistency import MetaGroupLengthWrong
 from nubis.dicom.equivalence import same_instance
 from nubis.dicom.file_meta import with_file_meta_rewritten
@@ -76,6 +77,8 @@ class StoreService:
         self.bulk_threshold = bulk_threshold
         self.floor = floor
         self.patient_conflict = patient_conflict
+        # Keys follow the Patient ID an object arrives with (nubis.services.study_rekey).
+        self.rekeys = isinstance(blobs, EncryptedBlobStore)
 
     def check_room(self) -> None:
         """InsufficientStorage (507 / 0xA700) while the disk is below its free-space floor."""
@@ -218,8 +221,8 @@ class StoreService:
         new = new_instance(
             inspected, blob_key=key, size=spooled.size, sha256=spooled.sha256, partition=partition
         )
-        if quarantine:
-            new = replace(new, quarantine_patient_conflict=True)
+        if quarantine or self.rekeys:
+            new = replace(new, quarantine_patient_conflict=quarantine, rekey_moved=self.rekeys)
         try:
             try:
                 result, unneeded_key = self.index.store(new, overwrite=False, also=record)
