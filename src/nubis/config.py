@@ -86,9 +86,10 @@ class Settings:
     )
     patient_conflict: str = _setting(
         "refuse",
-        "An object naming another Patient ID than its stored study: 'refuse' answers 0xA900 "
-        "(HTTP 409); 'quarantine' stores it and holds the study in quarantine, seen by admins "
-        "only until released (nubis storage release), with warning 0xB007. For migrations.",
+        "An object naming another Patient ID than its stored study, or a Series Instance UID "
+        "another study holds: 'refuse' answers 0xA900 (HTTP 409); 'quarantine' stores it under "
+        "its own study and holds that study in quarantine, seen by admins only until released "
+        "(nubis storage release), with warning 0xB007. For migrations.",
         _choice("refuse", "quarantine"),
     )
     qido_default_limit: int = _setting(

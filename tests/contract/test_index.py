@@ -21,7 +21,7 @@ from pydicom.uid import RLELossless
 from sqlalchemy import func, select
 
 from nubis.blobs.filesystem import FileBlobStore
-from nubis.errors import DuplicateInstance, NotFound
+from nubis.errors import BadRequest, DuplicateInstance, NotFound
 from nubis.index.database import Index
 from nubis.index.schema import (
     INSTANCES_LOCATED,
@@ -35,6 +35,7 @@ from nubis.index.schema import (
 from nubis.model.records import StoreResult
 from nubis.security.policy import AuthPolicy, system_principal
 from nubis.services.guard import Guard
+from nubis.services.quarantine import QuarantineService, StudyStillDisagrees
 from nubis.services.retrieve import blob_context
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
@@ -519,3 +520,84 @@ def test_a_patient_conflict_is_quarantined_when_asked(index: Index, tmp_path: Pa
     assert len(index.instances_of("p", study, hide_quarantined=False)) == 2
     with index.reading() as conn:
         assert conn.execute(select(func.count()).select_from(quarantined_studies)).scalar() == 1
+
+
+def test_a_series_conflict_is_quarantined_under_its_own_study(
+    index: Index, tmp_path: Path
+) -> None:
+    """Issue 12: with quarantine on, an object whose Series Instance UID another study of the
+    partition holds is stored under its own study, which is held for ``series-conflict``
+    (refused with 0xA900 otherwise, as before); the study holding the series first stays as
+    it was. The held study is not let out while the other study holds the series, but as
+    resolved; a study held for both conflicts says both."""
+    service, spool = _service(index, tmp_path)
+    admin = system_principal(tenant="p")
+    quarantine = QuarantineService(index, guard=service.guard)
+    source = Path(get_testdata_file("CT_small.dcm"))
+    first = service.store(spool.from_file(source), principal=admin)
+    assert first.ok and first.result is StoreResult.STORED
+
+    def same_series(name: str, patient_id: str) -> Path:
+        ds = pydicom.dcmread(source)
+        ds.StudyInstanceUID, ds.PatientID = "1.2.3.99", patient_id
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.3.99.{len(name)}"
+        ds.save_as(tmp_path / name)
+        return tmp_path / name
+
+    moved = same_series("moved.dcm", str(pydicom.dcmread(source).PatientID))
+    refused = service.store(spool.from_file(moved), principal=admin)
+    assert refused.error is not None and refused.error.dimse_status == 0xA900
+    assert "series belongs to another study" in refused.error.reason
+    held = service.store(spool.from_file(moved), principal=admin, patient_conflict="quarantine")
+    assert held.ok and held.result is StoreResult.QUARANTINED
+    assert [(w.reason, w.status) for w in held.warnings] == [("series-conflict", 0xB007)]
+    assert [(s.study_uid, s.reasons) for s in quarantine.held(admin)] == [
+        ("1.2.3.99", ("series-conflict",))
+    ]
+    # The first study is not touched: seen as before.
+    assert len(index.instances_of("p", first.study_uid or "")) == 1
+    with pytest.raises(NotFound):
+        index.instances_of("p", "1.2.3.99")
+    assert len(index.instances_of("p", "1.2.3.99", hide_quarantined=False)) == 1
+    with pytest.raises(StudyStillDisagrees, match="Series Instance UID"):
+        quarantine.release(admin, "1.2.3.99", reason="not yet")
+
+    # Another patient under the held study, in the same series: held for both.
+    other = same_series("other-patient.dcm", "SOMEONE-ELSE")
+    also = service.store(spool.from_file(other), principal=admin, patient_conflict="quarantine")
+    assert also.ok and [w.reason for w in also.warnings] == ["patient-conflict"]
+    [listed] = quarantine.held(admin)
+    assert (listed.reasons, listed.instances) == (("series-conflict", "patient-conflict"), 2)
+
+    with pytest.raises(BadRequest):
+        quarantine.release(admin, "1.2.3.99", reason=" ", resolved=True)
+    released = quarantine.release(admin, "1.2.3.99", reason="a reused UID", resolved=True)
+    assert released.reasons == ("series-conflict", "patient-conflict")
+    assert quarantine.held(admin) == []
+    assert len(index.instances_of("p", "1.2.3.99")) == 2
+
+
+def test_quarantine_reasons_of_revision_0014_become_codes(index_url: str) -> None:
+    """Revision 0017: a study held by revision 0014's code (its reason the warning's text)
+    is held for the code ``patient-conflict``."""
+    index = Index(index_url)
+    index.migrate("0015")
+    with index.write_engine.begin() as conn:
+        study_pk = conn.execute(
+            studies.insert().values(
+                partition="p", study_uid="1.2.3", attrs="{}", created_at=0, updated_at=0,
+                modalities="", num_series=0, num_instances=0,
+            ).returning(studies.c.id)
+        ).scalar_one()  # fmt: skip
+        conn.execute(
+            quarantined_studies.insert().values(
+                study_pk=study_pk, since=0, reason="the study holds another Patient ID "
+                "(0010,0020): stored, and the study held in quarantine (admins only) until "
+                "a correction releases it",
+            )
+        )  # fmt: skip
+    index.migrate()
+    with index.write_engine.connect() as conn:
+        reasons = conn.execute(select(quarantined_studies.c.reason)).scalars().all()
+    index.write_engine.dispose()
+    assert reasons == ["patient-conflict"]

@@ -68,13 +68,16 @@ RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
 RULES[("/audit/records", "GET")] = "audit"
 RULES[("/audit/verify", "GET")] = "audit"
-# Corrections of patient and study attributes (docs/corrections.md): each tenant's admins.
+# Corrections of patient and study attributes (docs/corrections.md) and studies held in
+# quarantine (docs/security.md): each tenant's admins.
 for _path, _method in (
     ("/corrections", "GET"),
     ("/corrections", "POST"),
     ("/corrections/{correction_id:int}/undo", "POST"),
+    ("/quarantine", "GET"),
+    ("/quarantine/{study}/release", "POST"),
 ):
-    RULES[(_path, _method)] = "corrections"
+    RULES[(_path, _method)] = "admin-api"
 # The web face: the entry and sign-in are open to anyone; a "page" shows a signed-out browser
 # the sign-in page (303) and any signed-in role the page, whose content the services scope.
 RULES[("/", "GET")] = "public"
@@ -421,8 +424,8 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "study-page":
             failures += _study_page_failures(world, who, path)
             continue
-        if need == "corrections":
-            failures += _corrections_route(world, who, path, method)
+        if need == "admin-api":
+            failures += _admin_api_route(world, who, path, method)
             continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
@@ -469,12 +472,16 @@ def test_authorization_matrix(world: World, who: str) -> None:
     assert failures == [], "\n".join(failures)
 
 
-def _corrections_route(world: World, who: str, path: str, method: str) -> list[str]:
-    """The corrections API for one caller: 401 signed out, 403 but for admins (before the
-    body is read), and for admins an answer about the request itself: the list (200), an
-    empty correction refused (400), the undo of a correction not in its tenant (404)."""
-    url = path.replace("{correction_id:int}", "999999")
-    body = {"reason": "matrix"} if "undo" in path else {}
+def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
+    """The admins' JSON API (corrections, quarantine) for one caller: 401 signed out, 403 but
+    for admins (before the body is read), and for admins an answer about the request itself:
+    a list (200), an empty correction refused (400), the undo of a correction not in its
+    tenant or the release of a study its tenant does not hold in quarantine (404)."""
+    url = path.replace("{correction_id:int}", "999999").replace(
+        "{study}", world.studies["own"].study
+    )
+    acts_on_one = path.endswith(("/undo", "/release"))
+    body = {"reason": "matrix"} if acts_on_one else {}
     response = world.client.request(
         method, url, headers=world.headers(who), json=body if method == "POST" else None
     )
@@ -485,7 +492,7 @@ def _corrections_route(world: World, who: str, path: str, method: str) -> list[s
         expected, ok = "403", status == 403
     elif method == "GET":
         expected, ok = "200", status == 200
-    elif "undo" in path:
+    elif acts_on_one:
         expected, ok = "404", status == 404
     else:
         expected, ok = "400", status == 400

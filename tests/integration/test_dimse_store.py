@@ -221,6 +221,32 @@ def test_another_patient_under_a_stored_study_is_refused(dimse: Dimse) -> None:
     assert [m["00100020"]["Value"][0] for m in metadata] == ["DIMSE-PAT-A"]
 
 
+def test_a_series_of_another_study_is_refused(dimse: Dimse, tmp_path: Path) -> None:
+    """A series belongs to one study (docs/security.md): with patient_conflict = refuse (the
+    default) dcmtk's storescu gets 0xA900 (PS3.4 B.2.3) for an object whose Series Instance
+    UID another study holds, and nothing of it is kept; the association carries on. (With
+    quarantine on it is held instead: test_patient_consistency.py.)"""
+    original = next(synth.series_datasets("CT", n_instances=1, seed=49, patient=synth.PatientSpec(
+        "DIMSE-SERIES-1", "Series^Sam", "19800101", "M")))  # fmt: skip
+    moved = next(synth.series_datasets("CT", n_instances=1, seed=50, patient=synth.PatientSpec(
+        "DIMSE-SERIES-1", "Series^Sam", "19800101", "M")))  # fmt: skip
+    moved.SeriesInstanceUID = original.SeriesInstanceUID
+    paths = []
+    for name, ds in (("original.dcm", original), ("moved.dcm", moved)):
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        paths.append(str(tmp_path / name))
+    sent = run(["storescu", "-v", "-aet", "MODALITY", "-aec", NUBIS_AE, "127.0.0.1",
+                str(dimse.port), *paths], check=False)  # fmt: skip
+    statuses = [line for line in (sent.stdout + sent.stderr).splitlines()
+                if "Received Store Response" in line]  # fmt: skip
+    assert len(statuses) == 2 and "(Success)" in statuses[0], sent.stdout + sent.stderr
+    assert "Error: DataSetDoesNotMatchSOPClass" in statuses[1], statuses  # 0xA900
+    rows = {r.sop_instance_uid: r for r in index_rows(dimse.data_dir)}
+    assert str(original.SOPInstanceUID) in rows and str(moved.SOPInstanceUID) not in rows
+    response = httpx.get(f"{dimse.http}/studies/{moved.StudyInstanceUID}/metadata", headers=AUTH)
+    assert response.status_code == 404
+
+
 def _send_file_as_it_is(assoc: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> Dataset:
     """C-STORE the data set of ``path`` byte for byte on the context of its file meta's SOP
     class and transfer syntax, whatever the data set holds (pynetdicom's chunked send)."""

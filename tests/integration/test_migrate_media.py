@@ -250,11 +250,13 @@ def test_second_run_of_a_live_migration_is_refused(corpus: list[Path], tmp_path:
         process.wait(timeout=30)
 
 
-def test_a_study_of_two_patients_is_migrated_into_quarantine(tmp_path: Path) -> None:
-    """Issue 12: an old archive's study whose instances disagree on the patient comes in all
-    the same (the migration stores with patient_conflict = quarantine, whatever the setting):
-    nothing refused, no gap, and the study is held in quarantine, listed with the instances
-    per Patient ID, seen by admins only (docs/security.md)."""
+def test_conflicting_studies_are_migrated_into_quarantine_and_reported(tmp_path: Path) -> None:
+    """Issue 12: an old archive's study whose instances disagree on the patient, and a study
+    reusing another's Series Instance UID, come in all the same (the migration stores with
+    patient_conflict = quarantine, whatever the setting): nothing refused, no gap, each held
+    in quarantine (seen by admins only, docs/security.md) and listed as such, with why, in
+    the report (JSON and text; CSV in tests/unit/test_migrate_report.py) and by ``nubis
+    storage quarantine``."""
     data = tmp_path / "data"
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -264,14 +266,41 @@ def test_a_study_of_two_patients_is_migrated_into_quarantine(tmp_path: Path) -> 
     # A typo fixed halfway, at the source (synth's data sets share their patient elements).
     datasets[1].PatientID = "MIG-PAT-B"
     datasets[1].save_as(folder / "IM1.dcm", enforce_file_format=True)
+    # Two studies of one patient whose series share a UID (a source that reused it).
+    reused = [
+        next(synth.series_datasets("MR", n_instances=1, seed=seed, patient=synth.PatientSpec(
+            "MIG-PAT-C", "Reused^Cy", "19700101", "M")))
+        for seed in (1213, 1214)
+    ]  # fmt: skip
+    reused[1].SeriesInstanceUID = reused[0].SeriesInstanceUID
+    for n, ds in enumerate(reused):
+        ds.save_as(folder / f"IM{n + 2}.dcm", enforce_file_format=True)
+    mixed, pair = str(datasets[0].StudyInstanceUID), {str(d.StudyInstanceUID) for d in reused}
 
     result = migrate(data, str(folder), "--name", "mixed")
 
     assert result["instances_refused"] == 0
     rep = report(data, "mixed")
-    assert rep["totals"]["silent_gaps"] == 0 and rep["totals"]["refused"] == 0
+    totals = rep["totals"]
+    assert (totals["silent_gaps"], totals["refused"], totals["missing"]) == (0, 0, 0)
+    assert totals["studies_quarantined"] == 2
+    rows = {r["study_uid"]: r for r in rep["studies"]}
+    assert rows[mixed]["quarantined"] and rows[mixed]["quarantine_reasons"] == [
+        "patient-conflict"
+    ]
+    # Whichever of the pair came second is held, under its own study; the first is not.
+    [second] = [uid for uid in pair if rows[uid]["quarantined"]]
+    assert rows[second]["quarantine_reasons"] == ["series-conflict"]
+    assert rows[second]["nubis_count"] == rows[second]["source_count"] == 1
+    assert not rows[(pair - {second}).pop()]["quarantined"]
+
+    text = nubis(data, "migrate", "report", "mixed").stdout
+    assert "held in quarantine 2 studies" in text
+    assert f"study {second}: source 1, nubis 1, held in quarantine (series-conflict)" in text
+    assert "MIG-PAT" not in text  # the report shows UIDs and counts, no patient data
+
     listed = nubis(data, "storage", "quarantine", "--json")
     assert listed.returncode == 0, listed.stderr
-    [held] = json.loads(listed.stdout)
-    assert held["study_uid"] == str(datasets[0].StudyInstanceUID)
-    assert held["patients"] == {"MIG-PAT-A": 1, "MIG-PAT-B": 1}
+    held = {h["study_uid"]: h for h in json.loads(listed.stdout)}
+    assert held[mixed]["patients"] == {"MIG-PAT-A": 1, "MIG-PAT-B": 1}
+    assert held[second]["reasons"] == ["series-conflict"]

@@ -8,6 +8,10 @@ now refused, 409 with FailureReason 0xA900 (PS3.18 Table 10.5.3-1: the data set 
 what is stored), and nothing of it is kept; the same for a series stored under a second study.
 The C-STORE side is in test_dimse_store.py.
 
+With ``patient_conflict = quarantine`` (issue 12, for migrations) both are stored instead, under
+their own study, held in quarantine until an admin releases it (the service, the HTTP API
+``/quarantine`` and, here too, C-STORE from dcmtk's storescu).
+
 The archive runs in-process (Starlette's TestClient) with the real services, index, blob store
 and audit trail.
 """
@@ -15,6 +19,7 @@ and audit trail.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from integration import in_process_archive
+from integration.dimse_helpers import AE as NUBIS_AE
+from integration.dimse_helpers import free_port, need_dcmtk, run
 from nubis.archive import Archive
 from nubis.errors import Forbidden
 from nubis.security.policy import Principal, system_principal
@@ -44,6 +51,7 @@ class World:
     keys: dict[str, str]
     tmp: Path
     counter: int = 0
+    dimse_port: int = 0
 
     def make(
         self,
@@ -244,8 +252,11 @@ def _blob_count(world: World) -> int:
 def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """An archive migrating an old one: patient_conflict = quarantine."""
     tmp = tmp_path_factory.mktemp("quarantine")
-    archive = in_process_archive(tmp / "data", ADMIN, patient_conflict="quarantine")
-    with TestClient(create_app(archive)) as client:
+    port = free_port()
+    archive = in_process_archive(
+        tmp / "data", ADMIN, patient_conflict="quarantine", dimse_port=str(port)
+    )
+    with TestClient(create_app(archive, dimse=True)) as client:
         users = archive.users
         keys = {"admin": ADMIN}
         for name, role in (
@@ -258,7 +269,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             keys[name] = users.create_api_key(name)[1]
         users.grant("ref-a", tenant="default", patient_id="PAT-QA")
         users.grant("ref-b", tenant="default", patient_id="PAT-QB")
-        yield World(client, archive, keys, tmp)
+        yield World(client, archive, keys, tmp, dimse_port=port)
 
 
 def test_a_study_of_two_patients_is_held_in_quarantine(held: World) -> None:
@@ -354,3 +365,143 @@ def test_a_correction_releases_a_quarantined_study(held: World) -> None:
     held.archive.quarantine.release(admin, study, reason="moved to PAT-QB by a correction")
     assert held.study_patients("ref-b", study) == ["PAT-QB", "PAT-QB"]
     assert held.study_patients("ref-a", study) == []
+
+
+def _held_studies(world: World, who: str = "admin") -> dict[str, dict[str, object]]:
+    response = world.client.get("/quarantine", headers=world.auth(who))
+    assert response.status_code == 200, response.text
+    return {s["study_uid"]: s for s in response.json()["studies"]}
+
+
+def _series_studies(world: World, who: str, series_uid: str) -> list[str]:
+    response = world.client.get(
+        "/dicom-web/series", params={"SeriesInstanceUID": series_uid}, headers=world.auth(who)
+    )
+    assert response.status_code in (200, 204), response.text
+    return sorted(s["0020000D"]["Value"][0] for s in response.json()) if response.content else []
+
+
+def test_a_series_of_another_study_is_held_under_its_own_study(held: World) -> None:
+    """Issue 12: with quarantine on, an object whose Series Instance UID another study holds
+    is stored (202, Warning Reason 0xB007, PS3.18 10.5.3), byte-exact, under its own study,
+    which is held for ``series-conflict``: nobody granted either patient sees it, the study
+    holding the series first is unchanged for its readers, and the warning names neither the
+    other study nor a patient. A release waits until the series has one study, or is told the
+    reused UID names two series (resolved); then each study is seen by its own patient's
+    grantees only."""
+    original = held.make("PAT-QA")
+    assert held.store("admin", original).status_code == 200
+    series_uid = str(original.SeriesInstanceUID)
+    moved = held.make("PAT-QB", series_uid=series_uid)
+    study = str(moved.StudyInstanceUID)
+    response = held.store("uploader", moved)
+    assert response.status_code == 202, response.text
+    [item] = response.json()["00081199"]["Value"]
+    assert item["00081196"]["Value"] == [0xB007]
+    warning = response.headers["warning"]
+    assert "series belongs to another study" in warning and "held in quarantine" in warning
+    assert str(original.StudyInstanceUID) not in warning and "PAT-Q" not in warning
+    stored = held.client.get(
+        f"/dicom-web/studies/{study}", headers={**held.auth("admin"), "Accept":
+        'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )  # fmt: skip
+    assert stored.status_code == 200 and synth.dataset_bytes(moved) in stored.content
+
+    assert _held_studies(held)[study]["reasons"] == ["series-conflict"]
+    assert _series_studies(held, "admin", series_uid) == sorted(
+        [str(original.StudyInstanceUID), study]
+    )
+    for who in ("radiologist", "ref-a", "ref-b"):
+        assert held.study_patients(who, study) == [], who
+    assert _series_studies(held, "ref-a", series_uid) == [str(original.StudyInstanceUID)]
+    assert _series_studies(held, "ref-b", series_uid) == []
+
+    url = f"/quarantine/{study}/release"
+    refused = held.client.post(url, json={"reason": "check"}, headers=held.auth("admin"))
+    assert refused.status_code == 409 and "Series Instance UID" in refused.text
+    released = held.client.post(
+        url, json={"reason": "the source reused the UID", "resolved": True},
+        headers=held.auth("admin"),
+    )  # fmt: skip
+    assert released.status_code == 200, released.text
+    assert released.json()["reasons"] == ["series-conflict"]
+    assert held.study_patients("ref-b", study) == ["PAT-QB"]
+    assert held.study_patients("ref-a", study) == []
+    assert _series_studies(held, "ref-a", series_uid) == [str(original.StudyInstanceUID)]
+
+
+def test_the_quarantine_api(held: World) -> None:
+    """``GET /quarantine`` and ``POST /quarantine/{study}/release`` (admins of the tenant):
+    the list says why and with which patients; bad input is a 4xx naming what is wrong; a
+    release goes through the quarantine service and is recorded like the CLI's (Instances
+    Accessed, Update, with the reason)."""
+    original = held.make("PAT-QA")
+    assert held.store("admin", original).status_code == 200
+    study = str(original.StudyInstanceUID)
+    assert held.store("admin", held.make("PAT-QB", study_uid=study)).status_code == 202
+    listed = _held_studies(held)[study]
+    assert (listed["reasons"], listed["instances"]) == (["patient-conflict"], 2)
+    assert listed["patients"] == {"PAT-QA": 1, "PAT-QB": 1}
+
+    url = f"/quarantine/{study}/release"
+    for who in ("radiologist", "ref-a"):
+        assert held.client.get("/quarantine", headers=held.auth(who)).status_code == 403
+        response = held.client.post(url, json={"reason": "x"}, headers=held.auth(who))
+        assert response.status_code == 403
+    admin = held.auth("admin")
+    for body, status, says in (
+        (b"{not json", 400, "JSON object"),
+        (b"[]", 400, "JSON object"),
+        (b"{}", 400, "'reason' is required"),
+        (b'{"reason": "x", "resolved": "yes"}', 400, "'resolved'"),
+        (b'{"reason": "not yet"}', 409, "Patient IDs"),
+    ):
+        response = held.client.post(url, content=body, headers=admin)
+        assert (response.status_code, says in response.text) == (status, True), response.text
+        assert "PAT-Q" not in response.text
+    unknown = held.client.post(
+        f"/quarantine/{synth.synth_uid(992, 'x')}/release", json={"reason": "x"}, headers=admin
+    )
+    assert unknown.status_code == 404 and "not held in quarantine" in unknown.text
+    bad_uid = held.client.post("/quarantine/1.2.abc/release", json={"reason": "x"}, headers=admin)
+    assert bad_uid.status_code == 400
+
+    held.archive.corrections.move_study(
+        system_principal(tenant="default"), study, "PAT-QB", reason="merged at the source"
+    )
+    response = held.client.post(url, json={"reason": "moved by a correction"}, headers=admin)
+    assert response.status_code == 200, response.text
+    assert study not in _held_studies(held)
+    records = held.client.get(
+        "/audit/records", params={"user": "admin", "limit": 1000}, headers=admin
+    ).json()["records"]
+    assert any(
+        "released from quarantine: moved by a correction" in json.dumps(r["event"])
+        for r in records
+    )
+
+
+def test_c_store_of_a_series_of_another_study_is_held(held: World, tmp_path: Path) -> None:
+    """The same through DIMSE with quarantine on: dcmtk's storescu gets warning 0xB007 (PS3.4
+    B.2.3) for the object of a series another study holds, and the object is held under its
+    own study (the refusal, with quarantine off, is in test_dimse_store.py)."""
+    need_dcmtk("storescu")
+    original = held.make("PAT-QA")
+    moved = held.make("PAT-QB", series_uid=str(original.SeriesInstanceUID))
+    paths = []
+    for name, ds in (("original.dcm", original), ("moved.dcm", moved)):
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        paths.append(str(tmp_path / name))
+    try:
+        sent = run(["storescu", "-v", "-aet", "MODALITY", "-aec", NUBIS_AE, "127.0.0.1",
+                    str(held.dimse_port), *paths])  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("storescu did not finish")
+    statuses = [line for line in sent.stdout.splitlines() + sent.stderr.splitlines()
+                if "Received Store Response" in line]  # fmt: skip
+    assert len(statuses) == 2 and "Success" in statuses[0], statuses
+    assert "Warning: DataSetDoesNotMatchSOPClass" in statuses[1], statuses  # 0xB007
+    study = str(moved.StudyInstanceUID)
+    assert _held_studies(held)[study]["reasons"] == ["series-conflict"]
+    assert held.study_patients("ref-b", study) == []
+    assert held.study_patients("admin", study) == ["PAT-QB"]

@@ -285,7 +285,8 @@ def report(
     set_: Set = None,
 ) -> None:
     """Reconcile the source and the archive, study by study; exit 1 while any source instance
-    is missing, refused or held with another SHA-256, or part of the source was not listed."""
+    is missing, refused or held with another SHA-256, or part of the source was not listed.
+    Studies held in quarantine are in the archive (exit 0 for them) and listed, with why."""
     from nubis.jobs.store import JobState
     from nubis.migrate.ledger import Ledger
     from nubis.migrate.report import reconcile
@@ -303,7 +304,9 @@ def report(
                 gaps = job.result.get("listing_gaps") or []
                 break
         ledger = Ledger(archive.index, name, tenant)
-        result = reconcile(ledger, archive.retrieve, cli_principal(tenant), listing_gaps=gaps)
+        result = reconcile(
+            ledger, archive.retrieve, archive.quarantine, cli_principal(tenant), listing_gaps=gaps
+        )
     if not result.studies:
         console.print(f"no migration named {name!r}", style="red")
         raise typer.Exit(1)

@@ -6,8 +6,9 @@ what lossless compression saves in the tiers that keep their objects compressed.
 ``tier STUDY [TIER]`` shows where a study is, or pins it to a tier (``hot`` brings an archived
 study back) and queues a ``tier`` job that moves it. ``warnings`` lists the objects ingested
 with warnings (what was odd about them, issue 12), per reason. ``quarantine`` lists the studies
-held in quarantine (their instances disagree on the patient) and ``release STUDY`` lets one out,
-through the quarantine service as an admin of ``--tenant`` (audited).
+held in quarantine (their instances disagree on the patient, or a series UID of theirs is
+another study's) and ``release STUDY`` lets one out, through the quarantine service as an admin
+of ``--tenant`` (audited).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Storage tiers: report (objects, bytes, monthly cost), tier (show or move a study); "
     "warnings (objects ingested with warnings, per reason); quarantine, release (studies whose "
-    "instances disagree on the patient).",
+    "instances disagree on the patient or whose series UID another study holds).",
     no_args_is_help=True,
 )
 
@@ -262,8 +263,9 @@ def quarantine(
     config: Config = None,
     set_: Set = None,
 ) -> None:
-    """Studies held in quarantine (their instances disagree on the patient; seen by admins
-    only until released), with the Patient IDs their instances name."""
+    """Studies held in quarantine (their instances disagree on the patient, or a series UID
+    of theirs is another study's; seen by admins only until released), why (reason codes),
+    and the Patient IDs their instances name."""
     from nubis.security.authn import cli_principal
 
     with open_archive(data_dir, config, set_) as archive:
@@ -272,7 +274,8 @@ def quarantine(
         patients = {s.study_uid: archive.quarantine.patients_of(who, s.study_uid) for s in held}
     rows = [
         {"partition": s.partition, "study_uid": s.study_uid, "since_ms": s.since,
-         "instances": s.instances, "patients": patients[s.study_uid], "reason": s.reason}
+         "instances": s.instances, "patients": patients[s.study_uid],
+         "reasons": list(s.reasons)}
         for s in held
     ]  # fmt: skip
     if as_json:
@@ -281,13 +284,13 @@ def quarantine(
     if not rows:
         out.print("no study is held in quarantine")
         return
-    table = Table("study", "since (UTC)", "instances", "instances per Patient ID",
+    table = Table("study", "held for", "since (UTC)", "instances", "instances per Patient ID",
                   title="Held in quarantine")  # fmt: skip
     for study in held:
         since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(study.since / 1000))
         per_patient = patients[study.study_uid].items()
         table.add_row(
-            study.study_uid, since, f"{study.instances:,}",
+            study.study_uid, " ".join(study.reasons), since, f"{study.instances:,}",
             ", ".join(f"{patient or '(none)'}: {n}" for patient, n in per_patient),
         )  # fmt: skip
     out.print(table)
@@ -301,15 +304,17 @@ def release(
     resolved: Annotated[
         bool,
         typer.Option(
-            help="Release even though its instances name other patients as stored: a "
-            "correction makes them agree as served."
+            help="Release even though its instances name other patients as stored (a "
+            "correction makes them agree as served) or another study holds one of its series "
+            "UIDs (a reused UID naming two series)."
         ),
     ] = False,
     data_dir: DataDir = None,
     config: Config = None,
     set_: Set = None,
 ) -> None:
-    """Let a study out of quarantine once its instances agree on the patient."""
+    """Let a study out of quarantine once its instances agree on the patient and no other
+    study holds one of its series UIDs."""
     from nubis.security.authn import cli_principal
 
     with open_archive(data_dir, config, set_) as archive:

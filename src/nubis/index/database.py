@@ -62,7 +62,7 @@ from nubis.index.schema import (
 from nubis.index.store_sql import insert_instance, insert_warnings, lock_study
 from nubis.logs import redact_url
 from nubis.model.query import Level, Query
-from nubis.model.records import IngestWarning, NewInstance, StoredInstance, StoreResult
+from nubis.model.records import IngestWarning, NewInstance, Stored, StoredInstance, StoreResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -437,8 +437,8 @@ class Index:
         *,
         overwrite: bool,
         also: Callable[[Connection], object] | None = None,
-    ) -> tuple[StoreResult, str | None]:
-        """Commit ``new``; returns the outcome and the blob key that is no longer needed.
+    ) -> Stored:
+        """Commit ``new``: the outcome, the blob key no longer needed, the quarantine's reasons.
 
         Raises DuplicateInstance (0x0111) when a different object holds the SOP Instance UID
         and ``overwrite`` is false; the stored object is left untouched. ``also`` runs in the
@@ -446,7 +446,7 @@ class Index:
         neither does.
         """
 
-        def job(conn: Connection) -> tuple[StoreResult, str | None]:
+        def job(conn: Connection) -> Stored:
             outcome = _store(conn, new, overwrite)
             if also is not None:
                 also(conn)
@@ -689,20 +689,20 @@ def _stored_where(conn: Connection, *criteria: Any) -> StoredInstance | None:
     return StoredInstance(*row) if row else None
 
 
-def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreResult, str | None]:
+def _store(conn: Connection, new: NewInstance, overwrite: bool) -> Stored:
     # The common path is five statements: this runs in the single writer thread, and every
     # statement releases and re-takes the GIL, so each one saved is felt by every store.
     cursor = driver_cursor(conn)
     lock_rows = is_postgresql(conn)
     cursor.execute("SAVEPOINT store")
     try:
-        quarantined = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
+        held_for = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
     except conn.dialect.loaded_dbapi.IntegrityError:
         cursor.execute("ROLLBACK TO store")  # the SOP Instance UID is taken: decide below
         cursor.execute("RELEASE store")
     else:
         cursor.execute("RELEASE store")
-        return StoreResult.QUARANTINED if quarantined else StoreResult.STORED, None
+        return Stored(StoreResult.QUARANTINED if held_for else StoreResult.STORED, None, held_for)
     existing = _stored_where(
         conn,
         instances.c.partition == new.partition,
@@ -711,15 +711,16 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> tuple[StoreRe
     if existing is None:
         raise StorageUnavailable("the index refused the instance row")
     if _same_object(conn, existing, new):
-        return StoreResult.ALREADY_STORED, new.blob_key
+        return Stored(StoreResult.ALREADY_STORED, new.blob_key)
     if not overwrite:
         raise DuplicateInstance(
             f"a different object is already stored under SOP Instance UID "
             f"{new.sop_instance_uid}; the stored one is kept"
         )
     _remove_instance(conn, existing.pk, doom_blob=False)
-    quarantined = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
-    return StoreResult.QUARANTINED if quarantined else StoreResult.REPLACED, existing.blob_key
+    held_for = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
+    result = StoreResult.QUARANTINED if held_for else StoreResult.REPLACED
+    return Stored(result, existing.blob_key, held_for)
 
 
 def _same_object(conn: Connection, existing: StoredInstance, new: NewInstance) -> bool:

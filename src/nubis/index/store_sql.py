@@ -29,13 +29,21 @@ _SERIES_IN_PARTITION_SQL = (
 _SERIES_LOCK_CLASS = 0x6E75
 # PS3.4 B.2.3 / PS3.18 Table 10.5.3-1: the data set does not fit what is stored (409 / 0xA900).
 _MISMATCH = 0xA900
-# The warning of an object stored into a study of another patient, held in quarantine: 0xB007
-# (PS3.4 B.2.3, data set does not match), and neither Patient ID (the sender may see neither).
+# The warnings of an object stored, with quarantine on, where it would otherwise be refused:
+# 0xB007 (PS3.4 B.2.3, data set does not match). Their reasons are the codes its study is held
+# in quarantine for (quarantined_studies.reason). Neither names the other study or a Patient
+# ID: the sender may see neither.
 PATIENT_CONFLICT = IngestWarning(
     "patient-conflict",
     0xB007,
     "the study holds another Patient ID (0010,0020): stored, and the study held in quarantine "
     "(admins only) until a correction releases it",
+)
+SERIES_CONFLICT = IngestWarning(
+    "series-conflict",
+    0xB007,
+    "the series belongs to another study (0020,000E): stored under its own study, which is held "
+    "in quarantine (admins only) until released",
 )
 
 
@@ -60,14 +68,17 @@ def lock_study(cursor: DriverCursor, partition: str, study_uid: str, *, lock_row
     return cursor.execute(sql, {"p": partition, "uid": study_uid}).fetchone()
 
 
-def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_rows: bool) -> bool:
+def insert_instance(
+    cursor: DriverCursor, new: NewInstance, now: int, *, lock_rows: bool
+) -> tuple[IngestWarning, ...]:
     """Insert the instance and its study and series rows when new; keep the counts current.
 
     A study belongs to one patient and a series to one study (docs/security.md, "One study,
     one patient"): InvalidInstance (409 / 0xA900) when the object names another Patient ID
-    than its stored study, or a series UID that another study of the partition holds; with
-    ``new.quarantine_patient_conflict``, the first is stored instead and its study held in
-    quarantine (returns True, the instance's warning recorded: PATIENT_CONFLICT). Raises
+    than its stored study, or a series UID that another study of the partition holds. With
+    ``new.quarantine_conflicts`` it is stored instead, under its own study, and that study is
+    held in quarantine; the conflicts it was held for are returned (PATIENT_CONFLICT,
+    SERIES_CONFLICT; recorded as the instance's warnings), empty when there were none. Raises
     the driver's IntegrityError when the SOP Instance UID is already stored in the partition
     (the caller decides between duplicate, conflict and overwrite). ``lock_rows``: the
     database runs writers concurrently (PostgreSQL), so lock the study row first.
@@ -94,16 +105,11 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
         if study_pk is None:  # another node created it since: wait for and lock its row
             study = lock_study(cursor, new.partition, new.study_uid, lock_rows=lock_rows)
         modalities = ""
-    quarantined = False
+    conflicts: list[IngestWarning] = []
     if study is not None:
         study_pk, modalities, stored_patient = study
-        quarantined = _check_same_patient(cursor, study_pk, new, stored_patient, now)
-        if quarantined:
-            cursor.execute(
-                "INSERT INTO quarantined_studies (study_pk, reason, since) VALUES (:pk, :r, :now) "
-                "ON CONFLICT (study_pk) DO NOTHING",
-                {"pk": study_pk, "r": PATIENT_CONFLICT.detail, "now": now},
-            )
+        if _patient_differs(cursor, study_pk, new, stored_patient, now):
+            conflicts.append(PATIENT_CONFLICT)
     cursor.execute(
         "SELECT id FROM series WHERE study_pk = :s AND series_uid = :uid",
         {"s": study_pk, "uid": new.series_uid},
@@ -112,7 +118,8 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
     new_series = found is None
     series_pk: int | None
     if new_series:
-        _check_series_free(cursor, new, lock_rows=lock_rows)
+        if _series_elsewhere(cursor, new, lock_rows=lock_rows):
+            conflicts.append(SERIES_CONFLICT)
         series_pk = _insert(
             cursor,
             "series",
@@ -152,9 +159,10 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             **new.instance_columns,
         },
     )
-    if new.warnings or quarantined:
-        warnings = (*new.warnings, PATIENT_CONFLICT) if quarantined else new.warnings
-        insert_warnings(cursor, instance_pk, warnings, now)
+    if conflicts:
+        _hold(cursor, study_pk, conflicts, now)
+    if new.warnings or conflicts:
+        insert_warnings(cursor, instance_pk, (*new.warnings, *conflicts), now)
     cursor.execute(
         "UPDATE series SET num_instances = num_instances + 1 WHERE id = :pk", {"pk": series_pk}
     )
@@ -176,7 +184,7 @@ def insert_instance(cursor: DriverCursor, new: NewInstance, now: int, *, lock_ro
             "WHERE id = :pk",
             {"pk": study_pk, "now": now},
         )
-    return quarantined
+    return tuple(conflicts)
 
 
 def insert_warnings(
@@ -191,11 +199,11 @@ def insert_warnings(
     )
 
 
-def _check_same_patient(
+def _patient_differs(
     cursor: DriverCursor, study_pk: int, new: NewInstance, stored_patient: str | None, now: int
 ) -> bool:
-    """Whether the study is to be held in quarantine for ``new``; InvalidInstance when it
-    names another patient and is not to be quarantined."""
+    """Whether ``new`` names another patient than its stored study, to be held in quarantine
+    for it; InvalidInstance when it does and quarantine is off."""
     # The reasons start with what is wrong: a C-STORE Error Comment keeps 64 characters.
     # Compared as the index keeps them (the column, at most 64 characters, as grants and
     # patient-level queries see them); a missing and an empty Patient ID are the same.
@@ -208,7 +216,7 @@ def _check_same_patient(
             # Encrypted under the key of the patient the study was moved away from.
             mark_for_rekey(cursor, study_pk, [patient], now)
         return False
-    if new.quarantine_patient_conflict:
+    if new.quarantine_conflicts:
         return True
     raise InvalidInstance(
         "the study belongs to another patient (0010,0020): study "
@@ -227,18 +235,47 @@ def _moved_from(cursor: DriverCursor, study_pk: int, patient_id: str) -> bool:
     return found is not None and (found[0] or "") == patient_id
 
 
-def _check_series_free(cursor: DriverCursor, new: NewInstance, *, lock_rows: bool) -> None:
+def _series_elsewhere(cursor: DriverCursor, new: NewInstance, *, lock_rows: bool) -> bool:
+    """Whether another study of the partition holds ``new``'s series UID, to be held in
+    quarantine for it; InvalidInstance when one does and quarantine is off."""
     if lock_rows:
         cursor.execute(
             f"SELECT pg_advisory_xact_lock({_SERIES_LOCK_CLASS}, hashtext(:key))",
             {"key": f"{new.partition}/{new.series_uid}"},
         )
-    if cursor.execute(
+    if not cursor.execute(
         _SERIES_IN_PARTITION_SQL, {"uid": new.series_uid, "p": new.partition}
     ).fetchone():
-        # Which study holds it is not said: the sender may not be allowed to know that study.
-        raise InvalidInstance(
-            f"the series belongs to another study: series {new.series_uid} is stored in a "
-            f"study other than {new.study_uid}",
-            dimse_status=_MISMATCH,
+        return False
+    if new.quarantine_conflicts:
+        return True
+    # Which study holds it is not said: the sender may not be allowed to know that study.
+    raise InvalidInstance(
+        f"the series belongs to another study: series {new.series_uid} is stored in a "
+        f"study other than {new.study_uid}",
+        dimse_status=_MISMATCH,
+    )
+
+
+def _hold(
+    cursor: DriverCursor, study_pk: int | None, conflicts: list[IngestWarning], now: int
+) -> None:
+    """Hold the study in quarantine for ``conflicts``: its reason lists their codes, separated
+    by spaces; a study held already keeps its date and gains the codes it lacked. Runs under
+    the study's row lock (or on a study this transaction created), so nobody races it."""
+    found = cursor.execute(
+        "SELECT reason FROM quarantined_studies WHERE study_pk = :pk", {"pk": study_pk}
+    ).fetchone()
+    codes = [c.reason for c in conflicts]
+    if found is None:
+        cursor.execute(
+            "INSERT INTO quarantined_studies (study_pk, reason, since) VALUES (:pk, :r, :now)",
+            {"pk": study_pk, "r": " ".join(codes), "now": now},
+        )
+        return
+    held_for = found[0].split()
+    if lacking := [c for c in codes if c not in held_for]:
+        cursor.execute(
+            "UPDATE quarantined_studies SET reason = :r WHERE study_pk = :pk",
+            {"pk": study_pk, "r": " ".join([*held_for, *lacking])},
         )

@@ -329,8 +329,9 @@ class _Run:
         def deliver(spooled: SpooledFile) -> StoreOutcome:
             sha, size = spooled.sha256, spooled.size
             self.rate.take(size)
-            # A study whose instances disagree on the patient comes in held in quarantine
-            # (docs/security.md, "One study, one patient"), not refused: nothing is lost.
+            # A study whose instances disagree on the patient, or whose series UID another
+            # study holds, comes in held in quarantine (docs/security.md, "One study, one
+            # patient"), not refused: nothing is lost.
             outcome = self.migrator.store.store(
                 spooled, principal=self.who, patient_conflict="quarantine"
             )

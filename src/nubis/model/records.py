@@ -50,9 +50,10 @@ class NewInstance:
     bulk_index_json: str | None
     # What was odd about the object; kept in instance_warnings when there is anything.
     warnings: tuple[IngestWarning, ...] = ()
-    # A Patient ID other than its stored study's: hold the study in quarantine rather than
-    # refuse the object (setting patient_conflict = quarantine, issue 12).
-    quarantine_patient_conflict: bool = False
+    # A Patient ID other than its stored study's, or a Series Instance UID another study of
+    # the partition holds: store the object and hold its study in quarantine rather than
+    # refuse it (setting patient_conflict = quarantine, issue 12).
+    quarantine_conflicts: bool = False
     # Objects are encrypted under their own Patient ID's key: a late object of a study a
     # correction moved to another patient queues the study's re-key (nubis.index.rekey_sql).
     rekey_moved: bool = False
@@ -65,8 +66,19 @@ class StoreResult(enum.Enum):
     # The stored instance sent again in another encoding (transfer syntax, file meta, group
     # lengths): success with a warning, nothing written (nubis.dicom.equivalence).
     SAME_INSTANCE = "already stored in another encoding"
-    # Stored, its study held in quarantine: its instances disagree on the patient.
+    # Stored, its study held in quarantine: its instances disagree on the patient, or one of
+    # its series UIDs is another study's.
     QUARANTINED = "stored in quarantine"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What ``Index.store`` did: the outcome, the blob key no longer needed (a re-sent or
+    replaced object's), and the conflicts its study was held in quarantine for."""
+
+    result: StoreResult
+    unneeded_key: str | None = None
+    held_for: tuple[IngestWarning, ...] = ()
 
 
 @dataclass(frozen=True)

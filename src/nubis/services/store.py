@@ -21,7 +21,6 @@ from nubis.dicom.inspect import InspectedInstance, inspect_file
 from nubis.errors import DuplicateInstance, InvalidInstance, NubisError, StorageUnavailable
 from nubis.index.columns import json_text, new_instance
 from nubis.index.database import Index
-from nubis.index.store_sql import PATIENT_CONFLICT
 from nubis.model.audit import AuditEvent, EventOutcome
 from nubis.model.records import IngestWarning, NewInstance, StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
@@ -109,9 +108,10 @@ class StoreService:
         ``expected_sop_class_uid`` the abstract syntax of a C-STORE's presentation context
         (PS3.4 B.2.3); an object of another study or SOP class is refused with 0xA900.
         ``patient_conflict`` ("refuse" or "quarantine", the setting's value when None) says
-        what becomes of an object naming another Patient ID than its stored study: refused
-        (0xA900), or stored with its study held in quarantine (warning 0xB007; a migration,
-        docs/security.md "One study, one patient").
+        what becomes of an object naming another Patient ID than its stored study, or a
+        Series Instance UID another study holds: refused (0xA900), or stored under its own
+        study, held in quarantine (warning 0xB007; a migration, docs/security.md "One study,
+        one patient").
 
         Failures are returned, not raised, so one bad object never fails its neighbours in a
         STOW-RS request or a C-STORE association (PS3.18 10.5.3, PS3.4 B.2.3); a caller who
@@ -222,10 +222,10 @@ class StoreService:
             inspected, blob_key=key, size=spooled.size, sha256=spooled.sha256, partition=partition
         )
         if quarantine or self.rekeys:
-            new = replace(new, quarantine_patient_conflict=quarantine, rekey_moved=self.rekeys)
+            new = replace(new, quarantine_conflicts=quarantine, rekey_moved=self.rekeys)
         try:
             try:
-                result, unneeded_key = self.index.store(new, overwrite=False, also=record)
+                stored = self.index.store(new, overwrite=False, also=record)
             except DuplicateInstance:
                 # Another object under a stored UID: the same instance in another encoding is
                 # answered as stored; a truly different one follows on_conflict.
@@ -235,16 +235,14 @@ class StoreService:
                     return StoreResult.SAME_INSTANCE, (*inspected.warnings, same)
                 if not self.overwrite:
                     raise
-                result, unneeded_key = self.index.store(new, overwrite=True, also=record)
+                stored = self.index.store(new, overwrite=True, also=record)
         except BaseException:
             # Not acknowledged: remove the blob now rather than leave it to the reaper.
             self.blobs.delete(key)
             raise
-        if unneeded_key is not None:
-            self.blobs.delete(unneeded_key)
-        if result is StoreResult.QUARANTINED:
-            return result, (*inspected.warnings, PATIENT_CONFLICT)
-        return result, inspected.warnings
+        if stored.unneeded_key is not None:
+            self.blobs.delete(stored.unneeded_key)
+        return stored.result, (*inspected.warnings, *stored.held_for)
 
     def _same_as_stored(
         self,

@@ -24,8 +24,6 @@ recorded as Use of Restricted Function.
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -33,14 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from nubis.archive import Archive
-from nubis.errors import BadRequest, PayloadTooLarge
-from nubis.security.policy import Action, Principal
+from nubis.errors import BadRequest
 from nubis.services.corrections import Correction
-from nubis.web.dicomweb.common import check_uid, principal_of
-
-MAX_BODY = 64 << 10
-_NO_STORE = {"cache-control": "no-store"}
+from nubis.web.admin_api import NO_STORE, admin_caller, json_body, required_text
+from nubis.web.dicomweb.common import check_uid
 
 
 def correction_routes() -> list[Route]:
@@ -51,40 +45,8 @@ def correction_routes() -> list[Route]:
     ]
 
 
-def _caller(request: Request, what: str) -> tuple[Archive, Principal]:
-    """The archive and the caller, once the policy let the caller correct: refused (403,
-    recorded) before the body or the parameters are looked at, so a refusal says nothing."""
-    archive: Archive = request.app.state.archive
-    # Not a DICOMweb request: records say it came through the archive's own web API.
-    who = replace(principal_of(request), via="web")
-    archive.guard.authorize(who, Action.ADMIN, what)
-    return archive, who
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY:
-            raise PayloadTooLarge(f"a correction request is at most {MAX_BODY} bytes")
-    try:
-        body = json.loads(data or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
-def _text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{name!r} is required (a non-empty string)")
-    return value
-
-
 def _study(body: dict[str, Any]) -> str:
-    return check_uid(_text(body, "study"), "study")
+    return check_uid(required_text(body, "study"), "study")
 
 
 def _changes(body: dict[str, Any], *, required: bool = True) -> dict[str, str | None]:
@@ -99,13 +61,13 @@ def _changes(body: dict[str, Any], *, required: bool = True) -> dict[str, str | 
 
 
 def _answer(correction: Correction, status: int = 201) -> Response:
-    return JSONResponse(correction.to_dict(), status_code=status, headers=_NO_STORE)
+    return JSONResponse(correction.to_dict(), status_code=status, headers=NO_STORE)
 
 
 async def make_correction(request: Request) -> Response:
     """``POST /corrections``: one correction (see the module docs)."""
-    archive, who = await run_in_threadpool(_caller, request, "correct studies")
-    body = await _body(request)
+    archive, who = await run_in_threadpool(admin_caller, request, "correct studies")
+    body = await json_body(request)
     service = archive.corrections
     action = body.get("action")
     reason = body.get("reason") if isinstance(body.get("reason"), str) else ""
@@ -115,19 +77,22 @@ async def make_correction(request: Request) -> Response:
             return service.update_study(who, _study(body), _changes(body), reason=str(reason))
         if action == "update-patient":
             return service.update_patient(
-                who, _text(body, "patient"), _changes(body), reason=str(reason)
+                who, required_text(body, "patient"), _changes(body), reason=str(reason)
             )
         if action == "move-study":
             return service.move_study(
                 who,
                 _study(body),
-                _text(body, "to_patient"),
+                required_text(body, "to_patient"),
                 reason=str(reason),
                 changes=_changes(body, required=False),
             )
         if action == "merge-patients":
             return service.merge_patients(
-                who, _text(body, "from_patient"), _text(body, "into_patient"), reason=str(reason)
+                who,
+                required_text(body, "from_patient"),
+                required_text(body, "into_patient"),
+                reason=str(reason),
             )
         raise BadRequest(
             "'action' must be update-study, update-patient, move-study or merge-patients"
@@ -138,8 +103,8 @@ async def make_correction(request: Request) -> Response:
 
 async def undo_correction(request: Request) -> Response:
     """``POST /corrections/{id}/undo``: undo one correction, with a reason."""
-    archive, who = await run_in_threadpool(_caller, request, "undo a correction")
-    body = await _body(request)
+    archive, who = await run_in_threadpool(admin_caller, request, "undo a correction")
+    body = await json_body(request)
     reason = body.get("reason") if isinstance(body.get("reason"), str) else ""
     correction_id = int(request.path_params["correction_id"])
     return _answer(
@@ -151,7 +116,7 @@ async def undo_correction(request: Request) -> Response:
 
 async def list_corrections(request: Request) -> Response:
     """``GET /corrections?study=&limit=``: the tenant's corrections, newest first."""
-    archive, who = await run_in_threadpool(_caller, request, "list corrections")
+    archive, who = await run_in_threadpool(admin_caller, request, "list corrections")
     study = request.query_params.get("study") or None
     try:
         limit = int(request.query_params.get("limit", "100"))
@@ -160,4 +125,4 @@ async def list_corrections(request: Request) -> Response:
     found = await run_in_threadpool(
         lambda: archive.corrections.history(who, study_uid=study, limit=limit)
     )
-    return JSONResponse({"corrections": [c.to_dict() for c in found]}, headers=_NO_STORE)
+    return JSONResponse({"corrections": [c.to_dict() for c in found]}, headers=NO_STORE)
