@@ -211,7 +211,7 @@ def test_cancelled_migration_stops_and_says_so(corpus: list[Path], tmp_path: Pat
     for path in corpus:
         shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
     data = tmp_path / "data"
-    process = start_migration(data, str(folder), "--name", "cancel", "--max-mb-per-s", "0.005")
+    process = start_migration(data, str(folder), "--name", "cancel", "--max-mb-per-s", "0.001")
     try:
         deadline = time.monotonic() + 60
         while job_progress(data).get("total") is None or job_progress(data)["done"] < 1:
@@ -233,7 +233,7 @@ def test_second_run_of_a_live_migration_is_refused(corpus: list[Path], tmp_path:
     for path in corpus:
         shutil.copytree(path.parent, folder / path.parent.name, dirs_exist_ok=True)
     data = tmp_path / "data"
-    process = start_migration(data, str(folder), "--name", "twice", "--max-mb-per-s", "0.005")
+    process = start_migration(data, str(folder), "--name", "twice", "--max-mb-per-s", "0.001")
     try:
         deadline = time.monotonic() + 60
         while job_progress(data)["done"] < 1:
