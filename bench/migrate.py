@@ -197,16 +197,20 @@ def _sample(proc: subprocess.Popen[str], index: Path, started: float) -> list[di
 
 
 def _memory(result: dict[str, Any]) -> dict[str, Any]:
-    """Resident memory (MB) when 10 %, 50 % and 100 % of the instances were first seen done
-    (the job saves its progress about once a second; the process then closes the archive and
-    ends), and its peak."""
+    """Resident memory (MB) when 10 % and 50 % of the instances were first seen done, at the
+    last sample before the job said it was done (100 %: it saves its progress about once a
+    second, and with the last it closes the archive, whose connections unmap the index), and
+    its peak."""
     samples = [s for s in result["samples"] if "VmRSS" in s]
     if not samples:
         return {}
     total = max(s["total"] for s in samples) or 1
 
     def at(fraction: float) -> dict[str, float]:
-        s = next((s for s in samples if s["done"] >= fraction * total), samples[-1])
+        if fraction < 1:
+            s = next((s for s in samples if s["done"] >= fraction * total), samples[-1])
+        else:
+            s = [s for s in samples if s["done"] < total][-1]
         return {
             "rss": round(s["VmRSS"] / 1024, 1),
             "anon": round(s.get("RssAnon", 0) / 1024, 1),

@@ -316,10 +316,8 @@ class _Run:
                 marks.append(mark)
             return outcome
 
-        if wanted:
-            self.source.fetch(study, wanted, deliver)
+        reasons = self.source.fetch(study, wanted, deliver) if wanted else {}
         missing = [i for i in wanted if i.sop_instance_uid not in delivered]
-        reasons = self.source.missing_reasons(study) if missing else {}
         marks.extend(
             Mark(
                 instance.sop_instance_uid,
