@@ -2,7 +2,7 @@
 
 Usage:  .venv/bin/python bench/migrate.py [--studies 300] [--per-study 10] [--rows 128]
                                           [--concurrency 1,4] [--memory-instances 10000]
-                                          [--set durable=false ...]
+                                          [--memory-only] [--set durable=false ...]
 
 Figures (issue 12), in one run against one Orthanc (Debian's package, bench/orthanc.py):
 
@@ -15,7 +15,10 @@ Figures (issue 12), in one run against one Orthanc (Debian's package, bench/orth
   defaults: fsync before each acknowledgement, encryption at rest, audit records);
 - **nubis DICOMweb**: the same from Orthanc's DICOMweb plugin (QIDO-RS, WADO-RS);
 - **memory**: the resident memory of ``nubis migrate`` sampled every half second over a
-  migration of ``--memory-instances`` more small instances (and the corpus above).
+  migration of ``--memory-instances`` more small instances (and the corpus above), read
+  against the job's progress in the index: RSS at 10 %, 50 % and 100 % of the instances,
+  split into anonymous memory (heap, SQLite's page caches) and file pages mapped (SQLite's
+  memory-mapped index). ``--memory-only`` runs only this (no corpus above, no baseline).
 
 Rates are instances and megabytes per second of wall time, from the command's start to its
 end for nubis (listing included) and from the first C-MOVE to the last for the baseline.
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -144,19 +148,11 @@ def migrate(source: str, *options: str, sample_memory: bool = False) -> dict[str
     data = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
     args = [*NUBIS, "migrate", "run", source, *options, "--data-dir", str(data),
             "--set", "log_level=warning", *SETTINGS]  # fmt: skip
-    samples: list[tuple[float, int]] = []
+    samples: list[dict[str, float]] = []
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if sample_memory:
-        status = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        samples.append((time.monotonic() - started, int(line.split()[1])))
-            except OSError:
-                break
-            time.sleep(0.5)
+        samples = _sample(proc, data / "index.sqlite", started)
     stdout, stderr = proc.communicate()
     wall = time.monotonic() - started
     shutil.rmtree(data, ignore_errors=True)
@@ -164,25 +160,82 @@ def migrate(source: str, *options: str, sample_memory: bool = False) -> dict[str
         raise RuntimeError(f"nubis migrate failed: {stderr[-2000:]}")
     result = json.loads(stdout)
     result["wall_seconds"] = round(wall, 2)
-    result["rss_kb"] = samples
+    result["samples"] = samples
     return result
 
 
+def _sample(proc: subprocess.Popen[str], index: Path, started: float) -> list[dict[str, float]]:
+    """Every half second until ``proc`` ends: its resident memory (kB: VmRSS, RssAnon,
+    RssFile) and the migrate job's progress as saved in the index (instances done, total)."""
+    status = Path(f"/proc/{proc.pid}/status")
+    samples: list[dict[str, float]] = []
+    done, total = 0, 0
+    while proc.poll() is None:
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            break
+        if index.exists():
+            try:
+                with sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=1) as db:
+                    row = db.execute(
+                        "SELECT progress_done, progress_total FROM jobs WHERE kind = 'migrate'"
+                    ).fetchone()
+                if row is not None:
+                    done, total = row[0], row[1] or 0
+            except sqlite3.Error:
+                pass  # the index is being created or migrated: the last progress read stands
+        sample = {"t": time.monotonic() - started, "done": done, "total": total}
+        for name in ("VmRSS", "RssAnon", "RssFile"):
+            if name in fields:
+                sample[name] = int(fields[name].split()[0])
+        samples.append(sample)
+        time.sleep(0.5)
+    return samples
+
+
 def _memory(result: dict[str, Any]) -> dict[str, Any]:
-    """Resident memory at fractions of the run's wall time, and its peak (MB)."""
-    samples = [kb for _t, kb in result["rss_kb"]]
+    """Resident memory (MB) when 10 % and 50 % of the instances were first seen done, at the
+    last sample before the job said it was done (100 %: it saves its progress about once a
+    second, and with the last it closes the archive, whose connections unmap the index), and
+    its peak."""
+    samples = [s for s in result["samples"] if "VmRSS" in s]
     if not samples:
         return {}
-    at = {
-        f"{int(q * 100)}%": round(samples[int(q * (len(samples) - 1))] / 1024, 1)
-        for q in (0.1, 0.25, 0.5, 0.75, 1.0)
-    }
+    total = max(s["total"] for s in samples) or 1
+
+    def at(fraction: float) -> dict[str, float]:
+        if fraction < 1:
+            s = next((s for s in samples if s["done"] >= fraction * total), samples[-1])
+        else:
+            s = [s for s in samples if s["done"] < total][-1]
+        return {
+            "rss": round(s["VmRSS"] / 1024, 1),
+            "anon": round(s.get("RssAnon", 0) / 1024, 1),
+            "file": round(s.get("RssFile", 0) / 1024, 1),
+            "done": int(s["done"]),
+            "t": round(s["t"], 1),
+        }
+
     return {
         "instances": result["instances_stored"],
         "wall_seconds": result["wall_seconds"],
-        "rss_mb_at": at,
-        "rss_mb_peak": round(max(samples) / 1024, 1),
+        "rss_mb_at": {f"{int(q * 100)}%": at(q) for q in (0.1, 0.5, 1.0)},
+        "rss_mb_peak": round(max(s["VmRSS"] for s in samples) / 1024, 1),
+        "anon_mb_peak": round(max(s.get("RssAnon", 0) for s in samples) / 1024, 1),
     }
+
+
+def _print_memory(memory: dict[str, Any]) -> None:
+    print(f"\nmemory over {memory['instances']} instances ({memory['wall_seconds']} s, load "
+          f"average {os.getloadavg()[0]:.1f} at the end):")  # fmt: skip
+    print("  MB resident (anonymous + mapped files)")
+    for name, m in memory["rss_mb_at"].items():
+        print(f"  {name:>4} ({m['done']:>6} done, {m['t']:6.1f} s): {m['rss']:6.1f} "
+              f"({m['anon']:.1f} + {m['file']:.1f})")  # fmt: skip
+    print(f"  peak {memory['rss_mb_peak']} (anonymous {memory['anon_mb_peak']})")
 
 
 def main() -> int:
@@ -193,6 +246,9 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--memory-instances", type=int, default=10000)
     parser.add_argument(
+        "--memory-only", action="store_true", help="Only the memory run (no corpus, baseline)."
+    )
+    parser.add_argument(
         "--set", action="append", default=[], help="A nubis setting NAME=VALUE (repeatable)."
     )
     args = parser.parse_args()
@@ -200,7 +256,7 @@ def main() -> int:
         SETTINGS.extend(["--set", item])
     os.environ["TCP_NODELAY"] = "1"
     levels = [int(c) for c in args.concurrency.split(",")]
-    paths = corpus(args.studies, args.per_study, args.rows, seed=1200)
+    paths = [] if args.memory_only else corpus(args.studies, args.per_study, args.rows, 1200)
     total = len(paths)
     size_mb = sum(p.stat().st_size for p in paths) / 1e6
     scp_port, move_port = free_port(), free_port()
@@ -211,13 +267,14 @@ def main() -> int:
     rows: list[tuple[str, float, float]] = []
     memory: dict[str, Any] = {}
     with OrthancServer(extra={"DicomAet": "LEGACY", "DicomModalities": modalities}) as pacs:
-        t = time.monotonic()
-        load(pacs, paths)
-        print(f"loaded {total} instances ({size_mb:.0f} MB) into Orthanc in "
-              f"{time.monotonic() - t:.0f} s")  # fmt: skip
-        uids = study_uids(pacs)
         dimse = f"dicom://LEGACY@127.0.0.1:{pacs.dicom_port}"
-        for c in levels:
+        if paths:
+            t = time.monotonic()
+            load(pacs, paths)
+            print(f"loaded {total} instances ({size_mb:.0f} MB) into Orthanc in "
+                  f"{time.monotonic() - t:.0f} s")  # fmt: skip
+            uids = study_uids(pacs)
+        for c in levels if paths else []:
             seconds = baseline(pacs, scp_port, uids, c)
             rows.append((f"Orthanc -> storescp, C-MOVE, {c} assoc.", seconds, seconds))
             r = migrate(dimse, "--listen-port", str(move_port), "--concurrency", str(c))
@@ -234,11 +291,14 @@ def main() -> int:
             r = migrate(dimse, "--listen-port", str(move_port), "--concurrency", "2",
                         sample_memory=True)  # fmt: skip
             memory = _memory(r)
-    print(
-        f"\n{orthanc_version()}; corpus {args.studies} studies x {args.per_study} instances "
-        f"of {args.rows}x{args.rows} CT = {total} instances, {size_mb:.0f} MB"
-    )
-    print(f"{'run':45} {'wall s':>8} {'inst/s':>8} {'MB/s':>7} {'vs base':>8}")
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "migrate-memory.json").write_text(json.dumps(r["samples"]))
+    if rows:
+        print(
+            f"\n{orthanc_version()}; corpus {args.studies} studies x {args.per_study} instances "
+            f"of {args.rows}x{args.rows} CT = {total} instances, {size_mb:.0f} MB"
+        )
+        print(f"{'run':45} {'wall s':>8} {'inst/s':>8} {'MB/s':>7} {'vs base':>8}")
     base = None
     for name, wall, _moving in rows:
         if name.startswith("Orthanc"):
@@ -246,8 +306,7 @@ def main() -> int:
         print(f"{name:45} {wall:8.1f} {total / wall:8.1f} {size_mb / wall:7.1f} "
               f"{(base / wall if base else 0):8.0%}")  # fmt: skip
     if memory:
-        print(f"\nmemory over {memory['instances']} instances ({memory['wall_seconds']} s): "
-              f"RSS MB at {memory['rss_mb_at']}, peak {memory['rss_mb_peak']}")  # fmt: skip
+        _print_memory(memory)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "migrate.json").write_text(
         json.dumps({"rows": rows, "memory": memory, "instances": total}, indent=2)

@@ -124,7 +124,10 @@ def _sqlite_engine(url: str, *, durable: bool, writer: bool) -> Engine:
         cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA cache_size=-65536")
+        # The writer keeps each page it changed until its cache is full: 64 MiB grew ~7 KB per
+        # stored instance, mostly append-only pages never read again (issue 12). Readers map
+        # the file; SQLite empties their caches once another connection commits.
+        cursor.execute(f"PRAGMA cache_size={-8192 if writer else -65536}")
         cursor.execute("PRAGMA mmap_size=268435456")
         cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()

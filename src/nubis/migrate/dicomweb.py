@@ -50,7 +50,6 @@ class DicomWebSource:
         self.description = f"DICOMweb {self.root}"
         self.gaps: list[ListingGap] = []
         self._headers = {"Authorization": request.authorization} if request.authorization else {}
-        self._reasons: dict[str, str] = {}
         self._accept = _AS_STORED
 
     # ------------------------------------------------------------------ HTTP
@@ -104,22 +103,33 @@ class DicomWebSource:
         return found
 
     # ------------------------------------------------------------------ bytes
-    def fetch(self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver) -> None:
+    def fetch(
+        self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver
+    ) -> dict[str, str]:
+        reasons: dict[str, str] = {}
         whole = study.instances is not None and len(wanted) >= study.instances
         if whole:
-            self._retrieve(f"/studies/{quote(study.study_uid)}", deliver, wanted)
-            return
+            self._retrieve(f"/studies/{quote(study.study_uid)}", deliver, wanted, reasons)
+            return reasons
         for instance in wanted:
             if instance.series_uid is None:
-                self._reasons[instance.sop_instance_uid] = "the source gave no Series UID"
+                reasons[instance.sop_instance_uid] = "the source gave no Series UID"
                 continue
             path = (
                 f"/studies/{quote(study.study_uid)}/series/{quote(instance.series_uid)}"
                 f"/instances/{quote(instance.sop_instance_uid)}"
             )
-            self._retrieve(path, deliver, [instance])
+            self._retrieve(path, deliver, [instance], reasons)
+        return reasons
 
-    def _retrieve(self, path: str, deliver: Deliver, wanted: list[SourceInstance]) -> None:
+    def _retrieve(
+        self,
+        path: str,
+        deliver: Deliver,
+        wanted: list[SourceInstance],
+        reasons: dict[str, str],
+    ) -> None:
+        """Deliver what ``path`` answers; why not, for each of ``wanted``, into ``reasons``."""
         try:
             response = self._open(path, self._accept)
         except SourceError as exc:
@@ -129,19 +139,16 @@ class DicomWebSource:
                 response = self._open(path, self._accept)
             else:
                 for instance in wanted:
-                    self._reasons[instance.sop_instance_uid] = f"WADO-RS: {exc}"
+                    reasons[instance.sop_instance_uid] = f"WADO-RS: {exc}"
                 return
         with response:
             boundary = _boundary(response.headers.get("Content-Type", ""))
             if boundary is None:
                 for instance in wanted:
-                    self._reasons[instance.sop_instance_uid] = "WADO-RS answer not multipart"
+                    reasons[instance.sop_instance_uid] = "WADO-RS answer not multipart"
                 return
             for spooled in _split(response, boundary, self.spool):
                 deliver(spooled)
-
-    def missing_reasons(self, study: SourceStudy) -> dict[str, str]:
-        return self._reasons
 
     def close(self) -> None:
         """Nothing is held open between requests."""

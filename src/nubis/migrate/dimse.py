@@ -131,7 +131,6 @@ class DimseSource:
         self.windows_asked = 0
         # Set when the source refuses an instance listing keyed by the study alone.
         self._hierarchical = False
-        self._reasons: dict[str, str] = {}
         self._receiver: _Receiver | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -305,7 +304,9 @@ class DimseSource:
         return found
 
     # ------------------------------------------------------------------ bytes
-    def fetch(self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver) -> None:
+    def fetch(
+        self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver
+    ) -> dict[str, str]:
         """The whole study in one request when every instance is wanted; otherwise, per
         series, the wanted instances by a list of SOP Instance UIDs (a retrieve's unique key
         at its level may be a list, PS3.4 C.4.2.2.1 and C.4.3.2.1), so a study that grew
@@ -334,48 +335,42 @@ class DimseSource:
                     requests.append(ds)
         uids = [i.sop_instance_uid for i in wanted]
         if self.request.retrieve == "get":
-            self._get(requests, uids, deliver)
+            failure = self._get(requests, deliver)
         else:
-            self._move(requests, uids, deliver)
+            failure = self._move(requests, uids, deliver)
+        # Every object not delivered gets the retrieve's failure as its reason.
+        return dict.fromkeys(uids, failure) if failure is not None else {}
 
-    def _move(self, requests: list[Dataset], uids: list[str], deliver: Deliver) -> None:
+    def _move(self, requests: list[Dataset], uids: list[str], deliver: Deliver) -> str | None:
         receiver = self._receiver_started()
         receiver.expect(uids, deliver)
+        failure = None
         try:
             assoc = self._association()
             for ds in requests:
                 status = _last_status(assoc.send_c_move(ds, self.request.move_ae, _MOVE))
-                self._note_failure(uids, "C-MOVE", status)
+                failure = failure or _failure("C-MOVE", status)
         finally:
             receiver.forget(uids)
+        return failure
 
-    def _get(self, requests: list[Dataset], uids: list[str], deliver: Deliver) -> None:
+    def _get(self, requests: list[Dataset], deliver: Deliver) -> str | None:
         assoc = self._association()
         assoc.migrate_deliver = deliver
+        failure = None
         try:
             for ds in requests:
                 status = _last_status(assoc.send_c_get(ds, _GET))
-                self._note_failure(uids, "C-GET", status)
+                failure = failure or _failure("C-GET", status)
         finally:
             assoc.migrate_deliver = None
-
-    def _note_failure(self, uids: list[str], what: str, status: Dataset) -> None:
-        code = int(status.get("Status", -1))
-        if code == 0x0000:
-            return
-        failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
-        reason = f"{what} ended with status 0x{code & 0xFFFF:04X} ({failed} failed sub-operations)"
-        for uid in uids:
-            self._reasons.setdefault(uid, reason)
+        return failure
 
     def _receiver_started(self) -> _Receiver:
         with self._lock:  # the first studies of several threads start at once
             if self._receiver is None:
                 self._receiver = _Receiver(self.request, self.host, self.called_ae, self.spool)
             return self._receiver
-
-    def missing_reasons(self, study: SourceStudy) -> dict[str, str]:
-        return self._reasons
 
     def summary(self) -> dict[str, Any]:
         return {"find_windows": self.windows_asked}
@@ -406,6 +401,15 @@ def _no_delay(assoc: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _failure(what: str, status: Dataset) -> str | None:
+    """Why a retrieve that did not end in success failed; None when it succeeded."""
+    code = int(status.get("Status", -1))
+    if code == 0x0000:
+        return None
+    failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
+    return f"{what} ended with status 0x{code & 0xFFFF:04X} ({failed} failed sub-operations)"
 
 
 def _last_status(responses: Any) -> Dataset:

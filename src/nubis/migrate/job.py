@@ -361,11 +361,9 @@ class _Run:
                     delivered[sop] = mark
             return outcome
 
-        if wanted:
-            self.source.fetch(study, wanted, deliver)
+        reasons = self.source.fetch(study, wanted, deliver) if wanted else {}
         marks.extend(delivered.values())
         missing = [i for i in wanted if i.sop_instance_uid not in delivered]
-        reasons = self.source.missing_reasons(study) if missing else {}
         marks.extend(
             Mark(
                 instance.sop_instance_uid,

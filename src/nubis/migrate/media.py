@@ -56,7 +56,6 @@ class MediaSource:
         self._studies: dict[str, list[SourceInstance]] = {}
         self._dates: dict[str, str | None] = {}
         self._listed = False
-        self._reasons: dict[str, str] = {}
 
     # ------------------------------------------------------------------ listing
     def studies(self) -> Iterator[SourceStudy]:
@@ -178,7 +177,10 @@ class MediaSource:
         return path.open("rb")
 
     # ------------------------------------------------------------------ bytes
-    def fetch(self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver) -> None:
+    def fetch(
+        self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver
+    ) -> dict[str, str]:
+        reasons: dict[str, str] = {}
         for instance in wanted:
             assert instance.ref is not None
             try:
@@ -187,19 +189,17 @@ class MediaSource:
                         writer.write(chunk)
                     spooled = writer.finish()
             except FileNotFoundError:
-                self._reasons[instance.sop_instance_uid] = f"file {instance.ref} is absent"
+                reasons[instance.sop_instance_uid] = f"file {instance.ref} is absent"
                 continue
             except (OSError, KeyError) as exc:
                 # Paths on exported media often name the patient: not logged.
                 log.warning("a media file could not be read: %s", type(exc).__name__)
-                self._reasons[instance.sop_instance_uid] = (
+                reasons[instance.sop_instance_uid] = (
                     f"file {instance.ref} could not be read ({type(exc).__name__})"
                 )
                 continue
             deliver(spooled)
-
-    def missing_reasons(self, study: SourceStudy) -> dict[str, str]:
-        return self._reasons
+        return reasons
 
     def close(self) -> None:
         if self._archive is not None:

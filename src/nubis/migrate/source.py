@@ -3,7 +3,8 @@
 Every source (:mod:`~nubis.migrate.media`, :mod:`~nubis.migrate.dicomweb`,
 :mod:`~nubis.migrate.dimse`) implements :class:`Source`. The job asks for the studies, then
 for each study its instances, then for the bytes of those the archive lacks, which the source
-hands to ``deliver`` one object at a time as a spooled PS3.10 file.
+hands to ``deliver`` one object at a time as a spooled PS3.10 file. A source keeps nothing of
+a study once its fetch has returned, so its memory does not grow with the migration.
 """
 
 from __future__ import annotations
@@ -77,14 +78,12 @@ class Source(Protocol):
         """The instances of ``study`` at the source."""
         ...
 
-    def fetch(self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver) -> None:
+    def fetch(
+        self, study: SourceStudy, wanted: list[SourceInstance], deliver: Deliver
+    ) -> dict[str, str]:
         """Deliver the objects ``wanted`` of ``study`` (all of them when it is every instance
-        of the study); what is not delivered is reported missing by the job."""
-        ...
-
-    def missing_reasons(self, study: SourceStudy) -> dict[str, str]:
-        """Why objects of ``study`` that were wanted were not delivered, by SOP Instance UID,
-        as far as the source knows."""
+        of the study); what is not delivered is reported missing by the job, with the reason
+        returned here by SOP Instance UID, as far as the source knows."""
         ...
 
     def close(self) -> None: ...
