@@ -8,18 +8,15 @@ behind each other. Reads use a pool of connections; SQLite's WAL lets them run b
 On PostgreSQL, many nodes write at once: each write runs in its own READ COMMITTED transaction
 on a pooled connection in the caller's thread (the server does group commit itself), takes the
 row locks it needs (see store_sql), and is retried on serialization failures and deadlocks.
+The engines and both writers are in nubis.index.engines.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import queue
-import random
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypeVar
@@ -31,23 +28,25 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Engine,
     FromClause,
     Row,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import QueuePool, StaticPool
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
 from nubis.index.driver import driver_cursor, is_postgresql
+from nubis.index.engines import (
+    ConcurrentWriter,
+    GroupCommitWriter,
+    driver_url,
+    postgresql_engine,
+    sqlite_engine,
+)
 from nubis.index.query_sql import Page, granted_to, not_quarantined, search_page
 from nubis.index.schema import (
     INSTANCES_LOCATED,
@@ -107,175 +106,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _sqlite_engine(url: str, *, durable: bool, writer: bool) -> Engine:
-    engine = create_engine(
-        url,
-        poolclass=StaticPool if writer else QueuePool,
-        connect_args={"check_same_thread": False, "timeout": 30},
-        **({} if writer else {"pool_size": 8, "max_overflow": 8}),
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not pysqlite, decide where transactions begin (needed for SAVEPOINT).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        # The writer keeps each page it changed until its cache is full: 64 MiB grew ~7 KB per
-        # stored instance, mostly append-only pages never read again (issue 12). Readers map
-        # the file; SQLite empties their caches once another connection commits.
-        cursor.execute(f"PRAGMA cache_size={-8192 if writer else -65536}")
-        cursor.execute("PRAGMA mmap_size=268435456")
-        cursor.execute("PRAGMA temp_store=MEMORY")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
-
-    return engine
-
-
-def _postgresql_engine(url: str, *, durable: bool) -> Engine:
-    engine = create_engine(
-        url,
-        pool_size=16,
-        max_overflow=16,
-        # A node outlives a database restart or fail-over: stale pooled connections are
-        # replaced on checkout instead of failing the request that drew them.
-        pool_pre_ping=True,
-        pool_recycle=1800,
-    )
-    if not durable:
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # Like SQLite's synchronous=OFF: a crash may lose the last commits, never corrupt.
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute("SET synchronous_commit = off")
-            dbapi_connection.commit()
-
-    return engine
-
-
-def _driver_url(url: str) -> str:
-    """postgresql:// (what operators write) runs on psycopg 3, not SQLAlchemy's psycopg2."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
-
-
-# SQLSTATEs after which the same transaction, run again, may well succeed.
-_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
-
-
-def _retryable(exc: BaseException) -> bool:
-    sqlstate = getattr(getattr(exc, "orig", exc), "sqlstate", None)
-    return sqlstate in _RETRYABLE_SQLSTATES
-
-
-class _ConcurrentWriter:
-    """Runs each write job in its own transaction in the caller's thread, with retries."""
-
-    attempts = 8
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def submit(self, job: Callable[[Connection], T]) -> T:
-        unreachable = (OperationalError, self.engine.dialect.loaded_dbapi.OperationalError)
-        for attempt in range(1, self.attempts + 1):
-            try:
-                with self.engine.connect() as conn, conn.begin():
-                    return job(conn)
-            except Exception as exc:
-                if not (_retryable(exc) or isinstance(exc, unreachable)):
-                    raise  # the job's own outcome (NotFound, DuplicateInstance...)
-                if _retryable(exc) and attempt < self.attempts:
-                    # Jittered backoff so the transactions that collided do not collide again.
-                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
-                    continue
-                log.error("index write failed: %s", exc)
-                raise StorageUnavailable("the index could not commit the write") from exc
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        """Nothing runs in the background."""
-
-
-class _GroupCommitWriter(threading.Thread):
-    """Runs write jobs on one connection, many jobs per transaction."""
-
-    max_batch = 128
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(name="nubis-index-writer", daemon=True)
-        self.engine = engine
-        self.jobs: queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-
-    def submit(self, job: Callable[[Connection], T]) -> T:
-        future: Future[T] = Future()
-        self.jobs.put((job, future))
-        return future.result()
-
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self.join(timeout=30)
-
-    def run(self) -> None:
-        while True:
-            first = self.jobs.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.jobs.put(None)  # finish this batch, then stop
-                    break
-                batch.append(nxt)
-            self._run_batch(batch)
-
-    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            with self.engine.connect() as conn, conn.begin():
-                # Savepoints on the driver's cursor: SQLAlchemy's cost as much as a store.
-                cursor = driver_cursor(conn)
-                for job, _ in batch:
-                    cursor.execute("SAVEPOINT job")
-                    try:
-                        result = job(conn)
-                    except BaseException as exc:
-                        cursor.execute("ROLLBACK TO job")
-                        cursor.execute("RELEASE job")
-                        outcomes.append((False, exc))
-                    else:
-                        cursor.execute("RELEASE job")
-                        outcomes.append((True, result))
-        except Exception as exc:
-            log.exception("index commit failed for %d write(s)", len(batch))
-            failure = StorageUnavailable("the index could not commit the write")
-            failure.__cause__ = exc
-            for _, future in batch:
-                future.set_exception(failure)
-            return
-        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-
 class Index:
     """Index operations used by the services; each write is one atomic unit."""
 
@@ -283,19 +113,19 @@ class Index:
         self.url = url
         if url.startswith("sqlite:"):
             self.dialect = "sqlite"
-            self.read_engine = _sqlite_engine(url, durable=durable, writer=False)
-            self.write_engine = _sqlite_engine(url, durable=durable, writer=True)
+            self.read_engine = sqlite_engine(url, durable=durable, writer=False)
+            self.write_engine = sqlite_engine(url, durable=durable, writer=True)
         elif url.startswith(("postgresql:", "postgresql+psycopg:", "postgres:")):
             self.dialect = "postgresql"
-            self.read_engine = self.write_engine = _postgresql_engine(
-                _driver_url(url), durable=durable
+            self.read_engine = self.write_engine = postgresql_engine(
+                driver_url(url), durable=durable
             )
         else:
             raise StorageUnavailable(
                 f"unsupported index URL {redact_url(url)!r} "
                 "(supported: sqlite:///PATH, postgresql://USER@HOST:PORT/DATABASE)"
             )
-        self._writer: _GroupCommitWriter | _ConcurrentWriter | None = None
+        self._writer: GroupCommitWriter | ConcurrentWriter | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -306,12 +136,12 @@ class Index:
                 f"index schema is at {current}, this version needs {head}: run migrations first"
             )
         if self.dialect == "postgresql":
-            self._writer = _ConcurrentWriter(self.write_engine)
+            self._writer = ConcurrentWriter(self.write_engine)
             return
         with self.write_engine.connect() as conn:
             # Fresh statistics let SQLite pick the selective index for QIDO range queries.
             conn.exec_driver_sql("PRAGMA optimize=0x10002")
-        writer = _GroupCommitWriter(self.write_engine)
+        writer = GroupCommitWriter(self.write_engine)
         writer.start()
         self._writer = writer
 
