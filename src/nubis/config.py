@@ -181,6 +181,12 @@ class Settings:
     dimse_max_associations: int = _setting(
         32, "Concurrent DIMSE associations; more are rejected as transient (local limit)."
     )
+    dimse_response_seconds: int = _setting(
+        60,
+        "How long the DIMSE server waits for the answer to a message it sent: a C-STORE "
+        "sub-operation of a C-GET or C-MOVE, a storage commitment N-EVENT-REPORT on the "
+        "N-ACTION's association. A peer silent this long fails that operation.",
+    )
     dimse_commitment_retry_seconds: int = _setting(
         30,
         "A storage commitment report (N-EVENT-REPORT, PS3.4 J.3.3) the requesting AE did not "
@@ -589,6 +595,8 @@ def _validate(settings: Settings) -> None:
         )
     if settings.dimse_max_associations < 1:
         raise SettingsError("dimse_max_associations must be >= 1")
+    if settings.dimse_response_seconds < 1:
+        raise SettingsError("dimse_response_seconds must be >= 1")
     if settings.dimse_commitment_retry_seconds < 1 or settings.dimse_commitment_give_up_seconds < 1:
         raise SettingsError(
             "dimse_commitment_retry_seconds and dimse_commitment_give_up_seconds must be >= 1"

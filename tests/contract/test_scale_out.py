@@ -31,7 +31,7 @@ from contract import Ceph
 from contract.test_s3_archive import stow
 from integration import AUTH
 from integration.server import ACCEPT_AS_STORED, Server, parse_multipart, start_server
-from integration.test_durability import Ledger, UidMaker, _client, _templates
+from integration.test_durability import BATCH, Ledger, UidMaker, _client, _templates
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.registry import open_blob_store
 from nubis.crypto.index_keys import KekSecret
@@ -173,7 +173,11 @@ def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
     clients = [threading.Thread(target=_client, args=(a, t, uids, ledger, stop)) for t in templates]
     for thread in clients:
         thread.start()
-    time.sleep(2.5)
+    # Killed once a few batches are acknowledged, with the clients' next ones in flight: as
+    # soon as there is something to lose, rather than after a fixed time.
+    deadline = time.monotonic() + 60
+    while len(ledger.acknowledged) < 3 * BATCH and time.monotonic() < deadline:
+        time.sleep(0.02)
     a.kill()
     stop.set()
     for thread in clients:

@@ -36,12 +36,19 @@ WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"  # PS3.4 J.3.5
 MISSING = "1.2.826.0.1.3680043.10.1.406"
 
 
+# How long nubis waits for the answer to a report it sent on the N-ACTION's association: the
+# SCU, releasing it, ignores one that arrives meanwhile (default 60 s).
+_REPORT_TIMEOUT = 2
+
+
 def _env(dimse_port: int, **settings: object) -> dict[str, str]:
-    """A short first retry and a runner that polls every second keep the tests quick."""
+    """A short first retry, a short wait for an ignored report and a runner that polls every
+    second keep the tests quick."""
     values = {
         "dimse_port": dimse_port,
         "workers": 1,
         "dimse_commitment_retry_seconds": 1,
+        "dimse_response_seconds": _REPORT_TIMEOUT,
         "jobs_poll_seconds": 1,
         "jobs_lease_seconds": 3,
         **settings,
@@ -67,9 +74,6 @@ def _job(data_dir: Path) -> tuple[str, int, str | None]:
     return state, attempts, error
 
 
-_REPORT_TIMEOUT = 30  # nubis.dimse.commitment: how long a report waits for its response
-
-
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -79,10 +83,19 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> No
 
 
 def _commitment_records(data_dir: Path, calling_ae: str) -> list[dict[str, Any]]:
-    """The audit records of storage commitment reports requested by ``calling_ae``."""
-    rows = _rows(data_dir, f"SELECT record FROM audit_log WHERE user_id = 'dimse:{calling_ae}'")
-    records = [json.loads(record)["event"] for (record,) in rows]
-    return [r for r in records if "storage commitment" in r.get("outcome_description", "")]
+    """The audit records of storage commitment reports requested by ``calling_ae``, once there
+    are any: a read record is written after up to audit_read_flush_ms, so it may come a moment
+    after the job's end."""
+
+    def records() -> list[dict[str, Any]]:
+        rows = _rows(
+            data_dir, f"SELECT record FROM audit_log WHERE user_id = 'dimse:{calling_ae}'"
+        )
+        events = [json.loads(record)["event"] for (record,) in rows]
+        return [r for r in events if "storage commitment" in r.get("outcome_description", "")]
+
+    _wait(lambda: bool(records()), "an audit record of the report", timeout=10)
+    return records()
 
 
 @dataclass
@@ -194,7 +207,7 @@ def _commit_and_fail_once(world: World, transaction_uid: str) -> None:
 
     # Refused at the closed port; or, had the first attempt found the N-ACTION's association
     # still being released, answered with a failure by the SCU, which binds no handler there,
-    # or ignored by it: nubis then waits out its 30 s for the response before a new association.
+    # or ignored by it: nubis then waits out dimse_response_seconds before a new association.
     _wait(failed_once, "a failed first attempt", timeout=_REPORT_TIMEOUT + 15)
     error = _job(world.data_dir)[2]
     assert error is not None and "MODALITY" in error, error
@@ -256,7 +269,8 @@ def test_report_survives_a_restart(world: World) -> None:
     _check_delivered(world, transaction_uid)
 
 
-@pytest.mark.parametrize("world", [{"dimse_commitment_give_up_seconds": 3}], indirect=True)
+# The give-up time leaves a first attempt that waited out _REPORT_TIMEOUT room for a second.
+@pytest.mark.parametrize("world", [{"dimse_commitment_give_up_seconds": 5}], indirect=True)
 def test_report_is_given_up_with_an_error_and_an_audit_record(world: World) -> None:
     """A modality that never listens: after dimse_commitment_give_up_seconds the report is
     dropped, the job failed for good, with an ERROR in the log and an audit record."""

@@ -15,6 +15,17 @@ from integration import AUTH
 from integration.dimse_helpers import AE, free_port, need_dcmtk, run
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA, and a server and two client certificates it signs (openssl), in a
+    folder of their own: one set for the module, since making RSA keys takes a while."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make the test certificates")
+    folder = tmp_path_factory.mktemp("pki")
+    make_pki(folder)
+    return folder
+
+
 def make_pki(folder: Path) -> None:
     """A throwaway CA, and a server and two client certificates it signs (openssl)."""
 
@@ -30,24 +41,21 @@ def make_pki(folder: Path) -> None:
             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2")  # fmt: skip
 
 
-def test_tls_echo(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tls_echo(server_factory, pki: Path) -> None:  # type: ignore[no-untyped-def]
     """echoscu over TLS with a client certificate succeeds (PS3.15 B.12); without one it is
     refused, since a CA is configured; TLS 1.1 is refused (only 1.2 and 1.3 are allowed)."""
     need_dcmtk("echoscu")
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed to make the test certificates")
-    make_pki(tmp_path)
     port = free_port()
     server_factory(
         "dimse-tls",
         "--set", f"dimse_tls_port={port}",
-        "--set", f"dimse_tls_cert={tmp_path / 'server.crt'}",
-        "--set", f"dimse_tls_key={tmp_path / 'server.key'}",
-        "--set", f"dimse_tls_ca={tmp_path / 'ca.crt'}",
+        "--set", f"dimse_tls_cert={pki / 'server.crt'}",
+        "--set", f"dimse_tls_key={pki / 'server.key'}",
+        "--set", f"dimse_tls_ca={pki / 'ca.crt'}",
     )  # fmt: skip
     target = ["-aec", AE, "127.0.0.1", str(port)]
-    run(["echoscu", "+tls", str(tmp_path / "client.key"), str(tmp_path / "client.crt"),
-         "+cf", str(tmp_path / "ca.crt"), "-aet", "TLSCLIENT", *target])  # fmt: skip
+    run(["echoscu", "+tls", str(pki / "client.key"), str(pki / "client.crt"),
+         "+cf", str(pki / "ca.crt"), "-aet", "TLSCLIENT", *target])  # fmt: skip
     anonymous = run(["echoscu", "+tla", "-ic", "-aet", "NOCERT", *target], check=False)
     assert anonymous.returncode != 0 or "Association Request Failed" in anonymous.stderr
     old = subprocess.run(
@@ -65,7 +73,7 @@ def _fingerprint(cert: Path) -> str:
     return out.strip().partition("=")[2]
 
 
-def test_tls_client_certificate_identifies_the_peer(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tls_client_certificate_identifies_the_peer(server_factory, pki: Path) -> None:  # type: ignore[no-untyped-def]
     """A peer entry binds its AE title to a client certificate (PS3.15 B.12: TLS peers
     authenticate with certificates; issue 4: peers are identified by AE title, host and
     certificate). With dimse_tls_ca set the handshake requires a certificate that CA signed;
@@ -74,32 +82,29 @@ def test_tls_client_certificate_identifies_the_peer(server_factory, tmp_path: Pa
     recognized (PS3.8 7.1.1.9 / 9.3.4), recorded as a Security Alert (Node Authentication,
     PS3.15 A.5.3.9); an entry bound to a certificate is refused on the plain port too."""
     need_dcmtk("echoscu")
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed to make the test certificates")
-    make_pki(tmp_path)
     tls_port, plain_port = free_port(), free_port()
     server = server_factory(
         "dimse-tls-identity",
         "--dimse-port", str(plain_port),
         "--set", f"dimse_tls_port={tls_port}",
-        "--set", f"dimse_tls_cert={tmp_path / 'server.crt'}",
-        "--set", f"dimse_tls_key={tmp_path / 'server.key'}",
-        "--set", f"dimse_tls_ca={tmp_path / 'ca.crt'}",
+        "--set", f"dimse_tls_cert={pki / 'server.crt'}",
+        "--set", f"dimse_tls_key={pki / 'server.key'}",
+        "--set", f"dimse_tls_ca={pki / 'ca.crt'}",
         "--set", "dimse_unknown_callers=refuse",
     )  # fmt: skip
     data_dir = ["--data-dir", str(server.data_dir)]
     nubis = [sys.executable, "-m", "nubis", "dimse", "peers", "add"]
     run([*nubis, "BYSUBJECT", "127.0.0.1", "--tls-subject", "CN=client", *data_dir])
-    fingerprint = _fingerprint(tmp_path / "client.crt")
+    fingerprint = _fingerprint(pki / "client.crt")
     run([*nubis, "BYPRINT", "127.0.0.1", "--tls-fingerprint", fingerprint, *data_dir])
     run([*nubis, "ANYCERT", "127.0.0.1", *data_dir])
 
     def echo(
         calling: str, who: str | None, port: int = tls_port
     ) -> subprocess.CompletedProcess[str]:
-        tls = ["+tls", str(tmp_path / f"{who}.key"), str(tmp_path / f"{who}.crt")] if who else []
+        tls = ["+tls", str(pki / f"{who}.key"), str(pki / f"{who}.crt")] if who else []
         if port == tls_port:
-            tls += ["+cf", str(tmp_path / "ca.crt")] if who else ["+tla", "-ic"]
+            tls += ["+cf", str(pki / "ca.crt")] if who else ["+tla", "-ic"]
         args = ["echoscu", *tls, "-aet", calling, "-aec", AE, "127.0.0.1", str(port)]
         return run(args, check=False)
 

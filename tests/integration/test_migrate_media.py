@@ -150,9 +150,11 @@ def test_since_last_run_moves_only_what_changed(corpus: list[Path], tmp_path: Pa
 
 def test_max_mb_per_s_holds_the_rate(tmp_path: Path) -> None:
     paths = synth.make_corpus(
-        tmp_path / "src", n_studies=2, instances_per_series=6, rows=64, columns=64, seed=1203
+        tmp_path / "src", n_studies=2, instances_per_series=3, rows=64, columns=64, seed=1203
     )
-    size = sum(p.stat().st_size for p in paths)  # about 100 kB
+    # About 60 kB: 3 s at the rate, 2 s once the first second's allowance went at once; an
+    # unthrottled run takes a fraction of a second.
+    size = sum(p.stat().st_size for p in paths)
     data = tmp_path / "data"
 
     result = migrate(data, str(tmp_path / "src"), "--name", "slow", "--max-mb-per-s", "0.02")

@@ -46,7 +46,7 @@ def test_reactor_stays_paused_while_a_sender_holds_the_association() -> None:
 def test_nubis_associations_are_race_free() -> None:
     """scu.py's AE and the server's AE (which pynetdicom's Move SCP uses for the C-MOVE
     sub-associations) make race-free associations, and they still work (C-ECHO, PS3.7 9.1.5)."""
-    assert isinstance(build_ae("NUBIS", max_associations=1), RaceFreeAE)
+    assert isinstance(build_ae("NUBIS", max_associations=1, response_seconds=60), RaceFreeAE)
     remote = scu.Remote("127.0.0.1", 0, "ECHOSCP", "NUBIS")
     assert isinstance(scu._ae(remote), RaceFreeAE)
 

@@ -101,13 +101,13 @@ def tls_context(cert: str, key: str = "", ca: str = "") -> ssl.SSLContext:
     return ctx
 
 
-def build_ae(ae_title: str, *, max_associations: int) -> AE:
+def build_ae(ae_title: str, *, max_associations: int, response_seconds: int) -> AE:
     # RaceFreeAE: the C-MOVE sub-associations this AE opens send C-STORE after C-STORE.
     ae = RaceFreeAE(ae_title=ae_title)
     ae.maximum_associations = max_associations
     ae.maximum_pdu_size = MAX_PDU
     ae.acse_timeout = 30
-    ae.dimse_timeout = 60
+    ae.dimse_timeout = response_seconds
     ae.network_timeout = 300
     # A C-MOVE destination that drops packets would otherwise hold the mover for the OS's TCP
     # timeout (about 2 minutes) before its 0xA702 "unreachable".
@@ -134,7 +134,11 @@ class DimseServer:
         self.peers = PeerTable(archive.index, s.dimse_peers_cache_seconds)
         self.policy = AccessPolicy(self.peers, s.dimse_unknown_callers)
         self.handlers = Handlers(archive, self.policy, s.ae_title)
-        self.ae = build_ae(s.ae_title, max_associations=s.dimse_max_associations)
+        self.ae = build_ae(
+            s.ae_title,
+            max_associations=s.dimse_max_associations,
+            response_seconds=s.dimse_response_seconds,
+        )
         self._servers: list[ThreadedAssociationServer] = []
         self._listeners: list[SharedListener] = []
         self.addresses: list[str] = []
