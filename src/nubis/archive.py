@@ -372,6 +372,7 @@ class Archive:
         """
         self.index.migrate()
         self.index.open()
+        self.forget_shredded_keys()
         self.first_login_key = self._bootstrap_identity()
         self._import_dimse_peer_file()
         leftovers = self.spool.clear()
@@ -392,6 +393,30 @@ class Archive:
                 report.doomed_deleted,
             )
         self.index.close()
+
+    def forget_shredded_keys(self) -> int:
+        """Shred again the keys a local keyring holds that the index records as shredded (a
+        keyring put back from a copy older than the shred: nubis.crypto.local_keys), and
+        record it: the shred list in the index, not the keyring file, says who is erased.
+        The index must be open. Returns how many keys were shredded again."""
+        from nubis.crypto.local_keys import LocalKeyring
+        from nubis.model.audit import EventOutcome, EventType
+
+        if not isinstance(self.keys, LocalKeyring):
+            return 0
+        again = self.keys.forget_erased()
+        if again:
+            self.guard.record(
+                audit_events.security_alert(
+                    system_participant(self.settings.audit_source),
+                    EventType.SECURITY_CONFIGURATION,
+                    outcome=EventOutcome.SUCCESS,
+                    description=f"the keyring held {len(again)} patient key(s) the index "
+                    f"records as shredded (a copy older than the shred): shredded again",
+                    front_door="system",
+                )
+            )
+        return len(again)
 
     def record_application(self, *, started: bool) -> None:
         """Application Start or Stop (PS3.15 A.5.3.1) of ``nubis serve``, from its parent

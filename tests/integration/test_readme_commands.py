@@ -125,6 +125,12 @@ RUN_AS: dict[str, list[str] | str] = {
     "nubis migrate run /media/cdrom --name cd-0042": ["nubis migrate run {folder} --name cd-0042"],
     "nubis migrate run dicom://OLDPACS@10.0.0.5:104 --name oldpacs --listen-port 11113 "
     "--since-last-run": "delta mode: tests/integration/test_migrate_media.py",
+    "nubis backup --to /backups/nubis": "tests/integration/test_backup.py, under STOW-RS load",
+    "nubis backup verify /backups/nubis": "tests/integration/test_backup.py",
+    "nubis restore --from /backups/nubis --data-dir /srv/nubis-new --keyring "
+    "/safe/keyring.jsonl --audit-key /safe/audit-signing.key": (
+        "a fresh data folder: tests/integration/test_backup.py restores and verifies"
+    ),
     "nubis migrate report oldpacs --format csv --output oldpacs.csv": [
         "nubis migrate report cd-0042 --format csv --output {got}-report.csv"
     ],

@@ -9,7 +9,7 @@ never from one another, so none of them depends on ``nubis.cli.main``, which ass
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -91,6 +91,7 @@ def open_archive(
     archive.index.open()
     archive.audit.open()
     try:
+        archive.forget_shredded_keys()
         yield archive
     except NubisError as exc:
         console.print(exc.reason, style="red")
@@ -121,8 +122,9 @@ def open_index(
         index.close()
 
 
-def follow_job(store: JobStore, job_id: int) -> Job:
-    """Show a job's progress until it ends (whichever runner runs it); the job as it ended."""
+def follow_job(store: JobStore, job_id: int, running: Callable[[], bool] | None = None) -> Job:
+    """Show a job's progress until it ends (whichever runner runs it), or until ``running``
+    says the runner of this process let it go; the job as it was then."""
     from rich.progress import (
         BarColumn,
         Progress,
@@ -151,6 +153,6 @@ def follow_job(store: JobStore, job_id: int) -> Job:
                 total=total,
                 total_text=f"{total:,}" if total else "?",
             )
-            if job.state.finished:
+            if job.state.finished or (running is not None and not running()):
                 return job
             time.sleep(0.5)

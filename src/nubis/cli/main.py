@@ -224,6 +224,8 @@ def show_settings(config: Config = None, set_: Set = None) -> None:
 
 def _add_subcommands() -> None:
     from nubis.cli.audit import app as audit_app
+    from nubis.cli.backup import app as backup_app
+    from nubis.cli.backup import restore
     from nubis.cli.corrections import app as corrections_app
     from nubis.cli.dimse import app as dimse_app
     from nubis.cli.jobs import app as jobs_app
@@ -245,6 +247,8 @@ def _add_subcommands() -> None:
     app.add_typer(ohif_app, name="ohif")
     app.add_typer(migrate_app, name="migrate")
     app.add_typer(corrections_app, name="studies")
+    app.add_typer(backup_app, name="backup")
+    app.command("restore")(restore)
 
 
 _add_subcommands()

@@ -21,6 +21,13 @@ the patient's keys and renames it into place; retiring a KEK rewrites it with th
 that KEK wrapped re-wrapped under the current one, and removing the KEK rewrites it without
 that line (every rewrite stamps a new generation into the first line).
 
+Given the archive's index, a shred also lists the shredded key ids in the index
+(``erased_patient_keys``, as the index keyring does) before it rewrites the file, and
+:meth:`LocalKeyring.forget_erased` shreds again any key of that list the file still holds.
+The archive calls it whenever it opens (``nubis serve``, every CLI command, ``nubis restore``),
+so a keyring put back from a copy older than a shred cannot undo it: the index, which every
+data backup carries, is the record of what was shredded (docs/backup.md).
+
 Limits, stated plainly: the old file's blocks may survive on the disk until overwritten (SSD
 wear levelling, copy-on-write filesystems, snapshots), and so may any backup of the keyring;
 keep the keyring off the data backups, on encrypted storage, and expire its backups, or use a
@@ -40,10 +47,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, select
 
 from nubis.crypto.patient_keys import KEY_SIZE, PatientKey, PatientKeyring, b64, unb64
 from nubis.errors import BadRequest, KeyErased, KeyUnavailable
+from nubis.index.schema import erased_patient_keys
+
+if TYPE_CHECKING:
+    from nubis.index.database import Index
 
 __all__ = ["LocalKeyring"]
 
@@ -65,10 +78,16 @@ class LocalKeyring(PatientKeyring):
         its blob was acknowledged would lose the blob, so only throwaway archives turn it off.
     create : bool
         Create a missing keyring; otherwise a missing file is :class:`KeyUnavailable`.
+    index : Index | None
+        The archive's index, where shreds are listed (see the module docstring); None for a
+        keyring read on its own (tests, tools).
     """
 
-    def __init__(self, path: Path, *, durable: bool = True, create: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, durable: bool = True, create: bool = True, index: Index | None = None
+    ) -> None:
         self.path = path
+        self.index = index
         self.durable = durable
         self._lock = threading.RLock()
         self._identity: tuple[int, int] | None = None
@@ -107,16 +126,55 @@ class LocalKeyring(PatientKeyring):
             doomed = {s for s, record in self._records.items() if record["ref"] == ref}
             if not doomed:
                 return 0
-            kept = [
-                line
-                for line in self._lines
-                if not (line.get("t") == "patient" and line.get("id") in doomed)
-            ]
-            kept += [{"t": "shredded", "id": s, **_at()} for s in sorted(doomed)]
-            self._rewrite(kept)
+            # Listed first: a shred the index does not know could be undone by a copy of
+            # this file; one it knows and the file missed is done again at the next open.
+            self._list_erased(doomed)
+            self._drop(doomed)
         # The subject id is random and names no one; the Patient ID is never logged.
         log.warning("keyring: shredded %d patient key(s) %s", len(doomed), ", ".join(doomed))
         return len(doomed)
+
+    def forget_erased(self) -> list[str]:
+        """Shred again every key the index lists as shredded that this file still holds (a
+        keyring put back from an older copy); returns their ids."""
+        if self.index is None:
+            return []
+        with self.index.reading() as conn:
+            erased = set(conn.scalars(select(erased_patient_keys.c.subject)))
+        with self._locked_file():
+            doomed = erased & set(self._records)
+            if doomed:
+                self._drop(doomed)
+        if doomed:
+            log.warning(
+                "keyring: %d patient key(s) the index records as shredded were back in %s "
+                "(a copy older than the shred?); shredded again: %s",
+                len(doomed), self.path, ", ".join(sorted(doomed)),
+            )  # fmt: skip
+        return sorted(doomed)
+
+    def _list_erased(self, subjects: set[str]) -> None:
+        if self.index is None:
+            return
+        from nubis.index.upsert import upsert
+
+        now = int(time.time() * 1000)
+
+        def job(conn: Connection) -> None:
+            for subject in sorted(subjects):
+                upsert(conn, erased_patient_keys, "subject", {"subject": subject, "erased_at": now})
+
+        self.index.write(job)
+
+    def _drop(self, doomed: set[str]) -> None:
+        """Rewrite the file without the patient keys ``doomed``, with their tombstones."""
+        kept = [
+            line
+            for line in self._lines
+            if not (line.get("t") == "patient" and line.get("id") in doomed)
+        ]
+        kept += [{"t": "shredded", "id": s, **_at()} for s in sorted(doomed)]
+        self._rewrite(kept)
 
     def retire(self, kek_id: str) -> int:
         with self._locked_file():

@@ -32,7 +32,8 @@ def open_key_provider(
     if parsed.scheme == "file":
         from nubis.crypto.local_keys import LocalKeyring
 
-        return LocalKeyring(Path(unquote(parsed.path)), durable=durable, create=create)
+        path = Path(unquote(parsed.path))
+        return LocalKeyring(path, durable=durable, create=create, index=index)
     if parsed.scheme in ("index+file", "index+env"):
         from nubis.crypto.index_keys import IndexKeyring
 

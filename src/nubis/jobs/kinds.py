@@ -27,6 +27,8 @@
   nubis.migrate.request.MigrationRequest. Run only by the ``nubis migrate run`` process that
   queued it (its C-MOVE receiver and the source's credentials are that process's), which a
   second run resumes; servers' runners leave it alone.
+- ``backup``: back the archive up into a folder (nubis.backup.job); parameter ``to``. Run only
+  by the ``nubis backup`` process that queued it, as ``migrate`` is.
 """
 
 from __future__ import annotations
