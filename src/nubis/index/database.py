@@ -1,14 +1,8 @@
 """The metadata index on SQLAlchemy Core: SQLite embedded, PostgreSQL at scale.
 
-On SQLite, writes go through one writer thread that commits whatever stores are waiting in a
-single transaction (group commit), each in its own SAVEPOINT: with synchronous=FULL every commit
-costs an fsync, and many concurrent STOW-RS / C-STORE requests share one instead of queueing
-behind each other. Reads use a pool of connections; SQLite's WAL lets them run beside the writer.
-
-On PostgreSQL, many nodes write at once: each write runs in its own READ COMMITTED transaction
-on a pooled connection in the caller's thread (the server does group commit itself), takes the
-row locks it needs (see store_sql), and is retried on serialization failures and deadlocks.
-The engines and both writers are in nubis.index.engines.
+The index's operations (store, find, walk, delete, corrections...) as the services call them;
+how each engine is reached and how writes commit (group commit on SQLite, retried
+transactions on PostgreSQL) is nubis.index.engines.
 """
 
 from __future__ import annotations

@@ -28,10 +28,9 @@ from sqlalchemy import func, select
 from nubis.index.columns import json_text
 from nubis.index.schema import instances, series, studies
 from nubis.jobs.context import JobContext, JobFailed
-from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome, EventType
+from nubis.model.audit import ActiveParticipant, EventOutcome
 from nubis.ports.blobs import BlobNotFound
 from nubis.ports.keys import WrappedKey
-from nubis.security import audit_events
 from nubis.services.reencryption import (
     PROBLEMS,
     Copy,
@@ -158,22 +157,5 @@ class KekRewrap(Reencryption):
         return list(dict.fromkeys(found))
 
     # ------------------------------------------------------------------ audit
-    def _event(
-        self, who: ActiveParticipant, obj: StoredObject, named: WrappedKey, copy: Copy, job_id: int
-    ) -> AuditEvent:
-        c = obj.context
-        objects = [audit_events.study_object(c.study_uid)]
-        if copy.patient_id:
-            objects.insert(0, audit_events.patient_object(copy.patient_id))
-        return audit_events.security_alert(
-            who,
-            EventType.OBJECT_SECURITY_ATTRIBUTES_CHANGED,
-            outcome=EventOutcome.SUCCESS,
-            description=(
-                f"instance {c.sop_instance_uid} re-encrypted under a fresh data key wrapped by "
-                f"key-encryption key {copy.kek_id} (was {named.key_id}); same bytes (SHA-256 "
-                f"{c.sha256}); blob {obj.key} replaced by {copy.key} (job {job_id})"
-            ),
-            front_door="system",
-            objects=objects,
-        )
+    def _key_change(self, named: WrappedKey, copy: Copy) -> str:
+        return f"key-encryption key {copy.kek_id} (was {named.key_id})"

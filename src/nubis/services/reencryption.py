@@ -167,10 +167,30 @@ class Reencryption:
         self.orphan_grace_seconds = orphan_grace_seconds
 
     # ------------------------------------------------------------------ for subclasses
+    def _key_change(self, named: WrappedKey, copy: Copy) -> str:
+        """What wraps the object's fresh data key now, and what wrapped the old one, for its
+        audit record (e.g. "key-encryption key k2 (was k1)")."""
+        raise NotImplementedError
+
     def _event(
         self, who: ActiveParticipant, obj: StoredObject, named: WrappedKey, copy: Copy, job_id: int
     ) -> AuditEvent:
-        raise NotImplementedError
+        c = obj.context
+        objects = [audit_events.study_object(c.study_uid)]
+        if copy.patient_id:
+            objects.insert(0, audit_events.patient_object(copy.patient_id))
+        return audit_events.security_alert(
+            who,
+            EventType.OBJECT_SECURITY_ATTRIBUTES_CHANGED,
+            outcome=EventOutcome.SUCCESS,
+            description=(
+                f"instance {c.sop_instance_uid} re-encrypted under a fresh data key wrapped by "
+                f"{self._key_change(named, copy)}; same bytes (SHA-256 {c.sha256}); blob "
+                f"{obj.key} replaced by {copy.key} (job {job_id})"
+            ),
+            front_door="system",
+            objects=objects,
+        )
 
     # ------------------------------------------------------------------ pages
     def _pages(

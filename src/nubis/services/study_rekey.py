@@ -38,9 +38,8 @@ from nubis.index import rekey_sql
 from nubis.index.columns import json_text
 from nubis.index.schema import instances, series, study_rekeys
 from nubis.jobs.context import JobContext
-from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome, EventType
+from nubis.model.audit import ActiveParticipant, EventOutcome
 from nubis.ports.keys import WrappedKey
-from nubis.security import audit_events
 from nubis.services.reencryption import (
     PROBLEMS,
     Copy,
@@ -165,23 +164,8 @@ class StudyRekey(Reencryption):
 
         return target
 
-    def _event(
-        self, who: ActiveParticipant, obj: StoredObject, named: WrappedKey, copy: Copy, job_id: int
-    ) -> AuditEvent:
-        c = obj.context
-        objects = [audit_events.study_object(c.study_uid)]
-        if copy.patient_id:
-            objects.insert(0, audit_events.patient_object(copy.patient_id))
-        return audit_events.security_alert(
-            who,
-            EventType.OBJECT_SECURITY_ATTRIBUTES_CHANGED,
-            outcome=EventOutcome.SUCCESS,
-            description=(
-                f"instance {c.sop_instance_uid} re-encrypted under a fresh data key wrapped by "
-                f"the key of the patient its study is filed under (patient key {copy.subject}, "
-                f"was {named.subject}); same bytes (SHA-256 {c.sha256}); blob {obj.key} "
-                f"replaced by {copy.key} (job {job_id})"
-            ),
-            front_door="system",
-            objects=objects,
+    def _key_change(self, named: WrappedKey, copy: Copy) -> str:
+        return (
+            f"the key of the patient its study is filed under (patient key {copy.subject}, "
+            f"was {named.subject})"
         )
