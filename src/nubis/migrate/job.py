@@ -6,8 +6,8 @@ a delta run (``since_last_run``):
 1. The source lists the study's instances; the ledger records them.
 2. The archive is asked what it holds of the study (``StoreService.holdings``, as the
    migration's principal: UIDs and digests only, a study held in quarantine included, so
-   its objects are not moved again). An instance it holds with the SHA-256 the source gave for it
-   before (or, where the source gives no digest, under its UID) is not moved again; one it
+   its objects are not moved again). An instance it holds with the SHA-256 the source gave
+   for it before (or, where the source gives no digest, under its UID) is not moved again; one it
    holds whose digest was never compared is fetched again, so a different object under the
    same UID is found (the store refuses it, and the report says so).
 3. The source delivers the rest one object at a time, each stored through
