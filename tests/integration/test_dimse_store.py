@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pydicom
+import pydicom.data
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless, RLELossless
@@ -33,6 +34,7 @@ from integration.dimse_helpers import (
     data_set_offset,
     dataset_bytes,
     file_data_set_sha256,
+    findscu,
     free_port,
     need_dcmtk,
     run,
@@ -539,3 +541,36 @@ def test_a_usable_but_non_conformant_object_is_a_warning_status(dimse: Dimse) ->
         assoc.release()
     rows = {r.sop_instance_uid: r for r in index_rows(dimse.data_dir)}
     assert rows[ds.SOPInstanceUID].study_uid == ds.StudyInstanceUID
+
+
+def test_hexadecimal_uids_by_storescu_are_stored_found_and_retrieved(
+    dimse: Dimse, tmp_path: Path
+) -> None:
+    """Issue 12: pydicom's bad_sequence.dcm (64 hexadecimal digits for its Study, Series and
+    SOP Instance UIDs) sent by storescu is a warning status, 0xB007 (PS3.4 B.2.3), stored
+    as received (dcmtk writes its sequences with explicit lengths: every value as in the
+    file), found by C-FIND under those UIDs and retrieved by C-GET (PS3.4 C.4.1, C.4.3)."""
+    need_dcmtk("findscu", "getscu")
+    sent = Path(pydicom.data.get_testdata_file("bad_sequence.dcm"))
+    ds = pydicom.dcmread(sent, stop_before_pixels=True)
+    study, series, sop = (str(ds[k].value) for k in
+                          ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))  # fmt: skip
+    store = run(["storescu", "-xs", "-d", "-aet", "MODALITY", "-aec", NUBIS_AE, "127.0.0.1",
+                 str(dimse.port), str(sent)])  # fmt: skip
+    assert "Warning: Data Set does not match SOP Class" in store.stdout + store.stderr
+    stored = stored_bytes(dimse, sop)
+    original = pydicom.dcmread(sent)
+    assert pydicom.dcmread(io.BytesIO(stored)) == original
+    found = findscu(dimse.port, "SERIES", [f"StudyInstanceUID={study}", "SeriesInstanceUID"],
+                    tmp_path / "find")  # fmt: skip
+    assert [str(f.SeriesInstanceUID) for f in found] == [series]
+    out = tmp_path / "got"
+    out.mkdir()
+    run(["getscu", "-S", "-aet", "GETTER", "-aec", NUBIS_AE, "-od", str(out), "127.0.0.1",
+         str(dimse.port), "-k", "QueryRetrieveLevel=STUDY",
+         "-k", f"StudyInstanceUID={study}"])  # fmt: skip
+    # getscu takes it decompressed (its default): the same pixels, every other value as sent.
+    [got] = [pydicom.dcmread(path) for path in out.iterdir()]
+    assert (got.pixel_array == original.pixel_array).all()
+    del got.PixelData, original.PixelData
+    assert got == original

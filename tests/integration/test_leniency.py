@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 import pytest
 import requests
+from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from integration import DicomFile
+from integration import AUTH, DicomFile, encode
 from integration.dimse_helpers import need_dcmtk
 from integration.test_bad_input import (
     REFERENCED_SOP_SEQUENCE,
@@ -117,3 +119,49 @@ def test_a_wrong_file_meta_group_length_is_rewritten(
     as_served = subprocess.run(["dcmdump", str(served_file)], capture_output=True, text=True)
     assert as_served.returncode == 0 and as_served.stderr == "", as_served.stderr
     assert ds.SOPInstanceUID in as_served.stdout
+
+
+def test_hexadecimal_uids_work_end_to_end(server: LiveServer) -> None:
+    """Issue 12: pydicom's bad_sequence.dcm names its study, series and instance by 64
+    hexadecimal digits, not UIDs as PS3.5 9.1 makes them; Orthanc takes it, and so does nubis
+    (202, Warning Reason 0xB007, PS3.18 10.5.3), and serves it under those names: QIDO-RS
+    (PS3.18 10.6), WADO-RS instance, series, study, metadata and frames (10.4) through
+    dicomweb-client, byte for byte as sent; WADO-URI (9.1); the study page; DELETE."""
+    sent = Path(get_testdata_file("bad_sequence.dcm"))
+    ds = pydicom.dcmread(sent)
+    study, series, sop = (str(ds[k].value) for k in
+                          ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))  # fmt: skip
+    assert len(study) == 64 and not study.replace(".", "").isdigit()
+    # dicomweb-client names such objects only when told to (its permissive_uid: letters too).
+    client = DICOMwebClient(url=server.dicomweb, headers=AUTH, permissive_uid=True)
+    stored = client.store_instances([ds])  # dicomweb-client writes the file's own bytes
+    assert [str(i.ReferencedSOPInstanceUID) for i in stored.ReferencedSOPSequence] == [sop]
+    assert stored.ReferencedSOPSequence[0].WarningReason == 0xB007
+    try:
+        [found] = client.search_for_studies(search_filters={"StudyInstanceUID": study})
+        assert found["0020000D"]["Value"] == [study]
+        [listed] = client.search_for_instances(study, series)
+        assert listed["00080018"]["Value"] == [sop]
+        as_stored = (("application/dicom", "*"),)
+        assert encode(client.retrieve_instance(study, series, sop, media_types=as_stored)) == (
+            sent.read_bytes()
+        )
+        for got in (client.retrieve_series(study, series, media_types=as_stored),
+                    client.retrieve_study(study, media_types=as_stored)):  # fmt: skip
+            assert [encode(d) for d in got] == [sent.read_bytes()]
+        meta = client.retrieve_instance_metadata(study, series, sop)
+        assert meta["0020000E"]["Value"] == [series]
+        [frame] = client.retrieve_instance_frames(
+            study, series, sop, frame_numbers=[1],
+            media_types=(("image/jpeg", str(ds.file_meta.TransferSyntaxUID)),),
+        )  # fmt: skip
+        assert frame == next(generate_frames(ds.PixelData, number_of_frames=1))
+        wado = requests.get(f"{server.url}/wado", headers=AUTH, timeout=30, params={
+            "requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop,
+            "contentType": "application/dicom", "transferSyntax": "*"})  # fmt: skip
+        assert wado.status_code == 200 and wado.content == sent.read_bytes()
+        page = requests.get(f"{server.url}/ui/studies/{study}", headers=AUTH, timeout=30)
+        assert page.status_code == 200 and series in page.text
+    finally:
+        client.delete_study(study)
+    assert client.search_for_studies(search_filters={"StudyInstanceUID": study}) == []

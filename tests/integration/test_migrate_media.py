@@ -9,6 +9,7 @@ trail holds one DICOM Instances Transferred record per study moved (PS3.15 A.5.3
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from integration.migrate_helpers import (
     audit_records,
@@ -258,7 +260,9 @@ def test_conflicting_studies_are_migrated_into_quarantine_and_reported(tmp_path:
     patient_conflict = quarantine, whatever the setting): nothing refused, no gap, each held
     in quarantine (seen by admins only, docs/security.md) and listed as such, with why, in
     the report (JSON and text; CSV in tests/unit/test_migrate_report.py) and by ``nubis
-    storage quarantine``."""
+    storage quarantine``. A delta run after the source gained an instance of the held study
+    moves that instance alone: the job sees what quarantine holds (StoreService.holdings, UIDs
+    and digests only, audited) although its principal may not read it."""
     data = tmp_path / "data"
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -306,3 +310,23 @@ def test_conflicting_studies_are_migrated_into_quarantine_and_reported(tmp_path:
     held = {h["study_uid"]: h for h in json.loads(listed.stdout)}
     assert held[mixed]["patients"] == {"MIG-PAT-A": 1, "MIG-PAT-B": 1}
     assert held[second]["reasons"] == ["series-conflict"]
+
+    late = copy.deepcopy(datasets[0])
+    late.PatientID, late.InstanceNumber = "MIG-PAT-A", 3
+    late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    late.save_as(folder / "IM9.dcm", enforce_file_format=True)
+
+    delta = migrate(data, str(folder), "--name", "mixed", "--since-last-run")
+
+    # The held study's two instances are present, not moved again; the pair is unchanged.
+    assert (delta["instances_present"], delta["instances_stored"]) == (2, 1)
+    assert delta["bytes_moved"] == (folder / "IM9.dcm").stat().st_size
+    assert delta["studies_skipped"] == 2
+    rows = {r["study_uid"]: r for r in report(data, "mixed")["studies"]}
+    assert rows[mixed]["nubis_count"] == rows[mixed]["source_count"] == 3
+    checks = [
+        r for r in audit_records(data, "migrate:mixed")
+        if r["event_id"]["code"] == "110103" and "presence of study" in r.get(
+            "outcome_description", "")
+    ]  # fmt: skip
+    assert checks, "the presence check is recorded (DICOM Instances Accessed)"

@@ -414,16 +414,60 @@ def test_missing_uid(tmp_path: Path, keyword: str) -> None:
     assert words.get(keyword, keyword.removesuffix("InstanceUID")) in refusal.reason
 
 
-@pytest.mark.parametrize(
-    "bad",
-    ["../etc/passwd", "1." + "2" * 63, "1.2.abc", "1.2..3", "1.2.3.", ".1.2"],
-)
+# Values that name no object, whatever the leniency (nubis.dicom.uids): a path trick, over 64
+# characters, dots alone or two in a row, a space or another character than letters, digits
+# and dots.
+UNUSABLE_UIDS = ["../etc/passwd", "1." + "2" * 63, "1.2..3", ".", "1.2 3", "1.2-3", "1.2.3_4"]
+
+
+@pytest.mark.parametrize("bad", UNUSABLE_UIDS)
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"])
 def test_invalid_uid(tmp_path: Path, bad: str, keyword: str) -> None:
     refusal = _refused(_variant(tmp_path, **{keyword: bad}))
     assert refusal.dimse_status == 0xA900
     assert "not a valid UID" in refusal.reason
     assert keyword.removesuffix("UID")[:5] in refusal.reason.replace(" ", "")
+    assert bad not in refusal.reason  # a value that is no UID may be anything
+
+
+HEX_UID = "05fa52f0e599f17b8186ff18fcdf2b5570a52206a75c4d03afebf5c475dc8758"
+
+
+@pytest.mark.parametrize("odd", [HEX_UID, "1.2.abc", "1.2.3.", ".1.2"])
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_usable_non_conformant_uid_is_a_warning(tmp_path: Path, odd: str, keyword: str) -> None:
+    """Issue 12: letters, digits and dots, as some systems named their objects (pydicom's
+    bad_sequence.dcm: 64 hexadecimal digits), identify the object all the same: taken as the
+    UID, with warning 0xB007 (PS3.18 Table 10.5.3-1), by both parsers alike."""
+    result = inspect_file(_variant(tmp_path, **{keyword: odd}))
+    attribute = {
+        "StudyInstanceUID": "study_instance_uid",
+        "SeriesInstanceUID": "series_instance_uid",
+        "SOPInstanceUID": "sop_instance_uid",
+    }[keyword]
+    assert getattr(result, attribute) == odd
+    # (The variant's file meta still names the sample's SOP Instance UID: another warning.)
+    [warning] = [w for w in result.warnings if w.reason != "file-meta-mismatch"]
+    assert (warning.reason, warning.status) == ("uid-not-conformant", 0xB007)
+    assert "letters or an empty component" in warning.detail
+
+
+def test_non_conformant_sop_class_uid_is_refused(tmp_path: Path) -> None:
+    """A SOP Class UID names a class PS3.4 defines, or none: no leniency for letters."""
+    refusal = _refused(_variant(tmp_path, SOPClassUID="1.2.abc"))
+    assert (refusal.dimse_status, "SOP Class UID" in refusal.reason) == (0xA900, True)
+
+
+def test_bad_sequence_sample_is_taken_with_warnings() -> None:
+    """pydicom's bad_sequence.dcm: hexadecimal Study, Series and SOP Instance UIDs, and a file
+    meta naming another instance; Orthanc takes it, and so does nubis, saying why."""
+    result = inspect_file(_testdata("bad_sequence.dcm"))
+    assert result.sop_instance_uid == (
+        "dccc9599087131742838cc1162a630fea87ba9bf61ac09bfda90d4adfa5ddaed"
+    )
+    assert sorted(w.reason for w in result.warnings) == [
+        "file-meta-mismatch", *["uid-not-conformant"] * 3
+    ]
 
 
 def test_64_character_uid_is_fine(tmp_path: Path) -> None:

@@ -462,7 +462,9 @@ def test_dotted_dates_are_read() -> None:
         ("StudyTime", "10:30"),
         ("StudyTime", "1100-1000"),
         ("StudyTime", "103000.1234567"),
-        ("StudyInstanceUID", "1.2.abc"),
+        ("StudyInstanceUID", "1.2.a-c"),
+        ("StudyInstanceUID", "1.2 3"),
+        ("StudyInstanceUID", "."),
         ("StudyInstanceUID", "1.2.*"),
         ("StudyInstanceUID", "1..2"),
         ("StudyInstanceUID", "1.2,"),
@@ -526,9 +528,17 @@ def test_malformed_integers_are_rejected(value: str) -> None:
         q(Level.SERIES, {"SeriesNumber": value})
 
 
+def test_non_conformant_stored_uids_are_matchable() -> None:
+    """Issue 12: objects stored under letters, digits and dots (nubis.dicom.uids; pydicom's
+    bad_sequence.dcm) stay findable, as keys and in the path."""
+    hex_uid = "05fa52f0e599f17b8186ff18fcdf2b5570a52206a75c4d03afebf5c475dc8758"
+    assert q(Level.STUDY, {"StudyInstanceUID": hex_uid}).matches[0].values == (hex_uid,)
+    assert q(Level.SERIES, {}, study_uid=hex_uid).study_uid == hex_uid
+
+
 def test_path_scope_is_validated() -> None:
     with pytest.raises(BadRequest, match="path"):
-        q(Level.SERIES, {}, study_uid="1.2.x")
+        q(Level.SERIES, {}, study_uid="1.2.x_y")
     with pytest.raises(BadRequest, match="path"):
         q(Level.INSTANCE, {}, study_uid="1.2", series_uid="' or 1=1 --")
 

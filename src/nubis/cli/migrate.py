@@ -162,7 +162,6 @@ def run(
         with _ProgressDisplay() as show:
             migrator = Migrator(
                 store=archive.store,
-                retrieve=archive.retrieve,
                 guard=archive.guard,
                 spool=archive.spool,
                 on_progress=show,

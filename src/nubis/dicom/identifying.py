@@ -9,9 +9,10 @@ Patient and Patient Study modules put patient data there).
 
 UIDs are left out on purpose, although Table E.1-1 replaces them when de-identifying: they are
 the archive's own handles in URLs, logs and audit records, a UID built as PS3.5 9 says carries
-no patient data, and an operator cannot trace a failed store without its SOP Instance UID. A
-value offered *as* a UID that is not a valid one is never echoed, since it may be anything
-(nubis.model.query, nubis.dicom.inspect).
+no patient data, and an operator cannot trace a failed store without its SOP Instance UID. The
+non-conformant values of letters, digits and dots an object may be stored under are its
+handles too (nubis.dicom.uids). A value offered *as* a UID that is neither is never echoed,
+since it may be anything (nubis.model.query, nubis.dicom.inspect).
 
 Error reasons built from such a value name the attribute and the problem instead: "PatientName:
 the value has several values", not the name itself. That holds for reasons sent to the client

@@ -13,10 +13,10 @@ from typing import Any
 
 from pydicom.charset import python_encoding
 
+from nubis.dicom.uids import MAX_LENGTH, is_conformant, is_usable
 from nubis.errors import InvalidInstance
 from nubis.model.records import IngestWarning
 
-_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 # PS3.5 9.1: no component but "0" itself starts with a zero. Legacy objects break this rule
 # and stay usable (the UID is still digits and dots, a valid URL path segment).
 _LEADING_ZERO_RE = re.compile(r"(^|\.)0[0-9]")
@@ -53,7 +53,7 @@ def identifying_uids(
     ``meta_uids``: the file meta's UIDs by tag as pydicom reads them ("" if absent).
     """
     uids = {
-        tag: _valid_uid(tree, raw_uids.get(tag), name, tag, warnings)
+        tag: _valid_uid(tree, raw_uids.get(tag), name, tag, warnings, lenient=True)
         for name, tag in _IDENTIFYING_UIDS
     }
     uids[SOP_CLASS] = _sop_class(tree, raw_uids.get(SOP_CLASS), meta_uids, warnings)
@@ -64,16 +64,25 @@ def shown_uid(value: object) -> str:
     """A UID for an error reason, quoted; a value that is not one is described, not quoted:
     it may be anything, a patient's name included (nubis.dicom.identifying)."""
     text = str(value)
-    if len(text) <= 64 and _UID_RE.fullmatch(text):
+    if is_conformant(text):
         return repr(text)
     return f"(a value of {len(text)} characters that is not a UID)"
 
 
 def _valid_uid(
-    tree: dict[str, Any], raw: bytes | None, name: str, tag: int, warnings: list[IngestWarning]
+    tree: dict[str, Any],
+    raw: bytes | None,
+    name: str,
+    tag: int,
+    warnings: list[IngestWarning],
+    *,
+    lenient: bool = False,
 ) -> str:
     """The UID, usable: digits and dots in non-empty components, at most 64 characters once
-    its padding is cut; a PS3.5 9.1 lapse that leaves it usable is a warning."""
+    its padding is cut; a PS3.5 9.1 lapse that leaves it usable is a warning. ``lenient``
+    (the UIDs that identify the object) also takes, with a warning, the letters, digits and
+    dots some systems name their objects by (nubis.dicom.uids); a SOP Class UID names a class
+    the standard defines, or none."""
     label = f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
     values = tree.get(f"{tag:08X}", {}).get("Value") or [None]
     value = values[0]
@@ -81,13 +90,17 @@ def _valid_uid(
         raise InvalidInstance(f"{label} is missing", dimse_status=_DATA_SET_MISMATCH)
     if len(values) > 1 or not isinstance(value, str):
         raise InvalidInstance(f"{label} has several values", dimse_status=_DATA_SET_MISMATCH)
-    if len(value) > 64 or not _UID_RE.fullmatch(value):
+    conformant = is_conformant(value)
+    if not conformant and not (lenient and is_usable(value)):
+        # Not quoted: a value that is no UID may be anything (nubis.dicom.identifying).
         raise InvalidInstance(
-            f"{label} is not a valid UID ({len(value)} characters)",
+            f"{label} is not a valid UID ({len(value)} characters{_unusable(value)})",
             dimse_status=_DATA_SET_MISMATCH,
         )
     lapses = []
-    if _LEADING_ZERO_RE.search(value):
+    if not conformant:
+        lapses.append("letters or an empty component")
+    elif _LEADING_ZERO_RE.search(value):
         lapses.append("a component with a leading zero")
     if isinstance(raw, bytes) and raw not in (value.encode(), value.encode() + b"\x00"):
         lapses.append("padding other than one trailing NUL")  # PS3.5 9.1: pads an odd length
@@ -102,6 +115,17 @@ def _valid_uid(
     return str(value)
 
 
+def _unusable(value: str) -> str:
+    """Why ``value`` names no object, for a refusal's reason (the value itself unquoted)."""
+    if len(value) > MAX_LENGTH:
+        return f", more than {MAX_LENGTH}"
+    if any(c.isspace() for c in value.strip()):
+        return ", a space inside"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return ", a control character"
+    return ", not only letters, digits and dots, or dots alone or two in a row"
+
+
 def _sop_class(
     tree: dict[str, Any],
     raw: bytes | None,
@@ -113,7 +137,7 @@ def _sop_class(
     if tree.get(f"{SOP_CLASS:08X}", {}).get("Value"):
         return _valid_uid(tree, raw, "SOP Class UID", SOP_CLASS, warnings)
     meta_class = meta_uids.get(META_SOP_CLASS, "").rstrip(" \x00")
-    if not meta_class or len(meta_class) > 64 or not _UID_RE.fullmatch(meta_class):
+    if not meta_class or not is_conformant(meta_class):
         raise InvalidInstance(
             "SOP Class UID (0008,0016) is missing, and so is a valid (0002,0002) Media "
             "Storage SOP Class UID to take it from",

@@ -4,9 +4,10 @@ Each study goes the same way, whether the job is new, resumed after its process 
 a delta run (``since_last_run``):
 
 1. The source lists the study's instances; the ledger records them.
-2. The archive is asked what it holds of the study (``RetrieveService.instances``, as the
-   migration's principal). An instance it holds with the SHA-256 the source gave for it
-   before (or, where the source gives no digest, under its UID) is not moved again; one it
+2. The archive is asked what it holds of the study (``StoreService.holdings``, as the
+   migration's principal: UIDs and digests only, a study held in quarantine included, so
+   its objects are not moved again). An instance it holds with the SHA-256 the source gave
+   for it before (or, where the source gives no digest, under its UID) is not moved again; one it
    holds whose digest was never compared is fetched again, so a different object under the
    same UID is found (the store refuses it, and the report says so).
 3. The source delivers the rest one object at a time, each stored through
@@ -32,7 +33,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from nubis.errors import NotFound
 from nubis.jobs.context import JobContext, JobStopped
 from nubis.migrate.ledger import Ledger, Mark, Outcome, StudyState
 from nubis.migrate.request import MigrationRequest, migration_principal
@@ -43,7 +43,6 @@ from nubis.model.audit import EventOutcome
 from nubis.security import audit_events
 from nubis.security.policy import Principal
 from nubis.services.guard import Guard
-from nubis.services.retrieve import RetrieveService
 from nubis.services.spool import Spool, SpooledFile
 from nubis.services.store import StoreOutcome, StoreService
 
@@ -103,13 +102,11 @@ class Migrator:
         self,
         *,
         store: StoreService,
-        retrieve: RetrieveService,
         guard: Guard,
         spool: Spool,
         on_progress: Callable[[ProgressView], None] | None = None,
     ) -> None:
         self.store = store
-        self.retrieve = retrieve
         self.guard = guard
         self.spool = spool
         self.index = store.index
@@ -206,13 +203,11 @@ class Migrator:
             self.on_progress(view)
 
     def present(self, who: Principal, study_uid: str) -> tuple[dict[str, str], str | None]:
-        """{SOP Instance UID: SHA-256} of what the archive holds of the study, and its patient
-        ID for the audit record; read through the retrieve service, as the migration."""
-        try:
-            found = self.retrieve.instances(who, study_uid, transfer=False)
-        except NotFound:
-            return {}, None
-        return {i.sop_instance_uid: i.sha256 for i in found}, found[0].patient_id
+        """{SOP Instance UID: SHA-256} of what the archive holds of the study, held in
+        quarantine or not, and its patient ID for the audit record; asked of the store
+        service, as the migration."""
+        holdings = self.store.holdings(who, study_uid)
+        return holdings.digests, holdings.patient_id
 
 
 class _Run:

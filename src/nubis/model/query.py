@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from nubis.dicom.identifying import is_identifying
+from nubis.dicom.uids import is_usable
 from nubis.errors import BadRequest
 
 if TYPE_CHECKING:
@@ -305,9 +306,6 @@ class Query:
 
 # --- value syntax -------------------------------------------------------------------------------
 
-# PS3.5 9.1: digits and dots, non-empty components, at most 64 characters. Leading zeros inside a
-# component are tolerated because legacy objects carry them and must stay findable.
-_UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*\Z")
 _DA_RE = re.compile(r"[0-9]{8}\Z")
 # The ACR-NEMA form, which PS3.5 6.2 (DA, Note) recommends reading for backward compatibility.
 _DOTTED_DA_RE = re.compile(r"([0-9]{4})\.([0-9]{2})\.([0-9]{2})\Z")
@@ -363,7 +361,9 @@ def _check_chars(param: str, value: str) -> None:
 
 def _parse_uid(param: str, value: str) -> str:
     # Not quoted: a value that is not a UID may be anything, a patient's name included.
-    if len(value) > 64 or not _UID_RE.match(value):
+    # PS3.5 9.1 UIDs, and the non-conformant ones stored objects carry (nubis.dicom.uids): such
+    # an object must stay findable.
+    if not is_usable(value):
         raise BadRequest(f"{param}: the value ({len(value)} characters) is not a valid UID")
     return value
 

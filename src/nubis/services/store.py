@@ -18,7 +18,13 @@ from nubis.dicom.consistency import MetaGroupLengthWrong
 from nubis.dicom.equivalence import same_instance
 from nubis.dicom.file_meta import with_file_meta_rewritten
 from nubis.dicom.inspect import InspectedInstance, inspect_file
-from nubis.errors import DuplicateInstance, InvalidInstance, NubisError, StorageUnavailable
+from nubis.errors import (
+    DuplicateInstance,
+    InvalidInstance,
+    NotFound,
+    NubisError,
+    StorageUnavailable,
+)
 from nubis.index.columns import json_text, new_instance
 from nubis.index.database import Index
 from nubis.model.audit import AuditEvent, EventOutcome
@@ -55,6 +61,15 @@ class StoreOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What the archive holds of one study, as :meth:`StoreService.holdings` tells a writer."""
+
+    digests: dict[str, str]  # SHA-256 by SOP Instance UID
+    # For the caller's audit records (PS3.15 A.5.2.3: the patient participant); never shown.
+    patient_id: str | None = None
 
 
 class StoreService:
@@ -243,6 +258,39 @@ class StoreService:
         if stored.unneeded_key is not None:
             self.blobs.delete(stored.unneeded_key)
         return stored.result, (*inspected.warnings, *stored.held_for)
+
+    def holdings(self, who: Principal, study_uid: str) -> Holdings:
+        """The SOP Instance UIDs and SHA-256s the archive holds of a study in ``who``'s tenant,
+        for a writer deciding what it need not send again (a migration resuming); empty when
+        it holds none.
+
+        Authorized as WRITE, not READ: it says no more than storing says anyway (a re-sent
+        object is answered as already stored, or refused as a conflict, whoever may see its
+        study), so it counts a study held in quarantine too, which only admins may read
+        (docs/security.md). Nothing of the objects but their UIDs and digests is returned.
+        Recorded as DICOM Instances Accessed (PS3.15 A.5.3.3), as a read of them would be.
+        """
+        what = f"presence of study {study_uid}'s instances"
+        decision = self.guard.authorize(who, Action.WRITE, what, study_uids=(study_uid,))
+        assert decision.scope is not None
+        try:
+            found = self.index.instances_of(
+                decision.scope.partition, study_uid, hide_quarantined=False
+            )
+        except NotFound:
+            found = []
+        patient_id = found[0].patient_id if found else None
+        self.guard.record(
+            audit_events.instances_accessed(
+                who,
+                patient_id=patient_id,
+                study_uids=[study_uid],
+                outcome=EventOutcome.SUCCESS if found else EventOutcome.MINOR_FAILURE,
+                request_id=who.request_id,
+                description=f"{what}: {len(found)}",
+            )
+        )
+        return Holdings({i.sop_instance_uid: i.sha256 for i in found}, patient_id)
 
     def _same_as_stored(
         self,

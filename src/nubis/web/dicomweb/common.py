@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterator
 
 from starlette.concurrency import run_in_threadpool
@@ -10,12 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from nubis.archive import Archive
+from nubis.dicom.uids import is_usable
 from nubis.errors import BadRequest, Unauthorized
 from nubis.security.policy import Principal
 from nubis.web.dicomweb.accept import MediaRange, accept_from_request
 from nubis.web.urls import site_url
-
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def archive_of(request: Request) -> Archive:
@@ -24,9 +22,11 @@ def archive_of(request: Request) -> Archive:
 
 
 def check_uid(value: str, what: str) -> str:
-    """``value`` if it is a valid UI value (PS3.5 9.1), else a 400 naming ``what``."""
-    if len(value) > 64 or not _UID.fullmatch(value):
-        raise BadRequest(f"{what} {value[:80]!r} is not a valid UID")
+    """``value`` if it is a UI value (PS3.5 9.1) or one of the non-conformant ones the archive
+    names objects by (nubis.dicom.uids), else a 400 naming ``what``."""
+    if not is_usable(value):
+        # Not quoted: a value that is no UID may be anything (nubis.dicom.identifying).
+        raise BadRequest(f"{what} ({len(value)} characters) is not a valid UID")
     return value
 
 
