@@ -38,7 +38,7 @@ from sqlalchemy import update
 
 from nubis.backup.job import KIND, stored_bytes
 from nubis.backup.manifest import BackupFolder, Manifest
-from nubis.backup.snapshot import StoredObject, file_sha256, restore_snapshot
+from nubis.backup.snapshot import StoredObject, file_sha256, restore_snapshot, stored_objects
 from nubis.blobs.integrity import verify_chunks
 from nubis.config import Settings
 from nubis.errors import (
@@ -49,9 +49,9 @@ from nubis.errors import (
     KeyErased,
     KeyUnavailable,
 )
-from nubis.index.schema import INSTANCES_LOCATED, instances, jobs, series, studies
+from nubis.index.schema import jobs
 from nubis.model.audit import EventOutcome
-from nubis.ports.blobs import BlobContext, BlobStore, PlainFile
+from nubis.ports.blobs import BlobStore, PlainFile
 from nubis.security import audit_events
 from nubis.security.policy import Principal
 
@@ -117,7 +117,8 @@ def restore(
     try:
         _end_interrupted_backups(archive.index)
         report.keys_shredded_again = archive.forget_shredded_keys()
-        objects = _objects(archive.index)
+        with archive.index.reading() as conn:
+            objects = stored_objects(conn)
         report.objects = len(objects)
         failed = _copy_blobs(folder, manifest, raw, objects, settings.spool_dir, report, progress)
         if check_reads:
@@ -244,25 +245,6 @@ def _end_interrupted_backups(index: Any) -> None:
         )
 
     index.write(job)
-
-
-def _objects(index: Any) -> list[StoredObject]:
-    with index.reading() as conn:
-        rows = conn.execute(
-            INSTANCES_LOCATED.select().with_only_columns(
-                instances.c.blob_key,
-                instances.c.size,
-                instances.c.sha256,
-                studies.c.partition,
-                studies.c.study_uid,
-                series.c.series_uid,
-                instances.c.sop_instance_uid,
-            )
-        ).all()
-    return [
-        StoredObject(key, size, sha, BlobContext(partition, study, series_uid, sop, sha))
-        for key, size, sha, partition, study, series_uid, sop in rows
-    ]
 
 
 def _copy_blobs(

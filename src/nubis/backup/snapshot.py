@@ -167,7 +167,8 @@ def restore_snapshot(snapshot: Path, engine: str, index_url: str) -> None:
     )  # fmt: skip
 
 
-def _contents(conn: Connection) -> tuple[list[StoredObject], AuditHead, str | None]:
+def stored_objects(conn: Connection) -> list[StoredObject]:
+    """Every stored object the index on ``conn`` names, by blob key."""
     rows = conn.execute(
         select(
             instances.c.blob_key,
@@ -181,10 +182,14 @@ def _contents(conn: Connection) -> tuple[list[StoredObject], AuditHead, str | No
         .select_from(INSTANCES_LOCATED)
         .order_by(instances.c.blob_key)
     )
-    objects = [
+    return [
         StoredObject(key, size, sha, BlobContext(partition, study, series_uid, sop, sha))
         for key, size, sha, partition, study, series_uid, sop in rows
     ]
+
+
+def _contents(conn: Connection) -> tuple[list[StoredObject], AuditHead, str | None]:
+    objects = stored_objects(conn)
     head = conn.execute(
         select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
     ).first()
