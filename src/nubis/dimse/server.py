@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nubis.dimse")
 
-# pynetdicom deep-copies presentation contexts (the acceptor's ~6,600 UIDs per association, which
+# pynetdicom deep-copies presentation contexts (the acceptor's ~8,000 UIDs per association, which
 # nubis.dimse.reactor no longer does; the requested ones of every association nubis opens), and
 # UID.__new__ re-validates each with a regex (40 ms per acceptor). A UID is an immutable str, so
 # its deep copy may be itself.
