@@ -13,14 +13,24 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from integration import AUTH, CT_PATIENT, MR_PATIENT, DicomFile
 from integration.dimse_helpers import AE as NUBIS_AE
-from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run
-from integration.server import blob_path, index_rows
+from integration.dimse_helpers import (
+    Dimse,
+    dataset_bytes,
+    findscu,
+    free_port,
+    need_dcmtk,
+    run,
+    sent_by_dcmtk,
+)
+from integration.server import blob_path, index_rows, multipart_content_type, read_blob
 
 
 def nubis(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +41,7 @@ def nubis(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def dimse(server_factory, ct_series, mr_series) -> Iterator[Dimse]:  # type: ignore[no-untyped-def]
-    need_dcmtk("findscu", "movescu", "getscu", "storescp", "storescu")
+    need_dcmtk("findscu", "movescu", "getscu", "storescp", "storescu", "dcmsend")
     port = free_port()
     server = server_factory("dimse-qr", "--dimse-port", str(port))
     d = Dimse(server, port)
@@ -564,3 +574,96 @@ def test_retrieve_by_uid_list_and_patient_id_still_works(
     ds.PatientID = CT_PATIENT.patient_id
     got = scu.get(remote, ds, tmp_path / "patient", model="patient")
     assert got.status == 0 and got.completed == len(ct_series), got
+
+
+GE_PRIVATE_CLASS = "1.2.840.113619.4.26"
+
+
+def _legacy_objects(out: Path) -> list[Path]:
+    """pydicom-data's color-pl.dcm (Ultrasound Image Storage (Retired)), which Orthanc could
+    not send to nubis's migration receiver, and pydicom's SC_rgb.dcm as an object of Siemens's
+    private CSA Non-Image class and of a GE private class; each with UIDs of its own."""
+    paths = []
+    for name, sop_class in (
+        ("color-pl.dcm", None),
+        ("SC_rgb.dcm", "1.3.12.2.1107.5.9.1"),
+        ("SC_rgb.dcm", GE_PRIVATE_CLASS),
+    ):
+        source = get_testdata_file(name)
+        assert source is not None, f"{name} is not available offline (pydicom-data)"
+        ds = pydicom.dcmread(source)
+        if sop_class:
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        paths.append(out / f"{len(paths)}-{name}")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+def test_retired_and_private_storage_classes(dimse: Dimse, tmp_path: Path) -> None:
+    """An archive takes every storage object (PS3.4 B.5: the SCP chooses its SOP classes):
+    a retired class sent by storescu (-R: it proposes only the files' own classes) and a
+    private one sent by dcmsend (storescu refuses classes it does not know) are stored, as is
+    a private one sent by STOW-RS (which never checked the class, PS3.18 10.5); then they go
+    back out as stored, data set for data set: C-GET to getscu (whose list has the retired
+    class) and to nubis's SCU proposing the private ones, and C-MOVE to a promiscuous storescp
+    (the dcmtk tools write what they receive as it came: +B)."""
+    us_retired, private, stowed = _legacy_objects(tmp_path)
+    run(["storescu", "-R", "-aet", "MODALITY", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port),
+         str(us_retired)])  # fmt: skip
+    run(["dcmsend", "-aet", "MODALITY", "-aec", NUBIS_AE, "127.0.0.1", str(dimse.port),
+         str(private)])  # fmt: skip
+    boundary = "nubis-private-class"
+    stow = httpx.post(
+        f"{dimse.http}/studies",
+        content=(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                 + stowed.read_bytes() + f"\r\n--{boundary}--\r\n".encode()),
+        headers={**AUTH, "Content-Type": multipart_content_type(boundary)},
+        timeout=30,
+    )  # fmt: skip
+    assert stow.status_code == 200, stow.text
+    sent = {str(pydicom.dcmread(p).SOPInstanceUID): sent_by_dcmtk(p.read_bytes())
+            for p in (us_retired, private, stowed)}  # fmt: skip
+    rows = {r.sop_instance_uid: r for r in index_rows(dimse.data_dir)}
+    for uid, data_set in sent.items():
+        assert dataset_bytes(read_blob(dimse.data_dir, rows[uid])) == data_set
+
+    def study(path: Path) -> Dataset:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = pydicom.dcmread(path).StudyInstanceUID
+        return ds
+
+    got = tmp_path / "got"
+    got.mkdir()
+    run(["getscu", "-S", "+B", "-aet", "GETTER", "-aec", NUBIS_AE, "-od", str(got), "127.0.0.1",
+         str(dimse.port), "-k", "QueryRetrieveLevel=STUDY",
+         "-k", f"StudyInstanceUID={study(us_retired).StudyInstanceUID}"])  # fmt: skip
+    from nubis.dimse import scu
+
+    remote = scu.Remote("127.0.0.1", dimse.port, NUBIS_AE, "GETTER")
+    for path, sop_class in ((private, "1.3.12.2.1107.5.9.1"), (stowed, GE_PRIVATE_CLASS)):
+        result = scu.get(remote, study(path), got, sop_classes=[sop_class])
+        assert (result.status, result.completed) == (0x0000, 1)
+    assert {str(pydicom.dcmread(p).SOPInstanceUID): dataset_bytes(p.read_bytes())
+            for p in got.iterdir()} == sent  # fmt: skip
+
+    port = free_port()
+    nubis("dimse", "peers", "add", "KEEPER", "127.0.0.1", str(port),
+          "--data-dir", str(dimse.data_dir))  # fmt: skip
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    receiver = subprocess.Popen(
+        ["storescp", "-aet", "KEEPER", "-pm", "+xa", "+B", "-od", str(moved), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        for path in (us_retired, private, stowed):
+            assert scu.move(remote, study(path), "KEEPER").status == 0x0000
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=10)
+    assert {str(pydicom.dcmread(p).SOPInstanceUID): dataset_bytes(p.read_bytes())
+            for p in moved.iterdir()} == sent  # fmt: skip

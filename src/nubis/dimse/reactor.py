@@ -16,9 +16,11 @@ both threads block instead until there is something to do:
 Both waits are bounded (:data:`TICK`) so the timers pynetdicom checks by polling (ARTIM, the
 network idle timeout) still fire, within a tenth of a second instead of a millisecond.
 
-The request handler also stops deep-copying the AE's ~180 presentation contexts (~6,600 UIDs,
+The request handler also stops deep-copying the AE's ~210 presentation contexts (~8,000 UIDs,
 5 ms) for every association: negotiation only reads them, and makes new context objects for its
-result.
+result. Storage classes beyond the AE's list (private, retired, newer) are added to the
+association's own copy of the list from what the requestor proposes
+(:class:`~nubis.dimse.storage_classes.OpenStorageACSE`).
 
 Both kinds of association (and the C-MOVE sub-associations, see :class:`RaceFreeAE`) also send
 a :class:`StreamedDataset` by C-STORE as it is read, with bounded memory (:class:`StreamingStore`).
@@ -57,6 +59,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from nubis.dimse.commands import data_set_p_data, fast_message, p_data, streamed_store_request
+from nubis.dimse.storage_classes import OpenStorageACSE
 
 if TYPE_CHECKING:
     from pynetdicom.ae import ApplicationEntity
@@ -513,6 +516,8 @@ class EventDrivenAssociation(RaceFreePause, StreamingStore):
         self._killed = False
         self._init_pause()
         super().__init__(ae, mode)
+        # Storage of classes beyond the AE's list, decided from the requestor's proposal.
+        self.acse = OpenStorageACSE(self)
         self.dul = EventDrivenDUL(self, self._nubis_wake.set)
         # The timeout setters push their values into the DUL's timers: apply them to the new one.
         self.acse_timeout = self.acse_timeout

@@ -1,10 +1,11 @@
 """The DIMSE front door: a pynetdicom AE serving the archive on the DICOM port (and TLS port).
 
-Services offered as SCP (PS3.4): Verification (A), Storage for every storage SOP class
-pynetdicom knows (B) in every transfer syntax pydicom knows, so objects are stored as they
-were sent; Query/Retrieve FIND, MOVE and GET in the Patient Root and Study Root models (C);
-Storage Commitment Push Model (J). The storage contexts also accept the SCU role, which C-GET
-needs to send objects back on the caller's association (PS3.4 C.4.3, PS3.7 D.3.3.4).
+Services offered as SCP (PS3.4): Verification (A), Storage (B) for every storage SOP class,
+retired and private ones included (nubis.dimse.storage_classes), in every transfer syntax
+pydicom knows, so objects are stored as they were sent; Query/Retrieve FIND, MOVE and GET
+in the Patient Root and Study Root models (C); Storage Commitment Push Model (J). The storage
+contexts also accept the SCU role, which C-GET needs to send objects back on the caller's
+association (PS3.4 C.4.3, PS3.7 D.3.3.4).
 
 ``nubis serve`` runs a DimseServer in every HTTP worker process, on a shared port; DICOMweb and
 DIMSE reach the same index and blob store through the same services. Associations run on
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    _STORAGE_CLASSES,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -39,13 +39,14 @@ from nubis.dimse.handlers import Handlers
 from nubis.dimse.listener import SharedListener
 from nubis.dimse.peers import AccessPolicy, PeerTable
 from nubis.dimse.reactor import EventDrivenRequestHandler, RaceFreeAE
+from nubis.dimse.storage_classes import OpenStorage
 
 if TYPE_CHECKING:
     from nubis.archive import Archive
 
 log = logging.getLogger("nubis.dimse")
 
-# pynetdicom deep-copies presentation contexts (the acceptor's ~6,600 UIDs per association, which
+# pynetdicom deep-copies presentation contexts (the acceptor's ~8,000 UIDs per association, which
 # nubis.dimse.reactor no longer does; the requested ones of every association nubis opens), and
 # UID.__new__ re-validates each with a regex (40 ms per acceptor). A UID is an immutable str, so
 # its deep copy may be itself.
@@ -116,8 +117,7 @@ def build_ae(ae_title: str, *, max_associations: int, response_seconds: int) -> 
     # logs why; callers are identified by their Calling AE Title and host.
     ae.require_called_aet = False
     ae.add_supported_context(Verification, COMMAND_SYNTAXES)
-    for uid in _STORAGE_CLASSES.values():
-        ae.add_supported_context(uid, STORAGE_SYNTAXES, scu_role=True, scp_role=True)
+    OpenStorage(STORAGE_SYNTAXES, scu_role=True, scp_role=True).install(ae)
     for uid in QUERY_RETRIEVE:
         ae.add_supported_context(uid, COMMAND_SYNTAXES)
     ae.add_supported_context(StorageCommitmentPushModel, COMMAND_SYNTAXES)

@@ -41,6 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from nubis.dimse.reactor import EventDrivenRequestHandler, RaceFreeAE
 from nubis.dimse.receive import SpoolSink, close_sinks, receive_into_spool
+from nubis.dimse.storage_classes import OpenStorage
 from nubis.errors import InsufficientStorage
 from nubis.migrate.request import MigrationRequest
 from nubis.migrate.source import Deliver, ListingGap, SourceError, SourceInstance, SourceStudy
@@ -462,8 +463,8 @@ class _Receiver:
         ae = RaceFreeAE(ae_title=request.move_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = _TIMEOUT
         ae.maximum_associations = max(4, request.concurrency * 2)
-        for uid in _STORAGE_CLASSES.values():
-            ae.add_supported_context(uid, [str(t) for t in AllTransferSyntaxes])
+        # Every storage class, retired and private ones too: a legacy archive holds them.
+        OpenStorage([str(t) for t in AllTransferSyntaxes]).install(ae)
         try:
             self.server = ae.make_server(
                 (request.listen_host, request.listen_port),
