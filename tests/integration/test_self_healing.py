@@ -136,6 +136,20 @@ def test_verify_heals_a_damaged_and_a_missing_blob_from_a_backup(healing: Healin
     again = _verify(archive)
     assert again["checked"] == again["ok"] == 4 and "repaired" not in again
     assert archive.audit.verify(used_by="test").ok
+    listed = _jobs_list(archive)
+    assert "2 damaged: 2 repaired, 0 not repairable" in listed and "4 intact" in listed
+
+
+def _jobs_list(archive: Archive) -> str:
+    """``nubis jobs list`` of the archive's data folder."""
+    from typer.testing import CliRunner
+
+    from nubis.cli.main import app
+
+    args = ["jobs", "list", "--data-dir", str(archive.settings.data_dir), "--set", "durable=false"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def test_a_blob_the_backup_lacks_is_not_repairable(healing: Healing, tmp_path: Path) -> None:
