@@ -58,7 +58,8 @@ def healing(tmp_path: Path) -> Iterator[Healing]:
             )
             assert outcome.ok, outcome.error
         job_id = archive.jobs.enqueue(BACKUP, {"to": str(backup)})
-        job = archive.jobs.get(job_id)  # type: ignore[arg-type]
+        assert job_id is not None
+        job = archive.jobs.get(job_id)
         assert job is not None
         runner = Backup(
             archive.index, archive.blobs, archive.keys, "file", archive.guard, cli_principal()
