@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from nubis.backup.copies import backup_copies
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.blobs.folder_tiers import with_folder_tiers
 from nubis.blobs.registry import open_blob_store
@@ -18,6 +19,7 @@ from nubis.dimse.peers import PeerTable
 from nubis.errors import StorageUnavailable
 from nubis.index.database import Index
 from nubis.jobs.context import JobContext
+from nubis.jobs.heal import Healer
 from nubis.jobs.kinds import handlers
 from nubis.jobs.runner import JobRunner
 from nubis.jobs.schedule import SNAPSHOT, parse_schedule
@@ -290,11 +292,18 @@ class Archive:
                 commitment=self.deliver_commitment_report,
                 audit=self.audit,
                 dimse_send=self.run_send,
+                healer=self.healer,
             ),
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,
             schedule=parse_schedule(settings.jobs_schedule) if scheduled else None,
         )
+
+    def healer(self) -> Healer | None:
+        """The verify job's healer from the ``heal_from`` backup folders, whose manifests are
+        read afresh each run (a backup taken since adds copies); None without any."""
+        sources = backup_copies(self.settings.heal_from)
+        return Healer(self.blobs, sources, self.settings.spool_dir) if sources else None
 
     def _lockout_started(self, lockout: Lockout) -> None:
         """Log and audit the start of a login lockout (nothing more is recorded while it lasts:

@@ -389,6 +389,12 @@ class Settings:
         "Periodic jobs as KIND=EVERY (units s m h d w), queued once per period across all "
         "nodes; add verify=7d to re-read every blob weekly. Empty: none.",
     )
+    heal_from: str = _setting(
+        "",
+        "Backup folders (comma-separated, tried in order) the verify job heals missing or "
+        "damaged blobs from: a copy replaces a blob only if it has the digest its backup "
+        "recorded and reads back as the object (docs/backup.md). Empty: verify only reports.",
+    )
     jobs_lease_seconds: int = _setting(
         60,
         "A running job's claim lasts this long unless renewed (every third of it); a job whose "

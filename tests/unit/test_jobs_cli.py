@@ -41,6 +41,7 @@ def test_jobs_and_storage_commands(tmp_path: Path) -> None:
     assert shown["result"]["ok"] == 4 and shown["result"]["problems"] == []
     table = run("jobs", "list")
     assert "100.0%" in table and "done" in table and "cancelled" in table
+    assert "4 intact" in table  # the verify job's note
     assert [j["id"] for j in json.loads(run("jobs", "list", "--json", "--state", "done"))] == [1]
 
     size = sum(p.stat().st_size for p in files)

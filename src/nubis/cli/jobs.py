@@ -93,6 +93,20 @@ def _job_json(job: Job) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _verify_note(result: dict[str, Any]) -> str:
+    """A finished verify job's damage and what self-healing made of it."""
+    damaged = sum(int(result.get(p, 0)) for p in ("missing", "mismatch", "unreadable"))
+    if not damaged:
+        return f"{int(result.get('checked', 0)):,} intact"
+    healed = ""
+    if "repaired" in result or "not_repairable" in result:
+        healed = (
+            f": {int(result.get('repaired', 0))} repaired, "
+            f"{int(result.get('not_repairable', 0))} not repairable"
+        )
+    return f"{damaged} damaged{healed}"
+
+
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
     from nubis.jobs.kinds import parse_params
 
@@ -136,6 +150,8 @@ def list_jobs(
             note = "cancel requested"
         elif (eta := _eta_seconds(job)) is not None:
             note = f"ETA {int(eta // 60)}m {int(eta % 60):02d}s"
+        elif job.kind == "verify" and job.result:
+            note = _verify_note(job.result)
         table.add_row(
             str(job.id),
             job.kind,

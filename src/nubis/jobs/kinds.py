@@ -2,7 +2,8 @@
 
 - ``reap``: delete blobs of deleted instances and orphan blobs (nubis.services.maintenance);
   parameter ``grace_seconds``.
-- ``verify``: re-read blobs and check their SHA-256 (nubis.jobs.verify).
+- ``verify``: re-read blobs and check their SHA-256 (nubis.jobs.verify), healing damaged ones
+  from the ``heal_from`` backup folders (nubis.jobs.heal); parameter ``heal=false`` only reports.
 - ``tier``: apply the lifecycle rules (nubis.tiers.lifecycle); parameters ``partition`` and
   ``study`` to move one study (``nubis storage tier``).
 - ``rewrap``: re-encrypt every stored object whose header names an old key-encryption key so
@@ -33,6 +34,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,7 @@ from nubis.index.database import Index
 from nubis.index.rekey_sql import KIND as REKEY
 from nubis.index.schema import study_rekeys
 from nubis.jobs.context import Handler, JobContext
+from nubis.jobs.heal import Healer
 from nubis.jobs.schedule import AUDIT_VERIFY, SNAPSHOT
 from nubis.jobs.verify import verify
 from nubis.model.audit import ActiveParticipant
@@ -98,12 +101,13 @@ def handlers(
     commitment: Handler | None = None,
     audit: AuditTrail | None = None,
     dimse_send: Handler | None = None,
+    healer: Callable[[], Healer | None] | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
     ``commitment-report``, ``audit-verify`` and ``dimse-send`` when given); ``guard`` records
-    what ``verify`` reads, as ``actor`` (``audit-verify`` records its own use of the log, as
-    ``actor``)."""
+    what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records its own use of the
+    log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -114,7 +118,7 @@ def handlers(
         return {"doomed_deleted": doomed, "orphans_deleted": orphans}
 
     def check(ctx: JobContext) -> dict[str, Any]:
-        return verify(ctx, index, blobs, tiers, guard=guard, actor=actor)
+        return verify(ctx, index, blobs, tiers, guard=guard, actor=actor, healer=healer)
 
     def tier(ctx: JobContext) -> dict[str, Any]:
         return lifecycle.run(

@@ -7,12 +7,18 @@ reading them would request a restore of each, which costs money and hours.
 
 Parameters (all optional): ``partition`` and ``study`` (verify one study), ``tier`` (only that
 tier), ``max_mb_per_s`` (throttle, so a verification does not starve clients of I/O),
-``include_archived``.
+``include_archived``, ``heal`` (false: report damage without healing it).
 
 Every problem is logged at ERROR and listed in the job's result (the first 200; all are
 counted): ``missing`` (no blob), ``mismatch`` (other bytes than were stored), ``unreadable``
 (fails its integrity check: tampered, truncated, moved under another object). Objects whose
 patient keys were crypto-shredded are counted as ``erased``, which is what a shred is for.
+
+Self-healing: with copy sources (the ``heal_from`` setting's backup folders), each object
+missing, mismatched or unreadable is healed from the first source whose copy passes the
+object's check (nubis.jobs.heal), and counted ``repaired`` or ``not_repairable``; its problem
+entry says which, or why not. Each attempt is recorded at once (DICOM Instances Accessed,
+action Update: success with the source it came from, or a minor failure naming why not).
 
 Reading patient data is an access however benign: after each batch, every study read in it is
 recorded (DICOM Instances Accessed, action Read, by the archive on behalf of the job's creator)
@@ -36,12 +42,15 @@ from nubis.errors import BlobCorrupted, BlobUnreadable, KeyErased, RestoreRequir
 from nubis.index.database import Index
 from nubis.index.schema import INSTANCES_LOCATED, instance_tiers, instances, series, studies
 from nubis.jobs.context import JobContext
-from nubis.model.audit import ActiveParticipant, AuditEvent, EventOutcome
+from nubis.jobs.heal import Healer, Repair
+from nubis.model.audit import ActiveParticipant, AuditEvent, EventAction, EventOutcome
 from nubis.ports.blobs import BlobContext, BlobNotFound, BlobStore
 from nubis.security import audit_events
 from nubis.tiers.rules import Tiers
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nubis.services.guard import Guard
 
 __all__ = ["verify"]
@@ -60,8 +69,11 @@ def verify(
     *,
     guard: Guard | None = None,
     actor: ActiveParticipant | None = None,
+    healer: Callable[[], Healer | None] | None = None,
 ) -> dict[str, Any]:
+    """``healer`` gives this run's healer (None: no copy source)."""
     params = ctx.params
+    heal = healer() if healer is not None and params.get("heal", True) else None
     who = None if actor is None else replace(actor, user_name=ctx.job.created_by)
     tier = func.coalesce(instance_tiers.c.tier, tiers.default.name)
     criteria = []
@@ -115,11 +127,19 @@ def verify(
                     "verify: instance %s of study %s (partition %s, blob %s): %s",
                     sop, study, partition, key, problem,
                 )  # fmt: skip
+                entry = {"partition": partition, "study": study, "instance": sop, "blob": key,
+                         "problem": problem}  # fmt: skip
+                if heal is not None:
+                    repair = heal.heal(key, size, sha256, replace(context, patient_id=patient_id))
+                    counts["repaired" if repair.repaired else "not_repairable"] += 1
+                    entry["repair"] = repair.describe()
+                    (log.warning if repair.repaired else log.error)(
+                        "verify: instance %s (blob %s) %s", sop, key, entry["repair"]
+                    )
+                    if guard is not None and who is not None:
+                        guard.record(_repair_event(who, study, patient_id, sop, key, repair))
                 if len(problems) < _LISTED_PROBLEMS:
-                    problems.append(
-                        {"partition": partition, "study": study, "instance": sop, "blob": key,
-                         "problem": problem}
-                    )  # fmt: skip
+                    problems.append(entry)
             if rate:
                 # Sleep off any lead over the allowed rate.
                 ahead = read_here / rate - (time.monotonic() - started)
@@ -159,6 +179,26 @@ def _read_events(
             )
         )
     return events
+
+
+def _repair_event(
+    who: ActiveParticipant,
+    study: str,
+    patient_id: str | None,
+    sop: str,
+    key: str,
+    repair: Repair,
+) -> AuditEvent:
+    """The stored copy of an instance rewritten from a copy source, or why it could not be."""
+    return audit_events.instances_accessed(
+        who,
+        patient_id=patient_id,
+        study_uids=[study],
+        action=EventAction.UPDATE,
+        outcome=EventOutcome.SUCCESS if repair.repaired else EventOutcome.MINOR_FAILURE,
+        front_door="system",
+        description=f"self-healing of instance {sop} (blob {key}): {repair.describe()}",
+    )
 
 
 def _check(
