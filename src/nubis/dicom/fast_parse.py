@@ -20,6 +20,7 @@ rule is pydicom's reading; this is its shortcut for the files that are read alik
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from struct import Struct
 from struct import error as struct_error
@@ -32,7 +33,14 @@ from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
 
 from nubis.dicom.frames import EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS, PixelLayout
-from nubis.dicom.json_values import BULK_URI_MARKER, BULK_VRS, DECODED_VRS, element_json
+from nubis.dicom.json_values import (
+    BULK_URI_MARKER,
+    BULK_VRS,
+    DECODED_VRS,
+    DEFAULT_CODEC,
+    VALUE_DECODERS,
+    ValueDecoder,
+)
 from nubis.dicom.leniency import IDENTIFYING_TAGS, META_SOP_CLASS, META_SOP_INSTANCE
 
 __all__ = ["ParsedDataSet", "parse"]
@@ -50,16 +58,31 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_REPRESENTATION = 0x00280103
 _ITEM_BYTES = b"\xfe\xff\x00\xe0"
+# Top-level elements whose bytes the checks after the walk need.
+_WATCHED = frozenset({*IDENTIFYING_TAGS, _PIXEL_REPRESENTATION, *_OFFSET_TABLES})
 
 _TAG_LENGTH = Struct("<HHL")
 _TAG_VR_LENGTH = Struct("<HH2sH")
 _LONG_LENGTH = Struct("<L")
 _US = Struct("<H")
 
-# Explicit VRs read here, with whether their length takes 4 bytes (PS3.5 7.1.2). UN is left to
-# pydicom, which reads a public element sent as UN with its dictionary VR.
+
+class _NotHere(Exception):
+    """The file is to be read by pydicom."""
+
+
+def _undecodable(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    raise _NotHere
+
+
+def _decoder(vr: str) -> ValueDecoder:
+    return VALUE_DECODERS.get(vr, _undecodable)
+
+
+# Explicit VRs read here, with whether their length takes 4 bytes (PS3.5 7.1.2) and their
+# decoder. UN is left to pydicom, which reads a public element sent as UN with its dictionary VR.
 _EXPLICIT = {
-    str(vr).encode(): (str(vr), vr in EXPLICIT_VR_LENGTH_32)
+    str(vr).encode(): (str(vr), vr in EXPLICIT_VR_LENGTH_32, _decoder(str(vr)))
     for vr in STANDARD_VR
     if str(vr) != "UN"
 }
@@ -72,10 +95,6 @@ _CHARSETS = frozenset(
         "ISO_IR 192", "GB18030", "GBK",
     }
 )  # fmt: skip
-
-
-class _NotHere(Exception):
-    """The file is to be read by pydicom."""
 
 
 @dataclass(slots=True)
@@ -193,7 +212,7 @@ class _Parser:
             if known is None or tag <= last:
                 raise _NotHere
             last = tag
-            vr, long_length = known
+            vr, long_length, _ = known
             header = 8
             if long_length:
                 length = _LONG_LENGTH.unpack_from(self.buf, self.window(pos + 8, 4))[0]
@@ -233,15 +252,20 @@ class _Parser:
         """The elements from ``pos`` up to ``end`` (None: up to an Item Delimitation Item),
         in the JSON model, and where they end."""
         out: dict[str, Any] = {}
-        last = -1
+        # Elements ascend, and the data set's start after group 0002 (PS3.5 7.1, PS3.10 7.1).
+        last = 0x0002FFFF if top_level else -1
+        stop = self.size if end is None else end
         text_seen = False  # a text decoded before (0008,0005) would be decoded otherwise
         creators: dict[int, str | None] = {}
         implicit = self.implicit
         threshold = self.threshold
         unpack_header = _TAG_LENGTH.unpack_from
+        explicit_vrs = _EXPLICIT
+        keys = _KEYS
+        watched = _WATCHED if top_level else frozenset()
         # The window is refilled by self.window only: these locals are reloaded after it.
         buf, base = self.buf, self.base
-        while end is None or pos < end:
+        while pos < stop:
             offset = pos - base
             if offset < 0 or offset + 12 > len(buf):
                 offset = self.window(pos, 8)
@@ -252,11 +276,50 @@ class _Parser:
                 if end is None and tag == _ITEM_END and length == 0:
                     return out, pos + 8
                 raise _NotHere
-            if tag <= last or (top_level and tag < 0x00030000):
+            if tag <= last:
                 raise _NotHere
             last = tag
-            if implicit:
+            if not implicit:
+                known = explicit_vrs.get(buf[offset + 4 : offset + 6])
+                if known is None:
+                    raise _NotHere
+                vr, long_length, decode = known
+                if not long_length:
+                    # The most frequent case, in short: a value of at most 64 KiB that is
+                    # neither bulk data nor a sequence (PS3.5 7.1.2).
+                    pos += 8
+                    length >>= 16
+                    if pos + length > stop:
+                        raise _NotHere
+                    offset = pos - base
+                    if offset + length > len(buf):
+                        offset = self.window(pos, length)
+                        buf, base = self.buf, self.base
+                    value = buf[offset : offset + length]
+                    pos += length
+                    key = keys.get(tag) or _key(tag)
+                    if tag == _CHARSET:
+                        if text_seen:
+                            raise _NotHere
+                        encodings = _encodings(value)
+                        if top_level:
+                            self.charset_seen = True
+                    elif vr in DECODED_VRS:
+                        text_seen = True
+                        if not value.isascii():
+                            self.text_beyond_ascii = True
+                    if tag in watched:
+                        self.watch(tag, vr, value)
+                    out[key] = decode(vr, value, encodings) if value else {"vr": vr}
+                    continue
+                if offset + 12 > len(buf):
+                    offset = self.window(pos, 12)
+                    buf, base = self.buf, self.base
+                length = _LONG_LENGTH.unpack_from(buf, offset + 8)[0]
+                pos += 12
+            else:
                 vr = self.implicit_vr(tag, creators, top_level, length)
+                decode = _decoder(vr)
                 pos += 8
                 if length == _UNDEFINED and vr != "SQ" and _dictionary_vr(tag) is None:
                     # pydicom takes an unknown element of undefined length for a sequence
@@ -264,21 +327,7 @@ class _Parser:
                     if self.read(pos, 4) == _ITEM_BYTES:
                         vr = "SQ"
                     buf, base = self.buf, self.base
-            else:
-                known = _EXPLICIT.get(buf[offset + 4 : offset + 6])
-                if known is None:
-                    raise _NotHere
-                vr, long_length = known
-                if long_length:
-                    if offset + 12 > len(buf):
-                        offset = self.window(pos, 12)
-                        buf, base = self.buf, self.base
-                    length = _LONG_LENGTH.unpack_from(buf, offset + 8)[0]
-                    pos += 12
-                else:
-                    length >>= 16
-                    pos += 8
-            key = _KEYS.get(tag) or _key(tag)
+            key = keys.get(tag) or _key(tag)
             if length == _UNDEFINED:
                 if vr == "SQ":
                     out[key], pos = self.sequence(pos, None, prefix + key, encodings)
@@ -289,7 +338,7 @@ class _Parser:
                     raise _NotHere
                 buf, base = self.buf, self.base
                 continue
-            if end is not None and pos + length > end:
+            if pos + length > stop:
                 raise _NotHere
             if length and (tag in _PIXEL_TAGS or (vr in BULK_VRS and length > threshold)):
                 if pos + length > self.size:
@@ -324,19 +373,23 @@ class _Parser:
                 text_seen = True
                 if not value.isascii():
                     self.text_beyond_ascii = True
-            if top_level:
-                if tag in self.raw_uids:
-                    self.raw_uids[tag] = value
-                elif tag == _PIXEL_REPRESENTATION and vr == "US" and length == 2:
-                    self.pixel_representation = _US.unpack(value)[0]
-                elif tag in _OFFSET_TABLES:
-                    self.layout.offset_tables[tag] = value
+            if tag in watched:
+                self.watch(tag, vr, value)
             if implicit and group & 1 and 0x0010 <= element <= 0x00FF:
                 creators[tag] = _creator(value)
-            out[key] = element_json(vr, value, encodings)
+            out[key] = decode(vr, value, encodings) if value else {"vr": vr}
         if pos != end:
             raise _NotHere
         return out, pos
+
+    def watch(self, tag: int, vr: str, value: bytes) -> None:
+        """Keep what the checks after the walk need of a top-level element."""
+        if tag in self.raw_uids:
+            self.raw_uids[tag] = value
+        elif tag == _PIXEL_REPRESENTATION and vr == "US" and len(value) == 2:
+            self.pixel_representation = _US.unpack(value)[0]
+        elif tag in _OFFSET_TABLES:
+            self.layout.offset_tables[tag] = value
 
     def bulk(self, vr: str, path: str) -> dict[str, str]:
         self.bulk_count += 1
@@ -430,9 +483,10 @@ _KEYS: dict[int, str] = {}
 
 
 def _key(tag: int) -> str:
-    """The DICOM JSON key of a tag (PS3.18 F.2.1.1); public tags' keys are kept."""
+    """The DICOM JSON key of a tag (PS3.18 F.2.1.1), kept for the next file: those of a
+    modality's private tags recur as much as public ones."""
     key = f"{tag:08X}"
-    if not tag & 0x00010000 and len(_KEYS) < 1 << 16:
+    if len(_KEYS) < 1 << 14:
         _KEYS[tag] = key
     return key
 
@@ -478,14 +532,14 @@ def _syntax(text: str) -> UID:
 
 def _uid_text(value: bytes) -> str:
     """A UI value as pydicom reads it; one value only."""
-    text = value.decode(default_encoding).rstrip("\0 ")
+    text = value.decode(DEFAULT_CODEC).rstrip("\0 ")
     if "\\" in text:
         raise _NotHere
     return text
 
 
 def _encodings(value: bytes) -> list[str]:
-    term = value.decode(default_encoding).rstrip("\0 ")
+    term = value.decode(DEFAULT_CODEC).rstrip("\0 ")
     if term not in _CHARSETS:
         raise _NotHere
     return list(convert_encodings(term))
