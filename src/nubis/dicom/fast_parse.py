@@ -260,6 +260,7 @@ class _Parser:
         implicit = self.implicit
         threshold = self.threshold
         unpack_header = _TAG_LENGTH.unpack_from
+        unpack_explicit = _TAG_VR_LENGTH.unpack_from
         explicit_vrs = _EXPLICIT
         keys = _KEYS
         watched = _WATCHED if top_level else frozenset()
@@ -270,9 +271,13 @@ class _Parser:
             if offset < 0 or offset + 12 > len(buf):
                 offset = self.window(pos, 8)
                 buf, base = self.buf, self.base
-            group, element, length = unpack_header(buf, offset)
+            if implicit:
+                group, element, length = unpack_header(buf, offset)
+            else:
+                group, element, vr_bytes, length = unpack_explicit(buf, offset)
             tag = group << 16 | element
             if group == 0xFFFE:
+                length = _LONG_LENGTH.unpack_from(buf, offset + 4)[0]
                 if end is None and tag == _ITEM_END and length == 0:
                     return out, pos + 8
                 raise _NotHere
@@ -280,7 +285,7 @@ class _Parser:
                 raise _NotHere
             last = tag
             if not implicit:
-                known = explicit_vrs.get(buf[offset + 4 : offset + 6])
+                known = explicit_vrs.get(vr_bytes)
                 if known is None:
                     raise _NotHere
                 vr, long_length, decode = known
@@ -288,7 +293,6 @@ class _Parser:
                     # The most frequent case, in short: a value of at most 64 KiB that is
                     # neither bulk data nor a sequence (PS3.5 7.1.2).
                     pos += 8
-                    length >>= 16
                     if pos + length > stop:
                         raise _NotHere
                     offset = pos - base

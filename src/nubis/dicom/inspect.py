@@ -89,6 +89,8 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _ITEM_TAG_BIG_ENDIAN = b"\xff\xfe\xe0\x00"
+# Compact; a tree built by a walk of the data set holds no cycles, so none are looked for.
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +212,7 @@ def _inspected(parsed: ParsedDataSet, fp: BinaryIO, size: int) -> InspectedInsta
                 "what they are: read as ISO 8859-1 (PS3.5 6.1.2.3)",
             )
         )
-    metadata_json = json.dumps(tree, separators=(",", ":"))
+    metadata_json = _JSON.encode(tree)
     if metadata_json.count(BULK_URI_MARKER) != parsed.bulk_count:
         metadata_json = _escape_stray_markers(metadata_json)
     return InspectedInstance(

@@ -37,6 +37,7 @@ _DATA_SET_MISMATCH = 0xA900
 
 IDENTIFYING_TAGS = (SOP_CLASS, SOP_INSTANCE, 0x0020000D, 0x0020000E)
 """The tags whose raw bytes :func:`identifying_uids` looks at for padding lapses."""
+_KEYS = {tag: f"{tag:08X}" for tag in IDENTIFYING_TAGS}
 
 
 def identifying_uids(
@@ -74,32 +75,38 @@ def _valid_uid(
 ) -> str:
     """The UID, usable: digits and dots in non-empty components, at most 64 characters once
     its padding is cut; a PS3.5 9.1 lapse that leaves it usable is a warning."""
-    label = f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
-    values = tree.get(f"{tag:08X}", {}).get("Value") or [None]
+    element = tree.get(_KEYS[tag])
+    values = (element.get("Value") if element else None) or [None]
     value = values[0]
     if not value:
-        raise InvalidInstance(f"{label} is missing", dimse_status=_DATA_SET_MISMATCH)
+        raise InvalidInstance(f"{_label(name, tag)} is missing", dimse_status=_DATA_SET_MISMATCH)
     if len(values) > 1 or not isinstance(value, str):
-        raise InvalidInstance(f"{label} has several values", dimse_status=_DATA_SET_MISMATCH)
+        raise InvalidInstance(
+            f"{_label(name, tag)} has several values", dimse_status=_DATA_SET_MISMATCH
+        )
     if len(value) > 64 or not _UID_RE.fullmatch(value):
         raise InvalidInstance(
-            f"{label} is not a valid UID ({len(value)} characters)",
+            f"{_label(name, tag)} is not a valid UID ({len(value)} characters)",
             dimse_status=_DATA_SET_MISMATCH,
         )
     lapses = []
     if _LEADING_ZERO_RE.search(value):
         lapses.append("a component with a leading zero")
-    if isinstance(raw, bytes) and raw not in (value.encode(), value.encode() + b"\x00"):
+    if isinstance(raw, bytes) and raw != (encoded := value.encode()) and raw != encoded + b"\x00":
         lapses.append("padding other than one trailing NUL")  # PS3.5 9.1: pads an odd length
     if lapses:
         warnings.append(
             IngestWarning(
                 "uid-not-conformant",
                 NOT_CONFORMANT,
-                f"{label} {value} has {' and '.join(lapses)} (PS3.5 9.1)",
+                f"{_label(name, tag)} {value} has {' and '.join(lapses)} (PS3.5 9.1)",
             )
         )
-    return str(value)
+    return value
+
+
+def _label(name: str, tag: int) -> str:
+    return f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _sop_class(
@@ -110,7 +117,7 @@ def _sop_class(
 ) -> str:
     """(0008,0016), or where the data set lacks it, the file meta's (0002,0002) with a warning:
     the object is identified without it, and the file meta says what it is."""
-    if tree.get(f"{SOP_CLASS:08X}", {}).get("Value"):
+    if tree.get(_KEYS[SOP_CLASS], {}).get("Value"):
         return _valid_uid(tree, raw, "SOP Class UID", SOP_CLASS, warnings)
     meta_class = meta_uids.get(META_SOP_CLASS, "").rstrip(" \x00")
     if not meta_class or len(meta_class) > 64 or not _UID_RE.fullmatch(meta_class):
