@@ -58,6 +58,8 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_REPRESENTATION = 0x00280103
 _ITEM_BYTES = b"\xfe\xff\x00\xe0"
+# File meta elements read: group length, Media Storage SOP Class and Instance, Transfer Syntax.
+_META_VALUES = frozenset({0x00020000, META_SOP_CLASS, META_SOP_INSTANCE, 0x00020010})
 # Top-level elements whose bytes the checks after the walk need.
 _WATCHED = frozenset({*IDENTIFYING_TAGS, _PIXEL_REPRESENTATION, *_OFFSET_TABLES})
 
@@ -202,9 +204,13 @@ class _Parser:
         pos = _PREAMBLE_END
         values: dict[int, bytes] = {}
         last = -1
+        buf, base = self.buf, self.base
         while pos + 8 <= self.size:
-            offset = self.window(pos, 8)
-            group, element, vr_bytes, length = _TAG_VR_LENGTH.unpack_from(self.buf, offset)
+            offset = pos - base
+            if offset < 0 or offset + 12 > len(buf):
+                offset = self.window(pos, 8)
+                buf, base = self.buf, self.base
+            group, element, vr_bytes, length = _TAG_VR_LENGTH.unpack_from(buf, offset)
             if group != 2:
                 break
             tag = group << 16 | element
@@ -215,14 +221,16 @@ class _Parser:
             vr, long_length, _ = known
             header = 8
             if long_length:
-                length = _LONG_LENGTH.unpack_from(self.buf, self.window(pos + 8, 4))[0]
+                length = _LONG_LENGTH.unpack_from(buf, self.window(pos + 8, 4))[0]
+                buf, base = self.buf, self.base
                 header = 12
             if length == _UNDEFINED or vr == "SQ":
                 raise _NotHere
-            if tag in (0x00020000, META_SOP_CLASS, META_SOP_INSTANCE, 0x00020010):
+            if tag in _META_VALUES:
                 if vr != ("UL" if tag == 0x00020000 else "UI"):
                     raise _NotHere
                 values[tag] = self.read(pos + header, length)
+                buf, base = self.buf, self.base
             pos += header + length
         if pos > self.size:
             raise _NotHere
@@ -265,12 +273,12 @@ class _Parser:
         keys = _KEYS
         watched = _WATCHED if top_level else frozenset()
         # The window is refilled by self.window only: these locals are reloaded after it.
-        buf, base = self.buf, self.base
+        buf, base, available = self.buf, self.base, len(self.buf)
         while pos < stop:
             offset = pos - base
-            if offset < 0 or offset + 12 > len(buf):
+            if offset < 0 or offset + 12 > available:
                 offset = self.window(pos, 8)
-                buf, base = self.buf, self.base
+                buf, base, available = self.buf, self.base, len(self.buf)
             if implicit:
                 group, element, length = unpack_header(buf, offset)
             else:
@@ -296,9 +304,9 @@ class _Parser:
                     if pos + length > stop:
                         raise _NotHere
                     offset = pos - base
-                    if offset + length > len(buf):
+                    if offset + length > available:
                         offset = self.window(pos, length)
-                        buf, base = self.buf, self.base
+                        buf, base, available = self.buf, self.base, len(self.buf)
                     value = buf[offset : offset + length]
                     pos += length
                     key = keys.get(tag) or _key(tag)
@@ -316,9 +324,9 @@ class _Parser:
                         self.watch(tag, vr, value)
                     out[key] = decode(vr, value, encodings) if value else {"vr": vr}
                     continue
-                if offset + 12 > len(buf):
+                if offset + 12 > available:
                     offset = self.window(pos, 12)
-                    buf, base = self.buf, self.base
+                    buf, base, available = self.buf, self.base, len(self.buf)
                 length = _LONG_LENGTH.unpack_from(buf, offset + 8)[0]
                 pos += 12
             else:
@@ -330,7 +338,7 @@ class _Parser:
                     # when items follow (PS3.5 6.2.2)
                     if self.read(pos, 4) == _ITEM_BYTES:
                         vr = "SQ"
-                    buf, base = self.buf, self.base
+                    buf, base, available = self.buf, self.base, len(self.buf)
             key = keys.get(tag) or _key(tag)
             if length == _UNDEFINED:
                 if vr == "SQ":
@@ -340,7 +348,7 @@ class _Parser:
                     pos = self.encapsulated_pixels(pos, prefix + key)
                 else:
                     raise _NotHere
-                buf, base = self.buf, self.base
+                buf, base, available = self.buf, self.base, len(self.buf)
                 continue
             if pos + length > stop:
                 raise _NotHere
@@ -354,17 +362,17 @@ class _Parser:
                     self.layout.pixel = (pos, length)
                 elif top_level and tag in _OFFSET_TABLES:
                     self.layout.offset_tables[tag] = self.read(pos, length)
-                    buf, base = self.buf, self.base
+                    buf, base, available = self.buf, self.base, len(self.buf)
                 pos += length
                 continue
             if vr == "SQ":
                 out[key], pos = self.sequence(pos, pos + length, prefix + key, encodings)
-                buf, base = self.buf, self.base
+                buf, base, available = self.buf, self.base, len(self.buf)
                 continue
             offset = pos - base
-            if offset < 0 or offset + length > len(buf):
+            if offset < 0 or offset + length > available:
                 offset = self.window(pos, length)
-                buf, base = self.buf, self.base
+                buf, base, available = self.buf, self.base, len(self.buf)
             value = buf[offset : offset + length]
             pos += length
             if tag == _CHARSET:

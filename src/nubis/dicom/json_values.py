@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import codecs
-import math
 import struct
 from collections.abc import Callable, MutableSequence, Sequence
+from math import isfinite
 from typing import Any
 
 from pydicom.charset import decode_bytes, default_encoding, python_encoding
@@ -106,11 +106,12 @@ def _plain_strings(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str,
 
 
 def _decimal_strings(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    number = _integer if vr == "IS" else _decimal
     text = value.decode(DEFAULT_CODEC)
     if "\\" in text:
-        return _values(vr, [_json_number(v, vr) for v in text.split("\\")])
-    number = _json_number(text, vr)
-    return {"vr": vr, "Value": [number]} if number is not None else {"vr": vr}
+        return _values(vr, [number(v) for v in text.split("\\")])
+    single = number(text)
+    return {"vr": vr, "Value": [single]} if single is not None else {"vr": vr}
 
 
 def _binary_numbers(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
@@ -212,27 +213,39 @@ gives), for a reader that has checked the value is not empty."""
 def _json_float(number: float) -> float | str | None:
     # JSON has no NaN or infinity; PS3.18 F.2.3.1 leaves them out, so keep them as text rather
     # than emit the invalid JSON that json.dumps would.
-    return number if math.isfinite(number) else str(number)
+    return number if isfinite(number) else str(number)
 
 
-def _json_number(text: str, vr: str) -> int | float | str | None:
+def _decimal(text: str) -> float | str | None:
+    """A DS value (PS3.5 6.2) as a JSON number; one that is not a finite number is kept as the
+    text that was sent rather than lost."""
     text = text.strip(" \x00")
     if not text:
         return None
-    if vr == "IS":
-        try:
-            return int(text)
-        except ValueError:
-            pass  # "1.0" and the like: accepted by pydicom, so here too when integral
     try:
         number = float(text)
     except ValueError:
-        return text  # not a number: keep what was sent rather than lose it
-    if not math.isfinite(number):
         return text
-    if vr == "IS" and number.is_integer():
-        return int(number)
-    return number
+    return number if isfinite(number) else text
+
+
+def _integer(text: str) -> int | float | str | None:
+    """An IS value (PS3.5 6.2); "1.0" and the like are accepted by pydicom, so here too when
+    integral."""
+    text = text.strip(" \x00")
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not isfinite(number):
+        return text
+    return int(number) if number.is_integer() else number
 
 
 def _person_names(value: bytes, encodings: Sequence[str]) -> list[dict[str, str] | None]:
