@@ -62,6 +62,7 @@ _ITEM_BYTES = b"\xfe\xff\x00\xe0"
 _META_VALUES = frozenset({0x00020000, META_SOP_CLASS, META_SOP_INSTANCE, 0x00020010})
 # Top-level elements whose bytes the checks after the walk need.
 _WATCHED = frozenset({*IDENTIFYING_TAGS, _PIXEL_REPRESENTATION, *_OFFSET_TABLES})
+_LOOKED_AT = _WATCHED | {_CHARSET}
 
 _TAG_LENGTH = Struct("<HHL")
 _TAG_VR_LENGTH = Struct("<HH2sH")
@@ -81,10 +82,16 @@ def _decoder(vr: str) -> ValueDecoder:
     return VALUE_DECODERS.get(vr, _undecodable)
 
 
-# Explicit VRs read here, with whether their length takes 4 bytes (PS3.5 7.1.2) and their
-# decoder. UN is left to pydicom, which reads a public element sent as UN with its dictionary VR.
+# Explicit VRs read here, with whether their length takes 4 bytes (PS3.5 7.1.2), their decoder
+# and whether (0008,0005) says how to decode them. UN is left to pydicom, which reads a public
+# element sent as UN with its dictionary VR.
 _EXPLICIT = {
-    str(vr).encode(): (str(vr), vr in EXPLICIT_VR_LENGTH_32, _decoder(str(vr)))
+    str(vr).encode(): (
+        str(vr),
+        vr in EXPLICIT_VR_LENGTH_32,
+        _decoder(str(vr)),
+        str(vr) in DECODED_VRS,
+    )
     for vr in STANDARD_VR
     if str(vr) != "UN"
 }
@@ -218,7 +225,7 @@ class _Parser:
             if known is None or tag <= last:
                 raise _NotHere
             last = tag
-            vr, long_length, _ = known
+            vr, long_length, _, _ = known
             header = 8
             if long_length:
                 length = _LONG_LENGTH.unpack_from(buf, self.window(pos + 8, 4))[0]
@@ -296,7 +303,7 @@ class _Parser:
                 known = explicit_vrs.get(vr_bytes)
                 if known is None:
                     raise _NotHere
-                vr, long_length, decode = known
+                vr, long_length, decode, text = known
                 if not long_length:
                     # The most frequent case, in short: a value of at most 64 KiB that is
                     # neither bulk data nor a sequence (PS3.5 7.1.2).
@@ -309,19 +316,25 @@ class _Parser:
                         buf, base, available = self.buf, self.base, len(self.buf)
                     value = buf[offset : offset + length]
                     pos += length
-                    key = keys.get(tag) or _key(tag)
-                    if tag == _CHARSET:
-                        if text_seen:
-                            raise _NotHere
-                        encodings = _encodings(value)
-                        if top_level:
-                            self.charset_seen = True
-                    elif vr in DECODED_VRS:
+                    key = keys.get(tag)
+                    if key is None:  # not seen yet, or one of the tags looked at here
+                        key = _key(tag)
+                        if tag == _CHARSET:
+                            if text_seen:
+                                raise _NotHere
+                            encodings = _encodings(value)
+                            if top_level:
+                                self.charset_seen = True
+                        elif text:
+                            text_seen = True
+                            if not value.isascii():
+                                self.text_beyond_ascii = True
+                        if tag in watched:
+                            self.watch(tag, vr, value)
+                    elif text:
                         text_seen = True
                         if not value.isascii():
                             self.text_beyond_ascii = True
-                    if tag in watched:
-                        self.watch(tag, vr, value)
                     out[key] = decode(vr, value, encodings) if value else {"vr": vr}
                     continue
                 if offset + 12 > available:
@@ -495,10 +508,11 @@ _KEYS: dict[int, str] = {}
 
 
 def _key(tag: int) -> str:
-    """The DICOM JSON key of a tag (PS3.18 F.2.1.1), kept for the next file: those of a
-    modality's private tags recur as much as public ones."""
+    """The DICOM JSON key of a tag (PS3.18 F.2.1.1), kept for the next file (a modality's
+    private tags recur as much as public ones) but for the tags whose values the walk looks
+    at, which the walk knows by their key's absence."""
     key = f"{tag:08X}"
-    if len(_KEYS) < 1 << 14:
+    if len(_KEYS) < 1 << 14 and tag not in _LOOKED_AT:
         _KEYS[tag] = key
     return key
 

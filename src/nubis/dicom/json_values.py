@@ -164,6 +164,11 @@ def _uri(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
 
 
 def _person_name_values(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    if _ESC not in value:
+        text = _decoded(value, encodings).rstrip(" \x00")
+        if "\\" not in text and "=" not in text:
+            # The common case: one name, alphabetic only.
+            return {"vr": vr, "Value": [{"Alphabetic": text}]} if text else {"vr": vr}
     return _values(vr, _person_names(value, encodings))
 
 
