@@ -14,6 +14,7 @@ own hostile inputs through both readers too.
 from __future__ import annotations
 
 import io
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate_extended
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -238,6 +240,29 @@ def _charset_in_an_item() -> Dataset:
     return ds
 
 
+TEXT_TERMS = ("ISO_IR 100", "ISO_IR 192", "GB18030", "ISO_IR 13", "ISO_IR 144")
+
+
+def _texts_in(term: str, wrong_charset_vr: bool = False) -> Dataset:
+    """ASCII and other text under a character set without code extensions: the readers
+    decode ASCII alone, and one alphabetic name alone (PS3.5 6.1.2.3, 6.2)."""
+    ds = Dataset()
+    # pydicom takes (0008,0005) for the character set whatever its VR says
+    ds.add_new(0x00080005, "LO" if wrong_charset_vr else "CS", term)
+    ds.PatientName = "Doe^Jane"
+    ds.OtherPatientNames = ["Roe^Richard", "", "Poe^Edgar=Poe^E"]
+    ds.ReferringPhysicianName = "Yamada^Tarou=^=^"
+    ds.OtherPatientIDs = "A1\\B2 \\"
+    ds.StudyDescription = "caf\xe9" if term in ("ISO_IR 100", "ISO_IR 192", "GB18030") else "cafe"
+    ds.SeriesDescription = "\\".join(["x" * 3, "\u5c71\u7530" if term != "ISO_IR 100" else "y"])
+    ds.ImageComments = " line  one\r\nline two  "
+    item = Dataset()
+    item.CodeMeaning = "ascii in an item "
+    item.PersonName = "Name^In^Item"  # type: ignore[attr-defined]
+    ds.ConceptNameCodeSequence = [item]
+    return ds
+
+
 def _built(tmp_path: Path) -> Iterator[Path]:
     yield _file(tmp_path, "sr.dcm", _structured_report())
     yield _file(tmp_path, "sr_implicit.dcm", _structured_report(), ImplicitVRLittleEndian)
@@ -246,6 +271,37 @@ def _built(tmp_path: Path) -> Iterator[Path]:
     yield _file(tmp_path, "eot.dcm", _nested_pixel_data_and_offset_tables(), JPEGBaseline8Bit)
     yield _file(tmp_path, "charsets.dcm", _charset_in_an_item())
     yield _file(tmp_path, "charsets_implicit.dcm", _charset_in_an_item(), ImplicitVRLittleEndian)
+    for n, term in enumerate(TEXT_TERMS):
+        yield _file(tmp_path, f"texts-{n}.dcm", _texts_in(term))
+        yield _file(tmp_path, f"texts-{n}-implicit.dcm", _texts_in(term), ImplicitVRLittleEndian)
+    yield _file(tmp_path, "charset-as-lo.dcm", _texts_in("ISO_IR 192", wrong_charset_vr=True))
+
+
+def test_text_is_decoded_as_pydicom_decodes_it(tmp_path: Path) -> None:
+    """Both readers share nubis.dicom.json_values, which the comparisons above cannot fault:
+    its shortcuts for ASCII text and single names are held to pydicom's own reading here."""
+    keywords = (
+        "PatientName",
+        "OtherPatientNames",
+        "ReferringPhysicianName",
+        "OtherPatientIDs",
+        "StudyDescription",
+        "SeriesDescription",
+        "ImageComments",
+    )
+
+    def values(elem: Any) -> list[str | None]:
+        items = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+        return [str(item).rstrip(" =") or None for item in items]
+
+    for n, term in enumerate(TEXT_TERMS):
+        path = _file(tmp_path, f"texts-{n}.dcm", _texts_in(term))
+        tree = json.loads(inspect_file(path).metadata_json)
+        read = pydicom.dcmread(path)
+        restored = Dataset.from_json(tree)
+        for keyword in keywords:
+            assert values(restored[keyword]) == values(read[keyword]), (term, keyword)
+        assert values(restored.ConceptNameCodeSequence[0]["PersonName"]) == ["Name^In^Item"]
 
 
 def test_built_objects_read_alike_and_fast(tmp_path: Path) -> None:
