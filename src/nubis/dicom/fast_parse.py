@@ -62,7 +62,7 @@ _ITEM_BYTES = b"\xfe\xff\x00\xe0"
 _META_VALUES = frozenset({0x00020000, META_SOP_CLASS, META_SOP_INSTANCE, 0x00020010})
 # Top-level elements whose bytes the checks after the walk need.
 _WATCHED = frozenset({*IDENTIFYING_TAGS, _PIXEL_REPRESENTATION, *_OFFSET_TABLES})
-_LOOKED_AT = _WATCHED | {_CHARSET}
+_LOOKED_AT = {tag: f"{tag:08X}" for tag in (*_WATCHED, _CHARSET)}
 
 _TAG_LENGTH = Struct("<HHL")
 _TAG_VR_LENGTH = Struct("<HH2sH")
@@ -511,9 +511,11 @@ def _key(tag: int) -> str:
     """The DICOM JSON key of a tag (PS3.18 F.2.1.1), kept for the next file (a modality's
     private tags recur as much as public ones) but for the tags whose values the walk looks
     at, which the walk knows by their key's absence."""
-    key = f"{tag:08X}"
-    if len(_KEYS) < 1 << 14 and tag not in _LOOKED_AT:
-        _KEYS[tag] = key
+    key = _LOOKED_AT.get(tag)
+    if key is None:
+        key = f"{tag:08X}"
+        if len(_KEYS) < 1 << 14:
+            _KEYS[tag] = key
     return key
 
 

@@ -20,6 +20,7 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 # PS3.5 9.1: no component but "0" itself starts with a zero. Legacy objects break this rule
 # and stay usable (the UID is still digits and dots, a valid URL path segment).
 _LEADING_ZERO_RE = re.compile(r"(^|\.)0[0-9]")
+_CONFORMANT_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # both rules at once
 SOP_CLASS, SOP_INSTANCE = 0x00080016, 0x00080018
 # The file meta UIDs compared with the data set's: Media Storage SOP Class and Instance UID.
 META_SOP_CLASS, META_SOP_INSTANCE = 0x00020002, 0x00020003
@@ -84,13 +85,14 @@ def _valid_uid(
         raise InvalidInstance(
             f"{_label(name, tag)} has several values", dimse_status=_DATA_SET_MISMATCH
         )
-    if len(value) > 64 or not _UID_RE.fullmatch(value):
+    conformant = len(value) <= 64 and _CONFORMANT_UID_RE.fullmatch(value)
+    if not conformant and (len(value) > 64 or not _UID_RE.fullmatch(value)):
         raise InvalidInstance(
             f"{_label(name, tag)} is not a valid UID ({len(value)} characters)",
             dimse_status=_DATA_SET_MISMATCH,
         )
     lapses = []
-    if _LEADING_ZERO_RE.search(value):
+    if not conformant and _LEADING_ZERO_RE.search(value):
         lapses.append("a component with a leading zero")
     if isinstance(raw, bytes) and raw != (encoded := value.encode()) and raw != encoded + b"\x00":
         lapses.append("padding other than one trailing NUL")  # PS3.5 9.1: pads an odd length
