@@ -90,8 +90,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _ITEM_TAG_BIG_ENDIAN = b"\xff\xfe\xe0\x00"
-# Compact; a tree built by a walk of the data set holds no cycles, so none are looked for.
-_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # a walked tree has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +172,7 @@ def inspect_file(
         :attr:`InspectedInstance.warnings` instead (issue 12): a file meta naming another
         object, a SOP Class UID taken from the file meta, UID lapses, unknown character sets.
     """
-    # The fast reader reads a few large windows: unbuffered, a path opens in half the time.
-    # pydicom, and the split of frames by their markers, read in small pieces: buffered.
+    # Unbuffered for the fast reader's few large reads; buffered for pydicom's small ones.
     raw: io.FileIO | None = None
     if isinstance(path, Path):
         raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
