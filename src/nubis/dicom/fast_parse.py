@@ -10,11 +10,12 @@ character sets without code extensions.
 
 Whatever it is not sure it reads as pydicom does, it does not read: it returns None and the
 caller reads the file with pydicom, which then also gives the error a faulty file deserves. So
-a deflated or big endian data set, an explicit VR of UN or one no reader agrees on, elements out
-of order or repeated, an ambiguous VR it cannot resolve alone, items that do not end where their
-length says, a value running past its container, a text before (0008,0005) it would decode
-otherwise, anything unusual in the file meta or the pixel data's items: all go to pydicom. The
-rule is pydicom's reading; this is its shortcut for the files that are read alike either way
+a deflated or big endian data set, an explicit VR no reader agrees on, an explicit UN that
+pydicom would read as a private, sequence or ambiguous VR, elements out of order or repeated,
+an ambiguous VR it cannot resolve alone, items that do not end where their length says, a
+value running past its container, a text before (0008,0005) it would decode otherwise,
+anything unusual in the file meta or the pixel data's items: all go to pydicom. The rule is
+pydicom's reading; this is its shortcut for the files that are read alike either way
 (tests/unit/test_fast_parse.py runs both over every test file).
 """
 
@@ -82,9 +83,8 @@ def _decoder(vr: str) -> ValueDecoder:
     return VALUE_DECODERS.get(vr, _undecodable)
 
 
-# Explicit VRs read here, with whether their length takes 4 bytes (PS3.5 7.1.2), their decoder
-# and whether (0008,0005) says how to decode them. UN is left to pydicom, which reads a public
-# element sent as UN with its dictionary VR.
+# Explicit VRs, with whether their length takes 4 bytes (PS3.5 7.1.2), their decoder and
+# whether (0008,0005) says how to decode them. UN is read as pydicom reads it (_Parser.un_vr).
 _EXPLICIT = {
     str(vr).encode(): (
         str(vr),
@@ -93,7 +93,6 @@ _EXPLICIT = {
         str(vr) in DECODED_VRS,
     )
     for vr in STANDARD_VR
-    if str(vr) != "UN"
 }
 _IMPLICIT_SYNTAX = "1.2.840.10008.1.2"
 # Charsets without code extensions: one term, decoded as pydicom decodes it.
@@ -222,7 +221,7 @@ class _Parser:
                 break
             tag = group << 16 | element
             known = _EXPLICIT.get(vr_bytes)
-            if known is None or tag <= last:
+            if known is None or known[0] == "UN" or tag <= last:
                 raise _NotHere
             last = tag
             vr, long_length, _, _ = known
@@ -342,6 +341,9 @@ class _Parser:
                     buf, base, available = self.buf, self.base, len(self.buf)
                 length = _LONG_LENGTH.unpack_from(buf, offset + 8)[0]
                 pos += 12
+                if vr == "UN":
+                    vr = self.un_vr(tag, length)
+                    decode = _decoder(vr)
             else:
                 vr = self.implicit_vr(tag, creators, top_level, length)
                 decode = _decoder(vr)
@@ -448,6 +450,20 @@ class _Parser:
         if top_level and tag in _AMBIGUOUS_US_SS_TAGS and self.pixel_representation in (0, 1):
             return "US" if self.pixel_representation == 0 else "SS"
         raise _NotHere
+
+    @staticmethod
+    def un_vr(tag: int, length: int) -> str:
+        """The VR pydicom gives an element sent with an explicit VR of UN, where it can be
+        told here: a public element's dictionary VR unless its value is 64 KiB or more
+        (``raw_element_vr``), or UN for a tag the dictionary does not know (PS3.5 6.2.2)."""
+        if tag >> 16 & 1 or tag == _CHARSET or length >= 0xFFFF:
+            raise _NotHere  # a private or undefined-length one, or the character set
+        vr = _dictionary_vr(tag)
+        if vr is None:
+            return "UN"
+        if vr not in VALUE_DECODERS:
+            raise _NotHere  # a sequence, an ambiguous VR
+        return vr
 
     def sequence(
         self, pos: int, end: int | None, path: str, encodings: list[str]
