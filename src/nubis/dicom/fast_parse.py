@@ -319,8 +319,8 @@ class _Parser:
                     if key is None:  # not seen yet, or one of the tags looked at here
                         key = _key(tag)
                         if tag == _CHARSET:
-                            if text_seen:
-                                raise _NotHere
+                            if text_seen or vr != "CS":
+                                raise _NotHere  # pydicom may read the terms otherwise
                             encodings = _encodings(value)
                             if top_level:
                                 self.charset_seen = True
@@ -391,7 +391,7 @@ class _Parser:
             value = buf[offset : offset + length]
             pos += length
             if tag == _CHARSET:
-                if text_seen:
+                if text_seen or vr != "CS":
                     raise _NotHere
                 encodings = _encodings(value)
                 if top_level:
