@@ -277,6 +277,7 @@ class _Parser:
         unpack_explicit = _TAG_VR_LENGTH.unpack_from
         explicit_vrs = _EXPLICIT
         keys = _KEYS
+        implicit_vrs = _IMPLICIT_VRS
         watched = _WATCHED if top_level else frozenset()
         # The window is refilled by self.window only: these locals are reloaded after it.
         buf, base, available = self.buf, self.base, len(self.buf)
@@ -345,8 +346,12 @@ class _Parser:
                     vr = self.un_vr(tag, length)
                     decode = _decoder(vr)
             else:
-                vr = self.implicit_vr(tag, creators, top_level, length)
-                decode = _decoder(vr)
+                by_tag = implicit_vrs.get(tag)
+                if by_tag is None:
+                    vr = self.implicit_vr(tag, creators, top_level, length)
+                    decode = _decoder(vr)
+                else:
+                    vr, decode = by_tag
                 pos += 8
                 if length == _UNDEFINED and vr != "SQ" and _dictionary_vr(tag) is None:
                     # pydicom takes an unknown element of undefined length for a sequence
@@ -428,6 +433,8 @@ class _Parser:
         """The VR pydicom gives an Implicit VR element (its ``raw_element_vr`` hook, and
         ``correct_ambiguous_vr_element`` where it can be decided here)."""
         vr = _dictionary_vr(tag)
+        if vr is not None and " or " not in vr and len(_IMPLICIT_VRS) < 1 << 14:
+            _IMPLICIT_VRS[tag] = (vr, _decoder(vr))  # the tag alone says
         if vr is None:
             group, element = tag >> 16, tag & 0xFFFF
             if group & 1:
@@ -520,6 +527,8 @@ class _Parser:
 
 
 _VR_CACHE: dict[int, str | None] = {}
+# Implicit VR: the public tags whose dictionary VR is one VR, with their decoder.
+_IMPLICIT_VRS: dict[int, tuple[str, ValueDecoder]] = {}
 _KEYS: dict[int, str] = {}
 
 
