@@ -6,14 +6,15 @@ byte for byte, bulk and frame positions, encapsulated paths, UIDs, warnings) or 
 refusal (reason and PS3.4 Annex B.2.3 status). The files are every file of pydicom's test
 files and of pydicom-data, the objects ``nubis.tools.synth`` makes, objects built here for
 what those lack (structured report, 1-bit pixels, private tags in implicit VR, character sets,
-nested pixel data, offset tables), and a few hundred mutants of them (bits flipped, ends cut
-off, hostile pixel module values), the same in every run. tests/unit/test_inspect.py runs its
-own hostile inputs through both readers too.
+nested pixel data, offset tables, elements sent as UN), and a few hundred mutants of them
+(bits flipped, ends cut off, hostile pixel module values), the same in every run.
+tests/unit/test_inspect.py runs its own hostile inputs through both readers too.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +23,12 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate_extended
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -238,6 +242,28 @@ def _charset_in_an_item() -> Dataset:
     return ds
 
 
+TEXT_TERMS = ("ISO_IR 100", "ISO_IR 192", "GB18030", "ISO_IR 13", "ISO_IR 144")
+
+
+def _texts_in(term: str) -> Dataset:
+    """ASCII and other text under a character set without code extensions: the readers
+    decode ASCII alone, and one alphabetic name alone (PS3.5 6.1.2.3, 6.2)."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = term
+    ds.PatientName = "Doe^Jane"
+    ds.OtherPatientNames = ["Roe^Richard", "", "Poe^Edgar=Poe^E"]
+    ds.ReferringPhysicianName = "Yamada^Tarou=^=^"
+    ds.OtherPatientIDs = "A1\\B2 \\"
+    ds.StudyDescription = "caf\xe9" if term in ("ISO_IR 100", "ISO_IR 192", "GB18030") else "cafe"
+    ds.SeriesDescription = "\\".join(["x" * 3, "\u5c71\u7530" if term != "ISO_IR 100" else "y"])
+    ds.ImageComments = " line  one\r\nline two  "
+    item = Dataset()
+    item.CodeMeaning = "ascii in an item "
+    item.PersonName = "Name^In^Item"  # type: ignore[attr-defined]
+    ds.ConceptNameCodeSequence = [item]
+    return ds
+
+
 def _built(tmp_path: Path) -> Iterator[Path]:
     yield _file(tmp_path, "sr.dcm", _structured_report())
     yield _file(tmp_path, "sr_implicit.dcm", _structured_report(), ImplicitVRLittleEndian)
@@ -246,12 +272,108 @@ def _built(tmp_path: Path) -> Iterator[Path]:
     yield _file(tmp_path, "eot.dcm", _nested_pixel_data_and_offset_tables(), JPEGBaseline8Bit)
     yield _file(tmp_path, "charsets.dcm", _charset_in_an_item())
     yield _file(tmp_path, "charsets_implicit.dcm", _charset_in_an_item(), ImplicitVRLittleEndian)
+    for n, term in enumerate(TEXT_TERMS):
+        yield _file(tmp_path, f"texts-{n}.dcm", _texts_in(term))
+        yield _file(tmp_path, f"texts-{n}-implicit.dcm", _texts_in(term), ImplicitVRLittleEndian)
+
+
+def test_text_is_decoded_as_pydicom_decodes_it(tmp_path: Path) -> None:
+    """Both readers share nubis.dicom.json_values, which the comparisons above cannot fault:
+    its shortcuts for ASCII text and single names are held to pydicom's own reading here."""
+    keywords = (
+        "PatientName",
+        "OtherPatientNames",
+        "ReferringPhysicianName",
+        "OtherPatientIDs",
+        "StudyDescription",
+        "SeriesDescription",
+        "ImageComments",
+    )
+
+    def values(elem: Any) -> list[str | None]:
+        items = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+        return [str(item).rstrip(" =") or None for item in items]
+
+    for n, term in enumerate(TEXT_TERMS):
+        path = _file(tmp_path, f"texts-{n}.dcm", _texts_in(term))
+        tree = json.loads(inspect_file(path).metadata_json)
+        read = pydicom.dcmread(path)
+        restored = Dataset.from_json(tree)
+        for keyword in keywords:
+            assert values(restored[keyword]) == values(read[keyword]), (term, keyword)
+        assert values(restored.ConceptNameCodeSequence[0]["PersonName"]) == ["Name^In^Item"]
+
+
+def _sent_as_un(extra: dict[int, bytes] | None = None) -> Dataset:
+    """Public elements with an explicit VR of UN, which pydicom reads with their dictionary
+    VR, and one the dictionary does not know, which stays UN (PS3.5 6.2.2)."""
+    ds = Dataset()
+    ds.PatientID = "UN-1"
+    elements = {
+        0x00080060: b"CT",  # CS
+        0x00081030: b"Study sent as UN ",  # LO
+        0x00100010: b"Doe^John",  # PN
+        0x00101010: b"054Y",  # AS
+        0x00180050: b"1.25",  # DS
+        0x00200013: b"7 ",  # IS
+        0x00280010: b"\x04\x00",  # US
+        0x00089999: b"\x01\x02",  # not in the dictionary
+        0x00420011: b"\x00" * 3000,  # OB, bulk data
+        **(extra or {}),
+    }
+    for tag, value in elements.items():
+        # raw, as pydicom itself would give a UN element its dictionary VR
+        ds[tag] = RawDataElement(BaseTag(tag), "UN", len(value), value, 0, False, True)
+    # written as they are only into the encoding they were read from
+    ds.set_original_encoding(False, True, ds._character_set)
+    return ds
+
+
+# What pydicom reads as UN otherwise, left to it: a private element, a sequence (its items in
+# implicit VR), an ambiguous VR; and the character set, below.
+_UN_LEFT_TO_PYDICOM = {
+    "private": {0x00090010: b"NUBIS ", 0x00091001: b"abc "},
+    # an item holding (0020,000E) in implicit VR
+    "sequence": {0x00081115: b"\xfe\xff\x00\xe0\x0c\0\0\0\x20\0\x0e\0\x04\0\0\0001.23"},
+    "ambiguous": {0x00280106: b"\x05\x00"},
+}
+
+
+def test_elements_sent_as_un_read_alike(tmp_path: Path) -> None:
+    path = _file(tmp_path, "un.dcm", _sent_as_un())
+    assert _assert_alike(path)
+    assert _assert_alike(path, bulk_threshold=1)
+    tree = inspect_file(path).metadata
+    assert tree["00180050"] == {"vr": "DS", "Value": [1.25]}
+    assert tree["00089999"]["vr"] == "UN"
+    assert tree["00420011"]["vr"] == "OB" and "BulkDataURI" in tree["00420011"]
+    for name, extra in _UN_LEFT_TO_PYDICOM.items():
+        path = _file(tmp_path, f"un-{name}.dcm", _sent_as_un(extra))
+        assert not _assert_alike(path), name
+    # (0008,0005) as UN: pydicom's writer gives it its VR, so the bytes are changed after it.
+    ds = _sent_as_un()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    path = _file(tmp_path, "un-charset.dcm", ds)
+    sent = path.read_bytes()
+    charset = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"
+    assert sent.count(charset) == 1
+    path.write_bytes(sent.replace(charset, b"\x08\x00\x05\x00UN\0\0\x0a\0\0\0ISO_IR 100"))
+    assert not _assert_alike(path)
 
 
 def test_built_objects_read_alike_and_fast(tmp_path: Path) -> None:
     for path in _built(tmp_path):
         assert _assert_alike(path), path.name
         assert _assert_alike(path, bulk_threshold=16), path.name
+    # (0008,0005) with another VR than CS: pydicom reads it as that VR says (a mutant with SS
+    # for CS, one bit flipped, is refused by pydicom; LO is read as the terms).
+    for vr in ("LO", "SS"):
+        path = _file(tmp_path, f"charset-as-{vr}.dcm", _texts_in("ISO_IR 192"))
+        sent = path.read_bytes()
+        charset = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 192"
+        assert sent.count(charset) == 1
+        path.write_bytes(sent.replace(charset, charset.replace(b"CS", vr.encode())))
+        assert not _assert_alike(path), vr
 
 
 # ---------------------------------------------------------------------- mutants

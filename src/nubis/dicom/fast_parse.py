@@ -10,16 +10,18 @@ character sets without code extensions.
 
 Whatever it is not sure it reads as pydicom does, it does not read: it returns None and the
 caller reads the file with pydicom, which then also gives the error a faulty file deserves. So
-a deflated or big endian data set, an explicit VR of UN or one no reader agrees on, elements out
-of order or repeated, an ambiguous VR it cannot resolve alone, items that do not end where their
-length says, a value running past its container, a text before (0008,0005) it would decode
-otherwise, anything unusual in the file meta or the pixel data's items: all go to pydicom. The
-rule is pydicom's reading; this is its shortcut for the files that are read alike either way
+a deflated or big endian data set, an explicit VR no reader agrees on, an explicit UN that
+pydicom would read as a private, sequence or ambiguous VR, elements out of order or repeated,
+an ambiguous VR it cannot resolve alone, items that do not end where their length says, a
+value running past its container, a text before (0008,0005) it would decode otherwise,
+anything unusual in the file meta or the pixel data's items: all go to pydicom. The rule is
+pydicom's reading; this is its shortcut for the files that are read alike either way
 (tests/unit/test_fast_parse.py runs both over every test file).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from struct import Struct
 from struct import error as struct_error
@@ -32,7 +34,14 @@ from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
 
 from nubis.dicom.frames import EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS, PixelLayout
-from nubis.dicom.json_values import BULK_URI_MARKER, BULK_VRS, DECODED_VRS, element_json
+from nubis.dicom.json_values import (
+    BULK_URI_MARKER,
+    BULK_VRS,
+    DECODED_VRS,
+    DEFAULT_CODEC,
+    VALUE_DECODERS,
+    ValueDecoder,
+)
 from nubis.dicom.leniency import IDENTIFYING_TAGS, META_SOP_CLASS, META_SOP_INSTANCE
 
 __all__ = ["ParsedDataSet", "parse"]
@@ -50,18 +59,40 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_REPRESENTATION = 0x00280103
 _ITEM_BYTES = b"\xfe\xff\x00\xe0"
+# File meta elements read: group length, Media Storage SOP Class and Instance, Transfer Syntax.
+_META_VALUES = frozenset({0x00020000, META_SOP_CLASS, META_SOP_INSTANCE, 0x00020010})
+# Top-level elements whose bytes the checks after the walk need.
+_WATCHED = frozenset({*IDENTIFYING_TAGS, _PIXEL_REPRESENTATION, *_OFFSET_TABLES})
+_LOOKED_AT = {tag: f"{tag:08X}" for tag in (*_WATCHED, _CHARSET)}
 
 _TAG_LENGTH = Struct("<HHL")
 _TAG_VR_LENGTH = Struct("<HH2sH")
 _LONG_LENGTH = Struct("<L")
 _US = Struct("<H")
 
-# Explicit VRs read here, with whether their length takes 4 bytes (PS3.5 7.1.2). UN is left to
-# pydicom, which reads a public element sent as UN with its dictionary VR.
+
+class _NotHere(Exception):
+    """The file is to be read by pydicom."""
+
+
+def _undecodable(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    raise _NotHere
+
+
+def _decoder(vr: str) -> ValueDecoder:
+    return VALUE_DECODERS.get(vr, _undecodable)
+
+
+# Explicit VRs, with whether their length takes 4 bytes (PS3.5 7.1.2), their decoder and
+# whether (0008,0005) says how to decode them. UN is read as pydicom reads it (_Parser.un_vr).
 _EXPLICIT = {
-    str(vr).encode(): (str(vr), vr in EXPLICIT_VR_LENGTH_32)
+    str(vr).encode(): (
+        str(vr),
+        vr in EXPLICIT_VR_LENGTH_32,
+        _decoder(str(vr)),
+        str(vr) in DECODED_VRS,
+    )
     for vr in STANDARD_VR
-    if str(vr) != "UN"
 }
 _IMPLICIT_SYNTAX = "1.2.840.10008.1.2"
 # Charsets without code extensions: one term, decoded as pydicom decodes it.
@@ -72,10 +103,6 @@ _CHARSETS = frozenset(
         "ISO_IR 192", "GB18030", "GBK",
     }
 )  # fmt: skip
-
-
-class _NotHere(Exception):
-    """The file is to be read by pydicom."""
 
 
 @dataclass(slots=True)
@@ -183,27 +210,33 @@ class _Parser:
         pos = _PREAMBLE_END
         values: dict[int, bytes] = {}
         last = -1
+        buf, base = self.buf, self.base
         while pos + 8 <= self.size:
-            offset = self.window(pos, 8)
-            group, element, vr_bytes, length = _TAG_VR_LENGTH.unpack_from(self.buf, offset)
+            offset = pos - base
+            if offset < 0 or offset + 12 > len(buf):
+                offset = self.window(pos, 8)
+                buf, base = self.buf, self.base
+            group, element, vr_bytes, length = _TAG_VR_LENGTH.unpack_from(buf, offset)
             if group != 2:
                 break
             tag = group << 16 | element
             known = _EXPLICIT.get(vr_bytes)
-            if known is None or tag <= last:
+            if known is None or known[0] == "UN" or tag <= last:
                 raise _NotHere
             last = tag
-            vr, long_length = known
+            vr, long_length, _, _ = known
             header = 8
             if long_length:
-                length = _LONG_LENGTH.unpack_from(self.buf, self.window(pos + 8, 4))[0]
+                length = _LONG_LENGTH.unpack_from(buf, self.window(pos + 8, 4))[0]
+                buf, base = self.buf, self.base
                 header = 12
             if length == _UNDEFINED or vr == "SQ":
                 raise _NotHere
-            if tag in (0x00020000, META_SOP_CLASS, META_SOP_INSTANCE, 0x00020010):
+            if tag in _META_VALUES:
                 if vr != ("UL" if tag == 0x00020000 else "UI"):
                     raise _NotHere
                 values[tag] = self.read(pos + header, length)
+                buf, base = self.buf, self.base
             pos += header + length
         if pos > self.size:
             raise _NotHere
@@ -233,52 +266,100 @@ class _Parser:
         """The elements from ``pos`` up to ``end`` (None: up to an Item Delimitation Item),
         in the JSON model, and where they end."""
         out: dict[str, Any] = {}
-        last = -1
+        # Elements ascend, and the data set's start after group 0002 (PS3.5 7.1, PS3.10 7.1).
+        last = 0x0002FFFF if top_level else -1
+        stop = self.size if end is None else end
         text_seen = False  # a text decoded before (0008,0005) would be decoded otherwise
         creators: dict[int, str | None] = {}
         implicit = self.implicit
         threshold = self.threshold
         unpack_header = _TAG_LENGTH.unpack_from
+        unpack_explicit = _TAG_VR_LENGTH.unpack_from
+        explicit_vrs = _EXPLICIT
+        keys = _KEYS
+        implicit_vrs = _IMPLICIT_VRS
+        watched = _WATCHED if top_level else frozenset()
         # The window is refilled by self.window only: these locals are reloaded after it.
-        buf, base = self.buf, self.base
-        while end is None or pos < end:
+        buf, base, available = self.buf, self.base, len(self.buf)
+        while pos < stop:
             offset = pos - base
-            if offset < 0 or offset + 12 > len(buf):
+            if offset < 0 or offset + 12 > available:
                 offset = self.window(pos, 8)
-                buf, base = self.buf, self.base
-            group, element, length = unpack_header(buf, offset)
+                buf, base, available = self.buf, self.base, len(self.buf)
+            if implicit:
+                group, element, length = unpack_header(buf, offset)
+            else:
+                group, element, vr_bytes, length = unpack_explicit(buf, offset)
             tag = group << 16 | element
             if group == 0xFFFE:
+                length = _LONG_LENGTH.unpack_from(buf, offset + 4)[0]
                 if end is None and tag == _ITEM_END and length == 0:
                     return out, pos + 8
                 raise _NotHere
-            if tag <= last or (top_level and tag < 0x00030000):
+            if tag <= last:
                 raise _NotHere
             last = tag
-            if implicit:
-                vr = self.implicit_vr(tag, creators, top_level, length)
+            if not implicit:
+                known = explicit_vrs.get(vr_bytes)
+                if known is None:
+                    raise _NotHere
+                vr, long_length, decode, text = known
+                if not long_length:
+                    # The most frequent case, in short: a value of at most 64 KiB that is
+                    # neither bulk data nor a sequence (PS3.5 7.1.2).
+                    pos += 8
+                    if pos + length > stop:
+                        raise _NotHere
+                    offset = pos - base
+                    if offset + length > available:
+                        offset = self.window(pos, length)
+                        buf, base, available = self.buf, self.base, len(self.buf)
+                    value = buf[offset : offset + length]
+                    pos += length
+                    key = keys.get(tag)
+                    if key is None:  # not seen yet, or one of the tags looked at here
+                        key = _key(tag)
+                        if tag == _CHARSET:
+                            if text_seen or vr != "CS":
+                                raise _NotHere  # pydicom may read the terms otherwise
+                            encodings = _encodings(value)
+                            if top_level:
+                                self.charset_seen = True
+                        elif text:
+                            text_seen = True
+                            if not value.isascii():
+                                self.text_beyond_ascii = True
+                        if tag in watched:
+                            self.watch(tag, vr, value)
+                    elif text:
+                        text_seen = True
+                        if not value.isascii():
+                            self.text_beyond_ascii = True
+                    out[key] = decode(vr, value, encodings) if value else {"vr": vr}
+                    continue
+                if offset + 12 > available:
+                    offset = self.window(pos, 12)
+                    buf, base, available = self.buf, self.base, len(self.buf)
+                length = _LONG_LENGTH.unpack_from(buf, offset + 8)[0]
+                pos += 12
+                if vr == "UN":
+                    vr = self.un_vr(tag, length)
+                    decode = _decoder(vr)
+            else:
+                by_tag = implicit_vrs.get(tag)
+                if by_tag is None:
+                    vr = self.implicit_vr(tag, creators, top_level, length)
+                    decode = _decoder(vr)
+                else:
+                    vr, decode = by_tag
                 pos += 8
                 if length == _UNDEFINED and vr != "SQ" and _dictionary_vr(tag) is None:
                     # pydicom takes an unknown element of undefined length for a sequence
                     # when items follow (PS3.5 6.2.2)
                     if self.read(pos, 4) == _ITEM_BYTES:
                         vr = "SQ"
-                    buf, base = self.buf, self.base
-            else:
-                known = _EXPLICIT.get(buf[offset + 4 : offset + 6])
-                if known is None:
-                    raise _NotHere
-                vr, long_length = known
-                if long_length:
-                    if offset + 12 > len(buf):
-                        offset = self.window(pos, 12)
-                        buf, base = self.buf, self.base
-                    length = _LONG_LENGTH.unpack_from(buf, offset + 8)[0]
-                    pos += 12
-                else:
-                    length >>= 16
-                    pos += 8
-            key = _KEYS.get(tag) or _key(tag)
+                    buf, base, available = self.buf, self.base, len(self.buf)
+            key = keys.get(tag) or _key(tag)
             if length == _UNDEFINED:
                 if vr == "SQ":
                     out[key], pos = self.sequence(pos, None, prefix + key, encodings)
@@ -287,9 +368,9 @@ class _Parser:
                     pos = self.encapsulated_pixels(pos, prefix + key)
                 else:
                     raise _NotHere
-                buf, base = self.buf, self.base
+                buf, base, available = self.buf, self.base, len(self.buf)
                 continue
-            if end is not None and pos + length > end:
+            if pos + length > stop:
                 raise _NotHere
             if length and (tag in _PIXEL_TAGS or (vr in BULK_VRS and length > threshold)):
                 if pos + length > self.size:
@@ -301,21 +382,21 @@ class _Parser:
                     self.layout.pixel = (pos, length)
                 elif top_level and tag in _OFFSET_TABLES:
                     self.layout.offset_tables[tag] = self.read(pos, length)
-                    buf, base = self.buf, self.base
+                    buf, base, available = self.buf, self.base, len(self.buf)
                 pos += length
                 continue
             if vr == "SQ":
                 out[key], pos = self.sequence(pos, pos + length, prefix + key, encodings)
-                buf, base = self.buf, self.base
+                buf, base, available = self.buf, self.base, len(self.buf)
                 continue
             offset = pos - base
-            if offset < 0 or offset + length > len(buf):
+            if offset < 0 or offset + length > available:
                 offset = self.window(pos, length)
-                buf, base = self.buf, self.base
+                buf, base, available = self.buf, self.base, len(self.buf)
             value = buf[offset : offset + length]
             pos += length
             if tag == _CHARSET:
-                if text_seen:
+                if text_seen or vr != "CS":
                     raise _NotHere
                 encodings = _encodings(value)
                 if top_level:
@@ -324,19 +405,23 @@ class _Parser:
                 text_seen = True
                 if not value.isascii():
                     self.text_beyond_ascii = True
-            if top_level:
-                if tag in self.raw_uids:
-                    self.raw_uids[tag] = value
-                elif tag == _PIXEL_REPRESENTATION and vr == "US" and length == 2:
-                    self.pixel_representation = _US.unpack(value)[0]
-                elif tag in _OFFSET_TABLES:
-                    self.layout.offset_tables[tag] = value
+            if tag in watched:
+                self.watch(tag, vr, value)
             if implicit and group & 1 and 0x0010 <= element <= 0x00FF:
                 creators[tag] = _creator(value)
-            out[key] = element_json(vr, value, encodings)
+            out[key] = decode(vr, value, encodings) if value else {"vr": vr}
         if pos != end:
             raise _NotHere
         return out, pos
+
+    def watch(self, tag: int, vr: str, value: bytes) -> None:
+        """Keep what the checks after the walk need of a top-level element."""
+        if tag in self.raw_uids:
+            self.raw_uids[tag] = value
+        elif tag == _PIXEL_REPRESENTATION and vr == "US" and len(value) == 2:
+            self.pixel_representation = _US.unpack(value)[0]
+        elif tag in _OFFSET_TABLES:
+            self.layout.offset_tables[tag] = value
 
     def bulk(self, vr: str, path: str) -> dict[str, str]:
         self.bulk_count += 1
@@ -348,6 +433,8 @@ class _Parser:
         """The VR pydicom gives an Implicit VR element (its ``raw_element_vr`` hook, and
         ``correct_ambiguous_vr_element`` where it can be decided here)."""
         vr = _dictionary_vr(tag)
+        if vr is not None and " or " not in vr and len(_IMPLICIT_VRS) < 1 << 14:
+            _IMPLICIT_VRS[tag] = (vr, _decoder(vr))  # the tag alone says
         if vr is None:
             group, element = tag >> 16, tag & 0xFFFF
             if group & 1:
@@ -370,6 +457,20 @@ class _Parser:
         if top_level and tag in _AMBIGUOUS_US_SS_TAGS and self.pixel_representation in (0, 1):
             return "US" if self.pixel_representation == 0 else "SS"
         raise _NotHere
+
+    @staticmethod
+    def un_vr(tag: int, length: int) -> str:
+        """The VR pydicom gives an element sent with an explicit VR of UN, where it can be
+        told here: a public element's dictionary VR unless its value is 64 KiB or more
+        (``raw_element_vr``), or UN for a tag the dictionary does not know (PS3.5 6.2.2)."""
+        if tag >> 16 & 1 or tag == _CHARSET or length >= 0xFFFF:
+            raise _NotHere  # a private or undefined-length one, or the character set
+        vr = _dictionary_vr(tag)
+        if vr is None:
+            return "UN"
+        if vr not in VALUE_DECODERS:
+            raise _NotHere  # a sequence, an ambiguous VR
+        return vr
 
     def sequence(
         self, pos: int, end: int | None, path: str, encodings: list[str]
@@ -426,14 +527,20 @@ class _Parser:
 
 
 _VR_CACHE: dict[int, str | None] = {}
+# Implicit VR: the public tags whose dictionary VR is one VR, with their decoder.
+_IMPLICIT_VRS: dict[int, tuple[str, ValueDecoder]] = {}
 _KEYS: dict[int, str] = {}
 
 
 def _key(tag: int) -> str:
-    """The DICOM JSON key of a tag (PS3.18 F.2.1.1); public tags' keys are kept."""
-    key = f"{tag:08X}"
-    if not tag & 0x00010000 and len(_KEYS) < 1 << 16:
-        _KEYS[tag] = key
+    """The DICOM JSON key of a tag (PS3.18 F.2.1.1), kept for the next file (a modality's
+    private tags recur as much as public ones) but for the tags whose values the walk looks
+    at, which the walk knows by their key's absence."""
+    key = _LOOKED_AT.get(tag)
+    if key is None:
+        key = f"{tag:08X}"
+        if len(_KEYS) < 1 << 14:
+            _KEYS[tag] = key
     return key
 
 
@@ -478,14 +585,14 @@ def _syntax(text: str) -> UID:
 
 def _uid_text(value: bytes) -> str:
     """A UI value as pydicom reads it; one value only."""
-    text = value.decode(default_encoding).rstrip("\0 ")
+    text = value.decode(DEFAULT_CODEC).rstrip("\0 ")
     if "\\" in text:
         raise _NotHere
     return text
 
 
 def _encodings(value: bytes) -> list[str]:
-    term = value.decode(default_encoding).rstrip("\0 ")
+    term = value.decode(DEFAULT_CODEC).rstrip("\0 ")
     if term not in _CHARSETS:
         raise _NotHere
     return list(convert_encodings(term))

@@ -20,6 +20,7 @@ icon images or waveforms is small in practice).
 from __future__ import annotations
 
 import base64
+import io
 import json
 import struct
 import zlib
@@ -89,6 +90,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _ITEM_TAG_BIG_ENDIAN = b"\xff\xfe\xe0\x00"
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # a walked tree has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +172,17 @@ def inspect_file(
         :attr:`InspectedInstance.warnings` instead (issue 12): a file meta naming another
         object, a SOP Class UID taken from the file meta, UID lapses, unknown character sets.
     """
-    opened = open(path, "rb") if isinstance(path, Path) else path  # noqa: SIM115 - closed below
-    with opened as fp:
+    # Unbuffered for the fast reader's few large reads; buffered for pydicom's small ones.
+    raw: io.FileIO | None = None
+    if isinstance(path, Path):
+        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        path = cast(BinaryIO, raw)
+    with path as fp:
         size = fp.seek(0, 2)
         fp.seek(0)
         parsed = parse(fp, size, bulk_threshold) if fast else None
+        if raw is not None and (parsed is None or parsed.layout.fragments is not None):
+            fp = cast(BinaryIO, io.BufferedReader(raw))
         try:
             if parsed is None:
                 parsed = _read_with_pydicom(fp, size, bulk_threshold)
@@ -210,7 +218,7 @@ def _inspected(parsed: ParsedDataSet, fp: BinaryIO, size: int) -> InspectedInsta
                 "what they are: read as ISO 8859-1 (PS3.5 6.1.2.3)",
             )
         )
-    metadata_json = json.dumps(tree, separators=(",", ":"))
+    metadata_json = _JSON.encode(tree)
     if metadata_json.count(BULK_URI_MARKER) != parsed.bulk_count:
         metadata_json = _escape_stray_markers(metadata_json)
     return InspectedInstance(

@@ -9,14 +9,23 @@ the readers of :mod:`nubis.dicom.inspect` and :mod:`nubis.dicom.fast_parse`.
 from __future__ import annotations
 
 import base64
-import math
+import codecs
 import struct
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
+from math import isfinite
 from typing import Any
 
-from pydicom.charset import decode_bytes, default_encoding
+from pydicom.charset import decode_bytes, default_encoding, python_encoding
 
-__all__ = ["BULK_URI_MARKER", "BULK_VRS", "DECODED_VRS", "element_json"]
+__all__ = [
+    "BULK_URI_MARKER",
+    "BULK_VRS",
+    "DECODED_VRS",
+    "DEFAULT_CODEC",
+    "VALUE_DECODERS",
+    "ValueDecoder",
+    "element_json",
+]
 
 BULK_URI_MARKER = "nubis-bulk:"
 """Prefix of every ``BulkDataURI`` in the metadata JSON of ingest.
@@ -25,17 +34,26 @@ The serving layer turns the placeholders into real URLs by replacing ``"BulkData
 with ``"BulkDataURI":"<url prefix>``; the bulk path follows the marker.
 """
 
+# pydicom's default repertoire is ISO 8859-1 under an alias that Python looks up in its codec
+# registry on every decode; "latin1" names the same codec and is decoded without the look-up.
+DEFAULT_CODEC = (
+    "latin1" if codecs.lookup(default_encoding) == codecs.lookup("latin1") else default_encoding
+)
 # Values of these VRs longer than the bulk threshold are bulk data (PS3.18 8.6.1.1).
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Per VR: struct code, width, and the Struct of one little endian value.
 _NUMBER_FORMATS = {
-    "US": ("H", 2),
-    "SS": ("h", 2),
-    "UL": ("L", 4),
-    "SL": ("l", 4),
-    "UV": ("Q", 8),
-    "SV": ("q", 8),
-    "FL": ("f", 4),
-    "FD": ("d", 8),
+    vr: (code, width, struct.Struct(f"<{code}"))
+    for vr, code, width in (
+        ("US", "H", 2),
+        ("SS", "h", 2),
+        ("UL", "L", 4),
+        ("SL", "l", 4),
+        ("UV", "Q", 8),
+        ("SV", "q", 8),
+        ("FL", "f", 4),
+        ("FD", "d", 8),
+    )
 }
 # PS3.5 Table 6.2-1: these never depend on (0008,0005) Specific Character Set, and the spaces or
 # nulls around their values are padding.
@@ -45,6 +63,15 @@ _SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 # Where an ISO 2022 code extension ends within a value (PS3.5 6.1.2.5.3): at the value
 # delimiter of a multi-valued element. pydicom compares them with the bytes of the value.
 _TEXT_DELIMITERS = {ord("\\")}
+_ESC = b"\x1b"  # starts a code extension (PS3.5 6.1.2.5.3)
+# Python codecs of pydicom's character sets that decode bytes below 0x80 as ASCII, one byte
+# per character whatever surrounds them (no ISO 2022 shifts).
+_ASCII = bytes(range(0x80))
+_ASCII_COMPATIBLE = frozenset(
+    name
+    for name in {default_encoding, *python_encoding.values()}
+    if not name.lower().startswith("iso2022") and _ASCII.decode(name) == _ASCII.decode("ascii")
+)
 _FLOAT_VRS = frozenset({"FL", "FD"})
 # Text whose bytes (0008,0005) Specific Character Set says how to decode (PS3.5 6.1.2.3).
 DECODED_VRS = _TEXT_VRS | _SINGLE_TEXT_VRS | {"PN"}
@@ -62,70 +89,168 @@ def element_json(
     """
     if not value:
         return {"vr": vr}
-    values: list[Any]
-    # The most frequent VRs first.
-    if vr in _PLAIN_STRING_VRS:
-        values = [v.strip(" \x00") or None for v in value.decode(default_encoding).split("\\")]
-    elif vr == "DS" or vr == "IS":
-        values = [_json_number(v, vr) for v in value.decode(default_encoding).split("\\")]
-    elif vr in _NUMBER_FORMATS:
-        code, width = _NUMBER_FORMATS[vr]
+    if not little_endian and (vr in _NUMBER_FORMATS or vr == "AT"):
+        return _big_endian_numbers(vr, value)
+    decode = VALUE_DECODERS.get(vr)
+    if decode is None:
+        raise ValueError(f"no fast JSON encoding for VR {vr}")
+    return decode(vr, value, encodings)
+
+
+def _plain_strings(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    text = value.decode(DEFAULT_CODEC)
+    if "\\" in text:
+        return _values(vr, [v.strip(" \x00") or None for v in text.split("\\")])
+    text = text.strip(" \x00")
+    return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+
+
+def _decimal_strings(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    number = _integer if vr == "IS" else _decimal
+    text = value.decode(DEFAULT_CODEC)
+    if "\\" in text:
+        return _values(vr, [number(v) for v in text.split("\\")])
+    single = number(text)
+    return {"vr": vr, "Value": [single]} if single is not None else {"vr": vr}
+
+
+def _binary_numbers(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    code, width, single = _NUMBER_FORMATS[vr]
+    if len(value) == width:
+        values = list(single.unpack(value))
+    else:
         count, rest = divmod(len(value), width)
         if rest:
             raise ValueError(f"{len(value)} bytes is not a whole number of {vr} values")
-        order = "<" if little_endian else ">"
-        values = list(struct.unpack(f"{order}{count}{code}", value))
-        if vr in _FLOAT_VRS:
-            values = [_json_float(v) for v in values]
-    elif vr in BULK_VRS:
-        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
-    elif vr in _TEXT_VRS:
-        text = decode_bytes(value, encodings, _TEXT_DELIMITERS)
-        values = [v.rstrip(" \x00") or None for v in text.split("\\")]
-    elif vr in _SINGLE_TEXT_VRS:
-        values = [decode_bytes(value, encodings, _TEXT_DELIMITERS).rstrip(" \x00") or None]
-    elif vr == "UR":
-        values = [value.decode(default_encoding).rstrip(" \x00") or None]
-    elif vr == "PN":
-        values = _person_names(value, encodings)
-    elif vr == "AT":
-        count, rest = divmod(len(value), 4)
-        if rest:
-            raise ValueError(f"{len(value)} bytes is not a whole number of AT values")
-        order = "<" if little_endian else ">"
-        numbers = struct.unpack(f"{order}{count * 2}H", value)
-        values = [f"{numbers[i]:04X}{numbers[i + 1]:04X}" for i in range(0, len(numbers), 2)]
-    else:
-        raise ValueError(f"no fast JSON encoding for VR {vr}")
+        values = list(struct.unpack(f"<{count}{code}", value))
+    if vr in _FLOAT_VRS:
+        values = [_json_float(v) for v in values]
+    return {"vr": vr, "Value": values}
+
+
+def _big_endian_numbers(vr: str, value: bytes) -> dict[str, Any]:
+    if vr == "AT":
+        return {"vr": vr, "Value": _tags(value, ">")}
+    code, width, _ = _NUMBER_FORMATS[vr]
+    count, rest = divmod(len(value), width)
+    if rest:
+        raise ValueError(f"{len(value)} bytes is not a whole number of {vr} values")
+    values: list[Any] = list(struct.unpack(f">{count}{code}", value))
+    if vr in _FLOAT_VRS:
+        values = [_json_float(v) for v in values]
+    return {"vr": vr, "Value": values}
+
+
+def _inline_binary(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+
+
+def _texts(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    text = _decoded(value, encodings)
+    if "\\" in text:
+        return _values(vr, [v.rstrip(" \x00") or None for v in text.split("\\")])
+    text = text.rstrip(" \x00")
+    return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+
+
+def _single_text(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    text = _decoded(value, encodings).rstrip(" \x00")
+    return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+
+
+def _uri(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    text = value.decode(DEFAULT_CODEC).rstrip(" \x00")
+    return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+
+
+def _person_name_values(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    if _ESC not in value:
+        text = _decoded(value, encodings).rstrip(" \x00")
+        if "\\" not in text and "=" not in text:
+            # The common case: one name, alphabetic only.
+            return {"vr": vr, "Value": [{"Alphabetic": text}]} if text else {"vr": vr}
+    return _values(vr, _person_names(value, encodings))
+
+
+def _attribute_tags(vr: str, value: bytes, encodings: Sequence[str]) -> dict[str, Any]:
+    return {"vr": vr, "Value": _tags(value, "<")}
+
+
+def _tags(value: bytes, order: str) -> list[str]:
+    count, rest = divmod(len(value), 4)
+    if rest:
+        raise ValueError(f"{len(value)} bytes is not a whole number of AT values")
+    numbers = struct.unpack(f"{order}{count * 2}H", value)
+    return [f"{numbers[i]:04X}{numbers[i + 1]:04X}" for i in range(0, len(numbers), 2)]
+
+
+def _values(vr: str, values: list[Any]) -> dict[str, Any]:
     if len(values) == 1 and values[0] is None:
         return {"vr": vr}
     return {"vr": vr, "Value": values}
 
 
+def _decoded(value: bytes, encodings: Sequence[str]) -> str:
+    """The text as pydicom decodes it; ASCII bytes read alike in every character set without
+    code extensions, so those skip pydicom's decoder."""
+    if value.isascii() and encodings[0] in _ASCII_COMPATIBLE and _ESC not in value:
+        return value.decode("ascii")
+    return decode_bytes(value, encodings, _TEXT_DELIMITERS)
+
+
+ValueDecoder = Callable[[str, bytes, Sequence[str]], dict[str, Any]]
+VALUE_DECODERS: dict[str, ValueDecoder] = {
+    **dict.fromkeys(_PLAIN_STRING_VRS, _plain_strings),
+    "DS": _decimal_strings,
+    "IS": _decimal_strings,
+    **dict.fromkeys(_NUMBER_FORMATS, _binary_numbers),
+    **dict.fromkeys(BULK_VRS, _inline_binary),
+    **dict.fromkeys(_TEXT_VRS, _texts),
+    **dict.fromkeys(_SINGLE_TEXT_VRS, _single_text),
+    "UR": _uri,
+    "PN": _person_name_values,
+    "AT": _attribute_tags,
+}
+"""Per VR, the DICOM JSON of a non-empty little endian value (what :func:`element_json`
+gives), for a reader that has checked the value is not empty."""
+
+
 def _json_float(number: float) -> float | str | None:
     # JSON has no NaN or infinity; PS3.18 F.2.3.1 leaves them out, so keep them as text rather
     # than emit the invalid JSON that json.dumps would.
-    return number if math.isfinite(number) else str(number)
+    return number if isfinite(number) else str(number)
 
 
-def _json_number(text: str, vr: str) -> int | float | str | None:
+def _decimal(text: str) -> float | str | None:
+    """A DS value (PS3.5 6.2) as a JSON number; one that is not a finite number is kept as the
+    text that was sent rather than lost."""
     text = text.strip(" \x00")
     if not text:
         return None
-    if vr == "IS":
-        try:
-            return int(text)
-        except ValueError:
-            pass  # "1.0" and the like: accepted by pydicom, so here too when integral
     try:
         number = float(text)
     except ValueError:
-        return text  # not a number: keep what was sent rather than lose it
-    if not math.isfinite(number):
         return text
-    if vr == "IS" and number.is_integer():
-        return int(number)
-    return number
+    return number if isfinite(number) else text
+
+
+def _integer(text: str) -> int | float | str | None:
+    """An IS value (PS3.5 6.2); "1.0" and the like are accepted by pydicom, so here too when
+    integral."""
+    text = text.strip(" \x00")
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not isfinite(number):
+        return text
+    return int(number) if number.is_integer() else number
 
 
 def _person_names(value: bytes, encodings: Sequence[str]) -> list[dict[str, str] | None]:
@@ -138,7 +263,7 @@ def _person_names(value: bytes, encodings: Sequence[str]) -> list[dict[str, str]
         names = converted if isinstance(converted, MutableSequence) else [converted]
         groups = [list(name.components) if name else [] for name in names]
     else:
-        text = decode_bytes(value, encodings, _TEXT_DELIMITERS).rstrip(" \x00")
+        text = _decoded(value, encodings).rstrip(" \x00")
         groups = [name.split("=") if name else [] for name in text.split("\\")]
     return [_name_groups(g) for g in groups]
 

@@ -20,6 +20,7 @@ from nubis.model.records import IngestWarning
 # PS3.5 9.1: no component but "0" itself starts with a zero. Legacy objects break this rule
 # and stay usable (the UID is still digits and dots, a valid URL path segment).
 _LEADING_ZERO_RE = re.compile(r"(^|\.)0[0-9]")
+_CONFORMANT_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # both rules at once
 SOP_CLASS, SOP_INSTANCE = 0x00080016, 0x00080018
 # The file meta UIDs compared with the data set's: Media Storage SOP Class and Instance UID.
 META_SOP_CLASS, META_SOP_INSTANCE = 0x00020002, 0x00020003
@@ -37,6 +38,7 @@ _DATA_SET_MISMATCH = 0xA900
 
 IDENTIFYING_TAGS = (SOP_CLASS, SOP_INSTANCE, 0x0020000D, 0x0020000E)
 """The tags whose raw bytes :func:`identifying_uids` looks at for padding lapses."""
+_KEYS = {tag: f"{tag:08X}" for tag in IDENTIFYING_TAGS}
 
 
 def identifying_uids(
@@ -83,14 +85,17 @@ def _valid_uid(
     (the UIDs that identify the object) also takes, with a warning, the letters, digits and
     dots some systems name their objects by (nubis.dicom.uids); a SOP Class UID names a class
     the standard defines, or none."""
-    label = f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
-    values = tree.get(f"{tag:08X}", {}).get("Value") or [None]
+    label = _label(name, tag)
+    element = tree.get(_KEYS[tag])
+    values = (element.get("Value") if element else None) or [None]
     value = values[0]
     if not value:
         raise InvalidInstance(f"{label} is missing", dimse_status=_DATA_SET_MISMATCH)
     if len(values) > 1 or not isinstance(value, str):
         raise InvalidInstance(f"{label} has several values", dimse_status=_DATA_SET_MISMATCH)
-    conformant = is_conformant(value)
+    # The common case first: one regular expression for both PS3.5 9.1 rules.
+    strict = len(value) <= MAX_LENGTH and _CONFORMANT_UID_RE.fullmatch(value) is not None
+    conformant = strict or is_conformant(value)
     if not conformant and not (lenient and is_usable(value)):
         # Not quoted: a value that is no UID may be anything (nubis.dicom.identifying).
         raise InvalidInstance(
@@ -100,9 +105,9 @@ def _valid_uid(
     lapses = []
     if not conformant:
         lapses.append("letters or an empty component")
-    elif _LEADING_ZERO_RE.search(value):
+    elif not strict and _LEADING_ZERO_RE.search(value):
         lapses.append("a component with a leading zero")
-    if isinstance(raw, bytes) and raw not in (value.encode(), value.encode() + b"\x00"):
+    if isinstance(raw, bytes) and raw != (encoded := value.encode()) and raw != encoded + b"\x00":
         lapses.append("padding other than one trailing NUL")  # PS3.5 9.1: pads an odd length
     if lapses:
         warnings.append(
@@ -112,7 +117,11 @@ def _valid_uid(
                 f"{label} {value} has {' and '.join(lapses)} (PS3.5 9.1)",
             )
         )
-    return str(value)
+    return value
+
+
+def _label(name: str, tag: int) -> str:
+    return f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _unusable(value: str) -> str:
@@ -134,7 +143,7 @@ def _sop_class(
 ) -> str:
     """(0008,0016), or where the data set lacks it, the file meta's (0002,0002) with a warning:
     the object is identified without it, and the file meta says what it is."""
-    if tree.get(f"{SOP_CLASS:08X}", {}).get("Value"):
+    if tree.get(_KEYS[SOP_CLASS], {}).get("Value"):
         return _valid_uid(tree, raw, "SOP Class UID", SOP_CLASS, warnings)
     meta_class = meta_uids.get(META_SOP_CLASS, "").rstrip(" \x00")
     if not meta_class or not is_conformant(meta_class):
