@@ -22,10 +22,12 @@ from nubis.jobs.context import JobContext
 from nubis.jobs.heal import Healer
 from nubis.jobs.kinds import handlers
 from nubis.jobs.runner import JobRunner
-from nubis.jobs.schedule import SNAPSHOT, parse_schedule
+from nubis.jobs.schedule import REPLICATE, SNAPSHOT, parse_schedule
 from nubis.jobs.store import JobStore
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
+from nubis.replication.job import Replicator
+from nubis.replication.target import DicomWebReplica
 from nubis.security import audit_events
 from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
@@ -108,6 +110,10 @@ class Archive:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(settings.index_url, durable=settings.durable)
+        if settings.replicate_to:
+            # Every change of the tenant is queued for the replica in its own commit.
+            self.index.replicated_partition = settings.replicate_tenant
+            self.index.replicate_delete_delay_ms = settings.replicate_delete_delay_days * 86400_000
         self.tiers = parse_tiers(settings.tiers)
         self.keys, self.blobs = _blob_store(settings, self.tiers, self.index)
         # Ingest stops while a disk it writes to is below min_free_disk.
@@ -293,10 +299,30 @@ class Archive:
                 audit=self.audit,
                 dimse_send=self.run_send,
                 healer=self.healer,
+                replicate=self.replicator.run if settings.replicate_to else None,
             ),
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,
-            schedule=parse_schedule(settings.jobs_schedule) if scheduled else None,
+            schedule=self._schedule() if scheduled else None,
+        )
+
+    def _schedule(self) -> dict[str, int]:
+        schedule = parse_schedule(self.settings.jobs_schedule)
+        if self.settings.replicate_to:
+            schedule[REPLICATE] = self.settings.replicate_every_seconds
+        return schedule
+
+    @cached_property
+    def replicator(self) -> Replicator:
+        """The ``replicate`` job's handler: reads through a retrieve service of its own, so
+        what it sends does not count as a read for the tier rules."""
+        settings = self.settings
+        return Replicator(
+            self.index,
+            RetrieveService(self.index, self.blobs, guard=self.guard, verify_reads=True),
+            self.jobs,
+            DicomWebReplica(settings.replicate_to, settings.replicate_api_key),
+            retry_max_seconds=settings.replicate_retry_max_seconds,
         )
 
     def healer(self) -> Healer | None:

@@ -477,6 +477,37 @@ class Settings:
         7, "A share link lasts this many days unless its creator chooses (1 to share_max_days)."
     )
     share_max_days: int = _setting(30, "The longest a share link may last, in days.")
+    replicate_to: str = _setting(
+        "",
+        "DICOMweb root of a replica (another nubis), e.g. https://dr.example.org/dicom-web: "
+        "every store and delete of replicate_tenant goes into the outbox in its own commit, and "
+        "the replicate job sends it there, verified by SHA-256 (docs/replication.md). Empty: no "
+        "replica, no outbox.",
+    )
+    replicate_api_key: str = _setting(
+        "",
+        "API key of the replica's service user (an admin of its tenant there: it stores and "
+        "deletes), sent as Authorization: Bearer. Never logged, never in a job's parameters.",
+    )
+    replicate_tenant: str = _setting(
+        "default",
+        "The tenant whose changes are replicated (the replica's service user's tenant there).",
+    )
+    replicate_delete_delay_days: int = _setting(
+        0,
+        "Hold deletes back this many days before the replica applies them (a mistake or "
+        "ransomware undone from the replica meanwhile); later changes to the study wait too.",
+    )
+    replicate_every_seconds: int = _setting(
+        10,
+        "How often a replicate job is queued when none is running; each one sends what is due "
+        "and keeps watching the outbox for new entries for a while before it ends.",
+    )
+    replicate_retry_max_seconds: int = _setting(
+        300,
+        "Longest wait before an entry the replica did not take is tried again (the wait "
+        "doubles from 1 s up to this).",
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -713,6 +744,13 @@ def _validate_storage(settings: Settings) -> None:
         raise SettingsError("jobs_lease_seconds must be >= 3 and jobs_poll_seconds >= 1")
     if settings.read_record_seconds < 0:
         raise SettingsError("read_record_seconds must be >= 0")
+    if settings.replicate_to and not settings.replicate_to.startswith(("http://", "https://")):
+        shown = redact_url(settings.replicate_to)
+        raise SettingsError(f"replicate_to must be an http(s):// DICOMweb root, got {shown!r}")
+    if settings.replicate_delete_delay_days < 0:
+        raise SettingsError("replicate_delete_delay_days must be >= 0")
+    if settings.replicate_every_seconds < 1 or settings.replicate_retry_max_seconds < 1:
+        raise SettingsError("replicate_every_seconds and replicate_retry_max_seconds must be >= 1")
 
 
 def _check_compression(text: str, tiers: Any) -> None:
@@ -743,7 +781,7 @@ def _validate_web(settings: Settings) -> None:
 
 
 # Settings whose values are secrets: shown as set or not, never echoed.
-SECRET_SETTINGS = frozenset({"admin_token", "oidc_client_secret"})
+SECRET_SETTINGS = frozenset({"admin_token", "oidc_client_secret", "replicate_api_key"})
 
 
 def displayed_value(name: str, value: object) -> str:

@@ -114,20 +114,25 @@ class Server:
 
 
 def start_server(
-    data_dir: Path, *, env: Mapping[str, str] | None = None, log_level: str = "info"
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    log_level: str = "info",
+    port: int | None = None,
 ) -> Server:
-    """Start ``python -m nubis serve`` in its own process group; return once /-/ready is 200."""
+    """Start ``python -m nubis serve`` in its own process group; return once /-/ready is 200.
+    ``port``: this one (a server restarted where others reach it), else a free one."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
     extra = dict(env or {})
     server: Server | None = None
     # A port picked now may be taken before the server binds it; try another one then.
-    for _ in range(3):
-        port = _free_port()
+    for _ in range(1 if port is not None else 3):
+        chosen = port if port is not None else _free_port()
         args = [
             sys.executable, "-m", "nubis", "serve",
             "--data-dir", str(data_dir),
-            "--http-port", str(port),
+            "--http-port", str(chosen),
             "--set", f"log_level={log_level}",
         ]  # fmt: skip
         with log_path.open("ab") as log:
@@ -138,7 +143,7 @@ def start_server(
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **extra},
                 start_new_session=True,
             )
-        server = Server(data_dir, port, process, log_path, extra)
+        server = Server(data_dir, chosen, process, log_path, extra)
         if _wait_ready(server):
             return server
         server.kill()

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
+from nubis.index import outbox_sql
 from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.engines import (
     ConcurrentWriter,
@@ -91,6 +92,9 @@ _STORED_FROM = (
 )
 
 
+# Store outcomes that change what the replica must hold.
+_CHANGES = frozenset({StoreResult.STORED, StoreResult.REPLACED, StoreResult.QUARANTINED})
+
 # Advisory lock keys (PostgreSQL): arbitrary constants, unique within nubis.
 _MIGRATION_LOCK = 0x6E75_6201
 AUDIT_LOCK = 0x6E75_6202
@@ -120,6 +124,10 @@ class Index:
                 "(supported: sqlite:///PATH, postgresql://USER@HOST:PORT/DATABASE)"
             )
         self._writer: GroupCommitWriter | ConcurrentWriter | None = None
+        # The partition whose changes go to the replication outbox in their own transaction
+        # (nubis.replication; None: no replica), and how long its deletes are held back.
+        self.replicated_partition: str | None = None
+        self.replicate_delete_delay_ms = 0
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -270,11 +278,22 @@ class Index:
         Raises DuplicateInstance (0x0111) when a different object holds the SOP Instance UID
         and ``overwrite`` is false; the stored object is left untouched. ``also`` runs in the
         same transaction after the row is written (the store's audit record): both commit or
-        neither does.
+        neither does. So does the replication outbox's entry for a change (not for an object
+        already stored).
         """
 
         def job(conn: Connection) -> Stored:
             outcome = _store(conn, new, overwrite)
+            if new.partition == self.replicated_partition and outcome.result in _CHANGES:
+                outbox_sql.add(
+                    driver_cursor(conn),
+                    outbox_sql.STORE,
+                    new.partition,
+                    new.study_uid,
+                    new.series_uid,
+                    new.sop_instance_uid,
+                    now=_now_ms(),
+                )
             if also is not None:
                 also(conn)
             return outcome
@@ -361,8 +380,10 @@ class Index:
         *,
         hide_quarantined: bool = True,
     ) -> int:
-        """Remove the rows; their blobs are queued in doomed_blobs for the reaper. A study
-        held in quarantine is found only when ``hide_quarantined`` is false (admins)."""
+        """Remove the rows; their blobs are queued in doomed_blobs for the reaper, and the
+        delete in the replication outbox (held back replicate_delete_delay_ms), in the same
+        transaction. A study held in quarantine is found only when ``hide_quarantined`` is
+        false (admins)."""
 
         def job(conn: Connection) -> int:
             # Stores into this study wait until the delete commits (and vice versa).
@@ -384,6 +405,17 @@ class Index:
                 raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
             for pk in pks:
                 _remove_instance(conn, pk)
+            if partition == self.replicated_partition:
+                outbox_sql.add(
+                    driver_cursor(conn),
+                    outbox_sql.DELETE,
+                    partition,
+                    study_uid,
+                    series_uid,
+                    sop_instance_uid,
+                    now=_now_ms(),
+                    delay_ms=self.replicate_delete_delay_ms,
+                )
             return len(pks)
 
         return self.write(job)

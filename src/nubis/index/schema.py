@@ -590,6 +590,53 @@ study_rekeys = Table(
     Column("since", BigInteger, nullable=False),
 )
 
+# Replication to another nubis (nubis.replication, docs/replication.md). Each change to a study
+# of the replicated tenant (a store, a delete) adds a row in the transaction that makes it, so
+# a change committed is a change queued, whatever crashes after. ``seq`` is the order of
+# commits within a study (the study's row lock is held when the row is written); the
+# ``replicate`` job applies a study's rows in that order and deletes each once the replica
+# holds it. ``due_at`` is when a row may be applied (a delete held back
+# replicate_delete_delay_days); ``attempts``/``next_attempt_at`` its backoff, ``parked`` set
+# once the replica refused it too often (an operator retries it).
+replication_outbox = Table(
+    "replication_outbox",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    Column("op", String(8), nullable=False),  # store, delete
+    Column("partition", String(64), nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("series_uid", UID),
+    Column("sop_instance_uid", UID),
+    Column("created_at", BigInteger, nullable=False),
+    Column("due_at", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("parked", Integer, nullable=False),
+    Column("last_error", Text),
+    sqlite_autoincrement=True,
+)
+Index(
+    "ix_replication_outbox_study",
+    replication_outbox.c.partition,
+    replication_outbox.c.study_uid,
+    replication_outbox.c.seq,
+)
+Index("ix_replication_outbox_due", replication_outbox.c.due_at)
+
+# One row (id 1): the last entry the replica confirmed (its seq and when), the last error, and
+# the drain lease that lets one ``replicate`` job at a time apply entries.
+replication_state = Table(
+    "replication_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("verified_seq", BigInteger),
+    Column("verified_at", BigInteger),
+    Column("last_error", Text),
+    Column("last_error_at", BigInteger),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", BigInteger),
+)
+
 __all__ = [
     "api_keys",
     "audit_checkpoints",
@@ -611,6 +658,8 @@ __all__ = [
     "migration_studies",
     "patient_keys",
     "quarantined_studies",
+    "replication_outbox",
+    "replication_state",
     "retired_keks",
     "series",
     "series_requests",

@@ -30,6 +30,9 @@
   second run resumes; servers' runners leave it alone.
 - ``backup``: back the archive up into a folder (nubis.backup.job); parameter ``to``. Run only
   by the ``nubis backup`` process that queued it, as ``migrate`` is.
+- ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
+  parameters (the replica's credential is a setting, never a job's). Queued every
+  replicate_every_seconds by nodes with replicate_to set; one run at a time drains.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from nubis.index.rekey_sql import KIND as REKEY
 from nubis.index.schema import study_rekeys
 from nubis.jobs.context import Handler, JobContext
 from nubis.jobs.heal import Healer
-from nubis.jobs.schedule import AUDIT_VERIFY, SNAPSHOT
+from nubis.jobs.schedule import AUDIT_VERIFY, REPLICATE, SNAPSHOT
 from nubis.jobs.verify import verify
 from nubis.model.audit import ActiveParticipant
 from nubis.ports.blobs import BlobStore
@@ -102,12 +105,13 @@ def handlers(
     audit: AuditTrail | None = None,
     dimse_send: Handler | None = None,
     healer: Callable[[], Healer | None] | None = None,
+    replicate: Handler | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
-    ``commitment-report``, ``audit-verify`` and ``dimse-send`` when given); ``guard`` records
-    what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records its own use of the
-    log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
+    ``commitment-report``, ``audit-verify``, ``dimse-send`` and ``replicate`` when given);
+    ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
+    its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -168,4 +172,6 @@ def handlers(
         kinds["commitment-report"] = commitment
     if dimse_send is not None:
         kinds["dimse-send"] = dimse_send
+    if replicate is not None:
+        kinds[REPLICATE] = replicate
     return kinds

@@ -134,7 +134,8 @@ class JobRunner:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         if now >= self._next_schedule:
-            self._next_schedule = now + 60
+            # Every minute, or as often as the most frequent kind (replicate) is due.
+            self._next_schedule = now + min([60, *self.schedule.values()])
             for kind, every in self.schedule.items():
                 if kind in self.handlers and self.store.schedule(kind, every) is not None:
                     log.info("scheduled a %s job (every %d s)", kind, every)

@@ -405,14 +405,16 @@ class JobStore:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
             return {state: count for state, count in rows}
 
-    def prune(self, older_than_ms: int) -> int:
-        """Delete finished jobs that finished before ``older_than_ms``."""
+    def prune(self, older_than_ms: int, kind: str | None = None) -> int:
+        """Delete finished jobs (of ``kind``, or of every kind) that finished before
+        ``older_than_ms``."""
         finished = [s.value for s in JobState if s.finished]
+        which = [jobs.c.state.in_(finished), jobs.c.finished_at < older_than_ms]
+        if kind is not None:
+            which.append(jobs.c.kind == kind)
 
         def job(conn: Connection) -> int:
-            gone = conn.execute(
-                delete(jobs).where(jobs.c.state.in_(finished), jobs.c.finished_at < older_than_ms)
-            )
+            gone = conn.execute(delete(jobs).where(*which))
             return int(gone.rowcount)
 
         return self.index.write(job)

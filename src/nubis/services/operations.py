@@ -21,9 +21,11 @@ from typing import Any
 
 from nubis.dimse.peers import Peer, PeerTable
 from nubis.errors import BadRequest, NotFound
+from nubis.index import outbox_sql
 from nubis.index.database import Index
+from nubis.index.outbox_sql import ReplicationStatus
 from nubis.jobs.schedule import SNAPSHOT
-from nubis.jobs.store import Job, JobState, JobStore
+from nubis.jobs.store import Job, JobState, JobStore, now_ms
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
 from nubis.services.guard import Guard
@@ -130,6 +132,21 @@ class Operations:
         if state is None:
             raise NotFound(f"no job {job_id}")
         return state
+
+    # ------------------------------------------------------------------ replication
+    def replication_status(self, who: Principal) -> ReplicationStatus:
+        """The replica's lag, backlog, last error and last verified point (docs/replication.md)."""
+        self._authorize(who, "read the replication status")
+        with self.index.reading() as conn:
+            return outbox_sql.status(conn, now_ms())
+
+    def retry_replication(self, who: Principal) -> int:
+        """Make the outbox entries the replica refused too often due again; how many."""
+        self._authorize(who, "retry parked replication entries")
+        count = self.index.write(outbox_sql.unpark)
+        if self.wake is not None:
+            self.wake()
+        return count
 
     # ------------------------------------------------------------------ storage
     def storage(

@@ -246,6 +246,13 @@ class RetrieveService:
         for _ in self._checked(inst, chunks):
             pass
 
+    def stored_chunks(self, inst: StoredInstance) -> Iterator[bytes]:
+        """The object exactly as stored (its recorded SHA-256 is the digest of these bytes),
+        before any correction's overlay: what a replica is sent, corrections being changes of
+        their own. Checked as any whole-object read; only for instances :meth:`instances`
+        returned (authorized and recorded)."""
+        return self._stored_chunks(inst)
+
     def _stored_chunks(self, inst: StoredInstance) -> Iterator[bytes]:
         """The stored file, checked by digest as it streams unless reads are not checked or
         the store authenticates what it reads (AES-GCM tags over the plaintext's digest)."""

@@ -13,6 +13,7 @@ object.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -50,6 +51,9 @@ _MAX_WARNINGS = 20
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # The Store Instances Response (PS3.18 10.5.3) in DICOM JSON; DICOM XML is not produced.
 _RESPONSE_OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
+
+# RFC 9530 Content-Digest's sha-256 member: sha-256=:BASE64:
+_SHA256_DIGEST = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/=]+):")
 
 
 async def store_instances(request: Request) -> Response:
@@ -105,6 +109,11 @@ async def store_instances(request: Request) -> Response:
                 writer.abort()
                 raise
             spooled = writer.finish()
+            digest_error = content_digest_mismatch(part.headers, spooled.sha256, part.index)
+            if digest_error is not None:
+                spooled.discard()
+                tasks.append(asyncio.create_task(_failed(digest_error)))
+                continue
             await slots.acquire()
             tasks.append(asyncio.create_task(store(spooled)))
     except PayloadTooLarge as exc:
@@ -177,6 +186,39 @@ async def _refused(index: int, media_type: str) -> StoreOutcome:
         None,
         error=InvalidInstance(f"part {index + 1} is {media_type}, not application/dicom"),
     )
+
+
+async def _failed(error: NubisError) -> StoreOutcome:
+    return StoreOutcome(None, None, None, None, error=error)
+
+
+def content_digest_mismatch(
+    headers: dict[str, str], sha256_hex: str, index: int
+) -> InvalidInstance | None:
+    """The refusal of a part whose ``Content-Digest: sha-256=:BASE64:`` header (RFC 9530)
+    names other bytes than were received; None without the header or when they match.
+
+    A sender that names the digest (a primary replicating here, nubis.replication) learns
+    from the answer itself that what this archive keeps is what it sent: the stored row's
+    SHA-256 is the one computed while the part was spooled."""
+    header = headers.get("content-digest")
+    if header is None:
+        return None
+    match = _SHA256_DIGEST.search(header)
+    if match is None:
+        return InvalidInstance(
+            f"part {index + 1}: Content-Digest names no sha-256 digest (RFC 9530)"
+        )
+    try:
+        expected = base64.b64decode(match.group(1), validate=True).hex()
+    except ValueError:
+        return InvalidInstance(f"part {index + 1}: Content-Digest sha-256 is not base64")
+    if expected != sha256_hex:
+        return InvalidInstance(
+            f"part {index + 1}: its bytes do not have the SHA-256 its Content-Digest names",
+            dimse_status=0xA900,
+        )
+    return None
 
 
 def _uid(value: str) -> dict[str, Any]:

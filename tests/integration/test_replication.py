@@ -1,0 +1,244 @@
+"""Asynchronous replication to another nubis over DICOMweb (issue 13, docs/replication.md).
+
+Two ``nubis serve`` processes on loopback, shared by the module's tests in order: a primary
+with ``replicate_to`` naming the replica's DICOMweb root. What is compared is what each serves
+over WADO-RS as stored (PS3.18 10.4.1, ``transfer-syntax=*``), byte for byte; what is stored
+goes in by STOW-RS (PS3.18 10.5), deletes by DELETE (PS3.18 10.4 DELETE, as nubis serves it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from integration import ADMIN_TOKEN, AUTH, DicomFile
+from integration.server import (
+    ACCEPT_AS_STORED,
+    Server,
+    multipart_content_type,
+    parse_multipart,
+    start_server,
+)
+from nubis.web.dicomweb.multipart import new_boundary
+
+_UID_ROOT = "1.2.826.0.1.3680043.8.498.77."
+
+
+@dataclass
+class Site:
+    primary: Server
+    replica: Server
+    primary_env: dict[str, str]
+
+
+def _stow(server: Server, objects: list[bytes], **headers: str) -> httpx.Response:
+    boundary = new_boundary()
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n".encode()
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+        + b"\r\n"
+        + data
+        + b"\r\n"
+        for data in objects
+    )
+    body += f"--{boundary}--\r\n".encode()
+    return httpx.post(
+        f"{server.dicomweb}/studies",
+        content=body,
+        headers={**AUTH, "Content-Type": multipart_content_type(boundary)},
+        timeout=60,
+    )
+
+
+def _as_stored(server: Server, study: str, series: str, sop: str) -> bytes | None:
+    answer = httpx.get(
+        f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}",
+        headers={**AUTH, "Accept": ACCEPT_AS_STORED},
+        timeout=30,
+    )
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, answer.text
+    parts = parse_multipart(answer.content, answer.headers["content-type"])
+    assert len(parts) == 1
+    return parts[0]
+
+
+def _outbox_rows(server: Server) -> int:
+    uri = f"file:{(server.data_dir / 'index.sqlite').resolve()}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
+        return int(conn.execute("SELECT count(*) FROM replication_outbox").fetchone()[0])
+
+
+def _status(site: Site) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "nubis", "replication", "status", "--json",
+         "--data-dir", str(site.primary.data_dir)],
+        capture_output=True,
+        env={**os.environ, **site.primary_env},
+        timeout=60,
+        check=True,
+    )  # fmt: skip
+    return dict(json.loads(done.stdout))
+
+
+def _wait(condition: object, timeout: float, what: str) -> float:
+    """Seconds until ``condition()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():  # type: ignore[operator]
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def _copies(template: DicomFile, count: int, tag: str) -> Iterator[tuple[str, bytes]]:
+    """``count`` objects that are ``template`` under new SOP Instance UIDs of its UID's length
+    (so the file meta's group length stays right)."""
+    old = template.sop_uid
+    for n in range(count):
+        prefix = f"{_UID_ROOT}{tag}.{n}."
+        uid = (prefix + "9" * len(old))[: len(old)]
+        assert len(uid) == len(old) and not uid.endswith(".")
+        yield uid, template.data.replace(old.encode(), uid.encode())
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("replication")
+    replica = start_server(root / "replica", env={"NUBIS_WORKERS": "1"})
+    env = {
+        "NUBIS_WORKERS": "1",
+        "NUBIS_REPLICATE_TO": replica.dicomweb,
+        # The replica's bootstrap admin key (tests/conftest.py gives every server the same).
+        "NUBIS_REPLICATE_API_KEY": ADMIN_TOKEN,
+        "NUBIS_REPLICATE_EVERY_SECONDS": "1",
+        "NUBIS_REPLICATE_RETRY_MAX_SECONDS": "1",
+        # The run a SIGKILL interrupted resumes once its job lease ran out.
+        "NUBIS_JOBS_LEASE_SECONDS": "3",
+    }
+    primary = start_server(root / "primary", env=env)
+    found = Site(primary, replica, env)
+    try:
+        yield found
+    finally:
+        found.primary.stop()
+        found.replica.stop()
+
+
+def test_stores_reach_the_replica_byte_exact(site: Site, ct_series: list[DicomFile]) -> None:
+    assert _stow(site.primary, [f.data for f in ct_series]).status_code == 200
+    first = ct_series[0]
+
+    def all_there() -> bool:
+        return _outbox_rows(site.primary) == 0
+
+    took = _wait(all_there, 20, "the 20 CT objects reach the replica")
+    print(f"20 objects (10 MB) replicated {took:.2f} s after the STOW-RS answer")
+    for f in ct_series:
+        assert _as_stored(site.replica, *f.uids) == f.data, f.sop_uid
+    assert first.study_uid
+    status = _status(site)
+    assert status["backlog"] == 0 and status["lag_seconds"] == 0
+    assert isinstance(status["verified_seq"], int) and status["verified_seq"] >= 20
+
+
+def test_a_part_whose_content_digest_differs_is_refused(
+    site: Site, mr_series: list[DicomFile]
+) -> None:
+    """The replica's half of verification: RFC 9530 Content-Digest names other bytes -> 409
+    (PS3.18 10.5.3 failure), nothing stored."""
+    wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    answer = _stow(site.replica, [mr_series[0].data], **{"Content-Digest": f"sha-256=:{wrong}:"})
+    assert answer.status_code == 409, answer.text
+    assert "Content-Digest" in answer.headers.get("warning", "")
+    assert _as_stored(site.replica, *mr_series[0].uids) is None
+    right = base64.b64encode(hashlib.sha256(mr_series[0].data).digest()).decode()
+    answer = _stow(site.replica, [mr_series[0].data], **{"Content-Digest": f"sha-256=:{right}:"})
+    assert answer.status_code == 200, answer.text
+
+
+def test_an_outage_grows_the_lag_and_the_backlog_drains_after(
+    site: Site, mr_series: list[DicomFile]
+) -> None:
+    site.replica.stop()
+    # mr_series[0] is on the replica already (the test before): answered as already stored.
+    assert _stow(site.primary, [f.data for f in mr_series]).status_code == 200
+    time.sleep(1.5)
+    before = _status(site)
+    assert before["backlog"] == len(mr_series), before
+    assert "cannot be reached" in str(before["last_error"]), before
+    time.sleep(1)
+    after = _status(site)
+    assert float(after["lag_seconds"]) > float(before["lag_seconds"]) >= 1.0  # type: ignore[arg-type]
+    site.replica = start_server(site.replica.data_dir, env=site.replica.env, port=site.replica.port)
+    took = _wait(lambda: _outbox_rows(site.primary) == 0, 30, "the backlog drains")
+    print(f"backlog of {len(mr_series)} drained {took:.2f} s after the replica came back")
+    for f in mr_series:
+        assert _as_stored(site.replica, *f.uids) == f.data, f.sop_uid
+    assert _status(site)["lag_seconds"] == 0
+
+
+def test_a_delete_reaches_the_replica(site: Site, mr_series: list[DicomFile]) -> None:
+    study = mr_series[0].study_uid
+    answer = httpx.delete(f"{site.primary.dicomweb}/studies/{study}", headers=AUTH, timeout=30)
+    assert answer.status_code in (200, 204), answer.text
+    _wait(
+        lambda: _as_stored(site.replica, *mr_series[0].uids) is None,
+        20,
+        "the delete reaches the replica",
+    )
+    assert all(_as_stored(site.replica, *f.uids) is None for f in mr_series)
+
+
+def test_every_acknowledged_object_reaches_the_replica_across_a_sigkill(
+    site: Site, ct_series: list[DicomFile]
+) -> None:
+    """The outbox entry commits with the object: with the replica down, every object the
+    primary acknowledged before its SIGKILL is in its outbox, and at the replica once both run
+    again."""
+    site.replica.stop()
+    copies = list(_copies(ct_series[0], 200, "5"))
+    acknowledged: list[tuple[str, bytes]] = []
+    stop = threading.Event()
+
+    def ingest() -> None:
+        for uid, data in copies:
+            if stop.is_set():
+                return
+            try:
+                if _stow(site.primary, [data]).status_code == 200:
+                    acknowledged.append((uid, data))
+            except httpx.TransportError:
+                return
+
+    sender = threading.Thread(target=ingest)
+    sender.start()
+    _wait(lambda: len(acknowledged) >= 15, 60, "15 objects acknowledged")
+    site.primary.kill()
+    stop.set()
+    sender.join()
+    assert len(acknowledged) < len(copies), "the kill came after the last store"
+    # Committed and not sent: one entry per acknowledged object (and per one committed as
+    # the kill cut its answer off).
+    assert len(acknowledged) <= _outbox_rows(site.primary) <= len(acknowledged) + 1
+    site.replica = start_server(site.replica.data_dir, env=site.replica.env, port=site.replica.port)
+    site.primary = start_server(site.primary.data_dir, env=site.primary_env)
+    took = _wait(lambda: _outbox_rows(site.primary) == 0, 60, "the outbox drains after restart")
+    print(f"{len(acknowledged)} acknowledged objects replicated {took:.2f} s after the restart")
+    study, series = ct_series[0].study_uid, ct_series[0].series_uid
+    for uid, data in acknowledged:
+        assert _as_stored(site.replica, study, series, uid) == data, uid
