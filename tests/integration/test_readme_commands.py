@@ -108,6 +108,7 @@ RUN_AS: dict[str, list[str] | str] = {
         "nubis jobs run verify --param max_mb_per_s=200 --wait"
     ],
     "nubis jobs run verify --param study=1.2.3": ["nubis jobs run verify --param study=1.2.3"],
+    "nubis jobs run verify --param heal=false": ["nubis jobs run verify --param heal=false"],
     "nubis jobs show 12 | cancel 12": ["nubis jobs show {job_id}", "nubis jobs cancel {job_id}"],
     "nubis ohif fetch --version 3.13.2 --dir /srv/nubis/ohif": (
         "downloads OHIF from npm: tests/browser/test_ohif.py fetches it with the same code"
