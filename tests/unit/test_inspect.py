@@ -415,9 +415,12 @@ def test_missing_uid(tmp_path: Path, keyword: str) -> None:
 
 
 # Values that name no object, whatever the leniency (nubis.dicom.uids): a path trick, over 64
-# characters, dots alone or two in a row, a space or another character than letters, digits
-# and dots.
-UNUSABLE_UIDS = ["../etc/passwd", "1." + "2" * 63, "1.2..3", ".", "1.2 3", "1.2-3", "1.2.3_4"]
+# characters, dots alone or two in a row, a space or another character than hexadecimal
+# digits and dots, and words (a name where a UID belongs would be shown as one).
+UNUSABLE_UIDS = [
+    "../etc/passwd", "1." + "2" * 63, "1.2..3", ".", "1.2 3", "1.2-3", "1.2.3_4", "1.2.xyz",
+    "SMITH", "Qzphiuidname", "face.bead",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", UNUSABLE_UIDS)
@@ -436,7 +439,7 @@ HEX_UID = "05fa52f0e599f17b8186ff18fcdf2b5570a52206a75c4d03afebf5c475dc8758"
 @pytest.mark.parametrize("odd", [HEX_UID, "1.2.abc", "1.2.3.", ".1.2"])
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
 def test_usable_non_conformant_uid_is_a_warning(tmp_path: Path, odd: str, keyword: str) -> None:
-    """Issue 12: letters, digits and dots, as some systems named their objects (pydicom's
+    """Issue 12: hexadecimal digits and dots, as some systems named their objects (pydicom's
     bad_sequence.dcm: 64 hexadecimal digits), identify the object all the same: taken as the
     UID, with warning 0xB007 (PS3.18 Table 10.5.3-1), by both parsers alike."""
     result = inspect_file(_variant(tmp_path, **{keyword: odd}))

@@ -529,7 +529,7 @@ def test_malformed_integers_are_rejected(value: str) -> None:
 
 
 def test_non_conformant_stored_uids_are_matchable() -> None:
-    """Issue 12: objects stored under letters, digits and dots (nubis.dicom.uids; pydicom's
+    """Issue 12: objects stored under hexadecimal digits and dots (nubis.dicom.uids; pydicom's
     bad_sequence.dcm) stay findable, as keys and in the path."""
     hex_uid = "05fa52f0e599f17b8186ff18fcdf2b5570a52206a75c4d03afebf5c475dc8758"
     assert q(Level.STUDY, {"StudyInstanceUID": hex_uid}).matches[0].values == (hex_uid,)

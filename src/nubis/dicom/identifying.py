@@ -10,7 +10,7 @@ Patient and Patient Study modules put patient data there).
 UIDs are left out on purpose, although Table E.1-1 replaces them when de-identifying: they are
 the archive's own handles in URLs, logs and audit records, a UID built as PS3.5 9 says carries
 no patient data, and an operator cannot trace a failed store without its SOP Instance UID. The
-non-conformant values of letters, digits and dots an object may be stored under are its
+non-conformant values of hexadecimal digits and dots an object may be stored under are its
 handles too (nubis.dicom.uids). A value offered *as* a UID that is neither is never echoed,
 since it may be anything (nubis.model.query, nubis.dicom.inspect).
 

@@ -82,7 +82,7 @@ def _valid_uid(
 ) -> str:
     """The UID, usable: digits and dots in non-empty components, at most 64 characters once
     its padding is cut; a PS3.5 9.1 lapse that leaves it usable is a warning. ``lenient``
-    (the UIDs that identify the object) also takes, with a warning, the letters, digits and
+    (the UIDs that identify the object) also takes, with a warning, the hexadecimal digits and
     dots some systems name their objects by (nubis.dicom.uids); a SOP Class UID names a class
     the standard defines, or none."""
     label = _label(name, tag)
@@ -132,7 +132,7 @@ def _unusable(value: str) -> str:
         return ", a space inside"
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return ", a control character"
-    return ", not only letters, digits and dots, or dots alone or two in a row"
+    return ", not hexadecimal digits and dots with a decimal digit, or two dots in a row"
 
 
 def _sop_class(

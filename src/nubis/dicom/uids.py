@@ -6,10 +6,11 @@ systems made their own: pydicom's ``bad_sequence.dcm`` names its study, series a
 64 hexadecimal digits. Such a value identifies its object as well as a UID does, so ingest takes
 it with a warning (nubis.dicom.leniency) and every front door names the object by it: DICOMweb
 paths, QIDO-RS and C-FIND keys, WADO-URI parameters, the web pages. What is usable is kept
-narrow, so that it is a safe URL path segment and file-name part everywhere: ASCII letters,
-digits and dots, 1 to 64 of them, not only dots and no two in a row (no ``.`` or ``..``
-segment). Anything else (a space, a control character, any other character, an empty or
-longer value) names no object and is refused as before.
+narrow, so that it is a safe URL path segment and file-name part everywhere, and so that no
+name or other text is taken for an identifier (it would then be shown in URLs and logs as UIDs
+are): hexadecimal digits and dots, 1 to 64 of them, at least one a decimal digit, not only dots
+and no two in a row (no ``.`` or ``..`` segment). Anything else (a word, a space, a control
+character, any other character, an empty or longer value) names no object and is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import re
 
 MAX_LENGTH = 64  # PS3.5 Table 6.2-1, VR UI
 _CONFORMANT = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_USABLE = re.compile(r"[0-9A-Za-z.]{1,64}")
+_USABLE = re.compile(r"[0-9A-Fa-f.]{1,64}")
+_DECIMAL = re.compile(r"[0-9]")
 
 
 def is_conformant(value: str) -> bool:
@@ -31,5 +33,7 @@ def is_usable(value: str) -> bool:
     """Whether ``value`` is conformant or one of the non-conformant values the archive names
     objects by (the module docs): a superset of :func:`is_conformant`."""
     return (
-        _USABLE.fullmatch(value) is not None and ".." not in value and value.strip(".") != ""
+        _USABLE.fullmatch(value) is not None
+        and _DECIMAL.search(value) is not None
+        and ".." not in value
     )
