@@ -463,7 +463,7 @@ def test_the_quarantine_api(held: World) -> None:
         f"/quarantine/{synth.synth_uid(992, 'x')}/release", json={"reason": "x"}, headers=admin
     )
     assert unknown.status_code == 404 and "not held in quarantine" in unknown.text
-    bad_uid = held.client.post("/quarantine/1.2.abc/release", json={"reason": "x"}, headers=admin)
+    bad_uid = held.client.post("/quarantine/1.2.xyz/release", json={"reason": "x"}, headers=admin)
     assert bad_uid.status_code == 400
 
     held.archive.corrections.move_study(

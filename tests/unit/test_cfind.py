@@ -101,7 +101,7 @@ def test_sequence_matching() -> None:
         ("WORKLIST", {}),
         ("STUDY", {"StudyDate": "2024-13-45"}),
         ("STUDY", {"StudyDate": "20240201-20240101"}),
-        ("STUDY", {"StudyInstanceUID": "1.2.abc"}),
+        ("STUDY", {"StudyInstanceUID": "1.2.xyz"}),
     ],
 )
 @pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom notices too

@@ -67,7 +67,7 @@ def scp() -> Iterator[Scp]:
         stored.append((str(event.context.abstract_syntax), str(event.request.AffectedSOPClassUID)))
         return 0x0000
 
-    ae = build_ae("NUBIS", max_associations=4)
+    ae = build_ae("NUBIS", max_associations=4, response_seconds=60)
     server = ae.make_server(
         ("127.0.0.1", 0),
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
