@@ -35,4 +35,5 @@ fi
 .venv/bin/ruff check src tests bench
 # Types: mypy in its default mode over the package ([tool.mypy] in pyproject.toml).
 .venv/bin/mypy src/nubis
-exec .venv/bin/pytest -q "$@"
+# The slowest tests are listed at the end of every run: the suite must stay under 20 minutes.
+exec .venv/bin/pytest -q --durations=25 "$@"
