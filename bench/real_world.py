@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,29 +33,12 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
+from nubis.tools.real_world import part10_files  # noqa: E402
 from orthanc import OrthancServer, free_port, orthanc_version  # noqa: E402
 
 TOKEN = "nubis-real-world-admin-token-0123456789abcdef"
 BOUNDARY = "nubis-real-world"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-
-
-def corpus() -> list[Path]:
-    """Every PS3.10 file of pydicom's test files and of pydicom-data, one path per content."""
-    from pydicom.data import get_testdata_files
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # files pydicom would download are simply left out
-        found = {Path(p).resolve() for p in get_testdata_files("*")}
-    files: dict[str, Path] = {}
-    for path in sorted(found, key=lambda p: (p.name, str(p))):
-        if not path.is_file():
-            continue
-        with path.open("rb") as fp:
-            head = fp.read(132)
-        if head[128:132] == b"DICM":
-            files.setdefault(path.name, path)
-    return list(files.values())
 
 
 @contextlib.contextmanager
@@ -135,7 +117,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every file's outcome here")
     parser.add_argument("--set", action="append", default=[], help="a nubis setting NAME=VALUE")
     args = parser.parse_args()
-    files = corpus()
+    files = part10_files()
     print(f"{len(files)} PS3.10 files (pydicom test files and pydicom-data)")
     with OrthancServer() as orthanc:
         by_orthanc = run(files, orthanc.dicomweb_url)

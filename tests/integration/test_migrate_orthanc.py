@@ -24,6 +24,7 @@ from integration.migrate_helpers import job_progress, migrate, report, start_mig
 from integration.orthanc import Orthanc, free_port
 from integration.server import index_rows, read_blob
 from nubis.tools import synth
+from nubis.tools.real_world import part10_files
 
 N_STUDIES = 30
 PER_STUDY = 4
@@ -245,23 +246,6 @@ def test_study_without_a_study_date_is_listed(tmp_path: Path) -> None:
     assert result["listing_gaps"] == []
 
 
-def _real_world_files() -> list[Path]:
-    """The PS3.10 files of pydicom's test files and of pydicom-data, one per name, as
-    tests/unit/test_real_world_corpus.py collects them; read from their folders, since
-    pydicom.data.get_testdata_files("*") takes seconds to check the package's digests."""
-    import data_store
-    import pydicom.data
-
-    roots = [Path(pydicom.data.__file__).parent, Path(data_store.__file__).parent]
-    files: dict[str, Path] = {}
-    for path in sorted((p for r in roots for p in r.rglob("*")), key=lambda p: (p.name, str(p))):
-        if path.is_file():
-            with path.open("rb") as fp:
-                if fp.read(132)[128:132] == b"DICM":
-                    files.setdefault(path.name, path)
-    return list(files.values())
-
-
 def test_real_world_corpus_migrates_without_silent_gaps(
     legacy: Orthanc, move_port: int, tmp_path: Path
 ) -> None:
@@ -282,7 +266,7 @@ def test_real_world_corpus_migrates_without_silent_gaps(
     Over DICOMweb the study under two Patient IDs is refused by Orthanc's WADO-RS (404) and
     listed with that reason.
     """
-    files = _real_world_files()
+    files = part10_files()
     assert len(files) >= 140, "pydicom-data (the test extra) is not installed"
     private = _private_class_object(tmp_path)
     ids = legacy.load_zip([*files, private])

@@ -22,7 +22,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
+from pydicom.data.data_manager import DATA_ROOT
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate_extended
@@ -42,6 +42,7 @@ from nubis.dicom import fast_parse
 from nubis.dicom.inspect import InspectedInstance, inspect_file
 from nubis.errors import InvalidInstance
 from nubis.tools import synth
+from nubis.tools.real_world import testdata_paths
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -74,17 +75,12 @@ def _assert_alike(path: Path, bulk_threshold: int = 1024) -> bool:
 
 
 def _corpus() -> list[Path]:
-    """The files ``get_testdata_files("*")`` lists (bench/real_world.py's corpus), found
-    without its attempt to download the files not installed, which takes seconds; and
-    pydicom's character set files."""
-    found = {
-        *(Path(DATA_ROOT) / "test_files").glob("*"),
-        *(Path(DATA_ROOT) / "charset_files").glob("*"),
-    }
-    for source in external_data_sources().values():
-        found.update(Path(p) for p in source.get_paths("*", DataTypes.DATASET))
-    resolved = {p.resolve() for p in found if p.suffix != ".py"}
-    return sorted((p for p in resolved if p.is_file()), key=lambda p: (p.name, str(p)))
+    """Every file of pydicom and pydicom-data (bench/real_world.py's corpus, DICOM or not),
+    and pydicom's character set files."""
+    charsets = (Path(DATA_ROOT) / "charset_files").glob("*")
+    resolved = {p.resolve() for p in charsets if p.suffix != ".py"}
+    extra = sorted((p for p in resolved if p.is_file()), key=lambda p: (p.name, str(p)))
+    return sorted({*testdata_paths(), *extra}, key=lambda p: (p.name, str(p)))
 
 
 def test_every_test_file_reads_alike() -> None:

@@ -12,10 +12,7 @@ whose UIDs are 64 hexadecimal digits (nubis.dicom.uids), is taken with warnings.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-
-from pydicom.data import get_testdata_files
 
 from nubis.blobs.filesystem import FileBlobStore
 from nubis.dicom.equivalence import same_instance
@@ -25,6 +22,7 @@ from nubis.services.guard import Guard
 from nubis.services.retrieve import blob_context
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
+from nubis.tools.real_world import part10_files
 
 # Refused by Orthanc 1.10.1 (orthanc-dicomweb 1.7) in bench/real_world.py.
 ORTHANC_REFUSES = frozenset(
@@ -50,19 +48,6 @@ ORTHANC_REFUSES = frozenset(
 )
 
 
-def corpus() -> list[Path]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # files pydicom would download are left out
-        found = {Path(p).resolve() for p in get_testdata_files("*")}
-    files: dict[str, Path] = {}
-    for path in sorted(found, key=lambda p: (p.name, str(p))):
-        if path.is_file():
-            with path.open("rb") as fp:
-                if fp.read(132)[128:132] == b"DICM":
-                    files.setdefault(path.name, path)
-    return list(files.values())
-
-
 def test_every_file_orthanc_accepts_nubis_accepts(tmp_path: Path) -> None:
     index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}", durable=False)
     index.migrate()
@@ -75,7 +60,7 @@ def test_every_file_orthanc_accepts_nubis_accepts(tmp_path: Path) -> None:
         )  # fmt: skip
         spool = Spool(tmp_path / "spool")
         who = system_principal(tenant="p")
-        files = corpus()
+        files = part10_files()
         assert len(files) >= 140, "pydicom-data (the test extra) is not installed"
         refused: dict[str, int] = {}
         warned = 0
