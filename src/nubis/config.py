@@ -227,7 +227,7 @@ def _check_compression(text: str, tiers: Any) -> None:
     if not text.strip():
         return
     # Only now: the codecs load with pydicom, which settings that compress nothing need not.
-    from nubis.dicom.transcode import SUPPORTED_TARGETS
+    from nubis.dicom.syntaxes import SUPPORTED_TARGETS
 
     parse_compression(text, tiers, SUPPORTED_TARGETS)
 

@@ -34,7 +34,7 @@ from sqlalchemy import func, select, update
 from contract import ARCHIVE_BACKENDS, archive_overrides
 from nubis.archive import Archive
 from nubis.config import load_settings
-from nubis.dicom.transcode import SUPPORTED_TARGETS
+from nubis.dicom.syntaxes import SUPPORTED_TARGETS
 from nubis.errors import RestoreRequired
 from nubis.index.schema import doomed_blobs, instance_originals, studies
 from nubis.jobs.store import Job, JobState

@@ -34,10 +34,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
-import nubis.dicom.transcode as transcode
+import nubis.dicom.frame_codec as frame_codec
+import nubis.dicom.syntaxes as syntaxes
 from nubis.dicom import codecs
 from nubis.dicom.recompress import compress_verified
-from nubis.dicom.transcode import SUPPORTED_TARGETS, transcode_file
+from nubis.dicom.syntaxes import SUPPORTED_TARGETS
+from nubis.dicom.transcode import transcode_file
 from nubis.errors import NotAcceptable
 from nubis.tools import synth
 
@@ -246,7 +248,7 @@ def test_compress_verified_is_pixel_exact(name: str, target: str) -> None:
 
 
 def test_htj2k_frames_are_codestreams() -> None:
-    codestream = transcode.encode_frame(data("CT_small.dcm"), 1, HTJ2KLossless)
+    codestream = frame_codec.encode_frame(data("CT_small.dcm"), 1, HTJ2KLossless)
     assert codestream[:4] == b"\xff\x4f\xff\x51"  # SOC, SIZ: no JPH box around it
     assert b"\xff\x50" in codestream[:400]  # CAP marker: HTJ2K (ISO 15444-15)
 
@@ -277,6 +279,6 @@ def test_compress_verified_catches_a_wrong_sample(monkeypatch: pytest.MonkeyPatc
         wrong.flat[1234] += 1
         return codecs.encode_htj2k_lossless(wrong)
 
-    monkeypatch.setitem(transcode._OWN_ENCODERS, HTJ2KLossless, off_by_one)
+    monkeypatch.setitem(syntaxes.OWN_ENCODERS, HTJ2KLossless, off_by_one)
     with pytest.raises(NotAcceptable, match="frame 1 would not be pixel-exact"):
         compress_verified(data("CT_small.dcm"), HTJ2KLossless)

@@ -19,8 +19,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
+from nubis.dicom.frame_codec import decode_frame, encode_frame
 from nubis.dicom.render import RenderOptions, render_frame, render_thumbnail
-from nubis.dicom.transcode import decode_frame, encode_frame, transcode_file
+from nubis.dicom.transcode import transcode_file
 from nubis.errors import NotAcceptable
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -20,7 +20,8 @@ from pydicom.pixels import iter_pixels
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from nubis.dicom.recompress import NotRecompressible, compress_verified
-from nubis.dicom.transcode import SUPPORTED_TARGETS, transcode_file
+from nubis.dicom.syntaxes import SUPPORTED_TARGETS
+from nubis.dicom.transcode import transcode_file
 from nubis.tiers.rules import LOSSLESS_CODECS
 from nubis.tools.synth import make_multiframe
 

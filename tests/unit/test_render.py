@@ -17,7 +17,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.sequence import Sequence
 
-import nubis.dicom.transcode as transcode
+import nubis.dicom.frame_codec as frame_codec
 from nubis.dicom.render import (
     RenderOptions,
     parse_render_query,
@@ -359,7 +359,7 @@ def test_only_requested_frame_is_decoded(monkeypatch: pytest.MonkeyPatch) -> Non
         indexes.append(kwargs.get("index"))
         return pixel_array(*args, **kwargs)
 
-    monkeypatch.setattr(transcode, "pixel_array", spy)
+    monkeypatch.setattr(frame_codec, "pixel_array", spy)
     render_frame(data("rtdose_rle.dcm"), 12, PNG)
     assert indexes == [11]
 

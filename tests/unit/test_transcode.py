@@ -36,14 +36,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
+import nubis.dicom.frame_codec as frame_codec
 import nubis.dicom.transcode as transcode
-from nubis.dicom.transcode import (
-    SUPPORTED_TARGETS,
-    can_transcode,
-    decode_frame,
-    encode_frame,
-    transcode_file,
-)
+from nubis.dicom.frame_codec import decode_frame, encode_frame
+from nubis.dicom.syntaxes import SUPPORTED_TARGETS, can_transcode
+from nubis.dicom.transcode import transcode_file
 from nubis.errors import BadRequest, NotAcceptable
 from nubis.tools import synth
 
@@ -240,7 +237,7 @@ def test_refusals_name_both_syntaxes(name: str, target: str) -> None:
 
 def test_undecodable_source_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     path = data("MR_small_jp2klossless.dcm")
-    monkeypatch.setattr(transcode, "_decodable", lambda uid: False)
+    monkeypatch.setattr(transcode, "decodable", lambda uid: False)
     with pytest.raises(NotAcceptable, match="cannot be decoded"):
         transcode_file(path, ExplicitVRLittleEndian)
 
@@ -313,7 +310,7 @@ def test_decode_frame_decodes_only_that_frame(monkeypatch: pytest.MonkeyPatch) -
         indexes.append(kwargs.get("index"))
         return pixel_array(*args, **kwargs)
 
-    monkeypatch.setattr(transcode, "pixel_array", spy)
+    monkeypatch.setattr(frame_codec, "pixel_array", spy)
     decode_frame(data("SC_rgb_rle_2frame.dcm"), 2)
     assert indexes == [1]
 

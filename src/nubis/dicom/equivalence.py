@@ -22,7 +22,7 @@ from pydicom.filereader import dcmread
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from nubis.dicom.transcode import frame_array, number_of_frames
+from nubis.dicom.frame_codec import frame_array, number_of_frames
 from nubis.errors import NubisError
 
 __all__ = ["same_instance"]

@@ -44,14 +44,14 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from nubis.dicom.transcode import (
+from nubis.dicom.syntaxes import (
     LOSSLESS_SOURCES,
     SUPPORTED_TARGETS,
     UNCOMPRESSED_SYNTAXES,
     Source,
     read_source,
-    transcode_file,
 )
+from nubis.dicom.transcode import transcode_file
 from nubis.errors import NotAcceptable, NubisError
 
 __all__ = ["LAYOUT_TAGS", "RECOMPRESSIBLE", "NotRecompressible", "compress_verified"]
@@ -86,7 +86,7 @@ def compress_verified(source: Source, target_ts: str) -> bytes:
         A PS3.10 file with Pixel Data stored in a native or lossless transfer syntax.
     target_ts : str
         A lossless codec this installation encodes: a non-native member of
-        :data:`nubis.dicom.transcode.SUPPORTED_TARGETS` (RLE, JPEG 2000, JPEG-LS or HTJ2K
+        :data:`nubis.dicom.syntaxes.SUPPORTED_TARGETS` (RLE, JPEG 2000, JPEG-LS or HTJ2K
         Lossless).
 
     Returns

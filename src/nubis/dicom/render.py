@@ -20,14 +20,9 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing
 
+from nubis.dicom.frame_codec import frame_array, frame_index, number_of_frames
 from nubis.dicom.pixel_checks import stored_data_errors
-from nubis.dicom.transcode import (
-    Source,
-    frame_array,
-    frame_index,
-    number_of_frames,
-    read_header,
-)
+from nubis.dicom.syntaxes import Source, read_header
 from nubis.errors import BadRequest, NotAcceptable
 
 __all__ = [

@@ -26,7 +26,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from nubis.blobs.integrity import verified_chunks
-from nubis.dicom import overlay, render, transcode
+from nubis.dicom import frame_codec, overlay, render, syntaxes, transcode
 from nubis.dicom.inspect import BULK_URI_MARKER
 from nubis.errors import BlobCorrupted, NotAcceptable, NotFound
 from nubis.index.database import Index
@@ -194,7 +194,7 @@ class RetrieveService:
             return overlay.corrected_chunks(
                 self._stored_chunks(inst), overlay.parse(inst.overlay_json)
             )
-        if not transcode.can_transcode(inst.transfer_syntax_uid, transfer_syntax):
+        if not syntaxes.can_transcode(inst.transfer_syntax_uid, transfer_syntax):
             raise NotAcceptable(
                 f"instance {inst.sop_instance_uid} is stored in {inst.transfer_syntax_uid} and "
                 f"cannot be converted to {transfer_syntax}"
@@ -231,7 +231,7 @@ class RetrieveService:
         if accepted is None or (stored in accepted and as_stored):
             return stored
         for target in (received, *_CONVERSION_ORDER, *sorted(accepted)):
-            if target in accepted and transcode.can_transcode(stored, target):
+            if target in accepted and syntaxes.can_transcode(stored, target):
                 return target
         raise NotAcceptable(
             f"the peer accepts no transfer syntax {inst.sop_instance_uid} can be sent in"
@@ -364,7 +364,7 @@ class RetrieveService:
         def each() -> Iterator[Iterator[bytes]]:
             with source:  # closed at the end, on an error, or when the response is dropped
                 for n in numbers:
-                    yield iter((transcode.decode_frame(source, n),))
+                    yield iter((frame_codec.decode_frame(source, n),))
 
         parts = each()
         first = next(parts)

@@ -78,7 +78,7 @@ LIST_PRICES: dict[str, float] = {
 
 # Lossless transfer syntaxes a tier may keep its objects in (tier_compression), by the names
 # the setting accepts beside the UIDs. Whether this installation can encode one is the
-# settings check's to say (nubis.dicom.transcode.SUPPORTED_TARGETS).
+# settings check's to say (nubis.dicom.syntaxes.SUPPORTED_TARGETS).
 LOSSLESS_CODECS: dict[str, str] = {
     "htj2k": "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
     "htj2k-rpcl": "1.2.840.10008.1.2.4.202",  # the same with RPCL progression order

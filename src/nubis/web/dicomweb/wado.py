@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from nubis.dicom import render, transcode
+from nubis.dicom import render, syntaxes
 from nubis.errors import BadRequest, NotAcceptable
 from nubis.model.records import StoredInstance
 from nubis.web.dicomweb.accept import (
@@ -70,7 +70,7 @@ async def retrieve_instances(request: Request) -> Response:
     """Study, series or instance as multipart/related application/dicom (PS3.18 10.4.1.1.1)."""
     archive = archive_of(request)
     study, series, sop = _scope(request)
-    choice = negotiate(accept_ranges(request), instance_offers(sorted(transcode.SUPPORTED_TARGETS)))
+    choice = negotiate(accept_ranges(request), instance_offers(sorted(syntaxes.SUPPORTED_TARGETS)))
     target = choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
     who = principal_of(request)
     boundary = new_boundary()
@@ -81,7 +81,7 @@ async def retrieve_instances(request: Request) -> Response:
         found = archive.retrieve.instances(who, study, series, sop)
         if target != ANY_TRANSFER_SYNTAX:
             for inst in found:
-                if inst.transfer_syntax_uid != target and not transcode.can_transcode(
+                if inst.transfer_syntax_uid != target and not syntaxes.can_transcode(
                     inst.transfer_syntax_uid, target
                 ):
                     raise NotAcceptable(
