@@ -1,0 +1,300 @@
+"""The de-identification engine: PS3.15 Annex E applied to a data set under a profile.
+
+``deidentify(dataset, profile, project_key) -> (dataset, report)`` walks every element, nested
+sequences and private blocks included, and applies the action Table E.1-1 gives it under the
+profile's options and rules (``table.TableRow.action``). The input is left unchanged.
+
+Compound actions (X/Z, X/D, X/Z/D, Z/D, X/Z/U*) let the de-identifier remove an attribute
+unless the IOD requires it. The engine does not carry each IOD's attribute Types, so it takes
+the action that keeps every IOD conformant: X/Z -> Z, X/D, X/Z/D and Z/D -> D, X/Z/U* -> U*
+(the sequence kept, the UIDs inside remapped). Nothing identifying survives either way: Z and
+D carry no original value.
+
+Attributes the table does not list are kept, except that every UID (VR UI) is remapped unless
+it is a well-known one or the Retain UIDs Option applies, and a person name is replaced by a
+dummy: a reference inside a sequence then still names the remapped object.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+from nubis.deid import burned_in, method
+from nubis.deid.profile import Profile
+from nubis.deid.pseudonyms import Pseudonyms
+from nubis.deid.table import (
+    CURVE_GROUPS,
+    OVERLAY_COMMENTS,
+    OVERLAY_DATA,
+    TableRow,
+    pattern_row,
+    rows_by_tag,
+    safe_private_attributes,
+)
+from nubis.deid.values import (
+    TEXT_VRS,
+    Scrubber,
+    dummy,
+    empty,
+    identifying_strings,
+    shift_values,
+)
+from nubis.errors import Forbidden
+
+PATIENT_ID = 0x00100020
+PATIENT_NAME = 0x00100010
+PIXEL_DATA = 0x7FE00010
+_RESOLVED = {"X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D", "X/Z/U*": "U"}
+_DATE_VRS = frozenset({"DA", "DT"})
+
+
+@dataclass
+class DeidReport:
+    """What one object's de-identification did, for the export's manifest and the audit.
+
+    ``uid_map`` and ``patient_pseudonym`` belong in the re-identification table, never in a
+    log line or a response to a researcher.
+    """
+
+    profile: str
+    method_codes: list[tuple[str, str]] = field(default_factory=list)
+    actions: Counter[str] = field(default_factory=Counter)
+    private_removed: int = 0
+    private_kept: int = 0
+    burned_in: str = ""
+    date_shift_days: int | None = None
+    patient_pseudonym: str = ""
+    uid_map: dict[str, str] = field(default_factory=dict)
+
+
+class ExcludedObject(Forbidden):
+    """The profile leaves this object out (burned-in text it cannot blank); never passed."""
+
+    def __init__(self, report: DeidReport) -> None:
+        super().__init__(f"object excluded by the de-identification profile: {report.burned_in}")
+        self.report = report
+
+
+def deidentify(
+    dataset: Dataset, profile: Profile, project_key: bytes
+) -> tuple[Dataset, DeidReport]:
+    """The de-identified copy of ``dataset`` (file meta rebuilt) and its report.
+
+    Raises ExcludedObject when the burned-in policy leaves the object out.
+    """
+    out, report, decision = deidentify_elements(dataset, profile, Pseudonyms(project_key))
+    transfer_syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    out.file_meta = _file_meta(out, transfer_syntax or ExplicitVRLittleEndian)
+    if decision.regions is not None and PIXEL_DATA in out:
+        burned_in.blank(out, decision.regions)
+    return out, report
+
+
+def deidentify_elements(
+    dataset: Dataset, profile: Profile, pseudonyms: Pseudonyms
+) -> tuple[Dataset, DeidReport, burned_in.BurnedInDecision]:
+    """The data set de-identified without its file meta or pixel blanking (the JSON view's
+    and the Part-10 output's common part)."""
+    report = DeidReport(profile=profile.name)
+    decision = burned_in.decide(dataset, profile.burned_in)
+    report.burned_in = decision.reason
+    if decision.excluded:
+        raise ExcludedObject(report)
+    patient_id = str(dataset.get("PatientID", "") or "")
+    walk = _Walk(dataset, profile, pseudonyms, patient_id, report)
+    out = walk.dataset(dataset, depth=0)
+    report.patient_pseudonym = pseudonyms.patient_id(patient_id)
+    out.PatientID = report.patient_pseudonym
+    out.PatientName = pseudonyms.patient_name(patient_id)
+    options = profile.options
+    if "retain_longitudinal_modified_dates" in options or walk.shifted:
+        report.date_shift_days = walk.shift
+        dates = "MODIFIED"
+    elif "retain_longitudinal_full_dates" in options:
+        dates = "UNMODIFIED"
+    else:
+        dates = "REMOVED"
+    pixels_cleaned = decision.regions is not None
+    report.method_codes = method.method_codes(options, pixels_cleaned=pixels_cleaned)
+    method.mark(out, profile.method, report.method_codes, dates=dates)
+    report.uid_map = dict(pseudonyms.uid_map)
+    return out, report, decision
+
+
+def _file_meta(dataset: Dataset, transfer_syntax: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "NUBIS_DEID_1"
+    return meta
+
+
+class _Walk:
+    """One object's walk: the profile's actions element by element, sequences recursively."""
+
+    def __init__(
+        self,
+        source: Dataset,
+        profile: Profile,
+        pseudonyms: Pseudonyms,
+        patient_id: str,
+        report: DeidReport,
+    ) -> None:
+        self.source = source
+        self.profile = profile
+        self.options = profile.options
+        self.pseudonyms = pseudonyms
+        self.report = report
+        self.rows = rows_by_tag()
+        self.safe = safe_private_attributes() if "retain_safe_private" in self.options else {}
+        self.shift = pseudonyms.date_shift(patient_id, *profile.shift_days)
+        self.shifted = False
+        self._scrubber: Scrubber | None = None
+        self.curve_action = _resolve(pattern_row(CURVE_GROUPS).action(self.options))
+        self.overlay_action = _resolve(pattern_row(OVERLAY_DATA).action(self.options))
+        self.overlay_comment_action = _resolve(pattern_row(OVERLAY_COMMENTS).action(self.options))
+
+    @property
+    def scrubber(self) -> Scrubber:
+        # Built on first use: most objects have no free text to clean.
+        if self._scrubber is None:
+            tags = frozenset(
+                tag
+                for tag, row in self.rows.items()
+                if row.action(self.options) != "K" and "clean_descriptors" not in row.options
+            )
+            self._scrubber = Scrubber(identifying_strings(self.source, tags))
+        return self._scrubber
+
+    def dataset(self, source: Dataset, depth: int) -> Dataset:
+        out = Dataset()
+        kept_blocks: set[tuple[int, int]] = set()
+        creators: dict[tuple[int, int], DataElement] = {}
+        for elem in source:
+            tag = elem.tag
+            group, element = tag.group, tag.element
+            if element == 0 or (depth == 0 and group == 0x0002):
+                continue  # group lengths and file meta: written anew
+            if group & 1:
+                if 0x0010 <= element <= 0x00FF:
+                    creators[(group, element)] = elem
+                elif self._private(source, elem, out):
+                    kept_blocks.add((group, element >> 8))
+                continue
+            new = self.element(elem, depth)
+            if new is not None:
+                out.add(new)
+        for block in kept_blocks:
+            out.add(creators[block])
+        return out
+
+    def _private(self, source: Dataset, elem: DataElement, out: Dataset) -> bool:
+        """Keeps a private element listed safe for its creator (E.3.10); removes the rest."""
+        tag = elem.tag
+        creator_tag = BaseTag((tag.group << 16) | (tag.element >> 8))
+        creator = source.get(creator_tag)
+        key = (str(creator.value).strip() if creator else "", tag.group, tag.element & 0xFF)
+        if tag.element < 0x1000 or key not in self.safe:
+            self.report.private_removed += 1
+            self.report.actions["X"] += 1
+            return False
+        self.report.private_kept += 1
+        out.add(self._keep(elem, depth=1, listed=False))
+        return True
+
+    def element(self, elem: DataElement, depth: int) -> DataElement | None:
+        tag = elem.tag
+        group = tag.group
+        if 0x5000 <= group <= 0x501E:
+            action = self.curve_action
+        elif 0x6000 <= group <= 0x601E:
+            # Without its data an overlay plane is incomplete: the plane goes as a whole.
+            action = self.overlay_action
+            if action == "C" and tag.element == 0x4000:
+                action = self.overlay_comment_action
+        elif tag in self.profile.rules:
+            action = self.profile.rules[tag]
+        else:
+            row: TableRow | None = self.rows.get(tag)
+            if row is None:
+                return self._keep(elem, depth, listed=False)
+            action = _resolve(row.action(self.options))
+        self.report.actions[action] += 1
+        return self.apply(elem, action, depth)
+
+    def apply(self, elem: DataElement, action: str, depth: int) -> DataElement | None:
+        if action == "X":
+            return None
+        if action == "K":
+            return self._keep(elem, depth, listed=True)
+        if elem.tag == PATIENT_ID and action in ("Z", "D"):
+            return _replace(elem, self.pseudonyms.patient_id(str(elem.value or "")))
+        if action == "Z":
+            return _replace(elem, empty(elem))
+        if action == "D":
+            if elem.VR == "UI":
+                return self._uids(elem)
+            return _replace(elem, dummy(elem))
+        if action == "U":
+            if elem.VR == "SQ":
+                return self._keep(elem, depth, listed=True)
+            return self._uids(elem) if elem.VR == "UI" else _replace(elem, dummy(elem))
+        return self._clean(elem, depth)
+
+    def _clean(self, elem: DataElement, depth: int) -> DataElement:
+        """Action C: a value of similar meaning without the identifying part (E.3)."""
+        vr = elem.VR
+        if vr == "SQ":
+            return self._keep(elem, depth, listed=True)
+        if vr in _DATE_VRS:
+            self.shifted = True
+            return _replace(elem, shift_values(elem, self.shift))
+        if vr == "UI":
+            return self._uids(elem)
+        if vr == "AE":
+            token = "AE" + self.pseudonyms.token("ae", str(elem.value or ""), 14)
+            return _replace(elem, token)
+        if vr == "PN":
+            return _replace(elem, dummy(elem))
+        if vr in TEXT_VRS and elem.value not in (None, ""):
+            values = elem.value if elem.VM > 1 else [elem.value]
+            cleaned = [self.scrubber.clean(str(v)) for v in values]
+            return _replace(elem, cleaned if len(cleaned) > 1 else cleaned[0])
+        return _replace(elem, elem.value)
+
+    def _keep(self, elem: DataElement, depth: int, *, listed: bool) -> DataElement:
+        if elem.VR == "SQ":
+            items = [self.dataset(item, depth + 1) for item in elem.value]
+            return DataElement(elem.tag, "SQ", Sequence(items))
+        if elem.VR == "UI" and "retain_uids" not in self.options and not listed:
+            return self._uids(elem)
+        if elem.VR == "PN" and not listed and elem.value not in (None, ""):
+            return _replace(elem, dummy(elem))
+        return _replace(elem, elem.value)
+
+    def _uids(self, elem: DataElement) -> DataElement:
+        if "retain_uids" in self.options or elem.value in (None, ""):
+            return _replace(elem, elem.value)
+        values = elem.value if elem.VM > 1 else [elem.value]
+        remapped = [self.pseudonyms.uid(str(v)) for v in values]
+        return _replace(elem, remapped if len(remapped) > 1 else remapped[0])
+
+
+def _resolve(code: str) -> str:
+    return _RESOLVED.get(code, code)
+
+
+def _replace(elem: DataElement, value: object) -> DataElement:
+    new = DataElement(elem.tag, elem.VR, value)
+    if elem.VR in ("OB", "OW", "UN") and elem.is_undefined_length:
+        new.is_undefined_length = True
+    return new

@@ -1,0 +1,111 @@
+"""Replacement values: dummies consistent with the VR (action D), dates moved by a patient's
+shift (the Modified Dates Option, E.3.6), and free text cleaned of the object's identifying
+values (action C on descriptors and text, E.3.5)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import date, timedelta
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"})
+BYTES_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
+DUMMY_TEXT = "ANONYMIZED"
+_DUMMIES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y", "DS": "0", "IS": "0"}
+# A value shorter than this is not looked for in free text: "M" or "12" would erase too much.
+_MIN_IDENTIFIER = 3
+
+
+def dummy(elem: DataElement) -> object:
+    """A non-empty value of the element's VR that identifies no one (PS3.15 E.1.1, action D)."""
+    vr = elem.VR
+    if vr in _DUMMIES:
+        return _DUMMIES[vr]
+    if vr in TEXT_VRS:
+        return DUMMY_TEXT
+    if vr in NUMBER_VRS:
+        return 0
+    if vr == "SQ":
+        # A dummy item would have to invent the nested module; an empty sequence is the
+        # Z form of the same action and never carries anything.
+        return Sequence()
+    return b"\x00\x00"
+
+
+def empty(elem: DataElement) -> object:
+    """The zero-length value of the element's VR (action Z)."""
+    if elem.VR == "SQ":
+        return Sequence()
+    if elem.VR in TEXT_VRS or elem.VR in _DUMMIES or elem.VR == "UI":
+        return ""
+    if elem.VR in NUMBER_VRS:
+        return None
+    return b""
+
+
+def shift_date(value: str, days: int) -> str:
+    """A DA value moved by ``days``; an unreadable date becomes empty, never kept as it was."""
+    text = value.strip()
+    if len(text) != 8 or not text.isdigit():
+        return ""
+    try:
+        moved = date(int(text[:4]), int(text[4:6]), int(text[6:])) + timedelta(days=days)
+    except (ValueError, OverflowError):
+        return ""
+    return moved.strftime("%Y%m%d")
+
+
+def shift_datetime(value: str, days: int) -> str:
+    """A DT value with its date moved by ``days`` and its time and offset kept."""
+    text = value.strip()
+    moved = shift_date(text[:8], days)
+    return moved + text[8:] if moved else ""
+
+
+def shift_values(elem: DataElement, days: int) -> object:
+    shift = shift_date if elem.VR == "DA" else shift_datetime
+    values = elem.value if elem.VM > 1 else [elem.value]
+    moved = [shift(str(v), days) for v in values if v not in (None, "")]
+    return moved if len(moved) > 1 else (moved[0] if moved else "")
+
+
+class Scrubber:
+    """Removes the object's identifying values wherever they appear inside free text."""
+
+    def __init__(self, identifiers: Iterable[str]) -> None:
+        words = sorted(
+            {w.strip() for w in identifiers if len(w.strip()) >= _MIN_IDENTIFIER},
+            key=len,
+            reverse=True,
+        )
+        self._pattern = (
+            re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE) if words else None
+        )
+
+    def clean(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        return " ".join(self._pattern.sub(" ", text).split())
+
+
+def identifying_strings(dataset: Dataset, identifying_tags: frozenset[int]) -> list[str]:
+    """The values of ``identifying_tags`` in ``dataset`` and its sequences, person names also
+    by component, dates also in their written forms."""
+    found: list[str] = []
+    for elem in dataset.iterall():
+        if elem.tag not in identifying_tags or elem.VR == "SQ" or elem.value in (None, ""):
+            continue
+        values = elem.value if elem.VM > 1 else [elem.value]
+        for value in values:
+            text = str(value)
+            found.append(text)
+            if elem.VR == "PN":
+                found += re.split(r"[\^= ]+", text)
+            elif elem.VR == "DA" and len(text) == 8:
+                found += [f"{text[:4]}-{text[4:6]}-{text[6:]}", f"{text[6:]}.{text[4:6]}.{text[:4]}"]
+    return found
