@@ -24,7 +24,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from nubis.deid import burned_in, method
 from nubis.deid.profile import Profile
@@ -132,7 +132,7 @@ def _file_meta(dataset: Dataset, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = dataset.SOPClassUID
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "NUBIS_DEID_1"
     return meta
@@ -282,7 +282,7 @@ class _Walk:
         return _replace(elem, elem.value)
 
     def _uids(self, elem: DataElement) -> DataElement:
-        if "retain_uids" in self.options or elem.value in (None, ""):
+        if elem.value in (None, ""):
             return _replace(elem, elem.value)
         values = elem.value if elem.VM > 1 else [elem.value]
         remapped = [self.pseudonyms.uid(str(v)) for v in values]

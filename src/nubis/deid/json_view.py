@@ -48,8 +48,8 @@ def _restore_uris(node: dict[str, Any], uris: list[str], uid_map: Mapping[str, s
             if raw.startswith(_BULK_MARK):
                 del element["InlineBinary"]
                 element["BulkDataURI"] = _remap_uids(uris[int(raw[len(_BULK_MARK) :])], uid_map)
-        for item in element.get("Value", []):
-            if isinstance(item, dict) and "vr" not in item:
+        if element.get("vr") == "SQ":
+            for item in element.get("Value", []):
                 _restore_uris(item, uris, uid_map)
 
 

@@ -185,7 +185,9 @@ def _dates(value: Any, options: frozenset[str]) -> tuple[int, int]:
 
 
 def _burned_in(value: Any) -> BurnedIn:
-    _no_unknown(value, {"policy", "suspect_modalities", "suspect_sop_classes", "regions"}, "burned_in")
+    _no_unknown(
+        value, {"policy", "suspect_modalities", "suspect_sop_classes", "regions"}, "burned_in"
+    )
     policy = value.get("policy", "exclude")
     if policy not in BURNED_IN_POLICIES:
         raise ProfileError(f"burned_in.policy must be one of {', '.join(BURNED_IN_POLICIES)}")

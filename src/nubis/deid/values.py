@@ -14,9 +14,15 @@ from pydicom.sequence import Sequence
 
 TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"})
-BYTES_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
 DUMMY_TEXT = "ANONYMIZED"
-_DUMMIES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y", "DS": "0", "IS": "0"}
+_DUMMIES = {
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "DS": "0",
+    "IS": "0",
+}
 # A value shorter than this is not looked for in free text: "M" or "12" would erase too much.
 _MIN_IDENTIFIER = 3
 
@@ -107,5 +113,8 @@ def identifying_strings(dataset: Dataset, identifying_tags: frozenset[int]) -> l
             if elem.VR == "PN":
                 found += re.split(r"[\^= ]+", text)
             elif elem.VR == "DA" and len(text) == 8:
-                found += [f"{text[:4]}-{text[4:6]}-{text[6:]}", f"{text[6:]}.{text[4:6]}.{text[:4]}"]
+                found += [
+                    f"{text[:4]}-{text[4:6]}-{text[6:]}",
+                    f"{text[6:]}.{text[4:6]}.{text[:4]}",
+                ]
     return found
