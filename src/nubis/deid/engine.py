@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cache
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -167,11 +168,7 @@ class _Walk:
     def scrubber(self) -> Scrubber:
         # Built on first use: most objects have no free text to clean.
         if self._scrubber is None:
-            tags = frozenset(
-                tag
-                for tag, row in self.rows.items()
-                if row.action(self.options) != "K" and "clean_descriptors" not in row.options
-            )
+            tags = _identifying_tags(self.options)
             self._scrubber = Scrubber(identifying_strings(self.source, tags))
         return self._scrubber
 
@@ -287,6 +284,17 @@ class _Walk:
         values = elem.value if elem.VM > 1 else [elem.value]
         remapped = [self.pseudonyms.uid(str(v)) for v in values]
         return _replace(elem, remapped if len(remapped) > 1 else remapped[0])
+
+
+@cache
+def _identifying_tags(options: frozenset[str]) -> frozenset[int]:
+    """The attributes whose values are looked for in free text: those the profile does not keep,
+    descriptors aside (they are what gets cleaned)."""
+    return frozenset(
+        tag
+        for tag, row in rows_by_tag().items()
+        if row.action(options) != "K" and "clean_descriptors" not in row.options
+    )
 
 
 def _resolve(code: str) -> str:
