@@ -9,6 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from nubis.deid.engine import ExcludedObject, deidentify
+from nubis.deid.json_view import deidentify_json
 from nubis.deid.profile import parse_profile
 from nubis.tools.synth import PatientSpec, series_datasets
 
@@ -90,3 +91,15 @@ def test_blank_policy_excludes_a_device_without_a_rule() -> None:
     ds.ManufacturerModelName = "S2"
     with pytest.raises(ExcludedObject, match="no region rule fits"):
         deidentify(ds, parse_profile(BLANKING), KEY)
+
+
+def test_json_view_of_a_blanked_object_agrees() -> None:
+    """The researcher's metadata says what the exported object says: text blanked, 113101."""
+    ds = _ultrasound()
+    out, _ = deidentify(ds, parse_profile(BLANKING), KEY)
+    view, _ = deidentify_json(ds.to_json_dict(), parse_profile(BLANKING), KEY)
+    assert view["00280301"]["Value"] == ["NO"] == [out.BurnedInAnnotation]
+    codes = [item["00080100"]["Value"][0] for item in view["00120064"]["Value"]]
+    assert codes == [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
+    with pytest.raises(ExcludedObject):
+        deidentify_json(ds.to_json_dict(), parse_profile('name = "x"'), KEY)

@@ -124,6 +124,29 @@ def test_curves_and_overlays(phi_object: Dataset) -> None:
     assert 0x50003000 in out
 
 
+def test_cleaned_sequences_clean_their_free_text() -> None:
+    """C on a sequence (Clean Structured Content, Clean Graphics, PS3.15 E.3.3, E.3.4) keeps
+    it with its free text cleaned, also text the table does not list (Text Value, Unformatted
+    Text Value); without the options the Basic Profile's D leaves the sequence empty."""
+    ds = _cohort()[0]
+    text = Dataset()
+    text.UnformattedTextValue = f"Liddell Alice {ds.PatientID} LEFT"
+    annotation = Dataset()
+    annotation.TextObjectSequence = Sequence([text])
+    ds.GraphicAnnotationSequence = Sequence([annotation])
+    item = Dataset()
+    item.ValueType = "TEXT"
+    item.TextValue = "Seen by Alice Liddell, lesion stable"
+    ds.ContentSequence = Sequence([item])
+    options = frozenset({"clean_graphics", "clean_structured_content"})
+    out, _ = deidentify(ds, Profile("c", "1", options), KEY)
+    cleaned = out.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
+    assert cleaned == "LEFT"
+    assert out.ContentSequence[0].TextValue == "Seen by , lesion stable"
+    out, _ = deidentify(ds, BASIC, KEY)
+    assert len(out.GraphicAnnotationSequence) == 0 and len(out.ContentSequence) == 0
+
+
 def _cohort() -> list[Dataset]:
     """Two studies of one patient and one of another, two instances a series; each second
     instance refers to the first in its Referenced and Source Image Sequences."""

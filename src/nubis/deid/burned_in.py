@@ -77,4 +77,3 @@ def blank(dataset: Dataset, regions: DeviceRegions) -> None:
     dataset.PixelData = np.ascontiguousarray(pixels).tobytes()
     dataset["PixelData"].VR = "OB" if dataset.BitsAllocated <= 8 else "OW"
     dataset["PixelData"].is_undefined_length = False
-    dataset.BurnedInAnnotation = "NO"

@@ -54,6 +54,7 @@ PATIENT_NAME = 0x00100010
 PIXEL_DATA = 0x7FE00010
 _RESOLVED = {"X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D", "X/Z/U*": "U"}
 _DATE_VRS = frozenset({"DA", "DT"})
+_FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC", "PN"})
 
 
 @dataclass
@@ -123,6 +124,9 @@ def deidentify_elements(
     else:
         dates = "REMOVED"
     pixels_cleaned = decision.regions is not None
+    if pixels_cleaned:
+        # Said here, not where the pixels are zeroed, so that the JSON view says it too.
+        out.BurnedInAnnotation = "NO"
     report.method_codes = method.method_codes(options, pixels_cleaned=pixels_cleaned)
     method.mark(out, profile.method, report.method_codes, dates=dates)
     report.uid_map = dict(pseudonyms.uid_map)
@@ -172,7 +176,9 @@ class _Walk:
             self._scrubber = Scrubber(identifying_strings(self.source, tags))
         return self._scrubber
 
-    def dataset(self, source: Dataset, depth: int) -> Dataset:
+    def dataset(self, source: Dataset, depth: int, *, cleaning: bool = False) -> Dataset:
+        """``cleaning``: inside a sequence cleaned by C (structured content, graphic
+        annotations), where free text the table does not list is cleaned too."""
         out = Dataset()
         kept_blocks: set[tuple[int, int]] = set()
         creators: dict[tuple[int, int], DataElement] = {}
@@ -187,7 +193,7 @@ class _Walk:
                 elif self._private(source, elem, out):
                     kept_blocks.add((group, element >> 8))
                 continue
-            new = self.element(elem, depth)
+            new = self.element(elem, depth, cleaning)
             if new is not None:
                 out.add(new)
         for block in kept_blocks:
@@ -208,7 +214,7 @@ class _Walk:
         out.add(self._keep(elem, depth=1, listed=False))
         return True
 
-    def element(self, elem: DataElement, depth: int) -> DataElement | None:
+    def element(self, elem: DataElement, depth: int, cleaning: bool) -> DataElement | None:
         tag = elem.tag
         group = tag.group
         if 0x5000 <= group <= 0x501E:
@@ -223,7 +229,9 @@ class _Walk:
         else:
             row: TableRow | None = self.rows.get(tag)
             if row is None:
-                return self._keep(elem, depth, listed=False)
+                if cleaning and elem.VR in _FREE_TEXT_VRS:
+                    return self._clean(elem, depth)
+                return self._keep(elem, depth, listed=False, cleaning=cleaning)
             action = _resolve(row.action(self.options))
         self.report.actions[action] += 1
         return self.apply(elem, action, depth)
@@ -251,7 +259,7 @@ class _Walk:
         """Action C: a value of similar meaning without the identifying part (E.3)."""
         vr = elem.VR
         if vr == "SQ":
-            return self._keep(elem, depth, listed=True)
+            return self._keep(elem, depth, listed=True, cleaning=True)
         if vr in _DATE_VRS:
             self.shifted = True
             return _replace(elem, shift_values(elem, self.shift))
@@ -268,9 +276,11 @@ class _Walk:
             return _replace(elem, cleaned if len(cleaned) > 1 else cleaned[0])
         return _replace(elem, elem.value)
 
-    def _keep(self, elem: DataElement, depth: int, *, listed: bool) -> DataElement:
+    def _keep(
+        self, elem: DataElement, depth: int, *, listed: bool, cleaning: bool = False
+    ) -> DataElement:
         if elem.VR == "SQ":
-            items = [self.dataset(item, depth + 1) for item in elem.value]
+            items = [self.dataset(item, depth + 1, cleaning=cleaning) for item in elem.value]
             return DataElement(elem.tag, "SQ", Sequence(items))
         if elem.VR == "UI" and "retain_uids" not in self.options and not listed:
             return self._uids(elem)
