@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -55,6 +55,9 @@ PIXEL_DATA = 0x7FE00010
 _RESOLVED = {"X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D", "X/Z/U*": "U"}
 _DATE_VRS = frozenset({"DA", "DT"})
 _FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC", "PN"})
+# VRs the walk may change even where the table lists nothing (UIDs, names, sequences' items),
+# and the ambiguous ones pydicom resolves on decoding.
+_DECODED_VRS = frozenset({"UI", "PN", "SQ", "US or SS", "OB or OW", "US or OW", "US or SS or OW"})
 
 
 @dataclass
@@ -180,13 +183,20 @@ class _Walk:
         """``cleaning``: inside a sequence cleaned by C (structured content, graphic
         annotations), where free text the table does not list is cleaned too."""
         out = Dataset()
+        # Elements kept as read are carried over undecoded (most of an image's header): the
+        # output then says it has the source's encoding, so pydicom writes them as they were.
+        raw_ok = source.original_encoding == (False, True)
+        if raw_ok:
+            out.set_original_encoding(False, True, source.original_character_set)
         kept_blocks: set[tuple[int, int]] = set()
         creators: dict[tuple[int, int], DataElement] = {}
-        for elem in source:
-            tag = elem.tag
+        for tag in sorted(source.keys()):
             group, element = tag.group, tag.element
             if element == 0 or (depth == 0 and group == 0x0002):
                 continue  # group lengths and file meta: written anew
+            if raw_ok and self._as_read(source, tag, cleaning, out):
+                continue
+            elem = source[tag]
             if group & 1:
                 if 0x0010 <= element <= 0x00FF:
                     creators[(group, element)] = elem
@@ -199,6 +209,25 @@ class _Walk:
         for block in kept_blocks:
             out.add(creators[block])
         return out
+
+    def _as_read(self, source: Dataset, tag: BaseTag, cleaning: bool, out: Dataset) -> bool:
+        """Carries an element over undecoded when the walk would keep it unchanged anyway:
+        not listed, not a rule's, not private, curve or overlay, not a UID, name or sequence,
+        not free text inside a cleaned sequence."""
+        raw = source.get_item(tag)
+        if (
+            not isinstance(raw, RawDataElement)
+            or raw.VR is None
+            or raw.VR in _DECODED_VRS
+            or (cleaning and raw.VR in _FREE_TEXT_VRS)
+            or tag in self.rows
+            or tag in self.profile.rules
+            or tag.group & 1
+            or 0x5000 <= tag.group <= 0x60FF
+        ):
+            return False
+        out[tag] = raw
+        return True
 
     def _private(self, source: Dataset, elem: DataElement, out: Dataset) -> bool:
         """Keeps a private element listed safe for its creator (E.3.10); removes the rest."""

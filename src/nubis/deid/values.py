@@ -101,10 +101,19 @@ class Scrubber:
 
 def identifying_strings(dataset: Dataset, identifying_tags: frozenset[int]) -> list[str]:
     """The values of ``identifying_tags`` in ``dataset`` and its sequences, person names also
-    by component, dates also in their written forms."""
+    by component, dates also in their written forms. Only those elements and sequences are
+    decoded."""
     found: list[str] = []
-    for elem in dataset.iterall():
-        if elem.tag not in identifying_tags or elem.VR == "SQ" or elem.value in (None, ""):
+    for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset decodes every element)
+        raw = dataset.get_item(tag)
+        if raw is None or (tag not in identifying_tags and raw.VR not in ("SQ", None)):
+            continue
+        elem = dataset[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                found += identifying_strings(item, identifying_tags)
+            continue
+        if tag not in identifying_tags or elem.value in (None, ""):
             continue
         values = elem.value if elem.VM > 1 else [elem.value]
         for value in values:
