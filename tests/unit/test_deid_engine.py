@@ -151,6 +151,18 @@ def test_cleaned_sequences_clean_their_free_text() -> None:
     assert len(out.GraphicAnnotationSequence) == 0 and len(out.ContentSequence) == 0
 
 
+def test_modified_dates_move_unlisted_dates_too() -> None:
+    """A date Table E.1-1 does not list (Expiry Date, a DICOS attribute) moves with the others
+    under Modified Dates (PS3.15 E.3.6), so that no original date reveals the shift."""
+    ds = _cohort()[0]
+    ds.ExpiryDate = "20200111"
+    out, report = deidentify(ds, load_default_profile(), KEY)
+    assert report.date_shift_days is not None
+    assert (_day(out.StudyDate) - _day(out.ExpiryDate)).days == -10
+    read, _ = deidentify(dcmread(io.BytesIO(_part10(ds))), load_default_profile(), KEY)
+    assert read.ExpiryDate == out.ExpiryDate
+
+
 def _cohort() -> list[Dataset]:
     """Two studies of one patient and one of another, two instances a series; each second
     instance refers to the first in its Referenced and Source Image Sequences."""

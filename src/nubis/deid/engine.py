@@ -166,6 +166,9 @@ class _Walk:
         self.safe = safe_private_attributes() if "retain_safe_private" in self.options else {}
         self.shift = pseudonyms.date_shift(patient_id, *profile.shift_days)
         self.shifted = False
+        # Under Modified Dates a date the table does not list moves too: left as it was, it
+        # would give away the shift of every other date.
+        self.shift_all_dates = "retain_longitudinal_modified_dates" in self.options
         self._scrubber: Scrubber | None = None
         self.curve_action = _resolve(pattern_row(CURVE_GROUPS).action(self.options))
         self.overlay_action = _resolve(pattern_row(OVERLAY_DATA).action(self.options))
@@ -220,6 +223,7 @@ class _Walk:
             or raw.VR is None
             or raw.VR in _DECODED_VRS
             or (cleaning and raw.VR in _FREE_TEXT_VRS)
+            or (self.shift_all_dates and raw.VR in _DATE_VRS)
             or tag in self.rows
             or tag in self.profile.rules
             or tag.group & 1
@@ -258,7 +262,9 @@ class _Walk:
         else:
             row: TableRow | None = self.rows.get(tag)
             if row is None:
-                if cleaning and elem.VR in _FREE_TEXT_VRS:
+                if (cleaning and elem.VR in _FREE_TEXT_VRS) or (
+                    self.shift_all_dates and elem.VR in _DATE_VRS
+                ):
                     return self._clean(elem, depth)
                 return self._keep(elem, depth, listed=False, cleaning=cleaning)
             action = _resolve(row.action(self.options))
