@@ -94,9 +94,10 @@ def deidentify(
 
     Raises ExcludedObject when the burned-in policy leaves the object out.
     """
-    out, report, decision = deidentify_elements(dataset, profile, Pseudonyms(project_key))
-    transfer_syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-    out.file_meta = _file_meta(out, transfer_syntax or ExplicitVRLittleEndian)
+    pseudonyms = Pseudonyms(project_key)
+    out, report, decision = deidentify_elements(dataset, profile, pseudonyms)
+    out.file_meta = _file_meta(out, getattr(dataset, "file_meta", Dataset()), pseudonyms)
+    report.uid_map = dict(pseudonyms.uid_map)
     if decision.regions is not None and PIXEL_DATA in out:
         burned_in.blank(out, decision.regions)
     return out, report
@@ -136,11 +137,19 @@ def deidentify_elements(
     return out, report, decision
 
 
-def _file_meta(dataset: Dataset, transfer_syntax: str) -> FileMetaDataset:
+def _file_meta(dataset: Dataset, source: Dataset, pseudonyms: Pseudonyms) -> FileMetaDataset:
+    """The file meta written anew (PS3.10 7.1): the de-identified object's class and remapped
+    instance, or the source file meta's where the data set lacks them, and its transfer syntax."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    meta.TransferSyntaxUID = UID(transfer_syntax)
+    sop_class = dataset.get("SOPClassUID") or source.get("MediaStorageSOPClassUID")
+    if sop_class:
+        meta.MediaStorageSOPClassUID = sop_class
+    sop_instance = dataset.get("SOPInstanceUID")
+    if not sop_instance and source.get("MediaStorageSOPInstanceUID"):
+        sop_instance = pseudonyms.uid(str(source.MediaStorageSOPInstanceUID))
+    if sop_instance:
+        meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = UID(source.get("TransferSyntaxUID") or ExplicitVRLittleEndian)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "NUBIS_DEID_1"
     return meta
