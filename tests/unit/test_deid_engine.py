@@ -131,7 +131,8 @@ def test_curves_and_overlays(phi_object: Dataset) -> None:
 def test_cleaned_sequences_clean_their_free_text() -> None:
     """C on a sequence (Clean Structured Content, Clean Graphics, PS3.15 E.3.3, E.3.4) keeps
     it with its free text cleaned, also text the table does not list (Text Value, Unformatted
-    Text Value); without the options the Basic Profile's D leaves the sequence empty."""
+    Text Value); without the options the Basic Profile's D leaves the structure with dummy
+    values."""
     ds = _cohort()[0]
     text = Dataset()
     text.UnformattedTextValue = f"Liddell Alice {ds.PatientID} LEFT"
@@ -148,7 +149,9 @@ def test_cleaned_sequences_clean_their_free_text() -> None:
     assert cleaned == "LEFT"
     assert out.ContentSequence[0].TextValue == "Seen by , lesion stable"
     out, _ = deidentify(ds, BASIC, KEY)
-    assert len(out.GraphicAnnotationSequence) == 0 and len(out.ContentSequence) == 0
+    dummy_text = out.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
+    assert dummy_text == out.ContentSequence[0].TextValue == "ANONYMIZED"
+    assert out.ContentSequence[0].ValueType == "TEXT"  # coded values keep the tree readable
 
 
 def test_modified_dates_move_unlisted_dates_too() -> None:

@@ -40,6 +40,7 @@ from nubis.deid.table import (
     safe_private_attributes,
 )
 from nubis.deid.values import (
+    DUMMY_TEXT,
     TEXT_VRS,
     Scrubber,
     dummy,
@@ -54,6 +55,7 @@ PATIENT_NAME = 0x00100010
 PIXEL_DATA = 0x7FE00010
 _RESOLVED = {"X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D", "X/Z/U*": "U"}
 _DATE_VRS = frozenset({"DA", "DT"})
+_REMOVABLE_SEQUENCE = frozenset({"X/Z", "X/D", "X/Z/D"})
 _FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC", "PN"})
 # VRs the walk may change even where the table lists nothing (UIDs, names, sequences' items),
 # and the ambiguous ones pydicom resolves on decoding.
@@ -276,11 +278,18 @@ class _Walk:
                 ):
                     return self._clean(elem, depth)
                 return self._keep(elem, depth, listed=False, cleaning=cleaning)
-            action = _resolve(row.action(self.options))
-        self.report.actions[action] += 1
+            action = row.action(self.options)
         return self.apply(elem, action, depth)
 
-    def apply(self, elem: DataElement, action: str, depth: int) -> DataElement | None:
+    def apply(self, elem: DataElement, code: str, depth: int) -> DataElement | None:
+        if elem.VR == "SQ" and code in _REMOVABLE_SEQUENCE:
+            # An empty sequence in any Type 3 attribute is an error where the module wants
+            # items, and the reference sequences these codes name are Type 3 in the common
+            # IODs: removed, unless it is already empty (a Type 2 attribute left as it was).
+            action = "Z" if len(elem.value) == 0 else "X"
+        else:
+            action = _resolve(code)
+        self.report.actions[action] += 1
         if action == "X":
             return None
         if action == "K":
@@ -292,6 +301,9 @@ class _Walk:
         if action == "D":
             if elem.VR == "UI":
                 return self._uids(elem)
+            if elem.VR == "SQ":
+                items = [self._dummy_item(item) for item in elem.value]
+                return DataElement(elem.tag, "SQ", Sequence(items))
             return _replace(elem, dummy(elem))
         if action == "U":
             if elem.VR == "SQ":
@@ -316,9 +328,30 @@ class _Walk:
             return _replace(elem, dummy(elem))
         if vr in TEXT_VRS and elem.value not in (None, ""):
             values = elem.value if elem.VM > 1 else [elem.value]
-            cleaned = [self.scrubber.clean(str(v)) for v in values]
+            # Text made of identifying values only becomes the placeholder, not empty: the
+            # attribute may be one that must have a value.
+            cleaned = [self.scrubber.clean(str(v)) or DUMMY_TEXT for v in values]
             return _replace(elem, cleaned if len(cleaned) > 1 else cleaned[0])
         return _replace(elem, elem.value)
+
+    def _dummy_item(self, item: Dataset) -> Dataset:
+        """An item of the same structure with every value a dummy (action D on a sequence):
+        UIDs remapped, coded CS values the table does not list kept (ValueType, Relationship
+        Type: enumerations), empty values left empty, private attributes removed."""
+        out = Dataset()
+        for elem in item:
+            if elem.tag.element == 0 or elem.tag.group & 1:
+                continue
+            if elem.VR == "SQ":
+                items = [self._dummy_item(i) for i in elem.value]
+                out.add(DataElement(elem.tag, "SQ", Sequence(items)))
+            elif elem.VR == "UI":
+                out.add(self._uids(elem))
+            elif elem.value in (None, "", b"") or (elem.VR == "CS" and elem.tag not in self.rows):
+                out.add(_replace(elem, elem.value))
+            else:
+                out.add(_replace(elem, dummy(elem)))
+        return out
 
     def _keep(
         self, elem: DataElement, depth: int, *, listed: bool, cleaning: bool = False

@@ -15,31 +15,39 @@ from pydicom.sequence import Sequence
 TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"})
 DUMMY_TEXT = "ANONYMIZED"
+# Numbers are 1, not 0: frame numbers and item identifiers start at 1.
 _DUMMIES = {
     "DA": "19000101",
     "TM": "000000",
     "DT": "19000101000000",
     "AS": "000Y",
-    "DS": "0",
-    "IS": "0",
+    "DS": "1",
+    "IS": "1",
 }
 # A value shorter than this is not looked for in free text: "M" or "12" would erase too much.
 _MIN_IDENTIFIER = 3
 
 
 def dummy(elem: DataElement) -> object:
-    """A non-empty value of the element's VR that identifies no one (PS3.15 E.1.1, action D)."""
+    """The dummy of each of the element's values, as many as it has (a point's coordinates
+    stay a point)."""
+    one = _dummy(elem)
+    return [one] * elem.VM if elem.VM > 1 and elem.VR not in _BYTES_VRS else one
+
+
+_BYTES_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+
+
+def _dummy(elem: DataElement) -> object:
+    """A non-empty value of the element's VR that identifies no one (PS3.15 E.1.1, action D);
+    sequences are the engine's (items of the same structure, every value a dummy)."""
     vr = elem.VR
     if vr in _DUMMIES:
         return _DUMMIES[vr]
     if vr in TEXT_VRS:
         return DUMMY_TEXT
     if vr in NUMBER_VRS:
-        return 0
-    if vr == "SQ":
-        # A dummy item would have to invent the nested module; an empty sequence is the
-        # Z form of the same action and never carries anything.
-        return Sequence()
+        return 1
     return b"\x00\x00"
 
 
