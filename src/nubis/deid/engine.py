@@ -85,7 +85,9 @@ class ExcludedObject(Forbidden):
     """The profile leaves this object out (burned-in text it cannot blank); never passed."""
 
     def __init__(self, report: DeidReport) -> None:
-        super().__init__(f"object excluded by the de-identification profile: {report.burned_in}")
+        super().__init__(
+            f"the de-identification profile leaves this object out ({report.burned_in})"
+        )
         self.report = report
 
 
