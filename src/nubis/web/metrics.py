@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -36,6 +36,8 @@ from nubis.security.policy import Principal
 from nubis.services.gauges import Reading
 from nubis.web.dicomweb.common import principal_of
 
+# The text format every Prometheus server reads (prometheus-client's newest is 1.0.0).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "<unmatched>"
 UNROUTED = "<unrouted>"
 
@@ -178,7 +180,7 @@ async def scrape(request: Request) -> Response:
     """``GET /metrics`` (see the module docs)."""
     archive: Archive = request.app.state.archive
     body = await run_in_threadpool(exposition, archive, principal_of(request))
-    return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
+    return Response(body, media_type=CONTENT_TYPE, headers={"cache-control": "no-store"})
 
 
 def metrics_routes() -> list[Route]:
