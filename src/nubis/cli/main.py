@@ -134,6 +134,9 @@ def serve(
         forwarded_allow_ips="",
         # httptools with header and body timeouts (http_header/body_timeout_seconds).
         http=SLOW_CLIENT_PROTOCOL,
+        # JSON lines: uvicorn's own loggers then propagate to nubis's handler (nubis.logs)
+        # rather than get handlers and formats of uvicorn's.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         **transport.uvicorn_options,
     )
     if shared_metrics:
