@@ -24,7 +24,9 @@ from integration import in_process_archive
 from nubis import metrics
 from nubis.archive import Archive
 from nubis.dimse.handlers import _count_response
-from nubis.logs import JsonFormatter
+from nubis.jobs.context import JobContext, JobFailed
+from nubis.jobs.runner import JobRunner
+from nubis.logs import JsonFormatter, TextFormatter, request_id
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -231,3 +233,33 @@ def test_json_log_lines_carry_the_request_id_and_no_patient_data(world: World) -
     assert {"time", "level", "logger", "message"} <= set(ours[0])
     text = stream.getvalue()
     assert PATIENT_ID not in text and "Secretname" not in text
+
+
+def test_jobs_are_reported_by_kind_and_state(world: World) -> None:
+    """A job failing for good counts in nubis_job_runs_total and shows as failed in nubis_jobs;
+    a job no runner handles stays queued."""
+
+    def fail(ctx: JobContext) -> None:
+        raise JobFailed("the metrics test's job fails", retry_in=None)
+
+    store = world.archive.jobs
+    runner = JobRunner(store, {"metrics-fail": fail}, owner="metrics-test")
+    store.enqueue("metrics-fail")
+    store.enqueue("metrics-idle")
+    assert runner.run_once()
+    samples = _samples(world.client.get("/metrics", headers=world.auth("monitor")).text)
+    assert _value(samples, "nubis_jobs", kind="metrics-fail", state="failed") == 1
+    assert _value(samples, "nubis_jobs", kind="metrics-idle", state="queued") == 1
+    assert _value(samples, "nubis_job_runs_total", kind="metrics-fail", outcome="failed") == 1
+
+
+def test_text_log_lines_name_the_request() -> None:
+    record = logging.LogRecord("nubis.test", logging.INFO, __file__, 1, "stored", None, None)
+    formatter = TextFormatter()
+    assert formatter.format(record).endswith(" INFO nubis.test: stored")
+    token = request_id.set("0123abcd0123abcd")
+    try:
+        line = formatter.format(record)
+    finally:
+        request_id.reset(token)
+    assert line.endswith(" INFO nubis.test [request 0123abcd0123abcd]: stored")
