@@ -4,7 +4,8 @@ The index is filled directly as bench/qido_scale.py does (metadata-only rows: a 
 and ``--instances`` instances each), then the archive is opened in-process on it and
 ``GET /metrics`` is asked ``--scrapes`` times through Starlette's TestClient as a monitor. The
 first scrape counts storage by tier (nubis.services.gauges recounts it every few minutes);
-the others read jobs, the audit chain's head and free disk only.
+the others read jobs, the audit chain's head and free disk only. ``gauges_read`` is the
+index part of a scrape alone (nubis.services.gauges), without HTTP and the exposition.
 
     .venv/bin/python bench/metrics_scrape.py [--studies 100000] [--instances 3] [--scrapes 20]
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from nubis.archive import Archive  # noqa: E402
 from nubis.config import load_settings  # noqa: E402
+from nubis.security.policy import system_principal  # noqa: E402
 from nubis.web.app import create_app  # noqa: E402
 from qido_scale import fill  # noqa: E402
 
@@ -66,6 +68,11 @@ def main() -> int:
                 response = client.get("/metrics", headers=headers)
                 times.append(time.perf_counter() - began)
                 assert response.status_code == 200, response.text
+            reads = []
+            for _ in range(args.scrapes):
+                began = time.perf_counter()
+                archive.gauges.read(system_principal())
+                reads.append(time.perf_counter() - began)
             assert f'nubis_storage_objects{{tier="hot"}} {args.studies * args.instances}' in (
                 response.text.replace(".0\n", "\n")
             ), response.text[-2000:]
@@ -77,6 +84,7 @@ def main() -> int:
         "first_scrape_ms": round(times[0] * 1000, 1),
         "scrape_p50_ms": round(statistics.median(warm) * 1000, 1),
         "scrape_max_ms": round(warm[-1] * 1000, 1),
+        "gauges_read_p50_ms": round(statistics.median(reads) * 1000, 1),
         "body_bytes": len(response.content),
     }
     print(json.dumps(result, indent=2))
