@@ -147,6 +147,21 @@ def test_search_finds_the_study_by_patient_or_identifier(
     assert [e.resource.id for e in bundle.entry] == [own]
 
 
+def test_two_different_patients_match_nothing(world: World) -> None:
+    status, body = world.get(
+        "admin",
+        "/fhir/ImagingStudy",
+        patient="P-FHIR-OWN",
+        **{"subject:Patient.identifier": "P-FHIR-OTHER"},
+    )
+    assert status == 200 and Bundle.model_validate(body).total == 0
+    # Still a read: refused to a role that may not read.
+    status, body = world.get(
+        "uploader", "/fhir/ImagingStudy", patient="a", **{"subject:Patient.identifier": "b"}
+    )
+    assert status == 403
+
+
 def test_a_referrer_sees_only_granted_studies(world: World) -> None:
     status, body = world.get("referrer", "/fhir/ImagingStudy")
     assert status == 200
@@ -162,7 +177,7 @@ def test_a_referrer_sees_only_granted_studies(world: World) -> None:
 
 
 def test_errors_are_operation_outcomes(world: World) -> None:
-    for params in ({"name": "Doe"}, {"patient": "P*"}, {"_count": "x"}):
+    for params in ({"name": "Doe"}, {"patient": "P*"}, {"_count": "x"}, {"_count": "0"}):
         status, body = world.get("admin", "/fhir/ImagingStudy", **params)
         assert status == 400, params
         assert OperationOutcome.model_validate(body).issue[0].code == "invalid"

@@ -60,6 +60,8 @@ class StudyCriteria:
     accession_number: str | None = None
     count: int = 20
     offset: int = 0
+    # Criteria no study meets (two different patients asked for): answered without a query.
+    contradictory: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,10 @@ class ImagingStudies:
                     )
                 params.append((keyword, value))
         query = parse_qido(Level.STUDY, params, max_limit=MAX_COUNT)
+        # Authorized and recorded whatever follows: contradictory criteria too.
         scoped = self.query.scoped(who, query, text=text or "FHIR ImagingStudy search")
+        if criteria.contradictory:
+            return StudyPage([], False)
         page = self.query.page(scoped)
         resources = [self._resource(scoped, item, dicomweb_root) for item in page.items]
         return StudyPage(resources, page.more or len(page.items) == criteria.count)

@@ -67,7 +67,7 @@ def criteria_of(params: list[tuple[str, str]]) -> StudyCriteria:
     if identifier is not None:
         identifier = identifier.rpartition("|")[2]
         if patient is not None and identifier != patient:
-            return StudyCriteria(count=0)  # two different patients: nothing matches both
+            return StudyCriteria(contradictory=True)  # two patients: no study is of both
         patient = identifier
     study_uid = accession = None
     study_identifier = given.get("identifier")
@@ -83,17 +83,18 @@ def criteria_of(params: list[tuple[str, str]]) -> StudyCriteria:
         patient_id=patient,
         study_uid=study_uid,
         accession_number=accession,
-        count=_number(given, "_count", 20, MAX_COUNT),
-        offset=_number(given, "_offset", 0, 1_000_000),
+        count=_number(given, "_count", 20, 1, MAX_COUNT),
+        offset=_number(given, "_offset", 0, 0, 1_000_000),
     )
 
 
-def _number(given: dict[str, str], key: str, default: int, most: int) -> int:
+def _number(given: dict[str, str], key: str, default: int, least: int, most: int) -> int:
+    # _count=0 (a total alone) is not offered: a total costs a count of every match.
     text = given.get(key)
     if text is None:
         return default
-    if not text.isdigit() or int(text) > most:
-        raise BadRequest(f"{key}: {text[:20]!r} is not a whole number from 0 to {most}")
+    if not text.isdigit() or not least <= int(text) <= most:
+        raise BadRequest(f"{key}: {text[:20]!r} is not a whole number from {least} to {most}")
     return int(text)
 
 
@@ -103,18 +104,15 @@ async def search(request: Request) -> Response:
     root = site_url(request)
     try:
         criteria = criteria_of(list(request.query_params.multi_items()))
-        if criteria.count == 0:
-            resources, more = [], False
-        else:
-            page = await run_in_threadpool(
-                lambda: archive.imaging_studies.search(
-                    principal_of(request),
-                    criteria,
-                    dicomweb_root=f"{root}/dicom-web",
-                    text=request.url.query,
-                )
+        page = await run_in_threadpool(
+            lambda: archive.imaging_studies.search(
+                principal_of(request),
+                criteria,
+                dicomweb_root=f"{root}/dicom-web",
+                text=request.url.query,
             )
-            resources, more = page.resources, page.more
+        )
+        resources, more = page.resources, page.more
     except NubisError as exc:
         return operation_outcome(exc)
     here = f"{root}/fhir/ImagingStudy"
