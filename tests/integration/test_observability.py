@@ -263,3 +263,20 @@ def test_text_log_lines_name_the_request() -> None:
     finally:
         request_id.reset(token)
     assert line.endswith(" INFO nubis.test [request 0123abcd0123abcd]: stored")
+
+
+def test_replication_lag_is_reported_with_a_replica(tmp_path: Path) -> None:
+    """With replicate_to set, a store waits in the outbox: backlog 1, its age the lag (no job
+    runs here to send it)."""
+    archive = in_process_archive(
+        tmp_path / "data", ADMIN, replicate_to="http://127.0.0.1:9/dicom-web", jobs="false"
+    )
+    with TestClient(create_app(archive)) as client:
+        path = synth.make_multiframe(tmp_path / "one.dcm", frames=1, rows=8, columns=8, seed=9)
+        _stow(client, {"Authorization": f"Bearer {ADMIN}"}, path)
+        samples = _samples(
+            client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+        )
+    assert _value(samples, "nubis_replication_backlog") == 1
+    assert _value(samples, "nubis_replication_lag_seconds") >= 0
+    assert _value(samples, "nubis_replication_parked") == 0
