@@ -443,9 +443,15 @@ def _patient_of(metadata_json: str) -> str | None:
 def _counted(chunks: Iterator[bytes], what: str) -> Iterator[bytes]:
     """``chunks`` as they are, their bytes counted as sent (nubis.metrics) as they are read."""
     counter = metrics.retrieve_bytes.labels(what)
-    for chunk in chunks:
-        counter.inc(len(chunk))
-        yield chunk
+    try:
+        for chunk in chunks:
+            counter.inc(len(chunk))
+            yield chunk
+    finally:
+        # A response cut short closes this: the blob store's reader is released at once.
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def blob_context(inst: StoredInstance) -> BlobContext:
