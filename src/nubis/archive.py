@@ -41,6 +41,8 @@ from nubis.services.audit_log import AuditLog
 from nubis.services.corrections import CorrectionService
 from nubis.services.disk_floor import DiskFloor, parse_floor
 from nubis.services.export import ExportService
+from nubis.services.fhir import ImagingStudies
+from nubis.services.gauges import ArchiveGauges
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
@@ -88,12 +90,17 @@ def _blob_store(
 def _ingest_folders(settings: Settings) -> list[Path]:
     """The local folders a stored object takes room in: the spool, the blob folder of a
     file:// store, the folder of a SQLite index (nubis.services.disk_floor)."""
-    folders = [settings.spool_dir]
+    return list(_watched_folders(settings).values())
+
+
+def _watched_folders(settings: Settings) -> dict[str, Path]:
+    """The folders whose free space /metrics reports, by their role (nubis.services.gauges)."""
+    folders = {"spool": settings.spool_dir}
     blobs, index = urlparse(settings.blobs_url), urlparse(settings.index_url)
     if blobs.scheme == "file":
-        folders.append(Path(unquote(blobs.path)))
+        folders["blobs"] = Path(unquote(blobs.path))
     if index.scheme == "sqlite":  # sqlite:///relative/file or sqlite:////absolute/file
-        folders.append(Path(unquote(index.path.removeprefix("/"))).parent)
+        folders["index"] = Path(unquote(index.path.removeprefix("/"))).parent
     return folders
 
 
@@ -255,6 +262,14 @@ class Archive:
             peers=PeerTable(self.index, settings.dimse_peers_cache_seconds),
             wake=self.job_runner.wake if self.job_runner is not None else None,
         )
+        self.gauges = ArchiveGauges(
+            self.index,
+            self.guard,
+            self.tiers,
+            folders=_watched_folders(settings),
+            replicating=bool(settings.replicate_to),
+        )
+        self.imaging_studies = ImagingStudies(self.query)
         self.audit_log = AuditLog(
             self.audit,
             self.guard,

@@ -469,6 +469,12 @@ class Settings:
         "openid profile", "Scopes asked for at browser sign-in (openid is always asked for)."
     )
     log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
+    log_format: str = _setting(
+        "text",
+        "Log lines as 'text' (time, level, logger, message) or 'json' (one object a line, for "
+        "a log shipper); both name the HTTP request's X-Request-ID during a request.",
+        _choice("text", "json"),
+    )
     share_default_days: int = _setting(
         7, "A share link lasts this many days unless its creator chooses (1 to share_max_days)."
     )

@@ -159,6 +159,12 @@ RULES[("/ui/login/oidc", "GET")] = "public"
 RULES[("/ui/oidc/callback", "GET")] = "public"
 # OHIF's own files hold no patient data and are served to anyone; its pages send a signed-out
 # browser to sign in, and its data comes over DICOMweb (tests/browser/test_ohif.py).
+# The archive's metrics (issue 15): monitors and the home tenant's admins.
+RULES[("/metrics", "GET")] = "monitor"
+# FHIR ImagingStudy: a query like QIDO-RS (a search lists what is visible; a read of a study
+# outside the scope is 404).
+RULES[("/fhir/ImagingStudy", "GET")] = "fhir-search"
+RULES[("/fhir/ImagingStudy/{id}", "GET")] = "read"
 RULES[("/ohif", "GET")] = "public"
 RULES[("/ohif/{path:path}", "GET")] = "public"
 RULES[("/ohif/{path:path}", "HEAD")] = "public"
@@ -173,6 +179,7 @@ CAN = {
     "modality": {"write"},
     "researcher": set(),
     "auditor": {"audit"},
+    "monitor": {"monitor"},
     "share-view": {"read"},
     "share-download": {"read", "download"},
 }
@@ -325,6 +332,7 @@ def _url(path: str, study: Study) -> str:
         .replace("{instance}", study.instance)
         .replace("{frames}", "1")
         .replace("{path:path}", study.bulk)
+        .replace("{id}", study.study)
     )
     if filled == "/wado":
         filled += (
@@ -424,6 +432,15 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "study-page":
             failures += _study_page_failures(world, who, path)
             continue
+        if need == "monitor":
+            response = world.client.get(path, headers=world.headers(who))
+            expected = 401 if who in SIGNED_OUT else 200 if who in ("admin", "monitor") else 403
+            if response.status_code != expected:
+                failures.append(f"GET {path}: {response.status_code}, expected {expected}")
+            continue
+        if need == "fhir-search":
+            failures += _fhir_search(world, who, path)
+            continue
         if need == "admin-api":
             failures += _admin_api_route(world, who, path, method)
             continue
@@ -470,6 +487,30 @@ def test_authorization_matrix(world: World, who: str) -> None:
             if not ok:
                 failures.append(f"{method} {path} [{target}]: {status}, expected {expected}")
     assert failures == [], "\n".join(failures)
+
+
+def _fhir_search(world: World, who: str, path: str) -> list[str]:
+    """A FHIR search for each study's patient: 401 signed out, 403 without read, else a
+    Bundle holding the study exactly when the caller may see it."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    for target, study in world.studies.items():
+        response = world.client.get(
+            path, params={"patient": study.patient}, headers=world.headers(who)
+        )
+        status = response.status_code
+        if who in SIGNED_OUT:
+            expected, ok = "401", status == 401
+        elif "read" not in CAN[role]:
+            expected, ok = "403", status == 403
+        else:
+            found = {e["resource"]["id"] for e in response.json().get("entry", [])}
+            visible = _visible(who, target)
+            expected = "200 with the study" if visible else "200 without it"
+            ok = status == 200 and (study.study in found) == visible
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
 
 
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
