@@ -223,9 +223,9 @@ class WorklistService:
     def update(self, who: Principal, uid: str, changes: JsonDataSet) -> None:
         """Update Workitem (PS3.18 11.6, N-SET): set the attributes given. A workitem IN
         PROGRESS needs its Transaction UID; a final one is never updated."""
+        decision = self._authorize(who, Action.WORKLIST, f"update workitem {uid}")
         given = wi.text(changes, wi.TRANSACTION_UID)
         changes = wi.check_update(changes)
-        decision = self._authorize(who, Action.WORKLIST, f"update workitem {uid}")
 
         def job(conn: Connection) -> None:
             row = self._found(conn, who, uid)
@@ -262,13 +262,13 @@ class WorklistService:
         """Change Workitem State (PS3.18 11.7, N-ACTION Change UPS State): claim (IN
         PROGRESS, giving a new Transaction UID), complete or cancel. The warning of a request
         that found the workitem in the state asked for, else None."""
+        decision = self._authorize(who, Action.WORKLIST, f"change the state of workitem {uid}")
         requested = wi.text(request, wi.STATE)
         if requested is None:
             raise BadRequest("the request needs Procedure Step State (0074,1000)")
         given = wi.text(request, wi.TRANSACTION_UID)
         if given is not None and not is_usable(given):
             raise BadRequest("the Transaction UID (0008,1195) is not a valid UID")
-        decision = self._authorize(who, Action.WORKLIST, f"change the state of workitem {uid}")
 
         def job(conn: Connection) -> str | None:
             row = self._found(conn, who, uid)
@@ -367,6 +367,7 @@ class WorklistService:
         """Subscribe (PS3.18 11.10, PS3.4 CC.2.3): ``ae_title`` watches one workitem, the
         worklist (every workitem not final, and each one created), or the workitems matching
         ``filter_text`` (the Filtered Worklist)."""
+        decision = self._authorize_watch(who, target_uid, f"subscribe to {target_uid}")
         ae_title = check_ae_title(ae_title)
         query = None
         if target_uid == wi.FILTERED_WORKLIST_UID:
@@ -375,7 +376,6 @@ class WorklistService:
             query = parse_filter(filter_text)
         elif filter_text:
             raise BadRequest("only a Filtered Worklist subscription takes a filter")
-        decision = self._authorize_watch(who, target_uid, f"subscribe {ae_title} to {target_uid}")
         event = self._watch_event(who, f"{ae_title} subscribed to {target_uid}", decision)
 
         def job(conn: Connection) -> None:
@@ -403,8 +403,8 @@ class WorklistService:
     def unsubscribe(self, who: Principal, target_uid: str, ae_title: str) -> None:
         """Unsubscribe (PS3.18 11.11): from one workitem; from the worklist (either
         well-known UID), every subscription of the AE in the tenant (PS3.4 CC.2.3.1)."""
+        decision = self._authorize_watch(who, target_uid, f"unsubscribe from {target_uid}")
         ae_title = check_ae_title(ae_title)
-        decision = self._authorize_watch(who, target_uid, f"unsubscribe {ae_title}")
         event = self._watch_event(who, f"{ae_title} unsubscribed from {target_uid}", decision)
 
         def job(conn: Connection) -> None:
@@ -420,13 +420,13 @@ class WorklistService:
     def suspend(self, who: Principal, target_uid: str, ae_title: str) -> None:
         """Suspend Global Subscription (PS3.18 11.12): no subscription to workitems created
         from now on; those made so far stay. NotFound (404) when there is none."""
+        decision = self._authorize_watch(who, target_uid, "suspend a worklist subscription")
         ae_title = check_ae_title(ae_title)
         if target_uid not in _WORKLISTS:
             raise BadRequest(
                 f"only a worklist subscription ({wi.WORKLIST_UID} or "
                 f"{wi.FILTERED_WORKLIST_UID}) can be suspended"
             )
-        decision = self._authorize_watch(who, target_uid, f"suspend {ae_title}")
         event = self._watch_event(who, f"{ae_title} suspended on {target_uid}", decision)
 
         def job(conn: Connection) -> None:
