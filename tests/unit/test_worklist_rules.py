@@ -97,6 +97,14 @@ def test_update_may_not_touch_state_or_uids() -> None:
         {"00741204": {"vr": "LO", "Value": ["new"]}, "00741202": {"vr": "LO"}},
     )
     assert wi.text(data, "00741204") == "new" and "00741202" not in data
+    # Type 1 attributes stay (PS3.4 Table CC.2.5-3), values fit their columns.
+    with pytest.raises(BadRequest, match="Procedure Step Label"):
+        wi.updated(data, {"00741204": {"vr": "LO"}})
+    with pytest.raises(BadRequest, match="Patient ID"):
+        wi.updated(data, {"00100020": {"vr": "LO", "Value": ["x" * 65]}})
+    long_code = {"00080100": {"vr": "SH", "Value": ["c" * 65]}}
+    with pytest.raises(BadRequest, match="0040,4018"):
+        wi.check_new({**_new(), "00404018": {"vr": "SQ", "Value": [long_code]}}, MINE)
 
 
 def test_final_state_requirements_of_completed() -> None:

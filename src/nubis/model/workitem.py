@@ -146,9 +146,7 @@ def check_new(data: JsonDataSet, workitem_uid: str) -> JsonDataSet:
             "it claims the workitem (PS3.4 CC.1.1)"
         )
     data.pop(TRANSACTION_UID, None)
-    missing = [name for tag, name in _REQUIRED_AT_CREATE.items() if text(data, tag) is None]
-    if missing:
-        raise BadRequest(f"a new workitem needs {', '.join(missing)} (PS3.4 Table CC.2.5-3)")
+    _check_required(data, "a new workitem needs")
     _check_values(data)
     data[STATE] = {"vr": "CS", "Value": [State.SCHEDULED.value]}
     data[SOP_CLASS_UID] = {"vr": "UI", "Value": [UPS_PUSH_SOP_CLASS]}
@@ -176,10 +174,45 @@ def updated(data: JsonDataSet, changes: JsonDataSet) -> JsonDataSet:
             merged.pop(tag, None)
         else:
             merged[tag] = copy.deepcopy(element)
+    _check_required(merged, "a workitem keeps")
+    _check_lengths(merged)
     return dict(sorted(merged.items()))
 
 
+def _check_required(data: Mapping[str, Any], what: str) -> None:
+    missing = [name for tag, name in _REQUIRED_AT_CREATE.items() if text(data, tag) is None]
+    if missing:
+        raise BadRequest(f"{what} {', '.join(missing)} (PS3.4 Table CC.2.5-3)")
+
+
+# The longest value of each attribute the index keeps in a column (PS3.5 Table 6.2-1 for its
+# VR): a longer one is refused here rather than by the database.
+_MAX_CHARS = {
+    PATIENT_ID: ("Patient ID (0010,0020)", 64),
+    PATIENT_NAME: ("Patient's Name (0010,0010)", 324),
+    WORKLIST_LABEL: ("Worklist Label (0074,1202)", 64),
+    STUDY_UID: ("Study Instance UID (0020,000D)", 64),
+}
+_MAX_CODE_CHARS = 64
+
+
+def _check_lengths(data: Mapping[str, Any]) -> None:
+    for tag, (name, limit) in _MAX_CHARS.items():
+        found = text(data, tag)
+        if found is not None and len(found) > limit:
+            raise BadRequest(f"{name} is longer than {limit} characters")
+    for sequence in (WORKITEM_CODES, STATION_NAME_CODES):
+        for tag in (CODE_VALUE, CODING_SCHEME):
+            found = text(item(data, sequence), tag)
+            if found is not None and len(found) > _MAX_CODE_CHARS:
+                raise BadRequest(
+                    f"a code in ({sequence[:4]},{sequence[4:]}) is longer than "
+                    f"{_MAX_CODE_CHARS} characters"
+                )
+
+
 def _check_values(data: Mapping[str, Any]) -> None:
+    _check_lengths(data)
     for tag, (name, allowed) in _ENUMERATED.items():
         given = text(data, tag)
         if given is not None and given not in allowed:
