@@ -130,8 +130,12 @@ def retrieve(world: World, uid: str, who: str = "radiologist") -> Any:
 
 def search(world: World, who: str = "radiologist", **params: str) -> list[dict[str, Any]]:
     response = world.client.get("/dicom-web/workitems", params=params, headers=world.as_(who))
+    if response.status_code == 204:  # no match (PS3.18 11.9.3)
+        assert response.content == b""
+        return []
     assert response.status_code == 200, response.text
     found: list[dict[str, Any]] = response.json()
+    assert found, "an empty result is 204, not 200 (PS3.18 11.9.3)"
     return found
 
 

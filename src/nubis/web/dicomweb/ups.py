@@ -106,7 +106,7 @@ async def create_workitem(request: Request) -> Response:
 
 
 async def search_workitems(request: Request) -> Response:
-    """Search for Workitems (PS3.18 11.9): the matching workitems' data sets."""
+    """Search for Workitems (PS3.18 11.9): the matching workitems' data sets, or 204."""
     archive = archive_of(request)
     settings = archive.settings
     query = parse_search(
@@ -117,7 +117,8 @@ async def search_workitems(request: Request) -> Response:
     items, more = await run_in_threadpool(
         lambda: archive.worklist.search(principal_of(request), query, text=request.url.query)
     )
-    response = _answer(items, request)
+    # PS3.18 11.9.3: no match is 204 (No Content), unlike QIDO-RS's empty array here.
+    response = _answer(items, request) if items else Response(status_code=204)
     for warning in query.warnings:
         response.headers.append("warning", f'299 nubis "{warning}"')
     if more:
