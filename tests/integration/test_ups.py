@@ -402,10 +402,10 @@ def test_subscriptions(world: World) -> None:
     headers = world.as_("radiologist")
     existing = create(world, workitem(patient="UPS-SUB"))
     base = "/dicom-web/workitems"
-    assert (
-        world.client.post(f"{base}/{WORKLIST}/subscribers/AI_QC", headers=headers).status_code
-        == 201
-    )
+    subscribed = world.client.post(f"{base}/{WORKLIST}/subscribers/AI_QC", headers=headers)
+    assert subscribed.status_code == 201
+    # Recorded, and said plainly that no event report will come (no WebSocket channel).
+    assert "no event reports" in subscribed.headers["warning"]
     later = create(world, workitem(patient="UPS-SUB"))
 
     def targets(ae: str) -> set[str]:

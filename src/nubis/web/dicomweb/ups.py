@@ -36,6 +36,10 @@ from nubis.web.dicomweb.common import (
 _OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
 _PAYLOAD_TYPES = ("application/dicom+json", "application/json")
 MAX_PAYLOAD = 1 << 20
+_NO_EVENT_REPORTS = (
+    "Subscription recorded; this server sends no event reports (no notification "
+    "connection, PS3.18 8.10.4): poll Search for changes"
+)
 _WORKITEM = "/workitems/{workitem}"
 _SUBSCRIBER = _WORKITEM + "/subscribers/{aetitle}"
 
@@ -177,7 +181,9 @@ def _deletion_lock(request: Request) -> bool:
 
 
 async def subscribe(request: Request) -> Response:
-    """Subscribe (PS3.18 11.10): 201."""
+    """Subscribe (PS3.18 11.10): 201, with a Warning that no event report will come (the
+    subscription is recorded; PS3.4 CC.2.3.4 has 0xC315 for refusing it instead, which would
+    leave a client that polls without a record of its interest)."""
     uid, ae_title = _workitem(request), str(request.path_params["aetitle"])
     lock = _deletion_lock(request)
     filter_text = request.query_params.get("filter")
@@ -187,7 +193,7 @@ async def subscribe(request: Request) -> Response:
             principal_of(request), uid, ae_title, deletion_lock=lock, filter_text=filter_text
         )
     )
-    return Response(status_code=201)
+    return _warned(201, _NO_EVENT_REPORTS)
 
 
 async def unsubscribe(request: Request) -> Response:
