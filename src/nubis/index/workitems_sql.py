@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection
+from sqlalchemy.dialects import postgresql, sqlite
 
 from nubis.index.schema import grants, workitem_subscriptions, workitems
 from nubis.model.workitem import Columns, JsonDataSet
@@ -57,29 +59,32 @@ def _compact(data: JsonDataSet) -> str:
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
+def _insert(conn: Connection, table: sa.Table, values: dict[str, Any]) -> Any:
+    """An INSERT that can name a conflict (ON CONFLICT, which both engines speak)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).values(values)
+
+
 def insert(
     conn: Connection, partition: str, uid: str, data: JsonDataSet, who: str, now: int
 ) -> bool:
-    """Add a workitem; False when the tenant already has one of this UID."""
-    exists = conn.execute(
-        sa.select(workitems.c.id).where(
-            workitems.c.partition == partition, workitems.c.workitem_uid == uid
-        )
-    ).first()
-    if exists is not None:
-        return False
-    conn.execute(
-        sa.insert(workitems).values(
-            partition=partition,
-            workitem_uid=uid,
-            attrs=_compact(data),
-            created_by=who,
-            created_at=now,
-            updated_at=now,
+    """Add a workitem; False when the tenant already has one of this UID (also when another
+    node adds it at the same moment: ON CONFLICT, not a unique violation)."""
+    stmt = _insert(
+        conn,
+        workitems,
+        {
+            "partition": partition,
+            "workitem_uid": uid,
+            "attrs": _compact(data),
+            "created_by": who,
+            "created_at": now,
+            "updated_at": now,
             **asdict(Columns.of(data)),
-        )
-    )
-    return True
+        },
+    ).on_conflict_do_nothing(index_elements=["partition", "workitem_uid"])
+    # RETURNING tells an insert from a conflict on both engines (psycopg's rowcount is -1).
+    return conn.execute(stmt.returning(workitems.c.id)).first() is not None
 
 
 def find(conn: Connection, partition: str, uid: str, *, lock: bool = False) -> WorkitemRow | None:
@@ -215,28 +220,23 @@ def subscribe(
     now: int,
 ) -> None:
     """Add the subscription, or renew its deletion lock and filter (PS3.4 CC.2.3.1)."""
-    key = (
-        workitem_subscriptions.c.partition == partition,
-        workitem_subscriptions.c.ae_title == ae_title,
-        workitem_subscriptions.c.target_uid == target_uid,
+    stmt = _insert(
+        conn,
+        workitem_subscriptions,
+        {
+            "partition": partition,
+            "ae_title": ae_title,
+            "target_uid": target_uid,
+            "deletion_lock": deletion_lock,
+            "filter": filter_text,
+            "created_by": who,
+            "created_at": now,
+        },
     )
-    found = conn.execute(sa.select(workitem_subscriptions.c.id).where(*key)).first()
-    if found is not None:
-        conn.execute(
-            sa.update(workitem_subscriptions)
-            .where(workitem_subscriptions.c.id == found[0])
-            .values(deletion_lock=deletion_lock, filter=filter_text)
-        )
-        return
     conn.execute(
-        sa.insert(workitem_subscriptions).values(
-            partition=partition,
-            ae_title=ae_title,
-            target_uid=target_uid,
-            deletion_lock=deletion_lock,
-            filter=filter_text,
-            created_by=who,
-            created_at=now,
+        stmt.on_conflict_do_update(
+            index_elements=["partition", "ae_title", "target_uid"],
+            set_={"deletion_lock": stmt.excluded.deletion_lock, "filter": stmt.excluded.filter},
         )
     )
 
