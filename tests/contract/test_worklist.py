@@ -3,8 +3,8 @@ change, search and subscribe (docs/worklists.md; PS3.4 Annex CC, PS3.18 11)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,13 +30,17 @@ PERFORMED = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
+# One index per engine for the module (a PostgreSQL database costs a second to make); each
+# test works in a tenant of its own.
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def index(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Index]:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+        url = f"sqlite:///{tmp_path_factory.mktemp('ups') / 'index.sqlite'}"
     else:
         postgres = request.getfixturevalue("postgres")
-        url = str(postgres.database(f"ups_{abs(hash(request.node.nodeid)):x}"))
+        url = str(postgres.database("contract_worklist"))
     idx = Index(url)
     idx.migrate()
     idx.open()
@@ -103,3 +107,29 @@ def test_lifecycle_search_and_subscriptions(index: Index) -> None:
     assert service.create(other, _workitem("P9", "20260301090000"), first) == first
     assert service.retrieve(other, first)["00100020"]["Value"] == ["P9"]
     assert service.retrieve(who, first)["00100020"]["Value"] == ["P1"]
+
+
+def test_one_claim_wins(index: Index) -> None:
+    """Claims racing for one workitem (two nodes, PostgreSQL's row lock; SQLite's one
+    writer): exactly one gets it, the others are told it is IN PROGRESS (PS3.4 0xC302)."""
+    service = WorklistService(index, Guard(AuthPolicy(), audit=None))
+    who = system_principal(tenant="race")
+    uid = service.create(who, _workitem("P1", "20260301090000"), "1.2.3.9")
+    outcomes: list[str] = []
+
+    def claim(transaction: str) -> None:
+        try:
+            service.change_state(who, uid, _state("IN PROGRESS", transaction))
+            outcomes.append(transaction)
+        except WorkitemRefused as refused:
+            outcomes.append(f"0x{refused.dimse_status:04X}")
+
+    threads = [threading.Thread(target=claim, args=(f"9.9.{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [o for o in outcomes if not o.startswith("0x")]
+    assert len(winners) == 1 and sorted(outcomes).count("0xC302") == 3, outcomes
+    # The winner's Transaction UID is the one the workitem holds.
+    service.update(who, uid, {**PERFORMED, "00081195": {"vr": "UI", "Value": winners}})
