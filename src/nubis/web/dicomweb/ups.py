@@ -77,6 +77,11 @@ async def _payload(request: Request, what: str, *, required: bool = True) -> dic
     media_type = "/".join(parse_media_type(content_type)[:2]) if content_type else ""
     if media_type not in _PAYLOAD_TYPES:
         raise UnsupportedMediaType(f"the {what} must be application/dicom+json (PS3.18 11)")
+    # Off the event loop: up to a megabyte of JSON, each element read by pydicom.
+    return await run_in_threadpool(_decode, bytes(data), what)
+
+
+def _decode(data: bytes, what: str) -> dict[str, Any]:
     try:
         payload = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -84,10 +89,9 @@ async def _payload(request: Request, what: str, *, required: bool = True) -> dic
     return parse_data_set(payload, what)
 
 
-def _answer(items: Any, request: Request, status: int = 200) -> Response:
+def _answer(items: Any, request: Request) -> Response:
     choice = negotiate(accept_ranges(request), _OFFERS)
-    body = json.dumps(items, separators=(",", ":"))
-    return Response(body, status_code=status, media_type=choice.media_type)
+    return Response(json.dumps(items, separators=(",", ":")), media_type=choice.media_type)
 
 
 def _warned(status: int, warning: str | None) -> Response:
