@@ -389,11 +389,23 @@ def test_bad_requests(world: World) -> None:
             headers={**world.as_("radiologist"), "Content-Type": content_type},
         )
         assert response.status_code == status, (content_type, response.text)
-    # No UID anywhere: neither the query parameter nor SOP Instance UID.
+    # No UID given: the server assigns one and names it in Location (PS3.18 11.4.3).
     response = world.client.post(
         "/dicom-web/workitems", content=json.dumps([workitem()]), headers=headers
     )
-    assert response.status_code == 400
+    assert response.status_code == 201
+    assigned = response.headers["location"].rsplit("/", 1)[1]
+    assert assigned.startswith("2.25.") and retrieve(world, assigned).status_code == 200
+    # Or the payload's SOP Instance UID names it.
+    named = {**workitem(), SOP_UID: {"vr": "UI", "Value": [generate_uid()]}}
+    response = world.client.post(
+        "/dicom-web/workitems", content=json.dumps([named]), headers=headers
+    )
+    assert response.headers["location"].endswith(named[SOP_UID]["Value"][0])
+    bad_uid = world.client.post(
+        "/dicom-web/workitems?workitem=1.2.x", content=json.dumps([workitem()]), headers=headers
+    )
+    assert bad_uid.status_code == 400
 
 
 def test_subscriptions(world: World) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from pydicom.uid import generate_uid
 from sqlalchemy import Connection
 
 from nubis.dicom.uids import is_usable
@@ -176,15 +177,13 @@ class WorklistService:
 
     # ------------------------------------------------------------------ workitems
     def create(self, who: Principal, data: JsonDataSet, workitem_uid: str | None) -> str:
-        """Create Workitem (PS3.18 11.4): the new workitem's UID. Conflict (409) when the
-        tenant holds one of that UID already."""
+        """Create Workitem (PS3.18 11.4): the new workitem's UID (``workitem_uid``, the data
+        set's SOP Instance UID, or a new one). Conflict (409) when the tenant holds one of
+        that UID already."""
         decision = self._authorize(who, Action.WORKLIST, "create a workitem", data)
-        uid = workitem_uid or wi.text(data, wi.SOP_INSTANCE_UID)
-        if uid is None:
-            raise BadRequest(
-                "the workitem's UID is missing: give it as the 'workitem' query parameter "
-                "or as SOP Instance UID (0008,0018)"
-            )
+        # No UID given: the server assigns one (PS3.18 11.4.1, as N-CREATE lets an SCP do),
+        # a UUID-derived 2.25 UID that needs no registered root.
+        uid = workitem_uid or wi.text(data, wi.SOP_INSTANCE_UID) or generate_uid(prefix=None)
         if not is_usable(uid):
             raise BadRequest(f"the workitem UID ({len(uid)} characters) is not a valid UID")
         new = wi.check_new(data, uid)
