@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
@@ -40,7 +40,7 @@ class WorkitemQuery:
     matches: tuple[Match, ...] = ()
     limit: int = 100
     offset: int = 0
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
 
 # key path (tags as hex) -> (column, kind)
