@@ -72,7 +72,8 @@ def _tag(component: str, param: str) -> str:
         return component.upper()
     tag = tag_for_keyword(component)
     if tag is None:
-        raise BadRequest(f"{param!r} is not a DICOM attribute (PS3.18 8.3.4.1)")
+        shown = param if len(param) <= 64 else param[:61] + "..."
+        raise BadRequest(f"{shown!r} is not a DICOM attribute (PS3.18 8.3.4.1)")
     return f"{tag:08X}"
 
 
