@@ -54,6 +54,7 @@ from nubis.services.sharing import SharingService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
 from nubis.services.study_rekey import StudyRekey
+from nubis.services.worklist import WorklistService
 from nubis.tiers.compression import TierCompressor
 from nubis.tiers.history import snapshots
 from nubis.tiers.lifecycle import Lifecycle
@@ -202,6 +203,8 @@ class Archive:
         # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
         self.export = ExportService(self.retrieve, self.guard)
         self.quarantine = QuarantineService(self.index, guard=self.guard)
+        # Workitems handed out and performed over UPS-RS (docs/worklists.md).
+        self.worklist = WorklistService(self.index, self.guard)
         self.maintenance = Maintenance(
             self.index,
             self.blobs,

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
@@ -63,6 +64,22 @@ for _suffix in (
     "/bulk/{path:path}",
 ):
     RULES[(_INSTANCE + _suffix, "GET")] = "read"
+# The Worklist Service (UPS-RS, docs/worklists.md): handing out and performing work needs the
+# worklist action; reading and watching workitems is a read, scoped like studies.
+_WORKITEM = "/dicom-web/workitems/{workitem}"
+for _path, _method, _need in (
+    ("/dicom-web/workitems", "POST", "worklist"),
+    ("/dicom-web/workitems", "GET", "read"),
+    (_WORKITEM, "GET", "read"),
+    (_WORKITEM, "POST", "worklist"),
+    (_WORKITEM + "/state", "PUT", "worklist"),
+    (_WORKITEM + "/cancelrequest", "POST", "worklist"),
+    (_WORKITEM + "/subscribers", "GET", "read"),
+    (_WORKITEM + "/subscribers/{aetitle}", "POST", "read"),
+    (_WORKITEM + "/subscribers/{aetitle}", "DELETE", "read"),
+    (_WORKITEM + "/subscribers/{aetitle}/suspend", "POST", "read"),
+):
+    RULES[(_path, _method)] = f"ups {_need}"
 RULES[("/-/login", "POST")] = "login"
 RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
@@ -172,8 +189,8 @@ RULES[("/ohif/{path:path}", "HEAD")] = "public"
 # What each role may do, written out independently of nubis.security.policy. "share-view" and
 # "share-download" are the sessions of share links (internal roles, never a user's).
 CAN = {
-    "admin": {"read", "download", "write", "delete", "audit", "share"},
-    "radiologist": {"read", "download", "write", "share"},
+    "admin": {"read", "download", "write", "delete", "audit", "share", "worklist"},
+    "radiologist": {"read", "download", "write", "share", "worklist"},
     "referrer": {"read", "download"},
     "uploader": {"write"},
     "modality": {"write"},
@@ -219,6 +236,8 @@ class World:
     tmp: Path
     counter: int = 100
     link_id: str = ""  # a share link of the radiologist's, for the revoke route
+    # A workitem per target (its patient and study those of the target's study).
+    workitems: dict[str, str] = field(default_factory=dict)
 
     def headers(self, who: str) -> dict[str, str]:
         if who == "anonymous":
@@ -313,6 +332,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             _, token = sharing.create(radiologist, own, can_download=download)
             keys[who] = sharing.open(token, pin="", peer="127.0.0.1").session_token
         world.link_id = sharing.create(radiologist, own)[0].id
+        for name, tenant in (
+            ("own", "default"),
+            ("other_patient", "default"),
+            ("other_tenant", "other"),
+        ):
+            scheduler = Principal("scheduler", tenant, frozenset({"admin"}))
+            study = world.studies[name]
+            world.workitems[name] = archive.worklist.create(
+                scheduler, _workitem(study.patient, study.study), generate_uid()
+            )
         yield world
 
 
@@ -444,6 +473,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "admin-api":
             failures += _admin_api_route(world, who, path, method)
             continue
+        if need.startswith("ups "):
+            failures += _ups_route(world, who, path, method, need.split()[1])
+            continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
             continue
@@ -510,6 +542,69 @@ def _fhir_search(world: World, who: str, path: str) -> list[str]:
             ok = status == 200 and (study.study in found) == visible
         if not ok:
             failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
+def _workitem(patient: str, study: str) -> dict[str, object]:
+    return {
+        "00100020": {"vr": "LO", "Value": [patient]},
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "00741200": {"vr": "CS", "Value": ["LOW"]},
+        "00741204": {"vr": "LO", "Value": ["matrix"]},
+        "00404005": {"vr": "DT", "Value": ["20260101120000"]},
+        "00404041": {"vr": "CS", "Value": ["READY"]},
+    }
+
+
+_WORKLIST = "1.2.840.10008.5.1.4.34.5"
+
+
+def _ups_route(world: World, who: str, path: str, method: str, need: str) -> list[str]:
+    """A UPS-RS resource for one caller: 401 signed out, 403 without the action, 404 for a
+    workitem outside the scope (a search: not listed), else an answer about the request
+    itself (a state change the workitem's state refuses is 400/409, still authorized)."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    suspend = path.endswith("/suspend")
+    targets = ("own",) if "{workitem}" not in path or suspend else tuple(world.workitems)
+    for target in targets:
+        uid = _WORKLIST if suspend else world.workitems[target]
+        url = path.replace("{workitem}", uid).replace("{aetitle}", "MATRIX")
+        body: object = None
+        if path == "/dicom-web/workitems" and method == "POST":
+            url += f"?workitem={generate_uid()}"
+            body = [_workitem("P-OWN", world.studies["own"].study)]
+        elif path.endswith("/state"):
+            body = [{"00741000": {"vr": "CS", "Value": ["COMPLETED"]}}]
+        elif method == "POST" and path == _WORKITEM:
+            body = [{"00741204": {"vr": "LO", "Value": ["matrix again"]}}]
+        headers = world.headers(who)
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/dicom+json"}
+        response = world.client.request(
+            method, url, headers=headers, content=None if body is None else json.dumps(body)
+        )
+        status = response.status_code
+        if who in SIGNED_OUT:
+            expected, ok = "401", status == 401
+        elif need not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif suspend and who in GRANTED_ONLY:
+            expected, ok = "403 (the whole worklist)", status == 403
+        elif path == "/dicom-web/workitems" and method == "GET":
+            listed = (
+                {i["00080018"]["Value"][0] for i in response.json()} if status == 200 else set()
+            )
+            mine = {n for n, u in world.workitems.items() if u in listed}
+            want = {n for n in world.workitems if _visible(who, n)}
+            expected, ok = f"200 listing {sorted(want)}", status == 200 and mine == want
+        elif "{workitem}" in path and not suspend and not _visible(who, target):
+            expected, ok = "404", status == 404
+        else:
+            expected = "an answer past authorization"
+            ok = status < 500 and status not in (401, 403) and (suspend or status != 404)
+        if not ok:
+            failures.append(f"{method} {path} [{target}]: {status}, expected {expected}")
     return failures
 
 

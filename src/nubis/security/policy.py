@@ -14,7 +14,8 @@ in this order:
    exist (404, empty QIDO-RS), by the same statement.
 
 Roles (``ROLES``): admin (everything in its tenant, user management), radiologist (read and
-write the tenant), referrer (read granted studies), uploader and modality (store only),
+write the tenant, hand out and perform workitems), referrer (read granted studies), uploader
+and modality (store only),
 researcher (de-identified reads only: refused until de-identification exists), auditor (the
 audit log only), monitor (the metrics only: what a Prometheus server's API key is given).
 Nothing is allowed that a role does not list. The audit log is the archive's,
@@ -56,6 +57,9 @@ class Action(enum.Flag):
     SHARE = enum.auto()  # share a study: links for people without an account, user grants
     OPERATE = enum.auto()  # the archive itself: jobs, storage, DIMSE peers, every tenant's users
     MONITOR = enum.auto()  # the archive's metrics (/metrics): counts and rates, no patient data
+    # Hand out and perform workitems (UPS-RS, docs/worklists.md): create, update, claim,
+    # complete, cancel. Reading and watching them is READ, scoped like studies.
+    WORKLIST = enum.auto()
 
 
 # Actions whose scope grants may limit (the rest is tenant-wide or refused).
@@ -84,13 +88,14 @@ ROLES: dict[str, RoleSpec] = {
         | Action.AUDIT
         | Action.SHARE
         | Action.OPERATE
-        | Action.MONITOR,
+        | Action.MONITOR
+        | Action.WORKLIST,
         summary="everything in its tenant, users and keys included; in the home tenant, "
         "the archive itself (jobs, storage, DIMSE peers, every tenant's users)",
     ),
     "radiologist": RoleSpec(
-        Action.READ | Action.DOWNLOAD | Action.WRITE | Action.SHARE,
-        summary="read, store and share in its tenant",
+        Action.READ | Action.DOWNLOAD | Action.WRITE | Action.SHARE | Action.WORKLIST,
+        summary="read, store and share in its tenant; hand out and perform workitems",
     ),
     "referrer": RoleSpec(
         Action.READ | Action.DOWNLOAD, granted_only=True, summary="read the studies granted"

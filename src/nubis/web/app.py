@@ -32,6 +32,7 @@ from nubis.web.audit_routes import audit_routes
 from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
+from nubis.web.dicomweb.ups import ups_routes
 from nubis.web.fhir import fhir_routes
 from nubis.web.metrics import HttpMetricsMiddleware, metrics_routes
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
@@ -48,7 +49,8 @@ _INSTANCE = _SERIES + "/instances/{instance}"
 
 
 def dicomweb_routes() -> list[Route]:
-    """Every DICOMweb resource (PS3.18 Table 10.1-1 and its per-service tables)."""
+    """Every DICOMweb resource (PS3.18 Table 10.1-1 and its per-service tables, Table 11.1-1
+    for UPS-RS)."""
     routes = [
         Route("/studies", stow.store_instances, methods=["POST"]),
         Route(_STUDY, stow.store_instances, methods=["POST"]),
@@ -73,7 +75,8 @@ def dicomweb_routes() -> list[Route]:
         Route(_INSTANCE + "/frames/{frames}/thumbnail", wado.retrieve_thumbnail, methods=["GET"]),
         Route(_INSTANCE + "/bulk/{path:path}", wado.retrieve_bulkdata, methods=["GET"]),
     ]
-    return routes
+    # The Worklist Service (UPS-RS, PS3.18 11).
+    return routes + ups_routes()
 
 
 async def health(request: Request) -> Response:
