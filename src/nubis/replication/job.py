@@ -5,7 +5,10 @@ entries are never applied by two at once), then repeatedly picks the studies who
 is due and applies each study's entries in ``seq`` order: a store is read through
 :class:`~nubis.services.retrieve.RetrieveService` as the principal ``replicate:<tenant>`` (so
 it is authorized, read with its digest checked, and recorded as DICOM Instances Transferred)
-and sent with its SHA-256 (nubis.replication.target); a delete is sent as a delete. An entry
+and sent with its SHA-256 (nubis.replication.target); a delete is sent as a delete, a
+correction as the update of the study it left, a crypto-shred as the shred of the patient's
+keys there; a move between storage tiers is only retired (the replica keeps its own tiers,
+by its own rules). An entry
 is deleted from the outbox only once the replica confirmed it, so a crash anywhere repeats it
 at worst (at-least-once; the replica answers a repeat as already stored or already gone).
 
@@ -18,11 +21,12 @@ ends; the schedule (replicate_every_seconds) starts the next.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 
-from nubis.errors import NotFound, NubisError
+from nubis.errors import KeyErased, NotFound, NubisError
 from nubis.index import outbox_sql
 from nubis.index.database import Index
 from nubis.index.outbox_sql import Entry
@@ -161,6 +165,17 @@ class Replicator:
         if entry.op == outbox_sql.DELETE:
             self.replica.delete(entry.study_uid, entry.series_uid, entry.sop_instance_uid)
             return
+        if entry.op == outbox_sql.TIER:
+            return  # recorded, not applied: the replica's tiers follow its own rules
+        detail = json.loads(entry.detail or "{}")
+        if entry.op == outbox_sql.CORRECT:
+            self.replica.correct(
+                entry.study_uid, detail["correction"], detail["reason"], detail["set"]
+            )
+            return
+        if entry.op == outbox_sql.SHRED:
+            self.replica.shred(detail["patient"])
+            return
         who = replication_principal(entry.partition)
         try:
             found = self.retrieve.instances(
@@ -169,13 +184,18 @@ class Replicator:
         except NotFound:
             return  # deleted since: the delete's own entry follows in this study's order
         inst = found[0]
-        self.replica.store(
-            inst.study_uid,
-            inst.sop_instance_uid,
-            inst.size,
-            inst.sha256,
-            self.retrieve.stored_chunks(inst),
-        )
+        try:
+            self.replica.store(
+                inst.study_uid,
+                inst.sop_instance_uid,
+                inst.size,
+                inst.sha256,
+                self.retrieve.stored_chunks(inst),
+            )
+        except KeyErased:
+            # Shredded since: it must not reach the replica readable; the shred's own entry
+            # follows in this study's order (the request was cut off mid-body, nothing stored).
+            return
 
 
 def replication_principal(tenant: str) -> Principal:

@@ -1,0 +1,54 @@
+"""Crypto-shredding over HTTP, for admins: ``POST /keys/shred-patient`` (nubis.services.shredding).
+
+The body names the patient, never the URL (so it lands in no access log)::
+
+    {"patient": "PID-1"}
+
+The answer (200) says how many patient keys were erased (0: none was held, nothing stored or
+shredded already: a repeat is harmless, which a primary's replication relies on) and how many
+of the patient's studies the index still holds. The service authorizes (ADMIN and DELETE in
+the caller's own tenant) and records the attempt and its outcome; a refusal is 403, a re-key
+of the patient's studies under way 409, a keyring that failed 503. An archive without
+encryption at rest has no keys to shred: 404.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from nubis.errors import NotFound
+from nubis.web.admin_api import NO_STORE, json_body, required_text
+from nubis.web.dicomweb.common import principal_of
+
+if TYPE_CHECKING:
+    from nubis.archive import Archive
+
+
+def shred_routes() -> list[Route]:
+    return [Route("/keys/shred-patient", shred_patient, methods=["POST"])]
+
+
+async def shred_patient(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    body = await json_body(request)
+    patient_id = required_text(body, "patient")
+    if archive.shredding is None:
+        raise NotFound("this archive encrypts nothing at rest: there is no key to shred")
+    service = archive.shredding
+    # Not a DICOMweb request: records say it came through the archive's own web API.
+    who = replace(principal_of(request), via="web")
+    done = await run_in_threadpool(lambda: service.shred_patient(who, patient_id, front_door="web"))
+    return JSONResponse(
+        {
+            "keys": done.keys,
+            "studies": len(done.studies),
+            "outcome_recorded": done.outcome_recorded,
+        },
+        headers=NO_STORE,
+    )
