@@ -10,18 +10,25 @@ servers of tests/integration/test_replication.py apply these entries at a real r
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from nubis.archive import Archive
 from nubis.cli.main import app
 from nubis.config import load_settings
+from nubis.dimse.server import DimseServer
 from nubis.errors import BadRequest, Forbidden
-from nubis.index.schema import replication_outbox
+from nubis.index import outbox_sql
+from nubis.index.schema import replication_outbox, studies
 from nubis.model.audit import EventID, EventType
 from nubis.security.policy import Principal, system_principal
 from nubis.services.replica_role import ReadOnlyReplica
@@ -120,6 +127,36 @@ def test_a_shred_queues_the_patient_per_study_in_its_commit(primary: Archive) ->
     assert len([e for e in _outbox(primary) if e[0] == "shred"]) == len(studies)
 
 
+def test_a_tier_move_is_queued_and_retired_without_reaching_the_replica(
+    tmp_path: Path,
+) -> None:
+    """The replica keeps its own tiers: the entry keeps the study's order and is retired
+    without a request (the replica of this archive, port 9, answers nothing)."""
+    archive = _archive(
+        tmp_path / "tiers",
+        replicate_to="http://127.0.0.1:9/dicom-web",
+        lifecycle="unread>30d -> cold",
+    )
+    try:
+        study = _store(archive, ANNA, 10)
+        long_ago = int(time.time() * 1000) - 90 * 86_400_000
+        archive.index.write(
+            lambda c: c.execute(
+                update(studies).where(studies.c.study_uid == study).values(created_at=long_ago)
+            )
+        )
+        archive.lifecycle.run()
+        *_, (op, uid, detail) = _outbox(archive)
+        assert (op, uid, detail) == ("tier", study, {"tier": "cold"})
+        with archive.index.reading() as conn:
+            entries = outbox_sql.entries_of(conn, "default", study, 10)
+        assert archive.replicator._apply_one(entries[-1])
+        assert [e[0] for e in _outbox(archive)] == ["store"]
+    finally:
+        archive.audit.close()
+        archive.index.close()
+
+
 def test_no_replica_no_outbox(tmp_path: Path) -> None:
     archive = _archive(tmp_path / "alone")
     try:
@@ -190,6 +227,36 @@ def test_a_read_only_replica_refuses_changes_until_promoted(tmp_path: Path) -> N
         ]
         assert len(alerts) == 1
     finally:
+        replica.audit.close()
+        replica.index.close()
+
+
+def test_a_replica_refuses_c_store_not_authorized(tmp_path: Path) -> None:
+    """A modality sending to the replica gets 0x0124 Refused: Not Authorized (PS3.7 Annex C, a
+    status of every DIMSE service beside PS3.4 B.2.3's own), nothing stored."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    replica = _archive(
+        tmp_path / "replica", replica_of="https://primary.example.org", dimse_port=str(port)
+    )
+    server = DimseServer(replica)
+    server.start()
+    try:
+        [ds] = series_datasets("CT", n_instances=1, rows=16, columns=16, seed=11, patient=ANNA)
+        ae = AE("MODALITY")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="NUBIS")
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+        assert status.Status == 0x0124
+        assert "read-only replica" in status.ErrorComment
+        assert replica.index.counts()["instances"] == 0
+    finally:
+        server.stop()
         replica.audit.close()
         replica.index.close()
 
