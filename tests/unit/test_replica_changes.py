@@ -230,6 +230,17 @@ def test_a_read_only_replica_refuses_changes_until_promoted(tmp_path: Path) -> N
         replica.audit.close()
         replica.index.close()
 
+    # A fail-back: read-only again.
+    demoted = CliRunner().invoke(app, ["replication", "demote", "--yes", *args])
+    assert demoted.exit_code == 0, demoted.output
+    replica = _archive(data_dir, replica_of="https://primary.example.org")
+    try:
+        with pytest.raises(ReadOnlyReplica):
+            _store(replica, BORIS, 12, who=clerk)
+    finally:
+        replica.audit.close()
+        replica.index.close()
+
 
 def test_a_replica_refuses_c_store_not_authorized(tmp_path: Path) -> None:
     """A modality sending to the replica gets 0x0124 Refused: Not Authorized (PS3.7 Annex C, a

@@ -1,5 +1,6 @@
 """``nubis replication``: how far behind the replica is (status), retrying what it refused,
-and promoting a read-only replica to a primary (failover: docs/replication.md).
+promoting a read-only replica to a primary (failover: docs/replication.md) and demoting it
+back (fail-back).
 
 Both read and write the index through the operations service, so they work the same from any
 machine that reaches the index, with the servers running or not (docs/replication.md).
@@ -19,7 +20,7 @@ from nubis.cli.output import console, out
 from nubis.errors import NubisError
 
 app = typer.Typer(
-    help="Replication to another nubis: status (lag, backlog, errors), retry, promote.",
+    help="Replication to another nubis: status (lag, backlog, errors), retry, promote, demote.",
     no_args_is_help=True,
 )
 
@@ -105,3 +106,32 @@ def promote(
             console.print(exc.reason, style="red")
             raise typer.Exit(1) from None
     out.print(f"promoted to a primary at {_when(at)} by {by}; remove replica_of from its settings")
+
+
+@app.command()
+def demote(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirmed already: do not ask before demoting.")
+    ] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Make this promoted archive a read-only replica of replica_of again (fail-back: running
+    servers refuse clients' changes within 2 s). Recorded in the audit trail."""
+    from nubis.security.authn import cli_principal
+
+    if not yes and not typer.confirm("Demote this archive to a read-only replica?"):
+        out.print("not demoted")
+        raise typer.Exit(1)
+    with open_archive(data_dir, config, set_) as archive:
+        primary = archive.settings.replica_of
+        try:
+            changed = archive.operations.demote(cli_principal(), primary)
+        except NubisError as exc:
+            console.print(exc.reason, style="red")
+            raise typer.Exit(1) from None
+    if changed:
+        out.print(f"a read-only replica of {primary} again")
+    else:
+        out.print(f"not promoted: a read-only replica of {primary} already")

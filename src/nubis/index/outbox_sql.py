@@ -32,6 +32,7 @@ __all__ = [
     "Entry",
     "ReplicationStatus",
     "add",
+    "demote",
     "due_studies",
     "entries_of",
     "failed",
@@ -267,5 +268,16 @@ def promote(conn: Connection, who: str, now: int) -> bool:
             update(state)
             .where(state.c.id == 1, state.c.promoted_at.is_(None))
             .values(promoted_at=now, promoted_by=who)
+        ).rowcount
+    )
+
+
+def demote(conn: Connection) -> bool:
+    """Forget the promotion: the archive is a read-only replica again (of replica_of)."""
+    return bool(
+        conn.execute(
+            update(state)
+            .where(state.c.id == 1, state.c.promoted_at.is_not(None))
+            .values(promoted_at=None, promoted_by=None)
         ).rowcount
     )

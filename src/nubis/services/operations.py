@@ -180,6 +180,32 @@ class Operations:
 
         return self.index.write(job)
 
+    def demote(self, who: Principal, primary: str) -> bool:
+        """Make this promoted archive a read-only replica of ``primary`` again (a fail-back:
+        docs/replication.md), on every node within RECHECK_SECONDS; recorded in its commit.
+        False when it was not promoted (nothing changes)."""
+        self._authorize(who, "demote this archive to a read-only replica")
+        if not primary:
+            raise BadRequest(
+                "replica_of is not set: name the primary this archive becomes a replica of"
+            )
+        record = self.guard.record_job(
+            audit_events.security_alert(
+                who,
+                EventType.SECURITY_CONFIGURATION,
+                outcome=EventOutcome.SUCCESS,
+                description=f"demoted to a read-only replica of {redact_url(primary)}",
+            )
+        )
+
+        def job(conn: Connection) -> bool:
+            changed = outbox_sql.demote(conn)
+            if changed and record is not None:
+                record(conn)
+            return changed
+
+        return self.index.write(job)
+
     # ------------------------------------------------------------------ storage
     def storage(
         self, who: Principal, *, growth: float = 0.05, months: int = 12, days: int = 365

@@ -16,7 +16,8 @@ retry, which never helps here, and 0xC000 Error: Cannot Understand blames the da
 Error Comment (and the HTTP reason) names the primary to send to instead.
 
 Every node of a replica reads the promotion from the index, at most RECHECK_SECONDS late, so a
-promotion reaches the running servers without a restart.
+promotion (or ``nubis replication demote``, which makes a promoted archive a read-only replica
+again, for a fail-back) reaches the running servers without a restart.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ class ReplicaRole:
         )
 
     def promoted(self) -> bool:
-        """Whether the replica was promoted (a promotion is never undone: stop rechecking)."""
+        """Whether the replica is promoted now (as the index said at most recheck_seconds
+        ago: a promotion, or a demotion for a fail-back, reaches every node that late)."""
         with self._lock:
-            if self._promoted or time.monotonic() - self._checked_at < self.recheck_seconds:
+            if time.monotonic() - self._checked_at < self.recheck_seconds:
                 return self._promoted
             with self.index.reading() as conn:
                 self._promoted = outbox_sql.promoted(conn) is not None
