@@ -28,10 +28,10 @@ import pytest
 from typer.testing import CliRunner
 
 from integration import ADMIN_TOKEN, AUTH, CT_PATIENT, DicomFile
+from integration.dimse_helpers import free_port
 from integration.server import (
     ACCEPT_AS_STORED,
     Server,
-    _free_port,
     multipart_content_type,
     parse_multipart,
     start_server,
@@ -159,7 +159,7 @@ def _copies(template: DicomFile, count: int, tag: str) -> Iterator[tuple[str, by
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("replication")
-    primary_port = _free_port()
+    primary_port = free_port()
     replica = start_server(
         root / "replica",
         env={
