@@ -44,6 +44,7 @@ from nubis.tools.synth import make_ct_series
 TOKEN = "nubis-bench-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 UID_ROOT = "1.2.826.0.1.3680043.8.498.78."
+DURABLE = ["true"]  # --not-durable: "false" (no fsync before an answer, on both sites)
 
 
 class Server:
@@ -62,7 +63,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nubis", "serve", "--data-dir", str(self.data_dir),
              "--http-port", str(self.port), "--set", "log_level=warning",
-             "--set", "durable=false"],
+             "--set", f"durable={DURABLE[0]}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "NUBIS_ADMIN_TOKEN": TOKEN, "NUBIS_WORKERS": "1",
                  "NUBIS_DIMSE_PORT": "0", **self.env},
@@ -258,7 +259,7 @@ def promotion(replica: Server, copies: Copies) -> dict[str, Any]:
     started = time.monotonic()
     subprocess.run(
         [sys.executable, "-m", "nubis", "replication", "promote", "--yes",
-         "--data-dir", str(replica.data_dir), "--set", "durable=false"],
+         "--data-dir", str(replica.data_dir), "--set", f"durable={DURABLE[0]}"],
         env={**os.environ, **replica.env}, check=True, capture_output=True,
     )  # fmt: skip
     command = time.monotonic() - started
@@ -276,7 +277,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20, help="objects/s of steady ingest")
     parser.add_argument("--seconds", type=float, default=30, help="length of steady ingest")
     parser.add_argument("--outage", type=float, default=60, help="seconds of ingest while down")
+    parser.add_argument(
+        "--not-durable", action="store_true", help="durable=false on both sites (no fsync)"
+    )
     args = parser.parse_args()
+    if args.not_durable:
+        DURABLE[0] = "false"
     root = Path(tempfile.mkdtemp(prefix="nubis-bench-replication-"))
     primary_port = _free_port()
     replica = Server(
@@ -296,7 +302,10 @@ def main() -> None:
             "NUBIS_REPLICATE_RETRY_MAX_SECONDS": "2",
         }
         primary.start()
-        figures: dict[str, Any] = {"object_mb": round(len(copies.data) / 1e6, 3)}
+        figures: dict[str, Any] = {
+            "object_mb": round(len(copies.data) / 1e6, 3),
+            "durable": DURABLE[0],
+        }
         figures["steady"] = steady(primary, replica, copies, args.rate, args.seconds)
         figures["outage"] = outage(primary, replica, copies, args.rate, args.outage)
         figures["promotion"] = promotion(replica, copies)
