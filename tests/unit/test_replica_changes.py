@@ -30,9 +30,11 @@ from nubis.errors import BadRequest, Forbidden
 from nubis.index import outbox_sql
 from nubis.index.schema import replication_outbox, studies
 from nubis.model.audit import EventID, EventType
+from nubis.replication.target import reason_of
 from nubis.security.policy import Principal, system_principal
 from nubis.services.replica_role import ReadOnlyReplica
 from nubis.tools.synth import PatientSpec, dataset_bytes, series_datasets
+from nubis.web.errors import error_response
 
 WHO = system_principal()
 ANNA = PatientSpec("REPL-ANNA", "Anna^A", "19700101", "F")
@@ -270,6 +272,16 @@ def test_a_replica_refuses_c_store_not_authorized(tmp_path: Path) -> None:
         server.stop()
         replica.audit.close()
         replica.index.close()
+
+
+def test_the_primary_keeps_the_replicas_reason_for_a_refused_key() -> None:
+    """A replica that refuses the primary's key (401/403) stops the pass; the reason it gave,
+    as nubis.web.errors words it, becomes the status's last error (a replica_writer that
+    names another user reads as such, not as a bare 403)."""
+    refused = ReadOnlyReplica("this archive is a read-only replica of https://a.example")
+    body = bytes(error_response(403, refused.reason, refused.dimse_status).body)
+    assert reason_of(body) == refused.reason
+    assert reason_of(b"<html>proxy error</html>") == ""
 
 
 def test_promoting_what_is_no_replica_is_refused(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from nubis.logs import redact_url
 
-__all__ = ["DicomWebReplica", "ReplicaRefused", "ReplicaUnreachable"]
+__all__ = ["DicomWebReplica", "ReplicaRefused", "ReplicaUnreachable", "reason_of"]
 
 _TIMEOUT = 120
 _COERCED = 0xB000
@@ -180,11 +180,26 @@ class DicomWebReplica:
         except urllib.error.HTTPError as exc:
             status, answer = exc.code, exc.read()
             if status >= 500 or status in (401, 403, 408, 429):
-                raise ReplicaUnreachable(f"{self.shown} answered HTTP {status}") from None
+                # The replica's reason says which: a key it does not take, a replica_writer
+                # that is not this key's user (nubis reasons carry no patient data).
+                said = reason_of(answer)
+                raise ReplicaUnreachable(
+                    f"{self.shown} answered HTTP {status}" + (f": {said}" if said else "")
+                ) from None
             return status, answer
         except (OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or type(exc).__name__
             raise ReplicaUnreachable(f"{self.shown} cannot be reached: {reason}") from None
+
+
+def reason_of(answer: bytes) -> str:
+    """The ``reason`` of a nubis error body (nubis.web.errors), cut to 300 characters."""
+    try:
+        data = json.loads(answer or b"{}")
+    except ValueError:
+        return ""
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason[:300] if isinstance(reason, str) else ""
 
 
 def _items(answer: bytes, tag: str) -> list[dict[str, Any]]:
