@@ -49,8 +49,10 @@ from nubis.services.maintenance import Maintenance
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
+from nubis.services.replica_role import ReplicaRole
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
+from nubis.services.shredding import ShredService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
 from nubis.services.study_rekey import StudyRekey
@@ -143,6 +145,11 @@ class Archive:
         # DICOMweb, DIMSE and the CLI obey one rule (nubis.services.guard).
         self.policy = AuthPolicy(break_glass_roles=parse_roles(settings.break_glass_roles))
         self.guard = Guard(self.policy, self.audit if settings.audit_trail else None)
+        if settings.replica_of:
+            # A read-only replica until promoted (nubis.services.replica_role).
+            self.guard.replica = ReplicaRole(
+                self.index, settings.replica_of, settings.replica_writer
+            )
         self.users = UserStore(self.index)
         self.throttle = LoginThrottle(
             self.index,
@@ -189,6 +196,20 @@ class Archive:
         # re-key of its objects (nubis.services.study_rekey).
         self.corrections = CorrectionService(
             self.index, self.guard, rekeys=isinstance(self.blobs, EncryptedBlobStore)
+        )
+        # Crypto-shredding a patient, for the CLI and the admin API (a primary's replication).
+        self.shredding = (
+            ShredService(
+                self.index,
+                self.keys,
+                self.guard,
+                self.audit,
+                self.query,
+                self.corrections,
+                max_studies=settings.qido_max_limit,
+            )
+            if self.keys is not None
+            else None
         )
         self.sharing = SharingService(
             self.index,

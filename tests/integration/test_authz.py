@@ -93,6 +93,8 @@ for _path, _method in (
     ("/corrections/{correction_id:int}/undo", "POST"),
     ("/quarantine", "GET"),
     ("/quarantine/{study}/release", "POST"),
+    # A crypto-shred (docs/security.md), also how a primary's replication shreds at its replica.
+    ("/keys/shred-patient", "POST"),
 ):
     RULES[(_path, _method)] = "admin-api"
 # The web face: the entry and sign-in are open to anyone; a "page" shows a signed-out browser
@@ -609,10 +611,11 @@ def _ups_route(world: World, who: str, path: str, method: str, need: str) -> lis
 
 
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
-    """The admins' JSON API (corrections, quarantine) for one caller: 401 signed out, 403 but
-    for admins (before the body is read), and for admins an answer about the request itself:
-    a list (200), an empty correction refused (400), the undo of a correction not in its
-    tenant or the release of a study its tenant does not hold in quarantine (404)."""
+    """The admins' JSON API (corrections, quarantine, shreds) for one caller: 401 signed out,
+    403 but for admins (before the body is read), and for admins an answer about the request
+    itself: a list (200), an empty correction or shred refused (400), the undo of a
+    correction not in its tenant or the release of a study its tenant does not hold in
+    quarantine (404)."""
     url = path.replace("{correction_id:int}", "999999").replace(
         "{study}", world.studies["own"].study
     )
