@@ -16,14 +16,18 @@ from nubis.blobs.registry import open_blob_store
 from nubis.config import Settings
 from nubis.crypto.registry import keyring_exists, open_key_provider
 from nubis.dimse.peers import PeerTable
+from nubis.edge.cloud import CloudArchive
+from nubis.edge.evict import Evictor
+from nubis.edge.read_through import ReadThroughStore
 from nubis.errors import StorageUnavailable
 from nubis.index.database import Index
 from nubis.jobs.context import JobContext
 from nubis.jobs.heal import Healer
 from nubis.jobs.kinds import handlers
 from nubis.jobs.runner import JobRunner
-from nubis.jobs.schedule import REPLICATE, SNAPSHOT, parse_schedule
+from nubis.jobs.schedule import EDGE_EVICT, REPLICATE, SNAPSHOT, parse_schedule
 from nubis.jobs.store import JobStore
+from nubis.logs import redact_url
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.replication.job import Replicator
@@ -185,7 +189,8 @@ class Archive:
         self.reads = ReadTracker(self.index, every_seconds=settings.read_record_seconds)
         self.retrieve = RetrieveService(
             self.index,
-            self.blobs,
+            # An edge node reads what it evicted from the cloud archive (docs/edge.md).
+            ReadThroughStore(self.blobs, self.cloud) if self.cloud is not None else self.blobs,
             guard=self.guard,
             verify_reads=settings.verify_reads,
             on_read=self.reads.touch,
@@ -339,6 +344,7 @@ class Archive:
                 dimse_send=self.run_send,
                 healer=self.healer,
                 replicate=self.replicator.run if settings.replicate_to else None,
+                edge_evict=self.evictor.run if settings.forward_to else None,
             ),
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,
@@ -349,6 +355,8 @@ class Archive:
         schedule = parse_schedule(self.settings.jobs_schedule)
         if self.settings.replicate_to:
             schedule[REPLICATE] = self.settings.replicate_every_seconds
+        if self.settings.forward_to:
+            schedule[EDGE_EVICT] = self.settings.edge_evict_every_seconds
         return schedule
 
     @cached_property
@@ -362,6 +370,31 @@ class Archive:
             self.jobs,
             DicomWebReplica(settings.replicate_to, settings.replicate_api_key),
             retry_max_seconds=settings.replicate_retry_max_seconds,
+        )
+
+    @cached_property
+    def cloud(self) -> CloudArchive | None:
+        """An edge node's cloud archive (forward_to), read back from with the same service
+        credential it forwards with; None when this is not an edge node."""
+        settings = self.settings
+        if not settings.forward_to:
+            return None
+        return CloudArchive(
+            settings.forward_to, settings.replicate_api_key, settings.spool_dir / "cloud"
+        )
+
+    @cached_property
+    def evictor(self) -> Evictor:
+        """The ``edge-evict`` job's handler (docs/edge.md)."""
+        settings = self.settings
+        return Evictor(
+            self.index,
+            self.blobs,
+            self.guard,
+            system_participant(settings.audit_source),
+            cloud=redact_url(settings.forward_to),
+            keep_days=settings.edge_keep_days,
+            keep_bytes=parse_floor(settings.edge_keep_bytes).bytes,
         )
 
     def healer(self) -> Healer | None:

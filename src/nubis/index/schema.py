@@ -642,6 +642,26 @@ replication_state = Table(
     Column("promoted_by", String(128)),
 )
 
+# An edge node's record of each instance the cloud archive confirmed (docs/edge.md, 0021):
+# ``confirmed_sha256`` is the digest the cloud verified when the replicate job retired the
+# instance's store entry (evictable only while it is still the instance's), and
+# ``evicted_at`` when the edge removed its local blob (reads then go to the cloud). Deleted
+# with the instance.
+edge_copies = Table(
+    "edge_copies",
+    metadata,
+    Column(
+        "instance_pk",
+        Integer,
+        ForeignKey("instances.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("confirmed_sha256", String(64), nullable=False),
+    Column("confirmed_at", BigInteger, nullable=False),
+    Column("evicted_at", BigInteger),
+)
+
 # Worklists (UPS-RS, nubis.services.worklist, migration 0019; docs/worklists.md). A workitem is
 # a Unified Procedure Step instance of one tenant: ``attrs`` holds its data set as DICOM JSON
 # (what Retrieve Workitem answers), the other columns the values Search matches on, kept in

@@ -33,6 +33,9 @@
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.
+- ``edge-evict``: on an edge node (forward_to), delete the local blobs of studies the cloud
+  confirmed and the keep rules let go (nubis.edge.evict); no parameters. Queued every
+  edge_evict_every_seconds by nodes with forward_to set.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from nubis.index.rekey_sql import KIND as REKEY
 from nubis.index.schema import study_rekeys
 from nubis.jobs.context import Handler, JobContext
 from nubis.jobs.heal import Healer
-from nubis.jobs.schedule import AUDIT_VERIFY, REPLICATE, SNAPSHOT
+from nubis.jobs.schedule import AUDIT_VERIFY, EDGE_EVICT, REPLICATE, SNAPSHOT
 from nubis.jobs.verify import verify
 from nubis.model.audit import ActiveParticipant
 from nubis.ports.blobs import BlobStore
@@ -106,10 +109,12 @@ def handlers(
     dimse_send: Handler | None = None,
     healer: Callable[[], Healer | None] | None = None,
     replicate: Handler | None = None,
+    edge_evict: Handler | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
-    ``commitment-report``, ``audit-verify``, ``dimse-send`` and ``replicate`` when given);
+    ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate`` and ``edge-evict``
+    when given);
     ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
     its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
 
@@ -174,4 +179,6 @@ def handlers(
         kinds["dimse-send"] = dimse_send
     if replicate is not None:
         kinds[REPLICATE] = replicate
+    if edge_evict is not None:
+        kinds[EDGE_EVICT] = edge_evict
     return kinds
