@@ -1,0 +1,290 @@
+"""The hybrid edge node (issue 13, docs/edge.md): store here first, forward to the cloud
+archive, evict what the cloud confirmed, read evicted objects back through the cloud.
+
+One cloud ``nubis serve`` on loopback (an ordinary archive; the edge forwards with its
+bootstrap admin key) and the edge in-process (encrypted at rest, the default), its
+``replicate`` and ``edge-evict`` jobs run by the test, its DICOMweb front door through
+Starlette's TestClient. The tests share both, in order. What is compared is what WADO-RS
+serves as stored (PS3.18 10.4.1, ``transfer-syntax=*``), byte for byte.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+from starlette.testclient import TestClient
+
+from integration import ADMIN_TOKEN, AUTH
+from integration.server import ACCEPT_AS_STORED, Server, parse_multipart, start_server
+from nubis.archive import Archive
+from nubis.config import load_settings
+from nubis.edge.cloud import CloudUnavailable
+from nubis.errors import NubisError
+from nubis.index import edge_sql
+from nubis.index.schema import edge_copies, replication_outbox, studies
+from nubis.jobs.context import JobContext
+from nubis.jobs.schedule import EDGE_EVICT, REPLICATE
+from nubis.security.authn import cli_principal
+from nubis.tools.synth import dataset_bytes, series_datasets
+from nubis.web.app import create_app
+
+UPDATE = "U"
+INSTANCES_ACCESSED = "110103"
+_DAY_MS = 86400 * 1000
+
+
+@dataclass
+class Edge:
+    archive: Archive
+    http: TestClient
+    cloud: Server
+    sent: dict[str, bytes]  # SOP Instance UID -> the bytes the modality sent
+    studies: dict[str, tuple[str, str, list[str]]]  # name -> study, series, SOP UIDs
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    root = tmp_path_factory.mktemp("edge")
+    cloud = start_server(root / "cloud", env={"NUBIS_WORKERS": "1"})
+    settings = load_settings(
+        environ={},
+        overrides={
+            "data_dir": str(root / "edge"),
+            "durable": "false",
+            "auth": "false",
+            "jobs": "false",  # the test runs the edge's jobs itself
+            "forward_to": cloud.dicomweb,
+            "forward_api_key": ADMIN_TOKEN,
+            "replicate_retry_max_seconds": "1",
+        },
+    )
+    archive = Archive(settings)
+    archive.replicator.linger_seconds = 0.3  # a run ends once the outbox is empty
+    try:
+        with TestClient(create_app(archive)) as http:
+            found = Edge(archive, http, cloud, {}, {})
+            yield found
+            cloud = found.cloud  # restarted by a test
+    finally:
+        cloud.stop()
+
+
+def _store(edge: Edge, name: str, count: int, seed: int) -> None:
+    """A modality's study of ``count`` CT objects, stored at the edge (acknowledged on local
+    durability, whatever the cloud's state)."""
+    uids: list[str] = []
+    study = series = ""
+    for ds in series_datasets("CT", n_instances=count, rows=32, columns=32, seed=seed):
+        source = edge.archive.settings.spool_dir.parent / f"{ds.SOPInstanceUID}.dcm"
+        source.write_bytes(dataset_bytes(ds))
+        edge.sent[str(ds.SOPInstanceUID)] = source.read_bytes()
+        outcome = edge.archive.store.store(
+            edge.archive.spool.from_file(source), principal=cli_principal()
+        )
+        assert outcome.ok, outcome.error
+        study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        uids.append(str(ds.SOPInstanceUID))
+    edge.studies[name] = (study, series, uids)
+
+
+def _run(edge: Edge, kind: str) -> dict[str, Any]:
+    job_id = edge.archive.jobs.enqueue(kind)
+    assert job_id is not None
+    job = edge.archive.jobs.get(job_id)
+    assert job is not None
+    handler = edge.archive.replicator.run if kind == REPLICATE else edge.archive.evictor.run
+    return handler(JobContext(job, threading.Event()))
+
+
+def _outbox(edge: Edge) -> int:
+    with edge.archive.index.reading() as conn:
+        return int(conn.execute(select(func.count()).select_from(replication_outbox)).scalar())
+
+
+def _evicted(edge: Edge) -> int:
+    with edge.archive.index.reading() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(edge_copies.c.evicted_at.is_not(None))
+            ).scalar_one()
+        )
+
+
+def _age(edge: Edge, name: str, days: int) -> None:
+    """Make study ``name`` last changed ``days`` ago (the keep rule's clock)."""
+    study = edge.studies[name][0]
+    edge.archive.index.write(
+        lambda conn: conn.execute(
+            update(studies)
+            .where(studies.c.study_uid == study)
+            .values(updated_at=int(time.time() * 1000) - days * _DAY_MS)
+        )
+    )
+
+
+def _from_cloud(cloud: Server, study: str, series: str, sop: str) -> bytes | None:
+    answer = httpx.get(
+        f"{cloud.dicomweb}/studies/{study}/series/{series}/instances/{sop}",
+        headers={**AUTH, "Accept": ACCEPT_AS_STORED},
+        timeout=30,
+    )
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, answer.text
+    [part] = parse_multipart(answer.content, answer.headers["content-type"])
+    return part
+
+
+def _from_edge(edge: Edge, study: str, series: str, sop: str) -> httpx.Response:
+    return edge.http.get(
+        f"/dicom-web/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": ACCEPT_AS_STORED},
+    )
+
+
+def _blob_files(edge: Edge, name: str) -> list[Path]:
+    study = edge.studies[name][0]
+    found = edge.archive.retrieve.instances(cli_principal(), study)
+    root = edge.archive.settings.data_dir / "blobs"
+    return [root / i.blob_key[:2] / i.blob_key[2:4] / i.blob_key for i in found]
+
+
+def test_stores_land_at_the_edge_and_are_forwarded_verified(edge: Edge) -> None:
+    _store(edge, "old", 3, seed=61)
+    assert _outbox(edge) == 3
+    result = _run(edge, REPLICATE)
+    assert result["applied"] == 3, result
+    assert _outbox(edge) == 0
+    study, series, sops = edge.studies["old"]
+    for sop in sops:
+        assert _from_cloud(edge.cloud, study, series, sop) == edge.sent[sop]
+    with edge.archive.index.reading() as conn:
+        [local] = edge_sql.local_studies(conn)
+    # Every instance confirmed with the digest it has: evictable once the rules let it go.
+    assert (local.unconfirmed, local.pending, local.local_instances) == (0, False, 3)
+
+
+def test_recent_studies_stay_local(edge: Edge) -> None:
+    assert edge.archive.evictor.keep_days == 30  # the default rule
+    result = _run(edge, EDGE_EVICT)
+    assert result.get("studies_evicted", 0) == 0, result
+    assert all(p.exists() for p in _blob_files(edge, "old"))
+
+
+def test_with_the_cloud_down_stores_go_on_and_only_confirmed_studies_are_evicted(
+    edge: Edge,
+) -> None:
+    edge.cloud.stop()
+    _store(edge, "pending", 2, seed=62)  # acknowledged: the cloud plays no part in a store
+    result = _run(edge, REPLICATE)
+    assert result["applied"] == 0 and result["unreachable"] >= 1, result
+    with edge.archive.index.reading() as conn:
+        errors = conn.execute(select(replication_outbox.c.last_error)).scalars().all()
+    assert len(errors) == 2 and all("cannot be reached" in (e or "") for e in errors)
+    # Both studies are past the keep rule; only the one the cloud confirmed goes.
+    _age(edge, "old", 31)
+    _age(edge, "pending", 31)
+    result = _run(edge, EDGE_EVICT)
+    assert result["studies_evicted"] == 1 and result["instances_evicted"] == 3, result
+    assert result["kept_unconfirmed"] == 1, result
+    assert not any(p.exists() for p in _blob_files(edge, "old"))
+    assert all(p.exists() for p in _blob_files(edge, "pending"))
+    assert _evicted(edge) == 3
+    # The index keeps the evicted study: searches and metadata answer from here.
+    study = edge.studies["old"][0]
+    assert edge.http.get(f"/dicom-web/studies/{study}/metadata").status_code == 200
+    # Audited: DICOM Instances Accessed, action Update (PS3.15 A.5.3.3), naming the study.
+    records = [
+        r.event_dict
+        for r in edge.archive.audit.scan(limit=100000)
+        if "evicted from this edge node" in (r.event_dict.get("outcome_description") or "")
+    ]
+    assert len(records) == 1
+    assert records[0]["event_id"]["code"] == INSTANCES_ACCESSED
+    assert records[0]["action"] == UPDATE
+    assert study in str(records[0])
+
+
+def test_an_evicted_read_with_the_cloud_down_is_503_with_retry_after(edge: Edge) -> None:
+    study, series, sops = edge.studies["old"]
+    answer = _from_edge(edge, study, series, sops[0])
+    # RFC 9110 15.6.4 and 10.2.3: the archive cannot serve it now, retry after this long.
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "30"
+    assert "cloud archive" in answer.json()["reason"]
+    frames = edge.http.get(
+        f"/dicom-web/studies/{study}/series/{series}/instances/{sops[0]}/frames/1",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+    )
+    assert frames.status_code == 503, frames.text
+    # C-MOVE and C-GET count the sub-operation failed; all failed ends 0xA702 (PS3.4
+    # C.4.2.1.5, C.4.3.1.4), the status this error carries.
+    [inst] = edge.archive.retrieve.instances(cli_principal(), study, series, sops[0])
+    with pytest.raises(NubisError) as raised:
+        edge.archive.retrieve.instance_bytes(inst, "*")
+    assert isinstance(raised.value, CloudUnavailable) and raised.value.dimse_status == 0xA702
+    # A local study reads as ever.
+    p_study, p_series, p_sops = edge.studies["pending"]
+    local = _from_edge(edge, p_study, p_series, p_sops[0])
+    assert local.status_code == 200
+    [part] = parse_multipart(local.content, local.headers["content-type"])
+    assert part == edge.sent[p_sops[0]]
+
+
+def test_the_edge_catches_up_and_reads_evicted_objects_through_the_cloud(edge: Edge) -> None:
+    edge.cloud = start_server(edge.cloud.data_dir, env=edge.cloud.env, port=edge.cloud.port)
+    result = _run(edge, REPLICATE)
+    assert result["applied"] == 2 and _outbox(edge) == 0, result
+    p_study, p_series, p_sops = edge.studies["pending"]
+    for sop in p_sops:
+        assert _from_cloud(edge.cloud, p_study, p_series, sop) == edge.sent[sop]
+    study, series, sops = edge.studies["old"]
+    took: list[float] = []
+    for sop in sops:
+        start = time.perf_counter()
+        answer = _from_edge(edge, study, series, sop)
+        took.append(time.perf_counter() - start)
+        assert answer.status_code == 200, answer.text
+        [part] = parse_multipart(answer.content, answer.headers["content-type"])
+        assert part == edge.sent[sop]
+    start = time.perf_counter()
+    assert _from_edge(edge, p_study, p_series, p_sops[0]).status_code == 200
+    local = time.perf_counter() - start
+    print(f"evicted read {min(took) * 1000:.1f} ms (min of 3) vs local {local * 1000:.1f} ms")
+    # Now confirmed, the once-pending study goes at the next run; nothing else is left.
+    result = _run(edge, EDGE_EVICT)
+    assert result["studies_evicted"] == 1 and result["instances_evicted"] == 2, result
+    assert _evicted(edge) == 5
+
+
+def test_a_study_that_changed_since_it_was_listed_is_not_evicted(edge: Edge) -> None:
+    _store(edge, "busy", 1, seed=63)
+    assert _run(edge, REPLICATE)["applied"] == 1
+    _age(edge, "busy", 31)
+    with edge.archive.index.reading() as conn:
+        [listed] = [
+            s for s in edge_sql.local_studies(conn) if s.study_uid == edge.studies["busy"][0]
+        ]
+    assert listed.unconfirmed == 0 and not listed.pending
+    # A newer store into the study lands between the listing and the eviction.
+    study, series, _ = edge.studies["busy"]
+    ds = next(series_datasets("CT", n_instances=1, rows=32, columns=32, seed=64))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    source = edge.archive.settings.spool_dir.parent / "newer.dcm"
+    source.write_bytes(dataset_bytes(ds))
+    assert edge.archive.store.store(
+        edge.archive.spool.from_file(source), principal=cli_principal()
+    ).ok
+    marked = edge.archive.index.write(
+        lambda conn: edge_sql.mark_evicted(conn, listed, int(time.time() * 1000))
+    )
+    assert marked == []
+    assert all(p.exists() for p in _blob_files(edge, "busy"))
