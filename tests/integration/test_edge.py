@@ -288,3 +288,27 @@ def test_a_study_that_changed_since_it_was_listed_is_not_evicted(edge: Edge) -> 
     )
     assert marked == []
     assert all(p.exists() for p in _blob_files(edge, "busy"))
+
+
+def test_above_edge_keep_bytes_the_least_recently_changed_confirmed_study_goes(
+    edge: Edge,
+) -> None:
+    _store(edge, "earlier", 2, seed=65)
+    _store(edge, "later", 2, seed=66)
+    _age(edge, "earlier", 2)  # both recent for edge_keep_days; "earlier" changed first
+    # Forwarded: these 4 and the newer store into "busy" (the test before), all confirmed.
+    assert _run(edge, REPLICATE)["applied"] == 5
+    with edge.archive.index.reading() as conn:
+        local = {s.study_uid: s for s in edge_sql.local_studies(conn)}
+    later = local[edge.studies["later"][0]]
+    edge.archive.evictor.keep_bytes = later.local_bytes
+    try:
+        result = _run(edge, EDGE_EVICT)
+    finally:
+        edge.archive.evictor.keep_bytes = 0
+    # "busy" by its age (31 days), "earlier" by the size rule; "later" fits.
+    assert result["studies_evicted"] == 2, result
+    assert not any(p.exists() for p in _blob_files(edge, "busy"))
+    assert not any(p.exists() for p in _blob_files(edge, "earlier"))
+    assert all(p.exists() for p in _blob_files(edge, "later"))
+    assert result["local_bytes"] == later.local_bytes
