@@ -10,22 +10,28 @@ serves as stored (PS3.18 10.4.1, ``transfer-syntax=*``), byte for byte.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from integration import ADMIN_TOKEN, AUTH
+from integration.dimse_helpers import free_port, need_dcmtk, run
 from integration.server import ACCEPT_AS_STORED, Server, parse_multipart, start_server
 from nubis.archive import Archive
 from nubis.config import load_settings
+from nubis.dimse.server import DimseServer
 from nubis.edge.cloud import CloudUnavailable
 from nubis.errors import NubisError
 from nubis.index import edge_sql
@@ -64,16 +70,20 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             "forward_to": cloud.dicomweb,
             "forward_api_key": ADMIN_TOKEN,
             "replicate_retry_max_seconds": "1",
+            "dimse_port": str(free_port()),
         },
     )
     archive = Archive(settings)
     archive.replicator.linger_seconds = 0.3  # a run ends once the outbox is empty
+    dimse = DimseServer(archive)
     try:
         with TestClient(create_app(archive)) as http:
+            dimse.start()
             found = Edge(archive, http, cloud, {}, {})
             yield found
             cloud = found.cloud  # restarted by a test
     finally:
+        dimse.stop()
         cloud.stop()
 
 
@@ -150,6 +160,22 @@ def _from_edge(edge: Edge, study: str, series: str, sop: str) -> httpx.Response:
     )
 
 
+def _c_get(edge: Edge, name: str, into: Path) -> tuple[int, list[Dataset]]:
+    """C-GET (PS3.4 C.4.3) of study ``name`` by dcmtk's getscu from the edge's DIMSE port,
+    the objects coming back on the same association: (final status, what it received)."""
+    need_dcmtk("getscu")
+    into.mkdir()
+    get = run(["getscu", "-S", "-d", "-aet", "VIEWER", "-aec", "NUBIS", "-od", str(into),
+               "127.0.0.1", str(edge.archive.settings.dimse_port),
+               "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={edge.studies[name][0]}"],
+              check=False)  # fmt: skip
+    out = get.stdout + get.stderr
+    response = out[out.rindex("Received C-GET Response") :]
+    match = re.search(r"DIMSE Status\s*:\s*0x([0-9a-f]{4})", response, re.IGNORECASE)
+    assert match, response[:2000]
+    return int(match.group(1), 16), [dcmread(p) for p in sorted(into.iterdir())]
+
+
 def _blob_files(edge: Edge, name: str) -> list[Path]:
     study = edge.studies[name][0]
     found = edge.archive.retrieve.instances(cli_principal(), study)
@@ -213,7 +239,9 @@ def test_with_the_cloud_down_stores_go_on_and_only_confirmed_studies_are_evicted
     assert study in str(records[0])
 
 
-def test_an_evicted_read_with_the_cloud_down_is_503_with_retry_after(edge: Edge) -> None:
+def test_an_evicted_read_with_the_cloud_down_is_503_with_retry_after(
+    edge: Edge, tmp_path: Path
+) -> None:
     study, series, sops = edge.studies["old"]
     answer = _from_edge(edge, study, series, sops[0])
     # RFC 9110 15.6.4 and 10.2.3: the archive cannot serve it now, retry after this long.
@@ -225,8 +253,11 @@ def test_an_evicted_read_with_the_cloud_down_is_503_with_retry_after(edge: Edge)
         headers={"Accept": 'multipart/related; type="application/octet-stream"'},
     )
     assert frames.status_code == 503, frames.text
-    # C-MOVE and C-GET count the sub-operation failed; all failed ends 0xA702 (PS3.4
-    # C.4.2.1.5, C.4.3.1.4), the status this error carries.
+    # C-GET (and C-MOVE) count each sub-operation failed; all failed ends 0xA702 Refused:
+    # Out of Resources - Unable to perform sub-operations (PS3.4 C.4.3.1.4, C.4.2.1.5), the
+    # status the error carries too.
+    status, received = _c_get(edge, "old", tmp_path / "down")
+    assert (status, received) == (0xA702, [])
     [inst] = edge.archive.retrieve.instances(cli_principal(), study, series, sops[0])
     with pytest.raises(NubisError) as raised:
         edge.archive.retrieve.instance_bytes(inst, "*")
@@ -239,7 +270,9 @@ def test_an_evicted_read_with_the_cloud_down_is_503_with_retry_after(edge: Edge)
     assert part == edge.sent[p_sops[0]]
 
 
-def test_the_edge_catches_up_and_reads_evicted_objects_through_the_cloud(edge: Edge) -> None:
+def test_the_edge_catches_up_and_reads_evicted_objects_through_the_cloud(
+    edge: Edge, tmp_path: Path
+) -> None:
     edge.cloud = start_server(edge.cloud.data_dir, env=edge.cloud.env, port=edge.cloud.port)
     result = _run(edge, REPLICATE)
     assert result["applied"] == 2 and _outbox(edge) == 0, result
@@ -259,6 +292,13 @@ def test_the_edge_catches_up_and_reads_evicted_objects_through_the_cloud(edge: E
     assert _from_edge(edge, p_study, p_series, p_sops[0]).status_code == 200
     local = time.perf_counter() - start
     print(f"evicted read {min(took) * 1000:.1f} ms (min of 3) vs local {local * 1000:.1f} ms")
+    # C-GET reads through the cloud too: the same objects, as the modality sent them.
+    status, received = _c_get(edge, "old", tmp_path / "up")
+    assert status == 0x0000
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(sops)
+    for ds in received:
+        sent = dcmread(BytesIO(edge.sent[str(ds.SOPInstanceUID)]))
+        assert ds.PixelData == sent.PixelData
     # Now confirmed, the once-pending study goes at the next run; nothing else is left.
     result = _run(edge, EDGE_EVICT)
     assert result["studies_evicted"] == 1 and result["instances_evicted"] == 2, result
