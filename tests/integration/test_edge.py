@@ -355,3 +355,17 @@ def test_above_edge_keep_bytes_the_least_recently_changed_confirmed_study_goes(
     assert not any(p.exists() for p in _blob_files(edge, "earlier"))
     assert all(p.exists() for p in _blob_files(edge, "later"))
     assert result["local_bytes"] == later.local_bytes
+
+
+def test_a_corrected_study_stays_local(edge: Edge) -> None:
+    """The cloud serves a corrected study's objects under the correction's overlay, not as
+    the edge's digest names them: a read-through could not check them, so it is kept."""
+    study = edge.studies["later"][0]
+    edge.archive.corrections.update_study(
+        cli_principal(), study, {"StudyDescription": "CT CHEST"}, reason="typo"
+    )
+    assert _run(edge, REPLICATE)["applied"] == 1  # the correction, at the cloud too
+    _age(edge, "later", 31)
+    result = _run(edge, EDGE_EVICT)
+    assert result.get("studies_evicted", 0) == 0 and result["kept_corrected"] == 1, result
+    assert all(p.exists() for p in _blob_files(edge, "later"))

@@ -4,8 +4,10 @@ A study is evicted when a keep rule lets it go (older than ``edge_keep_days`` si
 change, or the local copies above ``edge_keep_bytes``, least recently changed first) AND the
 cloud confirmed it: every local instance has a confirmation recorded with the digest it has
 now (the ``replicate`` job records one when the cloud verified the instance's bytes), and the
-outbox holds no entry of the study, sent or failed or parked. A study that fails either
-stays, whatever the rules say; a store, delete or correction that lands between the listing
+outbox holds no entry of the study, sent or failed or parked. A corrected study stays too:
+the cloud serves its objects under the correction's overlay, which are not the bytes the
+edge's digest names, so a read-through could not check them. A study that fails any of
+these stays, whatever the rules say; a store, delete or correction that lands between the listing
 and the eviction keeps it too (nubis.index.edge_sql.mark_evicted checks it all again in the
 transaction that marks it).
 
@@ -79,6 +81,9 @@ class Evictor:
                 break  # the rest changed more recently, and the local copies fit
             if study.pending or study.unconfirmed:
                 counts["kept_unconfirmed"] += 1
+                continue
+            if study.corrected:
+                counts["kept_corrected"] += 1
                 continue
             evicted = self._evict(study, who, now)
             if not evicted:

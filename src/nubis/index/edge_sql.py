@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import BigInteger, Connection, and_, case, delete, func, literal, select, update
 
-from nubis.index.schema import edge_copies, instances, series, studies
+from nubis.index.schema import edge_copies, instances, series, studies, study_overlays
 from nubis.index.schema import replication_outbox as outbox
 
 __all__ = ["EvictedInstance", "LocalStudy", "confirmed", "local_studies", "mark_evicted"]
@@ -31,6 +31,9 @@ class LocalStudy:
     local_instances: int
     unconfirmed: int  # local instances the cloud has not confirmed as they are now
     pending: bool  # the outbox holds entries of the study (sent, failed or parked)
+    # Corrected (an overlay): the cloud serves such objects under its overlay, whose bytes
+    # are not the stored ones the edge's digest names, so they are kept here.
+    corrected: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ def local_studies(conn: Connection) -> list[LocalStudy]:
     ).all()
     waiting = select(outbox.c.partition, outbox.c.study_uid).distinct()
     pending = {(r[0], r[1]) for r in conn.execute(waiting)}
+    overlaid = select(studies.c.partition, studies.c.study_uid).join(
+        study_overlays, study_overlays.c.study_pk == studies.c.id
+    )
+    corrected = {(r[0], r[1]) for r in conn.execute(overlaid)}
     return [
         LocalStudy(
             r[0],
@@ -91,6 +98,7 @@ def local_studies(conn: Connection) -> list[LocalStudy]:
             int(r[5]),
             int(r[6] or 0),
             (r[0], r[1]) in pending,
+            (r[0], r[1]) in corrected,
         )
         for r in rows
     ]
@@ -98,7 +106,8 @@ def local_studies(conn: Connection) -> list[LocalStudy]:
 
 def mark_evicted(conn: Connection, study: LocalStudy, now: int) -> list[EvictedInstance]:
     """Mark ``study``'s local instances evicted if it is still as listed: not changed since
-    (``updated_at``), nothing in the outbox, every local instance confirmed as it is now.
+    (``updated_at``), nothing in the outbox, not corrected, every local instance confirmed as
+    it is now.
     The instances marked (their blobs are the caller's to delete after the commit); none when
     anything differs."""
     found = conn.execute(
@@ -113,7 +122,10 @@ def mark_evicted(conn: Connection, study: LocalStudy, now: int) -> list[EvictedI
             outbox.c.partition == study.partition, outbox.c.study_uid == study.study_uid
         )
     ).scalar_one()
-    if waiting:
+    overlaid = conn.execute(
+        select(study_overlays.c.study_pk).where(study_overlays.c.study_pk == found[0])
+    ).first()
+    if waiting or overlaid is not None:
         return []
     rows = conn.execute(
         select(
