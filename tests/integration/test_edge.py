@@ -10,6 +10,7 @@ serves as stored (PS3.18 10.4.1, ``transfer-syntax=*``), byte for byte.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -24,11 +25,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
 from integration import ADMIN_TOKEN, AUTH
 from integration.dimse_helpers import free_port, need_dcmtk, run
 from integration.server import ACCEPT_AS_STORED, Server, parse_multipart, start_server
 from nubis.archive import Archive
+from nubis.cli.main import app
 from nubis.config import load_settings
 from nubis.dimse.server import DimseServer
 from nubis.edge.cloud import CloudUnavailable
@@ -306,6 +309,17 @@ def test_the_edge_catches_up_and_reads_evicted_objects_through_the_cloud(
     result = _run(edge, EDGE_EVICT)
     assert result["studies_evicted"] == 1 and result["instances_evicted"] == 2, result
     assert _evicted(edge) == 5
+    # `nubis replication status` on an edge: what is here and what only the cloud holds.
+    shown = CliRunner().invoke(
+        app,
+        ["replication", "status", "--json", "--data-dir", str(edge.archive.settings.data_dir),
+         "--set", f"forward_to={edge.cloud.dicomweb}"],
+    )  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    assert (report["edge_local_instances"], report["edge_evicted_instances"]) == (0, 5), report
+    assert report["edge_evicted_bytes"] == sum(len(edge.sent[s]) for s in sops + p_sops)
+    assert report["backlog"] == 0 and report["replica"] == edge.cloud.dicomweb
 
 
 def test_a_study_that_changed_since_it_was_listed_is_not_evicted(edge: Edge) -> None:

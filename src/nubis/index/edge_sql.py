@@ -16,7 +16,15 @@ from sqlalchemy import BigInteger, Connection, and_, case, delete, func, literal
 from nubis.index.schema import edge_copies, instances, series, studies, study_overlays
 from nubis.index.schema import replication_outbox as outbox
 
-__all__ = ["EvictedInstance", "LocalStudy", "confirmed", "local_studies", "mark_evicted"]
+__all__ = [
+    "EdgeHoldings",
+    "EvictedInstance",
+    "LocalStudy",
+    "confirmed",
+    "holdings",
+    "local_studies",
+    "mark_evicted",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,16 @@ class LocalStudy:
     # Corrected (an overlay): the cloud serves such objects under its overlay, whose bytes
     # are not the stored ones the edge's digest names, so they are kept here.
     corrected: bool = False
+
+
+@dataclass(frozen=True)
+class EdgeHoldings:
+    """What an edge node holds here and what it evicted (``nubis replication status``)."""
+
+    local_instances: int
+    local_bytes: int
+    evicted_instances: int
+    evicted_bytes: int
 
 
 @dataclass(frozen=True)
@@ -142,3 +160,19 @@ def mark_evicted(conn: Connection, study: LocalStudy, now: int) -> list[EvictedI
         update(edge_copies).where(edge_copies.c.instance_pk.in_(pks)).values(evicted_at=now)
     )
     return [EvictedInstance(int(r[0]), str(r[1])) for r in rows]
+
+
+def holdings(conn: Connection) -> EdgeHoldings:
+    evicted = edge_copies.c.evicted_at.is_not(None)
+    row = conn.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(instances.c.size), 0),
+            func.coalesce(func.sum(case((evicted, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((evicted, instances.c.size), else_=0)), 0),
+        )
+        .select_from(instances)
+        .outerjoin(edge_copies, edge_copies.c.instance_pk == instances.c.id)
+    ).one()
+    total, size, gone, gone_size = (int(v) for v in row)
+    return EdgeHoldings(total - gone, size - gone_size, gone, gone_size)
