@@ -227,6 +227,16 @@ def test_with_the_cloud_down_stores_go_on_and_only_confirmed_studies_are_evicted
     assert not any(p.exists() for p in _blob_files(edge, "old"))
     assert all(p.exists() for p in _blob_files(edge, "pending"))
     assert _evicted(edge) == 3
+    # A correction of an evicted study is refused (409, RFC 9110 15.5.10): the cloud would
+    # serve it under an overlay the edge cannot check by digest. It is the cloud's to correct.
+    refused = edge.http.post(
+        "/corrections",
+        json={"action": "update-study", "study": edge.studies["old"][0],
+              "set": {"StudyDescription": "CT HEAD"}, "reason": "typo"},
+    )  # fmt: skip
+    assert refused.status_code == 409, refused.text
+    assert "evicted from this edge node" in refused.json()["reason"]
+    assert _outbox(edge) == 2  # nothing queued for the cloud
     # The verify job checks what is here; the evicted objects are the cloud's to check.
     checked = _run(edge, "verify")
     assert (checked["checked"], checked.get("missing", 0)) == (2, 0), checked

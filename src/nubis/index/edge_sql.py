@@ -21,6 +21,7 @@ __all__ = [
     "EvictedInstance",
     "LocalStudy",
     "confirmed",
+    "has_evicted",
     "holdings",
     "local_studies",
     "mark_evicted",
@@ -176,3 +177,15 @@ def holdings(conn: Connection) -> EdgeHoldings:
     ).one()
     total, size, gone, gone_size = (int(v) for v in row)
     return EdgeHoldings(total - gone, size - gone_size, gone, gone_size)
+
+
+def has_evicted(conn: Connection, study_pk: int) -> bool:
+    """Whether any instance of the study was evicted (its blob is at the cloud only)."""
+    found = conn.execute(
+        select(edge_copies.c.instance_pk)
+        .join(instances, instances.c.id == edge_copies.c.instance_pk)
+        .join(series, series.c.id == instances.c.series_pk)
+        .where(series.c.study_pk == study_pk, edge_copies.c.evicted_at.is_not(None))
+        .limit(1)
+    ).first()
+    return found is not None
