@@ -370,6 +370,7 @@ class Archive:
             self.jobs,
             DicomWebReplica(settings.replicate_to, settings.replicate_api_key),
             retry_max_seconds=settings.replicate_retry_max_seconds,
+            confirm_copies=bool(settings.forward_to),
         )
 
     @cached_property

@@ -12,7 +12,9 @@ correction as the update of the study it left, a crypto-shred as the shred of th
 keys there; a move between storage tiers is only retired (the replica keeps its own tiers,
 by its own rules). An entry
 is deleted from the outbox only once the replica confirmed it, so a crash anywhere repeats it
-at worst (at-least-once; the replica answers a repeat as already stored or already gone).
+at worst (at-least-once; the replica answers a repeat as already stored or already gone). On
+an edge node the commit that retires a store also records the digest the cloud verified
+(nubis.index.edge_sql.confirmed), which eviction waits for (docs/edge.md).
 
 A refusal stops that study's later entries, which wait behind it with a backoff doubling from
 1 s up to replicate_retry_max_seconds; after MAX_REFUSALS it is parked for an operator
@@ -73,13 +75,17 @@ class Replicator:
         *,
         retry_max_seconds: int,
         linger_seconds: float = LINGER_SECONDS,
+        confirm_copies: bool = False,
     ) -> None:
+        """``confirm_copies``: record each object the replica verified (an edge node's
+        eviction waits for it, docs/edge.md)."""
         self.index = index
         self.retrieve = retrieve
         self.jobs = jobs
         self.replica = replica
         self.retry_max_seconds = retry_max_seconds
         self.linger_seconds = linger_seconds
+        self.confirm_copies = confirm_copies
         self._senders = ThreadPoolExecutor(STORES_AT_ONCE, thread_name_prefix="nubis-replicate")
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
@@ -195,7 +201,7 @@ class Replicator:
         def retire(conn: Connection) -> None:
             now = now_ms()
             outbox_sql.replicated(conn, entry.seq, now)
-            if sent is not None:
+            if sent is not None and self.confirm_copies:
                 # The confirmation an edge node evicts by (docs/edge.md), in the same commit.
                 edge_sql.confirmed(conn, sent.pk, sent.sha256, now)
 
