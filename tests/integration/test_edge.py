@@ -393,3 +393,23 @@ def test_a_corrected_study_stays_local(edge: Edge) -> None:
     result = _run(edge, EDGE_EVICT)
     assert result.get("studies_evicted", 0) == 0 and result["kept_corrected"] == 1, result
     assert all(p.exists() for p in _blob_files(edge, "later"))
+
+
+def test_a_modality_stores_by_c_store_while_the_cloud_is_down(edge: Edge, tmp_path: Path) -> None:
+    """dcmtk's storescu gets 0x0000 Success (PS3.4 B.2.3) from the edge with the cloud out of
+    reach: the object is durable here and queued for the cloud, which is retried later."""
+    need_dcmtk("storescu")
+    edge.cloud.stop()
+    ds = next(series_datasets("CT", n_instances=1, rows=32, columns=32, seed=67))
+    source = tmp_path / "modality.dcm"
+    source.write_bytes(dataset_bytes(ds))
+    before = _outbox(edge)
+    sent = run(["storescu", "-aet", "MODALITY", "-aec", "NUBIS", "127.0.0.1",
+                str(edge.archive.settings.dimse_port), str(source)], check=False)  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    [inst] = edge.archive.retrieve.instances(cli_principal(), str(ds.StudyInstanceUID))
+    assert inst.sop_instance_uid == str(ds.SOPInstanceUID)
+    assert _outbox(edge) == before + 1
+    result = _run(edge, REPLICATE)
+    assert result["applied"] == 0 and result["unreachable"] >= 1, result
+    assert _outbox(edge) == before + 1  # kept for the cloud's return
