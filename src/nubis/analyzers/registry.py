@@ -30,7 +30,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
 
 def builtins() -> dict[str, Callable[[], Analyzer]]:
     # Imported here: the CT QC analyzer pulls in highdicom, which only its runs need.
-    from nubis.analyzers.ct_qc import CtSeriesQc
+    from nubis.analyzers.ct_qc.analyzer import CtSeriesQc
 
     return {CtSeriesQc.name: CtSeriesQc}
 
