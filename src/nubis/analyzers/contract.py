@@ -93,16 +93,11 @@ class SeriesView:
     modality: str
     datasets: tuple[Dataset, ...]
     _pixels: Callable[[int], np.ndarray] = field(repr=False)
-    _whole: Callable[[int], Dataset] = field(repr=False)
 
     def pixels(self, i: int) -> np.ndarray:
         """The stored pixel values of instance ``i``'s first frame (rows x columns), before
         any Modality LUT: apply Rescale Slope and Intercept to get Hounsfield units."""
         return self._pixels(i)
-
-    def dataset(self, i: int) -> Dataset:
-        """Instance ``i`` whole, Pixel Data included (a derived object's source images)."""
-        return self._whole(i)
 
 
 @dataclass(frozen=True)

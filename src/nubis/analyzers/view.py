@@ -50,7 +50,6 @@ def read_study(
                 str(first.get("Modality", "")),
                 tuple(heads),
                 _pixels(retrieve, members, heads),
-                _whole(retrieve, members),
             )
         )
     return StudyView(found[0].partition, study_uid, tuple(views))
@@ -73,10 +72,3 @@ def _pixels(
         return np.frombuffer(raw, dtype=dtype).reshape(int(ds.Rows), int(ds.Columns))
 
     return pixels
-
-
-def _whole(retrieve: RetrieveService, members: list[StoredInstance]) -> Callable[[int], Dataset]:
-    def whole(i: int) -> Dataset:
-        return dcmread(io.BytesIO(retrieve.instance_bytes(members[i], AS_STORED)))
-
-    return whole

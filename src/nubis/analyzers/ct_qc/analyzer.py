@@ -55,10 +55,11 @@ class CtSeriesQc:
         for n, series in enumerate(study.series):
             qc, masks = self._series(series)
             results.append(qc)
+            if not masks.any():
+                continue  # nothing over -500 HU: no body to outline (a SEG needs a frame)
             segmentations.append(
                 body_segmentation(
                     qc,
-                    [series.dataset(i) for i in qc.geometry.order],
                     masks,
                     name=self.name,
                     version=self.version,

@@ -170,7 +170,6 @@ def measurement_report(
 
 def body_segmentation(
     qc: SeriesQc,
-    sources: Sequence[Dataset],
     masks: np.ndarray,
     *,
     name: str,
@@ -178,9 +177,10 @@ def body_segmentation(
     study_uid: str,
     series_number: int,
 ) -> Dataset:
-    """The binary body mask of one series (``sources`` whole, in ``masks``' order)."""
+    """The binary body mask of one series (``masks`` in the order of ``qc.sources``; the
+    source images' attributes are enough, their Pixel Data is not needed)."""
     return hd.seg.Segmentation(
-        source_images=list(sources),
+        source_images=list(qc.sources),
         pixel_array=masks.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_BODY_SEGMENT],
