@@ -527,8 +527,8 @@ class Settings:
     analyzer_lookback_hours: int = _setting(
         72,
         "Only studies changed within this many hours are analyzed on their own; older ones on "
-        "request (nubis jobs run analyze analyzer=NAME study=UID). 0: the whole archive, "
-        "newest first.",
+        "request (nubis jobs run analyze --param analyzer=NAME --param study=UID). 0: the "
+        "whole archive, newest first.",
     )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
