@@ -20,12 +20,14 @@ from typing import ClassVar
 import highdicom as hd
 import pydicom
 import pytest
+from sqlalchemy import insert, select
 from starlette.testclient import TestClient
 
 from integration import in_process_archive
 from nubis.analyzers.contract import Findings, StudyView, Wants
 from nubis.archive import Archive
 from nubis.index import analyzer_runs_sql as runs
+from nubis.index.schema import quarantined_studies, studies
 from nubis.jobs.runner import JobRunner
 from nubis.jobs.store import Job, JobState, now_ms
 from nubis.security.policy import system_principal
@@ -263,3 +265,38 @@ def test_an_analyze_job_waits_for_a_free_slot_without_spending_an_attempt(world:
     # The MR study holds no CT series: the run ends as skipped, nothing analyzed.
     assert job is not None and job.state is JobState.DONE and job.attempts == 1
     assert job.result == {"analyzed": False, "reason": "no series the analyzer wants"}
+
+
+def test_a_study_the_analyzer_may_not_see_is_never_analyzed(world: World) -> None:
+    """A study held in quarantine is absent to the analyzer principal (only admins see it):
+    the scan passes it over, and a run asked for by hand fails at once as not found, the
+    refused read recorded like any other (PS3.15 A.5.3.4, outcome minor failure)."""
+    archive = world.archive
+    ct = list(synth.series_datasets("CT", n_instances=3, rows=16, columns=16, seed=153))
+    world.stow(ct)
+    study = str(ct[0].StudyInstanceUID)
+    with archive.index.reading() as conn:
+        study_pk = conn.execute(
+            select(studies.c.id).where(studies.c.study_uid == study)
+        ).scalar_one()
+    archive.index.write(
+        lambda conn: conn.execute(
+            insert(quarantined_studies).values(study_pk=study_pk, reason="test", since=now_ms())
+        )
+    )
+    archive.jobs.enqueue("analyze-scan")
+    world.run_jobs()
+    assert world.jobs("analyze-scan")[0].result == {"queued": {"ct-qc": 0, "probe": 0}}
+    job_id = archive.jobs.enqueue("analyze", {"analyzer": "ct-qc", "study": study})
+    assert job_id is not None
+    world.run_jobs()
+    job = archive.jobs.get(job_id)
+    assert job is not None and job.state is JobState.FAILED and job.attempts == 1
+    archive.audit.flush_reads()
+    refused = [
+        r.event_dict
+        for r in archive.audit.scan(0, limit=100000)
+        if r.event_dict["participants"][0]["user_id"] == "analyzer:ct-qc"
+        and study in str(r.event_dict)
+    ]
+    assert [(r["action"], r["outcome"]) for r in refused] == [("R", 4)]
