@@ -95,8 +95,9 @@ class SeriesView:
     _pixels: Callable[[int], np.ndarray] = field(repr=False)
 
     def pixels(self, i: int) -> np.ndarray:
-        """The stored pixel values of instance ``i``'s first frame (rows x columns), before
-        any Modality LUT: apply Rescale Slope and Intercept to get Hounsfield units."""
+        """The stored pixel values of instance ``i``'s first frame (rows x columns, x samples
+        for colour), before any Modality LUT: apply Rescale Slope and Intercept to get
+        Hounsfield units."""
         return self._pixels(i)
 
 

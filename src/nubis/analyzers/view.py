@@ -69,6 +69,9 @@ def _pixels(
         dtype = {8: "i1" if signed else "u1", 16: "<i2" if signed else "<u2"}.get(
             int(ds.BitsAllocated), "<i4" if signed else "<u4"
         )
-        return np.frombuffer(raw, dtype=dtype).reshape(int(ds.Rows), int(ds.Columns))
+        shape = (int(ds.Rows), int(ds.Columns))
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        # Colour frames come decoded colour-by-pixel (nubis.dicom.frame_codec).
+        return np.frombuffer(raw, dtype=dtype).reshape(shape if samples == 1 else (*shape, samples))
 
     return pixels
