@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import insert, select
 from starlette.testclient import TestClient
 
-from integration import in_process_archive
+from integration import in_process_archive, multipart_parts
 from nubis.analyzers.contract import Findings, StudyView, Wants
 from nubis.archive import Archive
 from nubis.index import analyzer_runs_sql as runs
@@ -31,7 +31,6 @@ from nubis.index.schema import quarantined_studies, studies
 from nubis.jobs.runner import JobRunner
 from nubis.jobs.store import Job, JobState, now_ms
 from nubis.security.policy import system_principal
-from nubis.services.retrieve import AS_STORED
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -140,16 +139,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _stored(world: World, study: str, sop_class: str) -> pydicom.Dataset:
-    who = system_principal("test")
-    found = [
-        i for i in world.archive.retrieve.instances(who, study) if i.sop_class_uid == sop_class
-    ]
-    assert len(found) == 1, [i.sop_class_uid for i in found]
-    return pydicom.dcmread(io.BytesIO(world.archive.retrieve.instance_bytes(found[0], AS_STORED)))
+    """The study's one object of ``sop_class``, found by QIDO-RS and read by WADO-RS."""
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    found = world.client.get(
+        f"/dicom-web/studies/{study}/instances", params={"SOPClassUID": sop_class}, headers=auth
+    ).json()
+    assert len(found) == 1, found
+    series, sop = found[0]["0020000E"]["Value"][0], found[0]["00080018"]["Value"][0]
+    response = world.client.get(
+        f"/dicom-web/studies/{study}/series/{series}/instances/{sop}",
+        headers={**auth, "Accept": 'multipart/related; type="application/dicom"'},
+    )
+    assert response.status_code == 200
+    ((_, body),) = multipart_parts(response.headers["content-type"], response.content)
+    return pydicom.dcmread(io.BytesIO(body))
 
 
 def test_the_scan_queues_each_analyzer_on_the_studies_its_rule_takes(world: World) -> None:
     """ct-qc wants CT, the rule gives probe MR only: one analyze job each, on its study."""
+    assert world.archive.new_job_runner().schedule["analyze-scan"] == 60
     (scan,) = world.jobs("analyze-scan")
     assert scan.state is JobState.DONE and scan.result == {"queued": {"ct-qc": 1, "probe": 1}}
     assert [j.params["study"] for j in world.analyze_jobs("ct-qc")] == [world.ct_study]

@@ -20,6 +20,7 @@ from nubis.analyzers.ct_qc.analyzer import CtSeriesQc
 from nubis.analyzers.ct_qc.checks import body_mask, slice_geometry
 from nubis.analyzers.registry import available, from_entry_points
 from nubis.analyzers.rules import Rule, parse_rules
+from nubis.config import SettingsError, load_settings
 from nubis.tools import synth
 
 
@@ -150,3 +151,9 @@ def test_the_loader_keeps_good_plugins_and_logs_broken_ones(
     both = available(points[:1])
     assert set(both) == {"good", "ct-qc"} and isinstance(both["ct-qc"], CtSeriesQc)
     assert set(available(points[:1], only=["good"])) == {"good"}
+
+
+def test_a_wrong_analyzers_setting_stops_the_archive_from_starting() -> None:
+    with pytest.raises(SettingsError, match="analyzers: 'CT'"):
+        load_settings(environ={}, overrides={"analyzers": "CT QC"})
+    assert load_settings(environ={}, overrides={"analyzers": "ct-qc"}).analyzers == "ct-qc"
