@@ -52,6 +52,9 @@ class Probe:
         Probe.calls.append(study.study_uid)
         if len(Probe.calls) == 1:
             raise RuntimeError("the model server is warming up")
+        if len(Probe.calls) == 3:  # a result of another study: the store refuses it
+            (stray,) = synth.series_datasets("MR", n_instances=1, rows=8, columns=8, seed=159)
+            return Findings(objects=(stray,))
         modalities = sorted({s.modality for s in study.series})
         return Findings(summary={"modalities": modalities, "slices": len(study.series[0].datasets)})
 
@@ -308,3 +311,14 @@ def test_a_study_the_analyzer_may_not_see_is_never_analyzed(world: World) -> Non
         and study in str(r.event_dict)
     ]
     assert [(r["action"], r["outcome"]) for r in refused] == [("R", 4)]
+
+
+def test_a_result_of_another_study_is_refused_and_fails_the_run_at_once(world: World) -> None:
+    """PS3.18 10.5.1: a stored object must belong to the study it is stored into."""
+    job_id = world.archive.jobs.enqueue("analyze", {"analyzer": "probe", "study": world.mr_study})
+    assert job_id is not None
+    world.run_jobs()
+    job = world.archive.jobs.get(job_id)
+    assert job is not None and job.state is JobState.FAILED and job.attempts == 1
+    assert job.last_error is not None and "refused" in job.last_error
+    assert len(Probe.calls) == 3

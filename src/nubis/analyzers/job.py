@@ -14,7 +14,8 @@ spending an attempt (JobDeferred), reads the study as the principal ``analyzer:<
 through the retrieve service (nubis.analyzers.view: authorized by the Guard, recorded), calls
 the analyzer, and stores each object it returns in the study through the store service as
 the same principal (authorized, checked and recorded as any store). An analyzer's exception
-is retried (``max_attempts`` 3, ``retry_seconds`` apart); an AnalyzerError fails the run at
+is retried (``max_attempts`` 3, ``retry_seconds`` apart); an AnalyzerError, a result the
+store refuses (another study's, an invalid object) or a study out of sight fails the run at
 once. The results' UIDs are the analyzer's to keep stable across attempts: an object an
 earlier attempt stored (409, the same UID) counts as stored.
 """
@@ -176,10 +177,9 @@ class AnalyzerJobs:
             )
         try:
             outcome = self._analyze(ctx, analyzer, partition, study_uid, rule)
-        except AnalyzerError as exc:
-            self._finish(run.id, runs.FAILED, error=exc.reason)
-            raise JobFailed(f"{name}: {exc.reason}", retry_in=None) from exc
-        except NotFound as exc:
+        except (AnalyzerError, NotFound) as exc:
+            # Bad input, a refused result, or a study gone or out of the analyzer's sight:
+            # another attempt would end the same way.
             self._finish(run.id, runs.FAILED, error=exc.reason)
             raise JobFailed(f"{name}: {exc.reason}", retry_in=None) from exc
         except Exception as exc:
@@ -225,8 +225,11 @@ class AnalyzerJobs:
             writer.write(buffer.getbuffer())
             spooled = writer.finish()
         outcome = self.store.store(spooled, principal=who, expected_study_uid=study_uid)
-        if outcome.error is not None and not isinstance(outcome.error, DuplicateInstance):
-            raise outcome.error
+        error = outcome.error
+        if error is not None and not isinstance(error, DuplicateInstance):
+            if error.http_status < 500:
+                raise AnalyzerError(f"result {ds.SOPInstanceUID} refused: {error.reason}")
+            raise error
         return {
             "sop_class_uid": str(ds.SOPClassUID),
             "series_uid": str(ds.SeriesInstanceUID),
