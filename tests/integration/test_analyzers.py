@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -27,7 +28,8 @@ from integration import in_process_archive, multipart_parts
 from nubis.analyzers.contract import Findings, StudyView, Wants
 from nubis.archive import Archive
 from nubis.index import analyzer_runs_sql as runs
-from nubis.index.schema import quarantined_studies, studies
+from nubis.index.schema import analyzer_runs, quarantined_studies, studies
+from nubis.jobs.context import JobContext, JobStopped
 from nubis.jobs.runner import JobRunner
 from nubis.jobs.store import Job, JobState, now_ms
 from nubis.security.policy import system_principal
@@ -322,3 +324,25 @@ def test_a_result_of_another_study_is_refused_and_fails_the_run_at_once(world: W
     assert job is not None and job.state is JobState.FAILED and job.attempts == 1
     assert job.last_error is not None and "refused" in job.last_error
     assert len(Probe.calls) == 3
+
+
+def test_a_stopping_runner_gives_the_slot_back(world: World) -> None:
+    """The runner stops while a study is read: the job goes back (JobStopped, no attempt
+    counted by the runner) and the run is queued again with its concurrency slot free."""
+    archive = world.archive
+    job_id = archive.jobs.enqueue("analyze", {"analyzer": "probe", "study": world.mr_study})
+    job = archive.jobs.claim("test", 60, ["analyze"], job_id=job_id)
+    assert job is not None
+    stopping = threading.Event()
+    stopping.set()
+    with pytest.raises(JobStopped):
+        archive.analyzer_jobs.analyze(JobContext(job, stopping))
+    with archive.index.reading() as conn:
+        state, slot = conn.execute(
+            select(analyzer_runs.c.state, analyzer_runs.c.slot_expires_at).where(
+                analyzer_runs.c.analyzer == "probe"
+            )
+        ).one()
+    assert (state, slot) == (runs.QUEUED, None)
+    assert len(Probe.calls) == 3  # stopped before the analyzer was called
+    archive.jobs.release(job.id, "test", count_attempt=False)

@@ -36,9 +36,9 @@ from nubis.analyzers.view import read_study
 from nubis.errors import DuplicateInstance, NotFound
 from nubis.index import analyzer_runs_sql as runs
 from nubis.index.database import Index
-from nubis.jobs.context import JobContext, JobDeferred, JobFailed
+from nubis.jobs.context import JobCancelled, JobContext, JobDeferred, JobFailed, JobStopped
 from nubis.jobs.schedule import ANALYZE_SCAN
-from nubis.jobs.store import now_ms
+from nubis.jobs.store import LeaseLost, now_ms
 from nubis.security.policy import DEFAULT_TENANT, Principal
 from nubis.services.retrieve import RetrieveService
 from nubis.services.spool import Spool
@@ -182,6 +182,15 @@ class AnalyzerJobs:
             # another attempt would end the same way.
             self._finish(run.id, runs.FAILED, error=exc.reason)
             raise JobFailed(f"{name}: {exc.reason}", retry_in=None) from exc
+        except JobCancelled:
+            self._finish(run.id, runs.FAILED, error="cancelled")
+            raise
+        except JobStopped:
+            # Back in the queue with its job (the runner is stopping): the slot is free.
+            self.index.write(lambda conn: runs.put_back(conn, run.id, "interrupted"))
+            raise
+        except LeaseLost:
+            raise  # another runner has the job, and the run, now
         except Exception as exc:
             reason = f"{name}: {type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"[:500]
             if ctx.job.attempts >= ctx.job.max_attempts:
