@@ -18,9 +18,11 @@ from pydicom import Dataset
 from nubis.analyzers.contract import Findings, SeriesView, StudyView, Wants
 from nubis.analyzers.ct_qc.analyzer import CtSeriesQc
 from nubis.analyzers.ct_qc.checks import body_mask, slice_geometry
+from nubis.analyzers.job import analyzer_principal
 from nubis.analyzers.registry import available, from_entry_points
 from nubis.analyzers.rules import Rule, parse_rules
 from nubis.config import SettingsError, load_settings
+from nubis.security.policy import Action, AuthPolicy, Scope, parse_roles
 from nubis.tools import synth
 
 
@@ -157,3 +159,15 @@ def test_a_wrong_analyzers_setting_stops_the_archive_from_starting() -> None:
     with pytest.raises(SettingsError, match="analyzers: 'CT'"):
         load_settings(environ={}, overrides={"analyzers": "CT QC"})
     assert load_settings(environ={}, overrides={"analyzers": "ct-qc"}).analyzers == "ct-qc"
+
+
+def test_the_analyzer_role_reads_and_stores_only_and_is_never_a_users() -> None:
+    policy = AuthPolicy()
+    who = analyzer_principal("ct-qc", "tenant-a")
+    read = policy.decide(who, Action.READ | Action.DOWNLOAD)
+    assert read.allowed and read.scope == Scope("tenant-a")  # no grants, no quarantine
+    assert policy.decide(who, Action.WRITE).allowed
+    for refused in (Action.DELETE, Action.EXPORT, Action.SHARE, Action.ADMIN, Action.OPERATE):
+        assert not policy.decide(who, refused).allowed
+    with pytest.raises(ValueError, match="unknown role"):
+        parse_roles("analyzer")
