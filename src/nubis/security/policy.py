@@ -17,7 +17,9 @@ Roles (``ROLES``): admin (everything in its tenant, user management), radiologis
 write the tenant, hand out and perform workitems), referrer (read granted studies), uploader
 and modality (store only),
 researcher (de-identified reads only: refused until de-identification exists), auditor (the
-audit log only), monitor (the metrics only: what a Prometheus server's API key is given).
+audit log only), monitor (the metrics only: what a Prometheus server's API key is given);
+and the internal roles of share links and of analyzer jobs (``analyzer``: read and store,
+never a user's).
 Nothing is allowed that a role does not list. The audit log is the archive's,
 not a tenant's (its records name every tenant's patients and users), so only principals of the
 home tenant ``default`` may read it, whatever their role. So it is with running the archive
@@ -108,6 +110,11 @@ ROLES: dict[str, RoleSpec] = {
     "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
     "monitor": RoleSpec(
         Action.MONITOR, summary="the archive's metrics only (a Prometheus server's key)"
+    ),
+    "analyzer": RoleSpec(
+        Action.READ | Action.DOWNLOAD | Action.WRITE,
+        assignable=False,
+        summary="an analyzer's jobs: read a study, store results in it (internal)",
     ),
     "share-view": RoleSpec(
         Action.READ,
