@@ -15,7 +15,8 @@ in this order:
 
 Roles (``ROLES``): admin (everything in its tenant, user management), radiologist (read and
 write the tenant), referrer (read granted studies), uploader and modality (store only),
-researcher (de-identified reads only: refused until de-identification exists), auditor (the
+researcher (de-identified reads only: refused until de-identification exists; and aggregate
+statistics, whose small cells are suppressed), auditor (the
 audit log only). Nothing is allowed that a role does not list. The audit log is the archive's,
 not a tenant's (its records name every tenant's patients and users), so only principals of the
 home tenant ``default`` may read it, whatever their role. So it is with running the archive
@@ -54,6 +55,9 @@ class Action(enum.Flag):
     DOWNLOAD = enum.auto()
     SHARE = enum.auto()  # share a study: links for people without an account, user grants
     OPERATE = enum.auto()  # the archive itself: jobs, storage, DIMSE peers, every tenant's users
+    # Federated statistics: counts with small cells suppressed, never a UID or patient value
+    # (nubis.model.aggregates), so identifying no one; allowed where DEIDENTIFY is.
+    AGGREGATE = enum.auto()
 
 
 # Actions whose scope grants may limit (the rest is tenant-wide or refused).
@@ -81,7 +85,8 @@ ROLES: dict[str, RoleSpec] = {
         | Action.ADMIN
         | Action.AUDIT
         | Action.SHARE
-        | Action.OPERATE,
+        | Action.OPERATE
+        | Action.AGGREGATE,
         summary="everything in its tenant, users and keys included; in the home tenant, "
         "the archive itself (jobs, storage, DIMSE peers, every tenant's users)",
     ),
@@ -95,7 +100,8 @@ ROLES: dict[str, RoleSpec] = {
     "uploader": RoleSpec(Action.WRITE, summary="store only"),
     "modality": RoleSpec(Action.WRITE, summary="store only (an imaging device)"),
     "researcher": RoleSpec(
-        Action.DEIDENTIFY, summary="de-identified reads only (refused until they exist)"
+        Action.DEIDENTIFY | Action.AGGREGATE,
+        summary="de-identified reads only (refused until they exist) and aggregate statistics",
     ),
     "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
     "share-view": RoleSpec(

@@ -33,6 +33,7 @@ from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 from nubis.web.quarantine_routes import quarantine_routes
+from nubis.web.research_routes import research_routes
 from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
 from nubis.web.ui import ui_routes
 from nubis.web.ui.common import SignInRequired, sign_in_redirect
@@ -151,6 +152,7 @@ def create_app(
             *audit_routes(),
             *correction_routes(),
             *quarantine_routes(),
+            *research_routes(),
             *ui_routes(),
         ],
         middleware=[
