@@ -251,3 +251,29 @@ def test_deidentified_parquet_holds_no_original_value_and_matches_the_engine(
     assert row["patient_id"] == first("00100020") == report.patient_pseudonym
     assert row["study_date"].strftime("%Y%m%d") == first("00080020")
     assert row["slice_thickness"] == float(first("00180050"))
+
+
+def test_the_cli_exports_a_cohort(sites: dict[str, Site], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nubis.cli.main import app
+
+    runner = CliRunner()
+    data = ["--data-dir", str(sites["a"].tmp / "data"), "--set", "durable=false"]
+    key = tmp_path / "project.key"
+    key.write_bytes(PROJECT_KEY)
+    done = runner.invoke(
+        app,
+        ["export", "metadata", "--to", str(tmp_path / "out"), "Modality=MR", *data,
+         "--deid-profile", "default", "--project-key-file", str(key), "--project", "p1"],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "de-identified metadata written" in done.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["rows"] == {"studies": 1, "series": 1, "instances": 3}
+    assert manifest["profile"]["name"] == "default" and manifest["filter"] == [["Modality", "MR"]]
+    half = runner.invoke(app, ["export", "metadata", "--to", str(tmp_path), "--deid-profile",
+                               "default", *data])  # fmt: skip
+    assert half.exit_code == 2 and "go together" in half.output
+    lonely = runner.invoke(app, ["research", "aggregate", "kvp_histogram"])
+    assert lonely.exit_code == 2 and "--site" in lonely.output
