@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from pydicom.dataset import Dataset
 
-from integration.admin_site import PASSWORD, Site, make_site
+from integration import in_process_archive
+from integration.admin_site import ADMIN_TOKEN, Site
 from nubis.cli.research import ask_sites, question_url
 from nubis.deid.json_view import deidentify_json
 from nubis.deid.profile import load_default_profile
@@ -33,8 +34,19 @@ PROJECT_KEY = b"analytics-test project key 0123456789"
 RESEARCHER = "rita"
 
 
-def _basic(user: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
+# Who asks, with which role and tenant; API keys rather than passwords (no hashing to wait for).
+PEOPLE = {
+    RESEARCHER: ("researcher", "default"),
+    "boss": ("admin", "default"),
+    "rad": ("radiologist", "default"),
+    "eve": ("auditor", "default"),
+    "otto": ("admin", "other"),
+}
+KEYS: dict[tuple[int, str], str] = {}  # (id of the site, user) -> API key
+
+
+def _bearer(site: Site, user: str) -> str:
+    return f"Bearer {KEYS[(id(site), user)]}"
 
 
 def _series(modality: str, n: int, *, patient: str, body_part: str, seed: int) -> list[Dataset]:
@@ -61,10 +73,14 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Site]]
         "b": [("CT", 10, "PB-1", "CHEST", 3), ("MR", 8, "PB-2", "HEAD", 4)],
     }
     for name, series in contents.items():
-        site = make_site(tmp_path_factory.mktemp(f"site-{name}"))
-        site.archive.users.add_user(
-            RESEARCHER, tenant="default", roles="researcher", password=PASSWORD
-        )
+        tmp = tmp_path_factory.mktemp(f"site-{name}")
+        archive = in_process_archive(tmp / "data", ADMIN_TOKEN)
+        archive.prepare()
+        archive.start(background=False)
+        site = Site(archive, tmp)
+        for user, (role, tenant) in PEOPLE.items():
+            archive.users.add_user(user, tenant=tenant, roles=role)
+            KEYS[(id(site), user)] = archive.users.create_api_key(user)[1]
         for modality, n, patient, body_part, seed in series:
             site.store(_series(modality, n, patient=patient, body_part=body_part, seed=seed))
         made[name] = site
@@ -80,7 +96,9 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Site]]
 
 def _ask(site: Site, query: str, user: str = RESEARCHER) -> Any:
     with site.client() as client:
-        return client.get(f"/research/aggregate?{query}", headers={"Authorization": _basic(user)})
+        return client.get(
+            f"/research/aggregate?{query}", headers={"Authorization": _bearer(site, user)}
+        )
 
 
 def _cells(answer: dict[str, Any]) -> dict[tuple[str, ...], Any]:
@@ -119,6 +137,10 @@ def test_a_filter_narrows_the_cohort_and_histograms_bin_it(sites: dict[str, Site
 def test_two_sites_pool_their_counts_and_suppress_again(sites: dict[str, Site]) -> None:
     clients = {name: site.client() for name, site in sites.items()}
     urls = {"https://a.example": clients["a"], "https://b.example": clients["b"]}
+    keys = {
+        "https://a.example": _bearer(sites["a"], RESEARCHER),
+        "https://b.example": _bearer(sites["b"], RESEARCHER),
+    }
 
     def fetch(url: str, key: str) -> dict[str, Any]:
         site, _, rest = url.partition("/research/")
@@ -126,7 +148,6 @@ def test_two_sites_pool_their_counts_and_suppress_again(sites: dict[str, Site]) 
         assert response.status_code == 200, response.text
         return dict(response.json())
 
-    keys = {url: _basic(RESEARCHER) for url in urls}
     pooled, answers = ask_sites(list(urls), keys, "instances_by_body_part", [], 10, fetch)
     assert [_cells(a) for a in answers] == [
         {("CHEST",): 12, ("HEAD",): "<10"},

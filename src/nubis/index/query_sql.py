@@ -435,8 +435,11 @@ def _base(q: Query, *, unindexed_partition: bool) -> tuple[Any, Any, list[Column
 
 def scope_and_matches(q: Query, dialect_name: str) -> list[ColumnElement[bool]]:
     """Every WHERE term of ``q`` (scope and matching keys) without its statement: for readers
-    that select something else than QIDO-RS's answer from the same rows (analytics)."""
-    _from, _pk, where = _base(q, unindexed_partition=False)
+    that select something else than QIDO-RS's answer from the same rows (analytics). Unless a
+    key narrows the rows, the partition is kept out of index selection as for QIDO-RS
+    (:func:`_partition_is`): a walk in primary key order then reads the instances in order
+    rather than every study of the partition sorted anew for each page."""
+    _from, _pk, where = _base(q, unindexed_partition=not _narrowed(q))
     return [*where, *_conditions(q, dialect_name)]
 
 
