@@ -185,6 +185,12 @@ def test_aggregates_are_for_admins_and_researchers_in_their_own_tenant(
     assert bad.status_code == 400 and "unknown aggregate kind" in bad.json()["reason"]
     assert _ask(sites["a"], "kind=kvp_histogram&limit=5").status_code == 400
     assert _ask(sites["a"], "kind=kvp_histogram&PatientAge=1").status_code == 400
+    # A cohort of one named patient would tell whether that patient has such images.
+    for key in ("PatientID=PA-1", "PatientName=Patient*", "AccessionNumber=ACC1"):
+        named = _ask(sites["a"], f"kind=instances_by_body_part&{key}")
+        assert named.status_code == 400, key
+        assert "cannot choose the cohort" in named.json()["reason"]
+        assert key.split("=")[1] not in named.text
 
 
 def _identifying_values(site: Site) -> set[str]:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from nubis.errors import BadRequest
 from nubis.index import analytics_sql
@@ -35,10 +36,28 @@ from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
 from nubis.services.guard import Guard
 
-__all__ = ["AggregateService"]
+__all__ = ["FILTER_KEYWORDS", "AggregateService"]
 
 # QIDO-RS parameters that shape a page of results, meaningless for a count.
 _NOT_FILTERS = frozenset({"limit", "offset", "includefield", "fuzzymatching", "orderby"})
+# The matching keys a cohort may be chosen by: none names a person or an object. A filter on
+# Patient ID, a name, an accession number or a UID would turn "how many" into "does this
+# patient have", which suppression does not hide.
+FILTER_KEYWORDS = (
+    "Modality",
+    "ModalitiesInStudy",
+    "StudyDate",
+    "PatientSex",
+    "SOPClassUID",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "NumberOfFrames",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+    "NumberOfSeriesRelatedInstances",
+)
+_FILTER_TAGS = frozenset(tag_for_keyword(k) for k in FILTER_KEYWORDS)
 
 
 class AggregateService:
@@ -62,6 +81,13 @@ class AggregateService:
             if name.lower() in _NOT_FILTERS:
                 raise BadRequest(f"{name} does not apply to an aggregate (counts have no pages)")
         query = parse_qido(Level.INSTANCE, params, max_limit=1)
+        for match in query.matches:
+            if len(match.path) != 1 or match.path[0] not in _FILTER_TAGS:
+                name = keyword_for_tag(match.path[0]) or f"{match.path[0]:08X}"
+                raise BadRequest(
+                    f"{name} cannot choose the cohort of an aggregate, which must not single "
+                    f"anyone out; filter by {', '.join(FILTER_KEYWORDS)}"
+                )
         decision = self.guard.authorize(who, Action.AGGREGATE, f"aggregate {kind.name}")
         assert decision.scope is not None
         scope = decision.scope
