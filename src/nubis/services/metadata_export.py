@@ -254,6 +254,7 @@ class _Rows:
         self.default_tier = default_tier
         self.rules: dict[str, ColumnRule] = {}
         self.dropped: list[str] = []
+        self._exclusions: dict[tuple[str | None, str, str | None, bool], bool] = {}
         if deid is None:
             return
         keywords = {
@@ -287,13 +288,7 @@ class _Rows:
             keep = [
                 r
                 for r in page
-                if not excluded(
-                    profile,
-                    modality=r[modality_at],
-                    sop_class_uid=r[class_at],
-                    burned_in_annotation=r[-2],
-                    has_pixel_data=bool(r[-1]),
-                )
+                if not self._excluded(profile, r[modality_at], r[class_at], r[-2], bool(r[-1]))
             ]
             skipped = len(page) - len(keep)
             rows = keep
@@ -307,6 +302,27 @@ class _Rows:
             values = [r[index[col.name]] for r in rows]
             out[col.name] = self._column(col, values, patients)
         return (out if rows else {}), skipped
+
+    def _excluded(
+        self,
+        profile: Profile,
+        modality: str | None,
+        sop_class_uid: str,
+        burned_in_annotation: str | None,
+        has_pixel_data: bool,
+    ) -> bool:
+        # A handful of combinations in a whole archive: decided once each.
+        key = (modality, sop_class_uid, burned_in_annotation, has_pixel_data)
+        found = self._exclusions.get(key)
+        if found is None:
+            found = self._exclusions[key] = excluded(
+                profile,
+                modality=modality,
+                sop_class_uid=sop_class_uid,
+                burned_in_annotation=burned_in_annotation,
+                has_pixel_data=has_pixel_data,
+            )
+        return found
 
     def _column(self, col: _Col, values: list[Any], patients: list[str]) -> list[Any]:
         if col.name == _TIER:
