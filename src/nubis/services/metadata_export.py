@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -144,7 +144,6 @@ class MetadataExport:
         *,
         params: Sequence[tuple[str, str]] = (),
         deid: DeidTarget | None = None,
-        progress: Callable[[str, int], None] | None = None,
     ) -> ExportSummary:
         """Write the tables of the instances ``params`` (a QIDO-RS style filter, instance
         level keys) match in ``who``'s scope into ``folder``: identified, or de-identified
@@ -188,7 +187,7 @@ class MetadataExport:
         ]
         for name, columns, key, from_, where in levels:
             summary.rows[name] = self._write_table(
-                folder / f"{name}.parquet", columns, key, from_, where, rows, summary, progress
+                folder / f"{name}.parquet", columns, key, from_, where, rows, summary
             )
         summary.bytes = sum((folder / f"{name}.parquet").stat().st_size for name, *_ in levels)
         manifest = {
@@ -196,7 +195,9 @@ class MetadataExport:
             "rows": summary.rows,
             "excluded_instances": summary.excluded_instances,
             "dropped_columns": summary.dropped_columns,
-            "filter": [list(p) for p in params],
+            # The filter's values may name someone (a Patient ID): a de-identified export's
+            # manifest gives the keys only.
+            "filter": [list(p) for p in params] if deid is None else [n for n, _v in params],
             "profile": None
             if deid is None
             else {"name": deid.profile.name, "version": deid.profile.version},
@@ -214,7 +215,6 @@ class MetadataExport:
         where: list[ColumnElement[bool]],
         rows: _Rows,
         summary: ExportSummary,
-        progress: Callable[[str, int], None] | None,
     ) -> int:
         kept = [c for c in columns if c.name not in rows.dropped]
         schema = pa.schema([(c.name, _ARROW[c.kind]) for c in kept])
@@ -230,8 +230,6 @@ class MetadataExport:
                 if table:
                     writer.write_table(pa.table(table, schema=schema))
                 written += len(page) - skipped
-                if progress is not None:
-                    progress(path.stem, written)
         os.replace(partial, path)
         return written
 
