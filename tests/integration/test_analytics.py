@@ -183,6 +183,9 @@ def test_aggregates_are_for_admins_and_researchers_in_their_own_tenant(
         assert client.get("/research/aggregate?kind=kvp_histogram").status_code == 401
     bad = _ask(sites["a"], "kind=patients_by_name")
     assert bad.status_code == 400 and "unknown aggregate kind" in bad.json()["reason"]
+    assert _ask(sites["a"], "Modality=CT").status_code == 400  # no kind
+    # Refused before the question is looked at: the answer says nothing about it.
+    assert _ask(sites["a"], "kind=patients_by_name", "rad").status_code == 403
     assert _ask(sites["a"], "kind=kvp_histogram&limit=5").status_code == 400
     assert _ask(sites["a"], "kind=kvp_histogram&PatientAge=1").status_code == 400
     # A cohort of one named patient would tell whether that patient has such images.

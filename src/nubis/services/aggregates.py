@@ -74,9 +74,12 @@ class AggregateService:
         """The suppressed counts of ``kind_name`` over the instances ``params`` match in the
         caller's scope. BadRequest names an unknown kind or a bad filter; Forbidden (recorded)
         for roles that may not ask."""
+        # Authorized before the question is looked at: a refusal says nothing else.
+        decision = self.guard.authorize(who, Action.AGGREGATE, "aggregate statistics")
+        assert decision.scope is not None
         kind = KINDS.get(kind_name)
         if kind is None:
-            raise BadRequest(f"unknown aggregate kind {kind_name!r}; kinds: {', '.join(KINDS)}")
+            raise BadRequest(f"unknown aggregate kind: give kind once, one of {', '.join(KINDS)}")
         for name, _value in params:
             if name.lower() in _NOT_FILTERS:
                 raise BadRequest(f"{name} does not apply to an aggregate (counts have no pages)")
@@ -88,8 +91,6 @@ class AggregateService:
                     f"{name} cannot choose the cohort of an aggregate, which must not single "
                     f"anyone out; filter by {', '.join(FILTER_KEYWORDS)}"
                 )
-        decision = self.guard.authorize(who, Action.AGGREGATE, f"aggregate {kind.name}")
-        assert decision.scope is not None
         scope = decision.scope
         scoped = replace(
             query,

@@ -148,9 +148,9 @@ class MetadataExport:
         """Write the tables of the instances ``params`` (a QIDO-RS style filter, instance
         level keys) match in ``who``'s scope into ``folder``: identified, or de-identified
         for ``deid``. Forbidden (recorded) without EXPORT; BadRequest for a bad filter."""
-        query = parse_qido(Level.INSTANCE, params, max_limit=1)
         decision = self.guard.authorize(who, Action.EXPORT, "analytics metadata export")
         assert decision.scope is not None
+        query = parse_qido(Level.INSTANCE, params, max_limit=1)
         scoped = replace(
             query,
             partition=decision.scope.partition,
