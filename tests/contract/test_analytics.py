@@ -10,10 +10,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pydicom
 import pytest
+import sqlalchemy as sa
 from pydicom.data import get_testdata_file
 
 from nubis.blobs.filesystem import FileBlobStore
+from nubis.index.analytics_sql import json_value
 from nubis.index.database import Index
+from nubis.index.schema import series
 from nubis.model.aggregates import KVP_EDGES, SLICE_THICKNESS_EDGES, bin_label
 from nubis.security.policy import AuthPolicy, Principal, system_principal
 from nubis.services.aggregates import AggregateService
@@ -85,3 +88,16 @@ def test_the_parquet_export_reads_the_same_values(index: Index, tmp_path: Path) 
         assert row["modality"] == ds.Modality
     series_rows = pq.read_table(tmp_path / "out" / "series.parquet").to_pylist()
     assert {r["manufacturer"] for r in series_rows} == {str(ds.Manufacturer) for ds in _datasets()}
+
+
+def test_each_tag_compiles_its_own_statement(index: Index) -> None:
+    """Two values of one column differ only by tag: the statement cache must tell them apart
+    (unlabelled, so that nothing else in the statements does)."""
+    ct, mr = _datasets()
+    read = {}
+    for tag in ("00080070", "00081090"):  # Manufacturer, Manufacturer's Model Name
+        with index.reading() as conn:
+            stmt = sa.select(json_value(series.c.attrs, tag)).order_by(series.c.id)
+            read[tag] = [v for (v,) in conn.execute(stmt)]
+    assert read["00080070"] == [str(ct.Manufacturer), str(mr.Manufacturer)]
+    assert read["00081090"] == [str(ct.ManufacturerModelName), str(mr.ManufacturerModelName)]

@@ -18,6 +18,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.visitors import InternalTraversal, _TraverseInternalsType
 
 from nubis.index.query_sql import scope_and_matches
 from nubis.index.schema import instances, series
@@ -41,6 +42,13 @@ class json_value(FunctionElement[Any]):
     when the element or its value is absent. ``numeric``: as a number (DS, IS), else text."""
 
     inherit_cache = True
+    # The tag and the type are part of the statement's cache key: without them, two elements
+    # of one column would share a compiled statement.
+    _traverse_internals: _TraverseInternalsType = [  # noqa: RUF012 (declared so by SQLAlchemy)
+        *FunctionElement._traverse_internals,
+        ("tag", InternalTraversal.dp_string),
+        ("numeric", InternalTraversal.dp_boolean),
+    ]
 
     def __init__(self, column: Any, tag: str, *, numeric: bool = False) -> None:
         self.tag = tag
@@ -70,6 +78,10 @@ def _postgresql(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
 
 class _has_element(FunctionElement[Any]):
     inherit_cache = True
+    _traverse_internals: _TraverseInternalsType = [  # noqa: RUF012 (declared so by SQLAlchemy)
+        *FunctionElement._traverse_internals,
+        ("tag", InternalTraversal.dp_string),
+    ]
     type = sa.Boolean()
 
     def __init__(self, column: Any, tag: str) -> None:
