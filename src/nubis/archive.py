@@ -37,6 +37,7 @@ from nubis.security.sessions import SessionStore
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
 from nubis.services.accounts import Accounts
+from nubis.services.aggregates import AggregateService
 from nubis.services.audit_log import AuditLog
 from nubis.services.corrections import CorrectionService
 from nubis.services.disk_floor import DiskFloor, parse_floor
@@ -46,6 +47,7 @@ from nubis.services.gauges import ArchiveGauges
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
+from nubis.services.metadata_export import MetadataExport
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
@@ -224,6 +226,13 @@ class Archive:
         )
         # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
         self.export = ExportService(self.retrieve, self.guard)
+        # Analytics (docs/analytics.md): Parquet metadata export and federated statistics.
+        self.metadata_export = MetadataExport(
+            self.index, self.guard, default_tier=self.tiers.default.name
+        )
+        self.aggregates = AggregateService(
+            self.index, self.guard, min_cell=settings.aggregate_min_cell
+        )
         self.quarantine = QuarantineService(self.index, guard=self.guard)
         # Workitems handed out and performed over UPS-RS (docs/worklists.md).
         self.worklist = WorklistService(self.index, self.guard)

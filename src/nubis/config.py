@@ -89,6 +89,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"http_port must be 1-65535, got {settings.http_port}")
     if settings.qido_default_limit < 1 or settings.qido_max_limit < settings.qido_default_limit:
         raise SettingsError("qido_default_limit must be >= 1 and <= qido_max_limit")
+    if settings.aggregate_min_cell < 1:
+        raise SettingsError(f"aggregate_min_cell must be >= 1, got {settings.aggregate_min_cell}")
     if settings.workers < 0:
         raise SettingsError(f"workers must be >= 0, got {settings.workers}")
     for name in ("dimse_port", "dimse_tls_port"):

@@ -479,6 +479,11 @@ class Settings:
         7, "A share link lasts this many days unless its creator chooses (1 to share_max_days)."
     )
     share_max_days: int = _setting(30, "The longest a share link may last, in days.")
+    aggregate_min_cell: int = _setting(
+        10,
+        "Federated statistics: an aggregate cell counting fewer than this many (and at least "
+        "one) is reported as '<k' with no number, and left out of the total (docs/analytics.md).",
+    )
     replicate_to: str = _setting(
         "",
         "DICOMweb root of a replica (another nubis), e.g. https://dr.example.org/dicom-web: "
