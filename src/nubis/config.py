@@ -219,6 +219,18 @@ def _validate_storage(settings: Settings) -> None:
         raise SettingsError("replicate_delete_delay_days must be >= 0")
     if settings.replicate_every_seconds < 1 or settings.replicate_retry_max_seconds < 1:
         raise SettingsError("replicate_every_seconds and replicate_retry_max_seconds must be >= 1")
+    if settings.change_feed_retention_days < 1:
+        raise SettingsError("change_feed_retention_days must be >= 1")
+    if (
+        settings.webhook_every_seconds < 1
+        or settings.webhook_retry_max_seconds < 1
+        or settings.webhook_max_attempts < 1
+        or settings.webhook_timeout_seconds < 1
+    ):
+        raise SettingsError(
+            "webhook_every_seconds, webhook_timeout_seconds, webhook_retry_max_seconds and "
+            "webhook_max_attempts must be >= 1"
+        )
 
 
 def _check_compression(text: str, tiers: Any) -> None:

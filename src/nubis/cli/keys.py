@@ -432,6 +432,7 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
         )
         console.print("no key of that patient in the keyring (nothing stored, or already shredded)")
         raise typer.Exit(1)
+    _feed_shredded(archive, partition, studies)
     done = (
         f"{what}: {count} patient key(s) erased; their objects are unreadable, "
         f"{len(studies)} study(ies) still indexed"
@@ -449,6 +450,17 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
             f"{len(studies)} study(ies) of the patient are still in the index (searchable, "
             "answering 410): DELETE them through DICOMweb to erase them"
         )
+
+
+def _feed_shredded(archive: Archive, partition: str, studies: list[str]) -> None:
+    """One change-feed entry per study of the shredded patient. Its own commit, right after
+    the shred: the keyring may be a file, which no index transaction can include."""
+    from nubis.index import feed_sql
+
+    changes = [
+        feed_sql.Change(feed_sql.SHRED, feed_sql.SHREDDED, partition, uid) for uid in studies
+    ]
+    archive.index.write(lambda conn: archive.index.note_changes(conn, *changes))
 
 
 def _outcome(

@@ -33,6 +33,10 @@
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.
+- ``webhooks``: deliver the change feed to the webhook subscriptions (nubis.events.delivery);
+  no parameters. Queued every webhook_every_seconds while change_feed is on.
+- ``changefeed-expire``: remove change-feed entries older than change_feed_retention_days
+  (nubis.services.changefeed); daily while change_feed is on, unless jobs_schedule names it.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from nubis.index.rekey_sql import KIND as REKEY
 from nubis.index.schema import study_rekeys
 from nubis.jobs.context import Handler, JobContext
 from nubis.jobs.heal import Healer
-from nubis.jobs.schedule import AUDIT_VERIFY, REPLICATE, SNAPSHOT
+from nubis.jobs.schedule import AUDIT_VERIFY, CHANGEFEED_EXPIRE, REPLICATE, SNAPSHOT, WEBHOOKS
 from nubis.jobs.verify import verify
 from nubis.model.audit import ActiveParticipant
 from nubis.ports.blobs import BlobStore
@@ -65,7 +69,17 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "handlers", "parse_params"]
 
-KINDS = ("reap", "verify", "tier", "rewrap", REKEY, SNAPSHOT, AUDIT_VERIFY)
+KINDS = (
+    "reap",
+    "verify",
+    "tier",
+    "rewrap",
+    REKEY,
+    SNAPSHOT,
+    AUDIT_VERIFY,
+    WEBHOOKS,
+    CHANGEFEED_EXPIRE,
+)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -106,10 +120,13 @@ def handlers(
     dimse_send: Handler | None = None,
     healer: Callable[[], Healer | None] | None = None,
     replicate: Handler | None = None,
+    webhooks: Handler | None = None,
+    changefeed_expire: Handler | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
-    ``commitment-report``, ``audit-verify``, ``dimse-send`` and ``replicate`` when given);
+    ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate``, ``webhooks`` and
+    ``changefeed-expire`` when given);
     ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
     its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
 
@@ -174,4 +191,8 @@ def handlers(
         kinds["dimse-send"] = dimse_send
     if replicate is not None:
         kinds[REPLICATE] = replicate
+    if webhooks is not None:
+        kinds[WEBHOOKS] = webhooks
+    if changefeed_expire is not None:
+        kinds[CHANGEFEED_EXPIRE] = changefeed_expire
     return kinds

@@ -31,6 +31,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from nubis.dicom.recompress import RECOMPRESSIBLE
 from nubis.errors import RestoreRequired
+from nubis.index import feed_sql
 from nubis.index.database import Index
 from nubis.index.schema import (
     INSTANCES_LOCATED,
@@ -239,7 +240,7 @@ class Lifecycle:
                     counts["restores_requested"] += 1
                 counts["waiting_for_restore"] += 1
                 continue
-            moved.append(_Moved(pk, key, study_uid, patient_id))
+            moved.append(_Moved(pk, key, study_uid, patient_id, partition))
             counts[f"moved_to_{tier}"] += 1
             counts["bytes_moved"] += size
             log.debug("blob %s moved from %s to %s", key, source, tier)
@@ -285,7 +286,7 @@ class Lifecycle:
             audit = self.guard.record_job(*_move_events(who, moved, tier))
 
         def job(conn: Connection) -> None:
-            for pk, key, _, _ in moved:
+            for pk, key, *_ in moved:
                 # Locked (PostgreSQL) so a delete of the instance waits for this commit and
                 # then takes our row with it, instead of failing our foreign key.
                 alive = conn.execute(
@@ -302,6 +303,7 @@ class Lifecycle:
                     )
             if audit is not None:
                 audit(conn)
+            self.index.note_changes(conn, *_feed_changes(moved, tier))
 
         self.index.write(job)
 
@@ -372,6 +374,16 @@ class _Moved(NamedTuple):
     blob_key: str
     study_uid: str
     patient_id: str | None
+    partition: str
+
+
+def _feed_changes(moved: list[_Moved], tier: str) -> list[feed_sql.Change]:
+    """The change feed's entries of a batch of moves: one update per study."""
+    studies = dict.fromkeys((m.partition, m.study_uid) for m in moved)
+    return [
+        feed_sql.Change(feed_sql.UPDATE, feed_sql.CURRENT, p, uid, detail=f"tier:{tier}")
+        for p, uid in studies
+    ]
 
 
 def _move_events(who: ActiveParticipant, moved: list[_Moved], tier: str) -> list[AuditEvent]:

@@ -28,6 +28,7 @@ from nubis.errors import NubisError
 from nubis.model.query import Level
 from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
+from nubis.web.changefeed_routes import changefeed_routes
 from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
@@ -149,6 +150,7 @@ def create_app(
             Route("/-/login", auth.login, methods=["POST"]),
             Route("/-/whoami", auth.whoami, methods=["GET"]),
             *audit_routes(),
+            *changefeed_routes(),
             *correction_routes(),
             *quarantine_routes(),
             *ui_routes(),

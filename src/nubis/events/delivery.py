@@ -1,0 +1,214 @@
+"""The ``webhooks`` job: each subscription is sent, in order, the change-feed entries it may see.
+
+A run goes through the subscriptions, each under its lease (one run per subscription across
+every node). It reads the feed as the subscription's principal through ChangeFeedService, so
+scope (tenant, grants, quarantine) and audit are the feed's own, applies the filters, and POSTs
+each wanted entry, signed (nubis.events.signing). The cursor moves past an entry once the
+receiver took it (2xx): at least once, in feed order. A failed attempt is retried after 1, 2,
+4... seconds up to ``retry_max_seconds``; after ``max_attempts`` the entry becomes a dead letter
+and the next one is sent, so one bad entry does not hold a subscription for good. Dead letters
+marked for replay are tried once more at the start of the next run.
+
+Nothing here runs on a request's path: a slow receiver delays its own subscription's run, by
+the sink's timeout at most per attempt, and never a store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from nubis.crypto.webhook_secrets import SecretBox
+from nubis.errors import NubisError
+from nubis.events.signing import HEADER, sign
+from nubis.events.sink import WebhookSink
+from nubis.index import feed_sql
+from nubis.index import webhooks_sql as sql
+from nubis.index.database import Index
+from nubis.index.feed_sql import Entry
+from nubis.index.webhooks_sql import Subscription
+from nubis.jobs.context import JobContext
+from nubis.jobs.store import JobStore
+from nubis.security.policy import Principal
+from nubis.services.changefeed import ChangeFeedService, entry_json
+from nubis.services.query import QueryService
+from nubis.services.webhooks import match_query, subscriber
+
+__all__ = ["KIND", "WebhookDelivery"]
+
+log = logging.getLogger(__name__)
+
+KIND = "webhooks"
+_LEASE_SECONDS = 60.0
+_BATCH = 100
+_KEEP_RUNS_MS = 3600_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class WebhookDelivery:
+    def __init__(
+        self,
+        index: Index,
+        feed: ChangeFeedService,
+        query: QueryService,
+        secrets: SecretBox,
+        sink: WebhookSink,
+        *,
+        jobs: JobStore | None = None,
+        max_attempts: int = 8,
+        retry_max_seconds: float = 300,
+        retry_base_seconds: float = 1.0,
+    ) -> None:
+        self.index = index
+        self.feed = feed
+        self.query = query
+        self.secrets = secrets
+        self.sink = sink
+        self.jobs = jobs
+        self.max_attempts = max_attempts
+        self.retry_max_seconds = retry_max_seconds
+        self.retry_base_seconds = retry_base_seconds
+
+    def run(self, ctx: JobContext) -> dict[str, Any]:
+        """The job's handler: one pass over every subscription."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:{ctx.job.id}"
+        counts: Counter[str] = Counter()
+        with self.index.reading() as conn:
+            subscriptions = sql.listed(conn)
+        for sub in subscriptions:
+            ctx.check()
+            if not self.index.write(
+                lambda conn, s=sub: sql.take_lease(  # type: ignore[misc]
+                    conn, s.id, owner, _now_ms(), _LEASE_SECONDS
+                )
+            ):
+                counts["busy"] += 1
+                continue
+            try:
+                self._drain(sub, ctx, counts)
+            finally:
+                self._write(sql.release_lease, sub.id, owner)
+        if self.jobs is not None:
+            # A run every few seconds: keep the last hour's for `nubis jobs list`, not all.
+            self.jobs.prune(_now_ms() - _KEEP_RUNS_MS, kind=KIND)
+        return dict(sorted(counts.items()))
+
+    # ------------------------------------------------------------------ one subscription
+    def _drain(self, sub: Subscription, ctx: JobContext, counts: Counter[str]) -> None:
+        who = subscriber(sub)
+        secret = self.secrets.open(sub.name, sub.secret)
+        self._replay(sub, who, secret, counts)
+        if sub.next_attempt_at > _now_ms():
+            return  # backing off after a failed attempt
+        cursor, attempts = sub.cursor, sub.attempts
+        while True:
+            with self.index.reading() as conn:
+                if not sql.entries_after(conn, sub.tenant, cursor):
+                    return
+            try:
+                entries = self.feed.page(who, cursor, _BATCH)
+            except NubisError as exc:
+                # Refused (a role that may not read), or the cursor expired: the admin sees why.
+                self._write(sql.failed, sub.id, f"reading the change feed: {exc.reason}", 0)
+                counts["refused"] += 1
+                return
+            for entry in entries:
+                ctx.check()
+                if not self._wanted(sub, who, entry):
+                    cursor, attempts = entry.seq, 0
+                    counts["skipped"] += 1
+                    continue
+                reason = self._send(sub, secret, entry)
+                if reason is None:
+                    self._write(sql.advance, sub.id, entry.seq, True)
+                    cursor, attempts = entry.seq, 0
+                    counts["delivered"] += 1
+                    continue
+                attempts += 1
+                counts["failed_attempts"] += 1
+                if attempts >= self.max_attempts:
+                    log.warning(
+                        "webhook %s: entry %d given up after %d attempts: %s",
+                        sub.name,
+                        entry.seq,
+                        attempts,
+                        reason,
+                    )
+                    self._write(sql.dead_letter, sub.id, entry.seq, attempts, reason, _now_ms())
+                    cursor, attempts = entry.seq, 0
+                    counts["dead_letters"] += 1
+                    continue
+                # Entries skipped before this one are done with; this one waits its turn.
+                self._write(sql.advance, sub.id, cursor, False)
+                self._write(
+                    sql.failed, sub.id, reason, _now_ms() + int(1000 * self._backoff(attempts))
+                )
+                return
+            self._write(sql.advance, sub.id, cursor, False)
+            if len(entries) < _BATCH:
+                return
+
+    def _write(self, change: Callable[..., object], *args: Any) -> None:
+        self.index.write(lambda conn: change(conn, *args))
+
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self.retry_max_seconds, self.retry_base_seconds * 2 ** (attempts - 1)))
+
+    def _replay(self, sub: Subscription, who: Principal, secret: str, counts: Counter[str]) -> None:
+        with self.index.reading() as conn:
+            due = sql.due_replays(conn, sub.id, _BATCH)
+        for seq in due:
+            found = self.feed.page(who, seq - 1, 1) if seq > 0 else []
+            if not found or found[0].seq != seq:
+                # Expired, or out of the subscription's scope now: nothing left to send.
+                gone = "the entry is no longer in the feed (expired, or out of scope now)"
+                self._write(sql.replay_failed, sub.id, seq, gone, _now_ms())
+                continue
+            reason = self._send(sub, secret, found[0])
+            if reason is None:
+                self._write(sql.forget_dead_letter, sub.id, seq)
+                counts["replayed"] += 1
+            else:
+                self._write(sql.replay_failed, sub.id, seq, reason, _now_ms())
+                counts["replay_failed"] += 1
+
+    def _wanted(self, sub: Subscription, who: Principal, entry: Entry) -> bool:
+        actions = [a for a in sub.actions.split(",") if a]
+        if actions and entry.action not in actions:
+            return False
+        modalities = {m for m in sub.modalities.split(",") if m}
+        if modalities:
+            if entry.modality is not None:
+                present: set[str] | None = {entry.modality}
+            else:
+                with self.index.reading() as conn:
+                    present = feed_sql.study_modalities(conn, entry.partition, entry.study_uid)
+            if not present or not present & modalities:
+                return False
+        if sub.match:
+            # The study as it stands now, seen by the subscription's principal (scoped and
+            # recorded as its query): a study deleted since matches nothing.
+            query = match_query(sub.match, entry.study_uid, entry.partition)
+            page = self.query.search(who, query, text=sub.match)
+            if not page.items:
+                return False
+        return True
+
+    def _send(self, sub: Subscription, secret: str, entry: Entry) -> str | None:
+        body = json.dumps(entry_json(entry), separators=(",", ":")).encode()
+        headers = {
+            HEADER: sign(secret, body),
+            "Nubis-Webhook": sub.name,
+            "Nubis-Delivery": f"{sub.name}:{entry.seq}",
+            "User-Agent": "nubis-webhooks",
+        }
+        return self.sink.post(sub.url, body, headers)
