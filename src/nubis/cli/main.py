@@ -236,6 +236,7 @@ def _add_subcommands() -> None:
     from nubis.cli.shares import app as shares_app
     from nubis.cli.storage import app as storage_app
     from nubis.cli.users import apikeys_app, users_app
+    from nubis.cli.webhooks import app as webhooks_app
 
     app.add_typer(dimse_app, name="dimse")
     app.add_typer(jobs_app, name="jobs")
@@ -250,6 +251,7 @@ def _add_subcommands() -> None:
     app.add_typer(corrections_app, name="studies")
     app.add_typer(backup_app, name="backup")
     app.add_typer(replication_app, name="replication")
+    app.add_typer(webhooks_app, name="webhooks")
     app.command("restore")(restore)
 
 

@@ -38,6 +38,7 @@ from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
 from nubis.web.ui import ui_routes
 from nubis.web.ui.common import SignInRequired, sign_in_redirect
 from nubis.web.ui.headers import SecurityHeadersMiddleware
+from nubis.web.webhook_routes import webhook_routes
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -153,6 +154,7 @@ def create_app(
             *changefeed_routes(),
             *correction_routes(),
             *quarantine_routes(),
+            *webhook_routes(),
             *ui_routes(),
         ],
         middleware=[
