@@ -315,6 +315,12 @@ class Archive:
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,
             schedule=self._schedule() if scheduled else None,
+            schedule_while={
+                WEBHOOKS: self.webhooks.any,
+                CHANGEFEED_EXPIRE: lambda: self.changefeed.expiry_due(
+                    settings.change_feed_retention_days
+                ),
+            },
         )
 
     def _schedule(self) -> dict[str, int]:

@@ -28,6 +28,8 @@ from nubis.archive import Archive
 from nubis.events.signing import HEADER, sign, verify
 from nubis.index.schema import change_feed
 from nubis.jobs.context import JobContext
+from nubis.jobs.runner import JobRunner
+from nubis.jobs.store import JobState
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -141,10 +143,12 @@ class World:
 
     def deliver(self) -> dict[str, Any]:
         """One run of the webhooks job, as a runner would make it."""
-        job_id = self.archive.jobs.enqueue("webhooks")
-        job = self.archive.jobs.get(job_id)
+        jobs = self.archive.jobs
+        job = jobs.claim("test", 60, ["webhooks"], job_id=jobs.enqueue("webhooks"))
         assert job is not None
-        return self.archive.webhook_delivery.run(JobContext(job, threading.Event()))
+        result = self.archive.webhook_delivery.run(JobContext(job, threading.Event()))
+        assert jobs.finish(job.id, "test", JobState.DONE)
+        return result
 
 
 @pytest.fixture(scope="module")
@@ -391,3 +395,32 @@ def test_reads_of_the_feed_are_audited(world: World) -> None:
         if asked in json.dumps(r.event.to_dict())
     ]
     assert len(found) == 1 and "ref" in json.dumps(found[0]), found
+
+
+def test_the_webhooks_job_runs_only_while_a_subscription_exists(world: World) -> None:
+    """No subscription, no webhooks runs: an archive that needs none has no job rows of it."""
+    runs: list[int] = []
+    wiring = world.archive.new_job_runner().schedule_while
+    assert not wiring["webhooks"]()  # the other tests removed theirs
+    wanted = threading.Event()
+    runner = JobRunner(
+        world.archive.jobs,
+        {"webhooks": lambda ctx: runs.append(ctx.job.id) or {}},
+        poll_seconds=1,
+        schedule={"webhooks": 1},
+        schedule_while={"webhooks": wanted.is_set},
+    )
+    runner.start()
+    try:
+        time.sleep(1.2)
+        assert runs == []
+        wanted.set()
+        deadline = time.monotonic() + 5
+        while not runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runs
+    finally:
+        runner.stop()
+    world.subscribe("wired", "http://127.0.0.1:9/")
+    assert wiring["webhooks"]()
+    world.client.delete("/webhooks/wired", headers=world.auth())

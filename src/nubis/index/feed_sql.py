@@ -47,6 +47,7 @@ __all__ = [
     "add",
     "expire",
     "expired_through",
+    "has_older_than",
     "latest",
     "page",
     "study_modalities",
@@ -207,6 +208,12 @@ def expired_through(conn: Connection) -> int:
         sa.select(change_feed_state.c.expired_through).where(change_feed_state.c.id == 1)
     ).scalar()
     return int(value or 0)
+
+
+def has_older_than(conn: Connection, before: int) -> bool:
+    """Whether an entry older than ``before`` (ms) is left: the expiry has work."""
+    found = conn.execute(sa.select(feed.c.seq).where(feed.c.created_at < before).limit(1))
+    return found.first() is not None
 
 
 def expire(conn: Connection, before: int) -> int:

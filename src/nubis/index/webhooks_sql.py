@@ -25,6 +25,7 @@ __all__ = [
     "Subscription",
     "add",
     "advance",
+    "any_subscription",
     "by_name",
     "dead_letter",
     "dead_letters",
@@ -142,6 +143,10 @@ def listed(conn: Connection, tenant: str | None = None) -> list[Subscription]:
         stmt = stmt.where(subs.c.tenant == tenant)
     rows: Sequence[Any] = conn.execute(stmt).all()
     return [Subscription(*row) for row in rows]
+
+
+def any_subscription(conn: Connection) -> bool:
+    return conn.execute(sa.select(subs.c.id).limit(1)).first() is not None
 
 
 def by_name(conn: Connection, name: str) -> Subscription | None:

@@ -34,9 +34,10 @@
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.
 - ``webhooks``: deliver the change feed to the webhook subscriptions (nubis.events.delivery);
-  no parameters. Queued every webhook_every_seconds while change_feed is on.
+  no parameters. Queued every webhook_every_seconds while change_feed is on and a
+  subscription exists.
 - ``changefeed-expire``: remove change-feed entries older than change_feed_retention_days
-  (nubis.services.changefeed); daily while change_feed is on, unless jobs_schedule names it.
+  (nubis.services.changefeed); daily (or as jobs_schedule says) while an entry is that old.
 """
 
 from __future__ import annotations

@@ -71,8 +71,13 @@ class ChangeFeedService:
     def expire(self, retention_days: int) -> int:
         """Remove entries past the retention period (the ``changefeed-expire`` job); how many.
         Maintenance of the feed itself, as the reaper is of blobs: nothing is read."""
-        before = int(time.time() * 1000) - retention_days * 86400_000
+        before = _retention_start(retention_days)
         return self.index.write(lambda conn: feed_sql.expire(conn, before))
+
+    def expiry_due(self, retention_days: int) -> bool:
+        """Whether an entry is past the retention period (the expiry job is queued only then)."""
+        with self.index.reading() as conn:
+            return feed_sql.has_older_than(conn, _retention_start(retention_days))
 
     def _scope(self, who: Principal, text: str) -> Scope:
         decision = self.guard.authorize(who, Action.READ, "read the change feed")
@@ -83,6 +88,10 @@ class ChangeFeedService:
             )
         )
         return decision.scope
+
+
+def _retention_start(retention_days: int) -> int:
+    return int(time.time() * 1000) - retention_days * 86400_000
 
 
 def entry_json(entry: Entry) -> dict[str, Any]:

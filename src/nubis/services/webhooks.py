@@ -163,6 +163,12 @@ class WebhookService:
 
         return self.index.write(job), secret
 
+    def any(self) -> bool:
+        """Whether any subscription exists (the webhooks job is queued only then); no caller:
+        the job runner asks, and learns nothing of a subscription."""
+        with self.index.reading() as conn:
+            return sql.any_subscription(conn)
+
     def listed(self, who: Principal) -> list[Subscription]:
         tenant = self._authorize(who, "list webhooks", None)
         with self.index.reading() as conn:
