@@ -343,6 +343,7 @@ class Archive:
             self.webhooks.secrets,
             HttpSink(settings.webhook_timeout_seconds),
             jobs=self.jobs,
+            batch=settings.webhook_batch,
             max_attempts=settings.webhook_max_attempts,
             retry_max_seconds=settings.webhook_retry_max_seconds,
         )

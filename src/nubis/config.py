@@ -225,11 +225,12 @@ def _validate_storage(settings: Settings) -> None:
         settings.webhook_every_seconds < 1
         or settings.webhook_retry_max_seconds < 1
         or settings.webhook_max_attempts < 1
+        or not 1 <= settings.webhook_batch <= 500
         or settings.webhook_timeout_seconds < 1
     ):
         raise SettingsError(
             "webhook_every_seconds, webhook_timeout_seconds, webhook_retry_max_seconds and "
-            "webhook_max_attempts must be >= 1"
+            "webhook_max_attempts must be >= 1, webhook_batch 1 to 500"
         )
 
 

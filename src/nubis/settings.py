@@ -522,6 +522,11 @@ class Settings:
     webhook_timeout_seconds: int = _setting(
         10, "A webhook receiver must answer within this many seconds, or the attempt failed."
     )
+    webhook_batch: int = _setting(
+        100,
+        "At most this many change-feed entries per webhook request (its body is a JSON array "
+        "of them, in feed order): a receiver that fell behind catches up in few requests.",
+    )
     webhook_max_attempts: int = _setting(
         8,
         "Attempts at delivering one entry before it goes to the subscription's dead letters "

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 KIND = "webhooks"
 _LEASE_SECONDS = 60.0
-_BATCH = 100
+# Entries read per page of the feed, and sent at most per request (webhook_batch).
+_PAGE = 500
 _KEEP_RUNS_MS = 3600_000
 
 
@@ -64,6 +65,7 @@ class WebhookDelivery:
         sink: WebhookSink,
         *,
         jobs: JobStore | None = None,
+        batch: int = 100,
         max_attempts: int = 8,
         retry_max_seconds: float = 300,
         retry_base_seconds: float = 1.0,
@@ -74,6 +76,7 @@ class WebhookDelivery:
         self.secrets = secrets
         self.sink = sink
         self.jobs = jobs
+        self.batch = batch
         self.max_attempts = max_attempts
         self.retry_max_seconds = retry_max_seconds
         self.retry_base_seconds = retry_base_seconds
@@ -115,46 +118,49 @@ class WebhookDelivery:
                 if not sql.entries_after(conn, sub.tenant, cursor):
                     return
             try:
-                entries = self.feed.page(who, cursor, _BATCH)
+                entries = self.feed.page(who, cursor, _PAGE)
             except NubisError as exc:
-                # Refused (a role that may not read), or the cursor expired: the admin sees why.
+                # Refused (a role that may not read), or the cursor expired: the admin sees
+                # why in `nubis webhooks list`.
                 self._write(sql.failed, sub.id, f"reading the change feed: {exc.reason}", 0)
                 counts["refused"] += 1
                 return
-            for entry in entries:
+            wanted = [e for e in entries if self._wanted(sub, who, e)]
+            counts["skipped"] += len(entries) - len(wanted)
+            for batch in _batches(wanted, self.batch):
                 ctx.check()
-                if not self._wanted(sub, who, entry):
-                    cursor, attempts = entry.seq, 0
-                    counts["skipped"] += 1
-                    continue
-                reason = self._send(sub, secret, entry)
+                reason = self._send(sub, secret, batch)
                 if reason is None:
-                    self._write(sql.advance, sub.id, entry.seq, True)
-                    cursor, attempts = entry.seq, 0
-                    counts["delivered"] += 1
+                    counts["delivered"] += len(batch)
+                    self._write(sql.advance, sub.id, batch[-1].seq, len(batch))
+                    cursor, attempts = batch[-1].seq, 0
                     continue
                 attempts += 1
                 counts["failed_attempts"] += 1
-                if attempts >= self.max_attempts:
-                    log.warning(
-                        "webhook %s: entry %d given up after %d attempts: %s",
-                        sub.name,
-                        entry.seq,
-                        attempts,
-                        reason,
-                    )
-                    self._write(sql.dead_letter, sub.id, entry.seq, attempts, reason, _now_ms())
-                    cursor, attempts = entry.seq, 0
-                    counts["dead_letters"] += 1
-                    continue
-                # Entries skipped before this one are done with; this one waits its turn.
-                self._write(sql.advance, sub.id, cursor, False)
-                self._write(
-                    sql.failed, sub.id, reason, _now_ms() + int(1000 * self._backoff(attempts))
+                # Entries skipped before this batch are done with; the batch waits its turn.
+                skipped_to = max([cursor, *(e.seq for e in entries if e.seq < batch[0].seq)])
+                self._write(sql.advance, sub.id, skipped_to, 0)
+                if attempts < self.max_attempts:
+                    retry_at = _now_ms() + int(1000 * self._backoff(attempts))
+                    self._write(sql.failed, sub.id, reason, retry_at)
+                    return
+                log.warning(
+                    "webhook %s: entries %d-%d given up after %d attempts: %s",
+                    sub.name,
+                    batch[0].seq,
+                    batch[-1].seq,
+                    attempts,
+                    reason,
                 )
-                return
-            self._write(sql.advance, sub.id, cursor, False)
-            if len(entries) < _BATCH:
+                seqs = [e.seq for e in batch]
+                self._write(sql.dead_letter, sub.id, seqs, attempts, reason, _now_ms())
+                cursor, attempts = batch[-1].seq, 0
+                counts["dead_letters"] += len(batch)
+            if entries:
+                # Past the page's last entry, skipped ones included.
+                self._write(sql.advance, sub.id, entries[-1].seq, 0)
+                cursor = max(cursor, entries[-1].seq)
+            if len(entries) < _PAGE:
                 return
 
     def _write(self, change: Callable[..., object], *args: Any) -> None:
@@ -165,21 +171,26 @@ class WebhookDelivery:
 
     def _replay(self, sub: Subscription, who: Principal, secret: str, counts: Counter[str]) -> None:
         with self.index.reading() as conn:
-            due = sql.due_replays(conn, sub.id, _BATCH)
+            due = sql.due_replays(conn, sub.id, self.batch)
+        found: list[Entry] = []
         for seq in due:
-            found = self.feed.page(who, seq - 1, 1) if seq > 0 else []
-            if not found or found[0].seq != seq:
+            page = self.feed.page(who, seq - 1, 1) if seq > 0 else []
+            if page and page[0].seq == seq:
+                found.append(page[0])
+            else:
                 # Expired, or out of the subscription's scope now: nothing left to send.
                 gone = "the entry is no longer in the feed (expired, or out of scope now)"
-                self._write(sql.replay_failed, sub.id, seq, gone, _now_ms())
-                continue
-            reason = self._send(sub, secret, found[0])
-            if reason is None:
-                self._write(sql.forget_dead_letter, sub.id, seq)
-                counts["replayed"] += 1
-            else:
-                self._write(sql.replay_failed, sub.id, seq, reason, _now_ms())
-                counts["replay_failed"] += 1
+                self._write(sql.replay_failed, sub.id, [seq], gone, _now_ms())
+        if not found:
+            return
+        seqs = [e.seq for e in found]
+        reason = self._send(sub, secret, found)
+        if reason is None:
+            self._write(sql.forget_dead_letters, sub.id, seqs)
+            counts["replayed"] += len(found)
+        else:
+            self._write(sql.replay_failed, sub.id, seqs, reason, _now_ms())
+            counts["replay_failed"] += len(found)
 
     def _wanted(self, sub: Subscription, who: Principal, entry: Entry) -> bool:
         actions = [a for a in sub.actions.split(",") if a]
@@ -203,12 +214,16 @@ class WebhookDelivery:
                 return False
         return True
 
-    def _send(self, sub: Subscription, secret: str, entry: Entry) -> str | None:
-        body = json.dumps(entry_json(entry), separators=(",", ":")).encode()
+    def _send(self, sub: Subscription, secret: str, batch: list[Entry]) -> str | None:
+        body = json.dumps([entry_json(e) for e in batch], separators=(",", ":")).encode()
         headers = {
             HEADER: sign(secret, body),
             "Nubis-Webhook": sub.name,
-            "Nubis-Delivery": f"{sub.name}:{entry.seq}",
+            "Nubis-Delivery": f"{sub.name}:{batch[0].seq}-{batch[-1].seq}",
             "User-Agent": "nubis-webhooks",
         }
         return self.sink.post(sub.url, body, headers)
+
+
+def _batches(entries: list[Entry], size: int) -> list[list[Entry]]:
+    return [entries[i : i + size] for i in range(0, len(entries), size)]

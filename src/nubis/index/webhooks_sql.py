@@ -32,7 +32,7 @@ __all__ = [
     "due_replays",
     "entries_after",
     "failed",
-    "forget_dead_letter",
+    "forget_dead_letters",
     "listed",
     "release_lease",
     "remove",
@@ -195,19 +195,18 @@ def entries_after(conn: Connection, partition: str, seq: int) -> bool:
     return found is not None
 
 
-def advance(conn: Connection, sub_id: int, seq: int, delivered: bool) -> None:
-    """Entries up to ``seq`` are done with (delivered, or skipped by the filters)."""
-    conn.execute(
-        sa.update(subs)
-        .where(subs.c.id == sub_id, subs.c.cursor < seq)
-        .values(
-            cursor=seq,
-            attempts=0,
-            next_attempt_at=0,
-            last_error=None if delivered else subs.c.last_error,
-            delivered=subs.c.delivered + (1 if delivered else 0),
-        )
-    )
+def advance(conn: Connection, sub_id: int, seq: int, delivered: int) -> None:
+    """Entries up to ``seq`` are done with: ``delivered`` of them taken by the receiver, the
+    rest skipped by the filters."""
+    values: dict[str, Any] = {
+        "cursor": seq,
+        "attempts": 0,
+        "next_attempt_at": 0,
+        "delivered": subs.c.delivered + delivered,
+    }
+    if delivered:
+        values["last_error"] = None
+    conn.execute(sa.update(subs).where(subs.c.id == sub_id, subs.c.cursor < seq).values(values))
 
 
 def failed(conn: Connection, sub_id: int, reason: str, retry_at: int) -> None:
@@ -220,23 +219,27 @@ def failed(conn: Connection, sub_id: int, reason: str, retry_at: int) -> None:
 
 
 def dead_letter(
-    conn: Connection, sub_id: int, seq: int, attempts: int, reason: str, now: int
+    conn: Connection, sub_id: int, seqs: list[int], attempts: int, reason: str, now: int
 ) -> None:
-    """Give up on entry ``seq`` (kept as a dead letter) and move past it."""
+    """Give up on the entries ``seqs`` (kept as dead letters) and move past them."""
     conn.execute(
-        sa.insert(dead).values(
-            subscription_id=sub_id,
-            seq=seq,
-            attempts=attempts,
-            last_error=reason,
-            failed_at=now,
-            replay=0,
-        )
+        sa.insert(dead),
+        [
+            {
+                "subscription_id": sub_id,
+                "seq": seq,
+                "attempts": attempts,
+                "last_error": reason,
+                "failed_at": now,
+                "replay": 0,
+            }
+            for seq in seqs
+        ],
     )
     conn.execute(
         sa.update(subs)
         .where(subs.c.id == sub_id)
-        .values(cursor=seq, attempts=0, next_attempt_at=0, last_error=reason)
+        .values(cursor=max(seqs), attempts=0, next_attempt_at=0, last_error=reason)
     )
 
 
@@ -274,13 +277,13 @@ def due_replays(conn: Connection, sub_id: int, limit: int) -> list[int]:
     )
 
 
-def forget_dead_letter(conn: Connection, sub_id: int, seq: int) -> None:
-    conn.execute(sa.delete(dead).where(dead.c.subscription_id == sub_id, dead.c.seq == seq))
+def forget_dead_letters(conn: Connection, sub_id: int, seqs: list[int]) -> None:
+    conn.execute(sa.delete(dead).where(dead.c.subscription_id == sub_id, dead.c.seq.in_(seqs)))
 
 
-def replay_failed(conn: Connection, sub_id: int, seq: int, reason: str, now: int) -> None:
+def replay_failed(conn: Connection, sub_id: int, seqs: list[int], reason: str, now: int) -> None:
     conn.execute(
         sa.update(dead)
-        .where(dead.c.subscription_id == sub_id, dead.c.seq == seq)
+        .where(dead.c.subscription_id == sub_id, dead.c.seq.in_(seqs))
         .values(replay=0, attempts=dead.c.attempts + 1, last_error=reason, failed_at=now)
     )
