@@ -40,14 +40,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # The receiver runs in a process of its own, as a real one would: its CPU is not nubis's.
 RECEIVER = r"""
+import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 taken = 0
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
         global taken
-        self.rfile.read(int(self.headers["Content-Length"]))
-        taken += 1 if self.headers.get("Nubis-Signature", "").startswith("t=") else 0
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Nubis-Signature", "").startswith("t="):
+            taken += len(json.loads(body))
         self.send_response(204)
         self.send_header("Content-Length", "0")
         self.end_headers()

@@ -3,11 +3,12 @@
 A run goes through the subscriptions, each under its lease (one run per subscription across
 every node). It reads the feed as the subscription's principal through ChangeFeedService, so
 scope (tenant, grants, quarantine) and audit are the feed's own, applies the filters, and POSTs
-each wanted entry, signed (nubis.events.signing). The cursor moves past an entry once the
-receiver took it (2xx): at least once, in feed order. A failed attempt is retried after 1, 2,
-4... seconds up to ``retry_max_seconds``; after ``max_attempts`` the entry becomes a dead letter
-and the next one is sent, so one bad entry does not hold a subscription for good. Dead letters
-marked for replay are tried once more at the start of the next run.
+the wanted entries in feed order, up to ``batch`` per request (a JSON array), signed
+(nubis.events.signing). The cursor moves past a batch once the receiver took it (2xx): at
+least once, in feed order. A failed attempt is retried after 1, 2, 4... seconds up to
+``retry_max_seconds``; after ``max_attempts`` the batch's entries become dead letters and the
+next batch is sent, so one bad entry does not hold a subscription for good. Dead letters
+marked for replay are sent once more, together, at the start of the next run.
 
 Nothing here runs on a request's path: a slow receiver delays its own subscription's run, by
 the sink's timeout at most per attempt, and never a store.
