@@ -1,12 +1,14 @@
 """What the change feed and a webhook cost ingest: StoreService with them on and off, one run.
 
 Usage:  .venv/bin/python bench/changefeed_cost.py [--rounds 5] [--instances 300] [--clients 4]
+                                                    [--every 1.0]
 
 Each round stores the same CT instances (512x512 16-bit, about 0.5 MB each, from
 nubis.tools.synth) into a fresh archive three times, in rotating order: "off" with
 ``change_feed=false``, "feed" with the change feed alone, and "webhook" with the feed and one
 webhook subscription whose receiver (a local HTTP server in another process) is delivered to
-by the ``webhooks`` job's handler running in a thread of the same process throughout, as a
+by the ``webhooks`` job's handler running in a thread of the same process every ``--every``
+seconds throughout (more often than a server's default of 5 s, so it costs more), as a
 server's job runner does. ``clients`` threads call StoreService.store as STOW-RS and C-STORE
 do, with the archive's defaults otherwise (fsync, encryption at rest, audit trail). Ingest
 wall time and process CPU are timed; after each "webhook" round the receiver must have every
@@ -91,7 +93,9 @@ class Receiver:
         self.proc.wait(10)
 
 
-def one_round(mode: str, files: list[Path], clients: int, receiver: Receiver) -> dict[str, Any]:
+def one_round(
+    mode: str, files: list[Path], clients: int, receiver: Receiver, every: float
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="nubis-feed-bench-") as tmp:
         settings = load_settings(
             environ={},
@@ -122,7 +126,7 @@ def one_round(mode: str, files: list[Path], clients: int, receiver: Receiver) ->
                     archive.webhook_delivery.run(JobContext(job, threading.Event()))
                     if finished:
                         return
-                    time.sleep(0.2)
+                    time.sleep(every)
 
             deliverer = threading.Thread(target=deliver)
             deliverer.start()
@@ -157,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--instances", type=int, default=300)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--every",
+        type=float,
+        default=1.0,
+        help="seconds between delivery runs (a server's: webhook_every_seconds, 5 by default)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nubis-feed-corpus-") as corpus:
         files = synth.make_ct_series(Path(corpus), n_instances=args.instances, seed=15)
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.rounds):
                 # The order rotates, so drift in the machine's load favours no mode.
                 for mode in modes[i % 3 :] + modes[: i % 3]:
-                    figures = one_round(mode, files, args.clients, receiver)
+                    figures = one_round(mode, files, args.clients, receiver, args.every)
                     rounds[mode].append(figures)
                     print(
                         f"round {i + 1} {mode:>7}: {figures['instances_per_s']:.0f} inst/s, "

@@ -430,3 +430,21 @@ def test_the_webhooks_job_runs_only_while_a_subscription_exists(world: World) ->
     world.subscribe("wired", "http://127.0.0.1:9/")
     assert wiring["webhooks"]()
     world.client.delete("/webhooks/wired", headers=world.auth())
+
+
+def test_a_qido_match_picks_the_studies(world: World) -> None:
+    """A subscription's match is a QIDO-RS study query (PS3.18 10.6.1.2), run as the
+    subscription against the study as it stands: only matching studies are sent."""
+    receiver = Receiver()
+    receiver.secret = world.subscribe("chest", receiver.url, match="StudyDescription=*CHEST*")
+    try:
+        chest, head = world.make(), world.make()
+        chest.StudyDescription, head.StudyDescription = "CT CHEST", "CT HEAD"
+        world.store(chest)
+        world.store(head)
+        _until(world, lambda: len(receiver.taken) == 1)
+        world.deliver()
+        assert [b["StudyInstanceUid"] for b in receiver.taken] == [str(chest.StudyInstanceUID)]
+    finally:
+        receiver.down()
+        world.client.delete("/webhooks/chest", headers=world.auth())

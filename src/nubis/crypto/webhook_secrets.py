@@ -35,8 +35,14 @@ def new_secret() -> str:
 class SecretBox:
     def __init__(self, key_path: Path) -> None:
         self.key_path = key_path
+        self._cached: bytes | None = None
 
     def _key(self) -> bytes:
+        if self._cached is None:
+            self._cached = self._read_or_create()
+        return self._cached
+
+    def _read_or_create(self) -> bytes:
         try:
             fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:

@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import Connection
+
 from nubis.crypto.webhook_secrets import SecretBox
 from nubis.errors import NubisError
 from nubis.events.signing import HEADER, sign
@@ -81,6 +83,7 @@ class WebhookDelivery:
         self.max_attempts = max_attempts
         self.retry_max_seconds = retry_max_seconds
         self.retry_base_seconds = retry_base_seconds
+        self._next_prune = 0.0
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         """The job's handler: one pass over every subscription."""
@@ -88,33 +91,50 @@ class WebhookDelivery:
         counts: Counter[str] = Counter()
         with self.index.reading() as conn:
             subscriptions = sql.listed(conn)
-        for sub in subscriptions:
+            due = {sub.id for sub in subscriptions if _due(conn, sub)}
+        for listed in subscriptions:
             ctx.check()
-            if not self.index.write(
-                lambda conn, s=sub: sql.take_lease(  # type: ignore[misc]
-                    conn, s.id, owner, _now_ms(), _LEASE_SECONDS
-                )
-            ):
+            if listed.id not in due:
+                continue  # nothing new, or backing off: no write at all
+            if not self._lease(listed.id, owner):
                 counts["busy"] += 1
                 continue
             try:
-                self._drain(sub, ctx, counts)
+                # Read again under the lease: another run may have moved it on since.
+                with self.index.reading() as conn:
+                    sub = sql.by_name(conn, listed.name)
+                if sub is not None:
+                    self._drain(sub, owner, ctx, counts)
             finally:
-                self._write(sql.release_lease, sub.id, owner)
-        if self.jobs is not None:
+                self._write(sql.release_lease, listed.id, owner)
+        if self.jobs is not None and time.monotonic() >= self._next_prune:
             # A run every few seconds: keep the last hour's for `nubis jobs list`, not all.
+            self._next_prune = time.monotonic() + 600
             self.jobs.prune(_now_ms() - _KEEP_RUNS_MS, kind=KIND)
         return dict(sorted(counts.items()))
 
     # ------------------------------------------------------------------ one subscription
-    def _drain(self, sub: Subscription, ctx: JobContext, counts: Counter[str]) -> None:
+    def _lease(self, sub_id: int, owner: str) -> bool:
+        """Take or renew the subscription's lease (renewed each page of a long catch-up)."""
+        return bool(
+            self.index.write(
+                lambda conn: sql.take_lease(conn, sub_id, owner, _now_ms(), _LEASE_SECONDS)
+            )
+        )
+
+    def _drain(self, sub: Subscription, owner: str, ctx: JobContext, counts: Counter[str]) -> None:
         who = subscriber(sub)
         secret = self.secrets.open(sub.name, sub.secret)
         self._replay(sub, who, secret, counts)
         if sub.next_attempt_at > _now_ms():
             return  # backing off after a failed attempt
         cursor, attempts = sub.cursor, sub.attempts
+        first = True
         while True:
+            if not first and not self._lease(sub.id, owner):
+                counts["lease_lost"] += 1
+                return
+            first = False
             with self.index.reading() as conn:
                 if not sql.entries_after(conn, sub.tenant, cursor):
                     return
@@ -224,6 +244,14 @@ class WebhookDelivery:
             "User-Agent": "nubis-webhooks",
         }
         return self.sink.post(sub.url, body, headers)
+
+
+def _due(conn: Connection, sub: Subscription) -> bool:
+    """Whether a run has anything to do for ``sub``: dead letters to replay, or entries after
+    its cursor once its backoff is over (reads only: an idle run writes nothing)."""
+    if sql.due_replays(conn, sub.id, 1):
+        return True
+    return sub.next_attempt_at <= _now_ms() and sql.entries_after(conn, sub.tenant, sub.cursor)
 
 
 def _batches(entries: list[Entry], size: int) -> list[list[Entry]]:
