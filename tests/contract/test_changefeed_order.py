@@ -12,6 +12,8 @@ a gap that hides nothing: the others go on and the reader still sees every commi
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,16 +51,17 @@ def nodes(index_url: str) -> Iterator[list[Index]]:
         node.close()
 
 
+def _slow_commit(node: Index, change: feed_sql.Change, conn: Connection) -> None:
+    node.note_changes(conn, change)
+    time.sleep(0.003)  # a slow commit: the entry's seq is drawn, not yet visible
+
+
 def _writer(node: Index, writer: int) -> Callable[[], None]:
     def run() -> None:
         for i in range(PER_WRITER):
             change = feed_sql.Change(feed_sql.CREATE, feed_sql.CURRENT, "p", f"1.2.{writer}.{i}")
 
-            def job(conn: Connection) -> None:
-                node.note_changes(conn, change)
-                time.sleep(0.003)  # a slow commit: the entry's seq is drawn, not yet visible
-
-            node.write(job)
+            node.write(functools.partial(_slow_commit, node, change))
 
     return run
 
@@ -79,10 +82,8 @@ def _killed_mid_commit(index_url: str) -> Callable[[], None]:
             time.sleep(0.05)
 
     def guarded() -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):  # the victim's connection is gone: the point
             run()
-        except psycopg.Error:
-            pass  # the victim's connection is gone, which is the point
 
     return guarded
 
