@@ -29,7 +29,7 @@ from nubis.events.signing import HEADER, sign, verify
 from nubis.index.schema import change_feed
 from nubis.jobs.context import JobContext
 from nubis.jobs.runner import JobRunner
-from nubis.jobs.store import JobState
+from nubis.jobs.store import Job, JobState
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -381,11 +381,21 @@ def test_expired_entries_are_gone_with_a_reason(world: World) -> None:
             update(change_feed).where(change_feed.c.seq < newest).values(created_at=1000)
         )
     )
-    assert world.archive.changefeed.expire(world.archive.settings.change_feed_retention_days) > 0
+    runner = world.archive.new_job_runner(scheduled=False)
+    assert runner.schedule_while["changefeed-expire"]()  # the expiry job would be queued
+    result = runner.handlers["changefeed-expire"](JobContext(_job(world), threading.Event()))
+    assert result is not None and result["entries_removed"] > 0
+    assert not runner.schedule_while["changefeed-expire"]()
     answer = world.client.get("/changefeed", params={"since": 0}, headers=world.auth())
     assert answer.status_code == 410 and f"since={newest - 1}" in answer.text, answer.text
     rest = world.feed(since=newest - 1)
     assert [e["Sequence"] for e in rest] == [newest]
+
+
+def _job(world: World) -> Job:
+    job = world.archive.jobs.get(world.archive.jobs.enqueue("changefeed-expire"))
+    assert job is not None
+    return job
 
 
 def test_reads_of_the_feed_are_audited(world: World) -> None:
