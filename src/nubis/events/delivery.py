@@ -129,12 +129,7 @@ class WebhookDelivery:
         if sub.next_attempt_at > _now_ms():
             return  # backing off after a failed attempt
         cursor, attempts = sub.cursor, sub.attempts
-        first = True
         while True:
-            if not first and not self._lease(sub.id, owner):
-                counts["lease_lost"] += 1
-                return
-            first = False
             with self.index.reading() as conn:
                 if not sql.entries_after(conn, sub.tenant, cursor):
                     return
@@ -177,11 +172,14 @@ class WebhookDelivery:
                 self._write(sql.dead_letter, sub.id, seqs, attempts, reason, _now_ms())
                 cursor, attempts = batch[-1].seq, 0
                 counts["dead_letters"] += len(batch)
-            if entries:
-                # Past the page's last entry, skipped ones included.
+            if entries and entries[-1].seq > cursor:
+                # Past the page's last entries, which the filters skipped.
                 self._write(sql.advance, sub.id, entries[-1].seq, 0)
-                cursor = max(cursor, entries[-1].seq)
+                cursor = entries[-1].seq
             if len(entries) < _PAGE:
+                return
+            if not self._lease(sub.id, owner):  # renewed for the next page of a catch-up
+                counts["lease_lost"] += 1
                 return
 
     def _write(self, change: Callable[..., object], *args: Any) -> None:
