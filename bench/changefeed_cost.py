@@ -131,7 +131,7 @@ def one_round(
                     delivery_cpu[0] = time.thread_time() - started
                     if finished:
                         return
-                    time.sleep(every)
+                    stop.wait(every)
 
             deliverer = threading.Thread(target=deliver)
             deliverer.start()
