@@ -15,14 +15,24 @@ from nubis.blobs.folder_tiers import with_folder_tiers
 from nubis.blobs.registry import open_blob_store
 from nubis.config import Settings
 from nubis.crypto.registry import keyring_exists, open_key_provider
+from nubis.crypto.webhook_secrets import SecretBox
 from nubis.dimse.peers import PeerTable
 from nubis.errors import StorageUnavailable
+from nubis.events.delivery import WebhookDelivery
+from nubis.events.sink import HttpSink
 from nubis.index.database import Index
 from nubis.jobs.context import JobContext
 from nubis.jobs.heal import Healer
 from nubis.jobs.kinds import handlers
 from nubis.jobs.runner import JobRunner
-from nubis.jobs.schedule import ANALYZE_SCAN, REPLICATE, SNAPSHOT, parse_schedule
+from nubis.jobs.schedule import (
+    ANALYZE_SCAN,
+    CHANGEFEED_EXPIRE,
+    REPLICATE,
+    SNAPSHOT,
+    WEBHOOKS,
+    parse_schedule,
+)
 from nubis.jobs.store import JobStore
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
@@ -39,6 +49,7 @@ from nubis.security.users import UserStore
 from nubis.services.accounts import Accounts
 from nubis.services.aggregates import AggregateService
 from nubis.services.audit_log import AuditLog
+from nubis.services.changefeed import ChangeFeedService
 from nubis.services.corrections import CorrectionService
 from nubis.services.disk_floor import DiskFloor, parse_floor
 from nubis.services.export import ExportService
@@ -58,6 +69,7 @@ from nubis.services.shredding import ShredService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
 from nubis.services.study_rekey import StudyRekey
+from nubis.services.webhooks import WebhookService
 from nubis.services.worklist import WorklistService
 from nubis.tiers.compression import TierCompressor
 from nubis.tiers.history import snapshots
@@ -127,6 +139,8 @@ class Archive:
             # Every change of the tenant is queued for the replica in its own commit.
             self.index.replicated_partition = settings.replicate_tenant
             self.index.replicate_delete_delay_ms = settings.replicate_delete_delay_days * 86400_000
+        # Every change goes into the change feed in its own commit (nubis.index.feed_sql).
+        self.index.change_feed = settings.change_feed
         self.tiers = parse_tiers(settings.tiers)
         self.keys, self.blobs = _blob_store(settings, self.tiers, self.index)
         # Ingest stops while a disk it writes to is below min_free_disk.
@@ -194,6 +208,8 @@ class Archive:
             on_read=self.reads.touch,
         )
         self.query = QueryService(self.index, self.guard)
+        self.changefeed = ChangeFeedService(self.index, self.guard)
+        self.webhooks = WebhookService(self.index, self.guard, SecretBox(settings.webhook_key_path))
         # Corrections of patient and study attributes, kept as an overlay (docs/corrections.md).
         # With encryption at rest, a correction that changes a study's patient queues the
         # re-key of its objects (nubis.services.study_rekey).
@@ -350,10 +366,18 @@ class Archive:
                 healer=self.healer,
                 replicate=self.replicator.run if settings.replicate_to else None,
                 analyze=(self.run_analyze_scan, self.run_analyze),
+                webhooks=self.webhook_delivery.run if settings.change_feed else None,
+                changefeed_expire=self._expire_changefeed if settings.change_feed else None,
             ),
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,
             schedule=self._schedule() if scheduled else None,
+            schedule_while={
+                WEBHOOKS: self.webhooks.any,
+                CHANGEFEED_EXPIRE: lambda: self.changefeed.expiry_due(
+                    settings.change_feed_retention_days
+                ),
+            },
         )
 
     def _schedule(self) -> dict[str, int]:
@@ -362,6 +386,9 @@ class Archive:
             schedule[REPLICATE] = self.settings.replicate_every_seconds
         if self.settings.analyzers.strip():
             schedule[ANALYZE_SCAN] = self.settings.analyzer_scan_seconds
+        if self.settings.change_feed:
+            schedule[WEBHOOKS] = self.settings.webhook_every_seconds
+            schedule.setdefault(CHANGEFEED_EXPIRE, 86400)
         return schedule
 
     @cached_property
@@ -394,6 +421,26 @@ class Archive:
     def run_analyze(self, ctx: JobContext) -> dict[str, Any]:
         """The ``analyze`` job handler."""
         return self.analyzer_jobs.analyze(ctx)
+
+    @cached_property
+    def webhook_delivery(self) -> WebhookDelivery:
+        """The ``webhooks`` job's handler (nubis.events.delivery)."""
+        settings = self.settings
+        return WebhookDelivery(
+            self.index,
+            self.changefeed,
+            self.query,
+            self.webhooks.secrets,
+            HttpSink(settings.webhook_timeout_seconds),
+            jobs=self.jobs,
+            batch=settings.webhook_batch,
+            max_attempts=settings.webhook_max_attempts,
+            retry_max_seconds=settings.webhook_retry_max_seconds,
+        )
+
+    def _expire_changefeed(self, ctx: JobContext) -> dict[str, Any]:
+        removed = self.changefeed.expire(self.settings.change_feed_retention_days)
+        return {"entries_removed": removed}
 
     @cached_property
     def replicator(self) -> Replicator:

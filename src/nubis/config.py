@@ -233,6 +233,19 @@ def _validate_storage(settings: Settings) -> None:
         raise SettingsError("analyzer_stable_seconds and analyzer_lookback_hours must be >= 0")
     if settings.analyzer_scan_seconds < 1:
         raise SettingsError("analyzer_scan_seconds must be >= 1")
+    if settings.change_feed_retention_days < 1:
+        raise SettingsError("change_feed_retention_days must be >= 1")
+    if (
+        settings.webhook_every_seconds < 1
+        or settings.webhook_retry_max_seconds < 1
+        or settings.webhook_max_attempts < 1
+        or not 1 <= settings.webhook_batch <= 500
+        or settings.webhook_timeout_seconds < 1
+    ):
+        raise SettingsError(
+            "webhook_every_seconds, webhook_timeout_seconds, webhook_retry_max_seconds and "
+            "webhook_max_attempts must be >= 1, webhook_batch 1 to 500"
+        )
 
 
 def _check_compression(text: str, tiers: Any) -> None:

@@ -221,3 +221,11 @@ class Conflict(NubisError):
 
     http_status = 409
     dimse_status = 0xC000
+
+
+class Gone(NubisError):
+    """What was asked for existed and was removed for good (RFC 9110 15.5.11), e.g. change
+    feed entries past their retention period."""
+
+    http_status = 410
+    dimse_status = 0xC000

@@ -547,6 +547,42 @@ class Settings:
         "request (nubis jobs run analyze --param analyzer=NAME --param study=UID). 0: the "
         "whole archive, newest first.",
     )
+    change_feed: bool = _setting(
+        True,
+        "Keep the change feed (GET /changefeed, docs/events.md): every create, update, delete "
+        "and shredding in its own commit, in commit order. Off: no entries, and no webhooks.",
+    )
+    change_feed_retention_days: int = _setting(
+        30,
+        "Entries of the change feed older than this many days are removed by the daily "
+        "changefeed-expire job; a cursor older than that is answered 410.",
+    )
+    webhook_every_seconds: int = _setting(
+        5,
+        "How often a webhooks job is queued when none is running; each one delivers what is "
+        "due to every subscription.",
+    )
+    webhook_timeout_seconds: int = _setting(
+        10, "A webhook receiver must answer within this many seconds, or the attempt failed."
+    )
+    webhook_batch: int = _setting(
+        100,
+        "At most this many change-feed entries per webhook request (its body is a JSON array "
+        "of them, in feed order): a receiver that fell behind catches up in few requests.",
+    )
+    webhook_max_attempts: int = _setting(
+        8,
+        "Attempts at delivering one entry before it goes to the subscription's dead letters "
+        "(nubis webhooks deliveries / replay) and the next entry is delivered.",
+    )
+    webhook_retry_max_seconds: int = _setting(
+        300, "Longest wait before a failed delivery is tried again (doubling from 1 s up to this)."
+    )
+    webhook_key: str = _setting(
+        "",
+        "AES-256 key file encrypting webhook secrets in the index (created 0600 when missing; "
+        "every node needs the same one). Empty: webhook-secrets.key in data_dir.",
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -568,6 +604,10 @@ class Settings:
     @property
     def audit_key_path(self) -> Path:
         return Path(self.audit_key) if self.audit_key else self.data_dir / "audit-signing.key"
+
+    @property
+    def webhook_key_path(self) -> Path:
+        return Path(self.webhook_key) if self.webhook_key else self.data_dir / "webhook-secrets.key"
 
     @property
     def audit_source(self) -> str:

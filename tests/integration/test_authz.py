@@ -98,8 +98,16 @@ for _path, _method in (
     ("/quarantine/{study}/release", "POST"),
     # A crypto-shred (docs/security.md), also how a primary's replication shreds at its replica.
     ("/keys/shred-patient", "POST"),
+    ("/webhooks", "GET"),
+    ("/webhooks", "POST"),
+    ("/webhooks/{name}", "DELETE"),
+    ("/webhooks/{name}/deliveries", "GET"),
+    ("/webhooks/{name}/replay", "POST"),
 ):
     RULES[(_path, _method)] = "admin-api"
+# The change feed (docs/events.md): every role that reads, each seeing its own scope.
+RULES[("/changefeed", "GET")] = "feed"
+RULES[("/changefeed/latest", "GET")] = "feed"
 # The web face: the entry and sign-in are open to anyone; a "page" shows a signed-out browser
 # the sign-in page (303) and any signed-in role the page, whose content the services scope.
 RULES[("/", "GET")] = "public"
@@ -484,6 +492,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "aggregate":
             failures += _aggregate_route(world, who, path)
             continue
+        if need == "feed":
+            failures += _feed_route(world, who, path)
+            continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
             continue
@@ -642,7 +653,9 @@ def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str
     url = path.replace("{correction_id:int}", "999999").replace(
         "{study}", world.studies["own"].study
     )
-    acts_on_one = path.endswith(("/undo", "/release"))
+    # A webhook that does not exist: 404 to admins, whatever they ask of it.
+    url = url.replace("{name}", "no-such-webhook")
+    acts_on_one = path.endswith(("/undo", "/release")) or "{name}" in path
     body = {"reason": "matrix"} if acts_on_one else {}
     response = world.client.request(
         method, url, headers=world.headers(who), json=body if method == "POST" else None
@@ -652,13 +665,27 @@ def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str
         expected, ok = "401", status == 401
     elif who not in ("admin", "other-admin"):
         expected, ok = "403", status == 403
-    elif method == "GET":
+    elif method == "GET" and not acts_on_one:
         expected, ok = "200", status == 200
     elif acts_on_one:
         expected, ok = "404", status == 404
     else:
         expected, ok = "400", status == 400
     return [] if ok else [f"{method} {path}: {status}, expected {expected}"]
+
+
+def _feed_route(world: World, who: str, path: str) -> list[str]:
+    """The change feed for one caller: 401 signed out, 403 for roles that may not read, else
+    200 (what it lists is the caller's scope: tests/integration/test_changefeed.py)."""
+    status = world.client.get(path, headers=world.headers(who)).status_code
+    role = "admin" if who == "other-admin" else who
+    if who in SIGNED_OUT:
+        expected = 401
+    elif "read" not in CAN.get(role, set()):
+        expected = 403
+    else:
+        expected = 200
+    return [] if status == expected else [f"GET {path}: {status}, expected {expected}"]
 
 
 def _admin_page(world: World, who: str, path: str, method: str, need: str) -> list[str]:

@@ -250,6 +250,7 @@ def _add_subcommands() -> None:
     from nubis.cli.shares import app as shares_app
     from nubis.cli.storage import app as storage_app
     from nubis.cli.users import apikeys_app, users_app
+    from nubis.cli.webhooks import app as webhooks_app
 
     app.add_typer(dimse_app, name="dimse")
     app.add_typer(jobs_app, name="jobs")
@@ -266,6 +267,7 @@ def _add_subcommands() -> None:
     app.add_typer(replication_app, name="replication")
     app.add_typer(export_app, name="export")
     app.add_typer(research_app, name="research")
+    app.add_typer(webhooks_app, name="webhooks")
     app.command("restore")(restore)
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 
 from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
-from nubis.index import outbox_sql
+from nubis.index import feed_sql, outbox_sql
 from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.engines import (
     ConcurrentWriter,
@@ -128,6 +128,8 @@ class Index:
         # (nubis.replication; None: no replica), and how long its deletes are held back.
         self.replicated_partition: str | None = None
         self.replicate_delete_delay_ms = 0
+        # Whether changes go into the change feed in their own commit (nubis.index.feed_sql).
+        self.change_feed = True
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -296,6 +298,8 @@ class Index:
                 )
             if also is not None:
                 also(conn)
+            if self.change_feed and outcome.result in _CHANGES:
+                feed_sql.add(conn, [_stored_change(new, outcome.result)], _now_ms())
             return outcome
 
         return self.write(job)
@@ -416,9 +420,26 @@ class Index:
                     now=_now_ms(),
                     delay_ms=self.replicate_delete_delay_ms,
                 )
+            self.note_changes(
+                conn,
+                feed_sql.Change(
+                    feed_sql.DELETE,
+                    feed_sql.DELETED,
+                    partition,
+                    study_uid,
+                    series_uid,
+                    sop_instance_uid,
+                ),
+            )
             return len(pks)
 
         return self.write(job)
+
+    def note_changes(self, conn: Connection, *changes: feed_sql.Change) -> None:
+        """Put ``changes`` in the change feed, in ``conn``'s transaction: a write job's last
+        call (corrections, tier moves, shredding and delete call it; store does itself)."""
+        if self.change_feed:
+            feed_sql.add(conn, changes, _now_ms())
 
     def doomed_blob_keys(self, limit: int = 1000) -> list[str]:
         with self.reading() as conn:
@@ -455,6 +476,22 @@ class Index:
                     ("instances", instances),
                 )
             }
+
+
+def _stored_change(new: NewInstance, result: StoreResult) -> feed_sql.Change:
+    modality = new.series_columns.get("modality")
+    return feed_sql.Change(
+        feed_sql.UPDATE if result is StoreResult.REPLACED else feed_sql.CREATE,
+        feed_sql.CURRENT,
+        new.partition,
+        new.study_uid,
+        new.series_uid,
+        new.sop_instance_uid,
+        modality=str(modality)[:16] if modality else None,
+        detail={StoreResult.REPLACED: "replaced", StoreResult.QUARANTINED: "quarantined"}.get(
+            result
+        ),
+    )
 
 
 def _not_found_reason(study: str, series_uid: str | None, sop: str | None) -> str:

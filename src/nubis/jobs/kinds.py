@@ -39,6 +39,11 @@
 - ``analyze``: run one analyzer on one study and store its results in the study
   (nubis.analyzers.job); parameters ``analyzer``, ``study``, ``partition`` (default
   ``default``). Retried up to 3 times; waits for a free concurrency slot of its analyzer.
+- ``webhooks``: deliver the change feed to the webhook subscriptions (nubis.events.delivery);
+  no parameters. Queued every webhook_every_seconds while change_feed is on and a
+  subscription exists.
+- ``changefeed-expire``: remove change-feed entries older than change_feed_retention_days
+  (nubis.services.changefeed); daily (or as jobs_schedule says) while an entry is that old.
 """
 
 from __future__ import annotations
@@ -54,7 +59,14 @@ from nubis.index.rekey_sql import KIND as REKEY
 from nubis.index.schema import study_rekeys
 from nubis.jobs.context import Handler, JobContext
 from nubis.jobs.heal import Healer
-from nubis.jobs.schedule import ANALYZE_SCAN, AUDIT_VERIFY, REPLICATE, SNAPSHOT
+from nubis.jobs.schedule import (
+    ANALYZE_SCAN,
+    AUDIT_VERIFY,
+    CHANGEFEED_EXPIRE,
+    REPLICATE,
+    SNAPSHOT,
+    WEBHOOKS,
+)
 from nubis.jobs.verify import verify
 from nubis.model.audit import ActiveParticipant
 from nubis.ports.blobs import BlobStore
@@ -71,7 +83,19 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "handlers", "parse_params"]
 
-KINDS = ("reap", "verify", "tier", "rewrap", REKEY, SNAPSHOT, AUDIT_VERIFY, ANALYZE_SCAN, "analyze")
+KINDS = (
+    "reap",
+    "verify",
+    "tier",
+    "rewrap",
+    REKEY,
+    SNAPSHOT,
+    AUDIT_VERIFY,
+    WEBHOOKS,
+    CHANGEFEED_EXPIRE,
+    ANALYZE_SCAN,
+    "analyze",
+)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -113,11 +137,13 @@ def handlers(
     healer: Callable[[], Healer | None] | None = None,
     replicate: Handler | None = None,
     analyze: tuple[Handler, Handler] | None = None,
+    webhooks: Handler | None = None,
+    changefeed_expire: Handler | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
-    ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate`` and ``analyze``:
-    the scan's and the analysis' handlers, when given);
+    ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate``, ``webhooks``,
+    ``changefeed-expire`` and ``analyze`` (the scan's and the analysis' handlers) when given);
     ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
     its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
 
@@ -184,4 +210,8 @@ def handlers(
         kinds[REPLICATE] = replicate
     if analyze is not None:
         kinds[ANALYZE_SCAN], kinds["analyze"] = analyze
+    if webhooks is not None:
+        kinds[WEBHOOKS] = webhooks
+    if changefeed_expire is not None:
+        kinds[CHANGEFEED_EXPIRE] = changefeed_expire
     return kinds

@@ -70,6 +70,9 @@ class JobRunner:
         Longest wait between looks for work when idle.
     schedule : mapping of kind -> seconds
         Periodic jobs (e.g. reap every 3600 s); queued once per period across every node.
+    schedule_while : mapping of kind -> predicate
+        A periodic kind named here is queued only while its predicate holds (the webhooks
+        job while a subscription exists), so an archive that needs none has no runs of it.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class JobRunner:
         lease_seconds: float = 60.0,
         poll_seconds: float = 10.0,
         schedule: Mapping[str, int] | None = None,
+        schedule_while: Mapping[str, Callable[[], bool]] | None = None,
         owner: str | None = None,
     ) -> None:
         self.store = store
@@ -87,6 +91,7 @@ class JobRunner:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.schedule = dict(schedule or {})
+        self.schedule_while = dict(schedule_while or {})
         self.owner = owner or _owner_name()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -146,7 +151,10 @@ class JobRunner:
             # Every minute, or as often as the most frequent kind (replicate) is due.
             self._next_schedule = now + min([60, *self.schedule.values()])
             for kind, every in self.schedule.items():
-                if kind in self.handlers and self.store.schedule(kind, every) is not None:
+                wanted = self.schedule_while.get(kind)
+                if kind not in self.handlers or (wanted is not None and not wanted()):
+                    continue
+                if self.store.schedule(kind, every) is not None:
                     log.info("scheduled a %s job (every %d s)", kind, every)
         if now >= self._next_prune:
             self._next_prune = now + 3600

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ANALYZE_SCAN", "AUDIT_VERIFY", "REPLICATE", "SCHEDULED", "SNAPSHOT", "parse_schedule"]
+__all__ = [
+    "ANALYZE_SCAN",
+    "AUDIT_VERIFY",
+    "CHANGEFEED_EXPIRE",
+    "REPLICATE",
+    "SCHEDULED",
+    "SNAPSHOT",
+    "WEBHOOKS",
+    "parse_schedule",
+]
 
 SNAPSHOT = "storage-snapshot"
 AUDIT_VERIFY = "audit-verify"
@@ -16,8 +25,12 @@ AUDIT_VERIFY = "audit-verify"
 REPLICATE = "replicate"
 # Scheduled by analyzer_scan_seconds whenever the analyzers setting names any.
 ANALYZE_SCAN = "analyze-scan"
+# Scheduled by webhook_every_seconds whenever change_feed is on, not by jobs_schedule.
+WEBHOOKS = "webhooks"
+# Daily whenever change_feed is on, unless jobs_schedule says otherwise.
+CHANGEFEED_EXPIRE = "changefeed-expire"
 # A rewrap names its KEK: a periodic run would have nothing to work on.
-SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY)
+SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY, CHANGEFEED_EXPIRE)
 _EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -10,7 +10,7 @@ answering 410).
 With a replica (nubis.replication), the shred goes into the replication outbox in the commit
 that records the erased keys in the index, one entry per indexed study of the patient (one
 under no study when none is indexed), so the erasure reaches the replica in each study's order
-whatever crashes after.
+whatever crashes after; the change feed's entries (one per indexed study) go in that commit too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from nubis.errors import Conflict, NubisError, StorageUnavailable
-from nubis.index import outbox_sql
+from nubis.index import feed_sql, outbox_sql
 from nubis.index.database import Index
 from nubis.index.driver import driver_cursor
 from nubis.model.audit import ActiveParticipant, EventOutcome, EventType
@@ -110,9 +110,19 @@ class ShredService:
                 objects=[audit_events.patient_object(patient_id)],
             )
         )
-        queue = None
+        replication = None
         if partition == self.index.replicated_partition:
-            queue = _replication(partition, patient_id, studies)
+            replication = _replication(partition, patient_id, studies)
+        changes = [
+            feed_sql.Change(feed_sql.SHRED, feed_sql.SHREDDED, partition, uid) for uid in studies
+        ]
+
+        def also(conn: Connection) -> None:
+            """In the commit recording the keys as erased: the outbox entries, then the change
+            feed's (its entry must be the transaction's last statement, nubis.index.feed_sql)."""
+            if replication is not None:
+                replication(conn)
+            self.index.note_changes(conn, *changes)
 
         def outcome(result: EventOutcome, description: str) -> bool:
             try:
@@ -131,7 +141,7 @@ class ShredService:
             return True
 
         try:
-            count = self.keys.shred_patient(partition, patient_id, also=queue)
+            count = self.keys.shred_patient(partition, patient_id, also=also)
         except Exception as exc:
             outcome(EventOutcome.MAJOR_FAILURE, f"{what}: {exc}")
             raise KeyringFailed(f"the keyring failed: {exc}") from exc

@@ -29,6 +29,7 @@ from nubis.errors import NubisError
 from nubis.model.query import Level
 from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
+from nubis.web.changefeed_routes import changefeed_routes
 from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
@@ -44,6 +45,7 @@ from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
 from nubis.web.ui import ui_routes
 from nubis.web.ui.common import SignInRequired, sign_in_redirect
 from nubis.web.ui.headers import SecurityHeadersMiddleware
+from nubis.web.webhook_routes import webhook_routes
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -158,12 +160,14 @@ def create_app(
             Route("/-/login", auth.login, methods=["POST"]),
             Route("/-/whoami", auth.whoami, methods=["GET"]),
             *audit_routes(),
+            *changefeed_routes(),
             *correction_routes(),
             *quarantine_routes(),
             *metrics_routes(),
             *fhir_routes(),
             *shred_routes(),
             *research_routes(),
+            *webhook_routes(),
             *ui_routes(),
         ],
         middleware=[
