@@ -24,6 +24,7 @@ from nubis.jobs.kinds import handlers
 from nubis.jobs.runner import JobRunner
 from nubis.jobs.schedule import REPLICATE, SNAPSHOT, parse_schedule
 from nubis.jobs.store import JobStore
+from nubis.logs import redact_url
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.replication.job import Replicator
@@ -45,7 +46,7 @@ from nubis.services.fhir import ImagingStudies
 from nubis.services.gauges import ArchiveGauges
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
-from nubis.services.maintenance import Maintenance
+from nubis.services.maintenance import Certifying, Maintenance
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
@@ -86,6 +87,25 @@ def _blob_store(
     keys = open_key_provider(settings.keyring_url, durable=settings.durable, index=index)
     # Off after being on: new objects are plaintext, encrypted ones stay readable.
     return keys, EncryptedBlobStore(store, keys, accept_plaintext=not settings.encrypt_at_rest)
+
+
+def _erasure_copies(settings: Settings) -> dict[str, str]:
+    """What an erasure certificate can say of the copies beyond the primary blob store."""
+    if settings.replicate_to:
+        replica = (
+            f"a delete queued for the replica {redact_url(settings.replicate_to)} in the "
+            f"erasure's own transaction, applied after {settings.replicate_delete_delay_days} "
+            "day(s) (replicate_delete_delay_days); nubis replication status shows when"
+        )
+    else:
+        replica = "none configured"
+    backups = (
+        "backup folders taken before this erasure still hold the objects until they are "
+        "discarded by their own retention"
+    )
+    if settings.encrypt_at_rest:
+        backups += "; encrypted under the patient's key, which a key shred erases in them too"
+    return {"replica": replica, "backups": backups}
 
 
 def _ingest_folders(settings: Settings) -> list[Path]:
@@ -205,11 +225,18 @@ class Archive:
         self.quarantine = QuarantineService(self.index, guard=self.guard)
         # Workitems handed out and performed over UPS-RS (docs/worklists.md).
         self.worklist = WorklistService(self.index, self.guard)
+        # Every erasure leaves a certificate signed with the audit trail's key, its digest
+        # named by the erasure's audit record (nubis.retention.certificates).
         self.maintenance = Maintenance(
             self.index,
             self.blobs,
             guard=self.guard,
             orphan_grace_seconds=settings.orphan_grace_seconds,
+            certify=Certifying(
+                lambda: self.audit.key, redact_url(settings.blobs_url), _erasure_copies(settings)
+            )
+            if settings.audit_trail
+            else None,
         )
         mover = find_mover(self.blobs)
         # Tiers that keep their objects losslessly compressed (nubis.tiers.compression).
