@@ -29,6 +29,7 @@ from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.replication.job import Replicator
 from nubis.replication.target import DicomWebReplica
+from nubis.retention.rules import load_rules
 from nubis.security import audit_events
 from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
@@ -46,10 +47,12 @@ from nubis.services.fhir import ImagingStudies
 from nubis.services.gauges import ArchiveGauges
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
+from nubis.services.legal_holds import LegalHolds
 from nubis.services.maintenance import Certifying, Maintenance
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
+from nubis.services.retention import Retention
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
 from nubis.services.spool import Spool
@@ -223,6 +226,8 @@ class Archive:
         # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
         self.export = ExportService(self.retrieve, self.guard)
         self.quarantine = QuarantineService(self.index, guard=self.guard)
+        # What nobody may delete until released: DELETE, retention and shredding check it.
+        self.legal_holds = LegalHolds(self.index, self.guard)
         # Workitems handed out and performed over UPS-RS (docs/worklists.md).
         self.worklist = WorklistService(self.index, self.guard)
         # Every erasure leaves a certificate signed with the audit trail's key, its digest
@@ -237,6 +242,17 @@ class Archive:
             )
             if settings.audit_trail
             else None,
+        )
+        # Studies the retention rules let go, erased through maintenance (docs/retention.md).
+        rules = load_rules(settings.retention_rules_path)
+        self.retention = Retention(
+            self.index,
+            self.guard,
+            self.maintenance,
+            self.legal_holds,
+            lambda: rules,
+            automatic=settings.retention_approval == "automatic",
+            public_keys=lambda: {self.audit.key.key_id: self.audit.key.public},
         )
         mover = find_mover(self.blobs)
         # Tiers that keep their objects losslessly compressed (nubis.tiers.compression).
@@ -345,6 +361,7 @@ class Archive:
                 dimse_send=self.run_send,
                 healer=self.healer,
                 replicate=self.replicator.run if settings.replicate_to else None,
+                retention=self.retention.run,
             ),
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,

@@ -402,6 +402,8 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
                 "the other patient's key, so a shred now would erase a study no longer this "
                 f"patient's or miss one that now is. {then[0].upper()}{then[1:]}"
             )
+        # A legal hold on the patient, a study of theirs or the tenant blocks it (audited).
+        archive.legal_holds.refuse_shred(who, partition, patient_id)
         begun = archive.audit.record(
             audit_events.security_alert(
                 who,

@@ -30,6 +30,11 @@
   second run resumes; servers' runners leave it alone.
 - ``backup``: back the archive up into a folder (nubis.backup.job); parameter ``to``. Run only
   by the ``nubis backup`` process that queued it, as ``migrate`` is.
+- ``retention``: list, or with an admin's approval erase, the studies the retention rules let
+  go (nubis.services.retention); parameters ``dry_run``, ``approved_by`` (``nubis retention
+  run``), ``today`` (YYYY-MM-DD, for a review of a later day). A scheduled run (``retention=1d``
+  in jobs_schedule) only lists unless retention_approval is automatic. Legal holds are skipped
+  and reported; every erasure leaves a certificate.
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.
@@ -48,7 +53,7 @@ from nubis.index.rekey_sql import KIND as REKEY
 from nubis.index.schema import study_rekeys
 from nubis.jobs.context import Handler, JobContext
 from nubis.jobs.heal import Healer
-from nubis.jobs.schedule import AUDIT_VERIFY, REPLICATE, SNAPSHOT
+from nubis.jobs.schedule import AUDIT_VERIFY, REPLICATE, RETENTION, SNAPSHOT
 from nubis.jobs.verify import verify
 from nubis.model.audit import ActiveParticipant
 from nubis.ports.blobs import BlobStore
@@ -65,7 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "handlers", "parse_params"]
 
-KINDS = ("reap", "verify", "tier", "rewrap", REKEY, SNAPSHOT, AUDIT_VERIFY)
+KINDS = ("reap", "verify", "tier", "rewrap", REKEY, SNAPSHOT, AUDIT_VERIFY, RETENTION)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -106,10 +111,12 @@ def handlers(
     dimse_send: Handler | None = None,
     healer: Callable[[], Healer | None] | None = None,
     replicate: Handler | None = None,
+    retention: Handler | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
-    ``commitment-report``, ``audit-verify``, ``dimse-send`` and ``replicate`` when given);
+    ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate`` and ``retention``
+    when given);
     ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
     its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
 
@@ -174,4 +181,6 @@ def handlers(
         kinds["dimse-send"] = dimse_send
     if replicate is not None:
         kinds[REPLICATE] = replicate
+    if retention is not None:
+        kinds[RETENTION] = retention
     return kinds

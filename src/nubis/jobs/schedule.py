@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["AUDIT_VERIFY", "REPLICATE", "SCHEDULED", "SNAPSHOT", "parse_schedule"]
+__all__ = ["AUDIT_VERIFY", "REPLICATE", "RETENTION", "SCHEDULED", "SNAPSHOT", "parse_schedule"]
 
 SNAPSHOT = "storage-snapshot"
 AUDIT_VERIFY = "audit-verify"
+RETENTION = "retention"
 # Scheduled by replicate_every_seconds whenever replicate_to is set, not by jobs_schedule.
 REPLICATE = "replicate"
 # A rewrap names its KEK: a periodic run would have nothing to work on.
-SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY)
+SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY, RETENTION)
 _EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
