@@ -93,6 +93,10 @@ for _path, _method in (
     ("/corrections/{correction_id:int}/undo", "POST"),
     ("/quarantine", "GET"),
     ("/quarantine/{study}/release", "POST"),
+    # Legal holds (docs/retention.md).
+    ("/legal-holds", "GET"),
+    ("/legal-holds", "POST"),
+    ("/legal-holds/{hold_id:int}/release", "POST"),
 ):
     RULES[(_path, _method)] = "admin-api"
 # The web face: the entry and sign-in are open to anyone; a "page" shows a signed-out browser
@@ -609,12 +613,14 @@ def _ups_route(world: World, who: str, path: str, method: str, need: str) -> lis
 
 
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
-    """The admins' JSON API (corrections, quarantine) for one caller: 401 signed out, 403 but
+    """The admins' JSON API (corrections, quarantine, legal holds) for one caller: 401 signed out, 403 but
     for admins (before the body is read), and for admins an answer about the request itself:
     a list (200), an empty correction refused (400), the undo of a correction not in its
     tenant or the release of a study its tenant does not hold in quarantine (404)."""
-    url = path.replace("{correction_id:int}", "999999").replace(
-        "{study}", world.studies["own"].study
+    url = (
+        path.replace("{correction_id:int}", "999999")
+        .replace("{hold_id:int}", "999999")
+        .replace("{study}", world.studies["own"].study)
     )
     acts_on_one = path.endswith(("/undo", "/release"))
     body = {"reason": "matrix"} if acts_on_one else {}

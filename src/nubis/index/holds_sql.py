@@ -40,6 +40,21 @@ class Hold:
     def active(self) -> bool:
         return self.released_at is None
 
+    def to_dict(self) -> dict[str, object]:
+        """As the CLI's --json and the admin API answer it."""
+        return {
+            "id": self.id,
+            "level": self.level,
+            "study_uid": self.study_uid,
+            "patient_id": self.patient_id,
+            "reason": self.reason,
+            "placed_by": self.placed_by,
+            "placed_at": self.placed_at,
+            "released_by": self.released_by,
+            "released_at": self.released_at,
+            "release_reason": self.release_reason,
+        }
+
 
 def hold_from_row(row: Any) -> Hold:
     return Hold(
