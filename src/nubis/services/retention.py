@@ -120,7 +120,8 @@ class Retention:
             **saved.get("tally", {}),
         }  # fmt: skip
         listed: dict[str, list[Any]] = {
-            "erased": [], "due": [], "held": [], "certificates": [], **saved.get("listed", {}),
+            "erased_studies": [], "due_studies": [], "held_studies": [], "certificates": [],
+            **saved.get("listed", {}),
         }  # fmt: skip
 
         def note(kind: str, entry: Any) -> None:
@@ -140,10 +141,10 @@ class Retention:
                 hold = self.holds.covering(candidate.tenant, candidate.study_uid)
                 if hold is not None:
                     tally["held"] += 1
-                    note("held", {**entry, "hold": hold.id})
+                    note("held_studies", {**entry, "hold": hold.id})
                     continue
                 if dry_run:
-                    note("due", entry)
+                    note("due_studies", entry)
                     continue
                 try:
                     erasure = self.maintenance.erase(
@@ -159,14 +160,14 @@ class Retention:
                     )
                 except OnLegalHold as exc:  # placed since the page was read
                     tally["held"] += 1
-                    note("held", {**entry, "hold": exc.hold_id})
+                    note("held_studies", {**entry, "hold": exc.hold_id})
                     continue
                 except NotFound:  # deleted since the page was read
                     tally["gone"] += 1
                     continue
                 tally["erased"] += 1
                 tally["bytes"] += erasure.bytes
-                note("erased", entry)
+                note("erased_studies", entry)
                 if erasure.certificate_id is not None:
                     note("certificates", erasure.certificate_id)
             tally["read"] += count
