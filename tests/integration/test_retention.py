@@ -26,7 +26,9 @@ from typer.testing import CliRunner
 from integration import in_process_archive
 from nubis.archive import Archive
 from nubis.cli.main import app as cli
+from nubis.jobs.runner import JobRunner
 from nubis.security.policy import Principal, system_principal
+from nubis.services.legal_holds import HoldTarget
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -237,6 +239,8 @@ def test_tampering_breaks_verification(world: World) -> None:
     assert not check.ok and "altered" in check.problems[0]
     code, output = world.cli("retention", "certificates", "verify", str(certificate.id))
     assert code == 1 and "altered" in output
+    code, output = world.cli("audit", "verify")
+    assert code == 1 and f"ERASURE CERTIFICATE {certificate.id}" in output, output
 
     # A consistent digest without the key's signature is caught by the signature.
     digest = hashlib.sha256(forged.encode()).hexdigest()
@@ -250,6 +254,8 @@ def test_tampering_breaks_verification(world: World) -> None:
         certificate.digest,
         certificate.id,
     )
+    code, output = world.cli("audit", "verify")
+    assert code == 0 and "audit trail intact" in output, output
 
 
 def _admin(world: World) -> Principal:
@@ -266,3 +272,28 @@ def test_identified_view_is_audited(world: World) -> None:
     assert code == 0 and json.loads(output)["patient_id"] == "RET-IDENT"
     records = [str(r) for (r,) in world.sql("SELECT record FROM audit_log")]
     assert any(f"erasure certificate {certificate.id} read, identified" in r for r in records)
+
+
+def test_erasure_reaches_the_replica_through_the_outbox(tmp_path: Path) -> None:
+    """Retention deletes by DELETE's path, so the replica gets the same outbox entry, in the
+    erasure's own transaction; a held study gets none (docs/replication.md)."""
+    (tmp_path / "retention.toml").write_text(RULES)
+    archive = in_process_archive(
+        tmp_path, ADMIN, replicate_to="http://127.0.0.1:9/dicom-web", jobs="false"
+    )
+    with TestClient(create_app(archive)) as client:
+        world = World(client, archive, tmp_path)
+        gone = world.store("CT", "RET-REPL-1", "20000101")
+        held = world.store("CT", "RET-REPL-2", "20000101")
+        archive.legal_holds.place(_admin(world), HoldTarget(study_uid=held), "audit of 2000")
+        job_id = archive.jobs.enqueue(
+            "retention", {"dry_run": False, "approved_by": "test", "today": TODAY}
+        )
+        assert job_id is not None
+        runner = JobRunner(archive.jobs, {"retention": archive.retention.run}, lease_seconds=60)
+        assert runner.run_job(job_id, archive.retention.run)
+        job = archive.jobs.get(job_id)
+        assert job is not None and job.result is not None
+        assert job.result["erased"] == 1 and job.result["held"] == 1
+    deletes = world.sql("SELECT study_uid FROM replication_outbox WHERE op = 'delete'")
+    assert deletes == [(gone,)]
