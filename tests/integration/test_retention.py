@@ -219,6 +219,13 @@ def test_a_patient_hold_covers_every_study_of_theirs(world: World) -> None:
         f"/legal-holds/{hold_id}/release", json={"reason": "twice"}, headers=AUTH
     )
     assert again.status_code == 409
+    # A tenant's hold covers every study of the tenant (recorded as a Security Alert).
+    tenant_hold = world.client.post(
+        "/legal-holds", json={"tenant": True, "reason": "regulator"}, headers=AUTH
+    ).json()["id"]
+    refused = world.client.delete(f"/dicom-web/studies/{first}", headers=AUTH)
+    assert refused.status_code == 409 and "(on the tenant)" in refused.text
+    world.client.post(f"/legal-holds/{tenant_hold}/release", json={"reason": "done"}, headers=AUTH)
     # An admin's DELETE is certified too, with the actor as its cause.
     assert world.client.delete(f"/dicom-web/studies/{first}", headers=AUTH).status_code == 204
     (certificate,) = world.archive.retention.certificates(_admin(world), first)
@@ -279,13 +286,36 @@ def test_erasure_reaches_the_replica_through_the_outbox(tmp_path: Path) -> None:
     erasure's own transaction; a held study gets none (docs/replication.md)."""
     (tmp_path / "retention.toml").write_text(RULES)
     archive = in_process_archive(
-        tmp_path, ADMIN, replicate_to="http://127.0.0.1:9/dicom-web", jobs="false"
+        tmp_path,
+        ADMIN,
+        replicate_to="http://127.0.0.1:9/dicom-web",
+        jobs="false",
+        on_conflict="overwrite",
     )
     with TestClient(create_app(archive)) as client:
         world = World(client, archive, tmp_path)
         gone = world.store("CT", "RET-REPL-1", "20000101")
         held = world.store("CT", "RET-REPL-2", "20000101")
         archive.legal_holds.place(_admin(world), HoldTarget(study_uid=held), "audit of 2000")
+        # Overwriting a held object (on_conflict = overwrite) would discard it too: 409.
+        (sop,) = world.sql(
+            "SELECT i.sop_instance_uid FROM instances i JOIN series s ON i.series_pk = s.id "
+            "JOIN studies t ON s.study_pk = t.id WHERE t.study_uid = ? LIMIT 1",
+            held,
+        )[0]
+        other = next(synth.series_datasets("CT", n_instances=1, rows=8, columns=8, seed=1))
+        other.StudyInstanceUID, other.SOPInstanceUID = held, sop
+        other.PatientID = "RET-REPL-2"
+        replaced = client.post(
+            "/dicom-web/studies",
+            content=b"--b\r\nContent-Type: application/dicom\r\n\r\n"
+            + synth.dataset_bytes(other)
+            + b"\r\n--b--\r\n",
+            headers={**AUTH, "Content-Type": DICOM_TYPE},
+        )
+        # PS3.18 10.5.3: the failed instance's Failure Reason in the body; the reason in Warning.
+        assert replaced.status_code == 409, replaced.text
+        assert "under legal hold" in replaced.headers["warning"]
         job_id = archive.jobs.enqueue(
             "retention", {"dry_run": False, "approved_by": "test", "today": TODAY}
         )

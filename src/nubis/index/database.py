@@ -599,6 +599,10 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> Stored:
             f"a different object is already stored under SOP Instance UID "
             f"{new.sop_instance_uid}; the stored one is kept"
         )
+    hold = holds_sql.covering_study(conn, new.partition, existing.study_uid)
+    if hold is not None:
+        # Overwriting would discard the held object as surely as a delete would.
+        raise OnLegalHold(hold.id, hold.level)
     _remove_instance(conn, existing.pk, doom_blob=False)
     held_for = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
     result = StoreResult.QUARANTINED if held_for else StoreResult.REPLACED
