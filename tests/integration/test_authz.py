@@ -613,10 +613,11 @@ def _ups_route(world: World, who: str, path: str, method: str, need: str) -> lis
 
 
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
-    """The admins' JSON API (corrections, quarantine, legal holds) for one caller: 401 signed out, 403 but
-    for admins (before the body is read), and for admins an answer about the request itself:
-    a list (200), an empty correction refused (400), the undo of a correction not in its
-    tenant or the release of a study its tenant does not hold in quarantine (404)."""
+    """The admins' JSON API (corrections, quarantine, legal holds) for one caller: 401 signed
+    out, 403 but for admins (before the body is read), and for admins an answer about the
+    request itself: a list (200), an empty correction or hold refused (400), the undo of a
+    correction or the release of a hold not in its tenant, or the release of a study its
+    tenant does not hold in quarantine (404)."""
     url = (
         path.replace("{correction_id:int}", "999999")
         .replace("{hold_id:int}", "999999")
