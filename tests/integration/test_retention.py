@@ -316,14 +316,23 @@ def test_erasure_reaches_the_replica_through_the_outbox(tmp_path: Path) -> None:
         # PS3.18 10.5.3: the failed instance's Failure Reason in the body; the reason in Warning.
         assert replaced.status_code == 409, replaced.text
         assert "under legal hold" in replaced.headers["warning"]
+        runner = JobRunner(archive.jobs, {"retention": archive.retention.run}, lease_seconds=60)
+        # Asked to delete without an approval (retention_approval = review): fails, deletes nothing.
+        unapproved = archive.jobs.enqueue("retention", {"dry_run": False, "today": TODAY})
+        assert unapproved is not None and runner.run_job(unapproved, archive.retention.run)
+        failed = archive.jobs.get(unapproved)
+        assert failed is not None and "needs an admin's approval" in (failed.last_error or "")
+        assert {gone, held} <= world.studies()
         job_id = archive.jobs.enqueue(
-            "retention", {"dry_run": False, "approved_by": "test", "today": TODAY}
+            "retention",
+            {"dry_run": False, "approve": True, "today": TODAY},
+            created_by="test-admin",
         )
         assert job_id is not None
-        runner = JobRunner(archive.jobs, {"retention": archive.retention.run}, lease_seconds=60)
         assert runner.run_job(job_id, archive.retention.run)
         job = archive.jobs.get(job_id)
         assert job is not None and job.result is not None
         assert job.result["erased"] == 1 and job.result["held"] == 1
+        assert job.result["approved_by"] == "test-admin"
     deletes = world.sql("SELECT study_uid FROM replication_outbox WHERE op = 'delete'")
     assert deletes == [(gone,)]

@@ -31,10 +31,10 @@
 - ``backup``: back the archive up into a folder (nubis.backup.job); parameter ``to``. Run only
   by the ``nubis backup`` process that queued it, as ``migrate`` is.
 - ``retention``: list, or with an admin's approval erase, the studies the retention rules let
-  go (nubis.services.retention); parameters ``dry_run``, ``approved_by`` (``nubis retention
-  run``), ``today`` (YYYY-MM-DD, for a review of a later day). A scheduled run (``retention=1d``
-  in jobs_schedule) only lists unless retention_approval is automatic. Legal holds are skipped
-  and reported; every erasure leaves a certificate.
+  go (nubis.services.retention); parameters ``dry_run``, ``approve`` (``nubis retention run``:
+  the job's creator approves), ``today`` (YYYY-MM-DD, for a review of a later day). A
+  scheduled run (``retention=1d`` in jobs_schedule) only lists unless retention_approval is
+  automatic. Legal holds are skipped and reported; every erasure leaves a certificate.
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.

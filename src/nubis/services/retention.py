@@ -103,9 +103,11 @@ class Retention:
     # ------------------------------------------------------------------ the job
     def run(self, ctx: JobContext) -> dict[str, Any]:
         dry_run = bool(ctx.params.get("dry_run", not self.automatic))
-        approved_by = ctx.params.get("approved_by") or (
-            "retention_approval=automatic" if self.automatic else None
-        )
+        # The approver is who queued the job (the job table records it), never a parameter
+        # anyone could write.
+        approved_by = (ctx.job.created_by or "unknown") if ctx.params.get("approve") else None
+        if approved_by is None and self.automatic:
+            approved_by = "retention_approval=automatic"
         if not dry_run and approved_by is None:
             raise JobFailed(
                 "a deleting retention run needs an admin's approval (nubis retention run) or "
