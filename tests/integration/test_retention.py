@@ -336,3 +336,17 @@ def test_erasure_reaches_the_replica_through_the_outbox(tmp_path: Path) -> None:
         assert job.result["approved_by"] == "test-admin"
     deletes = world.sql("SELECT study_uid FROM replication_outbox WHERE op = 'delete'")
     assert deletes == [(gone,)]
+
+
+def test_a_shred_is_certified(world: World) -> None:
+    uid = world.store("CT", "RET-SHRED", "20240101")
+    code, output = world.cli("keys", "shred-patient", "RET-SHRED", "--yes")
+    assert code == 0, output
+    certificate_id = int(output.split("erasure certificate ")[1].split()[0])
+    code, output = world.cli("retention", "certificates", "show", str(certificate_id))
+    assert code == 0, output
+    body = json.loads(output)["certificate"]
+    assert body["cause"]["kind"] == "crypto-shred" and body["target"]["studies"] == uid
+    assert body["counts"]["instances"] == 2 and "RET-SHRED" not in output
+    code, output = world.cli("retention", "certificates", "verify", str(certificate_id))
+    assert code == 0, output

@@ -49,7 +49,9 @@ if TYPE_CHECKING:
     from nubis.archive import Archive
     from nubis.jobs.store import Job
     from nubis.model.audit import ActiveParticipant, EventOutcome
+    from nubis.ports.audit import AuditReceipt
     from nubis.ports.keys import KeyProvider
+    from nubis.retention.certificates import Draft
     from nubis.security.policy import Principal
 
 
@@ -373,6 +375,7 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
     """Authorize, record, shred, record the outcome (the order is what makes it fail closed)."""
     from nubis.errors import Conflict, NubisError
     from nubis.model.audit import EventOutcome, EventType
+    from nubis.retention import certificates
     from nubis.security import audit_events
     from nubis.security.authn import cli_login
     from nubis.security.policy import Action
@@ -438,7 +441,20 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
         f"{what}: {count} patient key(s) erased; their objects are unreadable, "
         f"{len(studies)} study(ies) still indexed"
     )
-    if not _outcome(archive, who, patient_id, studies, EventOutcome.SUCCESS, done):
+    certificate = _shred_certificate(archive, who, partition, studies, count)
+    if certificate is not None:
+        done += f"; {certificates.certificate_digest_phrase(certificate.digest)}"
+    receipt = _outcome(archive, who, patient_id, studies, EventOutcome.SUCCESS, done)
+    if receipt is not None and certificate is not None:
+        certificate_id = certificates.save(
+            archive.index,
+            certificate,
+            audit_seq=receipt.seq,
+            study_uid=studies[0] if studies else "",
+            patient_id=patient_id,
+        )
+        out.print(f"erasure certificate {certificate_id} (nubis retention certificates show)")
+    if receipt is None:
         console.print(
             f"shredded {count} patient key(s), but the outcome could not be recorded; "
             f"audit record {begun.seq} holds the attempt",
@@ -453,6 +469,45 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
         )
 
 
+def _shred_certificate(
+    archive: Archive,
+    who: ActiveParticipant,
+    partition: str,
+    studies: list[str],
+    count: int,
+) -> Draft | None:
+    """The signed certificate of a shred: every indexed object now unreadable (UIDs and the
+    digests the index recorded), the keys' count; None without a signing key."""
+    from nubis.errors import NotFound
+    from nubis.retention import certificates
+
+    certify = archive.maintenance.certify
+    if certify is None:
+        return None
+    erased = []
+    for uid in studies:
+        try:
+            erased += archive.index.instances_of(partition, uid, hide_quarantined=False)
+        except NotFound:  # deleted since it was listed
+            continue
+    return certificates.draft(
+        partition=partition,
+        target={"patient_keys": str(count), "studies": ",".join(studies)},
+        erased=erased,
+        cause={"kind": "crypto-shred", "actor": who.user_id, "via": "cli"},
+        blob_store=certify.blob_store,
+        copies={
+            **certify.copies,
+            "keys": "the patient's keys were erased from the keyring, so these objects are "
+            "unreadable here and in every backup; the index lists the key ids, and a keyring "
+            "copy older than the shred is shredded again on every open",
+        },
+        key=certify.key(),
+        blobs="kept, unreadable without the erased keys; the index rows stay until the "
+        "studies are deleted",
+    )
+
+
 def _outcome(
     archive: Archive,
     who: ActiveParticipant,
@@ -460,13 +515,13 @@ def _outcome(
     studies: list[str],
     outcome: EventOutcome,
     description: str,
-) -> bool:
-    """Record how the shred ended (PS3.15 A.5.3.5); False if the trail refused it."""
+) -> AuditReceipt | None:
+    """Record how the shred ended (PS3.15 A.5.3.5); None if the trail refused it."""
     from nubis.errors import NubisError
     from nubis.security import audit_events
 
     try:
-        archive.audit.record(
+        return archive.audit.record(
             audit_events.study_deleted(
                 who,
                 patient_id=patient_id,
@@ -477,8 +532,7 @@ def _outcome(
             )
         )
     except NubisError:
-        return False
-    return True
+        return None
 
 
 def _studies_of(archive: Archive, operator: Principal, patient_id: str) -> list[str]:

@@ -108,6 +108,8 @@ def draft(
     copies: dict[str, str],
     key: SigningKey,
     now_ms: int | None = None,
+    blobs: str = "queued for deletion in the erasure's own transaction; the reaper deletes "
+    "them from the blob store",
 ) -> Draft:
     """The signed certificate of an erasure of ``erased`` (rows as the index held them)."""
     issued_at = int(time.time() * 1000) if now_ms is None else now_ms
@@ -135,8 +137,7 @@ def draft(
             for row in erased
         ],
         "blob_store": blob_store,
-        "blobs": "queued for deletion in the erasure's own transaction; the reaper deletes "
-        "them from the blob store",
+        "blobs": blobs,
         "copies": copies,
         "signing_key_id": key.key_id,
     }
