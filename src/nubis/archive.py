@@ -52,9 +52,11 @@ from nubis.services.maintenance import Certifying, Maintenance
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
+from nubis.services.replica_role import ReplicaRole
 from nubis.services.retention import Retention
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
+from nubis.services.shredding import ShredService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
 from nubis.services.study_rekey import StudyRekey
@@ -166,6 +168,11 @@ class Archive:
         # DICOMweb, DIMSE and the CLI obey one rule (nubis.services.guard).
         self.policy = AuthPolicy(break_glass_roles=parse_roles(settings.break_glass_roles))
         self.guard = Guard(self.policy, self.audit if settings.audit_trail else None)
+        if settings.replica_of:
+            # A read-only replica until promoted (nubis.services.replica_role).
+            self.guard.replica = ReplicaRole(
+                self.index, settings.replica_of, settings.replica_writer
+            )
         self.users = UserStore(self.index)
         self.throttle = LoginThrottle(
             self.index,
@@ -213,6 +220,33 @@ class Archive:
         self.corrections = CorrectionService(
             self.index, self.guard, rekeys=isinstance(self.blobs, EncryptedBlobStore)
         )
+        # What nobody may delete until released: DELETE, retention and shredding check it.
+        self.legal_holds = LegalHolds(self.index, self.guard)
+        # Every erasure (delete, retention, shred) leaves a certificate signed with the audit
+        # trail's key, its digest named by the erasure's audit record (retention.certificates).
+        certify = (
+            Certifying(
+                lambda: self.audit.key, redact_url(settings.blobs_url), _erasure_copies(settings)
+            )
+            if settings.audit_trail
+            else None
+        )
+        # Crypto-shredding a patient, for the CLI and the admin API (a primary's replication).
+        self.shredding = (
+            ShredService(
+                self.index,
+                self.keys,
+                self.guard,
+                self.audit,
+                self.query,
+                self.corrections,
+                max_studies=settings.qido_max_limit,
+                holds=self.legal_holds,
+                certify=certify,
+            )
+            if self.keys is not None
+            else None
+        )
         self.sharing = SharingService(
             self.index,
             self.guard,
@@ -226,22 +260,14 @@ class Archive:
         # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
         self.export = ExportService(self.retrieve, self.guard)
         self.quarantine = QuarantineService(self.index, guard=self.guard)
-        # What nobody may delete until released: DELETE, retention and shredding check it.
-        self.legal_holds = LegalHolds(self.index, self.guard)
         # Workitems handed out and performed over UPS-RS (docs/worklists.md).
         self.worklist = WorklistService(self.index, self.guard)
-        # Every erasure leaves a certificate signed with the audit trail's key, its digest
-        # named by the erasure's audit record (nubis.retention.certificates).
         self.maintenance = Maintenance(
             self.index,
             self.blobs,
             guard=self.guard,
             orphan_grace_seconds=settings.orphan_grace_seconds,
-            certify=Certifying(
-                lambda: self.audit.key, redact_url(settings.blobs_url), _erasure_copies(settings)
-            )
-            if settings.audit_trail
-            else None,
+            certify=certify,
         )
         # Studies the retention rules let go, erased through maintenance (docs/retention.md).
         rules = load_rules(settings.retention_rules_path)

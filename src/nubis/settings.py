@@ -524,6 +524,18 @@ class Settings:
         "'automatic': scheduled runs delete too, the rules file being the approval.",
         _choice("review", "automatic"),
     )
+    replica_of: str = _setting(
+        "",
+        "URL of the primary this archive is a read-only replica of: clients read, and every "
+        "store, delete, correction and crypto-shred is refused (HTTP 403, DIMSE 0x0124) but "
+        "replica_writer's, until `nubis replication promote` (docs/replication.md). Empty: "
+        "not a replica.",
+    )
+    replica_writer: str = _setting(
+        "replicator",
+        "On a read-only replica (replica_of), the user whose API key the primary replicates "
+        "with (an admin here): the one caller allowed to change this archive.",
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -602,7 +602,7 @@ replication_outbox = Table(
     "replication_outbox",
     metadata,
     Column("seq", Integer, primary_key=True),
-    Column("op", String(8), nullable=False),  # store, delete
+    Column("op", String(8), nullable=False),  # store, delete, correct, shred, tier
     Column("partition", String(64), nullable=False),
     Column("study_uid", UID, nullable=False),
     Column("series_uid", UID),
@@ -613,6 +613,8 @@ replication_outbox = Table(
     Column("next_attempt_at", BigInteger, nullable=False),
     Column("parked", Integer, nullable=False),
     Column("last_error", Text),
+    # JSON: a correction's attributes, the shredded patient, the tier (0019).
+    Column("detail", Text),
     sqlite_autoincrement=True,
 )
 Index(
@@ -624,7 +626,8 @@ Index(
 Index("ix_replication_outbox_due", replication_outbox.c.due_at)
 
 # One row (id 1): the last entry the replica confirmed (its seq and when), the last error, and
-# the drain lease that lets one ``replicate`` job at a time apply entries.
+# the drain lease that lets one ``replicate`` job at a time apply entries; and when a
+# read-only replica (replica_of) was promoted to a primary, by whom.
 replication_state = Table(
     "replication_state",
     metadata,
@@ -635,6 +638,8 @@ replication_state = Table(
     Column("last_error_at", BigInteger),
     Column("lease_owner", String(128)),
     Column("lease_expires_at", BigInteger),
+    Column("promoted_at", BigInteger),
+    Column("promoted_by", String(128)),
 )
 
 # Worklists (UPS-RS, nubis.services.worklist, migration 0019; docs/worklists.md). A workitem is
@@ -703,7 +708,7 @@ Index(
     workitem_subscriptions.c.target_uid,
 )
 
-# Legal holds (nubis.services.legal_holds, migration 0020; docs/retention.md). A hold on a
+# Legal holds (nubis.services.legal_holds, migration 0021; docs/retention.md). A hold on a
 # whole tenant (``patient_id`` and ``study_uid`` null), a patient or a study blocks every
 # deletion of what it covers (DELETE, retention, key shredding) until released. Released holds
 # stay as the record of what was held, when and by whom; ``reason`` is the admin's text, never
