@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,21 @@ from nubis.web.app import create_app
 ADMIN = "retention-test-admin-token-0123456789abcd"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 DICOM_TYPE = 'multipart/related; type="application/dicom"; boundary=b'
-TODAY = "2030-06-15"
+
+
+def years_before(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year - years, day=28)
+
+
+# Deleting runs are dated today at the latest (a later day is only for review).
+TODAY_DATE = datetime.now(UTC).date()
+TODAY = TODAY_DATE.isoformat()
+# Ten years of a CT rule end today on this Study Date (on 29 February, they ended the 28th).
+TEN_YEARS_AGO = years_before(TODAY_DATE, 10)
+DUE_SINCE = TEN_YEARS_AGO.replace(year=TODAY_DATE.year).isoformat()
 RULES = """
 # Tomography images ten years after the study.
 [[rule]]
@@ -104,6 +119,14 @@ class World:
         return dict(json.loads(output[output.index("{") :]))
 
 
+def _da(day: date) -> str:
+    return day.strftime("%Y%m%d")
+
+
+def _tomorrow() -> str:
+    return (TODAY_DATE + timedelta(days=1)).isoformat()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data_dir = tmp_path_factory.mktemp("retention") / "data"
@@ -115,9 +138,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def test_retention_deletes_what_is_due_and_nothing_else(world: World) -> None:
-    due = world.store("CT", "RET-1", "20200615")  # ten years end on TODAY: due
-    kept = world.store("CT", "RET-2", "20200616")  # ends tomorrow: kept
-    child = world.store("MR", "RET-3", "20150101", birth="20100101")  # until 2038 (age 28)
+    due = world.store("CT", "RET-1", _da(TEN_YEARS_AGO))  # ten years end today: due
+    kept = world.store("CT", "RET-2", _da(TEN_YEARS_AGO + timedelta(days=1)))  # tomorrow: kept
+    # A child: ten years after the last study are past, but they turn 28 in 13 years: kept.
+    child = world.store(
+        "MR", "RET-3", _da(years_before(TODAY_DATE, 12)), birth=_da(years_before(TODAY_DATE, 15))
+    )
     uncovered = world.store("US", "RET-4", "19900101")  # no rule covers it: kept for ever
     digests = {
         str(sop): str(sha)
@@ -131,13 +157,20 @@ def test_retention_deletes_what_is_due_and_nothing_else(world: World) -> None:
     before = world.studies()
 
     # The review list and a dry run name the due study and delete nothing.
-    code, output = world.cli("retention", "report", "--today", TODAY, "--json")
+    code, output = world.cli("retention", "report", "--json")
     assert code == 0, output
     report = json.loads(output)
     assert [d["study_uid"] for d in report["due"]] == [due]
     assert report["due"][0] == {
-        "tenant": "default", "study_uid": due, "rule": "ct-10y", "due_since": TODAY,
+        "tenant": "default", "study_uid": due, "rule": "ct-10y", "due_since": DUE_SINCE,
     }  # fmt: skip
+    # Reviewed a day ahead, the one kept until tomorrow is listed too.
+    code, output = world.cli("retention", "report", "--json", "--today", _tomorrow())
+    assert code == 0, output
+    assert {d["study_uid"] for d in json.loads(output)["due"]} == {due, kept}
+    # A deleting run cannot be dated ahead: it fails and deletes nothing.
+    code, output = world.cli("retention", "run", "--today", _tomorrow())
+    assert code == 1 and "cannot be dated ahead" in output, output
     dry = world.run("--dry-run")
     assert dry["dry_run"] is True and dry["due"] == 1 and dry["erased"] == 0
     assert world.studies() == before

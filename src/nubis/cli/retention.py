@@ -35,7 +35,10 @@ app.add_typer(certificates_app, name="certificates")
 
 Today = Annotated[
     str | None,
-    typer.Option(help="Evaluate as of this day (YYYY-MM-DD) instead of today, to review ahead."),
+    typer.Option(
+        help="Evaluate as of this day (YYYY-MM-DD) instead of today: a later day only to "
+        "review (report, --dry-run)."
+    ),
 ]
 
 

@@ -92,7 +92,7 @@ class Retention:
                     due.append(candidate)
                 else:
                     held.append((candidate, hold.id))
-        # A query of the index by the rules: recorded as one (the rules are its text).
+        # A query of the index by the rules, recorded as one (its text names the day).
         self.guard.record(
             audit_events.query(
                 who, f"retention report of {today.isoformat()}", request_id=who.request_id
@@ -115,6 +115,13 @@ class Retention:
                 retry_in=None,
             )
         today = date.fromisoformat(ctx.params["today"]) if "today" in ctx.params else _today()
+        if not dry_run and today > _today():
+            # Looking ahead is for review: a deletion before its day breaks the retention.
+            raise JobFailed(
+                f"a deleting retention run cannot be dated ahead ({today.isoformat()}); "
+                "review a later day with a dry run",
+                retry_in=None,
+            )
         saved = ctx.cursor or {}
         after = int(saved.get("after", 0))
         tally: dict[str, Any] = {
