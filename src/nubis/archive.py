@@ -34,7 +34,7 @@ from nubis.security import audit_events
 from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
 from nubis.security.authn import Authenticator, OidcVerifier
-from nubis.security.policy import AuthPolicy, parse_roles
+from nubis.security.policy import AuthPolicy, parse_roles, system_principal
 from nubis.security.sessions import SessionStore
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
@@ -388,6 +388,9 @@ class Archive:
                 healer=self.healer,
                 replicate=self.replicator.run if settings.replicate_to else None,
                 retention=self.retention.run,
+                certificate_checks=lambda: self.retention.verify(
+                    system_principal(settings.audit_source, via="system")
+                ),
             ),
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,

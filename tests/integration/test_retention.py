@@ -132,7 +132,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data_dir = tmp_path_factory.mktemp("retention") / "data"
     data_dir.mkdir()
     (data_dir / "retention.toml").write_text(RULES)
-    archive = in_process_archive(data_dir, ADMIN)
+    # No background runner: the tests run the jobs they queue themselves.
+    archive = in_process_archive(data_dir, ADMIN, jobs="false")
     with TestClient(create_app(archive)) as client:
         yield World(client, archive, data_dir)
 
@@ -281,6 +282,13 @@ def test_tampering_breaks_verification(world: World) -> None:
     assert code == 1 and "altered" in output
     code, output = world.cli("audit", "verify")
     assert code == 1 and f"ERASURE CERTIFICATE {certificate.id}" in output, output
+    # The audit-verify job (the admin pages' report) says so too.
+    runner = world.archive.new_job_runner(scheduled=False)
+    job_id = world.archive.jobs.enqueue("audit-verify", created_by="test")
+    assert job_id is not None and runner.run_job(job_id, runner.handlers["audit-verify"])
+    job = world.archive.jobs.get(job_id)
+    assert job is not None and job.result is not None
+    assert job.result["ok"] is False and job.result["certificates_failed"] == [certificate.id]
 
     # A consistent digest without the key's signature is caught by the signature.
     digest = hashlib.sha256(forged.encode()).hexdigest()

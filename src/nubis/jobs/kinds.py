@@ -18,9 +18,10 @@
   DIMSE server for each N-ACTION, retried on its own backoff until delivered or given up.
 - ``storage-snapshot``: keep today's objects and bytes per tier (nubis.tiers.history), for the
   admin pages' charts of storage and cost over time; daily by default, and queued at start.
-- ``audit-verify``: check the audit trail's hash chain and signed checkpoints, as ``nubis audit
-  verify`` does (recorded as Audit Log Used, a broken chain as a Security Alert); the result is
-  the report the admin pages show. Add ``audit-verify=1d`` to jobs_schedule to run it daily.
+- ``audit-verify``: check the audit trail's hash chain and signed checkpoints, and the erasure
+  certificates, as ``nubis audit verify`` does (recorded as Audit Log Used, a broken chain as
+  a Security Alert); the result is the report the admin pages show. Add ``audit-verify=1d``
+  to jobs_schedule to run it daily.
 - ``dimse-send``: send a study or series to a DIMSE peer for the person who asked (the web
   face's Send, nubis.dimse.send); parameters ``who``, ``study``, ``series``, ``destination``.
   Tried once.
@@ -66,6 +67,7 @@ from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.rules import Tiers
 
 if TYPE_CHECKING:
+    from nubis.retention.certificates import CertificateCheck
     from nubis.security.audit import AuditTrail
 
 __all__ = ["KINDS", "handlers", "parse_params"]
@@ -112,13 +114,15 @@ def handlers(
     healer: Callable[[], Healer | None] | None = None,
     replicate: Handler | None = None,
     retention: Handler | None = None,
+    certificate_checks: Callable[[], list[CertificateCheck]] | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
     ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate`` and ``retention``
     when given);
     ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
-    its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
+    its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer;
+    ``certificate_checks`` verifies the erasure certificates with the chain (``audit-verify``)."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -152,8 +156,12 @@ def handlers(
             report = trail.verify(
                 used_by=who, front_door="system", progress=lambda n: ctx.progress(n, total)
             )
+            checks = certificate_checks() if certificate_checks is not None else []
+            forged = [c.id for c in checks if not c.ok]
             return {
-                "ok": report.ok,
+                "ok": report.ok and not forged,
+                "certificates": len(checks),
+                "certificates_failed": forged,
                 "records": report.records,
                 "checkpoints": report.checkpoints,
                 "last_signed_seq": report.last_signed_seq,
