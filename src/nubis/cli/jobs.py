@@ -171,8 +171,9 @@ def run(
     kind: Annotated[
         str,
         typer.Argument(
-            help="reap, verify, tier, rewrap, rekey, storage-snapshot, audit-verify or "
-            "retention (a deleting run needs approve=true: nubis retention run)."
+            help="reap, verify, tier, rewrap, rekey, storage-snapshot, audit-verify, "
+            "analyze-scan or analyze (analyzer=NAME study=UID), or retention (a deleting "
+            "run needs approve=true: nubis retention run)."
         ),
     ],
     param: Annotated[

@@ -708,7 +708,7 @@ Index(
     workitem_subscriptions.c.target_uid,
 )
 
-# Legal holds (nubis.services.legal_holds, migration 0021; docs/retention.md). A hold on a
+# Legal holds (nubis.services.legal_holds, migration 0022; docs/retention.md). A hold on a
 # whole tenant (``patient_id`` and ``study_uid`` null), a patient or a study blocks every
 # deletion of what it covers (DELETE, retention, key shredding) until released. Released holds
 # stay as the record of what was held, when and by whom; ``reason`` is the admin's text, never
@@ -754,7 +754,31 @@ Index(
     erasure_certificates.c.study_uid,
 )
 
+# One row per (analyzer, its version, study): the study was queued for that analyzer, and
+# what became of it (nubis.analyzers.job). A running row holds one of its analyzer's
+# concurrency slots until slot_expires_at. Gone with its study, so a study deleted and sent
+# again is analyzed again.
+analyzer_runs = Table(
+    "analyzer_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_pk", Integer, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
+    Column("analyzer", String(64), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("job_id", Integer),
+    Column("queued_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+    Column("slot_expires_at", BigInteger),
+    Column("summary", Text),
+    Column("last_error", Text),
+    UniqueConstraint("analyzer", "version", "study_pk", name="uq_analyzer_runs_study"),
+)
+Index("ix_analyzer_runs_state", analyzer_runs.c.analyzer, analyzer_runs.c.state)
+
 __all__ = [
+    "analyzer_runs",
     "api_keys",
     "audit_checkpoints",
     "audit_cursors",

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["AUDIT_VERIFY", "REPLICATE", "RETENTION", "SCHEDULED", "SNAPSHOT", "parse_schedule"]
+__all__ = [
+    "ANALYZE_SCAN",
+    "AUDIT_VERIFY",
+    "REPLICATE",
+    "RETENTION",
+    "SCHEDULED",
+    "SNAPSHOT",
+    "parse_schedule",
+]
 
 SNAPSHOT = "storage-snapshot"
 AUDIT_VERIFY = "audit-verify"
 RETENTION = "retention"
 # Scheduled by replicate_every_seconds whenever replicate_to is set, not by jobs_schedule.
 REPLICATE = "replicate"
+# Scheduled by analyzer_scan_seconds whenever the analyzers setting names any.
+ANALYZE_SCAN = "analyze-scan"
 # A rewrap names its KEK: a periodic run would have nothing to work on.
 SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY, RETENTION)
 _EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
