@@ -34,15 +34,17 @@ from nubis.jobs.schedule import (
     parse_schedule,
 )
 from nubis.jobs.store import JobStore
+from nubis.logs import redact_url
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.replication.job import Replicator
 from nubis.replication.target import DicomWebReplica
+from nubis.retention.rules import load_rules
 from nubis.security import audit_events
 from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
 from nubis.security.authn import Authenticator, OidcVerifier
-from nubis.security.policy import AuthPolicy, parse_roles
+from nubis.security.policy import AuthPolicy, parse_roles, system_principal
 from nubis.security.sessions import SessionStore
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
@@ -57,12 +59,14 @@ from nubis.services.fhir import ImagingStudies
 from nubis.services.gauges import ArchiveGauges
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
-from nubis.services.maintenance import Maintenance
+from nubis.services.legal_holds import LegalHolds
+from nubis.services.maintenance import Certifying, Maintenance
 from nubis.services.metadata_export import MetadataExport
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
 from nubis.services.replica_role import ReplicaRole
+from nubis.services.retention import Retention
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
 from nubis.services.shredding import ShredService
@@ -103,6 +107,25 @@ def _blob_store(
     keys = open_key_provider(settings.keyring_url, durable=settings.durable, index=index)
     # Off after being on: new objects are plaintext, encrypted ones stay readable.
     return keys, EncryptedBlobStore(store, keys, accept_plaintext=not settings.encrypt_at_rest)
+
+
+def _erasure_copies(settings: Settings) -> dict[str, str]:
+    """What an erasure certificate can say of the copies beyond the primary blob store."""
+    if settings.replicate_to:
+        replica = (
+            f"a delete queued for the replica {redact_url(settings.replicate_to)} in the "
+            f"erasure's own transaction, applied after {settings.replicate_delete_delay_days} "
+            "day(s) (replicate_delete_delay_days); nubis replication status shows when"
+        )
+    else:
+        replica = "none configured"
+    backups = (
+        "backup folders taken before this erasure still hold the objects until they are "
+        "discarded by their own retention"
+    )
+    if settings.encrypt_at_rest:
+        backups += "; encrypted under the patient's key, which a key shred erases in them too"
+    return {"replica": replica, "backups": backups}
 
 
 def _ingest_folders(settings: Settings) -> list[Path]:
@@ -216,6 +239,17 @@ class Archive:
         self.corrections = CorrectionService(
             self.index, self.guard, rekeys=isinstance(self.blobs, EncryptedBlobStore)
         )
+        # What nobody may delete until released: DELETE, retention and shredding check it.
+        self.legal_holds = LegalHolds(self.index, self.guard)
+        # Every erasure (delete, retention, shred) leaves a certificate signed with the audit
+        # trail's key, its digest named by the erasure's audit record (retention.certificates).
+        certify = (
+            Certifying(
+                lambda: self.audit.key, redact_url(settings.blobs_url), _erasure_copies(settings)
+            )
+            if settings.audit_trail
+            else None
+        )
         # Crypto-shredding a patient, for the CLI and the admin API (a primary's replication).
         self.shredding = (
             ShredService(
@@ -226,6 +260,8 @@ class Archive:
                 self.query,
                 self.corrections,
                 max_studies=settings.qido_max_limit,
+                holds=self.legal_holds,
+                certify=certify,
             )
             if self.keys is not None
             else None
@@ -257,6 +293,18 @@ class Archive:
             self.blobs,
             guard=self.guard,
             orphan_grace_seconds=settings.orphan_grace_seconds,
+            certify=certify,
+        )
+        # Studies the retention rules let go, erased through maintenance (docs/retention.md).
+        rules = load_rules(settings.retention_rules_path)
+        self.retention = Retention(
+            self.index,
+            self.guard,
+            self.maintenance,
+            self.legal_holds,
+            lambda: rules,
+            automatic=settings.retention_approval == "automatic",
+            public_keys=lambda: {self.audit.key.key_id: self.audit.key.public},
         )
         mover = find_mover(self.blobs)
         # Tiers that keep their objects losslessly compressed (nubis.tiers.compression).
@@ -365,6 +413,10 @@ class Archive:
                 dimse_send=self.run_send,
                 healer=self.healer,
                 replicate=self.replicator.run if settings.replicate_to else None,
+                retention=self.retention.run,
+                certificate_checks=lambda: self.retention.verify(
+                    system_principal(settings.audit_source, via="system")
+                ),
                 analyze=(self.run_analyze_scan, self.run_analyze),
                 webhooks=self.webhook_delivery.run if settings.change_feed else None,
                 changefeed_expire=self._expire_changefeed if settings.change_feed else None,

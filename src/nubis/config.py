@@ -149,6 +149,12 @@ def _validate_security(settings: Settings) -> None:
             f"oidc_algorithms: refused {', '.join(weak) or 'an empty list'}; use asymmetric "
             "algorithms such as RS256, PS256, ES256, EdDSA"
         )
+    from nubis.retention.rules import load_rules
+
+    try:
+        load_rules(settings.retention_rules_path)
+    except (ValueError, OSError) as exc:
+        raise SettingsError(f"retention_rules: {exc}") from None
     try:
         parse_roles(settings.break_glass_roles)
     except ValueError as exc:

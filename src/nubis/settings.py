@@ -515,6 +515,20 @@ class Settings:
         "Longest wait before an entry the replica did not take is tried again (the wait "
         "doubles from 1 s up to this).",
     )
+    retention_rules: str = _setting(
+        "",
+        "TOML file of retention rules ([[rule]] tables: keep_years after study_date, "
+        "last_study, last_access or stored; optional tenant, modality, sop_class, until_age; "
+        "docs/retention.md). Empty: retention.toml in data_dir if present; without rules no "
+        "study ever expires.",
+    )
+    retention_approval: str = _setting(
+        "review",
+        "'review': scheduled retention jobs (jobs_schedule retention=1d) only list what is "
+        "due, and studies are deleted by nubis retention run, whose admin approves; "
+        "'automatic': scheduled runs delete too, the rules file being the approval.",
+        _choice("review", "automatic"),
+    )
     replica_of: str = _setting(
         "",
         "URL of the primary this archive is a read-only replica of: clients read, and every "
@@ -600,6 +614,12 @@ class Settings:
     @property
     def dimse_peers_path(self) -> Path:
         return Path(self.dimse_peers) if self.dimse_peers else self.data_dir / "dimse-peers.toml"
+
+    @property
+    def retention_rules_path(self) -> Path:
+        return (
+            Path(self.retention_rules) if self.retention_rules else self.data_dir / "retention.toml"
+        )
 
     @property
     def audit_key_path(self) -> Path:

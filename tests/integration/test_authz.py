@@ -96,6 +96,10 @@ for _path, _method in (
     ("/corrections/{correction_id:int}/undo", "POST"),
     ("/quarantine", "GET"),
     ("/quarantine/{study}/release", "POST"),
+    # Legal holds (docs/retention.md).
+    ("/legal-holds", "GET"),
+    ("/legal-holds", "POST"),
+    ("/legal-holds/{hold_id:int}/release", "POST"),
     # A crypto-shred (docs/security.md), also how a primary's replication shreds at its replica.
     ("/keys/shred-patient", "POST"),
     ("/webhooks", "GET"),
@@ -645,13 +649,15 @@ def _ups_route(world: World, who: str, path: str, method: str, need: str) -> lis
 
 
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
-    """The admins' JSON API (corrections, quarantine, shreds) for one caller: 401 signed out,
-    403 but for admins (before the body is read), and for admins an answer about the request
-    itself: a list (200), an empty correction or shred refused (400), the undo of a
-    correction not in its tenant or the release of a study its tenant does not hold in
-    quarantine (404)."""
-    url = path.replace("{correction_id:int}", "999999").replace(
-        "{study}", world.studies["own"].study
+    """The admins' JSON API (corrections, quarantine, shreds, legal holds) for one caller:
+    401 signed out, 403 but for admins (before the body is read), and for admins an answer
+    about the request itself: a list (200), an empty correction, shred or hold refused (400),
+    the undo of a correction or the release of a hold not in its tenant, or the release of a
+    study its tenant does not hold in quarantine (404)."""
+    url = (
+        path.replace("{correction_id:int}", "999999")
+        .replace("{hold_id:int}", "999999")
+        .replace("{study}", world.studies["own"].study)
     )
     # A webhook that does not exist: 404 to admins, whatever they ask of it.
     url = url.replace("{name}", "no-such-webhook")

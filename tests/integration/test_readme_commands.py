@@ -49,6 +49,7 @@ RUN_AS: dict[str, list[str] | str] = {
     "nubis keys retire k1 --rewrap": ["nubis keys retire k1 --rewrap"],
     # Run last (see ORDER_LAST): it makes the patient's objects unreadable for good.
     "nubis keys shred-patient PATIENT_ID": [f"nubis keys shred-patient {PATIENT_ID} --yes"],
+    "nubis retention report": ["nubis retention report"],
     "nubis users add alice --role radiologist": ["nubis users add alice --role radiologist"],
     "nubis users add dr.ref --role referrer --tenant clinic-b": [
         "nubis users add dr.ref --role referrer --tenant clinic-b"

@@ -172,7 +172,8 @@ def run(
         str,
         typer.Argument(
             help="reap, verify, tier, rewrap, rekey, storage-snapshot, audit-verify, "
-            "analyze-scan or analyze (analyzer=NAME study=UID)."
+            "analyze-scan or analyze (analyzer=NAME study=UID), or retention (a deleting "
+            "run needs approve=true: nubis retention run)."
         ),
     ],
     param: Annotated[

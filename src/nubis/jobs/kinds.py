@@ -18,9 +18,10 @@
   DIMSE server for each N-ACTION, retried on its own backoff until delivered or given up.
 - ``storage-snapshot``: keep today's objects and bytes per tier (nubis.tiers.history), for the
   admin pages' charts of storage and cost over time; daily by default, and queued at start.
-- ``audit-verify``: check the audit trail's hash chain and signed checkpoints, as ``nubis audit
-  verify`` does (recorded as Audit Log Used, a broken chain as a Security Alert); the result is
-  the report the admin pages show. Add ``audit-verify=1d`` to jobs_schedule to run it daily.
+- ``audit-verify``: check the audit trail's hash chain and signed checkpoints, and the erasure
+  certificates, as ``nubis audit verify`` does (recorded as Audit Log Used, a broken chain as
+  a Security Alert); the result is the report the admin pages show. Add ``audit-verify=1d``
+  to jobs_schedule to run it daily.
 - ``dimse-send``: send a study or series to a DIMSE peer for the person who asked (the web
   face's Send, nubis.dimse.send); parameters ``who``, ``study``, ``series``, ``destination``.
   Tried once.
@@ -30,6 +31,11 @@
   second run resumes; servers' runners leave it alone.
 - ``backup``: back the archive up into a folder (nubis.backup.job); parameter ``to``. Run only
   by the ``nubis backup`` process that queued it, as ``migrate`` is.
+- ``retention``: list, or with an admin's approval erase, the studies the retention rules let
+  go (nubis.services.retention); parameters ``dry_run``, ``approve`` (``nubis retention run``:
+  the job's creator approves), ``today`` (YYYY-MM-DD, for a review of a later day). A
+  scheduled run (``retention=1d`` in jobs_schedule) only lists unless retention_approval is
+  automatic. Legal holds are skipped and reported; every erasure leaves a certificate.
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.
@@ -64,6 +70,7 @@ from nubis.jobs.schedule import (
     AUDIT_VERIFY,
     CHANGEFEED_EXPIRE,
     REPLICATE,
+    RETENTION,
     SNAPSHOT,
     WEBHOOKS,
 )
@@ -79,6 +86,7 @@ from nubis.tiers.lifecycle import Lifecycle
 from nubis.tiers.rules import Tiers
 
 if TYPE_CHECKING:
+    from nubis.retention.certificates import CertificateCheck
     from nubis.security.audit import AuditTrail
 
 __all__ = ["KINDS", "handlers", "parse_params"]
@@ -95,6 +103,7 @@ KINDS = (
     CHANGEFEED_EXPIRE,
     ANALYZE_SCAN,
     "analyze",
+    RETENTION,
 )
 
 
@@ -139,13 +148,17 @@ def handlers(
     analyze: tuple[Handler, Handler] | None = None,
     webhooks: Handler | None = None,
     changefeed_expire: Handler | None = None,
+    retention: Handler | None = None,
+    certificate_checks: Callable[[], list[CertificateCheck]] | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
     ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate``, ``webhooks``,
-    ``changefeed-expire`` and ``analyze`` (the scan's and the analysis' handlers) when given);
+    ``changefeed-expire``, ``retention`` and ``analyze`` (the scan's and the analysis'
+    handlers) when given);
     ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
-    its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
+    its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer;
+    ``certificate_checks`` verifies the erasure certificates with the chain (``audit-verify``)."""
 
     def reap(ctx: JobContext) -> dict[str, Any]:
         grace = ctx.params.get("grace_seconds")
@@ -179,8 +192,12 @@ def handlers(
             report = trail.verify(
                 used_by=who, front_door="system", progress=lambda n: ctx.progress(n, total)
             )
+            checks = certificate_checks() if certificate_checks is not None else []
+            forged = [c.id for c in checks if not c.ok]
             return {
-                "ok": report.ok,
+                "ok": report.ok and not forged,
+                "certificates": len(checks),
+                "certificates_failed": forged,
                 "records": report.records,
                 "checkpoints": report.checkpoints,
                 "last_signed_seq": report.last_signed_seq,
@@ -208,6 +225,8 @@ def handlers(
         kinds["dimse-send"] = dimse_send
     if replicate is not None:
         kinds[REPLICATE] = replicate
+    if retention is not None:
+        kinds[RETENTION] = retention
     if analyze is not None:
         kinds[ANALYZE_SCAN], kinds["analyze"] = analyze
     if webhooks is not None:

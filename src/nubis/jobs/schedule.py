@@ -13,6 +13,7 @@ __all__ = [
     "AUDIT_VERIFY",
     "CHANGEFEED_EXPIRE",
     "REPLICATE",
+    "RETENTION",
     "SCHEDULED",
     "SNAPSHOT",
     "WEBHOOKS",
@@ -21,6 +22,7 @@ __all__ = [
 
 SNAPSHOT = "storage-snapshot"
 AUDIT_VERIFY = "audit-verify"
+RETENTION = "retention"
 # Scheduled by replicate_every_seconds whenever replicate_to is set, not by jobs_schedule.
 REPLICATE = "replicate"
 # Scheduled by analyzer_scan_seconds whenever the analyzers setting names any.
@@ -30,7 +32,7 @@ WEBHOOKS = "webhooks"
 # Daily whenever change_feed is on, unless jobs_schedule says otherwise.
 CHANGEFEED_EXPIRE = "changefeed-expire"
 # A rewrap names its KEK: a periodic run would have nothing to work on.
-SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY, CHANGEFEED_EXPIRE)
+SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY, CHANGEFEED_EXPIRE, RETENTION)
 _EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

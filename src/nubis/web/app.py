@@ -35,6 +35,7 @@ from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, stow, wado, wado_uri
 from nubis.web.dicomweb.ups import ups_routes
 from nubis.web.fhir import fhir_routes
+from nubis.web.hold_routes import hold_routes
 from nubis.web.metrics import HttpMetricsMiddleware, metrics_routes
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 from nubis.web.quarantine_routes import quarantine_routes
@@ -162,6 +163,7 @@ def create_app(
             *audit_routes(),
             *changefeed_routes(),
             *correction_routes(),
+            *hold_routes(),
             *quarantine_routes(),
             *metrics_routes(),
             *fhir_routes(),
