@@ -47,6 +47,8 @@ from nubis.services.maintenance import Maintenance
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
+from nubis.services.research import ResearchService
+from nubis.services.research_view import ResearchView
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
 from nubis.services.spool import Spool
@@ -195,6 +197,11 @@ class Archive:
         # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
         self.export = ExportService(self.retrieve, self.guard)
         self.quarantine = QuarantineService(self.index, guard=self.guard)
+        # Research projects and the researcher's de-identified view (docs/research.md).
+        self.research = ResearchService(
+            self.index, self.guard, self.query, self.keys, max_limit=settings.qido_max_limit
+        )
+        self.research_view = ResearchView(self.research, self.retrieve, self.index, self.guard)
         self.maintenance = Maintenance(
             self.index,
             self.blobs,

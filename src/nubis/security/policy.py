@@ -15,7 +15,8 @@ in this order:
 
 Roles (``ROLES``): admin (everything in its tenant, user management), radiologist (read and
 write the tenant), referrer (read granted studies), uploader and modality (store only),
-researcher (de-identified reads only: refused until de-identification exists), auditor (the
+researcher (de-identified reads of the research projects it is a member of, through
+nubis.services.research_view; identified reads refused), auditor (the
 audit log only). Nothing is allowed that a role does not list. The audit log is the archive's,
 not a tenant's (its records name every tenant's patients and users), so only principals of the
 home tenant ``default`` may read it, whatever their role. So it is with running the archive
@@ -95,7 +96,8 @@ ROLES: dict[str, RoleSpec] = {
     "uploader": RoleSpec(Action.WRITE, summary="store only"),
     "modality": RoleSpec(Action.WRITE, summary="store only (an imaging device)"),
     "researcher": RoleSpec(
-        Action.DEIDENTIFY, summary="de-identified reads only (refused until they exist)"
+        Action.DEIDENTIFY, summary="de-identified reads of its research projects only "
+        "(/projects/{name}/dicom-web)"
     ),
     "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
     "share-view": RoleSpec(
@@ -114,9 +116,10 @@ ROLES: dict[str, RoleSpec] = {
 ASSIGNABLE_ROLES = frozenset(name for name, spec in ROLES.items() if spec.assignable)
 
 # The refusal a researcher gets: say why, so nobody mistakes it for a missing grant.
-DEIDENTIFY_UNAVAILABLE = (
-    "the researcher role reads de-identified data only, and de-identification is not "
-    "available yet: identified metadata, pixels and query results are refused"
+DEIDENTIFIED_ONLY = (
+    "the researcher role reads de-identified data only, through the research projects it is "
+    "a member of (/projects/{name}/dicom-web/...): identified metadata, pixels and query "
+    "results are refused"
 )
 
 
@@ -224,7 +227,7 @@ class AuthPolicy:
         allowed = self.actions(who)
         if not action or action & allowed != action:
             if action & Action.READ and allowed & Action.DEIDENTIFY:
-                return Decision(False, DEIDENTIFY_UNAVAILABLE)
+                return Decision(False, DEIDENTIFIED_ONLY)
             roles = ", ".join(sorted(who.roles)) or "no role"
             missing = action & ~allowed
             return Decision(False, f"{who.id} ({roles}) may not {_verb(missing or action)}")
