@@ -52,7 +52,7 @@ from nubis.index.schema import (
     research_studies,
     users,
 )
-from nubis.model.audit import EventAction
+from nubis.model.audit import EventAction, EventOutcome
 from nubis.model.query import Level, Query, parse_qido
 from nubis.ports.keys import KeyProvider, WrappedKey
 from nubis.security import audit_events
@@ -296,9 +296,8 @@ class ResearchService:
         """The patient behind a pseudonym (or the study behind a remapped Study Instance UID)
         of the project: admins only, each lookup recorded (Patient Record, read) with the
         patient it revealed, or as a failure; NotFound when the project never issued it."""
-        decision = self.guard.authorize(
-            who, Action.ADMIN, f"re-identify {value} of research project {name}"
-        )
+        what = f"re-identification of {value} in research project {name}"
+        decision = self.guard.authorize(who, Action.ADMIN, what)
         assert decision.scope is not None
         project = self._require(decision.scope.partition, name)
         project_key = self.key_of(project)
@@ -309,17 +308,21 @@ class ResearchService:
                     research_reid.c.project_id == project.id, research_reid.c.lookup == lookup
                 )
             ).first()
-        what = f"re-identification of {value} in research project {name}"
         if row is None:
             self.guard.record(
-                audit_events.query(
-                    who, f"{what}: not issued by this project", request_id=who.request_id
+                audit_events.patient_record(
+                    who,
+                    patient_id="",
+                    action=EventAction.READ,
+                    outcome=EventOutcome.MINOR_FAILURE,
+                    request_id=who.request_id,
+                    description=f"{what}: not issued by this project",
                 )
             )
             raise NotFound(f"research project {name} issued no pseudonym or UID {value}")
         original = project_key.unseal(row.sealed, lookup)
-        studies = tuple(original.get("study_uids", "").split("\\")) if original else ()
-        found = Reidentified(row.kind, original["patient_id"], tuple(s for s in studies if s))
+        studies = original.get("study_uids") or original.get("study_uid", "")
+        found = Reidentified(row.kind, original["patient_id"], tuple(studies.split("\\")))
         self.guard.record(
             audit_events.patient_record(
                 who,

@@ -37,6 +37,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from nubis.deid import burned_in
 from nubis.deid.engine import ExcludedObject, deidentify
@@ -261,14 +262,20 @@ class ResearchView:
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        *,
+        native: bool = True,
     ) -> Iterator[DeidentifiedFile]:
         """The de-identified Part-10 objects (excluded ones left out; 403 for one asked for
-        by name), the first made before this returns."""
+        by name), the first made before this returns; ``native``: in Explicit VR Little
+        Endian, else in the syntax the profile leaves them in."""
         what = _what(name, study_uid, series_uid, sop_instance_uid)
         with _reworded(what):
             session = self.open(who, name)
             found = self._locate(who, session, study_uid, series_uid, sop_instance_uid, True)
-            files = (self._file(session, inst) for inst in found)
+            files = (
+                deidentified_file(self.retrieve, session.profile, session.key, inst, native)
+                for inst in found
+            )
             first = self._first_kept(files, named=sop_instance_uid is not None)
         return _chain(first, files, what)
 
@@ -359,21 +366,27 @@ class ResearchView:
             raise NotFound("not found")
         return found
 
-    def _file(self, session: ResearchSession, inst: StoredInstance) -> DeidentifiedFile | None:
-        return deidentified_file(self.retrieve, session.profile, session.key, inst)
-
 
 def deidentified_file(
-    retrieve: RetrieveService, profile: Profile, key: ProjectKey, inst: StoredInstance
+    retrieve: RetrieveService,
+    profile: Profile,
+    key: ProjectKey,
+    inst: StoredInstance,
+    native: bool = False,
 ) -> DeidentifiedFile | None:
     """The de-identified Part-10 object of ``inst`` (None when the profile excludes it): read
-    as served (a correction's overlay applied, digest checked), then de-identified."""
+    as served (a correction's overlay applied, digest checked), then de-identified; with
+    ``native``, its pixels decoded into Explicit VR Little Endian."""
     stored = retrieve.instance_bytes(inst, AS_STORED)
     dataset = pydicom.dcmread(io.BytesIO(stored))
     try:
         out, report = deidentify(dataset, profile, key.key)
     except ExcludedObject:
         return None
+    if native and out.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian:
+        if out.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in out:
+            out.decompress()
+        out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     return DeidentifiedFile(

@@ -30,7 +30,7 @@ from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
 from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
-from nubis.web.dicomweb import qido, stow, wado, wado_uri
+from nubis.web.dicomweb import qido, research, stow, wado, wado_uri
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 from nubis.web.quarantine_routes import quarantine_routes
 from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
@@ -143,6 +143,7 @@ def create_app(
     app = Starlette(
         routes=[
             Mount("/dicom-web", routes=dicomweb_routes()),
+            Mount(research.PREFIX, routes=research.research_routes()),
             Route("/wado", wado_uri.wado_uri, methods=["GET"]),
             Route("/-/health", health, methods=["GET"]),
             Route("/-/ready", ready, methods=["GET"]),

@@ -134,7 +134,7 @@ async def retrieve_metadata(request: Request) -> Response:
 
 
 # ---------------------------------------------------------------------- frames
-def _frame_numbers(text: str) -> list[int]:
+def frame_numbers(text: str) -> list[int]:
     """The frame numbers of a frame list, each named once (PS3.18 10.4.1.1.4).
 
     PS3.18 defines the frame list as one or more non-duplicate frame numbers in any order, so
@@ -175,7 +175,7 @@ async def retrieve_frames(request: Request) -> Response:
     """Frames of one instance (PS3.18 10.4.1.1.4): native as application/octet-stream, or each
     compressed frame as its bitstream media type when the client accepts it."""
     archive = archive_of(request)
-    numbers = _frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"])
     study, series, sop = _scope(request)
     who = principal_of(request)
     accepted = accept_ranges(request)
@@ -278,7 +278,7 @@ async def retrieve_rendered(request: Request) -> Response:
     frame = request.path_params.get("frames")
     number = None
     if frame is not None:
-        numbers = _frame_numbers(frame)
+        numbers = frame_numbers(frame)
         if len(numbers) != 1:
             raise BadRequest("a rendered frame request names exactly one frame")
         number = numbers[0]
@@ -302,7 +302,7 @@ async def retrieve_thumbnail(request: Request) -> Response:
     options = _render_options(request, thumbnail=True)
     frame = request.path_params.get("frames")
     if frame is not None:
-        numbers = _frame_numbers(frame)
+        numbers = frame_numbers(frame)
         body = await run_in_threadpool(archive.retrieve.rendered, inst, numbers[0], options)
     else:
         body = await run_in_threadpool(archive.retrieve.thumbnail, inst, options)

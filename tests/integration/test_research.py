@@ -1,0 +1,294 @@
+"""Research projects and the researcher's de-identified view (issue 14, docs/research.md).
+
+In process (Starlette's TestClient, the services directly): projects made by an admin, the
+researcher's DICOMweb under /projects/{name}/dicom-web, re-identification by admins only.
+De-identification itself is PS3.15 Annex E (tests/unit/test_deid_*.py); here what matters is
+that a researcher receives nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from starlette.testclient import TestClient
+
+from integration import ADMIN_TOKEN, in_process_archive, multipart_parts
+from nubis.archive import Archive
+from nubis.deid.profile import load_default_profile
+from nubis.errors import BadRequest, Forbidden, NotFound
+from nubis.security.policy import Principal
+from nubis.tools.synth import PatientSpec, dataset_bytes, series_datasets
+from nubis.web.app import create_app
+
+US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+ADMIN = Principal("admin", "default", frozenset({"admin"}))
+DEFAULT_PROFILE = (Path(__file__).parents[2] / "src/nubis/deid/profiles/default.toml").read_text()
+
+
+@dataclass
+class Lab:
+    client: TestClient
+    archive: Archive
+    keys: dict[str, str]
+    # Every identifying string of the stored objects, UIDs included.
+    phi: set[str] = field(default_factory=set)
+    studies: dict[str, str] = field(default_factory=dict)  # label -> Study Instance UID
+    us_sop: str = ""
+
+    def get(self, who: str, url: str, **kw: object) -> object:
+        return self.client.get(url, headers={"Authorization": f"Bearer {self.keys[who]}"}, **kw)
+
+
+def _store(client: TestClient, datasets: list[Dataset]) -> None:
+    body = b"".join(
+        b"--b\r\nContent-Type: application/dicom\r\n\r\n" + dataset_bytes(ds) + b"\r\n"
+        for ds in datasets
+    )
+    response = client.post(
+        "/dicom-web/studies",
+        content=body + b"--b--\r\n",
+        headers={
+            "Authorization": f"Bearer {ADMIN_TOKEN}",
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
+        },
+    )
+    assert response.status_code == 200, response.text
+
+
+def _ultrasound(patient: PatientSpec, study_uid: str) -> Dataset:
+    (ds,) = series_datasets(
+        "CT", n_instances=1, rows=32, columns=48, patient=patient, study_uid=study_uid, seed=9
+    )
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = US_IMAGE_STORAGE
+    ds.Modality = "US"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.full((32, 48), 100, dtype=np.uint8).tobytes()
+    ds["PixelData"].VR = "OB"
+    for name in ("RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth"):
+        if name in ds:
+            delattr(ds, name)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    archive = in_process_archive(tmp_path_factory.mktemp("research") / "data", ADMIN_TOKEN)
+    with TestClient(create_app(archive)) as client:
+        keys = {"admin": ADMIN_TOKEN}
+        for user, roles in (("res1", "researcher"), ("res2", "researcher"), ("rad", "radiologist")):
+            archive.users.add_user(user, tenant="default", roles=roles)
+            keys[user] = archive.users.create_api_key(user)[1]
+        lab = Lab(client, archive, keys)
+        alice = PatientSpec("PAT-ALICE-4711", "Liddell^Alice", "19610504", "F")
+        bob = PatientSpec("PAT-BOB-0815", "Builder^Bob", "19550203", "M")
+        for seed, (label, patient, accession) in enumerate(
+            (
+                ("a1", alice, "ACC-ALICE-ONE"),
+                ("a2", alice, "ACC-ALICE-TWO"),
+                ("b1", bob, "ACC-BOB-ONE"),
+            ),
+            start=1,
+        ):
+            datasets = list(
+                series_datasets(
+                    "CT",
+                    n_instances=2,
+                    rows=32,
+                    columns=32,
+                    patient=patient,
+                    accession=accession,
+                    seed=seed,
+                )
+            )
+            study = str(datasets[0].StudyInstanceUID)
+            if label == "a1":
+                us = _ultrasound(alice, study)
+                datasets.append(us)
+                lab.us_sop = str(us.SOPInstanceUID)
+            _store(client, datasets)
+            lab.studies[label] = study
+            for ds in datasets:
+                lab.phi |= {
+                    str(ds.StudyInstanceUID),
+                    str(ds.SeriesInstanceUID),
+                    str(ds.SOPInstanceUID),
+                    str(ds.AccessionNumber),
+                }
+            lab.phi |= {patient.patient_id, patient.birth_date, *patient.patient_name.split("^")}
+        research = archive.research
+        research.create(
+            ADMIN,
+            "alpha",
+            DEFAULT_PROFILE,
+            cohort_query="ModalitiesInStudy=CT",
+            members=("res1",),
+        )
+        research.create(ADMIN, "beta", DEFAULT_PROFILE, study_uids=(lab.studies["a1"],))
+        research.add_member(ADMIN, "beta", "res2")
+        yield lab
+
+
+def _leaks(lab: Lab, text: str) -> list[str]:
+    return sorted(value for value in lab.phi if value and value in text)
+
+
+def _studies(lab: Lab, who: str, project: str) -> list[dict[str, object]]:
+    response = lab.get(who, f"/projects/{project}/dicom-web/studies")
+    assert response.status_code == 200, response.text  # type: ignore[attr-defined]
+    assert not _leaks(lab, response.text)  # type: ignore[attr-defined]
+    found: list[dict[str, object]] = response.json()  # type: ignore[attr-defined]
+    return found
+
+
+def _value(item: dict[str, object], tag: str) -> str:
+    return str(item[tag]["Value"][0])  # type: ignore[index]
+
+
+def test_projects_are_made_and_shown_by_admins(lab: Lab) -> None:
+    alpha = lab.archive.research.show(ADMIN, "alpha")
+    assert alpha.study_count == 3 and alpha.members == ("res1",)
+    assert alpha.summary()["profile"] == load_default_profile().name
+    assert [p.name for p in lab.archive.research.projects(ADMIN)] == ["alpha", "beta"]
+    researcher = Principal("res1", "default", frozenset({"researcher"}))
+    with pytest.raises(Forbidden):
+        lab.archive.research.create(researcher, "x", DEFAULT_PROFILE, cohort_query="")
+    with pytest.raises(BadRequest, match=r"profile|key"):
+        lab.archive.research.create(ADMIN, "bad", "name = 1\nbogus = 2\n", cohort_query="")
+    # The key is stored wrapped: the 32 bytes appear nowhere in the index row.
+    key = lab.archive.research.key_of(alpha).key
+    assert key not in alpha.wrapped.ciphertext and len(key) == 32
+
+
+def test_researcher_sees_only_de_identified_studies(lab: Lab) -> None:
+    items = _studies(lab, "res1", "alpha")
+    assert len(items) == 3
+    patients = {_value(i, "00100020") for i in items}
+    # Two studies of one patient keep one pseudonym (PS3.15 E.3.6's consistent remapping).
+    assert len(patients) == 2
+    assert all(p.startswith("P") and len(p) == 16 for p in patients)
+    for item in items:
+        assert _value(item, "00081190").startswith("http://testserver/projects/alpha/dicom-web/")
+
+
+def test_same_patient_same_pseudonym_per_project_only(lab: Lab) -> None:
+    alpha = {_value(i, "0020000D"): _value(i, "00100020") for i in _studies(lab, "res1", "alpha")}
+    beta = _studies(lab, "res2", "beta")
+    assert len(beta) == 1
+    assert _value(beta[0], "00100020") not in alpha.values()
+    assert _value(beta[0], "0020000D") not in alpha
+
+
+def test_metadata_and_instances_are_de_identified(lab: Lab) -> None:
+    items = _studies(lab, "res1", "alpha")
+    for item in items:
+        base = _value(item, "00081190")
+        meta = lab.get("res1", base + "/metadata")
+        assert meta.status_code == 200 and not _leaks(lab, meta.text)  # type: ignore[attr-defined]
+        # Every instance reference names the remapped study (E.3.9: references kept coherent).
+        study = _value(item, "0020000D")
+        assert {_value(m, "0020000D") for m in meta.json()} == {study}  # type: ignore[attr-defined]
+        assert all("BulkDataURI" not in json.dumps(m) for m in meta.json())  # type: ignore[attr-defined]
+        whole = lab.get("res1", base)
+        assert whole.status_code == 200, whole.text[:300]  # type: ignore[attr-defined]
+        parts = multipart_parts(whole.headers["content-type"], whole.content)  # type: ignore[attr-defined]
+        assert len(parts) == 2  # the ultrasound is excluded, the two CT slices come
+        for _, body in parts:
+            assert not _leaks(lab, body.decode("latin-1"))
+            ds = pydicom.dcmread(io.BytesIO(body))
+            assert ds.PatientIdentityRemoved == "YES" and str(ds.StudyInstanceUID) == study
+
+
+def test_series_instances_frames_by_remapped_uids(lab: Lab) -> None:
+    item = _studies(lab, "res1", "alpha")[0]
+    base = _value(item, "00081190")
+    series = lab.get("res1", base + "/series").json()  # type: ignore[attr-defined]
+    ct = next(s for s in series if _value(s, "00080060") == "CT")
+    instances = lab.get("res1", _value(ct, "00081190") + "/instances")
+    assert instances.status_code == 200 and not _leaks(lab, instances.text)  # type: ignore[attr-defined]
+    url = _value(instances.json()[0], "00081190")  # type: ignore[attr-defined]
+    frames = lab.get("res1", url + "/frames/1")
+    assert frames.status_code == 200, frames.text  # type: ignore[attr-defined]
+    ((_, pixels),) = multipart_parts(frames.headers["content-type"], frames.content)  # type: ignore[attr-defined]
+    assert len(pixels) == 32 * 32 * 2
+    one = lab.get("res1", url)
+    assert one.status_code == 200  # type: ignore[attr-defined]
+
+
+def test_excluded_ultrasound_is_refused_by_name_and_left_out_of_lists(lab: Lab) -> None:
+    a1 = _studies(lab, "res2", "beta")[0]
+    listed = lab.get("res2", _value(a1, "00081190") + "/instances").json()  # type: ignore[attr-defined]
+    assert len(listed) == 2 and all(_value(i, "00080016") != US_IMAGE_STORAGE for i in listed)
+    key = lab.archive.research.key_of(lab.archive.research.show(ADMIN, "beta"))
+    remap = key.pseudonyms()
+    study, sop = remap.uid(lab.studies["a1"]), remap.uid(lab.us_sop)
+    series = next(
+        s
+        for s in lab.get("res2", f"/projects/beta/dicom-web/studies/{study}/series").json()  # type: ignore[attr-defined]
+        if _value(s, "00080060") == "US"
+    )
+    url = _value(series, "00081190") + f"/instances/{sop}"
+    for suffix in ("", "/metadata", "/frames/1"):
+        response = lab.get("res2", url + suffix)
+        assert response.status_code == 403, suffix  # type: ignore[attr-defined]
+        assert not _leaks(lab, response.text)  # type: ignore[attr-defined]
+
+
+def test_non_members_and_other_roles_see_nothing(lab: Lab) -> None:
+    for who, project in (("res2", "alpha"), ("res1", "beta"), ("res1", "nope")):
+        response = lab.get(who, f"/projects/{project}/dicom-web/studies")
+        assert response.status_code == 404, (who, project)  # type: ignore[attr-defined]
+    # A radiologist reads identified data at /dicom-web; the de-identified view is not its.
+    assert lab.get("rad", "/projects/alpha/dicom-web/studies").status_code == 403  # type: ignore[attr-defined]
+    # The identified API refuses a researcher, and says where its reads are.
+    refused = lab.get("res1", "/dicom-web/studies")
+    assert refused.status_code == 403 and "/projects/" in refused.text  # type: ignore[attr-defined]
+
+
+def test_errors_name_nothing_identifying(lab: Lab) -> None:
+    a1 = lab.studies["a1"]
+    for url in (
+        f"/projects/alpha/dicom-web/studies/{a1}",  # a stored UID is not a remapped one
+        f"/projects/alpha/dicom-web/studies/{a1}/metadata",
+        "/projects/alpha/dicom-web/studies?PatientName=Liddell*",
+        "/projects/alpha/dicom-web/studies?StudyDate=19610504",
+        f"/projects/alpha/dicom-web/studies/{a1}/series",
+    ):
+        response = lab.get("res1", url)
+        assert response.status_code in (200, 400, 404), url  # type: ignore[attr-defined]
+        body = response.text  # type: ignore[attr-defined]
+        assert response.status_code != 200 or response.json() == []  # type: ignore[attr-defined]
+        # What the researcher sent comes back at most; nothing the archive holds.
+        assert not (set(_leaks(lab, body)) - set(re.findall(r"[0-9.]{10,}|Liddell", url))), url
+
+
+def test_reidentification_is_admin_only_and_audited(lab: Lab) -> None:
+    items = _studies(lab, "res1", "alpha")
+    pseudonym = _value(items[0], "00100020")
+    found = lab.archive.research.reidentify(ADMIN, "alpha", pseudonym)
+    assert found.kind == "patient" and found.patient_id in ("PAT-ALICE-4711", "PAT-BOB-0815")
+    by_study = lab.archive.research.reidentify(ADMIN, "alpha", _value(items[0], "0020000D"))
+    assert by_study.kind == "study" and by_study.study_uids[0] in lab.studies.values()
+    researcher = Principal("res1", "default", frozenset({"researcher"}))
+    with pytest.raises(Forbidden):
+        lab.archive.research.reidentify(researcher, "alpha", pseudonym)
+    with pytest.raises(NotFound):
+        lab.archive.research.reidentify(ADMIN, "beta", pseudonym)  # another project's
+    lab.archive.audit.flush_reads()
+    records = [
+        r.event_dict
+        for r in lab.archive.audit.scan(limit=100000)
+        if "re-identification" in json.dumps(r.event_dict)
+    ]
+    # Two revealed (Patient Record, with the patient), one refused, one not issued.
+    assert len(records) == 4, records
