@@ -63,6 +63,17 @@ for _suffix in (
     "/bulk/{path:path}",
 ):
     RULES[(_INSTANCE + _suffix, "GET")] = "read"
+# The researcher's de-identified view (docs/research.md): researchers who are members of the
+# project, reading by the remapped UIDs the view hands out; every other role 403.
+_PROJECT = "/projects/{project}/dicom-web"
+for (_path, _method), _need in list(RULES.items()):
+    if (
+        _path.startswith("/dicom-web/")
+        and _method == "GET"
+        and _need in ("read", "download")
+        and not _path.endswith(("/thumbnail", "/rendered", "/bulk/{path:path}"))
+    ):
+        RULES[(_PROJECT + _path.removeprefix("/dicom-web"), "GET")] = "research"
 RULES[("/-/login", "POST")] = "login"
 RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
@@ -171,7 +182,7 @@ CAN = {
     "referrer": {"read", "download"},
     "uploader": {"write"},
     "modality": {"write"},
-    "researcher": set(),
+    "researcher": {"deidentify"},
     "auditor": {"audit"},
     "share-view": {"read"},
     "share-download": {"read", "download"},
@@ -306,7 +317,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             _, token = sharing.create(radiologist, own, can_download=download)
             keys[who] = sharing.open(token, pin="", peer="127.0.0.1").session_token
         world.link_id = sharing.create(radiologist, own)[0].id
+        # A research project of the "own" study, the researcher its member; its profile
+        # suspects no object of burned-in text, so the matrix's secondary captures are served.
+        archive.research.create(
+            Principal("admin", "default", frozenset({"admin"})),
+            "matrix",
+            RESEARCH_PROFILE,
+            study_uids=(own,),
+            members=("researcher",),
+        )
         yield world
+
+
+RESEARCH_PROFILE = """
+name = "matrix"
+version = 1
+[burned_in]
+suspect_modalities = []
+suspect_sop_classes = []
+"""
 
 
 def test_every_route_has_a_rule(world: World) -> None:
@@ -427,6 +456,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "admin-api":
             failures += _admin_api_route(world, who, path, method)
             continue
+        if need == "research":
+            failures += _research_route(world, who, path)
+            continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
             continue
@@ -470,6 +502,60 @@ def test_authorization_matrix(world: World, who: str) -> None:
             if not ok:
                 failures.append(f"{method} {path} [{target}]: {status}, expected {expected}")
     assert failures == [], "\n".join(failures)
+
+
+def _remapped(world: World, study: Study) -> Study:
+    """``study`` named by the UIDs the "matrix" project's view hands out."""
+    research = world.archive.research
+    remap = research.key_of(
+        research.show(Principal("admin", "default", frozenset({"admin"})), "matrix")
+    ).pseudonyms()
+    return Study(
+        remap.uid(study.study),
+        remap.uid(study.series),
+        remap.uid(study.instance),
+        study.patient,
+        study.bulk,
+    )
+
+
+def _research_route(world: World, who: str, path: str) -> list[str]:
+    """A route of the researcher's view: 401 signed out, 403 but for researchers; for the
+    researcher, the project's study answers de-identified (nothing of the stored object's
+    identifying values in it) and every other study as absent."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    for target in ("own", "other_patient", "other_tenant"):
+        stored = world.studies[target]
+        remapped = _remapped(world, stored)
+        url = _url(path, remapped).replace("{project}", "matrix")
+        if path.count("/") == 4:  # /projects/{project}/dicom-web/studies, /series, /instances
+            url += f"?StudyInstanceUID={remapped.study}"
+        response = world.client.get(url, headers=world.headers(who))
+        status = response.status_code
+        leaked = [
+            v
+            for v in (stored.patient, "Doe", stored.study, stored.series, stored.instance)
+            if v in response.text
+        ]
+        if who in SIGNED_OUT:
+            expected, ok = "401", status == 401
+        elif "deidentify" not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif target != "own":
+            if _is_query(path, "GET"):
+                expected, ok = "200 []", status == 200 and response.json() == []
+            else:
+                expected, ok = "404", status == 404
+        elif _is_query(path, "GET"):
+            expected, ok = "2xx, 1 match", status == 200 and len(response.json()) >= 1
+        else:
+            expected, ok = "2xx", 200 <= status < 300
+        if leaked:
+            failures.append(f"GET {path} [{target}]: identifying values {leaked} in the answer")
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
 
 
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
