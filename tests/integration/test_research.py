@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
+import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,10 @@ from integration import ADMIN_TOKEN, in_process_archive, multipart_parts
 from nubis.archive import Archive
 from nubis.deid.profile import load_default_profile
 from nubis.errors import BadRequest, Forbidden, NotFound
+from nubis.jobs.context import JobContext, JobStopped
+from nubis.jobs.store import Job
 from nubis.security.policy import Principal
+from nubis.services.research_export import KIND, ResearchExport
 from nubis.tools.synth import PatientSpec, dataset_bytes, series_datasets
 from nubis.web.app import create_app
 
@@ -292,3 +297,99 @@ def test_reidentification_is_admin_only_and_audited(lab: Lab) -> None:
     ]
     # Two revealed (Patient Record, with the patient), one refused, one not issued.
     assert len(records) == 4, records
+
+
+# ---------------------------------------------------------------------- exports
+class _StopAfter(JobContext):
+    """A job context whose runner stops once ``studies`` studies are done (an interruption:
+    Ctrl-C, a node going down), as JobContext.check() then raises JobStopped."""
+
+    def __init__(self, job: Job, studies: int) -> None:
+        super().__init__(job, threading.Event())
+        self.studies = studies
+
+    def progress(self, done: int, total: int | None = None, cursor: object = None) -> None:
+        if done >= self.studies:
+            self._stopping.set()
+        super().progress(done, total, cursor)
+
+
+def _export(lab: Lab, project: str, stop_after: int | None = None, **to: str) -> JobContext:
+    params = {"project": project, "tenant": "default", **to}
+    job_id = lab.archive.jobs.enqueue(KIND, params)
+    assert job_id is not None
+    job = lab.archive.jobs.get(job_id)
+    assert job is not None
+    ctx = _StopAfter(job, stop_after) if stop_after else JobContext(job, threading.Event())
+    ResearchExport(lab.archive.research, lab.archive.retrieve, ADMIN).run(ctx)
+    return ctx
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.dcm"))}
+
+
+def _manifest(folder: Path) -> dict[str, object]:
+    manifest: dict[str, object] = json.loads((folder / "manifest.json").read_text())
+    return manifest
+
+
+def test_exports_of_one_project_agree_and_leak_nothing(lab: Lab, tmp_path: Path) -> None:
+    first, second, other = tmp_path / "one", tmp_path / "two", tmp_path / "beta"
+    _export(lab, "alpha", to=str(first))
+    _export(lab, "alpha", to=str(second))
+    _export(lab, "beta", to=str(other))
+    files = _files(first)
+    assert files == _files(second)  # same key, same pseudonyms, same bytes
+    assert len(files) == 6  # three studies of two CT slices; the ultrasound is left out
+    manifest = _manifest(first)
+    assert manifest["studies"] == 3 and manifest["instances"] == 6 and manifest["patients"] == 2
+    assert manifest["profile"]["name"] == load_default_profile().name  # type: ignore[index]
+    (excluded,) = manifest["excluded"]  # type: ignore[misc]
+    assert "excluded" in excluded["reason"] and "US" in excluded["reason"]
+    pseudonyms = manifest["pseudonyms"]
+    assert sorted(len(s) for s in pseudonyms.values()) == [1, 2]  # type: ignore[union-attr]
+    # The view and the export name the same studies and patients (same key, same profile).
+    viewed = {_value(i, "0020000D"): _value(i, "00100020") for i in _studies(lab, "res1", "alpha")}
+    exported = {s: p for p, studies in pseudonyms.items() for s in studies}  # type: ignore[union-attr]
+    assert viewed == exported
+    # Another project: another pseudonym for the same patient.
+    assert not set(_manifest(other)["pseudonyms"]) & set(pseudonyms)  # type: ignore[arg-type]
+    everything = b"".join(files.values()) + (first / "manifest.json").read_bytes()
+    assert not _leaks(lab, everything.decode("latin-1"))
+    # A multi-study cohort keeps its references: each file's study is its folder's.
+    for name, data in files.items():
+        ds = pydicom.dcmread(io.BytesIO(data))
+        assert name.split("/")[:2] == [str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)]
+
+
+def test_an_interrupted_export_resumes(lab: Lab, tmp_path: Path) -> None:
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _export(lab, "alpha", to=str(whole))
+    with pytest.raises(JobStopped):
+        _export(lab, "alpha", stop_after=1, to=str(resumed))
+    assert not (resumed / "manifest.json").exists()
+    assert 0 < len(_files(resumed)) < 6
+    job = lab.archive.jobs.list(limit=1, kind=KIND)[0]
+    # What the runner would have saved: the cursor of the last progress.
+    again = JobContext(replace(job, cursor=1, progress_done=1), threading.Event())
+    ResearchExport(lab.archive.research, lab.archive.retrieve, ADMIN).run(again)
+    assert _files(resumed) == _files(whole)
+    assert _manifest(resumed) == _manifest(whole)
+    assert not list(resumed.rglob(".excluded")) and not list(resumed.rglob("*.jsonl"))
+
+
+def test_zip_export_and_its_audit(lab: Lab, tmp_path: Path) -> None:
+    target = tmp_path / "alpha.zip"
+    before = lab.archive.audit.head()[0]
+    _export(lab, "beta", zip=str(target))
+    with zipfile.ZipFile(target) as archive:
+        names = archive.namelist()
+    assert "manifest.json" in names and sum(n.endswith(".dcm") for n in names) == 2
+    assert not (tmp_path / "alpha.zip.parts").exists()
+    exports = [
+        r.event_dict
+        for r in lab.archive.audit.scan(after_seq=before, limit=1000)
+        if r.event_dict["event_id"]["code"] == "110106"  # Export (PS3.15 A.5.3.6)
+    ]
+    assert len(exports) == 1 and "research project beta" in json.dumps(exports[0])

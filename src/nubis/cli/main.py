@@ -233,6 +233,7 @@ def _add_subcommands() -> None:
     from nubis.cli.migrate import app as migrate_app
     from nubis.cli.ohif import app as ohif_app
     from nubis.cli.replication import app as replication_app
+    from nubis.cli.research import app as research_app
     from nubis.cli.shares import app as shares_app
     from nubis.cli.storage import app as storage_app
     from nubis.cli.users import apikeys_app, users_app
@@ -250,6 +251,7 @@ def _add_subcommands() -> None:
     app.add_typer(corrections_app, name="studies")
     app.add_typer(backup_app, name="backup")
     app.add_typer(replication_app, name="replication")
+    app.add_typer(research_app, name="research")
     app.command("restore")(restore)
 
 
