@@ -36,6 +36,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -393,9 +394,11 @@ class ResearchService:
         """Study UID -> Patient ID of the cohort, through the admin's own scoped query (so the
         resolution is authorized and recorded as a query)."""
         if cohort_query is not None:
-            from urllib.parse import parse_qsl
-
-            params = parse_qsl(cohort_query, keep_blank_values=True)
+            # "Modality=CT" reads as studies with a CT series (a study has no Modality).
+            params = [
+                ("ModalitiesInStudy" if k == "Modality" else k, v)
+                for k, v in parse_qsl(cohort_query, keep_blank_values=True)
+            ]
             text = cohort_query
         else:
             params = [("StudyInstanceUID", ",".join(dict.fromkeys(study_uids)))]
