@@ -8,18 +8,22 @@ that a researcher receives nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import uvicorn
 from pydicom.dataset import Dataset
 from starlette.testclient import TestClient
 
@@ -393,3 +397,45 @@ def test_zip_export_and_its_audit(lab: Lab, tmp_path: Path) -> None:
         if r.event_dict["event_id"]["code"] == "110106"  # Export (PS3.15 A.5.3.6)
     ]
     assert len(exports) == 1 and "research project beta" in json.dumps(exports[0])
+
+
+@contextmanager
+def _second_nubis(folder: Path) -> Iterator[tuple[str, Archive]]:
+    """Another nubis serving HTTP on a free port, in this process (uvicorn in a thread)."""
+    other = in_process_archive(folder, ADMIN_TOKEN)
+    config = uvicorn.Config(create_app(other), host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the second nubis did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/dicom-web", other
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_export_to_another_dicomweb_server(lab: Lab, tmp_path: Path) -> None:
+    folder = tmp_path / "beta"
+    _export(lab, "beta", to=str(folder))
+    with _second_nubis(tmp_path / "other") as (root, other):
+        params = {"project": "beta", "tenant": "default", "dicomweb": root}
+        params["manifest"] = str(tmp_path / "manifest")
+        job_id = lab.archive.jobs.enqueue(KIND, params)
+        assert job_id is not None
+        job = lab.archive.jobs.get(job_id)
+        assert job is not None
+        ResearchExport(
+            lab.archive.research, lab.archive.retrieve, ADMIN, dicomweb_api_key=ADMIN_TOKEN
+        ).run(JobContext(job, threading.Event()))
+        # The receiver holds the same de-identified objects as the folder export, byte for
+        # byte (STOW-RS verified by Content-Digest, PS3.18 10.5).
+        for name, data in _files(folder).items():
+            study, series, sop = name.removesuffix(".dcm").split("/")
+            (found,) = other.index.instances_of("default", study, series, sop)
+            assert found.sha256 == hashlib.sha256(data).hexdigest()
+    assert _manifest(tmp_path / "manifest")["instances"] == 2

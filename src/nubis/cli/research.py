@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -30,6 +31,7 @@ project_app = typer.Typer(help="Make and list research projects.", no_args_is_he
 app.add_typer(project_app, name="project")
 
 Tenant = Annotated[str, typer.Option(help="The tenant of the project.")]
+DICOMWEB_KEY_VARIABLE = "NUBIS_RESEARCH_EXPORT_API_KEY"
 # Each resume after an interruption is an attempt.
 _MAX_ATTEMPTS = 100
 
@@ -164,14 +166,29 @@ def export(
     name: Annotated[str, typer.Argument(help="The project.")],
     to: Annotated[Path | None, typer.Option("--to", help="A folder (made if missing).")] = None,
     zip_file: Annotated[Path | None, typer.Option("--zip", help="A zip file.")] = None,
+    to_dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            "--to-dicomweb",
+            help="A DICOMweb server's root (STOW-RS); its API key from the environment "
+            f"variable {DICOMWEB_KEY_VARIABLE}. Needs --manifest.",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="With --to-dicomweb: the folder of the manifest."),
+    ] = None,
     tenant: Tenant = "default",
     data_dir: DataDir = None,
     config: Config = None,
     set_: Set = None,
 ) -> None:
     """Write the project's de-identified objects and a manifest; resumable."""
-    if (to is None) == (zip_file is None):
-        console.print("give one of --to DIR or --zip FILE", style="red")
+    if sum(x is not None for x in (to, zip_file, to_dicomweb)) != 1:
+        console.print("give one of --to DIR, --zip FILE or --to-dicomweb URL", style="red")
+        raise typer.Exit(2)
+    if (to_dicomweb is None) != (manifest is None):
+        console.print("--manifest DIR goes with --to-dicomweb URL", style="red")
         raise typer.Exit(2)
     from nubis.jobs.runner import JobRunner
     from nubis.jobs.store import JobState
@@ -183,9 +200,12 @@ def export(
     params: dict[str, str] = {"project": name, "tenant": tenant}
     if to is not None:
         params["to"] = str(to.resolve())
-    else:
-        assert zip_file is not None
+    elif zip_file is not None:
         params["zip"] = str(zip_file.resolve())
+    else:
+        assert to_dicomweb is not None and manifest is not None
+        params["dicomweb"] = to_dicomweb
+        params["manifest"] = str(manifest.resolve())
     with open_archive(settings=settings) as archive:
         operator = cli_principal(tenant)
         archive.research.project(operator, name)  # authorized (EXPORT) before anything is queued
@@ -208,7 +228,12 @@ def export(
             console.print(f"export of {name}: job {job_id}")
         else:
             console.print(f"export of {name}: resuming job {job_id}")
-        handler = ResearchExport(archive.research, archive.retrieve, operator).run
+        handler = ResearchExport(
+            archive.research,
+            archive.retrieve,
+            operator,
+            dicomweb_api_key=os.environ.get(DICOMWEB_KEY_VARIABLE, ""),
+        ).run
         runner = JobRunner(store, {KIND: handler}, lease_seconds=settings.jobs_lease_seconds)
         claimed: list[bool] = []
         work = threading.Thread(

@@ -6,7 +6,9 @@ process's). Every study of the cohort, in Study Instance UID order, is read thro
 ``RetrieveService`` (digest checked, a correction's overlay applied), de-identified under the
 project's profile and key (``deid.engine``), and written as
 ``<study>/<series>/<instance>.dcm``, all three the remapped UIDs, so two exports of one
-project name the same objects alike and agree with the researcher's view.
+project name the same objects alike and agree with the researcher's view; or sent by STOW-RS
+to a DICOMweb server (``nubis research export NAME --to-dicomweb URL --manifest DIR``), its
+API key from the exporting process's environment, never a job parameter.
 
 Resumable: the cursor is the number of studies finished; an object already in the folder is
 not written again (files appear whole: written aside, then renamed). A zip is built in a
@@ -22,6 +24,7 @@ objects the burned-in policy left out with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,17 +33,20 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
+from pydicom.dataset import Dataset
 
 from nubis import __version__
 from nubis.deid.engine import ExcludedObject, deidentify
 from nubis.deid.profile import Profile
 from nubis.deid.pseudonyms import Pseudonyms
 from nubis.errors import BadRequest
-from nubis.jobs.context import JobContext
+from nubis.jobs.context import JobContext, JobFailed
+from nubis.logs import redact_url
 from nubis.model.records import StoredInstance
+from nubis.replication.target import DicomWebReplica, ReplicaRefused, ReplicaUnreachable
 from nubis.security import audit_events
 from nubis.security.policy import Principal
 from nubis.services.research import ResearchService
@@ -55,34 +61,51 @@ _PARTS = "manifest.parts.jsonl"  # one line per finished study, read back into t
 
 @dataclass(frozen=True)
 class Destination:
-    """Where the files go: a folder, or a zip built from a folder beside it."""
+    """Where the objects go: a folder; a zip built from a folder beside it; or a DICOMweb
+    server (STOW-RS), the folder then keeping only the manifest and what a resume needs."""
 
     folder: Path
     zip_file: Path | None = None
+    dicomweb: str | None = None
 
     def describe(self) -> str:
+        if self.dicomweb:
+            return f"DICOMweb {redact_url(self.dicomweb)}"
         return f"zip {self.zip_file}" if self.zip_file else f"folder {self.folder}"
 
 
 def destination_of(params: dict[str, Any]) -> Destination:
-    """The job's destination from its parameters (``to`` a folder or ``zip`` a file)."""
+    """The job's destination from its parameters: ``to`` a folder, ``zip`` a file, or
+    ``dicomweb`` a server's root with ``manifest`` the folder of the manifest."""
+    if params.get("dicomweb"):
+        if not params.get("manifest"):
+            raise BadRequest("a research export to DICOMweb needs a folder for its manifest")
+        return Destination(Path(str(params["manifest"])), dicomweb=str(params["dicomweb"]))
     if params.get("zip"):
         target = Path(str(params["zip"]))
         return Destination(target.with_name(target.name + ".parts"), target)
     if params.get("to"):
         return Destination(Path(str(params["to"])))
-    raise BadRequest("a research export goes to a folder (to) or a zip file (zip)")
+    raise BadRequest("a research export goes to a folder (to), a zip file (zip) or DICOMweb")
 
 
 class ResearchExport:
     """The ``research-export`` handler, run for ``who`` (an admin: EXPORT)."""
 
     def __init__(
-        self, research: ResearchService, retrieve: RetrieveService, who: Principal
+        self,
+        research: ResearchService,
+        retrieve: RetrieveService,
+        who: Principal,
+        *,
+        dicomweb_api_key: str = "",
     ) -> None:
         self.research = research
         self.retrieve = retrieve
         self.who = who
+        # The credential of a DICOMweb destination: the exporting process's, never a job's
+        # parameter (job rows are listed to operators).
+        self.dicomweb_api_key = dicomweb_api_key
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         name = str(ctx.params["project"])
@@ -93,6 +116,11 @@ class ResearchExport:
         remap = key.pseudonyms()
         cohort = self.research.cohort(project)
         destination.folder.mkdir(parents=True, exist_ok=True)
+        sink: _Sink = (
+            _DicomWebSink(DicomWebReplica(destination.dicomweb, self.dicomweb_api_key))
+            if destination.dicomweb
+            else _FolderSink()
+        )
         done = int(ctx.cursor or 0)
         ctx.progress(done, len(cohort), done)
         for position in range(done, len(cohort)):
@@ -108,7 +136,7 @@ class ResearchExport:
                     f"(profile {profile.name} v{profile.version}) to {destination.describe()}",
                 )
             )
-            summary = self._study(destination.folder, found, remap.uid, profile, key.key)
+            summary = self._study(destination.folder, sink, found, remap.uid, profile, key.key)
             with (destination.folder / _PARTS).open("a", encoding="utf-8") as parts:
                 parts.write(json.dumps(summary) + "\n")
             ctx.progress(position + 1, len(cohort), position + 1)
@@ -130,6 +158,7 @@ class ResearchExport:
     def _study(
         self,
         folder: Path,
+        sink: _Sink,
         found: list[StoredInstance],
         remap: Callable[[str], str],
         profile: Profile,
@@ -146,7 +175,7 @@ class ResearchExport:
             if skipped.exists():
                 excluded.append(json.loads(skipped.read_text()))
                 continue
-            if not path.exists():
+            if not sink.holds(path):
                 stored = self.retrieve.instance_bytes(inst, AS_STORED)
                 dataset = pydicom.dcmread(io.BytesIO(stored))
                 try:
@@ -163,7 +192,7 @@ class ResearchExport:
                     excluded.append(entry)
                     continue
                 pseudonym = report.patient_pseudonym
-                _write_whole(path, out)
+                sink.put(path, out)
             written += 1
             series.add(path.parent.name)
         if not pseudonym:  # every object written by an earlier run, or excluded
@@ -177,12 +206,50 @@ class ResearchExport:
         }
 
 
-def _write_whole(path: Path, dataset: Any) -> None:
-    """The file appears whole or not at all (a resumed export trusts what it finds)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(path.name + ".part")
-    dataset.save_as(aside, enforce_file_format=True)
-    os.replace(aside, path)
+class _Sink(Protocol):
+    def holds(self, path: Path) -> bool:
+        """Whether an earlier run delivered the object named ``path`` (folder/study/series/
+        instance.dcm, the remapped UIDs)."""
+
+    def put(self, path: Path, dataset: Dataset) -> None: ...
+
+
+class _FolderSink:
+    def holds(self, path: Path) -> bool:
+        return path.exists()
+
+    def put(self, path: Path, dataset: Dataset) -> None:
+        """The file appears whole or not at all (a resumed export trusts what it finds)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(path.name + ".part")
+        dataset.save_as(aside, enforce_file_format=True)
+        os.replace(aside, path)
+
+
+class _DicomWebSink:
+    """STOW-RS, one object a request with its Content-Digest (replication/target.py): a
+    resumed study is sent again, which the receiver answers as already stored."""
+
+    def __init__(self, target: DicomWebReplica) -> None:
+        self.target = target
+
+    def holds(self, path: Path) -> bool:
+        return False
+
+    def put(self, path: Path, dataset: Dataset) -> None:
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        try:
+            self.target.store(
+                str(dataset.StudyInstanceUID),
+                str(dataset.SOPInstanceUID),
+                len(data),
+                hashlib.sha256(data).hexdigest(),
+                iter((data,)),
+            )
+        except (ReplicaRefused, ReplicaUnreachable) as exc:
+            raise JobFailed(str(exc), retry_in=60) from exc
 
 
 def _manifest(folder: Path, name: str, profile_toml: str, profile: Profile) -> dict[str, Any]:
