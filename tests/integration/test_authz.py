@@ -71,7 +71,7 @@ for (_path, _method), _need in list(RULES.items()):
         _path.startswith("/dicom-web/")
         and _method == "GET"
         and _need in ("read", "download")
-        and not _path.endswith(("/thumbnail", "/rendered", "/bulk/{path:path}"))
+        and not _path.endswith(("/thumbnail", "/bulk/{path:path}"))
     ):
         RULES[(_PROJECT + _path.removeprefix("/dicom-web"), "GET")] = "research"
 RULES[("/-/login", "POST")] = "login"

@@ -230,6 +230,10 @@ def test_series_instances_frames_by_remapped_uids(lab: Lab) -> None:
     assert frames.status_code == 200, frames.text  # type: ignore[attr-defined]
     ((_, pixels),) = multipart_parts(frames.headers["content-type"], frames.content)  # type: ignore[attr-defined]
     assert len(pixels) == 32 * 32 * 2
+    for rendered in ("/rendered", "/frames/1/rendered"):
+        image = lab.get("res1", url + rendered, params={"accept": "image/png"})
+        assert image.status_code == 200, image.text  # type: ignore[attr-defined]
+        assert image.content.startswith(b"\x89PNG")  # type: ignore[attr-defined]
     one = lab.get("res1", url)
     assert one.status_code == 200  # type: ignore[attr-defined]
 
@@ -247,7 +251,7 @@ def test_excluded_ultrasound_is_refused_by_name_and_left_out_of_lists(lab: Lab) 
         if _value(s, "00080060") == "US"
     )
     url = _value(series, "00081190") + f"/instances/{sop}"
-    for suffix in ("", "/metadata", "/frames/1"):
+    for suffix in ("", "/metadata", "/frames/1", "/rendered"):
         response = lab.get("res2", url + suffix)
         assert response.status_code == 403, suffix  # type: ignore[attr-defined]
         assert not _leaks(lab, response.text)  # type: ignore[attr-defined]

@@ -32,7 +32,8 @@
   by the ``nubis backup`` process that queued it, as ``migrate`` is.
 - ``research-export``: write a research project's de-identified objects and manifest into a
   folder or zip, or send them to a DICOMweb server (nubis.services.research_export); parameters
-  ``project``, ``tenant``, and ``to``, ``zip`` or ``dicomweb`` with ``manifest``. Run only by the ``nubis research export`` process that queued it, as ``backup`` is.
+  ``project``, ``tenant``, and ``to``, ``zip`` or ``dicomweb`` with ``manifest``. Run only by
+  the ``nubis research export`` process that queued it, as ``backup`` is.
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.

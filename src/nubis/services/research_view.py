@@ -43,7 +43,7 @@ from nubis.deid import burned_in
 from nubis.deid.engine import ExcludedObject, deidentify
 from nubis.deid.json_view import deidentify_json
 from nubis.deid.profile import Profile
-from nubis.dicom import overlay
+from nubis.dicom import overlay, render
 from nubis.errors import BadRequest, Forbidden, NotFound, NubisError
 from nubis.index.database import Index
 from nubis.model.query import Level, Match, MatchKind, keyword_tag, parse_qido
@@ -297,31 +297,51 @@ class ResearchView:
         series_uid: str,
         sop_instance_uid: str,
         numbers: list[int],
-    ) -> tuple[StoredInstance, Iterator[Iterator[bytes]]]:
+    ) -> Iterator[Iterator[bytes]]:
         """Frames of an object whose pixels the profile leaves as stored, decoded (PS3.18
         10.4.1.1.4, application/octet-stream); 403 for an object excluded or blanked."""
         what = _what(name, study_uid, series_uid, sop_instance_uid)
         with _reworded(what):
-            session = self.open(who, name)
-            inst = self._locate(who, session, study_uid, series_uid, sop_instance_uid, False)[0]
-            rows = self.index.metadata_of(
-                inst.partition, inst.study_uid, inst.series_uid, inst.sop_instance_uid
-            )
-            dataset = Dataset.from_json(
-                json.loads(rows[0][2]), bulk_data_uri_handler=lambda *_: b""
-            )
-            decision = burned_in.decide(dataset, session.profile.burned_in)
-            if decision.suspect:
-                raise Forbidden(
-                    "the de-identification profile "
-                    + (
-                        "leaves this object out"
-                        if decision.excluded
-                        else "blanks regions of this object's pixels: retrieve the whole instance"
-                    )
-                )
+            inst = self._pixels(who, name, study_uid, series_uid, sop_instance_uid)
             frames = self.retrieve.decoded_frames(inst, numbers)
-            return inst, _checked_frames(frames, what)
+        return _checked_frames(frames, what)
+
+    def rendered(
+        self,
+        who: Principal,
+        name: str,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        frame_number: int | None,
+        options: render.RenderOptions,
+    ) -> bytes:
+        """A rendered frame (PS3.18 10.4.1.1.3; pixels only: nubis draws no annotation) of an
+        object whose pixels the profile leaves as stored; 403 otherwise."""
+        with _reworded(_what(name, study_uid, series_uid, sop_instance_uid)):
+            inst = self._pixels(who, name, study_uid, series_uid, sop_instance_uid)
+            return self.retrieve.rendered(inst, frame_number, options)
+
+    def _pixels(
+        self, who: Principal, name: str, study_uid: str, series_uid: str, sop_instance_uid: str
+    ) -> StoredInstance:
+        """The stored instance whose pixels the researcher may see as stored: the profile
+        neither excludes it nor blanks regions of it (those are read whole, blanked)."""
+        session = self.open(who, name)
+        inst = self._locate(who, session, study_uid, series_uid, sop_instance_uid, False)[0]
+        rows = self.index.metadata_of(
+            inst.partition, inst.study_uid, inst.series_uid, inst.sop_instance_uid
+        )
+        dataset = Dataset.from_json(json.loads(rows[0][2]), bulk_data_uri_handler=lambda *_: b"")
+        decision = burned_in.decide(dataset, session.profile.burned_in)
+        if decision.excluded:
+            raise Forbidden("the de-identification profile leaves this object out")
+        if decision.suspect:
+            raise Forbidden(
+                "the de-identification profile blanks regions of this object's pixels: "
+                "retrieve the whole instance"
+            )
+        return inst
 
     # ------------------------------------------------------------------ inside
     def _original_study(self, session: ResearchSession, remapped: str) -> str | None:

@@ -1,6 +1,7 @@
 """The researcher's DICOMweb: ``/projects/{project}/dicom-web/...`` (docs/research.md).
 
-The same resources as ``/dicom-web`` for reading (QIDO-RS, metadata, instances, frames), each
+The same resources as ``/dicom-web`` for reading (QIDO-RS, metadata, instances, frames,
+rendered), each
 answered by ``services.research_view`` with the project's de-identified view; the UIDs in the
 path are the remapped ones the view hands out. The project is in the path rather than a header
 so that any DICOMweb client (a viewer, dicomweb-client, OHIF) takes the project's root as its
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from nubis.errors import BadRequest
 from nubis.model.query import Level
 from nubis.services.research import check_name
 from nubis.web.dicomweb.accept import (
@@ -45,7 +47,7 @@ from nubis.web.dicomweb.multipart import (
     new_boundary,
 )
 from nubis.web.dicomweb.qido import retrieve_url
-from nubis.web.dicomweb.wado import frame_numbers
+from nubis.web.dicomweb.wado import frame_numbers, render_options
 from nubis.web.urls import site_url
 
 _QIDO_OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
@@ -162,7 +164,7 @@ async def retrieve_frames(request: Request) -> Response:
     syntax = "1.2.840.10008.1.2.1"
 
     def open_first() -> tuple[Iterator[bytes], list[bytes]]:
-        _, frames = archive.research_view.frames(who, project, study, series, sop, numbers)
+        frames = archive.research_view.frames(who, project, study, series, sop, numbers)
         part_ct = f"application/octet-stream; transfer-syntax={syntax}"
         stream = iter_multipart((({"Content-Type": part_ct}, body) for body in frames), boundary)
         return stream, next_batch(stream)
@@ -170,6 +172,32 @@ async def retrieve_frames(request: Request) -> Response:
     stream, first = await run_in_threadpool(open_first)
     content_type = multipart_related_content_type(boundary, "application/octet-stream", syntax)
     return answer(stream, first, content_type)
+
+
+async def retrieve_rendered(request: Request) -> Response:
+    """A rendered instance or frame (PS3.18 10.4.1.1.3) of an object whose pixels the profile
+    leaves as stored."""
+    archive = archive_of(request)
+    options = render_options(request)
+    study, series, sop = _scope(request)
+    assert series is not None and sop is not None
+    number = None
+    if "frames" in request.path_params:
+        numbers = frame_numbers(request.path_params["frames"])
+        if len(numbers) != 1:
+            raise BadRequest("a rendered frame request names exactly one frame")
+        number = numbers[0]
+    body = await run_in_threadpool(
+        archive.research_view.rendered,
+        principal_of(request),
+        _project(request),
+        study,
+        series,
+        sop,
+        number,
+        options,
+    )
+    return Response(body, media_type=options.media_type)
 
 
 def research_routes() -> list[Route]:
@@ -187,5 +215,9 @@ def research_routes() -> list[Route]:
             Route(resource, retrieve_instances, methods=["GET"]),
             Route(resource + "/metadata", retrieve_metadata, methods=["GET"]),
         ]
-    routes.append(Route(_INSTANCE + "/frames/{frames}", retrieve_frames, methods=["GET"]))
+    routes += [
+        Route(_INSTANCE + "/frames/{frames}", retrieve_frames, methods=["GET"]),
+        Route(_INSTANCE + "/rendered", retrieve_rendered, methods=["GET"]),
+        Route(_INSTANCE + "/frames/{frames}/rendered", retrieve_rendered, methods=["GET"]),
+    ]
     return routes

@@ -274,7 +274,7 @@ async def retrieve_rendered(request: Request) -> Response:
     """Rendered instance or frame as JPEG/PNG/GIF (PS3.18 10.4.1.1.3, 8.3.5.1)."""
     archive = archive_of(request)
     inst = await _instance(request)
-    options = _render_options(request)
+    options = render_options(request)
     frame = request.path_params.get("frames")
     number = None
     if frame is not None:
@@ -299,7 +299,7 @@ async def retrieve_thumbnail(request: Request) -> Response:
     )
     # A study or series is represented by its middle instance, as viewers' study browsers do.
     inst = found[len(found) // 2]
-    options = _render_options(request, thumbnail=True)
+    options = render_options(request, thumbnail=True)
     frame = request.path_params.get("frames")
     if frame is not None:
         numbers = frame_numbers(frame)
@@ -309,7 +309,7 @@ async def retrieve_thumbnail(request: Request) -> Response:
     return Response(body, media_type=options.media_type)
 
 
-def _render_options(request: Request, *, thumbnail: bool = False) -> render.RenderOptions:
+def render_options(request: Request, *, thumbnail: bool = False) -> render.RenderOptions:
     params = {k: v for k, v in request.query_params.items() if k != "accept"}
     options = render.parse_render_query(params)
     choice = negotiate(accept_ranges(request), rendered_offers())
