@@ -443,3 +443,40 @@ def test_export_to_another_dicomweb_server(lab: Lab, tmp_path: Path) -> None:
             (found,) = other.index.instances_of("default", study, series, sop)
             assert found.sha256 == hashlib.sha256(data).hexdigest()
     assert _manifest(tmp_path / "manifest")["instances"] == 2
+
+
+def test_a_multi_study_cohort_stays_coherent_and_agrees_with_the_view(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """One patient's two studies keep one pseudonym and one date shift (PS3.15 E.3.6, Modified
+    Dates: the interval between them survives), and the view shows what the export holds."""
+    _export(lab, "alpha", to=str(tmp_path))
+    by_patient: dict[str, list[Dataset]] = {}
+    for data in _files(tmp_path).values():
+        ds = pydicom.dcmread(io.BytesIO(data))
+        by_patient.setdefault(str(ds.PatientID), []).append(ds)
+    alice = max(by_patient.values(), key=len)
+    assert len({str(ds.StudyInstanceUID) for ds in alice}) == 2
+    assert len({str(ds.PatientBirthDate) for ds in alice}) == 1
+    assert {str(ds.PatientBirthDate) for ds in alice} != {"19610504"}
+    one = alice[0]
+    url = (
+        f"/projects/alpha/dicom-web/studies/{one.StudyInstanceUID}/series/"
+        f"{one.SeriesInstanceUID}/instances/{one.SOPInstanceUID}/metadata"
+    )
+    (viewed,) = lab.get("res1", url).json()  # type: ignore[attr-defined]
+    exported = one.to_json_dict(bulk_data_threshold=0, bulk_data_element_handler=lambda _: "")
+    for tag in ("00100020", "00100010", "00100030", "00080020", "0020000E", "00080018"):
+        assert viewed[tag] == exported[tag], tag
+
+
+def test_researcher_reads_are_audited_with_the_real_patient(lab: Lab) -> None:
+    before = lab.archive.audit.head()[0]
+    item = _studies(lab, "res1", "alpha")[0]
+    assert lab.get("res1", _value(item, "00081190") + "/metadata").status_code == 200  # type: ignore[attr-defined]
+    lab.archive.audit.flush_reads()
+    records = [r.event_dict for r in lab.archive.audit.scan(after_seq=before, limit=1000)]
+    accessed = [r for r in records if "de-identified for research project alpha" in json.dumps(r)]
+    assert accessed, records
+    # The audit trail names the stored patient; the researcher never saw it.
+    assert any(p in json.dumps(accessed) for p in ("PAT-ALICE-4711", "PAT-BOB-0815"))

@@ -53,3 +53,9 @@ def test_project_export_and_reidentify(tmp_path: Path) -> None:
     assert found.exit_code == 0 and json.loads(found.output)["patient_id"] == "PAT-CLI-1234"
     unknown = runner.invoke(app, ["research", "reidentify", "trial", "PNOTAPSEUDONYM0", *data])
     assert unknown.exit_code != 0
+    with_secret = runner.invoke(
+        app,
+        ["research", "export", "trial", "--to-dicomweb", "https://u:pw@h/dicom-web",
+         "--manifest", str(tmp_path / "m"), *data],
+    )  # fmt: skip
+    assert with_secret.exit_code == 2 and "NUBIS_RESEARCH_EXPORT_API_KEY" in with_secret.output

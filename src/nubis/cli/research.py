@@ -190,10 +190,11 @@ def export(
     if (to_dicomweb is None) != (manifest is None):
         console.print("--manifest DIR goes with --to-dicomweb URL", style="red")
         raise typer.Exit(2)
+    from nubis.errors import BadRequest
     from nubis.jobs.runner import JobRunner
     from nubis.jobs.store import JobState
     from nubis.security.authn import cli_principal, os_account
-    from nubis.services.research_export import KIND, ResearchExport
+    from nubis.services.research_export import KIND, ResearchExport, destination_of
 
     settings = load(config, {"data_dir": data_dir}, set_)
     configure_logs(settings)
@@ -206,6 +207,11 @@ def export(
         assert to_dicomweb is not None and manifest is not None
         params["dicomweb"] = to_dicomweb
         params["manifest"] = str(manifest.resolve())
+    try:
+        destination_of(params)  # refused here, before a job is queued, if malformed
+    except BadRequest as exc:
+        console.print(exc.reason, style="red")
+        raise typer.Exit(2) from None
     with open_archive(settings=settings) as archive:
         operator = cli_principal(tenant)
         archive.research.project(operator, name)  # authorized (EXPORT) before anything is queued

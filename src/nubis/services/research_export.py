@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -80,6 +81,12 @@ def destination_of(params: dict[str, Any]) -> Destination:
     if params.get("dicomweb"):
         if not params.get("manifest"):
             raise BadRequest("a research export to DICOMweb needs a folder for its manifest")
+        if "@" in urlparse(str(params["dicomweb"])).netloc:
+            # Job parameters are listed to operators: the credential is an environment's.
+            raise BadRequest(
+                "a DICOMweb destination's credential goes in NUBIS_RESEARCH_EXPORT_API_KEY, "
+                "not in its URL"
+            )
         return Destination(Path(str(params["manifest"])), dicomweb=str(params["dicomweb"]))
     if params.get("zip"):
         target = Path(str(params["zip"]))
