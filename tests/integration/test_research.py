@@ -30,7 +30,7 @@ from starlette.testclient import TestClient
 from integration import ADMIN_TOKEN, in_process_archive, multipart_parts
 from nubis.archive import Archive
 from nubis.deid.profile import load_default_profile
-from nubis.errors import BadRequest, Forbidden, NotFound
+from nubis.errors import BadRequest, Conflict, Forbidden, NotFound
 from nubis.jobs.context import JobContext, JobStopped
 from nubis.jobs.store import Job
 from nubis.security.policy import Principal
@@ -169,9 +169,14 @@ def test_projects_are_made_and_shown_by_admins(lab: Lab) -> None:
     assert alpha.study_count == 3 and alpha.members == ("res1",)
     assert alpha.summary()["profile"] == load_default_profile().name
     assert [p.name for p in lab.archive.research.projects(ADMIN)] == ["alpha", "beta"]
+    # A cohort query's Modality means a study with a series of it (a study has no Modality).
+    gamma = lab.archive.research.create(ADMIN, "gamma", DEFAULT_PROFILE, cohort_query="Modality=US")
+    assert gamma.study_count == 1
     researcher = Principal("res1", "default", frozenset({"researcher"}))
     with pytest.raises(Forbidden):
         lab.archive.research.create(researcher, "x", DEFAULT_PROFILE, cohort_query="")
+    with pytest.raises(Conflict):
+        lab.archive.research.create(ADMIN, "alpha", DEFAULT_PROFILE, cohort_query="")
     with pytest.raises(BadRequest, match=r"profile|key"):
         lab.archive.research.create(ADMIN, "bad", "name = 1\nbogus = 2\n", cohort_query="")
     # The key is stored wrapped: the 32 bytes appear nowhere in the index row.
