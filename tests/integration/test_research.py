@@ -53,8 +53,11 @@ class Lab:
     studies: dict[str, str] = field(default_factory=dict)  # label -> Study Instance UID
     us_sop: str = ""
 
-    def get(self, who: str, url: str, **kw: object) -> object:
-        return self.client.get(url, headers={"Authorization": f"Bearer {self.keys[who]}"}, **kw)
+    def get(
+        self, who: str, url: str, headers: dict[str, str] | None = None, **kw: object
+    ) -> object:
+        auth = {"Authorization": f"Bearer {self.keys[who]}", **(headers or {})}
+        return self.client.get(url, headers=auth, **kw)  # type: ignore[arg-type]
 
 
 def _store(client: TestClient, datasets: list[Dataset]) -> None:
@@ -231,7 +234,9 @@ def test_series_instances_frames_by_remapped_uids(lab: Lab) -> None:
     instances = lab.get("res1", _value(ct, "00081190") + "/instances")
     assert instances.status_code == 200 and not _leaks(lab, instances.text)  # type: ignore[attr-defined]
     url = _value(instances.json()[0], "00081190")  # type: ignore[attr-defined]
-    frames = lab.get("res1", url + "/frames/1")
+    # As OHIF asks (transfer-syntax=*: the server chooses; PS3.18 8.7.3.5.2).
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    frames = lab.get("res1", url + "/frames/1", headers={"Accept": accept})
     assert frames.status_code == 200, frames.text  # type: ignore[attr-defined]
     ((_, pixels),) = multipart_parts(frames.headers["content-type"], frames.content)  # type: ignore[attr-defined]
     assert len(pixels) == 32 * 32 * 2

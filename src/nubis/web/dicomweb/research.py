@@ -52,9 +52,9 @@ from nubis.web.urls import site_url
 
 _QIDO_OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
 # Objects go as the profile leaves them (as stored, or Explicit VR Little Endian where it
-# blanked pixels); frames decoded.
+# blanked pixels); frames decoded (also for transfer-syntax=*: the server chooses).
 _INSTANCE_OFFERS = instance_offers((EXPLICIT_VR_LITTLE_ENDIAN,), as_stored=True)
-_FRAME_OFFERS = frame_offers((), as_stored=False)
+_FRAME_OFFERS = frame_offers((), as_stored=True)
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
