@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 import pytest
 import uvicorn
+from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from starlette.testclient import TestClient
 
@@ -414,23 +415,37 @@ def test_zip_export_and_its_audit(lab: Lab, tmp_path: Path) -> None:
 
 
 @contextmanager
-def _second_nubis(folder: Path) -> Iterator[tuple[str, Archive]]:
-    """Another nubis serving HTTP on a free port, in this process (uvicorn in a thread)."""
-    other = in_process_archive(folder, ADMIN_TOKEN)
-    config = uvicorn.Config(create_app(other), host="127.0.0.1", port=0, log_level="warning")
+def _serving(app: object, *, lifespan: str = "auto") -> Iterator[str]:
+    """``app`` served over HTTP on a free port, in this process (uvicorn in a thread); its
+    root URL."""
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan=lifespan,  # type: ignore[arg-type]
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert time.monotonic() < deadline, "the second nubis did not start"
+        assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}/dicom-web", other
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def _second_nubis(folder: Path) -> Iterator[tuple[str, Archive]]:
+    """Another nubis serving HTTP, in this process."""
+    other = in_process_archive(folder, ADMIN_TOKEN)
+    with _serving(create_app(other)) as root:
+        yield f"{root}/dicom-web", other
 
 
 def test_export_to_another_dicomweb_server(lab: Lab, tmp_path: Path) -> None:
@@ -490,3 +505,26 @@ def test_researcher_reads_are_audited_with_the_real_patient(lab: Lab) -> None:
     assert accessed, records
     # The audit trail names the stored patient; the researcher never saw it.
     assert any(p in json.dumps(accessed) for p in ("PAT-ALICE-4711", "PAT-BOB-0815"))
+
+
+def test_a_dicomweb_client_reads_the_project(lab: Lab) -> None:
+    """dicomweb-client, configured with the project's root as its base URL, searches and
+    retrieves as from any DICOMweb server (PS3.18), and receives nothing identifying."""
+    # The lab's archive already runs (its TestClient holds the lifespan).
+    with _serving(create_app(lab.archive), lifespan="off") as root:
+        client = DICOMwebClient(
+            url=f"{root}/projects/alpha/dicom-web",
+            headers={"Authorization": f"Bearer {lab.keys['res1']}"},
+        )
+        studies = client.search_for_studies()
+        assert len(studies) == 3 and not _leaks(lab, json.dumps(studies))
+        study = _value(studies[0], "0020000D")
+        metadata = client.retrieve_study_metadata(study)
+        assert metadata and not _leaks(lab, json.dumps(metadata))
+        ct = next(m for m in metadata if _value(m, "00080060") == "CT")
+        series, sop = _value(ct, "0020000E"), _value(ct, "00080018")
+        instance = client.retrieve_instance(study, series, sop)
+        assert instance.PatientIdentityRemoved == "YES"
+        assert not _leaks(lab, str(instance))
+        (frame,) = client.retrieve_instance_frames(study, series, sop, frame_numbers=[1])
+        assert len(frame) == 32 * 32 * 2
