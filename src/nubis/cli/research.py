@@ -174,9 +174,21 @@ def export(
             f"variable {DICOMWEB_KEY_VARIABLE}. Needs --manifest.",
         ),
     ] = None,
+    to_s3: Annotated[
+        str | None,
+        typer.Option(
+            "--to-s3",
+            help="An S3 bucket, s3://BUCKET/PREFIX?endpoint=... as the blobs setting takes it; "
+            "credentials from the AWS chain. Needs --manifest.",
+        ),
+    ] = None,
     manifest: Annotated[
         Path | None,
-        typer.Option("--manifest", help="With --to-dicomweb: the folder of the manifest."),
+        typer.Option(
+            "--manifest",
+            help="With --to-dicomweb or --to-s3: the folder of the manifest (and of what a "
+            "resumed run needs).",
+        ),
     ] = None,
     tenant: Tenant = "default",
     data_dir: DataDir = None,
@@ -184,17 +196,20 @@ def export(
     set_: Set = None,
 ) -> None:
     """Write the project's de-identified objects and a manifest; resumable."""
-    if sum(x is not None for x in (to, zip_file, to_dicomweb)) != 1:
-        console.print("give one of --to DIR, --zip FILE or --to-dicomweb URL", style="red")
+    if sum(x is not None for x in (to, zip_file, to_dicomweb, to_s3)) != 1:
+        console.print(
+            "give one of --to DIR, --zip FILE, --to-dicomweb URL or --to-s3 URL", style="red"
+        )
         raise typer.Exit(2)
-    if (to_dicomweb is None) != (manifest is None):
-        console.print("--manifest DIR goes with --to-dicomweb URL", style="red")
+    if (to_dicomweb is None and to_s3 is None) != (manifest is None):
+        console.print("--manifest DIR goes with --to-dicomweb or --to-s3", style="red")
         raise typer.Exit(2)
     from nubis.errors import BadRequest
     from nubis.jobs.runner import JobRunner
     from nubis.jobs.store import JobState
     from nubis.security.authn import cli_principal, os_account
-    from nubis.services.research_export import KIND, ResearchExport, destination_of
+    from nubis.services.research_destinations import destination_of
+    from nubis.services.research_export import KIND, ResearchExport
 
     settings = load(config, {"data_dir": data_dir}, set_)
     configure_logs(settings)
@@ -204,8 +219,12 @@ def export(
     elif zip_file is not None:
         params["zip"] = str(zip_file.resolve())
     else:
-        assert to_dicomweb is not None and manifest is not None
-        params["dicomweb"] = to_dicomweb
+        assert manifest is not None
+        if to_dicomweb is not None:
+            params["dicomweb"] = to_dicomweb
+        else:
+            assert to_s3 is not None
+            params["s3"] = to_s3
         params["manifest"] = str(manifest.resolve())
     try:
         destination_of(params)  # refused here, before a job is queued, if malformed

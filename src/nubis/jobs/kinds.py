@@ -31,8 +31,9 @@
 - ``backup``: back the archive up into a folder (nubis.backup.job); parameter ``to``. Run only
   by the ``nubis backup`` process that queued it, as ``migrate`` is.
 - ``research-export``: write a research project's de-identified objects and manifest into a
-  folder or zip, or send them to a DICOMweb server (nubis.services.research_export); parameters
-  ``project``, ``tenant``, and ``to``, ``zip`` or ``dicomweb`` with ``manifest``. Run only by
+  folder or zip, or send them to a DICOMweb server or an S3 bucket
+  (nubis.services.research_export); parameters ``project``, ``tenant``, and ``to``, ``zip``,
+  or ``dicomweb`` or ``s3`` with ``manifest``. Run only by
   the ``nubis research export`` process that queued it, as ``backup`` is.
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every

@@ -24,76 +24,33 @@ objects the burned-in policy left out with the reason.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlparse
+from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset
 
 from nubis import __version__
 from nubis.deid.engine import ExcludedObject, deidentify
 from nubis.deid.profile import Profile
 from nubis.deid.pseudonyms import Pseudonyms
-from nubis.errors import BadRequest
-from nubis.jobs.context import JobContext, JobFailed
-from nubis.logs import redact_url
+from nubis.jobs.context import JobContext
 from nubis.model.records import StoredInstance
-from nubis.replication.target import DicomWebReplica, ReplicaRefused, ReplicaUnreachable
 from nubis.security import audit_events
 from nubis.security.policy import Principal
 from nubis.services.research import ResearchService
+from nubis.services.research_destinations import MANIFEST, Sink, destination_of, sink_for
 from nubis.services.retrieve import AS_STORED, RetrieveService
 
-__all__ = ["KIND", "ResearchExport", "destination_of"]
+__all__ = ["KIND", "ResearchExport"]
 
 KIND = "research-export"
-MANIFEST = "manifest.json"
 _PARTS = "manifest.parts.jsonl"  # one line per finished study, read back into the manifest
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where the objects go: a folder; a zip built from a folder beside it; or a DICOMweb
-    server (STOW-RS), the folder then keeping only the manifest and what a resume needs."""
-
-    folder: Path
-    zip_file: Path | None = None
-    dicomweb: str | None = None
-
-    def describe(self) -> str:
-        if self.dicomweb:
-            return f"DICOMweb {redact_url(self.dicomweb)}"
-        return f"zip {self.zip_file}" if self.zip_file else f"folder {self.folder}"
-
-
-def destination_of(params: dict[str, Any]) -> Destination:
-    """The job's destination from its parameters: ``to`` a folder, ``zip`` a file, or
-    ``dicomweb`` a server's root with ``manifest`` the folder of the manifest."""
-    if params.get("dicomweb"):
-        if not params.get("manifest"):
-            raise BadRequest("a research export to DICOMweb needs a folder for its manifest")
-        if "@" in urlparse(str(params["dicomweb"])).netloc:
-            # Job parameters are listed to operators: the credential is an environment's.
-            raise BadRequest(
-                "a DICOMweb destination's credential goes in NUBIS_RESEARCH_EXPORT_API_KEY, "
-                "not in its URL"
-            )
-        return Destination(Path(str(params["manifest"])), dicomweb=str(params["dicomweb"]))
-    if params.get("zip"):
-        target = Path(str(params["zip"]))
-        return Destination(target.with_name(target.name + ".parts"), target)
-    if params.get("to"):
-        return Destination(Path(str(params["to"])))
-    raise BadRequest("a research export goes to a folder (to), a zip file (zip) or DICOMweb")
 
 
 class ResearchExport:
@@ -123,11 +80,7 @@ class ResearchExport:
         remap = key.pseudonyms()
         cohort = self.research.cohort(project)
         destination.folder.mkdir(parents=True, exist_ok=True)
-        sink: _Sink = (
-            _DicomWebSink(DicomWebReplica(destination.dicomweb, self.dicomweb_api_key))
-            if destination.dicomweb
-            else _FolderSink()
-        )
+        sink = sink_for(destination, self.dicomweb_api_key)
         done = int(ctx.cursor or 0)
         ctx.progress(done, len(cohort), done)
         for position in range(done, len(cohort)):
@@ -149,6 +102,7 @@ class ResearchExport:
             ctx.progress(position + 1, len(cohort), position + 1)
         manifest = _manifest(destination.folder, project.name, project.profile_toml, profile)
         (destination.folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        sink.finish(destination.folder / MANIFEST)
         if destination.zip_file is not None:
             _zip(destination.folder, destination.zip_file)
             shutil.rmtree(destination.folder)
@@ -165,7 +119,7 @@ class ResearchExport:
     def _study(
         self,
         folder: Path,
-        sink: _Sink,
+        sink: Sink,
         found: list[StoredInstance],
         remap: Callable[[str], str],
         profile: Profile,
@@ -211,52 +165,6 @@ class ResearchExport:
             "instances": written,
             "excluded": excluded,
         }
-
-
-class _Sink(Protocol):
-    def holds(self, path: Path) -> bool:
-        """Whether an earlier run delivered the object named ``path`` (folder/study/series/
-        instance.dcm, the remapped UIDs)."""
-
-    def put(self, path: Path, dataset: Dataset) -> None: ...
-
-
-class _FolderSink:
-    def holds(self, path: Path) -> bool:
-        return path.exists()
-
-    def put(self, path: Path, dataset: Dataset) -> None:
-        """The file appears whole or not at all (a resumed export trusts what it finds)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        aside = path.with_name(path.name + ".part")
-        dataset.save_as(aside, enforce_file_format=True)
-        os.replace(aside, path)
-
-
-class _DicomWebSink:
-    """STOW-RS, one object a request with its Content-Digest (replication/target.py): a
-    resumed study is sent again, which the receiver answers as already stored."""
-
-    def __init__(self, target: DicomWebReplica) -> None:
-        self.target = target
-
-    def holds(self, path: Path) -> bool:
-        return False
-
-    def put(self, path: Path, dataset: Dataset) -> None:
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        data = buffer.getvalue()
-        try:
-            self.target.store(
-                str(dataset.StudyInstanceUID),
-                str(dataset.SOPInstanceUID),
-                len(data),
-                hashlib.sha256(data).hexdigest(),
-                iter((data,)),
-            )
-        except (ReplicaRefused, ReplicaUnreachable) as exc:
-            raise JobFailed(str(exc), retry_in=60) from exc
 
 
 def _manifest(folder: Path, name: str, profile_toml: str, profile: Profile) -> dict[str, Any]:
