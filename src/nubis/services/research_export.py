@@ -7,11 +7,12 @@ process's). Every study of the cohort, in Study Instance UID order, is read thro
 project's profile and key (``deid.engine``), and written as
 ``<study>/<series>/<instance>.dcm``, all three the remapped UIDs, so two exports of one
 project name the same objects alike and agree with the researcher's view; or sent by STOW-RS
-to a DICOMweb server (``nubis research export NAME --to-dicomweb URL --manifest DIR``), its
-API key from the exporting process's environment, never a job parameter.
+to a DICOMweb server (``--to-dicomweb URL --manifest DIR``, its API key from the exporting
+process's environment, never a job parameter), or put into an S3 bucket laid out as the folder
+(``--to-s3 URL --manifest DIR``): nubis.services.research_destinations.
 
-Resumable: the cursor is the number of studies finished; an object already in the folder is
-not written again (files appear whole: written aside, then renamed). A zip is built in a
+Resumable: the cursor is the number of studies finished; an object already at the
+destination (a file, an S3 object) is not written again (files appear whole: written aside, then renamed). A zip is built in a
 folder beside it (``FILE.parts``) and assembled once every study is in, so an interrupted zip
 export resumes as a folder does. Progress counts studies.
 
