@@ -12,9 +12,9 @@ process's environment, never a job parameter), or put into an S3 bucket laid out
 (``--to-s3 URL --manifest DIR``): nubis.services.research_destinations.
 
 Resumable: the cursor is the number of studies finished; an object already at the
-destination (a file, an S3 object) is not written again (files appear whole: written aside, then renamed). A zip is built in a
-folder beside it (``FILE.parts``) and assembled once every study is in, so an interrupted zip
-export resumes as a folder does. Progress counts studies.
+destination (a file, an S3 object) is not written again (files appear whole: written aside,
+then renamed). A zip is built in a folder beside it (``FILE.parts``) and assembled once every
+study is in, so an interrupted zip export resumes as a folder does. Progress counts studies.
 
 Each study is recorded before its objects are written as a PS3.15 Data Export (A.5.3.6)
 naming the real patient and study, in the audit trail only. The manifest
