@@ -528,3 +528,29 @@ def test_a_dicomweb_client_reads_the_project(lab: Lab) -> None:
         assert not _leaks(lab, str(instance))
         (frame,) = client.retrieve_instance_frames(study, series, sop, frame_numbers=[1])
         assert len(frame) == 32 * 32 * 2
+
+
+def test_export_says_what_became_of_deleted_and_shredded_studies(lab: Lab, tmp_path: Path) -> None:
+    """A cohort is resolved when the project is made: a study deleted since, and a patient
+    crypto-shredded since, are named in the manifest (by remapped UID), never a failure."""
+    made = {}
+    for seed, patient_id in ((41, "PAT-GONE-1"), (42, "PAT-SHRED-2")):
+        datasets = list(
+            series_datasets(
+                "CT", n_instances=1, rows=16, columns=16, seed=seed,
+                patient=PatientSpec(patient_id, "Later^Lou"),
+            )
+        )  # fmt: skip
+        _store(lab.client, datasets)
+        made[patient_id] = str(datasets[0].StudyInstanceUID)
+    lab.archive.research.create(ADMIN, "later", DEFAULT_PROFILE, study_uids=tuple(made.values()))
+    lab.archive.maintenance.delete(ADMIN, made["PAT-GONE-1"])
+    assert lab.archive.keys is not None
+    lab.archive.keys.shred_patient("default", "PAT-SHRED-2")
+    _export(lab, "later", to=str(tmp_path))
+    manifest = _manifest(tmp_path)
+    remap = lab.archive.research.key_of(lab.archive.research.show(ADMIN, "later")).pseudonyms()
+    assert manifest["absent"] == [remap.uid(made["PAT-GONE-1"])]
+    (erased,) = manifest["excluded"]  # type: ignore[misc]
+    assert erased["study"] == remap.uid(made["PAT-SHRED-2"]) and "shredded" in erased["reason"]
+    assert manifest["instances"] == 0 and not _files(tmp_path)

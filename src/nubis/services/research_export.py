@@ -19,8 +19,9 @@ study is in, so an interrupted zip export resumes as a folder does. Progress cou
 Each study is recorded before its objects are written as a PS3.15 Data Export (A.5.3.6)
 naming the real patient and study, in the audit trail only. The manifest
 (``manifest.json``) holds the counts, the profile (name, version, text) and the engine's
-version, the pseudonyms with the remapped studies of each (no original value), and the
-objects the burned-in policy left out with the reason.
+version, the pseudonyms with the remapped studies of each (no original value), the objects
+left out with the reason (the burned-in policy; a crypto-shredded patient), and the studies of
+the cohort deleted since the project was made.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from nubis import __version__
 from nubis.deid.engine import ExcludedObject, deidentify
 from nubis.deid.profile import Profile
 from nubis.deid.pseudonyms import Pseudonyms
+from nubis.errors import KeyErased, NotFound
 from nubis.jobs.context import JobContext
 from nubis.model.records import StoredInstance
 from nubis.security import audit_events
@@ -86,7 +88,15 @@ class ResearchExport:
         ctx.progress(done, len(cohort), done)
         for position in range(done, len(cohort)):
             study_uid = cohort[position]
-            found = self.research.index.instances_of(project.tenant, study_uid)
+            try:
+                found = self.research.index.instances_of(project.tenant, study_uid)
+            except NotFound:
+                # Deleted since the project was made (or held in quarantine): said in the
+                # manifest, by its remapped UID.
+                summary: dict[str, Any] = {"study": remap.uid(study_uid), "absent": True}
+                _note(destination.folder, summary)
+                ctx.progress(position + 1, len(cohort), position + 1)
+                continue
             self.research.guard.record(
                 audit_events.data_export(
                     self.who,
@@ -98,8 +108,7 @@ class ResearchExport:
                 )
             )
             summary = self._study(destination.folder, sink, found, remap.uid, profile, key.key)
-            with (destination.folder / _PARTS).open("a", encoding="utf-8") as parts:
-                parts.write(json.dumps(summary) + "\n")
+            _note(destination.folder, summary)
             ctx.progress(position + 1, len(cohort), position + 1)
         manifest = _manifest(destination.folder, project.name, project.profile_toml, profile)
         (destination.folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -108,7 +117,7 @@ class ResearchExport:
             _zip(destination.folder, destination.zip_file)
             shutil.rmtree(destination.folder)
         else:  # what only a resumed run needed
-            (destination.folder / _PARTS).unlink()
+            (destination.folder / _PARTS).unlink(missing_ok=True)
             for marks in destination.folder.glob("*/.excluded"):
                 shutil.rmtree(marks)
         return {
@@ -138,16 +147,17 @@ class ResearchExport:
                 excluded.append(json.loads(skipped.read_text()))
                 continue
             if not sink.holds(path):
-                stored = self.retrieve.instance_bytes(inst, AS_STORED)
-                dataset = pydicom.dcmread(io.BytesIO(stored))
                 try:
-                    out, report = deidentify(dataset, profile, key)
-                except ExcludedObject as exc:
+                    stored = self.retrieve.instance_bytes(inst, AS_STORED)
+                    out, report = deidentify(pydicom.dcmread(io.BytesIO(stored)), profile, key)
+                except (ExcludedObject, KeyErased) as exc:
                     entry = {
                         "study": study,
                         "series": remap(inst.series_uid),
                         "instance": remap(inst.sop_instance_uid),
-                        "reason": exc.report.burned_in,
+                        "reason": exc.report.burned_in
+                        if isinstance(exc, ExcludedObject)
+                        else "erased: the patient's key was crypto-shredded",
                     }
                     skipped.parent.mkdir(parents=True, exist_ok=True)
                     skipped.write_text(json.dumps(entry))
@@ -168,10 +178,20 @@ class ResearchExport:
         }
 
 
+def _note(folder: Path, summary: dict[str, Any]) -> None:
+    with (folder / _PARTS).open("a", encoding="utf-8") as parts:
+        parts.write(json.dumps(summary) + "\n")
+
+
 def _manifest(folder: Path, name: str, profile_toml: str, profile: Profile) -> dict[str, Any]:
     studies: dict[str, dict[str, Any]] = {}
-    for line in (folder / _PARTS).read_text(encoding="utf-8").splitlines():
+    absent: list[str] = []
+    parts = folder / _PARTS
+    for line in parts.read_text(encoding="utf-8").splitlines() if parts.exists() else ():
         entry = json.loads(line)
+        if entry.get("absent"):
+            absent.append(entry["study"])
+            continue
         studies[entry["study"]] = entry  # a study repeated by a resume: the last line wins
     patients: dict[str, list[str]] = {}
     for entry in studies.values():
@@ -188,6 +208,8 @@ def _manifest(folder: Path, name: str, profile_toml: str, profile: Profile) -> d
         "pseudonyms": {p: sorted(s) for p, s in sorted(patients.items())},
         "excluded_count": len(excluded),
         "excluded": excluded,
+        # Studies of the cohort deleted since the project was made.
+        "absent": sorted(set(absent)),
     }
 
 
