@@ -71,9 +71,12 @@ for (_path, _method), _need in list(RULES.items()):
         _path.startswith("/dicom-web/")
         and _method == "GET"
         and _need in ("read", "download")
-        and not _path.endswith(("/thumbnail", "/bulk/{path:path}"))
+        and not _path.endswith("/bulk/{path:path}")
     ):
         RULES[(_PROJECT + _path.removeprefix("/dicom-web"), "GET")] = "research"
+# The web face of a research project: its study list and its viewer, for members.
+RULES[("/ui/projects/{project}", "GET")] = "research-page"
+RULES[("/ui/projects/{project}/studies/{study}/view", "GET")] = "research-page"
 RULES[("/-/login", "POST")] = "login"
 RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
@@ -459,6 +462,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "research":
             failures += _research_route(world, who, path)
             continue
+        if need == "research-page":
+            failures += _research_page(world, who, path)
+            continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
             continue
@@ -553,6 +559,33 @@ def _research_route(world: World, who: str, path: str) -> list[str]:
             expected, ok = "2xx", 200 <= status < 300
         if leaked:
             failures.append(f"GET {path} [{target}]: identifying values {leaked} in the answer")
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
+def _research_page(world: World, who: str, path: str) -> list[str]:
+    """A page of a research project: signed out, the sign-in page; 403 but for researchers;
+    for the member, the project's page and its study's viewer, other studies absent."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    targets = ("own", "other_patient", "other_tenant") if "{study}" in path else ("own",)
+    for target in targets:
+        stored = world.studies[target]
+        url = _url(path, _remapped(world, stored)).replace("{project}", "matrix")
+        response = world.client.get(url, headers=world.headers(who), follow_redirects=False)
+        status = response.status_code
+        location = response.headers.get("location", "")
+        if who in SIGNED_OUT:
+            expected, ok = "303 to sign-in", status == 303 and location.startswith("/ui/login")
+        elif "deidentify" not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif target != "own":
+            expected, ok = "404", status == 404
+        else:
+            expected, ok = "200", status == 200
+        if stored.patient in response.text or stored.study in response.text:
+            failures.append(f"GET {path} [{target}]: an identifying value in the page")
         if not ok:
             failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
     return failures

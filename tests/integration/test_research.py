@@ -554,3 +554,21 @@ def test_export_says_what_became_of_deleted_and_shredded_studies(lab: Lab, tmp_p
     (erased,) = manifest["excluded"]  # type: ignore[misc]
     assert erased["study"] == remap.uid(made["PAT-SHRED-2"]) and "shredded" in erased["reason"]
     assert manifest["instances"] == 0 and not _files(tmp_path)
+
+
+def test_the_web_face_shows_members_the_project_de_identified(lab: Lab) -> None:
+    """The project's page and the viewer over its de-identified DICOMweb (every read the
+    viewer then makes is one of the project's routes, tested above)."""
+    listing = lab.get("res1", "/ui/projects/alpha")
+    assert listing.status_code == 200 and not _leaks(lab, listing.text)  # type: ignore[attr-defined]
+    links = re.findall(r'href="(/ui/projects/alpha/studies/[0-9.]+/view)"', listing.text)  # type: ignore[attr-defined]
+    assert len(links) == 3
+    viewer = lab.get("res1", links[0])
+    assert viewer.status_code == 200 and not _leaks(lab, viewer.text)  # type: ignore[attr-defined]
+    assert 'data-dicomweb="/projects/alpha/dicom-web"' in viewer.text  # type: ignore[attr-defined]
+    thumbnails = re.findall(r'data-src="([^"]+/thumbnail)"', viewer.text)  # type: ignore[attr-defined]
+    statuses = [lab.get("res1", url).status_code for url in thumbnails]  # type: ignore[attr-defined]
+    # A CT series has one; an ultrasound series, whose objects the profile excludes, not.
+    assert 200 in statuses and set(statuses) <= {200, 403}, statuses
+    assert lab.get("res2", "/ui/projects/alpha").status_code == 404  # type: ignore[attr-defined]
+    assert lab.get("rad", "/ui/projects/alpha").status_code == 403  # type: ignore[attr-defined]

@@ -322,13 +322,40 @@ class ResearchView:
             inst = self._pixels(who, name, study_uid, series_uid, sop_instance_uid)
             return self.retrieve.rendered(inst, frame_number, options)
 
+    def thumbnail(
+        self,
+        who: Principal,
+        name: str,
+        study_uid: str,
+        series_uid: str | None,
+        sop_instance_uid: str | None,
+        frame_number: int | None,
+        options: render.RenderOptions,
+    ) -> bytes:
+        """A thumbnail of a study, series, instance or frame: its middle instance's, as the
+        identified API does, if the profile leaves that object's pixels as stored."""
+        with _reworded(_what(name, study_uid, series_uid, sop_instance_uid)):
+            session = self.open(who, name)
+            found = self._locate(who, session, study_uid, series_uid, sop_instance_uid, False)
+            inst = found[len(found) // 2]
+            self._check_pixels(session, inst)
+            if frame_number is not None:
+                return self.retrieve.rendered(inst, frame_number, options)
+            return self.retrieve.thumbnail(inst, options)
+
     def _pixels(
         self, who: Principal, name: str, study_uid: str, series_uid: str, sop_instance_uid: str
     ) -> StoredInstance:
-        """The stored instance whose pixels the researcher may see as stored: the profile
-        neither excludes it nor blanks regions of it (those are read whole, blanked)."""
+        """The stored instance whose pixels the researcher may see as stored (see
+        :meth:`_check_pixels`)."""
         session = self.open(who, name)
         inst = self._locate(who, session, study_uid, series_uid, sop_instance_uid, False)[0]
+        self._check_pixels(session, inst)
+        return inst
+
+    def _check_pixels(self, session: ResearchSession, inst: StoredInstance) -> None:
+        """Forbidden unless the profile neither excludes the object nor blanks regions of it
+        (those are read whole, blanked)."""
         rows = self.index.metadata_of(
             inst.partition, inst.study_uid, inst.series_uid, inst.sop_instance_uid
         )
@@ -341,7 +368,6 @@ class ResearchView:
                 "the de-identification profile blanks regions of this object's pixels: "
                 "retrieve the whole instance"
             )
-        return inst
 
     # ------------------------------------------------------------------ inside
     def _original_study(self, session: ResearchSession, remapped: str) -> str | None:

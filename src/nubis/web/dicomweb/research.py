@@ -1,7 +1,7 @@
 """The researcher's DICOMweb: ``/projects/{project}/dicom-web/...`` (docs/research.md).
 
 The same resources as ``/dicom-web`` for reading (QIDO-RS, metadata, instances, frames,
-rendered), each
+rendered, thumbnails; not bulk data), each
 answered by ``services.research_view`` with the project's de-identified view; the UIDs in the
 path are the remapped ones the view hands out. The project is in the path rather than a header
 so that any DICOMweb client (a viewer, dicomweb-client, OHIF) takes the project's root as its
@@ -200,6 +200,24 @@ async def retrieve_rendered(request: Request) -> Response:
     return Response(body, media_type=options.media_type)
 
 
+async def retrieve_thumbnail(request: Request) -> Response:
+    """A thumbnail of a study, series, instance or frame (its middle instance's)."""
+    archive = archive_of(request)
+    options = render_options(request, thumbnail=True)
+    number = None
+    if "frames" in request.path_params:
+        number = frame_numbers(request.path_params["frames"])[0]
+    body = await run_in_threadpool(
+        archive.research_view.thumbnail,
+        principal_of(request),
+        _project(request),
+        *_scope(request),
+        number,
+        options,
+    )
+    return Response(body, media_type=options.media_type)
+
+
 def research_routes() -> list[Route]:
     """The reading resources of PS3.18 Table 10.1-1 under a project's root."""
     routes = [
@@ -214,10 +232,12 @@ def research_routes() -> list[Route]:
         routes += [
             Route(resource, retrieve_instances, methods=["GET"]),
             Route(resource + "/metadata", retrieve_metadata, methods=["GET"]),
+            Route(resource + "/thumbnail", retrieve_thumbnail, methods=["GET"]),
         ]
     routes += [
         Route(_INSTANCE + "/frames/{frames}", retrieve_frames, methods=["GET"]),
         Route(_INSTANCE + "/rendered", retrieve_rendered, methods=["GET"]),
         Route(_INSTANCE + "/frames/{frames}/rendered", retrieve_rendered, methods=["GET"]),
+        Route(_INSTANCE + "/frames/{frames}/thumbnail", retrieve_thumbnail, methods=["GET"]),
     ]
     return routes
