@@ -96,8 +96,8 @@ ROLES: dict[str, RoleSpec] = {
     "uploader": RoleSpec(Action.WRITE, summary="store only"),
     "modality": RoleSpec(Action.WRITE, summary="store only (an imaging device)"),
     "researcher": RoleSpec(
-        Action.DEIDENTIFY, summary="de-identified reads of its research projects only "
-        "(/projects/{name}/dicom-web)"
+        Action.DEIDENTIFY,
+        summary="de-identified reads of its research projects only (/projects/{name}/dicom-web)",
     ),
     "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
     "share-view": RoleSpec(
