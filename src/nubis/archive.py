@@ -41,19 +41,24 @@ from nubis.services.audit_log import AuditLog
 from nubis.services.corrections import CorrectionService
 from nubis.services.disk_floor import DiskFloor, parse_floor
 from nubis.services.export import ExportService
+from nubis.services.fhir import ImagingStudies
+from nubis.services.gauges import ArchiveGauges
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
+from nubis.services.replica_role import ReplicaRole
 from nubis.services.research import ResearchService
 from nubis.services.research_view import ResearchView
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
+from nubis.services.shredding import ShredService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
 from nubis.services.study_rekey import StudyRekey
+from nubis.services.worklist import WorklistService
 from nubis.tiers.compression import TierCompressor
 from nubis.tiers.history import snapshots
 from nubis.tiers.lifecycle import Lifecycle
@@ -90,12 +95,17 @@ def _blob_store(
 def _ingest_folders(settings: Settings) -> list[Path]:
     """The local folders a stored object takes room in: the spool, the blob folder of a
     file:// store, the folder of a SQLite index (nubis.services.disk_floor)."""
-    folders = [settings.spool_dir]
+    return list(_watched_folders(settings).values())
+
+
+def _watched_folders(settings: Settings) -> dict[str, Path]:
+    """The folders whose free space /metrics reports, by their role (nubis.services.gauges)."""
+    folders = {"spool": settings.spool_dir}
     blobs, index = urlparse(settings.blobs_url), urlparse(settings.index_url)
     if blobs.scheme == "file":
-        folders.append(Path(unquote(blobs.path)))
+        folders["blobs"] = Path(unquote(blobs.path))
     if index.scheme == "sqlite":  # sqlite:///relative/file or sqlite:////absolute/file
-        folders.append(Path(unquote(index.path.removeprefix("/"))).parent)
+        folders["index"] = Path(unquote(index.path.removeprefix("/"))).parent
     return folders
 
 
@@ -137,6 +147,11 @@ class Archive:
         # DICOMweb, DIMSE and the CLI obey one rule (nubis.services.guard).
         self.policy = AuthPolicy(break_glass_roles=parse_roles(settings.break_glass_roles))
         self.guard = Guard(self.policy, self.audit if settings.audit_trail else None)
+        if settings.replica_of:
+            # A read-only replica until promoted (nubis.services.replica_role).
+            self.guard.replica = ReplicaRole(
+                self.index, settings.replica_of, settings.replica_writer
+            )
         self.users = UserStore(self.index)
         self.throttle = LoginThrottle(
             self.index,
@@ -184,6 +199,20 @@ class Archive:
         self.corrections = CorrectionService(
             self.index, self.guard, rekeys=isinstance(self.blobs, EncryptedBlobStore)
         )
+        # Crypto-shredding a patient, for the CLI and the admin API (a primary's replication).
+        self.shredding = (
+            ShredService(
+                self.index,
+                self.keys,
+                self.guard,
+                self.audit,
+                self.query,
+                self.corrections,
+                max_studies=settings.qido_max_limit,
+            )
+            if self.keys is not None
+            else None
+        )
         self.sharing = SharingService(
             self.index,
             self.guard,
@@ -202,6 +231,8 @@ class Archive:
             self.index, self.guard, self.query, self.keys, max_limit=settings.qido_max_limit
         )
         self.research_view = ResearchView(self.research, self.retrieve, self.index, self.guard)
+        # Workitems handed out and performed over UPS-RS (docs/worklists.md).
+        self.worklist = WorklistService(self.index, self.guard)
         self.maintenance = Maintenance(
             self.index,
             self.blobs,
@@ -262,6 +293,14 @@ class Archive:
             peers=PeerTable(self.index, settings.dimse_peers_cache_seconds),
             wake=self.job_runner.wake if self.job_runner is not None else None,
         )
+        self.gauges = ArchiveGauges(
+            self.index,
+            self.guard,
+            self.tiers,
+            folders=_watched_folders(settings),
+            replicating=bool(settings.replicate_to),
+        )
+        self.imaging_studies = ImagingStudies(self.query)
         self.audit_log = AuditLog(
             self.audit,
             self.guard,

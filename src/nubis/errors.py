@@ -201,6 +201,20 @@ class KeyErased(KeyUnavailable):
     dimse_status = 0x0110
 
 
+class WorkitemRefused(NubisError):
+    """A Unified Procedure Step request that the workitem's state or the Transaction UID
+    refuses (PS3.4 Table CC.1.1-2): its UPS failure status (0xC300-0xC312) and the HTTP
+    status PS3.18 11.6.3, 11.7.3 and 11.8.3 give it. The reason also goes into a Warning header,
+    where UPS-RS clients read it; it names states and statuses, never the workitem's data."""
+
+    def __init__(self, reason: str, *, http_status: int, dimse_status: int) -> None:
+        super().__init__(reason, dimse_status=dimse_status)
+        self.http_status = http_status
+
+    def http_headers(self) -> dict[str, str]:
+        return {"warning": f'299 nubis "{self.reason} (0x{self.dimse_status:04X})"'}
+
+
 class Conflict(NubisError):
     """The request does not fit the resource's current state (RFC 9110 15.5.10), e.g. undoing
     a correction that later corrections of the same study build on."""

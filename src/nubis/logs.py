@@ -28,17 +28,72 @@ URL (an index or blob store URL) wherever one is logged, quoted in an error or l
 
 ``nubis serve`` calls this in the parent process and uvicorn's worker processes call it again
 (nubis.web.app.app_from_environment): a worker starts with no logging of its own.
+
+Each line logged while an HTTP request is served names the request's id (:data:`request_id`,
+set by nubis.web.request_ids; the ``X-Request-ID`` of the response and the ``request_id`` of
+its audit records). With ``log_format = json`` every line is one JSON object
+(:class:`JsonFormatter`) with the same fields, for a log shipper to index.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import warnings
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+
+# The id of the HTTP request being served in this context (asyncio task, or the thread pool
+# call Starlette copied the context into); None outside requests.
+request_id: ContextVar[str | None] = ContextVar("nubis_request_id", default=None)
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`FORMAT`, with ``[request ID]`` after the logger's name during a request."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        current = request_id.get()
+        if current is None:
+            return text
+        head, sep, tail = text.partition(": ")
+        return f"{head} [request {current}]{sep}{tail}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC, ISO 8601), level, logger, message, the request id
+    during a request, and the traceback of an exception (nubis's own errors log none)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        current = request_id.get()
+        if current is not None:
+            line["request_id"] = current
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["traceback"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False)
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of a ``log_format`` setting's value."""
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
 
 # Loggers of libraries that log data values, and the most they may log.
 _CAPS = {
@@ -100,12 +155,21 @@ def _add_filter(logger: logging.Logger, kind: type[logging.Filter]) -> None:
         logger.addFilter(kind())
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` (a ``log_level`` setting), holding back what would log data
-    values (see the module docs)."""
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr at ``level`` (a ``log_level`` setting) as ``log_format`` says (text or
+    json), holding back what would log data values (see the module docs)."""
     numeric = logging.getLevelName(level.upper())
     logging.basicConfig(level=numeric, format=FORMAT, stream=sys.stderr)
     logging.getLogger().setLevel(numeric)
+    for handler in logging.getLogger().handlers:
+        # basicConfig's own handler (an earlier call's, or a test runner's, is left alone).
+        if handler.formatter is not None and handler.formatter._fmt == FORMAT:
+            handler.setFormatter(formatter(log_format))
+    if log_format == "json":
+        # uvicorn's loggers have handlers of their own (its error and access lines).
+        for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+            for handler in logging.getLogger(name).handlers:
+                handler.setFormatter(JsonFormatter())
     for name, most in _CAPS.items():
         logging.getLogger(name).setLevel(max(numeric, most))
     dimse = logging.INFO if numeric <= logging.DEBUG else logging.WARNING
@@ -123,7 +187,18 @@ def configure_logging(level: str) -> None:
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 
-__all__ = ["FORMAT", "DropQueryString", "StripTraceback", "UnquoteValues", "configure_logging"]
+__all__ = [
+    "FORMAT",
+    "LOG_FORMATS",
+    "DropQueryString",
+    "JsonFormatter",
+    "StripTraceback",
+    "TextFormatter",
+    "UnquoteValues",
+    "configure_logging",
+    "formatter",
+    "request_id",
+]
 
 
 def redact_url(url: str) -> str:

@@ -469,6 +469,12 @@ class Settings:
         "openid profile", "Scopes asked for at browser sign-in (openid is always asked for)."
     )
     log_level: str = _setting("info", "Log level.", _choice("debug", "info", "warning", "error"))
+    log_format: str = _setting(
+        "text",
+        "Log lines as 'text' (time, level, logger, message) or 'json' (one object a line, for "
+        "a log shipper); both name the HTTP request's X-Request-ID during a request.",
+        _choice("text", "json"),
+    )
     share_default_days: int = _setting(
         7, "A share link lasts this many days unless its creator chooses (1 to share_max_days)."
     )
@@ -503,6 +509,18 @@ class Settings:
         300,
         "Longest wait before an entry the replica did not take is tried again (the wait "
         "doubles from 1 s up to this).",
+    )
+    replica_of: str = _setting(
+        "",
+        "URL of the primary this archive is a read-only replica of: clients read, and every "
+        "store, delete, correction and crypto-shred is refused (HTTP 403, DIMSE 0x0124) but "
+        "replica_writer's, until `nubis replication promote` (docs/replication.md). Empty: "
+        "not a replica.",
+    )
+    replica_writer: str = _setting(
+        "replicator",
+        "On a read-only replica (replica_of), the user whose API key the primary replicates "
+        "with (an admin here): the one caller allowed to change this archive.",
     )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

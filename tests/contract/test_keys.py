@@ -169,6 +169,19 @@ def test_rotation_keeps_old_blobs_readable(keyring: Keyring) -> None:
         assert provider.unwrap(new, aad=AAD) == DEK
 
 
+def test_a_shred_commits_its_companion_only_when_it_erases(keyring: Keyring) -> None:
+    """``also`` (the replication outbox's entries, nubis.services.shredding) runs in the write
+    that lists the erased keys in the index, and not for a shred that erases nothing. The
+    local keyring of this fixture has no index (an archive's has): nothing to commit with."""
+    node = keyring.node()
+    _wrap(node, "DOOMED")
+    calls: list[object] = []
+    assert node.shred_patient("default", "DOOMED", also=calls.append) == 1
+    assert len(calls) == (0 if keyring.kind == "local" else 1)
+    assert node.shred_patient("default", "DOOMED", also=calls.append) == 0
+    assert len(calls) == (0 if keyring.kind == "local" else 1)
+
+
 def test_shredding_makes_only_that_patients_blobs_unreadable(keyring: Keyring) -> None:
     node, shredder = keyring.node(), keyring.node()
     doomed = [_wrap(node, "DOOMED")]

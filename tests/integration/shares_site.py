@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from integration import in_process_archive, page_csrf, web_sign_in
 from nubis.archive import Archive
+from nubis.security.policy import Principal
 from nubis.tools import synth
 from nubis.web.app import create_app
 
@@ -34,6 +35,7 @@ class Study:
     study: str
     series: list[str] = field(default_factory=list)
     instances: dict[str, list[str]] = field(default_factory=dict)  # series -> SOP UIDs
+    workitem: str = ""  # a UPS workitem of the study's patient and study (docs/worklists.md)
 
 
 @dataclass
@@ -88,6 +90,17 @@ def _study(patient: str, seed: int, modalities: tuple[str, ...]) -> tuple[Study,
     return found, datasets
 
 
+def _workitem(patient: str, study: str) -> dict[str, dict[str, object]]:
+    return {
+        "00100020": {"vr": "LO", "Value": [patient]},
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "00741200": {"vr": "CS", "Value": ["LOW"]},
+        "00741204": {"vr": "LO", "Value": ["read"]},
+        "00404005": {"vr": "DT", "Value": ["20260101120000"]},
+        "00404041": {"vr": "CS", "Value": ["READY"]},
+    }
+
+
 def make_site(tmp: Path) -> Iterator[Site]:
     archive = in_process_archive(
         tmp / "data", ADMIN, login_max_failures_per_user="3", login_max_failures_per_address="50"
@@ -116,6 +129,11 @@ def make_site(tmp: Path) -> Iterator[Site]:
     ):
         study, datasets = _study(patient, seed, modalities)
         _store(archive, key, datasets)
+        tenant = "other" if name == "FOREIGN" else "default"
+        scheduler = Principal("scheduler", tenant, frozenset({"admin"}))
+        study.workitem = archive.worklist.create(
+            scheduler, _workitem(patient, study.study), str(synth.synth_uid(seed, "workitem"))
+        )
         studies[name] = study
     yield Site(archive, tmp, studies, keys)
     archive.stop()

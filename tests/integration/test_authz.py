@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
@@ -77,6 +78,22 @@ for (_path, _method), _need in list(RULES.items()):
 # The web face of a research project: its study list and its viewer, for members.
 RULES[("/ui/projects/{project}", "GET")] = "research-page"
 RULES[("/ui/projects/{project}/studies/{study}/view", "GET")] = "research-page"
+# The Worklist Service (UPS-RS, docs/worklists.md): handing out and performing work needs the
+# worklist action; reading and watching workitems is a read, scoped like studies.
+_WORKITEM = "/dicom-web/workitems/{workitem}"
+for _path, _method, _need in (
+    ("/dicom-web/workitems", "POST", "worklist"),
+    ("/dicom-web/workitems", "GET", "read"),
+    (_WORKITEM, "GET", "read"),
+    (_WORKITEM, "POST", "worklist"),
+    (_WORKITEM + "/state", "PUT", "worklist"),
+    (_WORKITEM + "/cancelrequest", "POST", "worklist"),
+    (_WORKITEM + "/subscribers", "GET", "read"),
+    (_WORKITEM + "/subscribers/{aetitle}", "POST", "read"),
+    (_WORKITEM + "/subscribers/{aetitle}", "DELETE", "read"),
+    (_WORKITEM + "/subscribers/{aetitle}/suspend", "POST", "read"),
+):
+    RULES[(_path, _method)] = f"ups {_need}"
 RULES[("/-/login", "POST")] = "login"
 RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
@@ -90,6 +107,8 @@ for _path, _method in (
     ("/corrections/{correction_id:int}/undo", "POST"),
     ("/quarantine", "GET"),
     ("/quarantine/{study}/release", "POST"),
+    # A crypto-shred (docs/security.md), also how a primary's replication shreds at its replica.
+    ("/keys/shred-patient", "POST"),
 ):
     RULES[(_path, _method)] = "admin-api"
 # The web face: the entry and sign-in are open to anyone; a "page" shows a signed-out browser
@@ -173,6 +192,12 @@ RULES[("/ui/login/oidc", "GET")] = "public"
 RULES[("/ui/oidc/callback", "GET")] = "public"
 # OHIF's own files hold no patient data and are served to anyone; its pages send a signed-out
 # browser to sign in, and its data comes over DICOMweb (tests/browser/test_ohif.py).
+# The archive's metrics (issue 15): monitors and the home tenant's admins.
+RULES[("/metrics", "GET")] = "monitor"
+# FHIR ImagingStudy: a query like QIDO-RS (a search lists what is visible; a read of a study
+# outside the scope is 404).
+RULES[("/fhir/ImagingStudy", "GET")] = "fhir-search"
+RULES[("/fhir/ImagingStudy/{id}", "GET")] = "read"
 RULES[("/ohif", "GET")] = "public"
 RULES[("/ohif/{path:path}", "GET")] = "public"
 RULES[("/ohif/{path:path}", "HEAD")] = "public"
@@ -180,13 +205,14 @@ RULES[("/ohif/{path:path}", "HEAD")] = "public"
 # What each role may do, written out independently of nubis.security.policy. "share-view" and
 # "share-download" are the sessions of share links (internal roles, never a user's).
 CAN = {
-    "admin": {"read", "download", "write", "delete", "audit", "share"},
-    "radiologist": {"read", "download", "write", "share"},
+    "admin": {"read", "download", "write", "delete", "audit", "share", "worklist"},
+    "radiologist": {"read", "download", "write", "share", "worklist"},
     "referrer": {"read", "download"},
     "uploader": {"write"},
     "modality": {"write"},
     "researcher": {"deidentify"},
     "auditor": {"audit"},
+    "monitor": {"monitor"},
     "share-view": {"read"},
     "share-download": {"read", "download"},
 }
@@ -226,6 +252,8 @@ class World:
     tmp: Path
     counter: int = 100
     link_id: str = ""  # a share link of the radiologist's, for the revoke route
+    # A workitem per target (its patient and study those of the target's study).
+    workitems: dict[str, str] = field(default_factory=dict)
 
     def headers(self, who: str) -> dict[str, str]:
         if who == "anonymous":
@@ -329,6 +357,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             study_uids=(own,),
             members=("researcher",),
         )
+        for name, tenant in (
+            ("own", "default"),
+            ("other_patient", "default"),
+            ("other_tenant", "other"),
+        ):
+            scheduler = Principal("scheduler", tenant, frozenset({"admin"}))
+            study = world.studies[name]
+            world.workitems[name] = archive.worklist.create(
+                scheduler, _workitem(study.patient, study.study), generate_uid()
+            )
         yield world
 
 
@@ -357,6 +395,7 @@ def _url(path: str, study: Study) -> str:
         .replace("{instance}", study.instance)
         .replace("{frames}", "1")
         .replace("{path:path}", study.bulk)
+        .replace("{id}", study.study)
     )
     if filled == "/wado":
         filled += (
@@ -456,6 +495,15 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "study-page":
             failures += _study_page_failures(world, who, path)
             continue
+        if need == "monitor":
+            response = world.client.get(path, headers=world.headers(who))
+            expected = 401 if who in SIGNED_OUT else 200 if who in ("admin", "monitor") else 403
+            if response.status_code != expected:
+                failures.append(f"GET {path}: {response.status_code}, expected {expected}")
+            continue
+        if need == "fhir-search":
+            failures += _fhir_search(world, who, path)
+            continue
         if need == "admin-api":
             failures += _admin_api_route(world, who, path, method)
             continue
@@ -464,6 +512,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
             continue
         if need == "research-page":
             failures += _research_page(world, who, path)
+            continue
+        if need.startswith("ups "):
+            failures += _ups_route(world, who, path, method, need.split()[1])
             continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
@@ -564,6 +615,30 @@ def _research_route(world: World, who: str, path: str) -> list[str]:
     return failures
 
 
+def _fhir_search(world: World, who: str, path: str) -> list[str]:
+    """A FHIR search for each study's patient: 401 signed out, 403 without read, else a
+    Bundle holding the study exactly when the caller may see it."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    for target, study in world.studies.items():
+        response = world.client.get(
+            path, params={"patient": study.patient}, headers=world.headers(who)
+        )
+        status = response.status_code
+        if who in SIGNED_OUT:
+            expected, ok = "401", status == 401
+        elif "read" not in CAN[role]:
+            expected, ok = "403", status == 403
+        else:
+            found = {e["resource"]["id"] for e in response.json().get("entry", [])}
+            visible = _visible(who, target)
+            expected = "200 with the study" if visible else "200 without it"
+            ok = status == 200 and (study.study in found) == visible
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
 def _research_page(world: World, who: str, path: str) -> list[str]:
     """A page of a research project: signed out, the sign-in page; 403 but for researchers;
     for the member, the project's page and its study's viewer, other studies absent."""
@@ -591,11 +666,75 @@ def _research_page(world: World, who: str, path: str) -> list[str]:
     return failures
 
 
+def _workitem(patient: str, study: str) -> dict[str, object]:
+    return {
+        "00100020": {"vr": "LO", "Value": [patient]},
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "00741200": {"vr": "CS", "Value": ["LOW"]},
+        "00741204": {"vr": "LO", "Value": ["matrix"]},
+        "00404005": {"vr": "DT", "Value": ["20260101120000"]},
+        "00404041": {"vr": "CS", "Value": ["READY"]},
+    }
+
+
+_WORKLIST = "1.2.840.10008.5.1.4.34.5"
+
+
+def _ups_route(world: World, who: str, path: str, method: str, need: str) -> list[str]:
+    """A UPS-RS resource for one caller: 401 signed out, 403 without the action, 404 for a
+    workitem outside the scope (a search: not listed), else an answer about the request
+    itself (a state change the workitem's state refuses is 400/409, still authorized)."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    suspend = path.endswith("/suspend")
+    targets = ("own",) if "{workitem}" not in path or suspend else tuple(world.workitems)
+    for target in targets:
+        uid = _WORKLIST if suspend else world.workitems[target]
+        url = path.replace("{workitem}", uid).replace("{aetitle}", "MATRIX")
+        body: object = None
+        if path == "/dicom-web/workitems" and method == "POST":
+            url += f"?workitem={generate_uid()}"
+            body = [_workitem("P-OWN", world.studies["own"].study)]
+        elif path.endswith("/state"):
+            body = [{"00741000": {"vr": "CS", "Value": ["COMPLETED"]}}]
+        elif method == "POST" and path == _WORKITEM:
+            body = [{"00741204": {"vr": "LO", "Value": ["matrix again"]}}]
+        headers = world.headers(who)
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/dicom+json"}
+        response = world.client.request(
+            method, url, headers=headers, content=None if body is None else json.dumps(body)
+        )
+        status = response.status_code
+        if who in SIGNED_OUT:
+            expected, ok = "401", status == 401
+        elif need not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif suspend and who in GRANTED_ONLY:
+            expected, ok = "403 (the whole worklist)", status == 403
+        elif path == "/dicom-web/workitems" and method == "GET":
+            listed = (
+                {i["00080018"]["Value"][0] for i in response.json()} if status == 200 else set()
+            )
+            mine = {n for n, u in world.workitems.items() if u in listed}
+            want = {n for n in world.workitems if _visible(who, n)}
+            expected, ok = f"200 listing {sorted(want)}", status == 200 and mine == want
+        elif "{workitem}" in path and not suspend and not _visible(who, target):
+            expected, ok = "404", status == 404
+        else:
+            expected = "an answer past authorization"
+            ok = status < 500 and status not in (401, 403) and (suspend or status != 404)
+        if not ok:
+            failures.append(f"{method} {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
-    """The admins' JSON API (corrections, quarantine) for one caller: 401 signed out, 403 but
-    for admins (before the body is read), and for admins an answer about the request itself:
-    a list (200), an empty correction refused (400), the undo of a correction not in its
-    tenant or the release of a study its tenant does not hold in quarantine (404)."""
+    """The admins' JSON API (corrections, quarantine, shreds) for one caller: 401 signed out,
+    403 but for admins (before the body is read), and for admins an answer about the request
+    itself: a list (200), an empty correction or shred refused (400), the undo of a
+    correction not in its tenant or the release of a study its tenant does not hold in
+    quarantine (404)."""
     url = path.replace("{correction_id:int}", "999999").replace(
         "{study}", world.studies["own"].study
     )

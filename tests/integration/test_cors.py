@@ -47,7 +47,9 @@ def test_a_preflight_is_answered_without_credentials(server: Server) -> None:
     assert response.headers["access-control-allow-origin"] == VIEWER
     allowed = response.headers["access-control-allow-headers"].lower()
     assert "authorization" in allowed and "accept" in allowed
-    assert "POST" in response.headers["access-control-allow-methods"]
+    methods = response.headers["access-control-allow-methods"]
+    # PUT: Change Workitem State of UPS-RS (PS3.18 11.7), from a browser worklist client.
+    assert "POST" in methods and "PUT" in methods
     assert "access-control-allow-credentials" not in response.headers
     assert "www-authenticate" not in response.headers
 

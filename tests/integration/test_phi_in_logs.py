@@ -10,6 +10,7 @@ processes included, uvicorn's access log included) is searched for each of them,
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -159,6 +160,33 @@ def _exercise(server: Server, port: int, objects: dict[str, Path]) -> None:
     r = httpx.get(f"{server.dicomweb}/studies", params={"PatientID": PATIENT_ID},
                   auth=httpx.BasicAuth("phiup", PASSWORD), timeout=30)  # fmt: skip
     assert r.status_code == 403, r.text
+    # UPS-RS: a workitem with patient data created, searched for with good and malformed
+    # identifying keys, retrieved, and refused to a role that may not hand out work.
+    workitem = json.dumps([{
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": NAME}]},
+        "00100020": {"vr": "LO", "Value": [PATIENT_ID]},
+        "00100030": {"vr": "DA", "Value": [BIRTH_DATE]},
+        "00741200": {"vr": "CS", "Value": ["HIGH"]},
+        "00741204": {"vr": "LO", "Value": ["read"]},
+        "00404005": {"vr": "DT", "Value": ["20260101120000"]},
+        "00404041": {"vr": "CS", "Value": ["READY"]},
+    }])  # fmt: skip
+    ups, uid = f"{server.dicomweb}/workitems", "1.2.826.0.1.3680043.8.498.4417"
+    dicom_json = {"Content-Type": "application/dicom+json"}
+    r = httpx.post(f"{ups}?workitem={uid}", content=workitem, headers={**AUTH, **dicom_json})
+    assert r.status_code == 201, r.text
+    for params in (
+        {"PatientName": "Qzphigiven*"},
+        {"PatientID": PATIENT_ID},
+        {"PatientID": f"{PATIENT_ID}\x01"},
+        {"ScheduledProcedureStepStartDateTime": BAD_BIRTH},
+        {"PatientBirthDate": BIRTH_DATE},
+    ):
+        httpx.get(ups, params=params, headers=AUTH, timeout=30)
+    assert httpx.get(f"{ups}/{uid}", headers=AUTH, timeout=30).status_code == 200
+    r = httpx.post(ups, content=workitem, headers=dicom_json,
+                   auth=httpx.BasicAuth("phiup", PASSWORD), timeout=30)  # fmt: skip
+    assert r.status_code == 403, r.text
     # Break-glass, with a reason naming the patient.
     r = httpx.get(
         f"{server.dicomweb}/studies/{study}/metadata",
@@ -177,7 +205,14 @@ def test_no_patient_data_in_a_debug_log(
     live.stop()
     log = live.log()
     # The log is complete: worker processes logged at DEBUG, DIMSE and HTTP included.
-    for expected in (" DEBUG ", "C-FIND", "C-STORE", "BREAK-GLASS", '"GET /dicom-web/studies'):
+    for expected in (
+        " DEBUG ",
+        "C-FIND",
+        "C-STORE",
+        "BREAK-GLASS",
+        '"GET /dicom-web/studies',
+        '"GET /dicom-web/workitems',
+    ):
         assert expected in log, f"{expected!r} not in the log: the test would prove nothing"
     lowered = log.lower()
     found = {

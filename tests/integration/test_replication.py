@@ -1,9 +1,11 @@
 """Asynchronous replication to another nubis over DICOMweb (issue 13, docs/replication.md).
 
 Two ``nubis serve`` processes on loopback, shared by the module's tests in order: a primary
-with ``replicate_to`` naming the replica's DICOMweb root. What is compared is what each serves
-over WADO-RS as stored (PS3.18 10.4.1, ``transfer-syntax=*``), byte for byte; what is stored
-goes in by STOW-RS (PS3.18 10.5), deletes by DELETE (PS3.18 10.4 DELETE, as nubis serves it).
+with ``replicate_to`` naming the replica's DICOMweb root, and the replica, read-only
+(``replica_of``) for all but the primary's replication credential until promoted. What is
+compared is what each serves over WADO-RS as stored (PS3.18 10.4.1, ``transfer-syntax=*``),
+byte for byte; what is stored goes in by STOW-RS (PS3.18 10.5), deletes by DELETE (PS3.18
+10.4 DELETE, as nubis serves it), corrections and crypto-shreds through the admin API.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
-from integration import ADMIN_TOKEN, AUTH, DicomFile
+from integration import ADMIN_TOKEN, AUTH, CT_PATIENT, DicomFile
+from integration.dimse_helpers import free_port
 from integration.server import (
     ACCEPT_AS_STORED,
     Server,
@@ -32,6 +36,9 @@ from integration.server import (
     parse_multipart,
     start_server,
 )
+from nubis.cli.main import app
+from nubis.index.database import Index
+from nubis.security.users import UserStore
 from nubis.web.dicomweb.multipart import new_boundary
 
 _UID_ROOT = "1.2.826.0.1.3680043.8.498.77."
@@ -42,9 +49,12 @@ class Site:
     primary: Server
     replica: Server
     primary_env: dict[str, str]
+    clerk: dict[str, str]  # the Authorization of an admin of the replica: a client there
 
 
-def _stow(server: Server, objects: list[bytes], **headers: str) -> httpx.Response:
+def _stow(
+    server: Server, objects: list[bytes], auth: dict[str, str] = AUTH, **headers: str
+) -> httpx.Response:
     boundary = new_boundary()
     body = b"".join(
         f"--{boundary}\r\nContent-Type: application/dicom\r\n".encode()
@@ -58,9 +68,39 @@ def _stow(server: Server, objects: list[bytes], **headers: str) -> httpx.Respons
     return httpx.post(
         f"{server.dicomweb}/studies",
         content=body,
-        headers={**AUTH, "Content-Type": multipart_content_type(boundary)},
+        headers={**auth, "Content-Type": multipart_content_type(boundary)},
         timeout=60,
     )
+
+
+def _patient_name(server: Server, study: str) -> str | None:
+    """The study's Patient Name as QIDO-RS answers it (PS3.18 10.6), alphabetic group."""
+    answer = httpx.get(
+        f"{server.dicomweb}/studies",
+        params={"StudyInstanceUID": study, "includefield": "00100010"},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert answer.status_code in (200, 204), answer.text
+    found = answer.json() if answer.status_code == 200 else []
+    if not found:
+        return None
+    return str(found[0]["00100010"]["Value"][0]["Alphabetic"])
+
+
+def _correct(server: Server, study: str, name: str) -> None:
+    answer = httpx.post(
+        f"{server.url}/corrections",
+        json={
+            "action": "update-study",
+            "study": study,
+            "set": {"PatientName": name},
+            "reason": "name misspelt at registration",
+        },
+        headers=AUTH,
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
 
 
 def _as_stored(server: Server, study: str, series: str, sop: str) -> bytes | None:
@@ -119,7 +159,16 @@ def _copies(template: DicomFile, count: int, tag: str) -> Iterator[tuple[str, by
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("replication")
-    replica = start_server(root / "replica", env={"NUBIS_WORKERS": "1"})
+    primary_port = free_port()
+    replica = start_server(
+        root / "replica",
+        env={
+            "NUBIS_WORKERS": "1",
+            "NUBIS_REPLICA_OF": f"http://127.0.0.1:{primary_port}",
+            # The primary replicates with the replica's bootstrap admin key (user admin).
+            "NUBIS_REPLICA_WRITER": "admin",
+        },
+    )
     env = {
         "NUBIS_WORKERS": "1",
         "NUBIS_REPLICATE_TO": replica.dicomweb,
@@ -130,13 +179,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         # The run a SIGKILL interrupted resumes once its job lease ran out.
         "NUBIS_JOBS_LEASE_SECONDS": "3",
     }
-    primary = start_server(root / "primary", env=env)
-    found = Site(primary, replica, env)
+    primary = start_server(root / "primary", env=env, port=primary_port)
+    found = Site(primary, replica, env, {"Authorization": f"Bearer {_add_clerk(replica)}"})
     try:
         yield found
     finally:
         found.primary.stop()
         found.replica.stop()
+
+
+def _add_clerk(replica: Server) -> str:
+    """An API key of ``clerk``, an admin of the replica who is not its replication writer."""
+    index = Index(f"sqlite:///{(replica.data_dir / 'index.sqlite').resolve()}")
+    index.open()
+    try:
+        users = UserStore(index)
+        users.add_user("clerk", roles="admin")
+        return users.create_api_key("clerk", expires_in_days=None)[1]
+    finally:
+        index.close()
 
 
 def test_stores_reach_the_replica_byte_exact(site: Site, ct_series: list[DicomFile]) -> None:
@@ -177,9 +238,12 @@ def test_an_outage_grows_the_lag_and_the_backlog_drains_after(
     site.replica.stop()
     # mr_series[0] is on the replica already (the test before): answered as already stored.
     assert _stow(site.primary, [f.data for f in mr_series]).status_code == 200
+    # A correction of the study after its stores: applied after them at the replica (order
+    # per study), once it is back.
+    _correct(site.primary, mr_series[0].study_uid, "Tanaka^Yuko")
     time.sleep(1.5)
     before = _status(site)
-    assert before["backlog"] == len(mr_series), before
+    assert before["backlog"] == len(mr_series) + 1, before
     assert "cannot be reached" in str(before["last_error"]), before
     time.sleep(1)
     after = _status(site)
@@ -187,8 +251,12 @@ def test_an_outage_grows_the_lag_and_the_backlog_drains_after(
     site.replica = start_server(site.replica.data_dir, env=site.replica.env, port=site.replica.port)
     took = _wait(lambda: _outbox_rows(site.primary) == 0, 30, "the backlog drains")
     print(f"backlog of {len(mr_series)} drained {took:.2f} s after the replica came back")
+    # Both serve the objects under the correction's overlay, the same bytes.
     for f in mr_series:
-        assert _as_stored(site.replica, *f.uids) == f.data, f.sop_uid
+        served = _as_stored(site.primary, *f.uids)
+        assert served is not None and served != f.data
+        assert _as_stored(site.replica, *f.uids) == served, f.sop_uid
+    assert _patient_name(site.replica, mr_series[0].study_uid) == "Tanaka^Yuko"
     assert _status(site)["lag_seconds"] == 0
 
 
@@ -236,9 +304,96 @@ def test_every_acknowledged_object_reaches_the_replica_across_a_sigkill(
     # the kill cut its answer off).
     assert len(acknowledged) <= _outbox_rows(site.primary) <= len(acknowledged) + 1
     site.replica = start_server(site.replica.data_dir, env=site.replica.env, port=site.replica.port)
-    site.primary = start_server(site.primary.data_dir, env=site.primary_env)
+    site.primary = start_server(site.primary.data_dir, env=site.primary_env, port=site.primary.port)
     took = _wait(lambda: _outbox_rows(site.primary) == 0, 60, "the outbox drains after restart")
     print(f"{len(acknowledged)} acknowledged objects replicated {took:.2f} s after the restart")
     study, series = ct_series[0].study_uid, ct_series[0].series_uid
     for uid, data in acknowledged:
         assert _as_stored(site.replica, study, series, uid) == data, uid
+
+
+def test_a_correction_reaches_the_replica(site: Site, ct_series: list[DicomFile]) -> None:
+    study = ct_series[0].study_uid
+    _correct(site.primary, study, "Mueller^Hans")
+    took = _wait(
+        lambda: _patient_name(site.replica, study) == "Mueller^Hans",
+        20,
+        "the correction reaches the replica",
+    )
+    print(f"correction at the replica {took:.2f} s after the primary's answer")
+
+
+def test_the_replica_refuses_changes_but_the_primarys(
+    site: Site, ct_series: list[DicomFile]
+) -> None:
+    """A client of the read-only replica reads; its store, delete and correction are refused
+    with 403 naming the primary (RFC 9110 15.5.4), nothing changed."""
+    study = ct_series[0].study_uid
+    answer = _stow(site.replica, [ct_series[0].data], auth=site.clerk)
+    assert answer.status_code == 403, answer.text
+    assert "read-only replica of" in answer.text
+    assert str(site.primary.port) in answer.text
+    answer = httpx.delete(
+        f"{site.replica.dicomweb}/studies/{study}", headers=site.clerk, timeout=30
+    )
+    assert answer.status_code == 403, answer.text
+    answer = httpx.post(
+        f"{site.replica.url}/corrections",
+        json={"action": "update-study", "study": study, "set": {"PatientSex": "O"},
+              "reason": "a client's correction"},
+        headers=site.clerk,
+        timeout=30,
+    )  # fmt: skip
+    assert answer.status_code == 403, answer.text
+    answer = httpx.get(
+        f"{site.replica.dicomweb}/studies/{study}/metadata", headers=site.clerk, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    assert _patient_name(site.replica, study) == "Mueller^Hans"
+
+
+def test_a_shred_reaches_the_replica(site: Site, ct_series: list[DicomFile]) -> None:
+    """Erasure reaches the replica: the patient's key is shredded there, so its objects answer
+    410 Gone (as on the primary)."""
+    first = ct_series[0]
+    assert _as_stored(site.replica, *first.uids) is not None  # readable there before
+    answer = httpx.post(
+        f"{site.primary.url}/keys/shred-patient",
+        json={"patient": CT_PATIENT.patient_id},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["keys"] == 1
+
+    def gone() -> bool:
+        url = f"{site.replica.dicomweb}/studies/{first.study_uid}/series/{first.series_uid}"
+        got = httpx.get(
+            f"{url}/instances/{first.sop_uid}",
+            headers={**AUTH, "Accept": ACCEPT_AS_STORED},
+            timeout=30,
+        )
+        return got.status_code == 410
+
+    took = _wait(gone, 20, "the shred reaches the replica")
+    print(f"crypto-shred at the replica {took:.2f} s after the primary's answer")
+
+
+def test_promotion_opens_the_replica_to_clients(site: Site, mr_series: list[DicomFile]) -> None:
+    """``nubis replication promote`` on the replica's data: its running server takes a
+    client's store within the role's recheck (2 s); measured as the RTO's last step."""
+    assert _stow(site.replica, [mr_series[0].data], auth=site.clerk).status_code == 403
+    args = ["--data-dir", str(site.replica.data_dir)]
+    args += ["--set", f"replica_of={site.replica.env['NUBIS_REPLICA_OF']}"]
+    start = time.monotonic()
+    promoted = CliRunner().invoke(app, ["replication", "promote", "--yes", *args])
+    assert promoted.exit_code == 0, promoted.output
+    took = _wait(
+        lambda: _stow(site.replica, [mr_series[0].data], auth=site.clerk).status_code == 200,
+        10,
+        "the promoted replica takes a client's store",
+    )
+    print(
+        f"promoted: CLI {time.monotonic() - start - took:.2f} s, a client's store taken "
+        f"{took:.2f} s later"
+    )

@@ -57,9 +57,10 @@ def _get_routes(client: TestClient) -> Iterator[str]:
             yield route.path
 
 
-def _fill(path: str, study: str, series: str, instance: str) -> str:
+def _fill(path: str, study: str, series: str, instance: str, workitem: str = "") -> str:
     url = (
-        path.replace("{study}", study)
+        path.replace("{workitem}", workitem)
+        .replace("{study}", study)
         .replace("{series}", series)
         .replace("{instance}", instance)
         .replace("{frames}", "1")
@@ -70,7 +71,7 @@ def _fill(path: str, study: str, series: str, instance: str) -> str:
             f"?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={instance}"
             "&contentType=image/png"
         )
-    elif "{" not in path and path.count("/") == 2:  # /studies, /series, /instances
+    elif "{" not in path and path.count("/") == 2:  # /studies, /series, /instances, /workitems
         url += f"?StudyInstanceUID={study}"
     return url
 
@@ -81,17 +82,21 @@ def _is_query(path: str) -> bool:
 
 def test_a_link_reaches_no_other_study(site: Site) -> None:
     """Every GET route of DICOMweb and WADO-URI, aimed at another patient's study of the
-    tenant and at a study of another tenant (whose patient has the same ID): empty query
-    results or 404; retrieving whole objects is refused first (403: the link may not)."""
+    tenant and at a study of another tenant (whose patient has the same ID), and at their
+    workitems (UPS-RS): empty query results or 404; retrieving whole objects is refused first
+    (403: the link may not). The shared study's workitem is the only one the link finds."""
     with _session(site) as client:
         failures = []
         for path in _get_routes(client):
             for target in ("OTHER", "FOREIGN"):
                 study = site.studies[target]
-                url = _fill(path, study.study, study.series[0], study.instances[study.series[0]][0])
+                series = study.series[0]
+                url = _fill(path, study.study, series, study.instances[series][0], study.workitem)
                 response = client.get(url)
                 whole = path in (_STUDY, _SERIES, _INSTANCE)
-                if _is_query(path):
+                if path.endswith("/workitems"):
+                    ok = response.status_code == 204  # no match (PS3.18 11.9.3)
+                elif _is_query(path):
                     ok = response.status_code == 200 and response.json() == []
                 else:
                     ok = response.status_code == (403 if whole else 404)
@@ -99,6 +104,8 @@ def test_a_link_reaches_no_other_study(site: Site) -> None:
                     failures.append(f"{path} [{target}]: {response.status_code}")
         assert failures == []
         shared = site.studies["SHARED"].study
+        listed = _uids(client.get("/dicom-web/workitems"), "00080018")
+        assert listed == {site.studies["SHARED"].workitem}
         for level in ("studies", "series", "instances"):
             for params in ({}, {"PatientID": "SH-1"}, {"PatientID": "*"}, {"PatientName": "*"}):
                 found = _uids(client.get(f"/dicom-web/{level}", params=params), "0020000D")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nubis import metrics
 from nubis.index.database import Index
 from nubis.model.audit import ActiveParticipant, EventOutcome
 from nubis.security import audit_events
@@ -308,10 +309,13 @@ def test_record_many_is_one_commit_in_order(trail: AuditTrail) -> None:
 
 
 def test_record_fails_closed(trail: AuditTrail) -> None:
+    failures = metrics.audit_append_failures._value.get()
     trail.index.close()
     with pytest.raises(AuditUnavailable) as info:
         trail.record(audit_events.user_authentication("alice", front_door="cli"))
     assert info.value.http_status == 503
+    # What the NubisAuditAppendFailing alert (docs/ops/prometheus-alerts.yml) watches.
+    assert metrics.audit_append_failures._value.get() == failures + 1
 
 
 def test_reading_the_log_is_audited(trail: AuditTrail) -> None:

@@ -59,7 +59,7 @@ def configure_logs(settings: Settings) -> None:
     """Logging as a server has it (for commands that run long work: serve, jobs work...)."""
     from nubis.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @contextmanager

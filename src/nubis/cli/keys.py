@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -48,7 +48,7 @@ from nubis.cli.output import console, out
 if TYPE_CHECKING:
     from nubis.archive import Archive
     from nubis.jobs.store import Job
-    from nubis.model.audit import ActiveParticipant, EventOutcome
+    from nubis.model.audit import EventOutcome
     from nubis.ports.keys import KeyProvider
     from nubis.security.policy import Principal
 
@@ -370,137 +370,42 @@ def shred_patient(
 
 
 def _shred(archive: Archive, partition: str, patient_id: str) -> None:
-    """Authorize, record, shred, record the outcome (the order is what makes it fail closed)."""
-    from nubis.errors import Conflict, NubisError
-    from nubis.model.audit import EventOutcome, EventType
+    """Through the shred service (nubis.services.shredding): authorize, record, shred, record
+    the outcome (the order is what makes it fail closed)."""
+    from nubis.errors import NubisError
     from nubis.security import audit_events
     from nubis.security.authn import cli_login
-    from nubis.security.policy import Action
+    from nubis.services.shredding import KeyringFailed
 
-    assert archive.keys is not None  # _archive refuses an archive without a keyring
+    assert archive.shredding is not None  # _archive refuses an archive without a keyring
     operator = _operator(partition)
     who = replace(audit_events.participant(operator), user_name=cli_login())
-    what = f"crypto-shred the keys of patient {patient_id} in partition {partition}"
     try:
-        # Keys and data at once: a role needs both, whatever front door offers this later.
-        archive.guard.authorize(operator, Action.ADMIN | Action.DELETE, what, patient_id=patient_id)
-        studies = _studies_of(archive, operator, patient_id)
-        waiting, jobs = archive.corrections.awaiting_rekey(partition, patient_id)
-        if waiting:
-            # Keys follow the Patient ID objects arrived with until the re-key is done.
-            then = (
-                f"wait for job {jobs[0]} ({len(jobs)} rekey job(s) queued or running: "
-                "nubis jobs list), then shred again"
-                if jobs
-                else "its last rekey job left objects it could not re-encrypt (nubis jobs "
-                "list; objects awaiting a restore, or unreadable): nubis jobs run rekey, "
-                "then shred again"
-            )
-            raise Conflict(
-                f"{len(waiting)} study(ies) were moved between this patient and another by a "
-                "correction and are still being re-keyed: some of their objects are under "
-                "the other patient's key, so a shred now would erase a study no longer this "
-                f"patient's or miss one that now is. {then[0].upper()}{then[1:]}"
-            )
-        begun = archive.audit.record(
-            audit_events.security_alert(
-                who,
-                EventType.SECURITY_CONFIGURATION,
-                outcome=EventOutcome.SUCCESS,
-                description=f"{what}: begins ({len(studies)} indexed study(ies))",
-                front_door="cli",
-                objects=[audit_events.patient_object(patient_id)],
-            )
+        done = archive.shredding.shred_patient(
+            operator, patient_id, front_door="cli", participant=who
         )
+    except KeyringFailed as exc:
+        console.print(exc.reason, style="red")
+        raise typer.Exit(1) from None
     except NubisError as exc:
         console.print(f"{exc.reason}; nothing shredded", style="red")
         raise typer.Exit(1) from None
-    try:
-        count = archive.keys.shred_patient(partition, patient_id)
-    except Exception as exc:
-        _outcome(archive, who, patient_id, studies, EventOutcome.MAJOR_FAILURE, f"{what}: {exc}")
-        console.print(f"the keyring failed: {exc}", style="red")
-        raise typer.Exit(1) from None
-    if count == 0:
-        _outcome(
-            archive,
-            who,
-            patient_id,
-            studies,
-            EventOutcome.MINOR_FAILURE,
-            f"{what}: no key of that patient (nothing stored, or shredded already)",
-        )
+    if done.keys == 0:
         console.print("no key of that patient in the keyring (nothing stored, or already shredded)")
         raise typer.Exit(1)
-    done = (
-        f"{what}: {count} patient key(s) erased; their objects are unreadable, "
-        f"{len(studies)} study(ies) still indexed"
-    )
-    if not _outcome(archive, who, patient_id, studies, EventOutcome.SUCCESS, done):
+    if not done.outcome_recorded:
         console.print(
-            f"shredded {count} patient key(s), but the outcome could not be recorded; "
-            f"audit record {begun.seq} holds the attempt",
+            f"shredded {done.keys} patient key(s), but the outcome could not be recorded; "
+            f"audit record {done.begun_seq} holds the attempt",
             style="red",
         )
         raise typer.Exit(1)
-    out.print(f"shredded {count} patient key(s); the patient's objects are now unreadable")
-    if studies:
+    out.print(f"shredded {done.keys} patient key(s); the patient's objects are now unreadable")
+    if done.studies:
         out.print(
-            f"{len(studies)} study(ies) of the patient are still in the index (searchable, "
+            f"{len(done.studies)} study(ies) of the patient are still in the index (searchable, "
             "answering 410): DELETE them through DICOMweb to erase them"
         )
-
-
-def _outcome(
-    archive: Archive,
-    who: ActiveParticipant,
-    patient_id: str,
-    studies: list[str],
-    outcome: EventOutcome,
-    description: str,
-) -> bool:
-    """Record how the shred ended (PS3.15 A.5.3.5); False if the trail refused it."""
-    from nubis.errors import NubisError
-    from nubis.security import audit_events
-
-    try:
-        archive.audit.record(
-            audit_events.study_deleted(
-                who,
-                patient_id=patient_id,
-                study_uids=studies,
-                outcome=outcome,
-                front_door="cli",
-                description=description,
-            )
-        )
-    except NubisError:
-        return False
-    return True
-
-
-def _studies_of(archive: Archive, operator: Principal, patient_id: str) -> list[str]:
-    """The Study Instance UIDs the index holds for exactly this Patient ID, for the record."""
-    from nubis.model.query import Level, parse_qido
-
-    limit = archive.settings.qido_max_limit
-    query = parse_qido(
-        Level.STUDY,
-        [("PatientID", patient_id), ("includefield", "00100020")],
-        max_limit=limit,
-    )
-    scoped = archive.query.scoped(operator, query, text=f"PatientID={patient_id}")
-    # Matching is QIDO's (a * or ? in an ID is a wildcard there); keep exact IDs only.
-    return [
-        str(_value(item, "0020000D"))
-        for item in archive.query.matches(scoped)
-        if _value(item, "00100020") == patient_id
-    ]
-
-
-def _value(item: dict[str, Any], tag: str) -> object:
-    values = item.get(tag, {}).get("Value") or [None]
-    return values[0]
 
 
 def _operator(partition: str) -> Principal:

@@ -7,6 +7,8 @@ declared once; ``--set NAME=VALUE`` reaches every other setting.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +62,7 @@ def serve(
 
     from nubis.archive import Archive
     from nubis.errors import NubisError
+    from nubis.metrics import MULTIPROCESS_ENV
     from nubis.web.slow_clients import PROTOCOL as SLOW_CLIENT_PROTOCOL
 
     settings = load(
@@ -112,6 +115,10 @@ def serve(
             console.print(
                 f"DIMSE TLS at dicom+tls://{settings.ae_title}@{dimse_host}:{settings.dimse_tls_port}"
             )
+    # Workers count into files of one folder, added up at each scrape (nubis.metrics).
+    shared_metrics = settings.worker_count > 1 and not os.environ.get(MULTIPROCESS_ENV)
+    if shared_metrics:
+        os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="nubis-metrics-")
     uvicorn.run(
         "nubis.web.app:app_from_environment",
         factory=True,
@@ -127,8 +134,13 @@ def serve(
         forwarded_allow_ips="",
         # httptools with header and body timeouts (http_header/body_timeout_seconds).
         http=SLOW_CLIENT_PROTOCOL,
+        # JSON lines: uvicorn's own loggers then propagate to nubis's handler (nubis.logs)
+        # rather than get handlers and formats of uvicorn's.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         **transport.uvicorn_options,
     )
+    if shared_metrics:
+        shutil.rmtree(os.environ.pop(MULTIPROCESS_ENV), ignore_errors=True)
     try:
         archive.record_application(started=False)
     except NubisError as exc:

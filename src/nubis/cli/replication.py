@@ -1,4 +1,6 @@
-"""``nubis replication``: how far behind the replica is (status), and retrying what it refused.
+"""``nubis replication``: how far behind the replica is (status), retrying what it refused,
+promoting a read-only replica to a primary (failover: docs/replication.md) and demoting it
+back (fail-back).
 
 Both read and write the index through the operations service, so they work the same from any
 machine that reaches the index, with the servers running or not (docs/replication.md).
@@ -8,15 +10,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from nubis.cli.common import AsJson, Config, DataDir, Set, open_archive
-from nubis.cli.output import out
+from nubis.cli.output import console, out
+from nubis.errors import NubisError
 
 app = typer.Typer(
-    help="Replication to another nubis: status (lag, backlog, errors), retry.",
+    help="Replication to another nubis: status (lag, backlog, errors), retry, promote, demote.",
     no_args_is_help=True,
 )
 
@@ -40,8 +44,12 @@ def status(
     with open_archive(data_dir, config, set_) as archive:
         found = archive.operations.replication_status(cli_principal())
         replica = archive.settings.replicate_to
+        primary = archive.settings.replica_of
+        promoted = archive.guard.replica is not None and archive.guard.replica.promoted()
     now = now_ms()
     report = {
+        # What this archive is: a read-only replica of a primary, or a primary.
+        "read_only_replica_of": primary if primary and not promoted else None,
         "replica": replica or None,
         "lag_seconds": round(found.lag_seconds(now), 3),
         "backlog": found.backlog,
@@ -69,3 +77,61 @@ def retry(data_dir: DataDir = None, config: Config = None, set_: Set = None) -> 
     with open_archive(data_dir, config, set_) as archive:
         count = archive.operations.retry_replication(cli_principal())
     out.print(f"{count} parked entr{'y' if count == 1 else 'ies'} due again")
+
+
+@app.command()
+def promote(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirmed already: do not ask before promoting.")
+    ] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Make this read-only replica the primary: it takes stores, deletes and corrections from
+    every client again (running servers within 2 s). Recorded in the audit trail. Stop the old
+    primary first, or fence it off (docs/replication.md: failover runbook)."""
+    from nubis.security.authn import cli_principal
+
+    if not yes and not typer.confirm(
+        "Promote this replica to a primary? Clients may then change it; the old primary must "
+        "no longer take changes"
+    ):
+        out.print("not promoted")
+        raise typer.Exit(1)
+    with open_archive(data_dir, config, set_) as archive:
+        try:
+            at, by = archive.operations.promote(cli_principal(), archive.settings.replica_of)
+        except NubisError as exc:
+            console.print(exc.reason, style="red")
+            raise typer.Exit(1) from None
+    out.print(f"promoted to a primary at {_when(at)} by {by}; remove replica_of from its settings")
+
+
+@app.command()
+def demote(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirmed already: do not ask before demoting.")
+    ] = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Make this promoted archive a read-only replica of replica_of again (fail-back: running
+    servers refuse clients' changes within 2 s). Recorded in the audit trail."""
+    from nubis.security.authn import cli_principal
+
+    if not yes and not typer.confirm("Demote this archive to a read-only replica?"):
+        out.print("not demoted")
+        raise typer.Exit(1)
+    with open_archive(data_dir, config, set_) as archive:
+        primary = archive.settings.replica_of
+        try:
+            changed = archive.operations.demote(cli_principal(), primary)
+        except NubisError as exc:
+            console.print(exc.reason, style="red")
+            raise typer.Exit(1) from None
+    if changed:
+        out.print(f"a read-only replica of {primary} again")
+    else:
+        out.print(f"not promoted: a read-only replica of {primary} already")

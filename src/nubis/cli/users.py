@@ -93,7 +93,7 @@ def add_user(
         typer.Option(
             "--role",
             help="Role (repeatable): admin, radiologist, referrer, uploader, modality, "
-            "researcher, auditor.",
+            "researcher, auditor, monitor.",
         ),
     ],
     tenant: Annotated[str, typer.Option(help="Tenant (partition) of the user.")] = "default",

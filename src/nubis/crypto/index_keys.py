@@ -46,7 +46,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -228,7 +228,13 @@ class IndexKeyring(PatientKeyring):
             "every node"
         )
 
-    def shred_patient(self, partition: str, patient_id: str) -> int:
+    def shred_patient(
+        self,
+        partition: str,
+        patient_id: str,
+        *,
+        also: Callable[[Connection], object] | None = None,
+    ) -> int:
         with self._view():
             ref = self.patient_ref(partition, patient_id)
 
@@ -241,6 +247,8 @@ class IndexKeyring(PatientKeyring):
                 now = _now_ms()
                 rows = [{"subject": s, "erased_at": now} for s in doomed]
                 conn.execute(insert(erased_patient_keys), rows)
+                if also is not None:
+                    also(conn)
             return doomed
 
         doomed = self.index.write(job)

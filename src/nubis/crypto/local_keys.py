@@ -45,7 +45,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +120,13 @@ class LocalKeyring(PatientKeyring):
         log.info("keyring: added key-encryption key %s; new blobs use it", kek_id)
         return kek_id
 
-    def shred_patient(self, partition: str, patient_id: str) -> int:
+    def shred_patient(
+        self,
+        partition: str,
+        patient_id: str,
+        *,
+        also: Callable[[Connection], object] | None = None,
+    ) -> int:
         with self._locked_file():
             ref = self.patient_ref(partition, patient_id)
             doomed = {s for s, record in self._records.items() if record["ref"] == ref}
@@ -128,7 +134,7 @@ class LocalKeyring(PatientKeyring):
                 return 0
             # Listed first: a shred the index does not know could be undone by a copy of
             # this file; one it knows and the file missed is done again at the next open.
-            self._list_erased(doomed)
+            self._list_erased(doomed, also)
             self._drop(doomed)
         # The subject id is random and names no one; the Patient ID is never logged.
         log.warning("keyring: shredded %d patient key(s) %s", len(doomed), ", ".join(doomed))
@@ -153,7 +159,9 @@ class LocalKeyring(PatientKeyring):
             )  # fmt: skip
         return sorted(doomed)
 
-    def _list_erased(self, subjects: set[str]) -> None:
+    def _list_erased(
+        self, subjects: set[str], also: Callable[[Connection], object] | None = None
+    ) -> None:
         if self.index is None:
             return
         from nubis.index.upsert import upsert
@@ -163,6 +171,8 @@ class LocalKeyring(PatientKeyring):
         def job(conn: Connection) -> None:
             for subject in sorted(subjects):
                 upsert(conn, erased_patient_keys, "subject", {"subject": subject, "erased_at": now})
+            if also is not None:
+                also(conn)
 
         self.index.write(job)
 

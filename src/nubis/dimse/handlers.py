@@ -25,6 +25,7 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import N_ACTION
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
+from nubis import metrics
 from nubis.dimse.commitment import CommitmentRequest
 from nubis.dimse.common import (
     CANCEL,
@@ -260,9 +261,7 @@ class Handlers:
             yield status_ds(exc.dimse_status, exc.reason), None
             return
         found = 0
-        items = (
-            self._patients(scoped) if level == "PATIENT" else self.archive.query.matches(scoped)
-        )
+        items = self._patients(scoped) if level == "PATIENT" else self.archive.query.matches(scoped)
         for item in items:
             # At most a few responses ahead of the wire: a C-CANCEL then stops matching within
             # them (not after every match is queued), and a huge result never sits in memory.
@@ -384,7 +383,10 @@ class Handlers:
         return SUCCESS, None
 
     def on_dimse_sent(self, event: Event) -> None:
-        if type(event.message).__name__ != "N_ACTION_RSP":
+        kind = type(event.message).__name__
+        if kind.endswith("_RSP"):
+            _count_response(kind, event.message)
+        if kind != "N_ACTION_RSP":
             return
         for job_id in self._commitments.pop(event.assoc, None) or []:
             threading.Thread(
@@ -393,6 +395,17 @@ class Handlers:
                 name="nubis-commitment",
                 daemon=True,
             ).start()
+
+
+def _count_response(kind: str, message: Any) -> None:
+    """A final response's operation and status in nubis.metrics (pending ones are not counted:
+    a C-FIND's matches are not operations)."""
+    status = getattr(message.command_set, "Status", None)
+    if status is None or int(status) in (0xFF00, 0xFF01):
+        return
+    code = int(status)
+    operation = kind[: -len("_RSP")].replace("_", "-")
+    metrics.dimse_operations.labels(operation, metrics.dimse_outcome(code), f"0x{code:04X}").inc()
 
 
 def _client_certificate(assoc: Association) -> PeerCertificate | None:

@@ -4,6 +4,12 @@ Entries are added on the driver's cursor inside the store's or delete's own tran
 (nubis.index.database), after the study's row lock is taken: within a study, ``seq`` order is
 commit order on both engines, which is the order the ``replicate`` job applies them in
 (nubis.replication.job). Across studies no order is promised or needed.
+
+Besides stores and deletes (nubis.index.database), three changes add entries in their own
+commits: a correction one per study it changed (nubis.services.corrections, its attributes as
+they are after it), a crypto-shred one per study of the patient (nubis.services.shredding), a
+move between storage tiers one per study (nubis.tiers.lifecycle; informational: the replica
+keeps its own tiers).
 """
 
 from __future__ import annotations
@@ -18,14 +24,20 @@ from nubis.index.schema import replication_outbox as outbox
 from nubis.index.schema import replication_state as state
 
 __all__ = [
+    "CORRECT",
     "DELETE",
+    "SHRED",
     "STORE",
+    "TIER",
     "Entry",
     "ReplicationStatus",
     "add",
+    "demote",
     "due_studies",
     "entries_of",
     "failed",
+    "promote",
+    "promoted",
     "replicated",
     "status",
     "take_lease",
@@ -34,11 +46,14 @@ __all__ = [
 
 STORE = "store"
 DELETE = "delete"
+CORRECT = "correct"  # detail: {"correction": id, "reason": text, "set": {keyword: text|null}}
+SHRED = "shred"  # detail: {"patient": Patient ID}
+TIER = "tier"  # detail: {"tier": name}; recorded, not applied (the replica keeps its tiers)
 
 _ADD_SQL = (
     "INSERT INTO replication_outbox (op, partition, study_uid, series_uid, sop_instance_uid, "
-    "created_at, due_at, attempts, next_attempt_at, parked) "
-    "VALUES (:op, :p, :study, :series, :sop, :now, :due, 0, 0, 0)"
+    "created_at, due_at, attempts, next_attempt_at, parked, detail) "
+    "VALUES (:op, :p, :study, :series, :sop, :now, :due, 0, 0, 0, :detail)"
 )
 
 
@@ -53,6 +68,7 @@ class Entry:
     created_at: int
     due_at: int
     attempts: int
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +98,10 @@ def add(
     *,
     now: int,
     delay_ms: int = 0,
+    detail: str | None = None,
 ) -> None:
-    """Queue one change for the replica (in the caller's transaction)."""
+    """Queue one change for the replica (in the caller's transaction); ``detail`` is the JSON
+    of what a correction, shred or tier change needs beyond the UIDs."""
     cursor.execute(
         _ADD_SQL,
         {
@@ -94,6 +112,7 @@ def add(
             "sop": sop_instance_uid,
             "now": now,
             "due": now + delay_ms,
+            "detail": detail,
         },
     )
 
@@ -108,6 +127,7 @@ _COLUMNS = (
     outbox.c.created_at,
     outbox.c.due_at,
     outbox.c.attempts,
+    outbox.c.detail,
 )
 
 
@@ -139,7 +159,7 @@ def entries_of(conn: Connection, partition: str, study_uid: str, limit: int) -> 
         .order_by(outbox.c.seq)
         .limit(limit)
     ).all()
-    return [Entry(*row) for row in rows]
+    return [Entry(**row._mapping) for row in rows]
 
 
 def replicated(conn: Connection, seq: int, now: int) -> None:
@@ -228,4 +248,36 @@ def status(conn: Connection, now: int) -> ReplicationStatus:
         verified_at,
         last_error,
         last_error_at,
+    )
+
+
+def promoted(conn: Connection) -> tuple[int, str] | None:
+    """When and by whom this archive, a replica, was promoted to a primary; None if never."""
+    row = conn.execute(
+        select(state.c.promoted_at, state.c.promoted_by).where(state.c.id == 1)
+    ).first()
+    if row is None or row[0] is None:
+        return None
+    return int(row[0]), str(row[1] or "")
+
+
+def promote(conn: Connection, who: str, now: int) -> bool:
+    """Record the promotion; False when it was promoted already (the first time stands)."""
+    return bool(
+        conn.execute(
+            update(state)
+            .where(state.c.id == 1, state.c.promoted_at.is_(None))
+            .values(promoted_at=now, promoted_by=who)
+        ).rowcount
+    )
+
+
+def demote(conn: Connection) -> bool:
+    """Forget the promotion: the archive is a read-only replica again (of replica_of)."""
+    return bool(
+        conn.execute(
+            update(state)
+            .where(state.c.id == 1, state.c.promoted_at.is_not(None))
+            .values(promoted_at=None, promoted_by=None)
+        ).rowcount
     )

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from nubis import metrics
 from nubis.jobs.context import Handler, JobCancelled, JobContext, JobFailed, JobStopped
 from nubis.jobs.store import Job, JobState, JobStore, LeaseLost, now_ms
 
@@ -191,6 +192,7 @@ class JobRunner:
             result = handler(ctx) or {}
         except JobCancelled:
             log.info("job %d (%s) cancelled", job.id, job.kind)
+            metrics.job_runs.labels(job.kind, "cancelled").inc()
             return lambda: store.finish(
                 job.id, owner, JobState.CANCELLED, progress=ctx.snapshot()[1]
             )
@@ -211,6 +213,7 @@ class JobRunner:
             progress = ctx.snapshot()[1]
             if delay is not None and job.attempts < job.max_attempts:
                 retry_in = delay
+                metrics.job_runs.labels(job.kind, "retried").inc()
                 log.warning(
                     "job %d (%s) failed (attempt %d of %d), retrying in %.0f s: %s",
                     job.id, job.kind, job.attempts, job.max_attempts, retry_in, reason,
@@ -222,10 +225,12 @@ class JobRunner:
                 "job %d (%s) failed for good: %s", job.id, job.kind, reason,
                 exc_info=None if isinstance(exc, JobFailed) else exc,
             )  # fmt: skip
+            metrics.job_runs.labels(job.kind, "failed").inc()
             return lambda: store.finish(
                 job.id, owner, JobState.FAILED, error=reason, progress=progress
             )
         log.info("job %d (%s) done: %s", job.id, job.kind, result)
+        metrics.job_runs.labels(job.kind, "done").inc()
         return lambda: store.finish(
             job.id, owner, JobState.DONE, result=result, progress=ctx.snapshot()[1]
         )

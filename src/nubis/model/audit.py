@@ -70,6 +70,7 @@ class EventID:
     IMPORT = Code("110107", "DCM", "Import")
     NETWORK_ENTRY = Code("110108", "DCM", "Network Entry")
     PATIENT_RECORD = Code("110110", "DCM", "Patient Record")
+    PROCEDURE_RECORD = Code("110111", "DCM", "Procedure Record")
     QUERY = Code("110112", "DCM", "Query")
     SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
     USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")

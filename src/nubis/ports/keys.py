@@ -20,8 +20,12 @@ Implementations are synchronous, like the other ports (docs/architecture.md), an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,16 @@ class KeyProvider(Protocol):
     def rotate(self) -> str:
         """Add a new KEK version and make it current; returns its id. No blob is rewritten."""
 
-    def shred_patient(self, partition: str, patient_id: str) -> int:
-        """Delete every key of the patient (crypto-shredding); returns how many were deleted."""
+    def shred_patient(
+        self,
+        partition: str,
+        patient_id: str,
+        *,
+        also: Callable[[Connection], object] | None = None,
+    ) -> int:
+        """Delete every key of the patient (crypto-shredding); returns how many were deleted.
+        ``also`` runs in the index transaction that records the keys as erased, when some
+        were (the replication outbox's entries): both commit or neither does."""
 
     def key_ids(self) -> list[str]:
         """Every KEK version held, oldest first."""

@@ -2,10 +2,15 @@
 
 Each run takes the drain lease (one run at a time across every node and worker, so a study's
 entries are never applied by two at once), then repeatedly picks the studies whose first entry
-is due and applies each study's entries in ``seq`` order: a store is read through
+is due and applies each study's entries in ``seq`` order (a run of consecutive stores
+STORES_AT_ONCE at a time, since stores commute; anything else after all before it): a store is
+read through
 :class:`~nubis.services.retrieve.RetrieveService` as the principal ``replicate:<tenant>`` (so
 it is authorized, read with its digest checked, and recorded as DICOM Instances Transferred)
-and sent with its SHA-256 (nubis.replication.target); a delete is sent as a delete. An entry
+and sent with its SHA-256 (nubis.replication.target); a delete is sent as a delete, a
+correction as the update of the study it left, a crypto-shred as the shred of the patient's
+keys there; a move between storage tiers is only retired (the replica keeps its own tiers,
+by its own rules). An entry
 is deleted from the outbox only once the replica confirmed it, so a crash anywhere repeats it
 at worst (at-least-once; the replica answers a repeat as already stored or already gone).
 
@@ -18,11 +23,13 @@ ends; the schedule (replicate_every_seconds) starts the next.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nubis.errors import NotFound, NubisError
+from nubis.errors import KeyErased, NotFound, NubisError
 from nubis.index import outbox_sql
 from nubis.index.database import Index
 from nubis.index.outbox_sql import Entry
@@ -33,7 +40,7 @@ from nubis.replication.target import DicomWebReplica, ReplicaRefused, ReplicaUnr
 from nubis.security.policy import Principal
 from nubis.services.retrieve import RetrieveService
 
-__all__ = ["KIND", "LINGER_SECONDS", "MAX_REFUSALS", "Replicator"]
+__all__ = ["KIND", "LINGER_SECONDS", "MAX_REFUSALS", "STORES_AT_ONCE", "Replicator"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,9 @@ KIND = REPLICATE
 LINGER_SECONDS = 30.0
 POLL_SECONDS = 0.2
 MAX_REFUSALS = 10
+# Stores of one study sent at once: the replica's group commit then syncs them together, and
+# the sends overlap their reads, transfers and writes (bench/replication_lag.py).
+STORES_AT_ONCE = 4
 _LEASE_SECONDS = 300.0
 _STUDIES_PER_PASS = 100
 _ENTRIES_PER_STUDY = 500
@@ -67,6 +77,7 @@ class Replicator:
         self.replica = replica
         self.retry_max_seconds = retry_max_seconds
         self.linger_seconds = linger_seconds
+        self._senders = ThreadPoolExecutor(STORES_AT_ONCE, thread_name_prefix="nubis-replicate")
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         owner = f"job-{ctx.job.id}"
@@ -122,13 +133,44 @@ class Replicator:
                 raise ReplicaUnreachable("the drain lease was lost to another run")
             with self.index.reading() as conn:
                 entries = outbox_sql.entries_of(conn, partition, study_uid, _ENTRIES_PER_STUDY)
-            for entry in entries:
-                if entry.due_at > now_ms():
-                    break  # a delete held back: the study's later entries wait behind it
-                if not self._apply_one(entry):
-                    break
-                applied += 1
+            applied += self._apply_study(entries)
         return applied
+
+    def _apply_study(self, entries: list[Entry]) -> int:
+        """Apply one study's entries in order; how many. A run of consecutive stores goes
+        out STORES_AT_ONCE at a time (stores commute: each sends the object as it is now);
+        anything else waits until every entry before it is applied."""
+        applied = 0
+        i = 0
+        while i < len(entries):
+            if entries[i].due_at > now_ms():
+                break  # a delete held back: the study's later entries wait behind it
+            run = [entries[i]]
+            while (
+                run[0].op == outbox_sql.STORE
+                and len(run) < STORES_AT_ONCE
+                and i + len(run) < len(entries)
+                and entries[i + len(run)].op == outbox_sql.STORE
+            ):
+                run.append(entries[i + len(run)])
+            done = self._apply_run(run)
+            applied += done
+            if done < len(run):
+                break  # refused: the study's later entries wait behind it
+            i += len(run)
+        return applied
+
+    def _apply_run(self, run: list[Entry]) -> int:
+        """Apply ``run`` (one entry, or stores at once); how many were applied. An
+        unreachable replica is raised once every send of the run has ended."""
+        if len(run) == 1:
+            return int(self._apply_one(run[0]))
+        futures = [self._senders.submit(self._apply_one, entry) for entry in run]
+        results = [future.exception() or future.result() for future in futures]
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(1 for result in results if result is True)
 
     def _apply_one(self, entry: Entry) -> bool:
         """Apply ``entry`` and retire it; False when the replica refused it (it waits)."""
@@ -161,6 +203,17 @@ class Replicator:
         if entry.op == outbox_sql.DELETE:
             self.replica.delete(entry.study_uid, entry.series_uid, entry.sop_instance_uid)
             return
+        if entry.op == outbox_sql.TIER:
+            return  # recorded, not applied: the replica's tiers follow its own rules
+        detail = json.loads(entry.detail or "{}")
+        if entry.op == outbox_sql.CORRECT:
+            self.replica.correct(
+                entry.study_uid, detail["correction"], detail["reason"], detail["set"]
+            )
+            return
+        if entry.op == outbox_sql.SHRED:
+            self.replica.shred(detail["patient"])
+            return
         who = replication_principal(entry.partition)
         try:
             found = self.retrieve.instances(
@@ -169,13 +222,18 @@ class Replicator:
         except NotFound:
             return  # deleted since: the delete's own entry follows in this study's order
         inst = found[0]
-        self.replica.store(
-            inst.study_uid,
-            inst.sop_instance_uid,
-            inst.size,
-            inst.sha256,
-            self.retrieve.stored_chunks(inst),
-        )
+        try:
+            self.replica.store(
+                inst.study_uid,
+                inst.sop_instance_uid,
+                inst.size,
+                inst.sha256,
+                self.retrieve.stored_chunks(inst),
+            )
+        except KeyErased:
+            # Shredded since: it must not reach the replica readable; the shred's own entry
+            # follows in this study's order (the request was cut off mid-body, nothing stored).
+            return
 
 
 def replication_principal(tenant: str) -> Principal:

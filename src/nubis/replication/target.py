@@ -8,6 +8,12 @@ verified when the replica answers 200, or 202 without the coercion warning 0xB00
 with that digest is answered as stored, so re-sending is harmless (at-least-once). A delete is
 a DELETE of the study, series or instance (PS3.18 10.4 DELETE); 404 means it is gone already.
 
+A correction and a crypto-shred go to the replica's admin API, at the root its DICOMweb path
+``/dicom-web`` hangs from: a correction as ``POST /corrections`` updating the study to the
+attributes the primary's correction left (idempotent: applied twice, the study shows the
+same; 404, a study the replica never had, is done), a shred as ``POST /keys/shred-patient``
+(idempotent: a repeat erases no key and is answered 200).
+
 The API key goes into the Authorization header of each request and nowhere else: errors name
 the replica's address and the HTTP status, never the header.
 """
@@ -26,7 +32,7 @@ from urllib.parse import quote
 
 from nubis.logs import redact_url
 
-__all__ = ["DicomWebReplica", "ReplicaRefused", "ReplicaUnreachable"]
+__all__ = ["DicomWebReplica", "ReplicaRefused", "ReplicaUnreachable", "reason_of"]
 
 _TIMEOUT = 120
 _COERCED = 0xB000
@@ -44,11 +50,56 @@ class ReplicaRefused(Exception):
     go on."""
 
 
+_DICOMWEB_PATH = "/dicom-web"
+# The replica's Reason must fit its limit (nubis.services.corrections.MAX_REASON).
+_MAX_REASON = 1024
+
+
 class DicomWebReplica:
     def __init__(self, root: str, api_key: str) -> None:
         self.root = root.rstrip("/")
         self.shown = redact_url(self.root)
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Where the replica's admin API is: "" (unknown) unless the root is nubis's own path.
+        self.site = self.root[: -len(_DICOMWEB_PATH)] if self.root.endswith(_DICOMWEB_PATH) else ""
+
+    def correct(self, study_uid: str, correction: int, reason: str, attrs: dict[str, Any]) -> None:
+        """Set ``attrs`` (keyword -> DICOM text or None) on the replica's study: what the
+        primary's correction ``correction`` left."""
+        body = {
+            "action": "update-study",
+            "study": study_uid,
+            "set": attrs,
+            "reason": f"correction {correction} at the primary: {reason}"[:_MAX_REASON],
+        }
+        status = self._post_admin("/corrections", body)
+        if status not in (200, 201, 404):
+            raise ReplicaRefused(
+                f"the replica refused correction {correction} of study {study_uid}: HTTP {status}"
+            )
+
+    def shred(self, patient_id: str) -> None:
+        """Erase the patient's keys at the replica (done already counts as done)."""
+        status = self._post_admin("/keys/shred-patient", {"patient": patient_id})
+        if status != 200:
+            # 404: the replica encrypts nothing at rest, so no shred can erase its copies there.
+            raise ReplicaRefused(f"the replica refused a patient's crypto-shred: HTTP {status}")
+
+    def _post_admin(self, path: str, body: dict[str, Any]) -> int:
+        if not self.site:
+            raise ReplicaRefused(
+                f"replicate_to ({self.shown}) does not end in {_DICOMWEB_PATH}: the replica's "
+                "admin API (corrections, crypto-shreds) cannot be found"
+            )
+        data = json.dumps(body, ensure_ascii=False).encode()
+        status, _ = self._send(
+            "POST",
+            path,
+            data,
+            {"Content-Type": "application/json", "Content-Length": str(len(data))},
+            root=self.site,
+        )
+        return status
 
     def store(
         self,
@@ -109,10 +160,19 @@ class DicomWebReplica:
             raise ReplicaRefused(f"the replica refused to delete {path}: HTTP {status}")
 
     def _send(
-        self, method: str, path: str, body: Any, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        headers: dict[str, str],
+        *,
+        root: str | None = None,
     ) -> tuple[int, bytes]:
         request = urllib.request.Request(
-            f"{self.root}{path}", data=body, method=method, headers={**headers, **self._auth}
+            f"{root or self.root}{path}",
+            data=body,
+            method=method,
+            headers={**headers, **self._auth},
         )
         try:
             with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:
@@ -120,11 +180,26 @@ class DicomWebReplica:
         except urllib.error.HTTPError as exc:
             status, answer = exc.code, exc.read()
             if status >= 500 or status in (401, 403, 408, 429):
-                raise ReplicaUnreachable(f"{self.shown} answered HTTP {status}") from None
+                # The replica's reason says which: a key it does not take, a replica_writer
+                # that is not this key's user (nubis reasons carry no patient data).
+                said = reason_of(answer)
+                raise ReplicaUnreachable(
+                    f"{self.shown} answered HTTP {status}" + (f": {said}" if said else "")
+                ) from None
             return status, answer
         except (OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or type(exc).__name__
             raise ReplicaUnreachable(f"{self.shown} cannot be reached: {reason}") from None
+
+
+def reason_of(answer: bytes) -> str:
+    """The ``reason`` of a nubis error body (nubis.web.errors), cut to 300 characters."""
+    try:
+        data = json.loads(answer or b"{}")
+    except ValueError:
+        return ""
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason[:300] if isinstance(reason, str) else ""
 
 
 def _items(answer: bytes, tag: str) -> list[dict[str, Any]]:

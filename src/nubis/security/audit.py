@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from sqlalchemy import Connection, func, select
 
+from nubis import metrics
 from nubis.index.database import AUDIT_LOCK, Index
 from nubis.index.driver import driver_cursor
 from nubis.index.schema import audit_checkpoints, audit_cursors, audit_log
@@ -321,6 +322,7 @@ class AuditTrail:
             return self.index.write(self.append_job(events))
         except Exception as exc:
             log.error("audit record could not be written: %s", exc)
+            metrics.audit_append_failures.inc(len(events))
             raise AuditUnavailable(
                 "the access could not be recorded in the audit trail, so it was refused"
             ) from exc

@@ -146,6 +146,34 @@ def patient_record(
     )
 
 
+def procedure_record(
+    who: Any,
+    *,
+    action: EventAction,
+    patient_id: str | None = None,
+    study_uids: Iterable[str] = (),
+    outcome: EventOutcome = EventOutcome.SUCCESS,
+    request_id: str | None = None,
+    break_glass_reason: str | None = None,
+    description: str | None = None,
+) -> AuditEvent:
+    """Procedure Record (PS3.15 A.5.3, EventID 110111): a procedure step (a UPS workitem)
+    was created, read, updated (its state changed) or deleted. ``description`` names the
+    workitem by UID and what happened; the patient goes in the patient participant object."""
+    return _event(
+        EventID.PROCEDURE_RECORD,
+        action,
+        who,
+        patient_id,
+        study_uids,
+        outcome,
+        None,
+        request_id,
+        break_glass_reason,
+        description,
+    )
+
+
 def begin_transferring(
     who: Any,
     *,

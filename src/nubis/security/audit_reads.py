@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from nubis import metrics
 from nubis.errors import StorageUnavailable
 from nubis.model.audit import AuditEvent, EventAction, EventID
 
@@ -174,6 +175,7 @@ class ReadRecordQueue:
         try:
             self._commit(batch)
         except Exception as exc:
+            metrics.audit_append_failures.inc(len(batch))
             with self._cond:
                 if self._failure is None:
                     log.error("audit records of %d read(s) could not be committed: %s",

@@ -14,10 +14,11 @@ in this order:
    exist (404, empty QIDO-RS), by the same statement.
 
 Roles (``ROLES``): admin (everything in its tenant, user management), radiologist (read and
-write the tenant), referrer (read granted studies), uploader and modality (store only),
-researcher (de-identified reads of the research projects it is a member of, through
-nubis.services.research_view; identified reads refused), auditor (the
-audit log only). Nothing is allowed that a role does not list. The audit log is the archive's,
+write the tenant, hand out and perform workitems), referrer (read granted studies), uploader
+and modality (store only), researcher (de-identified reads of the research projects it is a
+member of, through nubis.services.research_view; identified reads refused), auditor (the
+audit log only), monitor (the metrics only: what a Prometheus server's API key is given).
+Nothing is allowed that a role does not list. The audit log is the archive's,
 not a tenant's (its records name every tenant's patients and users), so only principals of the
 home tenant ``default`` may read it, whatever their role. So it is with running the archive
 itself (OPERATE: jobs, storage and its cost, the DIMSE peer table, users of other tenants):
@@ -55,6 +56,10 @@ class Action(enum.Flag):
     DOWNLOAD = enum.auto()
     SHARE = enum.auto()  # share a study: links for people without an account, user grants
     OPERATE = enum.auto()  # the archive itself: jobs, storage, DIMSE peers, every tenant's users
+    MONITOR = enum.auto()  # the archive's metrics (/metrics): counts and rates, no patient data
+    # Hand out and perform workitems (UPS-RS, docs/worklists.md): create, update, claim,
+    # complete, cancel. Reading and watching them is READ, scoped like studies.
+    WORKLIST = enum.auto()
 
 
 # Actions whose scope grants may limit (the rest is tenant-wide or refused).
@@ -82,13 +87,15 @@ ROLES: dict[str, RoleSpec] = {
         | Action.ADMIN
         | Action.AUDIT
         | Action.SHARE
-        | Action.OPERATE,
+        | Action.OPERATE
+        | Action.MONITOR
+        | Action.WORKLIST,
         summary="everything in its tenant, users and keys included; in the home tenant, "
         "the archive itself (jobs, storage, DIMSE peers, every tenant's users)",
     ),
     "radiologist": RoleSpec(
-        Action.READ | Action.DOWNLOAD | Action.WRITE | Action.SHARE,
-        summary="read, store and share in its tenant",
+        Action.READ | Action.DOWNLOAD | Action.WRITE | Action.SHARE | Action.WORKLIST,
+        summary="read, store and share in its tenant; hand out and perform workitems",
     ),
     "referrer": RoleSpec(
         Action.READ | Action.DOWNLOAD, granted_only=True, summary="read the studies granted"
@@ -100,6 +107,9 @@ ROLES: dict[str, RoleSpec] = {
         summary="de-identified reads of its research projects only (/projects/{name}/dicom-web)",
     ),
     "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
+    "monitor": RoleSpec(
+        Action.MONITOR, summary="the archive's metrics only (a Prometheus server's key)"
+    ),
     "share-view": RoleSpec(
         Action.READ,
         granted_only=True,
@@ -130,6 +140,11 @@ AUDIT_HOME_TENANT_ONLY = (
 OPERATE_HOME_TENANT_ONLY = (
     "jobs, storage, the DIMSE peers and other tenants' users are the archive's, not a "
     f"tenant's: only admins of tenant {DEFAULT_TENANT!r} may manage them"
+)
+
+MONITOR_HOME_TENANT_ONLY = (
+    "the metrics count every tenant's requests, jobs and storage: only monitors and admins "
+    f"of tenant {DEFAULT_TENANT!r} may read them"
 )
 
 
@@ -237,6 +252,8 @@ class AuthPolicy:
             return Decision(False, AUDIT_HOME_TENANT_ONLY)
         if action & Action.OPERATE and who.tenant != DEFAULT_TENANT:
             return Decision(False, OPERATE_HOME_TENANT_ONLY)
+        if action & Action.MONITOR and who.tenant != DEFAULT_TENANT:
+            return Decision(False, MONITOR_HOME_TENANT_ONLY)
         if action & ~READING:
             # Write, delete, export, admin, share, operate: tenant-wide roles only (none of
             # them is limited).
@@ -279,6 +296,7 @@ __all__ = [
     "ASSIGNABLE_ROLES",
     "AUDIT_HOME_TENANT_ONLY",
     "DEFAULT_TENANT",
+    "MONITOR_HOME_TENANT_ONLY",
     "OPERATE_HOME_TENANT_ONLY",
     "READING",
     "ROLES",

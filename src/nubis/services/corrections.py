@@ -11,7 +11,9 @@ DICOM Instances Accessed with U (A.5.3.3) for every study. An undo is a correcti
 restores the states recorded before, and is refused while a later correction of one of the
 studies builds on the one undone. A correction that files a study under another patient
 also queues, in the same transaction, the re-key of its objects under that patient's key
-(with encryption at rest: nubis.services.study_rekey), which a crypto-shred waits for.
+(with encryption at rest: nubis.services.study_rekey), which a crypto-shred waits for. With a
+replica, each study's change goes into the replication outbox in that transaction too, as the
+attributes it sets (nubis.replication: the replica re-applies it as an update of the study).
 
 The public interface (used by the CLI, the HTTP API and by the migration's quarantine):
 
@@ -41,7 +43,7 @@ from sqlalchemy import Connection
 from nubis.dicom import overlay
 from nubis.errors import BadRequest, Conflict, NotFound
 from nubis.index import corrections_sql as sql
-from nubis.index import rekey_sql
+from nubis.index import outbox_sql, rekey_sql
 from nubis.index.columns import json_text, study_columns
 from nubis.index.database import Index
 from nubis.index.driver import driver_cursor
@@ -277,6 +279,7 @@ class CorrectionService:
     ) -> Correction:
         reason = _reason(reason)
         decision = self.guard.authorize(who, Action.ADMIN, what, patient_id=patient_id)
+        self.guard.refuse_change(who, what)
         assert decision.scope is not None
         partition = decision.scope.partition
         now = int(time.time() * 1000)
@@ -330,6 +333,8 @@ class CorrectionService:
                     queued.append(True)
             if undoes is not None:
                 sql.mark_undone(conn, undoes, correction_id)
+            if partition == self.index.replicated_partition:
+                _queue_replication(conn, partition, correction_id, reason, changes, now)
             events = _events(who, kind, correction_id, reason, changes)
             record = self.guard.record_job(*events)
             if record is not None:
@@ -389,6 +394,39 @@ def _patient_of(conn: Connection, partition: str, patient_id: str) -> Changes:
         patient[tag] = attrs.get(tag) or empty
     patient[key] = element
     return patient
+
+
+def _queue_replication(
+    conn: Connection,
+    partition: str,
+    correction_id: int,
+    reason: str,
+    changes: Mapping[str, Mapping[str, sql.StudyState]],
+    now: int,
+) -> None:
+    """One outbox entry per study: the attributes the correction left changed, as text. Any
+    kind (a move, a merge, an undo) reaches the replica as this update of the study, which
+    is idempotent: applied twice, the study shows the same."""
+    cursor = driver_cursor(conn)
+    for uid, sides in changes.items():
+        diff = _diff(sides["before"].attrs, sides["after"].attrs)
+        if not diff:
+            continue
+        detail = {
+            "correction": correction_id,
+            "reason": reason,
+            "set": {name: values["after"] for name, values in diff.items()},
+        }
+        outbox_sql.add(
+            cursor,
+            outbox_sql.CORRECT,
+            partition,
+            uid,
+            None,
+            None,
+            now=now,
+            detail=json.dumps(detail, separators=(",", ":"), ensure_ascii=False),
+        )
 
 
 def _queue_rekey(
@@ -495,17 +533,23 @@ def _text(element: Mapping[str, Any] | None) -> str | None:
     return "\\".join(parts)
 
 
+def _diff(before_attrs: str, after_attrs: str) -> dict[str, dict[str, str | None]]:
+    """Attribute keyword (tag hex when it has none) -> its text before and after, for the
+    attributes that differ between two studies' ``attrs`` JSON."""
+    before, after = json.loads(before_attrs), json.loads(after_attrs)
+    diff: dict[str, dict[str, str | None]] = {}
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            name = keyword_for_tag(int(key, 16)) or key
+            diff[name] = {"before": _text(before.get(key)), "after": _text(after.get(key))}
+    return diff
+
+
 def _correction(row: sql.CorrectionRow) -> Correction:
-    changed: dict[str, dict[str, dict[str, str | None]]] = {}
-    for uid, sides in row.changes.items():
-        before = json.loads(sides["before"]["attrs"])
-        after = json.loads(sides["after"]["attrs"])
-        diff: dict[str, dict[str, str | None]] = {}
-        for key in sorted(set(before) | set(after)):
-            if before.get(key) != after.get(key):
-                name = keyword_for_tag(int(key, 16)) or key
-                diff[name] = {"before": _text(before.get(key)), "after": _text(after.get(key))}
-        changed[uid] = diff
+    changed = {
+        uid: _diff(sides["before"]["attrs"], sides["after"]["attrs"])
+        for uid, sides in row.changes.items()
+    }
     return Correction(
         id=row.id,
         kind=row.kind,

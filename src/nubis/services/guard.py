@@ -11,6 +11,10 @@ Forbidden is raised; an emergency override (break-glass) is logged at WARNING an
 closed: when the audit trail cannot commit, ``AuditUnavailable`` (503 / 0xA700) propagates and
 the access does not happen.
 
+On a read-only replica (``replica_of``, nubis.services.replica_role) every change (WRITE or
+DELETE, and corrections, which ask :meth:`Guard.refuse_change` themselves) is refused the same
+way, recorded, unless it comes from the primary's replication credential.
+
 Where the record does not depend on the outcome (a query: what was asked, not what was found),
 :meth:`Guard.recording` commits it while the service does its work and returns only once it is
 committed: the client waits for the longer of the two instead of their sum, and still nothing
@@ -24,7 +28,7 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nubis.errors import Forbidden
 from nubis.model.audit import AuditEvent
@@ -32,7 +36,13 @@ from nubis.ports.audit import AuditRecorder
 from nubis.security import audit_events
 from nubis.security.policy import Action, AuthPolicy, Decision, Principal
 
+if TYPE_CHECKING:
+    from nubis.services.replica_role import ReplicaRole
+
 log = logging.getLogger("nubis.security")
+
+# What a read-only replica refuses to all but the primary's replication credential.
+CHANGES = Action.WRITE | Action.DELETE
 
 
 class Guard:
@@ -42,6 +52,8 @@ class Guard:
         self.policy = policy
         # None only where no trail exists (unit tests of a single service).
         self.audit = audit
+        # Set when this archive is a replica (replica_of): it refuses changes until promoted.
+        self.replica: ReplicaRole | None = None
         self._recorders = ThreadPoolExecutor(max_workers=8, thread_name_prefix="nubis-audit")
 
     def authorize(
@@ -69,6 +81,8 @@ class Guard:
                 )
             )
             raise Forbidden(decision.reason)
+        if action & CHANGES:
+            self.refuse_change(who, what)
         if decision.break_glass:
             # The reason is free text and may name the patient: it goes to the audit record
             # only, which the request id finds.
@@ -92,6 +106,20 @@ class Guard:
                 )
             )
         return decision
+
+    def refuse_change(self, who: Principal, what: str) -> None:
+        """On a read-only replica, ReadOnlyReplica (recorded) unless ``who`` may change it.
+        ``what`` (which may name a patient) goes to the audit record only."""
+        if self.replica is None:
+            return
+        try:
+            self.replica.refuse_change(who)
+        except Forbidden as exc:
+            log.warning("refused a change to %s via %s: read-only replica", who.id, who.via)
+            self.record(
+                audit_events.access_refused(who, f"{what}: {exc.reason}", request_id=who.request_id)
+            )
+            raise
 
     def permits(self, who: Principal, action: Action) -> bool:
         """Whether ``who`` may do ``action``, recording nothing: for a service choosing how

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from sqlalchemy import Connection
+
 from nubis.dimse.peers import Peer, PeerTable
 from nubis.errors import BadRequest, NotFound
 from nubis.index import outbox_sql
@@ -26,6 +28,8 @@ from nubis.index.database import Index
 from nubis.index.outbox_sql import ReplicationStatus
 from nubis.jobs.schedule import SNAPSHOT
 from nubis.jobs.store import Job, JobState, JobStore, now_ms
+from nubis.logs import redact_url
+from nubis.model.audit import EventOutcome, EventType
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
 from nubis.services.guard import Guard
@@ -147,6 +151,60 @@ class Operations:
         if self.wake is not None:
             self.wake()
         return count
+
+    def promote(self, who: Principal, primary: str) -> tuple[int, str]:
+        """Make this replica of ``primary`` a primary: it takes changes from every client
+        again, on every node within RECHECK_SECONDS (nubis.services.replica_role). Recorded
+        (Security Alert, Security Configuration) in the commit that promotes. Returns when and
+        by whom it was promoted; a repeat changes nothing and answers the first promotion."""
+        self._authorize(who, "promote this replica to a primary")
+        if not primary:
+            raise BadRequest(
+                "this archive is not a replica (replica_of is not set): nothing to promote"
+            )
+        record = self.guard.record_job(
+            audit_events.security_alert(
+                who,
+                EventType.SECURITY_CONFIGURATION,
+                outcome=EventOutcome.SUCCESS,
+                description=f"read-only replica of {redact_url(primary)} promoted to a primary",
+            )
+        )
+
+        def job(conn: Connection) -> tuple[int, str]:
+            if outbox_sql.promote(conn, who.id, now_ms()) and record is not None:
+                record(conn)
+            found = outbox_sql.promoted(conn)
+            assert found is not None
+            return found
+
+        return self.index.write(job)
+
+    def demote(self, who: Principal, primary: str) -> bool:
+        """Make this promoted archive a read-only replica of ``primary`` again (a fail-back:
+        docs/replication.md), on every node within RECHECK_SECONDS; recorded in its commit.
+        False when it was not promoted (nothing changes)."""
+        self._authorize(who, "demote this archive to a read-only replica")
+        if not primary:
+            raise BadRequest(
+                "replica_of is not set: name the primary this archive becomes a replica of"
+            )
+        record = self.guard.record_job(
+            audit_events.security_alert(
+                who,
+                EventType.SECURITY_CONFIGURATION,
+                outcome=EventOutcome.SUCCESS,
+                description=f"demoted to a read-only replica of {redact_url(primary)}",
+            )
+        )
+
+        def job(conn: Connection) -> bool:
+            changed = outbox_sql.demote(conn)
+            if changed and record is not None:
+                record(conn)
+            return changed
+
+        return self.index.write(job)
 
     # ------------------------------------------------------------------ storage
     def storage(

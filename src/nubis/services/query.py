@@ -15,7 +15,7 @@ from typing import Any
 from nubis.index.database import Index
 from nubis.index.query_sql import Page
 from nubis.model.audit import AuditEvent
-from nubis.model.query import Query
+from nubis.model.query import Level, Query
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
 from nubis.services.guard import Guard
@@ -62,6 +62,26 @@ class QueryService:
             if not page.more or not page.items:
                 return
             offset += len(page.items)
+
+    def within(
+        self, scoped: ScopedQuery, level: Level, study_uid: str, include: frozenset[int]
+    ) -> Iterator[dict[str, Any]]:
+        """Every series or instance of ``study_uid`` (``include`` returned), under the scope of
+        a query :meth:`scoped` authorized and recorded: what a FHIR ImagingStudy lists of a
+        study that query found. No record of its own: it is part of the one recorded."""
+        narrowed = replace(
+            scoped.query,
+            level=level,
+            matches=(),
+            include=include,
+            limit=1000,
+            offset=0,
+            limit_capped=True,
+            study_uid=study_uid,
+            series_uid=None,
+            order=None,
+        )
+        return self.matches(ScopedQuery(narrowed))
 
     def search(self, who: Principal, query: Query, *, text: str | bytes = "") -> Page:
         """Authorize, record and run ``query`` for ``who`` (one page).

@@ -25,6 +25,7 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from nubis import metrics
 from nubis.blobs.integrity import verified_chunks
 from nubis.dicom import frame_codec, overlay, render, syntaxes, transcode
 from nubis.dicom.inspect import BULK_URI_MARKER
@@ -185,6 +186,9 @@ class RetrieveService:
     def instance_chunks(self, inst: StoredInstance, transfer_syntax: str) -> Iterator[bytes]:
         """The PS3.10 file, as stored (``*`` or the stored syntax) or transcoded; with the
         study's corrections applied (nubis.dicom.overlay) to the stored bytes being checked."""
+        return _counted(self._instance_chunks(inst, transfer_syntax), "instances")
+
+    def _instance_chunks(self, inst: StoredInstance, transfer_syntax: str) -> Iterator[bytes]:
         corrected = not overlay.is_empty(inst.overlay_json)
         if transfer_syntax in (AS_STORED, inst.transfer_syntax_uid):
             if not corrected:
@@ -342,7 +346,9 @@ class RetrieveService:
         index = inst.frames
         if index is None:
             return self.decoded_frames(inst, numbers)
-        return _first_read(self._frame_chunks(inst, index[n - 1]) for n in numbers)
+        return _first_read(
+            _counted(self._frame_chunks(inst, index[n - 1]), "frames") for n in numbers
+        )
 
     def _frame_chunks(
         self, inst: StoredInstance, fragments: list[tuple[int, int]]
@@ -432,6 +438,20 @@ def _patient_of(metadata_json: str) -> str | None:
     except (ValueError, AttributeError):
         return None
     return str(values[0]) if values else None
+
+
+def _counted(chunks: Iterator[bytes], what: str) -> Iterator[bytes]:
+    """``chunks`` as they are, their bytes counted as sent (nubis.metrics) as they are read."""
+    counter = metrics.retrieve_bytes.labels(what)
+    try:
+        for chunk in chunks:
+            counter.inc(len(chunk))
+            yield chunk
+    finally:
+        # A response cut short closes this: the blob store's reader is released at once.
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def blob_context(inst: StoredInstance) -> BlobContext:

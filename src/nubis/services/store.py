@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from nubis import metrics
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.dicom.consistency import MetaGroupLengthWrong
 from nubis.dicom.equivalence import same_instance
@@ -27,7 +28,7 @@ from nubis.errors import (
 )
 from nubis.index.columns import json_text, new_instance
 from nubis.index.database import Index
-from nubis.model.audit import AuditEvent, EventOutcome
+from nubis.model.audit import FRONT_DOORS, AuditEvent, EventOutcome
 from nubis.model.records import IngestWarning, NewInstance, StoreResult
 from nubis.ports.blobs import BlobContext, BlobStore
 from nubis.security import audit_events
@@ -178,11 +179,14 @@ class StoreService:
             spooled.discard()
             if inspected is not None:
                 self._record_failure(principal, inspected, exc)
+            _count(principal, "failed" if exc.http_status >= 500 else "refused")
             return _outcome(inspected, error=exc)
         except Exception:
             spooled.discard()
             log.exception("store failed")
+            _count(principal, "failed")
             return _outcome(inspected, error=StorageUnavailable("the object could not be stored"))
+        _count(principal, _RESULT_LABELS[result], spooled.size)
         return _outcome(inspected, result=result, warnings=warnings)
 
     @staticmethod
@@ -350,6 +354,23 @@ def _file_meta_rewritten(spooled: SpooledFile, data_set_start: int) -> SpooledFi
         raise
     spooled.discard()
     return rewritten
+
+
+# Ingest counters' result label (nubis.metrics): a bounded set, whatever the store said.
+_RESULT_LABELS = {
+    StoreResult.STORED: "stored",
+    StoreResult.REPLACED: "stored",
+    StoreResult.QUARANTINED: "stored",
+    StoreResult.ALREADY_STORED: "same",
+    StoreResult.SAME_INSTANCE: "same",
+}
+
+
+def _count(who: Principal, result: str, size: int = 0) -> None:
+    via = who.via if who.via in FRONT_DOORS else "other"  # a label: a fixed set
+    metrics.ingest_objects.labels(via, result).inc()
+    if result == "stored":
+        metrics.ingest_bytes.labels(via).inc(size)
 
 
 def warning_status(warnings: tuple[IngestWarning, ...]) -> int:

@@ -20,6 +20,7 @@ move the index knows of is a move the audit trail knows of.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -31,7 +32,9 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from nubis.dicom.recompress import RECOMPRESSIBLE
 from nubis.errors import RestoreRequired
+from nubis.index import outbox_sql
 from nubis.index.database import Index
+from nubis.index.driver import driver_cursor
 from nubis.index.schema import (
     INSTANCES_LOCATED,
     instance_originals,
@@ -239,7 +242,7 @@ class Lifecycle:
                     counts["restores_requested"] += 1
                 counts["waiting_for_restore"] += 1
                 continue
-            moved.append(_Moved(pk, key, study_uid, patient_id))
+            moved.append(_Moved(pk, key, study_uid, patient_id, partition))
             counts[f"moved_to_{tier}"] += 1
             counts["bytes_moved"] += size
             log.debug("blob %s moved from %s to %s", key, source, tier)
@@ -285,7 +288,7 @@ class Lifecycle:
             audit = self.guard.record_job(*_move_events(who, moved, tier))
 
         def job(conn: Connection) -> None:
-            for pk, key, _, _ in moved:
+            for pk, key, *_ in moved:
                 # Locked (PostgreSQL) so a delete of the instance waits for this commit and
                 # then takes our row with it, instead of failing our foreign key.
                 alive = conn.execute(
@@ -300,6 +303,7 @@ class Lifecycle:
                         "instance_pk",
                         {"instance_pk": pk, "tier": tier, "moved_at": now},
                     )
+            _queue_replication(conn, self.index.replicated_partition, moved, tier, now)
             if audit is not None:
                 audit(conn)
 
@@ -372,6 +376,24 @@ class _Moved(NamedTuple):
     blob_key: str
     study_uid: str
     patient_id: str | None
+    partition: str
+
+
+def _queue_replication(
+    conn: Connection, replicated: str | None, moved: list[_Moved], tier: str, now: int
+) -> None:
+    """One outbox entry per study of the replicated tenant, in the move's commit. The replica
+    only records it (its tiers follow its own rules and stores), so the entry keeps the
+    study's order and shows in the backlog, and nothing more."""
+    if replicated is None:
+        return
+    studies = sorted({m.study_uid for m in moved if m.partition == replicated})
+    cursor = driver_cursor(conn)
+    detail = json.dumps({"tier": tier})
+    for study_uid in studies:
+        outbox_sql.add(
+            cursor, outbox_sql.TIER, replicated, study_uid, None, None, now=now, detail=detail
+        )
 
 
 def _move_events(who: ActiveParticipant, moved: list[_Moved], tier: str) -> list[AuditEvent]:

@@ -1,5 +1,6 @@
 """The HTTP front door: DICOMweb under /dicom-web, WADO-URI at /wado, health, login at /-/,
-the audit trail for auditors at /audit/, the web face for people at /ui/ (web/ui).
+the audit trail for auditors at /audit/, metrics at /metrics, FHIR ImagingStudy at /fhir/, the
+web face for people at /ui/ (web/ui).
 
 Every route but the health probes requires authentication (web/auth.py); routes pass the
 caller to the services, which authorize (nubis.services.guard).
@@ -31,8 +32,13 @@ from nubis.web.audit_routes import audit_routes
 from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, research, stow, wado, wado_uri
+from nubis.web.dicomweb.ups import ups_routes
+from nubis.web.fhir import fhir_routes
+from nubis.web.metrics import HttpMetricsMiddleware, metrics_routes
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 from nubis.web.quarantine_routes import quarantine_routes
+from nubis.web.request_ids import RequestIdMiddleware
+from nubis.web.shred_routes import shred_routes
 from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
 from nubis.web.ui import ui_routes
 from nubis.web.ui.common import SignInRequired, sign_in_redirect
@@ -44,7 +50,8 @@ _INSTANCE = _SERIES + "/instances/{instance}"
 
 
 def dicomweb_routes() -> list[Route]:
-    """Every DICOMweb resource (PS3.18 Table 10.1-1 and its per-service tables)."""
+    """Every DICOMweb resource (PS3.18 Table 10.1-1 and its per-service tables, Table 11.1-1
+    for UPS-RS)."""
     routes = [
         Route("/studies", stow.store_instances, methods=["POST"]),
         Route(_STUDY, stow.store_instances, methods=["POST"]),
@@ -69,7 +76,8 @@ def dicomweb_routes() -> list[Route]:
         Route(_INSTANCE + "/frames/{frames}/thumbnail", wado.retrieve_thumbnail, methods=["GET"]),
         Route(_INSTANCE + "/bulk/{path:path}", wado.retrieve_bulkdata, methods=["GET"]),
     ]
-    return routes
+    # The Worklist Service (UPS-RS, PS3.18 11).
+    return routes + ups_routes()
 
 
 async def health(request: Request) -> Response:
@@ -104,7 +112,7 @@ def app_from_environment() -> Starlette:
     fair_accept.install()
     # A worker process starts with uvicorn's loggers only: without this, nubis's own log lines
     # below WARNING would be lost, and the limits on third-party loggers would not hold.
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(Archive(settings), prepare=False, dimse=True)
 
 
@@ -152,10 +160,17 @@ def create_app(
             *audit_routes(),
             *correction_routes(),
             *quarantine_routes(),
+            *metrics_routes(),
+            *fhir_routes(),
+            *shred_routes(),
             *ui_routes(),
         ],
         middleware=[
-            # Outermost: everything below sees the caller's address as the setting allows.
+            # Outermost: every log line and audit record of the request names its id.
+            Middleware(RequestIdMiddleware),
+            # Before authentication, so refusals are counted too.
+            Middleware(HttpMetricsMiddleware),
+            # Everything below sees the caller's address as the setting allows.
             Middleware(
                 ForwardedHeadersMiddleware,
                 trusted=TrustedProxies(parse_trusted_proxies(archive.settings.trusted_proxies)),

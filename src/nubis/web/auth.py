@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +38,7 @@ from nubis.security import audit_events
 from nubis.security.authn import anonymous_admin
 from nubis.security.policy import Principal
 from nubis.web.errors import error_response, nubis_error_response
+from nubis.web.request_ids import request_id_of
 
 PUBLIC_PATHS = frozenset({"/-/health", "/-/ready"})
 # Paths a browser navigates to: without a session they reach their route with no principal,
@@ -75,7 +75,7 @@ class AuthMiddleware:
         }
         client = scope.get("client")
         peer = str(client[0]) if client else None
-        request_id = secrets.token_hex(8)
+        request_id = request_id_of(scope)
         browser = path in BROWSER_PATHS or path.startswith(BROWSER_PREFIXES)
         via = "web" if browser else "dicomweb"
         token = _session_token(headers.get("cookie", ""))

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-ALLOWED_METHODS = ("GET", "HEAD", "POST", "DELETE")
+# PUT: Change Workitem State (UPS-RS, PS3.18 11.7).
+ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE")
 ALLOWED_HEADERS = (
     "Authorization",
     "X-API-Key",

@@ -8,7 +8,6 @@ entry while nothing about the server's internals leaks (PS3.18 8.5: error payloa
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
@@ -18,6 +17,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import Scope
 
 from nubis.errors import NubisError
+from nubis.web.request_ids import request_id_of
 
 log = logging.getLogger("nubis.web")
 
@@ -98,6 +98,6 @@ def _allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> set[str]:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    request_id = secrets.token_hex(6)
+    request_id = request_id_of(request.scope)
     log.exception("request %s (%s %s) failed", request_id, request.method, request.url.path)
     return error_response(500, f"internal error; the server log has request id {request_id}")

@@ -52,6 +52,7 @@ from nubis.model.audit import EventOutcome
 from nubis.security import audit_events
 from nubis.security.authn import OidcVerifier
 from nubis.security.policy import Principal
+from nubis.web.request_ids import request_id_of
 from nubis.web.ui.common import archive_of, safe_next, secure, set_session_cookie
 from nubis.web.ui.render import page
 from nubis.web.urls import site_url
@@ -273,9 +274,11 @@ async def callback(request: Request) -> Response:
     def sign_in() -> tuple[str, Principal]:
         answer = client.exchange(code, pending["verifier"], _redirect_uri(request))
         principal = _principal(client, answer, pending["nonce"])
-        who = principal.with_request(peer=peer, request_id=None)
+        who = principal.with_request(peer=peer, request_id=request_id_of(request.scope))
         token, _ = archive.sessions.start(who, auth_method="oidc", peer=peer)
-        archive.guard.record(audit_events.user_authentication(who, front_door="web"))
+        archive.guard.record(
+            audit_events.user_authentication(who, front_door="web", request_id=who.request_id)
+        )
         return token, who
 
     try:

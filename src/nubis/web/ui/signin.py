@@ -26,6 +26,7 @@ from nubis.errors import Forbidden, TooManyRequests, Unauthorized
 from nubis.model.audit import EventOutcome
 from nubis.security import audit_events
 from nubis.security.policy import Principal
+from nubis.web.request_ids import request_id_of
 from nubis.web.ui.common import (
     archive_of,
     bounded_form,
@@ -132,9 +133,11 @@ async def login_submit(request: Request) -> Response:
         )
 
     def start() -> str:
-        who = principal.with_request(peer=peer, request_id=None)
+        who = principal.with_request(peer=peer, request_id=request_id_of(request.scope))
         token, _ = archive.sessions.start(who, auth_method="password", peer=peer)
-        archive.guard.record(audit_events.user_authentication(who, front_door="web"))
+        archive.guard.record(
+            audit_events.user_authentication(who, front_door="web", request_id=who.request_id)
+        )
         return token
 
     token = await run_in_threadpool(start)
