@@ -505,6 +505,17 @@ def test_researcher_reads_are_audited_with_the_real_patient(lab: Lab) -> None:
     assert accessed, records
     # The audit trail names the stored patient; the researcher never saw it.
     assert any(p in json.dumps(accessed) for p in ("PAT-ALICE-4711", "PAT-BOB-0815"))
+    # A query is recorded whatever it finds (PS3.15 A.5.3.10), nothing included.
+    before = lab.archive.audit.head()[0]
+    empty = lab.get("res1", "/projects/alpha/dicom-web/studies/2.25.1/series")
+    assert empty.status_code == 200 and empty.json() == []  # type: ignore[attr-defined]
+    lab.archive.audit.flush_reads()
+    queries = [
+        r.event_dict
+        for r in lab.archive.audit.scan(after_seq=before, limit=1000)
+        if r.event_dict["event_id"]["code"] == "110112"  # Query
+    ]
+    assert len(queries) == 1
 
 
 def test_a_dicomweb_client_reads_the_project(lab: Lab) -> None:

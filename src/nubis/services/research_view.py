@@ -141,6 +141,15 @@ class ResearchView:
                 )
         with _reworded(f"query of research project {name}"):
             session = self.open(who, name)
+            # Recorded whatever it finds (PS3.15 A.5.3.10: what was asked), the empty answers
+            # below included.
+            self.guard.record(
+                audit_events.query(
+                    who,
+                    text or f"{level.name} query of research project {name}",
+                    request_id=who.request_id,
+                )
+            )
             original_study = None if study_uid is None else self._original_study(session, study_uid)
             if study_uid is not None and original_study is None:
                 return [], False, query.warnings
@@ -156,9 +165,6 @@ class ResearchView:
                 matches=tuple(others) + remapped,
                 study_uid=original_study,
                 series_uid=None,
-            )
-            self.guard.record(
-                audit_events.query(who, text or f"{level.name} query", request_id=who.request_id)
             )
             page = self.index.search(scoped_to(query, session.project))
             items = []

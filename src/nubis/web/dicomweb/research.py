@@ -87,7 +87,8 @@ def search(level: Level) -> Callable[[Request], Awaitable[Response]]:
                 series_uid=optional_path_uid(request, "series"),
                 max_limit=settings.qido_max_limit,
                 default_limit=settings.qido_default_limit,
-                text=request.url.query,
+                # The path names the project (and the remapped study) for the record.
+                text=f"{request.url.path}?{request.url.query}",
             )
         )
         base = _base(request, project)
