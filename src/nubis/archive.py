@@ -22,7 +22,7 @@ from nubis.jobs.context import JobContext
 from nubis.jobs.heal import Healer
 from nubis.jobs.kinds import handlers
 from nubis.jobs.runner import JobRunner
-from nubis.jobs.schedule import REPLICATE, SNAPSHOT, parse_schedule
+from nubis.jobs.schedule import ANALYZE_SCAN, REPLICATE, SNAPSHOT, parse_schedule
 from nubis.jobs.store import JobStore
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
@@ -37,6 +37,7 @@ from nubis.security.sessions import SessionStore
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
 from nubis.services.accounts import Accounts
+from nubis.services.aggregates import AggregateService
 from nubis.services.audit_log import AuditLog
 from nubis.services.corrections import CorrectionService
 from nubis.services.disk_floor import DiskFloor, parse_floor
@@ -46,6 +47,7 @@ from nubis.services.gauges import ArchiveGauges
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
 from nubis.services.maintenance import Maintenance
+from nubis.services.metadata_export import MetadataExport
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
@@ -67,6 +69,7 @@ from nubis.tiers.reads import ReadTracker
 from nubis.tiers.rules import Tiers, parse_compression, parse_prices, parse_rules, parse_tiers
 
 if TYPE_CHECKING:
+    from nubis.analyzers.job import AnalyzerJobs
     from nubis.dimse.commitment import CommitmentReports
     from nubis.dimse.send import StudySender
 
@@ -225,6 +228,13 @@ class Archive:
         )
         # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
         self.export = ExportService(self.retrieve, self.guard)
+        # Analytics (docs/analytics.md): Parquet metadata export and federated statistics.
+        self.metadata_export = MetadataExport(
+            self.index, self.guard, default_tier=self.tiers.default.name
+        )
+        self.aggregates = AggregateService(
+            self.index, self.guard, min_cell=settings.aggregate_min_cell
+        )
         self.quarantine = QuarantineService(self.index, guard=self.guard)
         # Research projects and the researcher's de-identified view (docs/research.md).
         self.research = ResearchService(
@@ -346,6 +356,7 @@ class Archive:
                 dimse_send=self.run_send,
                 healer=self.healer,
                 replicate=self.replicator.run if settings.replicate_to else None,
+                analyze=(self.run_analyze_scan, self.run_analyze),
             ),
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,
@@ -356,7 +367,40 @@ class Archive:
         schedule = parse_schedule(self.settings.jobs_schedule)
         if self.settings.replicate_to:
             schedule[REPLICATE] = self.settings.replicate_every_seconds
+        if self.settings.analyzers.strip():
+            schedule[ANALYZE_SCAN] = self.settings.analyzer_scan_seconds
         return schedule
+
+    @cached_property
+    def analyzer_jobs(self) -> AnalyzerJobs:
+        """The ``analyze-scan`` and ``analyze`` handlers (nubis.analyzers.job): read through
+        a retrieve service of their own, so an analysis does not count as a read for the tier
+        rules, and store through the archive's store service. Built on first use: a node
+        that runs no analysis never loads highdicom or a plug-in."""
+        from nubis.analyzers.job import AnalyzerJobs
+        from nubis.analyzers.registry import available
+        from nubis.analyzers.rules import parse_rules
+
+        settings = self.settings
+        return AnalyzerJobs(
+            self.index,
+            RetrieveService(self.index, self.blobs, guard=self.guard, verify_reads=True),
+            self.store,
+            self.spool,
+            rules=parse_rules(settings.analyzers),
+            analyzers=available,
+            stable_seconds=settings.analyzer_stable_seconds,
+            lookback_hours=settings.analyzer_lookback_hours,
+            wake=self.job_runner.wake if self.job_runner is not None else None,
+        )
+
+    def run_analyze_scan(self, ctx: JobContext) -> dict[str, Any]:
+        """The ``analyze-scan`` job handler."""
+        return self.analyzer_jobs.scan(ctx)
+
+    def run_analyze(self, ctx: JobContext) -> dict[str, Any]:
+        """The ``analyze`` job handler."""
+        return self.analyzer_jobs.analyze(ctx)
 
     @cached_property
     def replicator(self) -> Replicator:

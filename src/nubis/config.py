@@ -89,6 +89,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"http_port must be 1-65535, got {settings.http_port}")
     if settings.qido_default_limit < 1 or settings.qido_max_limit < settings.qido_default_limit:
         raise SettingsError("qido_default_limit must be >= 1 and <= qido_max_limit")
+    if settings.aggregate_min_cell < 1:
+        raise SettingsError(f"aggregate_min_cell must be >= 1, got {settings.aggregate_min_cell}")
     if settings.workers < 0:
         raise SettingsError(f"workers must be >= 0, got {settings.workers}")
     for name in ("dimse_port", "dimse_tls_port"):
@@ -219,6 +221,18 @@ def _validate_storage(settings: Settings) -> None:
         raise SettingsError("replicate_delete_delay_days must be >= 0")
     if settings.replicate_every_seconds < 1 or settings.replicate_retry_max_seconds < 1:
         raise SettingsError("replicate_every_seconds and replicate_retry_max_seconds must be >= 1")
+    if settings.analyzers.strip():
+        # Only now: the analyzers' contract loads pydicom and numpy.
+        from nubis.analyzers.rules import parse_rules as parse_analyzer_rules
+
+        try:
+            parse_analyzer_rules(settings.analyzers)
+        except ValueError as exc:
+            raise SettingsError(f"analyzers: {exc}") from None
+    if settings.analyzer_stable_seconds < 0 or settings.analyzer_lookback_hours < 0:
+        raise SettingsError("analyzer_stable_seconds and analyzer_lookback_hours must be >= 0")
+    if settings.analyzer_scan_seconds < 1:
+        raise SettingsError("analyzer_scan_seconds must be >= 1")
 
 
 def _check_compression(text: str, tiers: Any) -> None:

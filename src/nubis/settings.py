@@ -479,6 +479,11 @@ class Settings:
         7, "A share link lasts this many days unless its creator chooses (1 to share_max_days)."
     )
     share_max_days: int = _setting(30, "The longest a share link may last, in days.")
+    aggregate_min_cell: int = _setting(
+        10,
+        "Federated statistics: an aggregate cell counting fewer than this many (and at least "
+        "one) is reported as '<k' with no number, and left out of the total (docs/analytics.md).",
+    )
     replicate_to: str = _setting(
         "",
         "DICOMweb root of a replica (another nubis), e.g. https://dr.example.org/dicom-web: "
@@ -521,6 +526,26 @@ class Settings:
         "replicator",
         "On a read-only replica (replica_of), the user whose API key the primary replicates "
         "with (an admin here): the one caller allowed to change this archive.",
+    )
+    analyzers: str = _setting(
+        "",
+        "Analyzers run on new studies, as 'NAME [modality=CT,..] [body_part=..] [sop_class=..] "
+        "[min_instances=N] [concurrency=N]; ...', e.g. 'ct-qc' (the built-in CT series QC) or "
+        "'ct-qc concurrency=2; acme-lung modality=CT body_part=CHEST'. Conditions narrow what "
+        "the analyzer wants; results are stored in the study (docs/analyzers.md). Empty: none.",
+    )
+    analyzer_stable_seconds: int = _setting(
+        300,
+        "A study is analyzed once no instance has reached it for this long (it is complete).",
+    )
+    analyzer_scan_seconds: int = _setting(
+        60, "How often an analyze-scan job looks for stable studies to analyze."
+    )
+    analyzer_lookback_hours: int = _setting(
+        72,
+        "Only studies changed within this many hours are analyzed on their own; older ones on "
+        "request (nubis jobs run analyze --param analyzer=NAME --param study=UID). 0: the "
+        "whole archive, newest first.",
     )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -99,6 +99,9 @@ RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
 RULES[("/audit/records", "GET")] = "audit"
 RULES[("/audit/verify", "GET")] = "audit"
+# Federated statistics (docs/analytics.md): counts with small cells suppressed, for admins and
+# researchers, each of its own tenant.
+RULES[("/research/aggregate", "GET")] = "aggregate"
 # Corrections of patient and study attributes (docs/corrections.md) and studies held in
 # quarantine (docs/security.md): each tenant's admins.
 for _path, _method in (
@@ -205,12 +208,12 @@ RULES[("/ohif/{path:path}", "HEAD")] = "public"
 # What each role may do, written out independently of nubis.security.policy. "share-view" and
 # "share-download" are the sessions of share links (internal roles, never a user's).
 CAN = {
-    "admin": {"read", "download", "write", "delete", "audit", "share", "worklist"},
+    "admin": {"read", "download", "write", "delete", "audit", "share", "worklist", "aggregate"},
     "radiologist": {"read", "download", "write", "share", "worklist"},
     "referrer": {"read", "download"},
     "uploader": {"write"},
     "modality": {"write"},
-    "researcher": {"deidentify"},
+    "researcher": {"deidentify", "aggregate"},
     "auditor": {"audit"},
     "monitor": {"monitor"},
     "share-view": {"read"},
@@ -516,6 +519,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need.startswith("ups "):
             failures += _ups_route(world, who, path, method, need.split()[1])
             continue
+        if need == "aggregate":
+            failures += _aggregate_route(world, who, path)
+            continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
             continue
@@ -613,6 +619,23 @@ def _research_route(world: World, who: str, path: str) -> list[str]:
         if not ok:
             failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
     return failures
+
+
+def _aggregate_route(world: World, who: str, path: str) -> list[str]:
+    """An aggregate question: 401 signed out, 403 but for admins and researchers, and for
+    them counts that name no study and no patient."""
+    response = world.client.get(f"{path}?kind=studies_by_modality_year", headers=world.headers(who))
+    role = "admin" if who == "other-admin" else who
+    status = response.status_code
+    if who in SIGNED_OUT:
+        expected, ok = "401", status == 401
+    elif "aggregate" not in CAN.get(role, set()):
+        expected, ok = "403", status == 403
+    else:
+        named = [v for s in world.studies.values() for v in (s.study, s.patient)]
+        expected = "200, counts naming no study or patient"
+        ok = status == 200 and not any(v in response.text for v in named)
+    return [] if ok else [f"GET {path}: {status}, expected {expected}"]
 
 
 def _fhir_search(world: World, who: str, path: str) -> list[str]:

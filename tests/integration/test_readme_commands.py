@@ -132,6 +132,13 @@ RUN_AS: dict[str, list[str] | str] = {
     "/safe/keyring.jsonl --audit-key /safe/audit-signing.key": (
         "a fresh data folder: tests/integration/test_backup.py restores and verifies"
     ),
+    "nubis export metadata --format parquet --to /exports/meta Modality=CT": (
+        "tests/integration/test_analytics.py runs nubis export metadata on an archive it fills"
+    ),
+    "nubis research aggregate --site https://a.example --site https://b.example --keys "
+    "keys.txt slice_thickness_histogram Modality=CT": (
+        "other sites: tests/integration/test_analytics.py pools two in-process sites"
+    ),
     "nubis migrate report oldpacs --format csv --output oldpacs.csv": [
         "nubis migrate report cd-0042 --format csv --output {got}-report.csv"
     ],

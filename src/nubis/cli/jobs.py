@@ -170,7 +170,10 @@ def list_jobs(
 def run(
     kind: Annotated[
         str,
-        typer.Argument(help="reap, verify, tier, rewrap, rekey, storage-snapshot or audit-verify."),
+        typer.Argument(
+            help="reap, verify, tier, rewrap, rekey, storage-snapshot, audit-verify, "
+            "analyze-scan or analyze (analyzer=NAME study=UID)."
+        ),
     ],
     param: Annotated[
         list[str] | None,

@@ -240,6 +240,7 @@ def _add_subcommands() -> None:
     from nubis.cli.backup import restore
     from nubis.cli.corrections import app as corrections_app
     from nubis.cli.dimse import app as dimse_app
+    from nubis.cli.export import app as export_app
     from nubis.cli.jobs import app as jobs_app
     from nubis.cli.keys import app as keys_app
     from nubis.cli.migrate import app as migrate_app
@@ -263,6 +264,7 @@ def _add_subcommands() -> None:
     app.add_typer(corrections_app, name="studies")
     app.add_typer(backup_app, name="backup")
     app.add_typer(replication_app, name="replication")
+    app.add_typer(export_app, name="export")
     app.add_typer(research_app, name="research")
     app.command("restore")(restore)
 

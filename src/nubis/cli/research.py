@@ -1,290 +1,179 @@
-"""``nubis research``: research projects, their exports and re-identification (docs/research.md).
+"""``nubis research``: research projects (``project``, ``export``, ``reidentify``:
+nubis.cli.research_projects) and ``aggregate``, one federated question asked of several nubis
+sites, pooled.
 
-The operator acts as an admin of ``--tenant`` (``cli_principal``) through
-``services.research``, so every change and every re-identification is authorized and audited as
-it would be from anywhere else. ``nubis research export`` runs a ``research-export`` job in this
-process, as ``nubis backup`` does: ``nubis jobs`` lists its progress, and the same command after
-an interruption resumes it.
+Each site answers ``GET /research/aggregate`` (nubis.web.research_routes) with counts whose
+small cells it suppressed itself; this pools the numbers they reported and suppresses the
+pooled cells under k again (nubis.model.aggregates.pool). Nothing but those counts moves: no
+image, no UID, no patient value leaves a site. Each site authenticates the caller by its own
+API key (a researcher's or an admin's of that site) and records the question in its own trail.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import signal
-import threading
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from nubis.cli.common import Config, DataDir, Set, configure_logs, follow_job, load, open_archive
+from nubis.cli import research_projects
 from nubis.cli.output import console, out
 
 app = typer.Typer(
-    help="Research projects (cohorts of de-identified studies): make, export, re-identify.",
+    help="Research: projects of de-identified studies (make, export, re-identify) and federated "
+    "statistics across sites.",
     no_args_is_help=True,
 )
-project_app = typer.Typer(help="Make and list research projects.", no_args_is_help=True)
-app.add_typer(project_app, name="project")
+app.add_typer(research_projects.project_app, name="project")
+app.command("export")(research_projects.export)
+app.command("reidentify")(research_projects.reidentify)
 
-Tenant = Annotated[str, typer.Option(help="The tenant of the project.")]
-DICOMWEB_KEY_VARIABLE = "NUBIS_RESEARCH_EXPORT_API_KEY"
-# Each resume after an interruption is an attempt.
-_MAX_ATTEMPTS = 100
+# (url, api key) -> the site's JSON answer; raises SiteError.
+Fetch = Callable[[str, str], dict[str, Any]]
+_TIMEOUT = 60.0
 
 
-@project_app.command("create")
-def create(
-    name: Annotated[str, typer.Argument(help="The project's name (letters, digits, . _ -).")],
-    profile: Annotated[
-        Path | None,
-        typer.Option(
-            "--profile", help="De-identification profile (TOML); the built-in default if omitted."
-        ),
-    ] = None,
-    query: Annotated[
-        str | None,
-        typer.Option(
-            "--query",
-            help="The cohort as a QIDO-RS study query, e.g. 'ModalitiesInStudy=CT&StudyDate="
-            "20200101-20231231', resolved to its studies now.",
-        ),
-    ] = None,
-    study: Annotated[
-        list[str] | None, typer.Option("--study", help="A study of the cohort (repeatable).")
-    ] = None,
-    member: Annotated[
-        list[str] | None, typer.Option("--member", help="A researcher member (repeatable).")
-    ] = None,
-    tenant: Tenant = "default",
-    data_dir: DataDir = None,
-    config: Config = None,
-    set_: Set = None,
-) -> None:
-    """Make a project: its cohort (a query or studies), profile, members and key."""
-    from nubis.deid.profile import default_profile_text
-    from nubis.security.authn import cli_principal
+class SiteError(Exception):
+    """A site that did not answer the question (its reason, never a key)."""
 
-    text = profile.read_text(encoding="utf-8") if profile else default_profile_text()
-    with open_archive(data_dir, config, set_) as archive:
-        made = archive.research.create(
-            cli_principal(tenant),
-            name,
-            text,
-            cohort_query=query,
-            study_uids=tuple(study or ()),
-            members=tuple(member or ()),
+
+def parse_filters(items: Sequence[str]) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` arguments as QIDO-RS parameters (``Modality=CT``, ``StudyDate=2020-``)."""
+    filters = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"a filter is KEY=VALUE, got {item!r}")
+        filters.append((name, value))
+    return filters
+
+
+def question_url(site: str, kind: str, filters: Sequence[tuple[str, str]]) -> str:
+    query = urllib.parse.urlencode([("kind", kind), *filters])
+    return f"{site.rstrip('/')}/research/aggregate?{query}"
+
+
+def ask_sites(
+    sites: Sequence[str],
+    keys: dict[str, str],
+    kind: str,
+    filters: Sequence[tuple[str, str]],
+    k: int,
+    fetch: Fetch,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The pooled answer of ``sites`` and each site's own (``site`` added); SiteError names
+    the first site that could not answer: a pool missing a site would pass for the whole."""
+    from nubis.model.aggregates import pool
+
+    answers = []
+    for site in sites:
+        key = keys.get(site.rstrip("/"))
+        if not key:
+            raise SiteError(f"{site}: no API key (give it in --keys or NUBIS_RESEARCH_KEY)")
+        answer = fetch(question_url(site, kind, filters), key)
+        answers.append({**answer, "site": site})
+    return pool(answers, k), answers
+
+
+def read_keys(path: Path | None, sites: Sequence[str]) -> dict[str, str]:
+    """Each site's API key: lines ``URL KEY`` of ``path``, else NUBIS_RESEARCH_KEY for all."""
+    keys: dict[str, str] = {}
+    if path is not None:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            parts = text.split()
+            if len(parts) != 2:
+                raise typer.BadParameter(f"{path} line {number}: expected 'URL KEY'")
+            keys[parts[0].rstrip("/")] = parts[1]
+    shared = os.environ.get("NUBIS_RESEARCH_KEY", "")
+    for site in sites:
+        if shared:
+            keys.setdefault(site.rstrip("/"), shared)
+    return keys
+
+
+def urllib_fetch(ca_bundle: Path | None) -> Fetch:
+    context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+
+    def fetch(url: str, key: str) -> dict[str, Any]:
+        request = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {key}", "Accept": "application/json"}
         )
-    out.print(f"research project {made.name}: {made.study_count} studies")
-
-
-@project_app.command("add-member")
-def add_member(
-    name: Annotated[str, typer.Argument(help="The project.")],
-    user: Annotated[str, typer.Argument(help="A user of the tenant (role researcher).")],
-    tenant: Tenant = "default",
-    data_dir: DataDir = None,
-    config: Config = None,
-    set_: Set = None,
-) -> None:
-    """Make a user a member: it reads the project's de-identified view."""
-    from nubis.security.authn import cli_principal
-
-    with open_archive(data_dir, config, set_) as archive:
-        archive.research.add_member(cli_principal(tenant), name, user)
-    out.print(f"{user} is a member of research project {name}")
-
-
-@project_app.command("list")
-def list_projects(
-    tenant: Tenant = "default",
-    data_dir: DataDir = None,
-    config: Config = None,
-    set_: Set = None,
-) -> None:
-    """The tenant's projects."""
-    from nubis.security.authn import cli_principal
-
-    with open_archive(data_dir, config, set_) as archive:
-        projects = archive.research.projects(cli_principal(tenant))
-    table = Table("name", "profile", "studies", "members", "made by", "made")
-    for p in projects:
-        summary = p.summary()
-        table.add_row(
-            p.name,
-            f"{summary['profile']} v{summary['profile_version']}",
-            str(p.study_count),
-            ", ".join(p.members),
-            p.created_by,
-            dt.datetime.fromtimestamp(p.created_at / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M"),
-        )
-    out.print(table)
-
-
-@project_app.command("show")
-def show(
-    name: Annotated[str, typer.Argument(help="The project.")],
-    tenant: Tenant = "default",
-    data_dir: DataDir = None,
-    config: Config = None,
-    set_: Set = None,
-) -> None:
-    """A project as JSON (never its key)."""
-    from nubis.security.authn import cli_principal
-
-    with open_archive(data_dir, config, set_) as archive:
-        project = archive.research.show(cli_principal(tenant), name)
-    out.print_json(json.dumps(project.summary()))
-
-
-@app.command("reidentify")
-def reidentify(
-    name: Annotated[str, typer.Argument(help="The project.")],
-    value: Annotated[str, typer.Argument(help="A pseudonym or remapped Study Instance UID.")],
-    tenant: Tenant = "default",
-    data_dir: DataDir = None,
-    config: Config = None,
-    set_: Set = None,
-) -> None:
-    """The patient (and studies) behind a pseudonym of the project; audited."""
-    from nubis.security.authn import cli_principal
-
-    with open_archive(data_dir, config, set_) as archive:
-        found = archive.research.reidentify(cli_principal(tenant), name, value)
-    out.print_json(
-        json.dumps(
-            {"kind": found.kind, "patient_id": found.patient_id, "studies": found.study_uids}
-        )
-    )
-
-
-@app.command("export")
-def export(
-    name: Annotated[str, typer.Argument(help="The project.")],
-    to: Annotated[Path | None, typer.Option("--to", help="A folder (made if missing).")] = None,
-    zip_file: Annotated[Path | None, typer.Option("--zip", help="A zip file.")] = None,
-    to_dicomweb: Annotated[
-        str | None,
-        typer.Option(
-            "--to-dicomweb",
-            help="A DICOMweb server's root (STOW-RS); its API key from the environment "
-            f"variable {DICOMWEB_KEY_VARIABLE}. Needs --manifest.",
-        ),
-    ] = None,
-    to_s3: Annotated[
-        str | None,
-        typer.Option(
-            "--to-s3",
-            help="An S3 bucket, s3://BUCKET/PREFIX?endpoint=... as the blobs setting takes it; "
-            "credentials from the AWS chain. Needs --manifest.",
-        ),
-    ] = None,
-    manifest: Annotated[
-        Path | None,
-        typer.Option(
-            "--manifest",
-            help="With --to-dicomweb or --to-s3: the folder of the manifest (and of what a "
-            "resumed run needs).",
-        ),
-    ] = None,
-    tenant: Tenant = "default",
-    data_dir: DataDir = None,
-    config: Config = None,
-    set_: Set = None,
-) -> None:
-    """Write the project's de-identified objects and a manifest; resumable."""
-    if sum(x is not None for x in (to, zip_file, to_dicomweb, to_s3)) != 1:
-        console.print(
-            "give one of --to DIR, --zip FILE, --to-dicomweb URL or --to-s3 URL", style="red"
-        )
-        raise typer.Exit(2)
-    if (to_dicomweb is None and to_s3 is None) != (manifest is None):
-        console.print("--manifest DIR goes with --to-dicomweb or --to-s3", style="red")
-        raise typer.Exit(2)
-    from nubis.errors import BadRequest
-    from nubis.jobs.runner import JobRunner
-    from nubis.jobs.store import JobState
-    from nubis.security.authn import cli_principal, os_account
-    from nubis.services.research_destinations import destination_of
-    from nubis.services.research_export import KIND, ResearchExport
-
-    settings = load(config, {"data_dir": data_dir}, set_)
-    configure_logs(settings)
-    params: dict[str, str] = {"project": name, "tenant": tenant}
-    if to is not None:
-        params["to"] = str(to.resolve())
-    elif zip_file is not None:
-        params["zip"] = str(zip_file.resolve())
-    else:
-        assert manifest is not None
-        if to_dicomweb is not None:
-            params["dicomweb"] = to_dicomweb
-        else:
-            assert to_s3 is not None
-            params["s3"] = to_s3
-        params["manifest"] = str(manifest.resolve())
-    try:
-        destination_of(params)  # refused here, before a job is queued, if malformed
-    except BadRequest as exc:
-        console.print(exc.reason, style="red")
-        raise typer.Exit(2) from None
-    with open_archive(settings=settings) as archive:
-        operator = cli_principal(tenant)
-        archive.research.project(operator, name)  # authorized (EXPORT) before anything is queued
-        store = archive.jobs
-        job_id = next(
-            (
-                job.id
-                for job in store.list(
-                    limit=1000, states=[JobState.QUEUED, JobState.RUNNING], kind=KIND
-                )
-                if job.params == params
-            ),
-            None,
-        )
-        if job_id is None:
-            job_id = store.enqueue(
-                KIND, params, max_attempts=_MAX_ATTEMPTS, created_by=f"cli:{os_account()}"
-            )
-            assert job_id is not None
-            console.print(f"export of {name}: job {job_id}")
-        else:
-            console.print(f"export of {name}: resuming job {job_id}")
-        handler = ResearchExport(
-            archive.research,
-            archive.retrieve,
-            operator,
-            dicomweb_api_key=os.environ.get(DICOMWEB_KEY_VARIABLE, ""),
-        ).run
-        runner = JobRunner(store, {KIND: handler}, lease_seconds=settings.jobs_lease_seconds)
-        claimed: list[bool] = []
-        work = threading.Thread(
-            target=lambda: claimed.append(runner.run_job(job_id, handler)),
-            name="nubis-research-export",
-        )
-        # Ctrl-C or SIGTERM: the job goes back to the queue; the same command resumes it.
-        previous = {
-            sig: signal.signal(sig, lambda *_: runner.stop(timeout=0))
-            for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+        site = url.split("/research/", 1)[0]
         try:
-            work.start()
-            follow_job(store, job_id, running=work.is_alive)
-            work.join()
-        finally:
-            for sig, before in previous.items():
-                signal.signal(sig, before)
-        job = store.get(job_id)
-    assert job is not None
-    if not claimed or not claimed[0] or job.state is not JobState.DONE:
-        state = job.state.value if claimed and claimed[0] else "held by another runner"
-        console.print(
-            f"job {job_id} {state}: {job.last_error or 'interrupted'}; run the same command "
-            "again to resume",
-            style="red",
-        )
-        raise typer.Exit(1)
-    out.print_json(json.dumps(job.result))
+            with urllib.request.urlopen(request, timeout=_TIMEOUT, context=context) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            raise SiteError(f"{site}: HTTP {exc.code} {_reason(exc)}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise SiteError(f"{site}: {exc}") from None
+
+    return fetch
+
+
+def _reason(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read() or b"{}")
+    except ValueError:
+        return ""
+    return str(body.get("reason") or body.get("error") or "") if isinstance(body, dict) else ""
+
+
+@app.command("aggregate")
+def aggregate(
+    kind: Annotated[str, typer.Argument(help="The aggregate kind (see docs/analytics.md).")],
+    filters: Annotated[
+        list[str] | None,
+        typer.Argument(help="QIDO-RS matching keys KEY=VALUE, e.g. Modality=CT."),
+    ] = None,
+    site: Annotated[
+        list[str], typer.Option("--site", help="A nubis site's root URL; repeat per site.")
+    ] = [],  # noqa: B006 (typer reads the default)
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="File of lines 'URL KEY': each site's API key (else NUBIS_RESEARCH_KEY)."
+        ),
+    ] = None,
+    k: Annotated[
+        int, typer.Option(help="Smallest pooled cell reported; each site's own k still holds.")
+    ] = 10,
+    ca_bundle: Annotated[
+        Path | None, typer.Option(help="CA certificates (PEM) of the sites.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answers as JSON.")] = False,
+) -> None:
+    """Ask every --site the same aggregate question and pool the answers (counts only)."""
+    if not site:
+        raise typer.BadParameter("give at least one --site")
+    if k < 1:
+        raise typer.BadParameter("k is at least 1", param_hint="--k")
+    try:
+        pooled, answers = ask_sites(
+            site, read_keys(keys, site), kind, parse_filters(filters or []), k,
+            urllib_fetch(ca_bundle),
+        )  # fmt: skip
+    except (SiteError, ValueError) as exc:
+        console.print(str(exc), style="red")
+        raise typer.Exit(1) from None
+    if as_json:
+        out.print_json(json.dumps({"pooled": pooled, "sites": answers}))
+        return
+    table = Table(*pooled["dimensions"], f"{pooled['unit']} ({len(answers)} sites)")
+    for cell in pooled["cells"]:
+        table.add_row(*map(str, cell["key"]), str(cell["count"]))
+    out.print(table)
+    out.print(
+        f"total {pooled['total']} ({pooled['total_rule']}); {pooled['suppressed_cells']} "
+        f"cell(s) under {pooled['k']} suppressed"
+    )

@@ -56,7 +56,7 @@ from nubis.model.query import (
     tag_hex,
 )
 
-__all__ = ["Page", "granted_to", "search", "search_page"]
+__all__ = ["Page", "granted_to", "scope_and_matches", "search", "search_page"]
 
 
 def _t(keyword: str) -> int:
@@ -442,6 +442,16 @@ def _base(q: Query, *, unindexed_partition: bool) -> tuple[Any, Any, list[Column
     from_ = instances.join(from_, instances.c.series_pk == series.c.id)
     where.append(_partition_is(instances.c.partition, q.partition, unindexed=unindexed_partition))
     return from_, instances.c.id, where
+
+
+def scope_and_matches(q: Query, dialect_name: str) -> list[ColumnElement[bool]]:
+    """Every WHERE term of ``q`` (scope and matching keys) without its statement: for readers
+    that select something else than QIDO-RS's answer from the same rows (analytics). Unless a
+    key narrows the rows, the partition is kept out of index selection as for QIDO-RS
+    (:func:`_partition_is`): a walk in primary key order then reads the instances in order
+    rather than every study of the partition sorted anew for each page."""
+    _from, _pk, where = _base(q, unindexed_partition=not _narrowed(q))
+    return [*where, *_conditions(q, dialect_name)]
 
 
 # Matching keys an index finds rows by (schema.py): an equality or range on them narrows the scan.

@@ -708,6 +708,29 @@ Index(
     workitem_subscriptions.c.target_uid,
 )
 
+# One row per (analyzer, its version, study): the study was queued for that analyzer, and
+# what became of it (nubis.analyzers.job). A running row holds one of its analyzer's
+# concurrency slots until slot_expires_at. Gone with its study, so a study deleted and sent
+# again is analyzed again.
+analyzer_runs = Table(
+    "analyzer_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_pk", Integer, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
+    Column("analyzer", String(64), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("job_id", Integer),
+    Column("queued_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+    Column("slot_expires_at", BigInteger),
+    Column("summary", Text),
+    Column("last_error", Text),
+    UniqueConstraint("analyzer", "version", "study_pk", name="uq_analyzer_runs_study"),
+)
+Index("ix_analyzer_runs_state", analyzer_runs.c.analyzer, analyzer_runs.c.state)
+
 # Research projects (issue 14, nubis.services.research): a cohort of studies resolved when the
 # project is made, its members (researchers), its de-identification profile (TOML) and its
 # key, wrapped by the archive's key provider (``key_subject`` names the provider's key for it;
@@ -757,6 +780,7 @@ research_reid = Table(
 )
 
 __all__ = [
+    "analyzer_runs",
     "api_keys",
     "audit_checkpoints",
     "audit_cursors",

@@ -38,6 +38,12 @@
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.
+- ``analyze-scan``: queue an ``analyze`` job for each stable study an analyzer of the
+  ``analyzers`` setting has not analyzed (nubis.analyzers.job); queued every
+  analyzer_scan_seconds while that setting names any.
+- ``analyze``: run one analyzer on one study and store its results in the study
+  (nubis.analyzers.job); parameters ``analyzer``, ``study``, ``partition`` (default
+  ``default``). Retried up to 3 times; waits for a free concurrency slot of its analyzer.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from nubis.index.rekey_sql import KIND as REKEY
 from nubis.index.schema import study_rekeys
 from nubis.jobs.context import Handler, JobContext
 from nubis.jobs.heal import Healer
-from nubis.jobs.schedule import AUDIT_VERIFY, REPLICATE, SNAPSHOT
+from nubis.jobs.schedule import ANALYZE_SCAN, AUDIT_VERIFY, REPLICATE, SNAPSHOT
 from nubis.jobs.verify import verify
 from nubis.model.audit import ActiveParticipant
 from nubis.ports.blobs import BlobStore
@@ -70,7 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "handlers", "parse_params"]
 
-KINDS = ("reap", "verify", "tier", "rewrap", REKEY, SNAPSHOT, AUDIT_VERIFY)
+KINDS = ("reap", "verify", "tier", "rewrap", REKEY, SNAPSHOT, AUDIT_VERIFY, ANALYZE_SCAN, "analyze")
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -111,10 +117,12 @@ def handlers(
     dimse_send: Handler | None = None,
     healer: Callable[[], Healer | None] | None = None,
     replicate: Handler | None = None,
+    analyze: tuple[Handler, Handler] | None = None,
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
-    ``commitment-report``, ``audit-verify``, ``dimse-send`` and ``replicate`` when given);
+    ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate`` and ``analyze``:
+    the scan's and the analysis' handlers, when given);
     ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
     its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer."""
 
@@ -179,4 +187,6 @@ def handlers(
         kinds["dimse-send"] = dimse_send
     if replicate is not None:
         kinds[REPLICATE] = replicate
+    if analyze is not None:
+        kinds[ANALYZE_SCAN], kinds["analyze"] = analyze
     return kinds

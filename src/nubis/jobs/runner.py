@@ -14,7 +14,8 @@ its lease taken over by another runner, or this runner stopping (the job goes ba
 queue with its cursor, not counted as an attempt, and another node resumes it). A
 failed attempt is retried on the runner's backoff (30 s doubling, at most an hour) until
 ``max_attempts``; a handler that knows better raises :class:`JobFailed` with its own delay,
-or with none to fail the job at once.
+or with none to fail the job at once; one waiting for a turn (a concurrency slot) raises
+:class:`JobDeferred` and goes back to the queue without counting an attempt.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nubis import metrics
-from nubis.jobs.context import Handler, JobCancelled, JobContext, JobFailed, JobStopped
+from nubis.jobs.context import (
+    Handler,
+    JobCancelled,
+    JobContext,
+    JobDeferred,
+    JobFailed,
+    JobStopped,
+)
 from nubis.jobs.store import Job, JobState, JobStore, LeaseLost, now_ms
 
 __all__ = ["JobRunner"]
@@ -200,6 +208,12 @@ class JobRunner:
             log.info("job %d (%s) put back: this runner is stopping", job.id, job.kind)
             return lambda: store.release(
                 job.id, owner, progress=ctx.snapshot()[1], count_attempt=False
+            )
+        except JobDeferred as exc:
+            wait = exc.retry_in
+            log.info("job %d (%s) deferred %.0f s: %s", job.id, job.kind, wait, exc.reason)
+            return lambda: store.release(
+                job.id, owner, retry_in=wait, progress=ctx.snapshot()[1], count_attempt=False
             )
         except LeaseLost:
             log.warning("job %d (%s): lease lost to another runner; stopped here", job.id, job.kind)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["AUDIT_VERIFY", "REPLICATE", "SCHEDULED", "SNAPSHOT", "parse_schedule"]
+__all__ = ["ANALYZE_SCAN", "AUDIT_VERIFY", "REPLICATE", "SCHEDULED", "SNAPSHOT", "parse_schedule"]
 
 SNAPSHOT = "storage-snapshot"
 AUDIT_VERIFY = "audit-verify"
 # Scheduled by replicate_every_seconds whenever replicate_to is set, not by jobs_schedule.
 REPLICATE = "replicate"
+# Scheduled by analyzer_scan_seconds whenever the analyzers setting names any.
+ANALYZE_SCAN = "analyze-scan"
 # A rewrap names its KEK: a periodic run would have nothing to work on.
 SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY)
 _EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")

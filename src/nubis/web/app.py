@@ -38,6 +38,7 @@ from nubis.web.metrics import HttpMetricsMiddleware, metrics_routes
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 from nubis.web.quarantine_routes import quarantine_routes
 from nubis.web.request_ids import RequestIdMiddleware
+from nubis.web.research_routes import research_routes
 from nubis.web.shred_routes import shred_routes
 from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
 from nubis.web.ui import ui_routes
@@ -163,6 +164,7 @@ def create_app(
             *metrics_routes(),
             *fhir_routes(),
             *shred_routes(),
+            *research_routes(),
             *ui_routes(),
         ],
         middleware=[
