@@ -7,6 +7,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import pyarrow.parquet
 import pydicom
 from typer.testing import CliRunner
 
@@ -47,6 +48,15 @@ def test_project_export_and_reidentify(tmp_path: Path) -> None:
         manifest = json.loads(archive.read("manifest.json"))
     assert manifest["instances"] == 2
     (pseudonym,) = manifest["pseudonyms"]
+    # The project's Parquet tables name the patient by the export's pseudonym (one key).
+    tables = tmp_path / "tables"
+    parquet = runner.invoke(
+        app, ["export", "metadata", "--to", str(tables), "--project", "trial", *data]
+    )
+    assert parquet.exit_code == 0, parquet.output
+    studies = pyarrow.parquet.read_table(tables / "studies.parquet").to_pylist()
+    assert [row["patient_id"] for row in studies] == [pseudonym]
+    assert [row["study_uid"] for row in studies] == list(manifest["pseudonyms"][pseudonym])
     found = runner.invoke(app, ["research", "reidentify", "trial", pseudonym, *data])
     assert found.exit_code == 0 and json.loads(found.output)["patient_id"] == "PAT-CLI-1234"
     with_secret = runner.invoke(
