@@ -66,6 +66,8 @@ from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
 from nubis.services.replica_role import ReplicaRole
+from nubis.services.research import ResearchService
+from nubis.services.research_view import ResearchView
 from nubis.services.retention import Retention
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
@@ -286,6 +288,11 @@ class Archive:
             self.index, self.guard, min_cell=settings.aggregate_min_cell
         )
         self.quarantine = QuarantineService(self.index, guard=self.guard)
+        # Research projects and the researcher's de-identified view (docs/research.md).
+        self.research = ResearchService(
+            self.index, self.guard, self.query, self.keys, max_limit=settings.qido_max_limit
+        )
+        self.research_view = ResearchView(self.research, self.retrieve, self.index, self.guard)
         # Workitems handed out and performed over UPS-RS (docs/worklists.md).
         self.worklist = WorklistService(self.index, self.guard)
         self.maintenance = Maintenance(

@@ -64,6 +64,20 @@ for _suffix in (
     "/bulk/{path:path}",
 ):
     RULES[(_INSTANCE + _suffix, "GET")] = "read"
+# The researcher's de-identified view (docs/research.md): researchers who are members of the
+# project, reading by the remapped UIDs the view hands out; every other role 403.
+_PROJECT = "/projects/{project}/dicom-web"
+for (_path, _method), _need in list(RULES.items()):
+    if (
+        _path.startswith("/dicom-web/")
+        and _method == "GET"
+        and _need in ("read", "download")
+        and not _path.endswith("/bulk/{path:path}")
+    ):
+        RULES[(_PROJECT + _path.removeprefix("/dicom-web"), "GET")] = "research"
+# The web face of a research project: its study list and its viewer, for members.
+RULES[("/ui/projects/{project}", "GET")] = "research-page"
+RULES[("/ui/projects/{project}/studies/{study}/view", "GET")] = "research-page"
 # The Worklist Service (UPS-RS, docs/worklists.md): handing out and performing work needs the
 # worklist action; reading and watching workitems is a read, scoped like studies.
 _WORKITEM = "/dicom-web/workitems/{workitem}"
@@ -211,7 +225,7 @@ CAN = {
     "referrer": {"read", "download"},
     "uploader": {"write"},
     "modality": {"write"},
-    "researcher": {"aggregate"},
+    "researcher": {"deidentify", "aggregate"},
     "auditor": {"audit"},
     "monitor": {"monitor"},
     "share-view": {"read"},
@@ -349,6 +363,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             _, token = sharing.create(radiologist, own, can_download=download)
             keys[who] = sharing.open(token, pin="", peer="127.0.0.1").session_token
         world.link_id = sharing.create(radiologist, own)[0].id
+        # A research project of the "own" study, the researcher its member; its profile
+        # suspects no object of burned-in text, so the matrix's secondary captures are served.
+        archive.research.create(
+            Principal("admin", "default", frozenset({"admin"})),
+            "matrix",
+            RESEARCH_PROFILE,
+            study_uids=(own,),
+            members=("researcher",),
+        )
         for name, tenant in (
             ("own", "default"),
             ("other_patient", "default"),
@@ -360,6 +383,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 scheduler, _workitem(study.patient, study.study), generate_uid()
             )
         yield world
+
+
+RESEARCH_PROFILE = """
+name = "matrix"
+version = 1
+[burned_in]
+suspect_modalities = []
+suspect_sop_classes = []
+"""
 
 
 def test_every_route_has_a_rule(world: World) -> None:
@@ -490,6 +522,12 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "admin-api":
             failures += _admin_api_route(world, who, path, method)
             continue
+        if need == "research":
+            failures += _research_route(world, who, path)
+            continue
+        if need == "research-page":
+            failures += _research_page(world, who, path)
+            continue
         if need.startswith("ups "):
             failures += _ups_route(world, who, path, method, need.split()[1])
             continue
@@ -544,6 +582,60 @@ def test_authorization_matrix(world: World, who: str) -> None:
     assert failures == [], "\n".join(failures)
 
 
+def _remapped(world: World, study: Study) -> Study:
+    """``study`` named by the UIDs the "matrix" project's view hands out."""
+    research = world.archive.research
+    remap = research.key_of(
+        research.show(Principal("admin", "default", frozenset({"admin"})), "matrix")
+    ).pseudonyms()
+    return Study(
+        remap.uid(study.study),
+        remap.uid(study.series),
+        remap.uid(study.instance),
+        study.patient,
+        study.bulk,
+    )
+
+
+def _research_route(world: World, who: str, path: str) -> list[str]:
+    """A route of the researcher's view: 401 signed out, 403 but for researchers; for the
+    researcher, the project's study answers de-identified (nothing of the stored object's
+    identifying values in it) and every other study as absent."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    for target in ("own", "other_patient", "other_tenant"):
+        stored = world.studies[target]
+        remapped = _remapped(world, stored)
+        url = _url(path, remapped).replace("{project}", "matrix")
+        if path.count("/") == 4:  # /projects/{project}/dicom-web/studies, /series, /instances
+            url += f"?StudyInstanceUID={remapped.study}"
+        response = world.client.get(url, headers=world.headers(who))
+        status = response.status_code
+        leaked = [
+            v
+            for v in (stored.patient, "Doe", stored.study, stored.series, stored.instance)
+            if v in response.text
+        ]
+        if who in SIGNED_OUT:
+            expected, ok = "401", status == 401
+        elif "deidentify" not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif target != "own":
+            if _is_query(path, "GET"):
+                expected, ok = "200 []", status == 200 and response.json() == []
+            else:
+                expected, ok = "404", status == 404
+        elif _is_query(path, "GET"):
+            expected, ok = "2xx, 1 match", status == 200 and len(response.json()) >= 1
+        else:
+            expected, ok = "2xx", 200 <= status < 300
+        if leaked:
+            failures.append(f"GET {path} [{target}]: identifying values {leaked} in the answer")
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
 def _aggregate_route(world: World, who: str, path: str) -> list[str]:
     """An aggregate question: 401 signed out, 403 but for admins and researchers, and for
     them counts that name no study and no patient."""
@@ -580,6 +672,33 @@ def _fhir_search(world: World, who: str, path: str) -> list[str]:
             visible = _visible(who, target)
             expected = "200 with the study" if visible else "200 without it"
             ok = status == 200 and (study.study in found) == visible
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
+def _research_page(world: World, who: str, path: str) -> list[str]:
+    """A page of a research project: signed out, the sign-in page; 403 but for researchers;
+    for the member, the project's page and its study's viewer, other studies absent."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    targets = ("own", "other_patient", "other_tenant") if "{study}" in path else ("own",)
+    for target in targets:
+        stored = world.studies[target]
+        url = _url(path, _remapped(world, stored)).replace("{project}", "matrix")
+        response = world.client.get(url, headers=world.headers(who), follow_redirects=False)
+        status = response.status_code
+        location = response.headers.get("location", "")
+        if who in SIGNED_OUT:
+            expected, ok = "303 to sign-in", status == 303 and location.startswith("/ui/login")
+        elif "deidentify" not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif target != "own":
+            expected, ok = "404", status == 404
+        else:
+            expected, ok = "200", status == 200
+        if stored.patient in response.text or stored.study in response.text:
+            failures.append(f"GET {path} [{target}]: an identifying value in the page")
         if not ok:
             failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
     return failures
@@ -912,7 +1031,7 @@ def test_tenant_admin_sees_only_its_tenant(world: World) -> None:
 def test_researcher_is_told_why(world: World) -> None:
     response = world.client.get("/dicom-web/studies", headers=world.headers("researcher"))
     assert response.status_code == 403
-    assert "de-identification is not available" in response.json()["reason"]
+    assert "/projects/{name}/dicom-web" in response.json()["reason"]
 
 
 def test_break_glass(world: World) -> None:

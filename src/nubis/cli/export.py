@@ -2,9 +2,10 @@
 
 Runs as the operator (an admin of ``--tenant``, ``cli_principal``) through
 nubis.services.metadata_export, so the export is authorized and recorded as a PS3.15 Data
-Export like any other. Identified by default; de-identified with ``--deid-profile`` and
-``--project-key-file`` (a research project's profile and key: the same pseudonyms, UIDs and
-date shifts as the project's views).
+Export like any other. Identified by default; de-identified for a research project with
+``--project NAME`` (its profile, key and cohort, nubis.services.research: the same pseudonyms,
+UIDs and date shifts as the project's views and exports), or with ``--deid-profile`` and
+``--project-key-file`` (a profile and key given by hand).
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ def metadata(
     project_key_file: Annotated[
         Path | None, typer.Option(help="The research project's key (at least 16 bytes).")
     ] = None,
-    project: Annotated[str, typer.Option(help="The project's name, for the record.")] = "",
+    project: Annotated[
+        str,
+        typer.Option(
+            help="A research project: de-identify with its profile and key, its cohort only "
+            "(with --project-key-file: the name for the record only)."
+        ),
+    ] = "",
     tenant: Annotated[str, typer.Option(help="Tenant to export.")] = "default",
     data_dir: DataDir = None,
     config: Config = None,
@@ -60,6 +67,15 @@ def metadata(
         )
         target = DeidTarget(profile, project_key_file.read_bytes().strip(), project)
     with open_archive(data_dir, config, set_) as archive:
+        if project and target is None:
+            research = archive.research
+            found = research.project(cli_principal(tenant), project)
+            target = DeidTarget(
+                found.profile,
+                research.key_of(found).key,
+                project,
+                frozenset(research.cohort(found)),
+            )
         summary = archive.metadata_export.parquet(
             cli_principal(tenant),
             to,

@@ -1,4 +1,6 @@
-"""``nubis research aggregate``: one federated question asked of several nubis sites, pooled.
+"""``nubis research``: research projects (``project``, ``export``, ``reidentify``:
+nubis.cli.research_projects) and ``aggregate``, one federated question asked of several nubis
+sites, pooled.
 
 Each site answers ``GET /research/aggregate`` (nubis.web.research_routes) with counts whose
 small cells it suppressed itself; this pools the numbers they reported and suppresses the
@@ -22,9 +24,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from nubis.cli import research_projects
 from nubis.cli.output import console, out
 
-app = typer.Typer(help="Research: federated statistics across sites.", no_args_is_help=True)
+app = typer.Typer(
+    help="Research: projects of de-identified studies (make, export, re-identify) and federated "
+    "statistics across sites.",
+    no_args_is_help=True,
+)
+app.add_typer(research_projects.project_app, name="project")
+app.command("export")(research_projects.export)
+app.command("reidentify")(research_projects.reidentify)
 
 # (url, api key) -> the site's JSON answer; raises SiteError.
 Fetch = Callable[[str, str], dict[str, Any]]

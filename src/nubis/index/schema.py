@@ -16,17 +16,39 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
 )
 
-metadata = MetaData()
+from nubis.index.schema_base import UID, metadata
 
-# A DICOM UI value is at most 64 characters (PS3.5 Table 6.2-1).
-UID = String(64)
+# The tables of later capabilities live in modules of their own, on the same metadata; imported
+# here so that this module names every table and `metadata` holds them all (migrations, tests).
+from nubis.index.schema_outbound import (
+    change_feed,
+    change_feed_state,
+    replication_outbox,
+    replication_state,
+    webhook_dead_letters,
+    webhook_subscriptions,
+)
+from nubis.index.schema_research import (
+    research_members,
+    research_projects,
+    research_reid,
+    research_studies,
+)
+from nubis.index.schema_retention import (
+    erasure_certificates,
+    legal_holds,
+)
+from nubis.index.schema_workflow import (
+    analyzer_runs,
+    workitem_subscriptions,
+    workitems,
+)
 
 studies = Table(
     "studies",
@@ -590,270 +612,6 @@ study_rekeys = Table(
     Column("since", BigInteger, nullable=False),
 )
 
-# Replication to another nubis (nubis.replication, docs/replication.md). Each change to a study
-# of the replicated tenant (a store, a delete) adds a row in the transaction that makes it, so
-# a change committed is a change queued, whatever crashes after. ``seq`` is the order of
-# commits within a study (the study's row lock is held when the row is written); the
-# ``replicate`` job applies a study's rows in that order and deletes each once the replica
-# holds it. ``due_at`` is when a row may be applied (a delete held back
-# replicate_delete_delay_days); ``attempts``/``next_attempt_at`` its backoff, ``parked`` set
-# once the replica refused it too often (an operator retries it).
-replication_outbox = Table(
-    "replication_outbox",
-    metadata,
-    Column("seq", Integer, primary_key=True),
-    Column("op", String(8), nullable=False),  # store, delete, correct, shred, tier
-    Column("partition", String(64), nullable=False),
-    Column("study_uid", UID, nullable=False),
-    Column("series_uid", UID),
-    Column("sop_instance_uid", UID),
-    Column("created_at", BigInteger, nullable=False),
-    Column("due_at", BigInteger, nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("next_attempt_at", BigInteger, nullable=False),
-    Column("parked", Integer, nullable=False),
-    Column("last_error", Text),
-    # JSON: a correction's attributes, the shredded patient, the tier (0019).
-    Column("detail", Text),
-    sqlite_autoincrement=True,
-)
-Index(
-    "ix_replication_outbox_study",
-    replication_outbox.c.partition,
-    replication_outbox.c.study_uid,
-    replication_outbox.c.seq,
-)
-Index("ix_replication_outbox_due", replication_outbox.c.due_at)
-
-# One row (id 1): the last entry the replica confirmed (its seq and when), the last error, and
-# the drain lease that lets one ``replicate`` job at a time apply entries; and when a
-# read-only replica (replica_of) was promoted to a primary, by whom.
-replication_state = Table(
-    "replication_state",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("verified_seq", BigInteger),
-    Column("verified_at", BigInteger),
-    Column("last_error", Text),
-    Column("last_error_at", BigInteger),
-    Column("lease_owner", String(128)),
-    Column("lease_expires_at", BigInteger),
-    Column("promoted_at", BigInteger),
-    Column("promoted_by", String(128)),
-)
-
-# Worklists (UPS-RS, nubis.services.worklist, migration 0019; docs/worklists.md). A workitem is
-# a Unified Procedure Step instance of one tenant: ``attrs`` holds its data set as DICOM JSON
-# (what Retrieve Workitem answers), the other columns the values Search matches on, kept in
-# step with ``attrs`` by every write. ``transaction_uid`` is the lock its performer got when it
-# claimed the workitem (PS3.4 CC.1.1): kept apart from ``attrs`` because it is never returned
-# to anyone. ``performer`` is the principal that claimed it. Times in ms since the epoch; the
-# Scheduled Procedure Step Start DateTime as YYYYMMDDHHMMSS, for range matching as text.
-workitems = Table(
-    "workitems",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("partition", String(64), nullable=False),
-    Column("workitem_uid", UID, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("transaction_uid", UID),
-    Column("performer", String(256)),
-    Column("priority", String(8)),
-    Column("worklist_label", String(64)),
-    Column("input_readiness", String(16)),
-    Column("scheduled_start", String(14)),
-    Column("patient_id", String(64)),
-    Column("patient_name_folded", String(324)),
-    Column("study_uid", UID),
-    Column("workitem_code_value", String(64)),
-    Column("workitem_code_scheme", String(64)),
-    Column("station_code_value", String(64)),
-    Column("station_code_scheme", String(64)),
-    Column("attrs", Text, nullable=False),
-    Column("created_by", String(256), nullable=False),
-    Column("created_at", BigInteger, nullable=False),
-    Column("updated_at", BigInteger, nullable=False),
-    UniqueConstraint("partition", "workitem_uid", name="uq_workitems_uid"),
-)
-Index(
-    "ix_workitems_state_start",
-    workitems.c.partition,
-    workitems.c.state,
-    workitems.c.scheduled_start,
-)
-Index("ix_workitems_patient", workitems.c.partition, workitems.c.patient_id)
-
-# Subscriptions of AEs to workitem events (PS3.4 CC.2.3, PS3.18 11.10-11.12): one row per
-# (tenant, AE, target). The target is a workitem's UID, or the well-known UID of the Worklist
-# (1.2.840.10008.5.1.4.34.5: every workitem) or of the Filtered Worklist
-# (1.2.840.10008.5.1.4.34.5.1: those matching ``filter``, a query string). A worklist
-# subscription also adds a row for each workitem it covers, then and at each creation, so
-# suspending it (no new ones) leaves those in place, as CC.2.3.1 wants.
-workitem_subscriptions = Table(
-    "workitem_subscriptions",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("partition", String(64), nullable=False),
-    Column("ae_title", String(16), nullable=False),
-    Column("target_uid", UID, nullable=False),
-    Column("deletion_lock", Boolean, nullable=False),
-    Column("filter", Text),
-    Column("created_by", String(256), nullable=False),
-    Column("created_at", BigInteger, nullable=False),
-    UniqueConstraint("partition", "ae_title", "target_uid", name="uq_workitem_subscriptions"),
-)
-Index(
-    "ix_workitem_subscriptions_target",
-    workitem_subscriptions.c.partition,
-    workitem_subscriptions.c.target_uid,
-)
-
-# Legal holds (nubis.services.legal_holds, migration 0023; docs/retention.md). A hold on a
-# whole tenant (``patient_id`` and ``study_uid`` null), a patient or a study blocks every
-# deletion of what it covers (DELETE, retention, key shredding) until released. Released holds
-# stay as the record of what was held, when and by whom; ``reason`` is the admin's text, never
-# shown in a refusal (it may name the matter the hold is for).
-legal_holds = Table(
-    "legal_holds",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("partition", String(64), nullable=False),
-    Column("patient_id", String(64)),
-    Column("study_uid", UID),
-    Column("reason", Text, nullable=False),
-    Column("placed_by", String(256), nullable=False),
-    Column("placed_at", BigInteger, nullable=False),
-    Column("released_by", String(256)),
-    Column("released_at", BigInteger),
-    Column("release_reason", Text),
-)
-Index("ix_legal_holds_target", legal_holds.c.partition, legal_holds.c.released_at)
-
-# Erasure certificates (nubis.retention.certificates): one per erasure, the signed JSON
-# document as issued (``body``, canonical), its SHA-256 and the Ed25519 signature of the audit
-# trail's key over that digest; ``audit_seq`` is the audit record of the erasure itself.
-# ``patient_id`` is kept apart from the body, for the audited identified view only.
-erasure_certificates = Table(
-    "erasure_certificates",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("partition", String(64), nullable=False),
-    Column("study_uid", UID, nullable=False),
-    Column("issued_at", BigInteger, nullable=False),
-    Column("cause", String(256), nullable=False),
-    Column("body", Text, nullable=False),
-    Column("digest", String(64), nullable=False),
-    Column("key_id", String(64), nullable=False),
-    Column("signature", String(128), nullable=False),
-    Column("audit_seq", Integer, nullable=False),
-    Column("patient_id", String(64)),
-)
-Index(
-    "ix_erasure_certificates_study",
-    erasure_certificates.c.partition,
-    erasure_certificates.c.study_uid,
-)
-
-# One row per (analyzer, its version, study): the study was queued for that analyzer, and
-# what became of it (nubis.analyzers.job). A running row holds one of its analyzer's
-# concurrency slots until slot_expires_at. Gone with its study, so a study deleted and sent
-# again is analyzed again.
-analyzer_runs = Table(
-    "analyzer_runs",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("study_pk", Integer, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
-    Column("analyzer", String(64), nullable=False),
-    Column("version", String(32), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("job_id", Integer),
-    Column("queued_at", BigInteger, nullable=False),
-    Column("started_at", BigInteger),
-    Column("finished_at", BigInteger),
-    Column("slot_expires_at", BigInteger),
-    Column("summary", Text),
-    Column("last_error", Text),
-    UniqueConstraint("analyzer", "version", "study_pk", name="uq_analyzer_runs_study"),
-)
-Index("ix_analyzer_runs_state", analyzer_runs.c.analyzer, analyzer_runs.c.state)
-
-# The change feed (issue 15, migration 0022): every create, update (a correction, a tier move),
-# delete and key shredding, written by the index in the change's own commit
-# (nubis.index.feed_sql). ``seq`` is commit order on both engines (feed_sql says how), so a
-# client paging by it never misses or repeats an entry. Never reused (autoincrement on SQLite).
-change_feed = Table(
-    "change_feed",
-    metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    Column("action", String(8), nullable=False),  # create, update, delete, shred
-    Column("state", String(10), nullable=False),  # current, deleted, shredded
-    Column("detail", String(64)),  # replaced, correction:<id>, tier:<name>, quarantined
-    Column("partition", String(64), nullable=False),
-    Column("study_uid", UID, nullable=False),
-    Column("series_uid", UID),
-    Column("sop_instance_uid", UID),
-    Column("modality", String(16)),
-    Column("created_at", BigInteger, nullable=False),
-    sqlite_autoincrement=True,
-)
-Index("ix_change_feed_partition", change_feed.c.partition, change_feed.c.seq)
-Index("ix_change_feed_created", change_feed.c.created_at)
-
-# One row (id 1): the highest seq the retention expiry removed, so a cursor older than that is
-# told it missed entries (410) rather than silently skipping them.
-change_feed_state = Table(
-    "change_feed_state",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("expired_through", BigInteger, nullable=False),
-)
-
-# Webhook subscriptions (nubis.events): each acts as a principal (``webhook:<name>``, its role
-# in its tenant) and is delivered the feed entries that principal may see, from ``cursor`` on.
-# The secret is AES-GCM encrypted (nubis.events.secrets); the delivery state is the head entry's.
-webhook_subscriptions = Table(
-    "webhook_subscriptions",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("name", String(64), nullable=False, unique=True),
-    Column("url", Text, nullable=False),
-    Column("secret", Text, nullable=False),
-    Column("tenant", String(64), nullable=False),
-    Column("role", String(32), nullable=False),
-    Column("actions", String(64), nullable=False),  # comma-separated; empty: all
-    Column("modalities", String(256), nullable=False),  # comma-separated; empty: all
-    Column("match", Text, nullable=False),  # a QIDO-RS study query string; empty: all
-    Column("created_by", String(256), nullable=False),
-    Column("created_at", BigInteger, nullable=False),
-    Column("cursor", BigInteger, nullable=False),  # the last entry delivered or given up
-    Column("attempts", Integer, nullable=False),  # failed attempts at the next entry
-    Column("next_attempt_at", BigInteger, nullable=False),
-    Column("last_error", Text),
-    Column("delivered", BigInteger, nullable=False),
-    Column("lease_owner", String(128)),
-    Column("lease_expires_at", BigInteger),
-)
-
-# Entries a subscription's receiver did not take after webhook_max_attempts: kept until
-# replayed (``replay`` set: the next delivery run tries it once more) or the subscription goes.
-webhook_dead_letters = Table(
-    "webhook_dead_letters",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column(
-        "subscription_id",
-        Integer,
-        ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column("seq", BigInteger, nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("last_error", Text),
-    Column("failed_at", BigInteger, nullable=False),
-    Column("replay", Integer, nullable=False),
-    UniqueConstraint("subscription_id", "seq", name="uq_webhook_dead_letters"),
-)
-
 __all__ = [
     "analyzer_runs",
     "api_keys",
@@ -882,6 +640,10 @@ __all__ = [
     "quarantined_studies",
     "replication_outbox",
     "replication_state",
+    "research_members",
+    "research_projects",
+    "research_reid",
+    "research_studies",
     "retired_keks",
     "series",
     "series_requests",

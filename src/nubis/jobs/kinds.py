@@ -36,6 +36,11 @@
   the job's creator approves), ``today`` (YYYY-MM-DD, for a review of a later day). A
   scheduled run (``retention=1d`` in jobs_schedule) only lists unless retention_approval is
   automatic. Legal holds are skipped and reported; every erasure leaves a certificate.
+- ``research-export``: write a research project's de-identified objects and manifest into a
+  folder or zip, or send them to a DICOMweb server or an S3 bucket
+  (nubis.services.research_export); parameters ``project``, ``tenant``, and ``to``, ``zip``,
+  or ``dicomweb`` or ``s3`` with ``manifest``. Run only by
+  the ``nubis research export`` process that queued it, as ``backup`` is.
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.

@@ -15,8 +15,8 @@ in this order:
 
 Roles (``ROLES``): admin (everything in its tenant, user management), radiologist (read and
 write the tenant, hand out and perform workitems), referrer (read granted studies), uploader
-and modality (store only),
-researcher (de-identified reads only: refused until de-identification exists; and aggregate
+and modality (store only), researcher (de-identified reads of the research projects it is a
+member of, through nubis.services.research_view, identified reads refused; and aggregate
 statistics, whose small cells are suppressed), auditor (the audit log only), monitor (the
 metrics only: what a Prometheus server's API key is given); and the internal roles of share
 links and of analyzer jobs (``analyzer``: read and store, never a user's).
@@ -110,7 +110,8 @@ ROLES: dict[str, RoleSpec] = {
     "modality": RoleSpec(Action.WRITE, summary="store only (an imaging device)"),
     "researcher": RoleSpec(
         Action.DEIDENTIFY | Action.AGGREGATE,
-        summary="de-identified reads only (refused until they exist) and aggregate statistics",
+        summary="de-identified reads of its research projects (/projects/{name}/dicom-web) "
+        "and aggregate statistics",
     ),
     "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
     "monitor": RoleSpec(
@@ -137,9 +138,10 @@ ROLES: dict[str, RoleSpec] = {
 ASSIGNABLE_ROLES = frozenset(name for name, spec in ROLES.items() if spec.assignable)
 
 # The refusal a researcher gets: say why, so nobody mistakes it for a missing grant.
-DEIDENTIFY_UNAVAILABLE = (
-    "the researcher role reads de-identified data only, and de-identification is not "
-    "available yet: identified metadata, pixels and query results are refused"
+DEIDENTIFIED_ONLY = (
+    "the researcher role reads de-identified data only, through the research projects it is "
+    "a member of (/projects/{name}/dicom-web/...): identified metadata, pixels and query "
+    "results are refused"
 )
 
 
@@ -252,7 +254,7 @@ class AuthPolicy:
         allowed = self.actions(who)
         if not action or action & allowed != action:
             if action & Action.READ and allowed & Action.DEIDENTIFY:
-                return Decision(False, DEIDENTIFY_UNAVAILABLE)
+                return Decision(False, DEIDENTIFIED_ONLY)
             roles = ", ".join(sorted(who.roles)) or "no role"
             missing = action & ~allowed
             return Decision(False, f"{who.id} ({roles}) may not {_verb(missing or action)}")

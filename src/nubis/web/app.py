@@ -32,7 +32,7 @@ from nubis.web.audit_routes import audit_routes
 from nubis.web.changefeed_routes import changefeed_routes
 from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
-from nubis.web.dicomweb import qido, stow, wado, wado_uri
+from nubis.web.dicomweb import qido, research, stow, wado, wado_uri
 from nubis.web.dicomweb.ups import ups_routes
 from nubis.web.fhir import fhir_routes
 from nubis.web.hold_routes import hold_routes
@@ -155,6 +155,7 @@ def create_app(
     app = Starlette(
         routes=[
             Mount("/dicom-web", routes=dicomweb_routes()),
+            Mount(research.PREFIX, routes=research.research_routes()),
             Route("/wado", wado_uri.wado_uri, methods=["GET"]),
             Route("/-/health", health, methods=["GET"]),
             Route("/-/ready", ready, methods=["GET"]),
