@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    String,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from nubis.index.database import Index
 from nubis.index.schema import migration_instances as mi
@@ -209,38 +219,56 @@ class Ledger:
             ).all()  # fmt: skip
         return [Entry(*r[:5], Outcome(r[5]), r[6], r[7]) for r in rows]
 
-    def write(self, marks: Iterable[Mark], *, finished: tuple[str, int] | None = None) -> None:
+    def write(
+        self,
+        marks: Iterable[Mark],
+        *,
+        finished: tuple[str, int] | None = None,
+        also: Callable[[Connection], object] | None = None,
+    ) -> None:
         """Record outcomes (a row is inserted for an instance the source had not listed) and,
         with ``finished`` (study UID, job id), mark that study done: one transaction, so a
-        study is never done without its outcomes."""
-        marks = list(marks)
+        study is never done without its outcomes. ``also`` runs in the same transaction (the
+        study's audit record).
+
+        The study's rows are written by one UPDATE run for all of them and one INSERT for
+        the unlisted ones: this runs on the index's one writer thread, whose every
+        millisecond the concurrent stores of the migration wait for (issue 12)."""
+        # One outcome per UID, the last given (as successive updates would leave it).
+        by_uid = {mark.sop_instance_uid: mark for mark in marks}
         now = _now()
 
         def job(conn: Connection) -> None:
-            for mark in marks:
-                values: dict[str, object] = {
-                    "outcome": mark.outcome.value,
-                    "status": mark.status,
-                    "reason": None if mark.reason is None else mark.reason[:_REASON_LENGTH],
+            known: set[str] = set()
+            for chunk in _chunks(list(by_uid)):
+                known.update(
+                    conn.execute(
+                        select(mi.c.sop_instance_uid).where(
+                            mi.c.migration == self.name, mi.c.sop_instance_uid.in_(chunk)
+                        )
+                    ).scalars()
+                )
+            updates = [_update_params(self.name, m, now) for u, m in by_uid.items() if u in known]
+            if updates:
+                conn.execute(_UPDATE_OUTCOME, updates)
+            inserts = [
+                {
+                    "migration": self.name,
+                    "sop_instance_uid": m.sop_instance_uid,
+                    "study_uid": m.study_uid,
+                    "series_uid": m.series_uid,
+                    "source_sha256": m.source_sha256,
+                    "size": m.size,
+                    "outcome": m.outcome.value,
+                    "status": m.status,
+                    "reason": _reason(m.reason),
                     "updated_at": now,
                 }
-                if mark.source_sha256 is not None:
-                    values["source_sha256"] = mark.source_sha256
-                if mark.size is not None:
-                    values["size"] = mark.size
-                key = and_(
-                    mi.c.migration == self.name, mi.c.sop_instance_uid == mark.sop_instance_uid
-                )
-                if conn.execute(update(mi).where(key).values(values)).rowcount == 0:
-                    conn.execute(
-                        insert(mi).values(
-                            migration=self.name,
-                            sop_instance_uid=mark.sop_instance_uid,
-                            study_uid=mark.study_uid,
-                            series_uid=mark.series_uid,
-                            **values,
-                        )
-                    )
+                for u, m in by_uid.items()
+                if u not in known
+            ]
+            if inserts:
+                conn.execute(insert(mi), inserts)
             if finished is not None:
                 study_uid, job_id = finished
                 conn.execute(
@@ -248,5 +276,40 @@ class Ledger:
                     .where(ms.c.migration == self.name, ms.c.study_uid == study_uid)
                     .values(state=StudyState.DONE.value, job_id=job_id, updated_at=now)
                 )
+            if also is not None:
+                also(conn)
 
         self.index.write(job)
+
+
+def _reason(reason: str | None) -> str | None:
+    return None if reason is None else reason[:_REASON_LENGTH]
+
+
+# An outcome over a listed row; a digest or size not given keeps the row's own.
+_UPDATE_OUTCOME = (
+    update(mi)
+    .where(mi.c.migration == bindparam("b_migration"))
+    .where(mi.c.sop_instance_uid == bindparam("b_sop"))
+    .values(
+        outcome=bindparam("b_outcome"),
+        status=bindparam("b_status"),
+        reason=bindparam("b_reason"),
+        updated_at=bindparam("b_updated_at"),
+        source_sha256=func.coalesce(bindparam("b_sha256", type_=String), mi.c.source_sha256),
+        size=func.coalesce(bindparam("b_size", type_=BigInteger), mi.c.size),
+    )
+)
+
+
+def _update_params(migration: str, mark: Mark, now: int) -> dict[str, object]:
+    return {
+        "b_migration": migration,
+        "b_sop": mark.sop_instance_uid,
+        "b_outcome": mark.outcome.value,
+        "b_status": mark.status,
+        "b_reason": _reason(mark.reason),
+        "b_updated_at": now,
+        "b_sha256": mark.source_sha256,
+        "b_size": mark.size,
+    }
