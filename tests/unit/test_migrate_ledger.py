@@ -19,9 +19,14 @@ _A, _B, _C = (f"{_SERIES}.{n}" for n in (1, 2, 3))
 _UNLISTED = f"{_SERIES}.9"
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}", durable=False)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """On both engines: the ledger's writes are SQL of its own (INSERT ... ON CONFLICT)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").database("migrate_ledger")
+    index = Index(url, durable=False)
     index.migrate()
     index.open()
     try:
