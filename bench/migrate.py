@@ -21,7 +21,9 @@ Figures (issue 12), in one run against one Orthanc (Debian's package, bench/orth
   memory-mapped index). ``--memory-only`` runs only this (no corpus above, no baseline).
 
 Rates are instances and megabytes per second of wall time, from the command's start to its
-end for nubis (listing included) and from the first C-MOVE to the last for the baseline.
+end for nubis (listing included) and from the first C-MOVE to the last for the baseline;
+``job`` is the rate the job itself reports, from its first study to its last (what a long
+migration approaches: without the process's start, opening the archive and listing studies).
 Each configuration runs into a new, empty archive; storescp's folder is emptied between runs.
 TCP_NODELAY=1 is set for every process (Debian's dcmtk, in Orthanc and storescp, leaves
 Nagle's algorithm on otherwise; see bench/dimse.py).
@@ -149,8 +151,14 @@ def migrate(source: str, *options: str, sample_memory: bool = False) -> dict[str
     args = [*NUBIS, "migrate", "run", source, *options, "--data-dir", str(data),
             "--set", "log_level=warning", *SETTINGS]  # fmt: skip
     samples: list[dict[str, float]] = []
+    # Run from compiled bytecode, as an installed nubis does: with PYTHONDONTWRITEBYTECODE
+    # set (it is in some shells), every run compiled nubis's sources anew, ~0.5 s of its wall.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(RESULTS / "pycache")
     started = time.monotonic()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     if sample_memory:
         samples = _sample(proc, data / "index.sqlite", started)
     stdout, stderr = proc.communicate()
@@ -162,6 +170,11 @@ def migrate(source: str, *options: str, sample_memory: bool = False) -> dict[str
     result["wall_seconds"] = round(wall, 2)
     result["samples"] = samples
     return result
+
+
+def _load() -> float:
+    """The one-minute load average as the run ends (the machine is shared)."""
+    return round(os.getloadavg()[0], 1)
 
 
 def _sample(proc: subprocess.Popen[str], index: Path, started: float) -> list[dict[str, float]]:
@@ -264,7 +277,7 @@ def main() -> int:
         "storescp": ["STORESCP", "127.0.0.1", scp_port],
         "nubis": ["NUBIS", "127.0.0.1", move_port],
     }
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float]] = []
     memory: dict[str, Any] = {}
     with OrthancServer(extra={"DicomAet": "LEGACY", "DicomModalities": modalities}) as pacs:
         dimse = f"dicom://LEGACY@127.0.0.1:{pacs.dicom_port}"
@@ -276,14 +289,21 @@ def main() -> int:
             uids = study_uids(pacs)
         for c in levels if paths else []:
             seconds = baseline(pacs, scp_port, uids, c)
-            rows.append((f"Orthanc -> storescp, C-MOVE, {c} assoc.", seconds, seconds))
+            rows.append((f"Orthanc -> storescp, C-MOVE, {c} assoc.", seconds, seconds, _load()))
             r = migrate(dimse, "--listen-port", str(move_port), "--concurrency", str(c))
             assert r["instances_stored"] == total, r
-            rows.append((f"nubis migrate C-MOVE, concurrency {c}", r["wall_seconds"], r["seconds"]))
+            rows.append(
+                (f"nubis migrate C-MOVE, concurrency {c}", r["wall_seconds"], r["seconds"], _load())
+            )
             r = migrate(pacs.dicomweb_url, "--concurrency", str(c))
             assert r["instances_stored"] == total, r
             rows.append(
-                (f"nubis migrate DICOMweb, concurrency {c}", r["wall_seconds"], r["seconds"])
+                (
+                    f"nubis migrate DICOMweb, concurrency {c}",
+                    r["wall_seconds"],
+                    r["seconds"],
+                    _load(),
+                )
             )
         if args.memory_instances:
             more = corpus(args.memory_instances // 10, 10, 32, seed=1201)
@@ -298,13 +318,15 @@ def main() -> int:
             f"\n{orthanc_version()}; corpus {args.studies} studies x {args.per_study} instances "
             f"of {args.rows}x{args.rows} CT = {total} instances, {size_mb:.0f} MB"
         )
-        print(f"{'run':45} {'wall s':>8} {'inst/s':>8} {'MB/s':>7} {'vs base':>8}")
+        print(f"{'run':45} {'wall s':>8} {'inst/s':>8} {'MB/s':>7} {'vs base':>8} "
+              f"{'job s':>7} {'job vs base':>11}  load")  # fmt: skip
     base = None
-    for name, wall, _moving in rows:
+    for name, wall, job, load_avg in rows:
         if name.startswith("Orthanc"):
             base = wall
         print(f"{name:45} {wall:8.1f} {total / wall:8.1f} {size_mb / wall:7.1f} "
-              f"{(base / wall if base else 0):8.0%}")  # fmt: skip
+              f"{(base / wall if base else 0):8.0%} {job:7.1f} {(base / job if base else 0):11.0%}"
+              f"  {load_avg:.1f}")  # fmt: skip
     if memory:
         _print_memory(memory)
     RESULTS.mkdir(exist_ok=True)

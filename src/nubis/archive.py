@@ -15,33 +15,47 @@ from nubis.blobs.folder_tiers import with_folder_tiers
 from nubis.blobs.registry import open_blob_store
 from nubis.config import Settings
 from nubis.crypto.registry import keyring_exists, open_key_provider
+from nubis.crypto.webhook_secrets import SecretBox
 from nubis.dimse.peers import PeerTable
 from nubis.edge.cloud import CloudArchive
 from nubis.edge.evict import Evictor
 from nubis.edge.read_through import ReadThroughStore
 from nubis.errors import StorageUnavailable
+from nubis.events.delivery import WebhookDelivery
+from nubis.events.sink import HttpSink
 from nubis.index.database import Index
 from nubis.jobs.context import JobContext
 from nubis.jobs.heal import Healer
 from nubis.jobs.kinds import handlers
 from nubis.jobs.runner import JobRunner
-from nubis.jobs.schedule import EDGE_EVICT, REPLICATE, SNAPSHOT, parse_schedule
+from nubis.jobs.schedule import (
+    ANALYZE_SCAN,
+    CHANGEFEED_EXPIRE,
+    EDGE_EVICT,
+    REPLICATE,
+    SNAPSHOT,
+    WEBHOOKS,
+    parse_schedule,
+)
 from nubis.jobs.store import JobStore
 from nubis.logs import redact_url
 from nubis.ports.blobs import BlobStore
 from nubis.ports.keys import KeyProvider
 from nubis.replication.job import Replicator
 from nubis.replication.target import DicomWebReplica
+from nubis.retention.rules import load_rules
 from nubis.security import audit_events
 from nubis.security.audit import AuditTrail, system_participant
 from nubis.security.audit_export import SyslogForwarder
 from nubis.security.authn import Authenticator, OidcVerifier
-from nubis.security.policy import AuthPolicy, parse_roles
+from nubis.security.policy import AuthPolicy, parse_roles, system_principal
 from nubis.security.sessions import SessionStore
 from nubis.security.throttle import Lockout, LoginThrottle, ThrottlePolicy
 from nubis.security.users import UserStore
 from nubis.services.accounts import Accounts
+from nubis.services.aggregates import AggregateService
 from nubis.services.audit_log import AuditLog
+from nubis.services.changefeed import ChangeFeedService
 from nubis.services.corrections import CorrectionService
 from nubis.services.disk_floor import DiskFloor, parse_floor
 from nubis.services.export import ExportService
@@ -49,17 +63,23 @@ from nubis.services.fhir import ImagingStudies
 from nubis.services.gauges import ArchiveGauges
 from nubis.services.guard import Guard
 from nubis.services.kek_rewrap import KekRewrap
-from nubis.services.maintenance import Maintenance
+from nubis.services.legal_holds import LegalHolds
+from nubis.services.maintenance import Certifying, Maintenance
+from nubis.services.metadata_export import MetadataExport
 from nubis.services.operations import Operations
 from nubis.services.quarantine import QuarantineService
 from nubis.services.query import QueryService
 from nubis.services.replica_role import ReplicaRole
+from nubis.services.research import ResearchService
+from nubis.services.research_view import ResearchView
+from nubis.services.retention import Retention
 from nubis.services.retrieve import RetrieveService
 from nubis.services.sharing import SharingService
 from nubis.services.shredding import ShredService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
 from nubis.services.study_rekey import StudyRekey
+from nubis.services.webhooks import WebhookService
 from nubis.services.worklist import WorklistService
 from nubis.tiers.compression import TierCompressor
 from nubis.tiers.history import snapshots
@@ -69,6 +89,7 @@ from nubis.tiers.reads import ReadTracker
 from nubis.tiers.rules import Tiers, parse_compression, parse_prices, parse_rules, parse_tiers
 
 if TYPE_CHECKING:
+    from nubis.analyzers.job import AnalyzerJobs
     from nubis.dimse.commitment import CommitmentReports
     from nubis.dimse.send import StudySender
 
@@ -92,6 +113,25 @@ def _blob_store(
     keys = open_key_provider(settings.keyring_url, durable=settings.durable, index=index)
     # Off after being on: new objects are plaintext, encrypted ones stay readable.
     return keys, EncryptedBlobStore(store, keys, accept_plaintext=not settings.encrypt_at_rest)
+
+
+def _erasure_copies(settings: Settings) -> dict[str, str]:
+    """What an erasure certificate can say of the copies beyond the primary blob store."""
+    if settings.replicate_to:
+        replica = (
+            f"a delete queued for the replica {redact_url(settings.replicate_to)} in the "
+            f"erasure's own transaction, applied after {settings.replicate_delete_delay_days} "
+            "day(s) (replicate_delete_delay_days); nubis replication status shows when"
+        )
+    else:
+        replica = "none configured"
+    backups = (
+        "backup folders taken before this erasure still hold the objects until they are "
+        "discarded by their own retention"
+    )
+    if settings.encrypt_at_rest:
+        backups += "; encrypted under the patient's key, which a key shred erases in them too"
+    return {"replica": replica, "backups": backups}
 
 
 def _ingest_folders(settings: Settings) -> list[Path]:
@@ -128,6 +168,8 @@ class Archive:
             # Every change of the tenant is queued for the replica in its own commit.
             self.index.replicated_partition = settings.replicate_tenant
             self.index.replicate_delete_delay_ms = settings.replicate_delete_delay_days * 86400_000
+        # Every change goes into the change feed in its own commit (nubis.index.feed_sql).
+        self.index.change_feed = settings.change_feed
         self.tiers = parse_tiers(settings.tiers)
         self.keys, self.blobs = _blob_store(settings, self.tiers, self.index)
         # Ingest stops while a disk it writes to is below min_free_disk.
@@ -196,11 +238,24 @@ class Archive:
             on_read=self.reads.touch,
         )
         self.query = QueryService(self.index, self.guard)
+        self.changefeed = ChangeFeedService(self.index, self.guard)
+        self.webhooks = WebhookService(self.index, self.guard, SecretBox(settings.webhook_key_path))
         # Corrections of patient and study attributes, kept as an overlay (docs/corrections.md).
         # With encryption at rest, a correction that changes a study's patient queues the
         # re-key of its objects (nubis.services.study_rekey).
         self.corrections = CorrectionService(
             self.index, self.guard, rekeys=isinstance(self.blobs, EncryptedBlobStore)
+        )
+        # What nobody may delete until released: DELETE, retention and shredding check it.
+        self.legal_holds = LegalHolds(self.index, self.guard)
+        # Every erasure (delete, retention, shred) leaves a certificate signed with the audit
+        # trail's key, its digest named by the erasure's audit record (retention.certificates).
+        certify = (
+            Certifying(
+                lambda: self.audit.key, redact_url(settings.blobs_url), _erasure_copies(settings)
+            )
+            if settings.audit_trail
+            else None
         )
         # Crypto-shredding a patient, for the CLI and the admin API (a primary's replication).
         self.shredding = (
@@ -212,6 +267,8 @@ class Archive:
                 self.query,
                 self.corrections,
                 max_studies=settings.qido_max_limit,
+                holds=self.legal_holds,
+                certify=certify,
             )
             if self.keys is not None
             else None
@@ -228,7 +285,19 @@ class Archive:
         )
         # ZIP downloads of the web face: read through retrieve, recorded as an Export too.
         self.export = ExportService(self.retrieve, self.guard)
+        # Analytics (docs/analytics.md): Parquet metadata export and federated statistics.
+        self.metadata_export = MetadataExport(
+            self.index, self.guard, default_tier=self.tiers.default.name
+        )
+        self.aggregates = AggregateService(
+            self.index, self.guard, min_cell=settings.aggregate_min_cell
+        )
         self.quarantine = QuarantineService(self.index, guard=self.guard)
+        # Research projects and the researcher's de-identified view (docs/research.md).
+        self.research = ResearchService(
+            self.index, self.guard, self.query, self.keys, max_limit=settings.qido_max_limit
+        )
+        self.research_view = ResearchView(self.research, self.retrieve, self.index, self.guard)
         # Workitems handed out and performed over UPS-RS (docs/worklists.md).
         self.worklist = WorklistService(self.index, self.guard)
         self.maintenance = Maintenance(
@@ -236,6 +305,18 @@ class Archive:
             self.blobs,
             guard=self.guard,
             orphan_grace_seconds=settings.orphan_grace_seconds,
+            certify=certify,
+        )
+        # Studies the retention rules let go, erased through maintenance (docs/retention.md).
+        rules = load_rules(settings.retention_rules_path)
+        self.retention = Retention(
+            self.index,
+            self.guard,
+            self.maintenance,
+            self.legal_holds,
+            lambda: rules,
+            automatic=settings.retention_approval == "automatic",
+            public_keys=lambda: {self.audit.key.key_id: self.audit.key.public},
         )
         mover = find_mover(self.blobs)
         # Tiers that keep their objects losslessly compressed (nubis.tiers.compression).
@@ -345,10 +426,23 @@ class Archive:
                 healer=self.healer,
                 replicate=self.replicator.run if settings.replicate_to else None,
                 edge_evict=self.evictor.run if settings.forward_to else None,
+                retention=self.retention.run,
+                certificate_checks=lambda: self.retention.verify(
+                    system_principal(settings.audit_source, via="system")
+                ),
+                analyze=(self.run_analyze_scan, self.run_analyze),
+                webhooks=self.webhook_delivery.run if settings.change_feed else None,
+                changefeed_expire=self._expire_changefeed if settings.change_feed else None,
             ),
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,
             schedule=self._schedule() if scheduled else None,
+            schedule_while={
+                WEBHOOKS: self.webhooks.any,
+                CHANGEFEED_EXPIRE: lambda: self.changefeed.expiry_due(
+                    settings.change_feed_retention_days
+                ),
+            },
         )
 
     def _schedule(self) -> dict[str, int]:
@@ -357,7 +451,63 @@ class Archive:
             schedule[REPLICATE] = self.settings.replicate_every_seconds
         if self.settings.forward_to:
             schedule[EDGE_EVICT] = self.settings.edge_evict_every_seconds
+        if self.settings.analyzers.strip():
+            schedule[ANALYZE_SCAN] = self.settings.analyzer_scan_seconds
+        if self.settings.change_feed:
+            schedule[WEBHOOKS] = self.settings.webhook_every_seconds
+            schedule.setdefault(CHANGEFEED_EXPIRE, 86400)
         return schedule
+
+    @cached_property
+    def analyzer_jobs(self) -> AnalyzerJobs:
+        """The ``analyze-scan`` and ``analyze`` handlers (nubis.analyzers.job): read through
+        a retrieve service of their own, so an analysis does not count as a read for the tier
+        rules, and store through the archive's store service. Built on first use: a node
+        that runs no analysis never loads highdicom or a plug-in."""
+        from nubis.analyzers.job import AnalyzerJobs
+        from nubis.analyzers.registry import available
+        from nubis.analyzers.rules import parse_rules
+
+        settings = self.settings
+        return AnalyzerJobs(
+            self.index,
+            RetrieveService(self.index, self.blobs, guard=self.guard, verify_reads=True),
+            self.store,
+            self.spool,
+            rules=parse_rules(settings.analyzers),
+            analyzers=available,
+            stable_seconds=settings.analyzer_stable_seconds,
+            lookback_hours=settings.analyzer_lookback_hours,
+            wake=self.job_runner.wake if self.job_runner is not None else None,
+        )
+
+    def run_analyze_scan(self, ctx: JobContext) -> dict[str, Any]:
+        """The ``analyze-scan`` job handler."""
+        return self.analyzer_jobs.scan(ctx)
+
+    def run_analyze(self, ctx: JobContext) -> dict[str, Any]:
+        """The ``analyze`` job handler."""
+        return self.analyzer_jobs.analyze(ctx)
+
+    @cached_property
+    def webhook_delivery(self) -> WebhookDelivery:
+        """The ``webhooks`` job's handler (nubis.events.delivery)."""
+        settings = self.settings
+        return WebhookDelivery(
+            self.index,
+            self.changefeed,
+            self.query,
+            self.webhooks.secrets,
+            HttpSink(settings.webhook_timeout_seconds),
+            jobs=self.jobs,
+            batch=settings.webhook_batch,
+            max_attempts=settings.webhook_max_attempts,
+            retry_max_seconds=settings.webhook_retry_max_seconds,
+        )
+
+    def _expire_changefeed(self, ctx: JobContext) -> dict[str, Any]:
+        removed = self.changefeed.expire(self.settings.change_feed_retention_days)
+        return {"entries_removed": removed}
 
     @cached_property
     def replicator(self) -> Replicator:

@@ -108,6 +108,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"http_port must be 1-65535, got {settings.http_port}")
     if settings.qido_default_limit < 1 or settings.qido_max_limit < settings.qido_default_limit:
         raise SettingsError("qido_default_limit must be >= 1 and <= qido_max_limit")
+    if settings.aggregate_min_cell < 1:
+        raise SettingsError(f"aggregate_min_cell must be >= 1, got {settings.aggregate_min_cell}")
     if settings.workers < 0:
         raise SettingsError(f"workers must be >= 0, got {settings.workers}")
     for name in ("dimse_port", "dimse_tls_port"):
@@ -166,6 +168,12 @@ def _validate_security(settings: Settings) -> None:
             f"oidc_algorithms: refused {', '.join(weak) or 'an empty list'}; use asymmetric "
             "algorithms such as RS256, PS256, ES256, EdDSA"
         )
+    from nubis.retention.rules import load_rules
+
+    try:
+        load_rules(settings.retention_rules_path)
+    except (ValueError, OSError) as exc:
+        raise SettingsError(f"retention_rules: {exc}") from None
     try:
         parse_roles(settings.break_glass_roles)
     except ValueError as exc:
@@ -238,6 +246,31 @@ def _validate_storage(settings: Settings) -> None:
         raise SettingsError("replicate_delete_delay_days must be >= 0")
     if settings.replicate_every_seconds < 1 or settings.replicate_retry_max_seconds < 1:
         raise SettingsError("replicate_every_seconds and replicate_retry_max_seconds must be >= 1")
+    if settings.analyzers.strip():
+        # Only now: the analyzers' contract loads pydicom and numpy.
+        from nubis.analyzers.rules import parse_rules as parse_analyzer_rules
+
+        try:
+            parse_analyzer_rules(settings.analyzers)
+        except ValueError as exc:
+            raise SettingsError(f"analyzers: {exc}") from None
+    if settings.analyzer_stable_seconds < 0 or settings.analyzer_lookback_hours < 0:
+        raise SettingsError("analyzer_stable_seconds and analyzer_lookback_hours must be >= 0")
+    if settings.analyzer_scan_seconds < 1:
+        raise SettingsError("analyzer_scan_seconds must be >= 1")
+    if settings.change_feed_retention_days < 1:
+        raise SettingsError("change_feed_retention_days must be >= 1")
+    if (
+        settings.webhook_every_seconds < 1
+        or settings.webhook_retry_max_seconds < 1
+        or settings.webhook_max_attempts < 1
+        or not 1 <= settings.webhook_batch <= 500
+        or settings.webhook_timeout_seconds < 1
+    ):
+        raise SettingsError(
+            "webhook_every_seconds, webhook_timeout_seconds, webhook_retry_max_seconds and "
+            "webhook_max_attempts must be >= 1, webhook_batch 1 to 500"
+        )
     _validate_edge(settings)
 
 

@@ -221,3 +221,23 @@ class Conflict(NubisError):
 
     http_status = 409
     dimse_status = 0xC000
+
+
+class Gone(NubisError):
+    """What was asked for existed and was removed for good (RFC 9110 15.5.11), e.g. change
+    feed entries past their retention period."""
+
+    http_status = 410
+    dimse_status = 0xC000
+
+
+class OnLegalHold(Conflict):
+    """A deletion (DELETE, retention, key shredding) of something a legal hold covers. The
+    reason names the hold by its id and level only: the hold's own reason may name the matter."""
+
+    def __init__(self, hold_id: int, level: str) -> None:
+        super().__init__(
+            f"under legal hold {hold_id} (on the {level}): nothing it covers can be deleted "
+            "or shredded until an admin releases it"
+        )
+        self.hold_id = hold_id

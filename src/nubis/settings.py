@@ -479,6 +479,11 @@ class Settings:
         7, "A share link lasts this many days unless its creator chooses (1 to share_max_days)."
     )
     share_max_days: int = _setting(30, "The longest a share link may last, in days.")
+    aggregate_min_cell: int = _setting(
+        10,
+        "Federated statistics: an aggregate cell counting fewer than this many (and at least "
+        "one) is reported as '<k' with no number, and left out of the total (docs/analytics.md).",
+    )
     replicate_to: str = _setting(
         "",
         "DICOMweb root of a replica (another nubis), e.g. https://dr.example.org/dicom-web: "
@@ -509,6 +514,20 @@ class Settings:
         300,
         "Longest wait before an entry the replica did not take is tried again (the wait "
         "doubles from 1 s up to this).",
+    )
+    retention_rules: str = _setting(
+        "",
+        "TOML file of retention rules ([[rule]] tables: keep_years after study_date, "
+        "last_study, last_access or stored; optional tenant, modality, sop_class, until_age; "
+        "docs/retention.md). Empty: retention.toml in data_dir if present; without rules no "
+        "study ever expires.",
+    )
+    retention_approval: str = _setting(
+        "review",
+        "'review': scheduled retention jobs (jobs_schedule retention=1d) only list what is "
+        "due, and studies are deleted by nubis retention run, whose admin approves; "
+        "'automatic': scheduled runs delete too, the rules file being the approval.",
+        _choice("review", "automatic"),
     )
     replica_of: str = _setting(
         "",
@@ -549,6 +568,62 @@ class Settings:
     edge_evict_every_seconds: int = _setting(
         600, "How often an edge node queues its eviction job (edge-evict)."
     )
+    analyzers: str = _setting(
+        "",
+        "Analyzers run on new studies, as 'NAME [modality=CT,..] [body_part=..] [sop_class=..] "
+        "[min_instances=N] [concurrency=N]; ...', e.g. 'ct-qc' (the built-in CT series QC) or "
+        "'ct-qc concurrency=2; acme-lung modality=CT body_part=CHEST'. Conditions narrow what "
+        "the analyzer wants; results are stored in the study (docs/analyzers.md). Empty: none.",
+    )
+    analyzer_stable_seconds: int = _setting(
+        300,
+        "A study is analyzed once no instance has reached it for this long (it is complete).",
+    )
+    analyzer_scan_seconds: int = _setting(
+        60, "How often an analyze-scan job looks for stable studies to analyze."
+    )
+    analyzer_lookback_hours: int = _setting(
+        72,
+        "Only studies changed within this many hours are analyzed on their own; older ones on "
+        "request (nubis jobs run analyze --param analyzer=NAME --param study=UID). 0: the "
+        "whole archive, newest first.",
+    )
+    change_feed: bool = _setting(
+        True,
+        "Keep the change feed (GET /changefeed, docs/events.md): every create, update, delete "
+        "and shredding in its own commit, in commit order. Off: no entries, and no webhooks.",
+    )
+    change_feed_retention_days: int = _setting(
+        30,
+        "Entries of the change feed older than this many days are removed by the daily "
+        "changefeed-expire job; a cursor older than that is answered 410.",
+    )
+    webhook_every_seconds: int = _setting(
+        5,
+        "How often a webhooks job is queued when none is running; each one delivers what is "
+        "due to every subscription.",
+    )
+    webhook_timeout_seconds: int = _setting(
+        10, "A webhook receiver must answer within this many seconds, or the attempt failed."
+    )
+    webhook_batch: int = _setting(
+        100,
+        "At most this many change-feed entries per webhook request (its body is a JSON array "
+        "of them, in feed order): a receiver that fell behind catches up in few requests.",
+    )
+    webhook_max_attempts: int = _setting(
+        8,
+        "Attempts at delivering one entry before it goes to the subscription's dead letters "
+        "(nubis webhooks deliveries / replay) and the next entry is delivered.",
+    )
+    webhook_retry_max_seconds: int = _setting(
+        300, "Longest wait before a failed delivery is tried again (doubling from 1 s up to this)."
+    )
+    webhook_key: str = _setting(
+        "",
+        "AES-256 key file encrypting webhook secrets in the index (created 0600 when missing; "
+        "every node needs the same one). Empty: webhook-secrets.key in data_dir.",
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -568,8 +643,18 @@ class Settings:
         return Path(self.dimse_peers) if self.dimse_peers else self.data_dir / "dimse-peers.toml"
 
     @property
+    def retention_rules_path(self) -> Path:
+        return (
+            Path(self.retention_rules) if self.retention_rules else self.data_dir / "retention.toml"
+        )
+
+    @property
     def audit_key_path(self) -> Path:
         return Path(self.audit_key) if self.audit_key else self.data_dir / "audit-signing.key"
+
+    @property
+    def webhook_key_path(self) -> Path:
+        return Path(self.webhook_key) if self.webhook_key else self.data_dir / "webhook-secrets.key"
 
     @property
     def audit_source(self) -> str:

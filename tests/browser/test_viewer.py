@@ -9,10 +9,13 @@ shows is read back from it and compared with the display values computed here fr
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import pydicom
@@ -115,6 +118,13 @@ def archive(server_factory, tmp_path_factory) -> Iterator[Objects]:  # type: ign
     ):
         objects.files[name] = [Path(get_testdata_file(file))]
     _stow(server.url, [path for paths in objects.files.values() for path in paths])
+    # A research project of the CT study, read de-identified by its member (issue 14).
+    add_user(server.data_dir, "rosa", "researcher")
+    subprocess.run(
+        [sys.executable, "-m", "nubis", "research", "project", "create", "viewer",
+         "--study", study, "--member", "rosa", "--data-dir", str(server.data_dir)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
     yield objects
 
 
@@ -531,3 +541,31 @@ def test_multipart_parser_takes_what_servers_send(archive: Objects, page: Page) 
         }"""
     )
     assert parts == [["ab--b0cd", "second"], ["ab--b0cd", "second"], "application/octet-stream"]
+
+
+def test_a_researcher_views_the_project_de_identified(archive: Objects, page: Page) -> None:
+    """A member of a research project opens its study from the project's page: the viewer
+    reads the project's de-identified DICOMweb, so it shows the pseudonym where the patient's
+    name was, and the same pixels (the profile keeps a CT's pixels as stored)."""
+    sign_in(page, archive.url, "rosa")
+    failed: list[str] = []
+    asked: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("request", lambda r: asked.append(r.url))
+    page.goto(f"{archive.url}/ui/projects/viewer")
+    expect(page.get_by_role("heading", name="Research project viewer")).to_be_visible()
+    assert "P-VIEW" not in page.content() and "Vera" not in page.content()
+    page.get_by_role("link", name="View").click()
+    wait_drawn(page, 0, 0)
+    screenshot(page, "viewer-researcher")
+    overlay = viewport(page).locator(".tl").inner_text()
+    assert "Vera" not in overlay and "ANON" in overlay, overlay
+    actual_size(page)
+    expect(viewport(page)).to_have_attribute("data-count", str(CT_SLICES))
+    display = stored_window_display(archive.files["ct"][0])
+    assert_gray(canvas_pixels(page, POINTS), [display[y, x] for x, y in POINTS])
+    assert failed == []
+    study = archive.study("ct")
+    # Every read went through the project's root, none named the stored study.
+    identified = [u for u in asked if study in u or urlparse(u).path.startswith("/dicom-web/")]
+    assert identified == []

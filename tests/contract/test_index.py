@@ -522,9 +522,7 @@ def test_a_patient_conflict_is_quarantined_when_asked(index: Index, tmp_path: Pa
         assert conn.execute(select(func.count()).select_from(quarantined_studies)).scalar() == 1
 
 
-def test_a_series_conflict_is_quarantined_under_its_own_study(
-    index: Index, tmp_path: Path
-) -> None:
+def test_a_series_conflict_is_quarantined_under_its_own_study(index: Index, tmp_path: Path) -> None:
     """Issue 12: with quarantine on, an object whose Series Instance UID another study of the
     partition holds is stored under its own study, which is held for ``series-conflict``
     (refused with 0xA900 otherwise, as before); the study holding the series first stays as
@@ -601,3 +599,46 @@ def test_quarantine_reasons_of_revision_0014_become_codes(index_url: str) -> Non
         reasons = conn.execute(select(quarantined_studies.c.reason)).scalars().all()
     index.write_engine.dispose()
     assert reasons == ["patient-conflict"]
+
+
+def test_a_legal_hold_stops_erase_and_due_studies_are_found(index: Index, tmp_path: Path) -> None:
+    """Legal holds and the retention pass on every engine (docs/retention.md): a patient's
+    hold refuses Index.erase inside its transaction until released; the due studies come a
+    page at a time with the patient's latest study counted (last_study)."""
+    from datetime import date
+
+    from nubis.errors import OnLegalHold
+    from nubis.retention.evaluate import due_studies
+    from nubis.retention.rules import Rule
+    from nubis.services.legal_holds import HoldTarget, LegalHolds
+
+    service, spool = _service(index, tmp_path)
+    stored = [
+        service.store(
+            spool.from_file(Path(get_testdata_file(name))), principal=system_principal(tenant="p")
+        )
+        for name in ("CT_small.dcm", "MR_small.dcm")
+    ]
+    ct = stored[0]
+    rules = [Rule("all", 1, after="last_study")]
+    pages = list(due_studies(index, rules, date(2100, 1, 1), page=1))
+    assert [n for _, n, _ in pages] == [1, 1]
+    assert {c.study_uid for _, _, due in pages for c in due} == {s.study_uid for s in stored}
+    # A day before their retention ends: both read, none due.
+    early = list(due_studies(index, rules, date(1990, 1, 1)))
+    assert sum(n for _, n, _ in early) == 2 and not any(due for _, _, due in early)
+
+    holds = LegalHolds(index, Guard(AuthPolicy(), None))
+    admin = system_principal(tenant="p")
+    with index.reading() as conn:
+        patient = conn.execute(
+            select(studies.c.patient_id).where(studies.c.study_uid == ct.study_uid)
+        ).scalar_one()
+    hold = holds.place(admin, HoldTarget(patient_id=patient), "contract")
+    with pytest.raises(OnLegalHold):
+        index.erase("p", ct.study_uid or "")
+    with pytest.raises(OnLegalHold):
+        holds.refuse_shred(admin, "p", patient)
+    holds.release(admin, hold.id, "done")
+    erased = index.erase("p", ct.study_uid or "")
+    assert [row.sop_instance_uid for row in erased] == [ct.sop_instance_uid]

@@ -64,6 +64,20 @@ for _suffix in (
     "/bulk/{path:path}",
 ):
     RULES[(_INSTANCE + _suffix, "GET")] = "read"
+# The researcher's de-identified view (docs/research.md): researchers who are members of the
+# project, reading by the remapped UIDs the view hands out; every other role 403.
+_PROJECT = "/projects/{project}/dicom-web"
+for (_path, _method), _need in list(RULES.items()):
+    if (
+        _path.startswith("/dicom-web/")
+        and _method == "GET"
+        and _need in ("read", "download")
+        and not _path.endswith("/bulk/{path:path}")
+    ):
+        RULES[(_PROJECT + _path.removeprefix("/dicom-web"), "GET")] = "research"
+# The web face of a research project: its study list and its viewer, for members.
+RULES[("/ui/projects/{project}", "GET")] = "research-page"
+RULES[("/ui/projects/{project}/studies/{study}/view", "GET")] = "research-page"
 # The Worklist Service (UPS-RS, docs/worklists.md): handing out and performing work needs the
 # worklist action; reading and watching workitems is a read, scoped like studies.
 _WORKITEM = "/dicom-web/workitems/{workitem}"
@@ -85,6 +99,9 @@ RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
 RULES[("/audit/records", "GET")] = "audit"
 RULES[("/audit/verify", "GET")] = "audit"
+# Federated statistics (docs/analytics.md): counts with small cells suppressed, for admins and
+# researchers, each of its own tenant.
+RULES[("/research/aggregate", "GET")] = "aggregate"
 # Corrections of patient and study attributes (docs/corrections.md) and studies held in
 # quarantine (docs/security.md): each tenant's admins.
 for _path, _method in (
@@ -93,10 +110,22 @@ for _path, _method in (
     ("/corrections/{correction_id:int}/undo", "POST"),
     ("/quarantine", "GET"),
     ("/quarantine/{study}/release", "POST"),
+    # Legal holds (docs/retention.md).
+    ("/legal-holds", "GET"),
+    ("/legal-holds", "POST"),
+    ("/legal-holds/{hold_id:int}/release", "POST"),
     # A crypto-shred (docs/security.md), also how a primary's replication shreds at its replica.
     ("/keys/shred-patient", "POST"),
+    ("/webhooks", "GET"),
+    ("/webhooks", "POST"),
+    ("/webhooks/{name}", "DELETE"),
+    ("/webhooks/{name}/deliveries", "GET"),
+    ("/webhooks/{name}/replay", "POST"),
 ):
     RULES[(_path, _method)] = "admin-api"
+# The change feed (docs/events.md): every role that reads, each seeing its own scope.
+RULES[("/changefeed", "GET")] = "feed"
+RULES[("/changefeed/latest", "GET")] = "feed"
 # The web face: the entry and sign-in are open to anyone; a "page" shows a signed-out browser
 # the sign-in page (303) and any signed-in role the page, whose content the services scope.
 RULES[("/", "GET")] = "public"
@@ -191,12 +220,12 @@ RULES[("/ohif/{path:path}", "HEAD")] = "public"
 # What each role may do, written out independently of nubis.security.policy. "share-view" and
 # "share-download" are the sessions of share links (internal roles, never a user's).
 CAN = {
-    "admin": {"read", "download", "write", "delete", "audit", "share", "worklist"},
+    "admin": {"read", "download", "write", "delete", "audit", "share", "worklist", "aggregate"},
     "radiologist": {"read", "download", "write", "share", "worklist"},
     "referrer": {"read", "download"},
     "uploader": {"write"},
     "modality": {"write"},
-    "researcher": set(),
+    "researcher": {"deidentify", "aggregate"},
     "auditor": {"audit"},
     "monitor": {"monitor"},
     "share-view": {"read"},
@@ -334,6 +363,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             _, token = sharing.create(radiologist, own, can_download=download)
             keys[who] = sharing.open(token, pin="", peer="127.0.0.1").session_token
         world.link_id = sharing.create(radiologist, own)[0].id
+        # A research project of the "own" study, the researcher its member; its profile
+        # suspects no object of burned-in text, so the matrix's secondary captures are served.
+        archive.research.create(
+            Principal("admin", "default", frozenset({"admin"})),
+            "matrix",
+            RESEARCH_PROFILE,
+            study_uids=(own,),
+            members=("researcher",),
+        )
         for name, tenant in (
             ("own", "default"),
             ("other_patient", "default"),
@@ -345,6 +383,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 scheduler, _workitem(study.patient, study.study), generate_uid()
             )
         yield world
+
+
+RESEARCH_PROFILE = """
+name = "matrix"
+version = 1
+[burned_in]
+suspect_modalities = []
+suspect_sop_classes = []
+"""
 
 
 def test_every_route_has_a_rule(world: World) -> None:
@@ -475,8 +522,20 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "admin-api":
             failures += _admin_api_route(world, who, path, method)
             continue
+        if need == "research":
+            failures += _research_route(world, who, path)
+            continue
+        if need == "research-page":
+            failures += _research_page(world, who, path)
+            continue
         if need.startswith("ups "):
             failures += _ups_route(world, who, path, method, need.split()[1])
+            continue
+        if need == "aggregate":
+            failures += _aggregate_route(world, who, path)
+            continue
+        if need == "feed":
+            failures += _feed_route(world, who, path)
             continue
         if need.startswith("ui-"):
             failures += _ui_rule(world, who, path, method, need)
@@ -523,6 +582,77 @@ def test_authorization_matrix(world: World, who: str) -> None:
     assert failures == [], "\n".join(failures)
 
 
+def _remapped(world: World, study: Study) -> Study:
+    """``study`` named by the UIDs the "matrix" project's view hands out."""
+    research = world.archive.research
+    remap = research.key_of(
+        research.show(Principal("admin", "default", frozenset({"admin"})), "matrix")
+    ).pseudonyms()
+    return Study(
+        remap.uid(study.study),
+        remap.uid(study.series),
+        remap.uid(study.instance),
+        study.patient,
+        study.bulk,
+    )
+
+
+def _research_route(world: World, who: str, path: str) -> list[str]:
+    """A route of the researcher's view: 401 signed out, 403 but for researchers; for the
+    researcher, the project's study answers de-identified (nothing of the stored object's
+    identifying values in it) and every other study as absent."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    for target in ("own", "other_patient", "other_tenant"):
+        stored = world.studies[target]
+        remapped = _remapped(world, stored)
+        url = _url(path, remapped).replace("{project}", "matrix")
+        if path.count("/") == 4:  # /projects/{project}/dicom-web/studies, /series, /instances
+            url += f"?StudyInstanceUID={remapped.study}"
+        response = world.client.get(url, headers=world.headers(who))
+        status = response.status_code
+        leaked = [
+            v
+            for v in (stored.patient, "Doe", stored.study, stored.series, stored.instance)
+            if v in response.text
+        ]
+        if who in SIGNED_OUT:
+            expected, ok = "401", status == 401
+        elif "deidentify" not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif target != "own":
+            if _is_query(path, "GET"):
+                expected, ok = "200 []", status == 200 and response.json() == []
+            else:
+                expected, ok = "404", status == 404
+        elif _is_query(path, "GET"):
+            expected, ok = "2xx, 1 match", status == 200 and len(response.json()) >= 1
+        else:
+            expected, ok = "2xx", 200 <= status < 300
+        if leaked:
+            failures.append(f"GET {path} [{target}]: identifying values {leaked} in the answer")
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
+def _aggregate_route(world: World, who: str, path: str) -> list[str]:
+    """An aggregate question: 401 signed out, 403 but for admins and researchers, and for
+    them counts that name no study and no patient."""
+    response = world.client.get(f"{path}?kind=studies_by_modality_year", headers=world.headers(who))
+    role = "admin" if who == "other-admin" else who
+    status = response.status_code
+    if who in SIGNED_OUT:
+        expected, ok = "401", status == 401
+    elif "aggregate" not in CAN.get(role, set()):
+        expected, ok = "403", status == 403
+    else:
+        named = [v for s in world.studies.values() for v in (s.study, s.patient)]
+        expected = "200, counts naming no study or patient"
+        ok = status == 200 and not any(v in response.text for v in named)
+    return [] if ok else [f"GET {path}: {status}, expected {expected}"]
+
+
 def _fhir_search(world: World, who: str, path: str) -> list[str]:
     """A FHIR search for each study's patient: 401 signed out, 403 without read, else a
     Bundle holding the study exactly when the caller may see it."""
@@ -542,6 +672,33 @@ def _fhir_search(world: World, who: str, path: str) -> list[str]:
             visible = _visible(who, target)
             expected = "200 with the study" if visible else "200 without it"
             ok = status == 200 and (study.study in found) == visible
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
+def _research_page(world: World, who: str, path: str) -> list[str]:
+    """A page of a research project: signed out, the sign-in page; 403 but for researchers;
+    for the member, the project's page and its study's viewer, other studies absent."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    targets = ("own", "other_patient", "other_tenant") if "{study}" in path else ("own",)
+    for target in targets:
+        stored = world.studies[target]
+        url = _url(path, _remapped(world, stored)).replace("{project}", "matrix")
+        response = world.client.get(url, headers=world.headers(who), follow_redirects=False)
+        status = response.status_code
+        location = response.headers.get("location", "")
+        if who in SIGNED_OUT:
+            expected, ok = "303 to sign-in", status == 303 and location.startswith("/ui/login")
+        elif "deidentify" not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif target != "own":
+            expected, ok = "404", status == 404
+        else:
+            expected, ok = "200", status == 200
+        if stored.patient in response.text or stored.study in response.text:
+            failures.append(f"GET {path} [{target}]: an identifying value in the page")
         if not ok:
             failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
     return failures
@@ -611,15 +768,19 @@ def _ups_route(world: World, who: str, path: str, method: str, need: str) -> lis
 
 
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:
-    """The admins' JSON API (corrections, quarantine, shreds) for one caller: 401 signed out,
-    403 but for admins (before the body is read), and for admins an answer about the request
-    itself: a list (200), an empty correction or shred refused (400), the undo of a
-    correction not in its tenant or the release of a study its tenant does not hold in
-    quarantine (404)."""
-    url = path.replace("{correction_id:int}", "999999").replace(
-        "{study}", world.studies["own"].study
+    """The admins' JSON API (corrections, quarantine, shreds, legal holds) for one caller:
+    401 signed out, 403 but for admins (before the body is read), and for admins an answer
+    about the request itself: a list (200), an empty correction, shred or hold refused (400),
+    the undo of a correction or the release of a hold not in its tenant, or the release of a
+    study its tenant does not hold in quarantine (404)."""
+    url = (
+        path.replace("{correction_id:int}", "999999")
+        .replace("{hold_id:int}", "999999")
+        .replace("{study}", world.studies["own"].study)
     )
-    acts_on_one = path.endswith(("/undo", "/release"))
+    # A webhook that does not exist: 404 to admins, whatever they ask of it.
+    url = url.replace("{name}", "no-such-webhook")
+    acts_on_one = path.endswith(("/undo", "/release")) or "{name}" in path
     body = {"reason": "matrix"} if acts_on_one else {}
     response = world.client.request(
         method, url, headers=world.headers(who), json=body if method == "POST" else None
@@ -629,13 +790,27 @@ def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str
         expected, ok = "401", status == 401
     elif who not in ("admin", "other-admin"):
         expected, ok = "403", status == 403
-    elif method == "GET":
+    elif method == "GET" and not acts_on_one:
         expected, ok = "200", status == 200
     elif acts_on_one:
         expected, ok = "404", status == 404
     else:
         expected, ok = "400", status == 400
     return [] if ok else [f"{method} {path}: {status}, expected {expected}"]
+
+
+def _feed_route(world: World, who: str, path: str) -> list[str]:
+    """The change feed for one caller: 401 signed out, 403 for roles that may not read, else
+    200 (what it lists is the caller's scope: tests/integration/test_changefeed.py)."""
+    status = world.client.get(path, headers=world.headers(who)).status_code
+    role = "admin" if who == "other-admin" else who
+    if who in SIGNED_OUT:
+        expected = 401
+    elif "read" not in CAN.get(role, set()):
+        expected = 403
+    else:
+        expected = 200
+    return [] if status == expected else [f"GET {path}: {status}, expected {expected}"]
 
 
 def _admin_page(world: World, who: str, path: str, method: str, need: str) -> list[str]:
@@ -856,7 +1031,7 @@ def test_tenant_admin_sees_only_its_tenant(world: World) -> None:
 def test_researcher_is_told_why(world: World) -> None:
     response = world.client.get("/dicom-web/studies", headers=world.headers("researcher"))
     assert response.status_code == 403
-    assert "de-identification is not available" in response.json()["reason"]
+    assert "/projects/{name}/dicom-web" in response.json()["reason"]
 
 
 def test_break_glass(world: World) -> None:

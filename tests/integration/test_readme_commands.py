@@ -49,6 +49,7 @@ RUN_AS: dict[str, list[str] | str] = {
     "nubis keys retire k1 --rewrap": ["nubis keys retire k1 --rewrap"],
     # Run last (see ORDER_LAST): it makes the patient's objects unreadable for good.
     "nubis keys shred-patient PATIENT_ID": [f"nubis keys shred-patient {PATIENT_ID} --yes"],
+    "nubis retention report": ["nubis retention report"],
     "nubis users add alice --role radiologist": ["nubis users add alice --role radiologist"],
     "nubis users add dr.ref --role referrer --tenant clinic-b": [
         "nubis users add dr.ref --role referrer --tenant clinic-b"
@@ -131,6 +132,13 @@ RUN_AS: dict[str, list[str] | str] = {
     "nubis restore --from /backups/nubis --data-dir /srv/nubis-new --keyring "
     "/safe/keyring.jsonl --audit-key /safe/audit-signing.key": (
         "a fresh data folder: tests/integration/test_backup.py restores and verifies"
+    ),
+    "nubis export metadata --format parquet --to /exports/meta Modality=CT": (
+        "tests/integration/test_analytics.py runs nubis export metadata on an archive it fills"
+    ),
+    "nubis research aggregate --site https://a.example --site https://b.example --keys "
+    "keys.txt slice_thickness_histogram Modality=CT": (
+        "other sites: tests/integration/test_analytics.py pools two in-process sites"
     ),
     "nubis migrate report oldpacs --format csv --output oldpacs.csv": [
         "nubis migrate report cd-0042 --format csv --output {got}-report.csv"

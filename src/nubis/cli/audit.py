@@ -57,13 +57,25 @@ def verify(
     config: Config = None,
     set_: Set = None,
 ) -> None:
-    """Check every record and signed checkpoint; name the first bad record (exit 1 if any)."""
+    """Check every record and signed checkpoint, and every erasure certificate; name the
+    first bad record and each bad certificate (exit 1 if any)."""
     from nubis.security.audit import load_public_keys
+    from nubis.security.authn import cli_principal
 
     keys = load_public_keys(public_key) if public_key else None
     with open_archive(data_dir, config, set_) as archive:
         trail = archive.audit
         report = trail.verify(public_keys=keys, used_by=_operator(), front_door="cli")
+        # Erasure certificates: signed with the same key, each named by a record of the chain.
+        certificates = archive.retention.verify(cli_principal(), public_keys=keys)
+    forged = [c for c in certificates if not c.ok]
+    for check in forged:
+        out.print(f"ERASURE CERTIFICATE {check.id}: {'; '.join(check.problems)}", style="red")
+    if certificates:
+        out.print(f"{len(certificates) - len(forged)} of {len(certificates)} erasure "
+                  "certificate(s) verified")  # fmt: skip
+    if report.ok and forged:
+        raise typer.Exit(1)
     if report.ok:
         out.print(
             f"audit trail intact: {report.records} record(s), {report.checkpoints} signed "

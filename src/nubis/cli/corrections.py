@@ -1,4 +1,5 @@
-"""``nubis studies``: correct patient and study attributes, merge patients, undo, history.
+"""``nubis studies``: correct patient and study attributes, merge patients, undo, history;
+place and release legal holds (docs/retention.md).
 
 Works on the index directly (the server may be running: a correction is index rows, which
 every node reads at the next request). The operator acts as an admin of ``--tenant``
@@ -20,10 +21,12 @@ from nubis.cli.common import AsJson, Config, DataDir, Set, open_archive
 from nubis.cli.output import out
 
 if TYPE_CHECKING:
+    from nubis.index.holds_sql import Hold
     from nubis.services.corrections import Correction
 
 app = typer.Typer(
-    help="Corrections: update patient/study attributes, move a study, merge patients, undo.",
+    help="Corrections: update patient/study attributes, move a study, merge patients, undo; "
+    "legal holds: hold, release, holds.",
     no_args_is_help=True,
 )
 
@@ -195,3 +198,97 @@ def history(
             c.reason,
         )
     out.print(table)
+
+
+# ---------------------------------------------------------------------- legal holds
+@app.command("hold")
+def hold(
+    study: Annotated[
+        str | None, typer.Argument(help="The study to hold (or --patient, or --tenant-wide).")
+    ] = None,
+    patient: Annotated[
+        str | None, typer.Option(help="Hold every study of this Patient ID, present and future.")
+    ] = None,
+    tenant_wide: Annotated[
+        bool, typer.Option("--tenant-wide", help="Hold every study of the tenant.")
+    ] = False,
+    reason: Reason = "",
+    tenant: Tenant = "default",
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Place a legal hold: nobody can delete, expire or shred what it covers until released."""
+    from nubis.security.authn import cli_principal
+    from nubis.services.legal_holds import HoldTarget
+
+    if sum((study is not None, patient is not None, tenant_wide)) != 1:
+        raise typer.BadParameter("give a STUDY, --patient or --tenant-wide (one of them)")
+    with open_archive(data_dir, config, set_) as archive:
+        placed = archive.legal_holds.place(
+            cli_principal(tenant), HoldTarget(study, patient), reason
+        )
+    _show_hold(placed, as_json)
+
+
+@app.command("release")
+def release(
+    hold_id: Annotated[int, typer.Argument(help="The hold's id (nubis studies holds).")],
+    reason: Reason = "",
+    tenant: Tenant = "default",
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """Release a legal hold: what it covered may be deleted again (retention included)."""
+    from nubis.security.authn import cli_principal
+
+    with open_archive(data_dir, config, set_) as archive:
+        released = archive.legal_holds.release(cli_principal(tenant), hold_id, reason)
+    _show_hold(released, as_json)
+
+
+@app.command("holds")
+def holds(
+    released: Annotated[bool, typer.Option(help="Also list released holds.")] = False,
+    tenant: Tenant = "default",
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: Config = None,
+    set_: Set = None,
+) -> None:
+    """List the tenant's legal holds (active ones unless --released)."""
+    from nubis.security.authn import cli_principal
+
+    with open_archive(data_dir, config, set_) as archive:
+        found = archive.legal_holds.list(cli_principal(tenant), include_released=released)
+    if as_json:
+        out.print_json(json.dumps([h.to_dict() for h in found]))
+        return
+    table = Table("id", "on", "target", "placed", "by", "released", "reason")
+    for h in found:
+        table.add_row(
+            str(h.id),
+            h.level,
+            h.study_uid or h.patient_id or "",
+            _when(h.placed_at),
+            h.placed_by,
+            _when(h.released_at) if h.released_at else "",
+            h.reason,
+        )
+    out.print(table)
+
+
+def _show_hold(hold: Hold, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(hold.to_dict()))
+        return
+    target = hold.study_uid or hold.patient_id or "the whole tenant"
+    state = (
+        f"released by {hold.released_by} at {_when(hold.released_at)}"
+        if hold.released_at
+        else "active"
+    )
+    out.print(f"legal hold {hold.id} on the {hold.level} {target}: {state}")

@@ -170,7 +170,11 @@ def list_jobs(
 def run(
     kind: Annotated[
         str,
-        typer.Argument(help="reap, verify, tier, rewrap, rekey, storage-snapshot or audit-verify."),
+        typer.Argument(
+            help="reap, verify, tier, rewrap, rekey, storage-snapshot, audit-verify, "
+            "analyze-scan or analyze (analyzer=NAME study=UID), or retention (a deleting "
+            "run needs approve=true: nubis retention run)."
+        ),
     ],
     param: Annotated[
         list[str] | None,

@@ -401,6 +401,8 @@ def _shred(archive: Archive, partition: str, patient_id: str) -> None:
         )
         raise typer.Exit(1)
     out.print(f"shredded {done.keys} patient key(s); the patient's objects are now unreadable")
+    if done.certificate_id is not None:
+        out.print(f"erasure certificate {done.certificate_id} (nubis retention certificates show)")
     if done.studies:
         out.print(
             f"{len(done.studies)} study(ies) of the patient are still in the index (searchable, "

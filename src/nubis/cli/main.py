@@ -240,14 +240,18 @@ def _add_subcommands() -> None:
     from nubis.cli.backup import restore
     from nubis.cli.corrections import app as corrections_app
     from nubis.cli.dimse import app as dimse_app
+    from nubis.cli.export import app as export_app
     from nubis.cli.jobs import app as jobs_app
     from nubis.cli.keys import app as keys_app
     from nubis.cli.migrate import app as migrate_app
     from nubis.cli.ohif import app as ohif_app
     from nubis.cli.replication import app as replication_app
+    from nubis.cli.research import app as research_app
+    from nubis.cli.retention import app as retention_app
     from nubis.cli.shares import app as shares_app
     from nubis.cli.storage import app as storage_app
     from nubis.cli.users import apikeys_app, users_app
+    from nubis.cli.webhooks import app as webhooks_app
 
     app.add_typer(dimse_app, name="dimse")
     app.add_typer(jobs_app, name="jobs")
@@ -262,6 +266,10 @@ def _add_subcommands() -> None:
     app.add_typer(corrections_app, name="studies")
     app.add_typer(backup_app, name="backup")
     app.add_typer(replication_app, name="replication")
+    app.add_typer(retention_app, name="retention")
+    app.add_typer(export_app, name="export")
+    app.add_typer(research_app, name="research")
+    app.add_typer(webhooks_app, name="webhooks")
     app.command("restore")(restore)
 
 

@@ -178,17 +178,24 @@ def _subject_tenant(archive: Archive, subject: str, tenant: str | None) -> str:
     user = archive.users.get_user(subject)
     if user is not None:
         return tenant or user.tenant
-    if subject.startswith("oidc:") and tenant:
+    if subject.startswith(("oidc:", "webhook:")) and tenant:
         return tenant
     console.print(
-        f"no local user {subject}; for an OIDC user give oidc:<sub> and --tenant", style="red"
+        f"no local user {subject}; for an OIDC user give oidc:<sub> and --tenant, for a "
+        "webhook subscription webhook:<name> and --tenant",
+        style="red",
     )
     raise typer.Exit(2)
 
 
 @users_app.command("grant")
 def grant(
-    subject: Annotated[str, typer.Argument(help="User name, or oidc:<sub> for an OIDC user.")],
+    subject: Annotated[
+        str,
+        typer.Argument(
+            help="User name, oidc:<sub> for an OIDC user, webhook:<name> for a subscription."
+        ),
+    ],
     patient: Patient = None,
     study: Study = None,
     tenant: Annotated[

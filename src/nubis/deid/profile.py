@@ -106,9 +106,13 @@ def parse_profile(text: str) -> Profile:
     return profile_from_mapping(data)
 
 
+def default_profile_text() -> str:
+    """The TOML of the profile the package ships (profiles/default.toml)."""
+    return resources.files(__package__).joinpath("profiles/default.toml").read_text("utf-8")
+
+
 def load_default_profile() -> Profile:
-    text = resources.files(__package__).joinpath("profiles/default.toml").read_text("utf-8")
-    return parse_profile(text)
+    return parse_profile(default_profile_text())
 
 
 def profile_from_mapping(data: Mapping[str, Any]) -> Profile:

@@ -32,8 +32,8 @@ from sqlalchemy import (
     update,
 )
 
-from nubis.errors import DuplicateInstance, NotFound, StorageUnavailable
-from nubis.index import outbox_sql
+from nubis.errors import DuplicateInstance, NotFound, OnLegalHold, StorageUnavailable
+from nubis.index import feed_sql, holds_sql, outbox_sql
 from nubis.index.driver import driver_cursor, is_postgresql
 from nubis.index.engines import (
     ConcurrentWriter,
@@ -128,6 +128,8 @@ class Index:
         # (nubis.replication; None: no replica), and how long its deletes are held back.
         self.replicated_partition: str | None = None
         self.replicate_delete_delay_ms = 0
+        # Whether changes go into the change feed in their own commit (nubis.index.feed_sql).
+        self.change_feed = True
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -296,6 +298,8 @@ class Index:
                 )
             if also is not None:
                 also(conn)
+            if self.change_feed and outcome.result in _CHANGES:
+                feed_sql.add(conn, [_stored_change(new, outcome.result)], _now_ms())
             return outcome
 
         return self.write(job)
@@ -380,31 +384,54 @@ class Index:
         *,
         hide_quarantined: bool = True,
     ) -> int:
-        """Remove the rows; their blobs are queued in doomed_blobs for the reaper, and the
-        delete in the replication outbox (held back replicate_delete_delay_ms), in the same
-        transaction. A study held in quarantine is found only when ``hide_quarantined`` is
-        false (admins)."""
+        """:meth:`erase`, counting the instances removed."""
+        return len(
+            self.erase(
+                partition,
+                study_uid,
+                series_uid,
+                sop_instance_uid,
+                hide_quarantined=hide_quarantined,
+            )
+        )
 
-        def job(conn: Connection) -> int:
+    def erase(
+        self,
+        partition: str,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        hide_quarantined: bool = True,
+    ) -> list[StoredInstance]:
+        """Remove the rows and return them as they were; their blobs are queued in
+        doomed_blobs for the reaper, and the delete in the replication outbox (held back
+        replicate_delete_delay_ms), in the same transaction. A study held in quarantine is
+        found only when ``hide_quarantined`` is false (admins). OnLegalHold while a legal
+        hold covers the study (checked in the same transaction, after the study's lock)."""
+
+        def job(conn: Connection) -> list[StoredInstance]:
             # Stores into this study wait until the delete commits (and vice versa).
             lock_study(driver_cursor(conn), partition, study_uid, lock_rows=is_postgresql(conn))
-            pks = (
-                conn.execute(
+            rows = [
+                StoredInstance(*row)
+                for row in conn.execute(
                     _scoped(
                         partition,
                         study_uid,
                         series_uid,
                         sop_instance_uid,
                         hide_quarantined=hide_quarantined,
-                    ).with_only_columns(instances.c.id)
+                    )
                 )
-                .scalars()
-                .all()
-            )
-            if not pks:
+            ]
+            if not rows:
                 raise NotFound(_not_found_reason(study_uid, series_uid, sop_instance_uid))
-            for pk in pks:
-                _remove_instance(conn, pk)
+            hold = holds_sql.covering_study(conn, partition, study_uid)
+            if hold is not None:
+                raise OnLegalHold(hold.id, hold.level)
+            for row in rows:
+                _remove_instance(conn, row.pk)
             if partition == self.replicated_partition:
                 outbox_sql.add(
                     driver_cursor(conn),
@@ -416,9 +443,26 @@ class Index:
                     now=_now_ms(),
                     delay_ms=self.replicate_delete_delay_ms,
                 )
-            return len(pks)
+            self.note_changes(
+                conn,
+                feed_sql.Change(
+                    feed_sql.DELETE,
+                    feed_sql.DELETED,
+                    partition,
+                    study_uid,
+                    series_uid,
+                    sop_instance_uid,
+                ),
+            )
+            return rows
 
         return self.write(job)
+
+    def note_changes(self, conn: Connection, *changes: feed_sql.Change) -> None:
+        """Put ``changes`` in the change feed, in ``conn``'s transaction: a write job's last
+        call (corrections, tier moves, shredding and delete call it; store does itself)."""
+        if self.change_feed:
+            feed_sql.add(conn, changes, _now_ms())
 
     def doomed_blob_keys(self, limit: int = 1000) -> list[str]:
         with self.reading() as conn:
@@ -455,6 +499,22 @@ class Index:
                     ("instances", instances),
                 )
             }
+
+
+def _stored_change(new: NewInstance, result: StoreResult) -> feed_sql.Change:
+    modality = new.series_columns.get("modality")
+    return feed_sql.Change(
+        feed_sql.UPDATE if result is StoreResult.REPLACED else feed_sql.CREATE,
+        feed_sql.CURRENT,
+        new.partition,
+        new.study_uid,
+        new.series_uid,
+        new.sop_instance_uid,
+        modality=str(modality)[:16] if modality else None,
+        detail={StoreResult.REPLACED: "replaced", StoreResult.QUARANTINED: "quarantined"}.get(
+            result
+        ),
+    )
 
 
 def _not_found_reason(study: str, series_uid: str | None, sop: str | None) -> str:
@@ -576,6 +636,10 @@ def _store(conn: Connection, new: NewInstance, overwrite: bool) -> Stored:
             f"a different object is already stored under SOP Instance UID "
             f"{new.sop_instance_uid}; the stored one is kept"
         )
+    hold = holds_sql.covering_study(conn, new.partition, existing.study_uid)
+    if hold is not None:
+        # Overwriting would discard the held object as surely as a delete would.
+        raise OnLegalHold(hold.id, hold.level)
     _remove_instance(conn, existing.pk, doom_blob=False)
     held_for = insert_instance(cursor, new, _now_ms(), lock_rows=lock_rows)
     result = StoreResult.QUARANTINED if held_for else StoreResult.REPLACED

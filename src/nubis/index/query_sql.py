@@ -41,6 +41,7 @@ from nubis.index.schema import (
     grants,
     instances,
     quarantined_studies,
+    research_studies,
     series,
     series_requests,
     studies,
@@ -55,7 +56,7 @@ from nubis.model.query import (
     tag_hex,
 )
 
-__all__ = ["Page", "granted_to", "search", "search_page"]
+__all__ = ["Page", "granted_to", "scope_and_matches", "search", "search_page"]
 
 
 def _t(keyword: str) -> int:
@@ -379,6 +380,14 @@ def granted_to(grantee: str, level: Level) -> ColumnElement[bool]:
     return sa.exists().where(*conditions)
 
 
+def in_project(project_id: int) -> ColumnElement[bool]:
+    """Studies of a research project's cohort: the scope of a researcher's reads, as grants
+    are a referrer's (the project's tenant is the query's partition)."""
+    return studies.c.study_uid.in_(
+        sa.select(research_studies.c.study_uid).where(research_studies.c.project_id == project_id)
+    )
+
+
 def _granted_studies(grantee: str, partition: str) -> ColumnElement[bool]:
     """Studies of ``partition`` granted to ``grantee``, for a search.
 
@@ -419,6 +428,8 @@ def _base(q: Query, *, unindexed_partition: bool) -> tuple[Any, Any, list[Column
         if q.level is not Level.STUDY:
             # Which series of those studies: a grant may name some series only (share links).
             where.append(granted_to(q.grantee, q.level))
+    if q.project_id is not None:
+        where.append(in_project(q.project_id))
     if q.study_uid is not None:
         where.append(studies.c.study_uid == q.study_uid)
     if q.series_uid is not None:
@@ -431,6 +442,16 @@ def _base(q: Query, *, unindexed_partition: bool) -> tuple[Any, Any, list[Column
     from_ = instances.join(from_, instances.c.series_pk == series.c.id)
     where.append(_partition_is(instances.c.partition, q.partition, unindexed=unindexed_partition))
     return from_, instances.c.id, where
+
+
+def scope_and_matches(q: Query, dialect_name: str) -> list[ColumnElement[bool]]:
+    """Every WHERE term of ``q`` (scope and matching keys) without its statement: for readers
+    that select something else than QIDO-RS's answer from the same rows (analytics). Unless a
+    key narrows the rows, the partition is kept out of index selection as for QIDO-RS
+    (:func:`_partition_is`): a walk in primary key order then reads the instances in order
+    rather than every study of the partition sorted anew for each page."""
+    _from, _pk, where = _base(q, unindexed_partition=not _narrowed(q))
+    return [*where, *_conditions(q, dialect_name)]
 
 
 # Matching keys an index finds rows by (schema.py): an equality or range on them narrows the scan.
@@ -450,6 +471,8 @@ _INDEXED_PATHS = frozenset(
 def _narrowed(q: Query) -> bool:
     """Whether the query names something an index can find rows by."""
     if q.study_uid is not None or q.series_uid is not None or q.grantee is not None:
+        return True
+    if q.project_id is not None:
         return True
     for m in q.matches:
         if m.path not in _INDEXED_PATHS or m.kind is MatchKind.UNIVERSAL:

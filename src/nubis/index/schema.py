@@ -16,17 +16,40 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
 )
 
-metadata = MetaData()
+from nubis.index.schema_base import UID, metadata
 
-# A DICOM UI value is at most 64 characters (PS3.5 Table 6.2-1).
-UID = String(64)
+# The tables of later capabilities live in modules of their own, on the same metadata; imported
+# here so that this module names every table and `metadata` holds them all (migrations, tests).
+from nubis.index.schema_outbound import (
+    change_feed,
+    change_feed_state,
+    edge_copies,
+    replication_outbox,
+    replication_state,
+    webhook_dead_letters,
+    webhook_subscriptions,
+)
+from nubis.index.schema_research import (
+    research_members,
+    research_projects,
+    research_reid,
+    research_studies,
+)
+from nubis.index.schema_retention import (
+    erasure_certificates,
+    legal_holds,
+)
+from nubis.index.schema_workflow import (
+    analyzer_runs,
+    workitem_subscriptions,
+    workitems,
+)
 
 studies = Table(
     "studies",
@@ -590,159 +613,27 @@ study_rekeys = Table(
     Column("since", BigInteger, nullable=False),
 )
 
-# Replication to another nubis (nubis.replication, docs/replication.md). Each change to a study
-# of the replicated tenant (a store, a delete) adds a row in the transaction that makes it, so
-# a change committed is a change queued, whatever crashes after. ``seq`` is the order of
-# commits within a study (the study's row lock is held when the row is written); the
-# ``replicate`` job applies a study's rows in that order and deletes each once the replica
-# holds it. ``due_at`` is when a row may be applied (a delete held back
-# replicate_delete_delay_days); ``attempts``/``next_attempt_at`` its backoff, ``parked`` set
-# once the replica refused it too often (an operator retries it).
-replication_outbox = Table(
-    "replication_outbox",
-    metadata,
-    Column("seq", Integer, primary_key=True),
-    Column("op", String(8), nullable=False),  # store, delete, correct, shred, tier
-    Column("partition", String(64), nullable=False),
-    Column("study_uid", UID, nullable=False),
-    Column("series_uid", UID),
-    Column("sop_instance_uid", UID),
-    Column("created_at", BigInteger, nullable=False),
-    Column("due_at", BigInteger, nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("next_attempt_at", BigInteger, nullable=False),
-    Column("parked", Integer, nullable=False),
-    Column("last_error", Text),
-    # JSON: a correction's attributes, the shredded patient, the tier (0019).
-    Column("detail", Text),
-    sqlite_autoincrement=True,
-)
-Index(
-    "ix_replication_outbox_study",
-    replication_outbox.c.partition,
-    replication_outbox.c.study_uid,
-    replication_outbox.c.seq,
-)
-Index("ix_replication_outbox_due", replication_outbox.c.due_at)
-
-# One row (id 1): the last entry the replica confirmed (its seq and when), the last error, and
-# the drain lease that lets one ``replicate`` job at a time apply entries; and when a
-# read-only replica (replica_of) was promoted to a primary, by whom.
-replication_state = Table(
-    "replication_state",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("verified_seq", BigInteger),
-    Column("verified_at", BigInteger),
-    Column("last_error", Text),
-    Column("last_error_at", BigInteger),
-    Column("lease_owner", String(128)),
-    Column("lease_expires_at", BigInteger),
-    Column("promoted_at", BigInteger),
-    Column("promoted_by", String(128)),
-)
-
-# An edge node's record of each instance the cloud archive confirmed (docs/edge.md, 0021):
-# ``confirmed_sha256`` is the digest the cloud verified when the replicate job retired the
-# instance's store entry (evictable only while it is still the instance's), and
-# ``evicted_at`` when the edge removed its local blob (reads then go to the cloud). Deleted
-# with the instance.
-edge_copies = Table(
-    "edge_copies",
-    metadata,
-    Column(
-        "instance_pk",
-        Integer,
-        ForeignKey("instances.id", ondelete="CASCADE"),
-        primary_key=True,
-        autoincrement=False,
-    ),
-    Column("confirmed_sha256", String(64), nullable=False),
-    Column("confirmed_at", BigInteger, nullable=False),
-    Column("evicted_at", BigInteger),
-)
-
-# Worklists (UPS-RS, nubis.services.worklist, migration 0019; docs/worklists.md). A workitem is
-# a Unified Procedure Step instance of one tenant: ``attrs`` holds its data set as DICOM JSON
-# (what Retrieve Workitem answers), the other columns the values Search matches on, kept in
-# step with ``attrs`` by every write. ``transaction_uid`` is the lock its performer got when it
-# claimed the workitem (PS3.4 CC.1.1): kept apart from ``attrs`` because it is never returned
-# to anyone. ``performer`` is the principal that claimed it. Times in ms since the epoch; the
-# Scheduled Procedure Step Start DateTime as YYYYMMDDHHMMSS, for range matching as text.
-workitems = Table(
-    "workitems",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("partition", String(64), nullable=False),
-    Column("workitem_uid", UID, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("transaction_uid", UID),
-    Column("performer", String(256)),
-    Column("priority", String(8)),
-    Column("worklist_label", String(64)),
-    Column("input_readiness", String(16)),
-    Column("scheduled_start", String(14)),
-    Column("patient_id", String(64)),
-    Column("patient_name_folded", String(324)),
-    Column("study_uid", UID),
-    Column("workitem_code_value", String(64)),
-    Column("workitem_code_scheme", String(64)),
-    Column("station_code_value", String(64)),
-    Column("station_code_scheme", String(64)),
-    Column("attrs", Text, nullable=False),
-    Column("created_by", String(256), nullable=False),
-    Column("created_at", BigInteger, nullable=False),
-    Column("updated_at", BigInteger, nullable=False),
-    UniqueConstraint("partition", "workitem_uid", name="uq_workitems_uid"),
-)
-Index(
-    "ix_workitems_state_start",
-    workitems.c.partition,
-    workitems.c.state,
-    workitems.c.scheduled_start,
-)
-Index("ix_workitems_patient", workitems.c.partition, workitems.c.patient_id)
-
-# Subscriptions of AEs to workitem events (PS3.4 CC.2.3, PS3.18 11.10-11.12): one row per
-# (tenant, AE, target). The target is a workitem's UID, or the well-known UID of the Worklist
-# (1.2.840.10008.5.1.4.34.5: every workitem) or of the Filtered Worklist
-# (1.2.840.10008.5.1.4.34.5.1: those matching ``filter``, a query string). A worklist
-# subscription also adds a row for each workitem it covers, then and at each creation, so
-# suspending it (no new ones) leaves those in place, as CC.2.3.1 wants.
-workitem_subscriptions = Table(
-    "workitem_subscriptions",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("partition", String(64), nullable=False),
-    Column("ae_title", String(16), nullable=False),
-    Column("target_uid", UID, nullable=False),
-    Column("deletion_lock", Boolean, nullable=False),
-    Column("filter", Text),
-    Column("created_by", String(256), nullable=False),
-    Column("created_at", BigInteger, nullable=False),
-    UniqueConstraint("partition", "ae_title", "target_uid", name="uq_workitem_subscriptions"),
-)
-Index(
-    "ix_workitem_subscriptions_target",
-    workitem_subscriptions.c.partition,
-    workitem_subscriptions.c.target_uid,
-)
-
 __all__ = [
+    "analyzer_runs",
     "api_keys",
     "audit_checkpoints",
     "audit_cursors",
     "audit_log",
+    "change_feed",
+    "change_feed_state",
     "corrections",
     "dimse_peers",
     "doomed_blobs",
+    "edge_copies",
     "erased_patient_keys",
+    "erasure_certificates",
     "grants",
     "instance_originals",
     "instance_tiers",
     "instance_warnings",
     "instances",
     "jobs",
+    "legal_holds",
     "login_throttle",
     "metadata",
     "migration_instances",
@@ -751,6 +642,10 @@ __all__ = [
     "quarantined_studies",
     "replication_outbox",
     "replication_state",
+    "research_members",
+    "research_projects",
+    "research_reid",
+    "research_studies",
     "retired_keks",
     "series",
     "series_requests",
@@ -762,6 +657,8 @@ __all__ = [
     "study_rekeys",
     "users",
     "web_sessions",
+    "webhook_dead_letters",
+    "webhook_subscriptions",
     "workitem_subscriptions",
     "workitems",
 ]

@@ -6,8 +6,8 @@ from, through the context, and the context's ``check()`` raises when the job sho
 cancelled by an operator (:class:`JobCancelled`), its lease taken over by another runner
 (``LeaseLost``), or the runner stopping (:class:`JobStopped`: the job goes back to the queue
 with its cursor). A handler that knows what should follow its failure raises
-:class:`JobFailed`. Handlers depend on this contract, not on the runner
-(nubis.jobs.runner), which calls them.
+:class:`JobFailed`; one that must wait for a turn raises :class:`JobDeferred`. Handlers
+depend on this contract, not on the runner (nubis.jobs.runner), which calls them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from nubis.jobs.store import Job, LeaseLost
 
-__all__ = ["Handler", "JobCancelled", "JobContext", "JobFailed", "JobStopped"]
+__all__ = ["Handler", "JobCancelled", "JobContext", "JobDeferred", "JobFailed", "JobStopped"]
 
 
 class JobStopped(Exception):
@@ -35,6 +35,17 @@ class JobFailed(Exception):
     job fails now. ``reason`` is what ``nubis jobs list`` shows."""
 
     def __init__(self, reason: str, *, retry_in: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_in = retry_in
+
+
+class JobDeferred(Exception):
+    """Raised by a handler that cannot start yet through no fault of its job (every slot of a
+    concurrency limit is taken): the job goes back to the queue, due in ``retry_in`` seconds,
+    without counting an attempt."""
+
+    def __init__(self, reason: str, *, retry_in: float) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_in = retry_in

@@ -14,7 +14,8 @@ its lease taken over by another runner, or this runner stopping (the job goes ba
 queue with its cursor, not counted as an attempt, and another node resumes it). A
 failed attempt is retried on the runner's backoff (30 s doubling, at most an hour) until
 ``max_attempts``; a handler that knows better raises :class:`JobFailed` with its own delay,
-or with none to fail the job at once.
+or with none to fail the job at once; one waiting for a turn (a concurrency slot) raises
+:class:`JobDeferred` and goes back to the queue without counting an attempt.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nubis import metrics
-from nubis.jobs.context import Handler, JobCancelled, JobContext, JobFailed, JobStopped
+from nubis.jobs.context import (
+    Handler,
+    JobCancelled,
+    JobContext,
+    JobDeferred,
+    JobFailed,
+    JobStopped,
+)
 from nubis.jobs.store import Job, JobState, JobStore, LeaseLost, now_ms
 
 __all__ = ["JobRunner"]
@@ -62,6 +70,9 @@ class JobRunner:
         Longest wait between looks for work when idle.
     schedule : mapping of kind -> seconds
         Periodic jobs (e.g. reap every 3600 s); queued once per period across every node.
+    schedule_while : mapping of kind -> predicate
+        A periodic kind named here is queued only while its predicate holds (the webhooks
+        job while a subscription exists), so an archive that needs none has no runs of it.
     """
 
     def __init__(
@@ -72,6 +83,7 @@ class JobRunner:
         lease_seconds: float = 60.0,
         poll_seconds: float = 10.0,
         schedule: Mapping[str, int] | None = None,
+        schedule_while: Mapping[str, Callable[[], bool]] | None = None,
         owner: str | None = None,
     ) -> None:
         self.store = store
@@ -79,6 +91,7 @@ class JobRunner:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.schedule = dict(schedule or {})
+        self.schedule_while = dict(schedule_while or {})
         self.owner = owner or _owner_name()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -138,7 +151,10 @@ class JobRunner:
             # Every minute, or as often as the most frequent kind (replicate) is due.
             self._next_schedule = now + min([60, *self.schedule.values()])
             for kind, every in self.schedule.items():
-                if kind in self.handlers and self.store.schedule(kind, every) is not None:
+                wanted = self.schedule_while.get(kind)
+                if kind not in self.handlers or (wanted is not None and not wanted()):
+                    continue
+                if self.store.schedule(kind, every) is not None:
                     log.info("scheduled a %s job (every %d s)", kind, every)
         if now >= self._next_prune:
             self._next_prune = now + 3600
@@ -200,6 +216,12 @@ class JobRunner:
             log.info("job %d (%s) put back: this runner is stopping", job.id, job.kind)
             return lambda: store.release(
                 job.id, owner, progress=ctx.snapshot()[1], count_attempt=False
+            )
+        except JobDeferred as exc:
+            wait = exc.retry_in
+            log.info("job %d (%s) deferred %.0f s: %s", job.id, job.kind, wait, exc.reason)
+            return lambda: store.release(
+                job.id, owner, retry_in=wait, progress=ctx.snapshot()[1], count_attempt=False
             )
         except LeaseLost:
             log.warning("job %d (%s): lease lost to another runner; stopped here", job.id, job.kind)

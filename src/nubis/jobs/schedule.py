@@ -8,16 +8,34 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["AUDIT_VERIFY", "EDGE_EVICT", "REPLICATE", "SCHEDULED", "SNAPSHOT", "parse_schedule"]
+__all__ = [
+    "ANALYZE_SCAN",
+    "AUDIT_VERIFY",
+    "CHANGEFEED_EXPIRE",
+    "EDGE_EVICT",
+    "REPLICATE",
+    "RETENTION",
+    "SCHEDULED",
+    "SNAPSHOT",
+    "WEBHOOKS",
+    "parse_schedule",
+]
 
 SNAPSHOT = "storage-snapshot"
 AUDIT_VERIFY = "audit-verify"
+RETENTION = "retention"
 # Scheduled by replicate_every_seconds whenever replicate_to is set, not by jobs_schedule.
 REPLICATE = "replicate"
 # Scheduled by edge_evict_every_seconds whenever forward_to is set (docs/edge.md).
 EDGE_EVICT = "edge-evict"
+# Scheduled by analyzer_scan_seconds whenever the analyzers setting names any.
+ANALYZE_SCAN = "analyze-scan"
+# Scheduled by webhook_every_seconds whenever change_feed is on, not by jobs_schedule.
+WEBHOOKS = "webhooks"
+# Daily whenever change_feed is on, unless jobs_schedule says otherwise.
+CHANGEFEED_EXPIRE = "changefeed-expire"
 # A rewrap names its KEK: a periodic run would have nothing to work on.
-SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY)
+SCHEDULED = ("reap", "verify", "tier", SNAPSHOT, AUDIT_VERIFY, CHANGEFEED_EXPIRE, RETENTION)
 _EVERY = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -41,6 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from nubis.dimse.reactor import EventDrivenRequestHandler, RaceFreeAE
 from nubis.dimse.receive import SpoolSink, close_sinks, receive_into_spool
+from nubis.dimse.requestor import EventDrivenAE
 from nubis.dimse.storage_classes import OpenStorage
 from nubis.errors import InsufficientStorage
 from nubis.migrate.request import MigrationRequest
@@ -150,7 +151,9 @@ class DimseSource:
         if assoc is not None and assoc.is_established:
             return assoc
         get = self.request.retrieve == "get"
-        ae = RaceFreeAE(ae_title=self.request.calling_ae)
+        # Event driven: the association waits idle between studies (and the listing's for the
+        # whole run) without waking every millisecond.
+        ae = EventDrivenAE(ae_title=self.request.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = _TIMEOUT
         ae.add_requested_context(_FIND)
         ae.add_requested_context(_GET if get else _MOVE)

@@ -295,7 +295,7 @@ class _Run:
                 )
             )
         listed = _first_of_each(listed, skip=elsewhere)
-        holding, _ = self.migrator.present(self.who, uid)
+        holding, patient_id = self.migrator.present(self.who, uid)
         entries = {e.sop_instance_uid: e for e in self.ledger.entries(uid)}
         wanted: list[SourceInstance] = []
         # Outcomes are written with the study's end (one transaction): a study killed midway
@@ -319,6 +319,8 @@ class _Run:
         # By SOP Instance UID: a source holding two objects under one UID delivers both, and
         # a refusal of either is kept (the ledger has one outcome per UID).
         delivered: dict[str, Mark] = {}
+        # The patient of the study's audit record: the archive's, else the first object's.
+        patients: list[str] = [] if patient_id is None else [patient_id]
         lock = threading.Lock()
 
         def deliver(spooled: SpooledFile) -> StoreOutcome:
@@ -352,6 +354,8 @@ class _Run:
             )
             with lock:
                 counts["stored" if outcome.ok else "refused"] += 1
+                if outcome.ok and outcome.patient_id is not None and not patients:
+                    patients.append(outcome.patient_id)
                 if sop not in delivered or delivered[sop].outcome is not Outcome.REFUSED:
                     delivered[sop] = mark
             return outcome
@@ -369,9 +373,17 @@ class _Run:
             )
             for instance in missing
         )
-        with lock:
-            self.ledger.write(marks, finished=(uid, self.ctx.job.id))
         present = len(listed) - len(wanted)
+        with lock:
+            # The study's record commits with its ledger rows: one write, not two.
+            record = (
+                self._record(
+                    study, counts, present, len(missing), patients[0] if patients else None
+                )
+                if wanted
+                else None
+            )
+            self.ledger.write(marks, finished=(uid, self.ctx.job.id), also=record)
         with self.tally.lock:
             self.tally.stored += counts["stored"]
             self.tally.refused += counts["refused"]
@@ -380,16 +392,19 @@ class _Run:
             self.tally.studies_done += 1
             # Every listed instance is now done, delivered or not.
             self.tally.done += max(len(listed) - len(delivered), 0)
-        if wanted:
-            self._record(study, counts, present, len(missing))
 
     def _record(
-        self, study: SourceStudy, counts: dict[str, int], present: int, missing: int
-    ) -> None:
-        """One DICOM Instances Transferred record for the study moved (PS3.15 A.5.3.4)."""
-        _, patient_id = self.migrator.present(self.who, study.study_uid)
+        self,
+        study: SourceStudy,
+        counts: dict[str, int],
+        present: int,
+        missing: int,
+        patient_id: str | None,
+    ) -> Callable[[Any], object] | None:
+        """The index write job of one DICOM Instances Transferred record for the study moved
+        (PS3.15 A.5.3.4)."""
         failed = counts["refused"] + missing
-        self.migrator.guard.record(
+        return self.migrator.guard.record_job(
             audit_events.instances_transferred(
                 self.who,
                 patient_id=patient_id,

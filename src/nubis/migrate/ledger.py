@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, select
 
 from nubis.index.database import Index
+from nubis.index.driver import driver_cursor
 from nubis.index.schema import migration_instances as mi
 from nubis.index.schema import migration_studies as ms
 from nubis.migrate.source import SourceInstance, SourceStudy
@@ -132,48 +133,32 @@ class Ledger:
         now = _now()
 
         def job(conn: Connection) -> set[str]:
-            key = and_(ms.c.migration == self.name, ms.c.study_uid == study.study_uid)
-            here = dict(
-                conn.execute(
-                    select(mi.c.sop_instance_uid, mi.c.outcome).where(
-                        mi.c.migration == self.name, mi.c.study_uid == study.study_uid
-                    )
-                ).all()
-            )
+            cursor = driver_cursor(conn)
+            cursor.execute(_STUDY_ROWS, (self.name, study.study_uid))
+            here: dict[str, str] = dict(cursor.fetchall())
             elsewhere: set[str] = set()
             for chunk in _chunks([uid for uid in unique if uid not in here]):
-                elsewhere.update(
-                    conn.execute(
-                        select(mi.c.sop_instance_uid).where(
-                            mi.c.migration == self.name, mi.c.sop_instance_uid.in_(chunk)
-                        )
-                    ).scalars()
-                )
-            values = {
-                "partition": self.partition,
-                "study_date": (study.study_date or "")[:8] or None,
-                "source_count": len(unique) - len(elsewhere),
-                "state": StudyState.PENDING.value,
-                "updated_at": now,
-            }
-            if conn.execute(update(ms).where(key).values(values)).rowcount == 0:
-                conn.execute(
-                    insert(ms).values(migration=self.name, study_uid=study.study_uid, **values)
-                )
-            new = [
+                cursor.execute(_in_list(_LEDGER_ROWS_OF, len(chunk)), (self.name, *chunk))
+                elsewhere.update(row[0] for row in cursor.fetchall())
+            cursor.execute(
+                _BEGIN_STUDY,
                 {
                     "migration": self.name,
-                    "sop_instance_uid": uid,
                     "study_uid": study.study_uid,
-                    "series_uid": series[uid],
-                    "outcome": Outcome.LISTED.value,
+                    "partition": self.partition,
+                    "study_date": (study.study_date or "")[:8] or None,
+                    "source_count": len(unique) - len(elsewhere),
+                    "state": StudyState.PENDING.value,
                     "updated_at": now,
-                }
+                },
+            )
+            new = [
+                (self.name, uid, study.study_uid, series[uid], Outcome.LISTED.value, now)
                 for uid in unique
                 if uid not in here and uid not in elsewhere
             ]
             if new:
-                conn.execute(insert(mi), new)
+                cursor.executemany(_LISTED, new)
             now_listed = set(unique)
             gone = [
                 uid
@@ -181,10 +166,8 @@ class Ledger:
                 if uid not in now_listed and outcome != Outcome.GONE.value
             ]
             for chunk in _chunks(gone):
-                conn.execute(
-                    update(mi)
-                    .where(mi.c.migration == self.name, mi.c.sop_instance_uid.in_(chunk))
-                    .values(outcome=Outcome.GONE.value, updated_at=now)
+                cursor.execute(
+                    _in_list(_GONE, len(chunk)), (Outcome.GONE.value, now, self.name, *chunk)
                 )
             return elsewhere
 
@@ -209,44 +192,99 @@ class Ledger:
             ).all()  # fmt: skip
         return [Entry(*r[:5], Outcome(r[5]), r[6], r[7]) for r in rows]
 
-    def write(self, marks: Iterable[Mark], *, finished: tuple[str, int] | None = None) -> None:
+    def write(
+        self,
+        marks: Iterable[Mark],
+        *,
+        finished: tuple[str, int] | None = None,
+        also: Callable[[Connection], object] | None = None,
+    ) -> None:
         """Record outcomes (a row is inserted for an instance the source had not listed) and,
         with ``finished`` (study UID, job id), mark that study done: one transaction, so a
-        study is never done without its outcomes."""
-        marks = list(marks)
+        study is never done without its outcomes. ``also`` runs in the same transaction (the
+        study's audit record).
+
+        One statement run for the study's rows: this runs on the index's one writer thread,
+        whose every millisecond the concurrent stores of the migration wait for (issue 12)."""
+        # One outcome per UID, the last given (as successive updates would leave it).
+        by_uid = {mark.sop_instance_uid: mark for mark in marks}
         now = _now()
 
         def job(conn: Connection) -> None:
-            for mark in marks:
-                values: dict[str, object] = {
-                    "outcome": mark.outcome.value,
-                    "status": mark.status,
-                    "reason": None if mark.reason is None else mark.reason[:_REASON_LENGTH],
-                    "updated_at": now,
-                }
-                if mark.source_sha256 is not None:
-                    values["source_sha256"] = mark.source_sha256
-                if mark.size is not None:
-                    values["size"] = mark.size
-                key = and_(
-                    mi.c.migration == self.name, mi.c.sop_instance_uid == mark.sop_instance_uid
-                )
-                if conn.execute(update(mi).where(key).values(values)).rowcount == 0:
-                    conn.execute(
-                        insert(mi).values(
-                            migration=self.name,
-                            sop_instance_uid=mark.sop_instance_uid,
-                            study_uid=mark.study_uid,
-                            series_uid=mark.series_uid,
-                            **values,
-                        )
+            cursor = driver_cursor(conn)
+            cursor.executemany(
+                _OUTCOME,
+                [
+                    (
+                        self.name, m.sop_instance_uid, m.study_uid, m.series_uid,
+                        m.source_sha256, m.size, m.outcome.value, m.status,
+                        _reason(m.reason), now,
                     )
+                    for m in by_uid.values()
+                ],
+            )  # fmt: skip
             if finished is not None:
                 study_uid, job_id = finished
-                conn.execute(
-                    update(ms)
-                    .where(ms.c.migration == self.name, ms.c.study_uid == study_uid)
-                    .values(state=StudyState.DONE.value, job_id=job_id, updated_at=now)
+                cursor.execute(
+                    _STUDY_DONE, (StudyState.DONE.value, job_id, now, self.name, study_uid)
                 )
+            if also is not None:
+                also(conn)
 
         self.index.write(job)
+
+
+def _reason(reason: str | None) -> str | None:
+    return None if reason is None else reason[:_REASON_LENGTH]
+
+
+# The ledger's writes run on the index's one writer thread, beside every store of the
+# migration: fixed statements on the driver's cursor (nubis.index.driver), not SQLAlchemy's
+# statement building, which cost more there than the objects' own index rows (issue 12).
+# INSERT ... ON CONFLICT ... DO UPDATE is SQLite's (3.24+) and PostgreSQL's alike.
+_STUDY_ROWS = (
+    "SELECT sop_instance_uid, outcome FROM migration_instances"
+    " WHERE migration = ? AND study_uid = ?"
+)
+_LEDGER_ROWS_OF = (
+    "SELECT sop_instance_uid FROM migration_instances"
+    " WHERE migration = ? AND sop_instance_uid IN ({})"
+)
+_BEGIN_STUDY = (
+    "INSERT INTO migration_studies"
+    " (migration, study_uid, partition, study_date, source_count, state, updated_at)"
+    " VALUES (:migration, :study_uid, :partition, :study_date, :source_count, :state,"
+    " :updated_at)"
+    " ON CONFLICT (migration, study_uid) DO UPDATE SET partition = excluded.partition,"
+    " study_date = excluded.study_date, source_count = excluded.source_count,"
+    " state = excluded.state, updated_at = excluded.updated_at"
+)
+_LISTED = (
+    "INSERT INTO migration_instances"
+    " (migration, sop_instance_uid, study_uid, series_uid, outcome, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_GONE = (
+    "UPDATE migration_instances SET outcome = ?, updated_at = ?"
+    " WHERE migration = ? AND sop_instance_uid IN ({})"
+)
+# An outcome over the row of a listed instance (its study and series stay; a digest or size
+# not given keeps the row's own), or a new row for an instance the source had not listed.
+_OUTCOME = (
+    "INSERT INTO migration_instances"
+    " (migration, sop_instance_uid, study_uid, series_uid, source_sha256, size, outcome,"
+    " status, reason, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (migration, sop_instance_uid) DO UPDATE SET outcome = excluded.outcome,"
+    " status = excluded.status, reason = excluded.reason, updated_at = excluded.updated_at,"
+    " source_sha256 = COALESCE(excluded.source_sha256, migration_instances.source_sha256),"
+    " size = COALESCE(excluded.size, migration_instances.size)"
+)
+_STUDY_DONE = (
+    "UPDATE migration_studies SET state = ?, job_id = ?, updated_at = ?"
+    " WHERE migration = ? AND study_uid = ?"
+)
+
+
+def _in_list(sql: str, n: int) -> str:
+    return sql.format(", ".join("?" * n))

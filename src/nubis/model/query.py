@@ -272,6 +272,10 @@ class Query:
         When set, only studies granted to this principal (per patient or per study, table
         ``grants``) are seen; set by the services from the caller's scope
         (:mod:`nubis.security.policy`), never by a front door.
+    project_id : int or None
+        When set, only the studies of this research project's cohort are seen (table
+        ``research_studies``); set by the researcher's de-identified view
+        (:mod:`nubis.services.research_view`) once membership is checked, never by a front door.
     hide_quarantined : bool
         Studies held in quarantine (instances that disagree on the patient, issue 12) are not
         seen; the services clear it for admins (``Scope.sees_quarantine``).
@@ -295,6 +299,7 @@ class Query:
     series_uid: str | None = None
     partition: str = "default"
     grantee: str | None = None
+    project_id: int | None = None
     hide_quarantined: bool = True
     warnings: tuple[str, ...] = field(default=())
     order: Order | None = None

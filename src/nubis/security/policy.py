@@ -15,9 +15,11 @@ in this order:
 
 Roles (``ROLES``): admin (everything in its tenant, user management), radiologist (read and
 write the tenant, hand out and perform workitems), referrer (read granted studies), uploader
-and modality (store only),
-researcher (de-identified reads only: refused until de-identification exists), auditor (the
-audit log only), monitor (the metrics only: what a Prometheus server's API key is given).
+and modality (store only), researcher (de-identified reads of the research projects it is a
+member of, through nubis.services.research_view, identified reads refused; and aggregate
+statistics, whose small cells are suppressed), auditor (the audit log only), monitor (the
+metrics only: what a Prometheus server's API key is given); and the internal roles of share
+links and of analyzer jobs (``analyzer``: read and store, never a user's).
 Nothing is allowed that a role does not list. The audit log is the archive's,
 not a tenant's (its records name every tenant's patients and users), so only principals of the
 home tenant ``default`` may read it, whatever their role. So it is with running the archive
@@ -60,6 +62,9 @@ class Action(enum.Flag):
     # Hand out and perform workitems (UPS-RS, docs/worklists.md): create, update, claim,
     # complete, cancel. Reading and watching them is READ, scoped like studies.
     WORKLIST = enum.auto()
+    # Federated statistics: counts with small cells suppressed, never a UID or patient value
+    # (nubis.model.aggregates), so identifying no one; allowed where DEIDENTIFY is.
+    AGGREGATE = enum.auto()
 
 
 # Actions whose scope grants may limit (the rest is tenant-wide or refused).
@@ -89,7 +94,8 @@ ROLES: dict[str, RoleSpec] = {
         | Action.SHARE
         | Action.OPERATE
         | Action.MONITOR
-        | Action.WORKLIST,
+        | Action.WORKLIST
+        | Action.AGGREGATE,
         summary="everything in its tenant, users and keys included; in the home tenant, "
         "the archive itself (jobs, storage, DIMSE peers, every tenant's users)",
     ),
@@ -103,11 +109,18 @@ ROLES: dict[str, RoleSpec] = {
     "uploader": RoleSpec(Action.WRITE, summary="store only"),
     "modality": RoleSpec(Action.WRITE, summary="store only (an imaging device)"),
     "researcher": RoleSpec(
-        Action.DEIDENTIFY, summary="de-identified reads only (refused until they exist)"
+        Action.DEIDENTIFY | Action.AGGREGATE,
+        summary="de-identified reads of its research projects (/projects/{name}/dicom-web) "
+        "and aggregate statistics",
     ),
     "auditor": RoleSpec(Action.AUDIT, summary="the audit log only"),
     "monitor": RoleSpec(
         Action.MONITOR, summary="the archive's metrics only (a Prometheus server's key)"
+    ),
+    "analyzer": RoleSpec(
+        Action.READ | Action.DOWNLOAD | Action.WRITE,
+        assignable=False,
+        summary="an analyzer's jobs: read a study, store results in it (internal)",
     ),
     "share-view": RoleSpec(
         Action.READ,
@@ -125,9 +138,10 @@ ROLES: dict[str, RoleSpec] = {
 ASSIGNABLE_ROLES = frozenset(name for name, spec in ROLES.items() if spec.assignable)
 
 # The refusal a researcher gets: say why, so nobody mistakes it for a missing grant.
-DEIDENTIFY_UNAVAILABLE = (
-    "the researcher role reads de-identified data only, and de-identification is not "
-    "available yet: identified metadata, pixels and query results are refused"
+DEIDENTIFIED_ONLY = (
+    "the researcher role reads de-identified data only, through the research projects it is "
+    "a member of (/projects/{name}/dicom-web/...): identified metadata, pixels and query "
+    "results are refused"
 )
 
 
@@ -240,7 +254,7 @@ class AuthPolicy:
         allowed = self.actions(who)
         if not action or action & allowed != action:
             if action & Action.READ and allowed & Action.DEIDENTIFY:
-                return Decision(False, DEIDENTIFY_UNAVAILABLE)
+                return Decision(False, DEIDENTIFIED_ONLY)
             roles = ", ".join(sorted(who.roles)) or "no role"
             missing = action & ~allowed
             return Decision(False, f"{who.id} ({roles}) may not {_verb(missing or action)}")

@@ -43,7 +43,7 @@ from sqlalchemy import Connection
 from nubis.dicom import overlay
 from nubis.errors import BadRequest, Conflict, NotFound
 from nubis.index import corrections_sql as sql
-from nubis.index import edge_sql, outbox_sql, rekey_sql
+from nubis.index import edge_sql, feed_sql, outbox_sql, rekey_sql
 from nubis.index.columns import json_text, study_columns
 from nubis.index.database import Index
 from nubis.index.driver import driver_cursor
@@ -346,6 +346,7 @@ class CorrectionService:
             record = self.guard.record_job(*events)
             if record is not None:
                 record(conn)
+            self.index.note_changes(conn, *_feed_changes(partition, correction_id, changes))
             return correction_id
 
         correction_id = self.index.write(job)
@@ -358,6 +359,22 @@ class CorrectionService:
 
 
 # ---------------------------------------------------------------------- helpers
+def _feed_changes(
+    partition: str, correction_id: int, changes: Mapping[str, object]
+) -> list[feed_sql.Change]:
+    """The change feed's entries of a correction: one update per study it changed."""
+    return [
+        feed_sql.Change(
+            feed_sql.UPDATE,
+            feed_sql.CURRENT,
+            partition,
+            uid,
+            detail=f"correction:{correction_id}",
+        )
+        for uid in changes
+    ]
+
+
 def _reason(reason: str) -> str:
     text = " ".join((reason or "").split())
     if not text:

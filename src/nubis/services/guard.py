@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from nubis.errors import Forbidden
 from nubis.model.audit import AuditEvent
-from nubis.ports.audit import AuditRecorder
+from nubis.ports.audit import AuditReceipt, AuditRecorder
 from nubis.security import audit_events
 from nubis.security.policy import Action, AuthPolicy, Decision, Principal
 
@@ -127,15 +127,15 @@ class Guard:
         letting an access through, which is :meth:`authorize`'s."""
         return self.policy.decide(who, action).allowed
 
-    def record(self, *events: AuditEvent) -> None:
+    def record(self, *events: AuditEvent) -> list[AuditReceipt]:
         """The one hook through which services record (fail closed, see the module docs);
-        several events commit together."""
+        several events commit together. Their places in the chain (none without a trail):
+        an erasure certificate names its record's."""
         if self.audit is None or not events:
-            return
+            return []
         if len(events) == 1:
-            self.audit.record(events[0])
-        else:
-            self.audit.record_many(list(events))
+            return [self.audit.record(events[0])]
+        return self.audit.record_many(list(events))
 
     def record_job(self, *events: AuditEvent) -> Callable[[Any], object] | None:
         """An index write job recording ``events``, to commit inside the write it accounts for

@@ -14,16 +14,49 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from nubis.errors import NotFound
+from nubis.errors import Conflict, NotFound
 from nubis.index.database import Index
 from nubis.model.audit import EventOutcome
+from nubis.model.records import StoredInstance
+from nubis.ports.audit import AuditReceipt
 from nubis.ports.blobs import BlobStore
+from nubis.retention import certificates
 from nubis.security import audit_events
+from nubis.security.audit import SigningKey
 from nubis.security.policy import Action, Principal
 from nubis.services.guard import Guard
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What an erasure removed, and its certificate (None without a signing key or trail)."""
+
+    count: int
+    bytes: int
+    certificate_id: int | None
+
+
+@dataclass(frozen=True)
+class Certifying:
+    """How erasures are certified: the signing key (loaded on first use) and what a
+    certificate says of the blob store and of the other copies (replica, backups)."""
+
+    key: Callable[[], SigningKey]
+    blob_store: str
+    copies: dict[str, str]
+
+
+def _target(study_uid: str, series_uid: str | None, sop: str | None) -> dict[str, str]:
+    target = {"study_uid": study_uid}
+    if series_uid is not None:
+        target["series_uid"] = series_uid
+    if sop is not None:
+        target["sop_instance_uid"] = sop
+    return target
 
 
 @dataclass(frozen=True)
@@ -34,9 +67,16 @@ class ReapReport:
 
 class Maintenance:
     def __init__(
-        self, index: Index, blobs: BlobStore, *, guard: Guard, orphan_grace_seconds: int
+        self,
+        index: Index,
+        blobs: BlobStore,
+        *,
+        guard: Guard,
+        orphan_grace_seconds: int,
+        certify: Certifying | None = None,
     ) -> None:
         self.index = index
+        self.certify = certify
         self.blobs = blobs
         self.guard = guard
         self.orphan_grace_seconds = orphan_grace_seconds
@@ -50,32 +90,63 @@ class Maintenance:
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> int:
-        """Delete a study, series or instance of ``who``'s tenant; NotFound if nothing matches.
+        """:meth:`erase` for DELETE (PS3.18 10.4): the number of instances removed."""
+        return self.erase(who, study_uid, series_uid, sop_instance_uid).count
+
+    def erase(
+        self,
+        who: Principal,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        cause: dict[str, Any] | None = None,
+    ) -> Erasure:
+        """Delete a study, series or instance of ``who``'s tenant; NotFound if nothing matches,
+        OnLegalHold (409) while a legal hold covers the study.
 
         Forbidden (403 / 0x0124) unless a role of ``who`` may delete; recorded as DICOM Study
-        Deleted (PS3.15 A.5.3.5), also when nothing was found.
+        Deleted (PS3.15 A.5.3.5), also when nothing was found or a hold refused it. With a
+        signing key, what was removed is certified (nubis.retention.certificates): the
+        record names the certificate's digest; ``cause`` is what the certificate gives as
+        the reason (the retention job's rule and approver; the actor of a DELETE otherwise).
         """
         target = sop_instance_uid or series_uid or study_uid
         decision = self.guard.authorize(
             who, Action.DELETE, f"delete {target}", study_uids=(study_uid,)
         )
         assert decision.scope is not None
+        partition = decision.scope.partition
         outcome, description = EventOutcome.MAJOR_FAILURE, "the index failed"
+        made: certificates.Draft | None = None
+        erased: list[StoredInstance] = []
+        receipts: list[AuditReceipt] = []
         try:
-            count = self.index.delete(
-                decision.scope.partition,
+            erased = self.index.erase(
+                partition,
                 study_uid,
                 series_uid,
                 sop_instance_uid,
                 hide_quarantined=not decision.scope.sees_quarantine,
             )
-        except NotFound as exc:
+        except (NotFound, Conflict) as exc:
             outcome, description = EventOutcome.MINOR_FAILURE, exc.reason
             raise
         else:
-            outcome, description = EventOutcome.SUCCESS, f"{count} instance(s) of {target}"
+            outcome, description = EventOutcome.SUCCESS, f"{len(erased)} instance(s) of {target}"
+            if self.certify is not None:
+                made = certificates.draft(
+                    partition=partition,
+                    target=_target(study_uid, series_uid, sop_instance_uid),
+                    erased=erased,
+                    cause=cause or {"kind": "delete", "actor": who.id, "via": who.via},
+                    blob_store=self.certify.blob_store,
+                    copies=self.certify.copies,
+                    key=self.certify.key(),
+                )
+                description += f"; {certificates.certificate_digest_phrase(made.digest)}"
         finally:
-            self.guard.record(
+            receipts = self.guard.record(
                 audit_events.study_deleted(
                     who,
                     study_uids=[study_uid],
@@ -84,8 +155,17 @@ class Maintenance:
                     description=description,
                 )
             )
+        certificate_id = None
+        if made is not None and receipts:
+            certificate_id = certificates.save(
+                self.index,
+                made,
+                audit_seq=receipts[0].seq,
+                study_uid=study_uid,
+                patient_id=erased[0].patient_id,
+            )
         self.reap_doomed()
-        return count
+        return Erasure(len(erased), sum(row.size for row in erased), certificate_id)
 
     def reap_doomed(self) -> int:
         deleted = 0

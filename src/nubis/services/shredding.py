@@ -5,12 +5,14 @@ an admin or the replication service of a primary): authorize (ADMIN and DELETE: 
 at once), refuse while a correction's re-key of the patient's studies is under way, record the
 attempt (Security Alert), shred, record the outcome (DICOM Study Deleted, PS3.15 A.5.3.5). If
 the first record cannot be written nothing is shredded. The index rows stay (searchable,
-answering 410).
+answering 410). A legal hold on the patient, a study of theirs or the tenant refuses it
+(nubis.services.legal_holds); a shred that erased keys is certified
+(nubis.retention.certificates): the objects it made unreadable, named by the outcome's record.
 
 With a replica (nubis.replication), the shred goes into the replication outbox in the commit
 that records the erased keys in the index, one entry per indexed study of the patient (one
 under no study when none is indexed), so the erasure reaches the replica in each study's order
-whatever crashes after.
+whatever crashes after; the change feed's entries (one per indexed study) go in that commit too.
 """
 
 from __future__ import annotations
@@ -23,18 +25,22 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from nubis.errors import Conflict, NubisError, StorageUnavailable
-from nubis.index import outbox_sql
+from nubis.errors import Conflict, NotFound, NubisError, StorageUnavailable
+from nubis.index import feed_sql, outbox_sql
 from nubis.index.database import Index
 from nubis.index.driver import driver_cursor
 from nubis.model.audit import ActiveParticipant, EventOutcome, EventType
 from nubis.model.query import Level, parse_qido
-from nubis.ports.audit import AuditRecorder
+from nubis.model.records import StoredInstance
+from nubis.ports.audit import AuditReceipt, AuditRecorder
 from nubis.ports.keys import KeyProvider
+from nubis.retention import certificates
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
 from nubis.services.corrections import CorrectionService
 from nubis.services.guard import Guard
+from nubis.services.legal_holds import LegalHolds
+from nubis.services.maintenance import Certifying
 from nubis.services.query import QueryService
 
 __all__ = ["NO_STUDY", "KeyringFailed", "ShredService", "Shredded"]
@@ -54,11 +60,13 @@ class Shredded:
     studies: list[str]  # the patient's studies the index still holds
     begun_seq: int  # the audit record of the attempt
     outcome_recorded: bool  # False: shredded, but the trail refused the outcome's record
+    certificate_id: int | None = None  # the erasure certificate, when keys were erased
 
 
 class ShredService:
     """``query`` finds the patient's studies (for the records and the outbox), ``corrections``
-    says which are still being re-keyed; ``max_studies``: the query's limit."""
+    says which are still being re-keyed; ``max_studies``: the query's limit; ``holds`` refuse
+    a shred, ``certify`` signs its certificate (None: none issued)."""
 
     def __init__(
         self,
@@ -70,7 +78,11 @@ class ShredService:
         corrections: CorrectionService,
         *,
         max_studies: int,
+        holds: LegalHolds | None = None,
+        certify: Certifying | None = None,
     ) -> None:
+        self.holds = holds
+        self.certify = certify
         self.index = index
         self.keys = keys
         self.guard = guard
@@ -100,6 +112,8 @@ class ShredService:
         partition = decision.scope.partition
         studies = self._studies_of(who, patient_id)
         _refuse_while_rekeying(*self.corrections.awaiting_rekey(partition, patient_id))
+        if self.holds is not None:  # a shred would erase a held study's objects, backups too
+            self.holds.refuse_shred(acting, partition, patient_id)
         begun = self.audit.record(
             audit_events.security_alert(
                 acting,
@@ -110,13 +124,23 @@ class ShredService:
                 objects=[audit_events.patient_object(patient_id)],
             )
         )
-        queue = None
+        replication = None
         if partition == self.index.replicated_partition:
-            queue = _replication(partition, patient_id, studies)
+            replication = _replication(partition, patient_id, studies)
+        changes = [
+            feed_sql.Change(feed_sql.SHRED, feed_sql.SHREDDED, partition, uid) for uid in studies
+        ]
 
-        def outcome(result: EventOutcome, description: str) -> bool:
+        def also(conn: Connection) -> None:
+            """In the commit recording the keys as erased: the outbox entries, then the change
+            feed's (its entry must be the transaction's last statement, nubis.index.feed_sql)."""
+            if replication is not None:
+                replication(conn)
+            self.index.note_changes(conn, *changes)
+
+        def outcome(result: EventOutcome, description: str) -> AuditReceipt | None:
             try:
-                self.audit.record(
+                return self.audit.record(
                     audit_events.study_deleted(
                         acting,
                         patient_id=patient_id,
@@ -127,11 +151,10 @@ class ShredService:
                     )
                 )
             except NubisError:
-                return False
-            return True
+                return None
 
         try:
-            count = self.keys.shred_patient(partition, patient_id, also=queue)
+            count = self.keys.shred_patient(partition, patient_id, also=also)
         except Exception as exc:
             outcome(EventOutcome.MAJOR_FAILURE, f"{what}: {exc}")
             raise KeyringFailed(f"the keyring failed: {exc}") from exc
@@ -140,13 +163,55 @@ class ShredService:
                 EventOutcome.MINOR_FAILURE,
                 f"{what}: no key of that patient (nothing stored, or shredded already)",
             )
-        else:
-            recorded = outcome(
-                EventOutcome.SUCCESS,
-                f"{what}: {count} patient key(s) erased; their objects are unreadable, "
-                f"{len(studies)} study(ies) still indexed",
+            return Shredded(count, studies, begun.seq, recorded is not None)
+        made = self._certificate(partition, studies, count, acting)
+        done = (
+            f"{what}: {count} patient key(s) erased; their objects are unreadable, "
+            f"{len(studies)} study(ies) still indexed"
+        )
+        if made is not None:
+            done += f"; {certificates.certificate_digest_phrase(made.digest)}"
+        recorded = outcome(EventOutcome.SUCCESS, done)
+        certificate_id = None
+        if made is not None and recorded is not None:
+            certificate_id = certificates.save(
+                self.index,
+                made,
+                audit_seq=recorded.seq,
+                study_uid=studies[0] if studies else "",
+                patient_id=patient_id,
             )
-        return Shredded(count, studies, begun.seq, recorded)
+        return Shredded(count, studies, begun.seq, recorded is not None, certificate_id)
+
+    def _certificate(
+        self, partition: str, studies: list[str], count: int, acting: ActiveParticipant
+    ) -> certificates.Draft | None:
+        """The signed certificate of a shred: every indexed object it made unreadable (UIDs
+        and the digests the index recorded) and the number of keys erased."""
+        if self.certify is None:
+            return None
+        erased: list[StoredInstance] = []
+        for uid in studies:
+            try:
+                erased += self.index.instances_of(partition, uid, hide_quarantined=False)
+            except NotFound:  # deleted since it was listed
+                continue
+        return certificates.draft(
+            partition=partition,
+            target={"patient_keys": str(count), "studies": ",".join(studies)},
+            erased=erased,
+            cause={"kind": "crypto-shred", "actor": acting.user_id},
+            blob_store=self.certify.blob_store,
+            copies={
+                **self.certify.copies,
+                "keys": "the patient's keys were erased from the keyring, so these objects "
+                "are unreadable here and in every backup; the index lists the key ids, and a "
+                "keyring copy older than the shred is shredded again on every open",
+            },
+            key=self.certify.key(),
+            blobs="kept, unreadable without the erased keys; the index rows stay until the "
+            "studies are deleted",
+        )
 
     def _studies_of(self, who: Principal, patient_id: str) -> list[str]:
         """The Study Instance UIDs the index holds for exactly this Patient ID."""

@@ -58,6 +58,9 @@ class StoreOutcome:
     # What was odd about a stored object (PS3.18 10.5.3 Warning Reason, PS3.4 B.2.3 warning
     # statuses); empty for a clean one and for a refused one.
     warnings: tuple[IngestWarning, ...] = ()
+    # For the caller's own audit record of the transfer (PS3.15 A.5.2.3: the patient
+    # participant, as Holdings gives it); never shown.
+    patient_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -397,4 +400,5 @@ def _outcome(
         result,
         error,
         warnings,
+        json_text(inspected.metadata, "PatientID"),
     )

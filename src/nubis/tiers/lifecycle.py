@@ -32,7 +32,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from nubis.dicom.recompress import RECOMPRESSIBLE
 from nubis.errors import RestoreRequired
-from nubis.index import outbox_sql
+from nubis.index import feed_sql, outbox_sql
 from nubis.index.database import Index
 from nubis.index.driver import driver_cursor
 from nubis.index.schema import (
@@ -306,6 +306,7 @@ class Lifecycle:
             _queue_replication(conn, self.index.replicated_partition, moved, tier, now)
             if audit is not None:
                 audit(conn)
+            self.index.note_changes(conn, *_feed_changes(moved, tier))
 
         self.index.write(job)
 
@@ -394,6 +395,15 @@ def _queue_replication(
         outbox_sql.add(
             cursor, outbox_sql.TIER, replicated, study_uid, None, None, now=now, detail=detail
         )
+
+
+def _feed_changes(moved: list[_Moved], tier: str) -> list[feed_sql.Change]:
+    """The change feed's entries of a batch of moves: one update per study."""
+    studies = dict.fromkeys((m.partition, m.study_uid) for m in moved)
+    return [
+        feed_sql.Change(feed_sql.UPDATE, feed_sql.CURRENT, p, uid, detail=f"tier:{tier}")
+        for p, uid in studies
+    ]
 
 
 def _move_events(who: ActiveParticipant, moved: list[_Moved], tier: str) -> list[AuditEvent]:

@@ -29,20 +29,24 @@ from nubis.errors import NubisError
 from nubis.model.query import Level
 from nubis.web import auth, errors
 from nubis.web.audit_routes import audit_routes
+from nubis.web.changefeed_routes import changefeed_routes
 from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
-from nubis.web.dicomweb import qido, stow, wado, wado_uri
+from nubis.web.dicomweb import qido, research, stow, wado, wado_uri
 from nubis.web.dicomweb.ups import ups_routes
 from nubis.web.fhir import fhir_routes
+from nubis.web.hold_routes import hold_routes
 from nubis.web.metrics import HttpMetricsMiddleware, metrics_routes
 from nubis.web.proxies import ForwardedHeadersMiddleware, TrustedProxies, parse_trusted_proxies
 from nubis.web.quarantine_routes import quarantine_routes
 from nubis.web.request_ids import RequestIdMiddleware
+from nubis.web.research_routes import research_routes
 from nubis.web.shred_routes import shred_routes
 from nubis.web.slow_clients import STATE_KEY, ClientTimeouts
 from nubis.web.ui import ui_routes
 from nubis.web.ui.common import SignInRequired, sign_in_redirect
 from nubis.web.ui.headers import SecurityHeadersMiddleware
+from nubis.web.webhook_routes import webhook_routes
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -151,17 +155,22 @@ def create_app(
     app = Starlette(
         routes=[
             Mount("/dicom-web", routes=dicomweb_routes()),
+            Mount(research.PREFIX, routes=research.research_routes()),
             Route("/wado", wado_uri.wado_uri, methods=["GET"]),
             Route("/-/health", health, methods=["GET"]),
             Route("/-/ready", ready, methods=["GET"]),
             Route("/-/login", auth.login, methods=["POST"]),
             Route("/-/whoami", auth.whoami, methods=["GET"]),
             *audit_routes(),
+            *changefeed_routes(),
             *correction_routes(),
+            *hold_routes(),
             *quarantine_routes(),
             *metrics_routes(),
             *fhir_routes(),
             *shred_routes(),
+            *research_routes(),
+            *webhook_routes(),
             *ui_routes(),
         ],
         middleware=[

@@ -37,7 +37,7 @@ def _uid_of(item: dict[str, Any], tag: str) -> str | None:
     return str(values[0]) if values else None
 
 
-def _retrieve_url(level: Level, item: dict[str, Any], base: str) -> str | None:
+def retrieve_url(level: Level, item: dict[str, Any], base: str) -> str | None:
     study = _uid_of(item, _STUDY)
     if study is None:
         return None
@@ -83,7 +83,7 @@ def search(level: Level) -> Callable[[Request], Awaitable[Response]]:
         base = dicomweb_base(request)
         for item in page.items:
             _drop_empty_aggregate(level, item)
-            url = _retrieve_url(level, item, base)
+            url = retrieve_url(level, item, base)
             if url:
                 item["00081190"] = {"vr": "UR", "Value": [url]}
         response = Response(

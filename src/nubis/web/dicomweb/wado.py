@@ -134,7 +134,7 @@ async def retrieve_metadata(request: Request) -> Response:
 
 
 # ---------------------------------------------------------------------- frames
-def _frame_numbers(text: str) -> list[int]:
+def frame_numbers(text: str) -> list[int]:
     """The frame numbers of a frame list, each named once (PS3.18 10.4.1.1.4).
 
     PS3.18 defines the frame list as one or more non-duplicate frame numbers in any order, so
@@ -175,7 +175,7 @@ async def retrieve_frames(request: Request) -> Response:
     """Frames of one instance (PS3.18 10.4.1.1.4): native as application/octet-stream, or each
     compressed frame as its bitstream media type when the client accepts it."""
     archive = archive_of(request)
-    numbers = _frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"])
     study, series, sop = _scope(request)
     who = principal_of(request)
     accepted = accept_ranges(request)
@@ -274,11 +274,11 @@ async def retrieve_rendered(request: Request) -> Response:
     """Rendered instance or frame as JPEG/PNG/GIF (PS3.18 10.4.1.1.3, 8.3.5.1)."""
     archive = archive_of(request)
     inst = await _instance(request)
-    options = _render_options(request)
+    options = render_options(request)
     frame = request.path_params.get("frames")
     number = None
     if frame is not None:
-        numbers = _frame_numbers(frame)
+        numbers = frame_numbers(frame)
         if len(numbers) != 1:
             raise BadRequest("a rendered frame request names exactly one frame")
         number = numbers[0]
@@ -299,17 +299,17 @@ async def retrieve_thumbnail(request: Request) -> Response:
     )
     # A study or series is represented by its middle instance, as viewers' study browsers do.
     inst = found[len(found) // 2]
-    options = _render_options(request, thumbnail=True)
+    options = render_options(request, thumbnail=True)
     frame = request.path_params.get("frames")
     if frame is not None:
-        numbers = _frame_numbers(frame)
+        numbers = frame_numbers(frame)
         body = await run_in_threadpool(archive.retrieve.rendered, inst, numbers[0], options)
     else:
         body = await run_in_threadpool(archive.retrieve.thumbnail, inst, options)
     return Response(body, media_type=options.media_type)
 
 
-def _render_options(request: Request, *, thumbnail: bool = False) -> render.RenderOptions:
+def render_options(request: Request, *, thumbnail: bool = False) -> render.RenderOptions:
     params = {k: v for k, v in request.query_params.items() if k != "accept"}
     options = render.parse_render_query(params)
     choice = negotiate(accept_ranges(request), rendered_offers())

@@ -1,4 +1,7 @@
-"""The built-in zero-footprint viewer: ``/ui/studies/{study}/view`` (issue 10).
+"""The built-in zero-footprint viewer: ``/ui/studies/{study}/view`` (issue 10), and for a
+research project's members ``/ui/projects/{project}`` (its studies) and
+``/ui/projects/{project}/studies/{study}/view`` over the project's de-identified DICOMweb
+(issue 14).
 
 The page is a shell: the study's series (one series-level query through the QueryService,
 authorized, scoped and recorded exactly like the QIDO-RS request it stands for), and the
@@ -24,6 +27,7 @@ from starlette.routing import Route
 
 from nubis.errors import NotFound
 from nubis.model.query import Level, parse_qido
+from nubis.services.research import check_name
 from nubis.web.dicomweb.common import check_uid
 from nubis.web.ui.common import archive_of, session_of, signed_in
 from nubis.web.ui.render import page
@@ -102,8 +106,84 @@ async def view_study(request: Request) -> Response:
             "study_date": _date(_text(found[0], "00080020")),
             "study_description": _text(found[0], "00081030"),
             # A share link's recipient sees the viewer only: no way back into the archive.
-            "study_page": None if session and session.auth_method == "share" else study,
+            "study_page": None
+            if session and session.auth_method == "share"
+            else f"/ui/studies/{study}",
+            "dicomweb": "/dicom-web",
         },
+    )
+
+
+async def view_project_study(request: Request) -> Response:
+    """A study of a research project in the viewer, for its members: the series list and every
+    read the viewer makes go through the project's de-identified view
+    (``/projects/{project}/dicom-web``; docs/research.md), so it shows the pseudonym, the
+    shifted date and the remapped UIDs; the study is named by its remapped UID."""
+    principal = signed_in(request)
+    archive = archive_of(request)
+    project = check_name(str(request.path_params["project"]))
+    study = check_uid(str(request.path_params["study"]), "Study Instance UID")
+    search = partial(
+        archive.research_view.search,
+        principal,
+        project,
+        Level.SERIES,
+        [("includefield", name) for name in _STUDY_FIELDS],
+        study_uid=study,
+        max_limit=_MAX_SERIES,
+        text=f"/studies/{study}/series (web viewer of research project {project})",
+    )
+    found, _, _ = await run_in_threadpool(search)
+    if not found:
+        raise NotFound(f"no study {study} in research project {project}")
+    series = sorted((_series_entry(item) for item in found), key=_series_order)
+    return page(
+        request,
+        "viewer.html",
+        {
+            "study_uid": study,
+            "first_series": series[0]["uid"],
+            "series": series,
+            "patient_name": _text(found[0], "00100010"),
+            "patient_id": _text(found[0], "00100020"),
+            "study_date": _date(_text(found[0], "00080020")),
+            "study_description": _text(found[0], "00081030"),
+            "study_page": f"/ui/projects/{project}",
+            "dicomweb": f"/projects/{project}/dicom-web",
+        },
+    )
+
+
+async def project_studies(request: Request) -> Response:
+    """A research project's studies as its member sees them (de-identified), each opening in
+    the viewer."""
+    principal = signed_in(request)
+    archive = archive_of(request)
+    project = check_name(str(request.path_params["project"]))
+    search = partial(
+        archive.research_view.search,
+        principal,
+        project,
+        Level.STUDY,
+        [("includefield", "StudyDescription"), ("includefield", "PatientAge")],
+        max_limit=_MAX_SERIES,
+        text=f"study list of research project {project} (web face)",
+    )
+    found, more, _ = await run_in_threadpool(search)
+    studies = [
+        {
+            "uid": _text(item, "0020000D"),
+            "patient_id": _text(item, "00100020"),
+            "date": _date(_text(item, "00080020")),
+            "modalities": " ".join(str(m) for m in item.get("00080061", {}).get("Value", [])),
+            "description": _text(item, "00081030"),
+        }
+        for item in found
+    ]
+    return page(
+        request,
+        "research_project.html",
+        {"project": project, "studies": studies, "more": more},
     )
 
 
@@ -127,6 +207,8 @@ def routes() -> list[Route]:
     return [
         Route("/ui/studies/{study}/view", view_study, methods=["GET"]),
         Route("/ui/viewer/dictionary.json", dictionary, methods=["GET"]),
+        Route("/ui/projects/{project}", project_studies, methods=["GET"]),
+        Route("/ui/projects/{project}/studies/{study}/view", view_project_study, methods=["GET"]),
     ]
 
 

@@ -3,8 +3,8 @@
 ``edge_copies`` holds, per instance, the SHA-256 the cloud archive verified when the outbox
 entry of its store was retired, and when the edge evicted its local blob.
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0025
+Revises: 0024
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0021"
-down_revision = "0020"
+revision = "0025"
+down_revision = "0024"
 branch_labels = None
 depends_on = None
 

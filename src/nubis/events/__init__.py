@@ -1,0 +1,1 @@
+"""Telling other systems what changed: webhook deliveries from the change feed (issue 15)."""
