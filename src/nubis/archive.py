@@ -17,6 +17,9 @@ from nubis.config import Settings
 from nubis.crypto.registry import keyring_exists, open_key_provider
 from nubis.crypto.webhook_secrets import SecretBox
 from nubis.dimse.peers import PeerTable
+from nubis.edge.cloud import CloudArchive
+from nubis.edge.evict import Evictor
+from nubis.edge.read_through import ReadThroughStore
 from nubis.errors import StorageUnavailable
 from nubis.events.delivery import WebhookDelivery
 from nubis.events.sink import HttpSink
@@ -28,6 +31,7 @@ from nubis.jobs.runner import JobRunner
 from nubis.jobs.schedule import (
     ANALYZE_SCAN,
     CHANGEFEED_EXPIRE,
+    EDGE_EVICT,
     REPLICATE,
     SNAPSHOT,
     WEBHOOKS,
@@ -227,7 +231,8 @@ class Archive:
         self.reads = ReadTracker(self.index, every_seconds=settings.read_record_seconds)
         self.retrieve = RetrieveService(
             self.index,
-            self.blobs,
+            # An edge node reads what it evicted from the cloud archive (docs/edge.md).
+            ReadThroughStore(self.blobs, self.cloud) if self.cloud is not None else self.blobs,
             guard=self.guard,
             verify_reads=settings.verify_reads,
             on_read=self.reads.touch,
@@ -420,6 +425,7 @@ class Archive:
                 dimse_send=self.run_send,
                 healer=self.healer,
                 replicate=self.replicator.run if settings.replicate_to else None,
+                edge_evict=self.evictor.run if settings.forward_to else None,
                 retention=self.retention.run,
                 certificate_checks=lambda: self.retention.verify(
                     system_principal(settings.audit_source, via="system")
@@ -443,6 +449,8 @@ class Archive:
         schedule = parse_schedule(self.settings.jobs_schedule)
         if self.settings.replicate_to:
             schedule[REPLICATE] = self.settings.replicate_every_seconds
+        if self.settings.forward_to:
+            schedule[EDGE_EVICT] = self.settings.edge_evict_every_seconds
         if self.settings.analyzers.strip():
             schedule[ANALYZE_SCAN] = self.settings.analyzer_scan_seconds
         if self.settings.change_feed:
@@ -512,6 +520,32 @@ class Archive:
             self.jobs,
             DicomWebReplica(settings.replicate_to, settings.replicate_api_key),
             retry_max_seconds=settings.replicate_retry_max_seconds,
+            confirm_copies=bool(settings.forward_to),
+        )
+
+    @cached_property
+    def cloud(self) -> CloudArchive | None:
+        """An edge node's cloud archive (forward_to), read back from with the same service
+        credential it forwards with; None when this is not an edge node."""
+        settings = self.settings
+        if not settings.forward_to:
+            return None
+        return CloudArchive(
+            settings.forward_to, settings.replicate_api_key, settings.spool_dir / "cloud"
+        )
+
+    @cached_property
+    def evictor(self) -> Evictor:
+        """The ``edge-evict`` job's handler (docs/edge.md)."""
+        settings = self.settings
+        return Evictor(
+            self.index,
+            self.blobs,
+            self.guard,
+            system_participant(settings.audit_source),
+            cloud=redact_url(settings.forward_to),
+            keep_days=settings.edge_keep_days,
+            keep_bytes=parse_floor(settings.edge_keep_bytes).bytes,
         )
 
     def healer(self) -> Healer | None:

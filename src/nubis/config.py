@@ -60,9 +60,28 @@ def load_settings(
         values[key] = _coerce(setting, raw, "command line")
         sources[key] = "command line"
 
+    _forward_as_replication(values, sources)
     settings = Settings(**values, sources=sources)
     _validate(settings)
     return settings
+
+
+def _forward_as_replication(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """An edge node's ``forward_to`` is its replication target (docs/edge.md): one outbox,
+    one job, one status, and the confirmations eviction waits for are the replication's."""
+    forward_to = values["forward_to"]
+    if not forward_to:
+        return
+    if values["replicate_to"] and values["replicate_to"] != forward_to:
+        raise SettingsError(
+            "forward_to and replicate_to name different archives: an edge node forwards to "
+            "one (set forward_to only)"
+        )
+    values["replicate_to"] = forward_to
+    sources["replicate_to"] = f"forward_to ({sources['forward_to']})"
+    if values["forward_api_key"]:
+        values["replicate_api_key"] = values["forward_api_key"]
+        sources["replicate_api_key"] = f"forward_api_key ({sources['forward_api_key']})"
 
 
 def _coerce(setting: Setting, raw: Any, source: str) -> Any:
@@ -252,6 +271,22 @@ def _validate_storage(settings: Settings) -> None:
             "webhook_every_seconds, webhook_timeout_seconds, webhook_retry_max_seconds and "
             "webhook_max_attempts must be >= 1, webhook_batch 1 to 500"
         )
+    _validate_edge(settings)
+
+
+def _validate_edge(settings: Settings) -> None:
+    from nubis.services.disk_floor import parse_floor
+
+    if settings.forward_to and settings.replica_of:
+        raise SettingsError("an edge node (forward_to) cannot also be a replica (replica_of)")
+    if settings.edge_keep_days < 0 or settings.edge_evict_every_seconds < 1:
+        raise SettingsError("edge_keep_days must be >= 0 and edge_evict_every_seconds >= 1")
+    try:
+        keep = parse_floor(settings.edge_keep_bytes)
+    except ValueError as exc:
+        raise SettingsError(f"edge_keep_bytes: {exc}") from None
+    if keep.percent:
+        raise SettingsError("edge_keep_bytes is a size (500GB, 2TiB), not a share")
 
 
 def _check_compression(text: str, tiers: Any) -> None:
@@ -282,7 +317,9 @@ def _validate_web(settings: Settings) -> None:
 
 
 # Settings whose values are secrets: shown as set or not, never echoed.
-SECRET_SETTINGS = frozenset({"admin_token", "oidc_client_secret", "replicate_api_key"})
+SECRET_SETTINGS = frozenset(
+    {"admin_token", "oidc_client_secret", "replicate_api_key", "forward_api_key"}
+)
 
 
 def displayed_value(name: str, value: object) -> str:

@@ -541,6 +541,33 @@ class Settings:
         "On a read-only replica (replica_of), the user whose API key the primary replicates "
         "with (an admin here): the one caller allowed to change this archive.",
     )
+    forward_to: str = _setting(
+        "",
+        "An edge node's cloud archive: the DICOMweb root of the nubis that holds the archive "
+        "(e.g. https://pacs.example.org/dicom-web). Everything is stored here first and "
+        "forwarded there by the replication outbox (it sets replicate_to); studies the cloud "
+        "confirmed are evicted by the edge_keep_* rules and read back through from it "
+        "(docs/edge.md). Empty: not an edge node.",
+    )
+    forward_api_key: str = _setting(
+        "",
+        "API key of the edge's service user at the cloud archive (an admin of its tenant "
+        "there): forwards and read-throughs are sent with it. Empty: replicate_api_key.",
+    )
+    edge_keep_days: int = _setting(
+        30,
+        "On an edge node, studies changed within this many days stay local; older ones the "
+        "cloud confirmed are evicted (their blobs; the index keeps them). 0: no age rule.",
+    )
+    edge_keep_bytes: str = _setting(
+        "0",
+        "On an edge node, the most the local copies of studies may take (500GB, 2TiB): above "
+        "it the oldest studies the cloud confirmed are evicted first, recent or not. 0: no "
+        "size rule.",
+    )
+    edge_evict_every_seconds: int = _setting(
+        600, "How often an edge node queues its eviction job (edge-evict)."
+    )
     analyzers: str = _setting(
         "",
         "Analyzers run on new studies, as 'NAME [modality=CT,..] [body_part=..] [sop_class=..] "

@@ -30,11 +30,31 @@ def test_precedence(tmp_path: Path) -> None:
         ({"NUBIS_HTTP_PORT": "70000"}, "http_port"),
         ({"NUBIS_DURABLE": "maybe"}, "durable"),
         ({"NUBIS_ON_CONFLICT": "ignore"}, "on_conflict"),
+        ({"NUBIS_EDGE_KEEP_BYTES": "5%"}, "edge_keep_bytes"),
+        ({"NUBIS_EDGE_KEEP_BYTES": "lots"}, "edge_keep_bytes"),
+        ({"NUBIS_FORWARD_TO": "https://c/dicom-web", "NUBIS_REPLICA_OF": "https://p"}, "replica"),
+        (
+            {"NUBIS_FORWARD_TO": "https://c/dicom-web", "NUBIS_REPLICATE_TO": "https://d/x"},
+            "forward_to and replicate_to",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(environ=environ)
+
+
+def test_forward_to_is_the_replication_target_with_its_own_key() -> None:
+    """An edge node forwards through the replication outbox (docs/edge.md)."""
+    settings = load_settings(
+        environ={"NUBIS_FORWARD_TO": "https://c/dicom-web", "NUBIS_FORWARD_API_KEY": "k"}
+    )
+    assert (settings.replicate_to, settings.replicate_api_key) == ("https://c/dicom-web", "k")
+    assert settings.sources["replicate_to"] == "forward_to (NUBIS_FORWARD_TO)"
+    same = load_settings(
+        environ={"NUBIS_FORWARD_TO": "https://c/dicom-web", "NUBIS_REPLICATE_API_KEY": "r"}
+    )
+    assert same.replicate_api_key == "r"
 
 
 def test_unknown_key_in_file(tmp_path: Path) -> None:

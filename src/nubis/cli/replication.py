@@ -37,7 +37,8 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Lag (seconds since the oldest change the replica lacks, and changes behind), held-back
-    deletes, parked entries, the last error and the last verified point."""
+    deletes, parked entries, the last error and the last verified point; on an edge node
+    (forward_to), the objects and bytes held here and those evicted."""
     from nubis.jobs.store import now_ms
     from nubis.security.authn import cli_principal
 
@@ -46,6 +47,11 @@ def status(
         replica = archive.settings.replicate_to
         primary = archive.settings.replica_of
         promoted = archive.guard.replica is not None and archive.guard.replica.promoted()
+        edge = (
+            archive.operations.edge_holdings(cli_principal())
+            if archive.settings.forward_to
+            else None
+        )
     now = now_ms()
     report = {
         # What this archive is: a read-only replica of a primary, or a primary.
@@ -60,6 +66,14 @@ def status(
         "verified_seq": found.verified_seq,
         "verified_at": _when(found.verified_at),
     }
+    if edge is not None:
+        # An edge node (forward_to): what is here and what only the cloud holds now.
+        report |= {
+            "edge_local_instances": edge.local_instances,
+            "edge_local_bytes": edge.local_bytes,
+            "edge_evicted_instances": edge.evicted_instances,
+            "edge_evicted_bytes": edge.evicted_bytes,
+        }
     if as_json:
         out.print_json(json.dumps(report))
         return

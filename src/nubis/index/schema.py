@@ -29,6 +29,7 @@ from nubis.index.schema_base import UID, metadata
 from nubis.index.schema_outbound import (
     change_feed,
     change_feed_state,
+    edge_copies,
     replication_outbox,
     replication_state,
     webhook_dead_letters,
@@ -623,6 +624,7 @@ __all__ = [
     "corrections",
     "dimse_peers",
     "doomed_blobs",
+    "edge_copies",
     "erased_patient_keys",
     "erasure_certificates",
     "grants",

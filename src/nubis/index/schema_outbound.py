@@ -1,5 +1,6 @@
-"""Index tables of what leaves the archive: the replication outbox (and its state), the change
-feed (and its expiry state), webhook subscriptions and their dead letters.
+"""Index tables of what leaves the archive: the replication outbox (and its state), an edge
+node's confirmed and evicted copies, the change feed (and its expiry state), webhook
+subscriptions and their dead letters.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nubis.index.schema_base import UID, metadata
 __all__ = [
     "change_feed",
     "change_feed_state",
+    "edge_copies",
     "replication_outbox",
     "replication_state",
     "webhook_dead_letters",
@@ -77,6 +79,26 @@ replication_state = Table(
     Column("lease_expires_at", BigInteger),
     Column("promoted_at", BigInteger),
     Column("promoted_by", String(128)),
+)
+
+# An edge node's record of each instance the cloud archive confirmed (docs/edge.md, migration 0025):
+# ``confirmed_sha256`` is the digest the cloud verified when the replicate job retired the
+# instance's store entry (evictable only while it is still the instance's), and
+# ``evicted_at`` when the edge removed its local blob (reads then go to the cloud). Deleted
+# with the instance.
+edge_copies = Table(
+    "edge_copies",
+    metadata,
+    Column(
+        "instance_pk",
+        Integer,
+        ForeignKey("instances.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("confirmed_sha256", String(64), nullable=False),
+    Column("confirmed_at", BigInteger, nullable=False),
+    Column("evicted_at", BigInteger),
 )
 
 # The change feed (issue 15, migration 0022): every create, update (a correction, a tier move),

@@ -44,6 +44,9 @@
 - ``replicate``: send the replication outbox to the replica (nubis.replication.job); no
   parameters (the replica's credential is a setting, never a job's). Queued every
   replicate_every_seconds by nodes with replicate_to set; one run at a time drains.
+- ``edge-evict``: on an edge node (forward_to), delete the local blobs of studies the cloud
+  confirmed and the keep rules let go (nubis.edge.evict); no parameters. Queued every
+  edge_evict_every_seconds by nodes with forward_to set.
 - ``analyze-scan``: queue an ``analyze`` job for each stable study an analyzer of the
   ``analyzers`` setting has not analyzed (nubis.analyzers.job); queued every
   analyzer_scan_seconds while that setting names any.
@@ -74,6 +77,7 @@ from nubis.jobs.schedule import (
     ANALYZE_SCAN,
     AUDIT_VERIFY,
     CHANGEFEED_EXPIRE,
+    EDGE_EVICT,
     REPLICATE,
     RETENTION,
     SNAPSHOT,
@@ -150,6 +154,7 @@ def handlers(
     dimse_send: Handler | None = None,
     healer: Callable[[], Healer | None] | None = None,
     replicate: Handler | None = None,
+    edge_evict: Handler | None = None,
     analyze: tuple[Handler, Handler] | None = None,
     webhooks: Handler | None = None,
     changefeed_expire: Handler | None = None,
@@ -158,9 +163,9 @@ def handlers(
 ) -> dict[str, Handler]:
     """The handler of each kind this node can run (``rewrap`` only with encryption at rest,
     ``rekey`` re-encrypting with it and only forgetting its studies without it,
-    ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate``, ``webhooks``,
-    ``changefeed-expire``, ``retention`` and ``analyze`` (the scan's and the analysis'
-    handlers) when given);
+    ``commitment-report``, ``audit-verify``, ``dimse-send``, ``replicate``, ``edge-evict``,
+    ``webhooks``, ``changefeed-expire``, ``retention`` and ``analyze`` (the scan's and the
+    analysis' handlers) when given);
     ``guard`` records what ``verify`` reads and heals, as ``actor`` (``audit-verify`` records
     its own use of the log, as ``actor``); ``healer`` gives each ``verify`` run its healer;
     ``certificate_checks`` verifies the erasure certificates with the chain (``audit-verify``)."""
@@ -230,6 +235,8 @@ def handlers(
         kinds["dimse-send"] = dimse_send
     if replicate is not None:
         kinds[REPLICATE] = replicate
+    if edge_evict is not None:
+        kinds[EDGE_EVICT] = edge_evict
     if retention is not None:
         kinds[RETENTION] = retention
     if analyze is not None:

@@ -12,6 +12,7 @@ __all__ = [
     "ANALYZE_SCAN",
     "AUDIT_VERIFY",
     "CHANGEFEED_EXPIRE",
+    "EDGE_EVICT",
     "REPLICATE",
     "RETENTION",
     "SCHEDULED",
@@ -25,6 +26,8 @@ AUDIT_VERIFY = "audit-verify"
 RETENTION = "retention"
 # Scheduled by replicate_every_seconds whenever replicate_to is set, not by jobs_schedule.
 REPLICATE = "replicate"
+# Scheduled by edge_evict_every_seconds whenever forward_to is set (docs/edge.md).
+EDGE_EVICT = "edge-evict"
 # Scheduled by analyzer_scan_seconds whenever the analyzers setting names any.
 ANALYZE_SCAN = "analyze-scan"
 # Scheduled by webhook_every_seconds whenever change_feed is on, not by jobs_schedule.

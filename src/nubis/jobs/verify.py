@@ -35,12 +35,19 @@ from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 
 from nubis.blobs.integrity import verify_chunks
 from nubis.errors import BlobCorrupted, BlobUnreadable, KeyErased, RestoreRequired
 from nubis.index.database import Index
-from nubis.index.schema import INSTANCES_LOCATED, instance_tiers, instances, series, studies
+from nubis.index.schema import (
+    INSTANCES_LOCATED,
+    edge_copies,
+    instance_tiers,
+    instances,
+    series,
+    studies,
+)
 from nubis.jobs.context import JobContext
 from nubis.jobs.heal import Healer, Repair
 from nubis.model.audit import ActiveParticipant, AuditEvent, EventAction, EventOutcome
@@ -76,7 +83,10 @@ def verify(
     heal = healer() if healer is not None and params.get("heal", True) else None
     who = None if actor is None else replace(actor, user_name=ctx.job.created_by)
     tier = func.coalesce(instance_tiers.c.tier, tiers.default.name)
-    criteria = []
+    # An edge node's evicted objects are not here to check: the cloud archive holds them,
+    # verified when they were forwarded, and its own verify job checks them (docs/edge.md).
+    criteria = [~exists().where(edge_copies.c.instance_pk == instances.c.id,
+                                edge_copies.c.evicted_at.is_not(None))]  # fmt: skip
     if params.get("partition"):
         criteria.append(studies.c.partition == params["partition"])
     if params.get("study"):

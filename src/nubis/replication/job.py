@@ -12,7 +12,9 @@ correction as the update of the study it left, a crypto-shred as the shred of th
 keys there; a move between storage tiers is only retired (the replica keeps its own tiers,
 by its own rules). An entry
 is deleted from the outbox only once the replica confirmed it, so a crash anywhere repeats it
-at worst (at-least-once; the replica answers a repeat as already stored or already gone).
+at worst (at-least-once; the replica answers a repeat as already stored or already gone). On
+an edge node the commit that retires a store also records the digest the cloud verified
+(nubis.index.edge_sql.confirmed), which eviction waits for (docs/edge.md).
 
 A refusal stops that study's later entries, which wait behind it with a backoff doubling from
 1 s up to replicate_retry_max_seconds; after MAX_REFUSALS it is parked for an operator
@@ -29,13 +31,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from sqlalchemy import Connection
+
 from nubis.errors import KeyErased, NotFound, NubisError
-from nubis.index import outbox_sql
+from nubis.index import edge_sql, outbox_sql
 from nubis.index.database import Index
 from nubis.index.outbox_sql import Entry
 from nubis.jobs.context import JobContext
 from nubis.jobs.schedule import REPLICATE
 from nubis.jobs.store import JobStore, now_ms
+from nubis.model.records import StoredInstance
 from nubis.replication.target import DicomWebReplica, ReplicaRefused, ReplicaUnreachable
 from nubis.security.policy import Principal
 from nubis.services.retrieve import RetrieveService
@@ -70,13 +75,17 @@ class Replicator:
         *,
         retry_max_seconds: int,
         linger_seconds: float = LINGER_SECONDS,
+        confirm_copies: bool = False,
     ) -> None:
+        """``confirm_copies``: record each object the replica verified (an edge node's
+        eviction waits for it, docs/edge.md)."""
         self.index = index
         self.retrieve = retrieve
         self.jobs = jobs
         self.replica = replica
         self.retry_max_seconds = retry_max_seconds
         self.linger_seconds = linger_seconds
+        self.confirm_copies = confirm_copies
         self._senders = ThreadPoolExecutor(STORES_AT_ONCE, thread_name_prefix="nubis-replicate")
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
@@ -175,7 +184,7 @@ class Replicator:
     def _apply_one(self, entry: Entry) -> bool:
         """Apply ``entry`` and retire it; False when the replica refused it (it waits)."""
         try:
-            self._apply(entry)
+            sent = self._apply(entry)
         except ReplicaUnreachable as exc:
             self._failed(entry, str(exc), park=False)
             raise
@@ -188,7 +197,15 @@ class Replicator:
             )  # fmt: skip
             self._failed(entry, reason, park=park)
             return False
-        self.index.write(lambda conn: outbox_sql.replicated(conn, entry.seq, now_ms()))
+
+        def retire(conn: Connection) -> None:
+            now = now_ms()
+            outbox_sql.replicated(conn, entry.seq, now)
+            if sent is not None and self.confirm_copies:
+                # The confirmation an edge node evicts by (docs/edge.md), in the same commit.
+                edge_sql.confirmed(conn, sent.pk, sent.sha256, now)
+
+        self.index.write(retire)
         return True
 
     def _failed(self, entry: Entry, reason: str, *, park: bool) -> None:
@@ -199,28 +216,29 @@ class Replicator:
             lambda conn: outbox_sql.failed(conn, entry.seq, text, now, now + delay, park=park)
         )
 
-    def _apply(self, entry: Entry) -> None:
+    def _apply(self, entry: Entry) -> StoredInstance | None:
+        """Apply ``entry``; the instance whose bytes the replica verified, for a store."""
         if entry.op == outbox_sql.DELETE:
             self.replica.delete(entry.study_uid, entry.series_uid, entry.sop_instance_uid)
-            return
+            return None
         if entry.op == outbox_sql.TIER:
-            return  # recorded, not applied: the replica's tiers follow its own rules
+            return None  # recorded, not applied: the replica's tiers follow its own rules
         detail = json.loads(entry.detail or "{}")
         if entry.op == outbox_sql.CORRECT:
             self.replica.correct(
                 entry.study_uid, detail["correction"], detail["reason"], detail["set"]
             )
-            return
+            return None
         if entry.op == outbox_sql.SHRED:
             self.replica.shred(detail["patient"])
-            return
+            return None
         who = replication_principal(entry.partition)
         try:
             found = self.retrieve.instances(
                 who, entry.study_uid, entry.series_uid, entry.sop_instance_uid
             )
         except NotFound:
-            return  # deleted since: the delete's own entry follows in this study's order
+            return None  # deleted since: the delete's own entry follows in this study's order
         inst = found[0]
         try:
             self.replica.store(
@@ -233,7 +251,8 @@ class Replicator:
         except KeyErased:
             # Shredded since: it must not reach the replica readable; the shred's own entry
             # follows in this study's order (the request was cut off mid-body, nothing stored).
-            return
+            return None
+        return inst
 
 
 def replication_principal(tenant: str) -> Principal:

@@ -43,7 +43,7 @@ from sqlalchemy import Connection
 from nubis.dicom import overlay
 from nubis.errors import BadRequest, Conflict, NotFound
 from nubis.index import corrections_sql as sql
-from nubis.index import feed_sql, outbox_sql, rekey_sql
+from nubis.index import edge_sql, feed_sql, outbox_sql, rekey_sql
 from nubis.index.columns import json_text, study_columns
 from nubis.index.database import Index
 from nubis.index.driver import driver_cursor
@@ -302,6 +302,13 @@ class CorrectionService:
                         continue  # deleted since: nothing left to restore
                     raise NotFound(f"no study {uid}")
                 pk, before = found
+                if edge_sql.has_evicted(conn, pk):
+                    # The cloud would serve its objects under the overlay, which the edge
+                    # cannot check against their digests, and a re-key needs the blobs.
+                    raise Conflict(
+                        f"study {uid} is evicted from this edge node: correct it at the cloud "
+                        "archive it was forwarded to"
+                    )
                 if undoes is not None:
                     restored, left = target
                     if not _same(before, left):

@@ -23,8 +23,9 @@ from sqlalchemy import Connection
 
 from nubis.dimse.peers import Peer, PeerTable
 from nubis.errors import BadRequest, NotFound
-from nubis.index import outbox_sql
+from nubis.index import edge_sql, outbox_sql
 from nubis.index.database import Index
+from nubis.index.edge_sql import EdgeHoldings
 from nubis.index.outbox_sql import ReplicationStatus
 from nubis.jobs.schedule import SNAPSHOT
 from nubis.jobs.store import Job, JobState, JobStore, now_ms
@@ -143,6 +144,12 @@ class Operations:
         self._authorize(who, "read the replication status")
         with self.index.reading() as conn:
             return outbox_sql.status(conn, now_ms())
+
+    def edge_holdings(self, who: Principal) -> EdgeHoldings:
+        """An edge node's local and evicted objects and bytes (docs/edge.md)."""
+        self._authorize(who, "read the replication status")
+        with self.index.reading() as conn:
+            return edge_sql.holdings(conn)
 
     def retry_replication(self, who: Principal) -> int:
         """Make the outbox entries the replica refused too often due again; how many."""
