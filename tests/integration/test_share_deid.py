@@ -236,3 +236,15 @@ def test_creation_and_reads_are_audited(world: World) -> None:
     ]
     assert "de-identified for the shared study" in json.dumps(read)
     assert world.study in json.dumps(read)
+
+
+def test_a_zip_download_is_recorded_as_an_export(world: World) -> None:
+    """PS3.15 A.5.3.6 Data Export, naming the real study (in the audit trail only)."""
+    audit = world.site.archive.audit
+    client = _link(world, deidentify="profile", access="download")
+    remapped = _first(_studies(world, client), "0020000D")
+    after = audit.head()[0]
+    _get(world, client, f"/share/studies/{remapped}/download")
+    records = [r.event_dict for r in audit.scan(after, 100000)]
+    (export,) = [r for r in records if r["event_id"]["code"] == "110106"]
+    assert world.study in json.dumps(export) and "ZIP download" in json.dumps(export)

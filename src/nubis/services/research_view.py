@@ -322,16 +322,29 @@ class ResearchView:
         sop_instance_uid: str | None = None,
         *,
         native: bool = True,
+        export: str | None = None,
     ) -> Iterator[DeidentifiedFile]:
         """The de-identified Part-10 objects (excluded ones left out; 403 for one asked for
         by name), the first made before this returns; ``native``: in Explicit VR Little
-        Endian, else in the syntax the profile leaves them in."""
+        Endian, else in the syntax the profile leaves them in. ``export`` (what carries them
+        away, a ZIP download) adds a Data Export record (PS3.15 A.5.3.6)."""
         what = _what(name, study_uid, series_uid, sop_instance_uid)
         with _reworded(what):
             session = self.open(who, name)
             if session.link is not None and not session.link.can_download:
                 raise Forbidden("this share link is for viewing only: whole objects are not sent")
             found = self._locate(who, session, study_uid, series_uid, sop_instance_uid, True)
+            if export is not None:
+                self.guard.record(
+                    audit_events.data_export(
+                        who,
+                        patient_id=found[0].patient_id,
+                        study_uids=[found[0].study_uid],
+                        request_id=who.request_id,
+                        description=f"{export} of {len(found)} object(s), de-identified for "
+                        f"{session.label}",
+                    )
+                )
             files = (
                 deidentified_file(self.retrieve, session.profile, session.key, inst, native)
                 for inst in found

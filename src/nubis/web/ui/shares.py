@@ -290,7 +290,9 @@ async def share_download(request: Request) -> Response:
     study = check_uid(str(request.path_params["study"]), "Study Instance UID")
 
     def open_zip() -> Any:
-        files = archive.research_view.instances(who, None, study, native=False)
+        files = archive.research_view.instances(
+            who, None, study, native=False, export="ZIP download"
+        )
         return archive.export.deidentified_zip(files)
 
     chunks = await run_in_threadpool(open_zip)
