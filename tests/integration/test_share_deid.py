@@ -39,8 +39,10 @@ ADMIN_PRINCIPAL = Principal("ada", "default", frozenset({"admin"}))
 class World:
     site: Site
     study: str
+    ct_series: str
     us_sop: str
     phi: set[str]  # every identifying string of the stored objects, UIDs included
+    studies_series: tuple[str, ...]
 
 
 def _ultrasound(study_uid: str) -> Dataset:
@@ -86,7 +88,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         site.archive.users.add_user("resa", tenant="default", roles="researcher")
         site.archive.research.add_member(ADMIN_PRINCIPAL, PROJECT, "resa")
-        yield World(site, study, str(us.SOPInstanceUID), phi)
+        ct = str(datasets[0].SeriesInstanceUID)
+        every_series = tuple(dict.fromkeys(str(ds.SeriesInstanceUID) for ds in datasets))
+        yield World(site, study, ct, str(us.SOPInstanceUID), phi, every_series)
 
 
 def _leaks(world: World, data: str | bytes) -> list[str]:
@@ -205,6 +209,26 @@ def test_a_de_identified_session_is_refused_the_identified_api(world: World) -> 
     # An unknown study: the error names only what was sent.
     response = client.get("/share/dicom-web/studies/1.2.3.4/metadata")
     assert response.status_code == 404 and not _leaks(world, response.content)
+
+
+def test_a_link_to_some_series_shows_only_those(world: World) -> None:
+    """The link's grant rows scope the view: the other series is absent from QIDO-RS, the
+    study's metadata and the ZIP."""
+    client = _link(world, deidentify="profile", access="download", series=world.ct_series)
+    remapped = _first(_studies(world, client), "0020000D")
+    series = json.loads(_get(world, client, f"/share/dicom-web/studies/{remapped}/series"))
+    assert [_first(s, "00080060") for s in series] == ["CT"]
+    metadata = json.loads(_get(world, client, f"/share/dicom-web/studies/{remapped}/metadata"))
+    assert len(metadata) == 2
+    zipped = zipfile.ZipFile(io.BytesIO(_get(world, client, f"/share/studies/{remapped}/download")))
+    assert len(zipped.namelist()) == 2
+    assert {name.split("/")[0] for name in zipped.namelist()} == {_first(series[0], "0020000E")}
+    # A link to the ultrasound series alone: the CT series is absent, the US object excluded.
+    us_series = next(s for s in world.studies_series if s != world.ct_series)
+    client = _link(world, deidentify="profile", access="download", series=us_series)
+    remapped = _first(_studies(world, client), "0020000D")
+    assert json.loads(_get(world, client, f"/share/dicom-web/studies/{remapped}/metadata")) == []
+    assert json.loads(_get(world, client, f"/share/dicom-web/studies/{remapped}/instances")) == []
 
 
 def test_a_normal_link_still_shows_the_patient(world: World) -> None:
