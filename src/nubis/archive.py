@@ -273,6 +273,11 @@ class Archive:
             if self.keys is not None
             else None
         )
+        # Research projects and the researcher's de-identified view (docs/research.md); a
+        # de-identified share link reads through the same view.
+        self.research = ResearchService(
+            self.index, self.guard, self.query, self.keys, max_limit=settings.qido_max_limit
+        )
         self.sharing = SharingService(
             self.index,
             self.guard,
@@ -280,6 +285,7 @@ class Archive:
             self.users,
             self.sessions,
             self.throttle,
+            self.research,
             default_days=settings.share_default_days,
             max_days=settings.share_max_days,
         )
@@ -293,11 +299,9 @@ class Archive:
             self.index, self.guard, min_cell=settings.aggregate_min_cell
         )
         self.quarantine = QuarantineService(self.index, guard=self.guard)
-        # Research projects and the researcher's de-identified view (docs/research.md).
-        self.research = ResearchService(
-            self.index, self.guard, self.query, self.keys, max_limit=settings.qido_max_limit
+        self.research_view = ResearchView(
+            self.research, self.sharing, self.retrieve, self.index, self.guard
         )
-        self.research_view = ResearchView(self.research, self.retrieve, self.index, self.guard)
         # Workitems handed out and performed over UPS-RS (docs/worklists.md).
         self.worklist = WorklistService(self.index, self.guard)
         self.maintenance = Maintenance(

@@ -216,3 +216,43 @@ def test_a_link_with_a_pin(
     tab.get_by_role("button", name="Open the study").click()
     tab.wait_for_url(f"{archive.url}/share/")
     expect(tab.locator("table tbody tr")).to_have_count(2)  # the whole study: CT and MR
+
+
+def test_a_de_identified_link_shows_the_study_without_the_patient(
+    archive: Archive, page: Page, stranger: tuple[BrowserContext, Page, list[str]]
+) -> None:
+    """A de-identified link (issue 14, docs/research.md): the recipient's landing page and
+    viewer read through /share/dicom-web only, show a pseudonym where the patient was and no
+    stored UID, and the viewer draws the CT."""
+    sign_in(page, archive.url, "rad")
+    page.goto(f"{archive.url}/ui/studies/{archive.study}/share")
+    page.get_by_label("De-identified, with pseudonyms of the link's own").check()
+    page.get_by_role("button", name="Create link").click()
+    expect(page.get_by_role("heading", name="Link made")).to_be_visible()
+    share_url = page.locator("#share-url").input_value()
+
+    _, tab, _ = stranger
+    asked: list[str] = []
+    failed: list[str] = []
+    tab.on("request", lambda r: asked.append(r.url))
+    tab.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    tab.goto(share_url)
+    tab.get_by_role("button", name="Open the study").click()
+    tab.wait_for_url(f"{archive.url}/share/")
+    home = tab.content()
+    assert "BSH-1" not in home and "Browser" not in home and archive.study not in home
+    expect(tab.locator("table tbody tr")).to_have_count(2)
+    tab.get_by_role("link", name="Open the study in the viewer").click()
+    viewport = tab.locator(".viewport").first
+    expect(viewport).to_have_attribute("data-state", "ready", timeout=20000)
+    expect(viewport).to_have_attribute("data-drawn", "0", timeout=20000)
+    screenshot(tab, "share-deidentified-viewer")
+    overlay = viewport.locator(".tl").inner_text()
+    assert "Browser" not in overlay and "BSH-1" not in overlay, overlay
+    assert failed == []
+    identified = [
+        u for u in asked if archive.study in u or u.startswith(f"{archive.url}/dicom-web/")
+    ]
+    assert identified == []
+    response = tab.goto(f"{archive.url}/dicom-web/studies")
+    assert response is not None and response.status == 403

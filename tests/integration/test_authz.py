@@ -137,6 +137,14 @@ RULES[("/ui/logout", "POST")] = "any"
 RULES[("/share/{token}", "GET")] = "public"
 RULES[("/share/{token}", "POST")] = "public"
 RULES[("/share/", "GET")] = "share-session"
+# A de-identified link's session (docs/research.md): its de-identified DICOMweb, viewer and ZIP,
+# read through the research view; every other caller refused (404 for a researcher, who may
+# de-identify but holds no link).
+for (_path, _method), _need in list(RULES.items()):
+    if _path.startswith(_PROJECT + "/"):
+        RULES[("/share/dicom-web" + _path.removeprefix(_PROJECT), _method)] = "share-deid"
+RULES[("/share/studies/{study}/view", "GET")] = "share-deid"
+RULES[("/share/studies/{study}/download", "GET")] = "share-deid"
 # Making and managing links and user grants: roles that may share (their whole tenant); a
 # signed-out browser is sent to sign in, a study of another tenant is absent.
 for _path, _method in (
@@ -217,8 +225,9 @@ RULES[("/ohif", "GET")] = "public"
 RULES[("/ohif/{path:path}", "GET")] = "public"
 RULES[("/ohif/{path:path}", "HEAD")] = "public"
 
-# What each role may do, written out independently of nubis.security.policy. "share-view" and
-# "share-download" are the sessions of share links (internal roles, never a user's).
+# What each role may do, written out independently of nubis.security.policy. "share-view",
+# "share-download" and "share-deidentified" are the sessions of share links (internal roles,
+# never a user's); the last one's link is de-identified as the "matrix" project, with download.
 CAN = {
     "admin": {"read", "download", "write", "delete", "audit", "share", "worklist", "aggregate"},
     "radiologist": {"read", "download", "write", "share", "worklist"},
@@ -230,9 +239,10 @@ CAN = {
     "monitor": {"monitor"},
     "share-view": {"read"},
     "share-download": {"read", "download"},
+    "share-deidentified": {"deidentify-share"},
 }
-GRANTED_ONLY = {"referrer", "share-view", "share-download"}
-SHARE_CALLERS = ("share-view", "share-download")
+GRANTED_ONLY = {"referrer", "share-view", "share-download", "share-deidentified"}
+SHARE_CALLERS = ("share-view", "share-download", "share-deidentified")
 
 
 def _routes(app: object) -> Iterator[tuple[str, str]]:
@@ -372,6 +382,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             study_uids=(own,),
             members=("researcher",),
         )
+        _, token = sharing.create(radiologist, own, can_download=True, deid_project="matrix")
+        keys["share-deidentified"] = sharing.open(token, pin="", peer="127.0.0.1").session_token
         for name, tenant in (
             ("own", "default"),
             ("other_patient", "default"),
@@ -525,6 +537,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need == "research":
             failures += _research_route(world, who, path)
             continue
+        if need == "share-deid":
+            failures += _share_deid_route(world, who, path)
+            continue
         if need == "research-page":
             failures += _research_page(world, who, path)
             continue
@@ -618,7 +633,60 @@ def _research_route(world: World, who: str, path: str) -> list[str]:
         ]
         if who in SIGNED_OUT:
             expected, ok = "401", status == 401
+        elif who == "share-deidentified":
+            # May de-identify, but only its link: no project is its own.
+            expected, ok = "404", status == 404
         elif "deidentify" not in CAN[role]:
+            expected, ok = "403", status == 403
+        elif target != "own":
+            if _is_query(path, "GET"):
+                expected, ok = "200 []", status == 200 and response.json() == []
+            else:
+                expected, ok = "404", status == 404
+        elif _is_query(path, "GET"):
+            expected, ok = "2xx, 1 match", status == 200 and len(response.json()) >= 1
+        else:
+            expected, ok = "2xx", 200 <= status < 300
+        if leaked:
+            failures.append(f"GET {path} [{target}]: identifying values {leaked} in the answer")
+        if not ok:
+            failures.append(f"GET {path} [{target}]: {status}, expected {expected}")
+    return failures
+
+
+def _share_deid_route(world: World, who: str, path: str) -> list[str]:
+    """A route of a de-identified link's session: for that session, its study de-identified
+    (the "matrix" project's remapped UIDs, nothing identifying in the answer) and every other
+    study absent; a researcher 404 (no link); a browser signed out sent to sign in (the
+    viewer), 401 (DICOMweb) or 404 (the ZIP, a share session's page); every other role 403
+    (another link's session: 403 on the ZIP too; an account: 404 there, not a share session)."""
+    failures = []
+    role = "admin" if who == "other-admin" else who
+    page = path.startswith("/share/studies/")
+    for target in ("own", "other_patient", "other_tenant"):
+        stored = world.studies[target]
+        remapped = _remapped(world, stored)
+        url = _url(path, remapped)
+        if path.count("/") == 3:  # /share/dicom-web/studies, /series, /instances
+            url += f"?StudyInstanceUID={remapped.study}"
+        response = world.client.get(url, headers=world.headers(who), follow_redirects=False)
+        status = response.status_code
+        leaked = [
+            v
+            for v in (stored.patient, "Doe", stored.study, stored.series, stored.instance)
+            if v in response.text
+        ]
+        if path.endswith("/download") and who not in SHARE_CALLERS:
+            expected, ok = "404", status == 404
+        elif who in SIGNED_OUT:
+            if page:
+                ok = status == 303 and response.headers["location"].startswith("/ui/login")
+                expected = "303 to sign-in"
+            else:
+                expected, ok = "401", status == 401
+        elif role == "researcher":
+            expected, ok = "404", status == 404
+        elif "deidentify-share" not in CAN[role]:
             expected, ok = "403", status == 403
         elif target != "own":
             if _is_query(path, "GET"):
@@ -691,6 +759,8 @@ def _research_page(world: World, who: str, path: str) -> list[str]:
         location = response.headers.get("location", "")
         if who in SIGNED_OUT:
             expected, ok = "303 to sign-in", status == 303 and location.startswith("/ui/login")
+        elif who == "share-deidentified":
+            expected, ok = "404", status == 404
         elif "deidentify" not in CAN[role]:
             expected, ok = "403", status == 403
         elif target != "own":

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from nubis.archive import Archive
 from nubis.cli.main import app
 from nubis.config import load_settings
+from nubis.deid.profile import default_profile_text
 from nubis.index.schema import grants
 from nubis.security.policy import Principal
 from nubis.tools import synth
@@ -33,6 +34,7 @@ def test_list_and_revoke(tmp_path: Path) -> None:
         study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         alice = Principal("alice", "default", frozenset({"radiologist"}))
         link, token = archive.sharing.create(alice, study, pin="2468", note="for Dr Who")
+        own, _ = archive.sharing.create(alice, study, deid_profile_toml=default_profile_text())
         session = archive.sharing.open(token, pin="2468", peer="10.0.0.9").session_token
     finally:
         archive.audit.close()
@@ -41,6 +43,10 @@ def test_list_and_revoke(tmp_path: Path) -> None:
     listed = runner.invoke(app, ["shares", "list", *data], env={"COLUMNS": "250"})
     assert listed.exit_code == 0, listed.output
     assert link.id in listed.output and "active" in listed.output and token not in listed.output
+    rows = {line.split()[1]: line for line in listed.output.splitlines() if "│" in line}
+    assert rows[own.id].rstrip(" │").endswith("own key") and rows[link.id].rstrip(" │").endswith(
+        "no"
+    )
     other = runner.invoke(app, ["shares", "list", "--tenant", "other", *data])
     assert link.id not in other.output
     missing = runner.invoke(app, ["shares", "revoke", "0123456789abcdef", *data])

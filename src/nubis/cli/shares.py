@@ -44,8 +44,28 @@ def list_links(
 
     with open_archive(data_dir, config, set_) as archive:
         links = archive.sharing.list(cli_principal(tenant), study_uid=study)
-    table = Table("id", "state", "study", "series", "made by", "expires", "access", "PIN", "opens")
+        projects = {
+            link.deid_project_id: archive.research.project_by_id(link.tenant, link.deid_project_id)
+            for link in links
+            if link.deid_project_id is not None
+        }
+    table = Table(
+        "id",
+        "state",
+        "study",
+        "series",
+        "made by",
+        "expires",
+        "access",
+        "PIN",
+        "opens",
+        "de-identified",
+    )
     for link in links:
+        if link.deid_project_id is not None:
+            deidentified = f"as project {projects[link.deid_project_id].name}"
+        else:
+            deidentified = "own key" if link.deidentified else "no"
         table.add_row(
             link.id,
             link.state(),
@@ -56,6 +76,7 @@ def list_links(
             "download" if link.can_download else "view",
             "yes" if link.has_pin else "no",
             str(link.open_count),
+            deidentified,
         )
     out.print(table)
 

@@ -271,6 +271,15 @@ share_links = Table(
     Column("note", Text, nullable=False),
     Column("last_opened_at", BigInteger),
     Column("open_count", Integer, nullable=False),
+    # A de-identified link (issue 14, docs/research.md): its reads go through the research
+    # view under a research project's profile and key (deid_project_id), or under a profile
+    # of its own and a key of its own, wrapped by the archive's key provider as a project's.
+    Column("deid_project_id", Integer),
+    Column("deid_profile_toml", Text),
+    Column("deid_key_subject", String(64)),
+    Column("deid_key_id", String(255)),
+    Column("deid_key_wrapped_subject", String(255)),
+    Column("deid_key_ciphertext", LargeBinary),
 )
 Index("ix_share_links_study", share_links.c.tenant, share_links.c.study_uid)
 Index("ix_share_links_created_by", share_links.c.tenant, share_links.c.created_by)

@@ -19,7 +19,8 @@ and modality (store only), researcher (de-identified reads of the research proje
 member of, through nubis.services.research_view, identified reads refused; and aggregate
 statistics, whose small cells are suppressed), auditor (the audit log only), monitor (the
 metrics only: what a Prometheus server's API key is given); and the internal roles of share
-links and of analyzer jobs (``analyzer``: read and store, never a user's).
+links (``share-deidentified``: a de-identified link's, which reads like a researcher) and of
+analyzer jobs (``analyzer``: read and store, never a user's).
 Nothing is allowed that a role does not list. The audit log is the archive's,
 not a tenant's (its records name every tenant's patients and users), so only principals of the
 home tenant ``default`` may read it, whatever their role. So it is with running the archive
@@ -134,6 +135,13 @@ ROLES: dict[str, RoleSpec] = {
         assignable=False,
         summary="a share link's session: view and download the shared study (internal)",
     ),
+    "share-deidentified": RoleSpec(
+        Action.DEIDENTIFY,
+        granted_only=True,
+        assignable=False,
+        summary="a de-identified share link's session: the shared study through the "
+        "de-identifying view only (/share/dicom-web; internal)",
+    ),
 }
 ASSIGNABLE_ROLES = frozenset(name for name, spec in ROLES.items() if spec.assignable)
 
@@ -142,6 +150,11 @@ DEIDENTIFIED_ONLY = (
     "the researcher role reads de-identified data only, through the research projects it is "
     "a member of (/projects/{name}/dicom-web/...): identified metadata, pixels and query "
     "results are refused"
+)
+
+DEIDENTIFIED_SHARE_ONLY = (
+    "this share link is de-identified: its study is read through /share/ and "
+    "/share/dicom-web/... only"
 )
 
 
@@ -254,6 +267,8 @@ class AuthPolicy:
         allowed = self.actions(who)
         if not action or action & allowed != action:
             if action & Action.READ and allowed & Action.DEIDENTIFY:
+                if "share-deidentified" in who.roles:
+                    return Decision(False, DEIDENTIFIED_SHARE_ONLY)
                 return Decision(False, DEIDENTIFIED_ONLY)
             roles = ", ".join(sorted(who.roles)) or "no role"
             missing = action & ~allowed

@@ -20,12 +20,16 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nubis.model.records import StoredInstance
 from nubis.security import audit_events
 from nubis.security.policy import Principal
 from nubis.services.guard import Guard
 from nubis.services.retrieve import AS_STORED, RetrieveService
+
+if TYPE_CHECKING:
+    from nubis.services.research_view import DeidentifiedFile
 
 __all__ = ["ExportService", "ZipDownload", "zip_stream"]
 
@@ -78,6 +82,14 @@ class ExportService:
         )
         name = f"{series_uid or study_uid}.zip"
         return ZipDownload(name, len(found), zip_stream(entries))
+
+    def deidentified_zip(self, files: Iterable[DeidentifiedFile]) -> Iterator[bytes]:
+        """De-identified objects (a de-identified share link's, made and recorded by the
+        research view) as a ZIP, each named by its remapped UIDs."""
+        return zip_stream(
+            (f"{f.series_uid}/{f.sop_instance_uid}.dcm", len(f.data), iter((f.data,)))
+            for f in files
+        )
 
 
 def entry_name(inst: StoredInstance) -> str:

@@ -206,12 +206,7 @@ class ResearchService:
                 "research projects need the archive's keyring (encrypt_at_rest or keyring) to "
                 "keep their keys"
             )
-        key = secrets.token_bytes(KEY_BYTES)
-        subject = secrets.token_hex(16)
-        wrapped = self.keys.wrap(
-            key, partition=tenant, patient_id=_SUBJECT_PREFIX + subject, aad=_aad(subject)
-        )
-        project_key = ProjectKey(key)
+        project_key, subject, wrapped = self.new_key(tenant, _SUBJECT_PREFIX)
         reid = _reid_rows(project_key, cohort)
         event = audit_events.security_configuration_changed(
             who,
@@ -339,10 +334,41 @@ class ResearchService:
     # ------------------------------------------------------------------ the view and exports
     def key_of(self, project: Project) -> ProjectKey:
         """The project's key, unwrapped by the archive's key provider."""
+        return self.unwrap_key(project.key_subject, project.wrapped)
+
+    def new_key(self, tenant: str, prefix: str) -> tuple[ProjectKey, str, WrappedKey]:
+        """A new random key wrapped by the archive's key provider as a key of its own (subject
+        ``prefix`` + a random id, the id as authenticated data): a project's, or a
+        de-identified share link's."""
+        if self.keys is None:
+            raise KeyUnavailable(
+                "de-identification keys need the archive's keyring (encrypt_at_rest or "
+                "keyring) to be kept"
+            )
+        key = secrets.token_bytes(KEY_BYTES)
+        subject = secrets.token_hex(16)
+        wrapped = self.keys.wrap(
+            key, partition=tenant, patient_id=prefix + subject, aad=_aad(subject)
+        )
+        return ProjectKey(key), subject, wrapped
+
+    def unwrap_key(self, subject: str, wrapped: WrappedKey) -> ProjectKey:
+        """A key :meth:`new_key` made, unwrapped by the archive's key provider."""
         if self.keys is None:
             raise KeyUnavailable("the archive's keyring is not configured")
-        key = self.keys.unwrap(project.wrapped, aad=_aad(project.key_subject))
-        return ProjectKey(key)
+        return ProjectKey(self.keys.unwrap(wrapped, aad=_aad(subject)))
+
+    def project_named(self, tenant: str, name: str) -> Project:
+        """A project of ``tenant`` by name, for a caller already authorized (a share link
+        being made names the project whose profile and key it reads with); NotFound."""
+        return self._require(tenant, name)
+
+    def project_by_id(self, tenant: str, project_id: int) -> Project:
+        """A project of ``tenant`` by id (a de-identified share link's); NotFound."""
+        project = self._find(tenant, None, project_id)
+        if project is None:
+            raise NotFound("the research project of this share link no longer exists")
+        return project
 
     def membership(self, who: Principal, name: str) -> Project:
         """The project ``who`` asks for by name, if ``who`` is a member in its tenant; NotFound
@@ -433,12 +459,15 @@ class ResearchService:
             raise NotFound(f"no research project {name}")
         return project
 
-    def _find(self, tenant: str, name: str) -> Project | None:
+    def _find(self, tenant: str, name: str | None, project_id: int | None = None) -> Project | None:
+        which = (
+            research_projects.c.name == name
+            if project_id is None
+            else research_projects.c.id == project_id
+        )
         with self.index.reading() as conn:
             row = conn.execute(
-                select(research_projects).where(
-                    research_projects.c.tenant == tenant, research_projects.c.name == name
-                )
+                select(research_projects).where(research_projects.c.tenant == tenant, which)
             ).first()
             if row is None:
                 return None

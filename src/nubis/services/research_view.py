@@ -24,6 +24,13 @@ patient is in the cohort), UIDs in matches are remapped ones, and every error is
 the values the researcher sent (:func:`_reworded`). Each read is recorded as the plain read is
 (Query, DICOM Instances Accessed or Transferred), naming the real patient and study, in the
 audit trail only.
+
+A de-identified share link reads through this same view (``/share/dicom-web``): its requests
+name no project (``name`` is None) and the view opens the caller's link instead
+(:meth:`ResearchView.open`): the project's profile and key if the link names one, else the
+link's own profile and key; the link's grant rows scope the index query as they scope any
+link's reads, and the study is found by remapping the link's one study with the key. Whole
+objects go only to a link made with download allowed.
 """
 
 from __future__ import annotations
@@ -42,17 +49,18 @@ from pydicom.uid import ExplicitVRLittleEndian
 from nubis.deid import burned_in
 from nubis.deid.engine import ExcludedObject, deidentify
 from nubis.deid.json_view import deidentify_json
-from nubis.deid.profile import Profile
+from nubis.deid.profile import Profile, parse_profile
 from nubis.dicom import overlay, render
 from nubis.errors import BadRequest, Forbidden, NotFound, NubisError
 from nubis.index.database import Index
-from nubis.model.query import Level, Match, MatchKind, keyword_tag, parse_qido
+from nubis.model.query import Level, Match, MatchKind, Query, keyword_tag, parse_qido
 from nubis.model.records import StoredInstance
 from nubis.security import audit_events
-from nubis.security.policy import Principal
+from nubis.security.policy import Action, Principal
 from nubis.services.guard import Guard
 from nubis.services.research import Project, ProjectKey, ResearchService, scoped_to
 from nubis.services.retrieve import AS_STORED, RetrieveService
+from nubis.services.sharing import ShareLink, SharingService
 
 __all__ = ["QUERYABLE", "DeidentifiedFile", "ResearchSession", "ResearchView"]
 
@@ -79,11 +87,28 @@ _UID_KEYS = {
 
 @dataclass(frozen=True)
 class ResearchSession:
-    """One request's project: what was checked once per request."""
+    """One request's source, checked once per request: a research project, or a de-identified
+    share link (``link``; with ``project`` too when it reads as that project)."""
 
-    project: Project
     key: ProjectKey
     profile: Profile
+    tenant: str
+    project: Project | None = None
+    link: ShareLink | None = None
+
+    @property
+    def label(self) -> str:
+        return _label(None if self.link is not None or self.project is None else self.project.name)
+
+    def scoped(self, query: Query) -> Query:
+        """``query`` limited to what this source reads: the project's cohort, or the link's
+        grant rows (its study, or its series)."""
+        if self.link is None:
+            assert self.project is not None
+            return scoped_to(query, self.project)
+        return replace(
+            query, partition=self.tenant, grantee=self.link.principal_id, project_id=None
+        )
 
 
 @dataclass(frozen=True)
@@ -99,23 +124,47 @@ class DeidentifiedFile:
 
 class ResearchView:
     def __init__(
-        self, research: ResearchService, retrieve: RetrieveService, index: Index, guard: Guard
+        self,
+        research: ResearchService,
+        sharing: SharingService,
+        retrieve: RetrieveService,
+        index: Index,
+        guard: Guard,
     ) -> None:
         self.research = research
+        self.sharing = sharing
         self.retrieve = retrieve
         self.index = index
         self.guard = guard
 
-    def open(self, who: Principal, name: str) -> ResearchSession:
-        """The project ``who`` is a member of (NotFound otherwise), its key and profile."""
+    def open(self, who: Principal, name: str | None) -> ResearchSession:
+        """The project ``who`` is a member of (NotFound otherwise), its key and profile; with
+        no name, the de-identified share link of ``who``'s session."""
+        if name is None:
+            return self._open_link(who)
         project = self.research.membership(who, name)
-        return ResearchSession(project, self.research.key_of(project), project.profile)
+        return ResearchSession(
+            self.research.key_of(project), project.profile, project.tenant, project=project
+        )
+
+    def _open_link(self, who: Principal) -> ResearchSession:
+        self.guard.authorize(who, Action.DEIDENTIFY, "read a de-identified share link")
+        link = self.sharing.link_of(who)
+        if link.deid_project_id is not None:
+            project = self.research.project_by_id(link.tenant, link.deid_project_id)
+            key, profile = self.research.key_of(project), project.profile
+        elif link.deid_key is not None and link.deid_profile_toml is not None:
+            key = self.research.unwrap_key(*link.deid_key)
+            profile = parse_profile(link.deid_profile_toml)
+        else:
+            raise NotFound("this share link is not de-identified: open it at /share/")
+        return ResearchSession(key, profile, link.tenant, link=link)
 
     # ------------------------------------------------------------------ QIDO-RS
     def search(
         self,
         who: Principal,
-        name: str,
+        name: str | None,
         level: Level,
         params: Sequence[tuple[str, str]],
         *,
@@ -139,14 +188,14 @@ class ResearchView:
                     "Modality, ModalitiesInStudy, SOPClassUID, SOPClassesInStudy, "
                     "BodyPartExamined and the remapped UIDs)"
                 )
-        with _reworded(f"query of research project {name}"):
+        with _reworded(f"query of {_label(name)}"):
             session = self.open(who, name)
             # Recorded whatever it finds (PS3.15 A.5.3.10: what was asked), the empty answers
             # below included.
             self.guard.record(
                 audit_events.query(
                     who,
-                    text or f"{level.name} query of research project {name}",
+                    text or f"{level.name} query of {_label(name)}",
                     request_id=who.request_id,
                 )
             )
@@ -166,7 +215,7 @@ class ResearchView:
                 study_uid=original_study,
                 series_uid=None,
             )
-            page = self.index.search(scoped_to(query, session.project))
+            page = self.index.search(session.scoped(query))
             items = []
             for item in page.items:
                 if level is Level.INSTANCE and _excluded(item, session.profile):
@@ -230,7 +279,7 @@ class ResearchView:
     def metadata(
         self,
         who: Principal,
-        name: str,
+        name: str | None,
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
@@ -242,14 +291,17 @@ class ResearchView:
             session = self.open(who, name)
             found = self._locate(who, session, study_uid, series_uid, sop_instance_uid, False)
             rows = self.index.metadata_of(
-                session.project.tenant,
+                session.tenant,
                 found[0].study_uid,
                 None if series_uid is None else found[0].series_uid,
                 None if sop_instance_uid is None else found[0].sop_instance_uid,
             )
             corrections = overlay.parse(rows[0][3])
+            shown = {inst.sop_instance_uid for inst in found}
             out = []
-            for _series, _sop, stored, _ in rows:
+            for _series, sop, stored, _ in rows:
+                if sop not in shown:  # a series a share link leaves out
+                    continue
                 metadata = json.loads(overlay.apply_to_metadata(stored, corrections))
                 try:
                     view, _ = deidentify_json(metadata, session.profile, session.key.key)
@@ -264,20 +316,35 @@ class ResearchView:
     def instances(
         self,
         who: Principal,
-        name: str,
+        name: str | None,
         study_uid: str,
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
         *,
         native: bool = True,
+        export: str | None = None,
     ) -> Iterator[DeidentifiedFile]:
         """The de-identified Part-10 objects (excluded ones left out; 403 for one asked for
         by name), the first made before this returns; ``native``: in Explicit VR Little
-        Endian, else in the syntax the profile leaves them in."""
+        Endian, else in the syntax the profile leaves them in. ``export`` (what carries them
+        away, a ZIP download) adds a Data Export record (PS3.15 A.5.3.6)."""
         what = _what(name, study_uid, series_uid, sop_instance_uid)
         with _reworded(what):
             session = self.open(who, name)
+            if session.link is not None and not session.link.can_download:
+                raise Forbidden("this share link is for viewing only: whole objects are not sent")
             found = self._locate(who, session, study_uid, series_uid, sop_instance_uid, True)
+            if export is not None:
+                self.guard.record(
+                    audit_events.data_export(
+                        who,
+                        patient_id=found[0].patient_id,
+                        study_uids=[found[0].study_uid],
+                        request_id=who.request_id,
+                        description=f"{export} of {len(found)} object(s), de-identified for "
+                        f"{session.label}",
+                    )
+                )
             files = (
                 deidentified_file(self.retrieve, session.profile, session.key, inst, native)
                 for inst in found
@@ -298,7 +365,7 @@ class ResearchView:
     def frames(
         self,
         who: Principal,
-        name: str,
+        name: str | None,
         study_uid: str,
         series_uid: str,
         sop_instance_uid: str,
@@ -315,7 +382,7 @@ class ResearchView:
     def rendered(
         self,
         who: Principal,
-        name: str,
+        name: str | None,
         study_uid: str,
         series_uid: str,
         sop_instance_uid: str,
@@ -331,7 +398,7 @@ class ResearchView:
     def thumbnail(
         self,
         who: Principal,
-        name: str,
+        name: str | None,
         study_uid: str,
         series_uid: str | None,
         sop_instance_uid: str | None,
@@ -350,7 +417,12 @@ class ResearchView:
             return self.retrieve.thumbnail(inst, options)
 
     def _pixels(
-        self, who: Principal, name: str, study_uid: str, series_uid: str, sop_instance_uid: str
+        self,
+        who: Principal,
+        name: str | None,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
     ) -> StoredInstance:
         """The stored instance whose pixels the researcher may see as stored (see
         :meth:`_check_pixels`)."""
@@ -377,10 +449,18 @@ class ResearchView:
 
     # ------------------------------------------------------------------ inside
     def _original_study(self, session: ResearchSession, remapped: str) -> str | None:
+        if session.link is not None:
+            # A link has one study: the remapped UID names it or nothing.
+            study = session.link.study_uid
+            return study if session.key.pseudonyms().uid(study) == remapped else None
+        assert session.project is not None
         return self.research.original_study(session.project, session.key, remapped)
 
     def _study_instances(self, session: ResearchSession, study_uid: str) -> list[StoredInstance]:
-        return self.index.instances_of(session.project.tenant, study_uid)
+        found = self.index.instances_of(session.tenant, study_uid)
+        if session.link is not None and session.link.series_uids:
+            return [i for i in found if i.series_uid in session.link.series_uids]
+        return found
 
     def _locate(
         self,
@@ -410,8 +490,7 @@ class ResearchView:
                 patient_id=found[0].patient_id if found else None,
                 study_uids=[original] if original else [],
                 request_id=who.request_id,
-                description=f"de-identified for research project {session.project.name}"
-                + ("" if found else ": not found"),
+                description=f"de-identified for {session.label}" + ("" if found else ": not found"),
             )
         )
         if not found:
@@ -466,12 +545,16 @@ def _checked_frames(frames: Iterator[Iterator[bytes]], what: str) -> Iterator[It
         yield from frames
 
 
-def _what(name: str, study: str, series: str | None, sop: str | None) -> str:
+def _label(name: str | None) -> str:
+    return "the shared study" if name is None else f"research project {name}"
+
+
+def _what(name: str | None, study: str, series: str | None, sop: str | None) -> str:
     if sop is not None:
-        return f"instance {sop} of research project {name}"
+        return f"instance {sop} of {_label(name)}"
     if series is not None:
-        return f"series {series} of research project {name}"
-    return f"study {study} of research project {name}"
+        return f"series {series} of {_label(name)}"
+    return f"study {study} of {_label(name)}"
 
 
 def _excluded(item: dict[str, Any], profile: Profile) -> bool:

@@ -23,6 +23,13 @@ rendered images, WADO-URI. No user, OIDC subject or DIMSE peer can be named ``sh
   session ends at the link's expiry (or ``session_max_hours``, then the link is opened again).
 - **Revocation** (the link's creator, or an admin of its tenant) deletes the grant rows and
   ends the link's sessions at once.
+- **De-identified links** (issue 14, docs/research.md). A link may be made de-identified,
+  naming a research project (its profile and key: the link's pseudonyms are the project's) or
+  a profile alone (then a random key of the link's own, wrapped by the archive's key provider
+  as a project's is). Its session's role is ``share-deidentified`` (DEIDENTIFY only): the
+  identified API refuses it, and every read goes through
+  :class:`~nubis.services.research_view.ResearchView` (``/share/dicom-web``), the
+  researcher's view, scoped by the link's grant rows as any link's reads are.
 - **Records.** Creating and revoking a link, and granting a study to a user or withdrawing it,
   are Security Alerts (Security Roles Changed, as ``nubis users grant``) naming the study,
   committed in the change's own transaction. Every open is a User Authentication (Login) naming
@@ -46,11 +53,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydicom.datadict import tag_for_keyword
 from sqlalchemy import Connection, delete, insert, literal, select, update
 
+from nubis.deid.profile import parse_profile
 from nubis.errors import BadRequest, NotFound, Unauthorized
 from nubis.index.database import Index
 from nubis.index.schema import grants, share_links
 from nubis.model.audit import AuditEvent, EventOutcome, EventType
 from nubis.model.query import Level, Query, tag_hex
+from nubis.ports.keys import WrappedKey
 from nubis.security import audit_events
 from nubis.security.policy import Action, Principal
 from nubis.security.sessions import SessionStore
@@ -58,10 +67,14 @@ from nubis.security.throttle import LoginThrottle
 from nubis.security.users import UserStore
 from nubis.services.guard import Guard
 from nubis.services.query import QueryService
+from nubis.services.research import ResearchService
 
 SHARE_PREFIX = "share:"
 VIEW_ROLE = "share-view"
 DOWNLOAD_ROLE = "share-download"
+DEIDENTIFIED_ROLE = "share-deidentified"
+# The key provider's subject of a de-identified link's own key (a project's: research-project:).
+_KEY_PREFIX = "share-link:"
 PIN_MIN, PIN_MAX = 4, 64
 NOTE_MAX = 1000
 # Most links a listing shows (newest first); older ones are still revocable by id (CLI).
@@ -115,13 +128,24 @@ class ShareLink:
     note: str
     last_opened_at: int | None
     open_count: int
+    # De-identified: the research project whose profile and key it reads with, or a profile
+    # of its own (TOML) and its own wrapped key (subject, wrapped form).
+    deid_project_id: int | None = None
+    deid_profile_toml: str | None = None
+    deid_key: tuple[str, WrappedKey] | None = None
 
     @property
     def principal_id(self) -> str:
         return SHARE_PREFIX + self.id
 
     @property
+    def deidentified(self) -> bool:
+        return self.deid_project_id is not None or self.deid_profile_toml is not None
+
+    @property
     def roles(self) -> frozenset[str]:
+        if self.deidentified:
+            return frozenset({DEIDENTIFIED_ROLE})
         return frozenset({DOWNLOAD_ROLE if self.can_download else VIEW_ROLE})
 
     def state(self, now_ms: int | None = None) -> str:
@@ -164,10 +188,12 @@ class SharingService:
         users: UserStore,
         sessions: SessionStore,
         throttle: LoginThrottle,
+        research: ResearchService,
         *,
         default_days: int,
         max_days: int,
     ) -> None:
+        self.research = research
         self.index = index
         self.guard = guard
         self.query = query
@@ -200,10 +226,13 @@ class SharingService:
         pin: str = "",
         can_download: bool = False,
         note: str = "",
+        deid_project: str | None = None,
+        deid_profile_toml: str | None = None,
     ) -> tuple[ShareLink, str]:
         """A new link to a study (or to ``series_uids`` of it): its record and its token, shown
         now and never again. Every series of the study named: the whole study, series stored
-        later included."""
+        later included. De-identified with ``deid_project``'s profile and key (a project of
+        the tenant, by name), or with ``deid_profile_toml`` and a key of the link's own."""
         decision = self.guard.authorize(
             who, Action.SHARE, f"share study {study_uid}", study_uids=(study_uid,)
         )
@@ -223,6 +252,7 @@ class SharingService:
                 raise BadRequest(f"series {uid} is not a series of study {study_uid}")
         subset = () if set(chosen) >= known else chosen
         tenant = decision.scope.partition
+        deid_columns, deid_said = self._deidentification(tenant, deid_project, deid_profile_toml)
         link_id = secrets.token_hex(8)
         token = secrets.token_urlsafe(32)
         now = _now_ms()
@@ -242,8 +272,9 @@ class SharingService:
             "note": note,
             "last_opened_at": None,
             "open_count": 0,
+            **deid_columns,
         }
-        what = "view and download" if can_download else "view only"
+        what = ("view and download" if can_download else "view only") + deid_said
         scope = f"{len(subset)} series of study" if subset else "study"
         event = self._changed(
             who,
@@ -274,6 +305,34 @@ class SharingService:
 
         self.index.write(job)
         return _link(row), token
+
+    def _deidentification(
+        self, tenant: str, project_name: str | None, profile_toml: str | None
+    ) -> tuple[dict[str, Any], str]:
+        """A de-identified link's columns and the words its creation record says of them."""
+        if project_name is not None and profile_toml is not None:
+            raise BadRequest("a de-identified link names a research project or a profile, not both")
+        if project_name is not None:
+            project = self.research.project_named(tenant, project_name)
+            profile = project.profile
+            return {"deid_project_id": project.id}, (
+                f", de-identified as research project {project.name} "
+                f"(profile {profile.name} version {profile.version})"
+            )
+        if profile_toml is None:
+            return {}, ""
+        profile = parse_profile(profile_toml)
+        _, subject, wrapped = self.research.new_key(tenant, _KEY_PREFIX)
+        return {
+            "deid_profile_toml": profile_toml,
+            "deid_key_subject": subject,
+            "deid_key_id": wrapped.key_id,
+            "deid_key_wrapped_subject": wrapped.subject,
+            "deid_key_ciphertext": wrapped.ciphertext,
+        }, (
+            f", de-identified with profile {profile.name} version {profile.version} "
+            "and a key of its own"
+        )
 
     def list(self, who: Principal, *, study_uid: str | None = None) -> list[ShareLink]:
         """Links of ``who``'s tenant, newest first: all of them for an admin, one's own
@@ -562,6 +621,18 @@ def _link(row: Any) -> ShareLink:
         note=row["note"],
         last_opened_at=row["last_opened_at"],
         open_count=row["open_count"],
+        deid_project_id=row.get("deid_project_id"),
+        deid_profile_toml=row.get("deid_profile_toml"),
+        deid_key=None
+        if row.get("deid_key_subject") is None
+        else (
+            row["deid_key_subject"],
+            WrappedKey(
+                row["deid_key_id"],
+                row["deid_key_wrapped_subject"],
+                bytes(row["deid_key_ciphertext"]),
+            ),
+        ),
     )
 
 
@@ -585,6 +656,7 @@ def _series_summary(item: dict[str, Any]) -> SeriesSummary:
 
 
 __all__ = [
+    "DEIDENTIFIED_ROLE",
     "DOWNLOAD_ROLE",
     "SHARE_PREFIX",
     "VIEW_ROLE",

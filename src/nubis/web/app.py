@@ -156,6 +156,7 @@ def create_app(
         routes=[
             Mount("/dicom-web", routes=dicomweb_routes()),
             Mount(research.PREFIX, routes=research.research_routes()),
+            Mount(research.SHARE_PREFIX, routes=research.research_routes()),
             Route("/wado", wado_uri.wado_uri, methods=["GET"]),
             Route("/-/health", health, methods=["GET"]),
             Route("/-/ready", ready, methods=["GET"]),

@@ -6,6 +6,9 @@ answered by ``services.research_view`` with the project's de-identified view; th
 path are the remapped ones the view hands out. The project is in the path rather than a header
 so that any DICOMweb client (a viewer, dicomweb-client, OHIF) takes the project's root as its
 base URL and needs nothing else. Routes only translate HTTP to the service.
+
+The same routes answer at ``/share/dicom-web`` (``SHARE_PREFIX``) for a de-identified share
+link's session: no project in the path, the view opens the session's link.
 """
 
 from __future__ import annotations
@@ -60,13 +63,19 @@ _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
 _INSTANCE = _SERIES + "/instances/{instance}"
 PREFIX = "/projects/{project}/dicom-web"
+SHARE_PREFIX = "/share/dicom-web"
 
 
-def _project(request: Request) -> str:
+def _project(request: Request) -> str | None:
+    """The project the path names; None under the de-identified share link's root."""
+    if "project" not in request.path_params:
+        return None
     return check_name(str(request.path_params["project"]))
 
 
-def _base(request: Request, project: str) -> str:
+def _base(request: Request, project: str | None) -> str:
+    if project is None:
+        return f"{site_url(request)}{SHARE_PREFIX}"
     return f"{site_url(request)}/projects/{project}/dicom-web"
 
 

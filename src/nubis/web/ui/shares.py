@@ -14,6 +14,11 @@
 - ``GET /share/``: the link's landing page in its session: the note, the shared series, each
   opening in the built-in viewer (``/ui/studies/{study}/view``), all read through the
   services with the link's principal (recorded like any read).
+- A **de-identified** link's session reads nothing identified: its landing page, its viewer
+  (``/share/studies/{remapped study}/view``, reading ``/share/dicom-web``) and its ZIP
+  (``/share/studies/{remapped study}/download``) all go through the research view
+  (``services.research_view``) with the link's profile and key; the identified pages and
+  ``/dicom-web`` refuse its role (docs/research.md).
 - ``/ui/studies/{study}/share``: make a link (shown once, with a copy button), the study's
   links, and sharing the study with a user of the tenant (a grant). ``/ui/shares``: one's own
   links (an admin: the tenant's), each revocable.
@@ -30,12 +35,14 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from nubis.deid.profile import default_profile_text
 from nubis.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
 from nubis.model.query import Level, Query, tag_hex
 from nubis.security.policy import Action, Principal
+from nubis.services.research import check_name
 from nubis.services.sharing import SHARE_PREFIX, SeriesSummary, ShareLink
 from nubis.web.dicomweb.common import check_uid
 from nubis.web.ui.common import (
@@ -81,7 +88,8 @@ def _link_view(link: ShareLink) -> dict[str, Any]:
         "expires": _when(link.expires_at),
         "created_short": _when(link.created_at).removesuffix(" UTC"),
         "expires_short": _when(link.expires_at).removesuffix(" UTC"),
-        "access": "view and download" if link.can_download else "view only",
+        "access": ("view and download" if link.can_download else "view only")
+        + (", de-identified" if link.deidentified else ""),
         "pin": link.has_pin,
         "note": link.note,
         "opens": link.open_count,
@@ -189,30 +197,109 @@ async def share_open(request: Request) -> Response:
     return response
 
 
-async def share_home(request: Request) -> Response:
-    """The landing page of a link's session (``/share/``, no token in the URL)."""
+def _share_principal(request: Request) -> Principal:
     who = request.scope.get("nubis.principal")
     if not isinstance(who, Principal) or not who.id.startswith(SHARE_PREFIX):
         raise NotFound(
             "no shared study is open in this browser: open the link you were sent (again)"
         )
+    return who
+
+
+def _json_text(item: dict[str, Any], tag: str) -> str:
+    values = (item.get(tag) or {}).get("Value") or [""]
+    value = values[0]
+    if isinstance(value, dict):  # a person name
+        value = str(value.get("Alphabetic", "")).replace("^", " ").strip()
+    return str(value)
+
+
+def _deidentified_home(request: Request, who: Principal) -> dict[str, Any]:
+    """What a de-identified link's landing page shows, all read through the research view
+    (the study found by the link's grant, its UIDs remapped, the patient a pseudonym)."""
+    view = archive_of(request).research_view
+    fields = [("includefield", name) for name in _STUDY_FIELDS]
+    studies, _, _ = view.search(who, None, Level.STUDY, fields, max_limit=1, text="shared study")
+    if not studies:
+        raise NotFound("the shared study is no longer there")
+    study = {name: _json_text(studies[0], _tag(name)) for name in _STUDY_FIELDS}
+    remapped = _json_text(studies[0], "0020000D")
+    found, _, _ = view.search(
+        who,
+        None,
+        Level.SERIES,
+        [("includefield", "SeriesDescription"), ("includefield", "NumberOfSeriesRelatedInstances")],
+        study_uid=remapped,
+        max_limit=10000,
+        text="series of the shared study",
+    )
+    series = [
+        SeriesSummary(
+            series_uid=_json_text(item, "0020000E"),
+            modality=_json_text(item, "00080060"),
+            number=int(_json_text(item, "00200011")) if _json_text(item, "00200011") else None,
+            description=_json_text(item, "0008103E"),
+            instances=int(_json_text(item, "00201209") or 0),
+            patient_id=None,
+        )
+        for item in found
+    ]
+    return {
+        "study": study,
+        "series": series,
+        "viewer": f"/share/studies/{remapped}/view",
+        "download": f"/share/studies/{remapped}/download",
+    }
+
+
+def _tag(keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    return tag_hex(tag)
+
+
+async def share_home(request: Request) -> Response:
+    """The landing page of a link's session (``/share/``, no token in the URL)."""
+    who = _share_principal(request)
     archive = archive_of(request)
 
-    def read() -> tuple[ShareLink, dict[str, str], list[SeriesSummary]]:
+    def read() -> tuple[ShareLink, dict[str, Any]]:
         link = archive.sharing.link_of(who)
+        if link.deidentified:
+            return link, _deidentified_home(request, who)
         series = archive.sharing.series_of(who, link.study_uid)
-        return link, _study_summary(request, who, link.study_uid), series
+        study = _study_summary(request, who, link.study_uid)
+        # A link's recipient downloads from the study page; a de-identified one's from here.
+        shown = {"study": study, "series": series, "viewer": _viewer(link.study_uid)}
+        return link, {**shown, "download": None}
 
-    link, study, series = await run_in_threadpool(read)
-    return page(
-        request,
-        "share_home.html",
-        {
-            "link": _link_view(link),
-            "study": study,
-            "series": series,
-            "viewer": _viewer(link.study_uid),
-        },
+    link, shown = await run_in_threadpool(read)
+    if not link.can_download:
+        shown["download"] = None
+    return page(request, "share_home.html", {"link": _link_view(link), **shown})
+
+
+async def share_download(request: Request) -> Response:
+    """A de-identified link's study as a ZIP of de-identified objects, named by remapped
+    UIDs (``{series}/{instance}.dcm``), through the research view (a link without download:
+    403)."""
+    who = _share_principal(request)
+    archive = archive_of(request)
+    study = check_uid(str(request.path_params["study"]), "Study Instance UID")
+
+    def open_zip() -> Any:
+        files = archive.research_view.instances(
+            who, None, study, native=False, export="ZIP download"
+        )
+        return archive.export.deidentified_zip(files)
+
+    chunks = await run_in_threadpool(open_zip)
+    return StreamingResponse(
+        chunks,
+        media_type="application/zip",
+        headers={"content-disposition": f'attachment; filename="{study}.zip"'},
     )
 
 
@@ -280,6 +367,12 @@ async def share_create(request: Request) -> Response:
     access = field(form, "access", max_length=16, required=False) or "view"
     if access not in ("view", "download"):
         raise BadRequest("access is view or download")
+    deidentify = field(form, "deidentify", max_length=16, required=False)
+    if deidentify not in ("", "profile", "project"):
+        raise BadRequest("deidentify is empty, profile or project")
+    project = field(form, "project", max_length=64, required=False)
+    if deidentify == "project":
+        check_name(project)
 
     def create() -> Response:
         link, token = archive.sharing.create(
@@ -290,6 +383,8 @@ async def share_create(request: Request) -> Response:
             pin=field(form, "pin", max_length=64, required=False),
             can_download=access == "download",
             note=field(form, "note", max_length=1000, required=False),
+            deid_project=project if deidentify == "project" else None,
+            deid_profile_toml=default_profile_text() if deidentify == "profile" else None,
         )
         url = f"{str(request.base_url).rstrip('/')}/share/{token}"
         created = {"url": url, "link": _link_view(link)}
@@ -335,6 +430,7 @@ async def share_revoke(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/share/", share_home, methods=["GET"]),
+        Route("/share/studies/{study}/download", share_download, methods=["GET"]),
         Route("/share/{token}", share_entry, methods=["GET"]),
         Route("/share/{token}", share_open, methods=["POST"]),
         Route("/ui/shares", shares_list, methods=["GET"]),

@@ -119,10 +119,21 @@ async def view_project_study(request: Request) -> Response:
     read the viewer makes go through the project's de-identified view
     (``/projects/{project}/dicom-web``; docs/research.md), so it shows the pseudonym, the
     shifted date and the remapped UIDs; the study is named by its remapped UID."""
+    project = check_name(str(request.path_params["project"]))
+    return await _deidentified_viewer(request, project)
+
+
+async def view_shared_study(request: Request) -> Response:
+    """A de-identified share link's study in the viewer (``/share/studies/{remapped}/view``):
+    read through the link's de-identified view (``/share/dicom-web``) as a project's is."""
+    return await _deidentified_viewer(request, None)
+
+
+async def _deidentified_viewer(request: Request, project: str | None) -> Response:
     principal = signed_in(request)
     archive = archive_of(request)
-    project = check_name(str(request.path_params["project"]))
     study = check_uid(str(request.path_params["study"]), "Study Instance UID")
+    where = "the shared study" if project is None else f"research project {project}"
     search = partial(
         archive.research_view.search,
         principal,
@@ -131,11 +142,11 @@ async def view_project_study(request: Request) -> Response:
         [("includefield", name) for name in _STUDY_FIELDS],
         study_uid=study,
         max_limit=_MAX_SERIES,
-        text=f"/studies/{study}/series (web viewer of research project {project})",
+        text=f"/studies/{study}/series (web viewer of {where})",
     )
     found, _, _ = await run_in_threadpool(search)
     if not found:
-        raise NotFound(f"no study {study} in research project {project}")
+        raise NotFound(f"no study {study} in {where}")
     series = sorted((_series_entry(item) for item in found), key=_series_order)
     return page(
         request,
@@ -148,8 +159,8 @@ async def view_project_study(request: Request) -> Response:
             "patient_id": _text(found[0], "00100020"),
             "study_date": _date(_text(found[0], "00080020")),
             "study_description": _text(found[0], "00081030"),
-            "study_page": f"/ui/projects/{project}",
-            "dicomweb": f"/projects/{project}/dicom-web",
+            "study_page": None if project is None else f"/ui/projects/{project}",
+            "dicomweb": "/share/dicom-web" if project is None else f"/projects/{project}/dicom-web",
         },
     )
 
@@ -209,6 +220,7 @@ def routes() -> list[Route]:
         Route("/ui/viewer/dictionary.json", dictionary, methods=["GET"]),
         Route("/ui/projects/{project}", project_studies, methods=["GET"]),
         Route("/ui/projects/{project}/studies/{study}/view", view_project_study, methods=["GET"]),
+        Route("/share/studies/{study}/view", view_shared_study, methods=["GET"]),
     ]
 
 
