@@ -15,7 +15,6 @@ import hashlib
 import io
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -28,6 +27,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from integration import AUTH
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run
 from integration.server import index_rows, read_blob
@@ -100,7 +100,7 @@ def _blob_digests(d: Dimse, study_uid: str) -> dict[str, str]:
 
 
 def nubis(*args: str) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "nubis", *args])
+    return nubis_cli(*args, check=True)
 
 
 def test_dicomweb_shows_the_corrected_patient_and_undo_restores(dimse: Dimse) -> None:

@@ -5,17 +5,17 @@ removal reaches the server within dimse_peers_cache_seconds."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE, free_port, need_dcmtk, run
 
 PEER = '[[peer]]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = 0\n'
 
 
 def _nubis(*args: str) -> str:
-    return run([sys.executable, "-m", "nubis", *args]).stdout
+    return nubis_cli(*args, check=True).stdout
 
 
 def test_peer_file_import_and_edits(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

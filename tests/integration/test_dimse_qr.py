@@ -20,6 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from integration import AUTH, CT_PATIENT, MR_PATIENT, DicomFile
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import (
     Dimse,
@@ -34,9 +35,7 @@ from integration.server import blob_path, index_rows, multipart_content_type, re
 
 
 def nubis(*args: str) -> subprocess.CompletedProcess[str]:
-    import sys
-
-    return run([sys.executable, "-m", "nubis", *args])
+    return nubis_cli(*args, check=True)
 
 
 @pytest.fixture(scope="module")
