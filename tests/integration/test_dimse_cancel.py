@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from integration import DicomFile
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import Dimse, free_port, need_dcmtk, run
 from integration.server import blob_path, index_rows
@@ -220,8 +221,8 @@ def test_movescu_cancel(dimse: Dimse, tmp_path: Path, many_study: str) -> None:
     add up to the study and an (empty) Failed SOP Instance UID List, and the destination got
     exactly the completed objects."""
     port = free_port()
-    run([*_nubis(), "dimse", "peers", "add", "RECEIVER", "127.0.0.1", str(port),
-         "--data-dir", str(dimse.data_dir)])  # fmt: skip
+    nubis_cli("dimse", "peers", "add", "RECEIVER", "127.0.0.1", str(port),
+              "--data-dir", str(dimse.data_dir), check=True)  # fmt: skip
     out_dir = tmp_path / "received"
     out_dir.mkdir()
     receiver = subprocess.Popen(
@@ -248,12 +249,6 @@ def test_movescu_cancel(dimse: Dimse, tmp_path: Path, many_study: str) -> None:
     assert counts["Completed"] == len(received) >= 1, (counts, len(received))
     assert counts["Completed"] + counts.get("Remaining", 0) == MANY, counts
     assert counts["Completed"] < MANY, "the cancel came too late to stop anything"
-
-
-def _nubis() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "nubis"]
 
 
 def test_get_cancel_counts_and_failed_list(dimse: Dimse, ct_series: list[DicomFile]) -> None:
