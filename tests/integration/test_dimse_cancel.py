@@ -37,6 +37,7 @@ from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import Dimse, free_port, need_dcmtk, run
 from integration.server import blob_path, index_rows
+from nubis.dimse.reactor import RaceFreeAE
 from nubis.tools import synth
 
 CANCEL = 0xFE00
@@ -62,7 +63,10 @@ def dimse(server_factory, ct_series: list[DicomFile]) -> Iterator[Dimse]:  # typ
     server = server_factory("dimse-cancel", "--dimse-port", str(port))
     files = [str(f.path) for f in ct_series]
     run(["storescu", "-aet", "LOADER", "-aec", NUBIS_AE, "127.0.0.1", str(port), *files])
-    ae = AE(ae_title="LOADER")
+    # nubis's race-free AE: with pynetdicom's own, the association's reactor can take a fast
+    # C-STORE reply away from send_c_store, which then waits out the DIMSE timeout (seen
+    # under load: the fixture failed 2 runs in 3, each after 30 s).
+    ae = RaceFreeAE(ae_title="LOADER")
     ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate(
         "127.0.0.1", port, ae_title=NUBIS_AE, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
