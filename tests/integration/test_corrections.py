@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from integration import AUTH
 from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
-from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run
+from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run, wait_listening
 from integration.server import index_rows, read_blob
 from nubis.tools import synth
 
@@ -249,7 +249,7 @@ def test_dimse_finds_and_retrieves_corrected_objects(dimse: Dimse, tmp_path: Pat
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_listening(port)
         run(["movescu", "-S", "-aet", "MOVER", "-aec", NUBIS_AE, "-aem", "RECEIVER",
              "127.0.0.1", str(dimse.port), "-k", "QueryRetrieveLevel=STUDY",
              "-k", f"StudyInstanceUID={study}"])  # fmt: skip

@@ -35,7 +35,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from integration import DicomFile
 from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
-from integration.dimse_helpers import Dimse, free_port, need_dcmtk, run
+from integration.dimse_helpers import Dimse, free_port, need_dcmtk, run, wait_listening
 from integration.server import blob_path, index_rows
 from nubis.dimse.reactor import RaceFreeAE
 from nubis.tools import synth
@@ -234,7 +234,7 @@ def test_movescu_cancel(dimse: Dimse, tmp_path: Path, many_study: str) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_listening(port)
         proc = run(["movescu", "-S", "-d", "-aet", "MOVER", "-aec", NUBIS_AE, "-aem", "RECEIVER",
                     "--cancel", "1", "127.0.0.1", str(dimse.port),
                     "-k", "QueryRetrieveLevel=STUDY",

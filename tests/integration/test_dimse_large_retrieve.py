@@ -33,7 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
-from integration.dimse_helpers import file_data_set_sha256, free_port, need_dcmtk
+from integration.dimse_helpers import file_data_set_sha256, free_port, need_dcmtk, wait_listening
 from integration.server import Server, blob_path, index_rows, start_server
 from nubis.dimse.reactor import RaceFreeAE, StreamedDataset
 from nubis.tools.synth import make_large_instance
@@ -121,7 +121,7 @@ def test_large_object_c_move_and_c_get_stream_with_bounded_memory(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_listening(receiver_port)
         keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={stored.study_uid}"]
         started = time.monotonic()
         move_growth = _retrieval_growth(
