@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 import traceback
 import warnings
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,7 @@ from pydicom import config as pydicom_config
 from typer.testing import CliRunner
 
 from nubis.cli.main import app
+from nubis.dimse.peers import MISS_RELOAD_SECONDS
 
 
 @contextmanager
@@ -81,6 +83,10 @@ def nubis_cli(
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(result.exception))
+    if args[:2] == ("dimse", "peers") and args[2:3] in (("add",), ("import",), ("remove",)):
+        # A running server re-reads its peer table for an unknown title at most every
+        # MISS_RELOAD_SECONDS (the documented "at once"); a subprocess's start-up covered that.
+        time.sleep(MISS_RELOAD_SECONDS)
     done = subprocess.CompletedProcess(["nubis", *args], result.exit_code, result.stdout, stderr)
     if check and done.returncode != 0:
         raise AssertionError(
