@@ -5,11 +5,11 @@ Fixtures are in conftest.py; helpers the test modules import live here.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from playwright.sync_api import Page
+
+from integration.cli import nubis_cli
 
 PASSWORD = "browser-test-password-42"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
@@ -17,11 +17,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshot
 
 def add_user(data_dir: Path, name: str, role: str, *, tenant: str = "default") -> None:
     """A local user with PASSWORD, made with the CLI as an operator would (server running)."""
-    subprocess.run(
-        [sys.executable, "-m", "nubis", "users", "add", name, "--role", role,
-         "--tenant", tenant, "--password-stdin", "--data-dir", str(data_dir)],
-        input=PASSWORD + "\n", text=True, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    nubis_cli("users", "add", name, "--role", role, "--tenant", tenant, "--password-stdin",
+              "--data-dir", str(data_dir), input=PASSWORD + "\n", check=True)  # fmt: skip
 
 
 def sign_in(page: Page, base_url: str, user: str, password: str = PASSWORD) -> None:

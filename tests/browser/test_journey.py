@@ -9,8 +9,6 @@ cost chart; a referrer sees in the browser exactly the studies DICOMweb gives it
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,6 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from browser import add_user, screenshot, sign_in
 from integration import AUTH
+from integration.cli import nubis_cli
 from nubis.tools import synth
 
 SLICES = 12
@@ -65,11 +64,8 @@ def archive(server_factory) -> Iterator[Archive]:  # type: ignore[no-untyped-def
     add_user(server.data_dir, "rad", "radiologist")
     add_user(server.data_dir, "ref", "referrer")
     add_user(server.data_dir, "boss", "admin")
-    subprocess.run(
-        [sys.executable, "-m", "nubis", "users", "grant", "ref", "--patient", "JRN-2",
-         "--data-dir", str(server.data_dir)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    nubis_cli("users", "grant", "ref", "--patient", "JRN-2", "--data-dir", str(server.data_dir),
+              check=True)  # fmt: skip
     yield Archive(server.url, study, other)
 
 

@@ -12,9 +12,6 @@ temporary spool.
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +27,7 @@ import pytest
 from contract import Ceph
 from contract.test_s3_archive import stow
 from integration import AUTH
+from integration.cli import nubis_cli
 from integration.server import ACCEPT_AS_STORED, Server, parse_multipart, start_server
 from integration.test_durability import BATCH, Ledger, UidMaker, _client, _templates
 from nubis.blobs.encrypted import EncryptedBlobStore
@@ -138,15 +136,8 @@ def test_store_on_one_node_read_query_delete_on_the_other(cluster: Cluster, tmp_
         # The patient's key is in the index, so a shred run from an operator's machine (given
         # the same secrets, sharing no disk with the nodes) reaches both at their next read.
         assert len(cluster.patient_refs()) == 1
-        shred = subprocess.run(
-            [sys.executable, "-m", "nubis", "keys", "shred-patient", patient.patient_id,
-             "--yes", "--data-dir", str(tmp_path / "operator")],
-            env={**os.environ, **cluster.env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )  # fmt: skip
+        shred = nubis_cli("keys", "shred-patient", patient.patient_id, "--yes",
+                          "--data-dir", str(tmp_path / "operator"), env=cluster.env)  # fmt: skip
         assert shred.returncode == 0, shred.stdout + shred.stderr
         assert cluster.patient_refs() == []
         for node in (a, b):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 10) -> None:
+    """Until a process just started (a storescp) listens on ``port``: read from the kernel's
+    socket tables, so nothing connects to it, and no fixed sleep is spent on every start."""
+    wanted = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as f:
+                for line in f.readlines()[1:]:
+                    local, state = line.split()[1], line.split()[3]
+                    if local.endswith(wanted) and state == "0A":  # 0A: LISTEN
+                        return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
 
 
 def need_dcmtk(*tools: str) -> None:

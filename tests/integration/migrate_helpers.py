@@ -9,12 +9,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from integration.cli import nubis_cli
+
 # Test data is throwaway (no fsync); a killed migration's lease expires after 3 s.
 ARCHIVE_SETTINGS = ("--set", "durable=false", "--set", "jobs_lease_seconds=3")
 
 
-def nubis(data_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``nubis ARGS --data-dir DATA_DIR`` in a subprocess, as an operator runs it."""
+def nubis(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``nubis ARGS --data-dir DATA_DIR``, run in the test's process (integration.cli): what
+    is tested is what the command does, not its process."""
+    return nubis_cli(*args, "--data-dir", str(data_dir), *ARCHIVE_SETTINGS)
+
+
+def nubis_process(
+    data_dir: Path, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``nubis ARGS --data-dir DATA_DIR`` in a process of its own, as an operator runs it
+    beside the server (a backup taken while the test's own threads send stores)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "nubis", *args, "--data-dir", str(data_dir), *ARCHIVE_SETTINGS],

@@ -92,15 +92,18 @@ class Orthanc:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _READY_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited: {self.log_path.read_text(errors='replace')}")
-            try:
-                if httpx.get(f"{self.dicomweb}/studies", timeout=2).status_code in (200, 204):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        # One client for every poll (a top-level httpx.get builds an SSL context each time).
+        with httpx.Client(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    log = self.log_path.read_text(errors="replace")
+                    raise RuntimeError(f"Orthanc exited: {log}")
+                try:
+                    if client.get(f"{self.dicomweb}/studies").status_code in (200, 204):
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
         self.stop()
         raise RuntimeError("Orthanc did not become ready")
 

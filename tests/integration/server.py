@@ -155,15 +155,18 @@ def start_server(
 
 def _wait_ready(server: Server) -> bool:
     deadline = time.monotonic() + _READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            return False
-        try:
-            if httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    # One client for every poll: each top-level httpx.get builds an SSL context (the CA
+    # bundle parsed again), 0.05-0.3 s of CPU taken from the server that is starting.
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                return False
+            try:
+                if client.get(f"{server.url}/-/ready").status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
     return False
 
 

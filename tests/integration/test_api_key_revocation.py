@@ -8,13 +8,13 @@ opens its own connection, so both workers answer some of them.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+from integration.cli import nubis_cli
 
 if TYPE_CHECKING:
     from conftest import LiveServer, ServerFactory
@@ -28,15 +28,8 @@ def server(server_factory: ServerFactory) -> Iterator[LiveServer]:
 
 
 def _cli(server: LiveServer, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "nubis", *args, "--data-dir", str(server.data_dir),
-         "--set", "durable=false"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    data = ("--data-dir", str(server.data_dir), "--set", "durable=false")
+    return nubis_cli(*args, *data, check=True).stdout
 
 
 def _statuses(server: LiveServer, secret: str) -> list[int]:

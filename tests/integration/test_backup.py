@@ -14,7 +14,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ import httpx
 import pytest
 
 from integration import AUTH
-from integration.migrate_helpers import nubis
+from integration.cli import nubis_cli
+from integration.migrate_helpers import nubis, nubis_process
 from integration.server import index_rows, multipart_content_type, read_blob, start_server
 from nubis.errors import KeyErased
 from nubis.tools.synth import PatientSpec, dataset_bytes, make_ct_series, series_datasets
@@ -109,7 +109,9 @@ def backed_up(tmp_path_factory: pytest.TempPathFactory) -> BackedUp:
         loader.start()
         try:
             began = time.monotonic()
-            first = _json(nubis(source, "backup", "--to", str(root / "B")))
+            # In a process of its own, as an operator runs it beside the server: in the test's
+            # process the backup and the loader thread would take turns on the GIL.
+            first = _json(nubis_process(source, "backup", "--to", str(root / "B")))
             ended = time.monotonic()
         finally:
             load.stop.set()
@@ -185,8 +187,7 @@ def test_backup_verify_finds_a_damaged_and_a_missing_blob(
 
 def _verify(folder: Path) -> subprocess.CompletedProcess[str]:
     """``nubis backup verify FOLDER --json``, which needs no archive."""
-    args = [sys.executable, "-m", "nubis", "backup", "verify", str(folder), "--json"]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    return nubis_cli("backup", "verify", str(folder), "--json")
 
 
 def _said(done: object) -> str:

@@ -15,7 +15,6 @@ import hashlib
 import io
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -28,8 +27,9 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from integration import AUTH
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
-from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run
+from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run, wait_listening
 from integration.server import index_rows, read_blob
 from nubis.tools import synth
 
@@ -100,7 +100,7 @@ def _blob_digests(d: Dimse, study_uid: str) -> dict[str, str]:
 
 
 def nubis(*args: str) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "nubis", *args])
+    return nubis_cli(*args, check=True)
 
 
 def test_dicomweb_shows_the_corrected_patient_and_undo_restores(dimse: Dimse) -> None:
@@ -249,7 +249,7 @@ def test_dimse_finds_and_retrieves_corrected_objects(dimse: Dimse, tmp_path: Pat
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_listening(port)
         run(["movescu", "-S", "-aet", "MOVER", "-aec", NUBIS_AE, "-aem", "RECEIVER",
              "127.0.0.1", str(dimse.port), "-k", "QueryRetrieveLevel=STUDY",
              "-k", f"StudyInstanceUID={study}"])  # fmt: skip

@@ -773,10 +773,10 @@ def test_delete_instance_series_and_study(
     assert encode(client.retrieve_instance(*multiframe.uids)) == multiframe.data
 
 
-def test_delete_of_unknown_resource_is_404(fresh_server: LiveServer) -> None:
-    client = DICOMwebClient(url=fresh_server.dicomweb, headers=AUTH)
+def test_delete_of_unknown_resource_is_404(archive: Archive) -> None:
+    # The module's archive: no study there has this UID, and nothing is deleted.
     with pytest.raises(requests.HTTPError) as caught:
-        client.delete_study("1.2.3.4.5")
+        archive.client.delete_study("1.2.3.4.5")
     assert http_status(caught.value) == 404
 
 

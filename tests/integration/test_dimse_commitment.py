@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from integration import DicomFile
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import free_port, need_dcmtk, run
 from integration.server import Server, start_server
@@ -57,7 +57,7 @@ def _env(dimse_port: int, **settings: object) -> dict[str, str]:
 
 
 def _nubis(data_dir: Path, *args: str) -> str:
-    return run([sys.executable, "-m", "nubis", *args, "--data-dir", str(data_dir)]).stdout
+    return nubis_cli(*args, "--data-dir", str(data_dir), check=True).stdout
 
 
 def _rows(data_dir: Path, query: str) -> list[tuple[Any, ...]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
-from integration.dimse_helpers import file_data_set_sha256, free_port, need_dcmtk
+from integration.dimse_helpers import file_data_set_sha256, free_port, need_dcmtk, wait_listening
 from integration.server import Server, blob_path, index_rows, start_server
 from nubis.dimse.reactor import RaceFreeAE, StreamedDataset
 from nubis.tools.synth import make_large_instance
@@ -114,14 +114,14 @@ def test_large_object_c_move_and_c_get_stream_with_bounded_memory(
     moved, got = tmp_path / "moved", tmp_path / "got"
     moved.mkdir()
     got.mkdir()
-    _run([sys.executable, "-m", "nubis", "dimse", "peers", "add", "RECEIVER", "127.0.0.1",
-          str(receiver_port), "--data-dir", str(stored.server.data_dir)])  # fmt: skip
+    nubis_cli("dimse", "peers", "add", "RECEIVER", "127.0.0.1", str(receiver_port),
+              "--data-dir", str(stored.server.data_dir), check=True)  # fmt: skip
     receiver = subprocess.Popen(
         ["storescp", "-aet", "RECEIVER", "+B", "-od", str(moved), str(receiver_port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_listening(receiver_port)
         keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={stored.study_uid}"]
         started = time.monotonic()
         move_growth = _retrieval_growth(

@@ -20,6 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from integration import AUTH, CT_PATIENT, MR_PATIENT, DicomFile
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import (
     Dimse,
@@ -29,14 +30,13 @@ from integration.dimse_helpers import (
     need_dcmtk,
     run,
     sent_by_dcmtk,
+    wait_listening,
 )
 from integration.server import blob_path, index_rows, multipart_content_type, read_blob
 
 
 def nubis(*args: str) -> subprocess.CompletedProcess[str]:
-    import sys
-
-    return run([sys.executable, "-m", "nubis", *args])
+    return nubis_cli(*args, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_movescu_to_storescp(dimse: Dimse, tmp_path: Path, mr_series: list[Dicom
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_listening(port)
         study = mr_series[0].study_uid
         run(["movescu", "-S", "-aet", "MOVER", "-aec", NUBIS_AE, "-aem", "RECEIVER",
              "127.0.0.1", str(dimse.port), "-k", "QueryRetrieveLevel=STUDY",
@@ -659,7 +659,7 @@ def test_retired_and_private_storage_classes(dimse: Dimse, tmp_path: Path) -> No
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_listening(port)
         for path in (us_retired, private, stowed):
             assert scu.move(remote, study(path), "KEEPER").status == 0x0000
     finally:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from integration import AUTH
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE, free_port, need_dcmtk, run
 
 
@@ -93,11 +93,11 @@ def test_tls_client_certificate_identifies_the_peer(server_factory, pki: Path) -
         "--set", "dimse_unknown_callers=refuse",
     )  # fmt: skip
     data_dir = ["--data-dir", str(server.data_dir)]
-    nubis = [sys.executable, "-m", "nubis", "dimse", "peers", "add"]
-    run([*nubis, "BYSUBJECT", "127.0.0.1", "--tls-subject", "CN=client", *data_dir])
+    add = ("dimse", "peers", "add")
+    nubis_cli(*add, "BYSUBJECT", "127.0.0.1", "--tls-subject", "CN=client", *data_dir, check=True)
     fingerprint = _fingerprint(pki / "client.crt")
-    run([*nubis, "BYPRINT", "127.0.0.1", "--tls-fingerprint", fingerprint, *data_dir])
-    run([*nubis, "ANYCERT", "127.0.0.1", *data_dir])
+    nubis_cli(*add, "BYPRINT", "127.0.0.1", "--tls-fingerprint", fingerprint, *data_dir, check=True)
+    nubis_cli(*add, "ANYCERT", "127.0.0.1", *data_dir, check=True)
 
     def echo(
         calling: str, who: str | None, port: int = tls_port

@@ -9,10 +9,7 @@ spool, while queries, retrievals and the audit trail keep working.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ import pytest
 from pynetdicom import AE
 
 from integration import AUTH
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import free_port
 from integration.server import Server, spool_files, start_server
@@ -125,11 +123,8 @@ def test_c_store_is_refused_with_0xa700(floored: Floored, objects: dict[str, Pat
 
 def test_nubis_import_stops_with_the_reason(floored: Floored, objects: dict[str, Path]) -> None:
     server = floored.server
-    result = subprocess.run(
-        [sys.executable, "-m", "nubis", "import", str(objects["import"]),
-         "--data-dir", str(server.data_dir)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **floored.env},
-    )  # fmt: skip
+    data = ("--data-dir", str(server.data_dir))
+    result = nubis_cli("import", str(objects["import"]), *data, env=floored.env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "nearly full" in " ".join((result.stdout + result.stderr).split())
     assert instances(server, objects["import"]) == []

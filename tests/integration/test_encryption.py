@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import pydicom
 import pytest
 
 from integration import AUTH, DicomFile
+from integration.cli import nubis_cli
 from integration.server import (
     ACCEPT_AS_STORED,
     Server,
@@ -239,12 +239,7 @@ def test_a_blob_moved_under_another_instance_is_an_error_never_its_bytes(
 
 
 def _cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nubis", *args, "--data-dir", str(server.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return nubis_cli(*args, "--data-dir", str(server.data_dir))
 
 
 def _key_id(server: Server, sop_uid: str) -> str:

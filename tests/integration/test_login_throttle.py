@@ -10,10 +10,7 @@ Source addresses are set with X-Forwarded-For, which the server believes from 12
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -21,6 +18,7 @@ import httpx
 import pytest
 
 from integration import AUTH
+from integration.cli import nubis_cli
 from integration.server import Server, start_server
 
 PASSWORD = "a long enough password"
@@ -40,12 +38,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(tmp_path_factory.mktemp("throttle") / "data", env=env)
     try:
         for name in ("thr-alice", "thr-bob", "thr-carol"):
-            subprocess.run(
-                [sys.executable, "-m", "nubis", "users", "add", name, "--role", "radiologist",
-                 "--password-stdin", "--data-dir", str(server.data_dir)],
-                input=PASSWORD + "\n", text=True, check=True, capture_output=True,
-                env={**os.environ, **env},
-            )  # fmt: skip
+            nubis_cli("users", "add", name, "--role", "radiologist", "--password-stdin",
+                      "--data-dir", str(server.data_dir),
+                      input=PASSWORD + "\n", env=env, check=True)  # fmt: skip
         yield server
     finally:
         server.stop()

@@ -244,7 +244,7 @@ def test_second_run_of_a_live_migration_is_refused(corpus: list[Path], tmp_path:
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.3)
 
-        second = nubis(data, "migrate", "run", str(folder), "--name", "twice", timeout=60)
+        second = nubis(data, "migrate", "run", str(folder), "--name", "twice")
 
         assert second.returncode == 1
         assert "is running in" in second.stdout + second.stderr

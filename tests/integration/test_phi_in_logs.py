@@ -11,9 +11,6 @@ processes included, uvicorn's access log included) is searched for each of them,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import pytest
 from pydicom import config as pydicom_config
 
 from integration import AUTH, encode
+from integration.cli import nubis_cli
 from integration.dimse_helpers import AE, free_port, need_dcmtk, run
 from integration.server import Server, start_server
 from nubis.tools import synth
@@ -44,16 +42,8 @@ SECRETS = (
 
 
 def _nubis(server: Server, *args: str, stdin: str = "") -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "nubis", *args, "--data-dir", str(server.data_dir)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **server.env},
-        check=True,
-    )
-    return result.stdout
+    data = ("--data-dir", str(server.data_dir))
+    return nubis_cli(*args, *data, input=stdin, env=server.env, check=True).stdout
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from integration import ADMIN_TOKEN, AUTH, CT_PATIENT, DicomFile
+from integration.cli import nubis_cli
 from integration.dimse_helpers import free_port
 from integration.server import (
     ACCEPT_AS_STORED,
@@ -124,14 +122,8 @@ def _outbox_rows(server: Server) -> int:
 
 
 def _status(site: Site) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-m", "nubis", "replication", "status", "--json",
-         "--data-dir", str(site.primary.data_dir)],
-        capture_output=True,
-        env={**os.environ, **site.primary_env},
-        timeout=60,
-        check=True,
-    )  # fmt: skip
+    data = ("--data-dir", str(site.primary.data_dir))
+    done = nubis_cli("replication", "status", "--json", *data, env=site.primary_env, check=True)
     return dict(json.loads(done.stdout))
 
 
