@@ -9,8 +9,6 @@ shows is read back from it and compared with the display values computed here fr
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from browser.viewer_objects import (
     wsi_pixels,
 )
 from integration import AUTH
+from integration.cli import nubis_cli
 from nubis.tools import synth
 
 CT_SLICES = 60
@@ -120,10 +119,9 @@ def archive(server_factory, tmp_path_factory) -> Iterator[Objects]:  # type: ign
     _stow(server.url, [path for paths in objects.files.values() for path in paths])
     # A research project of the CT study, read de-identified by its member (issue 14).
     add_user(server.data_dir, "rosa", "researcher")
-    subprocess.run(
-        [sys.executable, "-m", "nubis", "research", "project", "create", "viewer",
-         "--study", study, "--member", "rosa", "--data-dir", str(server.data_dir)],
-        check=True, capture_output=True, timeout=120,
+    nubis_cli(
+        "research", "project", "create", "viewer",
+        "--study", study, "--member", "rosa", "--data-dir", str(server.data_dir), check=True,
     )  # fmt: skip
     yield objects
 
