@@ -357,6 +357,9 @@ class Archive:
         self.job_runner = self.new_job_runner() if settings.jobs else None
         if self.job_runner is not None:
             self.corrections.wake = self.job_runner.wake  # a re-key starts at once
+            if settings.change_feed:
+                runner = self.job_runner
+                self.index.on_feed_change = lambda: runner.request(WEBHOOKS)
         # Jobs, storage and DIMSE peers as the admin pages manage them: the home tenant's.
         self.operations = Operations(
             self.index,
