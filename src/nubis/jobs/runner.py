@@ -109,6 +109,9 @@ class JobRunner:
         self.request_gap_seconds = request_gap_seconds
         self._requested: set[str] = set()
         self._next_request: dict[str, float] = {}
+        # A kind found unwanted (no subscription) ignores requests for its schedule period:
+        # otherwise every store would wake the runner to ask the index again.
+        self._unwanted_until: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -135,7 +138,7 @@ class JobRunner:
         ``request_gap_seconds``), if its ``schedule_while`` predicate holds. Cheap enough for
         a request's path: it only notes the kind and, the first time, wakes the runner's
         thread (which then knows when the kind is due, so later requests need not wake it)."""
-        if kind in self._requested:
+        if kind in self._requested or time.monotonic() < self._unwanted_until.get(kind, 0.0):
             return
         self._requested.add(kind)
         self._wake.set()
@@ -183,6 +186,7 @@ class JobRunner:
             wanted = self.schedule_while.get(kind)
             if kind not in self.handlers or (wanted is not None and not wanted()):
                 self._requested.discard(kind)
+                self._unwanted_until[kind] = now + self.schedule.get(kind, 60)
                 continue
             # Cleared before the look, so a request arriving during it is not lost.
             self._requested.discard(kind)
