@@ -1,14 +1,14 @@
 """What the change feed and a webhook cost ingest: StoreService with them on and off, one run.
 
 Usage:  .venv/bin/python bench/changefeed_cost.py [--rounds 5] [--instances 300] [--clients 4]
-                                                    [--every 5]
+                                                    [--every 5] [--wake-ms 1000]
 
 Each round stores the same CT instances (512x512 16-bit, about 0.5 MB each, from
 nubis.tools.synth) into a fresh archive three times, in rotating order: "off" with
 ``change_feed=false``, "feed" with the change feed alone, and "webhook" with the feed and one
 webhook subscription whose receiver (a local HTTP server in another process) is delivered to
 by the archive's own job runner, as a server runs it: the ``webhooks`` job every ``--every``
-seconds and, woken by the stores, within a quarter second of them. ``clients`` threads call
+seconds and, woken by the stores, at most every ``--wake-ms``. ``clients`` threads call
 StoreService.store as STOW-RS and C-STORE do, with the archive's defaults otherwise (fsync,
 encryption at rest, audit trail). Ingest wall time and process CPU are timed; after each
 "webhook" round the receiver must have every entry. The medians over rounds and the
@@ -101,7 +101,7 @@ def _runner_cpu() -> float:
 
 
 def one_round(
-    mode: str, files: list[Path], clients: int, receiver: Receiver, every: int
+    mode: str, files: list[Path], clients: int, receiver: Receiver, every: int, wake_ms: int
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="nubis-feed-bench-") as tmp:
         settings = load_settings(
@@ -115,6 +115,7 @@ def one_round(
                 # (their start-up runs would be noise beside a few seconds of ingest).
                 "jobs_schedule": "",
                 "webhook_every_seconds": str(every),
+                "webhook_wake_ms": str(wake_ms),
             },
         )
         archive = Archive(settings)
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="webhook_every_seconds (a store also wakes the webhooks job: docs/events.md)",
     )
+    parser.add_argument(
+        "--wake-ms", type=int, default=1000, help="webhook_wake_ms (0: no wake by stores)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nubis-feed-corpus-") as corpus:
         files = synth.make_ct_series(Path(corpus), n_instances=args.instances, seed=15)
@@ -177,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.rounds):
                 # The order rotates, so drift in the machine's load favours no mode.
                 for mode in modes[i % 3 :] + modes[: i % 3]:
-                    figures = one_round(mode, files, args.clients, receiver, args.every)
+                    figures = one_round(
+                        mode, files, args.clients, receiver, args.every, args.wake_ms
+                    )
                     rounds[mode].append(figures)
                     print(
                         f"round {i + 1} {mode:>7}: {figures['instances_per_s']:.0f} inst/s, "

@@ -1,13 +1,15 @@
 """Webhook delivery latency: from a store's commit to the receiver's arrival, at a steady rate.
 
-Usage:  .venv/bin/python bench/webhook_latency.py [--rate 100] [--seconds 20] [--every 5]
+Usage:  .venv/bin/python bench/webhook_latency.py [--rate 100] [--seconds 20] [--every 5 1]
+                                                   [--wake-ms 0 1000]
 
 An archive with its job runner on (as ``nubis serve`` runs it) and one webhook subscription,
 its receiver a local HTTP server in another process that notes each entry's arrival time.
 A paced client stores CT instances (from nubis.tools.synth, small ones: the figure is the
 delivery's, not the store's) through StoreService at ``--rate`` per second; each store's
 return is its commit. The latency of an entry is its arrival minus its commit (both on this
-machine's clock). p50/p95/max over every entry are printed and written to
+machine's clock), for each ``webhook_every_seconds`` and ``webhook_wake_ms`` given (0: no
+wake by stores, the periodic job only). p50/p95/max over every entry are printed and written to
 bench/results/webhook_latency.json.
 """
 
@@ -65,7 +67,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def measure(rate: float, seconds: float, every: int, corpus: Path) -> dict[str, Any]:
+def measure(rate: float, seconds: float, every: int, wake_ms: int, corpus: Path) -> dict[str, Any]:
     count = int(rate * seconds)
     files = synth.make_ct_series(corpus, n_instances=count, seed=16, rows=64, columns=64)
     receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
@@ -80,6 +82,7 @@ def measure(rate: float, seconds: float, every: int, corpus: Path) -> dict[str, 
                     "dimse_port": "0",
                     "log_level": "warning",
                     "webhook_every_seconds": str(every),
+                    "webhook_wake_ms": str(wake_ms),
                 },
             )
             archive = Archive(settings)
@@ -119,6 +122,7 @@ def measure(rate: float, seconds: float, every: int, corpus: Path) -> dict[str, 
         "rate_achieved": achieved,
         "entries": count,
         "webhook_every_seconds": every,
+        "webhook_wake_ms": wake_ms,
         "p50_s": statistics.median(latencies),
         "p95_s": percentile(latencies, 0.95),
         "max_s": max(latencies),
@@ -132,19 +136,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--every", type=int, nargs="+", default=[5, 1], help="webhook_every_seconds values"
     )
+    parser.add_argument(
+        "--wake-ms", type=int, nargs="+", default=[0, 1000], help="webhook_wake_ms values"
+    )
     parser.add_argument("--label", default="", help="a name for this run in the results file")
     args = parser.parse_args(argv)
     runs = []
     for every in args.every:
-        with tempfile.TemporaryDirectory(prefix="nubis-hook-corpus-") as corpus:
-            figures = measure(args.rate, args.seconds, every, Path(corpus))
-        runs.append(figures)
-        print(
-            f"webhook_every_seconds={every}: {figures['entries']} entries at "
-            f"{figures['rate_achieved']:.0f}/s; latency p50 {figures['p50_s'] * 1000:.0f} ms, "
-            f"p95 {figures['p95_s'] * 1000:.0f} ms, max {figures['max_s'] * 1000:.0f} ms",
-            flush=True,
-        )
+        for wake_ms in args.wake_ms:
+            with tempfile.TemporaryDirectory(prefix="nubis-hook-corpus-") as corpus:
+                figures = measure(args.rate, args.seconds, every, wake_ms, Path(corpus))
+            runs.append(figures)
+            print(
+                f"webhook_every_seconds={every}, webhook_wake_ms={wake_ms}: "
+                f"{figures['entries']} entries at {figures['rate_achieved']:.0f}/s; latency "
+                f"p50 {figures['p50_s'] * 1000:.0f} ms, p95 {figures['p95_s'] * 1000:.0f} ms, "
+                f"max {figures['max_s'] * 1000:.0f} ms",
+                flush=True,
+            )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "webhook_latency.json"
     previous = json.loads(out.read_text()) if out.exists() else {}

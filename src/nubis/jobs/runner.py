@@ -50,10 +50,11 @@ log = logging.getLogger(__name__)
 KEEP_FINISHED_MS = 30 * 24 * 3600 * 1000
 # Progress becomes visible at most this long after a handler reports it.
 _PROGRESS_SECONDS = 1.0
-# A requested kind is queued at most this often: under a steady stream of requests (100 stores
-# a second, each asking for the webhooks job) the runs then take whatever came in the last
-# quarter second together rather than one run, with its job's writes, per request.
-REQUEST_GAP_SECONDS = 0.25
+# A requested kind is queued at most this often (the archive passes webhook_wake_ms): under a
+# steady stream of requests (100 stores a second, each asking for the webhooks job) a run then
+# takes whatever came in since the last one rather than one run, with its job's half dozen
+# index writes, per request.
+REQUEST_GAP_SECONDS = 1.0
 
 
 def _owner_name() -> str:
