@@ -366,6 +366,9 @@ class Archive:
         self.job_runner = self.new_job_runner() if settings.jobs else None
         if self.job_runner is not None:
             self.corrections.wake = self.job_runner.wake  # a re-key starts at once
+            if settings.change_feed and settings.webhook_wake_ms:
+                runner = self.job_runner
+                self.index.on_feed_change = lambda: runner.request(WEBHOOKS)
         # Jobs, storage and DIMSE peers as the admin pages manage them: the home tenant's.
         self.operations = Operations(
             self.index,
@@ -441,6 +444,7 @@ class Archive:
             lease_seconds=settings.jobs_lease_seconds,
             poll_seconds=settings.jobs_poll_seconds,
             schedule=self._schedule() if scheduled else None,
+            request_gap_seconds=settings.webhook_wake_ms / 1000,
             schedule_while={
                 WEBHOOKS: self.webhooks.any,
                 CHANGEFEED_EXPIRE: lambda: self.changefeed.expiry_due(
@@ -483,6 +487,7 @@ class Archive:
             stable_seconds=settings.analyzer_stable_seconds,
             lookback_hours=settings.analyzer_lookback_hours,
             wake=self.job_runner.wake if self.job_runner is not None else None,
+            worklist=self.worklist,
         )
 
     def run_analyze_scan(self, ctx: JobContext) -> dict[str, Any]:

@@ -260,6 +260,8 @@ def _validate_storage(settings: Settings) -> None:
         raise SettingsError("analyzer_scan_seconds must be >= 1")
     if settings.change_feed_retention_days < 1:
         raise SettingsError("change_feed_retention_days must be >= 1")
+    if settings.webhook_wake_ms < 0:
+        raise SettingsError("webhook_wake_ms must be >= 0 (0: no wake)")
     if (
         settings.webhook_every_seconds < 1
         or settings.webhook_retry_max_seconds < 1

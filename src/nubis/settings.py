@@ -603,6 +603,12 @@ class Settings:
         "How often a webhooks job is queued when none is running; each one delivers what is "
         "due to every subscription.",
     )
+    webhook_wake_ms: int = _setting(
+        1000,
+        "A store that adds a change-feed entry wakes the webhooks job, at most once per this "
+        "many milliseconds (a receiver hears of a new object within about that); 0: no wake, "
+        "deliveries every webhook_every_seconds only.",
+    )
     webhook_timeout_seconds: int = _setting(
         10, "A webhook receiver must answer within this many seconds, or the attempt failed."
     )

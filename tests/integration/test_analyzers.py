@@ -16,7 +16,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import highdicom as hd
 import pydicom
@@ -28,6 +28,7 @@ from integration import in_process_archive, multipart_parts
 from nubis.analyzers.contract import Findings, StudyView, Wants
 from nubis.archive import Archive
 from nubis.index import analyzer_runs_sql as runs
+from nubis.index import workitems_sql
 from nubis.index.schema import analyzer_runs, quarantined_studies, studies
 from nubis.jobs.context import JobContext, JobStopped
 from nubis.jobs.runner import JobRunner
@@ -104,7 +105,7 @@ class World:
         return self.archive.jobs.list(kind=kind, limit=100)
 
     def analyze_jobs(self, analyzer: str) -> list[Job]:
-        return [j for j in self.jobs("analyze") if j.params["analyzer"] == analyzer]
+        return [j for j in self.jobs("analyze") if j.params.get("analyzer") == analyzer]
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +165,17 @@ def test_the_scan_queues_each_analyzer_on_the_studies_its_rule_takes(world: Worl
     """ct-qc wants CT, the rule gives probe MR only: one analyze job each, on its study."""
     assert world.archive.new_job_runner().schedule["analyze-scan"] == 60
     (scan,) = world.jobs("analyze-scan")
-    assert scan.state is JobState.DONE and scan.result == {"queued": {"ct-qc": 1, "probe": 1}}
+    assert scan.state is JobState.DONE
+    assert scan.result == {"queued": {"ct-qc": 1, "probe": 1}, "workitems": 0}
     assert [j.params["study"] for j in world.analyze_jobs("ct-qc")] == [world.ct_study]
     assert [j.params["study"] for j in world.analyze_jobs("probe")] == [world.mr_study]
     # A second scan finds nothing new: each (study, analyzer version) is queued once.
     world.archive.jobs.enqueue("analyze-scan")
     world.run_jobs()
-    assert world.jobs("analyze-scan")[0].result == {"queued": {"ct-qc": 0, "probe": 0}}
+    assert world.jobs("analyze-scan")[0].result == {
+        "queued": {"ct-qc": 0, "probe": 0},
+        "workitems": 0,
+    }
 
 
 def test_ct_qc_finds_the_gap(world: World) -> None:
@@ -299,7 +304,10 @@ def test_a_study_the_analyzer_may_not_see_is_never_analyzed(world: World) -> Non
     )
     archive.jobs.enqueue("analyze-scan")
     world.run_jobs()
-    assert world.jobs("analyze-scan")[0].result == {"queued": {"ct-qc": 0, "probe": 0}}
+    assert world.jobs("analyze-scan")[0].result == {
+        "queued": {"ct-qc": 0, "probe": 0},
+        "workitems": 0,
+    }
     job_id = archive.jobs.enqueue("analyze", {"analyzer": "ct-qc", "study": study})
     assert job_id is not None
     world.run_jobs()
@@ -346,3 +354,137 @@ def test_a_stopping_runner_gives_the_slot_back(world: World) -> None:
     assert (state, slot) == (runs.QUEUED, None)
     assert len(Probe.calls) == 3  # stopped before the analyzer was called
     archive.jobs.release(job.id, "test", count_attempt=False)
+
+
+def _analysis_workitem(world: World, analyzer: str | None, study: str) -> str:
+    """Schedule an analysis over UPS-RS (PS3.18 11.4): the Type 1 attributes of PS3.4 Table
+    CC.2.5-3, the code (ANALYZE, 99NUBIS), the analyzer as a Scheduled Processing Parameter
+    and the study in the Input Information Sequence."""
+    code = {
+        "00080100": {"vr": "SH", "Value": ["ANALYZE"]},
+        "00080102": {"vr": "SH", "Value": ["99NUBIS"]},
+        "00080104": {"vr": "LO", "Value": ["Analysis by a nubis analyzer"]},
+    }
+    data: dict[str, object] = {
+        "00100020": {"vr": "LO", "Value": ["WI-1"]},
+        "00741200": {"vr": "CS", "Value": ["MEDIUM"]},
+        "00741204": {"vr": "LO", "Value": ["AI analysis"]},
+        "00404005": {"vr": "DT", "Value": ["20261208090000"]},
+        "00404041": {"vr": "CS", "Value": ["READY"]},
+        "00404018": {"vr": "SQ", "Value": [code]},
+        "00404021": {"vr": "SQ", "Value": [{"0020000D": {"vr": "UI", "Value": [study]}}]},
+    }
+    if analyzer is not None:
+        concept = {
+            "00080100": {"vr": "SH", "Value": ["ANALYZER"]},
+            "00080102": {"vr": "SH", "Value": ["99NUBIS"]},
+            "00080104": {"vr": "LO", "Value": ["Analyzer"]},
+        }
+        data["00741210"] = {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "0040A040": {"vr": "CS", "Value": ["TEXT"]},
+                    "0040A043": {"vr": "SQ", "Value": [concept]},
+                    "0040A160": {"vr": "UT", "Value": [analyzer]},
+                }
+            ],
+        }
+    response = world.client.post(
+        "/dicom-web/workitems",
+        json=[data],
+        headers={
+            "Authorization": f"Bearer {ADMIN}",
+            "Content-Type": "application/dicom+json",
+        },
+    )
+    assert response.status_code == 201, response.text
+    return str(response.headers["Location"]).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _workitem(world: World, uid: str) -> dict[str, Any]:
+    response = world.client.get(
+        f"/dicom-web/workitems/{uid}", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json()[0])
+
+
+def test_a_workitem_drives_an_analyzer_to_completion(world: World) -> None:
+    """A SCHEDULED workitem asking for ct-qc is claimed by an analyze job, the analysis runs
+    and the workitem is COMPLETED with its results in the Unified Procedure Step Performed
+    Procedure Sequence > Output Information Sequence (PS3.4 CC.2.5.1.3, Table CC.2.5-3)."""
+    uid = _analysis_workitem(world, "ct-qc", world.ct_study)
+    world.archive.jobs.enqueue("analyze-scan")
+    world.run_jobs()
+    assert world.jobs("analyze-scan")[0].result["workitems"] == 1
+    (job,) = [j for j in world.jobs("analyze") if j.params.get("workitem") == uid]
+    assert job.state is JobState.DONE, job.last_error
+    done = _workitem(world, uid)
+    assert done["00741000"]["Value"] == ["COMPLETED"]
+    assert "00081195" not in done  # the Transaction UID is never returned (PS3.4 CC.2.5.1.1)
+    performed = done["00741216"]["Value"][0]
+    assert performed["00404050"]["Value"] and performed["00404051"]["Value"]
+    assert performed["00404019"]["Value"][0]["00080100"]["Value"] == ["ANALYZE"]
+    referenced = {
+        (ref["00081150"]["Value"][0], ref["00081155"]["Value"][0])
+        for output in performed["00404033"]["Value"]
+        for ref in output["00081199"]["Value"]
+    }
+    assert {SEG_STORAGE, COMPREHENSIVE_3D_SR} == {sop_class for sop_class, _ in referenced}
+    for sop_class, sop in referenced:
+        assert str(_stored(world, world.ct_study, sop_class).SOPInstanceUID) == sop
+    # Claimed and completed by the analyzer's principal, through the worklist service.
+    with world.archive.index.reading() as conn:
+        found = workitems_sql.find(conn, "default", uid)
+    assert found is not None and found.performer == "analyzer:ct-qc"
+    # Done once: the next scan queues no second job for it.
+    world.archive.jobs.enqueue("analyze-scan")
+    world.run_jobs()
+    assert world.jobs("analyze-scan")[0].result["workitems"] == 0
+
+
+@pytest.mark.parametrize(
+    ("analyzer", "reason"),
+    [("no-such-analyzer", "is not installed"), (None, "names no analyzer")],
+)
+def test_a_workitem_that_cannot_be_performed_is_canceled_with_the_reason(
+    world: World, analyzer: str | None, reason: str
+) -> None:
+    """The performer cancels what it claimed and cannot do, giving the Reason For
+    Cancellation in the Procedure Step Progress Information Sequence (PS3.4 CC.2.5.1.3)."""
+    uid = _analysis_workitem(world, analyzer, world.ct_study)
+    world.archive.jobs.enqueue("analyze-scan")
+    world.run_jobs()
+    (job,) = [j for j in world.jobs("analyze") if j.params.get("workitem") == uid]
+    assert job.state is JobState.FAILED and reason in (job.last_error or "")
+    canceled = _workitem(world, uid)
+    assert canceled["00741000"]["Value"] == ["CANCELED"]
+    progress = canceled["00741002"]["Value"][0]
+    assert reason in progress["00741238"]["Value"][0]
+    assert progress["00404052"]["Value"]  # the cancellation's date and time
+
+
+def test_a_workitem_claimed_by_another_performer_is_left_to_it(world: World) -> None:
+    """Only the performer holding the Transaction UID may change an IN PROGRESS workitem
+    (PS3.4 CC.2.1.3): an analyze job that finds it claimed leaves it alone."""
+    uid = _analysis_workitem(world, "ct-qc", world.ct_study)
+    scan = world.archive.jobs.enqueue("analyze-scan")
+    assert scan is not None
+    assert world.runner.run_job(scan, world.archive.run_analyze_scan)  # queues its job
+    claim = [
+        {
+            "00741000": {"vr": "CS", "Value": ["IN PROGRESS"]},
+            "00081195": {"vr": "UI", "Value": ["2.25.1234567"]},
+        }
+    ]
+    response = world.client.put(
+        f"/dicom-web/workitems/{uid}/state",
+        json=claim,
+        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/dicom+json"},
+    )
+    assert response.status_code == 200, response.text
+    world.run_jobs()
+    (job,) = [j for j in world.jobs("analyze") if j.params.get("workitem") == uid]
+    assert job.state is JobState.DONE and job.result == {"workitem": uid, "claimed": False}
+    assert _workitem(world, uid)["00741000"]["Value"] == ["IN PROGRESS"]

@@ -458,3 +458,35 @@ def test_a_qido_match_picks_the_studies(world: World) -> None:
     finally:
         receiver.down()
         world.client.delete("/webhooks/chest", headers=world.auth())
+
+
+def test_a_store_wakes_the_webhooks_job_at_once(world: World) -> None:
+    """A store that adds a feed entry asks the runner for a webhooks run: it comes within a
+    fraction of a second, not at the next period or poll, and only while one is wanted."""
+    runs: list[float] = []
+    wanted = threading.Event()
+    runner = JobRunner(
+        world.archive.jobs,
+        {"webhooks": lambda ctx: runs.append(time.monotonic()) or {}},
+        poll_seconds=60,
+        schedule_while={"webhooks": wanted.is_set},
+    )
+    runner.start()
+    world.archive.index.on_feed_change = lambda: runner.request("webhooks")
+    try:
+        time.sleep(0.3)  # the runner's first look, with nothing queued
+        wanted.set()
+        stored = time.monotonic()
+        world.store(world.make())
+        deadline = stored + 5
+        while not runs and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runs and runs[0] - stored < 2, runs
+        wanted.clear()  # the subscription is gone: a store's request is dropped
+        time.sleep(0.3)
+        world.store(world.make())
+        time.sleep(0.6)
+        assert len(runs) == 1, runs
+    finally:
+        world.archive.index.on_feed_change = None
+        runner.stop()

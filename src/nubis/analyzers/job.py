@@ -18,6 +18,13 @@ is retried (``max_attempts`` 3, ``retry_seconds`` apart); an AnalyzerError, a re
 store refuses (another study's, an invalid object) or a study out of sight fails the run at
 once. The results' UIDs are the analyzer's to keep stable across attempts: an object an
 earlier attempt stored (409, the same UID) counts as stored.
+
+A UPS workitem can ask for an analysis (nubis.analyzers.workitems, docs/analyzers.md): the
+scan also finds the SCHEDULED ones and queues an ``analyze`` job with the parameters
+``workitem`` and ``partition`` (once per workitem). That job claims the workitem as the
+analyzer through the worklist service, runs the analysis above, and completes the workitem
+with its results in the Output Information Sequence, or cancels it with the reason when the
+analysis fails for good.
 """
 
 from __future__ import annotations
@@ -30,19 +37,22 @@ from typing import Any
 
 from pydicom import Dataset, dcmwrite
 
+from nubis.analyzers import workitems
 from nubis.analyzers.contract import Analyzer, AnalyzerError, Findings
 from nubis.analyzers.rules import Rule
 from nubis.analyzers.view import read_study
 from nubis.errors import DuplicateInstance, NotFound
 from nubis.index import analyzer_runs_sql as runs
+from nubis.index import workitems_sql
 from nubis.index.database import Index
 from nubis.jobs.context import JobCancelled, JobContext, JobDeferred, JobFailed, JobStopped
 from nubis.jobs.schedule import ANALYZE_SCAN
-from nubis.jobs.store import LeaseLost, now_ms
+from nubis.jobs.store import JobStore, LeaseLost, now_ms
 from nubis.security.policy import DEFAULT_TENANT, Principal
 from nubis.services.retrieve import RetrieveService
 from nubis.services.spool import Spool
 from nubis.services.store import StoreService
+from nubis.services.worklist import WorklistService
 
 __all__ = ["ANALYZE", "SCAN", "AnalyzerJobs", "analyzer_principal"]
 
@@ -81,6 +91,7 @@ class AnalyzerJobs:
         lookback_hours: int,
         retry_seconds: float = 60.0,
         wake: Callable[[], None] | None = None,
+        worklist: WorklistService | None = None,
     ) -> None:
         self.index = index
         self.retrieve = retrieve
@@ -93,6 +104,7 @@ class AnalyzerJobs:
         self.lookback_hours = lookback_hours
         self.retry_seconds = retry_seconds
         self.wake = wake
+        self.worklist = worklist
 
     @property
     def analyzers(self) -> Mapping[str, Analyzer]:
@@ -133,9 +145,34 @@ class AnalyzerJobs:
                 self._queue(study.study_pk, name, analyzer.version, params)
                 count += 1
             queued[name] = count
-        if any(queued.values()) and self.wake is not None:
+        workitems_queued = self._queue_workitems(ctx)
+        if (any(queued.values()) or workitems_queued) and self.wake is not None:
             self.wake()
-        return {"queued": queued}
+        return {"queued": queued, "workitems": workitems_queued}
+
+    def _queue_workitems(self, ctx: JobContext) -> int:
+        """Queue an ``analyze`` job for each SCHEDULED workitem asking for an analysis, once
+        per workitem (its unique key): a job whose claim fails leaves it to its performer."""
+        if self.worklist is None:
+            return 0
+        jobs = JobStore(self.index)
+        count = 0
+        with self.index.reading() as conn:
+            tenants = workitems_sql.partitions_scheduling(
+                conn, workitems.ANALYZE_CODE, workitems.SCHEME
+            )
+        for tenant in tenants:
+            who = analyzer_principal("worklist", tenant)
+            for uid in workitems.scheduled(self.worklist, who):
+                ctx.check()
+                params = {"workitem": uid, "partition": tenant}
+                key = f"analyze-workitem:{tenant}:{uid}"
+                if jobs.enqueue(
+                    ANALYZE, params, unique_key=key, max_attempts=MAX_ATTEMPTS,
+                    created_by="worklist",
+                ) is not None:  # fmt: skip
+                    count += 1
+        return count
 
     def _queue(self, study_pk: int, name: str, version: str, params: dict[str, Any]) -> None:
         self.index.write(
@@ -146,9 +183,60 @@ class AnalyzerJobs:
 
     # ------------------------------------------------------------------ analyze
     def analyze(self, ctx: JobContext) -> dict[str, Any]:
+        partition = str(ctx.params.get("partition") or DEFAULT_TENANT)
+        if ctx.params.get("workitem"):
+            return self._analyze_workitem(ctx, str(ctx.params["workitem"]), partition)
         name = str(ctx.params.get("analyzer", ""))
         study_uid = str(ctx.params.get("study", ""))
-        partition = str(ctx.params.get("partition") or DEFAULT_TENANT)
+        return self._analyze_study(ctx, name, study_uid, partition)
+
+    def _analyze_workitem(self, ctx: JobContext, uid: str, partition: str) -> dict[str, Any]:
+        """Claim the workitem (or resume the claim an earlier attempt saved in the cursor),
+        analyze, complete it; cancel it with the reason when the analysis fails for good."""
+        if self.worklist is None:
+            raise JobFailed("this node has no worklist service", retry_in=None)
+        reader = analyzer_principal("worklist", partition)
+        problem = ""
+        try:
+            asked = workitems.requested(self.worklist.retrieve(reader, uid))
+        except NotFound as exc:
+            raise JobFailed(f"workitem {uid}: {exc.reason}", retry_in=None) from exc
+        except AnalyzerError as exc:
+            asked, problem = None, exc.reason
+        who = analyzer_principal(asked.analyzer if asked else "worklist", partition)
+        claimed = ctx.cursor if isinstance(ctx.cursor, dict) else None
+        if claimed is None:
+            transaction = workitems.claim(self.worklist, who, uid)
+            if transaction is None:
+                return {"workitem": uid, "claimed": False}
+            claimed = {"transaction": transaction, "started": workitems.now_dt()}
+            ctx.progress(0, cursor=claimed)
+        transaction = str(claimed["transaction"])
+        if asked is None or asked.analyzer not in self.analyzers:
+            if asked is not None:
+                problem = f"the analyzer {asked.analyzer!r} is not installed"
+            workitems.cancel(self.worklist, who, uid, transaction, problem)
+            raise JobFailed(f"workitem {uid}: {problem}", retry_in=None)
+        try:
+            outcome = self._analyze_study(ctx, asked.analyzer, asked.study_uid, partition)
+        except JobFailed as failed:
+            if failed.retry_in is None or ctx.job.attempts >= ctx.job.max_attempts:
+                workitems.cancel(self.worklist, who, uid, transaction, failed.reason)
+            raise
+        workitems.complete(
+            self.worklist,
+            who,
+            uid,
+            transaction,
+            started=str(claimed["started"]),
+            study_uid=asked.study_uid,
+            stored=outcome.get("stored", []),
+        )
+        return {**outcome, "workitem": uid}
+
+    def _analyze_study(
+        self, ctx: JobContext, name: str, study_uid: str, partition: str
+    ) -> dict[str, Any]:
         analyzer = self.analyzers.get(name)
         if analyzer is None or not study_uid:
             raise JobFailed(

@@ -170,6 +170,22 @@ def _scope(partition: str, grantee: str | None) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def partitions_scheduling(conn: Connection, code_value: str, code_scheme: str) -> list[str]:
+    """The tenants holding a SCHEDULED workitem of this Scheduled Workitem Code: where the
+    analyzers' scan searches the worklist (as each tenant's analyzer) for work."""
+    return list(
+        conn.execute(
+            sa.select(workitems.c.partition)
+            .where(
+                workitems.c.state == "SCHEDULED",
+                workitems.c.workitem_code_value == code_value,
+                workitems.c.workitem_code_scheme == code_scheme,
+            )
+            .distinct()
+        ).scalars()
+    )
+
+
 def visible(conn: Connection, partition: str, grantee: str | None, uid: str) -> bool:
     """Whether the workitem is in the scope (for one read by a grant-limited role)."""
     stmt = sa.select(workitems.c.id).where(

@@ -5,8 +5,9 @@ renewing the lease and saving progress about once a second, so ``nubis jobs list
 progress while the handler runs and a handler that blocks in one long blob operation does not
 lose its lease. When idle it polls with a backoff (0.5 s doubling up to ``poll_seconds``) and
 is woken at once by a job queued in the same process. It also queues the periodic jobs of the
-schedule (at most one per kind and period across every node, see JobStore.schedule) and
-removes jobs that finished long ago.
+schedule (at most one per kind and period across every node, see JobStore.schedule), runs a
+scheduled kind early when something in the process asks for it (``request``: a store that
+added change feed entries asks for the webhooks job) and removes jobs that finished long ago.
 
 Handlers are plain functions of a ``JobContext`` (the contract, nubis.jobs.context). When
 its ``check()`` says the job should stop, the runner records why: cancelled by an operator,
@@ -49,6 +50,11 @@ log = logging.getLogger(__name__)
 KEEP_FINISHED_MS = 30 * 24 * 3600 * 1000
 # Progress becomes visible at most this long after a handler reports it.
 _PROGRESS_SECONDS = 1.0
+# A requested kind is queued at most this often (the archive passes webhook_wake_ms): under a
+# steady stream of requests (100 stores a second, each asking for the webhooks job) a run then
+# takes whatever came in since the last one rather than one run, with its job's half dozen
+# index writes, per request.
+REQUEST_GAP_SECONDS = 1.0
 
 
 def _owner_name() -> str:
@@ -73,6 +79,8 @@ class JobRunner:
     schedule_while : mapping of kind -> predicate
         A periodic kind named here is queued only while its predicate holds (the webhooks
         job while a subscription exists), so an archive that needs none has no runs of it.
+    request_gap_seconds : float
+        The least time between two runs of a kind queued by ``request``.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class JobRunner:
         schedule: Mapping[str, int] | None = None,
         schedule_while: Mapping[str, Callable[[], bool]] | None = None,
         owner: str | None = None,
+        request_gap_seconds: float = REQUEST_GAP_SECONDS,
     ) -> None:
         self.store = store
         self.handlers = dict(handlers)
@@ -98,6 +107,12 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._next_schedule = 0.0
         self._next_prune = 0.0
+        self.request_gap_seconds = request_gap_seconds
+        self._requested: set[str] = set()
+        self._next_request: dict[str, float] = {}
+        # A kind found unwanted (no subscription) ignores requests for its schedule period:
+        # otherwise every store would wake the runner to ask the index again.
+        self._unwanted_until: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -119,6 +134,16 @@ class JobRunner:
         """Look for work now (a job was just queued in this process)."""
         self._wake.set()
 
+    def request(self, kind: str) -> None:
+        """Run the scheduled kind ``kind`` soon rather than at its next period (within
+        ``request_gap_seconds``), if its ``schedule_while`` predicate holds. Cheap enough for
+        a request's path: it only notes the kind and, the first time, wakes the runner's
+        thread (which then knows when the kind is due, so later requests need not wake it)."""
+        if kind in self._requested or time.monotonic() < self._unwanted_until.get(kind, 0.0):
+            return
+        self._requested.add(kind)
+        self._wake.set()
+
     def enqueue(
         self, kind: str, params: dict[str, Any] | None = None, **options: Any
     ) -> int | None:
@@ -132,6 +157,7 @@ class JobRunner:
         while not self._stopping.is_set():
             try:
                 self._housekeeping()
+                self._queue_requested()
                 ran = self.run_once()
             except Exception:
                 # The index may be down for a while (fail-over): keep trying, slowly.
@@ -141,9 +167,34 @@ class JobRunner:
                 idle = 0.5
                 continue
             # Jitter keeps the runners of many workers from polling in lockstep.
-            self._wake.wait(idle * random.uniform(0.8, 1.2))
+            wait = idle * random.uniform(0.8, 1.2)
+            if self._requested:
+                wait = min(wait, max(0.01, self._next_requested() - time.monotonic()))
+            self._wake.wait(wait)
             self._wake.clear()
             idle = min(idle * 2, self.poll_seconds)
+
+    def _next_requested(self) -> float:
+        return min(self._next_request.get(kind, 0.0) for kind in self._requested)
+
+    def _queue_requested(self) -> None:
+        """Queue the requested kinds whose gap has passed. A kind whose job is running stays
+        requested: that run may have read past what prompted the request, so another follows."""
+        now = time.monotonic()
+        for kind in list(self._requested):
+            if now < self._next_request.get(kind, 0.0):
+                continue
+            wanted = self.schedule_while.get(kind)
+            if kind not in self.handlers or (wanted is not None and not wanted()):
+                self._requested.discard(kind)
+                self._unwanted_until[kind] = now + self.schedule.get(kind, 60)
+                continue
+            # Cleared before the look, so a request arriving during it is not lost.
+            self._requested.discard(kind)
+            if self.store.request(kind):
+                self._next_request[kind] = now + self.request_gap_seconds
+            else:
+                self._requested.add(kind)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()

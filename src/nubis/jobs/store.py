@@ -173,6 +173,30 @@ class JobStore:
             return None
         return self.enqueue(kind, unique_key=key, created_by="schedule")
 
+    def request(self, kind: str) -> bool:
+        """Queue a run of the periodic job ``kind`` now, for something that just happened.
+
+        True when one is queued now or was queued already (it has not started, so it will see
+        what happened); False while one is running (it may have read past it: ask again
+        once it finished). Shares ``schedule``'s rule of one queued or running at a time.
+        """
+        with self.index.reading() as conn:
+            states = set(
+                conn.execute(
+                    select(jobs.c.state).where(
+                        jobs.c.kind == kind,
+                        jobs.c.unique_key.is_not(None),
+                        jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+                    )
+                ).scalars()
+            )
+        if JobState.QUEUED.value in states:
+            return True
+        if JobState.RUNNING.value in states:
+            return False
+        self.enqueue(kind, unique_key=f"{kind}@request#{now_ms()}", created_by="request")
+        return True
+
     # ------------------------------------------------------------------ runners
     def claim(
         self,

@@ -119,9 +119,10 @@ ROLES: dict[str, RoleSpec] = {
         Action.MONITOR, summary="the archive's metrics only (a Prometheus server's key)"
     ),
     "analyzer": RoleSpec(
-        Action.READ | Action.DOWNLOAD | Action.WRITE,
+        Action.READ | Action.DOWNLOAD | Action.WRITE | Action.WORKLIST,
         assignable=False,
-        summary="an analyzer's jobs: read a study, store results in it (internal)",
+        summary="an analyzer's jobs: read a study, store results in it, perform the workitems "
+        "asking for an analysis (internal)",
     ),
     "share-view": RoleSpec(
         Action.READ,
