@@ -435,7 +435,7 @@ class Archive:
                 edge_evict=self.evictor.run if settings.forward_to else None,
                 retention=self.retention.run,
                 certificate_checks=lambda: self.retention.verify(
-                    system_principal(settings.audit_source, via="system")
+                    system_principal(settings.audit_source, via="system"), recorded_by_trail=True
                 ),
                 analyze=(self.run_analyze_scan, self.run_analyze),
                 webhooks=self.webhook_delivery.run if settings.change_feed else None,

@@ -67,7 +67,9 @@ def verify(
         trail = archive.audit
         report = trail.verify(public_keys=keys, used_by=_operator(), front_door="cli")
         # Erasure certificates: signed with the same key, each named by a record of the chain.
-        certificates = archive.retention.verify(cli_principal(), public_keys=keys)
+        certificates = archive.retention.verify(
+            cli_principal(), public_keys=keys, recorded_by_trail=True
+        )
     forged = [c for c in certificates if not c.ok]
     for check in forged:
         out.print(f"ERASURE CERTIFICATE {check.id}: {'; '.join(check.problems)}", style="red")

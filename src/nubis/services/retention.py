@@ -219,10 +219,16 @@ class Retention:
         certificate_id: int | None = None,
         *,
         public_keys: dict[str, Ed25519PublicKey] | None = None,
+        recorded_by_trail: bool = False,
     ) -> list[CertificateCheck]:
         """Check one certificate, or every one (digest, signature, audit record), against
-        ``public_keys`` (default: the archive's own audit key)."""
-        self._authorize(who, f"verify erasure certificate {certificate_id or '(all)'}")
+        ``public_keys`` (default: the archive's own audit key). ``recorded_by_trail``: part of
+        ``nubis audit verify``, whose use of the log the trail's verify has recorded already."""
+        what = f"verify erasure certificate {certificate_id or '(all)'}"
+        if recorded_by_trail:
+            self.guard.authorize(who, Action.AUDIT, what)
+        else:
+            self._authorize(who, what)
         found = (
             [certificates.fetch(self.index, certificate_id, None)]
             if certificate_id is not None
