@@ -219,3 +219,46 @@ def test_a_tier_compressed_object_goes_in_the_syntax_it_arrived_in(
         original_transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     assert archive.retrieve.syntax_for(compressed, accepted) == chosen
+
+
+def _swap_in_a_copy(archive: Archive, inst: StoredInstance) -> None:
+    """What a re-encryption (rekey, rewrap) does under a read: a new blob with the same
+    bytes, the row swapped to it in one transaction, the old blob deleted."""
+    from sqlalchemy import update
+
+    from nubis.index.schema import instances
+
+    new_key = archive.blobs.new_key()
+    new_blob = _blob(archive, replace(inst, blob_key=new_key))
+    new_blob.parent.mkdir(parents=True, exist_ok=True)
+    new_blob.write_bytes(_blob(archive, inst).read_bytes())
+    archive.index.write(
+        lambda conn: conn.execute(
+            update(instances).where(instances.c.id == inst.pk).values(blob_key=new_key)
+        )
+    )
+    _blob(archive, inst).unlink()
+
+
+def test_a_read_follows_a_blob_swapped_in_under_it(archive: Archive) -> None:
+    """A read whose row names a blob that a re-encryption has since replaced and deleted is
+    answered from the row's new blob, whole and checked, not failed (a 500 under a rekey)."""
+    stale = _instance(archive)
+    stored = _blob(archive, stale).read_bytes()
+    _swap_in_a_copy(archive, stale)
+    sent, error = _read(archive.retrieve.instance_chunks(stale, AS_STORED))
+    assert (sent, error) == (stored, None)
+    assert archive.retrieve.read(stale, 128, 4) == b"DICM"
+    with archive.retrieve.open(stale) as opened:
+        assert opened.read() == stored
+
+
+def test_a_read_of_an_instance_deleted_under_it_is_404(archive: Archive) -> None:
+    """Blob and row both gone (a DELETE that committed first): NotFound, not a stack trace."""
+    from nubis.errors import NotFound
+
+    stale = _instance(archive)
+    archive.index.delete(stale.partition, stale.study_uid)
+    _blob(archive, stale).unlink()
+    with pytest.raises(NotFound, match="deleted while it was being read"):
+        archive.retrieve.read(stale, 0, 4)

@@ -272,6 +272,12 @@ class Index:
                 instances.c.sop_instance_uid == sop_instance_uid,
             )
 
+    def current_instance(self, pk: int) -> StoredInstance | None:
+        """The instance row ``pk`` as it is now (its blob key may have changed since it was
+        read), or None once deleted."""
+        with self.reading() as conn:
+            return _stored_where(conn, instances.c.id == pk)
+
     def store(
         self,
         new: NewInstance,

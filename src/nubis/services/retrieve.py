@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import chain, islice
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -33,10 +33,12 @@ from nubis.errors import BlobCorrupted, NotAcceptable, NotFound
 from nubis.index.database import Index
 from nubis.model.audit import EventOutcome
 from nubis.model.records import StoredInstance
-from nubis.ports.blobs import BlobContext, BlobStore
+from nubis.ports.blobs import BlobContext, BlobNotFound, BlobStore
 from nubis.security import audit_events
 from nubis.security.policy import Action, Decision, Principal
 from nubis.services.guard import Guard
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +262,29 @@ class RetrieveService:
     def _stored_chunks(self, inst: StoredInstance) -> Iterator[bytes]:
         """The stored file, checked by digest as it streams unless reads are not checked or
         the store authenticates what it reads (AES-GCM tags over the plaintext's digest)."""
+        return self._current_blob(inst, self._chunks_of)
+
+    def _chunks_of(self, inst: StoredInstance) -> Iterator[bytes]:
         # Opened here, not in a generator, so a missing blob or key fails before streaming.
         chunks = self.blobs.iter_chunks(inst.blob_key, context=blob_context(inst))
         if not self.verify_reads or self.blobs.capabilities.authenticated_reads:
             return chunks
         return self._checked(inst, chunks)
+
+    def _current_blob(self, inst: StoredInstance, use: Callable[[StoredInstance], _T]) -> _T:
+        """``use(inst)``; if its blob is gone, once more with the row as it is now. Between a
+        read's row and its blob, a re-encryption (rekey, rewrap), a tier's compression or an
+        overwrite may swap a new blob into the row and delete the old one: the object is
+        still there, under another key. A row gone too is a delete that won (404)."""
+        try:
+            return use(inst)
+        except BlobNotFound:
+            current = self.index.current_instance(inst.pk)
+            if current is None:
+                raise NotFound("the instance was deleted while it was being read") from None
+            if current.blob_key == inst.blob_key:
+                raise
+            return use(current)
 
     def _checked(self, inst: StoredInstance, chunks: Iterator[bytes]) -> Iterator[bytes]:
         try:
@@ -283,11 +303,16 @@ class RetrieveService:
     def open(self, inst: StoredInstance) -> BinaryIO:
         """The stored PS3.10 file as a seekable file object (plaintext; the caller closes it),
         for decoders that read where they like."""
-        return self.blobs.open(inst.blob_key, context=blob_context(inst))
+        return self._current_blob(
+            inst, lambda now: self.blobs.open(now.blob_key, context=blob_context(now))
+        )
 
     def read(self, inst: StoredInstance, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[offset, offset + length)`` of the stored object (frames, bulk data)."""
-        return self.blobs.read(inst.blob_key, offset, length, context=blob_context(inst))
+        return self._current_blob(
+            inst,
+            lambda now: self.blobs.read(now.blob_key, offset, length, context=blob_context(now)),
+        )
 
     # ------------------------------------------------------------------ metadata
     def metadata(
