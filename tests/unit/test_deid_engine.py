@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread, examples
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
@@ -273,11 +274,19 @@ def _dciodvfy_errors(path: Path) -> set[str]:
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy not installed")
-@pytest.mark.parametrize("kind", ["CT_small", "synth"])
+@pytest.mark.parametrize("kind", ["CT_small", "synth", "ECG"])
 def test_dciodvfy_reports_no_new_errors(tmp_path: Path, kind: str) -> None:
-    """The de-identified object is still a valid CT Image (PS3.15 E.1.1: the output conforms
-    to its IOD): dciodvfy finds no error that the original did not have."""
-    ds = dcmread(examples.get_path("ct")) if kind == "CT_small" else _cohort()[1]
+    """The de-identified object is still valid for its IOD (PS3.15 E.1.1: the output conforms
+    to its IOD): dciodvfy finds no error that the original did not have. The 12-lead ECG
+    carries a non-empty Acquisition Context Sequence (X/Z in Table E.1-1), Type 2 in the
+    waveform IODs (PS3.3 C.7.6.14): it must stay present, items dummied."""
+    if kind == "CT_small":
+        ds = dcmread(examples.get_path("ct"))
+    elif kind == "ECG":
+        ds = dcmread(get_testdata_file("waveform_ecg.dcm"))
+        assert len(ds.AcquisitionContextSequence) > 0
+    else:
+        ds = _cohort()[1]
     before, after = tmp_path / "before.dcm", tmp_path / "after.dcm"
     ds.save_as(before, enforce_file_format=True)
     for profile in (BASIC, load_default_profile()):

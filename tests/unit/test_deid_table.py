@@ -134,8 +134,10 @@ def _check(
 ) -> None:
     code = row.action(options)
     action = RESOLVED.get(code, code)
-    if before.VR == "SQ" and code in ("X/Z", "X/D", "X/Z/D"):
-        action = "X"  # a non-empty sequence: removed rather than left empty (see engine.py)
+    if before.VR == "SQ" and code == "X/Z":
+        # Z's non-zero-length form (Table E.1-1: "or a non-zero length value that may be a
+        # dummy"): a sequence keeps its items, every value a dummy (see engine.py).
+        action = "D"
     where = f"{row.tag} {row.name} ({code})"
     if action == "X":
         assert after is None, where

@@ -7,8 +7,11 @@ profile's options and rules (``table.TableRow.action``). The input is left uncha
 Compound actions (X/Z, X/D, X/Z/D, Z/D, X/Z/U*) let the de-identifier remove an attribute
 unless the IOD requires it. The engine does not carry each IOD's attribute Types, so it takes
 the action that keeps every IOD conformant: X/Z -> Z, X/D, X/Z/D and Z/D -> D, X/Z/U* -> U*
-(the sequence kept, the UIDs inside remapped). Nothing identifying survives either way: Z and
-D carry no original value.
+(the sequence kept, the UIDs inside remapped). A non-empty sequence under any of them keeps
+its items with every value a dummy (D, or Z's "non-zero length value that may be a dummy"):
+an empty one is invalid where the attribute is Type 1, or Type 3 with "one or more Items",
+a removed one where it is Type 1 or 2. Nothing identifying survives either way: Z and D carry
+no original value.
 
 Attributes the table does not list are kept, except that every UID (VR UI) is remapped unless
 it is a well-known one or the Retain UIDs Option applies, and a person name is replaced by a
@@ -55,7 +58,6 @@ PATIENT_NAME = 0x00100010
 PIXEL_DATA = 0x7FE00010
 _RESOLVED = {"X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D", "X/Z/U*": "U"}
 _DATE_VRS = frozenset({"DA", "DT"})
-_REMOVABLE_SEQUENCE = frozenset({"X/Z", "X/D", "X/Z/D"})
 _FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC", "PN"})
 # VRs the walk may change even where the table lists nothing (UIDs, names, sequences' items),
 # and the ambiguous ones pydicom resolves on decoding.
@@ -284,13 +286,7 @@ class _Walk:
         return self.apply(elem, action, depth)
 
     def apply(self, elem: DataElement, code: str, depth: int) -> DataElement | None:
-        if elem.VR == "SQ" and code in _REMOVABLE_SEQUENCE:
-            # An empty sequence in any Type 3 attribute is an error where the module wants
-            # items, and the reference sequences these codes name are Type 3 in the common
-            # IODs: removed, unless it is already empty (a Type 2 attribute left as it was).
-            action = "Z" if len(elem.value) == 0 else "X"
-        else:
-            action = _resolve(code)
+        action = _resolve(code)
         self.report.actions[action] += 1
         if action == "X":
             return None
@@ -298,12 +294,17 @@ class _Walk:
             return self._keep(elem, depth, listed=True)
         if elem.tag == PATIENT_ID and action in ("Z", "D"):
             return _replace(elem, self.pseudonyms.patient_id(str(elem.value or "")))
-        if action == "Z":
+        if action == "Z" and not (elem.VR == "SQ" and code == "X/Z"):
             return _replace(elem, empty(elem))
-        if action == "D":
+        if action in ("Z", "D"):
             if elem.VR == "UI":
                 return self._uids(elem)
             if elem.VR == "SQ":
+                # Under X/Z a sequence is Z's other form, "a non-zero length value that may be
+                # a dummy" (Table E.1-1): an empty sequence breaks the Type 3 ones whose module
+                # wants one or more items (Referenced Study Sequence), removal the Type 2 ones
+                # (Acquisition Context Sequence); the structure with every value a dummy is
+                # valid under either Type and keeps no original value.
                 items = [self._dummy_item(item) for item in elem.value]
                 return DataElement(elem.tag, "SQ", Sequence(items))
             return _replace(elem, dummy(elem))
