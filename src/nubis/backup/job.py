@@ -104,6 +104,8 @@ class Backup:
         )
         snapshot_name = folder.snapshot_name(stamp, self.index.dialect)
         staging = folder.target.staging()
+        for leftover in staging.iterdir():  # of a run cut short: its snapshot is stale
+            leftover.unlink()
         snapshot = take_snapshot(self.index, staging / f"snapshot-{stamp}")
         previous = folder.latest()
         known = previous.blobs if previous is not None else {}

@@ -106,14 +106,15 @@ class S3Target:
 
         self.url = url
         self.store = from_url(url)
-        self._staging = Path(tempfile.mkdtemp(prefix="nubis-backup-"))
+        self._staging: Path | None = None  # made when first needed: most uses only read
 
     @property
     def where(self) -> str:
         return self.url
 
     def staging(self) -> Path:
-        self._staging.mkdir(parents=True, exist_ok=True)
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="nubis-backup-"))
         return self._staging
 
     def put(self, name: str, source: Path) -> None:

@@ -143,7 +143,8 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
 ) -> None:
     """Check the newest backup in FOLDER (or s3://...) without restoring it: manifest, index
-    snapshot (digest, integrity), every blob present with its size and SHA-256; exit 1 on a problem."""
+    snapshot (digest, integrity), every blob present with its size and SHA-256; exit 1 on a
+    problem."""
     from nubis.backup.check import verify_backup
 
     report = verify_backup(folder)
