@@ -8,11 +8,13 @@ Backup and restore are DICOM Export and Data Import (PS3.15 A.5.3.6, A.5.3.7). I
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
 from contract import Ceph
+from integration.cli import nubis_cli
 from nubis.archive import Archive
 from nubis.backup.check import verify_backup
 from nubis.backup.copies import BackupCopies
@@ -58,7 +60,10 @@ def test_a_backup_into_a_bucket(ceph: Ceph, tmp_path: Path) -> None:
             outcome = archive.store.store(archive.spool.from_file(path), principal=cli_principal())
             assert outcome.ok, outcome.error
         first = _backup(archive, url)
-        second = _backup(archive, url)
+    # The command line, as an operator runs it: its URL is the blob store's, its credentials
+    # the AWS chain's (the fixture's environment).
+    done = nubis_cli("backup", "--to", url, "--data-dir", str(source_dir), check=True)
+    second = json.loads(done.stdout[done.stdout.index("{") :])
     assert (first["objects"], first["copied"], first["absent"]) == (3, 3, {})
     assert (second["copied"], second["copied_bytes"], second["already_backed_up"]) == (0, 0, 3)
 
@@ -72,6 +77,8 @@ def test_a_backup_into_a_bucket(ceph: Ceph, tmp_path: Path) -> None:
     checked = verify_backup(url)
     assert checked.ok, checked.problems
     assert checked.blobs_checked == 3
+    verified = json.loads(nubis_cli("backup", "verify", url, "--json", check=True).stdout)
+    assert verified["ok"] and verified["blobs_checked"] == 3
 
     report = restore(
         url, _settings(restored_dir), cli_principal(),
@@ -106,3 +113,4 @@ def test_a_backup_into_a_bucket(ceph: Ceph, tmp_path: Path) -> None:
     damaged = verify_backup(url)
     assert not damaged.ok
     assert damaged.problems == [f"blob {key} differs from the manifest (damaged)"]
+    assert nubis_cli("backup", "verify", url).returncode == 1
