@@ -106,7 +106,8 @@ class S3Target:
 
         self.url = url
         self.store = from_url(url)
-        self._staging: Path | None = None  # made when first needed: most uses only read
+        # Made when first needed (most uses only read), removed with the target.
+        self._staging: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def where(self) -> str:
@@ -114,8 +115,8 @@ class S3Target:
 
     def staging(self) -> Path:
         if self._staging is None:
-            self._staging = Path(tempfile.mkdtemp(prefix="nubis-backup-"))
-        return self._staging
+            self._staging = tempfile.TemporaryDirectory(prefix="nubis-backup-")
+        return Path(self._staging.name)
 
     def put(self, name: str, source: Path) -> None:
         store = self.store
