@@ -62,14 +62,14 @@ def test_a_postgresql_archive_backs_up_and_restores(postgres: Postgres, tmp_path
         result = backup.run(JobContext(job, threading.Event()))
     assert result["objects"] == 3 and result["absent"] == {}
     assert [p.name for p in (folder / "index").iterdir()] == [f"{result['backup']}.pgdump"]
-    checked = verify_backup(folder)
+    checked = verify_backup(str(folder))
     assert checked.ok, checked.problems
     assert checked.manifest is not None and checked.manifest.engine == "postgresql"
 
     restored_db = postgres.database("backup_restored")
     settings = _settings(restored_dir, restored_db)
     report = restore(
-        folder, settings, cli_principal(),
+        str(folder), settings, cli_principal(),
         keyring=source_dir / "keyring.jsonl", audit_key=source_dir / "audit-signing.key",
     )  # fmt: skip
     assert report.objects == 3 and report.problems == [], report.problems

@@ -202,7 +202,7 @@ def _forge_manifests(folder: Path, key: str, copy: Path) -> None:
     import json
 
     digest = hashlib.sha256(copy.read_bytes()).hexdigest()
-    for path in [folder / "manifest.json", *(folder / "manifests").glob("*.json")]:
+    for path in (folder / "manifests").glob("*.json"):
         data = json.loads(path.read_text())
         data["blobs"][key] = [copy.stat().st_size, digest]
         path.write_text(json.dumps(data))

@@ -1,4 +1,4 @@
-"""``nubis backup verify``: check a backup folder's newest backup without restoring it.
+"""``nubis backup verify``: check the newest backup of a folder or S3 prefix without restoring it.
 
 The manifest must be readable; the index snapshot must have the manifest's size and SHA-256
 (and, for SQLite, pass ``PRAGMA integrity_check`` and reference no blob the manifest neither
@@ -16,7 +16,8 @@ from pathlib import Path
 from sqlalchemy import create_engine
 
 from nubis.backup.manifest import BackupFolder, Manifest
-from nubis.backup.snapshot import check_sqlite, file_sha256
+from nubis.backup.snapshot import check_sqlite, file_sha256, stream_sha256
+from nubis.backup.target import open_target
 from nubis.errors import NubisError
 from nubis.index.schema import instances
 
@@ -43,8 +44,8 @@ class BackupReport:
             self.problems.append(problem)
 
 
-def verify_backup(root: Path, progress: Callable[[int, int], None] | None = None) -> BackupReport:
-    folder = BackupFolder(root)
+def verify_backup(where: str, progress: Callable[[int, int], None] | None = None) -> BackupReport:
+    folder = BackupFolder(open_target(where))
     try:
         manifest = folder.latest()
     except NubisError as exc:
@@ -53,18 +54,18 @@ def verify_backup(root: Path, progress: Callable[[int, int], None] | None = None
         return report
     report = BackupReport(manifest)
     if manifest is None:
-        report.add(f"{root} holds no finished backup (no manifest.json)")
+        report.add(f"{where} holds no finished backup (no manifests/*.json)")
         return report
     _check_snapshot(folder, manifest, report)
     total = len(manifest.blobs)
+    held = folder.target.sizes("blobs/")
     for done, (key, entry) in enumerate(sorted(manifest.blobs.items()), 1):
-        path = folder.blob_path(key)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
+        name = folder.blob_name(key)
+        size = held.get(name)
+        if size is None:
             report.add(f"blob {key} is missing from the backup")
             continue
-        if size != entry.size or file_sha256(path) != entry.sha256:
+        if size != entry.size or _sha256(folder, name) != entry.sha256:
             report.add(f"blob {key} differs from the manifest (damaged)")
         else:
             report.blobs_checked += 1
@@ -77,11 +78,23 @@ def verify_backup(root: Path, progress: Callable[[int, int], None] | None = None
     return report
 
 
+def _sha256(folder: BackupFolder, name: str) -> str | None:
+    try:
+        with folder.target.open(name) as f:
+            return stream_sha256(f)
+    except FileNotFoundError:
+        return None
+
+
 def _check_snapshot(folder: BackupFolder, manifest: Manifest, report: BackupReport) -> None:
-    path = folder.root / manifest.snapshot
-    if not path.is_file():
+    try:
+        with folder.target.local(manifest.snapshot) as path:
+            _check_snapshot_file(path, manifest, report)
+    except FileNotFoundError:
         report.add(f"index snapshot {manifest.snapshot} is missing")
-        return
+
+
+def _check_snapshot_file(path: Path, manifest: Manifest, report: BackupReport) -> None:
     if (
         path.stat().st_size != manifest.snapshot_size
         or file_sha256(path) != manifest.snapshot_sha256

@@ -31,11 +31,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from nubis.backup.manifest import BackupFolder, BlobEntry, Manifest, fsync_dir
-from nubis.backup.snapshot import StoredObject, file_sha256, take_snapshot
+from nubis.backup.manifest import BackupFolder, BlobEntry, Manifest
+from nubis.backup.snapshot import StoredObject, stream_sha256, take_snapshot
+from nubis.backup.target import open_target
 from nubis.blobs.encrypted import EncryptedBlobStore
 from nubis.crypto.envelope import HEADER_RESERVE, is_encrypted
 from nubis.errors import BlobCorrupted, RestoreRequired
@@ -90,8 +90,7 @@ class Backup:
         self.principal = principal
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
-        folder = BackupFolder(Path(ctx.params["to"]))
-        folder.root.mkdir(parents=True, exist_ok=True)
+        folder = BackupFolder(open_target(ctx.params["to"]))
         started = time.monotonic()
         created = datetime.now(UTC)
         stamp = created.strftime("%Y%m%dT%H%M%S%fZ")
@@ -100,39 +99,44 @@ class Backup:
             audit_events.data_export(
                 who,
                 front_door="cli",
-                description=f"backup of the whole archive to {folder.root}: begins",
+                description=f"backup of the whole archive to {_shown(folder)}: begins",
             )
         )
-        snapshot = take_snapshot(self.index, folder.snapshot_path(stamp, self.index.dialect))
+        snapshot_name = folder.snapshot_name(stamp, self.index.dialect)
+        staging = folder.target.staging()
+        for leftover in staging.iterdir():  # of a run cut short: its snapshot is stale
+            leftover.unlink()
+        snapshot = take_snapshot(self.index, staging / f"snapshot-{stamp}")
         previous = folder.latest()
         known = previous.blobs if previous is not None else {}
+        held = folder.target.sizes("blobs/")
         total = len(snapshot.objects)
         ctx.progress(0, total)
         blobs: dict[str, BlobEntry] = {}
         absent: dict[str, str] = {}
         copied = copied_bytes = 0
-        touched: set[Path] = set()
-        pending = [o for o in snapshot.objects if not self._held(folder, known, o, blobs)]
+        pending = [o for o in snapshot.objects if not self._held(held, known, o, blobs)]
         reused = total - len(pending)
         with ThreadPoolExecutor(_COPIERS, thread_name_prefix="nubis-backup") as pool:
-            for done, result in enumerate(pool.map(self._copier(folder), pending), reused + 1):
+            copier = self._copier(folder, held)
+            for done, result in enumerate(pool.map(copier, pending), reused + 1):
                 if result.entry is not None:
                     blobs[result.key] = result.entry
                     copied += bool(result.copied_bytes)
                     copied_bytes += result.copied_bytes
-                    touched.add(folder.blob_path(result.key).parent)
                 else:
                     assert result.absent is not None
                     absent[result.key] = result.absent
                 ctx.progress(done, total)
-        for path in touched:
-            fsync_dir(path)
         self._recheck_vanished(absent)
+        # The snapshot and then the manifest go last: a backup cut short before them is never
+        # taken for a finished one (its blobs serve the next run).
+        folder.target.put(snapshot_name, snapshot.path)
         manifest = Manifest(
             created_at=created.isoformat(),
             finished_at=datetime.now(UTC).isoformat(),
             engine=snapshot.engine,
-            snapshot=str(snapshot.path.relative_to(folder.root)),
+            snapshot=snapshot_name,
             snapshot_sha256=snapshot.sha256,
             snapshot_size=snapshot.size,
             schema_version=snapshot.schema_version,
@@ -146,7 +150,7 @@ class Backup:
         elapsed = max(time.monotonic() - started, 1e-6)
         damaged = {k: v for k, v in absent.items() if v != _VANISHED}
         summary = (
-            f"backup {stamp} to {folder.root}: {total} object(s), {copied} blob(s) copied "
+            f"backup {stamp} to {_shown(folder)}: {total} object(s), {copied} blob(s) copied "
             f"({copied_bytes} bytes), {reused} already backed up"
             + (f", {len(absent) - len(damaged)} deleted since the snapshot" if absent else "")
             + (f", {len(damaged)} missing or damaged in the archive" if damaged else "")
@@ -161,7 +165,7 @@ class Backup:
         )
         return {
             "backup": stamp,
-            "folder": str(folder.root),
+            "folder": folder.where,
             "objects": total,
             "copied": copied,
             "copied_bytes": copied_bytes,
@@ -175,31 +179,29 @@ class Backup:
 
     @staticmethod
     def _held(
-        folder: BackupFolder,
+        held: dict[str, int],
         known: dict[str, BlobEntry],
         obj: StoredObject,
         blobs: dict[str, BlobEntry],
     ) -> bool:
-        """Whether the folder holds the blob already, as the previous manifest recorded it."""
+        """Whether the target holds the blob already, as the previous manifest recorded it."""
         entry = known.get(obj.key)
-        if entry is None:
+        if entry is None or held.get(BackupFolder.blob_name(obj.key)) != entry.size:
             return False
-        try:
-            held = folder.blob_path(obj.key).stat().st_size == entry.size
-        except FileNotFoundError:
-            return False
-        if held:
-            blobs[obj.key] = entry
-        return held
+        blobs[obj.key] = entry
+        return True
 
-    def _copier(self, folder: BackupFolder) -> Callable[[StoredObject], _Copied]:
+    def _copier(
+        self, folder: BackupFolder, held: dict[str, int]
+    ) -> Callable[[StoredObject], _Copied]:
         def copy(obj: StoredObject) -> _Copied:
-            target = folder.blob_path(obj.key)
-            if target.exists():  # copied and checked by a run cut short before its manifest
-                entry = BlobEntry(target.stat().st_size, file_sha256(target))
+            name = folder.blob_name(obj.key)
+            if name in held:  # copied and checked by a run cut short before its manifest
+                with folder.target.open(name) as f:
+                    entry = BlobEntry(held[name], stream_sha256(f))
                 return _Copied(obj.key, entry)
             try:
-                entry = self._copy(obj, target)
+                entry = self._copy(obj, folder, name)
             except BlobNotFound:
                 return _Copied(obj.key, None, absent=_MISSING)
             except BlobCorrupted:
@@ -210,9 +212,8 @@ class Backup:
 
         return copy
 
-    def _copy(self, obj: StoredObject, target: Path) -> BlobEntry:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
+    def _copy(self, obj: StoredObject, folder: BackupFolder, name: str) -> BlobEntry:
+        partial = folder.target.staging() / f".{obj.key}.partial"
         digest = hashlib.sha256()
         size = 0
         head = b""
@@ -234,7 +235,7 @@ class Backup:
                     raise BlobCorrupted("encrypted blob shorter than its object")
             elif size != obj.size or sha256 != obj.sha256:
                 raise BlobCorrupted("stored object failed its integrity check")
-            os.replace(partial, target)
+            folder.target.put(name, partial)
         finally:
             partial.unlink(missing_ok=True)
         return BlobEntry(size, sha256)
@@ -248,6 +249,11 @@ class Backup:
             for key in batch:
                 if key not in live:
                     absent[key] = _VANISHED
+
+
+def _shown(folder: BackupFolder) -> str:
+    """The target as the audit trail names it: an S3 URL without its query (endpoint, CA)."""
+    return folder.where.split("?", 1)[0]
 
 
 _VANISHED = "deleted after the snapshot"

@@ -1,11 +1,12 @@
-"""A backup folder and the manifest that ties its index snapshot and its blobs together.
+"""A backup target (a folder or an S3 prefix, nubis.backup.target) and the manifest that ties
+its index snapshot and its blobs together.
 
-The folder holds every backup taken into it; blobs are shared between them, since a key is
+The target holds every backup taken into it; blobs are shared between them, since a key is
 random and written once (a re-encryption or a compression writes a new key), so a blob copied
 by one backup is never copied again::
 
-    DIR/manifest.json                  the newest backup's manifest (replaced last, atomically)
-    DIR/manifests/<stamp>.json         every backup's manifest
+    DIR/manifests/<stamp>.json         every backup's manifest, put last; the newest stamp's
+                                       is the newest backup
     DIR/index/<stamp>.sqlite|.pgdump   each backup's index snapshot
     DIR/blobs/ab/cd/<key>              the blobs, as stored (ciphertext when encrypted at rest)
 
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nubis.errors import BadRequest
+
+if TYPE_CHECKING:
+    from nubis.backup.target import BackupTarget
 
 __all__ = ["FORMAT", "VERSION", "AuditHead", "BackupFolder", "BlobEntry", "Manifest"]
 
@@ -88,56 +91,50 @@ class Manifest:
 
 
 class BackupFolder:
-    """The folder backups go to (see the module docstring)."""
+    """The backups kept in one target (see the module docstring)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, target: BackupTarget) -> None:
+        self.target = target
 
     @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
-
-    def blob_path(self, key: str) -> Path:
-        if len(key) < 5 or not key.isalnum():  # keys are hex (32) on every store nubis has
-            raise BadRequest(f"blob key {key!r} cannot name a file")
-        return self.root / "blobs" / key[:2] / key[2:4] / key
-
-    def snapshot_path(self, stamp: str, engine: str) -> Path:
-        return self.root / "index" / f"{stamp}.{'sqlite' if engine == 'sqlite' else 'pgdump'}"
-
-    def latest(self) -> Manifest | None:
-        """The newest backup's manifest; None in a folder no backup finished in."""
-        if not self.manifest_path.exists():
-            return None
-        return self.read(self.manifest_path)
+    def where(self) -> str:
+        return self.target.where
 
     @staticmethod
-    def read(path: Path) -> Manifest:
+    def blob_name(key: str) -> str:
+        if len(key) < 5 or not key.isalnum():  # keys are hex (32) on every store nubis has
+            raise BadRequest(f"blob key {key!r} cannot name a file")
+        return f"blobs/{key[:2]}/{key[2:4]}/{key}"
+
+    @staticmethod
+    def snapshot_name(stamp: str, engine: str) -> str:
+        return f"index/{stamp}.{'sqlite' if engine == 'sqlite' else 'pgdump'}"
+
+    def manifest_names(self) -> list[str]:
+        """Every finished backup's manifest, the oldest first (stamps sort by time)."""
+        names = self.target.sizes("manifests/")
+        return sorted(n for n in names if n.endswith(".json"))
+
+    def latest(self) -> Manifest | None:
+        """The newest backup's manifest; None in a target no backup finished in."""
+        names = self.manifest_names()
+        return self.read(names[-1]) if names else None
+
+    def read(self, name: str) -> Manifest:
         try:
-            return Manifest.from_json(json.loads(path.read_text()))
+            with self.target.open(name) as f:
+                return Manifest.from_json(json.loads(f.read()))
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, BadRequest):
                 raise
-            raise BadRequest(f"{path} is not a readable backup manifest ({exc})") from None
+            raise BadRequest(f"{name} is not a readable backup manifest ({exc})") from None
 
     def write(self, manifest: Manifest, stamp: str) -> None:
-        """Keep the manifest under its stamp, then make it the newest: a backup cut short
-        leaves the previous manifest in place."""
-        text = json.dumps(manifest.to_json(), indent=1) + "\n"
-        write_durably(self.root / "manifests" / f"{stamp}.json", text.encode())
-        write_durably(self.manifest_path, text.encode())
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """``data`` at ``path``, all or nothing: a temporary file, fsynced, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
-    fsync_dir(path.parent)
+        """The manifest, put last: a backup cut short before it is not taken for a finished
+        one, and the previous manifest stays the newest."""
+        staged = self.target.staging() / f"manifest-{stamp}.json"
+        staged.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
+        self.target.put(f"manifests/{stamp}.json", staged)
 
 
 def fsync_dir(path: Path) -> None:

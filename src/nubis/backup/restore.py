@@ -1,4 +1,5 @@
-"""``nubis restore``: rebuild a working archive from a backup folder on a fresh data folder.
+"""``nubis restore``: rebuild a working archive from a backup (a folder or an S3 prefix) on a
+fresh data folder.
 
 In order, each step refusing before anything is written where it can:
 
@@ -29,6 +30,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from sqlalchemy import update
 from nubis.backup.job import KIND, stored_bytes
 from nubis.backup.manifest import BackupFolder, Manifest
 from nubis.backup.snapshot import StoredObject, file_sha256, restore_snapshot, stored_objects
+from nubis.backup.target import open_target
 from nubis.blobs.integrity import verify_chunks
 from nubis.config import Settings
 from nubis.errors import (
@@ -84,7 +87,7 @@ class RestoreReport:
 
 
 def restore(
-    source: Path,
+    source: str,
     settings: Settings,
     principal: Principal,
     *,
@@ -96,16 +99,20 @@ def restore(
     from nubis.archive import Archive  # the composition root sits above this package
 
     started = time.monotonic()
-    folder = BackupFolder(source)
+    folder = BackupFolder(open_target(source))
     manifest = folder.latest()
     if manifest is None:
-        raise BadRequest(f"{source} holds no finished backup (no manifest.json)")
-    snapshot = folder.root / manifest.snapshot
-    if not snapshot.is_file() or file_sha256(snapshot) != manifest.snapshot_sha256:
-        raise BadRequest(f"index snapshot {manifest.snapshot} is missing or damaged")
-    _check_fresh(settings)
-    _install_keys(manifest, settings, keyring, audit_key)
-    restore_snapshot(snapshot, manifest.engine, settings.index_url)
+        raise BadRequest(f"{source} holds no finished backup (no manifests/*.json)")
+    with ExitStack() as stack:
+        try:
+            snapshot: Path | None = stack.enter_context(folder.target.local(manifest.snapshot))
+        except FileNotFoundError:
+            snapshot = None
+        if snapshot is None or file_sha256(snapshot) != manifest.snapshot_sha256:
+            raise BadRequest(f"index snapshot {manifest.snapshot} is missing or damaged")
+        _check_fresh(settings)
+        _install_keys(manifest, settings, keyring, audit_key)
+        restore_snapshot(snapshot, manifest.engine, settings.index_url)
     report = RestoreReport(backup=manifest.created_at)
     archive = Archive(settings)
     raw = stored_bytes(archive.blobs)
@@ -131,7 +138,8 @@ def restore(
                 front_door="cli",
                 outcome=EventOutcome.MINOR_FAILURE if report.problems else EventOutcome.SUCCESS,
                 description=(
-                    f"restore of the backup of {manifest.created_at} from {folder.root}: "
+                    f"restore of the backup of {manifest.created_at} from "
+                    f"{source.split('?', 1)[0]}: "
                     f"{report.objects} object(s), {report.erased} of shredded patients, "
                     f"{report.keys_shredded_again} key(s) shredded again, "
                     f"{len(report.problems)} problem(s)"
@@ -266,7 +274,7 @@ def _copy_blobs(
             return 0, f"instance {obj.context.sop_instance_uid}: blob {obj.key}: {why}"
         temp = spool / f"restore-{obj.key}"
         digest = hashlib.sha256()
-        with open(folder.blob_path(obj.key), "rb") as f, open(temp, "wb") as out:
+        with folder.target.open(folder.blob_name(obj.key)) as f, open(temp, "wb") as out:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)

@@ -25,6 +25,7 @@ import subprocess
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import Connection, create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -43,7 +44,14 @@ from nubis.index.schema import (
 )
 from nubis.ports.blobs import BlobContext
 
-__all__ = ["Snapshot", "StoredObject", "file_sha256", "restore_snapshot", "take_snapshot"]
+__all__ = [
+    "Snapshot",
+    "StoredObject",
+    "file_sha256",
+    "restore_snapshot",
+    "stream_sha256",
+    "take_snapshot",
+]
 
 _GENESIS = "0" * 64
 
@@ -249,8 +257,12 @@ def _run(args: list[str], env: dict[str, str]) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+        return stream_sha256(f)
+
+
+def stream_sha256(f: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()

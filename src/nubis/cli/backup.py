@@ -1,7 +1,7 @@
 """``nubis backup`` (take one, or ``verify`` one) and ``nubis restore``.
 
-``nubis backup --to DIR`` runs a ``backup`` job in this process (nubis.backup.job), as ``nubis
-migrate run`` runs its job: ``nubis jobs`` lists it with its progress from anywhere, and the
+``nubis backup --to DIR|s3://...`` runs a ``backup`` job in this process (nubis.backup.job), as
+``nubis migrate run`` runs its job: ``nubis jobs`` lists it with its progress from anywhere, and the
 same command after an interruption resumes it (what the folder holds is not copied again).
 The server may keep running and taking stores throughout. Keys are never in a backup: back
 them up apart (docs/backup.md).
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from nubis.jobs.store import JobStore
 
 app = typer.Typer(
-    help="Back the archive up into a folder (--to DIR), or check a backup (verify DIR).",
+    help="Back the archive up into a folder or S3 prefix (--to DIR|s3://...), or check a "
+    "backup (verify DIR|s3://...).",
     invoke_without_command=True,
 )
 
@@ -36,10 +37,12 @@ _MAX_ATTEMPTS = 100
 def backup(
     ctx: typer.Context,
     to: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--to",
-            help="The backup folder (made if missing; later backups into it copy only new blobs).",
+            help="The backup folder (made if missing) or s3://BUCKET/PREFIX?endpoint=... (the "
+            "blob store's URL form, credentials from the AWS chain); later backups into it copy "
+            "only new blobs.",
         ),
     ] = None,
     data_dir: DataDir = None,
@@ -50,7 +53,7 @@ def backup(
     if ctx.invoked_subcommand is not None:
         return
     if to is None:
-        console.print("--to DIR: the folder to back up into", style="red")
+        console.print("--to DIR|s3://...: where to back up into", style="red")
         raise typer.Exit(2)
     from nubis.backup.job import KIND, Backup
     from nubis.jobs.runner import JobRunner
@@ -60,7 +63,7 @@ def backup(
 
     settings = load(config, {"data_dir": data_dir}, set_)
     configure_logs(settings)
-    folder = str(to.resolve())
+    folder = to if to.startswith("s3://") else str(Path(to).resolve())
     with open_archive(settings=settings) as archive:
         operator = cli_principal()
         # Every tenant's objects leave the archive's control: the archive's operators only.
@@ -136,11 +139,12 @@ def _unfinished(store: JobStore, folder: str) -> int | None:
 
 @app.command()
 def verify(
-    folder: Annotated[Path, typer.Argument(help="The backup folder.")],
+    folder: Annotated[str, typer.Argument(help="The backup folder or s3:// URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
 ) -> None:
-    """Check the newest backup in FOLDER without restoring it: manifest, index snapshot
-    (digest, integrity), every blob present with its size and SHA-256; exit 1 on a problem."""
+    """Check the newest backup in FOLDER (or s3://...) without restoring it: manifest, index
+    snapshot (digest, integrity), every blob present with its size and SHA-256; exit 1 on a
+    problem."""
     from nubis.backup.check import verify_backup
 
     report = verify_backup(folder)
@@ -173,7 +177,10 @@ def verify(
 
 def restore(
     source: Annotated[
-        Path, typer.Option("--from", help="The backup folder (its newest backup is restored).")
+        str,
+        typer.Option(
+            "--from", help="The backup folder or s3:// URL (its newest backup is restored)."
+        ),
     ],
     keyring: Annotated[
         Path | None,
