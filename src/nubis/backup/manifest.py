@@ -19,9 +19,7 @@ the audit signing key ids the restore needs, never a key.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nubis.errors import BadRequest
@@ -136,10 +134,3 @@ class BackupFolder:
         staged.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
         self.target.put(f"manifests/{stamp}.json", staged)
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -30,7 +30,8 @@ from typing import BinaryIO
 from sqlalchemy import Connection, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from nubis.backup.manifest import AuditHead, fsync_dir
+from nubis.backup.manifest import AuditHead
+from nubis.backup.target import fsync_dir
 from nubis.errors import StorageUnavailable
 from nubis.index.database import Index
 from nubis.index.engines import driver_url

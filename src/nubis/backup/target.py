@@ -19,10 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from nubis.backup.manifest import fsync_dir
 from nubis.ports.blobs import BlobExists, BlobNotFound
 
-__all__ = ["BackupTarget", "FolderTarget", "S3Target", "open_target"]
+__all__ = ["BackupTarget", "FolderTarget", "S3Target", "fsync_dir", "open_target"]
 
 
 class BackupTarget(Protocol):
@@ -176,3 +175,11 @@ def open_target(where: str) -> BackupTarget:
     if where.startswith("s3://"):
         return S3Target(where)
     return FolderTarget(Path(where))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
