@@ -65,19 +65,23 @@ def enqueue(
 
 
 def pending(
-    conn: Connection, partition: str, ae_title: str, after: int, limit: int
+    conn: Connection, partition: str, ae_title: str, skip: frozenset[int], limit: int
 ) -> list[QueuedReport]:
-    """The reports queued for ``ae_title`` after the cursor ``after``, oldest first."""
+    """The reports queued for ``ae_title``, oldest first, but those in ``skip``. Sent reports
+    are deleted, so no cursor is kept: ids are not handed out in commit order across
+    transactions on PostgreSQL (a cursor could pass over one committed late), and SQLite
+    reuses the ids of deleted rows."""
     stmt = (
         sa.select(workitem_events.c.id, workitem_events.c.workitem_uid, workitem_events.c.report)
         .where(
             workitem_events.c.partition == partition,
             workitem_events.c.ae_title == ae_title,
-            workitem_events.c.id > after,
         )
         .order_by(workitem_events.c.id)
         .limit(limit)
     )
+    if skip:
+        stmt = stmt.where(workitem_events.c.id.notin_(sorted(skip)))
     return [QueuedReport(int(r[0]), str(r[1]), json.loads(r[2])) for r in conn.execute(stmt)]
 
 

@@ -3,7 +3,9 @@ CC.2.4), handed to its channel (nubis.web.dicomweb.ups_events) within the caller
 
 Reports are queued by nubis.services.worklist in the transaction of the change they report
 (table ``workitem_events``, one row per report and AE), so a channel on any worker or node
-sees them: it reads the AE's rows after its cursor, sends them, and deletes them. Opening a
+sees them: it reads the AE's rows, oldest first, sends them, and deletes them. The reports of
+one workitem are queued in the order of its changes (each change holds the workitem's row
+lock while it queues), so they arrive in that order. Opening a
 channel needs READ; a report about a workitem the caller may not read (for a referrer, one
 outside its grants) is never handed out, and stays queued for a caller that may. Opening the
 channel and each batch handed out are recorded (Procedure Record); reports carry no patient
@@ -31,11 +33,12 @@ BATCH_SIZE = 100
 
 @dataclass(frozen=True)
 class Batch:
-    """Reports to send, oldest first, and the cursor to read on from."""
+    """Reports to send, oldest first (``ids``: their rows), and the rows of reports the
+    caller may not read, to pass over from now on."""
 
     reports: list[dict[str, Any]]
     ids: list[int]
-    cursor: int
+    hidden: frozenset[int]
 
 
 class WorklistEvents:
@@ -58,12 +61,12 @@ class WorklistEvents:
         )
         return ae_title
 
-    def next_batch(self, who: Principal, ae_title: str, after: int) -> Batch:
-        """The reports queued for ``ae_title`` after ``after`` that ``who`` may read."""
+    def next_batch(self, who: Principal, ae_title: str, hidden: frozenset[int]) -> Batch:
+        """The reports queued for ``ae_title`` that ``who`` may read, but those ``hidden``."""
         with self.index.reading() as conn:
-            queued = events.pending(conn, who.tenant, ae_title, after, BATCH_SIZE)
+            queued = events.pending(conn, who.tenant, ae_title, hidden, BATCH_SIZE)
         if not queued:
-            return Batch([], [], after)
+            return Batch([], [], hidden)
         # Authorized again for each batch: a key revoked or a role changed stops the flow.
         decision = self.guard.authorize(who, Action.READ, f"receive the reports of {ae_title}")
         assert decision.scope is not None
@@ -84,7 +87,8 @@ class WorklistEvents:
                     description=f"{len(shown)} UPS event report(s) sent to {ae_title}",
                 )
             )
-        return Batch([q.report for q in shown], [q.id for q in shown], queued[-1].id)
+        hidden = hidden | {q.id for q in queued} - {q.id for q in shown}
+        return Batch([q.report for q in shown], [q.id for q in shown], hidden)
 
     def sent(self, ids: list[int]) -> None:
         """Forget the reports sent over a channel."""

@@ -75,12 +75,12 @@ async def event_channel(websocket: WebSocket) -> None:
 
 async def _send_reports(websocket: WebSocket, who: Principal, ae_title: str) -> None:
     service = archive_of(websocket).worklist_events
-    cursor = 0
+    hidden: frozenset[int] = frozenset()
     while True:
-        batch = await run_in_threadpool(service.next_batch, who, ae_title, cursor)
+        batch = await run_in_threadpool(service.next_batch, who, ae_title, hidden)
         for report in batch.reports:
             await websocket.send_text(json.dumps(report, separators=(",", ":")))
         await run_in_threadpool(service.sent, batch.ids)
-        if batch.cursor == cursor:
+        if not batch.ids and batch.hidden == hidden:
             await anyio.sleep(POLL_SECONDS)
-        cursor = batch.cursor
+        hidden = batch.hidden
