@@ -67,6 +67,7 @@ from nubis.services.store import StoreService
 from nubis.services.study_rekey import StudyRekey
 from nubis.services.webhooks import WebhookService
 from nubis.services.worklist import WorklistService
+from nubis.services.worklist_events import WorklistEvents
 from nubis.tiers.compression import TierCompressor
 from nubis.tiers.history import snapshots
 from nubis.tiers.lifecycle import Lifecycle
@@ -288,6 +289,7 @@ class Archive(ArchiveJobs):
         )
         # Workitems handed out and performed over UPS-RS (docs/worklists.md).
         self.worklist = WorklistService(self.index, self.guard)
+        self.worklist_events = WorklistEvents(self.index, self.guard)
         self.maintenance = Maintenance(
             self.index,
             self.blobs,

@@ -16,6 +16,7 @@ from nubis.model.workitem_search import parse_search
 from nubis.security.policy import AuthPolicy, Principal, system_principal
 from nubis.services.guard import Guard
 from nubis.services.worklist import WorklistService
+from nubis.services.worklist_events import Batch, WorklistEvents
 
 PERFORMED = {
     "00741216": {
@@ -133,3 +134,29 @@ def test_one_claim_wins(index: Index) -> None:
     assert len(winners) == 1 and sorted(outcomes).count("0xC302") == 3, outcomes
     # The winner's Transaction UID is the one the workitem holds.
     service.update(who, uid, {**PERFORMED, "00081195": {"vr": "UI", "Value": winners}})
+
+
+def test_event_reports_queue(index: Index) -> None:
+    """The event reports of PS3.4 CC.2.4 queued per subscribed AE in the change's transaction
+    and handed out oldest first, on both engines; once sent they are gone (the queue keeps no
+    cursor: SQLite reuses the ids of deleted rows)."""
+    guard = Guard(AuthPolicy(), audit=None)
+    service, events = WorklistService(index, guard), WorklistEvents(index, guard)
+    who = system_principal(tenant="t-events")
+    uid = service.create(who, _workitem("P1", "20260301090000"), "1.2.3.9")
+    service.subscribe(who, uid, "PERFORMER")
+    service.change_state(who, uid, _state("IN PROGRESS", "9.8.7"))
+
+    def states(batch: Batch) -> list[tuple[str, int, str]]:
+        return [
+            (r["00001000"]["Value"][0], r["00001002"]["Value"][0], r["00741000"]["Value"][0])
+            for r in batch.reports
+        ]
+
+    batch = events.next_batch(who, "PERFORMER", frozenset())
+    assert states(batch) == [(uid, 1, "SCHEDULED"), (uid, 1, "IN PROGRESS")]
+    events.sent(batch.ids)
+    assert events.next_batch(who, "PERFORMER", frozenset()).reports == []
+    service.change_state(who, uid, _state("CANCELED", "9.8.7"))
+    assert states(events.next_batch(who, "PERFORMER", frozenset())) == [(uid, 1, "CANCELED")]
+    assert events.next_batch(who, "NOBODY", frozenset()).reports == []

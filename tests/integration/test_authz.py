@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from integration import in_process_archive
 from nubis.archive import Archive
@@ -94,6 +95,8 @@ for _path, _method, _need in (
     (_WORKITEM + "/subscribers/{aetitle}/suspend", "POST", "read"),
 ):
     RULES[(_path, _method)] = f"ups {_need}"
+# Its event channel, a WebSocket (method "WEBSOCKET" here): a read, by credentials headers only.
+RULES[("/dicom-web/ws/subscribers/{aetitle}", "WEBSOCKET")] = "ups-channel"
 RULES[("/-/login", "POST")] = "login"
 RULES[("/-/whoami", "GET")] = "any"
 # The audit log (HIPAA 164.312(b)): archive-wide, so for the home tenant's auditors and admins.
@@ -249,6 +252,9 @@ def _routes(app: object) -> Iterator[tuple[str, str]]:
     for route in app.routes:  # type: ignore[attr-defined]
         if isinstance(route, Mount):
             for sub in route.routes:
+                if isinstance(sub, WebSocketRoute):
+                    yield route.path + sub.path, "WEBSOCKET"
+                    continue
                 assert isinstance(sub, Route)
                 for method in sorted(sub.methods or ()):
                     if method != "HEAD":
@@ -546,6 +552,9 @@ def test_authorization_matrix(world: World, who: str) -> None:
         if need.startswith("ups "):
             failures += _ups_route(world, who, path, method, need.split()[1])
             continue
+        if need == "ups-channel":
+            failures += _ups_channel(world, who, path)
+            continue
         if need == "aggregate":
             failures += _aggregate_route(world, who, path)
             continue
@@ -835,6 +844,25 @@ def _ups_route(world: World, who: str, path: str, method: str, need: str) -> lis
         if not ok:
             failures.append(f"{method} {path} [{target}]: {status}, expected {expected}")
     return failures
+
+
+def _ups_channel(world: World, who: str, path: str) -> list[str]:
+    """The UPS event channel: the handshake is accepted for a caller that may read and gave
+    credentials headers; refused (closed, 1008) signed out, without READ, or with a browser
+    session's cookie only (cross-site WebSocket hijacking)."""
+    headers = world.headers(who)
+    role = "admin" if who == "other-admin" else who
+    by_key = "Authorization" in headers
+    want = who not in SIGNED_OUT and "read" in CAN[role] and by_key
+    try:
+        with world.client.websocket_connect(path.replace("{aetitle}", "MATRIX"), headers=headers):
+            accepted, code = True, None
+    except WebSocketDisconnect as refused:
+        accepted, code = False, refused.code
+    if accepted != want or (not accepted and code != 1008):
+        expected = "accepted" if want else "refused with 1008"
+        return [f"WEBSOCKET {path}: accepted={accepted} code={code}, expected {expected}"]
+    return []
 
 
 def _admin_api_route(world: World, who: str, path: str, method: str) -> list[str]:

@@ -47,6 +47,7 @@ from nubis.index.schema_retention import (
 )
 from nubis.index.schema_workflow import (
     analyzer_runs,
+    workitem_events,
     workitem_subscriptions,
     workitems,
 )
@@ -668,6 +669,7 @@ __all__ = [
     "web_sessions",
     "webhook_dead_letters",
     "webhook_subscriptions",
+    "workitem_events",
     "workitem_subscriptions",
     "workitems",
 ]

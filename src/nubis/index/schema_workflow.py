@@ -17,7 +17,7 @@ from sqlalchemy import (
 
 from nubis.index.schema_base import UID, metadata
 
-__all__ = ["analyzer_runs", "workitem_subscriptions", "workitems"]
+__all__ = ["analyzer_runs", "workitem_events", "workitem_subscriptions", "workitems"]
 
 # Worklists (UPS-RS, nubis.services.worklist, migration 0019; docs/worklists.md). A workitem is
 # a Unified Procedure Step instance of one tenant: ``attrs`` holds its data set as DICOM JSON
@@ -83,6 +83,28 @@ Index(
     "ix_workitem_subscriptions_target",
     workitem_subscriptions.c.partition,
     workitem_subscriptions.c.target_uid,
+)
+
+# UPS event reports waiting for their subscriber (PS3.4 CC.2.4; the event channel of PS3.18,
+# nubis.web.dicomweb.ups_events; migration 0027). One row per (report, subscribed AE), written
+# in the transaction of the change it reports, so a report is never lost nor sent for a change
+# rolled back; the channel of the AE, on any worker or node, reads its rows by ``id`` (the
+# cursor, oldest first) and deletes those it sent. ``report`` is the event report as DICOM JSON.
+workitem_events = Table(
+    "workitem_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("partition", String(64), nullable=False),
+    Column("ae_title", String(16), nullable=False),
+    Column("workitem_uid", UID, nullable=False),
+    Column("report", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index(
+    "ix_workitem_events_ae",
+    workitem_events.c.partition,
+    workitem_events.c.ae_title,
+    workitem_events.c.id,
 )
 
 # One row per (analyzer, its version, study): the study was queued for that analyzer, and

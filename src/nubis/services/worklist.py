@@ -20,8 +20,10 @@ HTTP status of PS3.18 11.6.3, 11.7.3 or 11.8.3 (:func:`transition` decides). The
 UID is the claim's lock: never returned, never logged. Patient attributes of a workitem are
 patient data: in audit records only.
 
-Subscriptions are recorded (PS3.4 CC.2.3) and listed; the event reports themselves, sent over
-a WebSocket in UPS-RS (PS3.18 8.10.4), are not: docs/worklists.md says what follows from that.
+Subscriptions are recorded (PS3.4 CC.2.3) and listed. Each change a subscriber must hear of
+(a creation, a state change, a cancellation request; and the current state when it subscribes,
+CC.2.3.2) queues an event report (nubis.model.ups_event) for each subscribed AE in the same
+transaction; the AE's event channel (nubis.services.worklist_events) delivers them.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ from sqlalchemy import Connection
 
 from nubis.dicom.uids import is_usable
 from nubis.errors import BadRequest, Forbidden, NotFound, WorkitemRefused
+from nubis.index import workitem_events_sql as events
 from nubis.index import workitems_sql as sql
 from nubis.index.database import Index
 from nubis.model import workitem as wi
 from nubis.model.audit import AuditEvent, EventAction, EventOutcome
+from nubis.model.ups_event import cancel_requested, state_report
 from nubis.model.workitem import JsonDataSet, State
 from nubis.model.workitem_search import WorkitemQuery, parse_filter
 from nubis.security import audit_events
@@ -204,6 +208,8 @@ class WorklistService:
                         who=who.id,
                         now=_now_ms(),
                     )
+            # The worklist's subscribers now watch it: its initial state (PS3.4 CC.2.3.2).
+            events.enqueue(conn, who.tenant, uid, state_report(uid, new), _now_ms())
             self._commit_record(conn, event)
 
         self.index.write(job)
@@ -295,6 +301,7 @@ class WorklistService:
                 performer=performer,
                 now=_now_ms(),
             )
+            events.enqueue(conn, who.tenant, uid, state_report(uid, data), _now_ms())
             what = "claimed (IN PROGRESS)" if step.state is State.IN_PROGRESS else step.state.value
             self._commit_record(
                 conn,
@@ -306,27 +313,36 @@ class WorklistService:
 
     def request_cancellation(self, who: Principal, uid: str, request: JsonDataSet) -> str | None:
         """Request Cancellation (PS3.18 11.8, N-ACTION Request UPS Cancel). A SCHEDULED
-        workitem is canceled at once (PS3.4 CC.2.4.3); one IN PROGRESS could only be canceled
-        by its performer once told, and nubis has no event channel to tell it (409, 0xC312);
-        the warning when it is CANCELED already, else None."""
+        workitem is canceled at once (PS3.4 CC.2.4.3); for one IN PROGRESS, which only its
+        performer may cancel, its subscribers are sent a UPS Cancel Requested report, and with
+        no subscriber to tell the request is refused (409, 0xC312, PS3.18 11.8.3); the warning
+        when it is CANCELED already, else None."""
         decision = self._authorize(who, Action.WORKLIST, f"request cancellation of {uid}")
 
         def job(conn: Connection) -> str | None:
             row = self._found(conn, who, uid)
             state = State(row.state)
+            now = _now_ms()
             if state is State.CANCELED:
                 return f"The UPS is already CANCELED. (0x{B304_ALREADY_CANCELED:04X})"
             if state is State.COMPLETED:
                 raise _refused("The UPS is already COMPLETED.", 409, C311_ALREADY_COMPLETED)
             if state is State.IN_PROGRESS:
-                raise _refused(
-                    "The performer of a UPS IN PROGRESS cannot be told of a cancellation "
-                    "request: this server sends no event reports.",
-                    409,
-                    C312_PERFORMER_UNREACHABLE,
+                if not events.enqueue(conn, who.tenant, uid, cancel_requested(uid, request), now):
+                    raise _refused(
+                        "The performer of the UPS IN PROGRESS cannot be told of a "
+                        "cancellation request: no AE is subscribed to it.",
+                        409,
+                        C312_PERFORMER_UNREACHABLE,
+                    )
+                what = f"workitem {uid}: cancellation requested of its performer"
+                self._commit_record(
+                    conn, self._event(who, EventAction.UPDATE, row.data, what, decision)
                 )
+                return None
             data = wi.canceled(row.data, request, _now_dt())
-            sql.save(conn, row.id, data, transaction_uid=None, performer=None, now=_now_ms())
+            sql.save(conn, row.id, data, transaction_uid=None, performer=None, now=now)
+            events.enqueue(conn, who.tenant, uid, state_report(uid, data), now)
             self._commit_record(
                 conn,
                 self._event(
@@ -381,8 +397,9 @@ class WorklistService:
             now = _now_ms()
             if target_uid in _WORKLISTS:
                 covered = sql.matching_uids(conn, who.tenant, query or WorkitemQuery())
+                watched = [sql.find(conn, who.tenant, uid) for uid in covered]
             else:
-                self._visible(conn, who, decision, target_uid)
+                watched = [self._visible(conn, who, decision, target_uid)]
                 covered = []
             for uid in (target_uid, *covered):
                 sql.subscribe(
@@ -395,6 +412,11 @@ class WorklistService:
                     who=who.id,
                     now=now,
                 )
+            # The SCP sends each newly watched workitem's current state (PS3.4 CC.2.3.2).
+            for row in watched:
+                if row is not None:
+                    report = state_report(row.uid, row.data)
+                    events.enqueue(conn, who.tenant, row.uid, report, now, ae_title=ae_title)
             self._commit_record(conn, event)
 
         self.index.write(job)
@@ -409,6 +431,7 @@ class WorklistService:
         def job(conn: Connection) -> None:
             if target_uid in _WORKLISTS:
                 sql.unsubscribe(conn, who.tenant, ae_title)
+                events.forget_ae(conn, who.tenant, ae_title)
             else:
                 self._visible(conn, who, decision, target_uid)
                 sql.unsubscribe(conn, who.tenant, ae_title, target_uid)

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from nubis import __version__
 from nubis.archive import Archive
@@ -34,6 +34,7 @@ from nubis.web.correction_routes import correction_routes
 from nubis.web.cors import cors_middleware
 from nubis.web.dicomweb import qido, research, stow, wado, wado_uri
 from nubis.web.dicomweb.ups import ups_routes
+from nubis.web.dicomweb.ups_events import event_channel_routes
 from nubis.web.fhir import fhir_routes
 from nubis.web.hold_routes import hold_routes
 from nubis.web.metrics import HttpMetricsMiddleware, metrics_routes
@@ -53,10 +54,10 @@ _SERIES = _STUDY + "/series/{series}"
 _INSTANCE = _SERIES + "/instances/{instance}"
 
 
-def dicomweb_routes() -> list[Route]:
+def dicomweb_routes() -> list[BaseRoute]:
     """Every DICOMweb resource (PS3.18 Table 10.1-1 and its per-service tables, Table 11.1-1
     for UPS-RS)."""
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/studies", stow.store_instances, methods=["POST"]),
         Route(_STUDY, stow.store_instances, methods=["POST"]),
         Route("/studies", qido.search(Level.STUDY), methods=["GET"]),
@@ -80,8 +81,8 @@ def dicomweb_routes() -> list[Route]:
         Route(_INSTANCE + "/frames/{frames}/thumbnail", wado.retrieve_thumbnail, methods=["GET"]),
         Route(_INSTANCE + "/bulk/{path:path}", wado.retrieve_bulkdata, methods=["GET"]),
     ]
-    # The Worklist Service (UPS-RS, PS3.18 11).
-    return routes + ups_routes()
+    # The Worklist Service (UPS-RS, PS3.18 11) and its event channel.
+    return [*routes, *ups_routes(), *event_channel_routes()]
 
 
 async def health(request: Request) -> Response:

@@ -17,6 +17,11 @@ under the web face's prefixes (:data:`BROWSER_PREFIXES`), whose pages send a bro
 sign-in page instead. Failed attempts with credentials are recorded (User Authentication,
 minor failure); requests with no credentials at all are not, or every browser probe would
 write to the audit trail.
+
+A WebSocket handshake (the UPS event channel) is authenticated by the same credentials
+headers; without valid ones it is refused (closed before it is accepted: HTTP 403 to the
+client). A session cookie does not count there: browsers send cookies with a WebSocket
+handshake from any site, and no CORS check stands in the way (cross-site WebSocket hijacking).
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ class AuthMiddleware:
         self.archive = archive
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         path = scope["path"] if scope["type"] == "http" else ""
         if scope["type"] != "http" or path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
@@ -109,6 +117,28 @@ class AuthMiddleware:
             await nubis_error_response(exc)(scope, receive, send)
             return
         scope["nubis.principal"] = replace(principal, via=via, peer=peer, request_id=request_id)
+        await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
+        request_id = request_id_of(scope)
+        try:
+            cached = self.archive.authn.cached(headers) if self.archive.settings.auth else None
+            if cached is not None:
+                principal = cached
+            else:
+                principal = await run_in_threadpool(self._authenticate, headers, peer, request_id)
+        except NubisError:
+            await receive()  # the websocket.connect message, answered by the refusal
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        scope["nubis.principal"] = replace(
+            principal, via="dicomweb", peer=peer, request_id=request_id
+        )
         await self.app(scope, receive, send)
 
     def _session_principal(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 
 from nubis.archive import Archive
@@ -16,7 +16,7 @@ from nubis.web.dicomweb.accept import MediaRange, accept_from_request
 from nubis.web.urls import site_url
 
 
-def archive_of(request: Request) -> Archive:
+def archive_of(request: HTTPConnection) -> Archive:
     archive: Archive = request.app.state.archive
     return archive
 

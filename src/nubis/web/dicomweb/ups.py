@@ -4,8 +4,9 @@ claimed, completed and canceled, and subscriptions to their events.
 Thin: each route reads its request (DICOM JSON payloads, PS3.18 F.2) and calls
 nubis.services.worklist, which authorizes, applies PS3.4 Annex CC and records. A refusal by
 the workitem's state carries its UPS status in a Warning header (nubis.errors.WorkitemRefused),
-as does a success that changed nothing (0xB304, 0xB306). Payloads are DICOM JSON only; the
-event channel (PS3.18 8.10.4, WebSocket) is not served (docs/worklists.md).
+as does a success that changed nothing (0xB304, 0xB306). Payloads are DICOM JSON only. The
+event reports of the subscriptions go over the event channel, a WebSocket
+(nubis.web.dicomweb.ups_events).
 
 ``GET /workitems/{workitem}/subscribers`` is nubis's own: the subscriptions recorded for a
 workitem or, with a worklist's well-known UID, every one of the tenant (JSON).
@@ -36,10 +37,6 @@ from nubis.web.dicomweb.common import (
 _OFFERS = (Offer("application/dicom+json", aliases=("application/json",)),)
 _PAYLOAD_TYPES = ("application/dicom+json", "application/json")
 MAX_PAYLOAD = 1 << 20
-_NO_EVENT_REPORTS = (
-    "Subscription recorded; this server sends no event reports (no notification "
-    "connection, PS3.18 8.10.4): poll Search for changes"
-)
 _WORKITEM = "/workitems/{workitem}"
 _SUBSCRIBER = _WORKITEM + "/subscribers/{aetitle}"
 
@@ -185,9 +182,8 @@ def _deletion_lock(request: Request) -> bool:
 
 
 async def subscribe(request: Request) -> Response:
-    """Subscribe (PS3.18 11.10): 201, with a Warning that no event report will come (the
-    subscription is recorded; PS3.4 CC.2.3.4 has 0xC315 for refusing it instead, which would
-    leave a client that polls without a record of its interest)."""
+    """Subscribe (PS3.18 11.10): 201; the reports go to the AE's event channel
+    (``/ws/subscribers/{aetitle}``), the workitem's current state first (PS3.4 CC.2.3.2)."""
     uid, ae_title = _workitem(request), str(request.path_params["aetitle"])
     lock = _deletion_lock(request)
     filter_text = request.query_params.get("filter")
@@ -197,7 +193,7 @@ async def subscribe(request: Request) -> Response:
             principal_of(request), uid, ae_title, deletion_lock=lock, filter_text=filter_text
         )
     )
-    return _warned(201, _NO_EVENT_REPORTS)
+    return Response(status_code=201)
 
 
 async def unsubscribe(request: Request) -> Response:
