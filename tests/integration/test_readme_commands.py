@@ -129,6 +129,9 @@ RUN_AS: dict[str, list[str] | str] = {
     "--since-last-run": "delta mode: tests/integration/test_migrate_media.py",
     "nubis backup --to /backups/nubis": "tests/integration/test_backup.py, under STOW-RS load",
     "nubis backup verify /backups/nubis": "tests/integration/test_backup.py",
+    'nubis backup --to "s3://nubis-backups/site-a?endpoint=https://s3.example.org"': (
+        "tests/contract/test_backup_s3.py, into the suite's Ceph bucket"
+    ),
     "nubis restore --from /backups/nubis --data-dir /srv/nubis-new --keyring "
     "/safe/keyring.jsonl --audit-key /safe/audit-signing.key": (
         "a fresh data folder: tests/integration/test_backup.py restores and verifies"
