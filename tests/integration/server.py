@@ -190,6 +190,19 @@ class IndexRow:
         )
 
 
+def wait_rekeyed(data_dir: Path, timeout: float = 30) -> None:
+    """Wait until the server's runner has re-keyed every corrected study (its blobs are
+    replaced meanwhile: an index row read before a swap may name a blob deleted after it)."""
+    uri = f"file:{(data_dir / 'index.sqlite').resolve()}?mode=ro"
+    deadline = time.monotonic() + timeout
+    while True:
+        with closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
+            if not conn.execute("SELECT count(*) FROM study_rekeys").fetchone()[0]:
+                return
+        assert time.monotonic() < deadline, "the rekey job did not finish"
+        time.sleep(0.1)
+
+
 def index_rows(data_dir: Path) -> list[IndexRow]:
     """Every instance row, read through a read-only connection (the server may be running)."""
     uri = f"file:{(data_dir / 'index.sqlite').resolve()}?mode=ro"

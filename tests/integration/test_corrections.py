@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -30,7 +27,7 @@ from integration import AUTH
 from integration.cli import nubis_cli
 from integration.dimse_helpers import AE as NUBIS_AE
 from integration.dimse_helpers import Dimse, findscu, free_port, need_dcmtk, run, wait_listening
-from integration.server import index_rows, read_blob
+from integration.server import index_rows, read_blob, wait_rekeyed
 from nubis.tools import synth
 
 
@@ -80,21 +77,8 @@ def _studies(d: Dimse, patient_id: str) -> set[str]:
     return {s["0020000D"]["Value"][0] for s in found}
 
 
-def _rekeyed(d: Dimse, timeout: float = 30) -> None:
-    """Wait until the server's runner has re-keyed every moved study (its blobs are replaced
-    meanwhile: an index row read before a swap may name a blob deleted after it)."""
-    uri = f"file:{(d.data_dir / 'index.sqlite').resolve()}?mode=ro"
-    deadline = time.monotonic() + timeout
-    while True:
-        with closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
-            if not conn.execute("SELECT count(*) FROM study_rekeys").fetchone()[0]:
-                return
-        assert time.monotonic() < deadline, "the rekey job did not finish"
-        time.sleep(0.1)
-
-
 def _blob_digests(d: Dimse, study_uid: str) -> dict[str, str]:
-    _rekeyed(d)
+    wait_rekeyed(d.data_dir)
     rows = [r for r in index_rows(d.data_dir) if r.study_uid == study_uid]
     return {r.sop_instance_uid: hashlib.sha256(read_blob(d.data_dir, r)).hexdigest() for r in rows}
 
@@ -387,7 +371,7 @@ def test_a_moved_study_is_rekeyed_and_shredded_with_its_new_patient(dimse: Dimse
     )
     assert moved.status_code == 201, moved.text
     assert _client(dimse).retrieve_instance(study, series, sop).PatientID == "KEY-NEW"
-    _rekeyed(dimse)
+    wait_rekeyed(dimse.data_dir)
     data = str(dimse.data_dir)
     nubis("keys", "shred-patient", "KEY-OLD", "--yes", "--data-dir", data)
     assert _client(dimse).retrieve_instance(study, series, sop).PatientID == "KEY-NEW"

@@ -16,7 +16,14 @@ import httpx
 import pytest
 
 from integration import AUTH
-from integration.server import ACCEPT_AS_STORED, Server, blob_path, index_rows, start_server
+from integration.server import (
+    ACCEPT_AS_STORED,
+    Server,
+    blob_path,
+    index_rows,
+    start_server,
+    wait_rekeyed,
+)
 from nubis.tools.synth import dataset_bytes, series_datasets
 from nubis.web.dicomweb.multipart import iter_multipart, new_boundary
 
@@ -98,6 +105,9 @@ def test_a_corrected_object_is_checked_before_its_correction(server: Server) -> 
     good = httpx.get(url, headers={**AUTH, "Accept": ACCEPT_AS_STORED}, timeout=30)
     assert good.status_code == 200 and b"INTEGRITY-NEW" in good.content
 
+    # A new Patient ID re-keys the study (encrypted archives): its blob is replaced by the
+    # server's runner, so the blob to damage is the one the row names once that is done.
+    wait_rekeyed(server.data_dir)
     [row] = [r for r in index_rows(server.data_dir) if r.sop_instance_uid == ds.SOPInstanceUID]
     path = blob_path(server.data_dir, row.blob_key)
     raw = bytearray(path.read_bytes())
